@@ -1,0 +1,109 @@
+"""Wire schemas of the agent's control API. The agent owns them; edgectl imports them (never the reverse).
+
+Control endpoints (all need ``Authorization: Bearer <token>``), under ``/control/v1``:
+
+- ``GET    /facts``                      -> Facts
+- ``GET    /state``                      -> AgentState
+- ``GET    /artifacts/{digest}``         -> UploadStatus (received_bytes tells where to resume)
+- ``PUT    /artifacts/{digest}``         body: raw bytes starting at ``?offset=N``; header ``X-Edgectl-Size``: total size.
+                                          -> UploadStatus; when complete the sha256 is verified: mismatch = 422, bytes deleted
+- ``PUT    /deployments/{name}``         body: DesiredDeployment -> DeploymentState (blue-green activation, synchronous;
+                                          failure = 422 with the runtime's message, the old artifact keeps serving)
+- ``DELETE /deployments/{name}``         -> DeploymentState (state "removed")
+
+Errors on every endpoint are ``{"error": {"message": ..., "type": ..., "hint": ...}}``.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+DIGEST_PATTERN = r"^sha256:[0-9a-f]{64}$"
+NAME_PATTERN = r"^[a-z0-9]([a-z0-9._-]{0,61}[a-z0-9])?$"
+CONTROL_PREFIX = "/control/v1"
+
+
+class Wire(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class AcceleratorFact(Wire):
+    kind: Literal["gpu", "npu", "dsp"] = Field(description="Kind of accelerator found.")
+    name: str = Field(description="Name as the system reports it.")
+    memory_bytes: int | None = Field(default=None, description="Dedicated memory, when known.")
+
+
+class Facts(Wire):
+    agent_version: str = Field(description="edgectl-agent version.")
+    hostname: str = Field(description="Host name of the device.")
+    arch: str = Field(description="`uname -m`, e.g. x86_64, aarch64.")
+    os: str = Field(description="OS name and release.")
+    cpu_model: str = Field(description="CPU model string.")
+    cpu_count: int = Field(description="Logical CPUs usable by the agent.")
+    cpu_flags: list[str] = Field(description="Inference-relevant ISA flags found (neon, dotprod, avx2, avx512f, ...).")
+    ram_total_bytes: int = Field(description="Total RAM.")
+    ram_available_bytes: int = Field(description="RAM available now.")
+    disk_free_bytes: int = Field(description="Free bytes on the filesystem of the agent's root.")
+    accelerators: list[AcceleratorFact] = Field(default_factory=list, description="GPUs/NPUs found.")
+    runtimes: dict[str, str] = Field(default_factory=dict,
+                                     description="Runtime name -> version of its package, for runtimes importable here.")
+
+
+class ArtifactRef(Wire):
+    digest: str = Field(pattern=DIGEST_PATTERN, description="sha256 of the artifact bytes.")
+    format: Literal["gguf"] = Field(description="Artifact format.")
+    quant: str = Field(description="Quant type, e.g. Q4_K_M.")
+    size_bytes: int = Field(ge=0, description="Size in bytes.")
+    model: str = Field(description="Catalog model name.")
+
+
+class DesiredDeployment(Wire):
+    name: str = Field(pattern=NAME_PATTERN, description="Deployment name; the model id clients use.")
+    artifact: ArtifactRef = Field(description="The artifact to serve (must be uploaded first).")
+    runtime: Literal["llamacpp", "fake"] = Field(default="llamacpp", description="Runtime that loads it.")
+    context_length: int = Field(default=2048, ge=128, description="Context per slot.")
+    parallel: int = Field(default=1, ge=1, description="Concurrent request slots.")
+    threads: int | None = Field(default=None, gt=0, description="Inference threads.")
+    runtime_options: dict[str, Any] = Field(default_factory=dict, description="Extra runtime options.")
+
+
+DeploymentPhase = Literal["loading", "serving", "failed", "removed"]
+
+
+class DeploymentState(Wire):
+    name: str = Field(description="Deployment name.")
+    desired: DesiredDeployment | None = Field(default=None, description="Last desired state received.")
+    active: ArtifactRef | None = Field(default=None, description="Artifact serving now (None = not serving).")
+    previous: ArtifactRef | None = Field(default=None, description="Artifact served before, kept on disk for rollback.")
+    state: DeploymentPhase = Field(description="Phase of the deployment.")
+    since: datetime = Field(description="When the deployment entered this state (UTC).")
+    last_error: str | None = Field(default=None, description="Last activation error, if any.")
+
+
+class AgentState(Wire):
+    agent_version: str = Field(description="edgectl-agent version.")
+    started_at: datetime = Field(description="When this agent process started (UTC).")
+    deployments: list[DeploymentState] = Field(default_factory=list, description="Deployments on this device.")
+    artifacts: list[str] = Field(default_factory=list, description="Digests of complete artifacts in the store.")
+
+
+class UploadStatus(Wire):
+    digest: str = Field(pattern=DIGEST_PATTERN, description="Digest being uploaded.")
+    size_bytes: int | None = Field(default=None, description="Declared total size (None before the first chunk).")
+    received_bytes: int = Field(ge=0, description="Bytes received so far; resume from here.")
+    complete: bool = Field(description="True when all bytes arrived and the sha256 matched.")
+
+
+class ErrorBody(Wire):
+    message: str
+    type: str
+    hint: str | None = None
+    param: str | None = None
+    code: str | None = None
+
+
+class ErrorResponse(Wire):
+    error: ErrorBody

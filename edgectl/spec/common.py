@@ -1,0 +1,31 @@
+"""Shared pieces of every manifest document: the envelope, names, and the frozen model base."""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+
+API_VERSION = "edgectl.dev/v1alpha1"
+
+# Names end up in file names, URLs and remote argv: a conservative DNS-label-like charset,
+# no leading '-' (would read as an option), no path separators, no shell metacharacters.
+NAME_PATTERN = r"^[a-z0-9]([a-z0-9._-]{0,61}[a-z0-9])?$"
+NAME_RE = re.compile(NAME_PATTERN)
+Name = Annotated[str, StringConstraints(pattern=NAME_PATTERN)]
+
+LABEL_PATTERN = r"^[A-Za-z0-9]([A-Za-z0-9._/-]{0,61}[A-Za-z0-9])?$"
+LabelValue = Annotated[str, StringConstraints(pattern=LABEL_PATTERN)]
+
+
+class Frozen(BaseModel):
+    """Base of every spec model: immutable, unknown keys are errors, every field described."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=False)
+
+
+class Metadata(Frozen):
+    name: Name = Field(description="Unique name of this object within its kind (lowercase letters, digits, '.', '_', '-').")
+    description: str | None = Field(default=None, description="Free text shown in listings.")
+    labels: dict[LabelValue, LabelValue] = Field(default_factory=dict, description="Key/value labels for selection.")

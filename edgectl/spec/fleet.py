@@ -1,0 +1,72 @@
+"""Fleet: the devices edgectl manages, how to reach each, and per-device overrides of its profile."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal, Union
+
+from pydantic import Field, field_validator
+
+from edgectl.spec.common import Frozen, LabelValue, Metadata, Name
+
+AUTO_PROFILE = "auto"
+
+
+class LocalTransport(Frozen):
+    type: Literal["local"] = Field(description="This machine: edgectl starts and talks to a local agent.")
+
+
+class SshTransport(Frozen):
+    type: Literal["ssh"] = Field(description="Reach the device over SSH (host keys are always verified).")
+    host: Annotated[str, Field(pattern=r"^[A-Za-z0-9]([A-Za-z0-9.:-]*[A-Za-z0-9])?$")] = Field(
+        description="Host name or IP address of the device.")
+    user: Name | None = Field(default=None, description="SSH user; defaults to the current user.")
+    port: int = Field(default=22, ge=1, le=65535, description="SSH port.")
+    key_file: str | None = Field(default=None, description="Private key file; defaults to ssh-agent and ~/.ssh keys.")
+
+
+Transport = Annotated[Union[LocalTransport, SshTransport], Field(discriminator="type")]
+
+
+class ProfileOverrides(Frozen):
+    memory_gb: float | None = Field(default=None, gt=0, description="Override the profile's total RAM in GB.")
+    os_reserved_gb: float | None = Field(default=None, ge=0, description="Override the RAM reserved for the OS.")
+    disk_gb: float | None = Field(default=None, gt=0, description="Override the storage for artifacts in GB.")
+    default_threads: int | None = Field(default=None, gt=0, description="Override the inference thread count.")
+
+
+class AgentEndpoint(Frozen):
+    port: int = Field(default=8088, ge=1, le=65535, description="Port the device's agent listens on (127.0.0.1).")
+
+
+class Device(Frozen):
+    name: Name = Field(description="Unique device name.")
+    profile: Name = Field(description=f"DeviceProfile name, or '{AUTO_PROFILE}' to derive it from the observed hardware.")
+    transport: Transport = Field(description="How edgectl reaches the device.")
+    labels: dict[LabelValue, LabelValue] = Field(default_factory=dict, description="Labels used by Deployment selectors.")
+    overrides: ProfileOverrides = Field(default_factory=ProfileOverrides, description="Per-device profile overrides.")
+    agent: AgentEndpoint = Field(default_factory=AgentEndpoint, description="The device's agent.")
+
+
+class FleetSpec(Frozen):
+    devices: list[Device] = Field(min_length=1, description="The devices of this fleet.")
+
+    @field_validator("devices")
+    @classmethod
+    def _unique_names(cls, devices: list[Device]) -> list[Device]:
+        seen: set[str] = set()
+        for d in devices:
+            if d.name in seen:
+                raise ValueError(f"duplicate device name '{d.name}': device names must be unique")
+            seen.add(d.name)
+        return devices
+
+
+class Fleet(Frozen):
+    apiVersion: Literal["edgectl.dev/v1alpha1"] = Field(description="Always edgectl.dev/v1alpha1.")
+    kind: Literal["Fleet"] = Field(description="Always Fleet.")
+    metadata: Metadata = Field(description="Name of the fleet.")
+    spec: FleetSpec = Field(description="The devices.")
+
+    @property
+    def name(self) -> str:
+        return self.metadata.name

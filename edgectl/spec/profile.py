@@ -1,0 +1,62 @@
+"""DeviceProfile: what a class of device has (memory, cores, ISA, accelerators) and which runtimes it runs."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+
+from edgectl.spec.common import Frozen, Metadata
+
+# Runtimes the agent knows, and the artifact format each one loads. Capabilities as data.
+RUNTIME_FORMATS: dict[str, str] = {
+    "llamacpp": "gguf",
+    "onnxruntime-genai": "onnx",
+    "onnxruntime": "onnx",
+    "openvino": "openvino",
+    "openvino-genai": "openvino",
+    "mlx": "mlx",
+}
+RuntimeName = Literal["llamacpp", "onnxruntime-genai", "onnxruntime", "openvino", "openvino-genai", "mlx"]
+
+
+class Cpu(Frozen):
+    model: str = Field(description="CPU model as the vendor names it, e.g. 'Broadcom BCM2712 (4x Cortex-A76)'.")
+    cores: int = Field(gt=0, le=1024, description="Number of CPU cores (physical, or performance+efficiency cores).")
+    isa: list[str] = Field(default_factory=list,
+                           description="ISA features relevant to inference kernels, e.g. neon, dotprod, i8mm, avx2, avx512, amx.")
+
+
+class Accelerator(Frozen):
+    kind: Literal["gpu", "npu", "dsp"] = Field(description="What kind of accelerator this is.")
+    name: str = Field(description="Vendor name, e.g. 'NVIDIA GeForce RTX 4090', 'Intel AI Boost NPU'.")
+    memory_gb: float | None = Field(default=None, ge=0,
+                                    description="Dedicated memory in GB; omit when it shares system RAM.")
+    shared_memory: bool = Field(default=False, description="True when it uses system RAM (unified memory, iGPU).")
+    tops: float | None = Field(default=None, ge=0, description="Vendor-stated peak INT8 TOPS, for information.")
+
+
+class ProfileSpec(Frozen):
+    arch: Literal["x86_64", "aarch64", "armv7l"] = Field(description="CPU architecture as `uname -m` prints it.")
+    cpu: Cpu = Field(description="The CPU.")
+    memory_gb: float = Field(gt=0, description="Total RAM in GB (unified memory on Apple Silicon and Jetson).")
+    os_reserved_gb: float = Field(ge=0, description="RAM kept for the OS and other processes; never planned for models.")
+    headroom: float = Field(default=0.10, ge=0, lt=1,
+                            description="Fraction of the remaining RAM left free as safety margin (0.10 = 10%).")
+    disk_gb: float = Field(gt=0, description="Storage available for the agent's artifact store, in GB.")
+    accelerators: list[Accelerator] = Field(default_factory=list, description="GPUs / NPUs on the device.")
+    runtimes: list[RuntimeName] = Field(min_length=1,
+                                        description="Runtimes this device can run, in order of preference.")
+    default_threads: int = Field(gt=0, description="Inference threads used unless a deployment says otherwise.")
+    notes: str | None = Field(default=None, description="Sources of the figures, caveats.")
+
+
+class DeviceProfile(Frozen):
+    apiVersion: Literal["edgectl.dev/v1alpha1"] = Field(description="Always edgectl.dev/v1alpha1.")
+    kind: Literal["DeviceProfile"] = Field(description="Always DeviceProfile.")
+    metadata: Metadata = Field(description="Name and description of the profile.")
+    spec: ProfileSpec = Field(description="What the device class has.")
+
+    @property
+    def name(self) -> str:
+        return self.metadata.name
