@@ -1,0 +1,152 @@
+"""HTTP client for an agent's control API (schemas in ``edgectl_agent.api``).
+
+A transport gives us a base URL that reaches the agent's loopback port (directly for the local transport, through a
+tunnel for remote ones); this class only speaks HTTP. httpx errors become TransportError / AgentError here.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import httpx
+from edgectl_agent.api import (
+    CONTROL_PREFIX,
+    AgentState,
+    DeploymentState,
+    DesiredDeployment,
+    Facts,
+    UploadStatus,
+)
+
+from edgectl.errors import AgentError, TransportError
+
+UPLOAD_CHUNK = 4 * 1024 * 1024
+
+
+class AgentClient:
+    def __init__(self, base_url: str, token: str, *, device: str, timeout: float = 30.0,
+                 activate_timeout: float = 600.0) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.device = device
+        self._activate_timeout = activate_timeout
+        self._http = httpx.Client(base_url=self.base_url, timeout=timeout,
+                                  headers={"Authorization": f"Bearer {token}"})
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> "AgentClient":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- plumbing ---------------------------------------------------------------------------------------------
+    def _request(self, method: str, path: str, **kw) -> httpx.Response:
+        try:
+            r = self._http.request(method, path, **kw)
+        except httpx.TimeoutException as e:
+            raise TransportError(f"device '{self.device}': agent at {self.base_url} timed out on {method} {path}",
+                                 hint="the device may be overloaded; retry, or check the agent's log") from e
+        except httpx.HTTPError as e:
+            raise TransportError(f"device '{self.device}': cannot reach the agent at {self.base_url}: {e}",
+                                 hint="check that the agent runs (edgectl status) and the agent port is right") from e
+        if r.status_code >= 400:
+            raise _agent_error(self.device, method, path, r)
+        return r
+
+    # -- endpoints --------------------------------------------------------------------------------------------
+    def health(self) -> dict:
+        return self._request("GET", "/healthz").json()
+
+    def facts(self) -> Facts:
+        return Facts.model_validate(self._request("GET", f"{CONTROL_PREFIX}/facts").json())
+
+    def state(self) -> AgentState:
+        return AgentState.model_validate(self._request("GET", f"{CONTROL_PREFIX}/state").json())
+
+    def upload_status(self, digest: str) -> UploadStatus:
+        return UploadStatus.model_validate(self._request("GET", f"{CONTROL_PREFIX}/artifacts/{digest}").json())
+
+    def upload(self, digest: str, path: Path, *, progress: Callable[[int, int], None] | None = None,
+               retries: int = 3) -> UploadStatus:
+        """Upload ``path`` so the agent holds ``digest``; resumes from what the agent already has.
+
+        A cut connection is retried from the agent's received byte count (never from zero). The agent verifies
+        the sha256 when the last byte arrives; a mismatch is an AgentError (and the agent deletes the bytes).
+        """
+        size = path.stat().st_size
+        attempt = 0
+        while True:
+            status = self.upload_status(digest)
+            if status.complete:
+                if progress:
+                    progress(size, size)
+                return status
+            offset = status.received_bytes
+            if offset > size:
+                raise AgentError(f"device '{self.device}': agent holds {offset} bytes of {digest}, more than the "
+                                 f"file's {size}", hint="the local artifact changed; run `edgectl build` again")
+            try:
+                r = self._request("PUT", f"{CONTROL_PREFIX}/artifacts/{digest}", params={"offset": offset},
+                                  headers={"X-Edgectl-Size": str(size), "Content-Type": "application/octet-stream",
+                                           "Content-Length": str(size - offset)},
+                                  content=_read_from(path, offset, size, progress),
+                                  timeout=httpx.Timeout(30.0, read=600.0))
+                return UploadStatus.model_validate(r.json())
+            except TransportError:
+                attempt += 1
+                if attempt > retries:
+                    raise
+
+    def put_deployment(self, desired: DesiredDeployment) -> DeploymentState:
+        r = self._request("PUT", f"{CONTROL_PREFIX}/deployments/{desired.name}",
+                          content=desired.model_dump_json(), headers={"Content-Type": "application/json"},
+                          timeout=httpx.Timeout(30.0, read=self._activate_timeout))
+        return DeploymentState.model_validate(r.json())
+
+    def delete_deployment(self, name: str) -> DeploymentState:
+        return DeploymentState.model_validate(
+            self._request("DELETE", f"{CONTROL_PREFIX}/deployments/{name}").json())
+
+
+def _read_from(path: Path, offset: int, size: int,
+               progress: Callable[[int, int], None] | None) -> Iterator[bytes]:
+    with open(path, "rb") as f:
+        f.seek(offset)
+        sent = offset
+        while chunk := f.read(UPLOAD_CHUNK):
+            sent += len(chunk)
+            yield chunk
+            if progress:
+                progress(sent, size)
+
+
+def _agent_error(device: str, method: str, path: str, r: httpx.Response) -> AgentError:
+    message, hint = r.text.strip()[:500], None
+    try:
+        body = r.json()
+        err = body.get("error", body) if isinstance(body, dict) else {}
+        if isinstance(err, dict):
+            message = err.get("message") or err.get("detail") or message
+            hint = err.get("hint")
+    except ValueError:
+        pass
+    if r.status_code == 401:
+        hint = hint or "the device token does not match the agent's; for a local agent it is read from its root"
+    return AgentError(f"device '{device}': agent answered {r.status_code} to {method} {path}: {message}",
+                      hint=hint, status=r.status_code)
+
+
+def read_token(token_file: Path, *, device: str) -> str:
+    try:
+        return token_file.read_text().strip()
+    except OSError as e:
+        raise TransportError(f"device '{device}': cannot read the agent token {token_file}: {e.strerror}",
+                             hint="start the agent once so it creates its token (edgectl apply does this)") from e
+
+
+def env_flag(name: str) -> bool:
+    return os.environ.get(name, "").lower() in ("1", "true", "yes")

@@ -1,0 +1,269 @@
+"""Run a plan: build what is missing, push it, activate it, remove what is no longer desired.
+
+Order of work, so that bad input changes nothing: observe (read-only) -> plan -> refuse unfit -> start agents only
+where there is work -> re-observe those -> execute steps per device. A failure on one device is recorded and the
+others go on; the result says exactly what happened where.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+from edgectl_agent.api import AgentState, ArtifactRef, DesiredDeployment, Facts
+
+from edgectl.agent_client import AgentClient
+from edgectl.build import ArtifactStore, build, lookup
+from edgectl.errors import EdgectlError, NotFoundError, PlanError
+from edgectl.plan import Plan, plan
+from edgectl.spec import BuiltArtifact, Device, Recipe, Spec
+from edgectl.transport import Transport, transport_for
+
+ProgressFn = Callable[[str, int, int], None]
+
+
+class Events:
+    """What apply reports while it works. The CLI subclasses this to render with Rich; the default is silent."""
+
+    def info(self, device: str | None, message: str) -> None:  # noqa: D401 - callback
+        pass
+
+    def progress(self, key: str, description: str, done: int, total: int) -> None:
+        pass
+
+
+@dataclass
+class DeviceContext:
+    device: Device
+    transport: Transport | None = None
+    client: AgentClient | None = None
+    facts: Facts | None = None
+    observed: AgentState | None = None
+    error: str | None = None
+
+
+@dataclass
+class DeviceResult:
+    device: str
+    actions: list[str] = field(default_factory=list)
+    error: str | None = None
+    endpoint: str | None = None
+    serving: list[str] = field(default_factory=list)
+
+
+@dataclass
+class ApplyResult:
+    plan: Plan
+    devices: list[DeviceResult]
+
+    @property
+    def failed(self) -> list[DeviceResult]:
+        return [d for d in self.devices if d.error]
+
+    @property
+    def changed(self) -> bool:
+        return any(d.actions for d in self.devices)
+
+
+def select_devices(spec: Spec, names: Iterable[str] | None) -> list[Device]:
+    devices = spec.devices
+    if not names:
+        return list(devices.values())
+    out = []
+    for n in names:
+        if n not in devices:
+            raise NotFoundError(f"no device named '{n}' in the manifests",
+                                hint="known devices: " + (", ".join(sorted(devices)) or "(none)"))
+        out.append(devices[n])
+    return out
+
+
+def observe(devices: Iterable[Device], *, start_agents: bool) -> dict[str, DeviceContext]:
+    """Reach each device's agent (starting it only if asked) and read its facts and state."""
+    contexts: dict[str, DeviceContext] = {}
+    for device in devices:
+        ctx = DeviceContext(device)
+        contexts[device.name] = ctx
+        try:
+            ctx.transport = transport_for(device)
+            ctx.client = ctx.transport.agent(start=start_agents)
+            if ctx.client is not None:
+                ctx.facts = ctx.client.facts()
+                ctx.observed = ctx.client.state()
+            else:
+                ctx.facts = ctx.transport.facts_without_agent()
+        except EdgectlError as e:
+            ctx.error = str(e)
+    return contexts
+
+
+def make_plan(spec: Spec, contexts: dict[str, DeviceContext], store: ArtifactStore) -> Plan:
+    """Plan twice when needed: once to learn the chosen recipes, then with what the local store already holds
+    (so steps skip builds that are cache hits). The planner itself stays pure."""
+    facts = {n: c.facts for n, c in contexts.items()}
+    observed = {n: c.observed for n, c in contexts.items()}
+    first = plan(spec, facts, observed, {})
+    built = find_built(spec, first, store)
+    return plan(spec, facts, observed, built) if built else first
+
+
+def find_built(spec: Spec, p: Plan, store: ArtifactStore) -> dict[str, BuiltArtifact]:
+    built: dict[str, BuiltArtifact] = {}
+    for recipe in chosen_recipes(p):
+        model = spec.models[recipe.model]
+        try:
+            art = lookup(recipe, model, store, base_dir=spec_base_dir(spec, recipe.model))
+        except EdgectlError:
+            art = None  # the build step will report the real problem
+        if art is not None:
+            built[recipe_id(recipe)] = art
+    return built
+
+
+def recipe_id(recipe: Recipe) -> str:
+    from edgectl.plan import recipe_id as _rid
+
+    return _rid(recipe)
+
+
+def chosen_recipes(p: Plan) -> list[Recipe]:
+    seen: dict[str, Recipe] = {}
+    for dp in p.devices:
+        for dep in dp.deployments:
+            if dep.chosen is not None:
+                seen.setdefault(recipe_id(dep.chosen.recipe), dep.chosen.recipe)
+    return list(seen.values())
+
+
+def spec_base_dir(spec: Spec, model: str):
+    from pathlib import Path
+
+    where = spec.sources.get(("Model", model))
+    if where and not where.startswith("<"):
+        return Path(where.rsplit(":", 1)[0]).parent
+    return None
+
+
+def build_planned(spec: Spec, p: Plan, store: ArtifactStore, events: Events,
+                  only: set[str] | None = None) -> dict[str, tuple[BuiltArtifact, bool]]:
+    """Build every chosen recipe (cache hits do no work). ``only``: recipe ids to build."""
+    out: dict[str, tuple[BuiltArtifact, bool]] = {}
+    for recipe in chosen_recipes(p):
+        rid = recipe_id(recipe)
+        if only is not None and rid not in only:
+            continue
+        label = f"build {recipe.model} {recipe.format} {recipe.quant}"
+
+        def progress(done: int, total: int, _label: str = label) -> None:
+            events.progress(rid, _label, done, total)
+
+        events.info(None, label)
+        out[rid] = build(recipe, spec.models[recipe.model], store,
+                         base_dir=spec_base_dir(spec, recipe.model), progress=progress)
+    return out
+
+
+def apply(spec: Spec, *, store: ArtifactStore, device_names: Iterable[str] | None = None,
+          skip_unfit: bool = False, events: Events | None = None) -> ApplyResult:
+    events = events or Events()
+    devices = select_devices(spec, device_names)
+    contexts = observe(devices, start_agents=False)
+    p = make_plan(spec, contexts, store)
+    unfit = [dp for dp in p.devices if dp.status == "unfit"]
+    if unfit and not skip_unfit:
+        names = ", ".join(dp.device for dp in unfit)
+        raise PlanError(f"a deployment fits on no artifact for: {names}; nothing was changed",
+                        hint="see `edgectl plan` for the numbers; shrink context_length/parallel, choose a smaller "
+                             "model, or pass --skip-unfit to deploy to the devices that fit")
+    if p.is_empty:
+        return ApplyResult(p, [DeviceResult(d.name, endpoint=_endpoint(contexts[d.name])) for d in devices])
+
+    # Start agents only where there is work, then observe those again: a restarted agent may already
+    # serve (it recovers its last good state from disk), which can make steps unnecessary.
+    busy = [dp.device for dp in p.devices if any(dep.steps for dep in dp.deployments)]
+    restarted = [n for n in busy if contexts[n].client is None and contexts[n].error is None]
+    if restarted:
+        for n in restarted:
+            events.info(n, "starting agent")
+        contexts.update(observe([contexts[n].device for n in restarted], start_agents=True))
+        p = make_plan(spec, contexts, store)
+
+    needs_build = {recipe_id(dep.chosen.recipe) for dp in p.devices for dep in dp.deployments
+                   if dep.chosen is not None and any(s.action == "build" for s in dep.steps)}
+    artifacts: dict[str, tuple[BuiltArtifact, bool]] = {}
+    results: list[DeviceResult] = []
+    if needs_build:
+        artifacts.update(build_planned(spec, p, store, events, only=needs_build))
+    for dp in p.devices:
+        ctx = contexts[dp.device]
+        res = DeviceResult(dp.device, endpoint=_endpoint(ctx))
+        results.append(res)
+        if ctx.error:
+            res.error = ctx.error
+            continue
+        try:
+            _apply_device(spec, dp, ctx, store, artifacts, res, events)
+        except EdgectlError as e:
+            res.error = str(e)
+            events.info(dp.device, f"failed: {e.message}")
+        if ctx.client is not None:
+            try:
+                state = ctx.client.state()
+                res.serving = [d.name for d in state.deployments if d.state == "serving"]
+            except EdgectlError:
+                pass
+    return ApplyResult(p, results)
+
+
+def _apply_device(spec: Spec, dp, ctx: DeviceContext, store: ArtifactStore,
+                  artifacts: dict[str, tuple[BuiltArtifact, bool]], res: DeviceResult, events: Events) -> None:
+    if dp.status not in ("ok",):
+        return
+    for dep in dp.deployments:
+        if not dep.steps:
+            continue
+        if ctx.client is None:
+            raise PlanError(f"device '{dp.device}': no agent to apply to", hint="see the agent's log")
+        art = None
+        if dep.chosen is not None:
+            rid = recipe_id(dep.chosen.recipe)
+            art = artifacts[rid][0] if rid in artifacts else lookup(
+                dep.chosen.recipe, spec.models[dep.chosen.recipe.model], store,
+                base_dir=spec_base_dir(spec, dep.chosen.recipe.model))
+        for step in dep.steps:
+            if step.action == "build":
+                res.actions.append(f"built {dep.chosen.recipe.quant}" if art else "build")
+            elif step.action == "push":
+                assert art is not None  # internal invariant: push follows a build/lookup
+                events.info(dp.device, f"push {art.digest[:19]} ({art.size_bytes / 1e6:.1f} MB)")
+                ctx.client.upload(art.digest, store.path(art.digest),
+                                  progress=lambda d, t, _a=art: events.progress(
+                                      f"push:{dp.device}:{_a.digest}", f"push to {dp.device}", d, t))
+                res.actions.append(f"pushed {art.digest[:19]}")
+            elif step.action == "activate":
+                assert art is not None
+                events.info(dp.device, f"activate {step.deployment} ({art.format} {art.quant})")
+                ctx.client.put_deployment(desired_deployment(spec, dp, dep, art))
+                res.actions.append(f"activated {step.deployment}")
+            elif step.action == "remove":
+                events.info(dp.device, f"remove {step.deployment}")
+                ctx.client.delete_deployment(step.deployment)
+                res.actions.append(f"removed {step.deployment}")
+
+
+def desired_deployment(spec: Spec, dp, dep, art: BuiltArtifact) -> DesiredDeployment:
+    d = spec.deployments[dep.deployment].spec
+    return DesiredDeployment(
+        name=dep.deployment,
+        artifact=ArtifactRef(digest=art.digest, format=art.format, quant=art.quant, size_bytes=art.size_bytes,
+                             model=art.model),
+        runtime="llamacpp",
+        context_length=d.context_length,
+        parallel=d.parallel,
+        threads=d.threads or dp.threads,
+        runtime_options=dict(d.runtime_options),
+    )
+
+
+def _endpoint(ctx: DeviceContext) -> str | None:
+    return ctx.transport.endpoint if ctx.transport is not None else None

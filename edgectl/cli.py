@@ -1,0 +1,273 @@
+"""The `edgectl` command. Thin: parse, call, render with Rich. Errors print message + hint, no traceback
+(set EDGECTL_DEBUG=1 for one)."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.table import Table
+
+from edgectl import __version__
+from edgectl.errors import EdgectlError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Declarative edge deployment of quantized AI models.")
+out = Console()
+err = Console(stderr=True)
+
+PathsArg = typer.Argument(..., help="Manifest files or directories (multi-document YAML).")
+DeviceOpt = typer.Option(None, "--device", "-d", help="Only these devices (repeatable).")
+JsonOpt = typer.Option(False, "--json", help="Print JSON instead of tables.")
+
+
+def _load(paths: List[Path]):
+    from edgectl.load import load_paths
+
+    return load_paths(paths)
+
+
+def _store():
+    from edgectl.build import ArtifactStore
+    from edgectl.paths import store_dir
+
+    return ArtifactStore(store_dir())
+
+
+def _gib(n: float | int | None) -> str:
+    return "-" if n is None else f"{n / 2**30:.2f} GiB" if n >= 2**30 else f"{n / 2**20:.0f} MiB"
+
+
+@app.command()
+def validate(paths: List[Path] = PathsArg) -> None:
+    """Check manifests: schema, references, duplicates. Exit code 2 with file:line:column on errors."""
+    spec = _load(paths)
+    out.print(f"[green]valid[/green]: {len(spec.fleets)} fleet(s), {len(spec.devices)} device(s), "
+              f"{len(spec.deployments)} deployment(s), {len(spec.models)} model(s), {len(spec.profiles)} profile(s)")
+
+
+@app.command()
+def schema(write: Optional[Path] = typer.Option(None, "--write", help="Write to this file instead of stdout.")) -> None:
+    """Print the JSON Schema of edgectl manifests (for yaml-language-server completion)."""
+    from edgectl.schema import json_schema
+
+    text = json.dumps(json_schema(), indent=2) + "\n"
+    if write:
+        write.write_text(text)
+        err.print(f"wrote {write}")
+    else:
+        sys.stdout.write(text)
+
+
+@app.command("plan")
+def plan_cmd(paths: List[Path] = PathsArg, device: Optional[List[str]] = DeviceOpt, as_json: bool = JsonOpt) -> None:
+    """Show, per device, the artifact edgectl would choose, why, and the steps apply would take."""
+    from edgectl.apply import make_plan, observe, select_devices
+
+    spec = _load(paths)
+    contexts = observe(select_devices(spec, device), start_agents=False)
+    p = make_plan(spec, contexts, _store())
+    if as_json:
+        sys.stdout.write(json.dumps(p.to_dict(), indent=2) + "\n")
+        return
+    render_plan(p, contexts)
+
+
+def render_plan(p, contexts) -> None:
+    for dp in p.devices:
+        ctx = contexts.get(dp.device)
+        head = f"[bold]{dp.device}[/bold]  profile {dp.profile}  [{'green' if dp.status == 'ok' else 'red'}]{dp.status}[/]"
+        out.print(head)
+        if ctx is not None and ctx.error:
+            out.print(f"  [yellow]unreachable:[/yellow] {ctx.error}")
+        for w in dp.warnings:
+            out.print(f"  [yellow]warning:[/yellow] {w}")
+        for dep in dp.deployments:
+            if dep.chosen is None:
+                out.print(f"  {dep.deployment}: [red]does not fit[/red] — {dep.unfit or ''}")
+                if dep.hint:
+                    out.print(f"    hint: {dep.hint}")
+                continue
+            c = dep.chosen
+            out.print(f"  {dep.deployment}: [cyan]{c.recipe.model}[/cyan] → [bold]{c.recipe.format} {c.recipe.quant}[/bold]"
+                      f"  RAM {_gib(c.estimate.total_bytes)} of budget {_gib(dep.budget_bytes)}"
+                      f" (headroom {_gib(dep.budget_bytes - c.estimate.total_bytes)})")
+            out.print(f"    why: {c.reason}")
+            for rc in dep.rejected[:6]:
+                out.print(f"    [dim]not {rc.recipe.format} {rc.recipe.quant}: {rc.reason}[/dim]")
+            if dep.steps:
+                out.print("    steps: " + ", ".join(f"{s.action}" + (f" ({s.detail})" if s.detail else "")
+                                                     for s in dep.steps))
+            else:
+                out.print("    steps: [green]none (up to date)[/green]")
+    out.print("[green]no changes[/green]" if p.is_empty else "")
+
+
+@app.command("build")
+def build_cmd(paths: List[Path] = PathsArg, device: Optional[List[str]] = DeviceOpt) -> None:
+    """Build the planned artifacts into the local content-addressed store, without deploying."""
+    from edgectl.apply import build_planned, make_plan, observe, select_devices
+
+    spec = _load(paths)
+    contexts = observe(select_devices(spec, device), start_agents=False)
+    store = _store()
+    p = make_plan(spec, contexts, store)
+    with RichEvents() as events:
+        built = build_planned(spec, p, store, events)
+    for art, fresh in built.values():
+        out.print(f"{'built' if fresh else 'cached'}  {art.model} {art.format} {art.quant}  {_gib(art.size_bytes)}"
+                  f"  {art.digest}")
+    if not built:
+        out.print("nothing to build")
+
+
+@app.command("apply")
+def apply_cmd(paths: List[Path] = PathsArg, device: Optional[List[str]] = DeviceOpt,
+              skip_unfit: bool = typer.Option(False, "--skip-unfit",
+                                              help="Deploy to the devices that fit; leave unfit ones untouched.")) -> None:
+    """Make the devices match the manifests: plan, build, push, activate, remove. Idempotent."""
+    from edgectl.apply import apply
+
+    spec = _load(paths)
+    with RichEvents() as events:
+        result = apply(spec, store=_store(), device_names=device, skip_unfit=skip_unfit, events=events)
+    if not result.changed and not result.failed:
+        out.print("[green]no changes[/green]: every device already serves what the manifests ask for")
+    for r in result.devices:
+        if r.error:
+            err.print(f"[red]{r.device}: failed[/red]\n{r.error}")
+        elif r.actions:
+            out.print(f"[green]{r.device}[/green]: " + ", ".join(r.actions))
+    for r in result.devices:
+        if r.serving and r.endpoint:
+            for name in r.serving:
+                out.print(f"\n[bold]{name}[/bold] is serving on [bold]{r.device}[/bold] at [cyan]{r.endpoint}[/cyan]")
+                out.print("Try it:\n"
+                          f"  curl -s {r.endpoint}/chat/completions -H 'Content-Type: application/json' \\\n"
+                          f"    -d '{{\"model\": \"{name}\", \"messages\": [{{\"role\": \"user\", "
+                          f"\"content\": \"What is the capital of France?\"}}]}}'", soft_wrap=True)
+    if result.failed:
+        raise typer.Exit(1)
+
+
+@app.command()
+def status(paths: List[Path] = PathsArg, device: Optional[List[str]] = DeviceOpt, as_json: bool = JsonOpt) -> None:
+    """Show each device: reachable, deployments, artifact (format, quant, digest), state, since, endpoint, error."""
+    from edgectl.apply import select_devices
+    from edgectl.observe import collect_status
+
+    spec = _load(paths)
+    statuses = collect_status(spec, select_devices(spec, device))
+    if as_json:
+        sys.stdout.write(json.dumps([s.to_dict() for s in statuses], indent=2) + "\n")
+        return
+    table = Table("device", "deployment", "artifact", "state", "since", "endpoint", "last error")
+    now = datetime.now(timezone.utc)
+    for s in statuses:
+        if not s.deployments:
+            table.add_row(s.device, ", ".join(s.desired) or "-", "-",
+                          "[red]unreachable[/red]" if not s.reachable else "-", "-", s.endpoint or "-",
+                          s.error or "-")
+        for d in s.deployments:
+            a = d.active
+            art = f"{a.format} {a.quant} {a.digest[7:19]}" if a else "-"
+            color = {"serving": "green", "failed": "red"}.get(d.state, "yellow")
+            table.add_row(s.device, d.name, art, f"[{color}]{d.state}[/]", _ago(now, d.since),
+                          s.endpoint or "-", d.last_error or "-")
+    out.print(table)
+
+
+@app.command()
+def stop(paths: List[Path] = PathsArg, device: Optional[List[str]] = DeviceOpt) -> None:
+    """Stop the local agents edgectl started for these devices (they resume serving on the next apply)."""
+    from edgectl.apply import select_devices
+    from edgectl.transport.local import LocalTransport
+
+    spec = _load(paths)
+    for d in select_devices(spec, device):
+        if d.transport.type == "local":
+            stopped = LocalTransport(d).stop()
+            out.print(f"{d.name}: {'stopped' if stopped else 'not running'}")
+
+
+@app.command()
+def version() -> None:
+    """Print the versions of edgectl and edgectl-agent."""
+    from edgectl_agent import __version__ as agent_version
+
+    out.print(f"edgectl {__version__}, edgectl-agent {agent_version}")
+
+
+def _ago(now: datetime, then: datetime) -> str:
+    if then.tzinfo is None:
+        then = then.replace(tzinfo=timezone.utc)
+    s = int((now - then).total_seconds())
+    text = f"{s}s" if s < 120 else f"{s // 60}m" if s < 7200 else f"{s // 3600}h"
+    return f"{then.strftime('%Y-%m-%d %H:%M:%S')} ({text} ago)"
+
+
+class RichEvents:
+    """Renders apply's events: one line per step, a progress bar per long transfer/build."""
+
+    def __init__(self) -> None:
+        self._progress = Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(),
+                                  TimeRemainingColumn(), console=err, transient=True)
+        self._tasks: dict[str, int] = {}
+
+    def __enter__(self):
+        from edgectl.apply import Events
+
+        outer = self
+
+        class _E(Events):
+            def info(self, device, message):
+                outer._progress.console.print(f"[dim]{device + ': ' if device else ''}{message}[/dim]")
+
+            def progress(self, key, description, done, total):
+                if key not in outer._tasks:
+                    outer._tasks[key] = outer._progress.add_task(description, total=total)
+                outer._progress.update(outer._tasks[key], completed=done, total=total)
+
+        self._progress.start()
+        return _E()
+
+    def __exit__(self, *exc) -> None:
+        self._progress.stop()
+
+
+def main() -> None:
+    try:
+        app(standalone_mode=False)
+    except EdgectlError as e:
+        if os.environ.get("EDGECTL_DEBUG") == "1":
+            raise
+        _print_error(e)
+        sys.exit(e.exit_code)
+    except typer.Exit as e:
+        sys.exit(e.exit_code)
+    except Exception as e:  # click usage errors
+        import click
+
+        if isinstance(e, click.exceptions.ClickException):
+            e.show()
+            sys.exit(e.exit_code)
+        if isinstance(e, click.exceptions.Abort):
+            sys.exit(130)
+        raise
+
+
+def _print_error(e: EdgectlError) -> None:
+    from rich.text import Text
+
+    err.print(Text("error: ", style="red") + Text(str(e)))
+
+
+if __name__ == "__main__":
+    main()

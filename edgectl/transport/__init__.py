@@ -1,0 +1,24 @@
+"""Transports are dumb pipes: run a command (argv), put a file, open a channel to the device's agent."""
+
+from __future__ import annotations
+
+from edgectl.errors import TransportError
+from edgectl.spec import Device
+from edgectl.transport.base import Transport
+
+
+def transport_for(device: Device) -> Transport:
+    """The transport object for a device, chosen by ``device.transport.type``."""
+    kind = device.transport.type
+    if kind == "local":
+        from edgectl.transport.local import LocalTransport
+
+        return LocalTransport(device)
+    raise TransportError(
+        f"device '{device.name}': transport '{kind}' cannot deploy in this version of edgectl",
+        hint="`edgectl plan` works for every device; to deploy now, use `transport: {type: local}` on the device "
+             "itself, or exclude it with --device",
+    )
+
+
+__all__ = ["Transport", "transport_for"]

@@ -1,0 +1,159 @@
+"""The whole path on this machine: manifest -> plan -> GGUF build -> local agent -> OpenAI API, for real.
+
+A real `edgectl` CLI process, a real detached agent process, real llama.cpp on a tiny generated GGUF, and the real
+`openai` client. The slow test runs the embedded default manifest with the real SmolLM2.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.tinymodels import write_tiny_llama_gguf
+
+pytestmark = pytest.mark.integration
+REPO = Path(__file__).resolve().parents[2]
+
+TINY_MODEL = """\
+apiVersion: edgectl.dev/v1alpha1
+kind: Model
+metadata: {{name: tiny-llama}}
+spec:
+  architecture: {{family: llama, parameters: {params}, layers: 2, hidden_size: 256, attention_heads: 4, kv_heads: 2,
+                 head_dim: 64, vocab_size: 512, max_context: 512}}
+  sources:
+    - {{type: gguf, path: tiny.gguf, precision: F32}}
+---
+apiVersion: edgectl.dev/v1alpha1
+kind: Fleet
+metadata: {{name: local}}
+spec:
+  devices:
+    - name: this-machine
+      profile: auto
+      transport: {{type: local}}
+      agent: {{port: {port}}}
+"""
+
+DEPLOYMENT = """\
+apiVersion: edgectl.dev/v1alpha1
+kind: Deployment
+metadata: {{name: {name}}}
+spec:
+  model: tiny-llama
+  selector: {{devices: [this-machine]}}
+  context_length: 256
+  quantization: {{allow: [{quant}]}}
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def edgectl(*args: str, env: dict, check: bool = True) -> subprocess.CompletedProcess:
+    r = subprocess.run([sys.executable, "-m", "edgectl.cli", *args], capture_output=True, text=True, env=env,
+                       timeout=600, cwd=REPO)
+    if check and r.returncode != 0:
+        raise AssertionError(f"edgectl {' '.join(args)} exited {r.returncode}\n{r.stdout}\n{r.stderr}")
+    return r
+
+
+@pytest.fixture
+def home(tmp_path):
+    env = dict(os.environ, EDGECTL_HOME=str(tmp_path / "home"), COLUMNS="200", NO_COLOR="1")
+    yield env
+    subprocess.run([sys.executable, "-c", "import os, signal, pathlib\n"
+                    f"for p in pathlib.Path({str(tmp_path / 'home')!r}).glob('agents/*/agent.pid'):\n"
+                    "    try: os.kill(int(p.read_text()), signal.SIGKILL)\n    except Exception: pass"], check=False)
+
+
+def test_apply_serves_then_noop_then_removes(tmp_path, home):
+    from openai import OpenAI
+
+    mdir = tmp_path / "manifests"
+    mdir.mkdir()
+    tiny = write_tiny_llama_gguf(mdir / "tiny.gguf")
+    from gguf import GGUFReader
+
+    params = sum(int(t.n_elements) for t in GGUFReader(tiny).tensors)
+    port = free_port()
+    (mdir / "fleet.yaml").write_text(TINY_MODEL.format(port=port, params=params))
+    (mdir / "deploy.yaml").write_text(DEPLOYMENT.format(name="tiny", quant="Q8_0"))
+
+    r = edgectl("apply", str(mdir), env=home)
+    assert f"http://127.0.0.1:{port}/v1" in r.stdout
+    assert "curl" in r.stdout
+
+    client = OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="x")
+    chat = client.chat.completions.create(model="tiny", messages=[{"role": "user", "content": "hi"}], max_tokens=8)
+    assert chat.choices[0].message.content is not None and chat.usage.completion_tokens > 0
+    chunks = list(client.chat.completions.create(model="tiny", messages=[{"role": "user", "content": "hi"}],
+                                                 max_tokens=8, stream=True))
+    assert sum(1 for c in chunks if c.choices and c.choices[0].delta.content) > 0
+
+    st = json.loads(edgectl("status", str(mdir), "--json", env=home).stdout)
+    (dep,) = st[0]["deployments"]
+    assert dep["state"] == "serving" and dep["active"]["quant"] == "Q8_0" and dep["active"]["format"] == "gguf"
+    digest = dep["active"]["digest"]
+    text_status = edgectl("status", str(mdir), env=home).stdout
+    assert "serving" in text_status and digest[7:19] in text_status
+
+    # Same manifests again: nothing to do, the agent keeps the same process and digest.
+    agent_root = Path(home["EDGECTL_HOME"]) / "agents" / "this-machine"
+    pid = (agent_root / "agent.pid").read_text()
+    r2 = edgectl("apply", str(mdir), env=home)
+    assert "no changes" in r2.stdout
+    assert (agent_root / "agent.pid").read_text() == pid
+    plan = json.loads(edgectl("plan", str(mdir), "--json", env=home).stdout)
+    assert all(not dep["steps"] for d in plan["devices"] for dep in d["deployments"])
+
+    # Change the quant: a new artifact is built, pushed, activated blue-green; the previous one is kept.
+    (mdir / "deploy.yaml").write_text(DEPLOYMENT.format(name="tiny", quant="Q4_0"))
+    edgectl("apply", str(mdir), env=home)
+    (dep,) = json.loads(edgectl("status", str(mdir), "--json", env=home).stdout)[0]["deployments"]
+    assert dep["active"]["quant"] == "Q4_0" and dep["previous"]["digest"] == digest
+
+    # Remove the deployment from the manifests: apply removes it from the device.
+    (mdir / "deploy.yaml").unlink()
+    r3 = edgectl("apply", str(mdir), env=home)
+    assert "removed tiny" in r3.stdout
+    assert json.loads(edgectl("status", str(mdir), "--json", env=home).stdout)[0]["deployments"] == []
+
+
+def test_bad_manifest_exits_2_and_changes_nothing(tmp_path, home):
+    mdir = tmp_path / "m"
+    mdir.mkdir()
+    (mdir / "fleet.yaml").write_text((REPO / "manifests" / "fleet.yaml").read_text().replace("context_length", "context_lenght"))
+    r = edgectl("apply", str(mdir), env=home, check=False)
+    assert r.returncode == 2
+    assert "fleet.yaml:" in r.stderr and "context_length" in r.stderr
+    assert not (Path(home["EDGECTL_HOME"]) / "agents").exists()
+
+
+@pytest.mark.slow
+def test_embedded_default_serves_smollm2(tmp_path, home):
+    """`edgectl apply manifests/fleet.yaml` as the README runs it (on a free port), then a real question."""
+    from openai import OpenAI
+
+    port = free_port()
+    mdir = tmp_path / "m"
+    mdir.mkdir()
+    (mdir / "fleet.yaml").write_text((REPO / "manifests" / "fleet.yaml").read_text().replace("8088", str(port)))
+    r = edgectl("apply", str(mdir), env=home)
+    assert f"http://127.0.0.1:{port}/v1" in r.stdout
+    client = OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="x")
+    chat = client.chat.completions.create(
+        model="smollm2", messages=[{"role": "user", "content": "What is the capital of France?"}],
+        max_tokens=16, temperature=0)
+    assert "Paris" in chat.choices[0].message.content
+    assert "no changes" in edgectl("apply", str(mdir), env=home).stdout
