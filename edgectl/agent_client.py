@@ -6,7 +6,6 @@ tunnel for remote ones); this class only speaks HTTP. httpx errors become Transp
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -27,12 +26,12 @@ UPLOAD_CHUNK = 4 * 1024 * 1024
 
 class AgentClient:
     def __init__(self, base_url: str, token: str, *, device: str, timeout: float = 30.0,
-                 activate_timeout: float = 600.0) -> None:
+                 activate_timeout: float = 600.0, transport: httpx.BaseTransport | None = None) -> None:
         self.base_url = base_url.rstrip("/")
         self.device = device
         self._activate_timeout = activate_timeout
         self._http = httpx.Client(base_url=self.base_url, timeout=timeout,
-                                  headers={"Authorization": f"Bearer {token}"})
+                                  headers={"Authorization": f"Bearer {token}"}, transport=transport)
 
     def close(self) -> None:
         self._http.close()
@@ -146,7 +145,3 @@ def read_token(token_file: Path, *, device: str) -> str:
     except OSError as e:
         raise TransportError(f"device '{device}': cannot read the agent token {token_file}: {e.strerror}",
                              hint="start the agent once so it creates its token (edgectl apply does this)") from e
-
-
-def env_flag(name: str) -> bool:
-    return os.environ.get(name, "").lower() in ("1", "true", "yes")
