@@ -1,0 +1,138 @@
+"""Tiny real models for tests: a random-weight llama-architecture GGUF that llama.cpp loads, quantizes and runs.
+
+The shapes are chosen so every GGUF quant type applies without fallbacks: rows are multiples of 256 (K-quants
+need 256, the legacy ones 32). About 6 MB in F32. The same seed always writes the same bytes.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+TINY_LAYERS = 2
+TINY_HIDDEN = 256
+TINY_HEADS = 4
+TINY_KV_HEADS = 2
+TINY_FF = 512
+TINY_CONTEXT = 512
+
+# A ChatML template, like the one SmolLM2 and Qwen ship.
+CHATML_TEMPLATE = (
+    "{% for message in messages %}"
+    "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+
+# A few whole-word pieces so tokenization is not bytes only (the "▁" prefix is SentencePiece's space).
+_WORDS = (
+    "the of and to in is you that it he was for on are as with his they at be this have from or one had by "
+    "word but not what all were we when your can said there use an each which she do how their if will up "
+    "other about out many then them these so some her would make like him into time has look two more write go "
+    "see number no way could people my than first water been call who oil its now find long down day did get "
+    "come made may part capital France Paris Berlin hello world assistant user system"
+).split()
+
+# Token types, as llama.cpp reads them (gguf.TokenType).
+_NORMAL, _UNKNOWN, _CONTROL, _BYTE = 1, 2, 3, 6
+
+
+def tiny_vocab() -> tuple[list[str], list[float], list[int]]:
+    """The SentencePiece-style vocabulary: <unk> <s> </s>, ChatML controls, all 256 byte tokens, then words."""
+    tokens = ["<unk>", "<s>", "</s>", "<|im_start|>", "<|im_end|>"]
+    types = [_UNKNOWN, _CONTROL, _CONTROL, _CONTROL, _CONTROL]
+    tokens += [f"<0x{b:02X}>" for b in range(256)]
+    types += [_BYTE] * 256
+    # SPM merges adjacent pieces only into pieces in the vocabulary, so every prefix of a word is a piece too.
+    pieces = ["▁"] + list("abcdefghijklmnopqrstuvwxyz")
+    pieces += [f"▁{w[:n]}" for w in _WORDS for n in range(1, len(w) + 1)]
+    seen = set(tokens)
+    for piece in pieces:
+        if piece not in seen:
+            seen.add(piece)
+            tokens.append(piece)
+            types.append(_NORMAL)
+    # Longer pieces score higher so the SPM tokenizer prefers whole words over letters.
+    scores = [0.0 if t != _NORMAL else -1000.0 + 10.0 * len(tok) for tok, t in zip(tokens, types)]
+    return tokens, scores, types
+
+
+def write_tiny_llama_gguf(path: Path, *, seed: int = 0, ftype: str = "F32") -> Path:
+    """Write a tiny random-weight llama GGUF (2 layers, hidden 256, ff 512, 4 heads / 2 kv heads) to ``path``.
+
+    ``ftype`` is the precision of the 2-D weights: "F32" or "F16" (norms stay F32, as llama.cpp expects).
+    The file has an SPM tokenizer with BOS/EOS/UNK, the 256 byte tokens and ChatML control tokens, and a
+    ChatML ``tokenizer.chat_template``, so ``llama_cpp.Llama(path).create_chat_completion(...)`` works.
+    """
+    import gguf
+
+    if ftype not in ("F32", "F16"):
+        raise ValueError(f"ftype must be 'F32' or 'F16', got {ftype!r}")
+    weight_dtype = np.float32 if ftype == "F32" else np.float16
+    file_type = gguf.LlamaFileType.ALL_F32 if ftype == "F32" else gguf.LlamaFileType.MOSTLY_F16
+
+    tokens, scores, types = tiny_vocab()
+    n_vocab = len(tokens)
+    head_dim = TINY_HIDDEN // TINY_HEADS
+    kv_dim = head_dim * TINY_KV_HEADS
+    rng = np.random.default_rng(seed)
+
+    def weight(rows: int, cols: int) -> np.ndarray:
+        # numpy shape (rows=out, cols=in); GGUFWriter reverses it into ggml's ne = [in, out].
+        return (rng.standard_normal((rows, cols), dtype=np.float32) * 0.05).astype(weight_dtype)
+
+    def norm() -> np.ndarray:
+        return np.ones(TINY_HIDDEN, dtype=np.float32)
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    writer = gguf.GGUFWriter(str(path), "llama")
+    writer.add_name(f"tiny-llama-seed{seed}")
+    writer.add_context_length(TINY_CONTEXT)
+    writer.add_embedding_length(TINY_HIDDEN)
+    writer.add_block_count(TINY_LAYERS)
+    writer.add_feed_forward_length(TINY_FF)
+    writer.add_head_count(TINY_HEADS)
+    writer.add_head_count_kv(TINY_KV_HEADS)
+    writer.add_rope_dimension_count(head_dim)
+    writer.add_rope_freq_base(10000.0)
+    writer.add_layer_norm_rms_eps(1e-5)
+    writer.add_vocab_size(n_vocab)
+    writer.add_file_type(int(file_type))
+
+    writer.add_tokenizer_model("llama")
+    writer.add_token_list(tokens)
+    writer.add_token_scores(scores)
+    writer.add_token_types(types)
+    writer.add_unk_token_id(0)
+    writer.add_bos_token_id(1)
+    writer.add_eos_token_id(tokens.index("<|im_end|>"))
+    writer.add_add_bos_token(True)
+    writer.add_add_eos_token(False)
+    writer.add_chat_template(CHATML_TEMPLATE)
+
+    names = gguf.TENSOR_NAMES
+    T = gguf.MODEL_TENSOR
+    writer.add_tensor(names[T.TOKEN_EMBD] + ".weight", weight(n_vocab, TINY_HIDDEN))
+    for bid in range(TINY_LAYERS):
+        def name(t: gguf.MODEL_TENSOR) -> str:
+            return names[t].format(bid=bid) + ".weight"
+
+        writer.add_tensor(name(T.ATTN_NORM), norm())
+        writer.add_tensor(name(T.ATTN_Q), weight(TINY_HIDDEN, TINY_HIDDEN))
+        writer.add_tensor(name(T.ATTN_K), weight(kv_dim, TINY_HIDDEN))
+        writer.add_tensor(name(T.ATTN_V), weight(kv_dim, TINY_HIDDEN))
+        writer.add_tensor(name(T.ATTN_OUT), weight(TINY_HIDDEN, TINY_HIDDEN))
+        writer.add_tensor(name(T.FFN_NORM), norm())
+        writer.add_tensor(name(T.FFN_GATE), weight(TINY_FF, TINY_HIDDEN))
+        writer.add_tensor(name(T.FFN_UP), weight(TINY_FF, TINY_HIDDEN))
+        writer.add_tensor(name(T.FFN_DOWN), weight(TINY_HIDDEN, TINY_FF))
+    writer.add_tensor(names[T.OUTPUT_NORM] + ".weight", norm())
+    writer.add_tensor(names[T.OUTPUT] + ".weight", weight(n_vocab, TINY_HIDDEN))
+
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path
