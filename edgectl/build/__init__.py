@@ -1,0 +1,84 @@
+"""Build artifacts into the content-addressed store: resolve the source, look up the cache key, build only on a miss.
+
+    artifact, built_now = build(recipe, model, ArtifactStore())
+
+The library never prints: pass ``progress`` (a callback ``(stage, done, total)`` or a ``rich.progress.Progress``)
+and let the CLI render it.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from edgectl.build.gguf import StageProgress, build_gguf, tool_version
+from edgectl.build.registry import BUILDERS, GGUF_FTYPES, BuilderInfo, builder_for, check_buildable, is_as_shipped
+from edgectl.build.sources import ResolvedSource, locate, resolve_source
+from edgectl.build.store import ArtifactStore, sha256_file
+from edgectl.errors import BuildError
+from edgectl.spec.artifact import BuiltArtifact, Recipe
+from edgectl.spec.model import Model
+
+__all__ = [
+    "ArtifactStore", "BUILDERS", "BuilderInfo", "GGUF_FTYPES", "ResolvedSource", "StageProgress", "build",
+    "builder_for", "check_buildable", "is_as_shipped", "locate", "resolve_source", "sha256_file", "tool_version",
+]
+
+# format -> function(recipe, source_path, out_path, *, threads, progress, quiet) -> digest of a copy, or None
+_BUILD_FUNCTIONS: dict[str, Callable[..., str | None]] = {"gguf": build_gguf}
+
+
+def _stage_callback(progress: Any, label: str) -> StageProgress | None:
+    """Accept a plain callback, or adapt a rich Progress (one task per stage, described with ``label``)."""
+    if progress is None or not hasattr(progress, "add_task"):
+        return progress
+    tasks: dict[str, Any] = {}
+
+    def report(stage: str, done: int, total: int | None) -> None:
+        if stage not in tasks:
+            tasks[stage] = progress.add_task(f"{stage} {label}", total=total)
+        progress.update(tasks[stage], completed=done, total=total)
+
+    return report
+
+
+def build(recipe: Recipe, model: Model, store: ArtifactStore, *, base_dir: Path | None = None,
+          threads: int | None = None, progress: Any = None, quiet: bool = True) -> tuple[BuiltArtifact, bool]:
+    """Ensure the artifact ``recipe`` describes is in ``store``; returns ``(artifact, built_now)``.
+
+    Cache key = source digest + recipe + tool version. A hit returns the stored artifact without work (the
+    source digest itself is remembered by path/size/mtime). A miss builds into the store's tmp/ and lands
+    atomically; a failed or interrupted build leaves no artifact and no index entry.
+    """
+    info = check_buildable(recipe)
+    if recipe.model != model.name:
+        raise BuildError(f"recipe is for model {recipe.model!r} but was given model {model.name!r}",
+                         hint="pass the catalog entry the recipe names")
+    report = _stage_callback(progress, f"{recipe.model} {recipe.quant}")
+
+    def bytes_progress(stage: str) -> Callable[[int, int], None] | None:
+        return (lambda done, total: report(stage, done, total)) if report else None
+
+    source = resolve_source(model, store, format=recipe.format, precision=recipe.source_precision,
+                            base_dir=base_dir, progress=bytes_progress("hash source"))
+    key = recipe.cache_key(source.digest, tool_version(recipe))
+    cached = store.get(key)
+    if cached is not None:
+        return cached, False
+
+    store.clean_tmp()
+    build_function = _BUILD_FUNCTIONS[info.format]
+    with store.tmp_file(f".{info.format}") as tmp:
+        copied_digest = build_function(recipe, source.path, tmp, threads=threads or os.cpu_count() or 1,
+                                       progress=report, quiet=quiet)
+        # An as-shipped copy must be byte-identical to the source; put_file refuses it otherwise.
+        expected = source.digest if copied_digest is not None else None
+        digest, size = store.put_file(tmp, expected_digest=expected, progress=bytes_progress("hash artifact"))
+    artifact = BuiltArtifact(
+        digest=digest, model=recipe.model, format=recipe.format, quant=recipe.quant, size_bytes=size,
+        source_digest=source.digest, tool_version=tool_version(recipe), cache_key=key,
+    )
+    store.record(artifact)
+    return artifact, True

@@ -1,0 +1,143 @@
+"""GGUF builder: quantize a GGUF with llama.cpp (through llama-cpp-python), or copy it as shipped.
+
+llama_cpp is imported lazily; without it only as-shipped copies can be built.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import io
+import os
+import sys
+import tempfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+from edgectl.build.registry import GGUF_FTYPES, UNQUANTIZED_PRECISIONS, check_buildable, is_as_shipped
+from edgectl.build.store import ByteProgress, copy_and_hash
+from edgectl.errors import BuildError, require_module
+from edgectl.spec.artifact import Recipe
+
+GGUF_MAGIC = b"GGUF"
+COPY_TOOL_VERSION = "edgectl copy"  # as-shipped artifacts: the bytes do not depend on any tool version
+
+# progress(stage, done, total): stage is "copy" or "quantize"; total is None when unknown.
+StageProgress = Callable[[str, int, int | None], None]
+
+
+def _llama_cpp():
+    return require_module("llama_cpp", "gguf")
+
+
+def tool_version(recipe: Recipe | None = None) -> str:
+    """The tool version that goes into the cache key: llama-cpp-python's, or a fixed one for as-shipped copies."""
+    if recipe is not None and is_as_shipped(recipe):
+        return COPY_TOOL_VERSION
+    return f"llama-cpp-python {_llama_cpp().__version__}"
+
+
+def check_gguf_file(path: Path) -> None:
+    """Fail early, with the path, when a source is not a GGUF file (llama.cpp's own message is less clear)."""
+    try:
+        with open(path, "rb") as f:
+            magic = f.read(4)
+    except OSError as e:
+        raise BuildError(f"cannot read source {path}: {e.strerror}", hint="check the source path and its permissions") from e
+    if magic != GGUF_MAGIC:
+        raise BuildError(f"source {path} is not a GGUF file (starts with {magic!r}, expected {GGUF_MAGIC!r})",
+                         hint="point the model source at a .gguf file, or convert the model with "
+                              "llama.cpp's convert_hf_to_gguf.py first")
+
+
+@contextlib.contextmanager
+def _captured_stderr(enabled: bool) -> Iterator[list[str]]:
+    """Silence llama.cpp while it runs: redirect fd 2 (C prints) and sys.stderr (llama-cpp-python's log
+    callback prints there). Yields a list filled, on exit, with what was written, so errors can quote it."""
+    lines: list[str] = []
+    if not enabled:
+        yield lines
+        return
+    py_buffer = io.StringIO()
+    with tempfile.TemporaryFile(mode="w+b") as c_buffer:
+        with contextlib.suppress(Exception):
+            sys.stderr.flush()
+        saved_fd = os.dup(2)
+        try:
+            os.dup2(c_buffer.fileno(), 2)
+            with contextlib.redirect_stderr(py_buffer):
+                yield lines
+        finally:
+            os.dup2(saved_fd, 2)
+            os.close(saved_fd)
+            c_buffer.seek(0)
+            text = c_buffer.read().decode("utf-8", errors="replace") + py_buffer.getvalue()
+            lines.extend(text.splitlines())
+
+
+def _failure_detail(lines: list[str]) -> str:
+    """The most telling lines of llama.cpp's output: the ones that say 'failed' or 'error', else the last ones."""
+    telling = [ln.strip() for ln in lines if "fail" in ln.lower() or "error" in ln.lower()]
+    return "; ".join((telling or [ln.strip() for ln in lines if ln.strip()])[-3:])
+
+
+def _hint_for(detail: str) -> str:
+    if "requantizing" in detail:
+        return ("the source is already quantized; set the model source's 'precision' to the file's real type "
+                "(e.g. Q4_1, as general.file_type says) so edgectl allows requantization")
+    if "failed to load model" in detail or "failed to read" in detail:
+        return "the source GGUF is truncated or corrupt; download it again (or fix its sha256 in the catalog)"
+    return "run again with quiet=False (EDGECTL_DEBUG=1) to see llama.cpp's full output"
+
+
+def quantize_gguf(source: Path, out: Path, *, quant: str, threads: int, allow_requantize: bool,
+                  quiet: bool = True) -> None:
+    """Run llama.cpp's quantizer ``source`` -> ``out`` at ``quant``. Raises BuildError (with llama.cpp's own
+    reason) when it fails; ``out`` may then hold a partial file, which the caller removes."""
+    llama_cpp = _llama_cpp()
+    try:
+        ftype = getattr(llama_cpp, GGUF_FTYPES[quant])
+    except (KeyError, AttributeError):
+        raise BuildError(f"llama-cpp-python {llama_cpp.__version__} cannot quantize to {quant!r}",
+                         hint=f"use one of: {', '.join(GGUF_FTYPES)}, or upgrade: pip install -U llama-cpp-python") from None
+    params = llama_cpp.llama_model_quantize_default_params()
+    params.ftype = ftype
+    params.nthread = max(1, threads)
+    params.allow_requantize = allow_requantize
+    with _captured_stderr(quiet) as lines:
+        rc = llama_cpp.llama_model_quantize(os.fsencode(source), os.fsencode(out), ctypes.byref(params))
+    if rc != 0:
+        detail = _failure_detail(lines) or f"return code {rc}"
+        raise BuildError(f"llama.cpp failed to quantize {source} to {quant}: {detail}",
+                         hint=_hint_for(detail))
+    if not out.is_file() or out.stat().st_size == 0:
+        raise BuildError(f"llama.cpp reported success but wrote no file at {out}",
+                         hint="check free disk space in the artifact store (EDGECTL_CACHE_DIR)")
+
+
+def build_gguf(recipe: Recipe, source_path: Path, out_path: Path, *, threads: int | None = None,
+               progress: StageProgress | None = None, quiet: bool = True) -> str | None:
+    """Build the GGUF ``recipe`` asks for from ``source_path`` into ``out_path``.
+
+    As shipped (quant == source precision) it is a copy and the sha256 of the copied bytes is returned (the
+    caller checks it against the source digest); otherwise llama.cpp quantizes and None is returned. On any
+    failure, ``out_path`` is removed: an interrupted build leaves no artifact behind.
+    """
+    check_buildable(recipe)
+    source_path, out_path = Path(source_path), Path(out_path)
+    check_gguf_file(source_path)
+    try:
+        if is_as_shipped(recipe):
+            copy_progress: ByteProgress | None = (lambda d, t: progress("copy", d, t)) if progress else None
+            return copy_and_hash(source_path, out_path, progress=copy_progress)
+        if progress:
+            progress("quantize", 0, None)
+        quantize_gguf(source_path, out_path, quant=recipe.quant, threads=threads or os.cpu_count() or 1,
+                      allow_requantize=recipe.source_precision.upper() not in UNQUANTIZED_PRECISIONS, quiet=quiet)
+        if progress:
+            progress("quantize", 1, 1)
+        return None
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            out_path.unlink()
+        raise

