@@ -1,0 +1,673 @@
+"""YAML manifests -> frozen spec objects, with ``file:line:column`` in every error.
+
+Documents are Kubernetes-style (``apiVersion: edgectl.dev/v1alpha1``, ``kind``, ``metadata``, ``spec``); a file may
+hold several (``---``); a directory means every ``*.yaml``/``*.yml`` below it, sorted. Built-in device profiles and
+catalog models are loaded first; a user document with the same kind and name overrides the built-in.
+
+How it works: ruamel.yaml *composes* each document into a node tree (every key and value keeps its start mark, and
+duplicate keys are still visible there), then constructs plain Python data (dict/list/str/int/float/bool/None) that
+pydantic validates. Each pydantic error is mapped back onto the node tree by its ``loc`` path, so the message points
+at the offending key (unknown fields) or value (wrong value), or at the enclosing mapping (missing fields).
+
+Every error of every file is collected and raised at once as :class:`~edgectl.errors.SpecErrors` (exit code 2).
+
+Relative ``path:`` entries of Model sources are resolved against the directory of the manifest that declares them
+and stored as absolute paths (``Model.model_copy(update=...)``), so the Spec means the same thing wherever it is
+used. ``Spec.sources`` still maps ``(kind, name)`` to ``"file:line"`` of the document, for messages.
+
+Pure: reads files, writes nothing.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import io
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Sequence, Union, get_args, get_origin
+
+from pydantic import BaseModel, ValidationError
+from ruamel.yaml import YAML
+from ruamel.yaml.error import MarkedYAMLError, YAMLError
+from ruamel.yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
+
+import edgectl
+from edgectl.errors import SpecError, SpecErrors
+from edgectl.spec import API_VERSION, AUTO_PROFILE, KINDS, Deployment, DeviceProfile, Fleet, Model, Spec
+
+YAML_SUFFIXES = (".yaml", ".yml")
+NAME_RULES = ("lowercase letters, digits, '.', '_' and '-'; starting and ending with a letter or digit; "
+              "at most 63 characters (no spaces, '/', shell characters or a leading '-')")
+LABEL_RULES = ("letters, digits, '.', '_', '/' and '-'; starting and ending with a letter or digit; "
+               "at most 63 characters")
+
+# Pattern (as pydantic reports it) -> (what it is, the rule in words).
+_PATTERN_WORDS = {
+    r"^[a-z0-9]([a-z0-9._-]{0,61}[a-z0-9])?$": ("name", NAME_RULES),
+    r"^[A-Za-z0-9]([A-Za-z0-9._/-]{0,61}[A-Za-z0-9])?$": ("label", LABEL_RULES),
+    r"^[A-Za-z0-9]([A-Za-z0-9.:-]*[A-Za-z0-9])?$": ("host", "a host name or IP address: letters, digits, '.', ':', '-'"),
+    r"^[0-9a-f]{64}$": ("sha256", "64 lowercase hex digits (the output of `sha256sum`)"),
+    r"^sha256:[0-9a-f]{64}$": ("digest", "'sha256:' followed by 64 lowercase hex digits"),
+}
+
+_TYPE_WORDS = {
+    "string_type": "a string", "int_type": "an integer", "int_parsing": "an integer", "int_from_float": "a whole number",
+    "float_type": "a number", "float_parsing": "a number", "bool_type": "true or false", "bool_parsing": "true or false",
+    "list_type": "a list", "dict_type": "a mapping", "model_type": "a mapping", "model_attributes_type": "a mapping",
+}
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Public API
+
+
+def builtin_profiles_dir() -> Path:
+    """Built-in device profiles: package data in an installed wheel, else the repository's ``profiles/``."""
+    packaged = Path(edgectl.__file__).parent / "builtin_profiles"
+    if packaged.is_dir():
+        return packaged
+    return Path(edgectl.__file__).parent.parent / "profiles"
+
+
+def builtin_catalog_dir() -> Path:
+    """Built-in catalog models (``edgectl/catalog/models/*.yaml``)."""
+    return Path(edgectl.__file__).parent / "catalog" / "models"
+
+
+def load_text(text: str, filename: str = "<string>") -> list[BaseModel]:
+    """Parse and validate the documents of one YAML text (no built-ins, no cross references). For tests."""
+    errors: list[SpecError] = []
+    docs = _parse_and_validate(text, filename, errors)
+    if errors:
+        raise SpecErrors(_sorted(errors))
+    return [d.obj for d in docs]
+
+
+def load_paths(paths: Sequence[str | Path], *, builtins: bool = True) -> Spec:
+    """Load manifests (files or directories) plus, unless ``builtins=False``, the built-in profiles and catalog.
+
+    Raises :class:`SpecErrors` listing every problem found (schema, duplicates, unresolved references).
+    """
+    errors: list[SpecError] = []
+    builtin_docs: list[_Doc] = []
+    if builtins:
+        for d in (builtin_profiles_dir(), builtin_catalog_dir()):
+            if d.is_dir():
+                for f in _yaml_files(d):
+                    builtin_docs += _load_file(f, str(f), errors)
+    user_docs: list[_Doc] = []
+    if not paths:
+        errors.append(SpecError("no manifest paths given", hint="pass manifest files or directories, e.g. manifests/"))
+    for p in paths:
+        user_docs += _load_path(Path(p), errors)
+
+    spec = _assemble(builtin_docs, user_docs, errors)
+    if errors:
+        raise SpecErrors(_sorted(errors))
+    return spec
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Files and documents
+
+
+@dataclass
+class _Doc:
+    obj: BaseModel
+    node: MappingNode
+    file: str
+
+    @property
+    def kind(self) -> str:
+        return self.obj.kind  # type: ignore[attr-defined]
+
+    @property
+    def name(self) -> str:
+        return self.obj.metadata.name  # type: ignore[attr-defined]
+
+    def where(self, loc: tuple = ()) -> str:
+        return _where(self.file, _locate(self.node, loc, point_at_key=False))
+
+    @property
+    def line(self) -> int:
+        return self.node.start_mark.line + 1
+
+
+def _yaml_files(directory: Path) -> list[Path]:
+    return sorted(p for p in directory.rglob("*") if p.suffix in YAML_SUFFIXES and p.is_file())
+
+
+def _load_path(path: Path, errors: list[SpecError]) -> list[_Doc]:
+    if path.is_dir():
+        files = _yaml_files(path)
+        if not files:
+            errors.append(SpecError(f"directory '{path}' holds no *.yaml or *.yml files",
+                                    hint="point at the manifest files, or at a directory that contains them"))
+        docs: list[_Doc] = []
+        for f in files:
+            docs += _load_file(f, str(f), errors)
+        return docs
+    if not path.exists():
+        errors.append(SpecError(f"'{path}' does not exist",
+                                hint="check the path (relative to the current directory); "
+                                     "pass manifest files or directories of *.yaml files"))
+        return []
+    return _load_file(path, str(path), errors)
+
+
+def _load_file(path: Path, display: str, errors: list[SpecError]) -> list[_Doc]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        errors.append(SpecError(f"not UTF-8 text ({e.reason} at byte {e.start})", where=display,
+                                hint="save the manifest as UTF-8"))
+        return []
+    except OSError as e:
+        errors.append(SpecError(f"cannot read: {e.strerror or e}", where=display, hint="check the path and permissions"))
+        return []
+    docs = _parse_and_validate(text, display, errors)
+    for d in docs:
+        if isinstance(d.obj, Model):
+            d.obj = _resolve_source_paths(d.obj, path.parent)
+    return docs
+
+
+def _resolve_source_paths(model: Model, base: Path) -> Model:
+    sources = [s.model_copy(update={"path": str((base / s.path).absolute())})
+               if s.path and not Path(s.path).expanduser().is_absolute() and not s.path.startswith("~") else s
+               for s in model.spec.sources]
+    if sources == list(model.spec.sources):
+        return model
+    return model.model_copy(update={"spec": model.spec.model_copy(update={"sources": sources})})
+
+
+def _compose(text: str, filename: str, errors: list[SpecError]) -> list[Node]:
+    yaml = YAML(typ="safe", pure=True)
+    nodes: list[Node] = []
+    try:
+        for node in yaml.compose_all(io.StringIO(text)):
+            nodes.append(node)
+    except MarkedYAMLError as e:
+        mark = e.problem_mark or e.context_mark
+        where = f"{filename}:{mark.line + 1}:{mark.column + 1}" if mark else filename
+        problem = " ".join(str(x) for x in (e.context, e.problem) if x) or str(e)
+        errors.append(SpecError(f"invalid YAML: {problem}", where=where,
+                                hint="check indentation, quoting and ':' after keys near this position"))
+    except YAMLError as e:
+        errors.append(SpecError(f"invalid YAML: {e}", where=filename, hint="check the YAML syntax"))
+    return nodes
+
+
+def _construct(node: Node) -> Any:
+    yaml = YAML(typ="safe", pure=True)
+    yaml.constructor.allow_duplicate_keys = True  # duplicates are reported from the node tree, with locations
+    return yaml.constructor.construct_document(node)
+
+
+def _parse_and_validate(text: str, filename: str, errors: list[SpecError]) -> list[_Doc]:
+    before = len(errors)
+    nodes = _compose(text, filename, errors)
+    docs: list[_Doc] = []
+    seen_any = False
+    for node in nodes:
+        if isinstance(node, ScalarNode) and node.tag.endswith(":null"):
+            continue  # an empty document, e.g. after a trailing '---'
+        seen_any = True
+        where = _where(filename, node.start_mark)
+        if not isinstance(node, MappingNode):
+            errors.append(SpecError(
+                f"a document must be a mapping (apiVersion, kind, metadata, spec), got {_node_kind(node)}",
+                where=where, hint=f"start the document with 'apiVersion: {API_VERSION}' and 'kind: ...'"))
+            continue
+        dup_errors = _duplicate_keys(node, filename)
+        errors += dup_errors
+        try:
+            data = _construct(node)
+        except YAMLError as e:
+            errors.append(SpecError(f"invalid YAML: {e}", where=where, hint="check the YAML syntax"))
+            continue
+        doc = _validate_document(data, node, filename, errors)
+        if doc is not None and not dup_errors:
+            docs.append(doc)
+    if not seen_any and len(errors) == before:
+        errors.append(SpecError("no documents in this file", where=filename,
+                                hint=f"add a document: 'apiVersion: {API_VERSION}', 'kind', 'metadata', 'spec' "
+                                     "(or remove the file)"))
+    return docs
+
+
+def _node_kind(node: Node) -> str:
+    if isinstance(node, SequenceNode):
+        return "a list"
+    if isinstance(node, ScalarNode):
+        return f"the scalar {_short(node.value)!s}"
+    return "something else"
+
+
+def _duplicate_keys(node: Node, filename: str) -> list[SpecError]:
+    out: list[SpecError] = []
+    stack = [(node, "")]
+    while stack:
+        n, path = stack.pop()
+        if isinstance(n, MappingNode):
+            first: dict[Any, Node] = {}
+            for k, v in n.value:
+                key = k.value if isinstance(k, ScalarNode) else id(k)
+                child = _join(path, key)
+                if key in first:
+                    m = first[key].start_mark
+                    out.append(SpecError(
+                        f"duplicate key '{key}'", where=_where(filename, k.start_mark), field=child,
+                        hint=f"it is already set at line {m.line + 1}, column {m.column + 1}; keep one of them"))
+                else:
+                    first[key] = k
+                stack.append((v, child))
+        elif isinstance(n, SequenceNode):
+            for i, item in enumerate(n.value):
+                stack.append((item, f"{path}[{i}]"))
+    return out
+
+
+def _validate_document(data: Any, node: MappingNode, filename: str, errors: list[SpecError]) -> _Doc | None:
+    """Envelope checks (apiVersion, kind) with precise hints, then the kind's pydantic model."""
+    kind = data.get("kind")
+    api = data.get("apiVersion")
+    if "apiVersion" not in data:
+        errors.append(SpecError("missing required field", where=_where(filename, node.start_mark), field="apiVersion",
+                                hint=f"add 'apiVersion: {API_VERSION}' at the top of the document"))
+    elif api != API_VERSION:
+        errors.append(SpecError(f"unsupported apiVersion {_short(api)}",
+                                where=_where(filename, _locate(node, ("apiVersion",))), field="apiVersion",
+                                hint=f"use 'apiVersion: {API_VERSION}'"))
+    known = ", ".join(KINDS)
+    if "kind" not in data:
+        errors.append(SpecError("missing required field", where=_where(filename, node.start_mark), field="kind",
+                                hint=f"add 'kind: ...', one of: {known}"))
+        return None
+    if not isinstance(kind, str) or kind not in KINDS:
+        close = difflib.get_close_matches(str(kind), list(KINDS), n=1, cutoff=0.5)
+        close += [k for k in KINDS if isinstance(kind, str) and k.lower() == kind.lower() and k not in close]
+        hint = f"did you mean '{close[0]}'? " if close else ""
+        errors.append(SpecError(f"unknown kind {_short(kind)}", where=_where(filename, _locate(node, ("kind",))),
+                                field="kind", hint=f"{hint}known kinds: {known}"))
+        return None
+    cls = KINDS[kind]
+    try:
+        obj = cls.model_validate(data)
+    except ValidationError as e:
+        for err in e.errors():
+            if tuple(err["loc"]) == ("apiVersion",):
+                continue  # reported above, with a better hint
+            errors.append(_translate(err, cls, node, filename))
+        return None
+    return _Doc(obj, node, filename)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Locations
+
+
+def _where(filename: str, mark: Any) -> str:
+    return f"{filename}:{mark.line + 1}:{mark.column + 1}"
+
+
+def _child(node: Node, step: Any) -> tuple[Node | None, Node | None]:
+    """(key node, value node) of ``step`` in ``node``; (None, None) when absent."""
+    if isinstance(node, MappingNode) and isinstance(step, str):
+        for k, v in node.value:
+            if isinstance(k, ScalarNode) and k.value == step:
+                return k, v
+    if isinstance(node, SequenceNode) and isinstance(step, int) and 0 <= step < len(node.value):
+        return None, node.value[step]
+    return None, None
+
+
+def _locate(root: Node, loc: Sequence[Any], *, point_at_key: bool = False) -> Any:
+    """Start mark for ``loc``: the value (or its key with ``point_at_key``); the deepest existing parent otherwise.
+
+    Steps that are not in the document (pydantic's union tags like 'ssh', or '[key]') are skipped.
+    """
+    node, key = root, None
+    for i, step in enumerate(loc):
+        if step == "[key]":
+            # pydantic: the dict key itself is invalid; point at it.
+            return key.start_mark if key is not None else node.start_mark
+        k, v = _child(node, step)
+        if v is None:
+            continue  # a union tag or a missing field: stay on the parent
+        node, key = v, k
+    if point_at_key and key is not None:
+        return key.start_mark
+    return node.start_mark
+
+
+def _join(path: str, step: Any) -> str:
+    if isinstance(step, int):
+        return f"{path}[{step}]"
+    s = str(step)
+    if re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", s):
+        return f"{path}.{s}" if path else s
+    return f"{path}[{s!r}]"
+
+
+def _field_path(data_loc: Sequence[Any]) -> str:
+    path = ""
+    for step in data_loc:
+        path = _join(path, step)
+    return path
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# pydantic error -> SpecError
+
+
+def _model_at(cls: type[BaseModel], loc: Sequence[Any]) -> tuple[type[BaseModel] | None, list[Any]]:
+    """Walk the model classes along ``loc``. Returns the model that holds the last step, and ``loc`` with the
+    union tags removed (the path as it appears in the document)."""
+    current: Any = cls
+    data_loc: list[Any] = []
+    holder: type[BaseModel] | None = None
+    for step in loc:
+        if step == "[key]":
+            continue
+        ann = _unwrap(current)
+        if isinstance(ann, type) and issubclass(ann, BaseModel):
+            if isinstance(step, str) and step in ann.model_fields:
+                holder = ann
+                data_loc.append(step)
+                current = ann.model_fields[step].annotation
+            else:
+                holder = ann
+                data_loc.append(step)
+                current = None
+            continue
+        origin = get_origin(ann)
+        args = get_args(ann)
+        if origin in (list, tuple, set, frozenset) and isinstance(step, int):
+            data_loc.append(step)
+            current = args[0] if args else None
+        elif origin is dict:
+            data_loc.append(step)
+            current = args[1] if len(args) == 2 else None
+        elif _is_union(ann):
+            members = [_unwrap(a) for a in args]
+            chosen = _union_member(members, step)
+            if chosen is not None:
+                current = chosen  # a tag: not part of the document path
+            else:
+                data_loc.append(step)
+                current = None
+        else:
+            data_loc.append(step)
+            current = None
+    return holder, data_loc
+
+
+def _unwrap(ann: Any) -> Any:
+    """Strip Annotated[...] and Optional[...] down to the interesting type."""
+    while True:
+        if hasattr(ann, "__metadata__"):  # Annotated
+            ann = get_args(ann)[0]
+            continue
+        if _is_union(ann):
+            args = [a for a in get_args(ann) if a is not type(None)]
+            if len(args) == 1:
+                ann = args[0]
+                continue
+        return ann
+
+
+def _is_union(ann: Any) -> bool:
+    import types
+
+    return get_origin(ann) in (Union, types.UnionType)
+
+
+def _union_member(members: list[Any], tag: Any) -> Any:
+    for m in members:
+        if not (isinstance(m, type) and issubclass(m, BaseModel)):
+            continue
+        if m.__name__ == tag:
+            return m
+        for f in m.model_fields.values():
+            if get_origin(f.annotation) is not None and tag in get_args(f.annotation) and \
+                    str(get_origin(f.annotation)).endswith("Literal"):
+                return m
+    return None
+
+
+def _short(value: Any, limit: int = 40) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, dict):
+        return "a mapping"
+    if isinstance(value, list):
+        return "a list"
+    text = repr(value) if isinstance(value, str) else str(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _got(value: Any) -> str:
+    if value is None:
+        return "nothing (null)"
+    if isinstance(value, bool):
+        return f"{str(value).lower()} (a boolean)"
+    if isinstance(value, (int, float)):
+        return f"{value} (a number)"
+    if isinstance(value, str):
+        return f"{_short(value)} (a string)"
+    if isinstance(value, dict):
+        return "a mapping"
+    if isinstance(value, list):
+        return "a list"
+    return f"{_short(value)} (a {type(value).__name__})"
+
+
+def _translate(err: dict, cls: type[BaseModel], root: MappingNode, filename: str) -> SpecError:
+    loc = tuple(err["loc"])
+    etype = err["type"]
+    ctx = err.get("ctx") or {}
+    value = err.get("input")
+    holder, data_loc = _model_at(cls, loc)
+    field = _field_path(data_loc)
+    last = data_loc[-1] if data_loc else None
+    info = holder.model_fields.get(last) if holder is not None and isinstance(last, str) else None
+    desc = f" - {info.description.rstrip('.')}" if info is not None and info.description else ""
+
+    if etype == "extra_forbidden":
+        allowed = sorted(holder.model_fields) if holder is not None else []
+        close = difflib.get_close_matches(str(last), allowed, n=1, cutoff=0.6)
+        nested = _nested_fields(holder) if holder is not None else {}
+        deeper = difflib.get_close_matches(str(last), list(nested), n=1, cutoff=0.75) if not close else []
+        if close:
+            hint = f"did you mean '{close[0]}'?"
+        elif deeper:
+            hint = f"did you mean '{nested[deeper[0]]}' (it belongs under '{nested[deeper[0]].split('.')[0]}')?"
+        else:
+            hint = f"allowed keys here: {', '.join(allowed)}"
+        return SpecError("unknown field", where=_where(filename, _locate(root, loc, point_at_key=True)),
+                         field=field, hint=hint)
+    where = _where(filename, _locate(root, loc))
+    if etype == "missing":
+        return SpecError("missing required field", where=where, field=field, hint=f"add '{last}:' here{desc}")
+    if etype == "union_tag_not_found":
+        disc = str(ctx.get("discriminator", "type")).strip("'")
+        return SpecError(f"missing '{disc}'", where=where, field=_join(field, disc),
+                         hint=f"add '{disc}:' here, one of: {_union_tags(cls, loc)}")
+    if etype == "union_tag_invalid":
+        disc = str(ctx.get("discriminator", "type")).strip("'")
+        tags = [t.strip().strip("'") for t in str(ctx.get("expected_tags", "")).split(",")]
+        close = difflib.get_close_matches(str(ctx.get("tag")), tags, n=1, cutoff=0.5)
+        hint = (f"did you mean '{close[0]}'? " if close else "") + f"known {disc}s: {', '.join(tags)}"
+        return SpecError(f"unknown {disc} {_short(ctx.get('tag'))}",
+                         where=_where(filename, _locate(root, loc + (disc,))), field=_join(field, disc), hint=hint)
+    if etype == "literal_error":
+        expected = str(ctx.get("expected", ""))
+        options = re.findall(r"'([^']*)'", expected)
+        close = difflib.get_close_matches(str(value), options, n=1, cutoff=0.5)
+        hint = (f"did you mean '{close[0]}'? " if close else "") + f"allowed values: {', '.join(options) or expected}"
+        return SpecError(f"unsupported value {_short(value)}", where=where, field=field, hint=hint)
+    if etype == "string_pattern_mismatch":
+        what, rule = _PATTERN_WORDS.get(str(ctx.get("pattern")), ("value", f"must match {ctx.get('pattern')}"))
+        if loc and loc[-1] == "[key]":
+            what = f"{what} key"
+        return SpecError(f"invalid {what} {_short(value)}", where=where, field=field, hint=f"use {rule}")
+    if etype in ("greater_than", "greater_than_equal", "less_than", "less_than_equal"):
+        op = {"greater_than": ">", "greater_than_equal": ">=", "less_than": "<", "less_than_equal": "<="}[etype]
+        bound = next(iter(ctx.values()), "?")
+        return SpecError(f"must be {op} {bound}, got {_short(value)}", where=where, field=field,
+                         hint=f"use a value {op} {bound}{desc}")
+    if etype in ("too_short", "too_long"):
+        n = ctx.get("min_length") if etype == "too_short" else ctx.get("max_length")
+        more = "at least" if etype == "too_short" else "at most"
+        return SpecError(f"needs {more} {n} item(s), got {ctx.get('actual_length', '?')}", where=where, field=field,
+                         hint=f"list {more} {n} entr{'y' if n == 1 else 'ies'} here{desc}")
+    if etype in _TYPE_WORDS:
+        want = _TYPE_WORDS[etype]
+        hint = f"write {want} here{desc}"
+        if etype == "string_type" and value is not None and not isinstance(value, (dict, list)):
+            hint = f"quote it: \"{value}\""
+        return SpecError(f"expected {want}, got {_got(value)}", where=where, field=field, hint=hint)
+    if etype == "value_error":
+        msg = str(err.get("msg", "")).removeprefix("Value error, ")
+        return SpecError(msg, where=where, field=field or None, hint=_value_error_hint(msg))
+    return SpecError(f"{err.get('msg', etype)}, got {_got(value)}", where=where, field=field or None,
+                     hint=f"check this value{desc}" if desc else None)
+
+
+def _value_error_hint(msg: str) -> str | None:
+    if "selector" in msg:
+        return "add 'devices: [name, ...]' or 'labels: {key: value}' under selector"
+    if "duplicate device name" in msg:
+        return "give every device of the fleet its own name"
+    if "source" in msg:
+        return "see docs/manifest-reference.md, Model: spec.sources"
+    return None
+
+
+def _nested_fields(holder: type[BaseModel]) -> dict[str, str]:
+    """Fields of the models one level down: {'memory_gb': 'overrides.memory_gb', ...}, for did-you-mean."""
+    out: dict[str, str] = {}
+    for name, info in holder.model_fields.items():
+        ann = _unwrap(info.annotation)
+        if isinstance(ann, type) and issubclass(ann, BaseModel):
+            for sub in ann.model_fields:
+                out.setdefault(sub, f"{name}.{sub}")
+    return out
+
+
+def _union_tags(cls: type[BaseModel], loc: Sequence[Any]) -> str:
+    holder, data_loc = _model_at(cls, loc)
+    if holder is None or not data_loc or not isinstance(data_loc[-1], str):
+        return "?"
+    info = holder.model_fields.get(data_loc[-1])
+    if info is None:
+        return "?"
+    tags: list[str] = []
+    for m in get_args(_unwrap(info.annotation)):
+        m = _unwrap(m)
+        if isinstance(m, type) and issubclass(m, BaseModel):
+            for f in m.model_fields.values():
+                if str(get_origin(f.annotation)).endswith("Literal"):
+                    tags += [str(a) for a in get_args(f.annotation)]
+                    break
+    return ", ".join(tags) or "?"
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Spec assembly: duplicates, overrides, references
+
+
+_KIND_FIELD = {DeviceProfile: "profiles", Model: "models", Fleet: "fleets", Deployment: "deployments"}
+
+
+def _assemble(builtin_docs: list[_Doc], user_docs: list[_Doc], errors: list[SpecError]) -> Spec:
+    buckets: dict[str, dict[str, Any]] = {f: {} for f in _KIND_FIELD.values()}
+    sources: dict[tuple[str, str], str] = {}
+    origin: dict[tuple[str, str], _Doc] = {}
+    builtin_ids = {id(d) for d in builtin_docs}
+    overrides: dict[tuple[str, str], str] = {}
+
+    def add(doc: _Doc, *, builtin: bool) -> None:
+        key = (doc.kind, doc.name)
+        prev = origin.get(key)
+        if prev is not None and not (id(prev) in builtin_ids and not builtin):
+            errors.append(SpecError(
+                f"duplicate {doc.kind} name '{doc.name}'", where=doc.where(("metadata", "name")), field="metadata.name",
+                hint=f"'{doc.name}' is already defined at {prev.where(('metadata', 'name'))}; rename or remove one"))
+            return
+        if prev is not None:
+            overrides[key] = f"{doc.file}:{doc.line} overrides built-in {prev.file}:{prev.line}"
+        origin[key] = doc
+        buckets[_KIND_FIELD[type(doc.obj)]][doc.name] = doc.obj
+        sources[key] = f"{doc.file}:{doc.line}"
+
+    for d in builtin_docs:
+        add(d, builtin=True)
+    for d in user_docs:
+        add(d, builtin=False)
+
+    _check_references(buckets, origin, errors)
+    extra = {"overrides": overrides} if any(f.name == "overrides" for f in dataclasses.fields(Spec)) else {}
+    return Spec(profiles=buckets["profiles"], models=buckets["models"], fleets=buckets["fleets"],
+                deployments=buckets["deployments"], sources=sources, **extra)
+
+
+def _known(name: str, known: Iterable[str]) -> str:
+    names = sorted(known)
+    close = difflib.get_close_matches(name, names, n=3, cutoff=0.5)
+    rest = [n for n in names if n not in close]
+    listed = close + rest
+    if not listed:
+        return "none are defined"
+    shown = ", ".join(listed[:12]) + (f", ... ({len(listed) - 12} more)" if len(listed) > 12 else "")
+    return (f"did you mean '{close[0]}'? " if close else "") + f"known: {shown}"
+
+
+def _check_references(buckets: dict[str, dict[str, Any]], origin: dict[tuple[str, str], _Doc],
+                      errors: list[SpecError]) -> None:
+    profiles, models = buckets["profiles"], buckets["models"]
+    devices: dict[str, tuple[str, int]] = {}  # device name -> (fleet, index)
+    for fleet in buckets["fleets"].values():
+        doc = origin[("Fleet", fleet.name)]
+        for i, dev in enumerate(fleet.spec.devices):
+            if dev.name in devices:
+                other_fleet, j = devices[dev.name]
+                first = origin[("Fleet", other_fleet)].where(("spec", "devices", j, "name"))
+                errors.append(SpecError(
+                    f"duplicate device name '{dev.name}'", where=doc.where(("spec", "devices", i, "name")),
+                    field=f"spec.devices[{i}].name",
+                    hint=f"'{dev.name}' is already a device at {first}; device names must be unique across fleets"))
+            else:
+                devices[dev.name] = (fleet.name, i)
+            if dev.profile != AUTO_PROFILE and dev.profile not in profiles:
+                errors.append(SpecError(
+                    f"unknown device profile '{dev.profile}'", where=doc.where(("spec", "devices", i, "profile")),
+                    field=f"spec.devices[{i}].profile",
+                    hint=f"use '{AUTO_PROFILE}' or a DeviceProfile name; " + _known(dev.profile, profiles)))
+    for dep in buckets["deployments"].values():
+        doc = origin[("Deployment", dep.name)]
+        if dep.spec.model not in models:
+            errors.append(SpecError(
+                f"unknown model '{dep.spec.model}'", where=doc.where(("spec", "model")), field="spec.model",
+                hint="define it in a Model document or use a catalog model; " + _known(dep.spec.model, models)))
+        for i, name in enumerate(dep.spec.selector.devices):
+            if name not in devices:
+                errors.append(SpecError(
+                    f"unknown device '{name}'", where=doc.where(("spec", "selector", "devices", i)),
+                    field=f"spec.selector.devices[{i}]",
+                    hint="add it to a Fleet document, or fix the name; " + _known(name, devices)))
+
+
+def _sorted(errors: list[SpecError]) -> list[SpecError]:
+    """Stable order: by file, then line and column (as numbers); errors without a location first."""
+
+    def key(e: SpecError) -> tuple:
+        m = re.match(r"^(.*):(\d+):(\d+)$", e.where or "")
+        if m:
+            return (m.group(1), int(m.group(2)), int(m.group(3)))
+        return (e.where or "", 0, 0)
+
+    return sorted(errors, key=key)
