@@ -29,8 +29,8 @@ from edgectl.errors import BuildError, NotFoundError
 from edgectl.spec.artifact import BuiltArtifact
 
 CHUNK_SIZE = 1024 * 1024
-DIGEST_RE = re.compile(r"^sha256:([0-9a-f]{64})$")
-CACHE_KEY_RE = re.compile(r"^[0-9a-f]{64}$")
+DIGEST_RE = re.compile(r"sha256:([0-9a-f]{64})")
+CACHE_KEY_RE = re.compile(r"[0-9a-f]{64}")
 
 # progress(bytes_done, bytes_total) while hashing or copying
 ByteProgress = Callable[[int, int], None]
@@ -69,7 +69,7 @@ def copy_and_hash(src: Path, dst: Path, *, progress: ByteProgress | None = None)
 
 def digest_hex(digest: str) -> str:
     """The hex part of a ``sha256:<64 hex>`` digest; anything else (paths, '..', upper case) is refused."""
-    m = DIGEST_RE.match(digest) if isinstance(digest, str) else None
+    m = DIGEST_RE.fullmatch(digest) if isinstance(digest, str) else None
     if not m:
         raise BuildError(f"invalid artifact digest {digest!r}",
                          hint="a digest is 'sha256:' followed by 64 lowercase hex characters")
@@ -77,7 +77,7 @@ def digest_hex(digest: str) -> str:
 
 
 def _check_cache_key(cache_key: str) -> str:
-    if not (isinstance(cache_key, str) and CACHE_KEY_RE.match(cache_key)):
+    if not (isinstance(cache_key, str) and CACHE_KEY_RE.fullmatch(cache_key)):
         raise BuildError(f"invalid build cache key {cache_key!r}",
                          hint="a cache key is 64 lowercase hex characters (Recipe.cache_key)")
     return cache_key
@@ -259,7 +259,7 @@ class ArtifactStore:
         out: list[BuiltArtifact] = []
         if self.index_dir.is_dir():
             for entry in self.index_dir.glob("*.json"):
-                artifact = self.get(entry.stem) if CACHE_KEY_RE.match(entry.stem) else None
+                artifact = self.get(entry.stem) if CACHE_KEY_RE.fullmatch(entry.stem) else None
                 if artifact is not None:
                     out.append(artifact)
         return sorted(out, key=lambda a: (a.model, a.quant, a.digest))
@@ -301,7 +301,7 @@ class ArtifactStore:
         stamp = {"path": str(path), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
         try:
             cached = json.loads(entry_path.read_text(encoding="utf-8"))
-            if {k: cached.get(k) for k in stamp} == stamp and DIGEST_RE.match(cached.get("digest", "")):
+            if {k: cached.get(k) for k in stamp} == stamp and DIGEST_RE.fullmatch(str(cached.get("digest", ""))):
                 return cached["digest"]
         except (FileNotFoundError, ValueError):
             pass
