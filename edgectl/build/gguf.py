@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import io
 import os
+import re
 import sys
 import tempfile
 from collections.abc import Callable, Iterator
@@ -52,31 +52,59 @@ def check_gguf_file(path: Path) -> None:
 
 @contextlib.contextmanager
 def _captured_stderr(enabled: bool) -> Iterator[list[str]]:
-    """Silence llama.cpp while it runs: redirect fd 2 (C prints) and sys.stderr (llama-cpp-python's log
-    callback prints there). Yields a list filled, on exit, with what was written, so errors can quote it."""
+    """Silence what C code prints straight to fd 2 while it runs. Yields a list filled, on exit, with the lines
+    written, so errors can quote them."""
     lines: list[str] = []
     if not enabled:
         yield lines
         return
-    py_buffer = io.StringIO()
     with tempfile.TemporaryFile(mode="w+b") as c_buffer:
         with contextlib.suppress(Exception):
             sys.stderr.flush()
         saved_fd = os.dup(2)
         try:
             os.dup2(c_buffer.fileno(), 2)
-            with contextlib.redirect_stderr(py_buffer):
-                yield lines
+            yield lines
         finally:
             os.dup2(saved_fd, 2)
             os.close(saved_fd)
             c_buffer.seek(0)
-            text = c_buffer.read().decode("utf-8", errors="replace") + py_buffer.getvalue()
-            lines.extend(text.splitlines())
+            lines.extend(c_buffer.read().decode("utf-8", errors="replace").splitlines())
+
+
+@contextlib.contextmanager
+def _llama_log_collected(llama_cpp, *, echo: bool) -> Iterator[list[str]]:
+    """Route llama.cpp's log through our own callback while it runs, and yield the lines, filled on exit.
+
+    llama-cpp-python's callback filters by a process-wide level that any ``Llama(verbose=False)`` lowers, and its
+    level table predates ggml's current one, so llama.cpp's own error lines can vanish; this one keeps them all.
+    Afterwards llama-cpp-python's callback is put back.
+    """
+    chunks: list[str] = []
+
+    @llama_cpp.llama_log_callback
+    def collect(level: int, text: bytes, user_data: ctypes.c_void_p) -> None:
+        piece = text.decode("utf-8", errors="replace")
+        chunks.append(piece)
+        if echo:
+            sys.stderr.write(piece)
+
+    lines: list[str] = []
+    llama_cpp.llama_log_set(collect, ctypes.c_void_p(0))
+    try:
+        yield lines
+    finally:
+        from llama_cpp import _logger
+
+        llama_cpp.llama_log_set(_logger.llama_log_callback, ctypes.c_void_p(0))
+        lines.extend("".join(chunks).splitlines())
 
 
 def _failure_detail(lines: list[str]) -> str:
     """The most telling lines of llama.cpp's output: the ones that say 'failed' or 'error', else the last ones."""
+    reason = [m.group(1).strip() for ln in lines if (m := re.search(r"failed to quantize: (.*)", ln))]
+    if reason:  # llama_model_quantize's own one-line reason, without the progress text before it
+        return reason[-1]
     telling = [ln.strip() for ln in lines if "fail" in ln.lower() or "error" in ln.lower()]
     return "; ".join((telling or [ln.strip() for ln in lines if ln.strip()])[-3:])
 
@@ -104,10 +132,10 @@ def quantize_gguf(source: Path, out: Path, *, quant: str, threads: int, allow_re
     params.ftype = ftype
     params.nthread = max(1, threads)
     params.allow_requantize = allow_requantize
-    with _captured_stderr(quiet) as lines:
+    with _llama_log_collected(llama_cpp, echo=not quiet) as log_lines, _captured_stderr(quiet) as c_lines:
         rc = llama_cpp.llama_model_quantize(os.fsencode(source), os.fsencode(out), ctypes.byref(params))
     if rc != 0:
-        detail = _failure_detail(lines) or f"return code {rc}"
+        detail = _failure_detail(log_lines + c_lines) or f"return code {rc}"
         raise BuildError(f"llama.cpp failed to quantize {source} to {quant}: {detail}",
                          hint=_hint_for(detail))
     if not out.is_file() or out.stat().st_size == 0:
