@@ -23,6 +23,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import io
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -91,19 +92,22 @@ def load_paths(paths: Sequence[str | Path], *, builtins: bool = True) -> Spec:
     Raises :class:`SpecErrors` listing every problem found (schema, duplicates, unresolved references).
     """
     errors: list[SpecError] = []
+    broken: set[tuple[str, str]] = set()  # (kind, name) of documents that failed: no knock-on reference errors
+    seen: set[Path] = set()  # a file named twice (or inside a named directory) is read once
     builtin_docs: list[_Doc] = []
     if builtins:
         for d in (builtin_profiles_dir(), builtin_catalog_dir()):
             if d.is_dir():
                 for f in _yaml_files(d):
-                    builtin_docs += _load_file(f, str(f), errors)
+                    seen.add(f.resolve())
+                    builtin_docs += _load_file(f, str(f), errors, broken)
     user_docs: list[_Doc] = []
     if not paths:
         errors.append(SpecError("no manifest paths given", hint="pass manifest files or directories, e.g. manifests/"))
     for p in paths:
-        user_docs += _load_path(Path(p), errors)
+        user_docs += _load_path(Path(p), errors, broken, seen)
 
-    spec = _assemble(builtin_docs, user_docs, errors)
+    spec = _assemble(builtin_docs, user_docs, errors, broken)
     if errors:
         raise SpecErrors(_sorted(errors))
     return spec
@@ -136,28 +140,37 @@ class _Doc:
 
 
 def _yaml_files(directory: Path) -> list[Path]:
-    return sorted(p for p in directory.rglob("*") if p.suffix in YAML_SUFFIXES and p.is_file())
+    """*.yaml / *.yml below ``directory``, sorted; hidden directories (.git, .venv) are skipped, symlinked
+    directories are not followed (no loops)."""
+    found: list[Path] = []
+    for root, dirs, files in os.walk(directory):
+        dirs[:] = [d for d in dirs if not d.startswith(".")]
+        found += [Path(root) / f for f in files if f.endswith(YAML_SUFFIXES) and not f.startswith(".")]
+    return sorted(found)
 
 
-def _load_path(path: Path, errors: list[SpecError]) -> list[_Doc]:
+def _load_path(path: Path, errors: list[SpecError], broken: set[tuple[str, str]], seen: set[Path]) -> list[_Doc]:
     if path.is_dir():
         files = _yaml_files(path)
         if not files:
             errors.append(SpecError(f"directory '{path}' holds no *.yaml or *.yml files",
                                     hint="point at the manifest files, or at a directory that contains them"))
-        docs: list[_Doc] = []
-        for f in files:
-            docs += _load_file(f, str(f), errors)
-        return docs
-    if not path.exists():
+    elif path.exists():
+        files = [path]
+    else:
         errors.append(SpecError(f"'{path}' does not exist",
                                 hint="check the path (relative to the current directory); "
                                      "pass manifest files or directories of *.yaml files"))
         return []
-    return _load_file(path, str(path), errors)
+    docs: list[_Doc] = []
+    for f in files:
+        if f.resolve() not in seen:
+            seen.add(f.resolve())
+            docs += _load_file(f, str(f), errors, broken)
+    return docs
 
 
-def _load_file(path: Path, display: str, errors: list[SpecError]) -> list[_Doc]:
+def _load_file(path: Path, display: str, errors: list[SpecError], broken: set[tuple[str, str]]) -> list[_Doc]:
     try:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError as e:
@@ -167,7 +180,7 @@ def _load_file(path: Path, display: str, errors: list[SpecError]) -> list[_Doc]:
     except OSError as e:
         errors.append(SpecError(f"cannot read: {e.strerror or e}", where=display, hint="check the path and permissions"))
         return []
-    docs = _parse_and_validate(text, display, errors)
+    docs = _parse_and_validate(text, display, errors, broken)
     for d in docs:
         if isinstance(d.obj, Model):
             d.obj = _resolve_source_paths(d.obj, path.parent)
@@ -206,7 +219,9 @@ def _construct(node: Node) -> Any:
     return yaml.constructor.construct_document(node)
 
 
-def _parse_and_validate(text: str, filename: str, errors: list[SpecError]) -> list[_Doc]:
+def _parse_and_validate(text: str, filename: str, errors: list[SpecError],
+                        broken: set[tuple[str, str]] | None = None) -> list[_Doc]:
+    broken = set() if broken is None else broken
     before = len(errors)
     nodes = _compose(text, filename, errors)
     docs: list[_Doc] = []
@@ -231,6 +246,8 @@ def _parse_and_validate(text: str, filename: str, errors: list[SpecError]) -> li
         doc = _validate_document(data, node, filename, errors)
         if doc is not None and not dup_errors:
             docs.append(doc)
+        else:
+            broken.update(_names_in(data))
     if not seen_any and len(errors) == before:
         errors.append(SpecError("no documents in this file", where=filename,
                                 hint=f"add a document: 'apiVersion: {API_VERSION}', 'kind', 'metadata', 'spec' "
@@ -268,6 +285,19 @@ def _duplicate_keys(node: Node, filename: str) -> list[SpecError]:
             for i, item in enumerate(n.value):
                 stack.append((item, f"{path}[{i}]"))
     return out
+
+
+def _names_in(data: Any) -> set[tuple[str, str]]:
+    """(kind, name) a broken document meant to define, including a broken Fleet's devices."""
+    names: set[tuple[str, str]] = set()
+    if not isinstance(data, dict):
+        return names
+    kind, meta, spec = data.get("kind"), data.get("metadata"), data.get("spec")
+    if isinstance(kind, str) and isinstance(meta, dict) and isinstance(meta.get("name"), str):
+        names.add((kind, meta["name"]))
+    if kind == "Fleet" and isinstance(spec, dict) and isinstance(spec.get("devices"), list):
+        names |= {("Device", d["name"]) for d in spec["devices"] if isinstance(d, dict) and isinstance(d.get("name"), str)}
+    return names
 
 
 def _validate_document(data: Any, node: MappingNode, filename: str, errors: list[SpecError]) -> _Doc | None:
@@ -583,7 +613,8 @@ def _union_tags(cls: type[BaseModel], loc: Sequence[Any]) -> str:
 _KIND_FIELD = {DeviceProfile: "profiles", Model: "models", Fleet: "fleets", Deployment: "deployments"}
 
 
-def _assemble(builtin_docs: list[_Doc], user_docs: list[_Doc], errors: list[SpecError]) -> Spec:
+def _assemble(builtin_docs: list[_Doc], user_docs: list[_Doc], errors: list[SpecError],
+              broken: set[tuple[str, str]]) -> Spec:
     buckets: dict[str, dict[str, Any]] = {f: {} for f in _KIND_FIELD.values()}
     sources: dict[tuple[str, str], str] = {}
     origin: dict[tuple[str, str], _Doc] = {}
@@ -609,7 +640,7 @@ def _assemble(builtin_docs: list[_Doc], user_docs: list[_Doc], errors: list[Spec
     for d in user_docs:
         add(d, builtin=False)
 
-    _check_references(buckets, origin, errors)
+    _check_references(buckets, origin, errors, broken)
     extra = {"overrides": overrides} if any(f.name == "overrides" for f in dataclasses.fields(Spec)) else {}
     return Spec(profiles=buckets["profiles"], models=buckets["models"], fleets=buckets["fleets"],
                 deployments=buckets["deployments"], sources=sources, **extra)
@@ -627,7 +658,7 @@ def _known(name: str, known: Iterable[str]) -> str:
 
 
 def _check_references(buckets: dict[str, dict[str, Any]], origin: dict[tuple[str, str], _Doc],
-                      errors: list[SpecError]) -> None:
+                      errors: list[SpecError], broken: set[tuple[str, str]]) -> None:
     profiles, models = buckets["profiles"], buckets["models"]
     devices: dict[str, tuple[str, int]] = {}  # device name -> (fleet, index)
     for fleet in buckets["fleets"].values():
@@ -642,19 +673,20 @@ def _check_references(buckets: dict[str, dict[str, Any]], origin: dict[tuple[str
                     hint=f"'{dev.name}' is already a device at {first}; device names must be unique across fleets"))
             else:
                 devices[dev.name] = (fleet.name, i)
-            if dev.profile != AUTO_PROFILE and dev.profile not in profiles:
+            missing = dev.profile != AUTO_PROFILE and dev.profile not in profiles
+            if missing and ("DeviceProfile", dev.profile) not in broken:
                 errors.append(SpecError(
                     f"unknown device profile '{dev.profile}'", where=doc.where(("spec", "devices", i, "profile")),
                     field=f"spec.devices[{i}].profile",
                     hint=f"use '{AUTO_PROFILE}' or a DeviceProfile name; " + _known(dev.profile, profiles)))
     for dep in buckets["deployments"].values():
         doc = origin[("Deployment", dep.name)]
-        if dep.spec.model not in models:
+        if dep.spec.model not in models and ("Model", dep.spec.model) not in broken:
             errors.append(SpecError(
                 f"unknown model '{dep.spec.model}'", where=doc.where(("spec", "model")), field="spec.model",
                 hint="define it in a Model document or use a catalog model; " + _known(dep.spec.model, models)))
         for i, name in enumerate(dep.spec.selector.devices):
-            if name not in devices:
+            if name not in devices and ("Device", name) not in broken:
                 errors.append(SpecError(
                     f"unknown device '{name}'", where=doc.where(("spec", "selector", "devices", i)),
                     field=f"spec.selector.devices[{i}]",

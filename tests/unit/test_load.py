@@ -328,3 +328,25 @@ def test_load_text_returns_validated_documents() -> None:
         load_text("apiVersion: edgectl.dev/v1alpha1\nkind: Fleet\n", filename="x.yaml")
     assert [e.field for e in info.value.errors] == ["metadata", "spec"]
     assert all(isinstance(e, SpecError) and e.where == "x.yaml:1:1" for e in info.value.errors)
+
+
+def test_a_broken_document_causes_no_knock_on_reference_errors() -> None:
+    write("p.yaml", PROFILE.format(name="rpi5", memory_gb=0))       # invalid profile
+    write("m.yaml", MODEL.format(name="tiny").replace("layers: 2", "layers: -2"))
+    write("fleet.yaml", FLEET + "      colour: red\n")                 # invalid fleet: device 'pi' is broken
+    write("deploy.yaml", DEPLOYMENT)
+    errs = errors_of("p.yaml", "m.yaml", "fleet.yaml", "deploy.yaml")
+    assert [e.split(": ")[0] for e in errs] == ["fleet.yaml:12:7", "m.yaml:6:59", "p.yaml:8:14"]
+
+
+def test_a_file_named_twice_or_inside_a_named_directory_is_read_once() -> None:
+    files = valid_set()
+    write("m/extra.yaml", PROFILE.format(name="jetson", memory_gb=8))
+    spec = load_paths([*files, "fleet.yaml", "m", "m/extra.yaml"], builtins=False)
+    assert set(spec.profiles) == {"rpi5", "jetson"}
+
+
+def test_hidden_directories_are_skipped() -> None:
+    write("m/.venv/lib/site.yaml", "not: a manifest\n")
+    write("m/p.yaml", PROFILE.format(name="rpi5", memory_gb=8))
+    assert set(load_paths(["m"], builtins=False).profiles) == {"rpi5"}
