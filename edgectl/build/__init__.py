@@ -45,13 +45,17 @@ def _stage_callback(progress: Any, label: str) -> StageProgress | None:
 
 
 def build(recipe: Recipe, model: Model, store: ArtifactStore, *, base_dir: Path | None = None,
-          threads: int | None = None, progress: Any = None, quiet: bool = True) -> tuple[BuiltArtifact, bool]:
+          threads: int | None = None, progress: Any = None, quiet: bool | None = None) -> tuple[BuiltArtifact, bool]:
     """Ensure the artifact ``recipe`` describes is in ``store``; returns ``(artifact, built_now)``.
 
     Cache key = source digest + recipe + tool version. A hit returns the stored artifact without work (the
     source digest itself is remembered by path/size/mtime). A miss builds into the store's tmp/ and lands
     atomically; a failed or interrupted build leaves no artifact and no index entry.
+
+    ``quiet`` silences llama.cpp's output (still quoted in errors); by default it is on unless EDGECTL_DEBUG=1.
     """
+    if quiet is None:
+        quiet = os.environ.get("EDGECTL_DEBUG", "") != "1"
     info = check_buildable(recipe)
     if recipe.model != model.name:
         raise BuildError(f"recipe is for model {recipe.model!r} but was given model {model.name!r}",

@@ -115,7 +115,7 @@ def _hint_for(detail: str) -> str:
                 "(e.g. Q4_1, as general.file_type says) so edgectl allows requantization")
     if "failed to load model" in detail or "failed to read" in detail:
         return "the source GGUF is truncated or corrupt; download it again (or fix its sha256 in the catalog)"
-    return "run again with quiet=False (EDGECTL_DEBUG=1) to see llama.cpp's full output"
+    return "run again with EDGECTL_DEBUG=1 to see llama.cpp's full output"
 
 
 def quantize_gguf(source: Path, out: Path, *, quant: str, threads: int, allow_requantize: bool,

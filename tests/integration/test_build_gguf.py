@@ -162,10 +162,12 @@ def test_smollm2_q4_1_requantized_to_q4_0_still_knows_paris(tmp_path: Path) -> N
     assert "Paris" in reply["choices"][0]["message"]["content"]
 
 
-def test_quiet_build_prints_nothing_and_loud_build_shows_llama_cpp(
-        tiny_model: Model, tmp_path: Path, capfd: pytest.CaptureFixture[str]) -> None:
+def test_build_is_quiet_unless_edgectl_debug(tiny_model: Model, tmp_path: Path, capfd: pytest.CaptureFixture[str],
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
     recipe = Recipe(model="tiny", format="gguf", quant="Q5_0", source_precision="F32")
+    monkeypatch.delenv("EDGECTL_DEBUG", raising=False)
     build(recipe, tiny_model, ArtifactStore(tmp_path / "quiet"), threads=2)
     assert capfd.readouterr().err == ""
-    build(recipe, tiny_model, ArtifactStore(tmp_path / "loud"), threads=2, quiet=False)
+    monkeypatch.setenv("EDGECTL_DEBUG", "1")
+    build(recipe, tiny_model, ArtifactStore(tmp_path / "loud"), threads=2)
     assert "llama_model_quantize_impl" in capfd.readouterr().err
