@@ -25,9 +25,10 @@ import difflib
 import io
 import os
 import re
+import types
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Sequence, Union, get_args, get_origin
+from typing import Any, Iterable, Literal, Sequence, Union, get_args, get_origin
 
 from pydantic import BaseModel, ValidationError
 from ruamel.yaml import YAML
@@ -354,22 +355,18 @@ def _child(node: Node, step: Any) -> tuple[Node | None, Node | None]:
     return None, None
 
 
-def _locate(root: Node, loc: Sequence[Any], *, point_at_key: bool = False) -> Any:
-    """Start mark for ``loc``: the value (or its key with ``point_at_key``); the deepest existing parent otherwise.
-
-    Steps that are not in the document (pydantic's union tags like 'ssh', or '[key]') are skipped.
-    """
+def _locate(root: Node, path: Sequence[Any], *, point_at_key: bool = False) -> Any:
+    """Start mark of the value at ``path`` (a document path: keys and list indexes), or of its key with
+    ``point_at_key``. When the path leaves the document (a missing field), the deepest existing node."""
     node, key = root, None
-    for i, step in enumerate(loc):
-        if step == "[key]":
-            # pydantic: the dict key itself is invalid; point at it.
-            return key.start_mark if key is not None else node.start_mark
+    for step in path:
         k, v = _child(node, step)
         if v is None:
-            continue  # a union tag or a missing field: stay on the parent
+            break
         node, key = v, k
-    if point_at_key and key is not None:
-        return key.start_mark
+    else:
+        if point_at_key and key is not None:
+            return key.start_mark
     return node.start_mark
 
 
@@ -450,8 +447,6 @@ def _unwrap(ann: Any) -> Any:
 
 
 def _is_union(ann: Any) -> bool:
-    import types
-
     return get_origin(ann) in (Union, types.UnionType)
 
 
@@ -462,8 +457,7 @@ def _union_member(members: list[Any], tag: Any) -> Any:
         if m.__name__ == tag:
             return m
         for f in m.model_fields.values():
-            if get_origin(f.annotation) is not None and tag in get_args(f.annotation) and \
-                    str(get_origin(f.annotation)).endswith("Literal"):
+            if get_origin(f.annotation) is Literal and tag in get_args(f.annotation):
                 return m
     return None
 
@@ -517,9 +511,10 @@ def _translate(err: dict, cls: type[BaseModel], root: MappingNode, filename: str
             hint = f"did you mean '{nested[deeper[0]]}' (it belongs under '{nested[deeper[0]].split('.')[0]}')?"
         else:
             hint = f"allowed keys here: {', '.join(allowed)}"
-        return SpecError("unknown field", where=_where(filename, _locate(root, loc, point_at_key=True)),
+        return SpecError("unknown field", where=_where(filename, _locate(root, data_loc, point_at_key=True)),
                          field=field, hint=hint)
-    where = _where(filename, _locate(root, loc))
+    # An invalid dict key ('[key]' in pydantic's loc) is pointed at itself, not at its value.
+    where = _where(filename, _locate(root, data_loc, point_at_key=bool(loc) and loc[-1] == "[key]"))
     if etype == "missing":
         return SpecError("missing required field", where=where, field=field, hint=f"add '{last}:' here{desc}")
     if etype == "union_tag_not_found":
@@ -532,7 +527,7 @@ def _translate(err: dict, cls: type[BaseModel], root: MappingNode, filename: str
         close = difflib.get_close_matches(str(ctx.get("tag")), tags, n=1, cutoff=0.5)
         hint = (f"did you mean '{close[0]}'? " if close else "") + f"known {disc}s: {', '.join(tags)}"
         return SpecError(f"unknown {disc} {_short(ctx.get('tag'))}",
-                         where=_where(filename, _locate(root, loc + (disc,))), field=_join(field, disc), hint=hint)
+                         where=_where(filename, _locate(root, [*data_loc, disc])), field=_join(field, disc), hint=hint)
     if etype == "literal_error":
         expected = str(ctx.get("expected", ""))
         options = re.findall(r"'([^']*)'", expected)
@@ -600,7 +595,7 @@ def _union_tags(cls: type[BaseModel], loc: Sequence[Any]) -> str:
         m = _unwrap(m)
         if isinstance(m, type) and issubclass(m, BaseModel):
             for f in m.model_fields.values():
-                if str(get_origin(f.annotation)).endswith("Literal"):
+                if get_origin(f.annotation) is Literal:
                     tags += [str(a) for a in get_args(f.annotation)]
                     break
     return ", ".join(tags) or "?"

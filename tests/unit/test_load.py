@@ -350,3 +350,11 @@ def test_hidden_directories_are_skipped() -> None:
     write("m/.venv/lib/site.yaml", "not: a manifest\n")
     write("m/p.yaml", PROFILE.format(name="rpi5", memory_gb=8))
     assert set(load_paths(["m"], builtins=False).profiles) == {"rpi5"}
+
+
+def test_bad_label_key_points_at_the_key() -> None:
+    write("fleet.yaml", FLEET.replace("      profile: rpi5\n", "      profile: auto\n      labels: {'my room': x}\n"))
+    assert errors_of("fleet.yaml") == [
+        "fleet.yaml:9:16: spec.devices[0].labels['my room']: invalid label key 'my room'\n"
+        "  hint: use letters, digits, '.', '_', '/' and '-'; starting and ending with a letter or digit; "
+        "at most 63 characters"]
