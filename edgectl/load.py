@@ -189,8 +189,9 @@ def _load_file(path: Path, display: str, errors: list[SpecError], broken: set[tu
 
 
 def _resolve_source_paths(model: Model, base: Path) -> Model:
+    # '~/...' is left as written: it is relative to the user's home, not to the manifest.
     sources = [s.model_copy(update={"path": str((base / s.path).absolute())})
-               if s.path and not Path(s.path).expanduser().is_absolute() and not s.path.startswith("~") else s
+               if s.path and not s.path.startswith("~") and not Path(s.path).is_absolute() else s
                for s in model.spec.sources]
     if sources == list(model.spec.sources):
         return model
@@ -203,15 +204,24 @@ def _compose(text: str, filename: str, errors: list[SpecError]) -> list[Node]:
     try:
         for node in yaml.compose_all(io.StringIO(text)):
             nodes.append(node)
-    except MarkedYAMLError as e:
-        mark = e.problem_mark or e.context_mark
-        where = f"{filename}:{mark.line + 1}:{mark.column + 1}" if mark else filename
-        problem = " ".join(str(x) for x in (e.context, e.problem) if x) or str(e)
-        errors.append(SpecError(f"invalid YAML: {problem}", where=where,
-                                hint="check indentation, quoting and ':' after keys near this position"))
     except YAMLError as e:
-        errors.append(SpecError(f"invalid YAML: {e}", where=filename, hint="check the YAML syntax"))
+        errors.append(_yaml_error(e, filename))
     return nodes
+
+
+def _yaml_error(e: YAMLError, filename: str) -> SpecError:
+    if isinstance(e, MarkedYAMLError):
+        mark = e.problem_mark or e.context_mark
+        where = _where(filename, mark) if mark else filename
+        problem = " ".join(str(x) for x in (e.context, e.problem) if x) or str(e)
+        if "'\\t'" in problem:
+            hint = "indent with spaces; YAML does not allow tabs"
+        elif "constructor for the tag" in problem:
+            hint = "remove the '!' tag: manifests hold plain strings, numbers, lists and mappings"
+        else:
+            hint = "check indentation, quoting and ':' after keys near this position"
+        return SpecError(f"invalid YAML: {problem}", where=where, hint=hint)
+    return SpecError(f"invalid YAML: {e}", where=filename, hint="check the YAML syntax")
 
 
 def _construct(node: Node) -> Any:
@@ -242,7 +252,7 @@ def _parse_and_validate(text: str, filename: str, errors: list[SpecError],
         try:
             data = _construct(node)
         except YAMLError as e:
-            errors.append(SpecError(f"invalid YAML: {e}", where=where, hint="check the YAML syntax"))
+            errors.append(_yaml_error(e, filename))
             continue
         doc = _validate_document(data, node, filename, errors)
         if doc is not None and not dup_errors:
@@ -267,8 +277,12 @@ def _node_kind(node: Node) -> str:
 def _duplicate_keys(node: Node, filename: str) -> list[SpecError]:
     out: list[SpecError] = []
     stack = [(node, "")]
+    visited: set[int] = set()  # aliases share nodes (and may be recursive): check each node once
     while stack:
         n, path = stack.pop()
+        if id(n) in visited:
+            continue
+        visited.add(id(n))
         if isinstance(n, MappingNode):
             first: dict[Any, Node] = {}
             for k, v in n.value:

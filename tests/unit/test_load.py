@@ -358,3 +358,13 @@ def test_bad_label_key_points_at_the_key() -> None:
         "fleet.yaml:9:16: spec.devices[0].labels['my room']: invalid label key 'my room'\n"
         "  hint: use letters, digits, '.', '_', '/' and '-'; starting and ending with a letter or digit; "
         "at most 63 characters"]
+
+
+def test_yaml_tabs_tags_and_recursive_aliases_are_errors_not_crashes() -> None:
+    write("tab.yaml", "apiVersion: edgectl.dev/v1alpha1\n\tkind: Fleet\n")
+    write("tag.yaml", "apiVersion: edgectl.dev/v1alpha1\nkind: Fleet\nmetadata: !!python/object:os.system {}\n")
+    write("loop.yaml", FLEET.replace("  devices:\n", "  devices: &d [*d]\n  x:\n"))
+    errs = errors_of("tab.yaml", "tag.yaml", "loop.yaml")
+    assert any(e.startswith("tab.yaml:2:1: invalid YAML:") and "hint: indent with spaces" in e for e in errs)
+    assert any(e.startswith("tag.yaml:3:11: invalid YAML:") and "hint: remove the '!' tag" in e for e in errs)
+    assert any(e.startswith("loop.yaml:") for e in errs)
