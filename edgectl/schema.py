@@ -17,7 +17,6 @@ Regenerate the committed files with::
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import sys
 import types
