@@ -1,0 +1,268 @@
+"""Deployments on this device: blue-green activation, removal, and recovery from state.json at start.
+
+Activation loads the new artifact beside the serving one, runs a real smoke inference, then switches by replacing
+one dict entry (requests pick up the new model on their next lookup) and persists the state. On any failure the
+old model keeps serving and the deployment records the runtime's message. Activations are serialized: two models
+loading at once could exhaust a small device's memory.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+
+import anyio.to_thread
+
+from edgectl_agent.api import ArtifactRef, DeploymentState, DesiredDeployment
+from edgectl_agent.errors import AgentError, Conflict, NotFound, RuntimeFailure, Unprocessable
+from edgectl_agent.metrics import AgentMetrics
+from edgectl_agent.runtimes.base import LoadedModel, Runtime
+from edgectl_agent.settings import AgentSettings
+from edgectl_agent.store import ArtifactStore, StateFile, sha256_file
+
+log = logging.getLogger(__name__)
+
+
+def _now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+@dataclass(frozen=True)
+class Serving:
+    """A loaded model answering for a deployment, and the desired settings it was loaded with."""
+
+    desired: DesiredDeployment
+    model: LoadedModel
+
+    @property
+    def artifact(self) -> ArtifactRef:
+        return self.desired.artifact
+
+
+class Deployments:
+    def __init__(self, settings: AgentSettings, store: ArtifactStore, state_file: StateFile,
+                 runtimes: dict[str, Runtime], metrics: AgentMetrics) -> None:
+        self.settings = settings
+        self.store = store
+        self.state_file = state_file
+        self.runtimes = runtimes
+        self.metrics = metrics
+        self.serving: dict[str, Serving] = {}
+        self.states: dict[str, DeploymentState] = {}
+        self._lock = asyncio.Lock()
+        self._loaded_at_start: dict[str, DesiredDeployment] = {}
+
+    # -- queries ----------------------------------------------------------------------------------------------
+    def serving_model(self, name: str) -> Serving:
+        """The model answering for deployment ``name`` (the model id in OpenAI requests)."""
+        serving = self.serving.get(name)
+        if serving is None:
+            known = ", ".join(sorted(self.serving)) or "none"
+            raise NotFound(f"the model '{name}' does not exist on this device (serving: {known})",
+                           hint="use a deployment name from GET /v1/models as the model id",
+                           param="model", code="model_not_found")
+        return serving
+
+    def snapshot(self) -> list[DeploymentState]:
+        return [self.states[n] for n in sorted(self.states)]
+
+    def not_ready(self) -> list[str]:
+        """Why the device does not serve everything desired; empty = ready."""
+        reasons = []
+        for s in self.snapshot():
+            if s.state != "serving":
+                why = f": {s.last_error}" if s.last_error else ""
+                reasons.append(f"deployment '{s.name}' is {s.state}{why}")
+        return reasons
+
+    # -- state ------------------------------------------------------------------------------------------------
+    def _set(self, name: str, **changes) -> DeploymentState:
+        old = self.states.get(name)
+        if old is None:
+            state = DeploymentState(name=name, since=_now(), **{"state": "loading", **changes})
+        else:
+            if "state" in changes and changes["state"] != old.state:
+                changes.setdefault("since", _now())
+            state = old.model_copy(update=changes)
+        self.states[name] = state
+        self.metrics.serving.labels(deployment=name).set(1 if state.state == "serving" else 0)
+        return state
+
+    async def _persist(self) -> None:
+        states = [s for s in self.snapshot() if s.state != "removed"]
+        # Deployments not yet recovered keep the settings they were loaded with before the restart.
+        loaded = {n: d for n, d in self._loaded_at_start.items() if n in self.states}
+        loaded.update({name: s.desired for name, s in self.serving.items()})
+        await anyio.to_thread.run_sync(self.state_file.save, states, loaded)
+
+    # -- loading ----------------------------------------------------------------------------------------------
+    async def _load(self, desired: DesiredDeployment, *, rehash: bool = False) -> LoadedModel:
+        """Load and smoke-test ``desired.artifact``; RuntimeFailure (with the runtime's message) on failure."""
+        runtime = self.runtimes.get(desired.runtime)
+        if runtime is None:
+            raise Unprocessable(f"runtime '{desired.runtime}' is not available on this agent "
+                                f"(available: {', '.join(sorted(self.runtimes)) or 'none'})",
+                                hint="choose an available runtime, or install its extra, e.g. "
+                                     "pip install 'edgectl-agent[llama]'", type="runtime_unavailable")
+        artifact = desired.artifact
+        if artifact.format not in runtime.capabilities.formats:
+            raise Unprocessable(f"runtime '{runtime.name}' cannot load {artifact.format} artifacts",
+                                hint=f"it loads: {', '.join(runtime.capabilities.formats)}")
+        path = self.store.path(artifact.digest)
+        if not path.is_file():
+            raise Conflict(f"artifact {artifact.digest} is not in this device's store",
+                           hint=f"upload it first: PUT /control/v1/artifacts/{artifact.digest} (edgectl apply "
+                                "does this)", type="artifact_missing", code=artifact.digest)
+        size = path.stat().st_size
+        if size != artifact.size_bytes:
+            raise Unprocessable(f"artifact {artifact.digest} has {size} bytes on the device, the deployment "
+                                f"says size_bytes={artifact.size_bytes}",
+                                hint="send the artifact's real size in the deployment (edgectl apply does)")
+        if rehash and await anyio.to_thread.run_sync(sha256_file, path) != artifact.digest:
+            raise RuntimeFailure(f"artifact {artifact.digest} on disk no longer matches its digest (corrupted)",
+                                 hint="push it again: edgectl apply uploads missing artifacts")
+        start = time.perf_counter()
+        model = await anyio.to_thread.run_sync(runtime.load, path, desired)
+        load_s = time.perf_counter() - start
+        try:
+            await anyio.to_thread.run_sync(model.smoke, self.settings.smoke_prompt, self.settings.smoke_max_tokens)
+        except BaseException as e:
+            await anyio.to_thread.run_sync(model.close)
+            if isinstance(e, AgentError):
+                raise RuntimeFailure(f"smoke inference of {artifact.digest} failed: {e.message}",
+                                     hint=e.hint) from e
+            if isinstance(e, Exception):
+                raise RuntimeFailure(f"smoke inference of {artifact.digest} failed: {type(e).__name__}: {e}",
+                                     hint="see the agent log; the previous artifact keeps serving") from e
+            raise
+        self.metrics.load_seconds.labels(deployment=desired.name).set(load_s)
+        log.info("deployment %s: loaded %s in %.2f s, smoke inference ok", desired.name, artifact.digest, load_s)
+        return model
+
+    # -- control ----------------------------------------------------------------------------------------------
+    async def activate(self, desired: DesiredDeployment) -> DeploymentState:
+        name = desired.name
+        async with self._lock:
+            current = self.serving.get(name)
+            state = self.states.get(name)
+            if current is not None and state is not None and current.desired == desired and state.state == "serving":
+                return state  # already serving exactly this: nothing to do
+            old_active = state.active if state else None
+            old_previous = state.previous if state else None
+            self._set(name, desired=desired, state="loading", active=old_active, previous=old_previous)
+            try:
+                model = await self._load(desired)
+            except AgentError as e:
+                self.metrics.failed_activations.labels(deployment=name).inc()
+                self._set(name, state="failed", last_error=e.message)
+                await self._persist()
+                log.warning("deployment %s: activation of %s failed, %s keeps serving: %s", name,
+                            desired.artifact.digest, old_active.digest if old_active else "nothing", e.message)
+                raise
+            except Exception as e:
+                self.metrics.failed_activations.labels(deployment=name).inc()
+                message = f"{type(e).__name__}: {e}"
+                self._set(name, state="failed", last_error=message)
+                await self._persist()
+                log.exception("deployment %s: activation failed", name)
+                raise RuntimeFailure(message, hint="see the agent log; the previous artifact keeps serving") from e
+            # Switch: one dict assignment; requests already running finish on the old model.
+            self.serving[name] = Serving(desired, model)
+            new_active = desired.artifact
+            if old_active is not None and old_active.digest != new_active.digest:
+                new_previous = old_active
+                self.metrics.swaps.labels(deployment=name).inc()
+            else:
+                new_previous = old_previous
+            result = self._set(name, state="serving", active=new_active, previous=new_previous, last_error=None,
+                               since=_now())
+            self.metrics.set_active(name, new_active)
+            await self._persist()
+            if current is not None:
+                await anyio.to_thread.run_sync(current.model.close)
+            self._collect_garbage({a.digest for a in (old_active, old_previous) if a is not None})
+            log.info("deployment %s: serving %s (previous %s)", name, new_active.digest,
+                     new_previous.digest if new_previous else "none")
+            return result
+
+    async def remove(self, name: str) -> DeploymentState:
+        async with self._lock:
+            state = self.states.get(name)
+            if state is None:
+                raise NotFound(f"deployment '{name}' does not exist on this device",
+                               hint="GET /control/v1/state lists the deployments", type="deployment_not_found")
+            current = self.serving.pop(name, None)
+            removed = self._set(name, state="removed", active=None, previous=None, last_error=None)
+            del self.states[name]
+            self.metrics.forget(name)
+            await self._persist()
+            if current is not None:
+                await anyio.to_thread.run_sync(current.model.close)
+            self._collect_garbage({a.digest for a in (state.active, state.previous, state.desired and
+                                                      state.desired.artifact) if a is not None})
+            log.info("deployment %s removed", name)
+            return removed
+
+    def _collect_garbage(self, candidates: set[str]) -> None:
+        """Delete the artifacts in ``candidates`` that no deployment serves, keeps as previous, or wants."""
+        referenced = set()
+        for s in self.states.values():
+            for ref in (s.active, s.previous, s.desired.artifact if s.desired else None):
+                if ref is not None:
+                    referenced.add(ref.digest)
+        for digest in sorted(candidates - referenced):
+            self.store.delete(digest)
+
+    # -- lifecycle --------------------------------------------------------------------------------------------
+    async def recover(self) -> None:
+        """Serve what state.json says, with no control plane: the active artifact, else the previous one."""
+        states, loaded = self.state_file.load()
+        self._loaded_at_start = loaded
+        for s in states:
+            self.states[s.name] = s
+            self._set(s.name, state="loading")
+        for s in states:
+            async with self._lock:
+                if s.name not in self.states or self.states[s.name].state != "loading":
+                    continue  # the control plane changed it meanwhile
+                await self._recover_one(s, loaded.get(s.name))
+        if states:
+            await self._persist()
+
+    async def _recover_one(self, s: DeploymentState, loaded: DesiredDeployment | None) -> None:
+        errors = []
+        for ref, role in ((s.active, "active"), (s.previous, "previous")):
+            if ref is None:
+                continue
+            base = loaded or s.desired
+            if base is None:
+                continue
+            desired = base if base.artifact == ref else base.model_copy(update={"artifact": ref})
+            try:
+                model = await self._load(desired, rehash=self.settings.verify_on_start)
+            except AgentError as e:
+                errors.append(f"{role} {ref.digest}: {e.message}")
+                self.metrics.failed_activations.labels(deployment=s.name).inc()
+                continue
+            self.serving[s.name] = Serving(desired, model)
+            self.metrics.set_active(s.name, ref)
+            wanted = s.desired is None or s.desired == desired
+            if role == "active":
+                phase = "serving" if wanted and s.last_error is None else "failed"
+                self._set(s.name, state=phase, last_error=None if phase == "serving" else s.last_error)
+            else:
+                self._set(s.name, state="failed", active=ref, previous=None,
+                          last_error=f"at start, fell back to the previous artifact: {'; '.join(errors)}")
+            log.info("deployment %s: recovered, serving %s", s.name, ref.digest)
+            return
+        self._set(s.name, state="failed", last_error="at start, nothing could be loaded: " +
+                  ("; ".join(errors) or "no artifact recorded"))
+        log.error("deployment %s: %s", s.name, self.states[s.name].last_error)
+
+    async def close(self) -> None:
+        async with self._lock:
+            for name in list(self.serving):
+                await anyio.to_thread.run_sync(self.serving.pop(name).model.close)

@@ -1,0 +1,105 @@
+"""What this device is: CPU, ISA flags, memory, disk, accelerators and the runtimes importable here.
+
+Read from psutil, platform and /proc, without importing any runtime (versions come from package metadata), so it
+answers in milliseconds.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import shutil
+import socket
+from importlib import metadata
+from pathlib import Path
+
+import psutil
+
+from edgectl_agent import __version__
+from edgectl_agent.api import AcceleratorFact, Facts
+
+# ISA extensions that change which quant types and kernels run fast.
+INFERENCE_FLAGS = ("neon", "asimd", "dotprod", "asimddp", "i8mm", "sve", "sve2", "avx", "avx2", "avx512f",
+                   "avx512_vnni", "avx512_bf16", "avx_vnni", "amx_tile", "amx_int8", "f16c", "fma", "fphp",
+                   "asimdhp")
+
+# Runtime name -> the distribution that provides it.
+RUNTIME_PACKAGES = {"llamacpp": "llama-cpp-python"}
+
+
+def _cpuinfo(path: Path = Path("/proc/cpuinfo")) -> tuple[str, set[str]]:
+    model, flags = "", set()
+    try:
+        text = path.read_text(errors="replace")
+    except OSError:
+        return model, flags
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        key = key.strip().lower()
+        if key in ("model name", "hardware", "cpu model", "processor") and not model and not value.strip().isdigit():
+            model = value.strip()
+        elif key in ("flags", "features"):
+            flags.update(value.split())
+    return model, flags
+
+
+def parse_cpu_flags(raw: set[str]) -> list[str]:
+    """Keep the inference-relevant flags; aarch64 names asimd (= NEON) and asimddp (= dotprod) its own way."""
+    found = {f for f in raw if f in INFERENCE_FLAGS}
+    if "asimd" in found:
+        found.add("neon")
+    if "asimddp" in found:
+        found.add("dotprod")
+    return sorted(found)
+
+
+def runtime_versions() -> dict[str, str]:
+    versions = {}
+    for name, dist in RUNTIME_PACKAGES.items():
+        try:
+            versions[name] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            continue
+    return versions
+
+
+def nvidia_gpus(proc: Path = Path("/proc/driver/nvidia/gpus")) -> list[AcceleratorFact]:
+    found = []
+    try:
+        entries = sorted(proc.iterdir())
+    except OSError:
+        return found
+    for entry in entries:
+        name = "NVIDIA GPU"
+        try:
+            for line in (entry / "information").read_text(errors="replace").splitlines():
+                if line.lower().startswith("model:"):
+                    name = line.split(":", 1)[1].strip()
+        except OSError:
+            pass
+        found.append(AcceleratorFact(kind="gpu", name=name))
+    return found
+
+
+def collect_facts(root: Path) -> Facts:
+    model, raw_flags = _cpuinfo()
+    try:
+        cpu_count = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        cpu_count = os.cpu_count() or 1
+    mem = psutil.virtual_memory()
+    probe = root if root.exists() else Path(root.anchor or "/")
+    return Facts(
+        agent_version=__version__,
+        hostname=socket.gethostname(),
+        arch=platform.machine(),
+        os=f"{platform.system()} {platform.release()}",
+        cpu_model=model or platform.processor() or platform.machine(),
+        cpu_count=cpu_count,
+        cpu_flags=parse_cpu_flags(raw_flags),
+        ram_total_bytes=mem.total,
+        ram_available_bytes=mem.available,
+        disk_free_bytes=shutil.disk_usage(probe).free,
+        accelerators=nvidia_gpus(),
+        runtimes=runtime_versions(),
+    )

@@ -1,0 +1,225 @@
+"""OpenAI-compatible serving API under /v1. The model id is the deployment name.
+
+Inference is blocking (llama.cpp), so it runs in worker threads; a streaming response pulls one chunk at a time
+from a worker and closes the runtime's iterator when the client goes away, so the model is freed at once.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import AsyncIterator, Iterator
+from typing import Any, Literal
+
+import anyio.to_thread
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, StreamingResponse
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from edgectl_agent.deployments import Serving
+from edgectl_agent.errors import AgentError, BadRequest
+from edgectl_agent.runtimes.base import GenerationParams
+
+router = APIRouter(prefix="/v1")
+ARTIFACT_HEADER = "X-Edgectl-Artifact"
+
+
+class _Request(BaseModel):
+    # Unknown OpenAI fields (user, logprobs, ...) are accepted and ignored, as other OpenAI servers do.
+    model_config = ConfigDict(extra="ignore")
+
+    model: str = Field(min_length=1, description="Deployment name.")
+
+
+class _Sampling(_Request):
+    max_tokens: int | None = Field(default=None, ge=1, description="Tokens to generate at most.")
+    temperature: float | None = Field(default=None, ge=0, le=2)
+    top_p: float | None = Field(default=None, gt=0, le=1)
+    stop: str | list[str] | None = Field(default=None)
+    seed: int | None = None
+    stream: bool = False
+    n: int = Field(default=1, ge=1, le=1, description="Only one choice per request is supported.")
+
+    def params(self) -> GenerationParams:
+        stop = [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
+        return GenerationParams(max_tokens=self.max_tokens, temperature=self.temperature, top_p=self.top_p,
+                                stop=stop, seed=self.seed)
+
+
+class ChatMessage(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    role: Literal["system", "user", "assistant", "tool", "developer"]
+    content: str | list[dict[str, Any]] | None = None
+
+    @field_validator("content")
+    @classmethod
+    def _text_only(cls, v):
+        if isinstance(v, list):
+            parts = []
+            for part in v:
+                if part.get("type") != "text" or not isinstance(part.get("text"), str):
+                    raise ValueError("only text content parts are supported")
+                parts.append(part["text"])
+            return "".join(parts)
+        return v
+
+
+class ChatRequest(_Sampling):
+    messages: list[ChatMessage] = Field(min_length=1)
+    max_completion_tokens: int | None = Field(default=None, ge=1)
+    tools: list[Any] | None = None
+
+    @field_validator("tools")
+    @classmethod
+    def _no_tools(cls, v):
+        if v:
+            raise ValueError("tool calling is not supported by this agent")
+        return v
+
+    def params(self) -> GenerationParams:
+        p = super().params()
+        if self.max_tokens is None and self.max_completion_tokens is not None:
+            return GenerationParams(**{**p.__dict__, "max_tokens": self.max_completion_tokens})
+        return p
+
+
+class CompletionRequest(_Sampling):
+    prompt: str | list[str]
+    max_tokens: int | None = Field(default=16, ge=1)
+
+    @field_validator("prompt")
+    @classmethod
+    def _one_prompt(cls, v):
+        if isinstance(v, list):
+            if len(v) != 1:
+                raise ValueError("exactly one prompt per request is supported")
+            return v[0]
+        return v
+
+
+class EmbeddingRequest(_Request):
+    input: str | list[str]
+    encoding_format: Literal["float"] = "float"
+
+    def inputs(self) -> list[str]:
+        return [self.input] if isinstance(self.input, str) else list(self.input)
+
+
+# -- helpers -------------------------------------------------------------------------------------------------
+def _serving(request: Request, model: str) -> Serving:
+    return request.app.state.agent.deployments.serving_model(model)
+
+
+def _stamp(out: dict[str, Any], serving: Serving) -> dict[str, Any]:
+    """The id clients sent, and which artifact answered."""
+    out["model"] = serving.desired.name
+    out["system_fingerprint"] = serving.artifact.digest
+    return out
+
+
+def _count_usage(request: Request, name: str, usage: dict[str, Any] | None) -> None:
+    if not usage:
+        return
+    m = request.app.state.agent.metrics
+    m.prompt_tokens.labels(deployment=name).inc(usage.get("prompt_tokens") or 0)
+    m.completion_tokens.labels(deployment=name).inc(usage.get("completion_tokens") or 0)
+
+
+def _has_token(chunk: dict[str, Any]) -> bool:
+    for choice in chunk.get("choices") or []:
+        if choice.get("text") or (choice.get("delta") or {}).get("content"):
+            return True
+    return False
+
+
+_DONE = object()
+
+
+async def _sse(request: Request, serving: Serving, chunks: Iterator[dict[str, Any]],
+               started: float) -> AsyncIterator[str]:
+    m = request.app.state.agent.metrics
+    name = serving.desired.name
+    generated = 0
+    try:
+        while True:
+            try:
+                chunk = await anyio.to_thread.run_sync(next, chunks, _DONE)
+            except AgentError as e:
+                yield f"data: {json.dumps(e.body())}\n\n"
+                break
+            except Exception as e:  # noqa: BLE001 — headers are sent; the error must travel in the stream
+                err = AgentError(f"inference failed: {type(e).__name__}: {e}", hint="see the agent log")
+                yield f"data: {json.dumps(err.body())}\n\n"
+                break
+            if chunk is _DONE:
+                yield "data: [DONE]\n\n"
+                break
+            if _has_token(chunk):
+                if generated == 0:
+                    m.ttft.labels(deployment=name).observe(time.perf_counter() - started)
+                generated += 1
+            yield f"data: {json.dumps(_stamp(chunk, serving))}\n\n"
+    finally:
+        close = getattr(chunks, "close", None)
+        if close is not None:
+            await anyio.to_thread.run_sync(close)
+        m.completion_tokens.labels(deployment=name).inc(generated)
+
+
+def _stream_response(request: Request, serving: Serving, chunks, started: float) -> StreamingResponse:
+    return StreamingResponse(_sse(request, serving, chunks, started), media_type="text/event-stream",
+                             headers={ARTIFACT_HEADER: serving.artifact.digest, "Cache-Control": "no-cache"})
+
+
+def _json_response(request: Request, serving: Serving, out: dict[str, Any]) -> JSONResponse:
+    _count_usage(request, serving.desired.name, out.get("usage"))
+    return JSONResponse(_stamp(out, serving), headers={ARTIFACT_HEADER: serving.artifact.digest})
+
+
+# -- endpoints -----------------------------------------------------------------------------------------------
+@router.get("/models")
+def list_models(request: Request) -> dict[str, Any]:
+    deployments = request.app.state.agent.deployments
+    data = []
+    for name, serving in sorted(deployments.serving.items()):
+        state = deployments.states.get(name)
+        data.append({"id": name, "object": "model", "created": int(state.since.timestamp()) if state else 0,
+                     "owned_by": "edgectl", "artifact": serving.artifact.model_dump()})
+    return {"object": "list", "data": data}
+
+
+@router.post("/chat/completions")
+async def chat_completions(body: ChatRequest, request: Request):
+    started = time.perf_counter()
+    serving = _serving(request, body.model)
+    messages = [{"role": m.role, "content": m.content or ""} for m in body.messages]
+    params = body.params()
+    if body.stream:
+        chunks = serving.model.chat(messages, params, stream=True)
+        return _stream_response(request, serving, chunks, started)
+    out = await anyio.to_thread.run_sync(lambda: serving.model.chat(messages, params))
+    return _json_response(request, serving, out)
+
+
+@router.post("/completions")
+async def completions(body: CompletionRequest, request: Request):
+    started = time.perf_counter()
+    serving = _serving(request, body.model)
+    params = body.params()
+    if body.stream:
+        chunks = serving.model.complete(body.prompt, params, stream=True)
+        return _stream_response(request, serving, chunks, started)
+    out = await anyio.to_thread.run_sync(lambda: serving.model.complete(body.prompt, params))
+    return _json_response(request, serving, out)
+
+
+@router.post("/embeddings")
+async def embeddings(body: EmbeddingRequest, request: Request):
+    serving = _serving(request, body.model)
+    inputs = body.inputs()
+    if not inputs or any(not isinstance(t, str) or not t for t in inputs):
+        raise BadRequest("input must be a non-empty string or a list of non-empty strings", param="input",
+                         hint='send e.g. {"input": "hello"}')
+    out = await anyio.to_thread.run_sync(serving.model.embed, inputs)
+    return _json_response(request, serving, out)

@@ -1,0 +1,88 @@
+"""The one interface every runtime implements.
+
+A ``Runtime`` turns an artifact on disk plus a ``DesiredDeployment`` into a ``LoadedModel``. A loaded model answers
+OpenAI-shaped dicts (chat, completion, embeddings); with ``stream=True`` it returns an iterator of chunk dicts.
+What a runtime can do is data (``RuntimeCapabilities``), and its heavy library is imported only in ``load``.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from edgectl_agent.api import DesiredDeployment
+
+
+@dataclass(frozen=True)
+class RuntimeCapabilities:
+    formats: tuple[str, ...] = ("gguf",)
+    chat: bool = True
+    completion: bool = True
+    embeddings: bool = False
+    streaming: bool = True
+    extra: str | None = None  # the pip extra that provides the runtime, e.g. "llama"
+
+
+@dataclass(frozen=True)
+class GenerationParams:
+    """Sampling parameters, already validated by the API layer. ``None`` = the runtime's default."""
+
+    max_tokens: int | None = None
+    temperature: float | None = None
+    top_p: float | None = None
+    stop: list[str] = field(default_factory=list)
+    seed: int | None = None
+
+    def as_kwargs(self) -> dict[str, Any]:
+        kw: dict[str, Any] = {"max_tokens": self.max_tokens}
+        for name in ("temperature", "top_p", "seed"):
+            if getattr(self, name) is not None:
+                kw[name] = getattr(self, name)
+        if self.stop:
+            kw["stop"] = list(self.stop)
+        return kw
+
+
+class LoadedModel(ABC):
+    """One artifact loaded in memory. Must be safe to call from several threads (serialize inside if needed)."""
+
+    supports_embeddings: bool = False
+
+    @abstractmethod
+    def chat(self, messages: list[dict[str, Any]], params: GenerationParams, *,
+             stream: bool = False) -> dict[str, Any] | Iterator[dict[str, Any]]:
+        """An OpenAI ``chat.completion`` dict, or an iterator of ``chat.completion.chunk`` dicts."""
+
+    @abstractmethod
+    def complete(self, prompt: str, params: GenerationParams, *,
+                 stream: bool = False) -> dict[str, Any] | Iterator[dict[str, Any]]:
+        """An OpenAI ``text_completion`` dict, or an iterator of its chunks."""
+
+    @abstractmethod
+    def embed(self, inputs: list[str]) -> dict[str, Any]:
+        """An OpenAI embeddings ``list`` dict. BadRequest when the model was not loaded for embeddings."""
+
+    @abstractmethod
+    def close(self) -> None:
+        """Free the model; waits for a running inference. Later calls raise ModelUnavailable."""
+
+    def smoke(self, prompt: str, max_tokens: int) -> None:
+        """A real inference of a few tokens, run before the model is switched in. Raises RuntimeFailure."""
+        from edgectl_agent.errors import RuntimeFailure
+
+        out = self.complete(prompt, GenerationParams(max_tokens=max_tokens, temperature=0.0))
+        if not isinstance(out, dict) or not out.get("choices"):
+            raise RuntimeFailure(f"smoke inference returned no choices: {str(out)[:200]}",
+                                 hint="the artifact loads but does not generate; rebuild it from its source")
+
+
+class Runtime(ABC):
+    name: str
+    capabilities: RuntimeCapabilities
+
+    @abstractmethod
+    def load(self, path: Path, desired: DesiredDeployment) -> LoadedModel:
+        """Load ``path`` (blocking, can take seconds). Raises RuntimeFailure with the runtime's message."""

@@ -1,0 +1,137 @@
+"""llama.cpp through llama-cpp-python (the ``[llama]`` extra), imported only when a model is loaded.
+
+llama.cpp contexts are not thread-safe, so each loaded model serializes its calls with a lock; a streaming response
+holds the lock until its iterator is finished or closed.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from edgectl_agent.api import DesiredDeployment
+from edgectl_agent.errors import BadRequest, ModelUnavailable, RuntimeFailure
+from edgectl_agent.runtimes.base import GenerationParams, LoadedModel, Runtime, RuntimeCapabilities
+
+log = logging.getLogger(__name__)
+
+INSTALL_HINT = "pip install 'edgectl-agent[llama]'"
+
+# runtime_options a deployment may pass through to llama_cpp.Llama (everything else is refused, by name).
+LLAMA_OPTIONS = frozenset({
+    "n_batch", "n_ubatch", "n_gpu_layers", "main_gpu", "flash_attn", "embedding", "use_mmap", "use_mlock", "seed",
+    "chat_format", "type_k", "type_v", "rope_freq_base", "rope_freq_scale", "offload_kqv", "n_threads_batch",
+    "pooling_type",
+})
+
+
+def llama_kwargs(desired: DesiredDeployment) -> dict[str, Any]:
+    """The keyword arguments for ``llama_cpp.Llama`` (pure; unit-tested)."""
+    unknown = sorted(set(desired.runtime_options) - LLAMA_OPTIONS)
+    if unknown:
+        raise RuntimeFailure(f"deployment '{desired.name}': unknown llama.cpp runtime_options {unknown}",
+                             hint=f"use only: {', '.join(sorted(LLAMA_OPTIONS))}")
+    kw: dict[str, Any] = {
+        "n_ctx": desired.context_length * desired.parallel,
+        "verbose": False,
+    }
+    if desired.threads is not None:
+        kw["n_threads"] = desired.threads
+    kw.update(desired.runtime_options)
+    return kw
+
+
+class LlamaCppRuntime(Runtime):
+    name = "llamacpp"
+    capabilities = RuntimeCapabilities(formats=("gguf",), chat=True, completion=True, embeddings=True,
+                                       streaming=True, extra="llama")
+
+    def load(self, path: Path, desired: DesiredDeployment) -> LoadedModel:
+        kwargs = llama_kwargs(desired)
+        try:
+            import llama_cpp
+        except ImportError as e:
+            raise RuntimeFailure(f"the llama.cpp runtime is not installed on this device ({e})",
+                                 hint=f"install it: {INSTALL_HINT}", status=422) from e
+        try:
+            llm = llama_cpp.Llama(str(path), **kwargs)
+        except (ValueError, RuntimeError, OSError) as e:
+            raise RuntimeFailure(f"llama.cpp could not load {desired.artifact.digest} ({desired.artifact.model} "
+                                 f"{desired.artifact.quant}) for deployment '{desired.name}': {e}",
+                                 hint="check the artifact was built for llama.cpp (GGUF) and that the device has "
+                                      "the memory for context_length x parallel; see the agent log") from e
+        return LlamaCppModel(llm, embeddings=bool(kwargs.get("embedding", False)), name=desired.name)
+
+
+class LlamaCppModel(LoadedModel):
+    def __init__(self, llm: Any, *, embeddings: bool, name: str) -> None:
+        self._llm = llm
+        self._lock = threading.Lock()
+        self._closed = False
+        self.supports_embeddings = embeddings
+        self.name = name
+
+    def _acquire(self) -> None:
+        self._lock.acquire()
+        if self._closed:
+            self._lock.release()
+            raise ModelUnavailable(f"model '{self.name}' was unloaded while this request waited",
+                                   hint="retry the request; it is answered by the model now active")
+
+    def _run(self, fn, *args, **kwargs):
+        self._acquire()
+        try:
+            return fn(*args, **kwargs)
+        except (ValueError, RuntimeError) as e:
+            raise BadRequest(f"llama.cpp rejected the request: {e}",
+                             hint="shorten the prompt or max_tokens to fit the deployment's context_length") from e
+        finally:
+            self._lock.release()
+
+    def _stream(self, fn, *args, **kwargs) -> Iterator[dict[str, Any]]:
+        self._acquire()
+        try:
+            it = fn(*args, stream=True, **kwargs)
+            try:
+                yield from it
+            finally:
+                close = getattr(it, "close", None)
+                if close is not None:
+                    close()
+        except (ValueError, RuntimeError) as e:
+            raise BadRequest(f"llama.cpp rejected the request: {e}",
+                             hint="shorten the prompt or max_tokens to fit the deployment's context_length") from e
+        finally:
+            self._lock.release()
+
+    def chat(self, messages, params: GenerationParams, *, stream: bool = False):
+        kw = params.as_kwargs()
+        if stream:
+            return self._stream(self._llm.create_chat_completion, messages=messages, **kw)
+        return self._run(self._llm.create_chat_completion, messages=messages, **kw)
+
+    def complete(self, prompt: str, params: GenerationParams, *, stream: bool = False):
+        kw = params.as_kwargs()
+        if stream:
+            return self._stream(self._llm.create_completion, prompt, **kw)
+        return self._run(self._llm.create_completion, prompt, **kw)
+
+    def embed(self, inputs: list[str]) -> dict[str, Any]:
+        if not self.supports_embeddings:
+            raise BadRequest(f"model '{self.name}' does not support embeddings",
+                             hint="deploy it with runtime_options: {embedding: true}, or use an embedding model",
+                             param="model", code="embeddings_not_supported")
+        return self._run(self._llm.create_embedding, inputs)
+
+    def close(self) -> None:
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            close = getattr(self._llm, "close", None)
+            if close is not None:
+                close()
+            self._llm = None

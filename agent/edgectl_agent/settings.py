@@ -1,0 +1,58 @@
+"""Agent settings: command-line flags override ``EDGECTL_AGENT_*`` environment variables, which override defaults."""
+
+from __future__ import annotations
+
+import ipaddress
+from pathlib import Path
+
+from pydantic import Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+def is_loopback(host: str) -> bool:
+    """True when ``host`` only accepts connections from this machine."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+class AgentSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="EDGECTL_AGENT_", frozen=True, extra="forbid")
+
+    root: Path = Field(default=Path("/var/lib/edgectl-agent"),
+                       description="Directory holding the artifact store, state.json and the token.")
+    host: str = Field(default="127.0.0.1",
+                      description="Address to listen on. Loopback by default: edgectl reaches the agent through its "
+                                  "transport (SSH tunnel, docker exec, local). A non-loopback address needs "
+                                  "allow_remote and makes the serving endpoints require the token too.")
+    port: int = Field(default=8088, ge=1, le=65535, description="TCP port to listen on.")
+    allow_remote: bool = Field(default=False, description="Permit listening on a non-loopback address.")
+    token_file: Path | None = Field(default=None,
+                                    description="File holding the bearer token (created with mode 0600 at first "
+                                                "start). Default: <root>/token.")
+    smoke_prompt: str = Field(default="The capital of France is",
+                              description="Prompt of the smoke inference run before a new artifact is switched in.")
+    smoke_max_tokens: int = Field(default=4, ge=1, le=64, description="Tokens the smoke inference generates.")
+    verify_on_start: bool = Field(default=False,
+                                  description="Re-hash every active artifact at start (slow for big models); the "
+                                              "size is always checked.")
+    access_log: bool = Field(default=False, description="Log every HTTP request (uvicorn access log).")
+    log_level: str = Field(default="info", description="Log level: debug, info, warning or error.")
+
+    @model_validator(mode="after")
+    def _default_token_file(self) -> "AgentSettings":
+        if self.token_file is None:
+            object.__setattr__(self, "token_file", self.root / "token")
+        return self
+
+    @property
+    def token_path(self) -> Path:
+        assert self.token_file is not None  # set by the validator above
+        return self.token_file
+
+    @property
+    def loopback(self) -> bool:
+        return is_loopback(self.host)

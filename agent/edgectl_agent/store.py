@@ -1,0 +1,240 @@
+"""On-device artifact store and state file, both under the agent's root.
+
+Layout::
+
+    <root>/staging/<hex>.part    bytes received so far (resume from its size)
+    <root>/staging/<hex>.size    total size declared by the uploader
+    <root>/artifacts/<hex>.gguf  complete, sha256-verified artifacts (moved in by atomic rename)
+    <root>/state.json            deployments (desired, active, previous), written atomically
+
+A digest is only ever turned into a path after strict validation (``sha256:`` + 64 lowercase hex), so no request
+can reach outside these folders.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import re
+import shutil
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+from pydantic import TypeAdapter, ValidationError
+
+from edgectl_agent.api import DeploymentState, DesiredDeployment, UploadStatus
+from edgectl_agent.errors import BadRequest, Conflict, InsufficientStorage, Unprocessable
+
+log = logging.getLogger(__name__)
+
+_DIGEST = re.compile(r"sha256:([0-9a-f]{64})")
+_HASH_BLOCK = 1024 * 1024
+STATE_VERSION = 1
+
+
+def digest_hex(digest: str) -> str:
+    """The 64 hex characters of a ``sha256:<hex>`` digest; BadRequest for anything else."""
+    m = _DIGEST.fullmatch(digest)
+    if m is None:
+        raise BadRequest(f"invalid artifact digest {digest[:80]!r}: expected 'sha256:' followed by 64 lowercase "
+                         "hex characters", hint="use the digest edgectl build printed, e.g. sha256:9f86d0...",
+                         param="digest", type="invalid_digest")
+    return m.group(1)
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(_HASH_BLOCK):
+            h.update(block)
+    return "sha256:" + h.hexdigest()
+
+
+def fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` so a crash leaves the old or the new content, never a mix."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    fsync_dir(path.parent)
+
+
+class ArtifactStore:
+    """Resumable, verified uploads and the complete artifacts they produce."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.staging = root / "staging"
+        self.artifacts = root / "artifacts"
+        for d in (root, self.staging, self.artifacts):
+            d.mkdir(parents=True, exist_ok=True, mode=0o700)
+
+    # -- paths (validated) ------------------------------------------------------------------------------------
+    def path(self, digest: str) -> Path:
+        return self.artifacts / f"{digest_hex(digest)}.gguf"
+
+    def _part(self, digest: str) -> Path:
+        return self.staging / f"{digest_hex(digest)}.part"
+
+    def _size_file(self, digest: str) -> Path:
+        return self.staging / f"{digest_hex(digest)}.size"
+
+    # -- queries ----------------------------------------------------------------------------------------------
+    def has(self, digest: str) -> bool:
+        return self.path(digest).is_file()
+
+    def digests(self) -> list[str]:
+        return sorted("sha256:" + p.stem for p in self.artifacts.glob("*.gguf") if _DIGEST.fullmatch("sha256:" + p.stem))
+
+    def _declared_size(self, digest: str) -> int | None:
+        try:
+            return int(self._size_file(digest).read_text().strip())
+        except (OSError, ValueError):
+            return None
+
+    def status(self, digest: str) -> UploadStatus:
+        done = self.path(digest)
+        if done.is_file():
+            size = done.stat().st_size
+            return UploadStatus(digest=digest, size_bytes=size, received_bytes=size, complete=True)
+        part = self._part(digest)
+        received = part.stat().st_size if part.is_file() else 0
+        return UploadStatus(digest=digest, size_bytes=self._declared_size(digest), received_bytes=received,
+                            complete=False)
+
+    def free_bytes(self) -> int:
+        return shutil.disk_usage(self.root).free
+
+    # -- upload -----------------------------------------------------------------------------------------------
+    def begin(self, digest: str, offset: int, size: int | None, content_length: int | None) -> int:
+        """Check an upload chunk before reading its body; returns the declared total size."""
+        status = self.status(digest)
+        if status.complete:
+            return status.received_bytes
+        if offset < 0:
+            raise BadRequest(f"offset {offset} is negative", param="offset", hint="resume at the agent's "
+                             f"received_bytes ({status.received_bytes})")
+        if offset != status.received_bytes:
+            raise Conflict(f"upload of {digest} must continue at offset {status.received_bytes}, not {offset}",
+                           hint=f"GET /control/v1/artifacts/{digest} and resume from its received_bytes",
+                           type="offset_mismatch", code=str(status.received_bytes))
+        declared = status.size_bytes
+        if size is None:
+            if declared is None:
+                raise BadRequest("the X-Edgectl-Size header (total artifact size in bytes) is missing",
+                                 hint="send X-Edgectl-Size: <total bytes> with every chunk", param="X-Edgectl-Size")
+            size = declared
+        if size < 0:
+            raise BadRequest(f"X-Edgectl-Size {size} is negative", param="X-Edgectl-Size",
+                             hint="send the artifact's total size in bytes")
+        if declared is not None and declared != size and status.received_bytes > 0:
+            raise Conflict(f"upload of {digest} was started with size {declared}, this chunk declares {size}",
+                           hint="send the same X-Edgectl-Size as the first chunk did", type="size_mismatch")
+        if offset > size or (content_length is not None and offset + content_length > size):
+            raise BadRequest(f"chunk ends beyond the declared size {size} of {digest}",
+                             hint="send at most X-Edgectl-Size - offset bytes", param="offset")
+        needed = size - offset
+        free = self.free_bytes()
+        if needed > free:
+            raise InsufficientStorage(
+                f"not enough disk for {digest}: {needed} more bytes needed, {free} free on {self.root}",
+                hint="free space on the device (remove unused deployments) or choose a smaller quant")
+        if offset == 0:
+            self._part(digest).write_bytes(b"")
+        write_atomic(self._size_file(digest), f"{size}\n".encode())
+        return size
+
+    async def receive(self, digest: str, offset: int, size: int, chunks: AsyncIterator[bytes]) -> None:
+        """Append ``chunks`` to the partial file. What arrived before a cut connection is kept (and synced)."""
+        part = self._part(digest)
+        written = offset
+        with open(part, "r+b" if part.exists() else "wb") as f:
+            f.seek(offset)
+            try:
+                async for chunk in chunks:
+                    if written + len(chunk) > size:
+                        f.truncate(offset)
+                        raise BadRequest(f"received more than the declared {size} bytes of {digest}",
+                                         hint="send exactly X-Edgectl-Size bytes in total", param="offset")
+                    f.write(chunk)
+                    written += len(chunk)
+            finally:
+                f.flush()
+                os.fsync(f.fileno())
+
+    def finish(self, digest: str, size: int) -> UploadStatus:
+        """Verify and move a complete upload into place (blocking: run it in a thread). Mismatch = bytes deleted."""
+        part = self._part(digest)
+        received = part.stat().st_size if part.is_file() else 0
+        if received < size:
+            return UploadStatus(digest=digest, size_bytes=size, received_bytes=received, complete=False)
+        actual = sha256_file(part)
+        if actual != digest:
+            self.discard(digest)
+            raise Unprocessable(f"sha256 mismatch: the {size} bytes received hash to {actual}, not {digest}; "
+                                "they were deleted", hint="the local artifact changed or was corrupted in transit; "
+                                "rebuild it (edgectl build) and push again", type="digest_mismatch")
+        final = self.path(digest)
+        os.replace(part, final)
+        fsync_dir(self.artifacts)
+        self._size_file(digest).unlink(missing_ok=True)
+        log.info("artifact %s complete (%d bytes)", digest, size)
+        return UploadStatus(digest=digest, size_bytes=size, received_bytes=size, complete=True)
+
+    def discard(self, digest: str) -> None:
+        self._part(digest).unlink(missing_ok=True)
+        self._size_file(digest).unlink(missing_ok=True)
+
+    def delete(self, digest: str) -> None:
+        self.path(digest).unlink(missing_ok=True)
+        self.discard(digest)
+        log.info("artifact %s deleted (no deployment refers to it)", digest)
+
+
+_states = TypeAdapter(list[DeploymentState])
+_loaded = TypeAdapter(dict[str, DesiredDeployment])
+
+
+class StateFile:
+    """``<root>/state.json``: the deployments the agent serves, so it restarts serving them without edgectl.
+
+    Beside the wire ``deployments`` it keeps ``loaded``: per deployment, the desired settings its active artifact
+    was loaded with (these differ from ``desired`` after a failed activation).
+    """
+
+    def __init__(self, root: Path) -> None:
+        self.path = root / "state.json"
+
+    def load(self) -> tuple[list[DeploymentState], dict[str, DesiredDeployment]]:
+        try:
+            raw = json.loads(self.path.read_text())
+        except FileNotFoundError:
+            return [], {}
+        except (OSError, ValueError) as e:
+            raise Unprocessable(f"cannot read {self.path}: {e}",
+                                hint="restore the file from a backup, or delete it to start with no deployments "
+                                     "(edgectl apply then re-activates them)") from e
+        try:
+            return (_states.validate_python(raw.get("deployments", [])),
+                    _loaded.validate_python(raw.get("loaded", {})))
+        except (ValidationError, AttributeError) as e:
+            raise Unprocessable(f"{self.path} is not a valid agent state file: {e}",
+                                hint="delete it to start with no deployments; edgectl apply re-activates them") from e
+
+    def save(self, states: list[DeploymentState], loaded: dict[str, DesiredDeployment]) -> None:
+        body = {"version": STATE_VERSION,
+                "deployments": [s.model_dump(mode="json") for s in states],
+                "loaded": {name: d.model_dump(mode="json") for name, d in sorted(loaded.items())}}
+        write_atomic(self.path, (json.dumps(body, indent=2) + "\n").encode())
