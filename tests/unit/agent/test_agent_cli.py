@@ -1,0 +1,81 @@
+"""The command line, settings, facts and llama.cpp arguments (no model loaded)."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+
+import pytest
+
+from edgectl_agent.api import DesiredDeployment
+from edgectl_agent.errors import RuntimeFailure
+from edgectl_agent.facts import collect_facts, parse_cpu_flags
+from edgectl_agent.runtimes.llamacpp import llama_kwargs
+from edgectl_agent.settings import AgentSettings, is_loopback
+
+
+def run_agent(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "edgectl_agent", *args], capture_output=True, text=True,
+                          timeout=60, check=False)
+
+
+def test_port_in_use_is_one_clear_line_and_exit_2(tmp_path):
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        r = run_agent("serve", "--root", str(tmp_path), "--port", str(port))
+    assert r.returncode == 2
+    line = r.stderr.strip()
+    assert "\n" not in line and f"port {port}" in line and "--port" in line
+
+
+def test_non_loopback_bind_needs_allow_remote(tmp_path):
+    r = run_agent("serve", "--root", str(tmp_path), "--host", "0.0.0.0")
+    assert r.returncode == 2 and "--allow-remote" in r.stderr
+    assert not (tmp_path / "token").exists()
+
+
+def test_token_command_creates_once_and_prints(tmp_path):
+    first = run_agent("token", "--root", str(tmp_path))
+    second = run_agent("token", "--root", str(tmp_path))
+    assert first.returncode == 0 and first.stdout == second.stdout and len(first.stdout.strip()) >= 40
+    assert (tmp_path / "token").stat().st_mode & 0o777 == 0o600
+
+
+def test_settings_defaults_and_env(tmp_path, monkeypatch):
+    s = AgentSettings(root=tmp_path)
+    assert s.host == "127.0.0.1" and s.loopback and s.port == 8088 and s.token_path == tmp_path / "token"
+    monkeypatch.setenv("EDGECTL_AGENT_PORT", "9001")
+    monkeypatch.setenv("EDGECTL_AGENT_ROOT", str(tmp_path / "x"))
+    s = AgentSettings()
+    assert s.port == 9001 and s.token_path == tmp_path / "x" / "token"
+    assert all(f.description for f in AgentSettings.model_fields.values())
+    assert [is_loopback(h) for h in ("127.0.0.1", "::1", "localhost", "0.0.0.0", "10.0.0.1", "example")] == [
+        True, True, True, False, False, False]
+
+
+def test_facts_are_real_and_filtered(tmp_path):
+    f = collect_facts(tmp_path)
+    assert f.cpu_count >= 1 and f.ram_total_bytes > f.ram_available_bytes > 0 and f.disk_free_bytes > 0
+    assert set(f.cpu_flags) <= {"neon", "asimd", "dotprod", "asimddp", "i8mm", "sve", "sve2", "avx", "avx2",
+                                "avx512f", "avx512_vnni", "avx512_bf16", "avx_vnni", "amx_tile", "amx_int8",
+                                "f16c", "fma", "fphp", "asimdhp"}
+    assert parse_cpu_flags({"fpu", "avx2", "sse4_2", "fma"}) == ["avx2", "fma"]
+    assert parse_cpu_flags({"asimd", "asimddp", "i8mm"}) == ["asimd", "asimddp", "dotprod", "i8mm", "neon"]
+
+
+def desired(**kw) -> DesiredDeployment:
+    return DesiredDeployment.model_validate({
+        "name": "chat", "artifact": {"digest": "sha256:" + "0" * 64, "format": "gguf", "quant": "Q4_K_M",
+                                     "size_bytes": 1, "model": "m"}, **kw})
+
+
+def test_llama_kwargs_size_context_for_every_slot():
+    kw = llama_kwargs(desired(context_length=1024, parallel=4, threads=3, runtime_options={"n_batch": 256}))
+    assert kw == {"n_ctx": 4096, "n_threads": 3, "n_batch": 256, "verbose": False}
+    assert "n_threads" not in llama_kwargs(desired())
+    with pytest.raises(RuntimeFailure) as e:
+        llama_kwargs(desired(runtime_options={"model_path": "/etc/passwd"}))
+    assert "model_path" in e.value.message and "n_batch" in e.value.hint
