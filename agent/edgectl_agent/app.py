@@ -124,6 +124,14 @@ def _install_error_handlers(app: FastAPI) -> None:
         return JSONResponse(err.body(), status_code=exc.status_code, headers=getattr(exc, "headers", None))
 
 
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, exc: Exception) -> JSONResponse:
+        log.error("unexpected error on %s %s", request.method, request.url.path, exc_info=exc)
+        err = AgentError(f"internal error on {request.method} {request.url.path}: {type(exc).__name__}: {exc}",
+                         hint="this is a bug in edgectl-agent; the traceback is in the agent's log")
+        return JSONResponse(err.body(), status_code=500)
+
+
 def _describe(error: dict) -> str:
     loc = ".".join(str(p) for p in error.get("loc", ()) if p != "body") or "body"
     return f"{loc}: {error.get('msg', 'invalid')}"

@@ -6,7 +6,9 @@ from a worker and closes the runtime's iterator when the client goes away, so th
 
 from __future__ import annotations
 
+import base64
 import json
+import struct
 import time
 from collections.abc import AsyncIterator, Iterator
 from typing import Any, Literal
@@ -100,7 +102,7 @@ class CompletionRequest(_Sampling):
 
 class EmbeddingRequest(_Request):
     input: str | list[str]
-    encoding_format: Literal["float"] = "float"
+    encoding_format: Literal["float", "base64"] = "float"
 
     def inputs(self) -> list[str]:
         return [self.input] if isinstance(self.input, str) else list(self.input)
@@ -161,10 +163,14 @@ async def _sse(request: Request, serving: Serving, chunks: Iterator[dict[str, An
                 generated += 1
             yield f"data: {json.dumps(_stamp(chunk, serving))}\n\n"
     finally:
+        # On a client disconnect this runs cancelled: shield it, so the runtime's iterator is closed (and the
+        # model's lock released) now rather than whenever the garbage collector gets to it. The thread running
+        # ``next`` has finished by now: to_thread waits for it even when cancelled.
+        m.completion_tokens.labels(deployment=name).inc(generated)
         close = getattr(chunks, "close", None)
         if close is not None:
-            await anyio.to_thread.run_sync(close)
-        m.completion_tokens.labels(deployment=name).inc(generated)
+            with anyio.CancelScope(shield=True):
+                await anyio.to_thread.run_sync(close)
 
 
 def _stream_response(request: Request, serving: Serving, chunks, started: float) -> StreamingResponse:
@@ -222,4 +228,8 @@ async def embeddings(body: EmbeddingRequest, request: Request):
         raise BadRequest("input must be a non-empty string or a list of non-empty strings", param="input",
                          hint='send e.g. {"input": "hello"}')
     out = await anyio.to_thread.run_sync(serving.model.embed, inputs)
+    if body.encoding_format == "base64":  # what the openai client asks for by default: little-endian float32
+        for item in out.get("data", []):
+            vec = item["embedding"]
+            item["embedding"] = base64.b64encode(struct.pack(f"<{len(vec)}f", *vec)).decode()
     return _json_response(request, serving, out)

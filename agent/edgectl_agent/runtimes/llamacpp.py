@@ -124,7 +124,12 @@ class LlamaCppModel(LoadedModel):
             raise BadRequest(f"model '{self.name}' does not support embeddings",
                              hint="deploy it with runtime_options: {embedding: true}, or use an embedding model",
                              param="model", code="embeddings_not_supported")
-        return self._run(self._llm.create_embedding, inputs)
+        out = self._run(self._llm.create_embedding, inputs)
+        for item in out.get("data", []):
+            vec = item["embedding"]
+            if vec and isinstance(vec[0], list):  # the model has no pooling: one vector per token; mean-pool
+                item["embedding"] = [sum(col) / len(vec) for col in zip(*vec)]
+        return out
 
     def close(self) -> None:
         with self._lock:

@@ -126,3 +126,30 @@ def test_on_loopback_serving_is_open(serving):
     assert serving.client.get("/v1/models").status_code == 200
     assert serving.client.post("/v1/chat/completions", json={
         "model": "chat", "messages": [{"role": "user", "content": "x"}]}).status_code == 200
+
+
+def test_stream_abandoned_by_the_client_closes_the_runtime_iterator(serving):
+    import anyio
+
+    from edgectl_agent.openai import _sse
+
+    closed = []
+
+    def chunks():
+        try:
+            for i in range(100):
+                yield {"choices": [{"index": 0, "text": f" w{i}"}]}
+        finally:
+            closed.append(True)
+
+    request = type("R", (), {"app": serving.app})()
+    model = serving.app.state.agent.deployments.serving_model("chat")
+
+    async def take_one_then_leave():
+        with anyio.CancelScope() as scope:
+            async for event in _sse(request, model, chunks(), 0.0):
+                assert event.startswith("data: ")
+                scope.cancel()  # what starlette does when the client disconnects
+
+    anyio.run(take_one_then_leave)
+    assert closed == [True]
