@@ -13,6 +13,7 @@ import logging
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from pathlib import Path
 
 import anyio.to_thread
 
@@ -82,7 +83,7 @@ class Deployments:
     def _set(self, name: str, **changes) -> DeploymentState:
         old = self.states.get(name)
         if old is None:
-            state = DeploymentState(name=name, since=_now(), **{"state": "loading", **changes})
+            state = DeploymentState(**{"name": name, "since": _now(), "state": "loading", **changes})
         else:
             if "state" in changes and changes["state"] != old.state:
                 changes.setdefault("since", _now())
@@ -99,8 +100,8 @@ class Deployments:
         await anyio.to_thread.run_sync(self.state_file.save, states, loaded)
 
     # -- loading ----------------------------------------------------------------------------------------------
-    async def _load(self, desired: DesiredDeployment, *, rehash: bool = False) -> LoadedModel:
-        """Load and smoke-test ``desired.artifact``; RuntimeFailure (with the runtime's message) on failure."""
+    def _loadable(self, desired: DesiredDeployment) -> tuple[Runtime, Path]:
+        """The runtime and artifact path for ``desired``, or why it cannot be loaded here (nothing changes)."""
         runtime = self.runtimes.get(desired.runtime)
         if runtime is None:
             raise Unprocessable(f"runtime '{desired.runtime}' is not available on this agent "
@@ -121,6 +122,12 @@ class Deployments:
             raise Unprocessable(f"artifact {artifact.digest} has {size} bytes on the device, the deployment "
                                 f"says size_bytes={artifact.size_bytes}",
                                 hint="send the artifact's real size in the deployment (edgectl apply does)")
+        return runtime, path
+
+    async def _load(self, desired: DesiredDeployment, *, rehash: bool = False) -> LoadedModel:
+        """Load and smoke-test ``desired.artifact``; RuntimeFailure (with the runtime's message) on failure."""
+        runtime, path = self._loadable(desired)
+        artifact = desired.artifact
         if rehash and await anyio.to_thread.run_sync(sha256_file, path) != artifact.digest:
             raise RuntimeFailure(f"artifact {artifact.digest} on disk no longer matches its digest (corrupted)",
                                  hint="push it again: edgectl apply uploads missing artifacts")
@@ -129,15 +136,13 @@ class Deployments:
         load_s = time.perf_counter() - start
         try:
             await anyio.to_thread.run_sync(model.smoke, self.settings.smoke_prompt, self.settings.smoke_max_tokens)
-        except BaseException as e:
+        except Exception as e:
             await anyio.to_thread.run_sync(model.close)
             if isinstance(e, AgentError):
                 raise RuntimeFailure(f"smoke inference of {artifact.digest} failed: {e.message}",
                                      hint=e.hint) from e
-            if isinstance(e, Exception):
-                raise RuntimeFailure(f"smoke inference of {artifact.digest} failed: {type(e).__name__}: {e}",
-                                     hint="see the agent log; the previous artifact keeps serving") from e
-            raise
+            raise RuntimeFailure(f"smoke inference of {artifact.digest} failed: {type(e).__name__}: {e}",
+                                 hint="see the agent log; the previous artifact keeps serving") from e
         self.metrics.load_seconds.labels(deployment=desired.name).set(load_s)
         log.info("deployment %s: loaded %s in %.2f s, smoke inference ok", desired.name, artifact.digest, load_s)
         return model
@@ -150,6 +155,7 @@ class Deployments:
             state = self.states.get(name)
             if current is not None and state is not None and current.desired == desired and state.state == "serving":
                 return state  # already serving exactly this: nothing to do
+            self._loadable(desired)  # unknown runtime, artifact not uploaded: refuse before changing anything
             old_active = state.active if state else None
             old_previous = state.previous if state else None
             self._set(name, desired=desired, state="loading", active=old_active, previous=old_previous)

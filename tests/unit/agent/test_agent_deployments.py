@@ -83,6 +83,10 @@ def test_activation_needs_the_artifact_uploaded_first(agent):
     assert r.status_code == 409
     err = r.json()["error"]
     assert agent.digest_of(agent.A) in err["message"] and "upload" in err["hint"]
+    assert agent.state()["deployments"] == []  # refused before anything changed
+    agent.upload(agent.A)
+    r = agent.activate("chat", agent.A, runtime="llamacpp", runtime_options={"n_batch": "many"})
+    assert r.status_code == 422 and agent.deployment("chat")["state"] == "failed"
 
 
 def test_sha_mismatch_upload_leaves_the_serving_model_alone(agent):
