@@ -7,7 +7,7 @@ others go on; the result says exactly what happened where.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from edgectl_agent.api import AgentState, ArtifactRef, DesiredDeployment, Facts
@@ -15,12 +15,9 @@ from edgectl_agent.api import AgentState, ArtifactRef, DesiredDeployment, Facts
 from edgectl.agent_client import AgentClient
 from edgectl.build import ArtifactStore, build, lookup
 from edgectl.errors import EdgectlError, NotFoundError, PlanError
-from edgectl.plan import Plan, plan
+from edgectl.plan import DeploymentPlan, DevicePlan, Plan, plan, recipe_id
 from edgectl.spec import BuiltArtifact, Device, Recipe, Spec
 from edgectl.transport import Transport, transport_for
-
-ProgressFn = Callable[[str, int, int], None]
-
 
 class Events:
     """What apply reports while it works. The CLI subclasses this to render with Rich; the default is silent."""
@@ -102,9 +99,9 @@ def make_plan(spec: Spec, contexts: dict[str, DeviceContext], store: ArtifactSto
     (so steps skip builds that are cache hits). The planner itself stays pure."""
     facts = {n: c.facts for n, c in contexts.items()}
     observed = {n: c.observed for n, c in contexts.items()}
-    first = plan(spec, facts, observed, {})
+    first = plan(spec, facts, observed, {}, devices=list(contexts))
     built = find_built(spec, first, store)
-    return plan(spec, facts, observed, built) if built else first
+    return plan(spec, facts, observed, built, devices=list(contexts)) if built else first
 
 
 def find_built(spec: Spec, p: Plan, store: ArtifactStore) -> dict[str, BuiltArtifact]:
@@ -112,18 +109,12 @@ def find_built(spec: Spec, p: Plan, store: ArtifactStore) -> dict[str, BuiltArti
     for recipe in chosen_recipes(p):
         model = spec.models[recipe.model]
         try:
-            art = lookup(recipe, model, store, base_dir=spec_base_dir(spec, recipe.model))
+            art = lookup(recipe, model, store)
         except EdgectlError:
             art = None  # the build step will report the real problem
         if art is not None:
             built[recipe_id(recipe)] = art
     return built
-
-
-def recipe_id(recipe: Recipe) -> str:
-    from edgectl.plan import recipe_id as _rid
-
-    return _rid(recipe)
 
 
 def chosen_recipes(p: Plan) -> list[Recipe]:
@@ -135,15 +126,6 @@ def chosen_recipes(p: Plan) -> list[Recipe]:
     return list(seen.values())
 
 
-def spec_base_dir(spec: Spec, model: str):
-    from pathlib import Path
-
-    where = spec.sources.get(("Model", model))
-    if where and not where.startswith("<"):
-        return Path(where.rsplit(":", 1)[0]).parent
-    return None
-
-
 def build_planned(spec: Spec, p: Plan, store: ArtifactStore, events: Events,
                   only: set[str] | None = None) -> dict[str, tuple[BuiltArtifact, bool]]:
     """Build every chosen recipe (cache hits do no work). ``only``: recipe ids to build."""
@@ -152,14 +134,13 @@ def build_planned(spec: Spec, p: Plan, store: ArtifactStore, events: Events,
         rid = recipe_id(recipe)
         if only is not None and rid not in only:
             continue
-        label = f"build {recipe.model} {recipe.format} {recipe.quant}"
+        label = f"{recipe.model} {recipe.format} {recipe.quant}"
 
-        def progress(done: int, total: int, _label: str = label) -> None:
-            events.progress(rid, _label, done, total)
+        def progress(stage: str, done: int, total: int | None, _rid: str = rid, _label: str = label) -> None:
+            events.progress(f"{_rid}:{stage}", f"{stage} {_label}", done, total)
 
-        events.info(None, label)
-        out[rid] = build(recipe, spec.models[recipe.model], store,
-                         base_dir=spec_base_dir(spec, recipe.model), progress=progress)
+        events.info(None, f"build {label}")
+        out[rid] = build(recipe, spec.models[recipe.model], store, progress=progress)
     return out
 
 
@@ -169,9 +150,8 @@ def apply(spec: Spec, *, store: ArtifactStore, device_names: Iterable[str] | Non
     devices = select_devices(spec, device_names)
     contexts = observe(devices, start_agents=False)
     p = make_plan(spec, contexts, store)
-    unfit = [dp for dp in p.devices if dp.status == "unfit"]
-    if unfit and not skip_unfit:
-        names = ", ".join(dp.device for dp in unfit)
+    if p.unfit and not skip_unfit:
+        names = ", ".join(dp.device for dp in p.unfit)
         raise PlanError(f"a deployment fits on no artifact for: {names}; nothing was changed",
                         hint="see `edgectl plan` for the numbers; shrink context_length/parallel, choose a smaller "
                              "model, or pass --skip-unfit to deploy to the devices that fit")
@@ -180,7 +160,7 @@ def apply(spec: Spec, *, store: ArtifactStore, device_names: Iterable[str] | Non
 
     # Start agents only where there is work, then observe those again: a restarted agent may already
     # serve (it recovers its last good state from disk), which can make steps unnecessary.
-    busy = [dp.device for dp in p.devices if any(dep.steps for dep in dp.deployments)]
+    busy = [dp.device for dp in p.devices if dp.status == "ok" and dp.steps]
     restarted = [n for n in busy if contexts[n].client is None and contexts[n].error is None]
     if restarted:
         for n in restarted:
@@ -215,43 +195,41 @@ def apply(spec: Spec, *, store: ArtifactStore, device_names: Iterable[str] | Non
     return ApplyResult(p, results)
 
 
-def _apply_device(spec: Spec, dp, ctx: DeviceContext, store: ArtifactStore,
+def _apply_device(spec: Spec, dp: DevicePlan, ctx: DeviceContext, store: ArtifactStore,
                   artifacts: dict[str, tuple[BuiltArtifact, bool]], res: DeviceResult, events: Events) -> None:
-    if dp.status not in ("ok",):
+    if dp.status != "ok" or not dp.steps:
         return
+    client = ctx.client
+    if client is None:
+        raise PlanError(f"device '{dp.device}': no agent to apply to", hint="see the agent's log")
     for dep in dp.deployments:
-        if not dep.steps:
+        if not dep.steps or dep.chosen is None:
             continue
-        if ctx.client is None:
-            raise PlanError(f"device '{dp.device}': no agent to apply to", hint="see the agent's log")
-        art = None
-        if dep.chosen is not None:
-            rid = recipe_id(dep.chosen.recipe)
-            art = artifacts[rid][0] if rid in artifacts else lookup(
-                dep.chosen.recipe, spec.models[dep.chosen.recipe.model], store,
-                base_dir=spec_base_dir(spec, dep.chosen.recipe.model))
+        rid = recipe_id(dep.chosen.recipe)
+        art, fresh = artifacts[rid] if rid in artifacts else (
+            lookup(dep.chosen.recipe, spec.models[dep.model], store), False)
+        if art is None:  # internal invariant: every planned build ran before devices are touched
+            raise PlanError(f"artifact {rid} is not in the local store", hint="run `edgectl build` and retry")
         for step in dep.steps:
             if step.action == "build":
-                res.actions.append(f"built {dep.chosen.recipe.quant}" if art else "build")
+                res.actions.append(f"{'built' if fresh else 'found in cache'} {art.format} {art.quant}")
             elif step.action == "push":
-                assert art is not None  # internal invariant: push follows a build/lookup
                 events.info(dp.device, f"push {art.digest[:19]} ({art.size_bytes / 1e6:.1f} MB)")
-                ctx.client.upload(art.digest, store.path(art.digest),
-                                  progress=lambda d, t, _a=art: events.progress(
-                                      f"push:{dp.device}:{_a.digest}", f"push to {dp.device}", d, t))
+                client.upload(art.digest, store.path(art.digest),
+                              progress=lambda d, t, _a=art: events.progress(
+                                  f"push:{dp.device}:{_a.digest}", f"push to {dp.device}", d, t))
                 res.actions.append(f"pushed {art.digest[:19]}")
             elif step.action == "activate":
-                assert art is not None
                 events.info(dp.device, f"activate {step.deployment} ({art.format} {art.quant})")
-                ctx.client.put_deployment(desired_deployment(spec, dp, dep, art))
+                client.put_deployment(desired_deployment(spec, dp, dep, art))
                 res.actions.append(f"activated {step.deployment}")
-            elif step.action == "remove":
-                events.info(dp.device, f"remove {step.deployment}")
-                ctx.client.delete_deployment(step.deployment)
-                res.actions.append(f"removed {step.deployment}")
+    for step in dp.removals:
+        events.info(dp.device, f"remove {step.deployment}")
+        client.delete_deployment(step.deployment)
+        res.actions.append(f"removed {step.deployment}")
 
 
-def desired_deployment(spec: Spec, dp, dep, art: BuiltArtifact) -> DesiredDeployment:
+def desired_deployment(spec: Spec, dp: DevicePlan, dep: DeploymentPlan, art: BuiltArtifact) -> DesiredDeployment:
     d = spec.deployments[dep.deployment].spec
     return DesiredDeployment(
         name=dep.deployment,

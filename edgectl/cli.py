@@ -83,31 +83,43 @@ def plan_cmd(paths: List[Path] = PathsArg, device: Optional[List[str]] = DeviceO
 def render_plan(p, contexts) -> None:
     for dp in p.devices:
         ctx = contexts.get(dp.device)
-        head = f"[bold]{dp.device}[/bold]  profile {dp.profile}  [{'green' if dp.status == 'ok' else 'red'}]{dp.status}[/]"
-        out.print(head)
+        color = {"ok": "green", "unfit": "red"}.get(dp.status, "yellow")
+        budget = f"  RAM budget {_gib(dp.budget_bytes)}" if dp.budget_bytes else ""
+        out.print(f"[bold]{dp.device}[/bold]  profile {dp.profile}  [{color}]{dp.status}[/]{budget}")
         if ctx is not None and ctx.error:
             out.print(f"  [yellow]unreachable:[/yellow] {ctx.error}")
         for w in dp.warnings:
             out.print(f"  [yellow]warning:[/yellow] {w}")
+        if dp.hint:
+            out.print(f"  hint: {dp.hint}")
         for dep in dp.deployments:
             if dep.chosen is None:
-                out.print(f"  {dep.deployment}: [red]does not fit[/red] — {dep.unfit or ''}")
+                out.print(f"  {dep.deployment} ({dep.model}): [red]does not fit[/red]: {dep.unfit or ''}")
                 if dep.hint:
                     out.print(f"    hint: {dep.hint}")
                 continue
             c = dep.chosen
-            out.print(f"  {dep.deployment}: [cyan]{c.recipe.model}[/cyan] → [bold]{c.recipe.format} {c.recipe.quant}[/bold]"
-                      f"  RAM {_gib(c.estimate.total_bytes)} of budget {_gib(dep.budget_bytes)}"
-                      f" (headroom {_gib(dep.budget_bytes - c.estimate.total_bytes)})")
+            e = c.estimate
+            out.print(f"  {dep.deployment}: [cyan]{c.recipe.model}[/cyan] → [bold]{c.recipe.format} {c.recipe.quant}"
+                      f"[/bold]  RAM {_gib(e.total_bytes)} of {_gib(dep.budget_bytes)}"
+                      f" (headroom {_gib(dep.budget_bytes - e.total_bytes)})")
+            out.print(f"    [dim]= weights {_gib(e.weights_bytes)}{'' if e.weights_exact else ' (est.)'}"
+                      f" + KV cache {_gib(e.kv_bytes)} + compute {_gib(e.compute_bytes)}"
+                      f" + agent {_gib(e.runtime_bytes)}[/dim]")
             out.print(f"    why: {c.reason}")
-            for rc in dep.rejected[:6]:
-                out.print(f"    [dim]not {rc.recipe.format} {rc.recipe.quant}: {rc.reason}[/dim]")
+            for rc in dep.rejected[:8]:
+                out.print(f"    [dim]not {rc.label}: {rc.reason}[/dim]")
+            if len(dep.rejected) > 8:
+                out.print(f"    [dim]... {len(dep.rejected) - 8} more (--json shows all)[/dim]")
             if dep.steps:
-                out.print("    steps: " + ", ".join(f"{s.action}" + (f" ({s.detail})" if s.detail else "")
+                out.print("    steps: " + ", ".join(s.action + (f" ({s.detail})" if s.detail else "")
                                                      for s in dep.steps))
             else:
                 out.print("    steps: [green]none (up to date)[/green]")
-    out.print("[green]no changes[/green]" if p.is_empty else "")
+        for s in dp.removals:
+            out.print(f"  {s.deployment}: [yellow]remove[/yellow] ({s.detail})")
+    if p.is_empty:
+        out.print("[green]no changes[/green]")
 
 
 @app.command("build")

@@ -8,6 +8,7 @@ from typing import Iterable
 from edgectl_agent.api import DeploymentState, Facts
 
 from edgectl.apply import observe
+from edgectl.plan import selects
 from edgectl.spec import Device, Spec
 
 
@@ -39,7 +40,7 @@ def collect_status(spec: Spec, devices: Iterable[Device]) -> list[DeviceStatus]:
     for device in devices:
         ctx = contexts[device.name]
         desired = sorted(name for name, dep in spec.deployments.items()
-                         if _selects(dep.spec.selector, device))
+                         if selects(dep.spec.selector, device))
         st = DeviceStatus(device.name, reachable=ctx.client is not None,
                           endpoint=ctx.transport.endpoint if ctx.transport else None,
                           error=ctx.error or (None if ctx.client else "agent not running"),
@@ -48,9 +49,3 @@ def collect_status(spec: Spec, devices: Iterable[Device]) -> list[DeviceStatus]:
             st.deployments = list(ctx.observed.deployments)
         out.append(st)
     return out
-
-
-def _selects(selector, device: Device) -> bool:
-    if device.name in selector.devices:
-        return True
-    return bool(selector.labels) and all(device.labels.get(k) == v for k, v in selector.labels.items())

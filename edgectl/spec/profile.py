@@ -39,11 +39,13 @@ class Accelerator(Frozen):
 class ProfileSpec(Frozen):
     arch: Literal["x86_64", "aarch64", "armv7l"] = Field(description="CPU architecture as `uname -m` prints it.")
     cpu: Cpu = Field(description="The CPU.")
-    memory_gb: float = Field(gt=0, description="Total RAM in GB (unified memory on Apple Silicon and Jetson).")
-    os_reserved_gb: float = Field(ge=0, description="RAM kept for the OS and other processes; never planned for models.")
+    memory_gb: float = Field(gt=0, description="Total RAM in GB of 2^30 bytes, as RAM is sold (unified memory on "
+                                               "Apple Silicon and Jetson).")
+    os_reserved_gb: float = Field(ge=0, description="RAM kept for the OS and other processes (GB of 2^30 bytes); never "
+                                                    "planned for models.")
     headroom: float = Field(default=0.10, ge=0, lt=1,
                             description="Fraction of the remaining RAM left free as safety margin (0.10 = 10%).")
-    disk_gb: float = Field(gt=0, description="Storage available for the agent's artifact store, in GB.")
+    disk_gb: float = Field(gt=0, description="Storage available for the agent's artifact store, in GB of 2^30 bytes.")
     accelerators: list[Accelerator] = Field(default_factory=list, description="GPUs / NPUs on the device.")
     runtimes: list[RuntimeName] = Field(min_length=1,
                                         description="Runtimes this device can run, in order of preference.")

@@ -27,7 +27,7 @@ kind: Model
 metadata: {{name: tiny-llama}}
 spec:
   architecture: {{family: llama, parameters: {params}, layers: 2, hidden_size: 256, attention_heads: 4, kv_heads: 2,
-                 head_dim: 64, vocab_size: 512, max_context: 512}}
+                 head_dim: 64, vocab_size: 537, max_context: 512}}
   sources:
     - {{type: gguf, path: tiny.gguf, precision: F32}}
 ---
@@ -153,7 +153,8 @@ def test_embedded_default_serves_smollm2(tmp_path, home):
     assert f"http://127.0.0.1:{port}/v1" in r.stdout
     client = OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="x")
     chat = client.chat.completions.create(
-        model="smollm2", messages=[{"role": "user", "content": "What is the capital of France?"}],
+        model="smollm2", messages=[{"role": "system", "content": "You are a helpful AI assistant."},
+                                   {"role": "user", "content": "What is the capital of France?"}],
         max_tokens=16, temperature=0)
     assert "Paris" in chat.choices[0].message.content
     assert "no changes" in edgectl("apply", str(mdir), env=home).stdout
