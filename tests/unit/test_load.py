@@ -122,7 +122,7 @@ def test_wrong_type_points_at_the_value() -> None:
     write("p.yaml", PROFILE.format(name="rpi5", memory_gb="lots"))
     assert errors_of("p.yaml") == [
         "p.yaml:8:14: spec.memory_gb: expected a number, got 'lots' (a string)\n"
-        "  hint: write a number here - Total RAM in GB (unified memory on Apple Silicon and Jetson)"]
+        "  hint: write a number here - Total RAM in GB of 2^30 bytes, as RAM is sold (unified memory on Apple Silicon and Jetson)"]
 
 
 def test_number_out_of_range() -> None:
@@ -136,7 +136,7 @@ def test_missing_field_points_at_the_parent_mapping() -> None:
     write("p.yaml", PROFILE.format(name="rpi5", memory_gb=8).replace("  disk_gb: 32\n", ""))
     assert errors_of("p.yaml") == [
         "p.yaml:6:3: spec.disk_gb: missing required field\n"
-        "  hint: add 'disk_gb:' here - Storage available for the agent's artifact store, in GB"]
+        "  hint: add 'disk_gb:' here - Storage available for the agent's artifact store, in GB of 2^30 bytes"]
 
 
 def test_missing_transport_type_lists_types() -> None:
