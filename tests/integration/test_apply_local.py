@@ -158,3 +158,36 @@ def test_embedded_default_serves_smollm2(tmp_path, home):
         max_tokens=16, temperature=0)
     assert "Paris" in chat.choices[0].message.content
     assert "no changes" in edgectl("apply", str(mdir), env=home).stdout
+
+
+UNFIT = """\
+apiVersion: edgectl.dev/v1alpha1
+kind: Fleet
+metadata: {{name: local}}
+spec:
+  devices:
+    - name: this-machine
+      profile: x86-cpu-server
+      transport: {{type: local}}
+      agent: {{port: {port}}}
+      overrides: {{memory_gb: 2}}
+---
+apiVersion: edgectl.dev/v1alpha1
+kind: Deployment
+metadata: {{name: big}}
+spec: {{model: llama-3.1-8b-instruct, selector: {{devices: [this-machine]}}, context_length: 8192}}
+"""
+
+
+def test_unfit_plan_shows_numbers_and_apply_changes_nothing(tmp_path, home):
+    mdir = tmp_path / "m"
+    mdir.mkdir()
+    (mdir / "fleet.yaml").write_text(UNFIT.format(port=free_port()))
+    plan = edgectl("plan", str(mdir), env=home).stdout
+    assert "does not fit" in plan and "the smallest artifact, gguf Q2_K, needs" in plan and "hint:" in plan
+    r = edgectl("apply", str(mdir), env=home, check=False)
+    assert r.returncode != 0
+    assert "nothing was changed" in r.stderr and "--skip-unfit" in r.stderr
+    r = edgectl("apply", str(mdir), "--skip-unfit", env=home)
+    assert "no changes" in r.stdout
+    assert not (Path(home["EDGECTL_HOME"]) / "agents").exists()  # no agent started, no store written
