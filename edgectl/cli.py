@@ -101,8 +101,8 @@ def render_plan(p, contexts) -> None:
             c = dep.chosen
             e = c.estimate
             out.print(f"  {dep.deployment}: [cyan]{c.recipe.model}[/cyan] → [bold]{c.recipe.format} {c.recipe.quant}"
-                      f"[/bold]  RAM {_gib(e.total_bytes)} of {_gib(dep.budget_bytes)}"
-                      f" (headroom {_gib(dep.budget_bytes - e.total_bytes)})")
+                      f"[/bold]  RAM {_gib(e.total_bytes)} of {_gib(dep.budget_bytes)} left for it"
+                      f" (spare {_gib(dep.budget_bytes - e.total_bytes)})")
             out.print(f"    [dim]= weights {_gib(e.weights_bytes)}{'' if e.weights_exact else ' (est.)'}"
                       f" + KV cache {_gib(e.kv_bytes)} + compute {_gib(e.compute_bytes)}"
                       f" + agent {_gib(e.runtime_bytes)}[/dim]")
