@@ -102,7 +102,8 @@ def render_plan(p, contexts) -> None:
             e = c.estimate
             out.print(f"  {dep.deployment}: [cyan]{c.recipe.model}[/cyan] → [bold]{c.recipe.format} {c.recipe.quant}"
                       f"[/bold]  RAM {_gib(e.total_bytes)} of {_gib(dep.budget_bytes)} left for it"
-                      f" (spare {_gib(dep.budget_bytes - e.total_bytes)})")
+                      f" (spare {_gib(dep.budget_bytes - e.total_bytes)})"
+                      + (f"  measured: {c.quality.summary()}" if c.quality is not None else ""))
             out.print(f"    [dim]= weights {_gib(e.weights_bytes)}{'' if e.weights_exact else ' (est.)'}"
                       f" + KV cache {_gib(e.kv_bytes)} + compute {_gib(e.compute_bytes)}"
                       f" + agent {_gib(e.runtime_bytes)}[/dim]")

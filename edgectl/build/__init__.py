@@ -9,6 +9,7 @@ and let the CLI render it.
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -18,14 +19,18 @@ from edgectl.build.registry import BUILDERS, GGUF_FTYPES, BuilderInfo, builder_f
 from edgectl.build.sources import ResolvedSource, locate, resolve_source
 from edgectl.build.store import ArtifactStore, sha256_file
 from edgectl.errors import BuildError
-from edgectl.spec.artifact import BuiltArtifact, Recipe
+from edgectl.spec.artifact import BuiltArtifact, Quality, Recipe
 from edgectl.spec.model import Model
 
 __all__ = [
-    "ArtifactStore", "BUILDERS", "BuilderInfo", "GGUF_FTYPES", "ResolvedSource", "StageProgress", "build",
-    "builder_for", "check_buildable", "is_as_shipped", "locate", "lookup", "resolve_source", "sha256_file",
+    "ArtifactStore", "BUILDERS", "BuilderInfo", "GGUF_FTYPES", "QualityWarning", "ResolvedSource", "StageProgress",
+    "build", "builder_for", "check_buildable", "is_as_shipped", "locate", "lookup", "resolve_source", "sha256_file",
     "tool_version",
 ]
+
+class QualityWarning(UserWarning):
+    """Measuring a fresh artifact's quality failed; the artifact was built and stored, without a quality record."""
+
 
 # format -> function(recipe, source_path, out_path, *, threads, progress, quiet) -> digest of a copy, or None
 _BUILD_FUNCTIONS: dict[str, Callable[..., str | None]] = {"gguf": build_gguf}
@@ -62,7 +67,8 @@ def lookup(recipe: Recipe, model: Model, store: ArtifactStore, *,
 
 
 def build(recipe: Recipe, model: Model, store: ArtifactStore, *, base_dir: Path | None = None,
-          threads: int | None = None, progress: Any = None, quiet: bool | None = None) -> tuple[BuiltArtifact, bool]:
+          threads: int | None = None, progress: Any = None, quiet: bool | None = None,
+          measure_quality: bool = True) -> tuple[BuiltArtifact, bool]:
     """Ensure the artifact ``recipe`` describes is in ``store``; returns ``(artifact, built_now)``.
 
     Cache key = source digest + recipe + tool version. A hit returns the stored artifact without work (the
@@ -70,6 +76,12 @@ def build(recipe: Recipe, model: Model, store: ArtifactStore, *, base_dir: Path 
     atomically; a failed or interrupted build leaves no artifact and no index entry.
 
     ``quiet`` silences llama.cpp's output (still quoted in errors); by default it is on unless EDGECTL_DEBUG=1.
+
+    After a fresh build (not on a hit) the artifact's quality is measured against its source on a small fixed text
+    (edgectl.build.quality; progress stage "measure quality") and recorded with it, so a hit returns it for free.
+    ``measure_quality=False`` skips that. A failed measurement does not fail the build: the artifact is recorded
+    without quality and a :class:`QualityWarning` is issued (``warnings``; the CLI shows it). Without llama-cpp-python
+    (an as-shipped copy can be built without it) nothing is measured.
     """
     if quiet is None:
         quiet = os.environ.get("EDGECTL_DEBUG", "") != "1"
@@ -99,5 +111,34 @@ def build(recipe: Recipe, model: Model, store: ArtifactStore, *, base_dir: Path 
         digest=digest, model=recipe.model, format=recipe.format, quant=recipe.quant, size_bytes=size,
         source_digest=source.digest, tool_version=tool_version(recipe), cache_key=key,
     )
-    store.record(artifact)
+    store.record(artifact)  # stored and indexed before measuring: an interrupted measurement loses only the figure
+    if measure_quality:
+        quality = _measure(source.path, store.path(digest), as_shipped=copied_digest is not None,
+                           threads=threads or os.cpu_count() or 1, quiet=quiet, report=report,
+                           label=f"{recipe.model} {recipe.format} {recipe.quant}")
+        if quality is not None:
+            artifact = artifact.model_copy(update={"quality": quality})
+            store.record(artifact)
     return artifact, True
+
+
+def _measure(source_path: Path, artifact_path: Path, *, as_shipped: bool, threads: int, quiet: bool,
+             report: StageProgress | None, label: str) -> Quality | None:
+    try:
+        import llama_cpp  # noqa: F401  (numpy comes with it)
+    except ImportError:
+        return None
+    from edgectl.build.quality import measure
+
+    if report:
+        report("measure quality", 0, 1)
+    try:
+        # An as-shipped copy is the source's own bytes: the source is evaluated once (agreement 1.0 by definition).
+        quality = measure(source_path, None if as_shipped else artifact_path, threads=threads, quiet=quiet)
+    except Exception as e:  # noqa: BLE001  (the artifact is good; only the figure is missing)
+        warnings.warn(f"could not measure the quality of {label}: {type(e).__name__}: {e}; "
+                      f"it is stored without a quality record", QualityWarning, stacklevel=3)
+        quality = None
+    if report:
+        report("measure quality", 1, 1)
+    return quality

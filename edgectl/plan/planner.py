@@ -21,8 +21,8 @@ from edgectl.build.registry import BUILDERS
 from edgectl.plan import gguf
 from edgectl.plan.estimate import GIB, Estimate, estimate
 from edgectl.spec import (
-    AUTO_PROFILE, RUNTIME_FORMATS, Accelerator, BuiltArtifact, Cpu, Deployment, Device, Model, ProfileSpec, Recipe,
-    Selector, Spec,
+    AUTO_PROFILE, RUNTIME_FORMATS, Accelerator, BuiltArtifact, Cpu, Deployment, Device, Model, ProfileSpec, Quality,
+    Recipe, Selector, Spec,
 )
 
 # Quant types offered when a deployment does not restrict them (the builder can make more: list them in
@@ -59,11 +59,13 @@ class Candidate:
     as_shipped: bool
     buildable: bool
     reason: str = ""
+    quality: Quality | None = None  # measured against the source when the artifact was built (from ``built``)
 
     def to_dict(self) -> dict:
         return {"recipe": self.recipe.model_dump(), "id": recipe_id(self.recipe), "estimate": self.estimate.to_dict(),
                 "quality_rank": self.quality_rank, "as_shipped": self.as_shipped, "buildable": self.buildable,
-                "reason": self.reason}
+                "reason": self.reason,
+                "quality": self.quality.model_dump(mode="json") if self.quality is not None else None}
 
 
 @dataclass(frozen=True)
@@ -350,7 +352,7 @@ def plan_deployment(dep: Deployment, model: Model, runtimes: list[str], budget: 
     fitting.sort(key=lambda c: (-c.quality_rank, not c.as_shipped, c.estimate.total_bytes))
     best = fitting[0]
     dp.chosen = Candidate(best.recipe, best.estimate, best.quality_rank, best.as_shipped, best.buildable,
-                          reason=_why(best, budget))
+                          reason=_why(best, budget), quality=best.quality)
     for other in fitting[1:]:
         dp.rejected.append(Rejected(other.recipe, _lost_to(other, best), _label(other.recipe),
                                     other.estimate.total_bytes, fits=True))
@@ -381,7 +383,7 @@ def _gguf_candidates(dep: Deployment, model: Model, built: dict[str, BuiltArtifa
                        artifact_bytes=art.size_bytes if art else None)
         rank = gguf.QUALITY_RANK[quant]
         as_shipped = buildable and quant == source_precision
-        cand = Candidate(recipe, est, rank, as_shipped, buildable)
+        cand = Candidate(recipe, est, rank, as_shipped, buildable, quality=art.quality if art else None)
         if rank > cap:
             yield cand, f"above the source's precision {source_precision}: would not add quality"
         else:
@@ -411,7 +413,8 @@ def _why(c: Candidate, budget: int) -> str:
     how = "shipped as is, no requantization" if c.as_shipped else (
         f"quantized from {c.recipe.source_precision}" if c.buildable else
         f"not buildable here: the model has no GGUF source (only {c.recipe.source_precision} weights elsewhere)")
-    return f"{what}: {_gib(c.estimate.total_bytes)} of {_gib(budget)} budget; {how}"
+    measured = f"; measured: {c.quality.summary()}" if c.quality is not None else ""
+    return f"{what}: {_gib(c.estimate.total_bytes)} of {_gib(budget)} budget; {how}{measured}"
 
 
 def _lost_to(other: Candidate, best: Candidate) -> str:

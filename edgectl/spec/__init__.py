@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from edgectl.spec.artifact import BuiltArtifact, Recipe
+from edgectl.spec.artifact import BuiltArtifact, Quality, Recipe
 from edgectl.spec.common import API_VERSION, Metadata
 from edgectl.spec.deployment import Deployment, DeploymentSpec, Quantization, Selector
 from edgectl.spec.fleet import AUTO_PROFILE, Device, Fleet, LocalTransport, ProfileOverrides, SshTransport
@@ -37,5 +37,5 @@ __all__ = [
     "API_VERSION", "KINDS", "Spec", "Metadata", "Deployment", "DeploymentSpec", "Quantization", "Selector",
     "AUTO_PROFILE", "Device", "Fleet", "LocalTransport", "SshTransport", "ProfileOverrides",
     "Architecture", "Model", "ModelSource", "ModelSpec", "RUNTIME_FORMATS", "Accelerator", "Cpu", "DeviceProfile",
-    "ProfileSpec", "BuiltArtifact", "Recipe",
+    "ProfileSpec", "BuiltArtifact", "Quality", "Recipe",
 ]

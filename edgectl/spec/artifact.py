@@ -25,6 +25,25 @@ class Recipe(Frozen):
         return hashlib.sha256(blob.encode()).hexdigest()
 
 
+class Quality(Frozen):
+    """How far a built artifact moved from its source, measured on one small fixed text (edgectl.build.quality)."""
+
+    text: str = Field(description="Id of the fixed text measured on; figures are comparable only for the same text.")
+    text_tokens: int = Field(ge=2, description="Tokens of the text both models read (the source's tokenization).")
+    source_perplexity: float = Field(gt=0, description="Perplexity of the source on the text.")
+    perplexity: float = Field(gt=0, description="Perplexity of the artifact on the text.")
+    top1_agreement: float = Field(ge=0, le=1, description="Fraction of positions where both models' most likely "
+                                                          "next token is the same.")
+    kl_divergence: float | None = Field(default=None, ge=0, description="Mean KL(source || artifact) of the "
+                                                                         "next-token distributions, in nats.")
+    tool: str = Field(description="Tool that measured it (e.g. llama-cpp-python 0.3.36).")
+
+    def summary(self) -> str:
+        """One line, e.g. 'top-1 agreement 97.3% with the source, perplexity 12.41 vs 12.02'."""
+        return (f"top-1 agreement {self.top1_agreement * 100:.1f}% with the source, perplexity "
+                f"{self.perplexity:.2f} vs {self.source_perplexity:.2f}")
+
+
 class BuiltArtifact(Frozen):
     digest: str = Field(pattern=DIGEST_PATTERN, description="sha256 of the artifact bytes.")
     model: str = Field(description="Catalog model name.")
@@ -34,3 +53,5 @@ class BuiltArtifact(Frozen):
     source_digest: str = Field(pattern=DIGEST_PATTERN, description="sha256 of the source it was built from.")
     tool_version: str = Field(description="Version of the tool that built it (e.g. llama-cpp-python 0.3.36).")
     cache_key: str = Field(description="Recipe cache key that produced it.")
+    quality: Quality | None = Field(default=None, description="Measured against its source after the build; None "
+                                                              "when not measured (or the measurement failed).")

@@ -70,7 +70,8 @@ def test_build_as_shipped_copies_then_hits(make_model: Callable[..., Model], sto
                                           monkeypatch: pytest.MonkeyPatch) -> None:
     model = make_model({"type": "gguf", "precision": "F16", "path": str(gguf_header_file)})
     events: list[tuple[str, int, int | None]] = []
-    artifact, built = build(_recipe("F16"), model, store, progress=lambda *e: events.append(e))
+    artifact, built = build(_recipe("F16"), model, store, progress=lambda *e: events.append(e),
+                            measure_quality=False)
     assert built
     assert artifact.digest == artifact.source_digest
     assert artifact.tool_version == COPY_TOOL_VERSION
@@ -88,9 +89,9 @@ def test_build_as_shipped_copies_then_hits(make_model: Callable[..., Model], sto
 
 def test_build_rebuilds_when_the_blob_was_deleted(make_model: Callable[..., Model], store: ArtifactStore, gguf_header_file: Path) -> None:
     model = make_model({"type": "gguf", "precision": "F16", "path": str(gguf_header_file)})
-    artifact, _ = build(_recipe("F16"), model, store)
+    artifact, _ = build(_recipe("F16"), model, store, measure_quality=False)
     store.path(artifact.digest).unlink()
-    again, built = build(_recipe("F16"), model, store)
+    again, built = build(_recipe("F16"), model, store, measure_quality=False)
     assert built and again == artifact and store.verify(artifact.digest)
 
 
@@ -116,10 +117,25 @@ def test_build_drives_a_rich_progress(make_model: Callable[..., Model], store: A
 
     model = make_model({"type": "gguf", "precision": "F16", "path": str(gguf_header_file)})
     with Progress(console=Console(file=open(os.devnull, "w"))) as progress:
-        build(_recipe("F16"), model, store, progress=progress)
+        build(_recipe("F16"), model, store, progress=progress, measure_quality=False)
     descriptions = [t.description for t in progress.tasks]
     assert descriptions == ["hash source tiny F16", "copy tiny F16", "hash artifact tiny F16"]
     assert all(t.finished for t in progress.tasks)
+
+
+def test_a_failed_quality_measurement_warns_and_keeps_the_artifact(
+        make_model: Callable[..., Model], store: ArtifactStore, gguf_header_file: Path) -> None:
+    pytest.importorskip("llama_cpp")
+    from edgectl.build import QualityWarning
+
+    model = make_model({"type": "gguf", "precision": "F16", "path": str(gguf_header_file)})
+    events: list[tuple[str, int, int | None]] = []
+    with pytest.warns(QualityWarning, match="could not measure the quality of tiny gguf F16"):
+        artifact, built = build(_recipe("F16"), model, store, progress=lambda *e: events.append(e))  # not a model
+    assert built and artifact.quality is None and store.verify(artifact.digest)
+    assert ("measure quality", 1, 1) in events
+    again, built_again = build(_recipe("F16"), model, store)  # a hit does not measure again
+    assert (again, built_again) == (artifact, False)
 
 
 def test_quiet_mode_captures_what_c_writes_to_fd_2() -> None:

@@ -1,0 +1,130 @@
+"""Measured quality of a built GGUF artifact against its source, on one small fixed text.
+
+    quality = measure(source_path, artifact_path, threads=4)
+
+Both models read the same tokens (the source model's tokenization of :data:`QUALITY_TEXT`, at most
+:data:`MAX_TOKENS`); from their logits at every position we compute
+
+* the perplexity of each on the text (``source_perplexity``, ``perplexity``),
+* top-1 agreement: the fraction of positions where both models' most likely next token is the same,
+* the mean KL divergence KL(source || artifact) of the next-token distributions, in nats.
+
+The text is fixed and versioned (:data:`QUALITY_TEXT_ID`) so that numbers recorded for different artifacts, and on
+different days, are comparable; change it only together with the id. It is one short neutral English paragraph: a
+smoke test of how much a quantization moved the model, not a benchmark.
+
+The metric functions (:func:`perplexity`, :func:`top1_agreement`, :func:`mean_kl_divergence`) are pure numpy on
+logits of shape ``(positions, vocab)`` so they are testable without llama.cpp.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+
+import numpy as np
+
+from edgectl.spec.artifact import Quality
+
+QUALITY_TEXT_ID = "edgectl-quality-text-v1"
+QUALITY_TEXT = (
+    "The town library opens at nine in the morning and closes at six in the evening. On most days a few people "
+    "are already waiting at the door when it opens. Some come to read the newspaper, some to use the computers, "
+    "and some to return the books they borrowed the week before. The children's room is on the first floor, "
+    "next to a small garden with two benches and an old apple tree. In the afternoon, students arrive after "
+    "school and work quietly at the long tables near the windows. The librarians answer questions, help visitors "
+    "find what they need, and put the returned books back on the shelves. Once a month there is a talk about "
+    "local history, and on Saturdays someone reads stories aloud to the youngest visitors. The building is more "
+    "than a hundred years old, but the roof was repaired last year and the rooms are warm in winter."
+)
+MAX_TOKENS = 256
+N_CTX = 512
+
+
+# --- metrics on logits (no llama.cpp) ----------------------------------------------------------------------------
+
+
+def _log_softmax(logits: np.ndarray) -> np.ndarray:
+    x = np.asarray(logits, dtype=np.float64)
+    x = x - x.max(axis=-1, keepdims=True)
+    return x - np.log(np.exp(x).sum(axis=-1, keepdims=True))
+
+
+def perplexity(logits: np.ndarray, tokens: np.ndarray) -> float:
+    """exp(mean negative log-likelihood) of ``tokens[1:]``, each predicted by the logits of the position before
+    (``logits[i]`` predicts ``tokens[i + 1]``). ``logits`` has one row per token."""
+    tokens = np.asarray(tokens)
+    if len(tokens) < 2:
+        raise ValueError("perplexity needs at least two tokens")
+    logp = _log_softmax(logits[: len(tokens) - 1])
+    nll = -logp[np.arange(len(tokens) - 1), tokens[1:]]
+    return float(np.exp(nll.mean()))
+
+
+def top1_agreement(source_logits: np.ndarray, artifact_logits: np.ndarray) -> float:
+    """Fraction of positions where both models' most likely next token is the same."""
+    if source_logits.shape != artifact_logits.shape or len(source_logits) == 0:
+        raise ValueError(f"logits shapes differ or are empty: {source_logits.shape} vs {artifact_logits.shape}")
+    return float((source_logits.argmax(axis=-1) == artifact_logits.argmax(axis=-1)).mean())
+
+
+def mean_kl_divergence(source_logits: np.ndarray, artifact_logits: np.ndarray) -> float:
+    """Mean over positions of KL(source || artifact) of the next-token distributions, in nats (>= 0)."""
+    if source_logits.shape != artifact_logits.shape or len(source_logits) == 0:
+        raise ValueError(f"logits shapes differ or are empty: {source_logits.shape} vs {artifact_logits.shape}")
+    ls, la = _log_softmax(source_logits), _log_softmax(artifact_logits)
+    kl = (np.exp(ls) * (ls - la)).sum(axis=-1)
+    return float(max(0.0, kl.mean()))
+
+
+def compare(source_logits: np.ndarray, artifact_logits: np.ndarray, tokens: np.ndarray, *, tool: str) -> Quality:
+    """The Quality record from both models' logits over the same ``tokens`` (one row per token)."""
+    n = len(tokens)
+    # the last position predicts a token beyond the text: only positions 0..n-2 are compared
+    s, a = np.asarray(source_logits)[: n - 1], np.asarray(artifact_logits)[: n - 1]
+    return Quality(text=QUALITY_TEXT_ID, text_tokens=n, source_perplexity=perplexity(source_logits, tokens),
+                   perplexity=perplexity(artifact_logits, tokens), top1_agreement=top1_agreement(s, a),
+                   kl_divergence=mean_kl_divergence(s, a), tool=tool)
+
+
+# --- llama.cpp ---------------------------------------------------------------------------------------------------
+
+
+def _logits(llama_cpp, path: Path, tokens: list[int] | None, *, threads: int) -> tuple[np.ndarray, list[int]]:
+    """Load ``path``, tokenize the text if ``tokens`` is None, evaluate, and return (logits, tokens)."""
+    llm = llama_cpp.Llama(str(path), n_ctx=N_CTX, n_batch=N_CTX, logits_all=True, n_threads=threads,
+                          n_threads_batch=threads, verbose=False)
+    try:
+        if tokens is None:
+            tokens = llm.tokenize(QUALITY_TEXT.encode("utf-8"), add_bos=True)[:MAX_TOKENS]
+        llm.reset()
+        llm.eval(tokens)
+        return np.array(llm.scores[: len(tokens)], dtype=np.float32), tokens
+    finally:
+        with contextlib.suppress(Exception):
+            llm.close()
+
+
+def measure(source_path: Path, artifact_path: Path | None, *, threads: int = 1, quiet: bool = True) -> Quality:
+    """Measure ``artifact_path`` against ``source_path`` on the fixed text. Raises on any failure (the caller
+    decides whether that matters).
+
+    ``artifact_path=None`` means the artifact is byte-identical to the source (an as-shipped copy): the source is
+    evaluated once and the record says so exactly (agreement 1.0, KL 0, same perplexity) instead of measuring the
+    same bytes twice.
+    """
+    from edgectl.build.gguf import _captured_stderr, _llama_cpp, _llama_log_collected
+
+    llama_cpp = _llama_cpp()
+    tool = f"llama-cpp-python {llama_cpp.__version__}"
+    with _llama_log_collected(llama_cpp, echo=not quiet), _captured_stderr(quiet):
+        source_logits, tokens = _logits(llama_cpp, Path(source_path), None, threads=threads)
+        if len(tokens) < 2:
+            raise ValueError(f"the quality text tokenized to {len(tokens)} token(s) with {source_path}")
+        artifact_logits = source_logits if artifact_path is None else _logits(
+            llama_cpp, Path(artifact_path), tokens, threads=threads)[0]
+    if artifact_logits.shape != source_logits.shape:
+        raise ValueError(f"the artifact's vocabulary ({artifact_logits.shape[1]}) differs from the source's "
+                         f"({source_logits.shape[1]})")
+    return compare(source_logits, artifact_logits, np.array(tokens), tool=tool)
+
