@@ -413,8 +413,7 @@ def _why(c: Candidate, budget: int) -> str:
     how = "shipped as is, no requantization" if c.as_shipped else (
         f"quantized from {c.recipe.source_precision}" if c.buildable else
         f"not buildable here: the model has no GGUF source (only {c.recipe.source_precision} weights elsewhere)")
-    measured = f"; measured: {c.quality.summary()}" if c.quality is not None else ""
-    return f"{what}: {_gib(c.estimate.total_bytes)} of {_gib(budget)} budget; {how}{measured}"
+    return f"{what}: {_gib(c.estimate.total_bytes)} of {_gib(budget)} budget; {how}"
 
 
 def _lost_to(other: Candidate, best: Candidate) -> str:

@@ -42,11 +42,11 @@ def _plan(tmp_path: Path, quality: Quality | None):
 def test_plan_shows_the_measured_quality_of_the_built_artifact(tmp_path: Path) -> None:
     chosen = _plan(tmp_path, QUALITY)
     assert chosen.recipe.quant == "Q4_0" and chosen.quality == QUALITY
-    assert chosen.reason.endswith("measured: top-1 agreement 97.3% with the source, perplexity 12.41 vs 12.02")
+    assert chosen.quality.summary() == "top-1 agreement 97.3% with the source, perplexity 12.41 vs 12.02"
     assert chosen.to_dict()["quality"]["top1_agreement"] == 0.973
 
 
 def test_plan_without_a_measurement_says_nothing_about_it(tmp_path: Path) -> None:
     chosen = _plan(tmp_path, None)
-    assert chosen.quality is None and "measured" not in chosen.reason
+    assert chosen.quality is None
     assert chosen.to_dict()["quality"] is None
