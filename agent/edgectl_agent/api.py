@@ -54,7 +54,7 @@ class Facts(Wire):
 
 class ArtifactRef(Wire):
     digest: str = Field(pattern=DIGEST_PATTERN, description="sha256 of the artifact bytes.")
-    format: Literal["gguf"] = Field(description="Artifact format.")
+    format: Literal["gguf", "onnx"] = Field(description="Artifact format: gguf (LLMs) or onnx (tensor models).")
     quant: str = Field(description="Quant type, e.g. Q4_K_M.")
     size_bytes: int = Field(ge=0, description="Size in bytes.")
     model: str = Field(description="Catalog model name.")
@@ -63,7 +63,8 @@ class ArtifactRef(Wire):
 class DesiredDeployment(Wire):
     name: str = Field(pattern=NAME_PATTERN, description="Deployment name; the model id clients use.")
     artifact: ArtifactRef = Field(description="The artifact to serve (must be uploaded first).")
-    runtime: Literal["llamacpp", "fake"] = Field(default="llamacpp", description="Runtime that loads it.")
+    runtime: Literal["llamacpp", "fake", "onnxruntime"] = Field(default="llamacpp",
+                                                             description="Runtime that loads it.")
     context_length: int = Field(default=2048, ge=128, description="Context per slot.")
     parallel: int = Field(default=1, ge=1, description="Concurrent request slots.")
     threads: int | None = Field(default=None, gt=0, description="Inference threads.")

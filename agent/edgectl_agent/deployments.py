@@ -107,7 +107,8 @@ class Deployments:
             raise Unprocessable(f"runtime '{desired.runtime}' is not available on this agent "
                                 f"(available: {', '.join(sorted(self.runtimes)) or 'none'})",
                                 hint="choose an available runtime, or install its extra, e.g. "
-                                     "pip install 'edgectl-agent[llama]'", type="runtime_unavailable")
+                                     "pip install 'edgectl-agent[llama]' or 'edgectl-agent[onnx]'",
+                                type="runtime_unavailable")
         artifact = desired.artifact
         if artifact.format not in runtime.capabilities.formats:
             raise Unprocessable(f"runtime '{runtime.name}' cannot load {artifact.format} artifacts",

@@ -19,7 +19,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from edgectl_agent.deployments import Serving
-from edgectl_agent.errors import AgentError, BadRequest
+from edgectl_agent.errors import AgentError, BadRequest, NotFound
 from edgectl_agent.runtimes.base import GenerationParams
 
 router = APIRouter(prefix="/v1")
@@ -110,7 +110,12 @@ class EmbeddingRequest(_Request):
 
 # -- helpers -------------------------------------------------------------------------------------------------
 def _serving(request: Request, model: str) -> Serving:
-    return request.app.state.agent.deployments.serving_model(model)
+    serving = request.app.state.agent.deployments.serving_model(model)
+    if serving.model.kind != "llm":
+        raise NotFound(f"the model '{model}' is a tensor model, not a language model",
+                       hint=f"use the KServe v2 API: POST /v2/models/{model}/infer", param="model",
+                       code="model_not_found")
+    return serving
 
 
 def _stamp(out: dict[str, Any], serving: Serving) -> dict[str, Any]:
@@ -189,6 +194,8 @@ def list_models(request: Request) -> dict[str, Any]:
     deployments = request.app.state.agent.deployments
     data = []
     for name, serving in sorted(deployments.serving.items()):
+        if serving.model.kind != "llm":
+            continue  # tensor models are listed by the KServe v2 API (/v2)
         state = deployments.states.get(name)
         data.append({"id": name, "object": "model", "created": int(state.since.timestamp()) if state else 0,
                      "owned_by": "edgectl", "artifact": serving.artifact.model_dump()})

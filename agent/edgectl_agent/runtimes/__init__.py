@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
-from edgectl_agent.runtimes.base import GenerationParams, LoadedModel, Runtime, RuntimeCapabilities
+from edgectl_agent.runtimes.base import (GenerationParams, LoadedModel, Runtime, RuntimeCapabilities, TensorModel,
+                                         TensorSpec)
 from edgectl_agent.runtimes.fake import FakeRuntime
 from edgectl_agent.runtimes.llamacpp import LlamaCppRuntime
+from edgectl_agent.runtimes.onnxruntime import OnnxRuntime
 
-__all__ = ["GenerationParams", "LoadedModel", "Runtime", "RuntimeCapabilities", "FakeRuntime", "LlamaCppRuntime",
-           "default_runtimes"]
+__all__ = ["GenerationParams", "LoadedModel", "Runtime", "RuntimeCapabilities", "TensorModel", "TensorSpec",
+           "FakeRuntime", "LlamaCppRuntime", "OnnxRuntime", "default_runtimes"]
 
 
 def default_runtimes() -> dict[str, Runtime]:
     """Every runtime this agent ships, by the name DesiredDeployment.runtime uses."""
-    return {"llamacpp": LlamaCppRuntime(), "fake": FakeRuntime()}
+    return {"llamacpp": LlamaCppRuntime(), "fake": FakeRuntime(), "onnxruntime": OnnxRuntime()}

@@ -50,6 +50,7 @@ class LoadedModel(ABC):
     """One artifact loaded in memory. Must be safe to call from several threads (serialize inside if needed)."""
 
     supports_embeddings: bool = False
+    kind: str = "llm"  # "llm": served under /v1 (OpenAI); "tensor": served under /v2 (KServe v2, TensorModel)
 
     @abstractmethod
     def chat(self, messages: list[dict[str, Any]], params: GenerationParams, *,
@@ -77,6 +78,55 @@ class LoadedModel(ABC):
         if not isinstance(out, dict) or not out.get("choices"):
             raise RuntimeFailure(f"smoke inference returned no choices: {str(out)[:200]}",
                                  hint="the artifact loads but does not generate; rebuild it from its source")
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """One input or output of a tensor model: KServe v2 datatype name (FP32, INT64, ...) and shape (-1 = any)."""
+
+    name: str
+    datatype: str
+    shape: tuple[int, ...]
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "datatype": self.datatype, "shape": list(self.shape)}
+
+
+class TensorModel(LoadedModel):
+    """A non-LLM model: named tensors in, named tensors out (the KServe v2 inference protocol, under /v2)."""
+
+    kind = "tensor"
+    platform: str = "unknown"
+    inputs: tuple[TensorSpec, ...] = ()
+    outputs: tuple[TensorSpec, ...] = ()
+
+    @abstractmethod
+    def infer(self, inputs: dict[str, tuple[str, list[int], list[Any]]],
+              outputs: list[str] | None = None) -> list[dict[str, Any]]:
+        """Run the model. ``inputs``: name -> (datatype, shape, flat row-major data), already validated against
+        ``self.inputs``. Returns ``[{"name", "datatype", "shape", "data"}]`` (data flat, row-major), for the
+        requested ``outputs`` (None = all, in the model's order)."""
+
+    def _not_llm(self) -> None:
+        from edgectl_agent.errors import NotFound
+
+        name = getattr(self, "name", "this model")
+        raise NotFound(f"'{name}' is a tensor model, not a language model",
+                       hint=f"use the KServe v2 API: POST /v2/models/{name}/infer", param="model",
+                       code="model_not_found")
+
+    def chat(self, messages, params, *, stream=False):
+        self._not_llm()
+
+    def complete(self, prompt, params, *, stream=False):
+        self._not_llm()
+
+    def embed(self, inputs):
+        self._not_llm()
+
+    @abstractmethod
+    def smoke(self, prompt: str, max_tokens: int) -> None:
+        """Run one inference on zeros of the declared input shapes (prompt and max_tokens are ignored)."""
 
 
 class Runtime(ABC):

@@ -12,7 +12,7 @@ from fastapi.testclient import TestClient
 
 from edgectl_agent.api import CONTROL_PREFIX
 from edgectl_agent.app import create_app
-from edgectl_agent.runtimes import FakeRuntime, LlamaCppRuntime
+from edgectl_agent.runtimes import FakeRuntime, LlamaCppRuntime, OnnxRuntime
 from edgectl_agent.settings import AgentSettings
 
 GGUF_A = b"GGUF" + b"model-a" * 1000
@@ -35,7 +35,8 @@ class AgentHarness:
         self.root = root
         self.fake = FakeRuntime()
         self.settings = AgentSettings(root=root, **settings)
-        self.app = create_app(self.settings, runtimes={"fake": self.fake, "llamacpp": LlamaCppRuntime()})
+        self.app = create_app(self.settings, runtimes={"fake": self.fake, "llamacpp": LlamaCppRuntime(),
+                                                                   "onnxruntime": OnnxRuntime()})
         self.client = TestClient(self.app)
         self.client.__enter__()  # runs the lifespan: recovery of state.json starts
         self.token = (root / "token").read_text().strip()
