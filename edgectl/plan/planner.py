@@ -330,6 +330,10 @@ def plan_deployment(dep: Deployment, model: Model, runtimes: list[str], budget: 
         if fmt not in BUILDERS:
             dp.rejected.append(Rejected(None, f"edgectl cannot build {fmt} artifacts yet", label=fmt))
             continue
+        for quant in q.allow:
+            if not gguf.is_known(quant) or quant not in BUILDERS[fmt].quants:
+                dp.rejected.append(Rejected(None, "not a GGUF quant type edgectl builds; valid: "
+                                            + ", ".join(BUILDERS[fmt].quants), label=f"{fmt} {quant}"))
         for cand, why_not in _gguf_candidates(dep, model, built):
             if why_not:
                 dp.rejected.append(Rejected(cand.recipe, why_not, _label(cand.recipe), cand.estimate.total_bytes))
@@ -376,7 +380,7 @@ def _gguf_candidates(dep: Deployment, model: Model, built: dict[str, BuiltArtifa
         menu.append(source_precision)
     for quant in dict.fromkeys(menu):
         if not gguf.is_known(quant) or quant not in BUILDERS["gguf"].quants and quant != source_precision:
-            continue  # an unknown allow entry; the loader's schema does not know quant names, so skip quietly
+            continue  # an unknown allow entry: recorded as rejected by plan_deployment
         recipe = Recipe(model=model.name, format="gguf", quant=quant, source_precision=source_precision)
         art = built.get(recipe_id(recipe))
         est = estimate(model.spec.architecture, quant, dep.spec.context_length, dep.spec.parallel,
