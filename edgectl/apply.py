@@ -229,13 +229,17 @@ def _apply_device(spec: Spec, dp: DevicePlan, ctx: DeviceContext, store: Artifac
         res.actions.append(f"removed {step.deployment}")
 
 
+# The agent runtime that serves each artifact format.
+FORMAT_RUNTIMES = {"gguf": "llamacpp", "onnx": "onnxruntime"}
+
+
 def desired_deployment(spec: Spec, dp: DevicePlan, dep: DeploymentPlan, art: BuiltArtifact) -> DesiredDeployment:
     d = spec.deployments[dep.deployment].spec
     return DesiredDeployment(
         name=dep.deployment,
         artifact=ArtifactRef(digest=art.digest, format=art.format, quant=art.quant, size_bytes=art.size_bytes,
                              model=art.model),
-        runtime="llamacpp",
+        runtime=FORMAT_RUNTIMES[art.format],
         context_length=d.context_length,
         parallel=d.parallel,
         threads=d.threads or dp.threads,

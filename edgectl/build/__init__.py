@@ -14,7 +14,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from edgectl.build.gguf import StageProgress, build_gguf, tool_version
+from edgectl.build import gguf as _gguf
+from edgectl.build import onnx as _onnx
+from edgectl.build.gguf import StageProgress, build_gguf
+from edgectl.build.onnx import build_onnx
 from edgectl.build.registry import BUILDERS, GGUF_FTYPES, BuilderInfo, builder_for, check_buildable, is_as_shipped
 from edgectl.build.sources import ResolvedSource, locate, resolve_source
 from edgectl.build.store import ArtifactStore, sha256_file
@@ -33,7 +36,13 @@ class QualityWarning(UserWarning):
 
 
 # format -> function(recipe, source_path, out_path, *, threads, progress, quiet) -> digest of a copy, or None
-_BUILD_FUNCTIONS: dict[str, Callable[..., str | None]] = {"gguf": build_gguf}
+_BUILD_FUNCTIONS: dict[str, Callable[..., str | None]] = {"gguf": build_gguf, "onnx": build_onnx}
+_TOOL_VERSIONS: dict[str, Callable[[Recipe | None], str]] = {"gguf": _gguf.tool_version, "onnx": _onnx.tool_version}
+
+
+def tool_version(recipe: Recipe | None = None) -> str:
+    """The tool version that goes into a recipe's cache key (llama-cpp-python's for gguf without a recipe)."""
+    return _TOOL_VERSIONS[recipe.format if recipe is not None else "gguf"](recipe)
 
 
 def _stage_callback(progress: Any, label: str) -> StageProgress | None:
@@ -81,7 +90,7 @@ def build(recipe: Recipe, model: Model, store: ArtifactStore, *, base_dir: Path 
     (edgectl.build.quality; progress stage "measure quality") and recorded with it, so a hit returns it for free.
     ``measure_quality=False`` skips that. A failed measurement does not fail the build: the artifact is recorded
     without quality and a :class:`QualityWarning` is issued (``warnings``; the CLI shows it). Without llama-cpp-python
-    (an as-shipped copy can be built without it) nothing is measured.
+    (an as-shipped copy can be built without it) nothing is measured; onnx (tensor) artifacts are not measured.
     """
     if quiet is None:
         quiet = os.environ.get("EDGECTL_DEBUG", "") != "1"
@@ -112,7 +121,7 @@ def build(recipe: Recipe, model: Model, store: ArtifactStore, *, base_dir: Path 
         source_digest=source.digest, tool_version=tool_version(recipe), cache_key=key,
     )
     store.record(artifact)  # stored and indexed before measuring: an interrupted measurement loses only the figure
-    if measure_quality:
+    if measure_quality and recipe.format == "gguf":  # the quality measurement reads text: LLMs only
         quality = _measure(source.path, store.path(digest), as_shipped=copied_digest is not None,
                            threads=threads or os.cpu_count() or 1, quiet=quiet, report=report,
                            label=f"{recipe.model} {recipe.format} {recipe.quant}")

@@ -36,6 +36,9 @@ GGUF_FTYPES: dict[str, str] = {
     "Q2_K": "LLAMA_FTYPE_MOSTLY_Q2_K",
 }
 
+# ONNX quant types, best quality first: FP32 (the source graph) and INT8 (dynamic quantization).
+ONNX_QUANTS: tuple[str, ...] = ("FP32", "INT8")
+
 # Precisions that are not quantized: building from them is a plain quantization, not a requantization.
 UNQUANTIZED_PRECISIONS = frozenset({"F32", "F16", "BF16"})
 
@@ -60,6 +63,16 @@ BUILDERS: dict[str, BuilderInfo] = {
         module="llama_cpp",
         tool="llama-cpp-python",
         source_types=("gguf",),
+    ),
+    # Tensor models (task: tensor): INT8 = onnxruntime.quantization.quantize_dynamic (MatMul/Gemm weights to int8,
+    # activations quantized at run time); FP32 = the source graph as is.
+    "onnx": BuilderInfo(
+        format="onnx",
+        quants=ONNX_QUANTS,
+        extra="onnx",
+        module="onnxruntime",
+        tool="onnxruntime",
+        source_types=("onnx",),
     ),
 }
 

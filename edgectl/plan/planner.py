@@ -19,7 +19,7 @@ from edgectl_agent.api import AgentState, DeploymentState, Facts
 
 from edgectl.build.registry import BUILDERS
 from edgectl.plan import gguf
-from edgectl.plan.estimate import GIB, Estimate, estimate
+from edgectl.plan.estimate import AGENT_BYTES, GIB, Estimate, estimate
 from edgectl.spec import (
     AUTO_PROFILE, RUNTIME_FORMATS, Accelerator, BuiltArtifact, Cpu, Deployment, Device, Model, ProfileSpec, Quality,
     Recipe, Selector, Spec,
@@ -330,11 +330,18 @@ def plan_deployment(dep: Deployment, model: Model, runtimes: list[str], budget: 
         if fmt not in BUILDERS:
             dp.rejected.append(Rejected(None, f"edgectl cannot build {fmt} artifacts yet", label=fmt))
             continue
+        if (fmt == "onnx") != (model.spec.task == "tensor"):
+            why = ("edgectl builds onnx artifacts only for tensor models" if fmt == "onnx"
+                   else f"{fmt} is for LLMs; a tensor model is built as onnx")
+            dp.rejected.append(Rejected(None, why, label=fmt))
+            continue
         for quant in q.allow:
-            if not gguf.is_known(quant) or quant not in BUILDERS[fmt].quants:
-                dp.rejected.append(Rejected(None, "not a GGUF quant type edgectl builds; valid: "
+            known = gguf.is_known(quant) if fmt == "gguf" else True
+            if not known or quant not in BUILDERS[fmt].quants:
+                dp.rejected.append(Rejected(None, f"not a {fmt.upper()} quant type edgectl builds; valid: "
                                             + ", ".join(BUILDERS[fmt].quants), label=f"{fmt} {quant}"))
-        for cand, why_not in _gguf_candidates(dep, model, built):
+        candidates = _onnx_candidates if fmt == "onnx" else _gguf_candidates
+        for cand, why_not in candidates(dep, model, built):
             if why_not:
                 dp.rejected.append(Rejected(cand.recipe, why_not, _label(cand.recipe), cand.estimate.total_bytes))
             elif cand.estimate.total_bytes > budget:
@@ -394,6 +401,49 @@ def _gguf_candidates(dep: Deployment, model: Model, built: dict[str, BuiltArtifa
             yield cand, ""
 
 
+# Tensor models (task: tensor) are built as ONNX: FP32 = the source graph as shipped, INT8 = onnxruntime's dynamic
+# quantization (int8 MatMul/Gemm weights, ~4x smaller, typically well under 1% relative error). Like F16/F32 for
+# GGUF, FP32 is not offered by default: name it in quantization.allow to get it.
+DEFAULT_ONNX_MENU = ("INT8",)
+ONNX_QUALITY_RANK = {"INT8": 1, "FP32": 2}
+ONNX_BYTES_PER_WEIGHT = {"INT8": 1, "FP32": 4}
+# onnxruntime's arena and the activations of a small graph; not modelled per graph.
+ONNX_COMPUTE_BYTES = 32 * 2**20
+
+
+def estimate_tensor(model: Model, quant: str, *, artifact_bytes: int | None = None) -> Estimate:
+    """Memory for a tensor model as an ONNX artifact of ``quant``: the artifact's real size when built, else
+    ``parameters`` x bytes per weight (4 at FP32, 1 at INT8: a lower bound, as only MatMul/Gemm weights are
+    quantized), plus a fixed onnxruntime allowance and the agent process. No KV cache."""
+    weights = artifact_bytes if artifact_bytes is not None else \
+        (model.spec.parameters or 0) * ONNX_BYTES_PER_WEIGHT[quant]
+    return Estimate(weights_bytes=weights, kv_bytes=0, compute_bytes=ONNX_COMPUTE_BYTES, runtime_bytes=AGENT_BYTES,
+                    weights_exact=artifact_bytes is not None)
+
+
+def _onnx_candidates(dep: Deployment, model: Model, built: dict[str, BuiltArtifact]):
+    """(candidate, reason it is excluded or '') for each ONNX quant type of a tensor model."""
+    q = dep.spec.quantization
+    sources = [s for s in model.spec.sources if s.type in BUILDERS["onnx"].source_types]
+    buildable = bool(sources)
+    source_precision = max((s.precision for s in sources), key=lambda p: ONNX_QUALITY_RANK.get(p, -1),
+                           default="FP32")
+    cap = ONNX_QUALITY_RANK.get(source_precision, ONNX_QUALITY_RANK["FP32"])
+    menu = list(q.allow) if q.allow else list(DEFAULT_ONNX_MENU)
+    for quant in dict.fromkeys(menu):
+        if quant not in ONNX_QUALITY_RANK:
+            continue  # an unknown allow entry: recorded as rejected by plan_deployment
+        recipe = Recipe(model=model.name, format="onnx", quant=quant, source_precision=source_precision)
+        art = built.get(recipe_id(recipe))
+        est = estimate_tensor(model, quant, artifact_bytes=art.size_bytes if art else None)
+        rank = ONNX_QUALITY_RANK[quant]
+        cand = Candidate(recipe, est, rank, buildable and quant == source_precision, buildable)
+        if rank > cap:
+            yield cand, f"above the source's precision {source_precision}: would not add quality"
+        else:
+            yield cand, ""
+
+
 def _explain_unfit(dp: DeploymentPlan, dep: Deployment, model: Model, too_big: list[Candidate], budget: int) -> None:
     if not too_big:
         dp.unfit = "no candidate artifact: " + ("; ".join(f"{r.label}: {r.reason}" for r in dp.rejected) or "none")
@@ -413,10 +463,11 @@ def _explain_unfit(dp: DeploymentPlan, dep: Deployment, model: Model, too_big: l
 
 
 def _why(c: Candidate, budget: int) -> str:
-    what = "highest-quality GGUF that fits"
+    fmt = c.recipe.format.upper()
+    what = f"highest-quality {fmt} that fits"
     how = "shipped as is, no requantization" if c.as_shipped else (
         f"quantized from {c.recipe.source_precision}" if c.buildable else
-        f"not buildable here: the model has no GGUF source (only {c.recipe.source_precision} weights elsewhere)")
+        f"not buildable here: the model has no {fmt} source (only {c.recipe.source_precision} weights elsewhere)")
     return f"{what}: {_gib(c.estimate.total_bytes)} of {_gib(budget)} budget; {how}"
 
 

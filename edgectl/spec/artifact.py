@@ -15,8 +15,8 @@ DIGEST_PATTERN = r"^sha256:[0-9a-f]{64}$"
 
 class Recipe(Frozen):
     model: str = Field(description="Catalog model name.")
-    format: Literal["gguf"] = Field(description="Artifact format.")
-    quant: str = Field(description="Quant type, e.g. Q4_K_M.")
+    format: Literal["gguf", "onnx"] = Field(description="Artifact format.")
+    quant: str = Field(description="Quant type, e.g. Q4_K_M (gguf) or INT8 (onnx).")
     source_precision: str = Field(description="Precision of the source it is built from.")
 
     def cache_key(self, source_digest: str, tool_version: str) -> str:
@@ -47,7 +47,7 @@ class Quality(Frozen):
 class BuiltArtifact(Frozen):
     digest: str = Field(pattern=DIGEST_PATTERN, description="sha256 of the artifact bytes.")
     model: str = Field(description="Catalog model name.")
-    format: Literal["gguf"] = Field(description="Artifact format.")
+    format: Literal["gguf", "onnx"] = Field(description="Artifact format.")
     quant: str = Field(description="Quant type.")
     size_bytes: int = Field(ge=0, description="Size of the artifact.")
     source_digest: str = Field(pattern=DIGEST_PATTERN, description="sha256 of the source it was built from.")

