@@ -13,7 +13,6 @@ B = np.array([0.25, -1.0, 3.5], dtype=np.float32)
 def linear_model_bytes(*, external_location: str | None = None) -> bytes:
     """Y = MatMul(X[?, 4], W[4, 3]) + B, FP32, dynamic batch. ``external_location`` marks W as stored outside
     the file at that location (for the escape checks; the data is not written)."""
-    import onnx
     from onnx import TensorProto, helper, numpy_helper
 
     x = helper.make_tensor_value_info("X", TensorProto.FLOAT, ["batch", 4])
