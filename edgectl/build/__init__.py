@@ -14,11 +14,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from edgectl.build import gguf as _gguf
-from edgectl.build import onnx as _onnx
 from edgectl.build.gguf import StageProgress, build_gguf
 from edgectl.build.onnx import build_onnx
-from edgectl.build.registry import BUILDERS, GGUF_FTYPES, BuilderInfo, builder_for, check_buildable, is_as_shipped
+from edgectl.build.registry import (
+    BUILDERS, COPY_TOOL_VERSION, GGUF_FTYPES, BuilderInfo, builder_for, check_buildable, is_as_shipped, tool_version,
+)
 from edgectl.build.sources import ResolvedSource, locate, resolve_source
 from edgectl.build.store import ArtifactStore, sha256_file
 from edgectl.errors import BuildError
@@ -26,7 +26,7 @@ from edgectl.spec.artifact import BuiltArtifact, Quality, Recipe
 from edgectl.spec.model import Model
 
 __all__ = [
-    "ArtifactStore", "BUILDERS", "BuilderInfo", "GGUF_FTYPES", "QualityWarning", "ResolvedSource", "StageProgress",
+    "ArtifactStore", "BUILDERS", "BuilderInfo", "COPY_TOOL_VERSION", "GGUF_FTYPES", "QualityWarning", "ResolvedSource", "StageProgress",
     "build", "builder_for", "check_buildable", "is_as_shipped", "locate", "lookup", "resolve_source", "sha256_file",
     "tool_version",
 ]
@@ -37,12 +37,6 @@ class QualityWarning(UserWarning):
 
 # format -> function(recipe, source_path, out_path, *, threads, progress, quiet) -> digest of a copy, or None
 _BUILD_FUNCTIONS: dict[str, Callable[..., str | None]] = {"gguf": build_gguf, "onnx": build_onnx}
-_TOOL_VERSIONS: dict[str, Callable[[Recipe | None], str]] = {"gguf": _gguf.tool_version, "onnx": _onnx.tool_version}
-
-
-def tool_version(recipe: Recipe | None = None) -> str:
-    """The tool version that goes into a recipe's cache key (llama-cpp-python's for gguf without a recipe)."""
-    return _TOOL_VERSIONS[recipe.format if recipe is not None else "gguf"](recipe)
 
 
 def _stage_callback(progress: Any, label: str) -> StageProgress | None:

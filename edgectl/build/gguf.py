@@ -20,7 +20,6 @@ from edgectl.errors import BuildError, require_module
 from edgectl.spec.artifact import Recipe
 
 GGUF_MAGIC = b"GGUF"
-COPY_TOOL_VERSION = "edgectl copy"  # as-shipped artifacts: the bytes do not depend on any tool version
 
 # progress(stage, done, total): stage is "copy" or "quantize"; total is None when unknown.
 StageProgress = Callable[[str, int, int | None], None]
@@ -28,13 +27,6 @@ StageProgress = Callable[[str, int, int | None], None]
 
 def _llama_cpp():
     return require_module("llama_cpp", "gguf")
-
-
-def tool_version(recipe: Recipe | None = None) -> str:
-    """The tool version that goes into the cache key: llama-cpp-python's, or a fixed one for as-shipped copies."""
-    if recipe is not None and is_as_shipped(recipe):
-        return COPY_TOOL_VERSION
-    return f"llama-cpp-python {_llama_cpp().__version__}"
 
 
 def check_gguf_file(path: Path) -> None:

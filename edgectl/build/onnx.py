@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 from pathlib import Path
 
-from edgectl.build.gguf import COPY_TOOL_VERSION, StageProgress
+from edgectl.build.gguf import StageProgress
 from edgectl.build.registry import check_buildable, is_as_shipped
 from edgectl.build.store import ByteProgress, copy_and_hash
 from edgectl.errors import BuildError, require_module
@@ -19,13 +19,6 @@ from edgectl.spec.artifact import Recipe
 
 def _onnxruntime():
     return require_module("onnxruntime", "onnx")
-
-
-def tool_version(recipe: Recipe | None = None) -> str:
-    """onnxruntime's version for quantized builds, a fixed one for as-shipped copies."""
-    if recipe is not None and is_as_shipped(recipe):
-        return COPY_TOOL_VERSION
-    return f"onnxruntime {_onnxruntime().__version__}"
 
 
 def check_onnx_file(path: Path) -> None:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from edgectl.errors import BuildError
+from edgectl.errors import BuildError, require_module
 from edgectl.spec.artifact import Recipe
 
 # GGUF quant type -> name of the llama.cpp ``llama_ftype`` constant (resolved lazily from llama_cpp).
@@ -100,6 +100,18 @@ def check_buildable(recipe: Recipe) -> BuilderInfo:
             hint=f"use one of: {', '.join(info.quants)} (or {recipe.source_precision!r} to ship the source as is)",
         )
     return info
+
+
+COPY_TOOL_VERSION = "edgectl copy"  # as-shipped artifacts: the bytes do not depend on any tool version
+
+
+def tool_version(recipe: Recipe) -> str:
+    """The tool version that goes into a recipe's cache key: the builder's tool and its installed version, or a
+    fixed one for as-shipped copies. A missing tool names the pip install."""
+    if is_as_shipped(recipe):
+        return COPY_TOOL_VERSION
+    info = builder_for(recipe.format)
+    return f"{info.tool} {require_module(info.module, info.extra).__version__}"
 
 
 def is_as_shipped(recipe: Recipe) -> bool:

@@ -10,7 +10,8 @@ import pytest
 
 import edgectl.build.gguf as gguf_builder
 from edgectl.build import build, check_buildable
-from edgectl.build.gguf import COPY_TOOL_VERSION, _captured_stderr, tool_version
+from edgectl.build.gguf import _captured_stderr
+from edgectl.build.registry import COPY_TOOL_VERSION, tool_version
 from edgectl.build.registry import GGUF_FTYPES, builder_for
 from edgectl.build.store import ArtifactStore
 from edgectl.errors import BuildError
