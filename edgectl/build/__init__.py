@@ -26,8 +26,8 @@ from edgectl.spec.artifact import BuiltArtifact, Quality, Recipe
 from edgectl.spec.model import Model
 
 __all__ = [
-    "ArtifactStore", "BUILDERS", "BuilderInfo", "COPY_TOOL_VERSION", "GGUF_FTYPES", "QualityWarning", "ResolvedSource", "StageProgress",
-    "build", "builder_for", "check_buildable", "is_as_shipped", "locate", "lookup", "resolve_source", "sha256_file",
+    "ArtifactStore", "BUILDERS", "BuilderInfo", "COPY_TOOL_VERSION", "GGUF_FTYPES", "QualityWarning", "ResolvedSource",
+    "StageProgress", "build", "builder_for", "check_buildable", "is_as_shipped", "locate", "lookup", "resolve_source", "sha256_file",
     "tool_version",
 ]
 
