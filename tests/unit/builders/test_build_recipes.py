@@ -36,9 +36,9 @@ def test_as_shipped_is_buildable_whatever_the_precision() -> None:
 
 
 def test_unknown_format_lists_the_known_ones() -> None:
-    with pytest.raises(BuildError, match="no builder for format 'onnx'") as exc:
-        builder_for("onnx")
-    assert exc.value.hint == "buildable formats: gguf"
+    with pytest.raises(BuildError, match="no builder for format 'mlx'") as exc:
+        builder_for("mlx")
+    assert exc.value.hint == "buildable formats: gguf, onnx"
 
 
 def test_every_quant_maps_to_a_llama_cpp_ftype() -> None:
