@@ -14,13 +14,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from edgectl.build.gguf import StageProgress, build_gguf
+from edgectl.build.gguf import StageProgress, build_gguf, check_gguf_file
 from edgectl.build.onnx import build_onnx
 from edgectl.build.registry import (
     BUILDERS, COPY_TOOL_VERSION, GGUF_FTYPES, BuilderInfo, builder_for, check_buildable, is_as_shipped, tool_version,
 )
 from edgectl.build.sources import ResolvedSource, locate, resolve_source
-from edgectl.build.store import ArtifactStore, sha256_file
+from edgectl.build.store import ArtifactStore, copy_and_hash, sha256_file
 from edgectl.errors import BuildError
 from edgectl.spec.artifact import BuiltArtifact, Quality, Recipe
 from edgectl.spec.model import Model
@@ -35,8 +35,10 @@ class QualityWarning(UserWarning):
     """Measuring a fresh artifact's quality failed; the artifact was built and stored, without a quality record."""
 
 
-# format -> function(recipe, source_path, out_path, *, threads, progress, quiet) -> digest of a copy, or None
-_BUILD_FUNCTIONS: dict[str, Callable[..., str | None]] = {"gguf": build_gguf, "onnx": build_onnx}
+# format -> function(recipe, source_path, out_path, *, threads, progress, quiet): quantizes (copies are done here)
+_BUILD_FUNCTIONS: dict[str, Callable[..., None]] = {"gguf": build_gguf, "onnx": build_onnx}
+# format -> cheap source check for as-shipped copies, needing no optional tool
+_COPY_CHECKS: dict[str, Callable[[Path], None]] = {"gguf": check_gguf_file}
 
 
 def _stage_callback(progress: Any, label: str) -> StageProgress | None:
@@ -104,11 +106,17 @@ def build(recipe: Recipe, model: Model, store: ArtifactStore, *, base_dir: Path 
 
     store.clean_tmp()
     build_function = _BUILD_FUNCTIONS[info.format]
-    with store.tmp_file(f".{info.format}") as tmp:
-        copied_digest = build_function(recipe, source.path, tmp, threads=threads or os.cpu_count() or 1,
-                                       progress=report, quiet=quiet)
+    as_shipped = is_as_shipped(recipe)
+    with store.tmp_file(f".{info.format}") as tmp:  # removed on any failure: no half-built artifact
+        if as_shipped:
+            if info.format in _COPY_CHECKS:
+                _COPY_CHECKS[info.format](source.path)
+            copy_and_hash(source.path, tmp, progress=bytes_progress("copy"))
+        else:
+            build_function(recipe, source.path, tmp, threads=threads or os.cpu_count() or 1, progress=report,
+                           quiet=quiet)
         # An as-shipped copy must be byte-identical to the source; put_file refuses it otherwise.
-        expected = source.digest if copied_digest is not None else None
+        expected = source.digest if as_shipped else None
         digest, size = store.put_file(tmp, expected_digest=expected, progress=bytes_progress("hash artifact"))
     artifact = BuiltArtifact(
         digest=digest, model=recipe.model, format=recipe.format, quant=recipe.quant, size_bytes=size,
@@ -116,7 +124,7 @@ def build(recipe: Recipe, model: Model, store: ArtifactStore, *, base_dir: Path 
     )
     store.record(artifact)  # stored and indexed before measuring: an interrupted measurement loses only the figure
     if measure_quality and recipe.format == "gguf":  # the quality measurement reads text: LLMs only
-        quality = _measure(source.path, store.path(digest), as_shipped=copied_digest is not None,
+        quality = _measure(source.path, store.path(digest), as_shipped=as_shipped,
                            threads=threads or os.cpu_count() or 1, quiet=quiet, report=report,
                            label=f"{recipe.model} {recipe.format} {recipe.quant}")
         if quality is not None:

@@ -1,6 +1,6 @@
-"""GGUF builder: quantize a GGUF with llama.cpp (through llama-cpp-python), or copy it as shipped.
+"""GGUF builder: quantize a GGUF with llama.cpp (through llama-cpp-python).
 
-llama_cpp is imported lazily; without it only as-shipped copies can be built.
+llama_cpp is imported lazily; without it only as-shipped copies (done by edgectl.build.build) can be built.
 """
 
 from __future__ import annotations
@@ -14,14 +14,13 @@ import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from edgectl.build.registry import GGUF_FTYPES, UNQUANTIZED_PRECISIONS, check_buildable, is_as_shipped
-from edgectl.build.store import ByteProgress, copy_and_hash
+from edgectl.build.registry import GGUF_FTYPES, UNQUANTIZED_PRECISIONS, check_buildable
 from edgectl.errors import BuildError, require_module
 from edgectl.spec.artifact import Recipe
 
 GGUF_MAGIC = b"GGUF"
 
-# progress(stage, done, total): stage is "copy" or "quantize"; total is None when unknown.
+# progress(stage, done, total): e.g. "copy" or "quantize"; total is None when unknown.
 StageProgress = Callable[[str, int, int | None], None]
 
 
@@ -136,28 +135,17 @@ def quantize_gguf(source: Path, out: Path, *, quant: str, threads: int, allow_re
 
 
 def build_gguf(recipe: Recipe, source_path: Path, out_path: Path, *, threads: int | None = None,
-               progress: StageProgress | None = None, quiet: bool = True) -> str | None:
-    """Build the GGUF ``recipe`` asks for from ``source_path`` into ``out_path``.
+               progress: StageProgress | None = None, quiet: bool = True) -> None:
+    """Quantize the GGUF at ``source_path`` to ``recipe.quant`` into ``out_path`` with llama.cpp.
 
-    As shipped (quant == source precision) it is a copy and the sha256 of the copied bytes is returned (the
-    caller checks it against the source digest); otherwise llama.cpp quantizes and None is returned. On any
-    failure, ``out_path`` is removed: an interrupted build leaves no artifact behind.
+    Copies as shipped and removing ``out_path`` on failure are the caller's (edgectl.build.build).
     """
     check_buildable(recipe)
     source_path, out_path = Path(source_path), Path(out_path)
     check_gguf_file(source_path)
-    try:
-        if is_as_shipped(recipe):
-            copy_progress: ByteProgress | None = (lambda d, t: progress("copy", d, t)) if progress else None
-            return copy_and_hash(source_path, out_path, progress=copy_progress)
-        if progress:
-            progress("quantize", 0, None)
-        quantize_gguf(source_path, out_path, quant=recipe.quant, threads=threads or os.cpu_count() or 1,
-                      allow_requantize=recipe.source_precision.upper() not in UNQUANTIZED_PRECISIONS, quiet=quiet)
-        if progress:
-            progress("quantize", 1, 1)
-        return None
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            out_path.unlink()
-        raise
+    if progress:
+        progress("quantize", 0, None)
+    quantize_gguf(source_path, out_path, quant=recipe.quant, threads=threads or os.cpu_count() or 1,
+                  allow_requantize=recipe.source_precision.upper() not in UNQUANTIZED_PRECISIONS, quiet=quiet)
+    if progress:
+        progress("quantize", 1, 1)

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+import edgectl.build
 import edgectl.build.gguf as gguf_builder
 from edgectl.build import build, check_buildable
 from edgectl.build.gguf import _captured_stderr
@@ -82,7 +83,7 @@ def test_build_as_shipped_copies_then_hits(make_model: Callable[..., Model], sto
     def no_work(*args, **kwargs):
         raise AssertionError("a cache hit must not build")
 
-    monkeypatch.setattr(gguf_builder, "copy_and_hash", no_work)
+    monkeypatch.setattr(edgectl.build, "copy_and_hash", no_work)
     monkeypatch.setattr(gguf_builder, "quantize_gguf", no_work)
     again, built_again = build(_recipe("F16"), model, store)
     assert (again, built_again) == (artifact, False)
