@@ -25,10 +25,9 @@ import difflib
 import io
 import os
 import re
-import types
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Literal, Sequence, Union, get_args, get_origin
+from typing import Any, Iterable, Literal, Sequence, get_args, get_origin
 
 from pydantic import BaseModel, ValidationError
 from ruamel.yaml import YAML
@@ -38,6 +37,7 @@ from ruamel.yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 import edgectl
 from edgectl.errors import SpecError, SpecErrors
 from edgectl.spec import API_VERSION, AUTO_PROFILE, KINDS, Deployment, DeviceProfile, Fleet, Model, Spec
+from edgectl.spec.common import is_union, unwrap_annotation
 
 YAML_SUFFIXES = (".yaml", ".yml")
 NAME_RULES = ("lowercase letters, digits, '.', '_' and '-'; starting and ending with a letter or digit; "
@@ -413,7 +413,7 @@ def _model_at(cls: type[BaseModel], loc: Sequence[Any]) -> tuple[type[BaseModel]
     for step in loc:
         if step == "[key]":
             continue
-        ann = _unwrap(current)
+        ann = unwrap_annotation(current)
         if isinstance(ann, type) and issubclass(ann, BaseModel):
             if isinstance(step, str) and step in ann.model_fields:
                 holder = ann
@@ -432,8 +432,8 @@ def _model_at(cls: type[BaseModel], loc: Sequence[Any]) -> tuple[type[BaseModel]
         elif origin is dict:
             data_loc.append(step)
             current = args[1] if len(args) == 2 else None
-        elif _is_union(ann):
-            members = [_unwrap(a) for a in args]
+        elif is_union(ann):
+            members = [unwrap_annotation(a) for a in args]
             chosen = _union_member(members, step)
             if chosen is not None:
                 current = chosen  # a tag: not part of the document path
@@ -444,24 +444,6 @@ def _model_at(cls: type[BaseModel], loc: Sequence[Any]) -> tuple[type[BaseModel]
             data_loc.append(step)
             current = None
     return holder, data_loc
-
-
-def _unwrap(ann: Any) -> Any:
-    """Strip Annotated[...] and Optional[...] down to the interesting type."""
-    while True:
-        if hasattr(ann, "__metadata__"):  # Annotated
-            ann = get_args(ann)[0]
-            continue
-        if _is_union(ann):
-            args = [a for a in get_args(ann) if a is not type(None)]
-            if len(args) == 1:
-                ann = args[0]
-                continue
-        return ann
-
-
-def _is_union(ann: Any) -> bool:
-    return get_origin(ann) in (Union, types.UnionType)
 
 
 def _union_member(members: list[Any], tag: Any) -> Any:
@@ -590,7 +572,7 @@ def _nested_fields(holder: type[BaseModel]) -> dict[str, str]:
     """Fields of the models one level down: {'memory_gb': 'overrides.memory_gb', ...}, for did-you-mean."""
     out: dict[str, str] = {}
     for name, info in holder.model_fields.items():
-        ann = _unwrap(info.annotation)
+        ann = unwrap_annotation(info.annotation)
         if isinstance(ann, type) and issubclass(ann, BaseModel):
             for sub in ann.model_fields:
                 out.setdefault(sub, f"{name}.{sub}")
@@ -605,8 +587,8 @@ def _union_tags(cls: type[BaseModel], loc: Sequence[Any]) -> str:
     if info is None:
         return "?"
     tags: list[str] = []
-    for m in get_args(_unwrap(info.annotation)):
-        m = _unwrap(m)
+    for m in get_args(unwrap_annotation(info.annotation)):
+        m = unwrap_annotation(m)
         if isinstance(m, type) and issubclass(m, BaseModel):
             for f in m.model_fields.values():
                 if get_origin(f.annotation) is Literal:

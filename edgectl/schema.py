@@ -19,16 +19,15 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import types
 from pathlib import Path
-from typing import Any, Literal, Sequence, Union, get_args, get_origin
+from typing import Any, Literal, Sequence, get_args, get_origin
 
 from pydantic import BaseModel
 from pydantic.fields import FieldInfo
 from pydantic_core import PydanticUndefined
 
 from edgectl.spec import API_VERSION, KINDS
-from edgectl.spec.common import LABEL_PATTERN, NAME_PATTERN
+from edgectl.spec.common import LABEL_PATTERN, NAME_PATTERN, is_union, unwrap_annotation
 
 SCHEMA_ID = "https://edgectl.dev/schemas/v1alpha1/manifest.schema.json"
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -240,7 +239,7 @@ def _rows(cls: type[BaseModel], prefix: str, condition: str) -> list[tuple[str, 
 
 
 def _nested_rows(ann: Any, path: str, condition: str) -> list[tuple[str, str, str, str, str]]:
-    ann = _strip(ann)
+    ann = unwrap_annotation(ann)
     if isinstance(ann, type) and issubclass(ann, BaseModel):
         return _rows(ann, f"{path}.", condition)
     origin, args = get_origin(ann), get_args(ann)
@@ -248,8 +247,8 @@ def _nested_rows(ann: Any, path: str, condition: str) -> list[tuple[str, str, st
         return _nested_rows(args[0], f"{path}[]", condition)
     if origin is dict and len(args) == 2:
         return _nested_rows(args[1], f"{path}.<key>", condition)
-    if _is_union(ann):
-        members = [_strip(a) for a in args if a is not type(None)]
+    if is_union(ann):
+        members = [unwrap_annotation(a) for a in args if a is not type(None)]
         rows = []
         for m in members:
             if isinstance(m, type) and issubclass(m, BaseModel):
@@ -264,24 +263,6 @@ def _tag(model: type[BaseModel]) -> str:
         if get_origin(info.annotation) is Literal and len(get_args(info.annotation)) == 1:
             return f"{name}: {get_args(info.annotation)[0]}"
     return ""
-
-
-def _strip(ann: Any) -> Any:
-    """Annotated[X, ...] -> X; Optional[X] -> X."""
-    while True:
-        if hasattr(ann, "__metadata__"):
-            ann = get_args(ann)[0]
-            continue
-        if _is_union(ann):
-            args = [a for a in get_args(ann) if a is not type(None)]
-            if len(args) == 1:
-                ann = args[0]
-                continue
-        return ann
-
-
-def _is_union(ann: Any) -> bool:
-    return get_origin(ann) in (Union, types.UnionType)
 
 
 _SCALARS = {str: "string", int: "integer", float: "number", bool: "boolean"}
@@ -308,11 +289,11 @@ def _type_name(ann: Any, info: FieldInfo | None = None) -> str:
     if hasattr(ann, "__metadata__"):
         metadata += list(ann.__metadata__)
         ann = get_args(ann)[0]
-    if _is_union(ann):
+    if is_union(ann):
         args = [a for a in get_args(ann) if a is not type(None)]
         if len(args) == 1:
             return _type_name_with(args[0], metadata)
-        names = [f"`{_tag(_strip(a))}`" if isinstance(_strip(a), type) and issubclass(_strip(a), BaseModel)
+        names = [f"`{_tag(unwrap_annotation(a))}`" if isinstance(unwrap_annotation(a), type) and issubclass(unwrap_annotation(a), BaseModel)
                  else _type_name(a) for a in args]
         return "object, one of: " + ", ".join(names)
     return _type_name_with(ann, metadata)
@@ -322,7 +303,7 @@ def _type_name_with(ann: Any, metadata: list[Any]) -> str:
     if hasattr(ann, "__metadata__"):
         metadata = metadata + list(ann.__metadata__)
         ann = get_args(ann)[0]
-    if _is_union(ann):
+    if is_union(ann):
         return _type_name(ann)
     words, pattern = _constraints(metadata)
     origin, args = get_origin(ann), get_args(ann)

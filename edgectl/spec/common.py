@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import re
-from typing import Annotated
+import types
+from typing import Annotated, Any, Union, get_args, get_origin
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
@@ -29,3 +30,22 @@ class Metadata(Frozen):
     name: Name = Field(description="Unique name of this object within its kind (lowercase letters, digits, '.', '_', '-').")
     description: str | None = Field(default=None, description="Free text shown in listings.")
     labels: dict[LabelValue, LabelValue] = Field(default_factory=dict, description="Key/value labels for selection.")
+
+
+def is_union(ann: Any) -> bool:
+    """``X | Y`` or ``Union[X, Y]``."""
+    return get_origin(ann) in (Union, types.UnionType)
+
+
+def unwrap_annotation(ann: Any) -> Any:
+    """Strip Annotated[...] and Optional[...] down to the interesting type (used by the loader and the schema)."""
+    while True:
+        if hasattr(ann, "__metadata__"):  # Annotated
+            ann = get_args(ann)[0]
+            continue
+        if is_union(ann):
+            args = [a for a in get_args(ann) if a is not type(None)]
+            if len(args) == 1:
+                ann = args[0]
+                continue
+        return ann
