@@ -6,7 +6,9 @@ Control endpoints (all need ``Authorization: Bearer <token>``), under ``/control
 - ``GET    /state``                      -> AgentState
 - ``GET    /artifacts/{digest}``         -> UploadStatus (received_bytes tells where to resume)
 - ``PUT    /artifacts/{digest}``         body: raw bytes starting at ``?offset=N``; header ``X-Edgectl-Size``: total size.
-                                          -> UploadStatus; when complete the sha256 is verified: mismatch = 422, bytes deleted
+                                          -> UploadStatus; when complete the sha256 is verified: mismatch = 422, bytes deleted.
+                                          A directory artifact is its member files (each a blob) and then its manifest
+                                          (edgectl_agent.tree), uploaded the same way.
 - ``PUT    /deployments/{name}``         body: DesiredDeployment -> DeploymentState (blue-green activation, synchronous;
                                           failure = 422 with the runtime's message, the old artifact keeps serving)
 - ``DELETE /deployments/{name}``         -> DeploymentState (state "removed")
@@ -52,19 +54,26 @@ class Facts(Wire):
                                      description="Runtime name -> version of its package, for runtimes importable here.")
 
 
+ArtifactFormat = Literal["gguf", "onnx", "openvino", "mlx"]
+RuntimeName = Literal["llamacpp", "fake", "onnxruntime", "onnxruntime-genai", "openvino", "openvino-genai", "mlx"]
+
+
 class ArtifactRef(Wire):
-    digest: str = Field(pattern=DIGEST_PATTERN, description="sha256 of the artifact bytes.")
-    format: Literal["gguf", "onnx"] = Field(description="Artifact format: gguf (LLMs) or onnx (tensor models).")
+    digest: str = Field(pattern=DIGEST_PATTERN, description="sha256 of the artifact bytes; for a directory artifact "
+                                                            "(layout tree) the sha256 of its manifest.")
+    format: ArtifactFormat = Field(description="Artifact format: gguf, onnx (a graph, or an onnxruntime-genai "
+                                               "folder), openvino (IR) or mlx.")
     quant: str = Field(description="Quant type, e.g. Q4_K_M.")
-    size_bytes: int = Field(ge=0, description="Size in bytes.")
+    size_bytes: int = Field(ge=0, description="Size in bytes (a directory artifact: all its files together).")
     model: str = Field(description="Catalog model name.")
+    layout: Literal["file", "tree"] = Field(default="file", description="file: one blob; tree: a folder, given "
+                                                                        "by a manifest blob (edgectl_agent.tree).")
 
 
 class DesiredDeployment(Wire):
     name: str = Field(pattern=NAME_PATTERN, description="Deployment name; the model id clients use.")
     artifact: ArtifactRef = Field(description="The artifact to serve (must be uploaded first).")
-    runtime: Literal["llamacpp", "fake", "onnxruntime"] = Field(default="llamacpp",
-                                                             description="Runtime that loads it.")
+    runtime: RuntimeName = Field(default="llamacpp", description="Runtime that loads it.")
     context_length: int = Field(default=2048, ge=128, description="Context per slot.")
     parallel: int = Field(default=1, ge=1, description="Concurrent request slots.")
     threads: int | None = Field(default=None, gt=0, description="Inference threads.")

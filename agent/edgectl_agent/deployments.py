@@ -113,12 +113,17 @@ class Deployments:
         if artifact.format not in runtime.capabilities.formats:
             raise Unprocessable(f"runtime '{runtime.name}' cannot load {artifact.format} artifacts",
                                 hint=f"it loads: {', '.join(runtime.capabilities.formats)}")
-        path = self.store.path(artifact.digest)
-        if not path.is_file():
-            raise Conflict(f"artifact {artifact.digest} is not in this device's store",
-                           hint=f"upload it first: PUT /control/v1/artifacts/{artifact.digest} (edgectl apply "
-                                "does this)", type="artifact_missing", code=artifact.digest)
-        size = path.stat().st_size
+        if artifact.layout == "tree":
+            files = self.store.tree_files(artifact.digest)  # missing manifest = Conflict, bad paths = 422
+            size = sum(f.size for f in files)
+            path = self.store.tree_path(artifact.digest)
+        else:
+            path = self.store.path(artifact.digest)
+            if not path.is_file():
+                raise Conflict(f"artifact {artifact.digest} is not in this device's store",
+                               hint=f"upload it first: PUT /control/v1/artifacts/{artifact.digest} (edgectl apply "
+                                    "does this)", type="artifact_missing", code=artifact.digest)
+            size = path.stat().st_size
         if size != artifact.size_bytes:
             raise Unprocessable(f"artifact {artifact.digest} has {size} bytes on the device, the deployment "
                                 f"says size_bytes={artifact.size_bytes}",
@@ -129,7 +134,9 @@ class Deployments:
         """Load and smoke-test ``desired.artifact``; RuntimeFailure (with the runtime's message) on failure."""
         runtime, path = self._loadable(desired)
         artifact = desired.artifact
-        if rehash and await anyio.to_thread.run_sync(sha256_file, path) != artifact.digest:
+        if artifact.layout == "tree":  # lay the folder out from its verified member blobs (every file checked)
+            path = await anyio.to_thread.run_sync(lambda: self.store.materialize(artifact.digest, rehash=rehash))
+        if rehash and await anyio.to_thread.run_sync(sha256_file, self.store.path(artifact.digest)) != artifact.digest:
             raise RuntimeFailure(f"artifact {artifact.digest} on disk no longer matches its digest (corrupted)",
                                  hint="push it again: edgectl apply uploads missing artifacts")
         start = time.perf_counter()
@@ -215,13 +222,25 @@ class Deployments:
 
     def _collect_garbage(self, candidates: set[str]) -> None:
         """Delete the artifacts in ``candidates`` that no deployment serves, keeps as previous, or wants."""
-        referenced = set()
+        referenced: set[str] = set()
         for s in self.states.values():
             for ref in (s.active, s.previous, s.desired.artifact if s.desired else None):
                 if ref is not None:
-                    referenced.add(ref.digest)
-        for digest in sorted(candidates - referenced):
+                    referenced |= self._with_members(ref.digest)
+        expanded: set[str] = set()
+        for digest in candidates:
+            expanded |= self._with_members(digest)
+        for digest in sorted(expanded - referenced):
             self.store.delete(digest)
+
+    def _with_members(self, digest: str) -> set[str]:
+        """A digest, plus the member file blobs when it is a directory artifact's manifest."""
+        if not self.store.is_tree(digest):
+            return {digest}
+        try:
+            return {digest} | {f.sha256 for f in self.store.tree_files(digest)}
+        except AgentError:  # an invalid manifest: it and only it goes
+            return {digest}
 
     # -- lifecycle --------------------------------------------------------------------------------------------
     async def recover(self) -> None:

@@ -4,7 +4,10 @@ Layout::
 
     <root>/staging/<hex>.part    bytes received so far (resume from its size)
     <root>/staging/<hex>.size    total size declared by the uploader
-    <root>/artifacts/<hex>.gguf  complete, sha256-verified artifacts (moved in by atomic rename)
+    <root>/artifacts/<hex>       complete, sha256-verified blobs (moved in by atomic rename): single-file
+                                 artifacts, and the manifests and member files of directory artifacts
+    <root>/trees/<hex>/          a directory artifact laid out from its verified blobs (hard links), made at
+                                 activation from its manifest (edgectl_agent.tree), atomically (staged, renamed)
     <root>/state.json            deployments (desired, active, previous), written atomically
 
 A digest is only ever turned into a path after strict validation (``sha256:`` + 64 lowercase hex), so no request
@@ -18,6 +21,7 @@ import json
 import logging
 import os
 import re
+import secrets
 import shutil
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -26,6 +30,7 @@ from pydantic import TypeAdapter, ValidationError
 
 from edgectl_agent.api import DeploymentState, DesiredDeployment, UploadStatus
 from edgectl_agent.errors import BadRequest, Conflict, InsufficientStorage, Unprocessable
+from edgectl_agent.tree import MAX_MANIFEST_BYTES, TreeError, TreeFile, is_manifest, parse_manifest
 
 log = logging.getLogger(__name__)
 
@@ -78,12 +83,23 @@ class ArtifactStore:
         self.root = root
         self.staging = root / "staging"
         self.artifacts = root / "artifacts"
-        for d in (root, self.staging, self.artifacts):
+        self.trees = root / "trees"
+        for d in (root, self.staging, self.artifacts, self.trees):
             d.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self._migrate_suffixes()
+
+    def _migrate_suffixes(self) -> None:
+        """Earlier agents named every blob ``<hex>.gguf``; blobs are plain ``<hex>`` now (any format)."""
+        for old in self.artifacts.glob("*.gguf"):
+            if _DIGEST.fullmatch("sha256:" + old.stem):
+                os.replace(old, self.artifacts / old.stem)
 
     # -- paths (validated) ------------------------------------------------------------------------------------
     def path(self, digest: str) -> Path:
-        return self.artifacts / f"{digest_hex(digest)}.gguf"
+        return self.artifacts / digest_hex(digest)
+
+    def tree_path(self, digest: str) -> Path:
+        return self.trees / digest_hex(digest)
 
     def _part(self, digest: str) -> Path:
         return self.staging / f"{digest_hex(digest)}.part"
@@ -96,7 +112,7 @@ class ArtifactStore:
         return self.path(digest).is_file()
 
     def digests(self) -> list[str]:
-        return sorted("sha256:" + p.stem for p in self.artifacts.glob("*.gguf") if _DIGEST.fullmatch("sha256:" + p.stem))
+        return sorted("sha256:" + p.name for p in self.artifacts.iterdir() if _DIGEST.fullmatch("sha256:" + p.name))
 
     def _declared_size(self, digest: str) -> int | None:
         try:
@@ -198,9 +214,83 @@ class ArtifactStore:
         self._size_file(digest).unlink(missing_ok=True)
 
     def delete(self, digest: str) -> None:
+        """Delete a blob (and the laid-out folder when it is a tree manifest; member blobs are the caller's)."""
+        tree = self.tree_path(digest)
+        if tree.exists():
+            shutil.rmtree(tree)
         self.path(digest).unlink(missing_ok=True)
         self.discard(digest)
         log.info("artifact %s deleted (no deployment refers to it)", digest)
+
+    # -- directory artifacts ----------------------------------------------------------------------------------
+    def tree_files(self, digest: str) -> list[TreeFile]:
+        """The files of the tree artifact whose manifest is blob ``digest`` (validated: no path escapes)."""
+        path = self.path(digest)
+        try:
+            with open(path, "rb") as f:
+                data = f.read(MAX_MANIFEST_BYTES + 1)  # never read a multi-GB blob whole
+        except FileNotFoundError:
+            raise Conflict(f"artifact manifest {digest} is not in this device's store",
+                           hint=f"upload it first: PUT /control/v1/artifacts/{digest} (edgectl apply does this)",
+                           type="artifact_missing", code=digest) from None
+        try:
+            return parse_manifest(data)
+        except TreeError as e:
+            raise Unprocessable(f"artifact {digest} is not a valid directory manifest: {e}",
+                                hint="rebuild the artifact with edgectl build; a manifest lists only relative "
+                                     "paths inside the artifact", type="invalid_manifest") from e
+
+    def is_tree(self, digest: str) -> bool:
+        """Is blob ``digest`` a directory artifact's manifest? (reads 16 bytes)"""
+        try:
+            with open(self.path(digest), "rb") as f:
+                return is_manifest(f.read(16))
+        except FileNotFoundError:
+            return False
+
+    def missing_members(self, digest: str) -> list[TreeFile]:
+        """Member files of a tree not (completely) in the store yet."""
+        return [f for f in self.tree_files(digest) if not self.has(f.sha256)]
+
+    def materialize(self, digest: str, *, rehash: bool = False) -> Path:
+        """The folder of tree artifact ``digest``, laid out from its verified member blobs (blocking).
+
+        Every member must be in the store with its declared size (blobs were sha256-verified on upload; with
+        ``rehash`` they are hashed again). The folder is built in staging and renamed into ``trees/`` in one step,
+        so it is complete or absent. Only validated relative paths are created, in folders made here.
+        """
+        files = self.tree_files(digest)
+        for f in files:
+            blob = self.path(f.sha256)
+            if not blob.is_file():
+                raise Conflict(f"file {f.path} ({f.sha256}) of artifact {digest} is not in this device's store",
+                               hint=f"upload it first: PUT /control/v1/artifacts/{f.sha256} (edgectl apply does "
+                                    "this)", type="artifact_missing", code=f.sha256)
+            if blob.stat().st_size != f.size:
+                raise Unprocessable(f"file {f.path} of artifact {digest} has {blob.stat().st_size} bytes on the "
+                                    f"device, its manifest says {f.size}", hint="push the artifact again")
+            if rehash and sha256_file(blob) != f.sha256:
+                raise Unprocessable(f"file {f.path} of artifact {digest} no longer matches its sha256 (corrupted)",
+                                    hint="push it again: edgectl apply uploads missing artifacts")
+        final = self.tree_path(digest)
+        if final.is_dir():
+            return final
+        stage = self.staging / f"{digest_hex(digest)}.tree-{secrets.token_hex(4)}"
+        stage.mkdir(mode=0o700)
+        try:
+            for f in files:
+                target = stage.joinpath(*f.path.split("/"))
+                target.parent.mkdir(parents=True, exist_ok=True)
+                try:
+                    os.link(self.path(f.sha256), target)
+                except OSError:  # a filesystem without hard links: copy
+                    shutil.copyfile(self.path(f.sha256), target)
+            os.replace(stage, final)
+            fsync_dir(self.trees)
+        finally:
+            if stage.exists():
+                shutil.rmtree(stage, ignore_errors=True)
+        return final
 
 
 _states = TypeAdapter(list[DeploymentState])

@@ -145,7 +145,7 @@ def test_restart_falls_back_to_previous_when_active_is_gone(make_agent, tmp_path
     first.activate("chat", first.A)
     first.activate("chat", first.B)
     first.close()
-    (tmp_path / "root" / "artifacts" / f"{b[7:]}.gguf").unlink()
+    (tmp_path / "root" / "artifacts" / b[7:]).unlink()
 
     second = make_agent(tmp_path / "root")
     second.wait_recovered()

@@ -47,7 +47,7 @@ def test_upload_cut_then_resumed_at_the_received_offset(agent):
 
     done = agent.put_bytes(digest, data[1000:], offset=1000, size=len(data))
     assert done.status_code == 200 and done.json()["complete"] is True
-    assert (agent.root / "artifacts" / f"{digest[7:]}.gguf").read_bytes() == data
+    assert (agent.root / "artifacts" / digest[7:]).read_bytes() == data
     assert list((agent.root / "staging").iterdir()) == []
     assert digest in agent.state()["artifacts"]
     again = agent.put_bytes(digest, data, size=len(data))  # already complete: idempotent
@@ -62,7 +62,7 @@ def test_sha_mismatch_is_rejected_and_the_bytes_deleted(agent):
     assert err["type"] == "digest_mismatch" and "deleted" in err["message"] and err["hint"]
     assert agent.client.get(f"{CONTROL_PREFIX}/artifacts/{digest}", headers=agent.auth).json()["received_bytes"] == 0
     assert list((agent.root / "staging").glob("*.part")) == []
-    assert not (agent.root / "artifacts" / f"{digest[7:]}.gguf").exists()
+    assert not (agent.root / "artifacts" / digest[7:]).exists()
 
 
 def test_chunk_beyond_declared_size_and_missing_size_are_400(agent):
@@ -93,7 +93,7 @@ def test_digest_traversal_attempts_are_rejected(agent, bad):
     for r in (agent.client.get(f"{CONTROL_PREFIX}/artifacts/{bad}", headers=agent.auth),
               agent.put_bytes(bad, b"GGUF")):
         assert r.status_code in (400, 404), r.text
-    assert sorted(p.name for p in agent.root.iterdir()) == ["artifacts", "staging", "token"]
+    assert sorted(p.name for p in agent.root.iterdir()) == ["artifacts", "staging", "token", "trees"]
     assert list((agent.root / "staging").iterdir()) == []
 
 
