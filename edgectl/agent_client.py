@@ -100,6 +100,16 @@ class AgentClient:
                 if attempt > retries:
                     raise
 
+    def upload_blobs(self, blobs: list[tuple[str, Path]], *,
+                     progress: Callable[[int, int], None] | None = None) -> None:
+        """Upload an artifact's blobs in order (a directory artifact: its files, then its manifest; see
+        ArtifactStore.blobs_of), each resumable and verified; ``progress`` sees bytes over all of them."""
+        sizes = [path.stat().st_size for _, path in blobs]
+        total, base = sum(sizes), 0
+        for (digest, path), size in zip(blobs, sizes):
+            self.upload(digest, path, progress=(lambda d, _t, _b=base: progress(_b + d, total)) if progress else None)
+            base += size
+
     def put_deployment(self, desired: DesiredDeployment) -> DeploymentState:
         r = self._request("PUT", f"{CONTROL_PREFIX}/deployments/{desired.name}",
                           content=desired.model_dump_json(), headers={"Content-Type": "application/json"},

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from edgectl_agent.api import AgentState, ArtifactRef, DesiredDeployment, Facts
 
 from edgectl.agent_client import AgentClient
-from edgectl.build import ArtifactStore, build, lookup
+from edgectl.build import ArtifactStore, build, builder_for, lookup
 from edgectl.errors import EdgectlError, NotFoundError, PlanError
 from edgectl.plan import DeploymentPlan, DevicePlan, Plan, plan, recipe_id
 from edgectl.spec import BuiltArtifact, Device, Recipe, Spec
@@ -215,13 +215,13 @@ def _apply_device(spec: Spec, dp: DevicePlan, ctx: DeviceContext, store: Artifac
                 res.actions.append(f"{'built' if fresh else 'found in cache'} {art.format} {art.quant}")
             elif step.action == "push":
                 events.info(dp.device, f"push {art.digest[:19]} ({art.size_bytes / 1e6:.1f} MB)")
-                client.upload(art.digest, store.path(art.digest),
-                              progress=lambda d, t, _a=art: events.progress(
-                                  f"push:{dp.device}:{_a.digest}", f"push to {dp.device}", d, t))
+                client.upload_blobs(store.blobs_of(art),
+                                    progress=lambda d, t, _a=art: events.progress(
+                                        f"push:{dp.device}:{_a.digest}", f"push to {dp.device}", d, t))
                 res.actions.append(f"pushed {art.digest[:19]}")
             elif step.action == "activate":
                 events.info(dp.device, f"activate {step.deployment} ({art.format} {art.quant})")
-                client.put_deployment(desired_deployment(spec, dp, dep, art))
+                client.put_deployment(desired_deployment(spec, dp, dep, art, kind=dep.chosen.recipe.kind))
                 res.actions.append(f"activated {step.deployment}")
     for step in dp.removals:
         events.info(dp.device, f"remove {step.deployment}")
@@ -229,17 +229,14 @@ def _apply_device(spec: Spec, dp: DevicePlan, ctx: DeviceContext, store: Artifac
         res.actions.append(f"removed {step.deployment}")
 
 
-# The agent runtime that serves each artifact format.
-FORMAT_RUNTIMES = {"gguf": "llamacpp", "onnx": "onnxruntime"}
-
-
-def desired_deployment(spec: Spec, dp: DevicePlan, dep: DeploymentPlan, art: BuiltArtifact) -> DesiredDeployment:
+def desired_deployment(spec: Spec, dp: DevicePlan, dep: DeploymentPlan, art: BuiltArtifact, *,
+                       kind: str = "llm") -> DesiredDeployment:
     d = spec.deployments[dep.deployment].spec
     return DesiredDeployment(
         name=dep.deployment,
         artifact=ArtifactRef(digest=art.digest, format=art.format, quant=art.quant, size_bytes=art.size_bytes,
-                             model=art.model),
-        runtime=FORMAT_RUNTIMES[art.format],
+                             model=art.model, layout=art.layout),
+        runtime=builder_for(art.format, kind).runtime,  # the agent runtime that serves this format
         context_length=d.context_length,
         parallel=d.parallel,
         threads=d.threads or dp.threads,

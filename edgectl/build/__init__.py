@@ -14,10 +14,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from edgectl.build.gguf import StageProgress, build_gguf, check_gguf_file
-from edgectl.build.onnx import build_onnx
+from edgectl.build.gguf import StageProgress, check_gguf_file
 from edgectl.build.registry import (
-    BUILDERS, COPY_TOOL_VERSION, GGUF_FTYPES, BuilderInfo, builder_for, check_buildable, is_as_shipped, tool_version,
+    BUILDERS, COPY_TOOL_VERSION, GGUF_FTYPES, BuilderInfo, builder_for, check_buildable, is_as_shipped, load_builder,
+    tool_version,
 )
 from edgectl.build.sources import ResolvedSource, locate, resolve_source
 from edgectl.build.store import ArtifactStore, copy_and_hash, sha256_file
@@ -35,8 +35,9 @@ class QualityWarning(UserWarning):
     """Measuring a fresh artifact's quality failed; the artifact was built and stored, without a quality record."""
 
 
-# format -> function(recipe, source_path, out_path, *, threads, progress, quiet): quantizes (copies are done here)
-_BUILD_FUNCTIONS: dict[str, Callable[..., None]] = {"gguf": build_gguf, "onnx": build_onnx}
+# Each builder (registry.BUILDERS[...].builder) is function(recipe, source_path, out_path, *, threads, progress,
+# quiet): it writes out_path (a file, or a folder for layout "tree") and only converts/quantizes: copies as shipped,
+# storing, and cleaning up after failures are done here.
 # format -> cheap source check for as-shipped copies, needing no optional tool
 _COPY_CHECKS: dict[str, Callable[[Path], None]] = {"gguf": check_gguf_file}
 
@@ -57,8 +58,8 @@ def _stage_callback(progress: Any, label: str) -> StageProgress | None:
 
 def _cache_key(recipe: Recipe, model: Model, store: ArtifactStore, base_dir: Path | None,
                progress: Callable[[int, int], None] | None = None) -> tuple[ResolvedSource, str]:
-    source = resolve_source(model, store, format=recipe.format, precision=recipe.source_precision,
-                            base_dir=base_dir, progress=progress)
+    source = resolve_source(model, store, format=recipe.format, kind=recipe.kind,
+                            precision=recipe.source_precision, base_dir=base_dir, progress=progress)
     return source, recipe.cache_key(source.digest, tool_version(recipe))
 
 
@@ -105,7 +106,6 @@ def build(recipe: Recipe, model: Model, store: ArtifactStore, *, base_dir: Path 
         return cached, False
 
     store.clean_tmp()
-    build_function = _BUILD_FUNCTIONS[info.format]
     as_shipped = is_as_shipped(recipe)
     with store.tmp_file(f".{info.format}") as tmp:  # removed on any failure: no half-built artifact
         if as_shipped:
@@ -113,13 +113,17 @@ def build(recipe: Recipe, model: Model, store: ArtifactStore, *, base_dir: Path 
                 _COPY_CHECKS[info.format](source.path)
             copy_and_hash(source.path, tmp, progress=bytes_progress("copy"))
         else:
-            build_function(recipe, source.path, tmp, threads=threads or os.cpu_count() or 1, progress=report,
-                           quiet=quiet)
-        # An as-shipped copy must be byte-identical to the source; put_file refuses it otherwise.
-        expected = source.digest if as_shipped else None
-        digest, size = store.put_file(tmp, expected_digest=expected, progress=bytes_progress("hash artifact"))
+            load_builder(info)(recipe, source.path, tmp, threads=threads or os.cpu_count() or 1, progress=report,
+                               quiet=quiet)
+        if info.layout == "tree" and not as_shipped:
+            digest, size = store.put_tree(tmp, progress=bytes_progress("hash artifact"))
+        else:
+            # An as-shipped copy must be byte-identical to the source; put_file refuses it otherwise.
+            expected = source.digest if as_shipped else None
+            digest, size = store.put_file(tmp, expected_digest=expected, progress=bytes_progress("hash artifact"))
     artifact = BuiltArtifact(
         digest=digest, model=recipe.model, format=recipe.format, quant=recipe.quant, size_bytes=size,
+        layout="tree" if info.layout == "tree" and not as_shipped else "file",
         source_digest=source.digest, tool_version=tool_version(recipe), cache_key=key,
     )
     store.record(artifact)  # stored and indexed before measuring: an interrupted measurement loses only the figure

@@ -36,54 +36,75 @@ GGUF_FTYPES: dict[str, str] = {
     "Q2_K": "LLAMA_FTYPE_MOSTLY_Q2_K",
 }
 
-# ONNX quant types, best quality first: FP32 (the source graph) and INT8 (dynamic quantization).
-ONNX_QUANTS: tuple[str, ...] = ("FP32", "INT8")
-
 # Precisions that are not quantized: building from them is a plain quantization, not a requantization.
-UNQUANTIZED_PRECISIONS = frozenset({"F32", "F16", "BF16"})
+UNQUANTIZED_PRECISIONS = frozenset({"F32", "F16", "BF16", "FP32", "FP16"})
+
+Kind = str  # "llm" (text generation: OpenAI API) or "tensor" (KServe v2)
 
 
 @dataclass(frozen=True)
 class BuilderInfo:
-    """What one builder can make and what it needs."""
+    """What one builder can make and what it needs. One builder = one (format, kind) = one module."""
 
     format: str
-    quants: tuple[str, ...]
+    kind: Kind
+    quants: tuple[str, ...]  # best quality first
     extra: str  # pip install 'edgectl[<extra>]'
-    module: str  # the Python module imported lazily to build
-    tool: str  # distribution name used in the tool version string
-    source_types: tuple[str, ...]  # ModelSource.type values it can build from
+    module: str  # the Python module whose import proves the tool is installed (imported lazily)
+    tools: tuple[str, ...]  # distributions whose versions go into the cache key
+    source_types: tuple[str, ...]  # ModelSource.type values it builds from (after conversion, see sources.py)
+    builder: str  # "module:function" doing the build, imported only when building
+    layout: str = "file"  # "file" or "tree" (a folder: edgectl_agent.tree)
+    runtime: str = "llamacpp"  # the agent runtime that serves it
+
+    @property
+    def key(self) -> tuple[str, Kind]:
+        return (self.format, self.kind)
 
 
-BUILDERS: dict[str, BuilderInfo] = {
-    "gguf": BuilderInfo(
-        format="gguf",
-        quants=tuple(GGUF_FTYPES),
-        extra="gguf",
-        module="llama_cpp",
-        tool="llama-cpp-python",
-        source_types=("gguf",),
-    ),
-    # Tensor models (task: tensor): INT8 = onnxruntime.quantization.quantize_dynamic (MatMul/Gemm weights to int8,
-    # activations quantized at run time); FP32 = the source graph as is.
-    "onnx": BuilderInfo(
-        format="onnx",
-        quants=ONNX_QUANTS,
-        extra="onnx",
-        module="onnxruntime",
-        tool="onnxruntime",
-        source_types=("onnx",),
-    ),
-}
+BUILDERS: dict[tuple[str, Kind], BuilderInfo] = {b.key: b for b in (
+    BuilderInfo(format="gguf", kind="llm", quants=tuple(GGUF_FTYPES), extra="gguf", module="llama_cpp",
+                tools=("llama-cpp-python",), source_types=("gguf",), builder="edgectl.build.gguf:build_gguf",
+                runtime="llamacpp"),
+    # Tensor models: INT8 = quantize_dynamic (weights int8, activations at run time); INT8_STATIC = quantize_static
+    # with calibration samples; INT4 = weight-only MatMulNBits; FP32 = the source graph as is.
+    BuilderInfo(format="onnx", kind="tensor", quants=("FP32", "INT8", "INT8_STATIC", "INT4"), extra="onnx",
+                module="onnxruntime", tools=("onnxruntime",), source_types=("onnx",),
+                builder="edgectl.build.onnx:build_onnx", runtime="onnxruntime"),
+    # LLMs: the onnxruntime-genai model builder -> a genai folder (model.onnx + genai_config.json + tokenizer).
+    BuilderInfo(format="onnx", kind="llm", quants=("FP32", "FP16", "INT8", "INT4"), extra="onnx-genai",
+                module="onnxruntime_genai", tools=("onnxruntime-genai", "onnxruntime"), source_types=("huggingface",),
+                builder="edgectl.build.onnx_genai:build_onnx_genai", layout="tree", runtime="onnxruntime-genai"),
+    # LLMs: optimum-intel export + NNCF weight compression -> an OpenVINO IR folder with tokenizers for openvino-genai.
+    BuilderInfo(format="openvino", kind="llm", quants=("FP16", "INT8", "INT4"), extra="openvino",
+                module="optimum.intel", tools=("optimum-intel", "openvino", "nncf", "openvino-tokenizers"),
+                source_types=("huggingface",), builder="edgectl.build.openvino:build_openvino_llm", layout="tree",
+                runtime="openvino-genai"),
+    # Tensor models: ONNX -> OpenVINO IR (model.xml + model.bin), FP32/FP16, or INT8 by NNCF post-training quantization.
+    BuilderInfo(format="openvino", kind="tensor", quants=("FP32", "FP16", "INT8"), extra="openvino",
+                module="openvino", tools=("openvino", "nncf"), source_types=("onnx",),
+                builder="edgectl.build.openvino:build_openvino_tensor", layout="tree", runtime="openvino"),
+    # LLMs: mlx_lm convert (-q, group size 64) -> an MLX folder (safetensors + config + tokenizer).
+    BuilderInfo(format="mlx", kind="llm", quants=("FP16", "INT8", "INT4"), extra="mlx", module="mlx_lm",
+                tools=("mlx-lm", "mlx"), source_types=("huggingface",), builder="edgectl.build.mlx:build_mlx",
+                layout="tree", runtime="mlx"),
+)}
 
 
-def builder_for(format: str) -> BuilderInfo:
-    """The builder of a format, or BuildError listing the formats that can be built."""
+def builder_for(format: str, kind: Kind = "llm") -> BuilderInfo:
+    """The builder of a format for a kind of model, or BuildError listing what can be built."""
     try:
-        return BUILDERS[format]
+        return BUILDERS[(format, kind)]
     except KeyError:
-        raise BuildError(f"no builder for format {format!r}",
-                         hint=f"buildable formats: {', '.join(sorted(BUILDERS))}") from None
+        have = ", ".join(sorted(f"{f} ({k})" for f, k in BUILDERS))
+        raise BuildError(f"no builder for format {format!r} for {kind} models",
+                         hint=f"buildable: {have}") from None
+
+
+def quants_for(format: str, kind: Kind = "llm") -> tuple[str, ...]:
+    """Quant types a format offers for a kind of model (empty when it has no builder)."""
+    info = BUILDERS.get((format, kind))
+    return info.quants if info else ()
 
 
 def check_buildable(recipe: Recipe) -> BuilderInfo:
@@ -91,8 +112,8 @@ def check_buildable(recipe: Recipe) -> BuilderInfo:
 
     Copying a source as shipped (quant == source precision) is always buildable, whatever the precision is.
     """
-    info = builder_for(recipe.format)
-    if recipe.quant == recipe.source_precision:
+    info = builder_for(recipe.format, recipe.kind)
+    if is_as_shipped(recipe):
         return info
     if recipe.quant not in info.quants:
         raise BuildError(
@@ -100,6 +121,14 @@ def check_buildable(recipe: Recipe) -> BuilderInfo:
             hint=f"use one of: {', '.join(info.quants)} (or {recipe.source_precision!r} to ship the source as is)",
         )
     return info
+
+
+def load_builder(info: BuilderInfo):
+    """The build function of a builder (its module is imported now, not before)."""
+    import importlib
+
+    module, _, function = info.builder.partition(":")
+    return getattr(importlib.import_module(module), function)
 
 
 COPY_TOOL_VERSION = "edgectl copy"  # as-shipped artifacts: the bytes do not depend on any tool version
@@ -110,10 +139,21 @@ def tool_version(recipe: Recipe) -> str:
     fixed one for as-shipped copies. A missing tool names the pip install."""
     if is_as_shipped(recipe):
         return COPY_TOOL_VERSION
-    info = builder_for(recipe.format)
-    return f"{info.tool} {require_module(info.module, info.extra).__version__}"
+    from importlib import metadata
+
+    info = builder_for(recipe.format, recipe.kind)
+    require_module(info.module, info.extra)  # a missing tool names the exact pip install
+    versions = []
+    for dist in info.tools:
+        try:
+            versions.append(f"{dist} {metadata.version(dist)}")
+        except metadata.PackageNotFoundError:
+            versions.append(f"{dist} (not installed)")
+    return ", ".join(versions)
 
 
 def is_as_shipped(recipe: Recipe) -> bool:
-    """The recipe asks for the source's own precision: the build is a verified copy, not a quantization."""
-    return recipe.quant == recipe.source_precision
+    """The recipe asks for the source's own format and precision: the build is a verified copy, not a quantization.
+    (A folder-format build from a Hugging Face source at the same precision is still a conversion.)"""
+    info = BUILDERS.get((recipe.format, recipe.kind))
+    return recipe.quant == recipe.source_precision and (info is None or recipe.format in info.source_types)

@@ -97,12 +97,13 @@ def locate(source: ModelSource, *, base_dir: Path | None = None) -> Path:
     raise BuildError("the model source names no location", hint="give one of: package + file, path, repo + file")
 
 
-def resolve_source(model: Model, store: ArtifactStore, *, format: str, precision: str | None = None,
-                   base_dir: Path | None = None, progress: ByteProgress | None = None) -> ResolvedSource:
+def resolve_source(model: Model, store: ArtifactStore, *, format: str, kind: str = "llm",
+                   precision: str | None = None, base_dir: Path | None = None,
+                   progress: ByteProgress | None = None) -> ResolvedSource:
     """The first of the model's sources that a ``format`` builder can use, has ``precision`` (when given), and
     is present here. Its digest comes from the store's source-digest cache (hashed once per path/size/mtime)
     and is checked against the catalog's ``sha256`` when there is one."""
-    info = builder_for(format)
+    info = builder_for(format, kind)
     candidates = [s for s in model.spec.sources
                   if s.type in info.source_types and (precision is None or s.precision == precision)]
     if not candidates:

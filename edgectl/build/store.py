@@ -2,7 +2,9 @@
 
 Layout under ``root``::
 
-    blobs/sha256/<hex>        artifact bytes, named by their sha256
+    blobs/sha256/<hex>        artifact bytes, named by their sha256 (for a directory artifact: its manifest and,
+                              each under its own sha256, its member files; see edgectl_agent.tree)
+    trees/<hex>/              a directory artifact laid out from its blobs (hard links), made on demand
     index/<cache_key>.json    BuiltArtifact metadata: cache key -> artifact in one file read
     sources/<hex>.json        source digests remembered by (path, size, mtime) so big sources are hashed once
     tmp/<pid>-<rand>.part     builds in progress; renamed into blobs/ only once complete
@@ -24,6 +26,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from pydantic import ValidationError
+
+from edgectl_agent.tree import TreeError, TreeFile, is_manifest, manifest_bytes, parse_manifest
 
 from edgectl.errors import BuildError, NotFoundError
 from edgectl.spec.artifact import BuiltArtifact
@@ -115,6 +119,7 @@ class ArtifactStore:
         self.index_dir = self.root / "index"
         self.sources_dir = self.root / "sources"
         self.tmp_dir = self.root / "tmp"
+        self.trees_dir = self.root / "trees"
 
     def __repr__(self) -> str:
         return f"ArtifactStore({str(self.root)!r})"
@@ -140,13 +145,17 @@ class ArtifactStore:
 
     @contextlib.contextmanager
     def tmp_file(self, suffix: str = ".part") -> Iterator[Path]:
-        """A temporary path in the store that is removed on exit if it still exists (failed or interrupted)."""
+        """A temporary path in the store (file or folder, as the caller makes it) that is removed on exit if it still
+        exists (failed or interrupted)."""
         path = self.new_tmp_path(suffix)
         try:
             yield path
         finally:
             with contextlib.suppress(FileNotFoundError):
-                path.unlink()
+                if path.is_dir() and not path.is_symlink():
+                    shutil.rmtree(path)
+                else:
+                    path.unlink()
 
     def clean_tmp(self) -> list[Path]:
         """Remove leftovers of builds whose process is gone (killed mid-build). Returns what was removed."""
@@ -186,15 +195,15 @@ class ArtifactStore:
                  progress: ByteProgress | None = None) -> tuple[str, int]:
         """Move a finished file into the store under its sha256; returns ``(digest, size_bytes)``.
 
-        ``tmp_path`` should come from :meth:`new_tmp_path` (it is then renamed, atomically, and consumed); a file
-        elsewhere is copied into ``tmp/`` first and left in place. With ``expected_digest`` a mismatch is a
+        ``tmp_path`` should be under ``tmp/`` (from :meth:`new_tmp_path`; it is then renamed, atomically, and
+        consumed); a file elsewhere is copied into ``tmp/`` first and left in place. With ``expected_digest`` a mismatch is a
         BuildError and nothing is stored.
         """
         tmp_path = Path(tmp_path)
         if not tmp_path.is_file():
             raise BuildError(f"cannot store {tmp_path}: not a file", hint="build the artifact before storing it")
         self.tmp_dir.mkdir(parents=True, exist_ok=True)
-        own_tmp = tmp_path.parent.resolve() == self.tmp_dir.resolve()
+        own_tmp = tmp_path.resolve().is_relative_to(self.tmp_dir.resolve())
         staged = tmp_path if own_tmp else self.new_tmp_path()
         try:
             if own_tmp:
@@ -248,9 +257,14 @@ class ArtifactStore:
         if artifact.cache_key != cache_key:
             return None
         try:
-            if self.path(artifact.digest).stat().st_size != artifact.size_bytes:
+            if artifact.layout == "tree":
+                files = self.tree_files(artifact.digest)
+                if sum(f.size for f in files) != artifact.size_bytes or not all(
+                        self.path(f.sha256).stat().st_size == f.size for f in files):
+                    return None
+            elif self.path(artifact.digest).stat().st_size != artifact.size_bytes:
                 return None
-        except FileNotFoundError:
+        except (FileNotFoundError, BuildError):
             return None
         return artifact
 
@@ -274,8 +288,15 @@ class ArtifactStore:
                             hint="list the stored artifacts with ArtifactStore.list() ('edgectl artifacts')")
 
     def remove(self, digest: str) -> bool:
-        """Delete a blob and every index entry that points at it. Returns whether anything was removed."""
+        """Delete a blob and every index entry that points at it; for a directory artifact also its laid-out
+        folder and the member blobs no other indexed artifact lists. Returns whether anything was removed."""
         removed = False
+        members: set[str] = set()
+        if self.has(digest) and self.is_tree(digest):
+            with contextlib.suppress(BuildError):
+                members = {f.sha256 for f in self.tree_files(digest)}
+            with contextlib.suppress(FileNotFoundError):
+                shutil.rmtree(self.trees_dir / digest_hex(digest))
         if self.index_dir.is_dir():
             for entry in self.index_dir.glob("*.json"):
                 try:
@@ -287,7 +308,115 @@ class ArtifactStore:
         with contextlib.suppress(FileNotFoundError):
             self.path(digest).unlink()
             removed = True
+        if members:
+            for other in self.list():
+                if other.layout == "tree":
+                    members -= {f.sha256 for f in self.tree_files(other.digest)}
+            for member in members:
+                with contextlib.suppress(FileNotFoundError):
+                    self.path(member).unlink()
         return removed
+
+    # -- directory artifacts ---------------------------------------------------------------------------------
+
+    def put_tree(self, tmp_dir: Path, *, progress: ByteProgress | None = None) -> tuple[str, int]:
+        """Move a finished folder into the store: each regular file becomes a blob under its own sha256, then the
+        manifest listing them (edgectl_agent.tree) is stored; returns ``(manifest digest, total file bytes)``.
+
+        Symlinks, special files and names the agent would refuse are a BuildError (nothing indexed). The folder
+        should come from :meth:`new_tmp_path` (its files are then moved, not copied).
+        """
+        tmp_dir = Path(tmp_dir)
+        if not tmp_dir.is_dir():
+            raise BuildError(f"cannot store {tmp_dir}: not a folder", hint="build the artifact before storing it")
+        entries: list[tuple[str, Path]] = []
+        for path in sorted(tmp_dir.rglob("*")):
+            rel = path.relative_to(tmp_dir).as_posix()
+            if path.is_symlink() or not (path.is_file() or path.is_dir()):
+                raise BuildError(f"built artifact {tmp_dir} contains {rel}, which is not a regular file or folder",
+                                 hint="directory artifacts hold only regular files (no links, devices or pipes)")
+            if path.is_file():
+                entries.append((rel, path))
+        if not entries:
+            raise BuildError(f"built artifact folder {tmp_dir} is empty", hint="check the builder's output")
+        total = sum(p.stat().st_size for _, p in entries)
+        done = 0
+        files: list[TreeFile] = []
+        for rel, path in entries:
+            size = path.stat().st_size
+
+            def file_progress(d: int, _t: int, _base: int = done) -> None:
+                if progress:
+                    progress(_base + d, total)
+
+            digest, _ = self.put_file(path, progress=file_progress)
+            files.append(TreeFile(path=rel, sha256=digest, size=size))
+            done += size
+        try:
+            manifest = manifest_bytes(files)
+        except TreeError as e:
+            raise BuildError(f"built artifact {tmp_dir} cannot be shipped: {e}",
+                             hint="rename the file (the agent accepts letters, digits, '.', '_', '+', '-')") from e
+        manifest_tmp = self.new_tmp_path(".manifest")
+        manifest_tmp.write_bytes(manifest)
+        digest, _ = self.put_file(manifest_tmp)
+        return digest, total
+
+    def is_tree(self, digest: str) -> bool:
+        """Is the stored blob ``digest`` a directory artifact's manifest? (reads 16 bytes)"""
+        try:
+            with open(self.path(digest), "rb") as f:
+                return is_manifest(f.read(16))
+        except FileNotFoundError:
+            return False
+
+    def tree_files(self, digest: str) -> list[TreeFile]:
+        """The files a stored manifest lists (validated)."""
+        try:
+            return parse_manifest(self.path(digest).read_bytes())
+        except FileNotFoundError:
+            raise NotFoundError(f"no artifact {digest} in {self.root}",
+                                hint="build it first (edgectl build)") from None
+        except TreeError as e:
+            raise BuildError(f"stored artifact {digest} is not a valid directory manifest: {e}",
+                             hint=f"remove {self.path(digest)} and build again") from e
+
+    def blobs_of(self, artifact: BuiltArtifact) -> list[tuple[str, Path]]:
+        """What to upload for an artifact, in order: ``(digest, path)`` of each member file, then the manifest
+        (a directory artifact), or just the blob (a file)."""
+        if artifact.layout != "tree":
+            return [(artifact.digest, self.path(artifact.digest))]
+        members = {f.sha256: self.path(f.sha256) for f in self.tree_files(artifact.digest)}
+        return [*sorted(members.items()), (artifact.digest, self.path(artifact.digest))]
+
+    def local_path(self, artifact: BuiltArtifact) -> Path:
+        """A path a runtime can load: the blob of a file artifact, or the laid-out folder of a directory artifact
+        (``trees/<hex>/``, built from hard links to the blobs on first use, atomically)."""
+        if artifact.layout != "tree":
+            return self.path(artifact.digest)
+        final = self.trees_dir / digest_hex(artifact.digest)
+        if final.is_dir():
+            return final
+        stage = self.new_tmp_path(".tree")
+        stage.mkdir()
+        try:
+            for f in self.tree_files(artifact.digest):
+                target = stage.joinpath(*f.path.split("/"))
+                target.parent.mkdir(parents=True, exist_ok=True)
+                try:
+                    os.link(self.path(f.sha256), target)
+                except OSError:
+                    shutil.copyfile(self.path(f.sha256), target)
+            self.trees_dir.mkdir(parents=True, exist_ok=True)
+            try:
+                os.replace(stage, final)
+            except OSError:
+                if not final.is_dir():  # another process laid it out first: fine
+                    raise
+        finally:
+            if stage.exists():
+                shutil.rmtree(stage, ignore_errors=True)
+        return final
 
     # -- source digests --------------------------------------------------------------------------------------
 

@@ -327,19 +327,19 @@ def plan_deployment(dep: Deployment, model: Model, runtimes: list[str], budget: 
     fitting: list[Candidate] = []
     too_big: list[Candidate] = []
     for fmt in formats:
-        if fmt not in BUILDERS:
-            dp.rejected.append(Rejected(None, f"edgectl cannot build {fmt} artifacts yet", label=fmt))
+        kind = "tensor" if model.spec.task == "tensor" else "llm"
+        if (fmt, kind) not in BUILDERS:
+            dp.rejected.append(Rejected(None, f"edgectl cannot build {fmt} artifacts for {kind} models", label=fmt))
             continue
-        if (fmt == "onnx") != (model.spec.task == "tensor"):
-            why = ("edgectl builds onnx artifacts only for tensor models" if fmt == "onnx"
-                   else f"{fmt} is for LLMs; a tensor model is built as onnx")
-            dp.rejected.append(Rejected(None, why, label=fmt))
+        if (fmt, kind) not in (("gguf", "llm"), ("onnx", "tensor")):
+            dp.rejected.append(Rejected(None, f"{fmt} is not planned yet", label=fmt))
             continue
+        info = BUILDERS[(fmt, kind)]
         for quant in q.allow:
             known = gguf.is_known(quant) if fmt == "gguf" else True
-            if not known or quant not in BUILDERS[fmt].quants:
+            if not known or quant not in info.quants:
                 dp.rejected.append(Rejected(None, f"not a {fmt.upper()} quant type edgectl builds; valid: "
-                                            + ", ".join(BUILDERS[fmt].quants), label=f"{fmt} {quant}"))
+                                            + ", ".join(info.quants), label=f"{fmt} {quant}"))
         candidates = _onnx_candidates if fmt == "onnx" else _gguf_candidates
         for cand, why_not in candidates(dep, model, built):
             if why_not:
@@ -375,7 +375,7 @@ def plan_deployment(dep: Deployment, model: Model, runtimes: list[str], budget: 
 def _gguf_candidates(dep: Deployment, model: Model, built: dict[str, BuiltArtifact]):
     """(candidate, reason it is excluded or '') for each GGUF quant type worth considering."""
     q = dep.spec.quantization
-    sources = [s for s in model.spec.sources if s.type in BUILDERS["gguf"].source_types]
+    sources = [s for s in model.spec.sources if s.type in BUILDERS[("gguf", "llm")].source_types]
     buildable = bool(sources)
     # Quality is capped by the best source; with no buildable source, by the best source of any type.
     pool = sources or model.spec.sources
@@ -386,7 +386,7 @@ def _gguf_candidates(dep: Deployment, model: Model, built: dict[str, BuiltArtifa
     if buildable and source_precision not in menu and (not q.allow or source_precision in q.allow):
         menu.append(source_precision)
     for quant in dict.fromkeys(menu):
-        if not gguf.is_known(quant) or quant not in BUILDERS["gguf"].quants and quant != source_precision:
+        if not gguf.is_known(quant) or quant not in BUILDERS[("gguf", "llm")].quants and quant != source_precision:
             continue  # an unknown allow entry: recorded as rejected by plan_deployment
         recipe = Recipe(model=model.name, format="gguf", quant=quant, source_precision=source_precision)
         art = built.get(recipe_id(recipe))
@@ -424,7 +424,7 @@ def estimate_tensor(model: Model, quant: str, *, artifact_bytes: int | None = No
 def _onnx_candidates(dep: Deployment, model: Model, built: dict[str, BuiltArtifact]):
     """(candidate, reason it is excluded or '') for each ONNX quant type of a tensor model."""
     q = dep.spec.quantization
-    sources = [s for s in model.spec.sources if s.type in BUILDERS["onnx"].source_types]
+    sources = [s for s in model.spec.sources if s.type in BUILDERS[("onnx", "tensor")].source_types]
     buildable = bool(sources)
     source_precision = max((s.precision for s in sources), key=lambda p: ONNX_QUALITY_RANK.get(p, -1),
                            default="FP32")
@@ -433,7 +433,7 @@ def _onnx_candidates(dep: Deployment, model: Model, built: dict[str, BuiltArtifa
     for quant in dict.fromkeys(menu):
         if quant not in ONNX_QUALITY_RANK:
             continue  # an unknown allow entry: recorded as rejected by plan_deployment
-        recipe = Recipe(model=model.name, format="onnx", quant=quant, source_precision=source_precision)
+        recipe = Recipe(model=model.name, format="onnx", kind="tensor", quant=quant, source_precision=source_precision)
         art = built.get(recipe_id(recipe))
         est = estimate_tensor(model, quant, artifact_bytes=art.size_bytes if art else None)
         rank = ONNX_QUALITY_RANK[quant]

@@ -6,6 +6,7 @@ import hashlib
 import json
 from typing import Literal
 
+from edgectl_agent.api import ArtifactFormat
 from pydantic import Field
 
 from edgectl.spec.common import Frozen
@@ -13,9 +14,12 @@ from edgectl.spec.common import Frozen
 DIGEST_PATTERN = r"^sha256:[0-9a-f]{64}$"
 
 
+
 class Recipe(Frozen):
     model: str = Field(description="Catalog model name.")
-    format: Literal["gguf", "onnx"] = Field(description="Artifact format.")
+    format: ArtifactFormat = Field(description="Artifact format.")
+    kind: Literal["llm", "tensor"] = Field(default="llm", description="llm: a language model (OpenAI API); tensor: "
+                                                                      "a tensor model (KServe v2).")
     quant: str = Field(description="Quant type, e.g. Q4_K_M (gguf) or INT8 (onnx).")
     source_precision: str = Field(description="Precision of the source it is built from.")
 
@@ -45,11 +49,14 @@ class Quality(Frozen):
 
 
 class BuiltArtifact(Frozen):
-    digest: str = Field(pattern=DIGEST_PATTERN, description="sha256 of the artifact bytes.")
+    digest: str = Field(pattern=DIGEST_PATTERN, description="sha256 of the artifact bytes (of its manifest for a "
+                                                            "directory artifact).")
     model: str = Field(description="Catalog model name.")
-    format: Literal["gguf", "onnx"] = Field(description="Artifact format.")
+    format: ArtifactFormat = Field(description="Artifact format.")
     quant: str = Field(description="Quant type.")
-    size_bytes: int = Field(ge=0, description="Size of the artifact.")
+    size_bytes: int = Field(ge=0, description="Size of the artifact (all its files for a directory artifact).")
+    layout: Literal["file", "tree"] = Field(default="file", description="file: one blob; tree: a folder of blobs "
+                                                                        "listed by a manifest (edgectl_agent.tree).")
     source_digest: str = Field(pattern=DIGEST_PATTERN, description="sha256 of the source it was built from.")
     tool_version: str = Field(description="Version of the tool that built it (e.g. llama-cpp-python 0.3.36).")
     cache_key: str = Field(description="Recipe cache key that produced it.")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
+from edgectl_agent.api import ArtifactFormat
 from pydantic import Field, model_validator
 
 from edgectl.spec.common import Frozen, LabelValue, Metadata, Name
@@ -24,7 +25,7 @@ class Selector(Frozen):
 class Quantization(Frozen):
     allow: list[str] = Field(default_factory=list,
                              description="Only these quant types may be chosen (e.g. [Q4_K_M, Q8_0]); empty = any.")
-    format: Literal["gguf", "onnx"] | None = Field(default=None, description="Pin the artifact format; default: the device's preference.")
+    format: ArtifactFormat | None = Field(default=None, description="Pin the artifact format; default: the device's preference.")
 
 
 class DeploymentSpec(Frozen):

@@ -75,7 +75,7 @@ def test_build_int8(tmp_path):
                                   "spec": {"task": "tensor", "parameters": 4160,
                                            "sources": [{"type": "onnx", "path": str(src), "precision": "FP32"}]}})
     store = ArtifactStore(tmp_path / "store")
-    recipe = Recipe(model="tiny-linear", format="onnx", quant="INT8", source_precision="FP32")
+    recipe = Recipe(model="tiny-linear", format="onnx", kind="tensor", quant="INT8", source_precision="FP32")
     art, fresh = build(recipe, model, store)
     assert fresh and art.format == "onnx" and art.quality is None
     assert art.size_bytes < src.stat().st_size / 2

@@ -37,9 +37,10 @@ def test_as_shipped_is_buildable_whatever_the_precision() -> None:
 
 
 def test_unknown_format_lists_the_known_ones() -> None:
-    with pytest.raises(BuildError, match="no builder for format 'mlx'") as exc:
-        builder_for("mlx")
-    assert exc.value.hint == "buildable formats: gguf, onnx"
+    with pytest.raises(BuildError, match="no builder for format 'mlx' for tensor models") as exc:
+        builder_for("mlx", "tensor")
+    assert exc.value.hint == ("buildable: gguf (llm), mlx (llm), onnx (llm), onnx (tensor), openvino (llm), "
+                              "openvino (tensor)")
 
 
 def test_every_quant_maps_to_a_llama_cpp_ftype() -> None:
@@ -52,7 +53,7 @@ def test_cache_key_is_stable_and_covers_source_recipe_and_tool() -> None:
     recipe = _recipe("Q4_0")
     key = recipe.cache_key("sha256:" + "1" * 64, "llama-cpp-python 0.3.36")
     # Golden value: changing it invalidates every user's cache, so it must be a deliberate change.
-    assert key == "bbd60a78b6f0e040b5492ded36606e2b5d89edb762e88b60d485a7936a7fcd00"
+    assert key == "b337ae7828aa16ddf2d49d82a30f7fabe9558992e686017add18a36a36ff3cf4"
     others = {
         recipe.cache_key("sha256:" + "2" * 64, "llama-cpp-python 0.3.36"),
         recipe.cache_key("sha256:" + "1" * 64, "llama-cpp-python 0.3.37"),
