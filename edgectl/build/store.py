@@ -71,6 +71,27 @@ def copy_and_hash(src: Path, dst: Path, *, progress: ByteProgress | None = None)
     return f"sha256:{h.hexdigest()}"
 
 
+def tree_digest(folder: Path, *, progress: ByteProgress | None = None) -> str:
+    """The digest a folder would have as a tree artifact: sha256 of the canonical manifest of its regular files
+    (hidden files, e.g. .cache/ or .git/, are skipped; symlinks are followed for reading)."""
+    folder = Path(folder)
+    paths = sorted(p for p in folder.rglob("*")
+                   if p.is_file() and not any(part.startswith(".") for part in p.relative_to(folder).parts))
+    total, done, files = sum(p.stat().st_size for p in paths), 0, []
+    for p in paths:
+        def file_progress(d: int, _t: int, _base: int = done) -> None:
+            if progress:
+                progress(_base + d, total)
+        files.append(TreeFile(path=p.relative_to(folder).as_posix(), sha256=sha256_file(p, progress=file_progress),
+                              size=p.stat().st_size))
+        done += files[-1].size
+    try:
+        return "sha256:" + hashlib.sha256(manifest_bytes(files)).hexdigest()
+    except TreeError as e:
+        raise BuildError(f"source folder {folder} has a file edgectl cannot ship: {e}",
+                         hint="rename or remove that file") from e
+
+
 def digest_hex(digest: str) -> str:
     """The hex part of a ``sha256:<64 hex>`` digest; anything else (paths, '..', upper case) is refused."""
     m = DIGEST_RE.fullmatch(digest) if isinstance(digest, str) else None
@@ -422,18 +443,25 @@ class ArtifactStore:
 
     def source_digest(self, path: Path, *, progress: ByteProgress | None = None) -> str:
         """sha256 of a source file, remembered by (absolute path, size, mtime) so an unchanged source is not
-        re-hashed on every apply."""
+        re-hashed on every apply. A source folder (a Hugging Face model directory) is digested like a tree
+        artifact (:func:`tree_digest`); its stamp is the newest mtime and the total size of its files."""
         path = Path(path).resolve()
-        st = path.stat()
+        if path.is_dir():
+            stats = [f.stat() for f in path.rglob("*") if f.is_file()]
+            size, mtime_ns = sum(f.st_size for f in stats), max((f.st_mtime_ns for f in stats), default=0)
+            mtime_ns += len(stats)  # a removed file changes the stamp even if it was not the newest
+        else:
+            st = path.stat()
+            size, mtime_ns = st.st_size, st.st_mtime_ns
         key = hashlib.sha256(str(path).encode()).hexdigest()
         entry_path = self.sources_dir / f"{key}.json"
-        stamp = {"path": str(path), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
+        stamp = {"path": str(path), "size": size, "mtime_ns": mtime_ns}
         try:
             cached = json.loads(entry_path.read_text(encoding="utf-8"))
             if {k: cached.get(k) for k in stamp} == stamp and DIGEST_RE.fullmatch(str(cached.get("digest", ""))):
                 return cached["digest"]
         except (FileNotFoundError, ValueError):
             pass
-        digest = sha256_file(path, progress=progress)
+        digest = tree_digest(path, progress=progress) if path.is_dir() else sha256_file(path, progress=progress)
         self._write_json_atomic(entry_path, {**stamp, "digest": digest})
         return digest

@@ -106,3 +106,21 @@ def test_resolve_checks_the_catalog_sha256(make_model: Callable[..., Model], sto
     good = hashlib.sha256(gguf_header_file.read_bytes()).hexdigest()
     model = make_model({"type": "gguf", "precision": "F16", "path": str(gguf_header_file), "sha256": good})
     assert resolve_source(model, store, format="gguf").digest == f"sha256:{good}"
+
+
+def test_huggingface_folder_source_is_digested_over_its_files(store: ArtifactStore, tmp_path: Path) -> None:
+    folder = tmp_path / "hf"
+    folder.mkdir()
+    (folder / "config.json").write_text("{}")
+    (folder / "model.safetensors").write_bytes(b"w" * 100)
+    (folder / ".cache").mkdir()
+    (folder / ".cache" / "junk").write_text("ignored")
+    source = ModelSource(type="huggingface", path=str(folder), precision="FP32")
+    assert locate(source) == folder
+    first = store.source_digest(folder)
+    assert first == store.source_digest(folder)
+    (folder / "model.safetensors").write_bytes(b"v" * 100)  # same size, new bytes, new mtime
+    assert store.source_digest(folder) != first
+    (folder / "config.json").unlink()
+    with pytest.raises(BuildError, match="source folder .* does not exist"):
+        locate(ModelSource(type="huggingface", path=str(folder / "config.json"), precision="FP32"))
