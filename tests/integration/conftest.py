@@ -92,3 +92,38 @@ def start_agent(tmp_path: Path) -> Iterator:
     yield start
     for a in started:
         a.stop()
+
+
+def build_from(tmp_path: Path, source: dict, *, format: str, quant: str, kind: str = "llm", task: str = "chat",
+               name: str = "tiny", **recipe):
+    """Build ``format``/``quant`` from one model source with the real builder: ``(artifact, store)``."""
+    from edgectl.build import ArtifactStore, build
+    from edgectl.spec import Model, Recipe
+
+    model = Model.model_validate({
+        "apiVersion": "edgectl.dev/v1alpha1", "kind": "Model", "metadata": {"name": name},
+        "spec": {"task": task, "parameters": 1_000_000, "sources": [source]}})
+    store = ArtifactStore(tmp_path / "store")
+    r = Recipe(model=name, format=format, kind=kind, quant=quant, source_precision=source["precision"], **recipe)
+    artifact, _ = build(r, model, store)
+    return artifact, store
+
+
+def serve_artifact(agent: AgentProcess, store, artifact, *, name: str = "tiny", kind: str = "llm",
+                   context_length: int = 256, runtime_options: dict | None = None):
+    """Push ``artifact`` (file or folder) to a real agent with edgectl's client, activate it as deployment
+    ``name`` with the runtime the registry names for its format, and return the agent's DeploymentState."""
+    from edgectl.agent_client import AgentClient
+    from edgectl.build.registry import builder_for
+    from edgectl_agent.api import ArtifactRef, DesiredDeployment
+
+    desired = DesiredDeployment(
+        name=name, runtime=builder_for(artifact.format, kind).runtime, context_length=context_length,
+        runtime_options=runtime_options or {},
+        artifact=ArtifactRef(digest=artifact.digest, format=artifact.format, quant=artifact.quant,
+                             size_bytes=artifact.size_bytes, model=artifact.model, layout=artifact.layout))
+    with AgentClient(agent.url, agent.token, device="test", timeout=120.0) as client:
+        client.upload_blobs(store.blobs_of(artifact))
+        state = client.put_deployment(desired)
+    assert state.state == "serving", f"{state}\n{agent.log.read_text()[-3000:]}"
+    return state
