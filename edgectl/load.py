@@ -565,6 +565,8 @@ def _value_error_hint(msg: str) -> str | None:
         return "give every device of the fleet its own name"
     if "source" in msg:
         return "see docs/manifest-reference.md, Model: spec.sources"
+    if "not a quant type edgectl builds" in msg:
+        return "use one of the valid names (case matters), or change or remove quantization.format"
     return None
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any, Literal
 
 from edgectl_agent.api import ArtifactFormat
-from pydantic import Field, model_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from edgectl.spec.common import Frozen, LabelValue, Metadata, Name
 
@@ -23,9 +23,24 @@ class Selector(Frozen):
 
 
 class Quantization(Frozen):
-    allow: list[str] = Field(default_factory=list,
-                             description="Only these quant types may be chosen (e.g. [Q4_K_M, Q8_0]); empty = any.")
     format: ArtifactFormat | None = Field(default=None, description="Pin the artifact format; default: the device's preference.")
+    allow: list[str] = Field(default_factory=list,
+                             description="Only these quant types may be chosen (e.g. [Q4_K_M, Q8_0]); empty = any. "
+                                         "Each must be one a builder makes: for quantization.format, that format's.")
+
+    @field_validator("allow")
+    @classmethod
+    def _known_quants(cls, allow: list[str], info: ValidationInfo) -> list[str]:
+        from edgectl.build.registry import BUILDERS  # the registry imports the spec package
+
+        fmt = info.data.get("format")
+        valid = {q for b in BUILDERS.values() if fmt is None or b.format == fmt for q in b.quants}
+        unknown = [q for q in allow if q not in valid]
+        if unknown:
+            where = f"the {fmt} format" if fmt else "any format"
+            raise ValueError(f"{', '.join(unknown)}: not a quant type edgectl builds for {where}; valid: "
+                             + ", ".join(sorted(valid)))
+        return allow
 
 
 class DeploymentSpec(Frozen):

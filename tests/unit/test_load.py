@@ -166,6 +166,17 @@ def test_validator_message_is_kept() -> None:
         "  hint: add 'devices: [name, ...]' or 'labels: {key: value}' under selector"]
 
 
+def test_quant_type_the_format_does_not_build_lists_the_valid_ones() -> None:
+    write("deploy.yaml", DEPLOYMENT + "  quantization:\n    format: openvino\n    allow: [INT4, Q4_K_M]\n")
+    assert errors_of("deploy.yaml") == [
+        "deploy.yaml:11:12: spec.quantization.allow: Q4_K_M: not a quant type edgectl builds for the openvino format; "
+        "valid: FP16, FP32, INT4, INT8\n"
+        "  hint: use one of the valid names (case matters), or change or remove quantization.format"]
+    write("deploy.yaml", DEPLOYMENT + "  quantization:\n    allow: [Q4_K_X]\n")
+    [err] = errors_of("deploy.yaml")
+    assert "Q4_K_X: not a quant type edgectl builds for any format; valid: " in err and "Q4_K_M" in err
+
+
 def test_duplicate_yaml_key_reports_the_second_occurrence() -> None:
     write("p.yaml", PROFILE.format(name="rpi5", memory_gb=8) + "  memory_gb: 16\n")
     assert errors_of("p.yaml") == [
