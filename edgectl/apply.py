@@ -14,8 +14,9 @@ from edgectl_agent.api import AgentState, ArtifactRef, DesiredDeployment, Facts
 
 from edgectl.agent_client import AgentClient
 from edgectl.build import ArtifactStore, build, builder_for, lookup
+from edgectl.build.sources import is_available
 from edgectl.errors import EdgectlError, NotFoundError, PlanError
-from edgectl.plan import DeploymentPlan, DevicePlan, Plan, plan, recipe_id
+from edgectl.plan import DeploymentPlan, DevicePlan, Plan, compat, plan, recipe_id
 from edgectl.spec import BuiltArtifact, Device, Recipe, Spec
 from edgectl.transport import Transport, transport_for
 
@@ -99,9 +100,17 @@ def make_plan(spec: Spec, contexts: dict[str, DeviceContext], store: ArtifactSto
     (so steps skip builds that are cache hits). The planner itself stays pure."""
     facts = {n: c.facts for n, c in contexts.items()}
     observed = {n: c.observed for n, c in contexts.items()}
-    first = plan(spec, facts, observed, {}, devices=list(contexts))
+    available = available_sources(spec)
+    first = plan(spec, facts, observed, {}, devices=list(contexts), available=available)
     built = find_built(spec, first, store)
-    return plan(spec, facts, observed, built, devices=list(contexts)) if built else first
+    return plan(spec, facts, observed, built, devices=list(contexts), available=available) if built else first
+
+
+def available_sources(spec: Spec) -> dict[str, frozenset[int]]:
+    """Per deployed model, the indexes of its sources present on this machine, so the planner prefers formats that
+    can be built here. Nothing is downloaded or hashed."""
+    return {name: frozenset(i for i, s in enumerate(spec.models[name].spec.sources) if is_available(s))
+            for name in sorted({d.spec.model for d in spec.deployments.values()})}
 
 
 def find_built(spec: Spec, p: Plan, store: ArtifactStore) -> dict[str, BuiltArtifact]:
@@ -210,6 +219,13 @@ def _apply_device(spec: Spec, dp: DevicePlan, ctx: DeviceContext, store: Artifac
             lookup(dep.chosen.recipe, spec.models[dep.model], store), False)
         if art is None:  # internal invariant: every planned build ran before devices are touched
             raise PlanError(f"artifact {rid} is not in the local store", hint="run `edgectl build` and retry")
+        runtime = dep.chosen.runtime
+        version = ctx.facts.runtimes.get(runtime) if ctx.facts is not None else None
+        why = compat.mismatch(art.compat, runtime, version)
+        if why:  # found only now that the artifact exists: refuse before any byte is pushed
+            raise PlanError(f"device '{dp.device}', deployment '{dep.deployment}': {art.format} {art.quant} "
+                            f"cannot be loaded there: {why}", hint="nothing was pushed to this device; "
+                            "`edgectl plan` shows the same check")
         for step in dep.steps:
             if step.action == "build":
                 res.actions.append(f"{'built' if fresh else 'found in cache'} {art.format} {art.quant}")
@@ -236,11 +252,11 @@ def desired_deployment(spec: Spec, dp: DevicePlan, dep: DeploymentPlan, art: Bui
         name=dep.deployment,
         artifact=ArtifactRef(digest=art.digest, format=art.format, quant=art.quant, size_bytes=art.size_bytes,
                              model=art.model, layout=art.layout),
-        runtime=builder_for(art.format, kind).runtime,  # the agent runtime that serves this format
+        runtime=dep.chosen.runtime if dep.chosen is not None else builder_for(art.format, kind).runtime,
         context_length=d.context_length,
         parallel=d.parallel,
         threads=d.threads or dp.threads,
-        runtime_options=dict(d.runtime_options),
+        runtime_options={**(dep.chosen.runtime_options if dep.chosen is not None else {}), **d.runtime_options},
     )
 
 

@@ -100,9 +100,10 @@ def render_plan(p, contexts) -> None:
                 continue
             c = dep.chosen
             e = c.estimate
+            gpu = e.total_bytes - c.ram_need if c.gpu_layers else 0
             out.print(f"  {dep.deployment}: [cyan]{c.recipe.model}[/cyan] → [bold]{c.recipe.format} {c.recipe.quant}"
-                      f"[/bold]  RAM {_gib(e.total_bytes)} of {_gib(dep.budget_bytes)} left for it"
-                      f" (spare {_gib(dep.budget_bytes - e.total_bytes)})"
+                      f"[/bold] on {c.runtime}  RAM {_gib(c.ram_need)} of {_gib(dep.budget_bytes)} left for it"
+                      f" (spare {_gib(dep.budget_bytes - c.ram_need)})" + (f", GPU {_gib(gpu)}" if gpu else "")
                       + (f"  measured: {c.quality.summary()}" if c.quality is not None else ""))
             out.print(f"    [dim]= weights {_gib(e.weights_bytes)}{'' if e.weights_exact else ' (est.)'}"
                       f" + KV cache {_gib(e.kv_bytes)} + compute {_gib(e.compute_bytes)}"

@@ -20,6 +20,7 @@ from edgectl.build.registry import (
     tool_version,
 )
 from edgectl.build.sources import ResolvedSource, locate, resolve_source
+from edgectl.plan.compat import artifact_facts
 from edgectl.build.store import ArtifactStore, copy_and_hash, sha256_file
 from edgectl.errors import BuildError
 from edgectl.spec.artifact import BuiltArtifact, Quality, Recipe
@@ -126,6 +127,9 @@ def build(recipe: Recipe, model: Model, store: ArtifactStore, *, base_dir: Path 
         layout="tree" if info.layout == "tree" and not as_shipped else "file",
         source_digest=source.digest, tool_version=tool_version(recipe), cache_key=key,
     )
+    facts = artifact_facts(recipe.format, store.local_path(artifact), artifact.tool_version)
+    if facts:
+        artifact = artifact.model_copy(update={"compat": facts})
     store.record(artifact)  # stored and indexed before measuring: an interrupted measurement loses only the figure
     if measure_quality and recipe.format == "gguf":  # the quality measurement reads text: LLMs only
         quality = _measure(source.path, store.path(digest), as_shipped=as_shipped,

@@ -83,7 +83,7 @@ def locate_hf_file(repo: str, file: str | None) -> Path:
                          hint="pip install huggingface_hub, or download the file and give its 'path'")
     import huggingface_hub
 
-    offline = os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
+    offline = hf_offline()
     try:
         return Path(huggingface_hub.hf_hub_download(repo_id=repo, filename=file, local_files_only=offline))
     except Exception as e:  # huggingface_hub raises many types (HTTP, offline, not found): translate them all
@@ -91,6 +91,28 @@ def locate_hf_file(repo: str, file: str | None) -> Path:
         raise BuildError(f"cannot fetch {file!r} from Hugging Face repo {repo!r}: {how}",
                          hint="check the repo id and file name, unset HF_HUB_OFFLINE to download, "
                               "or download the file and give its 'path'") from e
+
+
+def hf_offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def is_available(source: ModelSource, *, base_dir: Path | None = None) -> bool:
+    """Whether a build could read ``source`` on this machine now, without downloading or hashing anything: a
+    Hugging Face repo counts when huggingface_hub can fetch it (online) or its file is in the local cache."""
+    if source.repo and not (source.path or source.package):
+        if not source.file or importlib.util.find_spec("huggingface_hub") is None:
+            return False
+        if not hf_offline():
+            return True
+        import huggingface_hub
+
+        return isinstance(huggingface_hub.try_to_load_from_cache(source.repo, source.file), str)
+    try:
+        locate(source, base_dir=base_dir)
+    except BuildError:
+        return False
+    return True
 
 
 def locate(source: ModelSource, *, base_dir: Path | None = None) -> Path:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
-from edgectl.plan import gguf
+from edgectl.plan import formats, gguf
 from edgectl.spec.model import Architecture
 
 MIB = 2**20
@@ -17,6 +17,12 @@ GIB = 2**30
 AGENT_BYTES = 96 * MIB
 KV_BYTES_PER_ELEMENT = 2  # llama.cpp's default KV cache type is F16
 N_UBATCH = 512  # llama.cpp's default physical batch
+# KV cache element size per runtime, at its CPU default: openvino-genai keeps the KV cache in u8 on CPU (plus
+# per-token scales, ~3%); onnxruntime-genai's CPU models run in fp32 (the int4 model's io dtype); mlx in f16.
+RUNTIME_KV_BYTES: dict[str, float] = {"llamacpp": 2, "openvino-genai": 1.03, "onnxruntime-genai": 4, "mlx": 2}
+# Libraries each runtime loads into the agent, on top of AGENT_BYTES (resident, before a model is loaded).
+RUNTIME_LIB_BYTES: dict[str, int] = {"llamacpp": 0, "openvino-genai": 160 * MIB, "onnxruntime-genai": 64 * MIB,
+                                     "mlx": 96 * MIB}
 
 
 @dataclass(frozen=True)
@@ -35,26 +41,29 @@ class Estimate:
         return asdict(self) | {"total_bytes": self.total_bytes}
 
 
-def kv_cache_bytes(arch: Architecture, context_length: int, parallel: int) -> int:
+def kv_cache_bytes(arch: Architecture, context_length: int, parallel: int, runtime: str = "llamacpp") -> int:
     """K and V for every layer, for context_length tokens in each of ``parallel`` slots."""
     tokens = min(context_length, arch.max_context) * parallel
-    return 2 * arch.layers * arch.kv_heads * arch.head_dim * tokens * KV_BYTES_PER_ELEMENT
+    per_element = RUNTIME_KV_BYTES.get(runtime, KV_BYTES_PER_ELEMENT)
+    return int(2 * arch.layers * arch.kv_heads * arch.head_dim * tokens * per_element)
 
 
 def compute_bytes(arch: Architecture, context_length: int, parallel: int) -> int:
-    """llama.cpp's compute buffer: dominated by the logits of one micro-batch, plus the activations."""
+    """llama.cpp's compute buffer: dominated by the logits of one micro-batch, plus the activations. The other
+    runtimes hold the same logits and activations for a prompt chunk of the same size; used for all of them."""
     ubatch = min(N_UBATCH, context_length * parallel)
     return 4 * ubatch * (arch.vocab_size + 4 * arch.hidden_size + gguf.ffn_size(arch))
 
 
 def estimate(arch: Architecture, quant: str, context_length: int, parallel: int,
-             *, artifact_bytes: int | None = None) -> Estimate:
-    """Memory for ``arch`` as a GGUF of ``quant``. ``artifact_bytes``: the real size when already built."""
-    weights = artifact_bytes if artifact_bytes is not None else gguf.weights_bytes(arch, quant)
+             *, artifact_bytes: int | None = None, format: str = "gguf", runtime: str = "llamacpp") -> Estimate:
+    """Memory for ``arch`` as a ``format`` artifact of ``quant`` served by ``runtime``. ``artifact_bytes``: the
+    real size when already built."""
+    weights = artifact_bytes if artifact_bytes is not None else formats.weights_bytes(arch, format, quant)
     return Estimate(
         weights_bytes=weights,
-        kv_bytes=kv_cache_bytes(arch, context_length, parallel),
+        kv_bytes=kv_cache_bytes(arch, context_length, parallel, runtime),
         compute_bytes=compute_bytes(arch, context_length, parallel),
-        runtime_bytes=AGENT_BYTES,
+        runtime_bytes=AGENT_BYTES + RUNTIME_LIB_BYTES.get(runtime, 0),
         weights_exact=artifact_bytes is not None,
     )

@@ -12,17 +12,18 @@ No I/O here: callers pass everything in. Golden cases in tests/unit/plan/cases p
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Literal
 
 from edgectl_agent.api import AgentState, DeploymentState, Facts
 
 from edgectl.build.registry import BUILDERS
-from edgectl.plan import gguf
+from edgectl.plan import compat, gguf
 from edgectl.plan.estimate import AGENT_BYTES, GIB, Estimate, estimate
+from edgectl.plan.formats import precision_rank, quality_rank
 from edgectl.spec import (
-    AUTO_PROFILE, RUNTIME_FORMATS, Accelerator, BuiltArtifact, Cpu, Deployment, Device, Model, ProfileSpec, Quality,
-    Recipe, Selector, Spec,
+    AUTO_PROFILE, Accelerator, BuiltArtifact, Cpu, Deployment, Device, Model, ProfileSpec, Quality, Recipe, Selector,
+    Spec,
 )
 
 # Quant types offered when a deployment does not restrict them (the builder can make more: list them in
@@ -60,11 +61,25 @@ class Candidate:
     buildable: bool
     reason: str = ""
     quality: Quality | None = None  # measured against the source when the artifact was built (from ``built``)
+    runtime: str = "llamacpp"  # the agent runtime that serves it
+    gpu_layers: int = 0  # llama.cpp layers offloaded to a dedicated GPU (-1 = all)
+    ram_bytes: int = 0  # system RAM it needs when part of it lives on the GPU (0 = estimate.total_bytes)
+    native: bool = True  # built from a source of a type its builder reads (else after a conversion)
+
+    @property
+    def ram_need(self) -> int:
+        return self.ram_bytes or self.estimate.total_bytes
+
+    @property
+    def runtime_options(self) -> dict:
+        """Options the plan adds to the deployment's runtime_options (the user's own win)."""
+        return {"n_gpu_layers": self.gpu_layers} if self.gpu_layers else {}
 
     def to_dict(self) -> dict:
         return {"recipe": self.recipe.model_dump(), "id": recipe_id(self.recipe), "estimate": self.estimate.to_dict(),
                 "quality_rank": self.quality_rank, "as_shipped": self.as_shipped, "buildable": self.buildable,
-                "reason": self.reason,
+                "reason": self.reason, "runtime": self.runtime, "gpu_layers": self.gpu_layers,
+                "ram_bytes": self.ram_need,
                 "quality": self.quality.model_dump(mode="json") if self.quality is not None else None}
 
 
@@ -152,18 +167,21 @@ class Plan:
 
 
 def plan(spec: Spec, facts: dict[str, Facts | None], observed: dict[str, AgentState | None],
-         built: dict[str, BuiltArtifact], *, devices: list[str] | None = None) -> Plan:
+         built: dict[str, BuiltArtifact], *, devices: list[str] | None = None,
+         available: dict[str, frozenset[int]] | None = None) -> Plan:
     """Plan every device in ``devices`` (default: the devices in ``facts``, else all devices of the spec).
 
     ``facts``/``observed``: per device name, what its agent reported (None = not reachable / not running).
     ``built``: recipe_id -> artifact already in the local store (its exact size and digest are used).
+    ``available``: model name -> indexes of its sources present on this machine (None = assume all are).
     """
     names = devices if devices is not None else (list(facts) if facts else list(spec.devices))
-    return Plan([plan_device(spec, spec.devices[n], facts.get(n), observed.get(n), built) for n in names])
+    return Plan([plan_device(spec, spec.devices[n], facts.get(n), observed.get(n), built, available)
+                 for n in names])
 
 
 def plan_device(spec: Spec, device: Device, facts: Facts | None, observed: AgentState | None,
-                built: dict[str, BuiltArtifact]) -> DevicePlan:
+                built: dict[str, BuiltArtifact], available: dict[str, frozenset[int]] | None = None) -> DevicePlan:
     wanted = sorted(name for name, dep in spec.deployments.items() if selects(dep.spec.selector, device))
     profile, warnings = resolve_profile(spec, device, facts)
     if profile is None:
@@ -175,21 +193,26 @@ def plan_device(spec: Spec, device: Device, facts: Facts | None, observed: Agent
     dp = DevicePlan(device.name, device.profile if device.profile != AUTO_PROFILE else f"auto ({_auto_name(facts)})",
                     "ok", budget_bytes=budget, threads=profile.default_threads, warnings=warnings)
     runtimes = _usable_runtimes(profile, facts, dp.warnings)
-    disk = _disk_budget(profile, facts)
+    target = Target(runtimes=runtimes, budget=budget, disk=_disk_budget(profile, facts),
+                    vram=_vram_budget(profile, facts, dp.warnings), prefer=dict(profile.quant_preference),
+                    versions=dict(facts.runtimes) if facts is not None else None)
     # Every deployment first gets room for its smallest artifact; quality then goes to them in name order.
     deployments = [spec.deployments[n] for n in wanted]
     models = [spec.models[d.spec.model] for d in deployments]
-    floors = [_smallest_fit(plan_deployment(d, m, runtimes, budget, disk, built))
-              for d, m in zip(deployments, models)]
+
+    def avail(model: Model) -> frozenset[int] | None:
+        return None if available is None else available.get(model.name, frozenset())
+
+    floors = [_smallest_fit(plan_deployment(d, m, target, built, avail(m))) for d, m in zip(deployments, models)]
     admitted: list[bool] = []
     for floor in floors:  # in name order, while the smallest artifacts of those admitted fit together
         admitted.append(floor is not None and floor + sum(f for f, a in zip(floors, admitted) if a) <= budget)
-    remaining = budget
+    remaining, vram = budget, target.vram
     for i, (dep, model) in enumerate(zip(deployments, models)):
         reserved = sum(f for f, a in zip(floors[i + 1:], admitted[i + 1:]) if a)
         room = max(0, remaining - reserved) if admitted[i] else max(0, budget - sum(
             f for f, a in zip(floors, admitted) if a))
-        plan_ = plan_deployment(dep, model, runtimes, room, disk, built)
+        plan_ = plan_deployment(dep, model, replace(target, budget=room, vram=vram), built, avail(model))
         dp.deployments.append(plan_)
         if plan_.chosen is None:
             dp.status = "unfit"
@@ -198,12 +221,14 @@ def plan_device(spec: Spec, device: Device, facts: Facts | None, observed: Agent
                 plan_.hint = (f"it would fit alone, but {others} (planned first, in name order) take the room; "
                               f"move one to another device, or shrink it")
             continue
-        remaining -= plan_.chosen.estimate.total_bytes
+        chosen = plan_.chosen
+        remaining -= chosen.ram_need
+        vram -= max(0, chosen.estimate.total_bytes - chosen.ram_need) if chosen.gpu_layers else 0
         threads = dep.spec.threads or profile.default_threads
-        plan_.steps = _steps(dep, plan_.chosen, threads, observed, built)
-        if facts is not None and plan_.chosen.estimate.total_bytes > facts.ram_available_bytes and plan_.steps:
+        plan_.steps = _steps(dep, chosen, threads, observed, built)
+        if facts is not None and chosen.ram_need > facts.ram_available_bytes and plan_.steps:
             dp.warnings.append(
-                f"{dep.name}: needs {_gib(plan_.chosen.estimate.total_bytes)} but the device has "
+                f"{dep.name}: needs {_gib(chosen.ram_need)} but the device has "
                 f"{_gib(facts.ram_available_bytes)} available right now; other processes may have to make room")
     dp.removals = _removals(observed, wanted)
     return dp
@@ -211,7 +236,7 @@ def plan_device(spec: Spec, device: Device, facts: Facts | None, observed: Agent
 
 def _smallest_fit(dp: DeploymentPlan) -> int | None:
     """Memory of the smallest candidate that fits the whole budget (None if none does)."""
-    sizes = [dp.chosen.estimate.total_bytes] if dp.chosen else []
+    sizes = [dp.chosen.ram_need] if dp.chosen else []
     sizes += [r.total_bytes for r in dp.rejected if r.fits]
     return min(sizes, default=None)
 
@@ -295,6 +320,19 @@ def _disk_budget(profile: ProfileSpec, facts: Facts | None) -> int:
     return int(disk * (1 - DISK_HEADROOM))
 
 
+def _vram_budget(profile: ProfileSpec, facts: Facts | None, warnings: list[str]) -> int:
+    """Dedicated GPU memory llama.cpp may offload to, less the profile's headroom; 0 without a dedicated GPU, or
+    when the observed device reports none (then with a warning)."""
+    gpus = [a for a in profile.accelerators if a.kind == "gpu" and a.memory_gb and not a.shared_memory]
+    if not gpus:
+        return 0
+    if facts is not None and not any(a.kind == "gpu" for a in facts.accelerators):
+        warnings.append(f"the profile lists {gpus[0].name} but the device's agent reports no GPU; planning without "
+                        "GPU offload (check the driver, or the llama.cpp build: it needs CUDA/Vulkan support)")
+        return 0
+    return int(max(a.memory_gb for a in gpus) * GIB * (1 - profile.headroom))
+
+
 def _usable_runtimes(profile: ProfileSpec, facts: Facts | None, warnings: list[str]) -> list[str]:
     """The profile's runtimes in preference order; when facts are known, only those installed on the device."""
     if facts is None:
@@ -308,140 +346,220 @@ def _usable_runtimes(profile: ProfileSpec, facts: Facts | None, warnings: list[s
 
 # --- candidates --------------------------------------------------------------------------------------------------
 
-
-def plan_deployment(dep: Deployment, model: Model, runtimes: list[str], budget: int, disk: int,
-                    built: dict[str, BuiltArtifact]) -> DeploymentPlan:
-    dp = DeploymentPlan(dep.name, model.name, budget_bytes=budget)
-    q = dep.spec.quantization
-    if not runtimes:
-        dp.unfit = "no runtime to run it: the device has none of the runtimes its profile lists"
-        dp.hint = "install a runtime in the device's agent: pip install 'edgectl-agent[llama]'"
-        return dp
-    formats = list(dict.fromkeys(RUNTIME_FORMATS[r] for r in runtimes))
-    if q.format is not None:
-        formats = [f for f in formats if f == q.format]
-        if not formats:
-            dp.unfit = f"quantization.format is {q.format!r} but none of the device's runtimes loads it"
-            dp.hint = f"runtimes usable here: {', '.join(runtimes)}; remove quantization.format or pick another device"
-            return dp
-    fitting: list[Candidate] = []
-    too_big: list[Candidate] = []
-    for fmt in formats:
-        kind = "tensor" if model.spec.task == "tensor" else "llm"
-        if (fmt, kind) not in BUILDERS:
-            dp.rejected.append(Rejected(None, f"edgectl cannot build {fmt} artifacts for {kind} models", label=fmt))
-            continue
-        if (fmt, kind) not in (("gguf", "llm"), ("onnx", "tensor")):
-            dp.rejected.append(Rejected(None, f"{fmt} is not planned yet", label=fmt))
-            continue
-        info = BUILDERS[(fmt, kind)]
-        for quant in q.allow:
-            known = gguf.is_known(quant) if fmt == "gguf" else True
-            if not known or quant not in info.quants:
-                dp.rejected.append(Rejected(None, f"not a {fmt.upper()} quant type edgectl builds; valid: "
-                                            + ", ".join(info.quants), label=f"{fmt} {quant}"))
-        candidates = _onnx_candidates if fmt == "onnx" else _gguf_candidates
-        for cand, why_not in candidates(dep, model, built):
-            if why_not:
-                dp.rejected.append(Rejected(cand.recipe, why_not, _label(cand.recipe), cand.estimate.total_bytes))
-            elif cand.estimate.total_bytes > budget:
-                too_big.append(cand)
-                dp.rejected.append(Rejected(cand.recipe, f"needs {_gib(cand.estimate.total_bytes)}, "
-                                                         f"budget {_gib(budget)}", _label(cand.recipe),
-                                            cand.estimate.total_bytes))
-            elif cand.estimate.weights_bytes > disk:
-                too_big.append(cand)
-                dp.rejected.append(Rejected(cand.recipe, f"artifact {_gib(cand.estimate.weights_bytes)} exceeds free "
-                                                         f"disk {_gib(disk)}", _label(cand.recipe),
-                                            cand.estimate.total_bytes))
-            else:
-                fitting.append(cand)
-    if not fitting:
-        _explain_unfit(dp, dep, model, too_big, budget)
-        return dp
-    # Best quality first; among equals the one shipped as is (no requantization), then the smaller one.
-    fitting.sort(key=lambda c: (-c.quality_rank, not c.as_shipped, c.estimate.total_bytes))
-    best = fitting[0]
-    dp.chosen = Candidate(best.recipe, best.estimate, best.quality_rank, best.as_shipped, best.buildable,
-                          reason=_why(best, budget), quality=best.quality)
-    for other in fitting[1:]:
-        dp.rejected.append(Rejected(other.recipe, _lost_to(other, best), _label(other.recipe),
-                                    other.estimate.total_bytes, fits=True))
-    dp.rejected.sort(key=lambda r: (r.recipe is not None, -gguf.QUALITY_RANK.get(r.recipe.quant, -1)
-                                    if r.recipe else 0))
-    return dp
-
-
-def _gguf_candidates(dep: Deployment, model: Model, built: dict[str, BuiltArtifact]):
-    """(candidate, reason it is excluded or '') for each GGUF quant type worth considering."""
-    q = dep.spec.quantization
-    sources = [s for s in model.spec.sources if s.type in BUILDERS[("gguf", "llm")].source_types]
-    buildable = bool(sources)
-    # Quality is capped by the best source; with no buildable source, by the best source of any type.
-    pool = sources or model.spec.sources
-    source_precision = max((s.precision for s in pool), key=lambda p: gguf.QUALITY_RANK.get(p, -1),
-                           default="F16")
-    cap = gguf.QUALITY_RANK.get(source_precision, gguf.QUALITY_RANK["F16"])
-    menu = list(q.allow) if q.allow else list(DEFAULT_GGUF_MENU)
-    if buildable and source_precision not in menu and (not q.allow or source_precision in q.allow):
-        menu.append(source_precision)
-    for quant in dict.fromkeys(menu):
-        if not gguf.is_known(quant) or quant not in BUILDERS[("gguf", "llm")].quants and quant != source_precision:
-            continue  # an unknown allow entry: recorded as rejected by plan_deployment
-        recipe = Recipe(model=model.name, format="gguf", quant=quant, source_precision=source_precision)
-        art = built.get(recipe_id(recipe))
-        est = estimate(model.spec.architecture, quant, dep.spec.context_length, dep.spec.parallel,
-                       artifact_bytes=art.size_bytes if art else None)
-        rank = gguf.QUALITY_RANK[quant]
-        as_shipped = buildable and quant == source_precision
-        cand = Candidate(recipe, est, rank, as_shipped, buildable, quality=art.quality if art else None)
-        if rank > cap:
-            yield cand, f"above the source's precision {source_precision}: would not add quality"
-        else:
-            yield cand, ""
-
-
-# Tensor models (task: tensor) are built as ONNX: FP32 = the source graph as shipped, INT8 = onnxruntime's dynamic
-# quantization (int8 MatMul/Gemm weights, ~4x smaller, typically well under 1% relative error). Like F16/F32 for
-# GGUF, FP32 is not offered by default: name it in quantization.allow to get it.
-DEFAULT_ONNX_MENU = ("INT8",)
-ONNX_QUALITY_RANK = {"INT8": 1, "FP32": 2}
-ONNX_BYTES_PER_WEIGHT = {"INT8": 1, "FP32": 4}
-# onnxruntime's arena and the activations of a small graph; not modelled per graph.
+# Quant types offered per (format, kind) when a deployment does not restrict them, as for GGUF above: the
+# unquantized FP32 is left out (name it in quantization.allow).
+DEFAULT_MENUS: dict[tuple[str, str], tuple[str, ...]] = {
+    ("gguf", "llm"): DEFAULT_GGUF_MENU,
+    ("onnx", "llm"): ("INT4", "INT8", "FP16"),
+    ("openvino", "llm"): ("INT4", "INT8", "FP16"),
+    ("mlx", "llm"): ("INT4", "INT8", "FP16"),
+    ("onnx", "tensor"): ("INT8",),
+    ("openvino", "tensor"): ("INT8", "FP16"),
+}
+# Tensor models: quality by precision. Static INT8 (calibrated activations) and dynamic INT8 rank alike; INT4 is
+# weight-only MatMulNBits.
+TENSOR_QUALITY_RANK = {"INT4": 0, "INT8": 1, "INT8_STATIC": 1, "FP16": 2, "FP32": 3}
+TENSOR_BYTES_PER_WEIGHT = {"INT4": 0.5, "INT8": 1, "INT8_STATIC": 1, "FP16": 2, "FP32": 4}
+# onnxruntime's / OpenVINO's arena and the activations of a small graph; not modelled per graph.
 ONNX_COMPUTE_BYTES = 32 * 2**20
+# Source types a conversion can turn into another (edgectl.build.sources): HF folder <-> GGUF file.
+CONVERTIBLE: dict[str, tuple[str, ...]] = {"gguf": ("huggingface",), "huggingface": ("gguf",)}
+
+
+def runtime_builder(runtime: str, kind: str):
+    """The BuilderInfo whose artifacts ``runtime`` serves for ``kind`` models, or None."""
+    return next((b for b in BUILDERS.values() if b.runtime == runtime and b.kind == kind), None)
 
 
 def estimate_tensor(model: Model, quant: str, *, artifact_bytes: int | None = None) -> Estimate:
-    """Memory for a tensor model as an ONNX artifact of ``quant``: the artifact's real size when built, else
-    ``parameters`` x bytes per weight (4 at FP32, 1 at INT8: a lower bound, as only MatMul/Gemm weights are
-    quantized), plus a fixed onnxruntime allowance and the agent process. No KV cache."""
+    """Memory for a tensor model of ``quant``: the artifact's real size when built, else ``parameters`` x bytes per
+    weight (a lower bound, as only MatMul/Gemm weights are quantized), plus a fixed runtime allowance and the agent
+    process. No KV cache."""
     weights = artifact_bytes if artifact_bytes is not None else \
-        (model.spec.parameters or 0) * ONNX_BYTES_PER_WEIGHT[quant]
+        int((model.spec.parameters or 0) * TENSOR_BYTES_PER_WEIGHT[quant])
     return Estimate(weights_bytes=weights, kv_bytes=0, compute_bytes=ONNX_COMPUTE_BYTES, runtime_bytes=AGENT_BYTES,
                     weights_exact=artifact_bytes is not None)
 
 
-def _onnx_candidates(dep: Deployment, model: Model, built: dict[str, BuiltArtifact]):
-    """(candidate, reason it is excluded or '') for each ONNX quant type of a tensor model."""
+@dataclass(frozen=True)
+class Target:
+    """What one device offers a deployment: runtimes in preference order, memory, disk, GPU, runtime versions."""
+
+    runtimes: list[str]
+    budget: int
+    disk: int
+    vram: int = 0  # dedicated GPU memory llama.cpp may offload to (0 = none)
+    prefer: dict[str, list[str]] = field(default_factory=dict)  # runtime -> preferred quant types
+    versions: dict[str, str] | None = None  # runtime -> version the agent reports (None = not observed)
+
+
+def _source_precision(model: Model, fmt: str, kind: str, available: frozenset[int] | None) -> tuple[str, bool, bool]:
+    """(precision, buildable, native) of the best source a ``fmt`` build can start from: an available source of a
+    type the builder reads, else one a conversion turns into such a type, else (not buildable) the best of all."""
+    info = BUILDERS[(fmt, kind)]
+    sources = list(enumerate(model.spec.sources))
+    here = [(i, s) for i, s in sources if available is None or i in available]
+    rank = precision_rank if kind == "llm" else (lambda p: TENSOR_QUALITY_RANK.get(p, -1))
+    native = [s for _, s in here if s.type in info.source_types]
+    converted = [s for _, s in here
+                 if any(s.type in CONVERTIBLE.get(t, ()) for t in info.source_types) and kind == "llm"]
+    for pool, is_native in ((native, True), (converted, False)):
+        if pool:
+            return max((s.precision for s in pool), key=rank), True, is_native
+    pool = [s for _, s in sources] or []
+    default = "F16" if kind == "llm" else "FP32"
+    return max((s.precision for s in pool), key=rank, default=default), False, False
+
+
+def _candidates(dep: Deployment, model: Model, fmt: str, kind: str, runtime: str, built: dict[str, BuiltArtifact],
+                available: frozenset[int] | None, versions: dict[str, str] | None):
+    """(candidate, reason it is excluded or '') for each quant type of ``fmt`` worth considering."""
+    info = BUILDERS[(fmt, kind)]
     q = dep.spec.quantization
-    sources = [s for s in model.spec.sources if s.type in BUILDERS[("onnx", "tensor")].source_types]
-    buildable = bool(sources)
-    source_precision = max((s.precision for s in sources), key=lambda p: ONNX_QUALITY_RANK.get(p, -1),
-                           default="FP32")
-    cap = ONNX_QUALITY_RANK.get(source_precision, ONNX_QUALITY_RANK["FP32"])
-    menu = list(q.allow) if q.allow else list(DEFAULT_ONNX_MENU)
+    source_precision, buildable, native = _source_precision(model, fmt, kind, available)
+    if kind == "llm":
+        cap = precision_rank(source_precision)
+    else:
+        cap = TENSOR_QUALITY_RANK.get(source_precision, TENSOR_QUALITY_RANK["FP32"])
+    menu = [x for x in q.allow if x in info.quants] if q.allow else list(DEFAULT_MENUS[(fmt, kind)])
+    if buildable and native and fmt == "gguf" and source_precision in info.quants + (source_precision,) \
+            and source_precision not in menu and (not q.allow or source_precision in q.allow) \
+            and gguf.is_known(source_precision):
+        menu.append(source_precision)  # shipping the source as is needs no requantization
     for quant in dict.fromkeys(menu):
-        if quant not in ONNX_QUALITY_RANK:
-            continue  # an unknown allow entry: recorded as rejected by plan_deployment
-        recipe = Recipe(model=model.name, format="onnx", kind="tensor", quant=quant, source_precision=source_precision)
+        recipe = Recipe(model=model.name, format=fmt, kind=kind, quant=quant, source_precision=source_precision)
         art = built.get(recipe_id(recipe))
-        est = estimate_tensor(model, quant, artifact_bytes=art.size_bytes if art else None)
-        rank = ONNX_QUALITY_RANK[quant]
-        cand = Candidate(recipe, est, rank, buildable and quant == source_precision, buildable)
+        size = art.size_bytes if art else None
+        if kind == "llm":
+            est = estimate(model.spec.architecture, quant, dep.spec.context_length, dep.spec.parallel,
+                           artifact_bytes=size, format=fmt, runtime=runtime)
+            rank = quality_rank(fmt, quant)
+        else:
+            est = estimate_tensor(model, quant, artifact_bytes=size)
+            rank = TENSOR_QUALITY_RANK[quant]
+        as_shipped = buildable and native and quant == source_precision and fmt in _SHIPPABLE
+        cand = Candidate(recipe, est, rank, as_shipped, buildable, quality=art.quality if art else None,
+                         runtime=runtime, native=native)
+        mismatch = compat.mismatch(art.compat, runtime, versions.get(runtime)) \
+            if art is not None and versions is not None and versions.get(runtime) else None
         if rank > cap:
             yield cand, f"above the source's precision {source_precision}: would not add quality"
+        elif mismatch:
+            yield cand, mismatch
         else:
             yield cand, ""
+
+
+FORMAT_NAMES = {"gguf": "GGUF", "onnx": "ONNX", "openvino": "OpenVINO IR", "mlx": "MLX"}
+# Formats whose artifact can be the source file itself (a GGUF or an ONNX graph shipped as is).
+_SHIPPABLE = ("gguf", "onnx")
+
+
+def _offload(target: Target, est: Estimate, arch_layers: int) -> tuple[int, int]:
+    """(GPU layers, bytes left in system RAM) for llama.cpp on a device with dedicated GPU memory: every layer
+    when weights + KV cache + compute fit the GPU's memory, else the share of layers that fits (KV cache and
+    compute stay with the offloaded layers' share)."""
+    if target.vram <= 0 or arch_layers <= 0:
+        return 0, est.total_bytes
+    gpu_need = est.weights_bytes + est.kv_bytes + est.compute_bytes
+    if gpu_need <= target.vram:
+        return -1, est.runtime_bytes + est.compute_bytes // 4  # host-side staging buffers stay in RAM
+    layers = max(0, min(arch_layers - 1, int(arch_layers * target.vram / gpu_need)))
+    host = est.total_bytes - int(gpu_need * layers / arch_layers)
+    return layers, host
+
+
+def plan_deployment(dep: Deployment, model: Model, target: Target, built: dict[str, BuiltArtifact],
+                    available: frozenset[int] | None = None) -> DeploymentPlan:
+    budget, disk = target.budget, target.disk
+    dp = DeploymentPlan(dep.name, model.name, budget_bytes=budget)
+    q = dep.spec.quantization
+    kind = "tensor" if model.spec.task == "tensor" else "llm"
+    if not target.runtimes:
+        dp.unfit = "no runtime to run it: the device has none of the runtimes its profile lists"
+        dp.hint = "install a runtime in the device's agent: pip install 'edgectl-agent[llama]'"
+        return dp
+    usable = []  # (runtime, builder) in the profile's order
+    for runtime in target.runtimes:
+        info = runtime_builder(runtime, kind)
+        if info is None:
+            other = next((b.kind for b in BUILDERS.values() if b.runtime == runtime), None)
+            dp.rejected.append(Rejected(None, f"serves {other or 'no'} models, not {kind} models", label=runtime))
+        elif q.format is not None and info.format != q.format:
+            dp.rejected.append(Rejected(None, f"loads {info.format}, and quantization.format is {q.format}",
+                                        label=runtime))
+        else:
+            usable.append((runtime, info))
+    if not usable:
+        dp.unfit = (f"none of the device's runtimes ({', '.join(target.runtimes)}) serves {kind} models"
+                    + (f" as {q.format}" if q.format else ""))
+        dp.hint = ("remove quantization.format or pick another device" if q.format else
+                   "install a runtime for it on the device, or deploy it to another device")
+        return dp
+    if q.allow:
+        valid = sorted({x for _, info in usable for x in info.quants})
+        for quant in q.allow:
+            if quant not in valid:
+                dp.rejected.append(Rejected(None, "no runtime on this device loads it; valid here: "
+                                            + ", ".join(valid), label=quant))
+    too_big: list[Candidate] = []
+    choice: tuple[Candidate, list[Candidate]] | None = None
+    for runtime, info in usable:
+        fitting: list[Candidate] = []
+        for cand, why_not in _candidates(dep, model, info.format, kind, runtime, built, available, target.versions):
+            need = cand.estimate.total_bytes
+            gpu_layers = 0
+            if runtime == "llamacpp" and kind == "llm" and target.vram > 0 and not why_not:
+                gpu_layers, need = _offload(target, cand.estimate, model.spec.architecture.layers)
+                cand = replace(cand, gpu_layers=gpu_layers, ram_bytes=need)
+            if why_not:
+                dp.rejected.append(Rejected(cand.recipe, why_not, _label(cand.recipe), cand.estimate.total_bytes))
+            elif need > budget:
+                too_big.append(cand)
+                dp.rejected.append(Rejected(cand.recipe, f"needs {_gib(need)}, budget {_gib(budget)}",
+                                            _label(cand.recipe), need))
+            elif cand.estimate.weights_bytes > disk:
+                too_big.append(cand)
+                dp.rejected.append(Rejected(cand.recipe, f"artifact {_gib(cand.estimate.weights_bytes)} exceeds free "
+                                                         f"disk {_gib(disk)}", _label(cand.recipe), need))
+            else:
+                fitting.append(cand)
+        if not fitting:
+            continue
+        if choice is None:
+            choice = (_best(fitting, target.prefer.get(runtime, [])), fitting)
+        else:
+            for other in fitting:
+                dp.rejected.append(Rejected(other.recipe, f"fits, but {choice[0].runtime} comes first in the "
+                                                          f"device's runtimes", _label(other.recipe),
+                                            other.ram_bytes or other.estimate.total_bytes, fits=True))
+    if choice is None:
+        _explain_unfit(dp, dep, model, too_big, budget)
+        return dp
+    best, fitting = choice
+    preferred = target.prefer.get(best.runtime, [])
+    dp.chosen = replace(best, reason=_why(best, budget, preferred))
+    for other in fitting:
+        if other is not best:
+            dp.rejected.append(Rejected(other.recipe, _lost_to(other, best, preferred), _label(other.recipe),
+                                        other.ram_bytes or other.estimate.total_bytes, fits=True))
+    dp.rejected.sort(key=lambda r: (r.recipe is not None, -quality_rank(r.recipe.format, r.recipe.quant)
+                                    if r.recipe else 0))
+    return dp
+
+
+def _best(fitting: list[Candidate], preferred: list[str]) -> Candidate:
+    """The profile's first preferred quant type that fits; else the best quality. Among equal quality: the one
+    measured closer to its source, then the one shipped as is, then the one fully on the GPU, then the smaller."""
+    for quant in preferred:
+        match = [c for c in fitting if c.recipe.quant == quant]
+        if match:
+            return match[0]
+
+    def key(c: Candidate):
+        measured = c.quality.top1_agreement if c.quality is not None else -1.0
+        return (-c.quality_rank, -measured, not c.as_shipped, c.gpu_layers != -1, c.estimate.total_bytes)
+    return min(fitting, key=key)
 
 
 def _explain_unfit(dp: DeploymentPlan, dep: Deployment, model: Model, too_big: list[Candidate], budget: int) -> None:
@@ -462,18 +580,30 @@ def _explain_unfit(dp: DeploymentPlan, dep: Deployment, model: Model, too_big: l
     dp.hint = ", ".join(hints)
 
 
-def _why(c: Candidate, budget: int) -> str:
-    fmt = c.recipe.format.upper()
-    what = f"highest-quality {fmt} that fits"
+def _why(c: Candidate, budget: int, preferred: list[str]) -> str:
+    fmt = FORMAT_NAMES.get(c.recipe.format, c.recipe.format)
+    what = (f"the device's preferred {fmt} quant type ({c.recipe.quant}) fits" if c.recipe.quant in preferred
+            else f"highest-quality {fmt} that fits")
     how = "shipped as is, no requantization" if c.as_shipped else (
-        f"quantized from {c.recipe.source_precision}" if c.buildable else
-        f"not buildable here: the model has no {fmt} source (only {c.recipe.source_precision} weights elsewhere)")
-    return f"{what}: {_gib(c.estimate.total_bytes)} of {_gib(budget)} budget; {how}"
+        f"quantized from {c.recipe.source_precision}" if c.buildable and c.native else
+        f"converted from the {c.recipe.source_precision} source, then quantized" if c.buildable else
+        f"not buildable here: no source of the model is available on this machine "
+        f"(best known: {c.recipe.source_precision})")
+    ram = c.ram_bytes or c.estimate.total_bytes
+    gpu = ("; all layers on the GPU" if c.gpu_layers == -1 else
+           f"; {c.gpu_layers} layers on the GPU" if c.gpu_layers > 0 else "")
+    return f"{what}: {_gib(ram)} of {_gib(budget)} budget; {how}{gpu}"
 
 
-def _lost_to(other: Candidate, best: Candidate) -> str:
+def _lost_to(other: Candidate, best: Candidate, preferred: list[str]) -> str:
+    if best.recipe.quant in preferred and other.recipe.quant not in preferred:
+        return f"fits, but the device's profile prefers {best.recipe.quant}"
     if other.quality_rank < best.quality_rank:
         return f"fits, but lower quality than {best.recipe.quant}"
+    if other.quality is not None and best.quality is not None \
+            and other.quality.top1_agreement < best.quality.top1_agreement:
+        return (f"fits, but measured further from the source than {best.recipe.quant} "
+                f"({other.quality.top1_agreement:.1%} vs {best.quality.top1_agreement:.1%} top-1 agreement)")
     if other.quality_rank == best.quality_rank and best.as_shipped:
         return f"same quality as {best.recipe.quant}, which ships as is"
     return f"same quality as {best.recipe.quant}, larger"
@@ -502,7 +632,7 @@ def _steps(dep: Deployment, chosen: Candidate, threads: int, observed: AgentStat
     current = _current(observed, name)
     if current is not None and current.state == "serving" and current.active is not None \
             and current.active.digest == art.digest:
-        changed = _config_changes(dep, threads, current)
+        changed = _config_changes(dep, threads, current, chosen.runtime_options)
         if not changed:
             return []
         return [Step("activate", name, "reload: " + ", ".join(changed))]
@@ -526,12 +656,12 @@ def _current(observed: AgentState | None, name: str) -> DeploymentState | None:
     return None
 
 
-def _config_changes(dep: Deployment, threads: int, current: DeploymentState) -> list[str]:
+def _config_changes(dep: Deployment, threads: int, current: DeploymentState, planned: dict) -> list[str]:
     have = current.desired
     if have is None:
         return ["settings unknown"]
     want = {"context_length": dep.spec.context_length, "parallel": dep.spec.parallel, "threads": threads,
-            "runtime_options": dict(dep.spec.runtime_options)}
+            "runtime_options": {**planned, **dep.spec.runtime_options}}
     got = {"context_length": have.context_length, "parallel": have.parallel, "threads": have.threads,
            "runtime_options": dict(have.runtime_options)}
     return [f"{k} {got[k]} -> {want[k]}" for k in want if want[k] != got[k]]

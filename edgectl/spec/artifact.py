@@ -62,3 +62,7 @@ class BuiltArtifact(Frozen):
     cache_key: str = Field(description="Recipe cache key that produced it.")
     quality: Quality | None = Field(default=None, description="Measured against its source after the build; None "
                                                               "when not measured (or the measurement failed).")
+    compat: dict[str, str] = Field(default_factory=dict,
+                                   description="Format facts read from the built files that decide which runtime "
+                                               "versions can load it (e.g. onnx.ir_version, openvino.ir_version, "
+                                               "gguf.version); see edgectl.plan.compat.")

@@ -50,6 +50,11 @@ class ProfileSpec(Frozen):
     runtimes: list[RuntimeName] = Field(min_length=1,
                                         description="Runtimes this device can run, in order of preference.")
     default_threads: int = Field(gt=0, description="Inference threads used unless a deployment says otherwise.")
+    quant_preference: dict[RuntimeName, list[str]] = Field(
+        default_factory=dict,
+        description="Per runtime, quant types this device class runs best, most preferred first (e.g. llamacpp: "
+                    "[Q4_0] on ARM phones, whose llama.cpp repacks Q4_0 for its int8 dot-product kernels). The "
+                    "planner takes the first that fits and is allowed, before the highest quality that fits.")
     notes: str | None = Field(default=None, description="Sources of the figures, caveats.")
 
 

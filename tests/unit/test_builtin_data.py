@@ -215,8 +215,24 @@ def test_examples_load_and_cover_every_builtin_profile() -> None:
     assert REQUIRED_PROFILES <= set(spec.profiles) and REQUIRED_MODELS <= set(spec.models)
     [fleet] = spec.fleets.values()
     assert {d.profile for d in fleet.spec.devices} == {p.name for p in _profiles()}
-    assert set(spec.deployments) == {"tiny", "assistant", "llama8b"}
+    assert set(spec.deployments) == {"tiny", "helper", "assistant", "llama8b"}
     assert all(dep.spec.model in {m.name for m in _models()} for dep in spec.deployments.values())
+
+
+def test_example_plan_picks_a_format_per_device_class() -> None:
+    """The table in manifests/examples/README.md: one source model, a different artifact per device class."""
+    from edgectl.plan import plan
+
+    spec = load_paths([EXAMPLES])
+    p = plan(spec, {}, {}, {}, devices=sorted(spec.devices))
+    got = {(dp.device, dep.deployment): (f"{dep.chosen.recipe.format} {dep.chosen.recipe.quant}", dep.chosen.runtime,
+                                         dep.chosen.gpu_layers)
+           for dp in p.devices for dep in dp.deployments if dep.chosen is not None}
+    assert got[("pi4-kitchen", "helper")] == ("gguf Q4_K_M", "llamacpp", 0)
+    assert got[("phone-galaxy", "tiny")] == ("gguf Q4_0", "llamacpp", 0)
+    assert got[("aipc-office", "tiny")] == ("openvino INT4", "openvino-genai", 0)
+    assert got[("mac-mini", "tiny")] == ("mlx INT4", "mlx", 0)
+    assert got[("gpu-box", "tiny")] == ("gguf Q4_1", "llamacpp", -1)
 
 
 def test_default_manifest_loads_with_the_builtins() -> None:

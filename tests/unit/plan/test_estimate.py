@@ -62,3 +62,23 @@ def test_sizes_grow_with_quality() -> None:
     sizes = [weights_bytes(big, q) for q in order]
     assert sizes == sorted(sizes)
     assert 4.5e9 < weights_bytes(big, "Q4_K_M") < 5.0e9  # Llama-3.1-8B Q4_K_M files are 4.92 GB
+
+
+def test_other_formats_size_by_their_real_bits_per_weight() -> None:
+    from edgectl.plan.formats import quality_rank, weights_bytes as fmt_bytes
+
+    arch = SMOLLM2
+    ov = [fmt_bytes(arch, "openvino", q) for q in ("INT4", "INT8", "FP16")]
+    assert ov == sorted(ov) and ov[2] == pytest.approx(arch.parameters * 2, rel=0.02)
+    # genai INT4 keeps the (tied) embedding at fp32 and stores fp32 scales per 32: larger than OpenVINO's INT4
+    assert fmt_bytes(arch, "onnx", "INT4") > ov[0]
+    # MLX 4-bit, group 64 with f16 scale and bias: 4.5 bits per weight everywhere
+    assert fmt_bytes(arch, "mlx", "INT4") == pytest.approx(arch.parameters * 4.5 / 8, rel=0.02)
+    assert quality_rank("openvino", "INT4") == quality_rank("gguf", "Q4_0") == QUALITY_RANK["Q4_0"]
+    assert quality_rank("mlx", "INT8") == QUALITY_RANK["Q8_0"] and quality_rank("onnx", "FP32") == QUALITY_RANK["F32"]
+
+
+def test_runtimes_keep_the_kv_cache_at_their_own_precision() -> None:
+    kv = {r: estimate(SMOLLM2, "INT4", 2048, 1, format="openvino", runtime=r).kv_bytes
+          for r in ("llamacpp", "openvino-genai", "onnxruntime-genai")}
+    assert kv["openvino-genai"] < kv["llamacpp"] < kv["onnxruntime-genai"]  # u8 (+scales) < f16 < f32

@@ -4,11 +4,13 @@
 Case file keys:
   description: what it pins down
   manifests:   multi-document YAML text (built-in profiles and catalog are loaded too)
-  facts:       {device: {ram_gb, available_gb, cpus, arch, runtimes, disk_free_gb}}  (partial; defaults below)
+  facts:       {device: {ram_gb, available_gb, cpus, arch, runtimes (list, or {name: version}), disk_free_gb,
+                         accelerators: [{kind, name, memory_bytes}]}}  (partial; defaults below)
   observed:    {device: {artifacts: [digest...], deployments: [{name, digest, quant, state, context_length, ...}]}}
-  built:       [{model, quant, source_precision, digest, size_bytes}]   (what the local store holds)
+  built:       [{model, quant, source_precision, digest, size_bytes, format, kind, compat}]  (the local store)
   expect:      {device: {status, profile, choices: {deployment: "gguf Q4_K_M" | null}, steps: ["action deployment"],
-                         warnings: [substring...], rejected: {deployment: {"gguf Q8_0": substring}}, unfit: substring}}
+                         warnings: [substring...], rejected: {deployment: {"gguf Q8_0": substring}}, unfit: substring,
+                         gpu_layers: {deployment: n}}}
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from ruamel.yaml import YAML
 from edgectl.load import load_paths
 from edgectl.plan import plan
 from edgectl.spec import BuiltArtifact
-from edgectl_agent.api import AgentState, ArtifactRef, DeploymentState, DesiredDeployment, Facts
+from edgectl_agent.api import AcceleratorFact as Accelerator, AgentState, ArtifactRef, DeploymentState, DesiredDeployment, Facts
 
 CASES = sorted((Path(__file__).parent / "cases").glob("*.yaml"))
 GIB = 2**30
@@ -36,7 +38,9 @@ def make_facts(d: dict) -> Facts:
         ram_total_bytes=int(d.get("ram_gb", 16) * GIB),
         ram_available_bytes=int(d.get("available_gb", d.get("ram_gb", 16) * 0.8) * GIB),
         disk_free_bytes=int(d.get("disk_free_gb", 100) * GIB),
-        runtimes={r: "1.0" for r in d.get("runtimes", ["llamacpp"])},
+        runtimes=(dict(d["runtimes"]) if isinstance(d.get("runtimes"), dict)
+                  else {r: "1.0" for r in d.get("runtimes", ["llamacpp"])}),
+        accelerators=[Accelerator(**a) for a in d.get("accelerators", [])],
     )
 
 
@@ -62,10 +66,13 @@ def make_built(entries: list[dict]) -> dict[str, BuiltArtifact]:
 
     out = {}
     for e in entries:
-        recipe = Recipe(model=e["model"], format="gguf", quant=e["quant"], source_precision=e["source_precision"])
+        fmt, kind = e.get("format", "gguf"), e.get("kind", "llm")
+        recipe = Recipe(model=e["model"], format=fmt, kind=kind, quant=e["quant"],
+                        source_precision=e["source_precision"])
         out[recipe_id(recipe)] = BuiltArtifact(
-            digest=e["digest"], model=e["model"], format="gguf", quant=e["quant"], size_bytes=e["size_bytes"],
-            source_digest="sha256:" + "0" * 64, tool_version="t", cache_key="k")
+            digest=e["digest"], model=e["model"], format=fmt, quant=e["quant"], size_bytes=e["size_bytes"],
+            source_digest="sha256:" + "0" * 64, tool_version="t", cache_key="k",
+            compat={k: str(v) for k, v in e.get("compat", {}).items()})
     return out
 
 
@@ -95,6 +102,8 @@ def test_golden(case_file: Path, tmp_path: Path) -> None:
             label = f"{dp.chosen.recipe.format} {dp.chosen.recipe.quant}" if dp.chosen else None
             assert label == choice, f"{where}: {dep_name} chose {label}; rejected: " + \
                 "; ".join(f"{r.label}: {r.reason}" for r in dp.rejected)
+        for dep_name, layers in want.get("gpu_layers", {}).items():
+            assert deps[dep_name].chosen.gpu_layers == layers, f"{where}: {dep_name} {deps[dep_name].chosen}"
         if "steps" in want:
             steps = [f"{s.action} {s.deployment}" for s in got.steps]
             assert steps == want["steps"], f"{where}: steps {steps}"

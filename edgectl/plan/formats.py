@@ -1,0 +1,94 @@
+"""Sizes and quality of the non-GGUF LLM formats, on the same scales as GGUF (edgectl.plan.gguf).
+
+Weights: each format stores the linear layers' weights at its quant type plus per-group scales (and zero points
+when asymmetric), so bits per weight = bits + (scale bits + zero-point bits) / group size. What stays unquantized
+(norms; embeddings in some formats) is counted at its real precision. The rules follow each tool's defaults as
+edgectl calls it:
+
+- OpenVINO (optimum-intel export + NNCF ``compress_weights``): INT4 = int4 asymmetric, group 128, f16 scale + u4
+  zero point per group; the embedding and the output layer are kept at the INT8 "backup" precision (NNCF's
+  default). INT8 = int8 asymmetric per output channel. FP16 = every weight f16.
+- onnxruntime-genai model builder (CPU): INT4 = MatMulNBits block 32, fp32 scale and u4 zero point per block, the
+  embedding at fp32 (the CPU model's io dtype); INT8 = per-block int8; FP16/FP32 = every weight at that width.
+- MLX (``mlx_lm.convert -q``): affine quantization, group 64, f16 scale and f16 bias per group, embedding
+  quantized too; FP16 = every weight f16.
+
+Quality: a format's quant type is ranked where GGUF's nearest equivalent is (edgectl.plan.gguf.QUALITY_RANK), so
+one ordering covers every format: INT4 with a scale per group of 32..128 sits with Q4_0, INT8 with Q8_0, FP16
+with F16. Measured figures (Quality, when an artifact was built) refine this order; see the planner.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from edgectl.plan import gguf
+from edgectl.spec.model import Architecture
+
+
+@dataclass(frozen=True)
+class QuantLayout:
+    """How one (format, quant) stores weights: bits per linear weight and per embedding/output weight."""
+
+    linear_bpw: float
+    embedding_bpw: float
+    output_bpw: float
+    equivalent: str  # the GGUF quant type of about the same quality
+
+    def weights_bytes(self, arch: Architecture) -> int:
+        linear = 0
+        embedding = output = 0
+        for t in gguf.tensors(arch):
+            n = t.rows * t.cols
+            if t.name == "token_embd":
+                embedding = n
+            elif t.name == "output":
+                output = n
+            else:
+                linear += n
+        norms = (2 * arch.layers + 1) * arch.hidden_size * 4
+        out = output if not arch.tied_embeddings else 0
+        return int((linear * self.linear_bpw + embedding * self.embedding_bpw + out * self.output_bpw) / 8) + norms
+
+
+def _bpw(bits: int, group: int, scale_bits: int, zero_bits: int) -> float:
+    return bits + (scale_bits + zero_bits) / group
+
+
+LAYOUTS: dict[tuple[str, str], QuantLayout] = {
+    ("openvino", "INT4"): QuantLayout(_bpw(4, 128, 16, 4), 8.0, 8.0, "Q4_0"),
+    ("openvino", "INT8"): QuantLayout(8.0, 8.0, 8.0, "Q8_0"),
+    ("openvino", "FP16"): QuantLayout(16.0, 16.0, 16.0, "F16"),
+    ("onnx", "INT4"): QuantLayout(_bpw(4, 32, 32, 4), 32.0, _bpw(4, 32, 32, 4), "Q4_0"),
+    ("onnx", "INT8"): QuantLayout(_bpw(8, 32, 32, 8), 32.0, _bpw(8, 32, 32, 8), "Q8_0"),
+    ("onnx", "FP16"): QuantLayout(16.0, 16.0, 16.0, "F16"),
+    ("onnx", "FP32"): QuantLayout(32.0, 32.0, 32.0, "F32"),
+    ("mlx", "INT4"): QuantLayout(_bpw(4, 64, 16, 16), _bpw(4, 64, 16, 16), _bpw(4, 64, 16, 16), "Q4_1"),
+    ("mlx", "INT8"): QuantLayout(_bpw(8, 64, 16, 16), _bpw(8, 64, 16, 16), _bpw(8, 64, 16, 16), "Q8_0"),
+    ("mlx", "FP16"): QuantLayout(16.0, 16.0, 16.0, "F16"),
+}
+
+# Precisions a source can have outside GGUF's names.
+_PRECISION_ALIASES = {"FP32": "F32", "FP16": "F16", "BF16": "BF16"}
+
+
+def quality_rank(format: str, quant: str) -> int:
+    """Rank on GGUF's quality scale (higher = closer to the unquantized model); -1 when unknown."""
+    if format == "gguf":
+        return gguf.QUALITY_RANK.get(quant, -1)
+    layout = LAYOUTS.get((format, quant))
+    if layout is not None:
+        return gguf.QUALITY_RANK[layout.equivalent]
+    return gguf.QUALITY_RANK.get(_PRECISION_ALIASES.get(quant, quant), -1)
+
+
+def precision_rank(precision: str) -> int:
+    """Rank of a source's precision (Q4_1, BF16, FP32, ...) on the same scale; unknown = unquantized F16."""
+    return gguf.QUALITY_RANK.get(_PRECISION_ALIASES.get(precision, precision), gguf.QUALITY_RANK["F16"])
+
+
+def weights_bytes(arch: Architecture, format: str, quant: str) -> int:
+    """Bytes of weights of ``arch`` as a ``format`` artifact of ``quant``."""
+    if format == "gguf":
+        return gguf.weights_bytes(arch, quant)
+    return LAYOUTS[(format, quant)].weights_bytes(arch)
