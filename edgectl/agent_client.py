@@ -6,7 +6,10 @@ tunnel for remote ones); this class only speaks HTTP. httpx errors become Transp
 
 from __future__ import annotations
 
+import json
+import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -22,6 +25,17 @@ from edgectl_agent.api import (
 from edgectl.errors import AgentError, TransportError
 
 UPLOAD_CHUNK = 4 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class SmokeResult:
+    ttft_s: float | None  # time to the first streamed token (None for tensor models)
+    tokens: int  # streamed content chunks (one per generated token)
+    decode_s: float  # from the first to the last chunk
+
+    @property
+    def tokens_per_s(self) -> float | None:
+        return (self.tokens - 1) / self.decode_s if self.tokens > 1 and self.decode_s > 0 else None
 
 
 class AgentClient:
@@ -115,6 +129,40 @@ class AgentClient:
                           content=desired.model_dump_json(), headers={"Content-Type": "application/json"},
                           timeout=httpx.Timeout(30.0, read=self._activate_timeout))
         return DeploymentState.model_validate(r.json())
+
+    def smoke(self, name: str, *, kind: str = "llm", max_tokens: int = 8) -> SmokeResult:
+        """One real request to a serving deployment, as a client would send it: a streamed chat completion for an
+        LLM (time to first token and decode rate measured here), the KServe readiness endpoint for a tensor model."""
+        if kind != "llm":
+            self._request("GET", f"/v2/models/{name}/ready")
+            return SmokeResult(ttft_s=None, tokens=0, decode_s=0.0)
+        body = {"model": name, "stream": True, "max_tokens": max_tokens, "temperature": 0,
+                "messages": [{"role": "user", "content": "Say hello."}]}
+        start = time.perf_counter()
+        first: float | None = None
+        pieces = 0
+        try:
+            with self._http.stream("POST", "/v1/chat/completions", json=body,
+                                   timeout=httpx.Timeout(30.0, read=120.0)) as r:
+                if r.status_code >= 400:
+                    r.read()
+                    raise _agent_error(self.device, "POST", "/v1/chat/completions", r)
+                for line in r.iter_lines():
+                    if not line.startswith("data: ") or line == "data: [DONE]":
+                        continue
+                    delta = json.loads(line[6:]).get("choices", [{}])[0].get("delta", {})
+                    if delta.get("content"):
+                        pieces += 1
+                        if first is None:
+                            first = time.perf_counter()
+        except httpx.HTTPError as e:
+            raise TransportError(f"device '{self.device}': smoke request to '{name}' failed: {e}",
+                                 hint="see the agent's log") from e
+        end = time.perf_counter()
+        if first is None:
+            raise AgentError(f"device '{self.device}': the smoke request to '{name}' produced no text",
+                             hint="the model answered with nothing; check the artifact and the agent's log")
+        return SmokeResult(ttft_s=first - start, tokens=pieces, decode_s=end - first)
 
     def delete_deployment(self, name: str) -> DeploymentState:
         return DeploymentState.model_validate(

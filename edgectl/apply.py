@@ -1,13 +1,17 @@
 """Run a plan: build what is missing, push it, activate it, remove what is no longer desired.
 
 Order of work, so that bad input changes nothing: observe (read-only) -> plan -> refuse unfit -> start agents only
-where there is work -> re-observe those -> execute steps per device. A failure on one device is recorded and the
-others go on; the result says exactly what happened where.
+where there is work -> re-observe those -> build everything planned -> per deployment, its rollout: waves of
+devices (all at once, rolling, or a canary first), devices of a wave in parallel, each pushed, activated and passed
+through the health gate; a device that fails is rolled back to what it served before; too many failures halt the
+rollout and roll the wave back -> remove what is no longer selected. The result says exactly what happened where.
 """
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from edgectl_agent.api import AgentState, ArtifactRef, DesiredDeployment, Facts
@@ -16,18 +20,38 @@ from edgectl.agent_client import AgentClient
 from edgectl.build import ArtifactStore, build, builder_for, lookup
 from edgectl.build.sources import is_available
 from edgectl.errors import EdgectlError, NotFoundError, PlanError
-from edgectl.plan import DeploymentPlan, DevicePlan, Plan, compat, plan, recipe_id
+from edgectl.plan import DeploymentPlan, DevicePlan, Plan, compat, plan, recipe_id, selects
+from edgectl.runs import RunRecord
 from edgectl.spec import BuiltArtifact, Device, Recipe, Spec
+from edgectl.spec.deployment import HealthGate, Rollout, resolve_count
 from edgectl.transport import Transport, transport_for
 
 class Events:
-    """What apply reports while it works. The CLI subclasses this to render with Rich; the default is silent."""
+    """What apply reports while it works. The CLI subclasses this to render with Rich; the default is silent.
+    Devices of a wave report from several threads."""
 
     def info(self, device: str | None, message: str) -> None:  # noqa: D401 - callback
         pass
 
     def progress(self, key: str, description: str, done: int, total: int) -> None:
         pass
+
+
+class _Recorded(Events):
+    """Forwards events (one at a time) and copies the messages into the run record."""
+
+    def __init__(self, inner: Events, record: RunRecord | None) -> None:
+        self.inner, self.record, self._lock = inner, record, threading.Lock()
+
+    def info(self, device: str | None, message: str) -> None:
+        with self._lock:
+            self.inner.info(device, message)
+        if self.record is not None:
+            self.record.event(device, message)
+
+    def progress(self, key: str, description: str, done: int, total: int) -> None:
+        with self._lock:
+            self.inner.progress(key, description, done, total)
 
 
 @dataclass
@@ -53,6 +77,11 @@ class DeviceResult:
 class ApplyResult:
     plan: Plan
     devices: list[DeviceResult]
+    halted: list[str] = field(default_factory=list)  # why a deployment's rollout stopped early
+
+    @property
+    def ok(self) -> bool:
+        return not self.failed and not self.halted
 
     @property
     def failed(self) -> list[DeviceResult]:
@@ -154,8 +183,9 @@ def build_planned(spec: Spec, p: Plan, store: ArtifactStore, events: Events,
 
 
 def apply(spec: Spec, *, store: ArtifactStore, device_names: Iterable[str] | None = None,
-          skip_unfit: bool = False, events: Events | None = None) -> ApplyResult:
-    events = events or Events()
+          skip_unfit: bool = False, events: Events | None = None, parallel: int = 8,
+          record: RunRecord | None = None) -> ApplyResult:
+    events = _Recorded(events or Events(), record)
     devices = select_devices(spec, device_names)
     contexts = observe(devices, start_agents=False)
     p = make_plan(spec, contexts, store)
@@ -180,69 +210,190 @@ def apply(spec: Spec, *, store: ArtifactStore, device_names: Iterable[str] | Non
     needs_build = {recipe_id(dep.chosen.recipe) for dp in p.devices for dep in dp.deployments
                    if dep.chosen is not None and any(s.action == "build" for s in dep.steps)}
     artifacts: dict[str, tuple[BuiltArtifact, bool]] = {}
-    results: list[DeviceResult] = []
     if needs_build:
         artifacts.update(build_planned(spec, p, store, events, only=needs_build))
+    results = {dp.device: DeviceResult(dp.device, endpoint=_endpoint(contexts[dp.device])) for dp in p.devices}
     for dp in p.devices:
-        ctx = contexts[dp.device]
-        res = DeviceResult(dp.device, endpoint=_endpoint(ctx))
-        results.append(res)
-        if ctx.error:
-            res.error = ctx.error
-            continue
-        try:
-            _apply_device(spec, dp, ctx, store, artifacts, res, events)
-        except EdgectlError as e:
-            res.error = str(e)
-            events.info(dp.device, f"failed: {e.message}")
+        if contexts[dp.device].error and dp.steps:
+            results[dp.device].error = contexts[dp.device].error
+    halted: list[str] = []
+    for name in sorted(spec.deployments):
+        targets = [dp for dp in p.devices if dp.status == "ok" and _dep_plan(dp, name) is not None
+                   and _dep_plan(dp, name).steps]
+        if targets:
+            why = _rollout(spec, name, targets, contexts, store, artifacts, results, events, parallel, record)
+            if why:
+                halted.append(why)
+    for dp in p.devices:
+        ctx, res = contexts[dp.device], results[dp.device]
+        if dp.removals and ctx.client is not None and not ctx.error:
+            try:
+                for step in dp.removals:
+                    events.info(dp.device, f"remove {step.deployment}")
+                    ctx.client.delete_deployment(step.deployment)
+                    res.actions.append(f"removed {step.deployment}")
+            except EdgectlError as e:
+                res.error = str(e)
         if ctx.client is not None:
             try:
                 state = ctx.client.state()
                 res.serving = [d.name for d in state.deployments if d.state == "serving"]
             except EdgectlError:
                 pass
-    return ApplyResult(p, results)
+    return ApplyResult(p, [results[dp.device] for dp in p.devices], halted=halted)
 
 
-def _apply_device(spec: Spec, dp: DevicePlan, ctx: DeviceContext, store: ArtifactStore,
-                  artifacts: dict[str, tuple[BuiltArtifact, bool]], res: DeviceResult, events: Events) -> None:
-    if dp.status != "ok" or not dp.steps:
+def _dep_plan(dp: DevicePlan, name: str) -> DeploymentPlan | None:
+    return next((d for d in dp.deployments if d.deployment == name), None)
+
+
+def waves(rollout: Rollout, devices: list[str]) -> list[list[str]]:
+    """The rollout's waves over ``devices`` (in the given order): one for all-at-once; for canary the first
+    ``canary`` devices alone, then waves of ``wave_size``; for rolling waves of ``wave_size``."""
+    if rollout.strategy == "all-at-once" or not devices:
+        return [devices] if devices else []
+    size = resolve_count(rollout.wave_size, len(devices), at_least=1)
+    head: list[list[str]] = []
+    rest = devices
+    if rollout.strategy == "canary":
+        head, rest = [devices[:rollout.canary]], devices[rollout.canary:]
+    return head + [rest[i:i + size] for i in range(0, len(rest), size)]
+
+
+def _rollout(spec: Spec, name: str, targets: list[DevicePlan], contexts: dict[str, DeviceContext],
+             store: ArtifactStore, artifacts: dict[str, tuple[BuiltArtifact, bool]],
+             results: dict[str, DeviceResult], events: Events, parallel: int, record: RunRecord | None) -> str | None:
+    """Deploy ``name`` to ``targets`` wave by wave; returns why the rollout halted, or None."""
+    rollout = spec.deployments[name].spec.rollout
+    unreachable = [dp.device for dp in targets if contexts[dp.device].error or contexts[dp.device].client is None]
+    allowed = resolve_count(rollout.max_unavailable, len(targets))
+    if len(unreachable) > allowed:
+        why = (f"{name}: {len(unreachable)} of {len(targets)} devices unreachable ({', '.join(unreachable)}), more "
+               f"than max_unavailable {rollout.max_unavailable}; no device was changed")
+        events.info(None, "halted " + why)
+        return why
+    reachable = [dp for dp in targets if dp.device not in unreachable]
+    by_name = {dp.device: dp for dp in reachable}
+    tried = failed = 0
+    plan_waves = waves(rollout, [dp.device for dp in reachable])
+    for index, wave in enumerate(plan_waves):
+        canary = rollout.strategy == "canary" and index == 0
+        w = record.wave(name, index, wave, canary=canary) if record else {}
+        events.info(None, f"{name}: wave {index + 1}/{len(plan_waves)}{' (canary)' if canary else ''}: "
+                          + ", ".join(wave))
+        with ThreadPoolExecutor(max_workers=max(1, min(parallel, len(wave)))) as pool:
+            outcomes = list(pool.map(lambda d: _deploy_one(spec, by_name[d], name, contexts[d], store, artifacts,
+                                                           results[d], events), wave))
+        tried += len(wave)
+        failed += sum(1 for ok in outcomes if not ok)
+        if failed > resolve_count(rollout.max_failure, tried):
+            w["outcome"] = "failed"
+            later = [d for later_wave in plan_waves[index + 1:] for d in later_wave]
+            for d, ok in zip(wave, outcomes):
+                if ok and rollout.rollback:
+                    _roll_back(name, contexts[d], results[d], events, "the wave failed")
+            for d in later:
+                results[d].actions.append(f"{name}: not started (rollout halted)")
+            why = (f"{name}: {failed} of {tried} devices failed in wave {index + 1}"
+                   f"{' (canary)' if canary else ''}, more than max_failure {rollout.max_failure}; "
+                   + ("the wave was rolled back" if rollout.rollback else "rollback is off")
+                   + (f"; not started: {', '.join(later)}" if later else ""))
+            events.info(None, "halted " + why)
+            return why
+        w["outcome"] = "ok" if failed == 0 else "ok-with-failures"
+    return None
+
+
+def _deploy_one(spec: Spec, dp: DevicePlan, name: str, ctx: DeviceContext, store: ArtifactStore,
+                artifacts: dict[str, tuple[BuiltArtifact, bool]], res: DeviceResult, events: Events) -> bool:
+    """Push, activate and gate one deployment on one device; on failure roll it back (when the rollout says so).
+    True when it serves the new artifact and passed the gate."""
+    dep = _dep_plan(dp, name)
+    rollout = spec.deployments[name].spec.rollout
+    try:
+        changed = _apply_deployment(spec, dp, dep, ctx, store, artifacts, res, events)
+        if changed:
+            _health_gate(rollout.health_gate, name, dep.chosen.recipe.kind, ctx, res, events)
+        return True
+    except EdgectlError as e:
+        res.error = str(e)
+        events.info(dp.device, f"{name} failed: {e.message}")
+        if rollout.rollback:
+            _roll_back(name, ctx, res, events, "it failed")
+        return False
+
+
+def _health_gate(gate: HealthGate, name: str, kind: str, ctx: DeviceContext, res: DeviceResult,
+                 events: Events) -> None:
+    if not gate.smoke:
         return
+    r = ctx.client.smoke(name, kind=kind, max_tokens=gate.max_tokens)
+    problems = []
+    if gate.max_ttft_ms is not None and r.ttft_s is not None and r.ttft_s * 1000 > gate.max_ttft_ms:
+        problems.append(f"time to first token {r.ttft_s * 1000:.0f} ms > max_ttft_ms {gate.max_ttft_ms:g}")
+    rate = r.tokens_per_s
+    if gate.min_tokens_per_s is not None and (rate is None or rate < gate.min_tokens_per_s):
+        problems.append(f"decode {rate or 0:.1f} tokens/s < min_tokens_per_s {gate.min_tokens_per_s:g}")
+    if problems:
+        raise PlanError(f"device '{ctx.device.name}', deployment '{name}': health gate failed: " + "; ".join(problems),
+                        hint="the smoke request ran on the new artifact; relax rollout.health_gate or pick a "
+                             "smaller quant type (quantization.allow)")
+    detail = f"ttft {r.ttft_s * 1000:.0f} ms, {rate:.1f} tok/s" if r.ttft_s is not None and rate else "ready"
+    events.info(ctx.device.name, f"{name}: health gate passed ({detail})")
+    res.actions.append(f"{name}: health gate passed ({detail})")
+
+
+def _roll_back(name: str, ctx: DeviceContext, res: DeviceResult, events: Events, why: str) -> None:
+    """Return ``name`` on this device to what the agent served before this run (or remove it if it was new)."""
+    before = next((d for d in (ctx.observed.deployments if ctx.observed else []) if d.name == name), None)
+    try:
+        if before is not None and before.active is not None and before.desired is not None:
+            ctx.client.put_deployment(before.desired.model_copy(update={"artifact": before.active}))
+            msg = f"{name}: rolled back to {before.active.digest[:19]} ({why})"
+        else:
+            ctx.client.delete_deployment(name)
+            msg = f"{name}: removed again ({why}; nothing served it before)"
+    except EdgectlError as e:
+        msg = f"{name}: rollback failed: {e.message}"
+        res.error = (res.error + "\n" if res.error else "") + msg
+    events.info(ctx.device.name, msg)
+    res.actions.append(msg)
+
+
+def _apply_deployment(spec: Spec, dp: DevicePlan, dep: DeploymentPlan, ctx: DeviceContext, store: ArtifactStore,
+                      artifacts: dict[str, tuple[BuiltArtifact, bool]], res: DeviceResult, events: Events) -> bool:
+    """Run one deployment's steps on one device; True when it activated something."""
     client = ctx.client
     if client is None:
         raise PlanError(f"device '{dp.device}': no agent to apply to", hint="see the agent's log")
-    for dep in dp.deployments:
-        if not dep.steps or dep.chosen is None:
-            continue
-        rid = recipe_id(dep.chosen.recipe)
-        art, fresh = artifacts[rid] if rid in artifacts else (
-            lookup(dep.chosen.recipe, spec.models[dep.model], store), False)
-        if art is None:  # internal invariant: every planned build ran before devices are touched
-            raise PlanError(f"artifact {rid} is not in the local store", hint="run `edgectl build` and retry")
-        runtime = dep.chosen.runtime
-        version = ctx.facts.runtimes.get(runtime) if ctx.facts is not None else None
-        why = compat.mismatch(art.compat, runtime, version)
-        if why:  # found only now that the artifact exists: refuse before any byte is pushed
-            raise PlanError(f"device '{dp.device}', deployment '{dep.deployment}': {art.format} {art.quant} "
-                            f"cannot be loaded there: {why}", hint="nothing was pushed to this device; "
-                            "`edgectl plan` shows the same check")
-        for step in dep.steps:
-            if step.action == "build":
-                res.actions.append(f"{'built' if fresh else 'found in cache'} {art.format} {art.quant}")
-            elif step.action == "push":
-                events.info(dp.device, f"push {art.digest[:19]} ({art.size_bytes / 1e6:.1f} MB)")
-                client.upload_blobs(store.blobs_of(art),
-                                    progress=lambda d, t, _a=art: events.progress(
-                                        f"push:{dp.device}:{_a.digest}", f"push to {dp.device}", d, t))
-                res.actions.append(f"pushed {art.digest[:19]}")
-            elif step.action == "activate":
-                events.info(dp.device, f"activate {step.deployment} ({art.format} {art.quant})")
-                client.put_deployment(desired_deployment(spec, dp, dep, art, kind=dep.chosen.recipe.kind))
-                res.actions.append(f"activated {step.deployment}")
-    for step in dp.removals:
-        events.info(dp.device, f"remove {step.deployment}")
-        client.delete_deployment(step.deployment)
-        res.actions.append(f"removed {step.deployment}")
+    rid = recipe_id(dep.chosen.recipe)
+    art, fresh = artifacts[rid] if rid in artifacts else (
+        lookup(dep.chosen.recipe, spec.models[dep.model], store), False)
+    if art is None:  # internal invariant: every planned build ran before devices are touched
+        raise PlanError(f"artifact {rid} is not in the local store", hint="run `edgectl build` and retry")
+    runtime = dep.chosen.runtime
+    version = ctx.facts.runtimes.get(runtime) if ctx.facts is not None else None
+    why = compat.mismatch(art.compat, runtime, version)
+    if why:  # found only now that the artifact exists: refuse before any byte is pushed
+        raise PlanError(f"device '{dp.device}', deployment '{dep.deployment}': {art.format} {art.quant} "
+                        f"cannot be loaded there: {why}", hint="nothing was pushed to this device; "
+                        "`edgectl plan` shows the same check")
+    activated = False
+    for step in dep.steps:
+        if step.action == "build":
+            res.actions.append(f"{'built' if fresh else 'found in cache'} {art.format} {art.quant}")
+        elif step.action == "push":
+            events.info(dp.device, f"push {art.digest[:19]} ({art.size_bytes / 1e6:.1f} MB)")
+            client.upload_blobs(store.blobs_of(art),
+                                progress=lambda d, t, _a=art: events.progress(
+                                    f"push:{dp.device}:{_a.digest}", f"push to {dp.device}", d, t))
+            res.actions.append(f"pushed {art.digest[:19]}")
+        elif step.action == "activate":
+            events.info(dp.device, f"activate {step.deployment} ({art.format} {art.quant})")
+            client.put_deployment(desired_deployment(spec, dp, dep, art, kind=dep.chosen.recipe.kind))
+            res.actions.append(f"activated {step.deployment}")
+            activated = True
+    return activated
 
 
 def desired_deployment(spec: Spec, dp: DevicePlan, dep: DeploymentPlan, art: BuiltArtifact, *,
@@ -258,6 +409,74 @@ def desired_deployment(spec: Spec, dp: DevicePlan, dep: DeploymentPlan, art: Bui
         threads=d.threads or dp.threads,
         runtime_options={**(dep.chosen.runtime_options if dep.chosen is not None else {}), **d.runtime_options},
     )
+
+
+def diff(spec: Spec, contexts: dict[str, DeviceContext], p: Plan) -> list[dict]:
+    """Desired (the plan's artifact) against observed (what each agent serves), one row per device and deployment,
+    with what apply would do about it. Drift - an agent serving another digest than the one planned, a deployment
+    failed or changed out of band - is named as such."""
+    rows = []
+    for dp in p.devices:
+        ctx = contexts[dp.device]
+        current = {d.name: d for d in (ctx.observed.deployments if ctx.observed else [])}
+        for dep in dp.deployments:
+            cur = current.get(dep.deployment)
+            want = f"{dep.chosen.recipe.format} {dep.chosen.recipe.quant}" if dep.chosen else "(does not fit)"
+            have = (f"{cur.active.format} {cur.active.quant} {cur.active.digest[7:19]}" if cur and cur.active
+                    else "-") + (f" [{cur.state}]" if cur else "")
+            actions = [s.action for s in dep.steps]
+            if ctx.error:
+                status = "unreachable"
+            elif dep.chosen is None:
+                status = "unfit"
+            elif not actions:
+                status = "in sync"
+            elif cur is None or cur.active is None:
+                status = "not deployed"
+            elif actions == ["activate"] and dep.steps[0].detail.startswith("reload"):
+                status = "drift: " + dep.steps[0].detail  # same artifact, other settings
+            else:
+                status = "drift: serves another artifact" if cur.state == "serving" else f"drift: {cur.state}"
+            rows.append({"device": dp.device, "deployment": dep.deployment, "desired": want, "observed": have,
+                         "status": status, "steps": actions})
+        for step in dp.removals:
+            cur = current.get(step.deployment)
+            have = f"{cur.active.format} {cur.active.quant} {cur.active.digest[7:19]}" if cur and cur.active else "-"
+            rows.append({"device": dp.device, "deployment": step.deployment, "desired": "(not selected)",
+                         "observed": have, "status": "not desired", "steps": ["remove"]})
+    return rows
+
+
+def rollback(spec: Spec, deployment: str, *, device_names: Iterable[str] | None = None,
+             events: Events | None = None, record: RunRecord | None = None) -> list[DeviceResult]:
+    """Return ``deployment`` to the artifact each device served before its current one (the agent keeps it)."""
+    events = _Recorded(events or Events(), record)
+    if deployment not in spec.deployments:
+        raise NotFoundError(f"no deployment named '{deployment}' in the manifests",
+                            hint="known deployments: " + (", ".join(sorted(spec.deployments)) or "(none)"))
+    selector = spec.deployments[deployment].spec.selector
+    devices = [d for d in select_devices(spec, device_names) if device_names or selects(selector, d)]
+    results = []
+    for name, ctx in observe(devices, start_agents=False).items():
+        res = DeviceResult(name, endpoint=_endpoint(ctx))
+        results.append(res)
+        cur = next((d for d in (ctx.observed.deployments if ctx.observed else []) if d.name == deployment), None)
+        if ctx.error or ctx.client is None:
+            res.error = ctx.error or f"device '{name}': no agent answers"
+        elif cur is None or cur.desired is None:
+            res.error = f"device '{name}': '{deployment}' is not deployed there"
+        elif cur.previous is None:
+            res.error = f"device '{name}': '{deployment}' has no previous artifact to return to"
+        else:
+            try:
+                ctx.client.put_deployment(cur.desired.model_copy(update={"artifact": cur.previous}))
+                msg = f"{deployment}: rolled back {cur.active.digest[7:19] if cur.active else '-'} → " \
+                      f"{cur.previous.digest[7:19]} ({cur.previous.format} {cur.previous.quant})"
+                events.info(name, msg)
+                res.actions.append(msg)
+            except EdgectlError as e:
+                res.error = str(e)
+    return results
 
 
 def _endpoint(ctx: DeviceContext) -> str | None:

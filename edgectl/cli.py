@@ -145,29 +145,129 @@ def build_cmd(paths: List[Path] = PathsArg, device: Optional[List[str]] = Device
 @app.command("apply")
 def apply_cmd(paths: List[Path] = PathsArg, device: Optional[List[str]] = DeviceOpt,
               skip_unfit: bool = typer.Option(False, "--skip-unfit",
-                                              help="Deploy to the devices that fit; leave unfit ones untouched.")) -> None:
-    """Make the devices match the manifests: plan, build, push, activate, remove. Idempotent."""
+                                              help="Deploy to the devices that fit; leave unfit ones untouched."),
+              parallel: int = typer.Option(8, "--parallel", min=1, max=256,
+                                           help="Devices of a wave worked on at once.")) -> None:
+    """Make the devices match the manifests: plan, build, then each deployment's rollout (waves, health gate,
+    rollback), remove. Idempotent. Writes a run record (`edgectl runs`)."""
     from edgectl.apply import apply
+    from edgectl.runs import RunRecord
 
     spec = _load(paths)
-    with RichEvents() as events:
-        result = apply(spec, store=_store(), device_names=device, skip_unfit=skip_unfit, events=events)
-    if not result.changed and not result.failed:
+    record = RunRecord("apply", [str(p) for p in paths])
+    try:
+        with RichEvents() as events:
+            result = apply(spec, store=_store(), device_names=device, skip_unfit=skip_unfit, events=events,
+                           parallel=parallel, record=record)
+    except EdgectlError as e:
+        record.data["error"] = str(e)
+        record.finish("error")
+        raise
+    record.finish("ok" if result.ok else "halted" if result.halted else "failed", plan=result.plan.to_dict(),
+                  devices=[vars(r) for r in result.devices])
+    if not result.changed and result.ok:
         out.print("[green]no changes[/green]: every device already serves what the manifests ask for")
     for r in result.devices:
         if r.error:
             err.print(f"[red]{r.device}: failed[/red]\n{r.error}")
-        elif r.actions:
-            out.print(f"[green]{r.device}[/green]: " + ", ".join(r.actions))
+        if r.actions:
+            out.print(f"[{'yellow' if r.error else 'green'}]{r.device}[/]: " + ", ".join(r.actions))
+    for why in result.halted:
+        err.print(f"[red]rollout halted[/red]: {why}")
     for r in result.devices:
-        if r.serving and r.endpoint:
+        if r.serving and r.endpoint and not r.error:
             for name in r.serving:
                 out.print(f"\n[bold]{name}[/bold] is serving on [bold]{r.device}[/bold] at [cyan]{r.endpoint}[/cyan]")
                 out.print("Try it:\n"
                           f"  curl -s {r.endpoint}/chat/completions -H 'Content-Type: application/json' \\\n"
                           f"    -d '{{\"model\": \"{name}\", \"messages\": [{{\"role\": \"user\", "
                           f"\"content\": \"What is the capital of France?\"}}]}}'", soft_wrap=True)
-    if result.failed:
+    if result.changed or not result.ok:
+        err.print(f"[dim]run record: {record.id} (edgectl runs {record.id})[/dim]")
+    if not result.ok:
+        raise typer.Exit(1)
+
+
+@app.command()
+def runs(run_id: Optional[str] = typer.Argument(None, help="Show this run (an id, a unique prefix, or 'last')."),
+         as_json: bool = JsonOpt) -> None:
+    """List past apply/rollback runs, newest first, or show one: plan, waves, per-device results and events."""
+    from edgectl.runs import list_runs, load_run
+
+    if run_id is None:
+        records = list_runs()
+        if as_json:
+            sys.stdout.write(json.dumps(records, indent=2) + "\n")
+            return
+        table = Table("run", "command", "started", "outcome", "changed", "failed")
+        for r in records:
+            devs = r.get("devices") or []
+            color = {"ok": "green", "halted": "red", "failed": "red"}.get(r.get("outcome"), "yellow")
+            table.add_row(r["id"], r.get("command", "?"), r.get("started_at", "?")[:19],
+                          f"[{color}]{r.get('outcome')}[/]", str(sum(1 for d in devs if d.get("actions"))),
+                          str(sum(1 for d in devs if d.get("error"))))
+        out.print(table if records else "no runs recorded yet (edgectl apply writes one)")
+        return
+    r = load_run(run_id)
+    if as_json:
+        sys.stdout.write(json.dumps(r, indent=2) + "\n")
+        return
+    out.print(f"[bold]{r['id']}[/bold]  {r.get('command')}  {' '.join(r.get('manifests') or [])}  "
+              f"outcome [bold]{r.get('outcome')}[/bold]  {r.get('started_at', '')[:19]} → "
+              f"{(r.get('finished_at') or '')[:19]}")
+    for w in r.get("waves", []):
+        out.print(f"  {w['deployment']} wave {w['index'] + 1}{' (canary)' if w.get('canary') else ''}: "
+                  f"{', '.join(w['devices'])} → {w.get('outcome')}")
+    for d in r.get("devices") or []:
+        out.print(f"  {d['device']}: " + (", ".join(d.get("actions") or []) or "no changes")
+                  + (f"  [red]error:[/red] {d['error']}" if d.get("error") else ""))
+    for e in r.get("events", []):
+        out.print(f"  [dim]{e['t'][11:19]} {e['device'] + ': ' if e.get('device') else ''}{e['message']}[/dim]")
+
+
+@app.command()
+def diff(paths: List[Path] = PathsArg, device: Optional[List[str]] = DeviceOpt, as_json: bool = JsonOpt) -> None:
+    """Desired vs observed per device and deployment: in sync, not deployed, drift (another artifact served,
+    failed, settings changed out of band), not desired. Exit code 1 when anything differs."""
+    from edgectl.apply import diff as diff_rows, make_plan, observe, select_devices
+
+    spec = _load(paths)
+    contexts = observe(select_devices(spec, device), start_agents=False)
+    rows = diff_rows(spec, contexts, make_plan(spec, contexts, _store()))
+    if as_json:
+        sys.stdout.write(json.dumps(rows, indent=2) + "\n")
+    else:
+        table = Table("device", "deployment", "desired", "observed", "status")
+        for r in rows:
+            color = "green" if r["status"] == "in sync" else "red" if r["status"].startswith(("drift", "unfit")) \
+                else "yellow"
+            table.add_row(r["device"], r["deployment"], r["desired"], r["observed"], f"[{color}]{r['status']}[/]")
+        out.print(table)
+    if any(r["status"] != "in sync" for r in rows):
+        raise typer.Exit(1)
+
+
+@app.command()
+def rollback(deployment: str = typer.Argument(..., help="The Deployment to roll back."),
+             paths: List[Path] = PathsArg,
+             device: Optional[List[str]] = DeviceOpt) -> None:
+    """Return DEPLOYMENT to the artifact each device served before (the agent keeps it on disk). The next apply
+    re-deploys what the manifests ask for: change them first to stay on the old artifact."""
+    from edgectl.apply import rollback as do_rollback
+    from edgectl.runs import RunRecord
+
+    spec = _load(paths)
+    record = RunRecord("rollback", [str(p) for p in paths])
+    with RichEvents() as events:
+        results = do_rollback(spec, deployment, device_names=device, events=events, record=record)
+    failed = [r for r in results if r.error]
+    record.finish("ok" if not failed else "failed", devices=[vars(r) for r in results])
+    for r in results:
+        if r.error:
+            err.print(f"[red]{r.device}[/red]: {r.error}")
+        else:
+            out.print(f"[green]{r.device}[/green]: " + ", ".join(r.actions))
+    if failed or not results:
         raise typer.Exit(1)
 
 
@@ -258,7 +358,7 @@ class RichEvents:
 
 def main() -> None:
     try:
-        app(standalone_mode=False)
+        rc = app(standalone_mode=False)  # click returns (not raises) the code of typer.Exit in this mode
     except EdgectlError as e:
         if os.environ.get("EDGECTL_DEBUG") == "1":
             raise
@@ -275,6 +375,8 @@ def main() -> None:
         if isinstance(e, click.exceptions.Abort):
             sys.exit(130)
         raise
+    if isinstance(rc, int) and rc:
+        sys.exit(rc)
 
 
 def _print_error(e: EdgectlError) -> None:

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from edgectl_agent.api import ArtifactFormat
-from pydantic import Field, ValidationInfo, field_validator, model_validator
+from pydantic import Field, StringConstraints, ValidationInfo, field_validator, model_validator
 
 from edgectl.spec.common import Frozen, LabelValue, Metadata, Name
 
@@ -43,6 +43,48 @@ class Quantization(Frozen):
         return allow
 
 
+# A device count, or a share of the selected devices: 3 or "25%".
+Count = Annotated[int, Field(ge=0)] | Annotated[str, StringConstraints(pattern=r"^(100|[1-9]?[0-9])%$")]
+
+
+def resolve_count(value: int | str, total: int, *, at_least: int = 0) -> int:
+    """A Count against ``total`` devices: percentages round down (as max_unavailable does in Kubernetes), but
+    never below ``at_least``."""
+    n = value if isinstance(value, int) else total * int(value[:-1]) // 100
+    return max(at_least, min(n, total) if isinstance(value, str) else n)
+
+
+class HealthGate(Frozen):
+    smoke: bool = Field(default=True, description="Send a real request after activation: a short chat completion "
+                                                  "for an LLM (streamed, so time to first token is measured), a "
+                                                  "readiness check for a tensor model.")
+    max_ttft_ms: float | None = Field(default=None, gt=0, description="Fail the gate when the smoke request's time "
+                                                                      "to first token exceeds this.")
+    min_tokens_per_s: float | None = Field(default=None, gt=0, description="Fail the gate when the smoke request "
+                                                                           "decodes slower than this.")
+    max_tokens: int = Field(default=8, ge=1, le=256, description="Tokens the smoke request generates.")
+
+
+class Rollout(Frozen):
+    strategy: Literal["all-at-once", "rolling", "canary"] = Field(
+        default="all-at-once", description="all-at-once: every device in one wave; rolling: waves of wave_size; "
+                                           "canary: first `canary` devices alone, then waves of wave_size.")
+    wave_size: Count = Field(default="25%", description="Devices per wave (rolling, and canary after the canary "
+                                                        "wave): a number or a share like \"25%\" (at least 1).")
+    canary: int = Field(default=1, ge=1, description="Devices in the canary wave.")
+    max_unavailable: Count = Field(default="100%", description="How many selected devices may be unreachable before "
+                                                               "the rollout halts (unreachable devices are skipped "
+                                                               "and reported).")
+    max_failure: Count = Field(default=0, description="How many devices (or what share of those tried so far) may "
+                                                      "fail activation or the health gate before the rollout halts: "
+                                                      "then the failing wave is rolled back and later waves are "
+                                                      "not started.")
+    health_gate: HealthGate = Field(default_factory=lambda: HealthGate(), description="Checked on every device "
+                                                                                      "after activation.")
+    rollback: bool = Field(default=True, description="Return a failed device (and a halted wave) to the artifact it "
+                                                     "served before.")
+
+
 class DeploymentSpec(Frozen):
     model: Name = Field(description="Catalog model name (a Model document or a built-in catalog entry).")
     selector: Selector = Field(description="Which devices run this deployment.")
@@ -52,7 +94,8 @@ class DeploymentSpec(Frozen):
     threads: int | None = Field(default=None, gt=0, description="Inference threads; default: the device profile's.")
     runtime_options: dict[str, Any] = Field(default_factory=dict,
                                             description="Extra options passed to the runtime (e.g. n_batch for llama.cpp).")
-    strategy: Literal["all-at-once"] = Field(default="all-at-once", description="Rollout strategy.")
+    rollout: Rollout = Field(default_factory=lambda: Rollout(),
+                             description="How the change reaches the selected devices: waves, health gate, rollback.")
 
 
 class Deployment(Frozen):

@@ -113,9 +113,9 @@ def test_unknown_key_belonging_one_level_down_says_where() -> None:
 
 
 def test_unknown_key_without_close_match_lists_allowed_keys() -> None:
-    write("deploy.yaml", DEPLOYMENT + "  colour: blue\n")
+    write("deploy.yaml", DEPLOYMENT + "  zebra: blue\n")
     [err] = errors_of("deploy.yaml")
-    assert err.startswith("deploy.yaml:9:3: spec.colour: unknown field\n  hint: allowed keys here: context_length, model,")
+    assert err.startswith("deploy.yaml:9:3: spec.zebra: unknown field\n  hint: allowed keys here: context_length, model,")
 
 
 def test_wrong_type_points_at_the_value() -> None:

@@ -1,0 +1,40 @@
+"""Rollout waves and counts (the orchestration itself runs for real in tests/integration/test_rollout_local.py)."""
+
+from __future__ import annotations
+
+import pytest
+from pydantic import ValidationError
+
+from edgectl.apply import waves
+from edgectl.spec.deployment import Rollout, resolve_count
+
+DEVICES = [f"d{i:02d}" for i in range(10)]
+
+
+def test_all_at_once_is_one_wave() -> None:
+    assert waves(Rollout(), DEVICES) == [DEVICES]
+    assert waves(Rollout(), []) == []
+
+
+def test_rolling_waves_of_a_share_or_a_count() -> None:
+    assert [len(w) for w in waves(Rollout(strategy="rolling", wave_size="25%"), DEVICES)] == [2, 2, 2, 2, 2]
+    assert [len(w) for w in waves(Rollout(strategy="rolling", wave_size=4), DEVICES)] == [4, 4, 2]
+    assert [len(w) for w in waves(Rollout(strategy="rolling", wave_size="1%"), DEVICES)] == [1] * 10  # at least 1
+
+
+def test_canary_goes_first_alone() -> None:
+    w = waves(Rollout(strategy="canary", canary=2, wave_size="50%"), DEVICES)
+    assert w[0] == ["d00", "d01"] and [len(x) for x in w[1:]] == [5, 3]  # shares are of all selected devices
+    assert sum(w, []) == DEVICES
+
+
+def test_counts() -> None:
+    assert resolve_count("25%", 10) == 2 and resolve_count("100%", 3) == 3 and resolve_count(0, 5) == 0
+    assert resolve_count("10%", 5) == 0 and resolve_count("10%", 5, at_least=1) == 1
+    assert resolve_count(7, 5) == 7  # an absolute count is not capped: "7 may fail" of 5 means never halt
+
+
+@pytest.mark.parametrize("bad", ["101%", "5 %", "-1", "x"])
+def test_bad_shares_are_rejected(bad: str) -> None:
+    with pytest.raises(ValidationError):
+        Rollout(wave_size=bad)
