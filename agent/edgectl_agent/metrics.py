@@ -83,6 +83,10 @@ class AgentMetrics:
             {"model": artifact.model, "format": artifact.format, "quant": artifact.quant, "digest": artifact.digest})
 
     def set_phase(self, deployment: str, phase: str) -> None:
+        # Lifecycle counters exist at 0 from the deployment's first phase: Prometheus' increase() cannot see a
+        # counter's first increment when the series appears with it (a first rollback would never alert).
+        for counter in (self.swaps, self.failed_activations, self.rollbacks):
+            counter.labels(deployment=deployment)
         self.serving.labels(deployment=deployment).set(1 if phase == "serving" else 0)
         for p in PHASES:
             self.state.labels(deployment=deployment, state=p).set(1 if p == phase else 0)

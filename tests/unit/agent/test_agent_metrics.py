@@ -34,7 +34,8 @@ def test_lifecycle_metrics_swaps_rollbacks_state_and_backend(agent):
     agent.activate("chat", agent.B)
     s = scrape(agent)
     assert value(s, "edgectl_agent_swaps_total", deployment="chat") == 1
-    assert "edgectl_agent_rollbacks_total" not in s  # a swap forward is not a rollback
+    assert value(s, "edgectl_agent_rollbacks_total", deployment="chat") == 0  # a swap forward is not a rollback
+    assert value(s, "edgectl_agent_failed_activations_total", deployment="chat") == 0  # at 0, so increase() sees 1
     agent.activate("chat", agent.A)  # A is B's previous: the control plane rolls back
     s = scrape(agent)
     assert value(s, "edgectl_agent_swaps_total", deployment="chat") == 2
