@@ -80,6 +80,11 @@ class AgentClient:
     def state(self) -> AgentState:
         return AgentState.model_validate(self._request("GET", f"{CONTROL_PREFIX}/state").json())
 
+    def metrics(self, *, timeout: float | None = None) -> str:
+        """The agent's /metrics in the Prometheus text format."""
+        kw = {} if timeout is None else {"timeout": timeout}
+        return self._request("GET", "/metrics", **kw).text
+
     def upload_status(self, digest: str) -> UploadStatus:
         return UploadStatus.model_validate(self._request("GET", f"{CONTROL_PREFIX}/artifacts/{digest}").json())
 

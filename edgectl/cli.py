@@ -272,30 +272,133 @@ def rollback(deployment: str = typer.Argument(..., help="The Deployment to roll 
 
 
 @app.command()
-def status(paths: List[Path] = PathsArg, device: Optional[List[str]] = DeviceOpt, as_json: bool = JsonOpt) -> None:
-    """Show each device: reachable, deployments, artifact (format, quant, digest), state, since, endpoint, error."""
+def status(paths: List[Path] = PathsArg, device: Optional[List[str]] = DeviceOpt, as_json: bool = JsonOpt,
+           watch: Optional[float] = typer.Option(None, "--watch", "-w", min=0.5, metavar="SECONDS",
+                                                 help="Refresh every SECONDS; figures then cover each interval.")
+           ) -> None:
+    """Per device: reachable, deployment, artifact, state, tokens/s, p50/p95 latency, error rate, RAM used vs
+    budget, disk free, drift (what `edgectl apply` would change)."""
     from edgectl.apply import select_devices
     from edgectl.observe import collect_status
 
     spec = _load(paths)
-    statuses = collect_status(spec, select_devices(spec, device))
-    if as_json:
-        sys.stdout.write(json.dumps([s.to_dict() for s in statuses], indent=2) + "\n")
+    devices = select_devices(spec, device)
+    store = _store()
+    if watch is None:
+        statuses = collect_status(spec, devices, store=store)
+        if as_json:
+            sys.stdout.write(json.dumps([s.to_dict() for s in statuses], indent=2) + "\n")
+        else:
+            out.print(status_table(statuses))
         return
-    table = Table("device", "deployment", "artifact", "state", "since", "endpoint", "last error")
+    import time
+
+    from rich.live import Live
+
+    previous = None
+    with Live(console=out, auto_refresh=False) as live:
+        try:
+            while True:
+                statuses = collect_status(spec, devices, store=store, previous=previous)
+                previous = {s.device: s for s in statuses}
+                live.update(status_table(statuses, window=watch), refresh=True)
+                time.sleep(watch)
+        except KeyboardInterrupt:
+            pass
+
+
+def status_table(statuses, *, window: float | None = None) -> Table:
+    title = f"figures over the last {window:g} s (lifetime when idle)" if window else "figures since agent start"
+    table = Table("device", "deployment", "artifact", "state", "tok/s", "p50 / p95", "errors", "RAM used / budget",
+                  "disk free", "drift", title=title, title_justify="left")
     now = datetime.now(timezone.utc)
     for s in statuses:
+        m = s.metrics
+        ram = f"{_gib(m.rss_bytes if m else None)} / {_gib(s.budget_bytes)}"
+        lat = f"{_secs(m.p50_s)} / {_secs(m.p95_s)}" if m and m.p50_s is not None else "-"
+        errors = f"{m.error_rate:.1%} of {m.requests:.0f}" if m and m.error_rate is not None else "-"
+        disk = _gib(m.disk_free_bytes) if m else "-"
+        drift = "[green]none[/green]" if s.plan_status == "ok" and not s.drift else \
+            f"[yellow]{_drift(s.drift)}[/yellow]" if s.drift else (s.plan_status or "-")
+        device = s.device if s.reachable else f"{s.device}\n[red]unreachable[/red]"
         if not s.deployments:
-            table.add_row(s.device, ", ".join(s.desired) or "-", "-",
-                          "[red]unreachable[/red]" if not s.reachable else "-", "-", s.endpoint or "-",
-                          s.error or "-")
-        for d in s.deployments:
+            why = (s.error or "-").splitlines()[0]
+            table.add_row(device, ", ".join(s.desired) or "-", "-", "-" if s.reachable else why, "-",
+                          lat, errors, ram, disk, drift)
+        for i, d in enumerate(s.deployments):
             a = d.active
             art = f"{a.format} {a.quant} {a.digest[7:19]}" if a else "-"
             color = {"serving": "green", "failed": "red"}.get(d.state, "yellow")
-            table.add_row(s.device, d.name, art, f"[{color}]{d.state}[/]", _ago(now, d.since),
-                          s.endpoint or "-", d.last_error or "-")
-    out.print(table)
+            state = f"[{color}]{d.state}[/] {_ago(now, d.since)}" + (f"\n{d.last_error}" if d.last_error else "")
+            tps = m.tokens_per_s.get(d.name) if m else None
+            first = i == 0  # device-wide figures once per device
+            table.add_row(device if first else "", d.name, art, state, "-" if tps is None else f"{tps:.1f}",
+                          lat if first else "", errors if first else "", ram if first else "",
+                          disk if first else "", drift if first else "")
+    return table
+
+
+def _drift(steps: list[dict]) -> str:
+    """apply's steps, one line per deployment: 'chat: build, push, activate' (--json has the details)."""
+    by_dep: dict[str, list[str]] = {}
+    for step in steps:
+        by_dep.setdefault(step["deployment"], []).append(step["action"])
+    return "\n".join(f"{dep}: {', '.join(actions)}" if dep else ", ".join(actions) for dep, actions in by_dep.items())
+
+
+def _secs(s: float | None) -> str:
+    return "-" if s is None else f"{s * 1000:.0f} ms" if s < 1 else f"{s:.2f} s"
+
+
+metrics_app = typer.Typer(no_args_is_help=True, help="The fleet's metrics for Prometheus.")
+app.add_typer(metrics_app, name="metrics")
+prometheus_app = typer.Typer(no_args_is_help=True, help="Prometheus configuration for the fleet.")
+app.add_typer(prometheus_app, name="prometheus")
+
+
+@metrics_app.command("serve")
+def metrics_serve(paths: List[Path] = PathsArg, device: Optional[List[str]] = DeviceOpt,
+                  host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on."),
+                  port: int = typer.Option(9464, "--port", help="Port to listen on."),
+                  timeout: float = typer.Option(5.0, "--timeout", min=0.1,
+                                                help="Seconds a scrape of all devices may take; a device slower "
+                                                     "than this reads edgectl_device_up 0.")) -> None:
+    """Serve every device's agent metrics on one Prometheus endpoint (/metrics), read through each device's
+    transport, with device/profile/deployment/model/format/quant labels and edgectl_device_up per device."""
+    from edgectl.apply import select_devices
+    from edgectl.collector import FleetCollector, make_server
+
+    spec = _load(paths)
+    collector = FleetCollector(select_devices(spec, device), timeout=timeout)
+    server = make_server(collector, host, port)
+    err.print(f"serving the metrics of {len(collector.devices)} device(s) on http://{host}:{server.server_port}"
+              "/metrics")
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
+        collector.close()
+
+
+@prometheus_app.command("targets")
+def prometheus_targets(paths: List[Path] = PathsArg, device: Optional[List[str]] = DeviceOpt,
+                       write: Optional[Path] = typer.Option(None, "--write", help="Write to this file (atomically, "
+                                                            "as Prometheus' file_sd wants) instead of stdout.")
+                       ) -> None:
+    """Print file_sd targets for Prometheus to scrape the agents directly (agents that listen beyond loopback)."""
+    from edgectl.apply import select_devices
+    from edgectl.collector import targets_json
+
+    text = targets_json(select_devices(_load(paths), device))
+    if write is None:
+        sys.stdout.write(text)
+        return
+    tmp = write.with_name(write.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, write)
+    err.print(f"wrote {write}")
 
 
 @app.command()

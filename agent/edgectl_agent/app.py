@@ -46,11 +46,12 @@ def create_app(settings: AgentSettings, runtimes: dict[str, Runtime] | None = No
     store = ArtifactStore(settings.root)
     state_file = StateFile(settings.root)
     state_file.load()  # fail now, with a hint, on a corrupt state file
-    agent_metrics = AgentMetrics()
+    agent_metrics = AgentMetrics(store_root=settings.root)
     agent = Agent(settings=settings, token=ensure_token(settings.token_path), store=store,
                   deployments=Deployments(settings, store, state_file,
                                           default_runtimes() if runtimes is None else runtimes, agent_metrics),
                   metrics=agent_metrics)
+    agent_metrics.live.backends = agent.deployments.backends
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

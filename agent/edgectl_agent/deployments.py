@@ -70,6 +70,15 @@ class Deployments:
     def snapshot(self) -> list[DeploymentState]:
         return [self.states[n] for n in sorted(self.states)]
 
+    def backends(self) -> list[tuple[str, str, bool]]:
+        """(deployment, runtime, a loaded model answers) for every deployment: what backend_up reports."""
+        out = []
+        for name in sorted(self.states):
+            serving = self.serving.get(name)
+            desired = serving.desired if serving else self.states[name].desired
+            out.append((name, desired.runtime if desired else "none", serving is not None))
+        return out
+
     def not_ready(self) -> list[str]:
         """Why the device does not serve everything desired; empty = ready."""
         reasons = []
@@ -89,7 +98,7 @@ class Deployments:
                 changes.setdefault("since", _now())
             state = old.model_copy(update=changes)
         self.states[name] = state
-        self.metrics.serving.labels(deployment=name).set(1 if state.state == "serving" else 0)
+        self.metrics.set_phase(name, state.state)
         return state
 
     async def _persist(self) -> None:
@@ -189,11 +198,14 @@ class Deployments:
             if old_active is not None and old_active.digest != new_active.digest:
                 new_previous = old_active
                 self.metrics.swaps.labels(deployment=name).inc()
+                if old_previous is not None and old_previous.digest == new_active.digest:
+                    self.metrics.rollbacks.labels(deployment=name).inc()  # back to the artifact kept for this
             else:
                 new_previous = old_previous
             result = self._set(name, state="serving", active=new_active, previous=new_previous, last_error=None,
                                since=_now())
             self.metrics.set_active(name, new_active)
+            self.metrics.last_deploy.labels(deployment=name).set(time.time())
             await self._persist()
             if current is not None:
                 await anyio.to_thread.run_sync(current.model.close)
@@ -280,6 +292,7 @@ class Deployments:
                 phase = "serving" if wanted and s.last_error is None else "failed"
                 self._set(s.name, state=phase, last_error=None if phase == "serving" else s.last_error)
             else:
+                self.metrics.rollbacks.labels(deployment=s.name).inc()
                 self._set(s.name, state="failed", active=ref, previous=None,
                           last_error=f"at start, fell back to the previous artifact: {'; '.join(errors)}")
             log.info("deployment %s: recovered, serving %s", s.name, ref.digest)

@@ -1,39 +1,60 @@
 """Prometheus metrics, in a registry per app (no process globals), and the ``/metrics`` router.
 
 Labels are bounded: endpoint = the route template (or "unmatched"), status = HTTP code, deployment = a name the
-control plane created. Nothing taken from a request body or URL ever becomes a label value.
+control plane created, state = one of four phases, runtime = a runtime name. Nothing taken from a request body or
+URL ever becomes a label value. Latency histograms are kept for the serving endpoints (/v1, /v2) only, so one
+device stays well under 500 series.
+
+Values that describe the present (backend up, disk free, process RSS/CPU) are read when /metrics is scraped, so
+they are never stale; none of them waits for a model: /metrics answers while one generates.
 """
 
 from __future__ import annotations
 
+import shutil
 import time
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
 
 from fastapi import APIRouter, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, Info, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from edgectl_agent.api import ArtifactRef
+from edgectl_agent import __version__
+from edgectl_agent.api import ArtifactRef, DeploymentPhase
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 TTFT_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30)
+PHASES: tuple[DeploymentPhase, ...] = ("loading", "serving", "failed")  # "removed" deployments are forgotten
+TIMED_PREFIXES = ("/v1/", "/v2/")  # endpoints whose latency is a histogram (serving traffic)
 
 
 class AgentMetrics:
-    def __init__(self) -> None:
+    """Every metric one agent exports. ``store_root``: the filesystem whose free space is reported."""
+
+    def __init__(self, store_root: Path | None = None) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
-        self.requests = Counter("edgectl_agent_requests", "HTTP requests answered.", ["endpoint", "status"],
-                                registry=r)
+        self.requests = Counter("edgectl_agent_requests", "HTTP requests answered, by route template and status.",
+                                ["endpoint", "status"], registry=r)
         self.latency = Histogram("edgectl_agent_request_duration_seconds",
-                                 "Time from request to the end of the response body.", ["endpoint"],
-                                 buckets=LATENCY_BUCKETS, registry=r)
+                                 "Time from request to the end of the response body (serving endpoints /v1, /v2).",
+                                 ["endpoint"], buckets=LATENCY_BUCKETS, registry=r)
         self.ttft = Histogram("edgectl_agent_time_to_first_token_seconds",
                               "Time from request to the first generated token (streaming).", ["deployment"],
                               buckets=TTFT_BUCKETS, registry=r)
-        self.prompt_tokens = Counter("edgectl_agent_prompt_tokens", "Prompt tokens processed.", ["deployment"],
-                                     registry=r)
+        self.prompt_tokens = Counter("edgectl_agent_prompt_tokens", "Prompt tokens processed (requests that report "
+                                     "usage: non-streaming ones).", ["deployment"], registry=r)
         self.completion_tokens = Counter("edgectl_agent_completion_tokens", "Tokens generated.", ["deployment"],
                                          registry=r)
+        self.decode_seconds = Counter("edgectl_agent_decode_seconds",
+                                      "Seconds spent generating: streaming from the first token to the last, "
+                                      "non-streaming the whole call. rate(completion_tokens)/rate(this) = tokens/s.",
+                                      ["deployment"], registry=r)
+        self.decode_rate = Gauge("edgectl_agent_decode_tokens_per_second",
+                                 "Decode speed (tokens/s) of the last request that decoded two tokens or more.",
+                                 ["deployment"], registry=r)
         self.load_seconds = Gauge("edgectl_agent_model_load_seconds",
                                   "Seconds the last successful load of the deployment's artifact took.",
                                   ["deployment"], registry=r)
@@ -44,19 +65,125 @@ class AgentMetrics:
         self.failed_activations = Counter("edgectl_agent_failed_activations",
                                           "Activations that failed to load or pass the smoke inference.",
                                           ["deployment"], registry=r)
+        self.rollbacks = Counter("edgectl_agent_rollbacks",
+                                 "Switches back to the previous artifact: asked by the control plane, or at start "
+                                 "when the active artifact would not load.", ["deployment"], registry=r)
+        self.last_deploy = Gauge("edgectl_agent_last_successful_deploy_timestamp_seconds",
+                                 "Unix time of the deployment's last successful activation.", ["deployment"],
+                                 registry=r)
         self.serving = Gauge("edgectl_agent_deployment_serving", "1 when the deployment serves its desired "
                              "artifact, else 0.", ["deployment"], registry=r)
+        self.state = Gauge("edgectl_agent_deployment_state", "1 for the phase the deployment is in, 0 for the "
+                           "others.", ["deployment", "state"], registry=r)
+        self.live = LiveCollector(store_root)
+        r.register(self.live)
 
     def set_active(self, deployment: str, artifact: ArtifactRef) -> None:
         self.active_artifact.labels(deployment=deployment).info(
             {"model": artifact.model, "format": artifact.format, "quant": artifact.quant, "digest": artifact.digest})
 
+    def set_phase(self, deployment: str, phase: str) -> None:
+        # Lifecycle counters exist at 0 from the deployment's first phase: Prometheus' increase() cannot see a
+        # counter's first increment when the series appears with it (a first rollback would never alert).
+        for counter in (self.swaps, self.failed_activations, self.rollbacks):
+            counter.labels(deployment=deployment)
+        self.serving.labels(deployment=deployment).set(1 if phase == "serving" else 0)
+        for p in PHASES:
+            self.state.labels(deployment=deployment, state=p).set(1 if p == phase else 0)
+
+    def note_generation(self, deployment: str, tokens: int, seconds: float, *, decode_tokens: int) -> None:
+        """Tokens generated by one request in ``seconds``; ``decode_tokens`` of them after the clock started."""
+        self.completion_tokens.labels(deployment=deployment).inc(tokens)
+        if seconds > 0:
+            self.decode_seconds.labels(deployment=deployment).inc(seconds)
+            if decode_tokens >= 2:
+                self.decode_rate.labels(deployment=deployment).set(decode_tokens / seconds)
+
     def forget(self, deployment: str) -> None:
-        for metric in (self.active_artifact, self.serving, self.load_seconds):
+        for metric in (self.active_artifact, self.serving, self.load_seconds, self.decode_rate, self.last_deploy):
             try:
                 metric.remove(deployment)
             except KeyError:
                 pass
+        for p in PHASES:
+            try:
+                self.state.remove(deployment, p)
+            except KeyError:
+                pass
+
+    def exposition(self) -> bytes:
+        """The text format, without the ``*_created`` series (one per counter/histogram child: they would double
+        the series count and no query here needs them)."""
+        return generate_latest(_WithoutCreated(self.registry))
+
+
+class LiveCollector:
+    """Values read at scrape time: agent info, backend up per deployment, process RSS/CPU, store disk space."""
+
+    def __init__(self, store_root: Path | None) -> None:
+        self.store_root = store_root
+        self.backends: Callable[[], Iterable[tuple[str, str, bool]]] = lambda: ()
+        self._process = None
+
+    def describe(self) -> list[Metric]:
+        return []  # collected live; nothing to check for duplicates at registration
+
+    def collect(self) -> Iterator[Metric]:
+        info = GaugeMetricFamily("edgectl_agent_build_info", "edgectl-agent version (always 1).", labels=["version"])
+        info.add_metric([__version__], 1)
+        yield info
+        up = GaugeMetricFamily("edgectl_agent_backend_up", "1 while a loaded model answers for the deployment "
+                               "(its runtime is up), else 0.", labels=["deployment", "runtime"])
+        for deployment, runtime, loaded in self.backends():
+            up.add_metric([deployment, runtime], 1 if loaded else 0)
+        yield up
+        yield from self._process_metrics()
+        if self.store_root is not None:
+            try:
+                usage = shutil.disk_usage(self.store_root)
+            except OSError:
+                return
+            free = GaugeMetricFamily("edgectl_agent_store_disk_free_bytes",
+                                     "Free bytes on the filesystem of the artifact store.")
+            free.add_metric([], usage.free)
+            yield free
+            total = GaugeMetricFamily("edgectl_agent_store_disk_total_bytes",
+                                      "Size of the filesystem of the artifact store.")
+            total.add_metric([], usage.total)
+            yield total
+
+    def _process_metrics(self) -> Iterator[Metric]:
+        # psutil rather than prometheus_client's ProcessCollector: that one reads /proc, so it is empty on macOS.
+        import psutil
+
+        if self._process is None:
+            self._process = psutil.Process()
+        p = self._process
+        try:
+            with p.oneshot():
+                rss, cpu, started = p.memory_info().rss, p.cpu_times(), p.create_time()
+        except psutil.Error:
+            return
+        m = GaugeMetricFamily("process_resident_memory_bytes", "Resident memory of the agent process (models "
+                              "included).")
+        m.add_metric([], rss)
+        yield m
+        c = CounterMetricFamily("process_cpu_seconds", "User and system CPU time of the agent process.")
+        c.add_metric([], cpu.user + cpu.system)
+        yield c
+        s = GaugeMetricFamily("process_start_time_seconds", "Start time of the agent process (Unix time).")
+        s.add_metric([], started)
+        yield s
+
+
+class _WithoutCreated:
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.registry = registry
+
+    def collect(self) -> Iterator[Metric]:
+        for family in self.registry.collect():
+            family.samples = [s for s in family.samples if not s.name.endswith("_created")]
+            yield family
 
 
 class MetricsMiddleware:
@@ -85,12 +212,14 @@ class MetricsMiddleware:
             route = scope.get("route")
             endpoint = getattr(route, "path", None) or "unmatched"
             self.metrics.requests.labels(endpoint=endpoint, status=str(status)).inc()
-            self.metrics.latency.labels(endpoint=endpoint).observe(time.perf_counter() - start)
+            if endpoint.startswith(TIMED_PREFIXES):
+                self.metrics.latency.labels(endpoint=endpoint).observe(time.perf_counter() - start)
 
 
 router = APIRouter()
 
 
 @router.get("/metrics", include_in_schema=False)
-def metrics_endpoint(request: Request) -> Response:
-    return Response(generate_latest(request.app.state.agent.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+async def metrics_endpoint(request: Request) -> Response:
+    # async: answered on the event loop, never queued behind inference calls waiting for worker threads.
+    return Response(request.app.state.agent.metrics.exposition(), media_type=CONTENT_TYPE_LATEST)

@@ -125,12 +125,17 @@ def _stamp(out: dict[str, Any], serving: Serving) -> dict[str, Any]:
     return out
 
 
-def _count_usage(request: Request, name: str, usage: dict[str, Any] | None) -> None:
+def _count_usage(request: Request, name: str, usage: dict[str, Any] | None, seconds: float | None) -> None:
+    """Tokens of a whole (non-streaming) response; ``seconds`` = the call's time when it generated text."""
     if not usage:
         return
     m = request.app.state.agent.metrics
     m.prompt_tokens.labels(deployment=name).inc(usage.get("prompt_tokens") or 0)
-    m.completion_tokens.labels(deployment=name).inc(usage.get("completion_tokens") or 0)
+    completion = usage.get("completion_tokens") or 0
+    if seconds is None:
+        m.completion_tokens.labels(deployment=name).inc(completion)
+    else:  # the call includes prompt processing: a lower bound of the decode speed
+        m.note_generation(name, completion, seconds, decode_tokens=completion)
 
 
 def _has_token(chunk: dict[str, Any]) -> bool:
@@ -148,6 +153,7 @@ async def _sse(request: Request, serving: Serving, chunks: Iterator[dict[str, An
     m = request.app.state.agent.metrics
     name = serving.desired.name
     generated = 0
+    first_at = 0.0
     try:
         while True:
             try:
@@ -164,14 +170,19 @@ async def _sse(request: Request, serving: Serving, chunks: Iterator[dict[str, An
                 break
             if _has_token(chunk):
                 if generated == 0:
-                    m.ttft.labels(deployment=name).observe(time.perf_counter() - started)
+                    first_at = time.perf_counter()
+                    m.ttft.labels(deployment=name).observe(first_at - started)
                 generated += 1
+            if chunk.get("usage"):
+                m.prompt_tokens.labels(deployment=name).inc(chunk["usage"].get("prompt_tokens") or 0)
             yield f"data: {json.dumps(_stamp(chunk, serving))}\n\n"
     finally:
         # On a client disconnect this runs cancelled: shield it, so the runtime's iterator is closed (and the
         # model's lock released) now rather than whenever the garbage collector gets to it. The thread running
         # ``next`` has finished by now: to_thread waits for it even when cancelled.
-        m.completion_tokens.labels(deployment=name).inc(generated)
+        # Decode speed: the tokens after the first, over the time since the first (prompt processing excluded).
+        m.note_generation(name, generated, time.perf_counter() - first_at if generated else 0.0,
+                          decode_tokens=generated - 1)
         close = getattr(chunks, "close", None)
         if close is not None:
             with anyio.CancelScope(shield=True):
@@ -183,8 +194,9 @@ def _stream_response(request: Request, serving: Serving, chunks, started: float)
                              headers={ARTIFACT_HEADER: serving.artifact.digest, "Cache-Control": "no-cache"})
 
 
-def _json_response(request: Request, serving: Serving, out: dict[str, Any]) -> JSONResponse:
-    _count_usage(request, serving.desired.name, out.get("usage"))
+def _json_response(request: Request, serving: Serving, out: dict[str, Any],
+                   seconds: float | None = None) -> JSONResponse:
+    _count_usage(request, serving.desired.name, out.get("usage"), seconds)
     return JSONResponse(_stamp(out, serving), headers={ARTIFACT_HEADER: serving.artifact.digest})
 
 
@@ -211,8 +223,9 @@ async def chat_completions(body: ChatRequest, request: Request):
     if body.stream:
         chunks = serving.model.chat(messages, params, stream=True)
         return _stream_response(request, serving, chunks, started)
+    began = time.perf_counter()
     out = await anyio.to_thread.run_sync(lambda: serving.model.chat(messages, params))
-    return _json_response(request, serving, out)
+    return _json_response(request, serving, out, time.perf_counter() - began)
 
 
 @router.post("/completions")
@@ -223,8 +236,9 @@ async def completions(body: CompletionRequest, request: Request):
     if body.stream:
         chunks = serving.model.complete(body.prompt, params, stream=True)
         return _stream_response(request, serving, chunks, started)
+    began = time.perf_counter()
     out = await anyio.to_thread.run_sync(lambda: serving.model.complete(body.prompt, params))
-    return _json_response(request, serving, out)
+    return _json_response(request, serving, out, time.perf_counter() - began)
 
 
 @router.post("/embeddings")

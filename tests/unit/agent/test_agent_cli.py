@@ -79,3 +79,20 @@ def test_llama_kwargs_size_context_for_every_slot():
     with pytest.raises(RuntimeFailure) as e:
         llama_kwargs(desired(runtime_options={"model_path": "/etc/passwd"}))
     assert "model_path" in e.value.message and "n_batch" in e.value.hint
+
+
+def test_accepted_connections_get_tcp_nodelay():
+    """asyncio sets TCP_NODELAY only on sockets whose proto is TCP; without it each keep-alive response (a
+    Prometheus scrape of /metrics) stalls ~40 ms on Nagle + delayed ACK."""
+    from edgectl_agent.cli import bind_socket
+
+    server = bind_socket("127.0.0.1", 0)
+    try:
+        server.listen()
+        client = socket.create_connection(server.getsockname())
+        conn, _ = server.accept()
+        assert conn.proto == socket.IPPROTO_TCP
+        conn.close()
+        client.close()
+    finally:
+        server.close()
