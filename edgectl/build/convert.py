@@ -390,10 +390,13 @@ def gguf_to_hf(gguf_path: Path, out: Path) -> None:
     out.mkdir(parents=True)
     try:
         model = transformers.AutoModelForCausalLM.from_pretrained(
-            str(gguf_path.parent), gguf_file=gguf_path.name, torch_dtype=_hf_dtype(file_type), local_files_only=True)
+            str(gguf_path.parent), gguf_file=gguf_path.name, dtype=_hf_dtype(file_type), local_files_only=True)
         tokenizer = transformers.AutoTokenizer.from_pretrained(
             str(gguf_path.parent), gguf_file=gguf_path.name, local_files_only=True)
         model.save_pretrained(str(out), safe_serialization=True)
+        # The GGUF-read tokenizer names the GGUF itself as its vocab file: without this it would be copied in as a
+        # 'tokenizer.model' that is no SentencePiece model. tokenizer.json holds the whole tokenizer.
+        tokenizer.vocab_file = None
         # chat template inside tokenizer_config.json, where every builder and runtime looks for it
         tokenizer.save_pretrained(str(out), save_jinja_files=False)
     except (OSError, ValueError, RuntimeError, KeyError, NotImplementedError) as e:
