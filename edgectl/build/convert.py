@@ -149,13 +149,18 @@ def validate_hf_folder(folder: Path, *, architectures: Sequence[str] | None = No
     if not isinstance(names, list) or not names or not isinstance(names[0], str):
         raise BuildError(f"{config_path} names no architecture ('architectures' is missing or empty)",
                          hint='add the model class, e.g. "architectures": ["LlamaForCausalLM"], to config.json')
-    architecture = names[0]
-    if architectures is not None and architecture not in architectures:
+    if architectures is not None:
+        check_architecture(names[0], architectures, target=target, folder=folder)
+    return names[0]
+
+
+def check_architecture(architecture: str, supported: Sequence[str], *, target: str, folder: Path) -> None:
+    """BuildError listing the supported architectures when ``architecture`` is not one of them."""
+    if architecture not in supported:
         raise BuildError(f"{target or 'this build'} does not support architecture {architecture!r} "
                          f"(model folder {folder})",
-                         hint=f"supported: {', '.join(sorted(architectures))}; build another format, or use a "
+                         hint=f"supported: {', '.join(sorted(supported))}; build another format, or use a "
                               "model of a supported architecture")
-    return architecture
 
 
 def gguf_architecture(path: Path) -> str:
@@ -229,12 +234,13 @@ def check_source(source: ResolvedSource, conversion: Conversion | None, recipe: 
     unsupported architecture), with the supported ones in the hint."""
     target = f"{recipe.format} ({recipe.kind})"
     if source.source.type == "huggingface":
+        architecture = validate_hf_folder(source.path)  # files first: cheap, and the table below may import torch
         if conversion is not None:  # HF -> GGUF: llama.cpp's converter decides
-            validate_hf_folder(source.path, architectures=supported_architectures("gguf", recipe.kind),
-                               target=f"llama.cpp's converter (for a {target} build)")
+            supported, who = supported_architectures("gguf", recipe.kind), f"llama.cpp's converter (for a {target} build)"
         else:
-            validate_hf_folder(source.path, architectures=supported_architectures(recipe.format, recipe.kind) or None,
-                               target=f"the {target} builder")
+            supported, who = supported_architectures(recipe.format, recipe.kind), f"the {target} builder"
+        if supported:
+            check_architecture(architecture, supported, target=who, folder=source.path)
     elif conversion is not None and conversion.source_type == "gguf":
         from edgectl.build.gguf import check_gguf_file
 
