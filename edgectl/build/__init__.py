@@ -29,9 +29,9 @@ from edgectl.spec.artifact import BuiltArtifact, Quality, Recipe
 from edgectl.spec.model import Model
 
 __all__ = [
-    "ArtifactStore", "BUILDERS", "BuilderInfo", "CONVERSIONS", "COPY_TOOL_VERSION", "Conversion", "GGUF_FTYPES", "QualityWarning", "ResolvedSource",
-    "StageProgress", "build", "builder_for", "check_buildable", "is_as_shipped", "locate", "lookup", "resolve_source", "sha256_file",
-    "tool_version",
+    "ArtifactStore", "BUILDERS", "BuilderInfo", "CONVERSIONS", "COPY_TOOL_VERSION", "Conversion", "GGUF_FTYPES",
+    "QualityWarning", "ResolvedSource", "StageProgress", "build", "builder_for", "check_buildable", "is_as_shipped",
+    "locate", "lookup", "resolve_source", "sha256_file", "tool_version",
 ]
 
 class QualityWarning(UserWarning):

