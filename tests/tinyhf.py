@@ -1,8 +1,9 @@
 """A tiny Hugging Face llama model directory for tests: config.json, model.safetensors, tokenizer.json,
 tokenizer_config.json (with a ChatML chat template) and generation_config.json.
 
-Random weights, real shapes: every converter (llama.cpp's convert-hf-to-gguf, optimum-intel, the onnxruntime-genai
-model builder, mlx_lm) accepts it, and every runtime runs it. Hidden 256 and FF 512 keep each matrix row a multiple
+Random weights, real shapes: optimum-intel, the onnxruntime-genai model builder and mlx_lm accept it, and every
+runtime runs it. llama.cpp's convert-hf-to-gguf refuses its byte-level BPE tokenizer (it knows those only by the hash
+of real models' vocabularies): :func:`use_llama_tokenizer` swaps in a Llama-2 style one it converts. Hidden 256 and FF 512 keep each matrix row a multiple
 of 256 (K-quants) and of 128 (INT4 group size). About 2.5 MB in FP32; the same seed writes the same bytes.
 """
 
