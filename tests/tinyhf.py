@@ -1,8 +1,9 @@
 """A tiny Hugging Face llama model directory for tests: config.json, model.safetensors, tokenizer.json,
 tokenizer_config.json (with a ChatML chat template) and generation_config.json.
 
-Random weights, real shapes: every converter (llama.cpp's convert-hf-to-gguf, optimum-intel, the onnxruntime-genai
-model builder, mlx_lm) accepts it, and every runtime runs it. Hidden 256 and FF 512 keep each matrix row a multiple
+Random weights, real shapes: optimum-intel, the onnxruntime-genai model builder and mlx_lm accept it, and every
+runtime runs it. llama.cpp's convert-hf-to-gguf refuses its byte-level BPE tokenizer (it knows those only by the hash
+of real models' vocabularies): :func:`use_llama_tokenizer` swaps in a Llama-2 style one it converts. Hidden 256 and FF 512 keep each matrix row a multiple
 of 256 (K-quants) and of 128 (INT4 group size). About 2.5 MB in FP32; the same seed writes the same bytes.
 """
 
@@ -102,4 +103,67 @@ def write_tiny_hf_llama(folder: Path, *, seed: int = 0, dtype: str = "float32") 
     (folder / "special_tokens_map.json").write_text(json.dumps(
         {"bos_token": "<|im_start|>", "eos_token": "<|im_end|>", "unk_token": "<|endoftext|>",
          "pad_token": "<|endoftext|>"}))
+    return folder
+
+
+LLAMA_SPECIALS = ["<unk>", "<s>", "</s>"]
+CHAT_SPECIALS = ["<|im_start|>", "<|im_end|>"]
+
+
+def _llama_tokenizer_json() -> dict:
+    """A Llama-2 style tokenizer.json (SentencePiece BPE: "▁" for spaces, byte fallback <0xXX>, whole words), the
+    kind llama.cpp's converter reads without a tokenizer.model and without a pre-tokenizer hash it must know."""
+    from tokenizers import AddedToken, Tokenizer, decoders, models, normalizers
+
+    vocab: dict[str, int] = {tok: i for i, tok in enumerate(LLAMA_SPECIALS)}
+    for b in range(256):
+        vocab[f"<0x{b:02X}>"] = len(vocab)
+    merges: list[tuple[str, str]] = []
+    for word in _WORDS:
+        piece = "▁"
+        if piece not in vocab:
+            vocab[piece] = len(vocab)
+        for ch in word:
+            if ch not in vocab:
+                vocab[ch] = len(vocab)
+        for ch in word:  # merge left to right: "▁" + word becomes one piece
+            if len(vocab) >= HF_VOCAB - len(CHAT_SPECIALS):
+                break
+            merged = piece + ch
+            if merged not in vocab:
+                vocab[merged] = len(vocab)
+                merges.append((piece, ch))
+            piece = merged
+    while len(vocab) < HF_VOCAB - len(CHAT_SPECIALS):
+        vocab[f"<unused{len(vocab)}>"] = len(vocab)
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=merges, unk_token="<unk>", byte_fallback=True, fuse_unk=True))
+    tok.normalizer = normalizers.Sequence([normalizers.Prepend("▁"), normalizers.Replace(" ", "▁")])
+    tok.decoder = decoders.Sequence([decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse(),
+                                     decoders.Strip(" ", 1, 0)])
+    tok.add_special_tokens([AddedToken(s, special=True, normalized=False) for s in LLAMA_SPECIALS + CHAT_SPECIALS])
+    return json.loads(tok.to_str())
+
+
+def use_llama_tokenizer(folder: Path) -> Path:
+    """Swap a tiny model's byte-level BPE tokenizer for a Llama-2 style one with the same vocabulary size.
+
+    llama.cpp's converter accepts a byte-level BPE tokenizer only when it knows the hash of its vocabulary (real
+    models only); this one it converts like TinyLlama's. ChatML specials stay, at the end of the vocabulary.
+    """
+    data = _llama_tokenizer_json()
+    (folder / "tokenizer.json").write_text(json.dumps(data))
+    im_end = HF_VOCAB - 1
+    config = json.loads((folder / "config.json").read_text())
+    config |= {"bos_token_id": 1, "eos_token_id": im_end, "pad_token_id": 0}
+    (folder / "config.json").write_text(json.dumps(config, indent=2))
+    (folder / "generation_config.json").write_text(json.dumps(
+        {"bos_token_id": 1, "eos_token_id": im_end, "max_new_tokens": 32}, indent=2))
+    (folder / "tokenizer_config.json").write_text(json.dumps({
+        "tokenizer_class": "LlamaTokenizerFast", "bos_token": "<s>", "eos_token": "<|im_end|>",
+        "unk_token": "<unk>", "pad_token": "<unk>", "model_max_length": HF_CONTEXT,
+        "chat_template": CHATML_TEMPLATE, "add_bos_token": True, "add_eos_token": False, "legacy": False,
+        "clean_up_tokenization_spaces": False,
+    }, indent=2))
+    (folder / "special_tokens_map.json").write_text(json.dumps(
+        {"bos_token": "<s>", "eos_token": "<|im_end|>", "unk_token": "<unk>", "pad_token": "<unk>"}))
     return folder

@@ -14,6 +14,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from edgectl.build.convert import (
+    CONVERSIONS, Conversion, build_tool_version, check_source, convert_source, resolve_build_source,
+)
 from edgectl.build.gguf import StageProgress, check_gguf_file
 from edgectl.build.registry import (
     BUILDERS, COPY_TOOL_VERSION, GGUF_FTYPES, BuilderInfo, builder_for, check_buildable, is_as_shipped, load_builder,
@@ -27,9 +30,9 @@ from edgectl.spec.artifact import BuiltArtifact, Quality, Recipe
 from edgectl.spec.model import Model
 
 __all__ = [
-    "ArtifactStore", "BUILDERS", "BuilderInfo", "COPY_TOOL_VERSION", "GGUF_FTYPES", "QualityWarning", "ResolvedSource",
-    "StageProgress", "build", "builder_for", "check_buildable", "is_as_shipped", "locate", "lookup", "resolve_source", "sha256_file",
-    "tool_version",
+    "ArtifactStore", "BUILDERS", "BuilderInfo", "CONVERSIONS", "COPY_TOOL_VERSION", "Conversion", "GGUF_FTYPES",
+    "QualityWarning", "ResolvedSource", "StageProgress", "build", "builder_for", "check_buildable", "is_as_shipped",
+    "locate", "lookup", "resolve_source", "sha256_file", "tool_version",
 ]
 
 class QualityWarning(UserWarning):
@@ -58,10 +61,11 @@ def _stage_callback(progress: Any, label: str) -> StageProgress | None:
 
 
 def _cache_key(recipe: Recipe, model: Model, store: ArtifactStore, base_dir: Path | None,
-               progress: Callable[[int, int], None] | None = None) -> tuple[ResolvedSource, str]:
-    source = resolve_source(model, store, format=recipe.format, kind=recipe.kind,
-                            precision=recipe.source_precision, base_dir=base_dir, progress=progress)
-    return source, recipe.cache_key(source.digest, tool_version(recipe))
+               progress: Callable[[int, int], None] | None = None) -> tuple[ResolvedSource, Conversion | None, str]:
+    """The source, the conversion it needs first (edgectl.build.convert; None for most builds) and the cache key:
+    the original source's digest, the recipe and the builder's tools, plus the converter's when it converts."""
+    source, conversion = resolve_build_source(model, store, recipe=recipe, base_dir=base_dir, progress=progress)
+    return source, conversion, recipe.cache_key(source.digest, build_tool_version(recipe, conversion))
 
 
 def lookup(recipe: Recipe, model: Model, store: ArtifactStore, *,
@@ -69,7 +73,7 @@ def lookup(recipe: Recipe, model: Model, store: ArtifactStore, *,
     """The artifact ``recipe`` describes if the store already has it (a cache hit), else None. Builds nothing;
     hashes the source only when its path/size/mtime changed since the last time."""
     check_buildable(recipe)
-    _, key = _cache_key(recipe, model, store, base_dir)
+    _, _, key = _cache_key(recipe, model, store, base_dir)
     return store.get(key)
 
 
@@ -83,6 +87,10 @@ def build(recipe: Recipe, model: Model, store: ArtifactStore, *, base_dir: Path 
     atomically; a failed or interrupted build leaves no artifact and no index entry.
 
     ``quiet`` silences llama.cpp's output (still quoted in errors); by default it is on unless EDGECTL_DEBUG=1.
+
+    A source the builder cannot read directly is converted first (edgectl.build.convert: a Hugging Face folder to
+    GGUF, a GGUF to a Hugging Face folder; progress stage "convert to ..."), once: the conversion is kept in the
+    store. Hugging Face folders are checked first (config, tokenizer, safetensors weights, supported architecture).
 
     After a fresh build (not on a hit) the artifact's quality is measured against its source on a small fixed text
     (edgectl.build.quality; progress stage "measure quality") and recorded with it, so a hit returns it for free.
@@ -101,13 +109,16 @@ def build(recipe: Recipe, model: Model, store: ArtifactStore, *, base_dir: Path 
     def bytes_progress(stage: str) -> Callable[[int, int], None] | None:
         return (lambda done, total: report(stage, done, total)) if report else None
 
-    source, key = _cache_key(recipe, model, store, base_dir, bytes_progress("hash source"))
+    source, conversion, key = _cache_key(recipe, model, store, base_dir, bytes_progress("hash source"))
     cached = store.get(key)
     if cached is not None:
         return cached, False
 
+    check_source(source, conversion, recipe)  # missing files, pickles, unsupported architecture: before any work
     store.clean_tmp()
-    as_shipped = is_as_shipped(recipe)
+    as_shipped = is_as_shipped(recipe) and conversion is None
+    if conversion is not None:  # e.g. GGUF -> HF folder for openvino, HF folder -> GGUF for gguf; cached in the store
+        source = convert_source(source, conversion, store, progress=report, quiet=quiet)
     with store.tmp_file(f".{info.format}") as tmp:  # removed on any failure: no half-built artifact
         if as_shipped:
             if info.format in _COPY_CHECKS:
@@ -125,7 +136,7 @@ def build(recipe: Recipe, model: Model, store: ArtifactStore, *, base_dir: Path 
     artifact = BuiltArtifact(
         digest=digest, model=recipe.model, format=recipe.format, quant=recipe.quant, size_bytes=size,
         layout="tree" if info.layout == "tree" and not as_shipped else "file",
-        source_digest=source.digest, tool_version=tool_version(recipe), cache_key=key,
+        source_digest=source.digest, tool_version=build_tool_version(recipe, conversion), cache_key=key,
     )
     facts = artifact_facts(recipe.format, store.local_path(artifact), artifact.tool_version)
     if facts:
