@@ -20,19 +20,66 @@ def _onnxruntime():
     return require_module("onnxruntime", "onnx")
 
 
-def check_onnx_file(path: Path) -> None:
-    """Fail early, with the path, when a source is not a loadable, self-contained ONNX graph."""
-    onnx = require_module("onnx", "onnx")
+# Source weights must come in formats that are read as data. Pickle-based files (torch .pt/.bin checkpoints, .pkl)
+# run code when loaded, so none is built from, and none may sit where the ONNX graph points for external data.
+PICKLE_SUFFIXES = frozenset({".pt", ".pth", ".pkl", ".pickle", ".ckpt", ".joblib", ".npy_pickle"})
+ONNX_SUFFIXES = frozenset({".onnx"})
+
+
+def is_pickle_file(path: Path) -> bool:
+    """A pickle (protocol 2+ starts with 0x80) or a torch zip checkpoint (data.pkl inside), by suffix or content."""
+    if path.suffix.lower() in PICKLE_SUFFIXES:
+        return True
     try:
-        model = onnx.load(str(path), load_external_data=False)
+        with open(path, "rb") as f:
+            head = f.read(4)
+    except OSError:
+        return False
+    if head.startswith(b"PK\x03\x04"):
+        import zipfile
+
+        try:
+            with zipfile.ZipFile(path) as z:
+                return any(n.endswith(".pkl") for n in z.namelist())
+        except (zipfile.BadZipFile, OSError):
+            return False
+    return False
+
+
+def check_external_locations(path: Path) -> list[str]:
+    """External-data locations of the ONNX graph at ``path``; BuildError if one escapes its directory (absolute,
+    ``..``, or a symlink out) or names a pickle file. Reads the graph without its external data."""
+    from edgectl_agent.errors import RuntimeFailure
+    from edgectl_agent.runtimes.onnxruntime import check_external_data
+
+    require_module("onnx", "onnx")
+    try:
+        locations = check_external_data(path)
+    except RuntimeFailure as e:
+        raise BuildError(f"source {path} refused: {e.message}",
+                         hint="keep every external data file inside the model's folder, or save the model as one "
+                              "file: onnx.save(model, path, save_as_external_data=False)") from e
+    for location in locations:
+        if is_pickle_file(path.parent / location):
+            raise BuildError(f"source {path} keeps tensor data in {location!r}, a pickle-based file",
+                             hint="store external data as raw tensor files (onnx.save(..., save_as_external_data=True))"
+                                  " or save the model as one file")
+    return locations
+
+
+def check_onnx_file(path: Path) -> None:
+    """Fail early, with the path, when a source is not a loadable ONNX graph whose data stays beside it."""
+    onnx = require_module("onnx", "onnx")
+    if path.suffix.lower() not in ONNX_SUFFIXES or is_pickle_file(path):
+        raise BuildError(f"source {path} is not an .onnx file",
+                         hint="export the model to ONNX (torch.onnx.export) and point the source at the .onnx file;"
+                              " pickle checkpoints (.pt, .pth, .bin, .pkl) are never loaded")
+    try:
+        onnx.load(str(path), load_external_data=False)
     except Exception as e:  # noqa: BLE001  (protobuf raises several types)
         raise BuildError(f"source {path} is not an ONNX model: {type(e).__name__}: {e}",
                          hint="point the model source at a .onnx file") from e
-    from onnx.external_data_helper import uses_external_data
-
-    if any(uses_external_data(t) for t in model.graph.initializer):
-        raise BuildError(f"source {path} keeps weights in external data files, which edgectl does not build yet",
-                         hint="save the model as one file: onnx.save(model, path, save_as_external_data=False)")
+    check_external_locations(path)
 
 
 def build_onnx(recipe: Recipe, source_path: Path, out_path: Path, *, threads: int | None = None,
