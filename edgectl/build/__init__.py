@@ -60,7 +60,23 @@ def _cache_key(recipe: Recipe, model: Model, store: ArtifactStore, base_dir: Pat
                progress: Callable[[int, int], None] | None = None) -> tuple[ResolvedSource, str]:
     source = resolve_source(model, store, format=recipe.format, kind=recipe.kind,
                             precision=recipe.source_precision, base_dir=base_dir, progress=progress)
-    return source, recipe.cache_key(source.digest, tool_version(recipe))
+    calibration = calibration_path(recipe, base_dir)
+    calibration_digest = store.source_digest(calibration) if calibration else None
+    return source, recipe.cache_key(source.digest, tool_version(recipe), calibration_digest)
+
+
+def calibration_path(recipe: Recipe, base_dir: Path | None) -> Path | None:
+    """The recipe's calibration file, resolved against the manifest's folder; BuildError when it is missing."""
+    if recipe.calibration is None:
+        return None
+    path = Path(recipe.calibration).expanduser()
+    if not path.is_absolute() and base_dir is not None:
+        path = Path(base_dir) / path
+    if not path.is_file():
+        raise BuildError(f"calibration file {recipe.calibration} not found (looked at {path})",
+                         hint="fix quantization.calibration.path (relative to the manifest), or remove it to "
+                              "calibrate on generated samples")
+    return path
 
 
 def lookup(recipe: Recipe, model: Model, store: ArtifactStore, *,
@@ -113,6 +129,9 @@ def build(recipe: Recipe, model: Model, store: ArtifactStore, *, base_dir: Path 
                 _COPY_CHECKS[info.format](source.path)
             copy_and_hash(source.path, tmp, progress=bytes_progress("copy"))
         else:
+            calibration = calibration_path(recipe, base_dir)
+            if calibration is not None:  # the builder gets the resolved path
+                recipe = recipe.model_copy(update={"calibration": str(calibration.resolve())})
             load_builder(info)(recipe, source.path, tmp, threads=threads or os.cpu_count() or 1, progress=report,
                                quiet=quiet)
         if info.layout == "tree" and not as_shipped:

@@ -433,7 +433,9 @@ def _onnx_candidates(dep: Deployment, model: Model, built: dict[str, BuiltArtifa
     for quant in dict.fromkeys(menu):
         if quant not in ONNX_QUALITY_RANK:
             continue  # an unknown allow entry: recorded as rejected by plan_deployment
-        recipe = Recipe(model=model.name, format="onnx", kind="tensor", quant=quant, source_precision=source_precision)
+        calibration = q.calibration.path if q.calibration and quant == "INT8_STATIC" else None
+        recipe = Recipe(model=model.name, format="onnx", kind="tensor", quant=quant, source_precision=source_precision,
+                        calibration=calibration)
         art = built.get(recipe_id(recipe))
         est = estimate_tensor(model, quant, artifact_bytes=art.size_bytes if art else None)
         rank = ONNX_QUALITY_RANK[quant]
