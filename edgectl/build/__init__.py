@@ -63,9 +63,27 @@ def _stage_callback(progress: Any, label: str) -> StageProgress | None:
 def _cache_key(recipe: Recipe, model: Model, store: ArtifactStore, base_dir: Path | None,
                progress: Callable[[int, int], None] | None = None) -> tuple[ResolvedSource, Conversion | None, str]:
     """The source, the conversion it needs first (edgectl.build.convert; None for most builds) and the cache key:
-    the original source's digest, the recipe and the builder's tools, plus the converter's when it converts."""
+    the original source's digest, the recipe and the builder's tools, plus the converter's when it converts, plus
+    the calibration file's digest when the recipe has one."""
     source, conversion = resolve_build_source(model, store, recipe=recipe, base_dir=base_dir, progress=progress)
-    return source, conversion, recipe.cache_key(source.digest, build_tool_version(recipe, conversion))
+    calibration = calibration_path(recipe, base_dir)
+    calibration_digest = store.source_digest(calibration) if calibration else None
+    return source, conversion, recipe.cache_key(source.digest, build_tool_version(recipe, conversion),
+                                                calibration_digest)
+
+
+def calibration_path(recipe: Recipe, base_dir: Path | None) -> Path | None:
+    """The recipe's calibration file, resolved against the manifest's folder; BuildError when it is missing."""
+    if recipe.calibration is None:
+        return None
+    path = Path(recipe.calibration).expanduser()
+    if not path.is_absolute() and base_dir is not None:
+        path = Path(base_dir) / path
+    if not path.is_file():
+        raise BuildError(f"calibration file {recipe.calibration} not found (looked at {path})",
+                         hint="fix quantization.calibration.path (relative to the manifest), or remove it to "
+                              "calibrate on generated samples")
+    return path
 
 
 def lookup(recipe: Recipe, model: Model, store: ArtifactStore, *,
@@ -125,6 +143,9 @@ def build(recipe: Recipe, model: Model, store: ArtifactStore, *, base_dir: Path 
                 _COPY_CHECKS[info.format](source.path)
             copy_and_hash(source.path, tmp, progress=bytes_progress("copy"))
         else:
+            calibration = calibration_path(recipe, base_dir)
+            if calibration is not None:  # the builder gets the resolved path
+                recipe = recipe.model_copy(update={"calibration": str(calibration.resolve())})
             load_builder(info)(recipe, source.path, tmp, threads=threads or os.cpu_count() or 1, progress=report,
                                quiet=quiet)
         if info.layout == "tree" and not as_shipped:

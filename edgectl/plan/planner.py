@@ -427,7 +427,9 @@ def _candidates(dep: Deployment, model: Model, fmt: str, kind: str, runtime: str
             and gguf.is_known(source_precision):
         menu.append(source_precision)  # shipping the source as is needs no requantization
     for quant in dict.fromkeys(menu):
-        recipe = Recipe(model=model.name, format=fmt, kind=kind, quant=quant, source_precision=source_precision)
+        calibration = q.calibration.path if q.calibration and quant == "INT8_STATIC" else None
+        recipe = Recipe(model=model.name, format=fmt, kind=kind, quant=quant, source_precision=source_precision,
+                        calibration=calibration)
         art = built.get(recipe_id(recipe))
         size = art.size_bytes if art else None
         if kind == "llm":

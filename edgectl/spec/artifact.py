@@ -22,10 +22,16 @@ class Recipe(Frozen):
                                                                       "a tensor model (KServe v2).")
     quant: str = Field(description="Quant type, e.g. Q4_K_M (gguf) or INT8 (onnx).")
     source_precision: str = Field(description="Precision of the source it is built from.")
+    calibration: str | None = Field(default=None, description="INT8_STATIC: path of the .npz of calibration samples "
+                                                              "(quantization.calibration); None = generated samples.")
 
-    def cache_key(self, source_digest: str, tool_version: str) -> str:
-        """Build cache key = source digest + recipe + tool version. Same key = same bytes, no work."""
-        blob = json.dumps({"source": source_digest, "recipe": self.model_dump(), "tool": tool_version}, sort_keys=True)
+    def cache_key(self, source_digest: str, tool_version: str, calibration_digest: str | None = None) -> str:
+        """Build cache key = source digest + recipe + tool version (+ the calibration samples' digest, not their
+        path: moving the file changes nothing). Same key = same bytes, no work."""
+        data = {"source": source_digest, "recipe": self.model_dump(exclude={"calibration"}), "tool": tool_version}
+        if calibration_digest is not None:
+            data["calibration"] = calibration_digest
+        blob = json.dumps(data, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()
 
 

@@ -22,11 +22,20 @@ class Selector(Frozen):
         return self
 
 
+class Calibration(Frozen):
+    path: str = Field(description="An .npz file (numpy.savez) of calibration samples for INT8_STATIC: one array per "
+                                  "graph input, named like the input, samples along the first axis (relative to the "
+                                  "manifest). Read without pickle.")
+
+
 class Quantization(Frozen):
     format: ArtifactFormat | None = Field(default=None, description="Pin the artifact format; default: the device's preference.")
     allow: list[str] = Field(default_factory=list,
                              description="Only these quant types may be chosen (e.g. [Q4_K_M, Q8_0]); empty = any. "
                                          "Each must be one a builder makes: for quantization.format, that format's.")
+    calibration: Calibration | None = Field(
+        default=None, description="Tensor models, INT8_STATIC: samples to calibrate activation ranges on; default: "
+                                  "samples generated from the graph's input spec (standard normal, fixed seed).")
 
     @field_validator("allow")
     @classmethod
