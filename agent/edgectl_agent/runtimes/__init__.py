@@ -7,11 +7,15 @@ from edgectl_agent.runtimes.base import (GenerationParams, LoadedModel, Runtime,
 from edgectl_agent.runtimes.fake import FakeRuntime
 from edgectl_agent.runtimes.llamacpp import LlamaCppRuntime
 from edgectl_agent.runtimes.onnxruntime import OnnxRuntime
+from edgectl_agent.runtimes.openvino import OpenVinoRuntime
+from edgectl_agent.runtimes.openvino_genai import OpenVinoGenAIRuntime
 
 __all__ = ["GenerationParams", "LoadedModel", "Runtime", "RuntimeCapabilities", "TensorModel", "TensorSpec",
-           "FakeRuntime", "LlamaCppRuntime", "OnnxRuntime", "default_runtimes"]
+           "FakeRuntime", "LlamaCppRuntime", "OnnxRuntime", "OpenVinoGenAIRuntime", "OpenVinoRuntime",
+           "default_runtimes"]
 
 
 def default_runtimes() -> dict[str, Runtime]:
     """Every runtime this agent ships, by the name DesiredDeployment.runtime uses."""
-    return {"llamacpp": LlamaCppRuntime(), "fake": FakeRuntime(), "onnxruntime": OnnxRuntime()}
+    return {"llamacpp": LlamaCppRuntime(), "fake": FakeRuntime(), "onnxruntime": OnnxRuntime(),
+            "openvino": OpenVinoRuntime(), "openvino-genai": OpenVinoGenAIRuntime()}
