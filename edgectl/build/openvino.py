@@ -216,6 +216,21 @@ def calibration_samples(inputs: Sequence[tuple[str, str, Sequence[int]]], *, cou
     return samples
 
 
+def _ptq_parameters(nncf: Any) -> Any:
+    """NNCF post-training settings for generated calibration data and any target CPU.
+
+    Activation ranges are the samples' min/max: generated samples hold no outliers worth clipping, and the default
+    (mean of per-sample extremes) clipped N(0, 1) inputs at about 2.4 sigma (8.7% error on the test MLP; min/max
+    4.3%). The overflow fix (7-bit weights) is on for every layer, not only the first: the artifact may run on a CPU
+    without VNNI, whose int8 dot products saturate with full 8-bit weights (on AVX2 it brought the error to 2.2%).
+    """
+    from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters, OverflowFix
+    from nncf.quantization.range_estimator import RangeEstimatorParametersSet
+
+    return AdvancedQuantizationParameters(activations_range_estimator_params=RangeEstimatorParametersSet.MINMAX,
+                                          overflow_fix=OverflowFix.ENABLE)
+
+
 def _input_specs(model: Any) -> list[tuple[str, str, list[int]]]:
     specs = []
     for port in model.inputs:
@@ -252,7 +267,8 @@ def build_openvino_tensor(recipe: Recipe, source_path: Path, out_path: Path, *, 
                 progress("quantize", 0, 1)
             samples = calibration_samples(_input_specs(model))
             try:
-                model = nncf.quantize(model, nncf.Dataset(samples), subset_size=len(samples))
+                model = nncf.quantize(model, nncf.Dataset(samples), subset_size=len(samples),
+                                      advanced_parameters=_ptq_parameters(nncf))
             except Exception as e:  # noqa: BLE001
                 raise BuildError(f"NNCF could not quantize {source_path} to INT8: {type(e).__name__}: {e}"
                                  f"{_tail(log)}", hint="build it as FP16 or FP32 (quantization.allow)") from e
