@@ -25,7 +25,8 @@ INFERENCE_FLAGS = ("neon", "asimd", "dotprod", "asimddp", "i8mm", "sve", "sve2",
 
 # Runtime name -> the distribution that provides it.
 RUNTIME_PACKAGES = {"llamacpp": "llama-cpp-python", "onnxruntime": "onnxruntime",
-                    "onnxruntime-genai": "onnxruntime-genai"}
+                    "onnxruntime-genai": "onnxruntime-genai", "openvino": "openvino",
+                    "openvino-genai": "openvino-genai"}
 
 
 def _cpuinfo(path: Path = Path("/proc/cpuinfo")) -> tuple[str, set[str]]:

@@ -77,7 +77,8 @@ BUILDERS: dict[tuple[str, Kind], BuilderInfo] = {b.key: b for b in (
                 builder="edgectl.build.onnx_genai:build_onnx_genai", layout="tree", runtime="onnxruntime-genai"),
     # LLMs: optimum-intel export + NNCF weight compression -> an OpenVINO IR folder with tokenizers for openvino-genai.
     BuilderInfo(format="openvino", kind="llm", quants=("FP16", "INT8", "INT4"), extra="openvino",
-                module="optimum.intel", tools=("optimum-intel", "openvino", "nncf", "openvino-tokenizers"),
+                module="optimum.intel",
+                tools=("optimum-intel", "openvino", "nncf", "openvino-tokenizers", "transformers"),
                 source_types=("huggingface",), builder="edgectl.build.openvino:build_openvino_llm", layout="tree",
                 runtime="openvino-genai"),
     # Tensor models: ONNX -> OpenVINO IR (model.xml + model.bin), FP32/FP16, or INT8 by NNCF post-training quantization.

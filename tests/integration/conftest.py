@@ -94,15 +94,28 @@ def start_agent(tmp_path: Path) -> Iterator:
         a.stop()
 
 
+def tiny_hf_architecture() -> dict:
+    """The architecture facts of tests.tinyhf's llama (a model spec for an LLM task needs them)."""
+    from tests.tinyhf import HF_CONTEXT, HF_VOCAB
+    from tests.tinymodels import TINY_HEADS, TINY_HIDDEN, TINY_KV_HEADS, TINY_LAYERS
+
+    return {"family": "llama", "parameters": 1_000_000, "layers": TINY_LAYERS, "hidden_size": TINY_HIDDEN,
+            "attention_heads": TINY_HEADS, "kv_heads": TINY_KV_HEADS, "head_dim": TINY_HIDDEN // TINY_HEADS,
+            "vocab_size": HF_VOCAB, "max_context": HF_CONTEXT}
+
+
 def build_from(tmp_path: Path, source: dict, *, format: str, quant: str, kind: str = "llm", task: str = "chat",
-               name: str = "tiny", **recipe):
-    """Build ``format``/``quant`` from one model source with the real builder: ``(artifact, store)``."""
+               name: str = "tiny", architecture: dict | None = None, **recipe):
+    """Build ``format``/``quant`` from one model source with the real builder: ``(artifact, store)``.
+    LLM tasks get ``architecture`` (default: tests.tinyhf's llama); tensor models a nominal parameter count."""
     from edgectl.build import ArtifactStore, build
     from edgectl.spec import Model, Recipe
 
+    facts = {"parameters": 1_000_000} if task == "tensor" else {
+        "architecture": architecture or tiny_hf_architecture()}
     model = Model.model_validate({
         "apiVersion": "edgectl.dev/v1alpha1", "kind": "Model", "metadata": {"name": name},
-        "spec": {"task": task, "parameters": 1_000_000, "sources": [source]}})
+        "spec": {"task": task, **facts, "sources": [source]}})
     store = ArtifactStore(tmp_path / "store")
     r = Recipe(model=name, format=format, kind=kind, quant=quant, source_precision=source["precision"], **recipe)
     artifact, _ = build(r, model, store)
