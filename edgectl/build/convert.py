@@ -411,5 +411,39 @@ def gguf_to_hf(gguf_path: Path, out: Path) -> None:
                          f"{type(e).__name__}: {e}",
                          hint="check the file is a complete llama-family GGUF (download it again), or upgrade: "
                               "pip install -U transformers gguf") from e
+    if _gguf_string(reader, "tokenizer.ggml.model") == "gpt2":
+        _plain_byte_level_tokenizer(out, add_bos=_gguf_bool(reader, "tokenizer.ggml.add_bos_token", False))
     for stray in [p for p in out.rglob("*") if p.name.startswith(".")]:  # tree artifacts ship no hidden files
         shutil.rmtree(stray) if stray.is_dir() else stray.unlink()
+
+
+def _gguf_string(reader, key: str) -> str | None:
+    field = reader.fields.get(key)
+    return bytes(field.parts[field.data[0]]).decode() if field is not None else None
+
+
+def _gguf_bool(reader, key: str, default: bool) -> bool:
+    field = reader.fields.get(key)
+    return bool(field.parts[field.data[0]][0]) if field is not None else default
+
+
+def _plain_byte_level_tokenizer(out: Path, *, add_bos: bool) -> None:
+    """transformers reads a GGUF's GPT-2 style (byte-level BPE) vocabulary into its Llama tokenizer class, which
+    leaves SentencePiece steps in the decoder (byte fallback, '▁' -> ' ') in front of the byte-level one and adds the
+    BOS token whatever the GGUF says. Other readers of tokenizer.json (openvino-tokenizers, onnxruntime-genai, mlx-lm)
+    take those steps literally. Write what the original byte-level tokenizer has: a ByteLevel decoder, no byte
+    fallback, BOS only when the GGUF's tokenizer.ggml.add_bos_token says so, and the generic fast tokenizer class."""
+    tj = out / "tokenizer.json"
+    data = json.loads(tj.read_text())
+    data["decoder"] = {"type": "ByteLevel", "add_prefix_space": True, "trim_offsets": True, "use_regex": True}
+    if isinstance(data.get("model"), dict):
+        data["model"]["byte_fallback"] = False
+    if not add_bos:
+        data["post_processor"] = {"type": "ByteLevel", "add_prefix_space": True, "trim_offsets": False,
+                                  "use_regex": True}
+    tj.write_text(json.dumps(data, ensure_ascii=False, indent=2))
+    tc = out / "tokenizer_config.json"
+    config = json.loads(tc.read_text())
+    config.update(tokenizer_class="PreTrainedTokenizerFast", add_bos_token=add_bos)
+    config.pop("legacy", None)
+    tc.write_text(json.dumps(config, ensure_ascii=False, indent=2))

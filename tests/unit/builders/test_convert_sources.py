@@ -267,3 +267,28 @@ def test_a_failed_conversion_leaves_nothing(store: ArtifactStore, hf_folder: Pat
         convert_source(source, conversion, store)
     assert not converted_path(store, source, conversion).exists()
     assert list(store.tmp_dir.iterdir()) == []
+
+
+def test_gpt2_style_gguf_tokenizer_gets_a_plain_byte_level_decoder(tmp_path: Path) -> None:
+    """What transformers' GGUF reader writes for a byte-level BPE vocabulary (SentencePiece steps in front of the
+    ByteLevel decoder, BOS forced on) is repaired so every tokenizer.json reader decodes it right."""
+    import json
+
+    from transformers import AutoTokenizer
+
+    from edgectl.build.convert import _plain_byte_level_tokenizer
+    from tests.tinyhf import write_tiny_hf_llama
+
+    folder = write_tiny_hf_llama(tmp_path / "m")
+    tj = folder / "tokenizer.json"
+    data = json.loads(tj.read_text())
+    data["decoder"] = {"type": "Sequence", "decoders": [
+        {"type": "ByteFallback"}, {"type": "Fuse"}, {"type": "Replace", "pattern": {"String": "\u2581"}, "content": " "},
+        {"type": "ByteLevel", "add_prefix_space": True, "trim_offsets": True, "use_regex": True}]}
+    tj.write_text(json.dumps(data))
+    _plain_byte_level_tokenizer(folder, add_bos=False)
+    tok = AutoTokenizer.from_pretrained(str(folder))
+    text = "What is the capital of France? Café \u2581ü"
+    ids = tok(text)["input_ids"]
+    assert tok.decode(ids) == text
+    assert json.loads((folder / "tokenizer_config.json").read_text())["add_bos_token"] is False
