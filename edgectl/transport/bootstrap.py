@@ -102,11 +102,27 @@ def requirement(source: str, extras: list[str]) -> str:
     return f"{source}[{','.join(extras)}]" if extras else source
 
 
-def wheel_argv(wheelhouse: Path, source: str, extras: list[str], *, no_deps: bool = False) -> list[str]:
-    """pip wheel on this machine: the agent and (unless no_deps) everything it and its extras need."""
+def wheel_argv(wheelhouse: Path, source: str, extras: list[str], *, no_deps: bool = False,
+               constraints: Path | None = None) -> list[str]:
+    """pip wheel on this machine: the agent and (unless no_deps) everything it and its extras need, at the versions
+    installed here when ``constraints`` lists them (so a locally built llama-cpp-python wheel is reused)."""
     argv = [sys.executable, "-m", "pip", "wheel", "--quiet", "--disable-pip-version-check", "--wheel-dir",
             str(wheelhouse), "--find-links", str(wheelhouse)]
+    argv += ["--constraint", str(constraints)] if constraints else []
     return argv + (["--no-deps"] if no_deps else []) + [requirement(source, extras)]
+
+
+def installed_constraints() -> str:
+    """``name==version`` for every distribution in this environment except edgectl's own: the device gets the
+    versions edgectl was tested with here."""
+    from importlib import metadata
+
+    pins: dict[str, str] = {}
+    for dist in metadata.distributions():
+        name = dist.metadata["Name"]
+        if name and name.lower() not in ("edgectl", "edgectl-agent"):
+            pins.setdefault(name.lower(), f"{name}=={dist.version}")
+    return "".join(line + "\n" for line in sorted(pins.values()))
 
 
 def venv_argv(python: str, layout: RemoteLayout) -> list[str]:
@@ -172,7 +188,9 @@ def build_wheelhouse(extras: list[str]) -> Path:
             old.unlink()
         steps.append(wheel_argv(house, source, [], no_deps=True))
     if not marker.exists():
-        steps.append(wheel_argv(house, source, extras))
+        constraints = house / "constraints.txt"
+        constraints.write_text(installed_constraints())
+        steps.append(wheel_argv(house, source, extras, constraints=constraints))
     for argv in steps:
         r = subprocess.run(argv, capture_output=True, text=True, check=False)
         if r.returncode != 0:
