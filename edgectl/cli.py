@@ -313,7 +313,7 @@ class RichEvents:
 
 def main() -> None:
     try:
-        app(standalone_mode=False)
+        code = app(standalone_mode=False)  # without standalone mode, click returns typer.Exit's code
     except EdgectlError as e:
         if os.environ.get("EDGECTL_DEBUG") == "1":
             raise
@@ -330,6 +330,8 @@ def main() -> None:
         if isinstance(e, click.exceptions.Abort):
             sys.exit(130)
         raise
+    if isinstance(code, int) and code:
+        sys.exit(code)
 
 
 def _print_error(e: EdgectlError) -> None:
