@@ -133,6 +133,17 @@ def _refuse_unknown_policy(device: str, where: str):
     return RefuseUnknown()
 
 
+def _fast_transport(*args: Any, **kwargs: Any) -> "paramiko.Transport":
+    """A paramiko Transport preferring AES-GCM (one AEAD call per packet instead of cipher + HMAC: faster pushes in
+    pure Python) with large windows; servers without GCM still get the usual ciphers."""
+    paramiko = _paramiko()
+    t = paramiko.Transport(*args, default_window_size=WINDOW_BYTES, **kwargs)
+    opts = t.get_security_options()
+    gcm = [c for c in opts.ciphers if c.endswith("-gcm@openssh.com")]
+    opts.ciphers = tuple(gcm + [c for c in opts.ciphers if c not in gcm])
+    return t
+
+
 def fetch_host_key(host: str, port: int, *, sock: Any = None, timeout: float = CONNECT_TIMEOUT_S) -> "paramiko.PKey":
     """The host key a server presents (key exchange only, no authentication, no command)."""
     paramiko = _paramiko()
@@ -210,7 +221,8 @@ class SshTransport(Transport):
         try:
             client.connect(host, port=port, username=user, key_filename=key_file, allow_agent=True,
                            look_for_keys=key_file is None, timeout=CONNECT_TIMEOUT_S,
-                           banner_timeout=CONNECT_TIMEOUT_S, auth_timeout=CONNECT_TIMEOUT_S, sock=sock)
+                           banner_timeout=CONNECT_TIMEOUT_S, auth_timeout=CONNECT_TIMEOUT_S, sock=sock,
+                           transport_factory=_fast_transport)
         except EdgectlError:
             client.close()
             raise
