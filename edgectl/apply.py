@@ -105,15 +105,17 @@ def select_devices(spec: Spec, names: Iterable[str] | None) -> list[Device]:
     return out
 
 
-def observe(devices: Iterable[Device], *, start_agents: bool) -> dict[str, DeviceContext]:
-    """Reach each device's agent (starting it only if asked) and read its facts and state."""
+def observe(devices: Iterable[Device], *, start_agents: bool,
+            runtimes: dict[str, set[str]] | None = None) -> dict[str, DeviceContext]:
+    """Reach each device's agent (starting it only if asked, able to run ``runtimes[device]``) and read its facts
+    and state."""
     contexts: dict[str, DeviceContext] = {}
     for device in devices:
         ctx = DeviceContext(device)
         contexts[device.name] = ctx
         try:
             ctx.transport = transport_for(device)
-            ctx.client = ctx.transport.agent(start=start_agents)
+            ctx.client = ctx.transport.agent(start=start_agents, runtimes=(runtimes or {}).get(device.name, ()))
             if ctx.client is not None:
                 ctx.facts = ctx.client.facts()
                 ctx.observed = ctx.client.state()
@@ -202,9 +204,13 @@ def apply(spec: Spec, *, store: ArtifactStore, device_names: Iterable[str] | Non
     busy = [dp.device for dp in p.devices if dp.status == "ok" and dp.steps]
     restarted = [n for n in busy if contexts[n].client is None and contexts[n].error is None]
     if restarted:
+        needed = {dp.device: {dep.chosen.runtime for dep in dp.deployments if dep.chosen is not None}
+                  for dp in p.devices}
         for n in restarted:
             events.info(n, "starting agent")
-        contexts.update(observe([contexts[n].device for n in restarted], start_agents=True))
+            if contexts[n].transport is not None:
+                contexts[n].transport.close()
+        contexts.update(observe([contexts[n].device for n in restarted], start_agents=True, runtimes=needed))
         p = make_plan(spec, contexts, store)
 
     needs_build = {recipe_id(dep.chosen.recipe) for dp in p.devices for dep in dp.deployments

@@ -415,6 +415,61 @@ def stop(paths: List[Path] = PathsArg, device: Optional[List[str]] = DeviceOpt) 
 
 
 @app.command()
+def trust(device_name: str = typer.Argument(..., metavar="DEVICE", help="The SSH device whose host key to pin."),
+          paths: List[Path] = PathsArg,
+          yes: bool = typer.Option(False, "--yes", "-y", help="Pin without asking (only after checking the "
+                                   "fingerprint out of band)."),
+          replace: bool = typer.Option(False, "--replace", help="Replace a different key edgectl pinned before "
+                                       "(a reinstalled device).")) -> None:
+    """Fetch an SSH device's host key, show its fingerprint and pin it in edgectl's known_hosts."""
+    from edgectl.apply import select_devices
+    from edgectl.errors import TransportError
+    from edgectl.transport.ssh import (SshTransport, fingerprint, known_host_keys, known_hosts_files,
+                                       known_hosts_name, pin_host_key)
+
+    spec = _load(paths)
+    [device] = select_devices(spec, [device_name])
+    if device.transport.type != "ssh":
+        raise TransportError(f"device '{device.name}' uses transport '{device.transport.type}', which has no host "
+                             "key", hint="`edgectl trust` is for devices with `transport: {type: ssh}`")
+    t = SshTransport(device)
+    try:
+        key = t.presented_host_key()
+    finally:
+        t.close()
+    host, port = device.transport.host, device.transport.port
+    name, shown = known_hosts_name(host, port), f"{key.get_name()} {fingerprint(key)}"
+    known = known_host_keys(host, port)
+    if known.get(key.get_name()) == key:
+        out.print(f"{device.name} ({name}) is already trusted: {shown}")
+        return
+    if known:
+        olds = ", ".join(f"{k.get_name()} {fingerprint(k)}" for k in known.values())
+        user_file = known_hosts_files()[0]
+        if not replace:
+            raise TransportError(f"device '{device.name}' ({name}) now presents {shown}, but {olds} is pinned; "
+                                 "nothing was changed",
+                                 hint="if the device was reinstalled, check the new fingerprint on it, then rerun "
+                                      "with --replace")
+        if user_file.is_file() and known_hosts_name(host, port) in _host_keys_of(user_file):
+            raise TransportError(f"{user_file} pins {name} to another key, and it is read first",
+                                 hint=f"remove that entry with: ssh-keygen -R '{name}'; then rerun")
+    out.print(f"{device.name} ({name}) presents {shown}")
+    if not yes and not typer.confirm("Check it on the device (ssh-keygen -lf /etc/ssh/ssh_host_*_key.pub). "
+                                     "Trust this key?", default=False):
+        err.print("not pinned")
+        raise typer.Exit(1)
+    path = pin_host_key(host, port, key, replace=replace)
+    out.print(f"pinned in {path}")
+
+
+def _host_keys_of(path: Path):
+    import paramiko
+
+    return paramiko.HostKeys(str(path))
+
+
+@app.command()
 def version() -> None:
     """Print the versions of edgectl and edgectl-agent."""
     from edgectl_agent import __version__ as agent_version

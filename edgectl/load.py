@@ -38,6 +38,7 @@ import edgectl
 from edgectl.errors import SpecError, SpecErrors
 from edgectl.spec import API_VERSION, AUTO_PROFILE, KINDS, Deployment, DeviceProfile, Fleet, Model, Spec
 from edgectl.spec.common import is_union, unwrap_annotation
+from edgectl.spec.fleet import JUMP_PATTERN, PROGRAM_PATTERN, REMOTE_PATH_PATTERN
 
 YAML_SUFFIXES = (".yaml", ".yml")
 NAME_RULES = ("lowercase letters, digits, '.', '_' and '-'; starting and ending with a letter or digit; "
@@ -50,6 +51,11 @@ _PATTERN_WORDS = {
     r"^[a-z0-9]([a-z0-9._-]{0,61}[a-z0-9])?$": ("name", NAME_RULES),
     r"^[A-Za-z0-9]([A-Za-z0-9._/-]{0,61}[A-Za-z0-9])?$": ("label", LABEL_RULES),
     r"^[A-Za-z0-9]([A-Za-z0-9.:-]*[A-Za-z0-9])?$": ("host", "a host name or IP address: letters, digits, '.', ':', '-'"),
+    JUMP_PATTERN: ("jump host", "[user@]host[:port] with letters, digits, '.', '-' (no leading '-')"),
+    REMOTE_PATH_PATTERN: ("device path", "an absolute path or one starting with '~/', of letters, digits and "
+                                         "'._+-/' (no spaces or shell metacharacters)"),
+    PROGRAM_PATTERN: ("program", "a command name or absolute path of letters, digits and '._+-/', not starting "
+                                 "with '-'"),
     r"^[0-9a-f]{64}$": ("sha256", "64 lowercase hex digits (the output of `sha256sum`)"),
     r"^sha256:[0-9a-f]{64}$": ("digest", "'sha256:' followed by 64 lowercase hex digits"),
 }

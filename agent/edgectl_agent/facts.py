@@ -27,6 +27,9 @@ INFERENCE_FLAGS = ("neon", "asimd", "dotprod", "asimddp", "i8mm", "sve", "sve2",
 RUNTIME_PACKAGES = {"llamacpp": "llama-cpp-python", "onnxruntime": "onnxruntime",
                     "onnxruntime-genai": "onnxruntime-genai", "openvino": "openvino",
                     "openvino-genai": "openvino-genai"}
+# Runtime name -> the edgectl-agent extra that installs it (agent/pyproject.toml).
+RUNTIME_EXTRAS = {"llamacpp": "llama", "onnxruntime": "onnx", "onnxruntime-genai": "onnx-genai",
+                  "openvino": "openvino", "openvino-genai": "openvino-genai", "mlx": "mlx"}
 
 
 def _cpuinfo(path: Path = Path("/proc/cpuinfo")) -> tuple[str, set[str]]:

@@ -27,6 +27,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from edgectl_agent.facts import RUNTIME_EXTRAS
+
 # ONNX Runtime release -> (max IR version, max ai.onnx opset) it reads.
 ORT_MATRIX: list[tuple[str, int, int]] = [
     ("1.10", 8, 15), ("1.11", 8, 16), ("1.12", 8, 17), ("1.13", 8, 17), ("1.14", 8, 18), ("1.15", 9, 19),
@@ -63,7 +65,6 @@ class Rule:
     what: str  # how to name the fact in a message
     min_version: Callable[[str, dict[str, str]], str | None]  # fact value, all facts -> minimum runtime version
     package: str  # the PyPI distribution to upgrade on the device
-    extra: str  # edgectl-agent extra that installs it
 
 
 def _gguf_version(v: str, _facts: dict[str, str]) -> str | None:
@@ -72,16 +73,16 @@ def _gguf_version(v: str, _facts: dict[str, str]) -> str | None:
 
 RULES: tuple[Rule, ...] = (
     Rule(("onnxruntime", "onnxruntime-genai"), "onnx.ir_version", "ONNX IR version",
-         lambda v, _f: _ort_min_for(ir=int(v)), "onnxruntime", "onnx"),
+         lambda v, _f: _ort_min_for(ir=int(v)), "onnxruntime"),
     Rule(("onnxruntime", "onnxruntime-genai"), "onnx.opset", "ONNX opset",
-         lambda v, _f: _ort_min_for(opset=int(v)), "onnxruntime", "onnx"),
+         lambda v, _f: _ort_min_for(opset=int(v)), "onnxruntime"),
     Rule(("openvino", "openvino-genai"), "openvino.ir_version", "OpenVINO IR version",
-         lambda v, _f: OPENVINO_IR11 if int(v) >= 11 else None, "openvino", "openvino"),
-    Rule(("llamacpp",), "gguf.version", "GGUF version", _gguf_version, "llama-cpp-python", "llama"),
+         lambda v, _f: OPENVINO_IR11 if int(v) >= 11 else None, "openvino"),
+    Rule(("llamacpp",), "gguf.version", "GGUF version", _gguf_version, "llama-cpp-python"),
     Rule(("onnxruntime-genai",), "genai.builder", "onnxruntime-genai model builder version",
-         lambda v, _f: ".".join(map(str, parse_version(v)[:2])), "onnxruntime-genai", "genai"),
+         lambda v, _f: ".".join(map(str, parse_version(v)[:2])), "onnxruntime-genai"),
     Rule(("mlx",), "mlx.builder", "mlx-lm version that converted it",
-         lambda v, _f: ".".join(map(str, parse_version(v)[:2])), "mlx-lm", "mlx"),
+         lambda v, _f: ".".join(map(str, parse_version(v)[:2])), "mlx-lm"),
 )
 
 # The runtime a device reports for a package may be a different distribution than the rule's (e.g. the
@@ -111,7 +112,7 @@ def mismatch(facts: dict[str, str], runtime: str, version: str | None) -> str | 
             return (f"{rule.what} {value} is newer than any {runtime} release edgectl knows (device has {version}); "
                     f"rebuild with a released llama-cpp-python")
         return (f"{rule.what} {value} needs {runtime} >= {need}, the device has {runtime} {version}; upgrade it on "
-                f"the device (pip install -U '{rule.package}>={need}', or reinstall edgectl-agent[{rule.extra}]), "
+                f"the device (pip install -U '{rule.package}>={need}', or reinstall edgectl-agent[{RUNTIME_EXTRAS.get(runtime, runtime)}]), "
                 f"or pin quantization.format to another format")
     return None
 

@@ -15,13 +15,29 @@ class LocalTransport(Frozen):
     type: Literal["local"] = Field(description="This machine: edgectl starts and talks to a local agent.")
 
 
+# Values that reach remote argv or ssh options: no shell metacharacters, no leading '-' (would read as an option).
+HOST_PATTERN = r"^[A-Za-z0-9]([A-Za-z0-9.:-]*[A-Za-z0-9])?$"
+JUMP_PATTERN = r"^([a-z_][a-z0-9_.-]{0,31}@)?[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?(:[0-9]{1,5})?$"
+REMOTE_PATH_PATTERN = r"^(~/|/)[A-Za-z0-9._+/-]*$"
+PROGRAM_PATTERN = r"^[A-Za-z0-9._+/][A-Za-z0-9._+/-]*$"
+Host = Annotated[str, Field(pattern=HOST_PATTERN)]
+
+
 class SshTransport(Frozen):
     type: Literal["ssh"] = Field(description="Reach the device over SSH (host keys are always verified).")
-    host: Annotated[str, Field(pattern=r"^[A-Za-z0-9]([A-Za-z0-9.:-]*[A-Za-z0-9])?$")] = Field(
-        description="Host name or IP address of the device.")
+    host: Host = Field(description="Host name or IP address of the device.")
     user: Name | None = Field(default=None, description="SSH user; defaults to the current user.")
     port: int = Field(default=22, ge=1, le=65535, description="SSH port.")
     key_file: str | None = Field(default=None, description="Private key file; defaults to ssh-agent and ~/.ssh keys.")
+    proxy_jump: Annotated[str, Field(pattern=JUMP_PATTERN)] | None = Field(
+        default=None, description="Bastion to connect through, as [user@]host[:port] (like ssh -J); its host key "
+                                  "is verified the same way.")
+    agent_dir: Annotated[str, Field(pattern=REMOTE_PATH_PATTERN)] = Field(
+        default="~/.local/share/edgectl-agent",
+        description="Directory on the device for the agent's venv, wheels, store and token ('~/' = the SSH "
+                    "user's home).")
+    python: Annotated[str, Field(pattern=PROGRAM_PATTERN)] = Field(
+        default="python3", description="Python (3.11+) on the device used to create the agent's venv.")
 
 
 Transport = Annotated[Union[LocalTransport, SshTransport], Field(discriminator="type")]

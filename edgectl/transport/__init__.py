@@ -14,6 +14,10 @@ def transport_for(device: Device) -> Transport:
         from edgectl.transport.local import LocalTransport
 
         return LocalTransport(device)
+    if kind == "ssh":
+        from edgectl.transport.ssh import SshTransport
+
+        return SshTransport(device)
     raise TransportError(
         f"device '{device.name}': transport '{kind}' cannot deploy in this version of edgectl",
         hint="`edgectl plan` works for every device; to deploy now, use `transport: {type: local}` on the device "

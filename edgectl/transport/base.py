@@ -5,7 +5,7 @@ from __future__ import annotations
 import subprocess
 from abc import ABC, abstractmethod
 from pathlib import Path
-from typing import Sequence
+from typing import Iterable, Sequence
 
 from edgectl_agent.api import Facts
 
@@ -26,9 +26,13 @@ class Transport(ABC):
         """Copy a file to the device, verified."""
 
     @abstractmethod
-    def agent(self, *, start: bool) -> AgentClient | None:
-        """A client for the device's agent. ``start=True`` installs/starts it when needed; ``start=False`` returns
-        None when no agent answers (used by read-only commands: plan, status)."""
+    def agent(self, *, start: bool, runtimes: Iterable[str] = ()) -> AgentClient | None:
+        """A client for the device's agent. ``start=True`` installs/starts it when needed (with the libraries of
+        ``runtimes``, the ones the plan chose for it); ``start=False`` returns None when no agent answers (used by
+        read-only commands: plan, status)."""
+
+    def close(self) -> None:
+        """Release connections (nothing to do for transports without any)."""
 
     @abstractmethod
     def facts_without_agent(self) -> Facts | None:

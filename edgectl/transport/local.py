@@ -13,7 +13,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Sequence
+from typing import Iterable, Sequence
 
 import httpx
 from edgectl_agent import __version__ as AGENT_VERSION
@@ -88,7 +88,7 @@ class LocalTransport(Transport):
         except (OSError, ValueError):
             return None
 
-    def agent(self, *, start: bool) -> AgentClient | None:
+    def agent(self, *, start: bool, runtimes: Iterable[str] = ()) -> AgentClient | None:
         health = self._health()
         pid = self._our_pid()
         if health is not None:

@@ -379,3 +379,43 @@ def test_yaml_tabs_tags_and_recursive_aliases_are_errors_not_crashes() -> None:
     assert any(e.startswith("tab.yaml:2:1: invalid YAML:") and "hint: indent with spaces" in e for e in errs)
     assert any(e.startswith("tag.yaml:3:11: invalid YAML:") and "hint: remove the '!' tag" in e for e in errs)
     assert any(e.startswith("loop.yaml:") for e in errs)
+
+
+@pytest.mark.parametrize("field, bad, what", [
+    ("host", '"-oProxyCommand=touch x"', "host"),
+    ("host", '"pi.local;reboot"', "host"),
+    ("user", '"-lroot"', "name"),
+    ("user", '"pi$(id)"', "name"),
+    ("proxy_jump", '"-J evil"', "jump host"),
+    ("proxy_jump", '"bastion`id`"', "jump host"),
+    ("agent_dir", '"/opt/agent; rm -rf /"', "device path"),
+    ("agent_dir", '"relative/dir"', "device path"),
+    ("python", '"-c import os"', "program"),
+])
+def test_ssh_values_that_would_reach_a_shell_or_an_option_are_rejected(field: str, bad: str, what: str) -> None:
+    text = FLEET if field == "host" else FLEET.replace("        host: pi.local\n",
+                                                       f"        host: pi.local\n        {field}: x\n")
+    text = text.replace("host: pi.local", f"host: {bad}") if field == "host" else text.replace(f"{field}: x",
+                                                                                                 f"{field}: {bad}")
+    write("fleet.yaml", text)
+    [err] = errors_of("fleet.yaml")
+    assert f"spec.devices[0].transport.{field}: invalid {what} '{bad.strip(chr(34))}'" in err
+    assert "hint: use " in err
+
+
+@pytest.mark.parametrize("bad", ['"-x"', '"a;b"', '"$(id)"', '"a b"'])
+def test_label_values_with_shell_characters_or_a_leading_dash_are_rejected(bad: str) -> None:
+    write("fleet.yaml", FLEET + "      labels: {site: " + bad + "}\n")
+    [err] = errors_of("fleet.yaml")
+    assert "spec.devices[0].labels.site: invalid label" in err
+
+
+def test_ssh_transport_fields_load() -> None:
+    write("fleet.yaml", FLEET.replace("        host: pi.local\n", "        host: 127.0.0.1\n        user: edge\n"
+                                      "        port: 2222\n        proxy_jump: ops@bastion.lan:2200\n"
+                                      "        agent_dir: /opt/edgectl-agent\n        python: /usr/bin/python3.11\n"))
+    write("profiles.yaml", PROFILE.format(name="rpi5", memory_gb=8))
+    [fleet] = load_paths(["profiles.yaml", "fleet.yaml"], builtins=False).fleets.values()
+    t = fleet.spec.devices[0].transport
+    assert (t.host, t.user, t.port, t.proxy_jump, t.agent_dir, t.python) == (
+        "127.0.0.1", "edge", 2222, "ops@bastion.lan:2200", "/opt/edgectl-agent", "/usr/bin/python3.11")

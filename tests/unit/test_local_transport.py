@@ -6,7 +6,6 @@ from pathlib import Path
 import pytest
 
 from edgectl.spec import Device
-from edgectl.transport import transport_for
 from edgectl.transport.local import LocalTransport, agent_argv
 
 
@@ -26,12 +25,3 @@ def test_run_refuses_shell_strings(tmp_path):
 def test_agent_not_running_is_none_without_start(tmp_path):
     d = Device(name="d", profile="auto", transport={"type": "local"}, agent={"port": 1})
     assert LocalTransport(d, root=tmp_path).agent(start=False) is None
-
-
-def test_ssh_device_cannot_deploy_yet_and_says_how_to_proceed():
-    from edgectl.errors import TransportError
-
-    d = Device(name="pi", profile="raspberry-pi-5", transport={"type": "ssh", "host": "198.18.0.2"})
-    with pytest.raises(TransportError) as e:
-        transport_for(d)
-    assert "edgectl plan" in e.value.hint

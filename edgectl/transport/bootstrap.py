@@ -1,0 +1,279 @@
+"""Install and start the agent on a device that lacks it, offline on the device's side.
+
+edgectl builds the edgectl-agent wheel plus the wheels of the runtime extras the plan needs on this machine (cached
+in a wheelhouse), pushes them, creates a venv on the device and installs with ``pip --no-index``; then starts the
+agent: a systemd user unit where the device runs systemd for the SSH user, else a detached process (nohup).
+Every remote command is an argv built by a pure function here; the transport quotes it.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import posixpath
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Iterable
+
+from edgectl_agent import __version__ as AGENT_VERSION
+from edgectl_agent.facts import RUNTIME_EXTRAS as AGENT_RUNTIME_EXTRAS
+from edgectl_agent.facts import RUNTIME_PACKAGES
+
+from edgectl.errors import TransportError
+from edgectl.paths import edgectl_home
+
+if TYPE_CHECKING:
+    from edgectl.transport.ssh import SshTransport
+
+# Agent runtime -> the edgectl-agent extra that installs its library (None: nothing beyond the agent itself).
+RUNTIME_EXTRAS: dict[str, str | None] = {**AGENT_RUNTIME_EXTRAS, "fake": None}
+UNIT_NAME = "edgectl-agent.service"
+INSTALL_TIMEOUT_S = 900.0
+
+# sh scripts take their values as positional parameters ("$1"...), never spliced into the script text.
+START_SCRIPT = ('nohup setsid "$1" -m edgectl_agent serve --root "$2" --host 127.0.0.1 --port "$3" '
+                '>>"$4" 2>&1 </dev/null & echo $! >"$5"')
+ALIVE_SCRIPT = 'kill -0 "$(cat "$1" 2>/dev/null)" 2>/dev/null'
+STOP_SCRIPT = ('pid=$(cat "$1" 2>/dev/null) || exit 0; kill "$pid" 2>/dev/null || exit 0; i=0; '
+               'while kill -0 "$pid" 2>/dev/null && [ $i -lt 100 ]; do sleep 0.1; i=$((i+1)); done; '
+               'kill -9 "$pid" 2>/dev/null; rm -f "$1"')
+PLATFORM_SCRIPT = "import sys, platform; print(f'{sys.version_info[0]}.{sys.version_info[1]} {platform.machine()}')"
+INSTALLED_SCRIPT = ("import sys, importlib.metadata as m\n"
+                    "print(m.version('edgectl-agent'))\n"
+                    "for d in sys.argv[1:]: m.version(d)\n")
+LIST_SCRIPT = ("import os, sys\n"
+               "for e in os.scandir(sys.argv[1]):\n"
+               "    print(e.name, e.stat().st_size)\n")
+
+
+@dataclass(frozen=True)
+class RemoteLayout:
+    """Where the agent lives on the device (absolute paths under transport.agent_dir)."""
+
+    base: str
+
+    def _p(self, *parts: str) -> str:
+        return posixpath.join(self.base, *parts)
+
+    @property
+    def venv(self) -> str:
+        return self._p("venv")
+
+    @property
+    def python(self) -> str:
+        return self._p("venv", "bin", "python")
+
+    @property
+    def wheels(self) -> str:
+        return self._p("wheels")
+
+    @property
+    def root(self) -> str:
+        return self._p("root")
+
+    @property
+    def token(self) -> str:
+        return self._p("root", "token")
+
+    @property
+    def log(self) -> str:
+        return self._p("agent.log")
+
+    @property
+    def pid(self) -> str:
+        return self._p("agent.pid")
+
+
+# -- pure argv builders (unit-tested) -----------------------------------------------------------------------------
+def extras_for(runtimes: Iterable[str]) -> list[str]:
+    out: set[str] = set()
+    for r in runtimes:
+        if r not in RUNTIME_EXTRAS:
+            raise TransportError(f"no edgectl-agent extra is known for runtime '{r}', so it cannot be installed on "
+                                 "a device", hint="add it to edgectl_agent.facts.RUNTIME_EXTRAS and the "
+                                 "agent's pyproject extras, or install the agent on the device by hand")
+        if RUNTIME_EXTRAS[r]:
+            out.add(RUNTIME_EXTRAS[r])
+    return sorted(out)
+
+
+def requirement(source: str, extras: list[str]) -> str:
+    return f"{source}[{','.join(extras)}]" if extras else source
+
+
+def wheel_argv(wheelhouse: Path, source: str, extras: list[str], *, no_deps: bool = False,
+               constraints: Path | None = None) -> list[str]:
+    """pip wheel on this machine: the agent and (unless no_deps) everything it and its extras need, at the versions
+    installed here when ``constraints`` lists them (so a locally built llama-cpp-python wheel is reused)."""
+    argv = [sys.executable, "-m", "pip", "wheel", "--quiet", "--disable-pip-version-check", "--wheel-dir",
+            str(wheelhouse), "--find-links", str(wheelhouse)]
+    argv += ["--constraint", str(constraints)] if constraints else []
+    return argv + (["--no-deps"] if no_deps else []) + [requirement(source, extras)]
+
+
+def installed_constraints() -> str:
+    """``name==version`` for every distribution in this environment except edgectl's own: the device gets the
+    versions edgectl was tested with here."""
+    from importlib import metadata
+
+    pins: dict[str, str] = {}
+    for dist in metadata.distributions():
+        name = dist.metadata["Name"]
+        if name and name.lower() not in ("edgectl", "edgectl-agent"):
+            pins.setdefault(name.lower(), f"{name}=={dist.version}")
+    return "".join(line + "\n" for line in sorted(pins.values()))
+
+
+def venv_argv(python: str, layout: RemoteLayout) -> list[str]:
+    return [python, "-m", "venv", layout.venv]
+
+
+def install_argv(layout: RemoteLayout, extras: list[str]) -> list[str]:
+    """pip on the device, offline: only the pushed wheels."""
+    return [layout.python, "-m", "pip", "install", "--quiet", "--disable-pip-version-check", "--no-index",
+            "--find-links", layout.wheels, requirement("edgectl-agent", extras) + f"=={AGENT_VERSION}"]
+
+
+def installed_argv(layout: RemoteLayout, runtimes: Iterable[str]) -> list[str]:
+    return [layout.python, "-c", INSTALLED_SCRIPT, *sorted(RUNTIME_PACKAGES[r] for r in runtimes
+                                                           if r in RUNTIME_PACKAGES)]
+
+
+def start_argv(layout: RemoteLayout, port: int) -> list[str]:
+    return ["sh", "-c", START_SCRIPT, "edgectl-agent-start", layout.python, layout.root, str(port), layout.log,
+            layout.pid]
+
+
+def unit_text(layout: RemoteLayout, port: int) -> str:
+    """The systemd user unit that keeps the agent running (restarted on failure, started at boot with linger)."""
+    return (
+        "[Unit]\n"
+        "Description=edgectl agent (serves quantized models on 127.0.0.1)\n"
+        "After=network.target\n\n"
+        "[Service]\n"
+        f"ExecStart={layout.python} -m edgectl_agent serve --root {layout.root} --host 127.0.0.1 --port {port}\n"
+        "Restart=on-failure\n"
+        "RestartSec=2\n\n"
+        "[Install]\n"
+        "WantedBy=default.target\n")
+
+
+# -- this machine: the wheelhouse ---------------------------------------------------------------------------------
+def agent_source() -> str:
+    """The agent project folder when edgectl runs from a source checkout, else the released distribution."""
+    import edgectl_agent
+
+    folder = Path(edgectl_agent.__file__).resolve().parents[1]
+    return str(folder) if (folder / "pyproject.toml").is_file() else f"edgectl-agent=={AGENT_VERSION}"
+
+
+def wheelhouse_dir() -> Path:
+    env = os.environ.get("EDGECTL_WHEELHOUSE")
+    base = Path(env).expanduser() if env else edgectl_home() / "wheels"
+    tag = f"py{sys.version_info[0]}{sys.version_info[1]}-{platform.machine()}"
+    return base / f"agent-{AGENT_VERSION}-{tag}"
+
+
+def build_wheelhouse(extras: list[str]) -> Path:
+    """Wheels for the agent and its extras, for this machine's Python and platform; dependencies are cached,
+    the agent's own wheel is rebuilt from a source checkout every time (it is small and may have changed)."""
+    house = wheelhouse_dir()
+    house.mkdir(parents=True, exist_ok=True)
+    source = agent_source()
+    marker = house / (".complete-" + ("-".join(extras) or "base"))
+    steps = []
+    if Path(source).is_dir():
+        for old in house.glob("edgectl_agent-*.whl"):
+            old.unlink()
+        steps.append(wheel_argv(house, source, [], no_deps=True))
+    if not marker.exists():
+        constraints = house / "constraints.txt"
+        constraints.write_text(installed_constraints())
+        steps.append(wheel_argv(house, source, extras, constraints=constraints))
+    for argv in steps:
+        r = subprocess.run(argv, capture_output=True, text=True, check=False)
+        if r.returncode != 0:
+            raise TransportError(f"building the agent's wheels on this machine failed:\n{r.stderr.strip()[-2000:]}",
+                                 hint="pip needs PyPI (or a configured index) once to fill the wheelhouse "
+                                      f"{house}; later bootstraps reuse it offline")
+    marker.touch()
+    return house
+
+
+# -- the device ---------------------------------------------------------------------------------------------------
+def ensure_installed(t: "SshTransport", layout: RemoteLayout, runtimes: Iterable[str]) -> None:
+    """Install edgectl-agent (this version) with the extras for ``runtimes`` into the device's venv, unless the
+    venv already has them."""
+    runtimes = sorted(set(runtimes))
+    extras = extras_for(runtimes)
+    have = t.run(installed_argv(layout, runtimes))
+    if have.returncode == 0 and have.stdout.strip().splitlines()[:1] == [AGENT_VERSION]:
+        return
+    python = t.spec.python
+    found = t.run([python, "-c", PLATFORM_SCRIPT])
+    if found.returncode != 0:
+        raise TransportError(f"device '{t.name}': cannot run {python} there: {(found.stderr or found.stdout).strip()}",
+                             hint="install Python 3.11+ with venv on the device, or set transport.python to it")
+    ours = f"{sys.version_info[0]}.{sys.version_info[1]} {platform.machine()}"
+    theirs = found.stdout.strip()
+    if theirs != ours:
+        raise TransportError(f"device '{t.name}': its Python/platform is {theirs}, this machine's is {ours}; "
+                             "edgectl pushes wheels built here, which would not install there",
+                             hint=f"run edgectl from a machine with the same Python and CPU architecture, set "
+                                  f"transport.python to a matching interpreter, or install edgectl-agent[...] on "
+                                  f"the device yourself into {layout.venv}")
+    house = build_wheelhouse(extras)
+    t.check(["mkdir", "-p", layout.wheels, layout.root], what="creating the agent's folders")
+    present = dict(line.rsplit(" ", 1) for line in t.check([python, "-c", LIST_SCRIPT, layout.wheels]).splitlines()
+                   if " " in line)
+    for wheel in sorted(house.glob("*.whl")):
+        if present.get(wheel.name) != str(wheel.stat().st_size) or wheel.name.startswith("edgectl_agent-"):
+            t.put_file(wheel, posixpath.join(layout.wheels, wheel.name))
+    if t.run([layout.python, "-c", "pass"]).returncode != 0:
+        t.check(venv_argv(python, layout), what="creating the agent's venv", timeout=300)
+    t.check(install_argv(layout, extras), what="installing edgectl-agent from the pushed wheels",
+            timeout=INSTALL_TIMEOUT_S)
+    # the agent's own wheel keeps its version while its code changes in a checkout: reinstall it, not its deps
+    t.check([layout.python, "-m", "pip", "install", "--quiet", "--disable-pip-version-check", "--no-index",
+             "--no-deps", "--force-reinstall", "--find-links", layout.wheels, f"edgectl-agent=={AGENT_VERSION}"],
+            what="installing the edgectl-agent wheel", timeout=INSTALL_TIMEOUT_S)
+
+
+def has_user_systemd(t: "SshTransport") -> bool:
+    r = t.run(["systemctl", "--user", "is-system-running"])
+    return r.stdout.strip() in ("running", "degraded")
+
+
+def start_agent(t: "SshTransport", layout: RemoteLayout) -> None:
+    """Start the agent: a systemd user unit (enabled) when the device has systemd for this user, else detached."""
+    if has_user_systemd(t):
+        import tempfile
+
+        with tempfile.TemporaryDirectory() as tmp:
+            unit = Path(tmp) / UNIT_NAME
+            unit.write_text(unit_text(layout, t.port))
+            t.put_file(unit, posixpath.join(t.home, ".config", "systemd", "user", UNIT_NAME))
+        t.check(["systemctl", "--user", "daemon-reload"], what="reloading systemd")
+        t.check(["systemctl", "--user", "enable", "--now", UNIT_NAME], what="starting the agent unit")
+        return
+    t.check(start_argv(layout, t.port), what="starting the agent")
+
+
+def agent_alive(t: "SshTransport", layout: RemoteLayout) -> bool:
+    if has_user_systemd(t):
+        return t.run(["systemctl", "--user", "is-active", "--quiet", UNIT_NAME]).returncode == 0
+    return t.run(["sh", "-c", ALIVE_SCRIPT, "edgectl-agent-alive", layout.pid]).returncode == 0
+
+
+def stop_agent(t: "SshTransport", layout: RemoteLayout) -> None:
+    if has_user_systemd(t):
+        t.run(["systemctl", "--user", "stop", UNIT_NAME])
+        return
+    t.run(["sh", "-c", STOP_SCRIPT, "edgectl-agent-stop", layout.pid], timeout=30)
+
+
+def log_tail(t: "SshTransport", layout: RemoteLayout, lines: int = 20) -> str:
+    r = t.run(["tail", "-n", str(lines), layout.log])
+    return r.stdout.strip() or "(no log)"

@@ -1,0 +1,83 @@
+"""HTTP over SSH channels: an httpx transport whose TCP connections are paramiko ``direct-tcpip`` channels.
+
+The agent listens on the device's 127.0.0.1 only. Each HTTP connection is a channel opened through the device's
+sshd to that address, so nothing listens on the control machine either (no local port forward to guard).
+"""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Callable
+from typing import Any
+
+import httpcore
+import httpx
+
+# Our side's receive window: large enough that a streamed response (token stream, /metrics) never waits on adjusts.
+CHANNEL_WINDOW_BYTES = 16 * 1024 * 1024
+
+
+class ChannelStream(httpcore.NetworkStream):
+    def __init__(self, chan: Any) -> None:
+        self._chan = chan
+
+    def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
+        self._chan.settimeout(timeout)
+        try:
+            return self._chan.recv(max_bytes)
+        except socket.timeout as e:
+            raise httpcore.ReadTimeout(str(e) or "read timed out") from e
+        except OSError as e:
+            raise httpcore.ReadError(str(e)) from e
+
+    def write(self, buffer: bytes, timeout: float | None = None) -> None:
+        self._chan.settimeout(timeout)
+        try:
+            self._chan.sendall(buffer)
+        except socket.timeout as e:
+            raise httpcore.WriteTimeout(str(e) or "write timed out") from e
+        except OSError as e:
+            raise httpcore.WriteError(str(e)) from e
+
+    def close(self) -> None:
+        self._chan.close()
+
+    def start_tls(self, ssl_context, server_hostname=None, timeout=None) -> httpcore.NetworkStream:
+        raise httpcore.ConnectError("TLS is not used on the agent's loopback channel")
+
+    def get_extra_info(self, info: str) -> Any:
+        return None
+
+
+class ChannelBackend(httpcore.NetworkBackend):
+    """Opens every "TCP connection" as a direct-tcpip channel: (host, port) are as the device resolves them."""
+
+    def __init__(self, connect: Callable[[], Any]) -> None:
+        self._connect = connect
+
+    def connect_tcp(self, host: str, port: int, timeout: float | None = None, local_address: str | None = None,
+                    socket_options=None) -> httpcore.NetworkStream:
+        import paramiko
+
+        try:
+            ssh_transport = self._connect().get_transport()
+            chan = ssh_transport.open_channel("direct-tcpip", (host, port), ("127.0.0.1", 0),
+                                              window_size=CHANNEL_WINDOW_BYTES, timeout=timeout)
+        except paramiko.ChannelException as e:  # the device refused: nothing listens there
+            raise httpcore.ConnectError(f"the device refused a connection to {host}:{port}: {e}") from e
+        except (OSError, paramiko.SSHException) as e:
+            raise httpcore.ConnectError(f"cannot open an SSH channel to {host}:{port}: {e}") from e
+        return ChannelStream(chan)
+
+    def connect_unix_socket(self, path: str, timeout: float | None = None, socket_options=None):
+        raise httpcore.ConnectError("unix sockets are not reachable through this transport")
+
+
+class ChannelTransport(httpx.HTTPTransport):
+    """httpx's own transport (exception mapping, keep-alive pool) over ChannelBackend."""
+
+    def __init__(self, connect: Callable[[], Any], *, device: str) -> None:
+        super().__init__()
+        self.device = device
+        self._pool = httpcore.ConnectionPool(network_backend=ChannelBackend(connect), max_connections=10,
+                                             max_keepalive_connections=4, keepalive_expiry=30.0)

@@ -1,0 +1,444 @@
+"""SSH transport (paramiko): run argv on the device, put files resumably, reach the agent through a direct-tcpip
+channel to the device's 127.0.0.1, so the agent never listens beyond loopback.
+
+Host keys are always verified, against ``~/.ssh/known_hosts`` and edgectl's own ``known_hosts`` (written by
+``edgectl trust DEVICE``). An unknown host is refused with its fingerprint; a changed key aborts before
+authentication, so no command runs on a device that may be an impostor.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import logging
+import posixpath
+import re
+import socket
+import subprocess
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Iterable
+
+import httpx
+from edgectl_agent import __version__ as AGENT_VERSION
+from edgectl_agent.api import Facts
+
+from edgectl.agent_client import AgentClient
+from edgectl.errors import EdgectlError, TransportError, require_module
+from edgectl.paths import edgectl_home
+from edgectl.spec import Device
+from edgectl.transport.base import Transport
+
+if TYPE_CHECKING:
+    import paramiko
+    from edgectl.transport.bootstrap import RemoteLayout
+
+CONNECT_TIMEOUT_S = 15.0
+START_TIMEOUT_S = 60.0
+SFTP_CHUNK = 1024 * 1024
+# Large windows keep a long transfer from stalling on window adjusts (paramiko's default is 2 MiB).
+WINDOW_BYTES = 32 * 1024 * 1024
+MAX_PACKET_BYTES = 32 * 1024
+
+_NULL_HANDLER = logging.NullHandler()
+_SAFE_ARG = re.compile(r"^[A-Za-z0-9_@%+=:,./-]+$")
+
+
+# -- pure pieces (unit-tested) -----------------------------------------------------------------------------------
+def quote_arg(arg: str) -> str:
+    """One argument as a POSIX shell word that the shell turns back into exactly ``arg``."""
+    if not isinstance(arg, str):
+        raise TypeError(f"command arguments must be strings, got {type(arg).__name__}: {arg!r}")
+    if "\0" in arg:
+        raise ValueError("a command argument cannot contain a NUL byte")
+    if _SAFE_ARG.match(arg):
+        return arg
+    return "'" + arg.replace("'", "'\"'\"'") + "'"
+
+
+def quote_argv(argv: Sequence[str]) -> str:
+    """The command line sshd hands to the user's (POSIX) login shell so that it runs exactly ``argv``.
+
+    SSH only carries a string; this is the one place where argv becomes one, and every argument is quoted."""
+    if isinstance(argv, str):
+        raise TypeError("argv must be a list of arguments, not a shell string")
+    if not argv:
+        raise ValueError("argv is empty")
+    return " ".join(quote_arg(a) for a in argv)
+
+
+def fingerprint(key: "paramiko.PKey") -> str:
+    """OpenSSH's ``SHA256:...`` fingerprint of a host key (what `ssh-keygen -lf` prints)."""
+    return "SHA256:" + base64.b64encode(hashlib.sha256(key.asbytes()).digest()).decode().rstrip("=")
+
+
+def known_hosts_name(host: str, port: int) -> str:
+    """The host's name in known_hosts files: ``host`` on port 22, ``[host]:port`` elsewhere."""
+    return host if port == 22 else f"[{host}]:{port}"
+
+
+def parse_jump(spec: str, default_user: str | None) -> tuple[str | None, str, int]:
+    """``[user@]host[:port]`` -> (user, host, port)."""
+    user, _, hostport = spec.rpartition("@")
+    host, _, port = hostport.partition(":")
+    return (user or default_user), host, int(port or 22)
+
+
+def remote_path(path: str, home: str) -> str:
+    """Expand a leading '~/' with the device user's home; everything remote is addressed by absolute path."""
+    return posixpath.join(home, path[2:]) if path.startswith("~/") else path
+
+
+def known_hosts_files() -> list[Path]:
+    """Where host keys are looked up: the user's OpenSSH file and edgectl's own (``edgectl trust`` writes it)."""
+    return [Path.home() / ".ssh" / "known_hosts", edgectl_home() / "known_hosts"]
+
+
+def trust_command(device: str) -> str:
+    return f"edgectl trust {device} MANIFESTS..."
+
+
+# -- host keys ---------------------------------------------------------------------------------------------------
+def _paramiko():
+    paramiko = require_module("paramiko", "ssh")
+    # paramiko logs a refused channel (no agent listening yet) at ERROR; without a handler Python would print it.
+    logging.getLogger("paramiko").addHandler(_NULL_HANDLER)
+    return paramiko
+
+
+def known_host_keys(host: str, port: int) -> dict[str, "paramiko.PKey"]:
+    """Keys pinned for this host in either known_hosts file, by key type."""
+    paramiko = _paramiko()
+    found: dict[str, "paramiko.PKey"] = {}
+    for path in known_hosts_files():
+        if path.is_file():
+            keys = paramiko.HostKeys(str(path))
+            found.update(keys.lookup(known_hosts_name(host, port)) or {})
+    return found
+
+
+def _refuse_unknown_policy(device: str, where: str):
+    paramiko = _paramiko()
+
+    class RefuseUnknown(paramiko.MissingHostKeyPolicy):
+        """Never AutoAdd: an unknown host is refused with what a user needs to pin it."""
+
+        def missing_host_key(self, client, hostname, key) -> None:
+            raise TransportError(
+                f"device '{device}': host key of {where} is unknown ({key.get_name()} {fingerprint(key)}); "
+                "nothing was run on it",
+                hint=f"check that fingerprint on the device (ssh-keygen -lf /etc/ssh/ssh_host_*_key.pub), then pin "
+                     f"it: {trust_command(device)}")
+
+    return RefuseUnknown()
+
+
+def _fast_transport(*args: Any, **kwargs: Any) -> "paramiko.Transport":
+    """A paramiko Transport preferring AES-GCM (one AEAD call per packet instead of cipher + HMAC: faster pushes in
+    pure Python) with large windows; servers without GCM still get the usual ciphers."""
+    paramiko = _paramiko()
+    t = paramiko.Transport(*args, default_window_size=WINDOW_BYTES, **kwargs)
+    opts = t.get_security_options()
+    gcm = [c for c in opts.ciphers if c.endswith("-gcm@openssh.com")]
+    opts.ciphers = tuple(gcm + [c for c in opts.ciphers if c not in gcm])
+    return t
+
+
+def fetch_host_key(host: str, port: int, *, sock: Any = None, timeout: float = CONNECT_TIMEOUT_S) -> "paramiko.PKey":
+    """The host key a server presents (key exchange only, no authentication, no command)."""
+    paramiko = _paramiko()
+    try:
+        s = sock or socket.create_connection((host, port), timeout=timeout)
+    except OSError as e:
+        raise TransportError(f"cannot connect to {host}:{port}: {e.strerror or e}",
+                             hint="check the device's address and port and that sshd runs there") from e
+    t = paramiko.Transport(s)
+    try:
+        t.start_client(timeout=timeout)
+        return t.get_remote_server_key()
+    except paramiko.SSHException as e:
+        raise TransportError(f"SSH handshake with {host}:{port} failed: {e}",
+                             hint="check that the port is an SSH server's") from e
+    finally:
+        t.close()
+
+
+def pin_host_key(host: str, port: int, key: "paramiko.PKey", *, replace: bool = False) -> Path:
+    """Write the key into edgectl's own known_hosts (the user's OpenSSH file is never edited)."""
+    paramiko = _paramiko()
+    path = edgectl_home() / "known_hosts"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    keys = paramiko.HostKeys()
+    if path.is_file():
+        keys.load(str(path))
+    name = known_hosts_name(host, port)
+    if replace and name in keys:
+        del keys[name]
+    keys.add(name, key.get_name(), key)
+    tmp = path.with_name(path.name + ".tmp")
+    keys.save(str(tmp))
+    tmp.replace(path)
+    return path
+
+
+# -- the transport -----------------------------------------------------------------------------------------------
+class SshTransport(Transport):
+    def __init__(self, device: Device) -> None:
+        super().__init__(device)
+        self.spec = device.transport
+        self.port = device.agent.port
+        self._client: "paramiko.SSHClient | None" = None
+        self._jump: "paramiko.SSHClient | None" = None
+        self._home: str | None = None
+
+    @property
+    def name(self) -> str:
+        return self.device.name
+
+    @property
+    def where(self) -> str:
+        return f"{self.spec.host}:{self.spec.port}"
+
+    @property
+    def base_url(self) -> str:
+        """The agent's URL as the device sees it; requests go there through the SSH channel."""
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def endpoint(self) -> str:
+        return f"{self.base_url}/v1"
+
+    # -- connection -------------------------------------------------------------------------------------------
+    def _connect_client(self, host: str, port: int, user: str | None, *, sock: Any = None) -> "paramiko.SSHClient":
+        paramiko = _paramiko()
+        client = paramiko.SSHClient()
+        for path in known_hosts_files():  # loaded as "system" keys: trusted for lookups, never written back
+            if path.is_file():
+                client.load_system_host_keys(str(path))
+        where = f"{host}:{port}"
+        client.set_missing_host_key_policy(_refuse_unknown_policy(self.name, where))
+        key_file = self.spec.key_file and str(Path(self.spec.key_file).expanduser())
+        try:
+            client.connect(host, port=port, username=user, key_filename=key_file, allow_agent=True,
+                           look_for_keys=key_file is None, timeout=CONNECT_TIMEOUT_S,
+                           banner_timeout=CONNECT_TIMEOUT_S, auth_timeout=CONNECT_TIMEOUT_S, sock=sock,
+                           transport_factory=_fast_transport)
+        except EdgectlError:
+            client.close()
+            raise
+        except paramiko.BadHostKeyException as e:
+            client.close()
+            name = known_hosts_name(host, port)
+            raise TransportError(
+                f"device '{self.name}': HOST KEY CHANGED for {where}: it presents {e.key.get_name()} "
+                f"{fingerprint(e.key)}, known_hosts has {e.expected_key.get_name()} {fingerprint(e.expected_key)}; "
+                "aborted before authentication, nothing was run",
+                hint="someone may be intercepting the connection; if the device was reinstalled, verify the new "
+                     f"fingerprint on it, remove the old entry (ssh-keygen -R '{name}', and from "
+                     f"{edgectl_home() / 'known_hosts'}), then run: {trust_command(self.name)} --replace") from e
+        except paramiko.AuthenticationException as e:
+            client.close()
+            raise TransportError(f"device '{self.name}': SSH authentication as '{user or 'current user'}' on "
+                                 f"{where} failed: {e}",
+                                 hint="set transport.key_file or load the key into ssh-agent (ssh-add), and check "
+                                      "transport.user and the device's authorized_keys") from e
+        except (OSError, paramiko.SSHException) as e:
+            client.close()
+            raise TransportError(f"device '{self.name}': cannot connect over SSH to {where}: {e}",
+                                 hint="check that the device is on, sshd runs, and transport.host/port are "
+                                      "right") from e
+        return client
+
+    def connect(self) -> "paramiko.SSHClient":
+        """The SSH session (opened once, through the jump host when one is set)."""
+        if self._client is not None and self._client.get_transport() is not None \
+                and self._client.get_transport().is_active():
+            return self._client
+        sock = None
+        if self.spec.proxy_jump:
+            juser, jhost, jport = parse_jump(self.spec.proxy_jump, self.spec.user)
+            self._jump = self._connect_client(jhost, jport, juser)
+            try:
+                sock = self._jump.get_transport().open_channel(
+                    "direct-tcpip", (self.spec.host, self.spec.port), ("127.0.0.1", 0), timeout=CONNECT_TIMEOUT_S)
+            except Exception as e:  # paramiko.ChannelException, SSHException, OSError
+                raise TransportError(f"device '{self.name}': the jump host {jhost}:{jport} could not reach "
+                                     f"{self.where}: {e}", hint="check transport.host/port as the jump host sees "
+                                     "them, and AllowTcpForwarding on the jump host") from e
+        self._client = self._connect_client(self.spec.host, self.spec.port, self.spec.user, sock=sock)
+        self._client.get_transport().set_keepalive(30)
+        return self._client
+
+    def presented_host_key(self) -> "paramiko.PKey":
+        """The key the device presents now (through the jump host when one is set); nothing is authenticated."""
+        sock = None
+        if self.spec.proxy_jump:
+            juser, jhost, jport = parse_jump(self.spec.proxy_jump, self.spec.user)
+            self._jump = self._connect_client(jhost, jport, juser)
+            sock = self._jump.get_transport().open_channel(
+                "direct-tcpip", (self.spec.host, self.spec.port), ("127.0.0.1", 0), timeout=CONNECT_TIMEOUT_S)
+        return fetch_host_key(self.spec.host, self.spec.port, sock=sock)
+
+    def close(self) -> None:
+        for c in (self._client, self._jump):
+            if c is not None:
+                c.close()
+        self._client = self._jump = None
+
+    # -- dumb pipes -------------------------------------------------------------------------------------------
+    def run(self, argv: Sequence[str], *, timeout: float = 60.0) -> subprocess.CompletedProcess:
+        command = quote_argv(argv)
+        paramiko = _paramiko()
+        try:
+            chan = self.connect().get_transport().open_session(timeout=CONNECT_TIMEOUT_S)
+            chan.exec_command(command)
+            out, err = bytearray(), bytearray()
+            deadline = time.monotonic() + timeout
+            while True:  # drain both streams, or a chatty stderr fills its window and the command blocks
+                busy = False
+                while chan.recv_ready():
+                    out += chan.recv(65536)
+                    busy = True
+                while chan.recv_stderr_ready():
+                    err += chan.recv_stderr(65536)
+                    busy = True
+                if chan.exit_status_ready() and not chan.recv_ready() and not chan.recv_stderr_ready():
+                    break
+                if time.monotonic() > deadline:
+                    chan.close()
+                    raise subprocess.TimeoutExpired(list(argv), timeout, bytes(out), bytes(err))
+                if not busy:
+                    time.sleep(0.005)
+            code = chan.recv_exit_status()
+            chan.close()
+        except (OSError, paramiko.SSHException) as e:
+            raise TransportError(f"device '{self.name}': running {argv[0]} over SSH failed: {e}",
+                                 hint="the connection dropped; retry") from e
+        return subprocess.CompletedProcess(list(argv), code, out.decode(errors="replace"), err.decode(errors="replace"))
+
+    def check(self, argv: Sequence[str], *, timeout: float = 60.0, what: str = "") -> str:
+        """Run and return stdout; a non-zero exit is a TransportError with the command's stderr."""
+        r = self.run(argv, timeout=timeout)
+        if r.returncode != 0:
+            tail = (r.stderr or r.stdout).strip()[-1500:]
+            raise TransportError(f"device '{self.name}': {what or argv[0]} failed (exit {r.returncode}): {tail}",
+                                 hint=f"the command was: {quote_argv(argv)}")
+        return r.stdout
+
+    @property
+    def home(self) -> str:
+        """The SSH user's home on the device (as its sessions see $HOME)."""
+        if self._home is None:
+            self._home = self.check(["printenv", "HOME"], what="reading $HOME").strip() or "/"
+        return self._home
+
+    def put_file(self, local: Path, remote: Path | str) -> None:
+        """SFTP, pipelined; resumes from a ``.part`` left by a cut transfer; sha256 checked on the device before
+        the file takes its final name, so a partial or corrupt file never appears there."""
+        paramiko = _paramiko()
+        remote = remote_path(str(remote), self.home)
+        part = remote + ".part"
+        size = local.stat().st_size
+        try:
+            sftp = self.connect().open_sftp()
+        except (OSError, paramiko.SSHException) as e:
+            raise TransportError(f"device '{self.name}': cannot open SFTP: {e}",
+                                 hint="enable the sftp subsystem in the device's sshd_config") from e
+        try:
+            self.check(["mkdir", "-p", posixpath.dirname(remote)], what="creating the target folder")
+            try:
+                offset = sftp.stat(part).st_size or 0
+            except OSError:
+                offset = 0
+            if offset > size:
+                offset = 0
+            with open(local, "rb") as src, sftp.open(part, "r+" if offset else "w") as dst:
+                dst.set_pipelined(True)  # don't wait for each write's ack: the difference between KB/s and MB/s
+                src.seek(offset)
+                dst.seek(offset)
+                while chunk := src.read(SFTP_CHUNK):
+                    dst.write(chunk)
+            local_sha = _sha256_file(local)
+            remote_sha = self.check(["sha256sum", part], what="hashing the pushed file").split()[0]
+            if remote_sha != local_sha:
+                sftp.remove(part)
+                raise TransportError(f"device '{self.name}': {remote} arrived corrupted (sha256 {remote_sha}, "
+                                     f"expected {local_sha}); the partial file was removed",
+                                     hint="retry; if it repeats, check the device's disk")
+            sftp.posix_rename(part, remote)
+        except (OSError, paramiko.SSHException) as e:
+            raise TransportError(f"device '{self.name}': copying {local.name} to {remote} was cut: {e}",
+                                 hint="retry: the copy resumes from the bytes already on the device") from e
+        finally:
+            sftp.close()
+
+    def facts_without_agent(self) -> Facts | None:
+        return None  # the agent reports facts; without it the profile stands in (no side effects here)
+
+    # -- control channel ------------------------------------------------------------------------------------
+    def http_transport(self) -> httpx.BaseTransport:
+        """An httpx transport whose connections are direct-tcpip channels to the device's loopback."""
+        from edgectl.transport.channel import ChannelTransport
+
+        return ChannelTransport(self.connect, device=self.name)
+
+    def client(self, token: str) -> AgentClient:
+        return AgentClient(self.base_url, token, device=self.name, transport=self.http_transport())
+
+    def _health(self) -> dict | None:
+        try:
+            with httpx.Client(transport=self.http_transport(), timeout=10.0) as http:
+                r = http.get(f"{self.base_url}/healthz")
+                return r.json() if r.status_code == 200 else {"status": f"http {r.status_code}"}
+        except (httpx.HTTPError, ValueError):
+            return None
+
+    # -- agent lifecycle --------------------------------------------------------------------------------------
+    @property
+    def layout(self) -> "RemoteLayout":
+        from edgectl.transport.bootstrap import RemoteLayout
+
+        return RemoteLayout(remote_path(self.spec.agent_dir, self.home))
+
+    def agent(self, *, start: bool, runtimes: Iterable[str] = ()) -> AgentClient | None:
+        from edgectl.transport import bootstrap
+
+        self.connect()  # host key and auth problems surface here, before anything else
+        health = self._health()
+        if health is not None and (health.get("version") == AGENT_VERSION or not start):
+            return self.client(self._token())
+        if not start:
+            return None
+        if health is not None:  # an older agent: replace it with this version
+            bootstrap.stop_agent(self, self.layout)
+        bootstrap.ensure_installed(self, self.layout, runtimes)
+        bootstrap.start_agent(self, self.layout)
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while time.monotonic() < deadline:
+            health = self._health()
+            if health and health.get("status") == "ok":
+                return self.client(self._token())
+            if not bootstrap.agent_alive(self, self.layout):
+                break
+            time.sleep(0.2)
+        raise TransportError(f"device '{self.name}': the agent did not start:\n{bootstrap.log_tail(self, self.layout)}",
+                             hint=f"see its log on the device: {self.layout.log}")
+
+    def _token(self) -> str:
+        layout = self.layout
+        r = self.run(["cat", layout.token])
+        if r.returncode != 0 or not r.stdout.strip():
+            raise TransportError(f"device '{self.name}': cannot read the agent token {layout.token}: "
+                                 f"{r.stderr.strip()}",
+                                 hint="an agent answers on the device's port but not from transport.agent_dir; "
+                                      "stop it or point agent_dir at its root's parent")
+        return r.stdout.strip()
+
+
+def _sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()

@@ -1,0 +1,113 @@
+"""SSH transport, pure parts: argv quoting (checked by a real /bin/sh), host key names, layout, bootstrap argv."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from edgectl.spec import Device
+from edgectl.transport import bootstrap, transport_for
+from edgectl.transport.ssh import SshTransport, known_hosts_name, parse_jump, quote_arg, quote_argv, remote_path
+
+HOSTILE = ["plain", "", " ", "a b", "it's", "'", "''", '"', "$(id)", "`id`", "${HOME}", "$HOME", "a;rm -rf /",
+           "x && y", "a|b", "a>b", "<in", "*", "?", "[a]", "~", "~root", "-n", "--", "-rf", "\\", "\\'", "a\nb",
+           "\t", "!", "#comment", "%", "é ü 中", "a\\\nb", "=x", "{a,b}", "&", "(", ")"]
+
+
+def run_like_sshd(command: str) -> list[str]:
+    """What a POSIX login shell makes of the command string (sshd runs ``$SHELL -c <command>``)."""
+    out = subprocess.run(["sh", "-c", "printf '%s\\0' " + command], capture_output=True, check=True).stdout
+    return out.decode().split("\0")[:-1]
+
+
+@pytest.mark.parametrize("arg", HOSTILE)
+def test_quote_arg_roundtrips_through_a_real_shell(arg: str) -> None:
+    assert run_like_sshd(quote_arg(arg)) == [arg]
+
+
+def test_quote_argv_keeps_every_argument_apart() -> None:
+    assert run_like_sshd(quote_argv(HOSTILE)) == HOSTILE
+
+
+def test_quote_argv_leaves_safe_words_readable() -> None:
+    assert quote_argv(["ls", "-la", "/var/lib/edgectl-agent", "a b", "it's"]) == \
+        "ls -la /var/lib/edgectl-agent 'a b' 'it'\"'\"'s'"
+
+
+@pytest.mark.parametrize("bad, error", [("echo hi; rm -rf /", TypeError), ([], ValueError), (["a\0b"], ValueError),
+                                        (["ls", 3], TypeError)])
+def test_quote_argv_refuses_what_it_cannot_carry(bad, error) -> None:
+    with pytest.raises(error):
+        quote_argv(bad)
+
+
+def test_known_hosts_names_follow_openssh() -> None:
+    assert known_hosts_name("pi.local", 22) == "pi.local"
+    assert known_hosts_name("127.0.0.1", 2222) == "[127.0.0.1]:2222"
+
+
+def test_parse_jump() -> None:
+    assert parse_jump("ops@bastion:2200", "pi") == ("ops", "bastion", 2200)
+    assert parse_jump("bastion", "pi") == ("pi", "bastion", 22)
+
+
+def test_remote_paths_expand_home_only_at_the_start() -> None:
+    assert remote_path("~/.local/share/edgectl-agent", "/home/pi") == "/home/pi/.local/share/edgectl-agent"
+    assert remote_path("/opt/a~/b", "/home/pi") == "/opt/a~/b"
+
+
+def test_ssh_devices_get_the_ssh_transport() -> None:
+    d = Device(name="pi", profile="raspberry-pi-5", transport={"type": "ssh", "host": "198.18.0.2"})
+    t = transport_for(d)
+    assert isinstance(t, SshTransport)
+    assert t.endpoint == "http://127.0.0.1:8088/v1"
+
+
+def test_bootstrap_argv_installs_offline_from_pushed_wheels() -> None:
+    layout = bootstrap.RemoteLayout("/home/pi/.local/share/edgectl-agent")
+    assert bootstrap.extras_for(["llamacpp", "fake", "onnxruntime", "llamacpp"]) == ["llama", "onnx"]
+    argv = bootstrap.install_argv(layout, ["llama"])
+    assert argv[:3] == ["/home/pi/.local/share/edgectl-agent/venv/bin/python", "-m", "pip"]
+    assert "--no-index" in argv and argv[argv.index("--find-links") + 1] == layout.wheels
+    assert argv[-1].startswith("edgectl-agent[llama]==")
+    assert bootstrap.venv_argv("python3", layout) == ["python3", "-m", "venv", layout.venv]
+    wheel = bootstrap.wheel_argv(Path("/w"), "/src/agent", ["llama", "onnx"])
+    assert wheel[:4] == [sys.executable, "-m", "pip", "wheel"] and wheel[-1] == "/src/agent[llama,onnx]"
+
+
+def test_unknown_runtime_extra_says_how_to_fix() -> None:
+    from edgectl.errors import TransportError
+
+    with pytest.raises(TransportError) as e:
+        bootstrap.extras_for(["tensorrt"])
+    assert "RUNTIME_EXTRAS" in e.value.hint
+
+
+def test_start_script_takes_values_as_parameters_not_text(tmp_path) -> None:
+    """Hostile paths reach the started program as single arguments (run with a stand-in 'python')."""
+    fake_python = tmp_path / "py"
+    fake_python.write_text("#!/bin/sh\nprintf '%s\\n' \"$@\" > \"$(dirname \"$0\")/args\"\n")
+    fake_python.chmod(0o755)
+    layout = bootstrap.RemoteLayout(str(tmp_path / "a b;$(touch pwned)"))
+    argv = bootstrap.start_argv(layout, 8088)
+    argv[4] = str(fake_python)  # the venv python
+    (tmp_path / "a b;$(touch pwned)").mkdir()
+    subprocess.run(["sh", "-c", quote_argv(argv)], check=True, cwd=tmp_path)
+    for _ in range(100):
+        if (tmp_path / "args").exists() and (tmp_path / "args").read_text():
+            break
+        time.sleep(0.02)
+    assert (tmp_path / "args").read_text().splitlines() == [
+        "-m", "edgectl_agent", "serve", "--root", layout.root, "--host", "127.0.0.1", "--port", "8088"]
+    assert not (tmp_path / "pwned").exists()
+
+
+def test_unit_text_binds_loopback() -> None:
+    text = bootstrap.unit_text(bootstrap.RemoteLayout("/opt/edgectl-agent"), 9000)
+    assert "ExecStart=/opt/edgectl-agent/venv/bin/python -m edgectl_agent serve --root /opt/edgectl-agent/root " \
+           "--host 127.0.0.1 --port 9000" in text
+    assert "Restart=on-failure" in text
