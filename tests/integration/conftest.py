@@ -94,15 +94,21 @@ def start_agent(tmp_path: Path) -> Iterator:
         a.stop()
 
 
+TINY_ARCHITECTURE = {"family": "llama", "parameters": 1_000_000, "layers": 2, "hidden_size": 256,
+                     "attention_heads": 4, "kv_heads": 2, "head_dim": 64, "vocab_size": 512, "max_context": 512}
+
+
 def build_from(tmp_path: Path, source: dict, *, format: str, quant: str, kind: str = "llm", task: str = "chat",
                name: str = "tiny", **recipe):
     """Build ``format``/``quant`` from one model source with the real builder: ``(artifact, store)``."""
     from edgectl.build import ArtifactStore, build
     from edgectl.spec import Model, Recipe
 
+    # The planner's facts; a build reads neither (LLM tasks need an architecture, tensor models a parameter count).
+    facts = {"parameters": 1_000_000} if task == "tensor" else {"architecture": TINY_ARCHITECTURE}
     model = Model.model_validate({
         "apiVersion": "edgectl.dev/v1alpha1", "kind": "Model", "metadata": {"name": name},
-        "spec": {"task": task, "parameters": 1_000_000, "sources": [source]}})
+        "spec": {"task": task, **facts, "sources": [source]}})
     store = ArtifactStore(tmp_path / "store")
     r = Recipe(model=name, format=format, kind=kind, quant=quant, source_precision=source["precision"], **recipe)
     artifact, _ = build(r, model, store)
