@@ -24,7 +24,7 @@ INFERENCE_FLAGS = ("neon", "asimd", "dotprod", "asimddp", "i8mm", "sve", "sve2",
                    "asimdhp")
 
 # Runtime name -> the distribution that provides it.
-RUNTIME_PACKAGES = {"llamacpp": "llama-cpp-python", "onnxruntime": "onnxruntime"}
+RUNTIME_PACKAGES = {"llamacpp": "llama-cpp-python", "onnxruntime": "onnxruntime", "mlx": "mlx-lm"}
 
 
 def _cpuinfo(path: Path = Path("/proc/cpuinfo")) -> tuple[str, set[str]]:

@@ -6,12 +6,14 @@ from edgectl_agent.runtimes.base import (GenerationParams, LoadedModel, Runtime,
                                          TensorSpec)
 from edgectl_agent.runtimes.fake import FakeRuntime
 from edgectl_agent.runtimes.llamacpp import LlamaCppRuntime
+from edgectl_agent.runtimes.mlx import MlxRuntime
 from edgectl_agent.runtimes.onnxruntime import OnnxRuntime
 
 __all__ = ["GenerationParams", "LoadedModel", "Runtime", "RuntimeCapabilities", "TensorModel", "TensorSpec",
-           "FakeRuntime", "LlamaCppRuntime", "OnnxRuntime", "default_runtimes"]
+           "FakeRuntime", "LlamaCppRuntime", "MlxRuntime", "OnnxRuntime", "default_runtimes"]
 
 
 def default_runtimes() -> dict[str, Runtime]:
     """Every runtime this agent ships, by the name DesiredDeployment.runtime uses."""
-    return {"llamacpp": LlamaCppRuntime(), "fake": FakeRuntime(), "onnxruntime": OnnxRuntime()}
+    return {"llamacpp": LlamaCppRuntime(), "fake": FakeRuntime(), "onnxruntime": OnnxRuntime(),
+            "mlx": MlxRuntime()}
