@@ -120,8 +120,12 @@ def test_real_agent_serves_mlx_to_the_openai_client(tmp_path, tiny_hf, start_age
     assert "".join(c.choices[0].delta.content or "" for c in chunks) == text  # greedy: the same answer
     assert chunks[-1].choices[0].finish_reason == chat.choices[0].finish_reason
 
-    # The agent's greedy completion is exactly mlx_lm's own, run here on the same artifact folder.
+    # The agent's greedy completion is exactly mlx_lm's own, run here on the same artifact folder (computing in
+    # float32, as the runtime does on a CPU).
+    import mlx.core as mx
+
     model, tokenizer = mlx_lm.load(str(store.local_path(artifact)))
+    model.set_dtype(mx.float32)
     expected = mlx_lm.generate(model, tokenizer, PROMPT, max_tokens=6, sampler=make_sampler(temp=0.0))
     done = oai.completions.create(model="tiny", prompt=PROMPT, max_tokens=6, temperature=0)
     assert done.choices[0].text == expected

@@ -35,21 +35,38 @@ DEFAULT_TOP_P = 1.0
 # runtime_options a deployment may pass to mlx_lm.stream_generate (everything else is refused, by name):
 # kv_bits / kv_group_size quantize the KV cache; prefill_step_size bounds the prompt batch (memory vs speed).
 MLX_OPTIONS: dict[str, type] = {"kv_bits": int, "kv_group_size": int, "prefill_step_size": int}
+# runtime_options.dtype: the float type the model computes in (quantized weights stay packed; their scales, biases
+# and the norms are cast). Default: the artifact's own (float16) on Metal, float32 on the CPU, where mlx has no fast
+# float16 kernels (a quantized matmul with float16 scales measured ~30x slower than with float32 on x86).
+COMPUTE_DTYPES = ("float32", "float16", "bfloat16")
 
 
 def generate_kwargs(desired: DesiredDeployment) -> dict[str, Any]:
     """The extra keyword arguments for ``mlx_lm.stream_generate`` from runtime_options (pure; unit-tested)."""
-    unknown = sorted(set(desired.runtime_options) - set(MLX_OPTIONS))
+    unknown = sorted(set(desired.runtime_options) - set(MLX_OPTIONS) - {"dtype"})
     if unknown:
         raise RuntimeFailure(f"deployment '{desired.name}': unknown mlx runtime_options {unknown}",
-                             hint=f"use only: {', '.join(sorted(MLX_OPTIONS))}")
+                             hint=f"use only: {', '.join(sorted([*MLX_OPTIONS, 'dtype']))}")
     kw: dict[str, Any] = {}
     for key, value in desired.runtime_options.items():
+        if key == "dtype":
+            continue
         if not isinstance(value, MLX_OPTIONS[key]) or isinstance(value, bool) or value <= 0:
             raise RuntimeFailure(f"deployment '{desired.name}': mlx runtime_options.{key} must be a positive "
                                  f"integer, got {value!r}", hint=f"e.g. runtime_options: {{{key}: 8}}")
         kw[key] = value
     return kw
+
+
+def compute_dtype(desired: DesiredDeployment, *, on_cpu: bool) -> str | None:
+    """The dtype to cast the loaded model to, or None to keep the artifact's (pure; unit-tested)."""
+    chosen = desired.runtime_options.get("dtype")
+    if chosen is None:
+        return "float32" if on_cpu else None
+    if chosen not in COMPUTE_DTYPES:
+        raise RuntimeFailure(f"deployment '{desired.name}': mlx runtime_options.dtype {chosen!r} is not one of "
+                             f"{', '.join(COMPUTE_DTYPES)}", hint="e.g. runtime_options: {dtype: float16}")
+    return chosen
 
 
 def sampler_settings(params: GenerationParams) -> dict[str, float]:
@@ -144,10 +161,15 @@ class MlxThread:
             generate_module.generation_stream = mx.new_stream(mx.default_device())
 
 
-def _load_mlx(path: Path) -> tuple[Any, Any]:
+def _load_mlx(path: Path, desired: DesiredDeployment) -> tuple[Any, Any]:
+    import mlx.core as mx
     import mlx_lm
 
-    return mlx_lm.load(str(path))
+    model, tokenizer = mlx_lm.load(str(path))
+    dtype = compute_dtype(desired, on_cpu=mx.default_device() == mx.cpu)
+    if dtype is not None:
+        model.set_dtype(getattr(mx, dtype))
+    return model, tokenizer
 
 
 def _release_mlx_memory() -> None:
@@ -169,6 +191,7 @@ class MlxRuntime(Runtime):
 
     def load(self, path: Path, desired: DesiredDeployment) -> LoadedModel:
         kwargs = generate_kwargs(desired)
+        compute_dtype(desired, on_cpu=True)  # a bad dtype fails before anything loads
         path = Path(path)
         # mlx_lm.load fetches from the Hugging Face hub when given a path that does not exist: never let it.
         if not (path / "config.json").is_file():
@@ -182,7 +205,7 @@ class MlxRuntime(Runtime):
             raise RuntimeFailure(f"the mlx runtime is not installed on this device ({e})",
                                  hint=f"install it: {INSTALL_HINT}", status=422) from e
         try:
-            model, tokenizer = worker.call(_load_mlx, path)
+            model, tokenizer = worker.call(_load_mlx, path, desired)
         except (ValueError, KeyError, OSError, RuntimeError) as e:
             raise RuntimeFailure(f"mlx-lm {mlx_lm.__version__} could not load {desired.artifact.digest} "
                                  f"({desired.artifact.model} {desired.artifact.quant}) for deployment "

@@ -12,7 +12,7 @@ from edgectl_agent.errors import RuntimeFailure
 from edgectl_agent.facts import RUNTIME_PACKAGES
 from edgectl_agent.runtimes import default_runtimes
 from edgectl_agent.runtimes.base import GenerationParams
-from edgectl_agent.runtimes.mlx import (MlxRuntime, generate_kwargs, generation_eos_ids, sampler_settings,
+from edgectl_agent.runtimes.mlx import (MlxRuntime, compute_dtype, generate_kwargs, generation_eos_ids, sampler_settings,
                                         token_pieces)
 
 
@@ -39,6 +39,15 @@ def test_runtime_options_pass_through_by_name_only() -> None:
     for bad in (0, "8", True, 1.5):
         with pytest.raises(RuntimeFailure, match="must be a positive integer"):
             generate_kwargs(desired(runtime_options={"kv_bits": bad}))
+
+
+def test_compute_dtype_is_float32_on_the_cpu_unless_asked() -> None:
+    assert compute_dtype(desired(), on_cpu=True) == "float32"
+    assert compute_dtype(desired(), on_cpu=False) is None  # Metal: the artifact's float16
+    assert compute_dtype(desired(runtime_options={"dtype": "float16"}), on_cpu=True) == "float16"
+    assert generate_kwargs(desired(runtime_options={"dtype": "bfloat16"})) == {}
+    with pytest.raises(RuntimeFailure, match="dtype 'int8' is not one of float32, float16, bfloat16"):
+        compute_dtype(desired(runtime_options={"dtype": "int8"}), on_cpu=False)
 
 
 def test_sampler_settings_default_to_openai_and_zero_is_greedy() -> None:
