@@ -12,8 +12,8 @@ from edgectl_agent.errors import RuntimeFailure
 from edgectl_agent.facts import RUNTIME_PACKAGES
 from edgectl_agent.runtimes import default_runtimes
 from edgectl_agent.runtimes.base import GenerationParams
-from edgectl_agent.runtimes.mlx import (MlxRuntime, compute_dtype, generate_kwargs, generation_eos_ids, sampler_settings,
-                                        token_pieces)
+from edgectl_agent.runtimes.mlx import (MlxRuntime, compute_dtype, generate_kwargs, generation_eos_ids,
+                                        sampler_settings, token_pieces)
 
 
 def desired(**kw) -> DesiredDeployment:
