@@ -26,7 +26,7 @@ INFERENCE_FLAGS = ("neon", "asimd", "dotprod", "asimddp", "i8mm", "sve", "sve2",
 # Runtime name -> the distribution that provides it.
 RUNTIME_PACKAGES = {"llamacpp": "llama-cpp-python", "onnxruntime": "onnxruntime",
                     "onnxruntime-genai": "onnxruntime-genai", "openvino": "openvino",
-                    "openvino-genai": "openvino-genai"}
+                    "openvino-genai": "openvino-genai", "mlx": "mlx-lm"}
 # Runtime name -> the edgectl-agent extra that installs it (agent/pyproject.toml).
 RUNTIME_EXTRAS = {"llamacpp": "llama", "onnxruntime": "onnx", "onnxruntime-genai": "onnx-genai",
                   "openvino": "openvino", "openvino-genai": "openvino-genai", "mlx": "mlx"}
