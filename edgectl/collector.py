@@ -45,17 +45,50 @@ class MetricsScraper(Protocol):
 
 
 class TransportScraper:
-    """Through the device's transport: its agent client (``agent(start=False)``, never starting anything)."""
+    """Through the device's transport: its agent client (``agent(start=False)``, never starting anything). The
+    transport and client are kept between scrapes (an SSH connection is not set up anew every few seconds) and
+    dropped after a failure, so the next scrape reconnects."""
+
+    def __init__(self) -> None:
+        self._open: dict[str, tuple] = {}  # device name -> (transport, client)
+        self._lock = threading.Lock()
 
     def scrape(self, device: Device, timeout: float) -> str:
         from edgectl.transport import transport_for
 
-        client = transport_for(device).agent(start=False)
-        if client is None:
-            raise TransportError(f"device '{device.name}': no agent answers",
-                                 hint="start it with `edgectl apply` (or the edgectl-agent systemd unit)")
-        with client:
-            return client.metrics(timeout=timeout)
+        with self._lock:
+            held = self._open.pop(device.name, None)
+        try:
+            if held is None:
+                transport = transport_for(device)
+                client = transport.agent(start=False)
+                if client is None:
+                    transport.close()
+                    raise TransportError(f"device '{device.name}': no agent answers",
+                                         hint="start it with `edgectl apply` (or the edgectl-agent systemd unit)")
+                held = (transport, client)
+            text = held[1].metrics(timeout=timeout)
+        except BaseException:
+            if held is not None:
+                _close(*held)
+            raise
+        with self._lock:
+            self._open[device.name] = held
+        return text
+
+    def close(self) -> None:
+        with self._lock:
+            held, self._open = list(self._open.values()), {}
+        for transport, client in held:
+            _close(transport, client)
+
+
+def _close(transport, client) -> None:
+    for thing in (client, transport):
+        try:
+            thing.close()
+        except Exception:  # noqa: BLE001 - closing a broken connection may fail; it is being dropped anyway
+            pass
 
 
 @dataclass
@@ -114,6 +147,9 @@ class FleetCollector:
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
+        close = getattr(self.scraper, "close", None)
+        if close is not None:
+            close()
 
     def scrape_all(self) -> list[DeviceScrape]:
         """One concurrent round. Returns within ``timeout`` (plus bookkeeping) whatever the devices do."""

