@@ -20,6 +20,7 @@ with F16. Measured figures (Quality, when an artifact was built) refine this ord
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 from edgectl.plan import gguf
@@ -87,8 +88,10 @@ def precision_rank(precision: str) -> int:
     return gguf.QUALITY_RANK.get(_PRECISION_ALIASES.get(precision, precision), gguf.QUALITY_RANK["F16"])
 
 
+@functools.lru_cache(maxsize=4096)
 def weights_bytes(arch: Architecture, format: str, quant: str) -> int:
-    """Bytes of weights of ``arch`` as a ``format`` artifact of ``quant``."""
+    """Bytes of weights of ``arch`` as a ``format`` artifact of ``quant`` (cached: a fleet plan asks for the same
+    few thousand times)."""
     if format == "gguf":
         return gguf.weights_bytes(arch, quant)
     return LAYOUTS[(format, quant)].weights_bytes(arch)

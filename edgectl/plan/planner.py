@@ -12,6 +12,7 @@ No I/O here: callers pass everything in. Golden cases in tests/unit/plan/cases p
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, field, replace
 from typing import Literal
 
@@ -176,13 +177,43 @@ def plan(spec: Spec, facts: dict[str, Facts | None], observed: dict[str, AgentSt
     ``available``: model name -> indexes of its sources present on this machine (None = assume all are).
     """
     names = devices if devices is not None else (list(facts) if facts else list(spec.devices))
-    return Plan([plan_device(spec, spec.devices[n], facts.get(n), observed.get(n), built, available)
+    memo: dict = {}  # devices with the same profile and facts get the same candidates: computed once per plan
+    return Plan([plan_device(spec, spec.devices[n], facts.get(n), observed.get(n), built, available, memo=memo)
                  for n in names])
 
 
 def plan_device(spec: Spec, device: Device, facts: Facts | None, observed: AgentState | None,
-                built: dict[str, BuiltArtifact], available: dict[str, frozenset[int]] | None = None) -> DevicePlan:
+                built: dict[str, BuiltArtifact], available: dict[str, frozenset[int]] | None = None, *,
+                memo: dict | None = None) -> DevicePlan:
     wanted = sorted(name for name, dep in spec.deployments.items() if selects(dep.spec.selector, device))
+    # A device nobody has observed is planned from its profile alone: devices alike in profile, overrides and
+    # deployments get the same plan, computed once (a 10,000-device fleet has a handful of distinct ones).
+    alike = None
+    if memo is not None and facts is None and observed is None:
+        alike = ("device", device.profile, device.overrides, tuple(wanted))
+        if alike in memo:
+            return _copy_for(memo[alike], device.name)
+    dp = _plan_device(spec, device, facts, observed, built, available, wanted, memo)
+    if alike is not None:
+        memo[alike] = _copy_for(dp, device.name)
+    return dp
+
+
+def _copy_for(dp: DevicePlan, name: str) -> DevicePlan:
+    """A copy of ``dp`` for device ``name`` whose lists can be changed without touching the original."""
+    out = copy.copy(dp)
+    out.device, out.warnings, out.removals = name, list(dp.warnings), list(dp.removals)
+    out.deployments = []
+    for d in dp.deployments:
+        d2 = copy.copy(d)
+        d2.rejected, d2.steps = list(d.rejected), list(d.steps)
+        out.deployments.append(d2)
+    return out
+
+
+def _plan_device(spec: Spec, device: Device, facts: Facts | None, observed: AgentState | None,
+                 built: dict[str, BuiltArtifact], available: dict[str, frozenset[int]] | None, wanted: list[str],
+                 memo: dict | None) -> DevicePlan:
     profile, warnings = resolve_profile(spec, device, facts)
     if profile is None:
         return DevicePlan(device.name, device.profile, "unknown", warnings=warnings,
@@ -203,7 +234,18 @@ def plan_device(spec: Spec, device: Device, facts: Facts | None, observed: Agent
     def avail(model: Model) -> frozenset[int] | None:
         return None if available is None else available.get(model.name, frozenset())
 
-    floors = [_smallest_fit(plan_deployment(d, m, target, built, avail(m))) for d, m in zip(deployments, models)]
+    def candidates(dep: Deployment, model: Model, t: Target) -> DeploymentPlan:
+        if memo is None:
+            return plan_deployment(dep, model, t, built, avail(model))
+        key = (dep.name, model.name, tuple(t.runtimes), t.budget, t.disk, t.vram,
+               tuple((k, tuple(v)) for k, v in sorted(t.prefer.items())),
+               tuple(sorted(t.versions.items())) if t.versions is not None else None)
+        if key not in memo:
+            memo[key] = plan_deployment(dep, model, t, built, avail(model))
+        done = memo[key]  # a copy: steps and hints are per device
+        return replace(done, rejected=list(done.rejected), steps=list(done.steps))
+
+    floors = [_smallest_fit(candidates(d, m, target)) for d, m in zip(deployments, models)]
     admitted: list[bool] = []
     for floor in floors:  # in name order, while the smallest artifacts of those admitted fit together
         admitted.append(floor is not None and floor + sum(f for f, a in zip(floors, admitted) if a) <= budget)
@@ -212,7 +254,7 @@ def plan_device(spec: Spec, device: Device, facts: Facts | None, observed: Agent
         reserved = sum(f for f, a in zip(floors[i + 1:], admitted[i + 1:]) if a)
         room = max(0, remaining - reserved) if admitted[i] else max(0, budget - sum(
             f for f, a in zip(floors, admitted) if a))
-        plan_ = plan_deployment(dep, model, replace(target, budget=room, vram=vram), built, avail(model))
+        plan_ = candidates(dep, model, replace(target, budget=room, vram=vram))
         dp.deployments.append(plan_)
         if plan_.chosen is None:
             dp.status = "unfit"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 
 from edgectl.spec.artifact import BuiltArtifact, Quality, Recipe
@@ -28,8 +29,9 @@ class Spec:
     deployments: dict[str, Deployment] = field(default_factory=dict)
     sources: dict[tuple[str, str], str] = field(default_factory=dict)
 
-    @property
+    @functools.cached_property
     def devices(self) -> dict[str, Device]:
+        """Every fleet's devices by name (computed once: the spec does not change after loading)."""
         return {d.name: d for f in self.fleets.values() for d in f.spec.devices}
 
 
