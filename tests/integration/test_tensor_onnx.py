@@ -44,6 +44,7 @@ metadata: {{name: linear}}
 spec:
   model: tiny-linear
   selector: {{devices: [this-machine]}}
+  quantization: {{format: onnx}}   # this machine also has OpenVINO, which the auto profile would put first
 """
 
 
