@@ -2,7 +2,10 @@
 
 Calibrated on llama.cpp (CPU backend): SmolLM2-135M Q4_1 at n_ctx 2048 reports model buffer 92.10 MiB, KV buffer
 45.00 MiB and compute buffer 99.38 MiB; the formulas below give 92.10, 45.00 and 103.5 MiB. The agent process
-(Python, FastAPI, llama.cpp libraries) measured 70 MiB resident before loading a model; we plan 96 MiB.
+without a model measured 52 MiB resident; we plan 56 MiB. The other runtimes' figures come from
+bench/agent_memory.py (peak resident memory of the agent serving SmolLM2 with its context 85% full; see
+docs/benchmarks.md): the libraries they add, and how many prompt tokens they run through the model at once, which
+sizes the logits they hold.
 """
 
 from __future__ import annotations
@@ -14,15 +17,21 @@ from edgectl.spec.model import Architecture
 
 MIB = 2**20
 GIB = 2**30
-AGENT_BYTES = 96 * MIB
+AGENT_BYTES = 56 * MIB
 KV_BYTES_PER_ELEMENT = 2  # llama.cpp's default KV cache type is F16
 N_UBATCH = 512  # llama.cpp's default physical batch
 # KV cache element size per runtime, at its CPU default: openvino-genai keeps the KV cache in u8 on CPU (plus
 # per-token scales, ~3%); onnxruntime-genai's CPU models run in fp32 (the int4 model's io dtype); mlx in f16.
 RUNTIME_KV_BYTES: dict[str, float] = {"llamacpp": 2, "openvino-genai": 1.03, "onnxruntime-genai": 4, "mlx": 2}
-# Libraries each runtime loads into the agent, on top of AGENT_BYTES (resident, before a model is loaded).
-RUNTIME_LIB_BYTES: dict[str, int] = {"llamacpp": 0, "openvino-genai": 160 * MIB, "onnxruntime-genai": 64 * MIB,
-                                     "mlx": 96 * MIB}
+# Libraries and allocator overhead each runtime adds to the agent, on top of AGENT_BYTES (measured, see above).
+RUNTIME_LIB_BYTES: dict[str, int] = {"llamacpp": 0, "openvino-genai": 290 * MIB, "onnxruntime-genai": 64 * MIB,
+                                     "mlx": 150 * MIB}
+# Prompt tokens a runtime runs through the model at once (None = the whole prompt): the logits and activations of
+# that many tokens are held during prefill. llama.cpp: its micro-batch; OpenVINO GenAI keeps only the last token's
+# logits (its own chunking is what counts); the onnxruntime-genai model computes logits for the whole prompt;
+# mlx-lm prefills in steps of 2048 tokens.
+PREFILL_TOKENS: dict[str, int | None] = {"llamacpp": N_UBATCH, "openvino-genai": N_UBATCH,
+                                         "onnxruntime-genai": None, "mlx": 2048}
 
 
 @dataclass(frozen=True)
@@ -48,11 +57,12 @@ def kv_cache_bytes(arch: Architecture, context_length: int, parallel: int, runti
     return int(2 * arch.layers * arch.kv_heads * arch.head_dim * tokens * per_element)
 
 
-def compute_bytes(arch: Architecture, context_length: int, parallel: int) -> int:
-    """llama.cpp's compute buffer: dominated by the logits of one micro-batch, plus the activations. The other
-    runtimes hold the same logits and activations for a prompt chunk of the same size; used for all of them."""
-    ubatch = min(N_UBATCH, context_length * parallel)
-    return 4 * ubatch * (arch.vocab_size + 4 * arch.hidden_size + gguf.ffn_size(arch))
+def compute_bytes(arch: Architecture, context_length: int, parallel: int, runtime: str = "llamacpp") -> int:
+    """The compute buffer: f32 logits and activations of the prompt tokens the runtime processes at once
+    (llama.cpp: one micro-batch; see PREFILL_TOKENS)."""
+    chunk = PREFILL_TOKENS.get(runtime, N_UBATCH)
+    tokens = context_length * parallel if chunk is None else min(chunk, context_length * parallel)
+    return 4 * tokens * (arch.vocab_size + 4 * arch.hidden_size + gguf.ffn_size(arch))
 
 
 def estimate(arch: Architecture, quant: str, context_length: int, parallel: int,
@@ -63,7 +73,7 @@ def estimate(arch: Architecture, quant: str, context_length: int, parallel: int,
     return Estimate(
         weights_bytes=weights,
         kv_bytes=kv_cache_bytes(arch, context_length, parallel, runtime),
-        compute_bytes=compute_bytes(arch, context_length, parallel),
+        compute_bytes=compute_bytes(arch, context_length, parallel, runtime),
         runtime_bytes=AGENT_BYTES + RUNTIME_LIB_BYTES.get(runtime, 0),
         weights_exact=artifact_bytes is not None,
     )
