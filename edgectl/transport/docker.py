@@ -102,6 +102,8 @@ def run_options(device: Device, image: str) -> dict[str, Any]:
     }
     if spec.control == "port":
         options["ports"] = {f"{AGENT_PORT}/tcp": ("127.0.0.1", host_port(device))}
+    else:  # reached only through docker exec: the container needs no network at all (it serves offline)
+        options["network_mode"] = "none"
     return options
 
 

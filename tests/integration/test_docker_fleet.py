@@ -202,7 +202,9 @@ def test_exec_control_publishes_nothing_and_chats_through_docker_exec(tmp_path, 
     assert "box2: " in r.stdout and "activated tiny" in r.stdout, r.stdout + r.stderr
 
     info = inspect(engine, "edgectl-agent-box2")
-    assert not info["HostConfig"]["PortBindings"] and not info["NetworkSettings"]["Ports"]
+    # no network at all: nothing published, no bridge address to reach it by
+    assert info["HostConfig"]["NetworkMode"] == "none" and not info["HostConfig"]["PortBindings"]
+    assert not any(info["NetworkSettings"]["Ports"].values())
     assert info["Config"]["Cmd"] == ["--host", "127.0.0.1", "--port", "8088"]
 
     monkeypatch.setenv("EDGECTL_HOME", env["EDGECTL_HOME"])
