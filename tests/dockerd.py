@@ -31,7 +31,7 @@ class Dockerd:
     def env(self) -> dict[str, str]:
         return dict(os.environ, DOCKER_HOST=self.url)
 
-    def start(self) -> "Dockerd":
+    def start(self) -> Dockerd:
         dockerd = shutil.which("dockerd")
         if dockerd is None:
             raise RuntimeError("dockerd not found: install Debian's engine (apt-get install -y docker.io)")
@@ -47,19 +47,19 @@ class Dockerd:
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"dockerd exited ({self.proc.returncode}):\n{self.log.read_text()[-3000:]}")
-            if subprocess.run(["docker", "version"], env=self.env, capture_output=True).returncode == 0:
+            if subprocess.run(["docker", "version"], env=self.env, capture_output=True, check=False).returncode == 0:
                 return self
             time.sleep(0.2)
         raise RuntimeError(f"dockerd did not answer within 60 s:\n{self.log.read_text()[-3000:]}")
 
     def make_base(self) -> None:
         r = subprocess.run([str(REPO / "deploy" / "docker" / "make-base.sh"), BASE_IMAGE], env=self.env,
-                           capture_output=True, text=True, timeout=1200)
+                           capture_output=True, text=True, timeout=1200, check=False)
         if r.returncode != 0:
             raise RuntimeError(f"make-base.sh failed:\n{r.stdout[-2000:]}\n{r.stderr[-2000:]}")
 
     def docker(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-        r = subprocess.run(["docker", *args], env=self.env, capture_output=True, text=True, timeout=300)
+        r = subprocess.run(["docker", *args], env=self.env, capture_output=True, text=True, timeout=300, check=False)
         if check and r.returncode != 0:
             raise AssertionError(f"docker {' '.join(args)} exited {r.returncode}: {r.stderr}")
         return r
@@ -80,7 +80,7 @@ class Dockerd:
         shutil.rmtree(self.folder / "data", ignore_errors=True)
         shutil.rmtree(self.exec_root, ignore_errors=True)
 
-    def __enter__(self) -> "Dockerd":
+    def __enter__(self) -> Dockerd:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:

@@ -15,13 +15,14 @@ MIRROR=${DEBIAN_MIRROR:-http://deb.debian.org/debian}
 PACKAGES=python3,python3-venv,libgomp1,ca-certificates
 TARBALL="$CACHE/debian12-python3.tar"
 
+for tool in docker tar; do
+    command -v "$tool" >/dev/null || {
+        echo "make-base.sh: '$tool' not found; install it (apt-get install docker.io)" >&2; exit 1; }
+done
 if docker image inspect "$TAG" >/dev/null 2>&1; then
     echo "base image $TAG already in the engine"
     exit 0
 fi
-for tool in docker tar; do
-    command -v "$tool" >/dev/null || { echo "make-base.sh: '$tool' not found; install it (apt-get install docker.io)" >&2; exit 1; }
-done
 mkdir -p "$CACHE"
 if [ ! -s "$TARBALL" ]; then
     command -v debootstrap >/dev/null || {

@@ -41,8 +41,9 @@ class SshTransport(Frozen):
 
 
 # Docker engine addresses: the local socket, an engine over SSH, or TCP (TLS only: a plain TCP engine is root for all).
-ENGINE_PATTERN = (r"^(unix:///[A-Za-z0-9._+/-]+|ssh://([a-z_][a-z0-9_.-]{0,31}@)?[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?"
-                  r"(:[0-9]{1,5})?|tcp://[A-Za-z0-9]([A-Za-z0-9.:-]*[A-Za-z0-9])?:[0-9]{1,5})$")
+ENGINE_PATTERN = (r"^(unix:///[A-Za-z0-9._+/-]+"
+                  r"|ssh://([a-z_][a-z0-9_.-]{0,31}@)?[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?(:[0-9]{1,5})?"
+                  r"|tcp://[A-Za-z0-9]([A-Za-z0-9.:-]*[A-Za-z0-9])?:[0-9]{1,5})$")
 # A Docker image reference ([registry/]repo[:tag]); no digests or spaces.
 IMAGE_PATTERN = r"^[a-z0-9]([a-z0-9._/-]*[a-z0-9])?(:[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?$"
 
@@ -74,12 +75,12 @@ class DockerTransport(Frozen):
                                               "the device's agent.port.")
 
     @model_validator(mode="after")
-    def _engine_rules(self) -> "DockerTransport":
+    def _engine_rules(self) -> DockerTransport:
         engine = self.engine or ""
         if engine.startswith("tcp://") and not self.tls_cert_path:
             raise ValueError("a tcp:// Docker engine needs tls_cert_path (a folder with ca.pem, cert.pem, key.pem): "
                              "a plain TCP engine gives root on its host to anyone who reaches the port")
-        if self.control == "port" and (engine.startswith("ssh://") or engine.startswith("tcp://")):
+        if self.control == "port" and engine.startswith(("ssh://", "tcp://")):
             raise ValueError("control 'port' publishes the agent on the engine host's 127.0.0.1, which this machine "
                              "cannot reach for a remote engine; use control: exec")
         return self

@@ -14,14 +14,13 @@ import hashlib
 import io
 import platform
 import shutil
-import socket
 import subprocess
 import tarfile
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable
+from typing import TYPE_CHECKING, Any
 
 import httpcore
 import httpx
@@ -45,6 +44,7 @@ LABEL_DEVICE = "dev.edgectl.device"
 LABEL_VERSION = "dev.edgectl.agent-version"
 LABEL_EXTRAS = "dev.edgectl.agent-extras"
 LABEL_CONTROL = "dev.edgectl.control"
+LABEL_SOURCE = "dev.edgectl.agent-source"
 RESTART_POLICY = {"Name": "unless-stopped"}
 
 # Runs inside the container for control 'exec': stdin/stdout <-> the agent's loopback port, one TCP connection.
@@ -146,6 +146,20 @@ def timed_argv(argv: Sequence[str], timeout: float) -> list[str]:
     return ["timeout", "-k", "5", f"{max(1, int(timeout))}", *argv]
 
 
+def agent_source_digest() -> str:
+    """sha256 over the agent package's files (names and bytes): an image or container built from other agent code
+    is rebuilt / replaced even though the version number did not change (a source checkout moves between releases)."""
+    import edgectl_agent
+
+    root = Path(edgectl_agent.__file__).resolve().parent
+    h = hashlib.sha256()
+    for path in sorted(p for p in root.rglob("*") if p.is_file() and "__pycache__" not in p.parts
+                       and p.suffix != ".pyc"):
+        h.update(path.relative_to(root).as_posix().encode() + b"\0")
+        h.update(hashlib.sha256(path.read_bytes()).digest())
+    return h.hexdigest()[:16]
+
+
 def _docker():
     return require_module("docker", "docker")
 
@@ -185,7 +199,7 @@ class ExecStream(httpcore.NetworkStream):
                     self._buffer += payload
             out, self._buffer = self._buffer[:max_bytes], self._buffer[max_bytes:]
             return out
-        except socket.timeout as e:
+        except TimeoutError as e:
             raise httpcore.ReadTimeout(str(e) or "read timed out") from e
         except OSError as e:
             raise httpcore.ReadError(str(e)) from e
@@ -194,7 +208,7 @@ class ExecStream(httpcore.NetworkStream):
         self._raw.settimeout(timeout)
         try:
             self._raw.sendall(buffer)
-        except socket.timeout as e:
+        except TimeoutError as e:
             raise httpcore.WriteTimeout(str(e) or "write timed out") from e
         except OSError as e:
             raise httpcore.WriteError(str(e)) from e
@@ -217,7 +231,7 @@ class ExecStream(httpcore.NetworkStream):
 class ExecBackend(httpcore.NetworkBackend):
     """Each "TCP connection" is a relay process started with ``docker exec`` in the agent's container."""
 
-    def __init__(self, transport: "DockerTransport") -> None:
+    def __init__(self, transport: DockerTransport) -> None:
         self._t = transport
 
     def connect_tcp(self, host: str, port: int, timeout: float | None = None, local_address: str | None = None,
@@ -238,7 +252,7 @@ class ExecBackend(httpcore.NetworkBackend):
 class ExecTransport(httpx.HTTPTransport):
     """httpx's own transport (exception mapping, keep-alive pool) over ExecBackend."""
 
-    def __init__(self, transport: "DockerTransport") -> None:
+    def __init__(self, transport: DockerTransport) -> None:
         super().__init__()
         self._pool = httpcore.ConnectionPool(network_backend=ExecBackend(transport), max_connections=10,
                                              max_keepalive_connections=4, keepalive_expiry=30.0)
@@ -249,7 +263,7 @@ class DockerTransport(Transport):
     def __init__(self, device: Device) -> None:
         super().__init__(device)
         self.spec = device.transport
-        self._engine: "docker.DockerClient | None" = None
+        self._engine: docker.DockerClient | None = None
 
     @property
     def name(self) -> str:
@@ -274,7 +288,7 @@ class DockerTransport(Transport):
         return f"{self.base_url}/v1"
 
     # -- engine ----------------------------------------------------------------------------------------------
-    def engine(self) -> "docker.DockerClient":
+    def engine(self) -> docker.DockerClient:
         """The docker client (connected once); an unreachable engine is a TransportError with a hint."""
         if self._engine is not None:
             return self._engine
@@ -419,13 +433,16 @@ class DockerTransport(Transport):
         return self._wait_ready(self._create(image))
 
     def _fits(self, container, extras: list[str]) -> bool:
-        """The container runs this agent version with every needed extra (and was made for this device)."""
+        """The container was made for this device and control mode, from the image it should run: the user's
+        ``image`` as given, else ours for this agent version and code with every needed runtime extra."""
         labels = container.labels or {}
+        if labels.get(LABEL_DEVICE) != self.name or labels.get(LABEL_CONTROL) != control_label(self.device):
+            return False
+        if self.spec.image is not None:
+            return container.attrs["Config"]["Image"] == self.spec.image
         have = set(filter(None, labels.get(LABEL_EXTRAS, "").split(",")))
-        image = self.spec.image
-        return (labels.get(LABEL_DEVICE) == self.name and labels.get(LABEL_VERSION) == AGENT_VERSION
-                and labels.get(LABEL_CONTROL) == control_label(self.device)
-                and set(extras) <= have and (image is None or container.attrs["Config"]["Image"] == image))
+        return (labels.get(LABEL_VERSION) == AGENT_VERSION and set(extras) <= have
+                and labels.get(LABEL_SOURCE) == agent_source_digest())
 
     def ensure_image(self, extras: list[str]) -> str:
         """The agent image for ``extras`` on the engine, built from the Dockerfile when missing."""
@@ -433,8 +450,10 @@ class DockerTransport(Transport):
         tag = self.spec.image or default_image(extras)
         client = self.engine()
         try:
-            client.images.get(tag)
-            return tag
+            found = client.images.get(tag)
+            # a tag the user named is theirs as it is; ours is rebuilt when the agent's code changed
+            if self.spec.image is not None or (found.labels or {}).get(LABEL_SOURCE) == agent_source_digest():
+                return tag
         except docker.errors.ImageNotFound:
             pass
         self.build_image(tag, extras)
@@ -466,7 +485,8 @@ class DockerTransport(Transport):
             (context / "wheels").mkdir()
             for wheel in house.glob("*.whl"):
                 shutil.copy(wheel, context / "wheels" / wheel.name)
-            labels = {LABEL_VERSION: AGENT_VERSION, LABEL_EXTRAS: ",".join(sorted(extras))}
+            labels = {LABEL_VERSION: AGENT_VERSION, LABEL_EXTRAS: ",".join(sorted(extras)),
+                      LABEL_SOURCE: agent_source_digest()}
             try:
                 client.images.build(path=str(context), tag=tag, buildargs=build_args(self.spec.base_image, extras),
                                     labels=labels, rm=True, forcerm=True, pull=False, timeout=BUILD_TIMEOUT_S)
@@ -484,8 +504,7 @@ class DockerTransport(Transport):
         volume = volume_name(self.device)
         options = run_options(self.device, image)
         labels = client.images.get(image).labels or {}
-        options["labels"].update({LABEL_VERSION: labels.get(LABEL_VERSION, ""),
-                                  LABEL_EXTRAS: labels.get(LABEL_EXTRAS, "")})
+        options["labels"].update({k: labels.get(k, "") for k in (LABEL_VERSION, LABEL_EXTRAS, LABEL_SOURCE)})
         try:
             try:
                 client.volumes.get(volume)

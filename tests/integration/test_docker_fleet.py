@@ -84,7 +84,7 @@ def env(tmp_path, wheelhouse) -> dict:
 
 def edgectl(*args: str, env: dict, check: bool = True) -> subprocess.CompletedProcess:
     r = subprocess.run([sys.executable, "-m", "edgectl.cli", *args], capture_output=True, text=True, env=env,
-                       timeout=900, cwd=REPO)
+                       timeout=900, cwd=REPO, check=False)
     if check and r.returncode != 0:
         raise AssertionError(f"edgectl {' '.join(args)} exited {r.returncode}\n{r.stdout}\n{r.stderr}")
     return r
@@ -154,6 +154,7 @@ def test_apply_to_a_container_serves_on_loopback_reapplies_nothing_and_survives_
     image = json.loads(engine.docker("image", "inspect", info["Config"]["Image"]).stdout)[0]
     assert image["Config"]["Healthcheck"]["Test"][0] == "CMD"
     assert image["Config"]["Labels"]["dev.edgectl.agent-extras"] == "llama"
+    print(f"agent image {info['Config']['Image']}: {image['Size'] / 1e6:.0f} MB")
     # the artifact went into the volume through the agent's upload API (content-addressed store)
     store = engine.docker("exec", "edgectl-agent-box1", "find", "/var/lib/edgectl-agent", "-type", "f").stdout
     assert "token" in store and len([p for p in store.split() if len(Path(p).name) >= 64]) >= 1, store
