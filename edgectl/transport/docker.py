@@ -554,7 +554,7 @@ class DockerTransport(Transport):
                     raise TransportError(f"device '{self.name}': the container runs agent {health.get('version')}, "
                                          f"edgectl needs {AGENT_VERSION}",
                                          hint=f"remove it (docker rm -f {self.container_name}) and apply again")
-                return self.client(self._token())
+                return self._recovered(self.client(self._token()), deadline)
             container.reload()
             if container.status in ("exited", "dead"):
                 break
@@ -563,6 +563,18 @@ class DockerTransport(Transport):
         raise TransportError(f"device '{self.name}': the agent in container {self.container_name} did not start "
                              f"(status {container.status}):\n{logs or '(no output)'}",
                              hint=f"see `docker logs {self.container_name}`")
+
+    def _recovered(self, client: AgentClient, deadline: float) -> AgentClient:
+        """Wait until a (re)started agent has reloaded what its volume says it served: observed mid-recovery, a
+        deployment reads 'loading' and the plan would activate it again for nothing."""
+        while time.monotonic() < deadline:
+            if not any(d.state == "loading" for d in client.state().deployments):
+                return client
+            time.sleep(0.2)
+        client.close()
+        raise TransportError(f"device '{self.name}': the agent in {self.container_name} is still reloading its "
+                             f"deployments after {START_TIMEOUT_S:.0f} s",
+                             hint=f"see `docker logs {self.container_name}`; apply again once it serves")
 
     def remove(self, *, volume: bool = False) -> None:
         """Remove the agent container (and with ``volume``, its store): the device's agent is gone."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -227,3 +228,36 @@ def test_exec_control_publishes_nothing_and_chats_through_docker_exec(tmp_path, 
             hashlib.sha256(payload.read_bytes()).hexdigest()
     finally:
         t.close()
+
+
+def test_a_removed_container_comes_back_from_its_volume_without_a_transfer(tmp_path, env, engine):
+    port = free_port()
+    mdir = manifests(tmp_path, engine, [("box3", port, "port")])
+    edgectl("apply", str(mdir), env=env)
+    key = token(engine, "edgectl-agent-box3")
+    engine.docker("rm", "-f", "edgectl-agent-box3")
+    r = edgectl("apply", str(mdir), env=env)
+    # a new container on the same volume: same token, the store and state restored, nothing to upload or activate
+    assert "no changes" in r.stdout, r.stdout + r.stderr
+    assert token(engine, "edgectl-agent-box3") == key
+    wait_for(lambda: _serving(port, key), 30, "the new container to serve")
+    chat(f"http://127.0.0.1:{port}/v1", key)
+
+
+def test_a_taken_port_and_a_missing_base_are_reported_with_a_fix(tmp_path, env, engine):
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        mdir = manifests(tmp_path, engine, [("box4", port, "port")])
+        r = edgectl("apply", str(mdir), env=env, check=False)
+    assert r.returncode != 0
+    assert f"127.0.0.1:{port} on the engine host is taken" in r.stderr and "host_port" in r.stderr, r.stderr
+    assert engine.docker("ps", "-aq", "--filter", "name=edgectl-agent-box4").stdout.strip() == ""
+
+    fleet = mdir / "fleet.yaml"
+    fleet.write_text(fleet.read_text().replace("control: port}", "control: port, base_image: nobase:1, "
+                                               "image: edgectl-agent:never-built}"))
+    r = edgectl("apply", str(mdir), env=env, check=False)
+    assert r.returncode != 0
+    assert "base image nobase:1 is not on" in r.stderr and "make-base.sh" in r.stderr, r.stderr
