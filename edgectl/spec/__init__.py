@@ -8,7 +8,8 @@ from dataclasses import dataclass, field
 from edgectl.spec.artifact import BuiltArtifact, Quality, Recipe
 from edgectl.spec.common import API_VERSION, Metadata
 from edgectl.spec.deployment import Deployment, DeploymentSpec, Quantization, Selector
-from edgectl.spec.fleet import AUTO_PROFILE, Device, Fleet, LocalTransport, ProfileOverrides, SshTransport
+from edgectl.spec.fleet import (AUTO_PROFILE, Device, DockerTransport, Fleet, LocalTransport, ProfileOverrides,
+                                SshTransport)
 from edgectl.spec.model import Architecture, Model, ModelSource, ModelSpec
 from edgectl.spec.profile import RUNTIME_FORMATS, Accelerator, Cpu, DeviceProfile, ProfileSpec
 
@@ -37,7 +38,7 @@ class Spec:
 
 __all__ = [
     "API_VERSION", "KINDS", "Spec", "Metadata", "Deployment", "DeploymentSpec", "Quantization", "Selector",
-    "AUTO_PROFILE", "Device", "Fleet", "LocalTransport", "SshTransport", "ProfileOverrides",
+    "AUTO_PROFILE", "Device", "DockerTransport", "Fleet", "LocalTransport", "SshTransport", "ProfileOverrides",
     "Architecture", "Model", "ModelSource", "ModelSpec", "RUNTIME_FORMATS", "Accelerator", "Cpu", "DeviceProfile",
     "ProfileSpec", "BuiltArtifact", "Quality", "Recipe",
 ]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal, Union
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from edgectl.spec.common import Frozen, LabelValue, Metadata, Name
 
@@ -40,7 +40,53 @@ class SshTransport(Frozen):
         default="python3", description="Python (3.11+) on the device used to create the agent's venv.")
 
 
-Transport = Annotated[Union[LocalTransport, SshTransport], Field(discriminator="type")]
+# Docker engine addresses: the local socket, an engine over SSH, or TCP (TLS only: a plain TCP engine is root for all).
+ENGINE_PATTERN = (r"^(unix:///[A-Za-z0-9._+/-]+"
+                  r"|ssh://([a-z_][a-z0-9_.-]{0,31}@)?[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?(:[0-9]{1,5})?"
+                  r"|tcp://[A-Za-z0-9]([A-Za-z0-9.:-]*[A-Za-z0-9])?:[0-9]{1,5})$")
+# A Docker image reference ([registry/]repo[:tag]); no digests or spaces.
+IMAGE_PATTERN = r"^[a-z0-9]([a-z0-9._/-]*[a-z0-9])?(:[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?$"
+
+
+class DockerTransport(Frozen):
+    type: Literal["docker"] = Field(description="Run the agent in a container on a Docker engine (docker SDK).")
+    engine: Annotated[str, Field(pattern=ENGINE_PATTERN)] | None = Field(
+        default=None, description="Engine address: unix:///path (local socket), ssh://[user@]host[:port] (an engine "
+                                  "reached over SSH), or tcp://host:port (TLS, see tls_cert_path). Default: "
+                                  "$DOCKER_HOST, else the local socket.")
+    tls_cert_path: str | None = Field(
+        default=None, description="Folder with ca.pem, cert.pem and key.pem for a tcp:// engine (mutual TLS, "
+                                  "verified); required with tcp://.")
+    image: Annotated[str, Field(pattern=IMAGE_PATTERN)] | None = Field(
+        default=None, description="Agent image tag. Built from deploy/docker/Dockerfile when the engine lacks it. "
+                                  "Default: edgectl-agent:<agent version>-<runtime extras>.")
+    base_image: Annotated[str, Field(pattern=IMAGE_PATTERN)] = Field(
+        default="edgectl-base:debian12", description="Base image the agent image is built FROM (a build argument; "
+                                                     "make it offline with deploy/docker/make-base.sh).")
+    container: Name | None = Field(default=None, description="Container name. Default: edgectl-agent-<device>.")
+    volume: Name | None = Field(default=None, description="Named volume holding the agent's store, state and "
+                                                          "token. Default: edgectl-agent-<device>.")
+    control: Literal["port", "exec"] = Field(
+        default="port", description="How edgectl reaches the agent: 'port' publishes it on the engine host's "
+                                    "127.0.0.1 only (local engines); 'exec' relays HTTP through `docker exec` to the "
+                                    "agent's loopback inside the container (any engine, nothing published).")
+    host_port: int | None = Field(default=None, ge=1, le=65535,
+                                  description="Port on the engine host's 127.0.0.1 for control 'port'. Default: "
+                                              "the device's agent.port.")
+
+    @model_validator(mode="after")
+    def _engine_rules(self) -> DockerTransport:
+        engine = self.engine or ""
+        if engine.startswith("tcp://") and not self.tls_cert_path:
+            raise ValueError("a tcp:// Docker engine needs tls_cert_path (a folder with ca.pem, cert.pem, key.pem): "
+                             "a plain TCP engine gives root on its host to anyone who reaches the port")
+        if self.control == "port" and engine.startswith(("ssh://", "tcp://")):
+            raise ValueError("control 'port' publishes the agent on the engine host's 127.0.0.1, which this machine "
+                             "cannot reach for a remote engine; use control: exec")
+        return self
+
+
+Transport = Annotated[Union[LocalTransport, SshTransport, DockerTransport], Field(discriminator="type")]
 
 
 class ProfileOverrides(Frozen):

@@ -18,6 +18,10 @@ def transport_for(device: Device) -> Transport:
         from edgectl.transport.ssh import SshTransport
 
         return SshTransport(device)
+    if kind == "docker":
+        from edgectl.transport.docker import DockerTransport
+
+        return DockerTransport(device)
     raise TransportError(
         f"device '{device.name}': transport '{kind}' cannot deploy in this version of edgectl",
         hint="`edgectl plan` works for every device; to deploy now, use `transport: {type: local}` on the device "
