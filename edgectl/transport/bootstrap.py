@@ -53,17 +53,18 @@ class RemoteLayout:
     """Where the agent lives on the device (absolute paths under transport.agent_dir)."""
 
     base: str
+    venv_dir: str | None = None  # transport.venv: a venv elsewhere (shared, or baked into the image)
 
     def _p(self, *parts: str) -> str:
         return posixpath.join(self.base, *parts)
 
     @property
     def venv(self) -> str:
-        return self._p("venv")
+        return self.venv_dir or self._p("venv")
 
     @property
     def python(self) -> str:
-        return self._p("venv", "bin", "python")
+        return posixpath.join(self.venv, "bin", "python")
 
     @property
     def wheels(self) -> str:

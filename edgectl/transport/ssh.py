@@ -399,7 +399,8 @@ class SshTransport(Transport):
     def layout(self) -> "RemoteLayout":
         from edgectl.transport.bootstrap import RemoteLayout
 
-        return RemoteLayout(remote_path(self.spec.agent_dir, self.home))
+        venv = remote_path(self.spec.venv, self.home) if self.spec.venv else None
+        return RemoteLayout(remote_path(self.spec.agent_dir, self.home), venv)
 
     def agent(self, *, start: bool, runtimes: Iterable[str] = ()) -> AgentClient | None:
         from edgectl.transport import bootstrap
