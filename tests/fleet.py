@@ -140,6 +140,21 @@ class SshDevice:
         self.start()
         return self.fingerprint()
 
+    def cut_connections(self) -> int:
+        """Cut every SSH connection to this device, as a dropped link would: SIGKILL the per-connection sshd
+        processes (the client's TCP connection is reset; sshd keeps listening). Returns how many were killed."""
+        import psutil
+
+        if self.proc is None:
+            return 0
+        procs = psutil.Process(self.proc.pid).children(recursive=True)
+        for p in procs:
+            try:
+                p.kill()
+            except psutil.NoSuchProcess:
+                pass
+        return len(procs)
+
     def kill_agents(self) -> None:
         for pid_file in self.home.rglob("agent.pid"):
             try:

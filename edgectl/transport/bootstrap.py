@@ -249,6 +249,8 @@ def has_user_systemd(t: "SshTransport") -> bool:
 
 def start_agent(t: "SshTransport", layout: RemoteLayout) -> None:
     """Start the agent: a systemd user unit (enabled) when the device has systemd for this user, else detached."""
+    # its folder may not exist yet when the venv was found ready elsewhere (transport.venv)
+    t.check(["mkdir", "-p", layout.root], what="creating the agent's folders")
     if has_user_systemd(t):
         import tempfile
 

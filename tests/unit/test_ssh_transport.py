@@ -125,3 +125,11 @@ def test_unit_text_binds_loopback() -> None:
     assert "ExecStart=/opt/edgectl-agent/venv/bin/python -m edgectl_agent serve --root /opt/edgectl-agent/root " \
            "--host 127.0.0.1 --port 9000" in text
     assert "Restart=on-failure" in text
+
+
+def test_backoff_doubles_and_is_bounded() -> None:
+    from edgectl.transport.ssh import backoff_delays
+
+    assert backoff_delays(4, 0.5, 4.0) == [0.5, 1.0, 2.0]
+    assert backoff_delays(7, 0.5, 4.0) == [0.5, 1.0, 2.0, 4.0, 4.0, 4.0]
+    assert backoff_delays(1) == [] and backoff_delays(0) == []
