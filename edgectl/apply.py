@@ -26,6 +26,15 @@ from edgectl.spec import BuiltArtifact, Device, Recipe, Spec
 from edgectl.spec.deployment import HealthGate, Rollout, resolve_count
 from edgectl.transport import Transport, transport_for
 
+# A push needs the bytes still missing on the device plus this share free on its store (what the agent reports right
+# before the push): room for the runtime's own files and the state, and never a device filled to the last byte.
+DISK_MARGIN = 0.10
+
+
+class Refused(PlanError):
+    """A device refused before anything was changed on it (nothing to roll back)."""
+
+
 class Events:
     """What apply reports while it works. The CLI subclasses this to render with Rich; the default is silent.
     Devices of a wave report from several threads."""
@@ -222,6 +231,11 @@ def apply(spec: Spec, *, store: ArtifactStore, device_names: Iterable[str] | Non
     for dp in p.devices:
         if contexts[dp.device].error and dp.steps:
             results[dp.device].error = contexts[dp.device].error
+        elif dp.status != "ok" and dp.device in restarted:  # fit by its profile, not by what its agent reports
+            why = "; ".join(f"{d.deployment}: {d.unfit}" + (f" ({d.hint})" if d.hint else "")
+                            for d in dp.deployments if d.unfit) or (dp.hint or "")
+            results[dp.device].error = (f"device '{dp.device}' is {dp.status} by the hardware its agent reports "
+                                        f"(the plan before it started used the profile): {why}; nothing was pushed")
     halted: list[str] = []
     for name in sorted(spec.deployments):
         targets = [dp for dp in p.devices if dp.status == "ok" and _dep_plan(dp, name) is not None
@@ -324,7 +338,7 @@ def _deploy_one(spec: Spec, dp: DevicePlan, name: str, ctx: DeviceContext, store
     except EdgectlError as e:
         res.error = str(e)
         events.info(dp.device, f"{name} failed: {e.message}")
-        if rollout.rollback:
+        if rollout.rollback and not isinstance(e, Refused):
             _roll_back(name, ctx, res, events, "it failed")
         return False
 
@@ -381,7 +395,7 @@ def _apply_deployment(spec: Spec, dp: DevicePlan, dep: DeploymentPlan, ctx: Devi
     version = ctx.facts.runtimes.get(runtime) if ctx.facts is not None else None
     why = compat.mismatch(art.compat, runtime, version)
     if why:  # found only now that the artifact exists: refuse before any byte is pushed
-        raise PlanError(f"device '{dp.device}', deployment '{dep.deployment}': {art.format} {art.quant} "
+        raise Refused(f"device '{dp.device}', deployment '{dep.deployment}': {art.format} {art.quant} "
                         f"cannot be loaded there: {why}", hint="nothing was pushed to this device; "
                         "`edgectl plan` shows the same check")
     activated = False
@@ -389,6 +403,7 @@ def _apply_deployment(spec: Spec, dp: DevicePlan, dep: DeploymentPlan, ctx: Devi
         if step.action == "build":
             res.actions.append(f"{'built' if fresh else 'found in cache'} {art.format} {art.quant}")
         elif step.action == "push":
+            check_disk(dp.device, dep.deployment, art, store, client)
             events.info(dp.device, f"push {art.digest[:19]} ({art.size_bytes / 1e6:.1f} MB)")
             client.upload_blobs(store.blobs_of(art),
                                 progress=lambda d, t, _a=art: events.progress(
@@ -400,6 +415,36 @@ def _apply_deployment(spec: Spec, dp: DevicePlan, dep: DeploymentPlan, ctx: Devi
             res.actions.append(f"activated {step.deployment}")
             activated = True
     return activated
+
+
+def disk_shortfall(missing: int, free: int, margin: float = DISK_MARGIN) -> int | None:
+    """Bytes needed (missing + margin) when ``free`` is less than that, else None."""
+    need = int(missing * (1 + margin))
+    return need if free < need else None
+
+
+def check_disk(device: str, deployment: str, art: BuiltArtifact, store: ArtifactStore, client: AgentClient) -> None:
+    """Refuse a push, before any byte is sent, when the device's store has less free space than the bytes still
+    missing there plus DISK_MARGIN. Free space is what the agent reports now, not a profile's figure, and earlier
+    pushes of this run are already counted in it."""
+    held = set(client.state().artifacts)
+    missing = 0
+    for digest, path in store.blobs_of(art):
+        if digest not in held:
+            missing += path.stat().st_size - client.upload_status(digest).received_bytes
+    free = client.facts().disk_free_bytes
+    need = disk_shortfall(missing, free)
+    if need is not None:
+        raise Refused(f"device '{device}', deployment '{deployment}': not enough disk for {art.format} {art.quant} "
+                      f"{art.digest[:19]}: {_mb(missing)} to push + {DISK_MARGIN:.0%} = {_mb(need)} needed, the "
+                      f"agent reports {_mb(free)} free on its store; nothing was pushed",
+                      hint="free space on the device (remove deployments it no longer needs; the agent deletes "
+                           "their artifacts), give its agent a bigger disk (transport.agent_dir), or allow a "
+                           "smaller quant type (quantization.allow)")
+
+
+def _mb(n: int) -> str:
+    return f"{n / 1e6:.2f} MB ({n} bytes)"
 
 
 def desired_deployment(spec: Spec, dp: DevicePlan, dep: DeploymentPlan, art: BuiltArtifact, *,

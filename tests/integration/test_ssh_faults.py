@@ -133,3 +133,85 @@ def test_push_cut_mid_way_resumes_from_the_cut_and_never_activates_a_partial_fil
     assert hashlib.sha256(stored.read_bytes()).hexdigest() == digest[7:]
     assert client.put_deployment(desired).state == "serving"
     t.close()
+
+
+DISK_MANIFESTS = """\
+apiVersion: edgectl.dev/v1alpha1
+kind: Model
+metadata: {{name: tiny-{x}}}
+spec:
+  architecture: {{family: llama, parameters: {params}, layers: 2, hidden_size: 256, attention_heads: 4, kv_heads: 2,
+                 head_dim: 64, vocab_size: 537, max_context: 512}}
+  sources:
+    - {{type: gguf, path: tiny-{x}.gguf, precision: F32}}
+---
+apiVersion: edgectl.dev/v1alpha1
+kind: Deployment
+metadata: {{name: tiny-{x}}}
+spec:
+  model: tiny-{x}
+  selector: {{labels: {{site: sim}}}}
+  context_length: 256
+  threads: 1
+  quantization: {{allow: [Q8_0]}}
+"""
+
+
+def edgectl_cli(*args: str, tmp_path: Path, shared: dict) -> "subprocess.CompletedProcess":
+    import subprocess
+
+    repo = Path(__file__).resolve().parents[2]
+    env = dict(os.environ, EDGECTL_HOME=str(tmp_path / "home"), EDGECTL_WHEELHOUSE=str(shared["wheelhouse"]),
+               COLUMNS="250", NO_COLOR="1", PYTHONPATH=os.pathsep.join([str(repo), str(repo / "agent")]))
+    return subprocess.run([sys.executable, "-m", "edgectl.cli", *args], capture_output=True, text=True, env=env,
+                          timeout=900, cwd=repo)
+
+
+def test_push_refused_before_any_byte_when_the_agents_disk_is_short(fleet, shared, tmp_path):
+    """Two deployments on a device whose agent store is a small tmpfs: the first fits, then the agent's reported
+    free space (read right before the push) is less than the second artifact + 10%: refused, nothing sent."""
+    import re
+    import subprocess
+
+    from gguf import GGUFReader
+
+    from tests.tinymodels import write_tiny_llama_gguf
+
+    dev = fleet.devices[0]
+    mdir = tmp_path / "manifests"
+    mdir.mkdir()
+    docs = []
+    for seed, x in ((1, "a"), (2, "b")):
+        g = write_tiny_llama_gguf(mdir / f"tiny-{x}.gguf", seed=seed)
+        docs.append(DISK_MANIFESTS.format(x=x, params=sum(int(t.n_elements) for t in GGUFReader(g).tensors)))
+    (mdir / "models.yaml").write_text("---\n".join(docs))
+    (mdir / "fleet.yaml").write_text(fleet.fleet_yaml(profile="x86-cpu-server", python=BASE_PYTHON).replace(
+        f"python: {BASE_PYTHON}", f"python: {BASE_PYTHON}, venv: {shared['venv']}"))
+
+    built = edgectl_cli("build", str(mdir), tmp_path=tmp_path, shared=shared)
+    assert built.returncode == 0, built.stdout + built.stderr
+    digests = dict(re.findall(r"tiny-(a|b) gguf Q8_0 .*?(sha256:[0-9a-f]{64})", built.stdout))
+    sizes = {x: next((tmp_path / "home").rglob(d[7:])).stat().st_size for x, d in digests.items()}
+
+    root = dev.home / ".local/share/edgectl-agent/root"
+    root.mkdir(parents=True)
+    tmpfs = (int(max(sizes.values()) * 1.6) // 4096 + 1) * 4096  # one artifact + 10% fits, two do not
+    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={tmpfs}", "tmpfs", str(root)], check=True)
+    try:
+        r = edgectl_cli("apply", str(mdir), tmp_path=tmp_path, shared=shared)
+        out = r.stdout + r.stderr
+        assert r.returncode == 1, out
+        m = re.search(r"deployment 'tiny-b': not enough disk for gguf Q8_0 \S+: [\d.]+ MB \((\d+) bytes\) to push "
+                      r"\+ 10% = [\d.]+ MB \((\d+) bytes\) needed, the agent reports [\d.]+ MB \((\d+) bytes\) free",
+                      " ".join(out.split()))
+        assert m, out
+        missing, need, free = map(int, m.groups())
+        assert missing == sizes["b"] and need == int(sizes["b"] * 1.1) and free < need
+        assert free <= tmpfs - sizes["a"]  # the real free space, after the first push
+        assert "nothing was pushed" in out and "removed again" not in out and "rollback failed" not in out
+        state = __import__("json").loads((root / "state.json").read_text())
+        assert [d["name"] for d in state["deployments"]] == ["tiny-a"]
+        assert not any(p.name.startswith(digests["b"][7:]) for p in root.rglob("*"))  # not a byte of it
+    finally:
+        fleet.close()
+        subprocess.run(["umount", "-l", str(root)], check=False)
