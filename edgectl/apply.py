@@ -21,6 +21,7 @@ from edgectl.build import ArtifactStore, build, builder_for, lookup
 from edgectl.build.sources import is_available
 from edgectl.errors import EdgectlError, NotFoundError, PlanError
 from edgectl.plan import DeploymentPlan, DevicePlan, Plan, compat, plan, recipe_id, selects
+from edgectl.plan.planner import AUTO_RUNTIME_ORDER
 from edgectl.runs import RunRecord
 from edgectl.spec import BuiltArtifact, Device, Recipe, Spec
 from edgectl.spec.deployment import HealthGate, Rollout, resolve_count
@@ -114,14 +115,14 @@ def select_devices(spec: Spec, names: Iterable[str] | None) -> list[Device]:
     return out
 
 
-def observe(devices: Iterable[Device], *, start_agents: bool,
-            runtimes: dict[str, set[str]] | None = None) -> dict[str, DeviceContext]:
+def observe(devices: Iterable[Device], *, start_agents: bool, runtimes: dict[str, set[str]] | None = None,
+            parallel: int = 8) -> dict[str, DeviceContext]:
     """Reach each device's agent (starting it only if asked, able to run ``runtimes[device]``) and read its facts
-    and state."""
-    contexts: dict[str, DeviceContext] = {}
-    for device in devices:
+    and state; ``parallel`` devices at a time (a fleet's SSH handshakes and agent starts overlap)."""
+    devices = list(devices)
+
+    def one(device: Device) -> DeviceContext:
         ctx = DeviceContext(device)
-        contexts[device.name] = ctx
         try:
             ctx.transport = transport_for(device)
             ctx.client = ctx.transport.agent(start=start_agents, runtimes=(runtimes or {}).get(device.name, ()))
@@ -132,7 +133,10 @@ def observe(devices: Iterable[Device], *, start_agents: bool,
                 ctx.facts = ctx.transport.facts_without_agent()
         except EdgectlError as e:
             ctx.error = str(e)
-    return contexts
+        return ctx
+
+    with ThreadPoolExecutor(max_workers=max(1, min(parallel, len(devices)))) as pool:
+        return {ctx.device.name: ctx for ctx in pool.map(one, devices)}
 
 
 def make_plan(spec: Spec, contexts: dict[str, DeviceContext], store: ArtifactStore) -> Plan:
@@ -198,19 +202,23 @@ def apply(spec: Spec, *, store: ArtifactStore, device_names: Iterable[str] | Non
           record: RunRecord | None = None) -> ApplyResult:
     events = _Recorded(events or Events(), record)
     devices = select_devices(spec, device_names)
-    contexts = observe(devices, start_agents=False)
+    contexts = observe(devices, start_agents=False, parallel=parallel)
     p = make_plan(spec, contexts, store)
     if p.unfit and not skip_unfit:
         names = ", ".join(dp.device for dp in p.unfit)
         raise PlanError(f"a deployment fits on no artifact for: {names}; nothing was changed",
                         hint="see `edgectl plan` for the numbers; shrink context_length/parallel, choose a smaller "
                              "model, or pass --skip-unfit to deploy to the devices that fit")
-    if p.is_empty:
+    # A reachable device with profile 'auto' and no agent yet plans as "unknown": its agent must start (and
+    # report the hardware) before it can be planned.
+    unobserved = [dp.device for dp in p.devices if dp.status == "unknown" and contexts[dp.device].error is None
+                  and any(selects(d.spec.selector, contexts[dp.device].device) for d in spec.deployments.values())]
+    if p.is_empty and not unobserved:
         return ApplyResult(p, [DeviceResult(d.name, endpoint=_endpoint(contexts[d.name])) for d in devices])
 
     # Start agents only where there is work, then observe those again: a restarted agent may already
     # serve (it recovers its last good state from disk), which can make steps unnecessary.
-    busy = [dp.device for dp in p.devices if dp.status == "ok" and dp.steps]
+    busy = [dp.device for dp in p.devices if dp.status == "ok" and dp.steps] + unobserved
     restarted = [n for n in busy if contexts[n].client is None and contexts[n].error is None]
     if restarted:
         needed = {dp.device: {dep.chosen.runtime for dep in dp.deployments if dep.chosen is not None}
@@ -219,7 +227,10 @@ def apply(spec: Spec, *, store: ArtifactStore, device_names: Iterable[str] | Non
             events.info(n, "starting agent")
             if contexts[n].transport is not None:
                 contexts[n].transport.close()
-        contexts.update(observe([contexts[n].device for n in restarted], start_agents=True, runtimes=needed))
+        for n in unobserved:  # the runtime an 'auto' profile falls back to when the agent has none
+            needed[n] = {AUTO_RUNTIME_ORDER[0]}
+        contexts.update(observe([contexts[n].device for n in restarted], start_agents=True, runtimes=needed,
+                                parallel=parallel))
         p = make_plan(spec, contexts, store)
 
     needs_build = {recipe_id(dep.chosen.recipe) for dp in p.devices for dep in dp.deployments

@@ -23,11 +23,9 @@ BASE_PYTHON = str(Path(sys._base_executable).resolve())
 MIB = 1024 * 1024
 
 
-@pytest.fixture(scope="module")
-def shared(tmp_path_factory) -> dict:
-    """One wheelhouse and one agent venv for the module's devices (they share this machine's filesystem)."""
-    base = tmp_path_factory.mktemp("shared")
-    return {"wheelhouse": base / "wheelhouse", "venv": str(base / "agent-venv")}
+@pytest.fixture
+def shared(ssh_shared) -> dict:
+    return ssh_shared
 
 
 @pytest.fixture
