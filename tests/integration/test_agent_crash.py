@@ -45,13 +45,13 @@ def test_sigkill_during_activation_leaves_the_old_or_the_new_digest_serving(tmp_
         client = AgentClient(agent.url, agent.token, device="crash")
         done: dict = {}
 
-        def activate() -> None:
+        def activate(client: AgentClient, want: DesiredDeployment, done: dict) -> None:
             try:
-                done["state"] = client.put_deployment(desired(new)).state
+                done["state"] = client.put_deployment(want).state
             except EdgectlError as e:  # the agent died under the request
                 done["error"] = e.message
 
-        worker = threading.Thread(target=activate)
+        worker = threading.Thread(target=activate, args=(client, desired(new), done))
         worker.start()
         if point == "sent":
             time.sleep(0.001)

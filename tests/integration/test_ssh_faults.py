@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import subprocess
 import sys
 import threading
 from pathlib import Path
@@ -155,9 +156,7 @@ spec:
 """
 
 
-def edgectl_cli(*args: str, tmp_path: Path, shared: dict) -> "subprocess.CompletedProcess":
-    import subprocess
-
+def edgectl_cli(*args: str, tmp_path: Path, shared: dict) -> subprocess.CompletedProcess:
     repo = Path(__file__).resolve().parents[2]
     env = dict(os.environ, EDGECTL_HOME=str(tmp_path / "home"), EDGECTL_WHEELHOUSE=str(shared["wheelhouse"]),
                COLUMNS="250", NO_COLOR="1", PYTHONPATH=os.pathsep.join([str(repo), str(repo / "agent")]))
@@ -169,7 +168,6 @@ def test_push_refused_before_any_byte_when_the_agents_disk_is_short(fleet, share
     """Two deployments on a device whose agent store is a small tmpfs: the first fits, then the agent's reported
     free space (read right before the push) is less than the second artifact + 10%: refused, nothing sent."""
     import re
-    import subprocess
 
     from gguf import GGUFReader
 
