@@ -129,6 +129,7 @@ def test_push_cut_mid_way_resumes_from_the_cut_and_never_activates_a_partial_fil
     resumed_at = next(o for o in offsets if o > 0)
     assert 0 < resumed_at <= cut["at"]
     assert cut["at"] - resumed_at <= UPLOAD_CHUNK, (cut, offsets)  # re-sent at most one chunk, never from zero
+    print(f"cut after {cut['at']} bytes sent, resumed at {resumed_at}: {cut['at'] - resumed_at} bytes re-sent")
     assert hashlib.sha256(stored.read_bytes()).hexdigest() == digest[7:]
     assert client.put_deployment(desired).state == "serving"
     t.close()
