@@ -25,6 +25,10 @@ from edgectl_agent.api import (
 from edgectl.errors import AgentError, TransportError
 
 UPLOAD_CHUNK = 4 * 1024 * 1024
+# After a cut, the agent may still be writing the bytes that were in flight (it answers 409: upload in progress or
+# another offset) until it notices the dropped connection: wait for it, doubling from this, a bounded number of times.
+UPLOAD_RETRY_FIRST_S = 0.25
+UPLOAD_RETRY_MAX_S = 4.0
 
 
 @dataclass(frozen=True)
@@ -59,7 +63,14 @@ class AgentClient:
     # -- plumbing ---------------------------------------------------------------------------------------------
     def _request(self, method: str, path: str, **kw) -> httpx.Response:
         try:
-            r = self._http.request(method, path, **kw)
+            try:
+                r = self._http.request(method, path, **kw)
+            except (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError, httpx.ConnectError):
+                if method != "GET":
+                    raise
+                # a reads-only request on a connection that dropped under it (a cut SSH session): once more,
+                # on a fresh connection
+                r = self._http.request(method, path, **kw)
         except httpx.TimeoutException as e:
             raise TransportError(f"device '{self.device}': agent at {self.base_url} timed out on {method} {path}",
                                  hint="the device may be overloaded; retry, or check the agent's log") from e
@@ -89,15 +100,18 @@ class AgentClient:
         return UploadStatus.model_validate(self._request("GET", f"{CONTROL_PREFIX}/artifacts/{digest}").json())
 
     def upload(self, digest: str, path: Path, *, progress: Callable[[int, int], None] | None = None,
-               retries: int = 3) -> UploadStatus:
+               retries: int = 5) -> UploadStatus:
         """Upload ``path`` so the agent holds ``digest``; resumes from what the agent already has.
 
-        A cut connection is retried from the agent's received byte count (never from zero). The agent verifies
-        the sha256 when the last byte arrives; a mismatch is an AgentError (and the agent deletes the bytes).
+        A cut connection is retried from the agent's received byte count (never from zero), with backoff, at
+        most ``retries`` times. The agent verifies the sha256 when the last byte arrives; a mismatch is an
+        AgentError (and the agent deletes the bytes).
         """
         size = path.stat().st_size
         attempt = 0
         while True:
+            if attempt:
+                time.sleep(min(UPLOAD_RETRY_MAX_S, UPLOAD_RETRY_FIRST_S * 2 ** (attempt - 1)))
             status = self.upload_status(digest)
             if status.complete:
                 if progress:
@@ -115,6 +129,12 @@ class AgentClient:
                                   timeout=httpx.Timeout(30.0, read=600.0))
                 return UploadStatus.model_validate(r.json())
             except TransportError:
+                attempt += 1
+                if attempt > retries:
+                    raise
+            except AgentError as e:
+                if e.status != 409:  # 409: the agent still finishes the cut upload; anything else is final
+                    raise
                 attempt += 1
                 if attempt > retries:
                     raise

@@ -21,10 +21,20 @@ from edgectl.build import ArtifactStore, build, builder_for, lookup
 from edgectl.build.sources import is_available
 from edgectl.errors import EdgectlError, NotFoundError, PlanError
 from edgectl.plan import DeploymentPlan, DevicePlan, Plan, compat, plan, recipe_id, selects
+from edgectl.plan.planner import AUTO_RUNTIME_ORDER
 from edgectl.runs import RunRecord
 from edgectl.spec import BuiltArtifact, Device, Recipe, Spec
 from edgectl.spec.deployment import HealthGate, Rollout, resolve_count
 from edgectl.transport import Transport, transport_for
+
+# A push needs the bytes still missing on the device plus this share free on its store (what the agent reports right
+# before the push): room for the runtime's own files and the state, and never a device filled to the last byte.
+DISK_MARGIN = 0.10
+
+
+class Refused(PlanError):
+    """A device refused before anything was changed on it (nothing to roll back)."""
+
 
 class Events:
     """What apply reports while it works. The CLI subclasses this to render with Rich; the default is silent.
@@ -105,14 +115,14 @@ def select_devices(spec: Spec, names: Iterable[str] | None) -> list[Device]:
     return out
 
 
-def observe(devices: Iterable[Device], *, start_agents: bool,
-            runtimes: dict[str, set[str]] | None = None) -> dict[str, DeviceContext]:
+def observe(devices: Iterable[Device], *, start_agents: bool, runtimes: dict[str, set[str]] | None = None,
+            parallel: int = 8) -> dict[str, DeviceContext]:
     """Reach each device's agent (starting it only if asked, able to run ``runtimes[device]``) and read its facts
-    and state."""
-    contexts: dict[str, DeviceContext] = {}
-    for device in devices:
+    and state; ``parallel`` devices at a time (a fleet's SSH handshakes and agent starts overlap)."""
+    devices = list(devices)
+
+    def one(device: Device) -> DeviceContext:
         ctx = DeviceContext(device)
-        contexts[device.name] = ctx
         try:
             ctx.transport = transport_for(device)
             ctx.client = ctx.transport.agent(start=start_agents, runtimes=(runtimes or {}).get(device.name, ()))
@@ -123,7 +133,10 @@ def observe(devices: Iterable[Device], *, start_agents: bool,
                 ctx.facts = ctx.transport.facts_without_agent()
         except EdgectlError as e:
             ctx.error = str(e)
-    return contexts
+        return ctx
+
+    with ThreadPoolExecutor(max_workers=max(1, min(parallel, len(devices)))) as pool:
+        return {ctx.device.name: ctx for ctx in pool.map(one, devices)}
 
 
 def make_plan(spec: Spec, contexts: dict[str, DeviceContext], store: ArtifactStore) -> Plan:
@@ -189,19 +202,23 @@ def apply(spec: Spec, *, store: ArtifactStore, device_names: Iterable[str] | Non
           record: RunRecord | None = None) -> ApplyResult:
     events = _Recorded(events or Events(), record)
     devices = select_devices(spec, device_names)
-    contexts = observe(devices, start_agents=False)
+    contexts = observe(devices, start_agents=False, parallel=parallel)
     p = make_plan(spec, contexts, store)
     if p.unfit and not skip_unfit:
         names = ", ".join(dp.device for dp in p.unfit)
         raise PlanError(f"a deployment fits on no artifact for: {names}; nothing was changed",
                         hint="see `edgectl plan` for the numbers; shrink context_length/parallel, choose a smaller "
                              "model, or pass --skip-unfit to deploy to the devices that fit")
-    if p.is_empty:
+    # A reachable device with profile 'auto' and no agent yet plans as "unknown": its agent must start (and
+    # report the hardware) before it can be planned.
+    unobserved = [dp.device for dp in p.devices if dp.status == "unknown" and contexts[dp.device].error is None
+                  and any(selects(d.spec.selector, contexts[dp.device].device) for d in spec.deployments.values())]
+    if p.is_empty and not unobserved:
         return ApplyResult(p, [DeviceResult(d.name, endpoint=_endpoint(contexts[d.name])) for d in devices])
 
     # Start agents only where there is work, then observe those again: a restarted agent may already
     # serve (it recovers its last good state from disk), which can make steps unnecessary.
-    busy = [dp.device for dp in p.devices if dp.status == "ok" and dp.steps]
+    busy = [dp.device for dp in p.devices if dp.status == "ok" and dp.steps] + unobserved
     restarted = [n for n in busy if contexts[n].client is None and contexts[n].error is None]
     if restarted:
         needed = {dp.device: {dep.chosen.runtime for dep in dp.deployments if dep.chosen is not None}
@@ -210,7 +227,10 @@ def apply(spec: Spec, *, store: ArtifactStore, device_names: Iterable[str] | Non
             events.info(n, "starting agent")
             if contexts[n].transport is not None:
                 contexts[n].transport.close()
-        contexts.update(observe([contexts[n].device for n in restarted], start_agents=True, runtimes=needed))
+        for n in unobserved:  # the runtime an 'auto' profile falls back to when the agent has none
+            needed[n] = {AUTO_RUNTIME_ORDER[0]}
+        contexts.update(observe([contexts[n].device for n in restarted], start_agents=True, runtimes=needed,
+                                parallel=parallel))
         p = make_plan(spec, contexts, store)
 
     needs_build = {recipe_id(dep.chosen.recipe) for dp in p.devices for dep in dp.deployments
@@ -222,6 +242,11 @@ def apply(spec: Spec, *, store: ArtifactStore, device_names: Iterable[str] | Non
     for dp in p.devices:
         if contexts[dp.device].error and dp.steps:
             results[dp.device].error = contexts[dp.device].error
+        elif dp.status != "ok" and dp.device in restarted:  # fit by its profile, not by what its agent reports
+            why = "; ".join(f"{d.deployment}: {d.unfit}" + (f" ({d.hint})" if d.hint else "")
+                            for d in dp.deployments if d.unfit) or (dp.hint or "")
+            results[dp.device].error = (f"device '{dp.device}' is {dp.status} by the hardware its agent reports "
+                                        f"(the plan before it started used the profile): {why}; nothing was pushed")
     halted: list[str] = []
     for name in sorted(spec.deployments):
         targets = [dp for dp in p.devices if dp.status == "ok" and _dep_plan(dp, name) is not None
@@ -324,7 +349,7 @@ def _deploy_one(spec: Spec, dp: DevicePlan, name: str, ctx: DeviceContext, store
     except EdgectlError as e:
         res.error = str(e)
         events.info(dp.device, f"{name} failed: {e.message}")
-        if rollout.rollback:
+        if rollout.rollback and not isinstance(e, Refused):
             _roll_back(name, ctx, res, events, "it failed")
         return False
 
@@ -381,7 +406,7 @@ def _apply_deployment(spec: Spec, dp: DevicePlan, dep: DeploymentPlan, ctx: Devi
     version = ctx.facts.runtimes.get(runtime) if ctx.facts is not None else None
     why = compat.mismatch(art.compat, runtime, version)
     if why:  # found only now that the artifact exists: refuse before any byte is pushed
-        raise PlanError(f"device '{dp.device}', deployment '{dep.deployment}': {art.format} {art.quant} "
+        raise Refused(f"device '{dp.device}', deployment '{dep.deployment}': {art.format} {art.quant} "
                         f"cannot be loaded there: {why}", hint="nothing was pushed to this device; "
                         "`edgectl plan` shows the same check")
     activated = False
@@ -389,6 +414,7 @@ def _apply_deployment(spec: Spec, dp: DevicePlan, dep: DeploymentPlan, ctx: Devi
         if step.action == "build":
             res.actions.append(f"{'built' if fresh else 'found in cache'} {art.format} {art.quant}")
         elif step.action == "push":
+            check_disk(dp.device, dep.deployment, art, store, client)
             events.info(dp.device, f"push {art.digest[:19]} ({art.size_bytes / 1e6:.1f} MB)")
             client.upload_blobs(store.blobs_of(art),
                                 progress=lambda d, t, _a=art: events.progress(
@@ -400,6 +426,36 @@ def _apply_deployment(spec: Spec, dp: DevicePlan, dep: DeploymentPlan, ctx: Devi
             res.actions.append(f"activated {step.deployment}")
             activated = True
     return activated
+
+
+def disk_shortfall(missing: int, free: int, margin: float = DISK_MARGIN) -> int | None:
+    """Bytes needed (missing + margin) when ``free`` is less than that, else None."""
+    need = int(missing * (1 + margin))
+    return need if free < need else None
+
+
+def check_disk(device: str, deployment: str, art: BuiltArtifact, store: ArtifactStore, client: AgentClient) -> None:
+    """Refuse a push, before any byte is sent, when the device's store has less free space than the bytes still
+    missing there plus DISK_MARGIN. Free space is what the agent reports now, not a profile's figure, and earlier
+    pushes of this run are already counted in it."""
+    held = set(client.state().artifacts)
+    missing = 0
+    for digest, path in store.blobs_of(art):
+        if digest not in held:
+            missing += path.stat().st_size - client.upload_status(digest).received_bytes
+    free = client.facts().disk_free_bytes
+    need = disk_shortfall(missing, free)
+    if need is not None:
+        raise Refused(f"device '{device}', deployment '{deployment}': not enough disk for {art.format} {art.quant} "
+                      f"{art.digest[:19]}: {_mb(missing)} to push + {DISK_MARGIN:.0%} = {_mb(need)} needed, the "
+                      f"agent reports {_mb(free)} free on its store; nothing was pushed",
+                      hint="free space on the device (remove deployments it no longer needs; the agent deletes "
+                           "their artifacts), give its agent a bigger disk (transport.agent_dir), or allow a "
+                           "smaller quant type (quantization.allow)")
+
+
+def _mb(n: int) -> str:
+    return f"{n / 1e6:.2f} MB ({n} bytes)"
 
 
 def desired_deployment(spec: Spec, dp: DevicePlan, dep: DeploymentPlan, art: BuiltArtifact, *,

@@ -140,6 +140,21 @@ class SshDevice:
         self.start()
         return self.fingerprint()
 
+    def cut_connections(self) -> int:
+        """Cut every SSH connection to this device, as a dropped link would: SIGKILL the per-connection sshd
+        processes (the client's TCP connection is reset; sshd keeps listening). Returns how many were killed."""
+        import psutil
+
+        if self.proc is None:
+            return 0
+        procs = psutil.Process(self.proc.pid).children(recursive=True)
+        for p in procs:
+            try:
+                p.kill()
+            except psutil.NoSuchProcess:
+                pass
+        return len(procs)
+
     def kill_agents(self) -> None:
         for pid_file in self.home.rglob("agent.pid"):
             try:
@@ -190,13 +205,15 @@ class SshFleet:
         return path
 
     def fleet_yaml(self, *, profile: str, name: str = "sim", python: str | None = None,
-                   devices: list[SshDevice] | None = None) -> str:
-        """A Fleet manifest for these devices (ssh transport, this fleet's client key, per-device agent port)."""
+                   devices: list[SshDevice] | None = None, profiles: dict[str, str] | None = None,
+                   venv: str | None = None) -> str:
+        """A Fleet manifest for these devices (ssh transport, this fleet's client key, per-device agent port);
+        ``profiles`` names a device's profile where it differs from ``profile``; ``venv``: one shared agent venv."""
         lines = ["apiVersion: edgectl.dev/v1alpha1", "kind: Fleet", f"metadata: {{name: {name}}}", "spec:",
                  "  devices:"]
         for d in devices or self.devices:
-            extra = f", python: {python}" if python else ""
-            lines += [f"    - name: {d.name}", f"      profile: {profile}",
+            extra = (f", python: {python}" if python else "") + (f", venv: {venv}" if venv else "")
+            lines += [f"    - name: {d.name}", f"      profile: {(profiles or {}).get(d.name, profile)}",
                       f"      transport: {{type: ssh, host: 127.0.0.1, port: {d.port}, key_file: {self.client_key}"
                       f"{extra}}}",
                       f"      agent: {{port: {d.agent_port}}}",

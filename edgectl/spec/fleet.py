@@ -38,6 +38,11 @@ class SshTransport(Frozen):
                     "user's home).")
     python: Annotated[str, Field(pattern=PROGRAM_PATTERN)] = Field(
         default="python3", description="Python (3.11+) on the device used to create the agent's venv.")
+    venv: Annotated[str, Field(pattern=REMOTE_PATH_PATTERN)] | None = Field(
+        default=None,
+        description="The agent's venv on the device (default: agent_dir/venv). Point it at a venv baked into the "
+                    "device image, or one on a filesystem several devices share: edgectl installs into it only "
+                    "when it lacks this agent version or a needed runtime.")
 
 
 # Docker engine addresses: the local socket, an engine over SSH, or TCP (TLS only: a plain TCP engine is root for all).

@@ -13,6 +13,7 @@ import platform
 import posixpath
 import subprocess
 import sys
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterable
@@ -31,6 +32,11 @@ if TYPE_CHECKING:
 RUNTIME_EXTRAS: dict[str, str | None] = {**AGENT_RUNTIME_EXTRAS, "fake": None}
 UNIT_NAME = "edgectl-agent.service"
 INSTALL_TIMEOUT_S = 900.0
+# apply bootstraps devices in parallel: one wheelhouse build at a time here, and one install at a time into a venv
+# that several devices share (transport.venv)
+_WHEELHOUSE_LOCK = threading.Lock()
+_VENV_LOCKS: dict[str, threading.Lock] = {}
+_VENV_LOCKS_LOCK = threading.Lock()
 
 # sh scripts take their values as positional parameters ("$1"...), never spliced into the script text.
 START_SCRIPT = ('nohup setsid "$1" -m edgectl_agent serve --root "$2" --host 127.0.0.1 --port "$3" '
@@ -53,17 +59,18 @@ class RemoteLayout:
     """Where the agent lives on the device (absolute paths under transport.agent_dir)."""
 
     base: str
+    venv_dir: str | None = None  # transport.venv: a venv elsewhere (shared, or baked into the image)
 
     def _p(self, *parts: str) -> str:
         return posixpath.join(self.base, *parts)
 
     @property
     def venv(self) -> str:
-        return self._p("venv")
+        return self.venv_dir or self._p("venv")
 
     @property
     def python(self) -> str:
-        return self._p("venv", "bin", "python")
+        return posixpath.join(self.venv, "bin", "python")
 
     @property
     def wheels(self) -> str:
@@ -179,6 +186,11 @@ def wheelhouse_dir() -> Path:
 def build_wheelhouse(extras: list[str]) -> Path:
     """Wheels for the agent and its extras, for this machine's Python and platform; dependencies are cached,
     the agent's own wheel is rebuilt from a source checkout every time (it is small and may have changed)."""
+    with _WHEELHOUSE_LOCK:
+        return _build_wheelhouse(extras)
+
+
+def _build_wheelhouse(extras: list[str]) -> Path:
     house = wheelhouse_dir()
     house.mkdir(parents=True, exist_ok=True)
     source = agent_source()
@@ -206,6 +218,15 @@ def build_wheelhouse(extras: list[str]) -> Path:
 def ensure_installed(t: "SshTransport", layout: RemoteLayout, runtimes: Iterable[str]) -> None:
     """Install edgectl-agent (this version) with the extras for ``runtimes`` into the device's venv, unless the
     venv already has them."""
+    if not t.spec.venv:
+        return _ensure_installed(t, layout, runtimes)
+    with _VENV_LOCKS_LOCK:
+        lock = _VENV_LOCKS.setdefault(layout.venv, threading.Lock())
+    with lock:  # the first device installs, the others find it done
+        return _ensure_installed(t, layout, runtimes)
+
+
+def _ensure_installed(t: "SshTransport", layout: RemoteLayout, runtimes: Iterable[str]) -> None:
     runtimes = sorted(set(runtimes))
     extras = extras_for(runtimes)
     have = t.run(installed_argv(layout, runtimes))
@@ -248,6 +269,8 @@ def has_user_systemd(t: "SshTransport") -> bool:
 
 def start_agent(t: "SshTransport", layout: RemoteLayout) -> None:
     """Start the agent: a systemd user unit (enabled) when the device has systemd for this user, else detached."""
+    # its folder may not exist yet when the venv was found ready elsewhere (transport.venv)
+    t.check(["mkdir", "-p", layout.root], what="creating the agent's folders")
     if has_user_systemd(t):
         import tempfile
 

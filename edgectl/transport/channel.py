@@ -27,8 +27,8 @@ class ChannelStream(httpcore.NetworkStream):
             return self._chan.recv(max_bytes)
         except socket.timeout as e:
             raise httpcore.ReadTimeout(str(e) or "read timed out") from e
-        except OSError as e:
-            raise httpcore.ReadError(str(e)) from e
+        except (OSError, EOFError) as e:  # the SSH session dropped under the channel
+            raise httpcore.ReadError(str(e) or "the SSH connection was closed") from e
 
     def write(self, buffer: bytes, timeout: float | None = None) -> None:
         self._chan.settimeout(timeout)
@@ -36,8 +36,8 @@ class ChannelStream(httpcore.NetworkStream):
             self._chan.sendall(buffer)
         except socket.timeout as e:
             raise httpcore.WriteTimeout(str(e) or "write timed out") from e
-        except OSError as e:
-            raise httpcore.WriteError(str(e)) from e
+        except (OSError, EOFError) as e:
+            raise httpcore.WriteError(str(e) or "the SSH connection was closed") from e
 
     def close(self) -> None:
         self._chan.close()
@@ -46,23 +46,29 @@ class ChannelStream(httpcore.NetworkStream):
         raise httpcore.ConnectError("TLS is not used on the agent's loopback channel")
 
     def get_extra_info(self, info: str) -> Any:
+        if info == "is_readable":  # httpcore drops an idle pooled connection that reads as readable (closed)
+            tr = self._chan.get_transport()
+            return (self._chan.closed or self._chan.eof_received or self._chan.recv_ready()
+                    or tr is None or not tr.is_active())
         return None
 
 
 class ChannelBackend(httpcore.NetworkBackend):
     """Opens every "TCP connection" as a direct-tcpip channel: (host, port) are as the device resolves them."""
 
-    def __init__(self, connect: Callable[[], Any]) -> None:
-        self._connect = connect
+    def __init__(self, open_channel: Callable[..., Any]) -> None:
+        self._open_channel = open_channel  # SshTransport.open_channel: reconnects and retries transient failures
 
     def connect_tcp(self, host: str, port: int, timeout: float | None = None, local_address: str | None = None,
                     socket_options=None) -> httpcore.NetworkStream:
         import paramiko
 
+        from edgectl.errors import EdgectlError
+
         try:
-            ssh_transport = self._connect().get_transport()
-            chan = ssh_transport.open_channel("direct-tcpip", (host, port), ("127.0.0.1", 0),
-                                              window_size=CHANNEL_WINDOW_BYTES, timeout=timeout)
+            chan = self._open_channel(host, port, window_size=CHANNEL_WINDOW_BYTES, timeout=timeout)
+        except EdgectlError as e:  # the SSH session could not be (re)established
+            raise httpcore.ConnectError(e.message) from e
         except paramiko.ChannelException as e:  # the device refused: nothing listens there
             raise httpcore.ConnectError(f"the device refused a connection to {host}:{port}: {e}") from e
         except (OSError, paramiko.SSHException) as e:
@@ -76,8 +82,8 @@ class ChannelBackend(httpcore.NetworkBackend):
 class ChannelTransport(httpx.HTTPTransport):
     """httpx's own transport (exception mapping, keep-alive pool) over ChannelBackend."""
 
-    def __init__(self, connect: Callable[[], Any], *, device: str) -> None:
+    def __init__(self, open_channel: Callable[..., Any], *, device: str) -> None:
         super().__init__()
         self.device = device
-        self._pool = httpcore.ConnectionPool(network_backend=ChannelBackend(connect), max_connections=10,
+        self._pool = httpcore.ConnectionPool(network_backend=ChannelBackend(open_channel), max_connections=10,
                                              max_keepalive_connections=4, keepalive_expiry=30.0)

@@ -18,7 +18,7 @@ import subprocess
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable
+from typing import TYPE_CHECKING, Any, Callable, Iterable, TypeVar
 
 import httpx
 from edgectl_agent import __version__ as AGENT_VERSION
@@ -41,6 +41,16 @@ SFTP_CHUNK = 1024 * 1024
 WINDOW_BYTES = 32 * 1024 * 1024
 MAX_PACKET_BYTES = 32 * 1024
 
+# Transient failures (connection refused or timed out, a dropped session, sshd short of sessions) are retried with
+# exponential backoff, a bounded number of times; authentication and host key failures never are.
+CONNECT_ATTEMPTS = 4
+CHANNEL_ATTEMPTS = 3
+BACKOFF_FIRST_S = 0.5
+BACKOFF_MAX_S = 4.0
+OPEN_FAILED_RESOURCE_SHORTAGE = 4  # RFC 4254 channel open failure code: sshd is out of sessions for now
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
 _NULL_HANDLER = logging.NullHandler()
 _SAFE_ARG = re.compile(r"^[A-Za-z0-9_@%+=:,./-]+$")
 
@@ -88,6 +98,11 @@ def parse_jump(spec: str, default_user: str | None) -> tuple[str | None, str, in
 def remote_path(path: str, home: str) -> str:
     """Expand a leading '~/' with the device user's home; everything remote is addressed by absolute path."""
     return posixpath.join(home, path[2:]) if path.startswith("~/") else path
+
+
+def backoff_delays(attempts: int, first: float = BACKOFF_FIRST_S, cap: float = BACKOFF_MAX_S) -> list[float]:
+    """Seconds to wait before each retry: ``attempts - 1`` delays doubling from ``first``, each at most ``cap``."""
+    return [min(cap, first * 2 ** i) for i in range(max(0, attempts - 1))]
 
 
 def known_hosts_files() -> list[Path]:
@@ -219,11 +234,26 @@ class SshTransport(Transport):
         where = f"{host}:{port}"
         client.set_missing_host_key_policy(_refuse_unknown_policy(self.name, where))
         key_file = self.spec.key_file and str(Path(self.spec.key_file).expanduser())
+        delays = backoff_delays(CONNECT_ATTEMPTS) if sock is None else []  # a jump channel is used up by a try
+        attempt = 0
         try:
-            client.connect(host, port=port, username=user, key_filename=key_file, allow_agent=True,
-                           look_for_keys=key_file is None, timeout=CONNECT_TIMEOUT_S,
-                           banner_timeout=CONNECT_TIMEOUT_S, auth_timeout=CONNECT_TIMEOUT_S, sock=sock,
-                           transport_factory=_fast_transport)
+            while True:
+                attempt += 1
+                try:
+                    client.connect(host, port=port, username=user, key_filename=key_file, allow_agent=True,
+                                   look_for_keys=key_file is None, timeout=CONNECT_TIMEOUT_S,
+                                   banner_timeout=CONNECT_TIMEOUT_S, auth_timeout=CONNECT_TIMEOUT_S, sock=sock,
+                                   transport_factory=_fast_transport)
+                    break
+                except (paramiko.BadHostKeyException, paramiko.AuthenticationException):
+                    raise
+                except (OSError, paramiko.SSHException) as e:  # refused, timed out, reset, no banner: transient
+                    if attempt > len(delays):
+                        raise
+                    log.info("device %s: SSH connect to %s failed (%s); retry %d in %.1f s", self.name, where, e,
+                             attempt, delays[attempt - 1])
+                    client.close()
+                    time.sleep(delays[attempt - 1])
         except EdgectlError:
             client.close()
             raise
@@ -245,7 +275,8 @@ class SshTransport(Transport):
                                       "transport.user and the device's authorized_keys") from e
         except (OSError, paramiko.SSHException) as e:
             client.close()
-            raise TransportError(f"device '{self.name}': cannot connect over SSH to {where}: {e}",
+            tries = f" (tried {attempt} times over {sum(delays[:attempt - 1]):.1f} s)" if attempt > 1 else ""
+            raise TransportError(f"device '{self.name}': cannot connect over SSH to {where}: {e}{tries}",
                                  hint="check that the device is on, sshd runs, and transport.host/port are "
                                       "right") from e
         return client
@@ -270,6 +301,26 @@ class SshTransport(Transport):
         self._client.get_transport().set_keepalive(30)
         return self._client
 
+    def _open(self, what: str, open_fn: Callable[["paramiko.Transport"], T]) -> T:
+        """``open_fn(ssh_transport)`` (a session, channel or SFTP), retried with backoff on a dropped session
+        (reconnecting) or sshd out of sessions. Nothing was sent on a channel that failed to open, so a retry
+        can never run a command twice."""
+        paramiko = _paramiko()
+        delays = backoff_delays(CHANNEL_ATTEMPTS)
+        for attempt in range(len(delays) + 1):
+            try:
+                return open_fn(self.connect().get_transport())
+            except paramiko.ChannelException as e:  # the device answered: only "out of sessions" may pass
+                if e.code != OPEN_FAILED_RESOURCE_SHORTAGE or attempt == len(delays):
+                    raise
+            except (OSError, EOFError, paramiko.SSHException) as e:
+                if attempt == len(delays):
+                    raise
+                log.info("device %s: opening %s failed (%s); reconnecting", self.name, what, e)
+                self.close()  # the session is dead or unusable: the next try connects again
+            time.sleep(delays[attempt])
+        raise AssertionError("unreachable")
+
     def presented_host_key(self) -> "paramiko.PKey":
         """The key the device presents now (through the jump host when one is set); nothing is authenticated."""
         sock = None
@@ -291,7 +342,7 @@ class SshTransport(Transport):
         command = quote_argv(argv)
         paramiko = _paramiko()
         try:
-            chan = self.connect().get_transport().open_session(timeout=CONNECT_TIMEOUT_S)
+            chan = self._open("a session", lambda tr: tr.open_session(timeout=CONNECT_TIMEOUT_S))
             chan.exec_command(command)
             out, err = bytearray(), bytearray()
             deadline = time.monotonic() + timeout
@@ -341,7 +392,7 @@ class SshTransport(Transport):
         part = remote + ".part"
         size = local.stat().st_size
         try:
-            sftp = self.connect().open_sftp()
+            sftp = self._open("SFTP", lambda tr: paramiko.SFTPClient.from_transport(tr))
         except (OSError, paramiko.SSHException) as e:
             raise TransportError(f"device '{self.name}': cannot open SFTP: {e}",
                                  hint="enable the sftp subsystem in the device's sshd_config") from e
@@ -381,7 +432,12 @@ class SshTransport(Transport):
         """An httpx transport whose connections are direct-tcpip channels to the device's loopback."""
         from edgectl.transport.channel import ChannelTransport
 
-        return ChannelTransport(self.connect, device=self.name)
+        return ChannelTransport(self.open_channel, device=self.name)
+
+    def open_channel(self, host: str, port: int, *, window_size: int, timeout: float | None) -> "paramiko.Channel":
+        """A direct-tcpip channel to ``host:port`` as the device resolves it (retried like every channel)."""
+        return self._open(f"a channel to {host}:{port}", lambda tr: tr.open_channel(
+            "direct-tcpip", (host, port), ("127.0.0.1", 0), window_size=window_size, timeout=timeout))
 
     def client(self, token: str) -> AgentClient:
         return AgentClient(self.base_url, token, device=self.name, transport=self.http_transport())
@@ -399,7 +455,8 @@ class SshTransport(Transport):
     def layout(self) -> "RemoteLayout":
         from edgectl.transport.bootstrap import RemoteLayout
 
-        return RemoteLayout(remote_path(self.spec.agent_dir, self.home))
+        venv = remote_path(self.spec.venv, self.home) if self.spec.venv else None
+        return RemoteLayout(remote_path(self.spec.agent_dir, self.home), venv)
 
     def agent(self, *, start: bool, runtimes: Iterable[str] = ()) -> AgentClient | None:
         from edgectl.transport import bootstrap

@@ -79,6 +79,14 @@ class AgentProcess:
                 self.kill()
 
 
+@pytest.fixture(scope="session")
+def ssh_shared(tmp_path_factory) -> dict:
+    """One wheelhouse and one agent venv (transport.venv) for the session's simulated SSH devices: they share this
+    machine's filesystem, so the real bootstrap installs the agent once and the other devices find it there."""
+    base = tmp_path_factory.mktemp("ssh-shared")
+    return {"wheelhouse": base / "wheelhouse", "venv": str(base / "agent-venv")}
+
+
 @pytest.fixture
 def start_agent(tmp_path: Path) -> Iterator:
     """``start_agent(root=None, port=None)`` starts a real agent; every one started is stopped at teardown."""

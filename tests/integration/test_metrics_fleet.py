@@ -158,8 +158,8 @@ def test_prometheus_scrapes_the_fleet_through_the_collector(tmp_path, start_agen
         # Reachability per device, with the last error of the one without an agent.
         # (Polled until it holds: on a loaded machine an early scrape may still time out and read 0.)
         want_up = {"edge-0": 1, "edge-1": 1, "edge-2": 1, "ghost": 0}
-        up = api.until("edgectl_device_up", lambda r: by_device(r) == want_up,
-                       "every device has a reachability series: 1 for the three agents, 0 for the ghost")
+        api.until("edgectl_device_up", lambda r: by_device(r) == want_up,
+              "every device has a reachability series: 1 for the three agents, 0 for the ghost")
         (err,) = api.query("edgectl_device_scrape_error_info")
         assert err["metric"]["device"] == "ghost" and err["metric"]["reason"] == "not_running"
 

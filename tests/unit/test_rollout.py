@@ -38,3 +38,11 @@ def test_counts() -> None:
 def test_bad_shares_are_rejected(bad: str) -> None:
     with pytest.raises(ValidationError):
         Rollout(wave_size=bad)
+
+
+def test_disk_shortfall_is_the_missing_bytes_plus_the_margin() -> None:
+    from edgectl.apply import disk_shortfall
+
+    assert disk_shortfall(1_000_000, 1_100_000) is None  # exactly size + 10%: fits
+    assert disk_shortfall(1_000_000, 1_099_999) == 1_100_000
+    assert disk_shortfall(0, 0) is None  # nothing left to push

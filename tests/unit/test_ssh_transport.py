@@ -79,6 +79,20 @@ def test_bootstrap_argv_installs_offline_from_pushed_wheels() -> None:
     assert wheel[:4] == [sys.executable, "-m", "pip", "wheel"] and wheel[-1] == "/src/agent[llama,onnx]"
 
 
+def test_a_shared_venv_moves_only_the_venv() -> None:
+    """transport.venv: several devices (or a device image) use one venv; store, token, log stay per device."""
+    d = Device(name="pi", profile="raspberry-pi-5", transport={"type": "ssh", "host": "198.18.0.2",
+                                                               "venv": "~/shared/venv"})
+    t = transport_for(d)
+    t._home = "/home/pi"
+    layout = t.layout
+    assert layout.python == "/home/pi/shared/venv/bin/python" and layout.venv == "/home/pi/shared/venv"
+    assert layout.root == "/home/pi/.local/share/edgectl-agent/root"
+    assert bootstrap.install_argv(layout, [])[0] == "/home/pi/shared/venv/bin/python"
+    with pytest.raises(ValueError):
+        Device(name="pi", profile="raspberry-pi-5", transport={"type": "ssh", "host": "h", "venv": "rel;rm"})
+
+
 def test_unknown_runtime_extra_says_how_to_fix() -> None:
     from edgectl.errors import TransportError
 
@@ -111,3 +125,11 @@ def test_unit_text_binds_loopback() -> None:
     assert "ExecStart=/opt/edgectl-agent/venv/bin/python -m edgectl_agent serve --root /opt/edgectl-agent/root " \
            "--host 127.0.0.1 --port 9000" in text
     assert "Restart=on-failure" in text
+
+
+def test_backoff_doubles_and_is_bounded() -> None:
+    from edgectl.transport.ssh import backoff_delays
+
+    assert backoff_delays(4, 0.5, 4.0) == [0.5, 1.0, 2.0]
+    assert backoff_delays(7, 0.5, 4.0) == [0.5, 1.0, 2.0, 4.0, 4.0, 4.0]
+    assert backoff_delays(1) == [] and backoff_delays(0) == []
