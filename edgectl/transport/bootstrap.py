@@ -35,6 +35,7 @@ INSTALL_TIMEOUT_S = 900.0
 # apply bootstraps devices in parallel: one wheelhouse build at a time here, and one install at a time into a venv
 # that several devices share (transport.venv)
 _WHEELHOUSE_LOCK = threading.Lock()
+_AGENT_WHEEL_BUILT: set[str] = set()  # wheelhouses whose edgectl-agent wheel this process built from the checkout
 _VENV_LOCKS: dict[str, threading.Lock] = {}
 _VENV_LOCKS_LOCK = threading.Lock()
 
@@ -196,7 +197,8 @@ def _build_wheelhouse(extras: list[str]) -> Path:
     source = agent_source()
     marker = house / (".complete-" + ("-".join(extras) or "base"))
     steps = []
-    if Path(source).is_dir():
+    if Path(source).is_dir() and str(house) not in _AGENT_WHEEL_BUILT:
+        # once per process: devices bootstrapped in parallel push from this folder while others ask for it
         for old in house.glob("edgectl_agent-*.whl"):
             old.unlink()
         steps.append(wheel_argv(house, source, [], no_deps=True))
@@ -211,6 +213,7 @@ def _build_wheelhouse(extras: list[str]) -> Path:
                                  hint="pip needs PyPI (or a configured index) once to fill the wheelhouse "
                                       f"{house}; later bootstraps reuse it offline")
     marker.touch()
+    _AGENT_WHEEL_BUILT.add(str(house))
     return house
 
 

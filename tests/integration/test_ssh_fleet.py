@@ -124,6 +124,22 @@ def test_apply_bootstraps_three_devices_and_serves_through_the_channel(tmp_path,
         assert "no changes" in r2.stdout, r2.stdout + r2.stderr
         assert [(d.home / ".local/share/edgectl-agent/agent.pid").read_text() for d in fleet.devices] == pids
 
+        # the fleet collector reads every agent's /metrics through the same SSH channels (issue 04)
+        from edgectl.collector import FleetCollector
+        from edgectl.load import load_paths
+
+        monkeypatch.setenv("EDGECTL_HOME", env["EDGECTL_HOME"])
+        collector = FleetCollector(list(load_paths([mdir]).devices.values()), timeout=60)
+        try:
+            assert [(s.device, s.reason) for s in collector.scrape_all()] == [(d.name, None) for d in fleet.devices]
+            text = collector.exposition().decode()
+        finally:
+            collector.close()
+        for d in fleet.devices:
+            assert f'edgectl_device_up{{device="{d.name}"' in text
+            assert any(line.startswith("edgectl_agent_") and f'device="{d.name}"' in line and 'deployment="tiny"' in line
+                       for line in text.splitlines()), text[:3000]
+
         # one device down: it is reported with the reason, the others are untouched
         fleet.devices[2].stop()
         st = edgectl("status", str(mdir), "--json", env=env, check=False)
