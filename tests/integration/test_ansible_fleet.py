@@ -1,0 +1,87 @@
+"""The Ansible engine against real OpenSSH servers on loopback (tests/fleet.py), with the real ansible-core run
+through ansible-runner: bootstrap from edgectl's wheelhouse, push through the agent's upload API, activate, health
+gate, in serial waves; re-apply is a no-op; a chat completion works through the device's agent.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.fleet import SshFleet
+from tests.integration.test_ssh_fleet import edgectl, env, manifests, transport, wheelhouse  # noqa: F401 (fixtures)
+
+pytestmark = pytest.mark.integration
+AGENT_HOME = ".local/share/edgectl-agent"
+
+
+def _fleet_with_engine(mdir: Path) -> None:
+    text = (mdir / "fleet.yaml").read_text()
+    (mdir / "fleet.yaml").write_text(text.replace("spec:\n  devices:", "spec:\n  engine: ansible\n  devices:", 1))
+
+
+def test_ansible_engine_serves_three_devices_and_reapply_is_a_no_op(tmp_path, env, monkeypatch):
+    from openai import OpenAI
+
+    with SshFleet(tmp_path / "fleet", 3) as fleet:
+        fleet.write_known_hosts(Path(env["EDGECTL_HOME"]) / "known_hosts")
+        mdir = manifests(tmp_path, fleet)
+        _fleet_with_engine(mdir)
+        with open(mdir / "model.yaml", "a") as f:  # rolling waves of 2: two serial batches
+            f.write("  rollout: {strategy: rolling, wave_size: 2}\n")
+
+        r = edgectl("apply", str(mdir), env=env)
+        out = r.stdout + r.stderr
+        assert "via ansible" in out, out
+        for d in fleet.devices:
+            line = next(ln for ln in r.stdout.splitlines() if ln.startswith(f"{d.name}: "))
+            assert "installed edgectl-agent" in line and "started agent" in line, out
+            assert "pushed sha256:" in line and "activated tiny" in line and "health gate passed" in line, out
+            assert (d.home / AGENT_HOME / "venv/bin/python").exists()
+        # every sshd saw a login: the devices were worked on over SSH by ansible (host keys checked strictly)
+        assert all(d.authentications() >= 1 for d in fleet.devices)
+        record = json.loads(edgectl("runs", "last", "--json", env=env).stdout)
+        assert [w["devices"] for w in record["waves"]] == [["dev1", "dev2"], ["dev3"]], record["waves"]
+
+        for d in fleet.devices:
+            t = transport(fleet, d.name, monkeypatch, env)
+            (dep,) = t.agent(start=False).state().deployments
+            assert dep.state == "serving" and dep.active.format == "gguf" and dep.active.quant == "Q8_0"
+            t.close()
+        t = transport(fleet, "dev2", monkeypatch, env)
+        token = (fleet.device("dev2").home / AGENT_HOME / "root/token").read_text().strip()
+        with httpx.Client(transport=t.http_transport(), timeout=60.0) as http:
+            openai = OpenAI(base_url=t.endpoint, api_key=token, http_client=http)
+            chat = openai.chat.completions.create(model="tiny", messages=[{"role": "user", "content": "hi"}],
+                                                  max_tokens=8)
+            assert chat.choices[0].message.content and chat.usage.completion_tokens > 0
+        t.close()
+
+        pids = [(d.home / AGENT_HOME / "agent.pid").read_text() for d in fleet.devices]
+        sessions = [d.sessions() for d in fleet.devices]
+        r2 = edgectl("apply", str(mdir), "--engine", "ansible", env=env)
+        assert "no changes" in r2.stdout and "via ansible" not in r2.stdout + r2.stderr, r2.stdout + r2.stderr
+        assert [(d.home / AGENT_HOME / "agent.pid").read_text() for d in fleet.devices] == pids
+
+
+def test_unknown_host_key_is_refused_by_the_ansible_engine(tmp_path, env):
+    """Known hosts only from edgectl's file and the user's: a device missing from both is never worked on."""
+    from edgectl.spec import Device
+    from edgectl.transport.ansible import run_playbook, host_connection
+
+    with SshFleet(tmp_path / "fleet", 1) as fleet:
+        dev = fleet.devices[0]
+        known = tmp_path / "known_hosts"
+        known.write_text("")  # neither this file nor the (absent) user's file pins the device
+        device = Device(name="dev1", profile="x86-cpu-server", agent={"port": dev.agent_port}, transport={
+            "type": "ssh", "host": "127.0.0.1", "port": dev.port, "key_file": str(fleet.client_key)})
+        host = {**host_connection(device, [known]), "edgectl_allowed_failures": 0, "edgectl_bootstrap": False,
+                "edgectl_deployment": "x", "edgectl_blobs": [], "edgectl_desired": {}, "edgectl_smoke": None,
+                "edgectl_rollback": None}
+        outcome = run_playbook({"dev1": host}, {"edgectl_serial": [1]}, forks=1)
+        ho = outcome.hosts["dev1"]
+        assert ho.error and "unreachable" in ho.error and "Host key verification failed" in ho.error, ho
+        assert dev.authentications() == 0 and dev.sessions() == 0
