@@ -85,3 +85,22 @@ def test_unknown_host_key_is_refused_by_the_ansible_engine(tmp_path, env):
         ho = outcome.hosts["dev1"]
         assert ho.error and "unreachable" in ho.error and "Host key verification failed" in ho.error, ho
         assert dev.authentications() == 0 and dev.sessions() == 0
+
+
+def test_canary_failing_its_gate_halts_the_ansible_rollout_and_rolls_back(tmp_path, env):
+    with SshFleet(tmp_path / "fleet", 3) as fleet:
+        fleet.write_known_hosts(Path(env["EDGECTL_HOME"]) / "known_hosts")
+        mdir = manifests(tmp_path, fleet)
+        with open(mdir / "model.yaml", "a") as f:  # no CPU decodes a billion tokens/s: the canary's gate fails
+            f.write("  rollout: {strategy: canary, canary: 1, wave_size: 2, "
+                    "health_gate: {min_tokens_per_s: 1000000000}}\n")
+        r = edgectl("apply", str(mdir), "--engine", "ansible", env=env, check=False)
+        out = r.stdout + r.stderr
+        assert r.returncode != 0 and "rollout halted" in r.stderr, out
+        assert "1 of 1 devices failed in wave 1 (canary)" in r.stderr and "not started: dev2, dev3" in r.stderr, out
+        assert "health gate failed" in r.stderr and "edgectl: gate" in r.stderr, out
+        assert "tiny: removed again (nothing served it before) (it failed)" in r.stdout, out
+        assert "tiny: not started (rollout halted)" in r.stdout, out
+        assert not (fleet.device("dev2").home / AGENT_HOME).exists()  # never touched
+        state = json.loads(edgectl("status", str(mdir), "--json", "--device", "dev1", env=env).stdout)
+        assert state[0]["deployments"] == [], state
