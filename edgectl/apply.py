@@ -16,6 +16,7 @@ import threading
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from edgectl_agent import __version__ as AGENT_VERSION
 from edgectl_agent.api import AgentState, ArtifactRef, DesiredDeployment, Facts
@@ -367,9 +368,11 @@ def _rollout_ansible(spec: Spec, name: str, targets: list[DevicePlan], contexts:
         return why
     reachable = [dp for dp in targets if dp.device not in unreachable]
     hosts: dict[str, dict] = {}
+    houses: dict[tuple[str, ...], Path] = {}  # one wheelhouse build per set of extras, not per device
     for dp in reachable:
         try:
-            hosts[dp.device] = _ansible_host(spec, dp, name, contexts[dp.device], store, artifacts, results[dp.device])
+            hosts[dp.device] = _ansible_host(spec, dp, name, contexts[dp.device], store, artifacts, results[dp.device],
+                                             houses)
         except EdgectlError as e:
             results[dp.device].error = str(e)
     order = waves(rollout, [d for d in (dp.device for dp in reachable) if d in hosts])
@@ -423,7 +426,8 @@ def _rollout_ansible(spec: Spec, name: str, targets: list[DevicePlan], contexts:
 
 
 def _ansible_host(spec: Spec, dp: DevicePlan, name: str, ctx: DeviceContext, store: ArtifactStore,
-                  artifacts: dict[str, tuple[BuiltArtifact, bool]], res: DeviceResult) -> dict:
+                  artifacts: dict[str, tuple[BuiltArtifact, bool]], res: DeviceResult,
+                  houses: dict[tuple[str, ...], Path]) -> dict:
     """The host variables the playbook needs for ``name`` on this device: connection, artifact blobs, the desired
     deployment, what to roll back to, and (when no agent answered) the bootstrap argv lists and wheels."""
     from edgectl.transport import ansible as engine
@@ -450,7 +454,9 @@ def _ansible_host(spec: Spec, dp: DevicePlan, name: str, ctx: DeviceContext, sto
         layout = bootstrap.RemoteLayout(t.agent_dir)
         runtimes = sorted({d.chosen.runtime for d in dp.deployments if d.chosen is not None})
         extras = bootstrap.extras_for(runtimes)
-        house = bootstrap.build_wheelhouse(extras)
+        if tuple(extras) not in houses:
+            houses[tuple(extras)] = bootstrap.build_wheelhouse(extras)
+        house = houses[tuple(extras)]
         out.update({
             "edgectl_agent_version": AGENT_VERSION,
             "edgectl_platform": f"{sys.version_info[0]}.{sys.version_info[1]} {platform.machine()}",

@@ -18,6 +18,18 @@ pytestmark = pytest.mark.integration
 AGENT_HOME = ".local/share/edgectl-agent"
 
 
+def device_line(stdout: str, name: str) -> str:
+    """The summary line of one device, unwrapped (Rich folds long lines)."""
+    lines = stdout.splitlines()
+    i = next(i for i, ln in enumerate(lines) if ln.startswith(f"{name}: "))
+    out = [lines[i]]
+    for ln in lines[i + 1:]:
+        if not ln.strip() or ln.split(":")[0].startswith("dev"):
+            break
+        out.append(ln)
+    return " ".join(" ".join(out).split())
+
+
 def _fleet_with_engine(mdir: Path) -> None:
     text = (mdir / "fleet.yaml").read_text()
     (mdir / "fleet.yaml").write_text(text.replace("spec:\n  devices:", "spec:\n  engine: ansible\n  devices:", 1))
@@ -37,7 +49,7 @@ def test_ansible_engine_serves_three_devices_and_reapply_is_a_no_op(tmp_path, en
         out = r.stdout + r.stderr
         assert "via ansible" in out, out
         for d in fleet.devices:
-            line = next(ln for ln in r.stdout.splitlines() if ln.startswith(f"{d.name}: "))
+            line = device_line(r.stdout, d.name)
             assert "installed edgectl-agent" in line and "started agent" in line, out
             assert "pushed sha256:" in line and "activated tiny" in line and "health gate passed" in line, out
             assert (d.home / AGENT_HOME / "venv/bin/python").exists()
@@ -104,3 +116,26 @@ def test_canary_failing_its_gate_halts_the_ansible_rollout_and_rolls_back(tmp_pa
         assert not (fleet.device("dev2").home / AGENT_HOME).exists()  # never touched
         state = json.loads(edgectl("status", str(mdir), "--json", "--device", "dev1", env=env).stdout)
         assert state[0]["deployments"] == [], state
+
+
+def test_a_failed_device_past_max_failure_rolls_back_the_rest_of_its_wave(tmp_path, env):
+    """One wave of three; dev2 cannot be bootstrapped (a file sits where its agent folder goes): the other two
+    activated, then the gate after the batch rolls them back (max_failure 0)."""
+    with SshFleet(tmp_path / "fleet", 3) as fleet:
+        fleet.write_known_hosts(Path(env["EDGECTL_HOME"]) / "known_hosts")
+        mdir = manifests(tmp_path, fleet)
+        _fleet_with_engine(mdir)
+        blocker = fleet.device("dev2").home / AGENT_HOME
+        blocker.parent.mkdir(parents=True)
+        blocker.write_text("not a folder")
+        r = edgectl("apply", str(mdir), env=env, check=False)
+        out = r.stdout + r.stderr
+        assert r.returncode != 0 and "1 of 3 devices failed in wave 1" in r.stderr, out
+        assert "dev2: failed" in r.stderr and "edgectl: agent folders" in r.stderr, out
+        assert "exists" in r.stderr or "not a directory" in r.stderr, out  # the item's own reason, not a summary
+        for name in ("dev1", "dev3"):
+            line = device_line(r.stdout, name)
+            assert "activated tiny" in line and "tiny: removed again (nothing served it before) (the wave failed)" \
+                in line, out
+        state = {s["device"]: s for s in json.loads(edgectl("status", str(mdir), "--json", env=env).stdout)}
+        assert state["dev1"]["deployments"] == [] and state["dev3"]["deployments"] == [], state
