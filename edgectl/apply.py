@@ -9,11 +9,16 @@ rollout and roll the wave back -> remove what is no longer selected. The result 
 
 from __future__ import annotations
 
+import json
+import platform
+import sys
 import threading
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from pathlib import Path
 
+from edgectl_agent import __version__ as AGENT_VERSION
 from edgectl_agent.api import AgentState, ArtifactRef, DesiredDeployment, Facts
 
 from edgectl.agent_client import AgentClient
@@ -197,9 +202,26 @@ def build_planned(spec: Spec, p: Plan, store: ArtifactStore, events: Events,
     return out
 
 
+ENGINES = ("ssh", "ansible")
+
+
+def engine_of(spec: Spec, device: Device, override: str | None = None) -> str:
+    """'ansible' when the device is reached over SSH and its fleet (or ``override``) says so, else 'ssh' (edgectl's
+    own transports; local devices always use them)."""
+    if device.transport.type != "ssh":
+        return "ssh"
+    if override is not None:
+        return override
+    return next((f.spec.engine for f in spec.fleets.values() if any(d.name == device.name for d in f.spec.devices)),
+                "ssh")
+
+
 def apply(spec: Spec, *, store: ArtifactStore, device_names: Iterable[str] | None = None,
           skip_unfit: bool = False, events: Events | None = None, parallel: int = 8,
-          record: RunRecord | None = None) -> ApplyResult:
+          record: RunRecord | None = None, engine: str | None = None) -> ApplyResult:
+    """``engine``: 'ssh' or 'ansible' for every SSH device, overriding each fleet's ``spec.engine``."""
+    if engine is not None and engine not in ENGINES:
+        raise PlanError(f"unknown engine '{engine}'", hint="use one of: " + ", ".join(ENGINES))
     events = _Recorded(events or Events(), record)
     devices = select_devices(spec, device_names)
     contexts = observe(devices, start_agents=False, parallel=parallel)
@@ -219,7 +241,10 @@ def apply(spec: Spec, *, store: ArtifactStore, device_names: Iterable[str] | Non
     # Start agents only where there is work, then observe those again: a restarted agent may already
     # serve (it recovers its last good state from disk), which can make steps unnecessary.
     busy = [dp.device for dp in p.devices if dp.status == "ok" and dp.steps] + unobserved
-    restarted = [n for n in busy if contexts[n].client is None and contexts[n].error is None]
+    by_ansible = {d.name for d in devices if engine_of(spec, d, engine) == "ansible"}
+    # the ansible engine's playbook bootstraps its devices itself
+    restarted = [n for n in busy if contexts[n].client is None and contexts[n].error is None
+                 and n not in by_ansible]
     if restarted:
         needed = {dp.device: {dep.chosen.runtime for dep in dp.deployments if dep.chosen is not None}
                   for dp in p.devices}
@@ -251,10 +276,19 @@ def apply(spec: Spec, *, store: ArtifactStore, device_names: Iterable[str] | Non
     for name in sorted(spec.deployments):
         targets = [dp for dp in p.devices if dp.status == "ok" and _dep_plan(dp, name) is not None
                    and _dep_plan(dp, name).steps]
-        if targets:
-            why = _rollout(spec, name, targets, contexts, store, artifacts, results, events, parallel, record)
+        own = [dp for dp in targets if dp.device not in by_ansible]
+        if own:
+            why = _rollout(spec, name, own, contexts, store, artifacts, results, events, parallel, record)
             if why:
                 halted.append(why)
+        handed = [dp for dp in targets if dp.device in by_ansible]
+        if handed:
+            why = _rollout_ansible(spec, name, handed, contexts, store, artifacts, results, events, parallel, record)
+            if why:
+                halted.append(why)
+    fresh = [contexts[n].device for n in by_ansible if n in results and contexts[n].client is None]
+    if fresh:  # agents the playbook started: observe them now for what they serve
+        contexts.update(observe(fresh, start_agents=False))
     for dp in p.devices:
         ctx, res = contexts[dp.device], results[dp.device]
         if dp.removals and ctx.client is not None and not ctx.error:
@@ -335,6 +369,163 @@ def _rollout(spec: Spec, name: str, targets: list[DevicePlan], contexts: dict[st
     return None
 
 
+def _rollout_ansible(spec: Spec, name: str, targets: list[DevicePlan], contexts: dict[str, DeviceContext],
+                     store: ArtifactStore, artifacts: dict[str, tuple[BuiltArtifact, bool]],
+                     results: dict[str, DeviceResult], events: Events, forks: int,
+                     record: RunRecord | None) -> str | None:
+    """Deploy ``name`` to ``targets`` with the Ansible engine: one playbook run, the rollout's waves as ``serial``
+    batches, forks for the devices of a wave; same halting rule and results as :func:`_rollout`."""
+    from edgectl.transport import ansible as engine
+
+    rollout = spec.deployments[name].spec.rollout
+    gate = rollout.health_gate
+    if gate.smoke and gate.max_ttft_ms is not None:
+        raise PlanError(f"deployment '{name}': health_gate.max_ttft_ms needs a streamed smoke request, which the "
+                        "ansible engine does not send; nothing was changed",
+                        hint="drop max_ttft_ms (min_tokens_per_s works, over the whole request), or apply these "
+                             "devices with --engine ssh")
+    unreachable = [dp.device for dp in targets if contexts[dp.device].error]
+    allowed = resolve_count(rollout.max_unavailable, len(targets))
+    if len(unreachable) > allowed:
+        why = (f"{name}: {len(unreachable)} of {len(targets)} devices unreachable ({', '.join(unreachable)}), more "
+               f"than max_unavailable {rollout.max_unavailable}; no device was changed")
+        events.info(None, "halted " + why)
+        return why
+    reachable = [dp for dp in targets if dp.device not in unreachable]
+    hosts: dict[str, dict] = {}
+    houses: dict[tuple[str, ...], Path] = {}  # one wheelhouse build per set of extras, not per device
+    for dp in reachable:
+        try:
+            hosts[dp.device] = _ansible_host(spec, dp, name, contexts[dp.device], store, artifacts, results[dp.device],
+                                             houses)
+        except EdgectlError as e:
+            results[dp.device].error = str(e)
+    order = waves(rollout, [d for d in (dp.device for dp in reachable) if d in hosts])
+    if not order:
+        return None
+    sizes, allowed_failures = engine.serial_and_allowed(order, rollout.max_failure, resolve_count)
+    hosts = {d: {**hosts[d], "edgectl_allowed_failures": allowed_failures[d]} for wave in order for d in wave}
+    for index, wave in enumerate(order):
+        canary = rollout.strategy == "canary" and index == 0
+        events.info(None, f"{name}: wave {index + 1}/{len(order)}{' (canary)' if canary else ''} via ansible: "
+                          + ", ".join(wave))
+
+    def on_event(ev: dict) -> None:
+        data = ev.get("event_data") or {}
+        msg = (data.get("res") or {}).get("msg")
+        if ev.get("event") == "runner_on_ok" and isinstance(msg, str) and msg.startswith(engine.ACTION_PREFIX):
+            events.info(data.get("host"), " ".join(msg[len(engine.ACTION_PREFIX):].split()))
+
+    outcome = engine.run_playbook(hosts, {"edgectl_serial": sizes}, forks=forks, on_event=on_event)
+    tried = failed = 0
+    why = None
+    for index, wave in enumerate(order):
+        canary = rollout.strategy == "canary" and index == 0
+        w = record.wave(name, index, wave, canary=canary) if record else {}
+        for d in wave:
+            ho = outcome.hosts[d]
+            results[d].actions += ho.actions
+            if ho.error:
+                results[d].error = ho.error
+            elif not ho.started and why is not None:
+                results[d].actions.append(f"{name}: not started (rollout halted)")
+            elif not ho.started:
+                results[d].error = (f"device '{d}': the playbook never reached it (ansible-playbook exit "
+                                    f"{outcome.rc})\n{outcome.stdout_tail.strip()[-1500:]}")
+        if why is not None:
+            w["outcome"] = "not started"
+            continue
+        tried += len(wave)
+        failed += sum(1 for d in wave if results[d].error)
+        if failed > resolve_count(rollout.max_failure, tried):
+            w["outcome"] = "failed"
+            later = [d for later_wave in order[index + 1:] for d in later_wave]
+            why = (f"{name}: {failed} of {tried} devices failed in wave {index + 1}"
+                   f"{' (canary)' if canary else ''}, more than max_failure {rollout.max_failure}; "
+                   + ("the wave was rolled back" if rollout.rollback else "rollback is off")
+                   + (f"; not started: {', '.join(later)}" if later else ""))
+            events.info(None, "halted " + why)
+        else:
+            w["outcome"] = "ok" if failed == 0 else "ok-with-failures"
+    return why
+
+
+def _ansible_host(spec: Spec, dp: DevicePlan, name: str, ctx: DeviceContext, store: ArtifactStore,
+                  artifacts: dict[str, tuple[BuiltArtifact, bool]], res: DeviceResult,
+                  houses: dict[tuple[str, ...], Path]) -> dict:
+    """The host variables the playbook needs for ``name`` on this device: connection, artifact blobs, the desired
+    deployment, what to roll back to, and (when no agent answered) the bootstrap argv lists and wheels."""
+    from edgectl.transport import ansible as engine
+    from edgectl.transport import bootstrap
+    from edgectl.transport.ssh import known_hosts_files
+
+    dep = _dep_plan(dp, name)
+    rollout = spec.deployments[name].spec.rollout
+    art = _artifact_for(spec, dp, dep, ctx, store, artifacts, res)
+    out = engine.host_connection(ctx.device, known_hosts_files())
+    kind = dep.chosen.recipe.kind
+    gate = rollout.health_gate
+    out.update({
+        "edgectl_deployment": name,
+        "edgectl_blobs": [{"digest": d, "path": str(p), "size": p.stat().st_size} for d, p in store.blobs_of(art)],
+        "edgectl_desired": json.loads(desired_deployment(spec, dp, dep, art, kind=kind).model_dump_json()),
+        "edgectl_smoke": ({"kind": kind, "max_tokens": gate.max_tokens, "min_tokens_per_s": gate.min_tokens_per_s}
+                          if gate.smoke else None),
+        "edgectl_rollback": _rollback_request(name, ctx) if rollout.rollback else None,
+        "edgectl_bootstrap": ctx.client is None,
+    })
+    if ctx.client is None:
+        t = ctx.device.transport
+        layout = bootstrap.RemoteLayout(t.agent_dir)
+        runtimes = sorted({d.chosen.runtime for d in dp.deployments if d.chosen is not None})
+        extras = bootstrap.extras_for(runtimes)
+        if tuple(extras) not in houses:
+            houses[tuple(extras)] = bootstrap.build_wheelhouse(extras)
+        house = houses[tuple(extras)]
+        out.update({
+            "edgectl_agent_version": AGENT_VERSION,
+            "edgectl_platform": f"{sys.version_info[0]}.{sys.version_info[1]} {platform.machine()}",
+            "edgectl_platform_script": bootstrap.PLATFORM_SCRIPT,
+            "edgectl_wheels": [str(w) for w in sorted(house.glob("*.whl"))],
+            "edgectl_installed_argv": bootstrap.installed_argv(layout, runtimes),
+            "edgectl_venv_argv": bootstrap.venv_argv(t.python, layout),
+            "edgectl_install_argv": bootstrap.install_argv(layout, extras),
+            "edgectl_reinstall_argv": bootstrap.reinstall_argv(layout),
+            "edgectl_start_argv": bootstrap.start_argv(layout, ctx.device.agent.port),
+        })
+    return out
+
+
+def _rollback_request(name: str, ctx: DeviceContext) -> dict:
+    """What returns ``name`` to what the agent served before this run: PUT that, or DELETE a new deployment."""
+    before = next((d for d in (ctx.observed.deployments if ctx.observed else []) if d.name == name), None)
+    if before is not None and before.active is not None and before.desired is not None:
+        body = json.loads(before.desired.model_copy(update={"artifact": before.active}).model_dump_json())
+        return {"method": "PUT", "body": body, "text": f"rolled back to {before.active.digest[:19]}"}
+    return {"method": "DELETE", "text": "removed again (nothing served it before)"}
+
+
+def _artifact_for(spec: Spec, dp: DevicePlan, dep: DeploymentPlan, ctx: DeviceContext, store: ArtifactStore,
+                  artifacts: dict[str, tuple[BuiltArtifact, bool]], res: DeviceResult) -> BuiltArtifact:
+    """The built artifact for this deployment, checked against the runtime the device reports (before any byte
+    is pushed); notes in ``res`` whether it was built now or found in the cache."""
+    rid = recipe_id(dep.chosen.recipe)
+    art, fresh = artifacts[rid] if rid in artifacts else (
+        lookup(dep.chosen.recipe, spec.models[dep.model], store), False)
+    if art is None:  # internal invariant: every planned build ran before devices are touched
+        raise PlanError(f"artifact {rid} is not in the local store", hint="run `edgectl build` and retry")
+    runtime = dep.chosen.runtime
+    version = ctx.facts.runtimes.get(runtime) if ctx.facts is not None else None
+    why = compat.mismatch(art.compat, runtime, version)
+    if why:  # found only now that the artifact exists: refuse before any byte is pushed
+        raise Refused(f"device '{dp.device}', deployment '{dep.deployment}': {art.format} {art.quant} "
+                      f"cannot be loaded there: {why}", hint="nothing was pushed to this device; "
+                      "`edgectl plan` shows the same check")
+    if any(step.action == "build" for step in dep.steps):
+        res.actions.append(f"{'built' if fresh else 'found in cache'} {art.format} {art.quant}")
+    return art
+
+
 def _deploy_one(spec: Spec, dp: DevicePlan, name: str, ctx: DeviceContext, store: ArtifactStore,
                 artifacts: dict[str, tuple[BuiltArtifact, bool]], res: DeviceResult, events: Events) -> bool:
     """Push, activate and gate one deployment on one device; on failure roll it back (when the rollout says so).
@@ -397,23 +588,10 @@ def _apply_deployment(spec: Spec, dp: DevicePlan, dep: DeploymentPlan, ctx: Devi
     client = ctx.client
     if client is None:
         raise PlanError(f"device '{dp.device}': no agent to apply to", hint="see the agent's log")
-    rid = recipe_id(dep.chosen.recipe)
-    art, fresh = artifacts[rid] if rid in artifacts else (
-        lookup(dep.chosen.recipe, spec.models[dep.model], store), False)
-    if art is None:  # internal invariant: every planned build ran before devices are touched
-        raise PlanError(f"artifact {rid} is not in the local store", hint="run `edgectl build` and retry")
-    runtime = dep.chosen.runtime
-    version = ctx.facts.runtimes.get(runtime) if ctx.facts is not None else None
-    why = compat.mismatch(art.compat, runtime, version)
-    if why:  # found only now that the artifact exists: refuse before any byte is pushed
-        raise Refused(f"device '{dp.device}', deployment '{dep.deployment}': {art.format} {art.quant} "
-                        f"cannot be loaded there: {why}", hint="nothing was pushed to this device; "
-                        "`edgectl plan` shows the same check")
+    art = _artifact_for(spec, dp, dep, ctx, store, artifacts, res)
     activated = False
     for step in dep.steps:
-        if step.action == "build":
-            res.actions.append(f"{'built' if fresh else 'found in cache'} {art.format} {art.quant}")
-        elif step.action == "push":
+        if step.action == "push":
             check_disk(dp.device, dep.deployment, art, store, client)
             events.info(dp.device, f"push {art.digest[:19]} ({art.size_bytes / 1e6:.1f} MB)")
             client.upload_blobs(store.blobs_of(art),

@@ -147,7 +147,10 @@ def apply_cmd(paths: List[Path] = PathsArg, device: Optional[List[str]] = Device
               skip_unfit: bool = typer.Option(False, "--skip-unfit",
                                               help="Deploy to the devices that fit; leave unfit ones untouched."),
               parallel: int = typer.Option(8, "--parallel", min=1, max=256,
-                                           help="Devices of a wave worked on at once.")) -> None:
+                                           help="Devices of a wave worked on at once (Ansible: forks)."),
+              engine: Optional[str] = typer.Option(None, "--engine",
+                                                   help="ssh | ansible: how SSH devices are worked on; overrides "
+                                                        "each Fleet's spec.engine.")) -> None:
     """Make the devices match the manifests: plan, build, then each deployment's rollout (waves, health gate,
     rollback), remove. Idempotent. Writes a run record (`edgectl runs`)."""
     from edgectl.apply import apply
@@ -158,7 +161,7 @@ def apply_cmd(paths: List[Path] = PathsArg, device: Optional[List[str]] = Device
     try:
         with RichEvents() as events:
             result = apply(spec, store=_store(), device_names=device, skip_unfit=skip_unfit, events=events,
-                           parallel=parallel, record=record)
+                           parallel=parallel, record=record, engine=engine)
     except EdgectlError as e:
         record.data["error"] = str(e)
         record.finish("error")

@@ -116,6 +116,11 @@ class Device(Frozen):
 
 class FleetSpec(Frozen):
     devices: list[Device] = Field(min_length=1, description="The devices of this fleet.")
+    engine: Literal["ssh", "ansible"] = Field(
+        default="ssh",
+        description="How `edgectl apply` works on this fleet's SSH devices: 'ssh' (edgectl's own SSH transport) "
+                    "or 'ansible' (a playbook run through ansible-runner: forks, serial waves; for large fleets; "
+                    "needs `pip install 'edgectl[ansible]'`). `edgectl apply --engine` overrides it.")
 
     @field_validator("devices")
     @classmethod

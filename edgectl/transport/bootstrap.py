@@ -144,6 +144,12 @@ def install_argv(layout: RemoteLayout, extras: list[str]) -> list[str]:
             "--find-links", layout.wheels, requirement("edgectl-agent", extras) + f"=={AGENT_VERSION}"]
 
 
+def reinstall_argv(layout: RemoteLayout) -> list[str]:
+    """The agent's own wheel keeps its version while its code changes in a checkout: reinstall it, not its deps."""
+    return [layout.python, "-m", "pip", "install", "--quiet", "--disable-pip-version-check", "--no-index",
+            "--no-deps", "--force-reinstall", "--find-links", layout.wheels, f"edgectl-agent=={AGENT_VERSION}"]
+
+
 def installed_argv(layout: RemoteLayout, runtimes: Iterable[str]) -> list[str]:
     return [layout.python, "-c", INSTALLED_SCRIPT, *sorted(RUNTIME_PACKAGES[r] for r in runtimes
                                                            if r in RUNTIME_PACKAGES)]
@@ -259,10 +265,7 @@ def _ensure_installed(t: "SshTransport", layout: RemoteLayout, runtimes: Iterabl
         t.check(venv_argv(python, layout), what="creating the agent's venv", timeout=300)
     t.check(install_argv(layout, extras), what="installing edgectl-agent from the pushed wheels",
             timeout=INSTALL_TIMEOUT_S)
-    # the agent's own wheel keeps its version while its code changes in a checkout: reinstall it, not its deps
-    t.check([layout.python, "-m", "pip", "install", "--quiet", "--disable-pip-version-check", "--no-index",
-             "--no-deps", "--force-reinstall", "--find-links", layout.wheels, f"edgectl-agent=={AGENT_VERSION}"],
-            what="installing the edgectl-agent wheel", timeout=INSTALL_TIMEOUT_S)
+    t.check(reinstall_argv(layout), what="installing the edgectl-agent wheel", timeout=INSTALL_TIMEOUT_S)
 
 
 def has_user_systemd(t: "SshTransport") -> bool:
