@@ -152,6 +152,10 @@ def main() -> None:
             "about 85% of the context (the plan budgets for a full KV cache).\n\n" +
             table(["artifact", "runtime", "size", "prompt tokens", "build", "activate", "tok/s", "estimate", "peak RSS",
                    "estimate / measured", "target 0.9-1.1"], rows))
+    body += ("\n\nThe runtimes' constants in edgectl/plan/estimate.py (library overhead, prefill chunk) were calibrated "
+             "on this model; the llama.cpp figures come from its own buffer sizes. On a Linux CPU the agent's mlx "
+             "runtime computes in float32 (its float16 path is ~30x slower there), so its KV cache and activations "
+             "are twice what the estimate assumes for Apple silicon, where mlx runs in float16 on the GPU.")
     print(body)
     write_section("agent_memory", "Agent footprint and memory estimate vs measured", body,
                   dists=("llama-cpp-python", "openvino-genai", "onnxruntime-genai", "mlx-lm"))
