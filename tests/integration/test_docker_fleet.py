@@ -72,9 +72,11 @@ def engine(tmp_path_factory):
         yield d
 
 
-@pytest.fixture(scope="module")
-def wheelhouse(tmp_path_factory) -> Path:
-    return tmp_path_factory.mktemp("wheelhouse")
+@pytest.fixture
+def wheelhouse(ssh_shared) -> Path:
+    """The session's wheelhouse (conftest.ssh_shared): the first bootstrap fills it (pip wheel here), every later
+    one - in any module - reuses it."""
+    return ssh_shared["wheelhouse"]
 
 
 @pytest.fixture

@@ -45,10 +45,11 @@ spec:
 """
 
 
-@pytest.fixture(scope="module")
-def wheelhouse(tmp_path_factory) -> Path:
-    """One wheelhouse for the module: the first bootstrap fills it (pip wheel here), the others reuse it."""
-    return tmp_path_factory.mktemp("wheelhouse")
+@pytest.fixture
+def wheelhouse(ssh_shared) -> Path:
+    """The session's wheelhouse (conftest.ssh_shared): the first bootstrap fills it (pip wheel here), every later
+    one - in any module - reuses it."""
+    return ssh_shared["wheelhouse"]
 
 
 @pytest.fixture
