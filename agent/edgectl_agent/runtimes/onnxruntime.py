@@ -8,14 +8,14 @@ symlink out): a model must not make the agent read arbitrary files of the device
 from __future__ import annotations
 
 import logging
-import threading
 from collections.abc import Iterator
 from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any
 
 from edgectl_agent.api import DesiredDeployment
-from edgectl_agent.errors import BadRequest, ModelUnavailable, RuntimeFailure
-from edgectl_agent.runtimes.base import Runtime, RuntimeCapabilities, TensorModel, TensorSpec
+from edgectl_agent.errors import RuntimeFailure
+from edgectl_agent.runtimes.base import Runtime, RuntimeCapabilities, TensorSpec
+from edgectl_agent.runtimes.tensor import KSERVE_TO_NUMPY, NUMPY_TO_KSERVE, ArrayTensorModel
 
 log = logging.getLogger(__name__)
 
@@ -32,13 +32,6 @@ ORT_TO_KSERVE = {
     "tensor(int64)": "INT64", "tensor(float16)": "FP16", "tensor(float)": "FP32", "tensor(double)": "FP64",
     "tensor(string)": "BYTES",
 }
-# KServe v2 datatype -> numpy dtype name
-KSERVE_TO_NUMPY = {
-    "BOOL": "bool", "UINT8": "uint8", "UINT16": "uint16", "UINT32": "uint32", "UINT64": "uint64", "INT8": "int8",
-    "INT16": "int16", "INT32": "int32", "INT64": "int64", "FP16": "float16", "FP32": "float32", "FP64": "float64",
-    "BYTES": "object",
-}
-NUMPY_TO_KSERVE = {v: k for k, v in KSERVE_TO_NUMPY.items()}
 
 
 def _location_escapes(location: str, base: Path) -> bool:
@@ -150,90 +143,18 @@ class OnnxRuntime(Runtime):
         return OnnxModel(session, name=desired.name)
 
 
-class OnnxModel(TensorModel):
+class OnnxModel(ArrayTensorModel):
     platform = PLATFORM
+    library = "onnxruntime"
 
     def __init__(self, session: Any, *, name: str) -> None:
-        self._session = session
-        self.name = name
+        super().__init__(session, name=name)
         self.inputs = tuple(_spec(a) for a in session.get_inputs())
         self.outputs = tuple(_spec(a) for a in session.get_outputs())
-        self._lock = threading.Lock()  # guards close against running inferences (runs themselves are parallel)
-        self._running = 0
-        self._idle = threading.Condition(self._lock)
-        self._closed = False
 
-    def _enter(self) -> Any:
-        with self._lock:
-            if self._closed:
-                raise ModelUnavailable(f"model '{self.name}' was unloaded while this request waited",
-                                       hint="retry the request; it is answered by the model now active")
-            self._running += 1
-            return self._session
-
-    def _exit(self) -> None:
-        with self._lock:
-            self._running -= 1
-            self._idle.notify_all()
-
-    def _run(self, feeds: dict[str, Any], names: list[str]) -> list[Any]:
-        session = self._enter()
-        try:
-            return session.run(names, feeds)
-        except Exception as e:  # noqa: BLE001 — onnxruntime's errors carry the reason
-            raise BadRequest(f"onnxruntime rejected the request: {e}",
-                             hint="check the input shapes and values against GET /v2/models/" + self.name) from e
-        finally:
-            self._exit()
-
-    def infer(self, inputs, outputs=None):
-        import numpy as np
-
-        feeds = {}
-        for name, (datatype, shape, data) in inputs.items():
-            try:
-                feeds[name] = np.asarray(data, dtype=KSERVE_TO_NUMPY[datatype]).reshape(shape)
-            except (ValueError, TypeError, OverflowError) as e:
-                raise BadRequest(f"input '{name}': data does not fit {datatype}: {e}",
-                                 hint=f"send {datatype} values") from e
-        names = list(outputs) if outputs else [o.name for o in self.outputs]
-        by_name = {o.name: o for o in self.outputs}
-        result = []
-        for name, arr in zip(names, self._run(feeds, names)):
-            arr = np.asarray(arr)
-            datatype = NUMPY_TO_KSERVE.get(arr.dtype.name, by_name[name].datatype)
-            flat = arr.reshape(-1)
-            data = [x.decode() if isinstance(x, bytes) else str(x) for x in flat] if datatype == "BYTES" \
-                else flat.tolist()
-            result.append({"name": name, "datatype": datatype, "shape": list(arr.shape), "data": data})
-        return result
-
-    def smoke(self, prompt: str, max_tokens: int) -> None:
-        import numpy as np
-
-        feeds = {}
-        for spec in self.inputs:
-            shape = [d if d >= 0 else 1 for d in spec.shape]
-            if spec.datatype == "BYTES":
-                feeds[spec.name] = np.full(shape, "", dtype=object)
-            else:
-                feeds[spec.name] = np.zeros(shape, dtype=KSERVE_TO_NUMPY[spec.datatype])
-        try:
-            outs = self._run(feeds, [o.name for o in self.outputs])
-        except BadRequest as e:
-            raise RuntimeFailure(f"onnxruntime smoke inference on zeros failed: {e.message}",
-                                 hint="the model loads but does not run on zeros of its declared input shapes "
-                                      "(dynamic dims = 1); check it with onnxruntime before pushing") from e
-        if len(outs) != len(self.outputs):
-            raise RuntimeFailure(f"onnxruntime smoke inference returned {len(outs)} outputs, the model declares "
-                                 f"{len(self.outputs)}", hint="rebuild the model")
-
-    def close(self) -> None:
-        with self._lock:
-            self._closed = True
-            while self._running:
-                self._idle.wait()
-            self._session = None
+    def _execute(self, session: Any, feeds: dict[str, Any], names: list[str]) -> list[Any]:
+        return session.run(names, feeds)
 
 
-__all__ = ["OnnxRuntime", "OnnxModel", "check_external_data", "INSTALL_HINT", "PLATFORM"]
+__all__ = ["OnnxRuntime", "OnnxModel", "check_external_data", "INSTALL_HINT", "PLATFORM", "KSERVE_TO_NUMPY",
+           "NUMPY_TO_KSERVE"]

@@ -8,15 +8,14 @@ OpenVINO); a few OpenVINO properties may be set by name (``OPENVINO_PROPERTIES``
 from __future__ import annotations
 
 import re
-import threading
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from edgectl_agent.api import DesiredDeployment
-from edgectl_agent.errors import BadRequest, ModelUnavailable, RuntimeFailure
-from edgectl_agent.runtimes.base import Runtime, RuntimeCapabilities, TensorModel, TensorSpec
-from edgectl_agent.runtimes.onnxruntime import KSERVE_TO_NUMPY, NUMPY_TO_KSERVE
+from edgectl_agent.errors import RuntimeFailure
+from edgectl_agent.runtimes.base import Runtime, RuntimeCapabilities, TensorSpec
+from edgectl_agent.runtimes.tensor import NUMPY_TO_KSERVE, ArrayTensorModel
 
 INSTALL_HINT = "pip install 'edgectl-agent[openvino]'"
 PLATFORM = "openvino_ir"
@@ -96,77 +95,19 @@ class OpenVinoRuntime(Runtime):
         return OpenVinoModel(compiled, name=desired.name)
 
 
-class OpenVinoModel(TensorModel):
+class OpenVinoModel(ArrayTensorModel):
     platform = PLATFORM
+    library = "openvino"
 
     def __init__(self, compiled: Any, *, name: str) -> None:
-        self._compiled = compiled
-        self.name = name
+        super().__init__(compiled, name=name)
         self.inputs = tuple(_spec(p) for p in compiled.inputs)
         self.outputs = tuple(_spec(p) for p in compiled.outputs)
-        self._lock = threading.Lock()  # guards close against running inferences (each has its own request)
-        self._running = 0
-        self._idle = threading.Condition(self._lock)
-        self._closed = False
 
-    def _run(self, feeds: dict[str, Any], names: list[str]) -> list[Any]:
-        with self._lock:
-            if self._closed:
-                raise ModelUnavailable(f"model '{self.name}' was unloaded while this request waited",
-                                       hint="retry the request; it is answered by the model now active")
-            self._running += 1
-            compiled = self._compiled
-        try:
-            request = compiled.create_infer_request()  # one per call: infer requests are not shared across threads
-            results = request.infer(feeds)
-            return [results[compiled.output(n)].copy() for n in names]
-        except Exception as e:  # noqa: BLE001  (OpenVINO's errors carry the reason)
-            raise BadRequest(f"openvino rejected the request: {e}",
-                             hint="check the input shapes and values against GET /v2/models/" + self.name) from e
-        finally:
-            with self._lock:
-                self._running -= 1
-                self._idle.notify_all()
-
-    def infer(self, inputs, outputs=None):
-        import numpy as np
-
-        feeds = {}
-        for name, (datatype, shape, data) in inputs.items():
-            try:
-                feeds[name] = np.asarray(data, dtype=KSERVE_TO_NUMPY[datatype]).reshape(shape)
-            except (ValueError, TypeError, OverflowError) as e:
-                raise BadRequest(f"input '{name}': data does not fit {datatype}: {e}",
-                                 hint=f"send {datatype} values") from e
-        names = list(outputs) if outputs else [o.name for o in self.outputs]
-        result = []
-        for name, arr in zip(names, self._run(feeds, names)):
-            datatype = NUMPY_TO_KSERVE[arr.dtype.name]
-            result.append({"name": name, "datatype": datatype, "shape": list(arr.shape),
-                           "data": arr.reshape(-1).tolist()})
-        return result
-
-    def smoke(self, prompt: str, max_tokens: int) -> None:
-        import numpy as np
-
-        feeds = {s.name: np.zeros([d if d >= 0 else 1 for d in s.shape], dtype=KSERVE_TO_NUMPY[s.datatype])
-                 for s in self.inputs}
-        try:
-            outs = self._run(feeds, [o.name for o in self.outputs])
-        except BadRequest as e:
-            raise RuntimeFailure(f"openvino smoke inference on zeros failed: {e.message}",
-                                 hint="the model loads but does not run on zeros of its declared input shapes "
-                                      "(dynamic dims = 1); check it with openvino before pushing") from e
-        if len(outs) != len(self.outputs):
-            raise RuntimeFailure(f"openvino smoke inference returned {len(outs)} outputs, the model declares "
-                                 f"{len(self.outputs)}", hint="rebuild the model")
-
-    def close(self) -> None:
-        with self._lock:
-            self._closed = True
-            while self._running:
-                self._idle.wait()
-            self._compiled = None
+    def _execute(self, compiled: Any, feeds: dict[str, Any], names: list[str]) -> list[Any]:
+        request = compiled.create_infer_request()  # one per call: infer requests are not shared across threads
+        results = request.infer(feeds)
+        return [results[compiled.output(n)].copy() for n in names]
 
 
 __all__ = ["OpenVinoRuntime", "OpenVinoModel", "openvino_config", "INSTALL_HINT", "PLATFORM"]
