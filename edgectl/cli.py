@@ -183,8 +183,10 @@ def apply_cmd(paths: List[Path] = PathsArg, device: Optional[List[str]] = Device
                 out.print(f"\n[bold]{name}[/bold] is serving on [bold]{r.device}[/bold] at [cyan]{r.endpoint}[/cyan]")
                 out.print("Try it:\n"
                           f"  curl -s {r.endpoint}/chat/completions -H 'Content-Type: application/json' \\\n"
-                          f"    -d '{{\"model\": \"{name}\", \"messages\": [{{\"role\": \"user\", "
-                          f"\"content\": \"What is the capital of France?\"}}]}}'", soft_wrap=True)
+                          f"    -d '{{\"model\": \"{name}\", \"temperature\": 0, \"messages\": ["
+                          f"{{\"role\": \"system\", \"content\": \"You are a helpful AI assistant.\"}}, "
+                          f"{{\"role\": \"user\", \"content\": \"What is the capital of France?\"}}]}}'",
+                          soft_wrap=True)
     if result.changed or not result.ok:
         err.print(f"[dim]run record: {record.id} (edgectl runs {record.id})[/dim]")
     if not result.ok:
