@@ -1,0 +1,44 @@
+"""Every builder names an extra that exists, and a missing builder tool names the exact pip install."""
+
+from __future__ import annotations
+
+import builtins
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from edgectl.build.registry import BUILDERS, tool_version
+from edgectl.errors import MissingExtraError
+from edgectl.spec import Recipe
+
+REPO = Path(__file__).resolve().parents[3]
+
+
+def test_every_builder_extra_and_runtime_extra_exists() -> None:
+    from edgectl_agent.facts import RUNTIME_EXTRAS
+
+    extras = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    agent_extras = tomllib.loads((REPO / "agent" / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    for info in BUILDERS.values():
+        assert info.extra in extras, f"{info.format}/{info.kind}: extra {info.extra!r} is not in pyproject.toml"
+        assert RUNTIME_EXTRAS[info.runtime] in agent_extras, f"runtime {info.runtime}: no agent extra"
+
+
+@pytest.mark.parametrize("key", sorted(BUILDERS), ids=lambda k: "-".join(k))
+def test_missing_builder_tool_names_the_pip_install(key, monkeypatch: pytest.MonkeyPatch) -> None:
+    info = BUILDERS[key]
+    real_import = builtins.__import__
+
+    def no_tool(name, *args, **kwargs):
+        if name == info.module or name.startswith(info.module + "."):
+            raise ImportError(f"No module named {name!r}")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_tool)
+    import importlib
+    monkeypatch.setattr(importlib, "import_module", lambda name, package=None: no_tool(name))
+    recipe = Recipe(model="m", format=info.format, kind=info.kind, quant=info.quants[-1], source_precision="F32")
+    with pytest.raises(MissingExtraError) as e:
+        tool_version(recipe)
+    assert f"edgectl[{info.extra}]" in (e.value.hint or "") + e.value.message
