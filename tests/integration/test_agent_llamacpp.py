@@ -4,6 +4,7 @@ client; then SIGKILL and restart: it serves the same digest with no control plan
 from __future__ import annotations
 
 import hashlib
+import struct
 from pathlib import Path
 
 import httpx
@@ -70,10 +71,16 @@ def test_real_agent_serves_swaps_and_survives_kill_9(tmp_path, start_agent):
     with pytest.raises(openai.BadRequestError):
         oai.chat.completions.create(model="chat", messages=[{"role": "user", "content": "x"}], max_tokens=-3)
 
-    # A broken artifact fails in llama.cpp; the loaded one keeps serving.
+    # A truncated artifact fails the agent's GGUF header check; one whose header is sound but whose architecture
+    # llama.cpp does not know fails in llama.cpp. The loaded one keeps serving.
     broken = tmp_path / "broken.gguf"
     broken.write_bytes(model_b.read_bytes()[: 64 * 1024])
     bad = activate(agent, "chat", broken, upload_in_two_cuts(agent, broken))
+    assert bad.status_code == 422 and bad.json()["error"]["type"] == "invalid_gguf", bad.text
+    unknown = tmp_path / "unknown-arch.gguf"
+    arch = struct.pack("<Q", 5) + b"llama"  # general.architecture's value comes first
+    unknown.write_bytes(model_b.read_bytes().replace(arch, struct.pack("<Q", 5) + b"lamma", 1))
+    bad = activate(agent, "chat", unknown, upload_in_two_cuts(agent, unknown))
     assert bad.status_code == 422 and "llama.cpp could not load" in bad.json()["error"]["message"], bad.text
     assert oai.chat.completions.create(model="chat", messages=[{"role": "user", "content": "x"}],
                                        max_tokens=2).system_fingerprint == a

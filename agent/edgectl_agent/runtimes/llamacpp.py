@@ -2,6 +2,11 @@
 
 llama.cpp contexts are not thread-safe, so each loaded model serializes its calls with a lock; a streaming response
 holds the lock until its iterator is finished or closed.
+
+Before llama.cpp sees a file, its GGUF header passes the agent's bounded check (edgectl_agent.gguf_check), and its
+chat template is compiled and rendered once in llama-cpp-python's sandboxed formatter (Jinja's
+ImmutableSandboxedEnvironment, since llama-cpp-python 0.2.72): a crafted header or a template that reaches for Python
+internals fails the activation with a 422 and the serving model stays.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ from typing import Any
 
 from edgectl_agent.api import DesiredDeployment
 from edgectl_agent.errors import BadRequest, ModelUnavailable, RuntimeFailure
+from edgectl_agent.gguf_check import check_gguf
 from edgectl_agent.runtimes.base import GenerationParams, LoadedModel, Runtime, RuntimeCapabilities
 
 log = logging.getLogger(__name__)
@@ -44,6 +50,45 @@ def llama_kwargs(desired: DesiredDeployment) -> dict[str, Any]:
     return kw
 
 
+# The conversation a chat template is rendered with once at load: one user turn, which chat templates are made for.
+PROBE_MESSAGES = ({"role": "user", "content": "hello"},)
+
+
+def check_chat_template(template: str, label: str) -> None:
+    """Compile ``template`` and render it once with llama-cpp-python's own (sandboxed) chat formatter.
+
+    A template that does not compile, or that reaches for Python internals on a plain conversation (the sandbox's
+    SecurityError), is refused here, so a model carrying it never becomes active. Other render errors are left to
+    requests: templates may legitimately refuse some conversations (``raise_exception``).
+    """
+    from jinja2 import TemplateError
+    from jinja2.exceptions import SecurityError
+    from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+
+    hint = "rebuild the artifact from a source whose tokenizer.chat_template is a plain Jinja chat template"
+    try:
+        formatter = Jinja2ChatFormatter(template=template, eos_token="</s>", bos_token="<s>")
+    except TemplateError as e:
+        raise RuntimeFailure(f"{label}: the GGUF's chat template does not compile: {type(e).__name__}: {e}",
+                             hint=hint, type="invalid_chat_template") from e
+    try:
+        formatter(messages=[dict(m) for m in PROBE_MESSAGES])
+    except SecurityError as e:
+        raise RuntimeFailure(f"{label}: the GGUF's chat template tries to reach Python internals, which the sandbox "
+                             f"refused: {e}", hint=hint, type="unsafe_chat_template") from e
+    except Exception:  # noqa: BLE001 - a template refusing the probe conversation is the template's business
+        log.debug("%s: chat template refused the probe conversation", label, exc_info=True)
+
+
+def _template_errors() -> tuple[type[Exception], ...]:
+    """Jinja's error root, when jinja2 (a dependency of llama-cpp-python) is importable."""
+    try:
+        from jinja2 import TemplateError
+    except ImportError:
+        return ()
+    return (TemplateError,)
+
+
 class LlamaCppRuntime(Runtime):
     name = "llamacpp"
     capabilities = RuntimeCapabilities(formats=("gguf",), chat=True, completion=True, embeddings=True,
@@ -51,11 +96,15 @@ class LlamaCppRuntime(Runtime):
 
     def load(self, path: Path, desired: DesiredDeployment) -> LoadedModel:
         kwargs = llama_kwargs(desired)
+        label = f"artifact {desired.artifact.digest}"
+        header = check_gguf(path, label=label)  # a crafted header never reaches llama.cpp's C parser
         try:
             import llama_cpp
         except ImportError as e:
             raise RuntimeFailure(f"the llama.cpp runtime is not installed on this device ({e})",
                                  hint=f"install it: {INSTALL_HINT}", status=422) from e
+        if header.chat_template:
+            check_chat_template(header.chat_template, label)
         try:
             llm = llama_cpp.Llama(str(path), **kwargs)
         except (ValueError, RuntimeError, OSError) as e:
@@ -66,6 +115,12 @@ class LlamaCppRuntime(Runtime):
         return LlamaCppModel(llm, embeddings=bool(kwargs.get("embedding", False)), name=desired.name)
 
 
+def _template_failed(e: Exception) -> BadRequest:
+    return BadRequest(f"the model's chat template failed on these messages: {type(e).__name__}: {e}",
+                      hint="send plain string contents; if it persists, the artifact's chat template is broken or "
+                           "hostile: rebuild it", code="chat_template_failed")
+
+
 class LlamaCppModel(LoadedModel):
     def __init__(self, llm: Any, *, embeddings: bool, name: str) -> None:
         self._llm = llm
@@ -73,6 +128,7 @@ class LlamaCppModel(LoadedModel):
         self._closed = False
         self.supports_embeddings = embeddings
         self.name = name
+        self._template_errors = _template_errors()
 
     def _acquire(self) -> None:
         self._lock.acquire()
@@ -88,6 +144,8 @@ class LlamaCppModel(LoadedModel):
         except (ValueError, RuntimeError) as e:
             raise BadRequest(f"llama.cpp rejected the request: {e}",
                              hint="shorten the prompt or max_tokens to fit the deployment's context_length") from e
+        except self._template_errors as e:  # the sandbox refused the template (SecurityError) or it failed
+            raise _template_failed(e) from e
         finally:
             self._lock.release()
 
@@ -104,6 +162,8 @@ class LlamaCppModel(LoadedModel):
         except (ValueError, RuntimeError) as e:
             raise BadRequest(f"llama.cpp rejected the request: {e}",
                              hint="shorten the prompt or max_tokens to fit the deployment's context_length") from e
+        except self._template_errors as e:  # the sandbox refused the template (SecurityError) or it failed
+            raise _template_failed(e) from e
         finally:
             self._lock.release()
 
