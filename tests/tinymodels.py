@@ -58,12 +58,14 @@ def tiny_vocab() -> tuple[list[str], list[float], list[int]]:
     return tokens, scores, types
 
 
-def write_tiny_llama_gguf(path: Path, *, seed: int = 0, ftype: str = "F32") -> Path:
+def write_tiny_llama_gguf(path: Path, *, seed: int = 0, ftype: str = "F32",
+                          chat_template: str = CHATML_TEMPLATE) -> Path:
     """Write a tiny random-weight llama GGUF (2 layers, hidden 256, ff 512, 4 heads / 2 kv heads) to ``path``.
 
     ``ftype`` is the precision of the 2-D weights: "F32" or "F16" (norms stay F32, as llama.cpp expects).
     The file has an SPM tokenizer with BOS/EOS/UNK, the 256 byte tokens and ChatML control tokens, and a
-    ChatML ``tokenizer.chat_template``, so ``llama_cpp.Llama(path).create_chat_completion(...)`` works.
+    ChatML ``tokenizer.chat_template`` (or ``chat_template``), so ``llama_cpp.Llama(path).create_chat_completion(...)``
+    works.
     """
     import gguf
 
@@ -110,7 +112,7 @@ def write_tiny_llama_gguf(path: Path, *, seed: int = 0, ftype: str = "F32") -> P
     writer.add_eos_token_id(tokens.index("<|im_end|>"))
     writer.add_add_bos_token(True)
     writer.add_add_eos_token(False)
-    writer.add_chat_template(CHATML_TEMPLATE)
+    writer.add_chat_template(chat_template)
 
     names = gguf.TENSOR_NAMES
     T = gguf.MODEL_TENSOR
