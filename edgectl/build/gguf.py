@@ -29,7 +29,10 @@ def _llama_cpp():
 
 
 def check_gguf_file(path: Path) -> None:
-    """Fail early, with the path, when a source is not a GGUF file (llama.cpp's own message is less clear)."""
+    """Fail early, with the path, when a source is not a GGUF file or its header is malformed or crafted: the agent's
+    bounded header check (the one every device runs before llama.cpp) runs here before llama.cpp reads it."""
+    from edgectl_agent.gguf_check import InvalidGGUF, check_gguf
+
     try:
         with open(path, "rb") as f:
             magic = f.read(4)
@@ -39,6 +42,11 @@ def check_gguf_file(path: Path) -> None:
         raise BuildError(f"source {path} is not a GGUF file (starts with {magic!r}, expected {GGUF_MAGIC!r})",
                          hint="point the model source at a .gguf file, or convert the model with "
                               "llama.cpp's convert_hf_to_gguf.py first")
+    try:
+        check_gguf(path, label=f"source {path}")
+    except InvalidGGUF as e:
+        raise BuildError(e.message, hint="download or convert the source again; a file that fails this check would "
+                                         "be refused by every device's agent") from e
 
 
 @contextlib.contextmanager

@@ -4,6 +4,7 @@ work; failed or interrupted builds leave nothing behind. One slow test requantiz
 from __future__ import annotations
 
 import hashlib
+import struct
 from pathlib import Path
 
 import pytest
@@ -88,15 +89,26 @@ def test_quantized_artifact_loads_and_generates_and_rebuild_is_a_hit(
     assert blob.stat().st_mtime_ns == mtime
 
 
-def test_quantizing_a_truncated_source_fails_with_llama_cpp_reason_and_leaves_nothing(
-        tiny_source: Path, tmp_path: Path) -> None:
+def test_a_truncated_source_fails_the_header_check_and_leaves_nothing(tiny_source: Path, tmp_path: Path) -> None:
     broken = tmp_path / "truncated.gguf"
     broken.write_bytes(tiny_source.read_bytes()[:4000])  # valid magic, cut mid-metadata
     store = ArtifactStore(tmp_path / "store")
     model = catalog_model("tiny", {"type": "gguf", "precision": "F32", "path": str(broken)})
-    with pytest.raises(BuildError, match=r"llama.cpp failed to quantize .*truncated.gguf to Q4_0: .*failed to load model") as exc:
+    with pytest.raises(BuildError, match=r"source .*truncated.gguf: invalid GGUF header at byte \d+: .* past the end"):
         build(Recipe(model="tiny", format="gguf", quant="Q4_0", source_precision="F32"), model, store, threads=2)
-    assert "truncated or corrupt" in exc.value.hint
+    assert _store_is_empty(store)
+
+
+def test_quantizing_a_source_llama_cpp_refuses_fails_with_its_reason_and_leaves_nothing(
+        tiny_source: Path, tmp_path: Path) -> None:
+    unknown = tmp_path / "unknown-arch.gguf"  # a sound header, an architecture llama.cpp does not know
+    arch = struct.pack("<Q", 5) + b"llama"  # general.architecture's value comes first
+    unknown.write_bytes(tiny_source.read_bytes().replace(arch, struct.pack("<Q", 5) + b"lamma", 1))
+    store = ArtifactStore(tmp_path / "store")
+    model = catalog_model("tiny", {"type": "gguf", "precision": "F32", "path": str(unknown)})
+    with pytest.raises(BuildError, match=r"llama.cpp failed to quantize .*unknown-arch.gguf to Q4_0: "
+                                         r".*unknown model architecture: 'lamma'"):
+        build(Recipe(model="tiny", format="gguf", quant="Q4_0", source_precision="F32"), model, store, threads=2)
     assert _store_is_empty(store)
 
 

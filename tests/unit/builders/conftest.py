@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import struct
 from collections.abc import Callable
 from pathlib import Path
 
@@ -34,8 +35,10 @@ def store(tmp_path: Path) -> ArtifactStore:
 
 @pytest.fixture
 def gguf_header_file(tmp_path: Path) -> Path:
-    """Starts like a GGUF; enough for as-shipped copies, which never parse the file."""
+    """A valid GGUF v3 header with no tensors and no keys, then filler: enough for as-shipped copies (the header check
+    accepts it; nothing else parses the file)."""
     path = tmp_path / "src" / "model.gguf"
     path.parent.mkdir(parents=True)
-    path.write_bytes(b"GGUF" + bytes(range(256)) * 4096 + b"tail")  # ~1 MiB, crosses a hashing chunk
+    header = b"GGUF" + struct.pack("<IQQ", 3, 0, 0)
+    path.write_bytes(header + bytes(range(256)) * 4096 + b"tail")  # ~1 MiB, crosses a hashing chunk
     return path

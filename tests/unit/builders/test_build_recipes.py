@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import struct
 from collections.abc import Callable
 from pathlib import Path
 
@@ -105,6 +106,19 @@ def test_build_refuses_a_source_that_is_not_gguf(make_model: Callable[..., Model
     with pytest.raises(BuildError, match="is not a GGUF file") as exc:
         build(_recipe("F16"), model, store)
     assert "convert_hf_to_gguf" in exc.value.hint
+    assert store.list() == [] and list(store.tmp_dir.glob("*")) == []
+
+
+def test_build_refuses_a_gguf_source_with_a_crafted_header(make_model: Callable[..., Model], store: ArtifactStore,
+                                                           tmp_path: Path) -> None:
+    """The agent's header check runs on GGUF sources too: a file every device would refuse fails the build early."""
+    src = tmp_path / "crafted.gguf"
+    src.write_bytes(b"GGUF" + struct.pack("<IQQ", 3, 0, 2**64 - 1))  # claims 2^64-1 key-value pairs
+    model = make_model({"type": "gguf", "precision": "F16", "path": str(src)})
+    with pytest.raises(BuildError, match=f"source {src}: invalid GGUF header at byte 16: the header claims "
+                                         "18446744073709551615 key-value pairs") as exc:
+        build(_recipe("F16"), model, store)
+    assert "download or convert the source again" in exc.value.hint
     assert store.list() == [] and list(store.tmp_dir.glob("*")) == []
 
 
