@@ -20,6 +20,7 @@ from pathlib import Path
 
 from edgectl_agent import __version__ as AGENT_VERSION
 from edgectl_agent.api import AgentState, ArtifactRef, DesiredDeployment, Facts
+from edgectl_agent.signing import KEY_UNUSABLE
 
 from edgectl.agent_client import AgentClient
 from edgectl.build import ArtifactStore, build, builder_for, lookup
@@ -28,9 +29,11 @@ from edgectl.errors import EdgectlError, NotFoundError, PlanError
 from edgectl.plan import DeploymentPlan, DevicePlan, Plan, compat, plan, recipe_id, selects
 from edgectl.plan.planner import AUTO_RUNTIME_ORDER
 from edgectl.runs import RunRecord
+from edgectl.signing import Signer, rollback_deployment, signed, signers_for
 from edgectl.spec import BuiltArtifact, Device, Recipe, Spec
 from edgectl.spec.deployment import HealthGate, Rollout, resolve_count
 from edgectl.transport import Transport, transport_for
+from edgectl.transport.local import VERIFY_KEY_FILE
 
 # A push needs the bytes still missing on the device plus this share free on its store (what the agent reports right
 # before the push): room for the runtime's own files and the state, and never a device filled to the last byte.
@@ -77,6 +80,7 @@ class DeviceContext:
     facts: Facts | None = None
     observed: AgentState | None = None
     error: str | None = None
+    signer: Signer | None = None  # the device's fleet signing key (None: deployments go unsigned)
 
 
 @dataclass
@@ -121,15 +125,16 @@ def select_devices(spec: Spec, names: Iterable[str] | None) -> list[Device]:
 
 
 def observe(devices: Iterable[Device], *, start_agents: bool, runtimes: dict[str, set[str]] | None = None,
-            parallel: int = 8) -> dict[str, DeviceContext]:
+            parallel: int = 8, signers: dict[str, Signer | None] | None = None) -> dict[str, DeviceContext]:
     """Reach each device's agent (starting it only if asked, able to run ``runtimes[device]``) and read its facts
-    and state; ``parallel`` devices at a time (a fleet's SSH handshakes and agent starts overlap)."""
+    and state; ``parallel`` devices at a time (a fleet's SSH handshakes and agent starts overlap). ``signers``:
+    per device, its fleet's signing key (a local agent started now is pinned to its public key)."""
     devices = list(devices)
 
     def one(device: Device) -> DeviceContext:
-        ctx = DeviceContext(device)
+        ctx = DeviceContext(device, signer=(signers or {}).get(device.name))
         try:
-            ctx.transport = transport_for(device)
+            ctx.transport = transport_for(device, verify_key=ctx.signer.public_pem if ctx.signer else None)
             ctx.client = ctx.transport.agent(start=start_agents, runtimes=(runtimes or {}).get(device.name, ()))
             if ctx.client is not None:
                 ctx.facts = ctx.client.facts()
@@ -224,7 +229,8 @@ def apply(spec: Spec, *, store: ArtifactStore, device_names: Iterable[str] | Non
         raise PlanError(f"unknown engine '{engine}'", hint="use one of: " + ", ".join(ENGINES))
     events = _Recorded(events or Events(), record)
     devices = select_devices(spec, device_names)
-    contexts = observe(devices, start_agents=False, parallel=parallel)
+    signers = signers_for(spec, devices)  # a bad key stops here, before anything changes
+    contexts = observe(devices, start_agents=False, parallel=parallel, signers=signers)
     p = make_plan(spec, contexts, store)
     if p.unfit and not skip_unfit:
         names = ", ".join(dp.device for dp in p.unfit)
@@ -255,7 +261,7 @@ def apply(spec: Spec, *, store: ArtifactStore, device_names: Iterable[str] | Non
         for n in unobserved:  # the runtime an 'auto' profile falls back to when the agent has none
             needed[n] = {AUTO_RUNTIME_ORDER[0]}
         contexts.update(observe([contexts[n].device for n in restarted], start_agents=True, runtimes=needed,
-                                parallel=parallel))
+                                parallel=parallel, signers=signers))
         p = make_plan(spec, contexts, store)
 
     needs_build = {recipe_id(dep.chosen.recipe) for dp in p.devices for dep in dp.deployments
@@ -288,7 +294,7 @@ def apply(spec: Spec, *, store: ArtifactStore, device_names: Iterable[str] | Non
                 halted.append(why)
     fresh = [contexts[n].device for n in by_ansible if n in results and contexts[n].client is None]
     if fresh:  # agents the playbook started: observe them now for what they serve
-        contexts.update(observe(fresh, start_agents=False))
+        contexts.update(observe(fresh, start_agents=False, signers=signers))
     for dp in p.devices:
         ctx, res = contexts[dp.device], results[dp.device]
         if dp.removals and ctx.client is not None and not ctx.error:
@@ -356,7 +362,7 @@ def _rollout(spec: Spec, name: str, targets: list[DevicePlan], contexts: dict[st
             later = [d for later_wave in plan_waves[index + 1:] for d in later_wave]
             for d, ok in zip(wave, outcomes):
                 if ok and rollout.rollback:
-                    _roll_back(name, contexts[d], results[d], events, "the wave failed")
+                    _roll_back(name, contexts[d], results[d], events, "the wave failed", store)
             for d in later:
                 results[d].actions.append(f"{name}: not started (rollout halted)")
             why = (f"{name}: {failed} of {tried} devices failed in wave {index + 1}"
@@ -468,10 +474,11 @@ def _ansible_host(spec: Spec, dp: DevicePlan, name: str, ctx: DeviceContext, sto
     out.update({
         "edgectl_deployment": name,
         "edgectl_blobs": [{"digest": d, "path": str(p), "size": p.stat().st_size} for d, p in store.blobs_of(art)],
-        "edgectl_desired": json.loads(desired_deployment(spec, dp, dep, art, kind=kind).model_dump_json()),
+        "edgectl_desired": json.loads(signed(ctx.signer, desired_deployment(spec, dp, dep, art, kind=kind))
+                                      .model_dump_json()),
         "edgectl_smoke": ({"kind": kind, "max_tokens": gate.max_tokens, "min_tokens_per_s": gate.min_tokens_per_s}
                           if gate.smoke else None),
-        "edgectl_rollback": _rollback_request(name, ctx) if rollout.rollback else None,
+        "edgectl_rollback": _rollback_request(name, ctx, store) if rollout.rollback else None,
         "edgectl_bootstrap": ctx.client is None,
     })
     if ctx.client is None:
@@ -496,11 +503,12 @@ def _ansible_host(spec: Spec, dp: DevicePlan, name: str, ctx: DeviceContext, sto
     return out
 
 
-def _rollback_request(name: str, ctx: DeviceContext) -> dict:
+def _rollback_request(name: str, ctx: DeviceContext, store: ArtifactStore) -> dict:
     """What returns ``name`` to what the agent served before this run: PUT that, or DELETE a new deployment."""
     before = next((d for d in (ctx.observed.deployments if ctx.observed else []) if d.name == name), None)
     if before is not None and before.active is not None and before.desired is not None:
-        body = json.loads(before.desired.model_copy(update={"artifact": before.active}).model_dump_json())
+        back = rollback_deployment(before.desired, before.active, signer=ctx.signer, store=store)
+        body = json.loads(back.model_dump_json())
         return {"method": "PUT", "body": body, "text": f"rolled back to {before.active.digest[:19]}"}
     return {"method": "DELETE", "text": "removed again (nothing served it before)"}
 
@@ -521,6 +529,7 @@ def _artifact_for(spec: Spec, dp: DevicePlan, dep: DeploymentPlan, ctx: DeviceCo
         raise Refused(f"device '{dp.device}', deployment '{dep.deployment}': {art.format} {art.quant} "
                       f"cannot be loaded there: {why}", hint="nothing was pushed to this device; "
                       "`edgectl plan` shows the same check")
+    check_signing_key(dp.device, ctx)
     if any(step.action == "build" for step in dep.steps):
         res.actions.append(f"{'built' if fresh else 'found in cache'} {art.format} {art.quant}")
     return art
@@ -541,7 +550,7 @@ def _deploy_one(spec: Spec, dp: DevicePlan, name: str, ctx: DeviceContext, store
         res.error = str(e)
         events.info(dp.device, f"{name} failed: {e.message}")
         if rollout.rollback and not isinstance(e, Refused):
-            _roll_back(name, ctx, res, events, "it failed")
+            _roll_back(name, ctx, res, events, "it failed", store)
         return False
 
 
@@ -565,12 +574,14 @@ def _health_gate(gate: HealthGate, name: str, kind: str, ctx: DeviceContext, res
     res.actions.append(f"{name}: health gate passed ({detail})")
 
 
-def _roll_back(name: str, ctx: DeviceContext, res: DeviceResult, events: Events, why: str) -> None:
+def _roll_back(name: str, ctx: DeviceContext, res: DeviceResult, events: Events, why: str,
+               store: ArtifactStore) -> None:
     """Return ``name`` on this device to what the agent served before this run (or remove it if it was new)."""
     before = next((d for d in (ctx.observed.deployments if ctx.observed else []) if d.name == name), None)
     try:
         if before is not None and before.active is not None and before.desired is not None:
-            ctx.client.put_deployment(before.desired.model_copy(update={"artifact": before.active}))
+            ctx.client.put_deployment(rollback_deployment(before.desired, before.active, signer=ctx.signer,
+                                                          store=store))
             msg = f"{name}: rolled back to {before.active.digest[:19]} ({why})"
         else:
             ctx.client.delete_deployment(name)
@@ -600,10 +611,36 @@ def _apply_deployment(spec: Spec, dp: DevicePlan, dep: DeploymentPlan, ctx: Devi
             res.actions.append(f"pushed {art.digest[:19]}")
         elif step.action == "activate":
             events.info(dp.device, f"activate {step.deployment} ({art.format} {art.quant})")
-            client.put_deployment(desired_deployment(spec, dp, dep, art, kind=dep.chosen.recipe.kind))
+            client.put_deployment(signed(ctx.signer, desired_deployment(spec, dp, dep, art,
+                                                                        kind=dep.chosen.recipe.kind)))
             res.actions.append(f"activated {step.deployment}")
             activated = True
     return activated
+
+
+def check_signing_key(device: str, ctx: DeviceContext) -> None:
+    """Refuse, before any byte is pushed, a device whose agent requires signatures by another key than the one its
+    fleet signs with (or by a key it cannot load): the agent would refuse the deployment anyway."""
+    wanted = ctx.facts.verify_key_id if ctx.facts is not None else None
+    if wanted is None:
+        return
+    signer = ctx.signer
+    if wanted == KEY_UNUSABLE:
+        raise Refused(f"device '{device}': its agent must verify signatures but cannot load its verify key, so it "
+                      "refuses every deployment; nothing was pushed",
+                      hint="see the agent's log for the key file and why; put the fleet's public key (the PATH.pub "
+                           "of `edgectl keygen PATH`) there and restart the agent")
+    if signer is None:
+        raise Refused(f"device '{device}': its agent accepts only deployments signed by key {wanted}, and its fleet "
+                      "signs nothing; nothing was pushed",
+                      hint="add `signing: {key_file: PATH}` to the Fleet's spec, PATH being the private key of that "
+                           "public key (`edgectl keygen PATH` makes a pair)")
+    if signer.key_id != wanted:
+        raise Refused(f"device '{device}': its agent accepts only deployments signed by key {wanted}, and its fleet "
+                      f"signs with key {signer.key_id} ({signer.path}); nothing was pushed",
+                      hint="point the Fleet's spec.signing.key_file at the private key the device trusts; if the key "
+                           "changed on purpose, install its PATH.pub as the agent's verify key and restart the agent "
+                           f"(a local agent: replace {VERIFY_KEY_FILE} in its root)")
 
 
 def disk_shortfall(missing: int, free: int, margin: float = DISK_MARGIN) -> int | None:
@@ -688,16 +725,19 @@ def diff(spec: Spec, contexts: dict[str, DeviceContext], p: Plan) -> list[dict]:
 
 
 def rollback(spec: Spec, deployment: str, *, device_names: Iterable[str] | None = None,
-             events: Events | None = None, record: RunRecord | None = None) -> list[DeviceResult]:
-    """Return ``deployment`` to the artifact each device served before its current one (the agent keeps it)."""
+             events: Events | None = None, record: RunRecord | None = None,
+             store: ArtifactStore | None = None) -> list[DeviceResult]:
+    """Return ``deployment`` to the artifact each device served before its current one (the agent keeps it).
+    ``store``: where edgectl's built artifacts are (default: the user's store); it signs only rollbacks to those."""
     events = _Recorded(events or Events(), record)
     if deployment not in spec.deployments:
         raise NotFoundError(f"no deployment named '{deployment}' in the manifests",
                             hint="known deployments: " + (", ".join(sorted(spec.deployments)) or "(none)"))
     selector = spec.deployments[deployment].spec.selector
     devices = [d for d in select_devices(spec, device_names) if device_names or selects(selector, d)]
+    signers = signers_for(spec, devices)
     results = []
-    for name, ctx in observe(devices, start_agents=False).items():
+    for name, ctx in observe(devices, start_agents=False, signers=signers).items():
         res = DeviceResult(name, endpoint=_endpoint(ctx))
         results.append(res)
         cur = next((d for d in (ctx.observed.deployments if ctx.observed else []) if d.name == deployment), None)
@@ -709,7 +749,8 @@ def rollback(spec: Spec, deployment: str, *, device_names: Iterable[str] | None 
             res.error = f"device '{name}': '{deployment}' has no previous artifact to return to"
         else:
             try:
-                ctx.client.put_deployment(cur.desired.model_copy(update={"artifact": cur.previous}))
+                ctx.client.put_deployment(rollback_deployment(cur.desired, cur.previous, signer=ctx.signer,
+                                                              store=store or ArtifactStore()))
                 msg = f"{deployment}: rolled back {cur.active.digest[7:19] if cur.active else '-'} → " \
                       f"{cur.previous.digest[7:19]} ({cur.previous.format} {cur.previous.quant})"
                 events.info(name, msg)

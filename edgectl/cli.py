@@ -264,7 +264,7 @@ def rollback(deployment: str = typer.Argument(..., help="The Deployment to roll 
     spec = _load(paths)
     record = RunRecord("rollback", [str(p) for p in paths])
     with RichEvents() as events:
-        results = do_rollback(spec, deployment, device_names=device, events=events, record=record)
+        results = do_rollback(spec, deployment, device_names=device, events=events, record=record, store=_store())
     failed = [r for r in results if r.error]
     record.finish("ok" if not failed else "failed", devices=[vars(r) for r in results])
     for r in results:
@@ -466,6 +466,21 @@ def trust(device_name: str = typer.Argument(..., metavar="DEVICE", help="The SSH
         raise typer.Exit(1)
     path = pin_host_key(host, port, key, replace=replace)
     out.print(f"pinned in {path}")
+
+
+@app.command()
+def keygen(path: Path = typer.Argument(..., help="Where to write the private key; the public key goes to PATH.pub.")
+           ) -> None:
+    """Make an ed25519 key pair for signing deployments (never overwrites): PATH, the private key (mode 0600), for
+    a Fleet's spec.signing.key_file; PATH.pub, the public key, for each device's `edgectl-agent serve
+    --verify-key-file`."""
+    from edgectl.signing import generate_key, public_key_path
+
+    key_id = generate_key(path)
+    out.print(f"wrote {path} (private, 0600) and {public_key_path(path)} (public)\nkey id {key_id}\n"
+              f"next: `signing: {{key_file: {path}}}` in the Fleet's spec; start each device's agent with "
+              f"--verify-key-file pointing at a copy of {public_key_path(path)} (local agents get it on their first "
+              "start by edgectl apply)")
 
 
 def _host_keys_of(path: Path):

@@ -191,6 +191,8 @@ def _load_file(path: Path, display: str, errors: list[SpecError], broken: set[tu
     for d in docs:
         if isinstance(d.obj, Model):
             d.obj = _resolve_source_paths(d.obj, path.parent)
+        elif isinstance(d.obj, Fleet):
+            d.obj = _resolve_signing_key(d.obj, path.parent)
     return docs
 
 
@@ -202,6 +204,14 @@ def _resolve_source_paths(model: Model, base: Path) -> Model:
     if sources == list(model.spec.sources):
         return model
     return model.model_copy(update={"spec": model.spec.model_copy(update={"sources": sources})})
+
+
+def _resolve_signing_key(fleet: Fleet, base: Path) -> Fleet:
+    signing = fleet.spec.signing
+    if signing is None or signing.key_file.startswith("~") or Path(signing.key_file).is_absolute():
+        return fleet
+    signing = signing.model_copy(update={"key_file": str((base / signing.key_file).absolute())})
+    return fleet.model_copy(update={"spec": fleet.spec.model_copy(update={"signing": signing})})
 
 
 def _compose(text: str, filename: str, errors: list[SpecError]) -> list[Node]:

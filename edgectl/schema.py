@@ -61,6 +61,7 @@ kind: Fleet
 metadata:
   name: lab
 spec:
+  signing: {key_file: keys/fleet}   # optional: sign deployments (edgectl keygen keys/fleet)
   devices:
     - name: pi-kitchen
       profile: rpi5-8gb

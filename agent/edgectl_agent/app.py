@@ -21,6 +21,7 @@ from edgectl_agent.errors import AgentError
 from edgectl_agent.metrics import AgentMetrics, MetricsMiddleware
 from edgectl_agent.runtimes import Runtime, default_runtimes
 from edgectl_agent.settings import AgentSettings
+from edgectl_agent.signing import Verifier
 from edgectl_agent.store import ArtifactStore, StateFile
 
 log = logging.getLogger(__name__)
@@ -47,9 +48,12 @@ def create_app(settings: AgentSettings, runtimes: dict[str, Runtime] | None = No
     state_file = StateFile(settings.root)
     state_file.load()  # fail now, with a hint, on a corrupt state file
     agent_metrics = AgentMetrics(store_root=settings.root)
+    # A configured key that cannot be loaded still makes a Verifier: one that refuses everything.
+    verifier = Verifier(settings.verify_key_file) if settings.verify_key_file is not None else None
     agent = Agent(settings=settings, token=ensure_token(settings.token_path), store=store,
                   deployments=Deployments(settings, store, state_file,
-                                          default_runtimes() if runtimes is None else runtimes, agent_metrics),
+                                          default_runtimes() if runtimes is None else runtimes, agent_metrics,
+                                          verifier=verifier),
                   metrics=agent_metrics)
     agent_metrics.live.backends = agent.deployments.backends
 

@@ -40,6 +40,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--allow-remote", action="store_true", default=None,
                        help="permit a non-loopback --host; serving endpoints then require the token too")
     serve.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    serve.add_argument("--verify-key-file", type=Path,
+                       help="activate only deployments signed by this ed25519 public key (PEM); if the file is "
+                            "missing or invalid, every deployment is refused")
     token = sub.add_parser("token", help="print the device token (created if missing)")
     token.add_argument("--root", type=Path, help="state directory, as given to serve")
     return p
@@ -51,7 +54,8 @@ def settings_from_args(args: argparse.Namespace):
     overrides = {k: v for k, v in {"root": args.root, "host": getattr(args, "host", None),
                                    "port": getattr(args, "port", None),
                                    "allow_remote": getattr(args, "allow_remote", None),
-                                   "log_level": getattr(args, "log_level", None)}.items() if v is not None}
+                                   "log_level": getattr(args, "log_level", None),
+                                   "verify_key_file": getattr(args, "verify_key_file", None)}.items() if v is not None}
     try:
         return AgentSettings(**overrides)
     except ValidationError as e:

@@ -17,7 +17,9 @@ router = APIRouter(prefix=CONTROL_PREFIX, dependencies=[Depends(require_token)])
 
 @router.get("/facts")
 def facts(request: Request) -> Facts:
-    return collect_facts(request.app.state.agent.settings.root)
+    agent = request.app.state.agent
+    verifier = agent.deployments.verifier
+    return collect_facts(agent.settings.root, verify_key_id=verifier.fact if verifier is not None else None)
 
 
 @router.get("/state")

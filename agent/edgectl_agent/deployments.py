@@ -18,10 +18,11 @@ from pathlib import Path
 import anyio.to_thread
 
 from edgectl_agent.api import ArtifactRef, DeploymentState, DesiredDeployment
-from edgectl_agent.errors import AgentError, Conflict, NotFound, RuntimeFailure, Unprocessable
+from edgectl_agent.errors import AgentError, Conflict, Forbidden, NotFound, RuntimeFailure, Unprocessable
 from edgectl_agent.metrics import AgentMetrics
 from edgectl_agent.runtimes.base import LoadedModel, Runtime
 from edgectl_agent.settings import AgentSettings
+from edgectl_agent.signing import Verifier
 from edgectl_agent.store import ArtifactStore, StateFile, sha256_file
 
 log = logging.getLogger(__name__)
@@ -45,8 +46,9 @@ class Serving:
 
 class Deployments:
     def __init__(self, settings: AgentSettings, store: ArtifactStore, state_file: StateFile,
-                 runtimes: dict[str, Runtime], metrics: AgentMetrics) -> None:
+                 runtimes: dict[str, Runtime], metrics: AgentMetrics, *, verifier: Verifier | None = None) -> None:
         self.settings = settings
+        self.verifier = verifier  # None: signatures are not checked
         self.store = store
         self.state_file = state_file
         self.runtimes = runtimes
@@ -55,6 +57,8 @@ class Deployments:
         self.states: dict[str, DeploymentState] = {}
         self._lock = asyncio.Lock()
         self._loaded_at_start: dict[str, DesiredDeployment] = {}
+        # per deployment, the desired deployment (as received, signed) its previous artifact was served with
+        self._previous: dict[str, DesiredDeployment] = {}
 
     # -- queries ----------------------------------------------------------------------------------------------
     def serving_model(self, name: str) -> Serving:
@@ -106,7 +110,8 @@ class Deployments:
         # Deployments not yet recovered keep the settings they were loaded with before the restart.
         loaded = {n: d for n, d in self._loaded_at_start.items() if n in self.states}
         loaded.update({name: s.desired for name, s in self.serving.items()})
-        await anyio.to_thread.run_sync(self.state_file.save, states, loaded)
+        previous = {n: d for n, d in self._previous.items() if n in self.states}
+        await anyio.to_thread.run_sync(self.state_file.save, states, loaded, previous)
 
     # -- loading ----------------------------------------------------------------------------------------------
     def _loadable(self, desired: DesiredDeployment) -> tuple[Runtime, Path]:
@@ -167,6 +172,8 @@ class Deployments:
     # -- control ----------------------------------------------------------------------------------------------
     async def activate(self, desired: DesiredDeployment) -> DeploymentState:
         name = desired.name
+        if self.verifier is not None:
+            self.verifier.check(desired)  # unsigned or wrongly signed: refused before anything changes
         async with self._lock:
             current = self.serving.get(name)
             state = self.states.get(name)
@@ -197,6 +204,10 @@ class Deployments:
             new_active = desired.artifact
             if old_active is not None and old_active.digest != new_active.digest:
                 new_previous = old_active
+                if current is not None and current.artifact == old_active:
+                    self._previous[name] = current.desired
+                else:
+                    self._previous.pop(name, None)
                 self.metrics.swaps.labels(deployment=name).inc()
                 if old_previous is not None and old_previous.digest == new_active.digest:
                     self.metrics.rollbacks.labels(deployment=name).inc()  # back to the artifact kept for this
@@ -223,6 +234,7 @@ class Deployments:
             current = self.serving.pop(name, None)
             removed = self._set(name, state="removed", active=None, previous=None, last_error=None)
             del self.states[name]
+            self._previous.pop(name, None)
             self.metrics.forget(name)
             await self._persist()
             if current is not None:
@@ -257,8 +269,9 @@ class Deployments:
     # -- lifecycle --------------------------------------------------------------------------------------------
     async def recover(self) -> None:
         """Serve what state.json says, with no control plane: the active artifact, else the previous one."""
-        states, loaded = self.state_file.load()
+        states, loaded, previous = self.state_file.load_all()
         self._loaded_at_start = loaded
+        self._previous = previous
         for s in states:
             self.states[s.name] = s
             self._set(s.name, state="loading")
@@ -280,6 +293,9 @@ class Deployments:
                 continue
             desired = base if base.artifact == ref else base.model_copy(update={"artifact": ref})
             try:
+                if self.verifier is not None:  # state.json is only a file: serve nothing it says without a signature
+                    desired = self._signed_record(ref, (loaded, s.desired, self._previous.get(s.name)))
+                    self.verifier.check(desired)
                 model = await self._load(desired, rehash=self.settings.verify_on_start)
             except AgentError as e:
                 errors.append(f"{role} {ref.digest}: {e.message}")
@@ -293,6 +309,7 @@ class Deployments:
                 self._set(s.name, state=phase, last_error=None if phase == "serving" else s.last_error)
             else:
                 self.metrics.rollbacks.labels(deployment=s.name).inc()
+                self._previous.pop(s.name, None)
                 self._set(s.name, state="failed", active=ref, previous=None,
                           last_error=f"at start, fell back to the previous artifact: {'; '.join(errors)}")
             log.info("deployment %s: recovered, serving %s", s.name, ref.digest)
@@ -300,6 +317,16 @@ class Deployments:
         self._set(s.name, state="failed", last_error="at start, nothing could be loaded: " +
                   ("; ".join(errors) or "no artifact recorded"))
         log.error("deployment %s: %s", s.name, self.states[s.name].last_error)
+
+    @staticmethod
+    def _signed_record(ref: ArtifactRef, recorded: tuple[DesiredDeployment | None, ...]) -> DesiredDeployment:
+        """The desired deployment recorded for ``ref`` exactly as it was received (so its signature can be
+        checked), not one rebuilt from other settings."""
+        for desired in recorded:
+            if desired is not None and desired.artifact == ref:
+                return desired
+        raise Forbidden(f"no signed deployment of {ref.digest} is recorded in state.json", type="signature_missing",
+                        hint="edgectl apply sends it again, signed")
 
     async def close(self) -> None:
         async with self._lock:

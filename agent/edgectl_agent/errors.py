@@ -38,6 +38,13 @@ class Unauthorized(AgentError):
     type = "authentication_error"
 
 
+class Forbidden(AgentError):
+    """Authenticated, but not allowed: a deployment without a valid signature on an agent that requires one."""
+
+    status = 403
+    type = "forbidden"
+
+
 class NotFound(AgentError):
     status = 404
     type = "not_found_error"

@@ -86,7 +86,7 @@ def nvidia_gpus(proc: Path = Path("/proc/driver/nvidia/gpus")) -> list[Accelerat
     return found
 
 
-def collect_facts(root: Path) -> Facts:
+def collect_facts(root: Path, *, verify_key_id: str | None = None) -> Facts:
     model, raw_flags = _cpuinfo()
     try:
         cpu_count = len(os.sched_getaffinity(0))
@@ -107,4 +107,5 @@ def collect_facts(root: Path) -> Facts:
         disk_free_bytes=shutil.disk_usage(probe).free,
         accelerators=nvidia_gpus(),
         runtimes=runtime_versions(),
+        verify_key_id=verify_key_id,
     )

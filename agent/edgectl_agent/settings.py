@@ -33,6 +33,11 @@ class AgentSettings(BaseSettings):
     token_file: Path | None = Field(default=None,
                                     description="File holding the bearer token (created with mode 0600 at first "
                                                 "start). Default: <root>/token.")
+    verify_key_file: Path | None = Field(
+        default=None,
+        description="ed25519 public key (PEM, the PATH.pub of `edgectl keygen`) that every deployment must be signed "
+                    "with. Unset: signatures are not checked. Set but missing or unreadable: every deployment is "
+                    "refused (never a silent fallback to no verification). Needs `pip install 'edgectl-agent[sign]'`.")
     smoke_prompt: str = Field(default="The capital of France is",
                               description="Prompt of the smoke inference run before a new artifact is switched in.")
     smoke_max_tokens: int = Field(default=4, ge=1, le=64, description="Tokens the smoke inference generates.")

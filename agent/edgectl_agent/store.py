@@ -301,30 +301,40 @@ class StateFile:
     """``<root>/state.json``: the deployments the agent serves, so it restarts serving them without edgectl.
 
     Beside the wire ``deployments`` it keeps ``loaded``: per deployment, the desired settings its active artifact
-    was loaded with (these differ from ``desired`` after a failed activation).
+    was loaded with (these differ from ``desired`` after a failed activation), and ``previous``: the desired
+    deployment its previous artifact was served with.
     """
 
     def __init__(self, root: Path) -> None:
         self.path = root / "state.json"
 
     def load(self) -> tuple[list[DeploymentState], dict[str, DesiredDeployment]]:
+        states, loaded, _previous = self.load_all()
+        return states, loaded
+
+    def load_all(self) -> tuple[list[DeploymentState], dict[str, DesiredDeployment], dict[str, DesiredDeployment]]:
+        """The states, the ``loaded`` settings, and ``previous``: per deployment, the desired deployment its
+        previous artifact was served with (as received, signature included, so recovery can verify it)."""
         try:
             raw = json.loads(self.path.read_text())
         except FileNotFoundError:
-            return [], {}
+            return [], {}, {}
         except (OSError, ValueError) as e:
             raise Unprocessable(f"cannot read {self.path}: {e}",
                                 hint="restore the file from a backup, or delete it to start with no deployments "
                                      "(edgectl apply then re-activates them)") from e
         try:
             return (_states.validate_python(raw.get("deployments", [])),
-                    _loaded.validate_python(raw.get("loaded", {})))
+                    _loaded.validate_python(raw.get("loaded", {})),
+                    _loaded.validate_python(raw.get("previous", {})))
         except (ValidationError, AttributeError) as e:
             raise Unprocessable(f"{self.path} is not a valid agent state file: {e}",
                                 hint="delete it to start with no deployments; edgectl apply re-activates them") from e
 
-    def save(self, states: list[DeploymentState], loaded: dict[str, DesiredDeployment]) -> None:
+    def save(self, states: list[DeploymentState], loaded: dict[str, DesiredDeployment],
+             previous: dict[str, DesiredDeployment] | None = None) -> None:
         body = {"version": STATE_VERSION,
                 "deployments": [s.model_dump(mode="json") for s in states],
-                "loaded": {name: d.model_dump(mode="json") for name, d in sorted(loaded.items())}}
+                "loaded": {name: d.model_dump(mode="json") for name, d in sorted(loaded.items())},
+                "previous": {name: d.model_dump(mode="json") for name, d in sorted((previous or {}).items())}}
         write_atomic(self.path, (json.dumps(body, indent=2) + "\n").encode())

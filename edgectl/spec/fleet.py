@@ -114,6 +114,14 @@ class Device(Frozen):
     agent: AgentEndpoint = Field(default_factory=AgentEndpoint, description="The device's agent.")
 
 
+class Signing(Frozen):
+    key_file: str = Field(description="ed25519 private key (PEM, mode 0600) that signs every deployment edgectl "
+                                      "sends to this fleet's devices; `edgectl keygen PATH` makes one, with its "
+                                      "public key in PATH.pub. Relative to this manifest's folder. An agent started "
+                                      "with that public key (--verify-key-file) refuses anything not signed by it; "
+                                      "edgectl starts local agents with it.")
+
+
 class FleetSpec(Frozen):
     devices: list[Device] = Field(min_length=1, description="The devices of this fleet.")
     engine: Literal["ssh", "ansible"] = Field(
@@ -121,6 +129,8 @@ class FleetSpec(Frozen):
         description="How `edgectl apply` works on this fleet's SSH devices: 'ssh' (edgectl's own SSH transport) "
                     "or 'ansible' (a playbook run through ansible-runner: forks, serial waves; for large fleets; "
                     "needs `pip install 'edgectl[ansible]'`). `edgectl apply --engine` overrides it.")
+    signing: Signing | None = Field(default=None, description="Sign deployments for this fleet's devices (off when "
+                                                              "absent).")
 
     @field_validator("devices")
     @classmethod

@@ -7,13 +7,15 @@ from edgectl.spec import Device
 from edgectl.transport.base import Transport
 
 
-def transport_for(device: Device) -> Transport:
-    """The transport object for a device, chosen by ``device.transport.type``."""
+def transport_for(device: Device, *, verify_key: bytes | None = None) -> Transport:
+    """The transport object for a device, chosen by ``device.transport.type``. ``verify_key``: the public key (PEM)
+    of the device's fleet signing key; a local agent that edgectl starts is pinned to it (remote agents get their
+    verify key from whoever installs them)."""
     kind = device.transport.type
     if kind == "local":
         from edgectl.transport.local import LocalTransport
 
-        return LocalTransport(device)
+        return LocalTransport(device, verify_key=verify_key)
     if kind == "ssh":
         from edgectl.transport.ssh import SshTransport
 

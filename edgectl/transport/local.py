@@ -2,6 +2,10 @@
 
 The agent gets its own root under edgectl's home (``agents/<device>/``) holding its store, state, token, pid file
 and log. A running agent of the same version is reused; an older one is stopped and replaced.
+
+When the device's fleet signs deployments, the first agent edgectl starts pins the fleet's public key in its root
+(``verify-key.pub``, like an SSH known_hosts entry) and every agent started there after verifies with that file,
+whatever key the manifests name later: a changed key is refused until the file is replaced by hand.
 """
 
 from __future__ import annotations
@@ -27,17 +31,21 @@ from edgectl.transport.base import Transport
 START_TIMEOUT_S = 30.0
 
 
-def agent_argv(root: Path, port: int) -> list[str]:
+VERIFY_KEY_FILE = "verify-key.pub"
+
+
+def agent_argv(root: Path, port: int, *, verify_key_file: Path | None = None) -> list[str]:
     """The command that starts the agent (pure; unit-tested)."""
     return [sys.executable, "-m", "edgectl_agent", "serve", "--root", str(root), "--host", "127.0.0.1",
-            "--port", str(port)]
+            "--port", str(port)] + (["--verify-key-file", str(verify_key_file)] if verify_key_file else [])
 
 
 class LocalTransport(Transport):
-    def __init__(self, device, *, root: Path | None = None) -> None:
+    def __init__(self, device, *, root: Path | None = None, verify_key: bytes | None = None) -> None:
         super().__init__(device)
         self.root = root or local_agent_root(device.name)
         self.port = device.agent.port
+        self.verify_key = verify_key  # public key PEM to pin at the first start, when the fleet signs
 
     @property
     def base_url(self) -> str:
@@ -114,8 +122,12 @@ class LocalTransport(Transport):
 
     def _start(self) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
+        pinned = self.root / VERIFY_KEY_FILE
+        if self.verify_key is not None and not pinned.exists():
+            pinned.write_bytes(self.verify_key)
+        argv = agent_argv(self.root, self.port, verify_key_file=pinned if pinned.exists() else None)
         with open(self.log_file, "ab") as log:
-            proc = subprocess.Popen(agent_argv(self.root, self.port), stdin=subprocess.DEVNULL, stdout=log,
+            proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log,
                                     stderr=log, start_new_session=True, cwd=self.root)
         self.pid_file.write_text(f"{proc.pid}\n")
         deadline = time.monotonic() + START_TIMEOUT_S
