@@ -149,6 +149,17 @@ def observe(devices: Iterable[Device], *, start_agents: bool, runtimes: dict[str
         return {ctx.device.name: ctx for ctx in pool.map(one, devices)}
 
 
+def close_contexts(contexts: dict[str, DeviceContext]) -> None:
+    """Close every agent client and transport ``observe`` opened (SSH connections, docker clients, HTTP pools)."""
+    for ctx in contexts.values():
+        for thing in (ctx.client, ctx.transport):
+            if thing is not None:
+                try:
+                    thing.close()
+                except Exception:  # noqa: BLE001 - a broken connection may fail to close; it is dropped anyway
+                    pass
+
+
 def make_plan(spec: Spec, contexts: dict[str, DeviceContext], store: ArtifactStore) -> Plan:
     """Plan twice when needed: once to learn the chosen recipes, then with what the local store already holds
     (so steps skip builds that are cache hits). The planner itself stays pure."""

@@ -1,7 +1,7 @@
 """The fleet collector: one Prometheus endpoint that gathers every agent's /metrics through its transport.
 
-Agents bind loopback and sit behind NAT, so Prometheus cannot reach them; edgectl can (local, later SSH channel or
-docker exec). A ``MetricsScraper`` turns a device into its agent's exposition text; the collector runs one per
+Agents bind loopback and sit behind NAT, so Prometheus cannot reach them; edgectl can, through each device's
+transport (local HTTP, an SSH direct-tcpip channel, docker exec or a loopback-published port). A ``MetricsScraper`` turns a device into its agent's exposition text; the collector runs one per
 device concurrently under one deadline, adds fleet labels (device, profile, and per deployment the model, format
 and quant it serves) and a reachability gauge per device. A device that does not answer costs at most the timeout:
 its thread is left to finish on its own and the device reads ``edgectl_device_up 0`` with its last error.
@@ -38,7 +38,7 @@ REASONS = ("timeout", "unreachable", "not_running", "unauthorized", "http_error"
 
 
 class MetricsScraper(Protocol):
-    """Reads one device's agent /metrics text. Transports plug in here (local now; SSH channel, docker exec)."""
+    """Reads one device's agent /metrics text (``TransportScraper``: through the device's own transport)."""
 
     def scrape(self, device: Device, timeout: float) -> str:
         """The exposition text; raises EdgectlError (with a hint) when the agent cannot be read."""
@@ -141,7 +141,7 @@ class FleetCollector:
         self.timeout = timeout
         self._pool = ThreadPoolExecutor(max_workers=max(1, min(max_workers, len(self.devices) or 1)),
                                         thread_name_prefix="edgectl-scrape")
-        self._inflight: dict[str, Future] = {}
+        self._inflight: dict[str, tuple[Future, float]] = {}  # device -> (its scrape, that round's deadline)
         self._last: dict[str, DeviceScrape] = {}
         self._lock = threading.Lock()
 
@@ -152,19 +152,25 @@ class FleetCollector:
             close()
 
     def scrape_all(self) -> list[DeviceScrape]:
-        """One concurrent round. Returns within ``timeout`` (plus bookkeeping) whatever the devices do."""
-        deadline = time.monotonic() + self.timeout
+        """One concurrent round. Returns within ``timeout`` (plus bookkeeping) whatever the devices do. Rounds that
+        overlap (two Prometheus servers, or /devices beside /metrics) share the scrapes already running."""
+        now = time.monotonic()
+        deadline = now + self.timeout
         started: dict[str, Future] = {}
         results: dict[str, DeviceScrape] = {}
         with self._lock:
             for d in self.devices:
                 pending = self._inflight.get(d.name)
-                if pending is not None and not pending.done():
-                    # A scrape from an earlier round is still stuck: do not pile another thread onto it.
+                if pending is not None and not pending[0].done():
+                    if pending[1] > now:  # a round still within its deadline: wait for the same scrape
+                        started[d.name] = pending[0]
+                        continue
+                    # A scrape from an earlier round is stuck: do not pile another thread onto it.
                     results[d.name] = self._failed(d, "still_running", "the previous scrape has not returned yet "
                                                    f"(over {self.timeout:g} s)", 0.0)
                     continue
-                started[d.name] = self._inflight[d.name] = self._pool.submit(self._scrape_one, d, deadline)
+                started[d.name] = self._pool.submit(self._scrape_one, d, deadline)
+                self._inflight[d.name] = (started[d.name], deadline)
         wait_futures(list(started.values()), timeout=max(0.0, deadline - time.monotonic()))
         by_name = {d.name: d for d in self.devices}
         for name, fut in started.items():

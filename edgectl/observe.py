@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from edgectl_agent.api import DeploymentState, Facts
 
-from edgectl.apply import make_plan, observe
+from edgectl.apply import close_contexts, make_plan, observe
 from edgectl.collector import parse_exposition
 from edgectl.errors import EdgectlError
 from edgectl.plan import selects
@@ -146,33 +147,39 @@ class DeviceStatus:
 
 
 def collect_status(spec: Spec, devices: Iterable[Device], *, store=None,
-                   previous: dict[str, DeviceStatus] | None = None) -> list[DeviceStatus]:
+                   previous: dict[str, DeviceStatus] | None = None, parallel: int = 8) -> list[DeviceStatus]:
     """Status of each device. ``store``: the local artifact store, for drift (None = no plan, no drift).
-    ``previous``: the last round's statuses, so figures cover the interval since then."""
+    ``previous``: the last round's statuses, so figures cover the interval since then. Devices are read
+    ``parallel`` at a time, and every connection opened is closed before returning (``--watch`` calls this
+    every few seconds)."""
     devices = list(devices)
-    contexts = observe(devices, start_agents=False)
-    out = []
-    for device in devices:
-        ctx = contexts[device.name]
-        desired = sorted(name for name, dep in spec.deployments.items()
-                         if selects(dep.spec.selector, device))
-        st = DeviceStatus(device.name, reachable=ctx.client is not None,
-                          endpoint=ctx.transport.endpoint if ctx.transport else None,
-                          error=ctx.error or (None if ctx.client else "agent not running"),
-                          facts=ctx.facts, desired=desired)
-        if ctx.observed is not None:
-            st.deployments = list(ctx.observed.deployments)
-        if ctx.client is not None:
-            try:
-                st.samples = samples_of(ctx.client.metrics(timeout=METRICS_TIMEOUT_S))
-                before = previous.get(device.name) if previous else None
-                st.metrics = summarize(st.samples, before.samples if before else None)
-            except (EdgectlError, ValueError) as e:
-                st.error = f"metrics: {e}"
-        out.append(st)
-    if store is not None:
-        _add_plan(spec, contexts, store, out)
+    contexts = observe(devices, start_agents=False, parallel=parallel)
+    try:
+        with ThreadPoolExecutor(max_workers=max(1, min(parallel, len(devices)))) as pool:
+            out = list(pool.map(lambda d: _device_status(spec, d, contexts[d.name], previous), devices))
+        if store is not None:
+            _add_plan(spec, contexts, store, out)
+    finally:
+        close_contexts(contexts)
     return out
+
+
+def _device_status(spec: Spec, device: Device, ctx, previous: dict[str, DeviceStatus] | None) -> DeviceStatus:
+    desired = sorted(name for name, dep in spec.deployments.items() if selects(dep.spec.selector, device))
+    st = DeviceStatus(device.name, reachable=ctx.client is not None,
+                      endpoint=ctx.transport.endpoint if ctx.transport else None,
+                      error=ctx.error or (None if ctx.client else "agent not running"),
+                      facts=ctx.facts, desired=desired)
+    if ctx.observed is not None:
+        st.deployments = list(ctx.observed.deployments)
+    if ctx.client is not None:
+        try:
+            st.samples = samples_of(ctx.client.metrics(timeout=METRICS_TIMEOUT_S))
+            before = previous.get(device.name) if previous else None
+            st.metrics = summarize(st.samples, before.samples if before else None)
+        except (EdgectlError, ValueError) as e:
+            st.error = f"metrics: {e}"
+    return st
 
 
 def _add_plan(spec: Spec, contexts, store, statuses: list[DeviceStatus]) -> None:

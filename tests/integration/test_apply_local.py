@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -104,8 +106,27 @@ def test_apply_serves_then_noop_then_removes(tmp_path, home):
     (dep,) = st[0]["deployments"]
     assert dep["state"] == "serving" and dep["active"]["quant"] == "Q8_0" and dep["active"]["format"] == "gguf"
     digest = dep["active"]["digest"]
+    # The figures come from the agent's /metrics after the two real requests above (plus apply's health gate).
+    m = st[0]["metrics"]
+    assert st[0]["reachable"] and m["requests"] >= 2 and m["error_rate"] == 0, m
+    assert m["tokens_per_s"]["tiny"] > 0 and 0 < m["p50_s"] <= m["p95_s"], m
+    assert m["rss_bytes"] > 10 * 2**20 and m["disk_free_bytes"] > 0, m
+    assert st[0]["ram_budget_bytes"] > 0 and st[0]["plan_status"] == "ok" and st[0]["drift"] == []
     text_status = edgectl("status", str(mdir), env=home).stdout
     assert "serving" in text_status and digest[7:19] in text_status
+    assert all(col in text_status for col in ("tok/s", "p50 / p95", "RAM used / budget", "disk free", "drift"))
+    assert "0.0% of" in text_status and "none" in text_status  # error rate, no drift
+
+    # --watch refreshes every interval until interrupted.
+    watch = subprocess.Popen([sys.executable, "-m", "edgectl.cli", "status", str(mdir), "--watch", "0.5"],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=home, cwd=REPO)
+    try:
+        time.sleep(5)  # several rounds
+    finally:
+        watch.send_signal(signal.SIGINT)
+        stdout, stderr = watch.communicate(timeout=30)
+    assert watch.returncode == 0, stderr
+    assert "figures over the last 0.5 s" in stdout and digest[7:19] in stdout
 
     # Same manifests again: nothing to do, the agent keeps the same process and digest.
     agent_root = Path(home["EDGECTL_HOME"]) / "agents" / "this-machine"

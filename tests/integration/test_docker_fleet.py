@@ -231,6 +231,20 @@ def test_exec_control_publishes_nothing_and_chats_through_docker_exec(tmp_path, 
     finally:
         t.close()
 
+    # The fleet collector reads the container's metrics through docker exec too (no network to reach it by).
+    from edgectl.collector import FleetCollector, parse_exposition
+
+    collector = FleetCollector([device], timeout=30)
+    try:
+        (scrape,) = collector.scrape_all()
+        assert scrape.up, scrape
+        samples = [s for f in parse_exposition(collector.exposition().decode()) for s in f.samples]
+    finally:
+        collector.close()
+    completions = [s for s in samples if s.name == "edgectl_agent_completion_tokens_total"]
+    assert completions and all(s.labels["device"] == "box2" and s.labels["quant"] == "Q8_0" for s in completions)
+    assert sum(s.value for s in completions) > 0  # the chat above, counted in the container
+
 
 def test_a_removed_container_comes_back_from_its_volume_without_a_transfer(tmp_path, env, engine):
     port = free_port()

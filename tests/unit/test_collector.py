@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
@@ -107,12 +109,31 @@ def test_a_hung_device_costs_the_timeout_never_a_stalled_round():
         second = {s.device: s for s in collector.scrape_all()}  # no second thread piled onto the stuck one
         assert second["ok"].up and second["hung"].reason == "still_running"
         hang.set()
-        collector._inflight["hung"].result(timeout=30)
+        collector._inflight["hung"][0].result(timeout=30)
         third = {s.device: s for s in collector.scrape_all()}
         assert third["hung"].up and third["hung"].last_success is not None
     finally:
         hang.set()
         collector.close()
+
+
+def test_overlapping_rounds_share_the_scrapes_in_flight():
+    calls: list[str] = []
+
+    class SlowScraper:
+        def scrape(self, device, timeout):
+            calls.append(device.name)
+            time.sleep(0.3)
+            return agent_text()
+
+    collector = FleetCollector([device("a"), device("b")], SlowScraper(), timeout=5)
+    try:
+        with ThreadPoolExecutor(2) as pool:  # e.g. two Prometheus servers scraping at the same moment
+            rounds = list(pool.map(lambda _: collector.scrape_all(), range(2)))
+    finally:
+        collector.close()
+    assert all(s.up for r in rounds for s in r), rounds
+    assert sorted(calls) == ["a", "b"]  # one scrape per device, shared by both rounds
 
 
 def test_garbage_is_not_up():

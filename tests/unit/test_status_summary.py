@@ -64,3 +64,46 @@ def test_a_restarted_agent_counts_from_zero():
     traffic(after, ok=2, failed=2, seconds=0.1)
     s = summarize(samples_of(after.exposition().decode()), samples_of(before.exposition().decode()))
     assert s.requests == 4 and s.error_rate == pytest.approx(0.5)
+
+
+def test_collect_status_closes_every_connection_it_opened(monkeypatch, tmp_path):
+    """`status --watch` calls collect_status every few seconds: SSH connections, docker clients and HTTP pools
+    opened by each round are closed by it, reachable or not."""
+    from edgectl import observe as observe_mod
+    from edgectl.apply import DeviceContext
+    from edgectl.load import load_paths
+
+    (tmp_path / "fleet.yaml").write_text("""\
+apiVersion: edgectl.dev/v1alpha1
+kind: Fleet
+metadata: {name: f}
+spec:
+  devices:
+    - {name: a, profile: raspberry-pi-5, transport: {type: local}}
+    - {name: b, profile: raspberry-pi-5, transport: {type: local}}
+""")
+    spec = load_paths([tmp_path / "fleet.yaml"])
+    closed: list[str] = []
+
+    class Closable:
+        endpoint = "http://127.0.0.1:1/v1"
+
+        def __init__(self, name: str) -> None:
+            self.name = name
+
+        def close(self) -> None:
+            closed.append(self.name)
+
+        def metrics(self, timeout: float) -> str:
+            return "# no samples\n"
+
+    def fake_observe(devices, *, start_agents, parallel):
+        assert not start_agents  # status never starts an agent
+        a, b = devices
+        return {"a": DeviceContext(a, transport=Closable("a-transport"), client=Closable("a-client")),
+                "b": DeviceContext(b, transport=Closable("b-transport"), error="unreachable")}
+
+    monkeypatch.setattr(observe_mod, "observe", fake_observe)
+    statuses = observe_mod.collect_status(spec, spec.devices.values())
+    assert [s.reachable for s in statuses] == [True, False]
+    assert sorted(closed) == ["a-client", "a-transport", "b-transport"]
