@@ -484,7 +484,7 @@ def _candidates(dep: Deployment, model: Model, fmt: str, kind: str, runtime: str
         as_shipped = buildable and native and quant == source_precision and fmt in _SHIPPABLE
         cand = Candidate(recipe, est, rank, as_shipped, buildable, quality=art.quality if art else None,
                          runtime=runtime, native=native)
-        mismatch = compat.mismatch(art.compat, runtime, versions.get(runtime)) \
+        mismatch = compat.mismatch(art.compat, runtime, versions.get(runtime), versions) \
             if art is not None and versions is not None and versions.get(runtime) else None
         if rank > cap:
             yield cand, f"above the source's precision {source_precision}: would not add quality"
