@@ -66,6 +66,7 @@ class Candidate:
     gpu_layers: int = 0  # llama.cpp layers offloaded to a dedicated GPU (-1 = all)
     ram_bytes: int = 0  # system RAM it needs when part of it lives on the GPU (0 = estimate.total_bytes)
     native: bool = True  # built from a source of a type its builder reads (else after a conversion)
+    device: str = ""  # OpenVINO device from the profile's accelerators ('' = the runtime's default, CPU)
 
     @property
     def ram_need(self) -> int:
@@ -74,12 +75,16 @@ class Candidate:
     @property
     def runtime_options(self) -> dict:
         """Options the plan adds to the deployment's runtime_options (the user's own win)."""
-        return {"n_gpu_layers": self.gpu_layers} if self.gpu_layers else {}
+        options: dict = {"n_gpu_layers": self.gpu_layers} if self.gpu_layers else {}
+        if self.device:
+            options["device"] = self.device
+        return options
 
     def to_dict(self) -> dict:
         return {"recipe": self.recipe.model_dump(), "id": recipe_id(self.recipe), "estimate": self.estimate.to_dict(),
                 "quality_rank": self.quality_rank, "as_shipped": self.as_shipped, "buildable": self.buildable,
                 "reason": self.reason, "runtime": self.runtime, "gpu_layers": self.gpu_layers,
+                "device": self.device or None,
                 "ram_bytes": self.ram_need,
                 "quality": self.quality.model_dump(mode="json") if self.quality is not None else None}
 
@@ -226,7 +231,8 @@ def _plan_device(spec: Spec, device: Device, facts: Facts | None, observed: Agen
     runtimes = _usable_runtimes(profile, facts, dp.warnings)
     target = Target(runtimes=runtimes, budget=budget, disk=_disk_budget(profile, facts),
                     vram=_vram_budget(profile, facts, dp.warnings), prefer=dict(profile.quant_preference),
-                    versions=dict(facts.runtimes) if facts is not None else None)
+                    versions=dict(facts.runtimes) if facts is not None else None,
+                    openvino_device=openvino_device(profile))
     # Every deployment first gets room for its smallest artifact; quality then goes to them in name order.
     deployments = [spec.deployments[n] for n in wanted]
     models = [spec.models[d.spec.model] for d in deployments]
@@ -237,7 +243,7 @@ def _plan_device(spec: Spec, device: Device, facts: Facts | None, observed: Agen
     def candidates(dep: Deployment, model: Model, t: Target) -> DeploymentPlan:
         if memo is None:
             return plan_deployment(dep, model, t, built, avail(model))
-        key = (dep.name, model.name, tuple(t.runtimes), t.budget, t.disk, t.vram,
+        key = (dep.name, model.name, tuple(t.runtimes), t.budget, t.disk, t.vram, t.openvino_device,
                tuple((k, tuple(v)) for k, v in sorted(t.prefer.items())),
                tuple(sorted(t.versions.items())) if t.versions is not None else None)
         if key not in memo:
@@ -375,6 +381,11 @@ def _vram_budget(profile: ProfileSpec, facts: Facts | None, warnings: list[str])
     return int(max(a.memory_gb for a in gpus) * GIB * (1 - profile.headroom))
 
 
+def openvino_device(profile: ProfileSpec) -> str:
+    """The OpenVINO device of the first accelerator in the profile that names one ('' = CPU, OpenVINO's default)."""
+    return next((a.openvino_device for a in profile.accelerators if a.openvino_device), "")
+
+
 def _usable_runtimes(profile: ProfileSpec, facts: Facts | None, warnings: list[str]) -> list[str]:
     """The profile's runtimes in preference order; when facts are known, only those installed on the device."""
     if facts is None:
@@ -433,6 +444,7 @@ class Target:
     vram: int = 0  # dedicated GPU memory llama.cpp may offload to (0 = none)
     prefer: dict[str, list[str]] = field(default_factory=dict)  # runtime -> preferred quant types
     versions: dict[str, str] | None = None  # runtime -> version the agent reports (None = not observed)
+    openvino_device: str = ""  # where OpenVINO runtimes run ('' = CPU)
 
 
 def _source_precision(model: Model, fmt: str, kind: str, available: frozenset[int] | None) -> tuple[str, bool, bool]:
@@ -494,6 +506,7 @@ def _candidates(dep: Deployment, model: Model, fmt: str, kind: str, runtime: str
             yield cand, ""
 
 
+OPENVINO_RUNTIMES = ("openvino", "openvino-genai")  # runtimes that take an OpenVINO device name
 FORMAT_NAMES = {"gguf": "GGUF", "onnx": "ONNX", "openvino": "OpenVINO IR", "mlx": "MLX"}
 # Formats whose artifact can be the source file itself (a GGUF or an ONNX graph shipped as is).
 _SHIPPABLE = ("gguf", "onnx")
@@ -556,6 +569,8 @@ def plan_deployment(dep: Deployment, model: Model, target: Target, built: dict[s
             if runtime == "llamacpp" and kind == "llm" and target.vram > 0 and not why_not:
                 gpu_layers, need = _offload(target, cand.estimate, model.spec.architecture.layers)
                 cand = replace(cand, gpu_layers=gpu_layers, ram_bytes=need)
+            if runtime in OPENVINO_RUNTIMES and target.openvino_device:
+                cand = replace(cand, device=target.openvino_device)
             if why_not:
                 dp.rejected.append(Rejected(cand.recipe, why_not, _label(cand.recipe), cand.estimate.total_bytes))
             elif need > budget:
@@ -636,6 +651,8 @@ def _why(c: Candidate, budget: int, preferred: list[str]) -> str:
     ram = c.ram_bytes or c.estimate.total_bytes
     gpu = ("; all layers on the GPU" if c.gpu_layers == -1 else
            f"; {c.gpu_layers} layers on the GPU" if c.gpu_layers > 0 else "")
+    if c.device:
+        gpu += f"; on OpenVINO device {c.device} (the profile's accelerators)"
     return f"{what}: {_gib(ram)} of {_gib(budget)} budget; {how}{gpu}"
 
 

@@ -10,7 +10,7 @@ Case file keys:
   built:       [{model, quant, source_precision, digest, size_bytes, format, kind, compat}]  (the local store)
   expect:      {device: {status, profile, choices: {deployment: "gguf Q4_K_M" | null}, steps: ["action deployment"],
                          warnings: [substring...], rejected: {deployment: {"gguf Q8_0": substring}}, unfit: substring,
-                         gpu_layers: {deployment: n}}}
+                         gpu_layers: {deployment: n}, runtime_options: {deployment: {option: value}}}}
 """
 
 from __future__ import annotations
@@ -104,6 +104,8 @@ def test_golden(case_file: Path, tmp_path: Path) -> None:
                 "; ".join(f"{r.label}: {r.reason}" for r in dp.rejected)
         for dep_name, layers in want.get("gpu_layers", {}).items():
             assert deps[dep_name].chosen.gpu_layers == layers, f"{where}: {dep_name} {deps[dep_name].chosen}"
+        for dep_name, options in want.get("runtime_options", {}).items():
+            assert deps[dep_name].chosen.runtime_options == options, f"{where}: {dep_name} {deps[dep_name].chosen}"
         if "steps" in want:
             steps = [f"{s.action} {s.deployment}" for s in got.steps]
             assert steps == want["steps"], f"{where}: steps {steps}"
