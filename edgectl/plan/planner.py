@@ -597,7 +597,7 @@ def plan_deployment(dep: Deployment, model: Model, target: Target, built: dict[s
         return dp
     best, fitting = choice
     preferred = target.prefer.get(best.runtime, [])
-    dp.chosen = replace(best, reason=_why(best, budget, preferred))
+    dp.chosen = replace(best, reason=_why(best, budget, preferred, fitting))
     for other in fitting:
         if other is not best:
             dp.rejected.append(Rejected(other.recipe, _lost_to(other, best, preferred), _label(other.recipe),
@@ -607,18 +607,46 @@ def plan_deployment(dep: Deployment, model: Model, target: Target, built: dict[s
     return dp
 
 
-def _best(fitting: list[Candidate], preferred: list[str]) -> Candidate:
-    """The profile's first preferred quant type that fits; else the best quality. Among equal quality: the one
-    measured closer to its source, then the one shipped as is, then the one fully on the GPU, then the smaller."""
-    for quant in preferred:
-        match = [c for c in fitting if c.recipe.quant == quant]
-        if match:
-            return match[0]
+# A built artifact measured below this top-1 agreement with its source (fewer than half of its greedy next tokens
+# match the source's) no longer behaves like the model asked for: it goes after every other candidate that fits,
+# measured or not.
+QUALITY_FLOOR = 0.5
 
+
+def _poor(c: Candidate) -> bool:
+    return c.quality is not None and c.quality.top1_agreement < QUALITY_FLOOR
+
+
+def _comparable(a: Candidate, b: Candidate) -> bool:
+    """Both measured, on the same fixed text (figures on different texts do not compare)."""
+    return a.quality is not None and b.quality is not None and a.quality.text == b.quality.text
+
+
+def rank_candidates(fitting: list[Candidate]) -> list[Candidate]:
+    """Best first, by quality: the quant type's rank, except where measurements exist. Candidates measured on the
+    same text are reordered among their own places by measured top-1 agreement (a measured number beats a rank;
+    an unmeasured candidate keeps its place), and one measured below QUALITY_FLOOR goes last. Among equal quality:
+    the one shipped as is, then the one fully on the GPU, then the smaller."""
     def key(c: Candidate):
         measured = c.quality.top1_agreement if c.quality is not None else -1.0
-        return (-c.quality_rank, -measured, not c.as_shipped, c.gpu_layers != -1, c.estimate.total_bytes)
-    return min(fitting, key=key)
+        return (_poor(c), -c.quality_rank, -measured, not c.as_shipped, c.gpu_layers != -1, c.estimate.total_bytes)
+    ordered = sorted(fitting, key=key)
+    for text in dict.fromkeys(c.quality.text for c in ordered if c.quality is not None):
+        slots = [i for i, c in enumerate(ordered) if c.quality is not None and c.quality.text == text and not _poor(c)]
+        by_measure = sorted((ordered[i] for i in slots), key=lambda c: (-c.quality.top1_agreement, key(c)))
+        for i, c in zip(slots, by_measure):
+            ordered[i] = c
+    return ordered
+
+
+def _best(fitting: list[Candidate], preferred: list[str]) -> Candidate:
+    """The profile's first preferred quant type that fits (unless measured below the floor); else the first of
+    :func:`rank_candidates`."""
+    for quant in preferred:
+        match = [c for c in fitting if c.recipe.quant == quant and not _poor(c)]
+        if match:
+            return match[0]
+    return rank_candidates(fitting)[0]
 
 
 def _explain_unfit(dp: DeploymentPlan, dep: Deployment, model: Model, too_big: list[Candidate], budget: int) -> None:
@@ -639,10 +667,22 @@ def _explain_unfit(dp: DeploymentPlan, dep: Deployment, model: Model, too_big: l
     dp.hint = ", ".join(hints)
 
 
-def _why(c: Candidate, budget: int, preferred: list[str]) -> str:
+def _why(c: Candidate, budget: int, preferred: list[str], fitting: list[Candidate] = ()) -> str:
     fmt = FORMAT_NAMES.get(c.recipe.format, c.recipe.format)
-    what = (f"the device's preferred {fmt} quant type ({c.recipe.quant}) fits" if c.recipe.quant in preferred
-            else f"highest-quality {fmt} that fits")
+    outranked = [o for o in fitting if o.quality_rank > c.quality_rank and o.recipe.quant not in preferred]
+    beaten = [o for o in outranked if _comparable(o, c) and not _poor(o)]
+    poor = [o for o in outranked if _poor(o)]
+    if c.recipe.quant in preferred:
+        what = f"the device's preferred {fmt} quant type ({c.recipe.quant}) fits"
+    elif beaten:
+        what = (f"highest measured quality {fmt} that fits ({c.quality.top1_agreement:.1%} top-1 agreement with the "
+                f"source, above " + ", ".join(f"{o.recipe.quant}'s {o.quality.top1_agreement:.1%}" for o in beaten)
+                + ")")
+    else:
+        what = f"highest-quality {fmt} that fits"
+    if poor and c.recipe.quant not in preferred:
+        what += (" (" + ", ".join(f"{o.recipe.quant} measured {o.quality.top1_agreement:.1%}" for o in poor)
+                 + f" top-1 agreement with the source, below the {QUALITY_FLOOR:.0%} floor)")
     how = "shipped as is, no requantization" if c.as_shipped else (
         f"quantized from {c.recipe.source_precision}" if c.buildable and c.native else
         f"converted from the {c.recipe.source_precision} source, then quantized" if c.buildable else
@@ -659,12 +699,14 @@ def _why(c: Candidate, budget: int, preferred: list[str]) -> str:
 def _lost_to(other: Candidate, best: Candidate, preferred: list[str]) -> str:
     if best.recipe.quant in preferred and other.recipe.quant not in preferred:
         return f"fits, but the device's profile prefers {best.recipe.quant}"
-    if other.quality_rank < best.quality_rank:
-        return f"fits, but lower quality than {best.recipe.quant}"
-    if other.quality is not None and best.quality is not None \
-            and other.quality.top1_agreement < best.quality.top1_agreement:
+    if _poor(other):
+        return (f"fits, but measured {other.quality.top1_agreement:.1%} top-1 agreement with the source, below the "
+                f"{QUALITY_FLOOR:.0%} floor")
+    if _comparable(other, best) and other.quality.top1_agreement < best.quality.top1_agreement:
         return (f"fits, but measured further from the source than {best.recipe.quant} "
                 f"({other.quality.top1_agreement:.1%} vs {best.quality.top1_agreement:.1%} top-1 agreement)")
+    if other.quality_rank < best.quality_rank:
+        return f"fits, but lower quality than {best.recipe.quant}"
     if other.quality_rank == best.quality_rank and best.as_shipped:
         return f"same quality as {best.recipe.quant}, which ships as is"
     return f"same quality as {best.recipe.quant}, larger"

@@ -258,3 +258,21 @@ def test_apply_refuses_an_artifact_the_device_runtime_cannot_load_before_pushing
     # Now the artifact is in the local store: the plan itself rejects it, with the same versions.
     plan = " ".join(edgectl("plan", str(mdir), env=env, check=False).stdout.split())
     assert "ONNX IR version 10 needs onnxruntime >= 1.18, the device has onnxruntime 1.16.3" in plan, plan
+
+
+def test_plan_shows_the_measured_quality_of_the_built_artifact(tmp_path, home):
+    """`edgectl build` measures the built GGUF against its source; `edgectl plan` prints the figure beside the
+    chosen artifact (the `measured:` part of its line) and --json carries it."""
+    mdir = tmp_path / "m"
+    mdir.mkdir()
+    write_tiny_llama_gguf(mdir / "tiny.gguf")
+    (mdir / "fleet.yaml").write_text(TINY_MODEL.format(port=free_port(), params=1_000_000))
+    (mdir / "deploy.yaml").write_text(DEPLOYMENT.format(name="tiny", quant="Q8_0"))
+    assert "measured:" not in edgectl("plan", str(mdir), env=home).stdout  # nothing built, nothing measured
+    edgectl("build", str(mdir), env=home)
+    text = " ".join(edgectl("plan", str(mdir), env=home).stdout.split())
+    chosen = json.loads(edgectl("plan", str(mdir), "--json", env=home).stdout)["devices"][0]["deployments"][0]["chosen"]
+    q = chosen["quality"]
+    assert chosen["recipe"]["quant"] == "Q8_0" and q["text"] == "edgectl-quality-text-v1" and q["top1_agreement"] > 0.9
+    assert ("gguf Q8_0 on llamacpp" in text and f"measured: top-1 agreement {q['top1_agreement'] * 100:.1f}% with "
+            f"the source, perplexity {q['perplexity']:.2f} vs {q['source_perplexity']:.2f}") in text, text
