@@ -74,7 +74,8 @@ GENAI_BUILT = {"onnx.ir_version": "10", "onnx.opset": "22", "genai.model_type": 
                                        "0.18, the device has onnxruntime-genai 0.17.1"]),
 ])
 def test_genai_is_checked_against_the_onnxruntime_it_runs_on(facts, genai, ort, needles) -> None:
-    why = mismatch(facts, "onnxruntime-genai", genai, {"onnxruntime-genai": genai, **({"onnxruntime": ort} if ort else {})})
+    reported = {"onnxruntime-genai": genai, **({"onnxruntime": ort} if ort else {})}
+    why = mismatch(facts, "onnxruntime-genai", genai, reported)
     assert why is not None
     for needle in needles:
         assert needle in why
