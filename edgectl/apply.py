@@ -534,8 +534,8 @@ def _artifact_for(spec: Spec, dp: DevicePlan, dep: DeploymentPlan, ctx: DeviceCo
     if art is None:  # internal invariant: every planned build ran before devices are touched
         raise PlanError(f"artifact {rid} is not in the local store", hint="run `edgectl build` and retry")
     runtime = dep.chosen.runtime
-    version = ctx.facts.runtimes.get(runtime) if ctx.facts is not None else None
-    why = compat.mismatch(art.compat, runtime, version)
+    reported = dict(ctx.facts.runtimes) if ctx.facts is not None else {}
+    why = compat.mismatch(art.compat, runtime, reported.get(runtime), reported)
     if why:  # found only now that the artifact exists: refuse before any byte is pushed
         raise Refused(f"device '{dp.device}', deployment '{dep.deployment}': {art.format} {art.quant} "
                       f"cannot be loaded there: {why}", hint="nothing was pushed to this device; "

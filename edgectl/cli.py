@@ -12,6 +12,7 @@ from typing import List, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
@@ -87,16 +88,16 @@ def render_plan(p, contexts) -> None:
         budget = f"  RAM budget {_gib(dp.budget_bytes)}" if dp.budget_bytes else ""
         out.print(f"[bold]{dp.device}[/bold]  profile {dp.profile}  [{color}]{dp.status}[/]{budget}")
         if ctx is not None and ctx.error:
-            out.print(f"  [yellow]unreachable:[/yellow] {ctx.error}")
+            out.print(f"  [yellow]unreachable:[/yellow] {escape(ctx.error)}")
         for w in dp.warnings:
-            out.print(f"  [yellow]warning:[/yellow] {w}")
+            out.print(f"  [yellow]warning:[/yellow] {escape(w)}")
         if dp.hint:
-            out.print(f"  hint: {dp.hint}")
+            out.print(f"  hint: {escape(dp.hint)}")
         for dep in dp.deployments:
             if dep.chosen is None:
-                out.print(f"  {dep.deployment} ({dep.model}): [red]does not fit[/red]: {dep.unfit or ''}")
+                out.print(f"  {dep.deployment} ({dep.model}): [red]does not fit[/red]: {escape(dep.unfit or '')}")
                 if dep.hint:
-                    out.print(f"    hint: {dep.hint}")
+                    out.print(f"    hint: {escape(dep.hint)}")
                 continue
             c = dep.chosen
             e = c.estimate
@@ -108,13 +109,13 @@ def render_plan(p, contexts) -> None:
             out.print(f"    [dim]= weights {_gib(e.weights_bytes)}{'' if e.weights_exact else ' (est.)'}"
                       f" + KV cache {_gib(e.kv_bytes)} + compute {_gib(e.compute_bytes)}"
                       f" + agent {_gib(e.runtime_bytes)}[/dim]")
-            out.print(f"    why: {c.reason}")
+            out.print(f"    why: {escape(c.reason)}")
             for rc in dep.rejected[:8]:
-                out.print(f"    [dim]not {rc.label}: {rc.reason}[/dim]")
+                out.print(f"    [dim]not {rc.label}: {escape(rc.reason)}[/dim]")
             if len(dep.rejected) > 8:
                 out.print(f"    [dim]... {len(dep.rejected) - 8} more (--json shows all)[/dim]")
             if dep.steps:
-                out.print("    steps: " + ", ".join(s.action + (f" ({s.detail})" if s.detail else "")
+                out.print("    steps: " + ", ".join(s.action + (f" ({escape(s.detail)})" if s.detail else "")
                                                      for s in dep.steps))
             else:
                 out.print("    steps: [green]none (up to date)[/green]")
@@ -172,11 +173,11 @@ def apply_cmd(paths: List[Path] = PathsArg, device: Optional[List[str]] = Device
         out.print("[green]no changes[/green]: every device already serves what the manifests ask for")
     for r in result.devices:
         if r.error:
-            err.print(f"[red]{r.device}: failed[/red]\n{r.error}")
+            err.print(f"[red]{r.device}: failed[/red]\n{escape(r.error)}")
         if r.actions:
             out.print(f"[{'yellow' if r.error else 'green'}]{r.device}[/]: " + ", ".join(r.actions))
     for why in result.halted:
-        err.print(f"[red]rollout halted[/red]: {why}")
+        err.print(f"[red]rollout halted[/red]: {escape(why)}")
     for r in result.devices:
         if r.serving and r.endpoint and not r.error:
             for name in r.serving:
@@ -269,7 +270,7 @@ def rollback(deployment: str = typer.Argument(..., help="The Deployment to roll 
     record.finish("ok" if not failed else "failed", devices=[vars(r) for r in results])
     for r in results:
         if r.error:
-            err.print(f"[red]{r.device}[/red]: {r.error}")
+            err.print(f"[red]{r.device}[/red]: {escape(r.error)}")
         else:
             out.print(f"[green]{r.device}[/green]: " + ", ".join(r.actions))
     if failed or not results:
@@ -520,7 +521,7 @@ class RichEvents:
 
         class _E(Events):
             def info(self, device, message):
-                outer._progress.console.print(f"[dim]{device + ': ' if device else ''}{message}[/dim]")
+                outer._progress.console.print(f"[dim]{device + ': ' if device else ''}{escape(message)}[/dim]")
 
             def progress(self, key, description, done, total):
                 if key not in outer._tasks:

@@ -73,13 +73,27 @@ class PlanError(EdgectlError):
     exit_code = 2
 
 
+# edgectl extras that pull torch (directly, or through optimum-intel). torch goes in first at this exact version: a
+# plain `pip install` of the extra would resolve an unpinned torch with several GB of CUDA packages.
+TORCH_PIN = "torch==2.13.0"
+TORCH_EXTRAS = frozenset({"convert", "onnx-genai", "openvino"})
+
+
+def install_hint(extra: str, package: str = "edgectl") -> str:
+    """The exact pip install(s) for an extra, torch first where the extra needs it."""
+    install = f"pip install '{package}[{extra}]'"
+    if package == "edgectl" and extra in TORCH_EXTRAS:
+        return f"pip install {TORCH_PIN} first (an unpinned torch pulls several GB of CUDA packages), then {install}"
+    return install
+
+
 class MissingExtraError(EdgectlError):
     """An optional heavy dependency is not installed."""
 
     def __init__(self, module: str, extra: str, *, package: str = "edgectl") -> None:
         super().__init__(
             f"this needs the Python module '{module}', which is not installed",
-            hint=f"pip install '{package}[{extra}]'",
+            hint=install_hint(extra, package),
         )
         self.module = module
         self.extra = extra

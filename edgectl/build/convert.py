@@ -25,7 +25,7 @@ from pathlib import Path
 from edgectl.build.registry import BuilderInfo, builder_for, tool_version
 from edgectl.build.sources import ResolvedSource, locate, resolve_source
 from edgectl.build.store import ArtifactStore, ByteProgress
-from edgectl.errors import BuildError, require_module
+from edgectl.errors import BuildError, install_hint, require_module
 from edgectl.spec.artifact import Recipe
 from edgectl.spec.model import Model, ModelSource
 
@@ -362,7 +362,7 @@ def hf_to_gguf(folder: Path, out: Path, *, outtype: str = "f16", quiet: bool = T
                               stdout=subprocess.PIPE if quiet else None, stderr=subprocess.STDOUT if quiet else None)
     except OSError as e:
         raise BuildError(f"cannot run llama.cpp's converter ({argv[0]}): {e}",
-                         hint="pip install 'edgectl[convert]' into the Python that runs edgectl") from e
+                         hint=install_hint(CONVERT_EXTRA) + " into the Python that runs edgectl") from e
     if done.returncode != 0:
         what, fix = _converter_failure((done.stdout or "").splitlines())
         raise BuildError(f"converting {folder} to GGUF failed: {what}", hint=fix)

@@ -48,13 +48,14 @@ def is_pickle_file(path: Path) -> bool:
     return False
 
 
-def check_external_locations(path: Path) -> list[str]:
+def check_external_locations(path: Path, *, extra: str = "onnx") -> list[str]:
     """External-data locations of the ONNX graph at ``path``; BuildError if one escapes its directory (absolute,
-    ``..``, or a symlink out) or names a pickle file. Reads the graph without its external data."""
+    ``..``, or a symlink out) or names a pickle file. Reads the graph without its external data. ``extra``: the
+    builder's extra, named when the onnx package is missing."""
     from edgectl_agent.errors import RuntimeFailure
     from edgectl_agent.runtimes.onnxruntime import check_external_data
 
-    require_module("onnx", "onnx")
+    require_module("onnx", extra)
     try:
         locations = check_external_data(path)
     except RuntimeFailure as e:
@@ -69,9 +70,10 @@ def check_external_locations(path: Path) -> list[str]:
     return locations
 
 
-def check_onnx_file(path: Path) -> None:
-    """Fail early, with the path, when a source is not a loadable ONNX graph whose data stays beside it."""
-    onnx = require_module("onnx", "onnx")
+def check_onnx_file(path: Path, *, extra: str = "onnx") -> None:
+    """Fail early, with the path, when a source is not a loadable ONNX graph whose data stays beside it. Every
+    builder that reads an ONNX source (onnxruntime quantization, OpenVINO's converter) calls it first."""
+    onnx = require_module("onnx", extra)
     if path.suffix.lower() not in ONNX_SUFFIXES or is_pickle_file(path):
         raise BuildError(f"source {path} is not an .onnx file",
                          hint="export the model to ONNX (torch.onnx.export) and point the source at the .onnx file;"
@@ -81,7 +83,7 @@ def check_onnx_file(path: Path) -> None:
     except Exception as e:  # noqa: BLE001  (protobuf raises several types)
         raise BuildError(f"source {path} is not an ONNX model: {type(e).__name__}: {e}",
                          hint="point the model source at a .onnx file") from e
-    check_external_locations(path)
+    check_external_locations(path, extra=extra)
 
 
 CALIBRATION_SAMPLES = 16  # generated samples when no calibration file is given

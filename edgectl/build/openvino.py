@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from edgectl.build.gguf import StageProgress
+from edgectl.build.onnx import check_onnx_file
 from edgectl.build.registry import check_buildable
 from edgectl.errors import BuildError, require_module
 from edgectl.spec.artifact import Recipe
@@ -250,6 +251,9 @@ def build_openvino_tensor(recipe: Recipe, source_path: Path, out_path: Path, *, 
                          hint="openvino tensor artifacts are FP32, FP16 or INT8")
     if not source_path.is_file():
         raise BuildError(f"source {source_path} is not a file", hint="point the model source at a .onnx file")
+    # OpenVINO's ONNX frontend follows external_data locations as given: the same refusals as the ONNX builder
+    # (no data outside the source's folder, no pickle-based file) before it reads anything.
+    check_onnx_file(source_path, extra=EXTRA)
     ov = require_module("openvino", EXTRA)
     if progress:
         progress("convert", 0, 1)

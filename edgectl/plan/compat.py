@@ -15,8 +15,16 @@ The rules are data (RULES), each from the runtime's own compatibility statement:
   supported IR version: 10").
 - llama.cpp: GGUF v1 files were dropped (llama.cpp gguf.c: "GGUFv1 is no longer supported"); v2 and v3 load
   everywhere since GGUF replaced GGML (llama-cpp-python 0.1.79); a version above 3 is unknown to all releases.
+- onnxruntime-genai runs the graph on an ONNX Runtime, so the ONNX rules apply to that ONNX Runtime, not to the
+  genai version: 0.1-0.3 bundle their own (libonnxruntime.so.1.17.1 in 0.1.0, 1.18.0 in 0.2.0 and 0.3.0); from 0.4
+  the wheel loads the installed ``onnxruntime`` package, which its metadata requires at a minimum (GENAI_ORT). The
+  agent reports that package's version beside genai's (both are in its runtime facts).
 - onnxruntime-genai and mlx-lm: configs gain fields release by release and older runtimes reject or misread
   them, so the device's runtime must be at least the minor release that built the artifact.
+
+Recorded but not compared (no runtime publishes a table to compare them with): the GGUF architecture, the genai
+config's model type and MLX's quantization bits and group size. They are shown with the artifact; the
+builder-version rules above are what catches a genai or mlx-lm too old for a config.
 """
 
 from __future__ import annotations
@@ -35,6 +43,15 @@ ORT_MATRIX: list[tuple[str, int, int]] = [
     ("1.16", 9, 19), ("1.17", 9, 20), ("1.18", 10, 21), ("1.19", 10, 21), ("1.20", 10, 21), ("1.21", 10, 22),
     ("1.22", 11, 23),
 ]
+# onnxruntime-genai release (major, minor) -> the ONNX Runtime it runs graphs on. Read from the Linux x86_64 wheels:
+# 0.1-0.3 ship libonnxruntime.so.<version> inside (exact); from 0.4 the wheel requires `onnxruntime>=<version>`
+# (Requires-Dist) and loads that package's library (a floor: the device may have a newer one installed).
+GENAI_BUNDLED_ORT: dict[tuple[int, int], str] = {(0, 1): "1.17.1", (0, 2): "1.18.0", (0, 3): "1.18.0"}
+GENAI_ORT: dict[tuple[int, int], str] = {
+    (0, 4): "1.19.0", (0, 5): "1.20.0", (0, 6): "1.20.1", (0, 7): "1.21.0", (0, 8): "1.22.0", (0, 9): "1.22.0",
+    (0, 10): "1.23.0", (0, 11): "1.23.2", (0, 12): "1.24.1", (0, 13): "1.24.4", (0, 14): "1.26.0",
+    (0, 15): "1.28.0", (0, 16): "1.30.0", (0, 17): "1.30.0", (0, 18): "1.31.0",
+}
 OPENVINO_IR11 = "2022.1"
 GGUF_FIRST = "0.1.79"  # llama-cpp-python's first GGUF release
 
@@ -58,6 +75,27 @@ def _ort_min_for(ir: int | None = None, opset: int | None = None) -> str | None:
     return f"{major}.{minor + 1}"  # newer than any release in the table: at least the one after the newest
 
 
+def genai_onnxruntime(genai: str, onnxruntime: str | None = None) -> tuple[str, str] | None:
+    """``(ONNX Runtime version, how it is known)`` that onnxruntime-genai ``genai`` runs graphs on: its bundled
+    one (0.1-0.3), else ``onnxruntime`` (the installed package the agent reports), else the minimum its wheel
+    requires. None for a version edgectl cannot place."""
+    minor = parse_version(genai)[:2]
+    if minor in GENAI_BUNDLED_ORT:
+        return GENAI_BUNDLED_ORT[minor], "bundled with it"
+    if onnxruntime:
+        return onnxruntime, "installed beside it"
+    floors = [v for k, v in GENAI_ORT.items() if k <= minor]
+    return (floors[-1], "the least its package requires") if floors else None
+
+
+def genai_for_onnxruntime(need: str) -> str | None:
+    """The first onnxruntime-genai minor release whose required ONNX Runtime is at least ``need``."""
+    for (major, minor), ort in GENAI_ORT.items():
+        if parse_version(ort) >= parse_version(need):
+            return f"{major}.{minor}"
+    return None
+
+
 @dataclass(frozen=True)
 class Rule:
     runtimes: tuple[str, ...]
@@ -65,6 +103,7 @@ class Rule:
     what: str  # how to name the fact in a message
     min_version: Callable[[str, dict[str, str]], str | None]  # fact value, all facts -> minimum runtime version
     package: str  # the PyPI distribution to upgrade on the device
+    onnxruntime: bool = False  # the minimum is an ONNX Runtime version (for onnxruntime-genai: the one it runs on)
 
 
 def _gguf_version(v: str, _facts: dict[str, str]) -> str | None:
@@ -73,9 +112,9 @@ def _gguf_version(v: str, _facts: dict[str, str]) -> str | None:
 
 RULES: tuple[Rule, ...] = (
     Rule(("onnxruntime", "onnxruntime-genai"), "onnx.ir_version", "ONNX IR version",
-         lambda v, _f: _ort_min_for(ir=int(v)), "onnxruntime"),
+         lambda v, _f: _ort_min_for(ir=int(v)), "onnxruntime", onnxruntime=True),
     Rule(("onnxruntime", "onnxruntime-genai"), "onnx.opset", "ONNX opset",
-         lambda v, _f: _ort_min_for(opset=int(v)), "onnxruntime"),
+         lambda v, _f: _ort_min_for(opset=int(v)), "onnxruntime", onnxruntime=True),
     Rule(("openvino", "openvino-genai"), "openvino.ir_version", "OpenVINO IR version",
          lambda v, _f: OPENVINO_IR11 if int(v) >= 11 else None, "openvino"),
     Rule(("llamacpp",), "gguf.version", "GGUF version", _gguf_version, "llama-cpp-python"),
@@ -85,13 +124,13 @@ RULES: tuple[Rule, ...] = (
          lambda v, _f: ".".join(map(str, parse_version(v)[:2])), "mlx-lm"),
 )
 
-# The runtime a device reports for a package may be a different distribution than the rule's (e.g. the
-# onnxruntime-genai runtime also loads onnxruntime): the agent reports one version per runtime name.
 
 
-def mismatch(facts: dict[str, str], runtime: str, version: str | None) -> str | None:
+def mismatch(facts: dict[str, str], runtime: str, version: str | None,
+             runtimes: dict[str, str] | None = None) -> str | None:
     """Why ``runtime`` at ``version`` cannot load an artifact with ``facts``, with the fix; None when it can (or
-    when nothing is known)."""
+    when nothing is known). ``runtimes``: every runtime version the device's agent reports (for onnxruntime-genai,
+    the onnxruntime installed beside it)."""
     if not facts or not version:
         return None
     have = parse_version(version)
@@ -99,6 +138,11 @@ def mismatch(facts: dict[str, str], runtime: str, version: str | None) -> str | 
         if runtime not in rule.runtimes or rule.fact not in facts:
             continue
         value = facts[rule.fact]
+        if rule.onnxruntime and runtime == "onnxruntime-genai":
+            why = _genai_onnx_mismatch(rule, value, version, (runtimes or {}).get("onnxruntime"))
+            if why:
+                return why
+            continue
         if rule.fact == "gguf.version" and value.isdigit() and int(value) <= 1:
             return (f"{rule.what} {value} is no longer loaded by any current llama.cpp (device has {runtime} "
                     f"{version}); rebuild the artifact from its source with edgectl build")
@@ -115,6 +159,29 @@ def mismatch(facts: dict[str, str], runtime: str, version: str | None) -> str | 
                 f"the device (pip install -U '{rule.package}>={need}', or reinstall edgectl-agent[{RUNTIME_EXTRAS.get(runtime, runtime)}]), "
                 f"or pin quantization.format to another format")
     return None
+
+
+def _genai_onnx_mismatch(rule: Rule, value: str, genai: str, onnxruntime: str | None) -> str | None:
+    """An ONNX IR/opset rule for onnxruntime-genai, checked against the ONNX Runtime it runs the graph on."""
+    try:
+        need = rule.min_version(value, {})
+    except ValueError:
+        return None
+    ort = genai_onnxruntime(genai, onnxruntime)
+    if need is None or ort is None or parse_version(ort[0]) >= parse_version(need):
+        return None
+    version, how = ort
+    if how == "the least its package requires":
+        return None  # a floor below the need says nothing: the installed one may be newer (and was not reported)
+    upgrade = genai_for_onnxruntime(need)
+    if how == "bundled with it" or upgrade is None:
+        fix = (f"pip install -U 'onnxruntime-genai>={upgrade}'" if upgrade else
+               f"pip install -U onnxruntime-genai 'onnxruntime>={need}'")
+    else:
+        fix = f"pip install -U 'onnxruntime>={need}'"
+    return (f"{rule.what} {value} needs onnxruntime >= {need}, the device has onnxruntime-genai {genai}, which runs "
+            f"graphs on onnxruntime {version} ({how}); upgrade it on the device ({fix}, or reinstall "
+            f"edgectl-agent[{RUNTIME_EXTRAS['onnxruntime-genai']}]), or pin quantization.format to another format")
 
 
 # --- reading facts from built files ----------------------------------------------------------------------------

@@ -66,6 +66,7 @@ class Candidate:
     gpu_layers: int = 0  # llama.cpp layers offloaded to a dedicated GPU (-1 = all)
     ram_bytes: int = 0  # system RAM it needs when part of it lives on the GPU (0 = estimate.total_bytes)
     native: bool = True  # built from a source of a type its builder reads (else after a conversion)
+    device: str = ""  # OpenVINO device from the profile's accelerators ('' = the runtime's default, CPU)
 
     @property
     def ram_need(self) -> int:
@@ -74,12 +75,16 @@ class Candidate:
     @property
     def runtime_options(self) -> dict:
         """Options the plan adds to the deployment's runtime_options (the user's own win)."""
-        return {"n_gpu_layers": self.gpu_layers} if self.gpu_layers else {}
+        options: dict = {"n_gpu_layers": self.gpu_layers} if self.gpu_layers else {}
+        if self.device:
+            options["device"] = self.device
+        return options
 
     def to_dict(self) -> dict:
         return {"recipe": self.recipe.model_dump(), "id": recipe_id(self.recipe), "estimate": self.estimate.to_dict(),
                 "quality_rank": self.quality_rank, "as_shipped": self.as_shipped, "buildable": self.buildable,
                 "reason": self.reason, "runtime": self.runtime, "gpu_layers": self.gpu_layers,
+                "device": self.device or None,
                 "ram_bytes": self.ram_need,
                 "quality": self.quality.model_dump(mode="json") if self.quality is not None else None}
 
@@ -226,7 +231,8 @@ def _plan_device(spec: Spec, device: Device, facts: Facts | None, observed: Agen
     runtimes = _usable_runtimes(profile, facts, dp.warnings)
     target = Target(runtimes=runtimes, budget=budget, disk=_disk_budget(profile, facts),
                     vram=_vram_budget(profile, facts, dp.warnings), prefer=dict(profile.quant_preference),
-                    versions=dict(facts.runtimes) if facts is not None else None)
+                    versions=dict(facts.runtimes) if facts is not None else None,
+                    openvino_device=openvino_device(profile))
     # Every deployment first gets room for its smallest artifact; quality then goes to them in name order.
     deployments = [spec.deployments[n] for n in wanted]
     models = [spec.models[d.spec.model] for d in deployments]
@@ -237,7 +243,7 @@ def _plan_device(spec: Spec, device: Device, facts: Facts | None, observed: Agen
     def candidates(dep: Deployment, model: Model, t: Target) -> DeploymentPlan:
         if memo is None:
             return plan_deployment(dep, model, t, built, avail(model))
-        key = (dep.name, model.name, tuple(t.runtimes), t.budget, t.disk, t.vram,
+        key = (dep.name, model.name, tuple(t.runtimes), t.budget, t.disk, t.vram, t.openvino_device,
                tuple((k, tuple(v)) for k, v in sorted(t.prefer.items())),
                tuple(sorted(t.versions.items())) if t.versions is not None else None)
         if key not in memo:
@@ -375,6 +381,11 @@ def _vram_budget(profile: ProfileSpec, facts: Facts | None, warnings: list[str])
     return int(max(a.memory_gb for a in gpus) * GIB * (1 - profile.headroom))
 
 
+def openvino_device(profile: ProfileSpec) -> str:
+    """The OpenVINO device of the first accelerator in the profile that names one ('' = CPU, OpenVINO's default)."""
+    return next((a.openvino_device for a in profile.accelerators if a.openvino_device), "")
+
+
 def _usable_runtimes(profile: ProfileSpec, facts: Facts | None, warnings: list[str]) -> list[str]:
     """The profile's runtimes in preference order; when facts are known, only those installed on the device."""
     if facts is None:
@@ -433,6 +444,7 @@ class Target:
     vram: int = 0  # dedicated GPU memory llama.cpp may offload to (0 = none)
     prefer: dict[str, list[str]] = field(default_factory=dict)  # runtime -> preferred quant types
     versions: dict[str, str] | None = None  # runtime -> version the agent reports (None = not observed)
+    openvino_device: str = ""  # where OpenVINO runtimes run ('' = CPU)
 
 
 def _source_precision(model: Model, fmt: str, kind: str, available: frozenset[int] | None) -> tuple[str, bool, bool]:
@@ -484,7 +496,7 @@ def _candidates(dep: Deployment, model: Model, fmt: str, kind: str, runtime: str
         as_shipped = buildable and native and quant == source_precision and fmt in _SHIPPABLE
         cand = Candidate(recipe, est, rank, as_shipped, buildable, quality=art.quality if art else None,
                          runtime=runtime, native=native)
-        mismatch = compat.mismatch(art.compat, runtime, versions.get(runtime)) \
+        mismatch = compat.mismatch(art.compat, runtime, versions.get(runtime), versions) \
             if art is not None and versions is not None and versions.get(runtime) else None
         if rank > cap:
             yield cand, f"above the source's precision {source_precision}: would not add quality"
@@ -494,6 +506,7 @@ def _candidates(dep: Deployment, model: Model, fmt: str, kind: str, runtime: str
             yield cand, ""
 
 
+OPENVINO_RUNTIMES = ("openvino", "openvino-genai")  # runtimes that take an OpenVINO device name
 FORMAT_NAMES = {"gguf": "GGUF", "onnx": "ONNX", "openvino": "OpenVINO IR", "mlx": "MLX"}
 # Formats whose artifact can be the source file itself (a GGUF or an ONNX graph shipped as is).
 _SHIPPABLE = ("gguf", "onnx")
@@ -556,6 +569,8 @@ def plan_deployment(dep: Deployment, model: Model, target: Target, built: dict[s
             if runtime == "llamacpp" and kind == "llm" and target.vram > 0 and not why_not:
                 gpu_layers, need = _offload(target, cand.estimate, model.spec.architecture.layers)
                 cand = replace(cand, gpu_layers=gpu_layers, ram_bytes=need)
+            if runtime in OPENVINO_RUNTIMES and target.openvino_device:
+                cand = replace(cand, device=target.openvino_device)
             if why_not:
                 dp.rejected.append(Rejected(cand.recipe, why_not, _label(cand.recipe), cand.estimate.total_bytes))
             elif need > budget:
@@ -582,7 +597,7 @@ def plan_deployment(dep: Deployment, model: Model, target: Target, built: dict[s
         return dp
     best, fitting = choice
     preferred = target.prefer.get(best.runtime, [])
-    dp.chosen = replace(best, reason=_why(best, budget, preferred))
+    dp.chosen = replace(best, reason=_why(best, budget, preferred, fitting))
     for other in fitting:
         if other is not best:
             dp.rejected.append(Rejected(other.recipe, _lost_to(other, best, preferred), _label(other.recipe),
@@ -592,18 +607,46 @@ def plan_deployment(dep: Deployment, model: Model, target: Target, built: dict[s
     return dp
 
 
-def _best(fitting: list[Candidate], preferred: list[str]) -> Candidate:
-    """The profile's first preferred quant type that fits; else the best quality. Among equal quality: the one
-    measured closer to its source, then the one shipped as is, then the one fully on the GPU, then the smaller."""
-    for quant in preferred:
-        match = [c for c in fitting if c.recipe.quant == quant]
-        if match:
-            return match[0]
+# A built artifact measured below this top-1 agreement with its source (fewer than half of its greedy next tokens
+# match the source's) no longer behaves like the model asked for: it goes after every other candidate that fits,
+# measured or not.
+QUALITY_FLOOR = 0.5
 
+
+def _poor(c: Candidate) -> bool:
+    return c.quality is not None and c.quality.top1_agreement < QUALITY_FLOOR
+
+
+def _comparable(a: Candidate, b: Candidate) -> bool:
+    """Both measured, on the same fixed text (figures on different texts do not compare)."""
+    return a.quality is not None and b.quality is not None and a.quality.text == b.quality.text
+
+
+def rank_candidates(fitting: list[Candidate]) -> list[Candidate]:
+    """Best first, by quality: the quant type's rank, except where measurements exist. Candidates measured on the
+    same text are reordered among their own places by measured top-1 agreement (a measured number beats a rank;
+    an unmeasured candidate keeps its place), and one measured below QUALITY_FLOOR goes last. Among equal quality:
+    the one shipped as is, then the one fully on the GPU, then the smaller."""
     def key(c: Candidate):
         measured = c.quality.top1_agreement if c.quality is not None else -1.0
-        return (-c.quality_rank, -measured, not c.as_shipped, c.gpu_layers != -1, c.estimate.total_bytes)
-    return min(fitting, key=key)
+        return (_poor(c), -c.quality_rank, -measured, not c.as_shipped, c.gpu_layers != -1, c.estimate.total_bytes)
+    ordered = sorted(fitting, key=key)
+    for text in dict.fromkeys(c.quality.text for c in ordered if c.quality is not None):
+        slots = [i for i, c in enumerate(ordered) if c.quality is not None and c.quality.text == text and not _poor(c)]
+        by_measure = sorted((ordered[i] for i in slots), key=lambda c: (-c.quality.top1_agreement, key(c)))
+        for i, c in zip(slots, by_measure):
+            ordered[i] = c
+    return ordered
+
+
+def _best(fitting: list[Candidate], preferred: list[str]) -> Candidate:
+    """The profile's first preferred quant type that fits (unless measured below the floor); else the first of
+    :func:`rank_candidates`."""
+    for quant in preferred:
+        match = [c for c in fitting if c.recipe.quant == quant and not _poor(c)]
+        if match:
+            return match[0]
+    return rank_candidates(fitting)[0]
 
 
 def _explain_unfit(dp: DeploymentPlan, dep: Deployment, model: Model, too_big: list[Candidate], budget: int) -> None:
@@ -624,10 +667,22 @@ def _explain_unfit(dp: DeploymentPlan, dep: Deployment, model: Model, too_big: l
     dp.hint = ", ".join(hints)
 
 
-def _why(c: Candidate, budget: int, preferred: list[str]) -> str:
+def _why(c: Candidate, budget: int, preferred: list[str], fitting: list[Candidate] = ()) -> str:
     fmt = FORMAT_NAMES.get(c.recipe.format, c.recipe.format)
-    what = (f"the device's preferred {fmt} quant type ({c.recipe.quant}) fits" if c.recipe.quant in preferred
-            else f"highest-quality {fmt} that fits")
+    outranked = [o for o in fitting if o.quality_rank > c.quality_rank and o.recipe.quant not in preferred]
+    beaten = [o for o in outranked if _comparable(o, c) and not _poor(o)]
+    poor = [o for o in outranked if _poor(o)]
+    if c.recipe.quant in preferred:
+        what = f"the device's preferred {fmt} quant type ({c.recipe.quant}) fits"
+    elif beaten:
+        what = (f"highest measured quality {fmt} that fits ({c.quality.top1_agreement:.1%} top-1 agreement with the "
+                f"source, above " + ", ".join(f"{o.recipe.quant}'s {o.quality.top1_agreement:.1%}" for o in beaten)
+                + ")")
+    else:
+        what = f"highest-quality {fmt} that fits"
+    if poor and c.recipe.quant not in preferred:
+        what += (" (" + ", ".join(f"{o.recipe.quant} measured {o.quality.top1_agreement:.1%}" for o in poor)
+                 + f" top-1 agreement with the source, below the {QUALITY_FLOOR:.0%} floor)")
     how = "shipped as is, no requantization" if c.as_shipped else (
         f"quantized from {c.recipe.source_precision}" if c.buildable and c.native else
         f"converted from the {c.recipe.source_precision} source, then quantized" if c.buildable else
@@ -636,18 +691,22 @@ def _why(c: Candidate, budget: int, preferred: list[str]) -> str:
     ram = c.ram_bytes or c.estimate.total_bytes
     gpu = ("; all layers on the GPU" if c.gpu_layers == -1 else
            f"; {c.gpu_layers} layers on the GPU" if c.gpu_layers > 0 else "")
+    if c.device:
+        gpu += f"; on OpenVINO device {c.device} (the profile's accelerators)"
     return f"{what}: {_gib(ram)} of {_gib(budget)} budget; {how}{gpu}"
 
 
 def _lost_to(other: Candidate, best: Candidate, preferred: list[str]) -> str:
     if best.recipe.quant in preferred and other.recipe.quant not in preferred:
         return f"fits, but the device's profile prefers {best.recipe.quant}"
-    if other.quality_rank < best.quality_rank:
-        return f"fits, but lower quality than {best.recipe.quant}"
-    if other.quality is not None and best.quality is not None \
-            and other.quality.top1_agreement < best.quality.top1_agreement:
+    if _poor(other):
+        return (f"fits, but measured {other.quality.top1_agreement:.1%} top-1 agreement with the source, below the "
+                f"{QUALITY_FLOOR:.0%} floor")
+    if _comparable(other, best) and other.quality.top1_agreement < best.quality.top1_agreement:
         return (f"fits, but measured further from the source than {best.recipe.quant} "
                 f"({other.quality.top1_agreement:.1%} vs {best.quality.top1_agreement:.1%} top-1 agreement)")
+    if other.quality_rank < best.quality_rank:
+        return f"fits, but lower quality than {best.recipe.quant}"
     if other.quality_rank == best.quality_rank and best.as_shipped:
         return f"same quality as {best.recipe.quant}, which ships as is"
     return f"same quality as {best.recipe.quant}, larger"

@@ -34,6 +34,12 @@ class Accelerator(Frozen):
                                     description="Dedicated memory in GB; omit when it shares system RAM.")
     shared_memory: bool = Field(default=False, description="True when it uses system RAM (unified memory, iGPU).")
     tops: float | None = Field(default=None, ge=0, description="Vendor-stated peak INT8 TOPS, for information.")
+    openvino_device: str | None = Field(
+        default=None, pattern=r"^[A-Z][A-Z0-9_]*(\.[0-9]+)?$",
+        description="The OpenVINO device name that drives this accelerator (GPU, GPU.1, NPU). OpenVINO artifacts run "
+                    "on the first accelerator in the list that names one, on the CPU when none does; a "
+                    "deployment's runtime_options.device wins. Not derived from kind: OpenVINO drives Intel GPUs "
+                    "and NPUs only.")
 
 
 class ProfileSpec(Frozen):

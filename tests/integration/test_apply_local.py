@@ -211,3 +211,89 @@ def test_unfit_plan_shows_numbers_and_apply_changes_nothing(tmp_path, home):
     r = edgectl("apply", str(mdir), "--skip-unfit", env=home)
     assert "no changes" in r.stdout
     assert not (Path(home["EDGECTL_HOME"]) / "agents").exists()  # no agent started, no store written
+
+
+TENSOR = """\
+apiVersion: edgectl.dev/v1alpha1
+kind: Model
+metadata: {{name: linear}}
+spec:
+  task: tensor
+  parameters: 15
+  sources:
+    - {{type: onnx, path: linear.onnx, precision: FP32}}
+---
+apiVersion: edgectl.dev/v1alpha1
+kind: Fleet
+metadata: {{name: local}}
+spec:
+  devices:
+    - {{name: this-machine, profile: auto, transport: {{type: local}}, agent: {{port: {port}}}}}
+---
+apiVersion: edgectl.dev/v1alpha1
+kind: Deployment
+metadata: {{name: linear}}
+spec: {{model: linear, selector: {{devices: [this-machine]}}, quantization: {{format: onnx, allow: [FP32]}}}}
+"""
+
+
+def test_apply_refuses_an_artifact_the_device_runtime_cannot_load_before_pushing(tmp_path, home):
+    """An ONNX IR 10 graph, built (shipped as is) during apply, for a real agent whose onnxruntime is 1.16.3 (the
+    last release before IR 10: "Unsupported model IR version: 10, max supported IR version: 9"). The device's
+    onnxruntime is an installed-package record on the agent's path (its facts read package metadata, as on a
+    device), so the agent reports a real old release; apply refuses after the build, before any byte is pushed."""
+    import onnx
+
+    sys.path.insert(0, str(REPO / "tests" / "unit" / "agent"))
+    from tiny_onnx import linear_model_bytes
+
+    mdir = tmp_path / "m"
+    mdir.mkdir()
+    model = onnx.load_from_string(linear_model_bytes())
+    model.ir_version, model.opset_import[0].version = 10, 21
+    onnx.save(model, str(mdir / "linear.onnx"))
+    port = free_port()
+    (mdir / "fleet.yaml").write_text(TENSOR.format(port=port))
+    old = tmp_path / "old-onnxruntime"
+    (old / "onnxruntime-1.16.3.dist-info").mkdir(parents=True)
+    (old / "onnxruntime-1.16.3.dist-info" / "METADATA").write_text(
+        "Metadata-Version: 2.1\nName: onnxruntime\nVersion: 1.16.3\n")
+    env = dict(home, PYTHONPATH=os.pathsep.join([str(old), home.get("PYTHONPATH", "")]))
+
+    r = edgectl("apply", str(mdir), env=env, check=False)
+    out = " ".join((r.stdout + r.stderr).split())  # the console wraps long lines
+    assert r.returncode != 0, out
+    assert "build linear onnx FP32" in out and "onnx FP32 cannot be loaded there" in out, out
+    assert ("ONNX IR version 10 needs onnxruntime >= 1.18, the device has onnxruntime 1.16.3; upgrade it on the "
+            "device (pip install -U 'onnxruntime>=1.18', or reinstall edgectl-agent[onnx])") in out, out
+    assert "nothing was pushed" in out
+    from edgectl.agent_client import AgentClient, read_token
+
+    root = Path(home["EDGECTL_HOME"]) / "agents" / "this-machine"
+    with AgentClient(f"http://127.0.0.1:{port}", read_token(root / "token", device="this-machine"),
+                     device="this-machine") as client:
+        assert client.facts().runtimes["onnxruntime"] == "1.16.3"
+        state = client.state()
+    assert state.artifacts == [] and state.deployments == []  # nothing pushed, nothing activated
+
+    # Now the artifact is in the local store: the plan itself rejects it, with the same versions.
+    plan = " ".join(edgectl("plan", str(mdir), env=env, check=False).stdout.split())
+    assert "ONNX IR version 10 needs onnxruntime >= 1.18, the device has onnxruntime 1.16.3" in plan, plan
+
+
+def test_plan_shows_the_measured_quality_of_the_built_artifact(tmp_path, home):
+    """`edgectl build` measures the built GGUF against its source; `edgectl plan` prints the figure beside the
+    chosen artifact (the `measured:` part of its line) and --json carries it."""
+    mdir = tmp_path / "m"
+    mdir.mkdir()
+    write_tiny_llama_gguf(mdir / "tiny.gguf")
+    (mdir / "fleet.yaml").write_text(TINY_MODEL.format(port=free_port(), params=1_000_000))
+    (mdir / "deploy.yaml").write_text(DEPLOYMENT.format(name="tiny", quant="Q8_0"))
+    assert "measured:" not in edgectl("plan", str(mdir), env=home).stdout  # nothing built, nothing measured
+    edgectl("build", str(mdir), env=home)
+    text = " ".join(edgectl("plan", str(mdir), env=home).stdout.split())
+    chosen = json.loads(edgectl("plan", str(mdir), "--json", env=home).stdout)["devices"][0]["deployments"][0]["chosen"]
+    q = chosen["quality"]
+    assert chosen["recipe"]["quant"] == "Q8_0" and q["text"] == "edgectl-quality-text-v1" and q["top1_agreement"] > 0.9
+    assert ("gguf Q8_0 on llamacpp" in text and f"measured: top-1 agreement {q['top1_agreement'] * 100:.1f}% with "
+            f"the source, perplexity {q['perplexity']:.2f} vs {q['source_perplexity']:.2f}") in text, text

@@ -120,8 +120,19 @@ def test_genai_config_and_graph_versions(int4):
 
 
 def test_agent_serves_chat_stream_and_completions(int4, start_agent):
+    from edgectl.agent_client import AgentClient
+    from edgectl.plan.compat import mismatch
+
     art, store = int4
     agent = start_agent()
+    # The compatibility check apply runs before pushing, with the runtime versions this real agent reports.
+    with AgentClient(agent.url, agent.token, device="test") as client:
+        reported = dict(client.facts().runtimes)
+    assert mismatch(art.compat, "onnxruntime-genai", reported["onnxruntime-genai"], reported) is None, art.compat
+    old = {**reported, "onnxruntime-genai": "0.3.0"}  # 0.3.0 bundles onnxruntime 1.18.0: no opset 22
+    why = mismatch(art.compat, "onnxruntime-genai", "0.3.0", old) or ""
+    assert "onnxruntime-genai 0.3.0" in why and "onnxruntime 1.18.0 (bundled with it)" in why, why
+    assert "pip install -U 'onnxruntime-genai>=0.7'" in why
     serve_artifact(agent, store, art, kind="llm")
     client = openai.OpenAI(base_url=agent.url + "/v1", api_key=agent.token, max_retries=0, timeout=120)
 

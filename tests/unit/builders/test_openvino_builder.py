@@ -49,3 +49,33 @@ def test_bad_quants_and_sources_fail_before_any_tool_runs(tmp_path):
         build_openvino_tensor(tensor, tmp_path / "m.onnx", tmp_path / "out")
     assert "INT8" in e.value.hint
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("location", ["../outside.data", "/etc/passwd"])
+def test_tensor_build_refuses_external_data_escaping_the_source_folder(tmp_path, location):
+    """The same refusal as the ONNX builder's, before openvino.convert_model reads anything."""
+    pytest.importorskip("onnx")
+    from tests.unit.agent.tiny_onnx import linear_model_bytes
+
+    (tmp_path / "outside.data").write_bytes(np.zeros(12, np.float32).tobytes())
+    model_dir = tmp_path / "model"
+    model_dir.mkdir()
+    (model_dir / "m.onnx").write_bytes(linear_model_bytes(external_location=location))
+    tensor = Recipe(model="m", format="openvino", kind="tensor", quant="FP16", source_precision="FP32")
+    with pytest.raises(BuildError, match="outside the artifact directory") as e:
+        build_openvino_tensor(tensor, model_dir / "m.onnx", tmp_path / "out")
+    assert "folder" in e.value.hint
+    assert not (tmp_path / "out").exists()
+
+
+def test_tensor_build_refuses_pickled_external_data(tmp_path):
+    pytest.importorskip("onnx")
+    import pickle
+
+    from tests.unit.agent.tiny_onnx import linear_model_bytes
+
+    (tmp_path / "w.pt").write_bytes(pickle.dumps({"w": 1}))
+    (tmp_path / "m.onnx").write_bytes(linear_model_bytes(external_location="w.pt"))
+    tensor = Recipe(model="m", format="openvino", kind="tensor", quant="FP32", source_precision="FP32")
+    with pytest.raises(BuildError, match="pickle-based"):
+        build_openvino_tensor(tensor, tmp_path / "m.onnx", tmp_path / "out")

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from edgectl.build.registry import BUILDERS, tool_version
-from edgectl.errors import MissingExtraError
+from edgectl.errors import TORCH_EXTRAS, TORCH_PIN, MissingExtraError
 from edgectl.spec import Recipe
 
 REPO = Path(__file__).resolve().parents[3]
@@ -41,4 +41,22 @@ def test_missing_builder_tool_names_the_pip_install(key, monkeypatch: pytest.Mon
     recipe = Recipe(model="m", format=info.format, kind=info.kind, quant=info.quants[-1], source_precision="F32")
     with pytest.raises(MissingExtraError) as e:
         tool_version(recipe)
-    assert f"edgectl[{info.extra}]" in (e.value.hint or "") + e.value.message
+    hint = e.value.hint or ""
+    assert f"pip install 'edgectl[{info.extra}]'" in hint
+    if info.extra in TORCH_EXTRAS:  # torch first, pinned: the extra alone would resolve a CUDA torch
+        assert hint.startswith(f"pip install {TORCH_PIN} first") and hint.index(TORCH_PIN) < hint.index("edgectl[")
+    else:
+        assert "torch" not in hint
+
+
+def test_extras_that_need_torch_pin_it_and_their_hint_installs_it_first() -> None:
+    extras = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    with_torch = {name for name, deps in extras.items() if any(d.startswith("torch") for d in deps)}
+    assert with_torch == TORCH_EXTRAS
+    for name in sorted(with_torch):
+        assert TORCH_PIN in extras[name], f"extra {name}: {extras[name]}"
+    assert TORCH_PIN == "torch==2.13.0"
+    assert MissingExtraError("torch", "convert").hint == ("pip install torch==2.13.0 first (an unpinned torch pulls "
+                                                          "several GB of CUDA packages), then pip install "
+                                                          "'edgectl[convert]'")
+    assert MissingExtraError("llama_cpp", "llama", package="edgectl-agent").hint == "pip install 'edgectl-agent[llama]'"

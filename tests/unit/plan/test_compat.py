@@ -26,7 +26,6 @@ def test_parse_version(text: str, want: tuple[int, ...]) -> None:
     ({"onnx.ir_version": "10"}, "onnxruntime", "1.16.3",
      "ONNX IR version 10 needs onnxruntime >= 1.18, the device has onnxruntime 1.16.3"),
     ({"onnx.opset": "21"}, "onnxruntime", "1.17.1", "ONNX opset 21 needs onnxruntime >= 1.18"),
-    ({"onnx.ir_version": "9", "onnx.opset": "21"}, "onnxruntime-genai", "1.17.0", "needs onnxruntime-genai >= 1.18"),
     ({"openvino.ir_version": "11"}, "openvino", "2021.4.2",
      "OpenVINO IR version 11 needs openvino >= 2022.1, the device has openvino 2021.4.2"),
     ({"gguf.version": "1"}, "llamacpp", "0.3.16", "GGUF version 1 is no longer loaded"),
@@ -53,6 +52,50 @@ def test_mismatch_names_both_versions_and_the_fix(facts: dict, runtime: str, ver
 ])
 def test_compatible_pairs_pass(facts: dict, runtime: str, version: str) -> None:
     assert mismatch(facts, runtime, version) is None
+
+
+# What the onnxruntime-genai 0.18.0 model builder writes (IR 10, opset 22: measured on a real INT4 build in
+# tests/integration/test_onnx_genai.py), and the ONNX Runtime each genai release runs graphs on.
+GENAI_BUILT = {"onnx.ir_version": "10", "onnx.opset": "22", "genai.model_type": "llama", "genai.builder": "0.18.0"}
+
+
+@pytest.mark.parametrize("facts,genai,ort,needles", [
+    # 0.6.0 requires onnxruntime>=1.20.1; opset 22 came with ONNX Runtime 1.21.
+    ({"onnx.ir_version": "10", "onnx.opset": "22"}, "0.6.0", "1.20.1",
+     ["ONNX opset 22 needs onnxruntime >= 1.21, the device has onnxruntime-genai 0.6.0, which runs graphs on "
+      "onnxruntime 1.20.1 (installed beside it)", "pip install -U 'onnxruntime>=1.21'"]),
+    # 0.3.0 bundles libonnxruntime.so.1.18.0, whatever onnxruntime is installed beside it.
+    ({"onnx.ir_version": "10", "onnx.opset": "22"}, "0.3.0", "1.32.0",
+     ["needs onnxruntime >= 1.21, the device has onnxruntime-genai 0.3.0, which runs graphs on onnxruntime 1.18.0 "
+      "(bundled with it)", "pip install -U 'onnxruntime-genai>=0.7'"]),
+    ({"onnx.ir_version": "10"}, "0.1.0", None,
+     ["ONNX IR version 10 needs onnxruntime >= 1.18", "onnxruntime 1.17.1 (bundled with it)"]),
+    (GENAI_BUILT, "0.17.1", "1.30.0", ["onnxruntime-genai model builder version 0.18.0 needs onnxruntime-genai >= "
+                                       "0.18, the device has onnxruntime-genai 0.17.1"]),
+])
+def test_genai_is_checked_against_the_onnxruntime_it_runs_on(facts, genai, ort, needles) -> None:
+    reported = {"onnxruntime-genai": genai, **({"onnxruntime": ort} if ort else {})}
+    why = mismatch(facts, "onnxruntime-genai", genai, reported)
+    assert why is not None
+    for needle in needles:
+        assert needle in why
+
+
+@pytest.mark.parametrize("genai,ort", [("0.18.0", "1.32.0"), ("0.18.0", None), ("0.18.2", "1.31.0")])
+def test_what_genai_builds_loads_on_current_genai(genai: str, ort: str | None) -> None:
+    runtimes = {"onnxruntime-genai": genai, **({"onnxruntime": ort} if ort else {})}
+    assert mismatch(GENAI_BUILT, "onnxruntime-genai", genai, runtimes) is None
+    assert mismatch({"onnx.ir_version": "10", "onnx.opset": "22"}, "onnxruntime-genai", "0.7.0",
+                    {"onnxruntime": "1.21.0"}) is None
+
+
+def test_genai_onnxruntime_table() -> None:
+    assert compat.genai_onnxruntime("0.2.0") == ("1.18.0", "bundled with it")
+    assert compat.genai_onnxruntime("0.18.0", "1.32.0") == ("1.32.0", "installed beside it")
+    assert compat.genai_onnxruntime("0.19.0") == ("1.31.0", "the least its package requires")
+    floors = [parse_version(v) for v in compat.GENAI_ORT.values()]
+    assert floors == sorted(floors) and list(compat.GENAI_ORT) == sorted(compat.GENAI_ORT)
+    assert compat.genai_for_onnxruntime("1.21") == "0.7" and compat.genai_for_onnxruntime("9.0") is None
 
 
 def test_unknown_device_version_is_not_a_mismatch() -> None:

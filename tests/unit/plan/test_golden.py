@@ -7,10 +7,12 @@ Case file keys:
   facts:       {device: {ram_gb, available_gb, cpus, arch, runtimes (list, or {name: version}), disk_free_gb,
                          accelerators: [{kind, name, memory_bytes}]}}  (partial; defaults below)
   observed:    {device: {artifacts: [digest...], deployments: [{name, digest, quant, state, context_length, ...}]}}
-  built:       [{model, quant, source_precision, digest, size_bytes, format, kind, compat}]  (the local store)
+  built:       [{model, quant, source_precision, digest, size_bytes, format, kind, compat,
+                 quality: {top1_agreement, perplexity, source_perplexity}}]  (the local store)
   expect:      {device: {status, profile, choices: {deployment: "gguf Q4_K_M" | null}, steps: ["action deployment"],
                          warnings: [substring...], rejected: {deployment: {"gguf Q8_0": substring}}, unfit: substring,
-                         gpu_layers: {deployment: n}}}
+                         gpu_layers: {deployment: n}, runtime_options: {deployment: {option: value}},
+                         reasons: {deployment: substring of why it was chosen}}}
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from ruamel.yaml import YAML
 
 from edgectl.load import load_paths
 from edgectl.plan import plan
-from edgectl.spec import BuiltArtifact
+from edgectl.spec import BuiltArtifact, Quality
 from edgectl_agent.api import AcceleratorFact as Accelerator, AgentState, ArtifactRef, DeploymentState, DesiredDeployment, Facts
 
 CASES = sorted((Path(__file__).parent / "cases").glob("*.yaml"))
@@ -72,7 +74,9 @@ def make_built(entries: list[dict]) -> dict[str, BuiltArtifact]:
         out[recipe_id(recipe)] = BuiltArtifact(
             digest=e["digest"], model=e["model"], format=fmt, quant=e["quant"], size_bytes=e["size_bytes"],
             source_digest="sha256:" + "0" * 64, tool_version="t", cache_key="k",
-            compat={k: str(v) for k, v in e.get("compat", {}).items()})
+            compat={k: str(v) for k, v in e.get("compat", {}).items()},
+            quality=Quality(**{"text": "edgectl-quality-text-v1", "text_tokens": 256, "tool": "llama-cpp-python 0.3.36",
+                               **e["quality"]}) if "quality" in e else None)
     return out
 
 
@@ -104,6 +108,10 @@ def test_golden(case_file: Path, tmp_path: Path) -> None:
                 "; ".join(f"{r.label}: {r.reason}" for r in dp.rejected)
         for dep_name, layers in want.get("gpu_layers", {}).items():
             assert deps[dep_name].chosen.gpu_layers == layers, f"{where}: {dep_name} {deps[dep_name].chosen}"
+        for dep_name, text in want.get("reasons", {}).items():
+            assert text in deps[dep_name].chosen.reason, f"{where}: {dep_name}: {deps[dep_name].chosen.reason}"
+        for dep_name, options in want.get("runtime_options", {}).items():
+            assert deps[dep_name].chosen.runtime_options == options, f"{where}: {dep_name} {deps[dep_name].chosen}"
         if "steps" in want:
             steps = [f"{s.action} {s.deployment}" for s in got.steps]
             assert steps == want["steps"], f"{where}: steps {steps}"
