@@ -99,6 +99,8 @@ def test_fp32_ir_matches_onnxruntime(tmp_path):
     artifact, store = build_from(tmp_path, {"type": "onnx", "path": str(src), "precision": "FP32"},
                                  format="openvino", quant="FP32", kind="tensor", task="tensor", name="mlp")
     x = np.random.default_rng(2).standard_normal((3, 64)).astype(np.float32)
-    compiled = ov.Core().compile_model(str(store.local_path(artifact) / "model.xml"), "CPU")
+    # f32 as the agent asks for it (tensor_config): the CPU plugin would compute in bf16 where the CPU has it
+    compiled = ov.Core().compile_model(str(store.local_path(artifact) / "model.xml"), "CPU",
+                                       {"INFERENCE_PRECISION_HINT": "f32"})
     want = ort.InferenceSession(str(src), providers=["CPUExecutionProvider"]).run(None, {"X": x})[0]
     assert rel_err(compiled({"X": x})[0], want) < TOLERANCE["FP32"]

@@ -86,3 +86,18 @@ def test_a_folder_without_the_ir_is_refused_with_the_missing_files(tmp_path):
     with pytest.raises(RuntimeFailure) as e:
         OpenVinoRuntime().load(tmp_path, desired())
     assert "model.xml" in e.value.message and "kind tensor" in e.value.hint
+
+
+def test_full_precision_tensor_artifacts_compute_in_f32_on_the_cpu():
+    from edgectl_agent.runtimes.openvino import tensor_config
+
+    def at(quant: str, **kw) -> DesiredDeployment:
+        d = desired(**kw)
+        return d.model_copy(update={"artifact": d.artifact.model_copy(update={"quant": quant})})
+
+    assert tensor_config(at("FP32")) == ("CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+    assert tensor_config(at("FP16")) == ("CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+    assert tensor_config(at("INT8")) == ("CPU", {})  # quantized: the plugin's own choice
+    assert tensor_config(at("FP32", runtime_options={"inference_precision": "bf16"}))[1] == {
+        "INFERENCE_PRECISION_HINT": "bf16"}  # the deployment's own setting wins
+    assert tensor_config(at("FP32", runtime_options={"device": "GPU"})) == ("GPU", {})
