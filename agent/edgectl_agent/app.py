@@ -120,7 +120,8 @@ def _install_error_handlers(app: FastAPI) -> None:
             loc = [str(p) for p in first.get("loc", ()) if p != "body"]
             param = ".".join(loc) or None
             message = "; ".join(_describe(e) for e in errors[:5])
-        whole_body = first.get("type") == "json_invalid" or tuple(first.get("loc", ())) == ("body",)
+        whole_body = first.get("type") == "json_invalid" or (tuple(first.get("loc", ())) == ("body",)
+                                                            and first.get("type") != "value_error")
         hint = ("send a JSON object with Content-Type: application/json" if whole_body else
                 "fix the field named in the message; the API follows the OpenAI reference for /v1 and "
                 "edgectl_agent.api for /control/v1")
