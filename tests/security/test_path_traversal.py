@@ -318,3 +318,38 @@ def test_onnx_genai_config_naming_a_model_outside_the_folder_is_refused(guarded,
     assert r.status_code == 422, r.text
     message = r.json()["error"]["message"]
     assert "model.decoder.filename" in message and "not a file inside the artifact folder" in message, message
+
+
+# -- OpenVINO's compiled-model cache: a runtime option that names a folder -----------------------------------------
+@pytest.mark.parametrize("cache_dir", ["/tmp/ov-cache", "../outside", "../../etc", "a/../../x", "~/x", "", "a\x00b",
+                                       ".", "C:\\x", 7])
+def test_openvino_cache_dir_outside_the_root_is_refused_through_the_control_api(guarded, cache_dir):
+    from edgectl_agent.runtimes.openvino import OpenVinoRuntime
+
+    agent = guarded
+    agent.app.state.agent.deployments.runtimes["openvino"] = OpenVinoRuntime()
+    members = {"model.xml": b"<net/>", "model.bin": b"\0" * 8}
+    for data in members.values():
+        agent.upload(data)
+    manifest = tree_of(members)
+    agent.upload(manifest)
+    desired = {"name": "ov", "runtime": "openvino", "runtime_options": {"cache_dir": cache_dir},
+               "artifact": {"digest": digest_of(manifest), "format": "openvino", "quant": "INT8", "layout": "tree",
+                            "size_bytes": sum(map(len, members.values())), "model": "m"}}
+    r = agent.client.put(f"{CONTROL_PREFIX}/deployments/ov", json=desired, headers=agent.auth)
+    assert r.status_code == 422, r.text
+    assert "runtime_options.cache_dir" in r.json()["error"]["message"], r.text
+    assert "<root>/cache/<name>" in r.json()["error"]["hint"]
+
+
+def test_openvino_cache_dir_is_a_folder_under_the_agent_root(tmp_path):
+    from edgectl_agent.api import DesiredDeployment
+    from edgectl_agent.runtimes.openvino import cache_root, openvino_config
+
+    desired = DesiredDeployment.model_validate({
+        "name": "ov", "runtime": "openvino", "runtime_options": {"cache_dir": "ov-cache"},
+        "artifact": {"digest": "sha256:" + "0" * 64, "format": "openvino", "quant": "INT8", "size_bytes": 1,
+                     "model": "m", "layout": "tree"}})
+    root = tmp_path / "agent"
+    assert cache_root(root / "trees" / ("0" * 64)) == root / "cache"
+    assert openvino_config(desired, cache=root / "cache")[1] == {"CACHE_DIR": str(root / "cache" / "ov-cache")}
