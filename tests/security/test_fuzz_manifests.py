@@ -28,6 +28,14 @@ FUZZ = settings(max_examples=100, deadline=None, suppress_health_check=[HealthCh
 COUNTS: dict[str, int] = {}
 
 
+@pytest.fixture(scope="module", autouse=True)
+def report_counts():
+    """After the module: how many inputs each fuzzer tried (the figures in docs/security.md; shown with -s)."""
+    yield
+    if COUNTS:
+        print(f"\nmanifest fuzz cases: {COUNTS} total {sum(COUNTS.values())}")
+
+
 @contextlib.contextmanager
 def alarm(seconds: int):
     def expired(signum, frame):
@@ -134,13 +142,6 @@ def test_random_bytes_in_a_manifest_file_are_refused_with_a_message(data):
                 load_paths([path], builtins=False)
         except SpecErrors as e:
             assert all(err.message.strip() and err.where for err in e.errors), [str(x) for x in e.errors]
-
-
-def test_fuzz_case_counts_are_reported(capsys):
-    """Runs last in this file: prints how many inputs each fuzzer tried (for docs/security.md)."""
-    if COUNTS:
-        with capsys.disabled():
-            print("\nmanifest fuzz cases:", COUNTS, "total", sum(COUNTS.values()))
 
 
 # -- regressions: inputs that broke the loader -------------------------------------------------------------------
