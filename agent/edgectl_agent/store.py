@@ -32,7 +32,7 @@ from pathlib import Path
 from pydantic import TypeAdapter, ValidationError
 
 from edgectl_agent.api import DeploymentState, DesiredDeployment, UploadStatus
-from edgectl_agent.errors import BadRequest, Conflict, InsufficientStorage, Unprocessable
+from edgectl_agent.errors import AgentError, BadRequest, Conflict, InsufficientStorage, Unprocessable
 from edgectl_agent.tree import MAX_MANIFEST_BYTES, TreeError, TreeFile, is_manifest, parse_manifest
 
 log = logging.getLogger(__name__)
@@ -111,6 +111,11 @@ class ArtifactStore:
         self.trees = root / "trees"
         for d in (root, self.staging, self.artifacts, self.trees):
             d.mkdir(parents=True, exist_ok=True, mode=0o700)
+        for d in (self.staging, self.artifacts, self.trees):  # the root may be a link (a data disk); these not
+            if d.is_symlink() or not d.is_dir():
+                raise AgentError(f"{d} is not a folder of the agent's own (a symbolic link or a file): the store "
+                                 "would write where it points", hint=f"remove it (rm {d}); the agent creates the "
+                                 "folder at its next start")
         self._migrate_suffixes()
 
     def _migrate_suffixes(self) -> None:
@@ -337,7 +342,6 @@ class ArtifactStore:
             if stage.exists():
                 shutil.rmtree(stage, ignore_errors=True)
         return final
-
 
     def _set_aside(self, tree: Path) -> None:
         aside = self.staging / f"{tree.name}.bad-{secrets.token_hex(4)}"

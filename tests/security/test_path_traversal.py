@@ -353,3 +353,21 @@ def test_openvino_cache_dir_is_a_folder_under_the_agent_root(tmp_path):
     root = tmp_path / "agent"
     assert cache_root(root / "trees" / ("0" * 64)) == root / "cache"
     assert openvino_config(desired, cache=root / "cache")[1] == {"CACHE_DIR": str(root / "cache" / "ov-cache")}
+
+
+@pytest.mark.parametrize("folder", ["staging", "artifacts", "trees"])
+def test_a_store_folder_planted_as_a_symlink_stops_the_agent_before_any_write(tmp_path, outside, folder):
+    from edgectl_agent.errors import AgentError
+
+    root = tmp_path / "agent"
+    root.mkdir()
+    (root / folder).symlink_to(outside, target_is_directory=True)
+    before = snapshot(tmp_path, root)
+    with pytest.raises(AgentError) as e:
+        ArtifactStore(root)
+    assert "symbolic link" in e.value.message and f"rm {root / folder}" in e.value.hint
+    assert snapshot(tmp_path, root) == before
+    # the root itself may be a link (a data disk mounted elsewhere)
+    (tmp_path / "data").mkdir()
+    (tmp_path / "linked-root").symlink_to(tmp_path / "data", target_is_directory=True)
+    assert ArtifactStore(tmp_path / "linked-root").has(digest_of(b"x")) is False
