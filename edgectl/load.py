@@ -33,6 +33,8 @@ from pydantic import BaseModel, ValidationError
 from ruamel.yaml import YAML
 from ruamel.yaml.error import MarkedYAMLError, YAMLError
 from ruamel.yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
+from ruamel.yaml.tokens import (BlockEndToken, BlockMappingStartToken, BlockSequenceStartToken, FlowMappingEndToken,
+                                FlowMappingStartToken, FlowSequenceEndToken, FlowSequenceStartToken)
 
 import edgectl
 from edgectl.errors import SpecError, SpecErrors
@@ -41,6 +43,13 @@ from edgectl.spec.common import is_union, unwrap_annotation
 from edgectl.spec.fleet import JUMP_PATTERN, PROGRAM_PATTERN, REMOTE_PATH_PATTERN
 
 YAML_SUFFIXES = (".yaml", ".yml")
+# Bounds on one document's shape: manifests nest a handful of levels and hold hundreds of values. Beyond these, a
+# document is refused before it is built: deep nesting would exhaust Python's recursion, and aliases (*x) that
+# expand to millions of values (a "billion laughs") would make every later step (plan, JSON to the agent) hang.
+MAX_NESTING = 64
+MAX_VALUES = 100_000
+_OPENING = (BlockMappingStartToken, BlockSequenceStartToken, FlowMappingStartToken, FlowSequenceStartToken)
+_CLOSING = (BlockEndToken, FlowMappingEndToken, FlowSequenceEndToken)
 NAME_RULES = ("lowercase letters, digits, '.', '_' and '-'; starting and ending with a letter or digit; "
               "at most 63 characters (no spaces, '/', shell characters or a leading '-')")
 LABEL_RULES = ("letters, digits, '.', '_', '/' and '-'; starting and ending with a letter or digit; "
@@ -214,7 +223,32 @@ def _resolve_signing_key(fleet: Fleet, base: Path) -> Fleet:
     return fleet.model_copy(update={"spec": fleet.spec.model_copy(update={"signing": signing})})
 
 
+def _nesting_error(text: str, filename: str) -> SpecError | None:
+    """A SpecError at the first token that opens level MAX_NESTING + 1; None when the text stays below it.
+    Runs on ruamel's token stream, which it stops reading there: its scanner slows down with every open flow level
+    (4000 unclosed '[' take half a minute to parse), and its composer recurses once per level."""
+    depth = 0
+    try:
+        for token in YAML(typ="safe", pure=True).scan(io.StringIO(text)):
+            if isinstance(token, _OPENING):
+                depth += 1
+                if depth > MAX_NESTING:
+                    return SpecError(f"this value nests deeper than {MAX_NESTING} levels",
+                                     where=_where(filename, token.start_mark),
+                                     hint="look for an unclosed '[' or '{', or runaway indentation; manifests nest "
+                                          "only a few levels")
+            elif isinstance(token, _CLOSING):
+                depth -= 1
+    except YAMLError:
+        return None  # a syntax error: composing reports it, with its position
+    return None
+
+
 def _compose(text: str, filename: str, errors: list[SpecError]) -> list[Node]:
+    nesting = _nesting_error(text, filename)
+    if nesting is not None:
+        errors.append(nesting)
+        return []
     yaml = YAML(typ="safe", pure=True)
     nodes: list[Node] = []
     try:
@@ -222,7 +256,58 @@ def _compose(text: str, filename: str, errors: list[SpecError]) -> list[Node]:
             nodes.append(node)
     except YAMLError as e:
         errors.append(_yaml_error(e, filename))
+    except RecursionError:  # backstop: _nesting_error stops every nesting that deep first
+        errors.append(SpecError(f"a document nests deeper than {MAX_NESTING} levels", where=filename,
+                                hint="look for an unclosed '[' or '{', or runaway indentation; manifests nest only "
+                                     "a few levels"))
     return nodes
+
+
+def _children(node: Node) -> list[Node]:
+    if isinstance(node, MappingNode):
+        return [n for pair in node.value for n in pair]
+    if isinstance(node, SequenceNode):
+        return list(node.value)
+    return []
+
+
+def _shape_error(root: Node, filename: str) -> SpecError | None:
+    """Why ``root`` is too deep, too large once its aliases are expanded, or recursive; None when it is fine.
+    Iterative (no recursion), each node visited once: aliased nodes are shared in the tree."""
+    size: dict[int, int] = {}
+    height: dict[int, int] = {}
+    on_path: set[int] = set()
+    stack: list[tuple[Node, bool]] = [(root, False)]
+    while stack:
+        node, finished = stack.pop()
+        key = id(node)
+        if finished:
+            on_path.discard(key)
+            kids = _children(node)
+            size[key] = 1 + sum(size[id(k)] for k in kids)
+            height[key] = 1 + max((height[id(k)] for k in kids), default=0)
+            if height[key] > MAX_NESTING:
+                return SpecError(f"this value nests deeper than {MAX_NESTING} levels",
+                                 where=_where(filename, node.start_mark),
+                                 hint="look for an unclosed '[' or '{', or runaway indentation; manifests nest only "
+                                      "a few levels")
+            if size[key] > MAX_VALUES:
+                return SpecError(f"YAML aliases (*name) expand this value to more than {MAX_VALUES} values",
+                                 where=_where(filename, node.start_mark),
+                                 hint="write the values out, or use fewer aliases; no manifest needs this many")
+            continue
+        if key in size:
+            continue
+        on_path.add(key)
+        stack.append((node, True))
+        for kid in _children(node):
+            if id(kid) in on_path:
+                return SpecError("a YAML alias (*name) refers to a value that contains it (a loop)",
+                                 where=_where(filename, kid.start_mark),
+                                 hint="make the alias refer to a value defined outside itself, or write it out")
+            if id(kid) not in size:
+                stack.append((kid, False))
+    return None
 
 
 def _yaml_error(e: YAMLError, filename: str) -> SpecError:
@@ -262,6 +347,10 @@ def _parse_and_validate(text: str, filename: str, errors: list[SpecError],
             errors.append(SpecError(
                 f"a document must be a mapping (apiVersion, kind, metadata, spec), got {_node_kind(node)}",
                 where=where, hint=f"start the document with 'apiVersion: {API_VERSION}' and 'kind: ...'"))
+            continue
+        shape = _shape_error(node, filename)
+        if shape is not None:
+            errors.append(shape)
             continue
         dup_errors = _duplicate_keys(node, filename)
         errors += dup_errors

@@ -54,6 +54,7 @@ def sshd_config(dev: "SshDevice", authorized_keys: Path) -> str:
         f"SetEnv HOME={dev.home}",
         "Subsystem sftp internal-sftp",
         "LogLevel VERBOSE",
+        *dev.extra_config,
         "",
     ])
 
@@ -65,6 +66,7 @@ class SshDevice:
     port: int
     agent_port: int
     authorized_keys: Path
+    extra_config: list[str] = field(default_factory=list)  # more sshd_config lines (e.g. a ForceCommand)
     proc: subprocess.Popen | None = field(default=None, repr=False)
 
     @property

@@ -20,18 +20,49 @@ Errors on every endpoint are ``{"error": {"message": ..., "type": ..., "hint": .
 
 from __future__ import annotations
 
+import math
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 DIGEST_PATTERN = r"^sha256:[0-9a-f]{64}$"
 NAME_PATTERN = r"^[a-z0-9]([a-z0-9._-]{0,61}[a-z0-9])?$"
 CONTROL_PREFIX = "/control/v1"
 
 
+def check_json_values(data: Any, *, finite: bool = True) -> None:
+    """ValueError naming the first string in ``data`` that is not Unicode (a lone surrogate: JSON may write one as
+    ``"\\ud800"``) or, with ``finite``, the first NaN or Infinity (Python's JSON parser accepts those words). Either
+    would pass validation and then fail where the value is used: written to state.json or a response, tokenized."""
+    stack: list[tuple[Any, str]] = [(data, "")]
+    while stack:
+        value, where = stack.pop()
+        if isinstance(value, str):
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError as e:
+                bad = value[e.start].encode("utf-8", "backslashreplace").decode()
+                raise ValueError(f"{where or 'the value'} is not valid Unicode text: it holds the lone surrogate "
+                                 f"{bad} at character {e.start}") from None
+        elif isinstance(value, float) and finite and not math.isfinite(value):
+            raise ValueError(f"{where or 'the value'} is {value}, which is not a JSON number")
+        elif isinstance(value, dict):
+            for key, item in value.items():
+                name = str(key).encode("utf-8", "backslashreplace").decode()
+                stack += [(key, f"{where}.{name}" if where else name), (item, f"{where}.{name}" if where else name)]
+        elif isinstance(value, (list, tuple)):
+            stack += [(item, f"{where}[{i}]") for i, item in enumerate(value)]
+
+
 class Wire(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _json_values_only(cls, data: Any) -> Any:
+        check_json_values(data)
+        return data
 
 
 class AcceleratorFact(Wire):

@@ -18,6 +18,7 @@ from edgectl_agent import __version__, control, kserve, metrics, openai
 from edgectl_agent.auth import ensure_token, require_token
 from edgectl_agent.deployments import Deployments
 from edgectl_agent.errors import AgentError
+from edgectl_agent.hosts import LoopbackHostMiddleware
 from edgectl_agent.metrics import AgentMetrics, MetricsMiddleware
 from edgectl_agent.runtimes import Runtime, default_runtimes
 from edgectl_agent.settings import AgentSettings
@@ -69,13 +70,18 @@ def create_app(settings: AgentSettings, runtimes: dict[str, Runtime] | None = No
                 await agent.recovery
             await agent.deployments.close()
 
-    app = FastAPI(title="edgectl-agent", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None)
+    # openapi_url=None: the document is served below, behind the same rule as the serving endpoints.
+    app = FastAPI(title="edgectl-agent", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None,
+                  openapi_url=None)
     app.state.agent = agent
     app.add_middleware(MetricsMiddleware, metrics=agent_metrics)
+    if settings.loopback:  # added last = outermost: a foreign Host is refused before anything else runs
+        app.add_middleware(LoopbackHostMiddleware, listen=settings.host)
     _install_error_handlers(app)
 
-    # Serving endpoints are open on loopback (only this machine, or a tunnel, reaches them); beyond it they
-    # need the token like the control endpoints.
+    # Serving endpoints are open on loopback (only this machine, or a tunnel, reaches them, and the Host guard
+    # above refuses pages of other sites); beyond it they need the token like the control endpoints. Control
+    # endpoints always need it; /healthz never does.
     serving_deps = [] if settings.loopback else [Depends(require_token)]
     app.include_router(control.router)
     app.include_router(openai.router, dependencies=serving_deps)
@@ -85,6 +91,10 @@ def create_app(settings: AgentSettings, runtimes: dict[str, Runtime] | None = No
     @app.get("/healthz")
     def healthz() -> dict:
         return {"status": "ok", "version": __version__}
+
+    @app.get("/openapi.json", dependencies=serving_deps, include_in_schema=False)
+    def openapi_document() -> JSONResponse:
+        return JSONResponse(app.openapi())
 
     @app.get("/readyz", dependencies=serving_deps)
     def readyz(request: Request) -> JSONResponse:
@@ -114,7 +124,8 @@ def _install_error_handlers(app: FastAPI) -> None:
             loc = [str(p) for p in first.get("loc", ()) if p != "body"]
             param = ".".join(loc) or None
             message = "; ".join(_describe(e) for e in errors[:5])
-        whole_body = first.get("type") == "json_invalid" or tuple(first.get("loc", ())) == ("body",)
+        whole_body = first.get("type") == "json_invalid" or (tuple(first.get("loc", ())) == ("body",)
+                                                            and first.get("type") != "value_error")
         hint = ("send a JSON object with Content-Type: application/json" if whole_body else
                 "fix the field named in the message; the API follows the OpenAI reference for /v1 and "
                 "edgectl_agent.api for /control/v1")

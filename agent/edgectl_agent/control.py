@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import anyio.to_thread
-from fastapi import APIRouter, Depends, Query, Request
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Path, Query, Request
 
 from edgectl_agent import __version__
-from edgectl_agent.api import CONTROL_PREFIX, AgentState, DeploymentState, DesiredDeployment, Facts, UploadStatus
+from edgectl_agent.api import CONTROL_PREFIX, NAME_PATTERN, AgentState, DeploymentState, DesiredDeployment, Facts, UploadStatus
 from edgectl_agent.auth import require_token
 from edgectl_agent.errors import BadRequest, Conflict
 from edgectl_agent.facts import collect_facts
 from edgectl_agent.store import digest_hex
 
 router = APIRouter(prefix=CONTROL_PREFIX, dependencies=[Depends(require_token)])
+# A deployment name in a URL follows the same rule as in a body (never a path, never '..').
+DeploymentName = Annotated[str, Path(pattern=NAME_PATTERN, description="Deployment name.")]
 
 
 @router.get("/facts")
@@ -58,7 +62,7 @@ async def upload(digest: str, request: Request, offset: int = Query(0, descripti
 
 
 @router.put("/deployments/{name}")
-async def put_deployment(name: str, desired: DesiredDeployment, request: Request) -> DeploymentState:
+async def put_deployment(name: DeploymentName, desired: DesiredDeployment, request: Request) -> DeploymentState:
     if desired.name != name:
         raise BadRequest(f"the URL names deployment '{name}' but the body names '{desired.name}'",
                          param="name", hint="send the same name in both")
@@ -66,7 +70,7 @@ async def put_deployment(name: str, desired: DesiredDeployment, request: Request
 
 
 @router.delete("/deployments/{name}")
-async def delete_deployment(name: str, request: Request) -> DeploymentState:
+async def delete_deployment(name: DeploymentName, request: Request) -> DeploymentState:
     return await request.app.state.agent.deployments.remove(name)
 
 

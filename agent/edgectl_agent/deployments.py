@@ -133,7 +133,7 @@ class Deployments:
             path = self.store.tree_path(artifact.digest)
         else:
             path = self.store.path(artifact.digest)
-            if not path.is_file():
+            if not self.store.has(artifact.digest):  # a symlink planted there counts as missing
                 raise Conflict(f"artifact {artifact.digest} is not in this device's store",
                                hint=f"upload it first: PUT /control/v1/artifacts/{artifact.digest} (edgectl apply "
                                     "does this)", type="artifact_missing", code=artifact.digest)

@@ -16,6 +16,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
 from edgectl_agent import __version__
+from edgectl_agent.api import check_json_values
 from edgectl_agent.deployments import Serving
 from edgectl_agent.errors import AgentError
 from edgectl_agent.runtimes.base import TensorModel, TensorSpec
@@ -199,6 +200,10 @@ async def infer(name: str, request: Request) -> JSONResponse:
                                    "is not supported") from e
         if not isinstance(body, dict):
             raise KServeError(400, "the request body must be a JSON object with \"inputs\"")
+        try:
+            check_json_values(body, finite=False)  # NaN and Infinity are tensor values; lone surrogates are not text
+        except ValueError as e:
+            raise KServeError(400, f"invalid request body: {e}") from None
         inputs = _parse_inputs(body, model)
         outputs = _parse_outputs(body, model)
         try:

@@ -16,8 +16,9 @@ from typing import Any, Literal
 import anyio.to_thread
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, StreamingResponse
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from edgectl_agent.api import check_json_values
 from edgectl_agent.deployments import Serving
 from edgectl_agent.errors import AgentError, BadRequest, NotFound
 from edgectl_agent.runtimes.base import GenerationParams
@@ -31,6 +32,12 @@ class _Request(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
     model: str = Field(min_length=1, description="Deployment name.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _json_values_only(cls, data: Any) -> Any:
+        check_json_values(data)  # a lone surrogate would reach the tokenizer and fail there (a 500)
+        return data
 
 
 class _Sampling(_Request):

@@ -11,7 +11,9 @@ Layout::
     <root>/state.json            deployments (desired, active, previous), written atomically
 
 A digest is only ever turned into a path after strict validation (``sha256:`` + 64 lowercase hex), so no request
-can reach outside these folders.
+can reach outside these folders. Nor can something planted in them: files are opened with ``O_NOFOLLOW`` and a
+symlink (or a special file) where a blob, a ``.part`` or a tree should be counts as absent; a ``.part`` with more
+than one hard link (a name for some file outside) is never written to; files are created with ``O_EXCL``.
 """
 
 from __future__ import annotations
@@ -23,13 +25,14 @@ import os
 import re
 import secrets
 import shutil
+import stat
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 from pydantic import TypeAdapter, ValidationError
 
 from edgectl_agent.api import DeploymentState, DesiredDeployment, UploadStatus
-from edgectl_agent.errors import BadRequest, Conflict, InsufficientStorage, Unprocessable
+from edgectl_agent.errors import AgentError, BadRequest, Conflict, InsufficientStorage, Unprocessable
 from edgectl_agent.tree import MAX_MANIFEST_BYTES, TreeError, TreeFile, is_manifest, parse_manifest
 
 log = logging.getLogger(__name__)
@@ -49,9 +52,31 @@ def digest_hex(digest: str) -> str:
     return m.group(1)
 
 
+def regular_file(path: Path, *, single_link: bool = False) -> os.stat_result | None:
+    """``lstat(path)`` when ``path`` is a regular file itself (not a symlink, device or folder) and, with
+    ``single_link``, has no other hard link; None otherwise (absent included)."""
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return None
+    if not stat.S_ISREG(st.st_mode) or (single_link and st.st_nlink != 1):
+        return None
+    return st
+
+
+def _create_exclusive(path: Path, mode: int = 0o600) -> int:
+    """A new empty file at ``path`` (whatever was there is unlinked first, never followed): an fd for writing."""
+    path.unlink(missing_ok=True)
+    try:
+        return os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode)
+    except FileExistsError:  # something was put there between the unlink and the create
+        raise Conflict(f"{path} appeared while the agent was creating it",
+                       hint="retry; if it happens again, another process writes into the agent's root") from None
+
+
 def sha256_file(path: Path) -> str:
     h = hashlib.sha256()
-    with open(path, "rb") as f:
+    with open(os.open(path, os.O_RDONLY | os.O_NOFOLLOW), "rb") as f:  # a symlink is ELOOP, never followed
         while block := f.read(_HASH_BLOCK):
             h.update(block)
     return "sha256:" + h.hexdigest()
@@ -68,7 +93,7 @@ def fsync_dir(path: Path) -> None:
 def write_atomic(path: Path, data: bytes) -> None:
     """Write ``data`` to ``path`` so a crash leaves the old or the new content, never a mix."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as f:
+    with open(_create_exclusive(tmp, 0o644), "wb") as f:
         f.write(data)
         f.flush()
         os.fsync(f.fileno())
@@ -86,6 +111,11 @@ class ArtifactStore:
         self.trees = root / "trees"
         for d in (root, self.staging, self.artifacts, self.trees):
             d.mkdir(parents=True, exist_ok=True, mode=0o700)
+        for d in (self.staging, self.artifacts, self.trees):  # the root may be a link (a data disk); these not
+            if d.is_symlink() or not d.is_dir():
+                raise AgentError(f"{d} is not a folder of the agent's own (a symbolic link or a file): the store "
+                                 "would write where it points", hint=f"remove it (rm {d}); the agent creates the "
+                                 "folder at its next start")
         self._migrate_suffixes()
 
     def _migrate_suffixes(self) -> None:
@@ -109,10 +139,11 @@ class ArtifactStore:
 
     # -- queries ----------------------------------------------------------------------------------------------
     def has(self, digest: str) -> bool:
-        return self.path(digest).is_file()
+        return regular_file(self.path(digest)) is not None
 
     def digests(self) -> list[str]:
-        return sorted("sha256:" + p.name for p in self.artifacts.iterdir() if _DIGEST.fullmatch("sha256:" + p.name))
+        return sorted("sha256:" + p.name for p in self.artifacts.iterdir()
+                      if _DIGEST.fullmatch("sha256:" + p.name) and regular_file(p) is not None)
 
     def _declared_size(self, digest: str) -> int | None:
         try:
@@ -121,12 +152,11 @@ class ArtifactStore:
             return None
 
     def status(self, digest: str) -> UploadStatus:
-        done = self.path(digest)
-        if done.is_file():
-            size = done.stat().st_size
-            return UploadStatus(digest=digest, size_bytes=size, received_bytes=size, complete=True)
-        part = self._part(digest)
-        received = part.stat().st_size if part.is_file() else 0
+        done = regular_file(self.path(digest))
+        if done is not None:
+            return UploadStatus(digest=digest, size_bytes=done.st_size, received_bytes=done.st_size, complete=True)
+        part = regular_file(self._part(digest), single_link=True)
+        received = part.st_size if part is not None else 0
         return UploadStatus(digest=digest, size_bytes=self._declared_size(digest), received_bytes=received,
                             complete=False)
 
@@ -167,8 +197,8 @@ class ArtifactStore:
             raise InsufficientStorage(
                 f"not enough disk for {digest}: {needed} more bytes needed, {free} free on {self.root}",
                 hint="free space on the device (remove unused deployments) or choose a smaller quant")
-        if offset == 0:
-            self._part(digest).write_bytes(b"")
+        if offset == 0:  # a fresh .part, replacing whatever name was there (a symlink is not followed)
+            os.close(_create_exclusive(self._part(digest)))
         write_atomic(self._size_file(digest), f"{size}\n".encode())
         return size
 
@@ -176,7 +206,20 @@ class ArtifactStore:
         """Append ``chunks`` to the partial file. What arrived before a cut connection is kept (and synced)."""
         part = self._part(digest)
         written = offset
-        with open(part, "r+b" if part.exists() else "wb") as f:
+        try:
+            fd = os.open(part, os.O_RDWR | os.O_NOFOLLOW)
+        except OSError as e:  # ELOOP: a symlink was put there; ENOENT: removed since begin()
+            raise Conflict(f"the partial upload of {digest} is gone or is not a plain file ({e.strerror})",
+                           hint=f"start the upload again at offset 0: PUT /control/v1/artifacts/{digest}?offset=0",
+                           type="offset_mismatch", code="0") from e
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or st.st_nlink != 1:  # a hard link to a file elsewhere: never write it
+            os.close(fd)
+            part.unlink(missing_ok=True)
+            raise Conflict(f"the partial upload of {digest} was not the agent's own file (it was removed)",
+                           hint=f"start the upload again at offset 0: PUT /control/v1/artifacts/{digest}?offset=0",
+                           type="offset_mismatch", code="0")
+        with open(fd, "r+b") as f:
             f.seek(offset)
             try:
                 async for chunk in chunks:
@@ -193,7 +236,8 @@ class ArtifactStore:
     def finish(self, digest: str, size: int) -> UploadStatus:
         """Verify and move a complete upload into place (blocking: run it in a thread). Mismatch = bytes deleted."""
         part = self._part(digest)
-        received = part.stat().st_size if part.is_file() else 0
+        st = regular_file(part, single_link=True)
+        received = st.st_size if st is not None else 0
         if received < size:
             return UploadStatus(digest=digest, size_bytes=size, received_bytes=received, complete=False)
         actual = sha256_file(part)
@@ -216,7 +260,9 @@ class ArtifactStore:
     def delete(self, digest: str) -> None:
         """Delete a blob (and the laid-out folder when it is a tree manifest; member blobs are the caller's)."""
         tree = self.tree_path(digest)
-        if tree.exists():
+        if tree.is_symlink():
+            tree.unlink()  # planted: remove the link, never what it points at
+        elif tree.exists():
             shutil.rmtree(tree)
         self.path(digest).unlink(missing_ok=True)
         self.discard(digest)
@@ -262,19 +308,24 @@ class ArtifactStore:
         files = self.tree_files(digest)
         for f in files:
             blob = self.path(f.sha256)
-            if not blob.is_file():
+            st = regular_file(blob)
+            if st is None:
                 raise Conflict(f"file {f.path} ({f.sha256}) of artifact {digest} is not in this device's store",
                                hint=f"upload it first: PUT /control/v1/artifacts/{f.sha256} (edgectl apply does "
                                     "this)", type="artifact_missing", code=f.sha256)
-            if blob.stat().st_size != f.size:
-                raise Unprocessable(f"file {f.path} of artifact {digest} has {blob.stat().st_size} bytes on the "
+            if st.st_size != f.size:
+                raise Unprocessable(f"file {f.path} of artifact {digest} has {st.st_size} bytes on the "
                                     f"device, its manifest says {f.size}", hint="push the artifact again")
             if rehash and sha256_file(blob) != f.sha256:
                 raise Unprocessable(f"file {f.path} of artifact {digest} no longer matches its sha256 (corrupted)",
                                     hint="push it again: edgectl apply uploads missing artifacts")
         final = self.tree_path(digest)
-        if final.is_dir():
-            return final
+        if final.is_symlink():
+            final.unlink()  # planted: lay the folder out afresh below, inside the root
+        elif final.is_dir():
+            if _holds_exactly(final, files):
+                return final
+            self._set_aside(final)  # changed since it was laid out (a symlink put in it?): lay it out again
         stage = self.staging / f"{digest_hex(digest)}.tree-{secrets.token_hex(4)}"
         stage.mkdir(mode=0o700)
         try:
@@ -291,6 +342,30 @@ class ArtifactStore:
             if stage.exists():
                 shutil.rmtree(stage, ignore_errors=True)
         return final
+
+    def _set_aside(self, tree: Path) -> None:
+        aside = self.staging / f"{tree.name}.bad-{secrets.token_hex(4)}"
+        os.replace(tree, aside)
+        shutil.rmtree(aside, ignore_errors=True)  # rmtree unlinks symlinks, never follows them
+        log.warning("tree %s did not match its manifest (a file changed, added or replaced by a link); laid out "
+                    "again", tree)
+
+
+def _holds_exactly(folder: Path, files: list[TreeFile]) -> bool:
+    """Does ``folder`` hold exactly ``files`` as regular files of their sizes, in real folders, nothing else?"""
+    want = {f.path: f.size for f in files}
+    seen = 0
+    for top, dirs, names in os.walk(folder):  # followlinks=False: a symlinked folder shows up in dirs, refused below
+        for d in dirs:
+            if not stat.S_ISDIR(os.lstat(os.path.join(top, d)).st_mode):
+                return False
+        for name in names:
+            rel = os.path.relpath(os.path.join(top, name), folder).replace(os.sep, "/")
+            st = regular_file(Path(top, name))
+            if st is None or want.get(rel) != st.st_size:
+                return False
+            seen += 1
+    return seen == len(want)
 
 
 _states = TypeAdapter(list[DeploymentState])

@@ -18,6 +18,7 @@ from edgectl_agent.errors import BadRequest, RuntimeFailure
 from edgectl_agent.runtimes.base import GenerationParams, Runtime, RuntimeCapabilities
 from edgectl_agent.runtimes.onnxruntime import check_external_data
 from edgectl_agent.runtimes.textgen import TextGenModel
+from edgectl_agent.tree import TreeError, check_relpath
 
 INSTALL_HINT = "pip install 'edgectl-agent[onnx-genai]'"
 
@@ -30,11 +31,33 @@ def genai_config(folder: Path) -> dict[str, Any]:
     except (OSError, ValueError) as e:
         raise RuntimeFailure(f"artifact folder {folder.name} has no readable genai_config.json: {e}",
                              hint="build the artifact with format onnx for an llm (the onnxruntime-genai builder)") from e
-    decoder = config.get("model", {}).get("decoder", {})
+    model = config.get("model") if isinstance(config, dict) else None
+    decoder = model.get("decoder", {}) if isinstance(model, dict) else None
     if not isinstance(decoder, dict) or not isinstance(decoder.get("filename"), str):
         raise RuntimeFailure(f"{path.name} names no decoder model file",
                              hint="rebuild the artifact with the onnxruntime-genai model builder")
+    for key, name in _filenames(config):
+        try:
+            check_relpath(name)
+        except TreeError as e:  # '../x' or '/x' would make the library load a model from outside the artifact
+            raise RuntimeFailure(f"{path.name} refused: {key} {name[:80]!r} is not a file inside the artifact "
+                                 f"folder ({e})", hint="rebuild the artifact with the onnxruntime-genai model "
+                                 "builder; every file it names is relative to the folder") from e
     return config
+
+
+def _filenames(node: Any, where: str = "") -> Iterator[tuple[str, str]]:
+    """(key path, value) of every ``*filename`` entry of a genai_config (decoder, encoder, embedding, vision, ...)."""
+    if isinstance(node, dict):
+        for key, value in node.items():
+            here = f"{where}.{key}" if where else str(key)
+            if str(key).endswith("filename") and value is not None:
+                yield here, value if isinstance(value, str) else repr(value)
+            else:
+                yield from _filenames(value, here)
+    elif isinstance(node, list):
+        for i, value in enumerate(node):
+            yield from _filenames(value, f"{where}[{i}]")
 
 
 def search_options(params: GenerationParams, prompt_tokens: int, max_tokens: int,

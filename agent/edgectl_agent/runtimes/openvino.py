@@ -3,6 +3,8 @@
 An artifact is a folder holding ``model.xml`` + ``model.bin`` (edgectl.build.openvino:build_openvino_tensor). The
 device comes from ``runtime_options.device`` (CPU by default; GPU, GPU.1, NPU, AUTO:GPU,CPU ... passed through to
 OpenVINO); a few OpenVINO properties may be set by name (``OPENVINO_PROPERTIES``), everything else is refused.
+``cache_dir`` (OpenVINO's compiled-model cache) is a name, not a path: the cache goes to ``<agent root>/cache/<name>``
+so no deployment makes OpenVINO write outside the agent's root.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from edgectl_agent.api import DesiredDeployment
 from edgectl_agent.errors import RuntimeFailure
 from edgectl_agent.runtimes.base import Runtime, RuntimeCapabilities, TensorSpec
 from edgectl_agent.runtimes.tensor import NUMPY_TO_KSERVE, ArrayTensorModel
+from edgectl_agent.tree import TreeError, check_relpath
 
 INSTALL_HINT = "pip install 'edgectl-agent[openvino]'"
 PLATFORM = "openvino_ir"
@@ -27,10 +30,15 @@ OPENVINO_PROPERTIES = {"performance_hint": "PERFORMANCE_HINT", "inference_precis
 _DEVICE = re.compile(r"[A-Z][A-Z0-9_]*(\.[0-9]+)?(:[A-Z0-9_.,]+)?")  # CPU, GPU.1, NPU, AUTO:GPU,CPU, HETERO:...
 
 
-def openvino_config(desired: DesiredDeployment, properties: Mapping[str, str] = OPENVINO_PROPERTIES,
-                    ) -> tuple[str, dict[str, Any]]:
+def cache_root(artifact_path: Path) -> Path:
+    """``<agent root>/cache``: artifacts are ``<root>/artifacts/<hex>`` and folders ``<root>/trees/<hex>``."""
+    return Path(artifact_path).parent.parent / "cache"
+
+
+def openvino_config(desired: DesiredDeployment, properties: Mapping[str, str] = OPENVINO_PROPERTIES, *,
+                    cache: Path | None = None) -> tuple[str, dict[str, Any]]:
     """``(device, OpenVINO properties)`` for a deployment (pure; unit-tested). ``threads`` becomes
-    INFERENCE_NUM_THREADS on CPU, the only device it means something to."""
+    INFERENCE_NUM_THREADS on CPU, the only device it means something to; ``cache_dir`` a folder below ``cache``."""
     options = dict(desired.runtime_options)
     device = options.pop("device", DEFAULT_DEVICE)
     if not isinstance(device, str) or not _DEVICE.fullmatch(device):
@@ -41,16 +49,27 @@ def openvino_config(desired: DesiredDeployment, properties: Mapping[str, str] = 
         raise RuntimeFailure(f"deployment '{desired.name}': unknown openvino runtime_options {unknown}",
                              hint=f"use only: {', '.join(sorted({'device', *properties}))}")
     config: dict[str, Any] = {properties[k]: v for k, v in options.items()}
+    if "cache_dir" in options:
+        name = options["cache_dir"]
+        try:
+            if not isinstance(name, str) or cache is None:
+                raise TreeError(f"{name!r} is not a folder name")
+            check_relpath(name)
+        except TreeError as e:
+            raise RuntimeFailure(f"deployment '{desired.name}': runtime_options.cache_dir {str(name)[:80]!r} is "
+                                 f"refused: {e}", hint="give a folder name such as 'ov-cache': the cache is kept "
+                                 "under the agent's root (<root>/cache/<name>), never elsewhere") from None
+        config["CACHE_DIR"] = str(cache / name)
     if desired.threads is not None and device == "CPU":
         config["INFERENCE_NUM_THREADS"] = desired.threads
     return device, config
 
 
-def tensor_config(desired: DesiredDeployment) -> tuple[str, dict[str, Any]]:
+def tensor_config(desired: DesiredDeployment, *, cache: Path | None = None) -> tuple[str, dict[str, Any]]:
     """``openvino_config`` for a tensor model: an FP32/FP16 artifact computes in f32 on the CPU unless the deployment
     sets ``inference_precision``. OpenVINO's CPU plugin otherwise picks bf16 on CPUs that have it (AVX512-BF16,
     AMX), which silently moves outputs by ~0.3% - not what a full-precision artifact promises."""
-    device, config = openvino_config(desired)
+    device, config = openvino_config(desired, cache=cache)
     if device == "CPU" and desired.artifact.quant in ("FP32", "FP16"):
         config.setdefault("INFERENCE_PRECISION_HINT", "f32")
     return device, config
@@ -86,7 +105,7 @@ class OpenVinoRuntime(Runtime):
                                        streaming=False, extra="openvino")
 
     def load(self, path: Path, desired: DesiredDeployment) -> OpenVinoModel:
-        device, config = tensor_config(desired)
+        device, config = tensor_config(desired, cache=cache_root(path))
         xml = Path(path) / MODEL_XML
         if not xml.is_file():
             raise RuntimeFailure(f"artifact {desired.artifact.digest} has no {MODEL_XML}",

@@ -18,7 +18,7 @@ from typing import Any
 from edgectl_agent.api import DesiredDeployment
 from edgectl_agent.errors import BadRequest, RuntimeFailure
 from edgectl_agent.runtimes.base import GenerationParams, Runtime, RuntimeCapabilities
-from edgectl_agent.runtimes.openvino import load_failure, openvino_config
+from edgectl_agent.runtimes.openvino import cache_root, load_failure, openvino_config
 from edgectl_agent.runtimes.textgen import TextGenModel
 
 INSTALL_HINT = "pip install 'edgectl-agent[openvino-genai]'"
@@ -75,7 +75,7 @@ class OpenVinoGenAIRuntime(Runtime):
                                        streaming=True, extra="openvino-genai")
 
     def load(self, path: Path, desired: DesiredDeployment) -> OpenVinoGenAIModel:
-        device, config = openvino_config(desired, GENAI_PROPERTIES)
+        device, config = openvino_config(desired, GENAI_PROPERTIES, cache=cache_root(path))
         path = Path(path)
         missing = [f for f in REQUIRED_FILES if not (path / f).is_file()]
         if missing:

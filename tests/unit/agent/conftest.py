@@ -37,7 +37,8 @@ class AgentHarness:
         self.settings = AgentSettings(root=root, **settings)
         self.app = create_app(self.settings, runtimes={"fake": self.fake, "llamacpp": LlamaCppRuntime(),
                                                                    "onnxruntime": OnnxRuntime()})
-        self.client = TestClient(self.app)
+        # Addressed as 127.0.0.1, like edgectl's clients: a loopback agent refuses other Host names (DNS rebinding).
+        self.client = TestClient(self.app, base_url="http://127.0.0.1:8088")
         self.client.__enter__()  # runs the lifespan: recovery of state.json starts
         self.token = (root / "token").read_text().strip()
         self.auth = {"Authorization": f"Bearer {self.token}"}
