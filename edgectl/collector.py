@@ -319,14 +319,24 @@ def targets_json(devices: Iterable[Device]) -> str:
 
 
 def make_server(collector: FleetCollector, host: str, port: int) -> ThreadingHTTPServer:
-    """``/metrics`` (the fleet), ``/devices`` (last scrape per device, JSON), ``/healthz``."""
+    """``/metrics`` (the fleet), ``/devices`` (last scrape per device, JSON), ``/healthz``. Bound to loopback, it
+    answers only requests addressed to a loopback name, as the agent does."""
+    from edgectl_agent.hosts import is_loopback_host
+    from edgectl_agent.settings import is_loopback
+
+    guard_host = is_loopback(host)
 
     class Handler(BaseHTTPRequestHandler):
         server_version = "edgectl-collector"
 
         def do_GET(self) -> None:  # noqa: N802 - http.server's naming
             path = self.path.split("?", 1)[0]
-            if path == "/metrics":
+            if guard_host and not is_loopback_host(self.headers.get("Host") or ""):
+                # DNS rebinding: a page whose name resolves to 127.0.0.1 must not read the fleet's metrics
+                self._send(421, f"refused: Host {self.headers.get('Host')!r} is not a loopback name; this "
+                                f"endpoint listens on {host} - address it as http://127.0.0.1:{self.server.server_port}\n".encode(),
+                           "text/plain")
+            elif path == "/metrics":
                 self._send(200, collector.exposition(), CONTENT_TYPE_LATEST)
             elif path == "/devices":
                 body = json.dumps([s.to_dict() for s in collector.scrape_all()], indent=2).encode()

@@ -189,3 +189,23 @@ def test_cli_prometheus_targets_writes_file_sd(tmp_path):
     r = CliRunner().invoke(app, ["prometheus", "targets", str(manifest), "--write", str(out)])
     assert r.exit_code == 0, r.output
     assert [t["targets"] for t in json.loads(out.read_text())] == [["127.0.0.1:18001"], ["pi.lan:8088"]]
+
+
+def test_endpoint_on_loopback_refuses_a_foreign_host_header():
+    from edgectl.collector import make_server
+
+    collector = FleetCollector([device("a")], ScriptedScraper({"a": agent_text()}))
+    server = make_server(collector, "127.0.0.1", 0)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{server.server_port}"
+    try:
+        assert httpx.get(f"{url}/metrics").status_code == 200
+        assert httpx.get(f"{url}/healthz", headers={"Host": f"localhost:{server.server_port}"}).status_code == 200
+        for foreign in ("rebind.example", "rebind.example:9464", "10.0.0.1", "127.0.0.1.nip.io"):
+            r = httpx.get(f"{url}/metrics", headers={"Host": foreign})
+            assert r.status_code == 421 and "loopback" in r.text and "edgectl_" not in r.text, foreign
+    finally:
+        server.shutdown()
+        server.server_close()
+        collector.close()
