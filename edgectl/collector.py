@@ -333,9 +333,9 @@ def make_server(collector: FleetCollector, host: str, port: int) -> ThreadingHTT
             path = self.path.split("?", 1)[0]
             if guard_host and not is_loopback_host(self.headers.get("Host") or ""):
                 # DNS rebinding: a page whose name resolves to 127.0.0.1 must not read the fleet's metrics
-                self._send(421, f"refused: Host {self.headers.get('Host')!r} is not a loopback name; this "
-                                f"endpoint listens on {host} - address it as http://127.0.0.1:{self.server.server_port}\n".encode(),
-                           "text/plain")
+                self._send(421, f"refused: Host {self.headers.get('Host')!r} is not a loopback name; this endpoint "
+                                f"listens on {host} - address it as http://127.0.0.1:{self.server.server_port}\n"
+                                .encode(), "text/plain")
             elif path == "/metrics":
                 self._send(200, collector.exposition(), CONTENT_TYPE_LATEST)
             elif path == "/devices":
