@@ -11,12 +11,11 @@ import json
 import math
 from typing import Any
 
-import anyio.to_thread
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
 from edgectl_agent import __version__
-from edgectl_agent.deployments import Serving
+from edgectl_agent.deployments import Serving, run_on_active
 from edgectl_agent.errors import AgentError
 from edgectl_agent.runtimes.base import TensorModel, TensorSpec
 
@@ -190,8 +189,7 @@ def model_ready(name: str, request: Request) -> JSONResponse:
 @router.post("/models/{name}/infer")
 async def infer(name: str, request: Request) -> JSONResponse:
     try:
-        serving = _tensor_model(request, name)
-        model: TensorModel = serving.model  # type: ignore[assignment]
+        _tensor_model(request, name)  # an unknown model is a 404 before the body is judged
         try:
             body = json.loads(await request.body())
         except (ValueError, UnicodeDecodeError) as e:
@@ -199,10 +197,13 @@ async def infer(name: str, request: Request) -> JSONResponse:
                                    "is not supported") from e
         if not isinstance(body, dict):
             raise KServeError(400, "the request body must be a JSON object with \"inputs\"")
-        inputs = _parse_inputs(body, model)
-        outputs = _parse_outputs(body, model)
+
+        def run(serving: Serving) -> list[dict[str, Any]]:  # checked against the model it runs on
+            model: TensorModel = serving.model  # type: ignore[assignment]
+            return model.infer(_parse_inputs(body, model), _parse_outputs(body, model))
+
         try:
-            result = await anyio.to_thread.run_sync(model.infer, inputs, outputs)
+            serving, result = await run_on_active(lambda: _tensor_model(request, name), run)
         except AgentError as e:
             hint = f" ({e.hint})" if e.hint else ""
             raise KServeError(e.status, e.message + hint) from e
