@@ -86,8 +86,9 @@ def deployment(agent, name: str = MODEL) -> dict:
     return next(d for d in r.json()["deployments"] if d["name"] == name)
 
 
-def chat(agent, name: str = MODEL, client: httpx.Client | None = None) -> httpx.Response:
-    body = {"model": name, "messages": [{"role": "user", "content": "hello"}], "max_tokens": 4, "temperature": 0}
+def chat(agent, name: str = MODEL, client: httpx.Client | None = None, max_tokens: int = 4) -> httpx.Response:
+    body = {"model": name, "messages": [{"role": "user", "content": "hello"}], "max_tokens": max_tokens,
+            "temperature": 0}
     if client is not None:
         return client.post("/v1/chat/completions", json=body)
     return httpx.post(f"{agent.url}/v1/chat/completions", json=body, timeout=60)
