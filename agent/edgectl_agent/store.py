@@ -202,7 +202,9 @@ class ArtifactStore:
                 self._part(digest).write_bytes(b"")
             write_atomic(self._size_file(digest), f"{size}\n".encode())
         except OSError as e:
-            raise self._disk_full(digest, e) from e
+            if e.errno in DISK_FULL:
+                raise self._disk_full(digest, e) from e
+            raise
         crash_point("upload.begin", digest)
         return size
 
@@ -228,13 +230,12 @@ class ArtifactStore:
                     f.flush()
                     os.fsync(f.fileno())
         except OSError as e:
-            raise self._disk_full(digest, e) from e
+            if e.errno in DISK_FULL:
+                raise self._disk_full(digest, e) from e
+            raise
 
-    def _disk_full(self, digest: str, error: OSError) -> OSError | InsufficientStorage:
-        """An upload's OSError: when the disk is full, its partial bytes are deleted (a resume could not fit
-        either) and the error says so; any other OSError is returned unchanged."""
-        if error.errno not in DISK_FULL:
-            return error
+    def _disk_full(self, digest: str, error: OSError) -> InsufficientStorage:
+        """The disk filled up during an upload: its partial bytes are deleted (a resume could not fit either)."""
         self.discard(digest)
         return InsufficientStorage(
             f"the disk holding {self.root} filled up while receiving {digest} ({os.strerror(error.errno)}); the "
