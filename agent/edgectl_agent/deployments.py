@@ -131,7 +131,7 @@ class Deployments:
         # Deployments not yet recovered keep the settings they were loaded with before the restart.
         loaded = {n: d for n, d in self._loaded_at_start.items() if n in self.states}
         loaded.update({name: s.desired for name, s in self.serving.items()})
-        await anyio.to_thread.run_sync(self.state_file.save, states, loaded, garbage)
+        await anyio.to_thread.run_sync(lambda: self.state_file.save(states, loaded, garbage=garbage))
 
     # -- loading ----------------------------------------------------------------------------------------------
     def _loadable(self, desired: DesiredDeployment) -> tuple[Runtime, Path]:

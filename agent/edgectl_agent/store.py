@@ -392,7 +392,7 @@ class StateFile:
         listed = raw.get("garbage", []) if isinstance(raw, dict) else []
         return {d for d in listed if isinstance(d, str) and _DIGEST.fullmatch(d)}
 
-    def save(self, states: list[DeploymentState], loaded: dict[str, DesiredDeployment],
+    def save(self, states: list[DeploymentState], loaded: dict[str, DesiredDeployment], *,
              garbage: set[str] = frozenset()) -> None:
         body = {"version": STATE_VERSION,
                 "deployments": [s.model_dump(mode="json") for s in states],
