@@ -3,7 +3,8 @@
 Activation loads the new artifact beside the serving one, runs a real smoke inference, then switches by replacing
 one dict entry (requests pick up the new model on their next lookup) and persists the state. On any failure the
 old model keeps serving and the deployment records the runtime's message. Activations are serialized: two models
-loading at once could exhaust a small device's memory.
+loading at once could exhaust a small device's memory. Every load is recorded beforehand (edgectl_agent.attempts),
+so an artifact whose loading keeps killing the agent is marked broken and the previous one serves instead.
 """
 
 from __future__ import annotations
@@ -11,14 +12,19 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import TypeVar
 
 import anyio.to_thread
 
 from edgectl_agent.api import ArtifactRef, DeploymentState, DesiredDeployment
-from edgectl_agent.errors import AgentError, Conflict, Forbidden, NotFound, RuntimeFailure, Unprocessable
+from edgectl_agent.attempts import LoadAttempts
+from edgectl_agent.errors import (AgentError, Conflict, Forbidden, ModelUnavailable, NotFound, RuntimeFailure,
+                                   Unprocessable)
+from edgectl_agent.faults import crash_point
 from edgectl_agent.metrics import AgentMetrics
 from edgectl_agent.runtimes.base import LoadedModel, Runtime
 from edgectl_agent.settings import AgentSettings
@@ -26,6 +32,7 @@ from edgectl_agent.signing import Verifier
 from edgectl_agent.store import ArtifactStore, StateFile, sha256_file
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 def _now() -> datetime:
@@ -44,6 +51,21 @@ class Serving:
         return self.desired.artifact
 
 
+async def run_on_active(lookup: Callable[[], Serving], call: Callable[[Serving], T]) -> tuple[Serving, T]:
+    """``call(serving)`` in a worker thread, on the model ``lookup`` finds. A swap closes the old model once the
+    inference running on it is done; a request that was still waiting for it (ModelUnavailable) runs again on the
+    model active now, so swapping under load fails no request."""
+    serving = lookup()
+    while True:
+        try:
+            return serving, await anyio.to_thread.run_sync(call, serving)
+        except ModelUnavailable:
+            newer = lookup()
+            if newer is serving:
+                raise
+            serving = newer
+
+
 class Deployments:
     def __init__(self, settings: AgentSettings, store: ArtifactStore, state_file: StateFile,
                  runtimes: dict[str, Runtime], metrics: AgentMetrics, *, verifier: Verifier | None = None) -> None:
@@ -59,6 +81,8 @@ class Deployments:
         self._loaded_at_start: dict[str, DesiredDeployment] = {}
         # per deployment, the desired deployment (as received, signed) its previous artifact was served with
         self._previous: dict[str, DesiredDeployment] = {}
+        self.attempts = LoadAttempts(settings.root, limit=settings.crash_loop_limit,
+                                     window_s=settings.crash_loop_window_s)
 
     # -- queries ----------------------------------------------------------------------------------------------
     def serving_model(self, name: str) -> Serving:
@@ -105,13 +129,15 @@ class Deployments:
         self.metrics.set_phase(name, state.state)
         return state
 
-    async def _persist(self) -> None:
+    async def _persist(self, garbage: set[str] = frozenset()) -> None:
+        """Write state.json; ``garbage``: artifacts this change stops referring to, deleted next (or at the next
+        start, after a crash in between)."""
         states = [s for s in self.snapshot() if s.state != "removed"]
         # Deployments not yet recovered keep the settings they were loaded with before the restart.
         loaded = {n: d for n, d in self._loaded_at_start.items() if n in self.states}
         loaded.update({name: s.desired for name, s in self.serving.items()})
         previous = {n: d for n, d in self._previous.items() if n in self.states}
-        await anyio.to_thread.run_sync(self.state_file.save, states, loaded, previous)
+        await anyio.to_thread.run_sync(lambda: self.state_file.save(states, loaded, previous, garbage=garbage))
 
     # -- loading ----------------------------------------------------------------------------------------------
     def _loadable(self, desired: DesiredDeployment) -> tuple[Runtime, Path]:
@@ -142,6 +168,7 @@ class Deployments:
             raise Unprocessable(f"artifact {artifact.digest} has {size} bytes on the device, the deployment "
                                 f"says size_bytes={artifact.size_bytes}",
                                 hint="send the artifact's real size in the deployment (edgectl apply does)")
+        self.attempts.check(artifact.digest)  # crashed the agent too often: broken
         return runtime, path
 
     async def _load(self, desired: DesiredDeployment, *, rehash: bool = False) -> LoadedModel:
@@ -153,18 +180,26 @@ class Deployments:
         if rehash and await anyio.to_thread.run_sync(sha256_file, self.store.path(artifact.digest)) != artifact.digest:
             raise RuntimeFailure(f"artifact {artifact.digest} on disk no longer matches its digest (corrupted)",
                                  hint="push it again: edgectl apply uploads missing artifacts")
-        start = time.perf_counter()
-        model = await anyio.to_thread.run_sync(runtime.load, path, desired)
-        load_s = time.perf_counter() - start
+        # Recorded before the runtime starts, cleared when it returns: left recorded only by a crash.
+        attempt = await anyio.to_thread.run_sync(self.attempts.begin, artifact.digest)
         try:
-            await anyio.to_thread.run_sync(model.smoke, self.settings.smoke_prompt, self.settings.smoke_max_tokens)
-        except Exception as e:
-            await anyio.to_thread.run_sync(model.close)
-            if isinstance(e, AgentError):
-                raise RuntimeFailure(f"smoke inference of {artifact.digest} failed: {e.message}",
-                                     hint=e.hint) from e
-            raise RuntimeFailure(f"smoke inference of {artifact.digest} failed: {type(e).__name__}: {e}",
-                                 hint="see the agent log; the previous artifact keeps serving") from e
+            crash_point("load", artifact.digest)
+            start = time.perf_counter()
+            model = await anyio.to_thread.run_sync(runtime.load, path, desired)
+            load_s = time.perf_counter() - start
+            crash_point("smoke", artifact.digest)
+            try:
+                await anyio.to_thread.run_sync(model.smoke, self.settings.smoke_prompt,
+                                               self.settings.smoke_max_tokens)
+            except Exception as e:
+                await anyio.to_thread.run_sync(model.close)
+                if isinstance(e, AgentError):
+                    raise RuntimeFailure(f"smoke inference of {artifact.digest} failed: {e.message}",
+                                         hint=e.hint) from e
+                raise RuntimeFailure(f"smoke inference of {artifact.digest} failed: {type(e).__name__}: {e}",
+                                     hint="see the agent log; the previous artifact keeps serving") from e
+        finally:
+            await anyio.to_thread.run_sync(self.attempts.end, artifact.digest, attempt)
         self.metrics.load_seconds.labels(deployment=desired.name).set(load_s)
         log.info("deployment %s: loaded %s in %.2f s, smoke inference ok", desired.name, artifact.digest, load_s)
         return model
@@ -217,10 +252,14 @@ class Deployments:
                                since=_now())
             self.metrics.set_active(name, new_active)
             self.metrics.last_deploy.labels(deployment=name).set(time.time())
-            await self._persist()
+            garbage = self._garbage({a.digest for a in (old_active, old_previous) if a is not None})
+            crash_point("switch.before_state", new_active.digest)
+            await self._persist(garbage)
+            crash_point("switch.after_state", new_active.digest)
             if current is not None:
                 await anyio.to_thread.run_sync(current.model.close)
-            self._collect_garbage({a.digest for a in (old_active, old_previous) if a is not None})
+            crash_point("cleanup", new_active.digest)
+            self._delete(garbage)
             log.info("deployment %s: serving %s (previous %s)", name, new_active.digest,
                      new_previous.digest if new_previous else "none")
             return result
@@ -236,16 +275,18 @@ class Deployments:
             del self.states[name]
             self._previous.pop(name, None)
             self.metrics.forget(name)
-            await self._persist()
+            garbage = self._garbage({a.digest for a in (state.active, state.previous, state.desired and
+                                                        state.desired.artifact) if a is not None})
+            await self._persist(garbage)
             if current is not None:
                 await anyio.to_thread.run_sync(current.model.close)
-            self._collect_garbage({a.digest for a in (state.active, state.previous, state.desired and
-                                                      state.desired.artifact) if a is not None})
+            self._delete(garbage)
             log.info("deployment %s removed", name)
             return removed
 
-    def _collect_garbage(self, candidates: set[str]) -> None:
-        """Delete the artifacts in ``candidates`` that no deployment serves, keeps as previous, or wants."""
+    def _garbage(self, candidates: set[str]) -> set[str]:
+        """The artifacts among ``candidates`` (and their member files) that no deployment serves, keeps as previous,
+        or wants."""
         referenced: set[str] = set()
         for s in self.states.values():
             for ref in (s.active, s.previous, s.desired.artifact if s.desired else None):
@@ -254,8 +295,12 @@ class Deployments:
         expanded: set[str] = set()
         for digest in candidates:
             expanded |= self._with_members(digest)
-        for digest in sorted(expanded - referenced):
+        return expanded - referenced
+
+    def _delete(self, garbage: set[str]) -> None:
+        for digest in sorted(garbage):
             self.store.delete(digest)
+            crash_point("cleanup.after_delete", digest)
 
     def _with_members(self, digest: str) -> set[str]:
         """A digest, plus the member file blobs when it is a directory artifact's manifest."""
@@ -275,6 +320,8 @@ class Deployments:
         for s in states:
             self.states[s.name] = s
             self._set(s.name, state="loading")
+        # The deletions a crash interrupted (state.json lists them; still-referenced ones are kept).
+        self._delete(self._garbage(self.state_file.garbage()))
         for s in states:
             async with self._lock:
                 if s.name not in self.states or self.states[s.name].state != "loading":

@@ -11,13 +11,12 @@ import json
 import math
 from typing import Any
 
-import anyio.to_thread
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
 from edgectl_agent import __version__
 from edgectl_agent.api import check_json_values
-from edgectl_agent.deployments import Serving
+from edgectl_agent.deployments import Serving, run_on_active
 from edgectl_agent.errors import AgentError
 from edgectl_agent.runtimes.base import TensorModel, TensorSpec
 
@@ -191,8 +190,7 @@ def model_ready(name: str, request: Request) -> JSONResponse:
 @router.post("/models/{name}/infer")
 async def infer(name: str, request: Request) -> JSONResponse:
     try:
-        serving = _tensor_model(request, name)
-        model: TensorModel = serving.model  # type: ignore[assignment]
+        _tensor_model(request, name)  # an unknown model is a 404 before the body is judged
         try:
             body = json.loads(await request.body())
         except (ValueError, UnicodeDecodeError) as e:
@@ -204,10 +202,13 @@ async def infer(name: str, request: Request) -> JSONResponse:
             check_json_values(body, finite=False)  # NaN and Infinity are tensor values; lone surrogates are not text
         except ValueError as e:
             raise KServeError(400, f"invalid request body: {e}") from None
-        inputs = _parse_inputs(body, model)
-        outputs = _parse_outputs(body, model)
+
+        def run(serving: Serving) -> list[dict[str, Any]]:  # checked against the model it runs on
+            model: TensorModel = serving.model  # type: ignore[assignment]
+            return model.infer(_parse_inputs(body, model), _parse_outputs(body, model))
+
         try:
-            result = await anyio.to_thread.run_sync(model.infer, inputs, outputs)
+            serving, result = await run_on_active(lambda: _tensor_model(request, name), run)
         except AgentError as e:
             hint = f" ({e.hint})" if e.hint else ""
             raise KServeError(e.status, e.message + hint) from e

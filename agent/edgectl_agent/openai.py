@@ -10,7 +10,7 @@ import base64
 import json
 import struct
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any, Literal
 
 import anyio.to_thread
@@ -19,7 +19,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from edgectl_agent.api import check_json_values
-from edgectl_agent.deployments import Serving
+from edgectl_agent.deployments import Serving, run_on_active
 from edgectl_agent.errors import AgentError, BadRequest, NotFound
 from edgectl_agent.runtimes.base import GenerationParams
 
@@ -155,6 +155,45 @@ def _has_token(chunk: dict[str, Any]) -> bool:
 _DONE = object()
 
 
+class _Started:
+    """A runtime's chunk iterator whose first chunk was already taken; ``close`` closes the runtime's iterator."""
+
+    def __init__(self, first: Any, chunks: Iterator[dict[str, Any]]) -> None:
+        self._first, self._chunks = first, chunks
+
+    def __iter__(self) -> "_Started":
+        return self
+
+    def __next__(self) -> dict[str, Any]:
+        if self._first is not _DONE:
+            first, self._first = self._first, _DONE
+            return first
+        return next(self._chunks)
+
+    def close(self) -> None:
+        close = getattr(self._chunks, "close", None)
+        if close is not None:
+            close()
+
+
+async def _start_stream(request: Request, model: str, start: Callable[[Serving], Iterator[dict[str, Any]]]
+                        ) -> tuple[Serving, _Started]:
+    """Start a streaming inference and take its first chunk before the response begins: from then on the stream
+    holds its model (a swap closes the old model only after it), a model swapped out before that is replaced by
+    the active one, and an error before the first chunk is a plain HTTP error."""
+
+    def first_chunk(serving: Serving) -> _Started:
+        chunks = start(serving)
+        try:
+            return _Started(next(chunks, _DONE), chunks)
+        except AgentError:
+            raise
+        except Exception as e:  # noqa: BLE001 — the runtime's own exception classes
+            raise AgentError(f"inference failed: {type(e).__name__}: {e}", hint="see the agent log") from e
+
+    return await run_on_active(lambda: _serving(request, model), first_chunk)
+
+
 async def _sse(request: Request, serving: Serving, chunks: Iterator[dict[str, Any]],
                started: float) -> AsyncIterator[str]:
     m = request.app.state.agent.metrics
@@ -224,38 +263,40 @@ def list_models(request: Request) -> dict[str, Any]:
 @router.post("/chat/completions")
 async def chat_completions(body: ChatRequest, request: Request):
     started = time.perf_counter()
-    serving = _serving(request, body.model)
     messages = [{"role": m.role, "content": m.content or ""} for m in body.messages]
     params = body.params()
     if body.stream:
-        chunks = serving.model.chat(messages, params, stream=True)
+        serving, chunks = await _start_stream(request, body.model,
+                                              lambda s: s.model.chat(messages, params, stream=True))
         return _stream_response(request, serving, chunks, started)
     began = time.perf_counter()
-    out = await anyio.to_thread.run_sync(lambda: serving.model.chat(messages, params))
+    serving, out = await run_on_active(lambda: _serving(request, body.model),
+                                       lambda s: s.model.chat(messages, params))
     return _json_response(request, serving, out, time.perf_counter() - began)
 
 
 @router.post("/completions")
 async def completions(body: CompletionRequest, request: Request):
     started = time.perf_counter()
-    serving = _serving(request, body.model)
     params = body.params()
     if body.stream:
-        chunks = serving.model.complete(body.prompt, params, stream=True)
+        serving, chunks = await _start_stream(request, body.model,
+                                              lambda s: s.model.complete(body.prompt, params, stream=True))
         return _stream_response(request, serving, chunks, started)
     began = time.perf_counter()
-    out = await anyio.to_thread.run_sync(lambda: serving.model.complete(body.prompt, params))
+    serving, out = await run_on_active(lambda: _serving(request, body.model),
+                                       lambda s: s.model.complete(body.prompt, params))
     return _json_response(request, serving, out, time.perf_counter() - began)
 
 
 @router.post("/embeddings")
 async def embeddings(body: EmbeddingRequest, request: Request):
-    serving = _serving(request, body.model)
     inputs = body.inputs()
+    _serving(request, body.model)  # an unknown model is a 404 before the input is judged
     if not inputs or any(not isinstance(t, str) or not t for t in inputs):
         raise BadRequest("input must be a non-empty string or a list of non-empty strings", param="input",
                          hint='send e.g. {"input": "hello"}')
-    out = await anyio.to_thread.run_sync(serving.model.embed, inputs)
+    serving, out = await run_on_active(lambda: _serving(request, body.model), lambda s: s.model.embed(inputs))
     if body.encoding_format == "base64":  # what the openai client asks for by default: little-endian float32
         for item in out.get("data", []):
             vec = item["embedding"]

@@ -44,6 +44,12 @@ class AgentSettings(BaseSettings):
     verify_on_start: bool = Field(default=False,
                                   description="Re-hash every active artifact at start (slow for big models); the "
                                               "size is always checked.")
+    crash_loop_limit: int = Field(default=3, ge=1,
+                                  description="Crashes of the agent while loading one artifact, within "
+                                              "crash_loop_window_s, that mark it broken: the agent then serves the "
+                                              "previous artifact and refuses to load it again.")
+    crash_loop_window_s: float = Field(default=600.0, gt=0,
+                                       description="Window, in seconds, in which crash_loop_limit crashes count.")
     access_log: bool = Field(default=False, description="Log every HTTP request (uvicorn access log).")
     log_level: str = Field(default="info", description="Log level: debug, info, warning or error.")
 

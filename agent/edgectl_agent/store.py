@@ -9,6 +9,11 @@ Layout::
     <root>/trees/<hex>/          a directory artifact laid out from its verified blobs (hard links), made at
                                  activation from its manifest (edgectl_agent.tree), atomically (staged, renamed)
     <root>/state.json            deployments (desired, active, previous), written atomically
+    <root>/attempts.json         load attempts not known to have finished (edgectl_agent.attempts)
+
+A crash at any step leaves at most: one partial upload (kept, to resume), a half-laid-out tree folder or a temp
+file in staging/ (removed at the next start), artifacts no deployment refers to any more (state.json lists them as
+garbage; collected at the next start).
 
 A digest is only ever turned into a path after strict validation (``sha256:`` + 64 lowercase hex), so no request
 can reach outside these folders. Nor can something planted in them: files are opened with ``O_NOFOLLOW`` and a
@@ -18,6 +23,7 @@ than one hard link (a name for some file outside) is never written to; files are
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import logging
@@ -33,6 +39,7 @@ from pydantic import TypeAdapter, ValidationError
 
 from edgectl_agent.api import DeploymentState, DesiredDeployment, UploadStatus
 from edgectl_agent.errors import AgentError, BadRequest, Conflict, InsufficientStorage, Unprocessable
+from edgectl_agent.faults import crash_point
 from edgectl_agent.tree import MAX_MANIFEST_BYTES, TreeError, TreeFile, is_manifest, parse_manifest
 
 log = logging.getLogger(__name__)
@@ -40,6 +47,7 @@ log = logging.getLogger(__name__)
 _DIGEST = re.compile(r"sha256:([0-9a-f]{64})")
 _HASH_BLOCK = 1024 * 1024
 STATE_VERSION = 1
+DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
 
 
 def digest_hex(digest: str) -> str:
@@ -117,12 +125,34 @@ class ArtifactStore:
                                  "would write where it points", hint=f"remove it (rm {d}); the agent creates the "
                                  "folder at its next start")
         self._migrate_suffixes()
+        self._remove_leftovers()
 
     def _migrate_suffixes(self) -> None:
         """Earlier agents named every blob ``<hex>.gguf``; blobs are plain ``<hex>`` now (any format)."""
         for old in self.artifacts.glob("*.gguf"):
             if _DIGEST.fullmatch("sha256:" + old.stem):
                 os.replace(old, self.artifacts / old.stem)
+
+    def _remove_leftovers(self) -> None:
+        """Remove what a crash can leave behind that no one will finish: half-laid-out tree folders and temp files
+        in staging/, write_atomic's temp files in the root, and the staging files of uploads that are complete (or
+        a size file without its partial). One agent owns a root, so at its start nothing else writes there."""
+        removed = []
+        for p in [*self.staging.iterdir(), *self.root.glob(".*.tmp")]:
+            stem, _, suffix = p.name.partition(".")
+            if p.is_dir() and suffix.startswith("tree-"):
+                shutil.rmtree(p, ignore_errors=True)
+            elif p.name.startswith(".") and p.name.endswith(".tmp"):
+                p.unlink(missing_ok=True)
+            elif suffix in ("part", "size") and (self.artifacts / stem).is_file():
+                p.unlink(missing_ok=True)
+            elif suffix == "size" and not (self.staging / f"{stem}.part").exists():
+                p.unlink(missing_ok=True)
+            else:
+                continue
+            removed.append(p.name)
+        if removed:
+            log.info("removed %d leftovers of an interrupted run: %s", len(removed), ", ".join(sorted(removed)))
 
     # -- paths (validated) ------------------------------------------------------------------------------------
     def path(self, digest: str) -> Path:
@@ -197,13 +227,20 @@ class ArtifactStore:
             raise InsufficientStorage(
                 f"not enough disk for {digest}: {needed} more bytes needed, {free} free on {self.root}",
                 hint="free space on the device (remove unused deployments) or choose a smaller quant")
-        if offset == 0:  # a fresh .part, replacing whatever name was there (a symlink is not followed)
-            os.close(_create_exclusive(self._part(digest)))
-        write_atomic(self._size_file(digest), f"{size}\n".encode())
+        try:
+            if offset == 0:  # a fresh .part, replacing whatever name was there (a symlink is not followed)
+                os.close(_create_exclusive(self._part(digest)))
+            write_atomic(self._size_file(digest), f"{size}\n".encode())
+        except OSError as e:
+            if e.errno in DISK_FULL:
+                raise self._disk_full(digest, e) from e
+            raise
+        crash_point("upload.begin", digest)
         return size
 
     async def receive(self, digest: str, offset: int, size: int, chunks: AsyncIterator[bytes]) -> None:
-        """Append ``chunks`` to the partial file. What arrived before a cut connection is kept (and synced)."""
+        """Append ``chunks`` to the partial file. What arrived before a cut connection is kept (and synced); a
+        disk that fills up meanwhile ends the upload with 507 and its bytes deleted."""
         part = self._part(digest)
         written = offset
         try:
@@ -219,19 +256,34 @@ class ArtifactStore:
             raise Conflict(f"the partial upload of {digest} was not the agent's own file (it was removed)",
                            hint=f"start the upload again at offset 0: PUT /control/v1/artifacts/{digest}?offset=0",
                            type="offset_mismatch", code="0")
-        with open(fd, "r+b") as f:
-            f.seek(offset)
-            try:
-                async for chunk in chunks:
-                    if written + len(chunk) > size:
-                        f.truncate(offset)
-                        raise BadRequest(f"received more than the declared {size} bytes of {digest}",
-                                         hint="send exactly X-Edgectl-Size bytes in total", param="offset")
-                    f.write(chunk)
-                    written += len(chunk)
-            finally:
-                f.flush()
-                os.fsync(f.fileno())
+        try:
+            with open(fd, "r+b") as f:
+                f.seek(offset)
+                try:
+                    async for chunk in chunks:
+                        if written + len(chunk) > size:
+                            f.truncate(offset)
+                            raise BadRequest(f"received more than the declared {size} bytes of {digest}",
+                                             hint="send exactly X-Edgectl-Size bytes in total", param="offset")
+                        f.write(chunk)
+                        if written == offset:
+                            crash_point("upload.after_write", digest)
+                        written += len(chunk)
+                finally:
+                    f.flush()
+                    os.fsync(f.fileno())
+        except OSError as e:
+            if e.errno in DISK_FULL:
+                raise self._disk_full(digest, e) from e
+            raise
+
+    def _disk_full(self, digest: str, error: OSError) -> InsufficientStorage:
+        """The disk filled up during an upload: its partial bytes are deleted (a resume could not fit either)."""
+        self.discard(digest)
+        return InsufficientStorage(
+            f"the disk holding {self.root} filled up while receiving {digest} ({os.strerror(error.errno)}); the "
+            "partial upload was deleted", hint="free space on the device (remove unused deployments, or files "
+            "other programs write there) and push again; the artifact serving now is unaffected")
 
     def finish(self, digest: str, size: int) -> UploadStatus:
         """Verify and move a complete upload into place (blocking: run it in a thread). Mismatch = bytes deleted."""
@@ -240,6 +292,7 @@ class ArtifactStore:
         received = st.st_size if st is not None else 0
         if received < size:
             return UploadStatus(digest=digest, size_bytes=size, received_bytes=received, complete=False)
+        crash_point("verify", digest)
         actual = sha256_file(part)
         if actual != digest:
             self.discard(digest)
@@ -247,8 +300,10 @@ class ArtifactStore:
                                 "they were deleted", hint="the local artifact changed or was corrupted in transit; "
                                 "rebuild it (edgectl build) and push again", type="digest_mismatch")
         final = self.path(digest)
+        crash_point("finish.before_rename", digest)
         os.replace(part, final)
         fsync_dir(self.artifacts)
+        crash_point("finish.after_rename", digest)
         self._size_file(digest).unlink(missing_ok=True)
         log.info("artifact %s complete (%d bytes)", digest, size)
         return UploadStatus(digest=digest, size_bytes=size, received_bytes=size, complete=True)
@@ -262,8 +317,10 @@ class ArtifactStore:
         tree = self.tree_path(digest)
         if tree.is_symlink():
             tree.unlink()  # planted: remove the link, never what it points at
-        elif tree.exists():
-            shutil.rmtree(tree)
+        elif tree.exists():  # moved out first, so trees/ never holds a half-deleted folder
+            doomed = self.staging / f"{tree.name}.tree-{secrets.token_hex(4)}"
+            os.replace(tree, doomed)
+            shutil.rmtree(doomed)
         self.path(digest).unlink(missing_ok=True)
         self.discard(digest)
         log.info("artifact %s deleted (no deployment refers to it)", digest)
@@ -336,6 +393,8 @@ class ArtifactStore:
                     os.link(self.path(f.sha256), target)
                 except OSError:  # a filesystem without hard links: copy
                     shutil.copyfile(self.path(f.sha256), target)
+                crash_point("stage.after_link", digest)
+            crash_point("stage.before_rename", digest)
             os.replace(stage, final)
             fsync_dir(self.trees)
         finally:
@@ -376,8 +435,9 @@ class StateFile:
     """``<root>/state.json``: the deployments the agent serves, so it restarts serving them without edgectl.
 
     Beside the wire ``deployments`` it keeps ``loaded``: per deployment, the desired settings its active artifact
-    was loaded with (these differ from ``desired`` after a failed activation), and ``previous``: the desired
-    deployment its previous artifact was served with.
+    was loaded with (these differ from ``desired`` after a failed activation); ``previous``: the desired
+    deployment its previous artifact was served with; and ``garbage``: artifacts the last change stopped referring
+    to, written before they are deleted, so a crash in between cannot leak them.
     """
 
     def __init__(self, root: Path) -> None:
@@ -406,10 +466,20 @@ class StateFile:
             raise Unprocessable(f"{self.path} is not a valid agent state file: {e}",
                                 hint="delete it to start with no deployments; edgectl apply re-activates them") from e
 
+    def garbage(self) -> set[str]:
+        """The digests the last save listed as garbage (only valid digests; nothing when the file is absent)."""
+        try:
+            raw = json.loads(self.path.read_text())
+        except (OSError, ValueError):
+            return set()
+        listed = raw.get("garbage", []) if isinstance(raw, dict) else []
+        return {d for d in listed if isinstance(d, str) and _DIGEST.fullmatch(d)}
+
     def save(self, states: list[DeploymentState], loaded: dict[str, DesiredDeployment],
-             previous: dict[str, DesiredDeployment] | None = None) -> None:
+             previous: dict[str, DesiredDeployment] | None = None, *, garbage: set[str] = frozenset()) -> None:
         body = {"version": STATE_VERSION,
                 "deployments": [s.model_dump(mode="json") for s in states],
                 "loaded": {name: d.model_dump(mode="json") for name, d in sorted(loaded.items())},
-                "previous": {name: d.model_dump(mode="json") for name, d in sorted((previous or {}).items())}}
+                "previous": {name: d.model_dump(mode="json") for name, d in sorted((previous or {}).items())},
+                "garbage": sorted(garbage)}
         write_atomic(self.path, (json.dumps(body, indent=2) + "\n").encode())

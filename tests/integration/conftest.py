@@ -24,19 +24,22 @@ def free_port() -> int:
 
 
 class AgentProcess:
-    """A real agent process; ``log`` holds its stderr."""
+    """A real agent process; ``log`` holds its stderr. ``env``: extra environment variables (e.g. the fault
+    injection hook's EDGECTL_AGENT_CRASH_AT); ``wait=False`` returns at once, for an agent expected to die."""
 
-    def __init__(self, root: Path, port: int) -> None:
+    def __init__(self, root: Path, port: int, *, env: dict[str, str] | None = None, wait: bool = True) -> None:
         self.root, self.port = root, port
         self.url = f"http://127.0.0.1:{port}"
         self.log = root.parent / f"{root.name}-agent-{port}.log"
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "edgectl_agent", "serve", "--root", str(root), "--port", str(port)],
-                stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True)
-        self._wait_healthy()
-        self.token = (root / "token").read_text().strip()
-        self.auth = {"Authorization": f"Bearer {self.token}"}
+                stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True,
+                env={**os.environ, **(env or {})})
+        if wait:
+            self._wait_healthy()
+            self.token = (root / "token").read_text().strip()
+            self.auth = {"Authorization": f"Bearer {self.token}"}
 
     def _wait_healthy(self) -> None:
         deadline = time.monotonic() + START_TIMEOUT_S
@@ -89,11 +92,12 @@ def ssh_shared(tmp_path_factory) -> dict:
 
 @pytest.fixture
 def start_agent(tmp_path: Path) -> Iterator:
-    """``start_agent(root=None, port=None)`` starts a real agent; every one started is stopped at teardown."""
+    """``start_agent(root=None, port=None, env=None, wait=True)`` starts a real agent; every one started is stopped
+    at teardown."""
     started: list[AgentProcess] = []
 
-    def start(root: Path | None = None, port: int | None = None) -> AgentProcess:
-        a = AgentProcess(root or tmp_path / "agent-root", port or free_port())
+    def start(root: Path | None = None, port: int | None = None, **kw) -> AgentProcess:
+        a = AgentProcess(root or tmp_path / "agent-root", port or free_port(), **kw)
         started.append(a)
         return a
 

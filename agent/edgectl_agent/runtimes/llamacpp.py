@@ -137,10 +137,11 @@ class LlamaCppModel(LoadedModel):
             raise ModelUnavailable(f"model '{self.name}' was unloaded while this request waited",
                                    hint="retry the request; it is answered by the model now active")
 
-    def _run(self, fn, *args, **kwargs):
+    # The Llama method is looked up by name once the lock is held: a closed model has none (ModelUnavailable).
+    def _run(self, method: str, *args, **kwargs):
         self._acquire()
         try:
-            return fn(*args, **kwargs)
+            return getattr(self._llm, method)(*args, **kwargs)
         except (ValueError, RuntimeError) as e:
             raise BadRequest(f"llama.cpp rejected the request: {e}",
                              hint="shorten the prompt or max_tokens to fit the deployment's context_length") from e
@@ -149,10 +150,10 @@ class LlamaCppModel(LoadedModel):
         finally:
             self._lock.release()
 
-    def _stream(self, fn, *args, **kwargs) -> Iterator[dict[str, Any]]:
+    def _stream(self, method: str, *args, **kwargs) -> Iterator[dict[str, Any]]:
         self._acquire()
         try:
-            it = fn(*args, stream=True, **kwargs)
+            it = getattr(self._llm, method)(*args, stream=True, **kwargs)
             try:
                 yield from it
             finally:
@@ -170,21 +171,21 @@ class LlamaCppModel(LoadedModel):
     def chat(self, messages, params: GenerationParams, *, stream: bool = False):
         kw = params.as_kwargs()
         if stream:
-            return self._stream(self._llm.create_chat_completion, messages=messages, **kw)
-        return self._run(self._llm.create_chat_completion, messages=messages, **kw)
+            return self._stream("create_chat_completion", messages=messages, **kw)
+        return self._run("create_chat_completion", messages=messages, **kw)
 
     def complete(self, prompt: str, params: GenerationParams, *, stream: bool = False):
         kw = params.as_kwargs()
         if stream:
-            return self._stream(self._llm.create_completion, prompt, **kw)
-        return self._run(self._llm.create_completion, prompt, **kw)
+            return self._stream("create_completion", prompt, **kw)
+        return self._run("create_completion", prompt, **kw)
 
     def embed(self, inputs: list[str]) -> dict[str, Any]:
         if not self.supports_embeddings:
             raise BadRequest(f"model '{self.name}' does not support embeddings",
                              hint="deploy it with runtime_options: {embedding: true}, or use an embedding model",
                              param="model", code="embeddings_not_supported")
-        out = self._run(self._llm.create_embedding, inputs)
+        out = self._run("create_embedding", inputs)
         for item in out.get("data", []):
             vec = item["embedding"]
             if vec and isinstance(vec[0], list):  # the model has no pooling: one vector per token; mean-pool
