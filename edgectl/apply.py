@@ -21,7 +21,7 @@ from pathlib import Path
 from edgectl_agent import __version__ as AGENT_VERSION
 from edgectl_agent.api import AgentState, ArtifactRef, DesiredDeployment, Facts
 
-from edgectl.agent_client import AgentClient
+from edgectl.agent_client import AgentClient, SmokeResult
 from edgectl.build import ArtifactStore, build, builder_for, lookup
 from edgectl.build.sources import is_available
 from edgectl.errors import EdgectlError, NotFoundError, PlanError
@@ -378,12 +378,6 @@ def _rollout_ansible(spec: Spec, name: str, targets: list[DevicePlan], contexts:
     from edgectl.transport import ansible as engine
 
     rollout = spec.deployments[name].spec.rollout
-    gate = rollout.health_gate
-    if gate.smoke and gate.max_ttft_ms is not None:
-        raise PlanError(f"deployment '{name}': health_gate.max_ttft_ms needs a streamed smoke request, which the "
-                        "ansible engine does not send; nothing was changed",
-                        hint="drop max_ttft_ms (min_tokens_per_s works, over the whole request), or apply these "
-                             "devices with --engine ssh")
     unreachable = [dp.device for dp in targets if contexts[dp.device].error]
     allowed = resolve_count(rollout.max_unavailable, len(targets))
     if len(unreachable) > allowed:
@@ -469,8 +463,8 @@ def _ansible_host(spec: Spec, dp: DevicePlan, name: str, ctx: DeviceContext, sto
         "edgectl_deployment": name,
         "edgectl_blobs": [{"digest": d, "path": str(p), "size": p.stat().st_size} for d, p in store.blobs_of(art)],
         "edgectl_desired": json.loads(desired_deployment(spec, dp, dep, art, kind=kind).model_dump_json()),
-        "edgectl_smoke": ({"kind": kind, "max_tokens": gate.max_tokens, "min_tokens_per_s": gate.min_tokens_per_s}
-                          if gate.smoke else None),
+        "edgectl_smoke": ({"kind": kind, "max_tokens": gate.max_tokens, "min_tokens_per_s": gate.min_tokens_per_s,
+                           "max_ttft_ms": gate.max_ttft_ms} if gate.smoke else None),
         "edgectl_rollback": _rollback_request(name, ctx) if rollout.rollback else None,
         "edgectl_bootstrap": ctx.client is None,
     })
@@ -545,22 +539,36 @@ def _deploy_one(spec: Spec, dp: DevicePlan, name: str, ctx: DeviceContext, store
         return False
 
 
+def gate_problems(gate: HealthGate, r: SmokeResult) -> list[str]:
+    """What fails ``gate`` in the agent's own timings of the smoke request (empty: it passes)."""
+    limits = gate.max_ttft_ms is not None or gate.min_tokens_per_s is not None
+    if limits and r.tokens is None:
+        return ["the agent reported no timings for the smoke request (an edgectl-agent older than this edgectl), "
+                "so max_ttft_ms/min_tokens_per_s cannot be checked"]
+    problems = []
+    if gate.max_ttft_ms is not None and (r.ttft_s is None or r.ttft_s * 1000 > gate.max_ttft_ms):
+        problems.append(f"time to first token {(r.ttft_s or 0) * 1000:.1f} ms > max_ttft_ms {gate.max_ttft_ms:g}")
+    rate = r.tokens_per_s
+    if gate.min_tokens_per_s is not None and (rate is None or rate < gate.min_tokens_per_s):
+        problems.append(f"decode {rate or 0:.1f} tokens/s < min_tokens_per_s {gate.min_tokens_per_s:g}")
+    return problems
+
+
 def _health_gate(gate: HealthGate, name: str, kind: str, ctx: DeviceContext, res: DeviceResult,
                  events: Events) -> None:
     if not gate.smoke:
         return
     r = ctx.client.smoke(name, kind=kind, max_tokens=gate.max_tokens)
-    problems = []
-    if gate.max_ttft_ms is not None and r.ttft_s is not None and r.ttft_s * 1000 > gate.max_ttft_ms:
-        problems.append(f"time to first token {r.ttft_s * 1000:.0f} ms > max_ttft_ms {gate.max_ttft_ms:g}")
-    rate = r.tokens_per_s
-    if gate.min_tokens_per_s is not None and (rate is None or rate < gate.min_tokens_per_s):
-        problems.append(f"decode {rate or 0:.1f} tokens/s < min_tokens_per_s {gate.min_tokens_per_s:g}")
+    problems = gate_problems(gate, r)
     if problems:
-        raise PlanError(f"device '{ctx.device.name}', deployment '{name}': health gate failed: " + "; ".join(problems),
+        raise PlanError(f"device '{ctx.device.name}', deployment '{name}': health gate failed (as timed by the "
+                        "agent): " + "; ".join(problems),
                         hint="the smoke request ran on the new artifact; relax rollout.health_gate or pick a "
-                             "smaller quant type (quantization.allow)")
-    detail = f"ttft {r.ttft_s * 1000:.0f} ms, {rate:.1f} tok/s" if r.ttft_s is not None and rate else "ready"
+                             "smaller quant type (quantization.allow); an agent without timings needs this "
+                             f"edgectl's edgectl-agent {AGENT_VERSION} on the device")
+    rate = r.tokens_per_s
+    detail = (f"ttft {r.ttft_s * 1000:.0f} ms, {rate:.1f} tok/s as timed by the agent"
+              if r.ttft_s is not None and rate else "ready")
     events.info(ctx.device.name, f"{name}: health gate passed ({detail})")
     res.actions.append(f"{name}: health gate passed ({detail})")
 
