@@ -15,6 +15,7 @@ from pathlib import Path
 import httpx
 from edgectl_agent.api import (
     CONTROL_PREFIX,
+    TIMINGS_HEADER,
     AgentState,
     DeploymentState,
     DesiredDeployment,
@@ -33,13 +34,16 @@ UPLOAD_RETRY_MAX_S = 4.0
 
 @dataclass(frozen=True)
 class SmokeResult:
-    ttft_s: float | None  # time to the first streamed token (None for tensor models)
-    tokens: int  # streamed content chunks (one per generated token)
-    decode_s: float  # from the first to the last chunk
+    """The agent's own timings of a smoke request (what its metrics record), so the link to the device (an SSH
+    channel, a jump host) never counts; all None for a tensor model or an agent too old to report them."""
+
+    ttft_s: float | None  # from the request's arrival at the agent to its first generated token
+    tokens: int | None  # tokens generated
+    decode_s: float | None  # from the first token to the last
 
     @property
     def tokens_per_s(self) -> float | None:
-        return (self.tokens - 1) / self.decode_s if self.tokens > 1 and self.decode_s > 0 else None
+        return (self.tokens - 1) / self.decode_s if self.tokens and self.tokens > 1 and self.decode_s else None
 
 
 class AgentClient:
@@ -157,17 +161,16 @@ class AgentClient:
 
     def smoke(self, name: str, *, kind: str = "llm", max_tokens: int = 8) -> SmokeResult:
         """One real request to a serving deployment, as a client would send it: a streamed chat completion for an
-        LLM (time to first token and decode rate measured here), the KServe readiness endpoint for a tensor model."""
+        LLM, asking the agent for its own timings of it; the KServe readiness endpoint for a tensor model."""
         if kind != "llm":
             self._request("GET", f"/v2/models/{name}/ready")
-            return SmokeResult(ttft_s=None, tokens=0, decode_s=0.0)
+            return SmokeResult(ttft_s=None, tokens=None, decode_s=None)
         body = {"model": name, "stream": True, "max_tokens": max_tokens, "temperature": 0,
                 "messages": [{"role": "user", "content": "Say hello."}]}
-        start = time.perf_counter()
-        first: float | None = None
         pieces = 0
+        timings: dict = {}
         try:
-            with self._http.stream("POST", "/v1/chat/completions", json=body,
+            with self._http.stream("POST", "/v1/chat/completions", json=body, headers={TIMINGS_HEADER: "1"},
                                    timeout=httpx.Timeout(30.0, read=120.0)) as r:
                 if r.status_code >= 400:
                     r.read()
@@ -175,19 +178,18 @@ class AgentClient:
                 for line in r.iter_lines():
                     if not line.startswith("data: ") or line == "data: [DONE]":
                         continue
-                    delta = json.loads(line[6:]).get("choices", [{}])[0].get("delta", {})
-                    if delta.get("content"):
+                    chunk = json.loads(line[6:])
+                    timings = chunk.get("timings") or timings
+                    if (chunk.get("choices") or [{}])[0].get("delta", {}).get("content"):
                         pieces += 1
-                        if first is None:
-                            first = time.perf_counter()
         except httpx.HTTPError as e:
             raise TransportError(f"device '{self.device}': smoke request to '{name}' failed: {e}",
                                  hint="see the agent's log") from e
-        end = time.perf_counter()
-        if first is None:
+        if not pieces:
             raise AgentError(f"device '{self.device}': the smoke request to '{name}' produced no text",
                              hint="the model answered with nothing; check the artifact and the agent's log")
-        return SmokeResult(ttft_s=first - start, tokens=pieces, decode_s=end - first)
+        return SmokeResult(ttft_s=timings.get("ttft_s"), tokens=timings.get("tokens"),
+                           decode_s=timings.get("decode_s"))
 
     def delete_deployment(self, name: str) -> DeploymentState:
         return DeploymentState.model_validate(

@@ -1,7 +1,8 @@
 """Run a plan: build what is missing, push it, activate it, remove what is no longer desired.
 
 Order of work, so that bad input changes nothing: observe (read-only) -> plan -> refuse unfit -> start agents only
-where there is work -> re-observe those -> build everything planned -> per deployment, its rollout: waves of
+where there is work (the ansible engine's devices through the playbook's bootstrap) -> re-observe those and plan
+again with the hardware they report -> build everything planned -> per deployment, its rollout: waves of
 devices (all at once, rolling, or a canary first), devices of a wave in parallel, each pushed, activated and passed
 through the health gate; a device that fails is rolled back to what it served before; too many failures halt the
 rollout and roll the wave back -> remove what is no longer selected. The result says exactly what happened where.
@@ -22,7 +23,7 @@ from edgectl_agent import __version__ as AGENT_VERSION
 from edgectl_agent.api import AgentState, ArtifactRef, DesiredDeployment, Facts
 from edgectl_agent.signing import KEY_UNUSABLE
 
-from edgectl.agent_client import AgentClient
+from edgectl.agent_client import AgentClient, SmokeResult
 from edgectl.build import ArtifactStore, build, builder_for, lookup
 from edgectl.build.sources import is_available
 from edgectl.errors import EdgectlError, NotFoundError, PlanError
@@ -259,20 +260,28 @@ def apply(spec: Spec, *, store: ArtifactStore, device_names: Iterable[str] | Non
     # serve (it recovers its last good state from disk), which can make steps unnecessary.
     busy = [dp.device for dp in p.devices if dp.status == "ok" and dp.steps] + unobserved
     by_ansible = {d.name for d in devices if engine_of(spec, d, engine) == "ansible"}
-    # the ansible engine's playbook bootstraps its devices itself
-    restarted = [n for n in busy if contexts[n].client is None and contexts[n].error is None
-                 and n not in by_ansible]
+    waiting = [n for n in busy if contexts[n].client is None and contexts[n].error is None]
+    needed = {dp.device: {dep.chosen.runtime for dep in dp.deployments if dep.chosen is not None}
+              for dp in p.devices}
+    for n in unobserved:  # the runtime an 'auto' profile falls back to when the agent has none
+        needed[n] = {AUTO_RUNTIME_ORDER[0]}
+    # Agents start before the plan that deploys is made (it needs the hardware they report): the ansible engine's
+    # devices through the playbook's own bootstrap, the others through edgectl's transports.
+    booted = [n for n in waiting if n in by_ansible]
+    restarted = [n for n in waiting if n not in by_ansible]
+    boot_actions: dict[str, list[str]] = {}
+    for n in waiting:
+        events.info(n, "starting agent")
+        if contexts[n].transport is not None:
+            contexts[n].transport.close()
+    if booted:
+        boot_actions = _bootstrap_ansible(booted, needed, contexts, events, parallel)
+        contexts.update(observe([contexts[n].device for n in booted if contexts[n].error is None],
+                                start_agents=False, parallel=parallel, signers=signers))
     if restarted:
-        needed = {dp.device: {dep.chosen.runtime for dep in dp.deployments if dep.chosen is not None}
-                  for dp in p.devices}
-        for n in restarted:
-            events.info(n, "starting agent")
-            if contexts[n].transport is not None:
-                contexts[n].transport.close()
-        for n in unobserved:  # the runtime an 'auto' profile falls back to when the agent has none
-            needed[n] = {AUTO_RUNTIME_ORDER[0]}
         contexts.update(observe([contexts[n].device for n in restarted], start_agents=True, runtimes=needed,
                                 parallel=parallel, signers=signers))
+    if waiting:
         p = make_plan(spec, contexts, store)
 
     needs_build = {recipe_id(dep.chosen.recipe) for dp in p.devices for dep in dp.deployments
@@ -280,11 +289,13 @@ def apply(spec: Spec, *, store: ArtifactStore, device_names: Iterable[str] | Non
     artifacts: dict[str, tuple[BuiltArtifact, bool]] = {}
     if needs_build:
         artifacts.update(build_planned(spec, p, store, events, only=needs_build))
-    results = {dp.device: DeviceResult(dp.device, endpoint=_endpoint(contexts[dp.device])) for dp in p.devices}
+    results = {dp.device: DeviceResult(dp.device, endpoint=_endpoint(contexts[dp.device]),
+                                       actions=list(boot_actions.get(dp.device, []))) for dp in p.devices}
     for dp in p.devices:
-        if contexts[dp.device].error and dp.steps:
+        if contexts[dp.device].error and (dp.steps or dp.device in unobserved):
             results[dp.device].error = contexts[dp.device].error
-        elif dp.status != "ok" and dp.device in restarted:  # fit by its profile, not by what its agent reports
+        elif dp.status != "ok" and dp.device in waiting:
+            # fit by its profile, not by what its agent reports
             why = "; ".join(f"{d.deployment}: {d.unfit}" + (f" ({d.hint})" if d.hint else "")
                             for d in dp.deployments if d.unfit) or (dp.hint or "")
             results[dp.device].error = (f"device '{dp.device}' is {dp.status} by the hardware its agent reports "
@@ -395,12 +406,6 @@ def _rollout_ansible(spec: Spec, name: str, targets: list[DevicePlan], contexts:
     from edgectl.transport import ansible as engine
 
     rollout = spec.deployments[name].spec.rollout
-    gate = rollout.health_gate
-    if gate.smoke and gate.max_ttft_ms is not None:
-        raise PlanError(f"deployment '{name}': health_gate.max_ttft_ms needs a streamed smoke request, which the "
-                        "ansible engine does not send; nothing was changed",
-                        hint="drop max_ttft_ms (min_tokens_per_s works, over the whole request), or apply these "
-                             "devices with --engine ssh")
     unreachable = [dp.device for dp in targets if contexts[dp.device].error]
     allowed = resolve_count(rollout.max_unavailable, len(targets))
     if len(unreachable) > allowed:
@@ -421,19 +426,17 @@ def _rollout_ansible(spec: Spec, name: str, targets: list[DevicePlan], contexts:
     if not order:
         return None
     sizes, allowed_failures = engine.serial_and_allowed(order, rollout.max_failure, resolve_count)
-    hosts = {d: {**hosts[d], "edgectl_allowed_failures": allowed_failures[d]} for wave in order for d in wave}
+    # of the devices that bootstrap here, those that install their venv (one per shared transport.venv)
+    installers = engine.venv_installers([d for wave in order for d in wave if hosts[d]["edgectl_bootstrap"]],
+                                        {d: contexts[d].device.transport.venv for d in hosts})
+    hosts = {d: {**hosts[d], "edgectl_allowed_failures": allowed_failures[d], "edgectl_installs": d in installers}
+             for wave in order for d in wave}
     for index, wave in enumerate(order):
         canary = rollout.strategy == "canary" and index == 0
         events.info(None, f"{name}: wave {index + 1}/{len(order)}{' (canary)' if canary else ''} via ansible: "
                           + ", ".join(wave))
 
-    def on_event(ev: dict) -> None:
-        data = ev.get("event_data") or {}
-        msg = (data.get("res") or {}).get("msg")
-        if ev.get("event") == "runner_on_ok" and isinstance(msg, str) and msg.startswith(engine.ACTION_PREFIX):
-            events.info(data.get("host"), " ".join(msg[len(engine.ACTION_PREFIX):].split()))
-
-    outcome = engine.run_playbook(hosts, {"edgectl_serial": sizes}, forks=forks, on_event=on_event)
+    outcome = engine.run_playbook(hosts, {"edgectl_serial": sizes}, forks=forks, on_event=_ansible_progress(events))
     tried = failed = 0
     why = None
     for index, wave in enumerate(order):
@@ -473,7 +476,6 @@ def _ansible_host(spec: Spec, dp: DevicePlan, name: str, ctx: DeviceContext, sto
     """The host variables the playbook needs for ``name`` on this device: connection, artifact blobs, the desired
     deployment, what to roll back to, and (when no agent answered) the bootstrap argv lists and wheels."""
     from edgectl.transport import ansible as engine
-    from edgectl.transport import bootstrap
     from edgectl.transport.ssh import known_hosts_files
 
     dep = _dep_plan(dp, name)
@@ -487,31 +489,87 @@ def _ansible_host(spec: Spec, dp: DevicePlan, name: str, ctx: DeviceContext, sto
         "edgectl_blobs": [{"digest": d, "path": str(p), "size": p.stat().st_size} for d, p in store.blobs_of(art)],
         "edgectl_desired": json.loads(signed(ctx.signer, desired_deployment(spec, dp, dep, art, kind=kind))
                                       .model_dump_json()),
-        "edgectl_smoke": ({"kind": kind, "max_tokens": gate.max_tokens, "min_tokens_per_s": gate.min_tokens_per_s}
-                          if gate.smoke else None),
+        "edgectl_smoke": ({"kind": kind, "max_tokens": gate.max_tokens, "min_tokens_per_s": gate.min_tokens_per_s,
+                           "max_ttft_ms": gate.max_ttft_ms} if gate.smoke else None),
         "edgectl_rollback": _rollback_request(name, ctx, store) if rollout.rollback else None,
         "edgectl_bootstrap": ctx.client is None,
     })
     if ctx.client is None:
-        t = ctx.device.transport
-        layout = bootstrap.RemoteLayout(t.agent_dir)
-        runtimes = sorted({d.chosen.runtime for d in dp.deployments if d.chosen is not None})
-        extras = bootstrap.extras_for(runtimes)
-        if tuple(extras) not in houses:
-            houses[tuple(extras)] = bootstrap.build_wheelhouse(extras)
-        house = houses[tuple(extras)]
-        out.update({
-            "edgectl_agent_version": AGENT_VERSION,
-            "edgectl_platform": f"{sys.version_info[0]}.{sys.version_info[1]} {platform.machine()}",
-            "edgectl_platform_script": bootstrap.PLATFORM_SCRIPT,
-            "edgectl_wheels": [str(w) for w in sorted(house.glob("*.whl"))],
-            "edgectl_installed_argv": bootstrap.installed_argv(layout, runtimes),
-            "edgectl_venv_argv": bootstrap.venv_argv(t.python, layout),
-            "edgectl_install_argv": bootstrap.install_argv(layout, extras),
-            "edgectl_reinstall_argv": bootstrap.reinstall_argv(layout),
-            "edgectl_start_argv": bootstrap.start_argv(layout, ctx.device.agent.port),
-        })
+        out.update(_ansible_bootstrap_vars(ctx, {d.chosen.runtime for d in dp.deployments if d.chosen is not None},
+                                           houses))
     return out
+
+
+def _ansible_bootstrap_vars(ctx: DeviceContext, runtimes: Iterable[str],
+                            houses: dict[tuple[str, ...], Path]) -> dict:
+    """The host variables that install (from edgectl's wheelhouse) and start an agent able to run ``runtimes``."""
+    from edgectl.transport import bootstrap
+
+    t = ctx.device.transport
+    layout = bootstrap.RemoteLayout(t.agent_dir, t.venv)
+    runtimes = sorted(set(runtimes))
+    extras = bootstrap.extras_for(runtimes)
+    if tuple(extras) not in houses:
+        houses[tuple(extras)] = bootstrap.build_wheelhouse(extras)
+    house = houses[tuple(extras)]
+    return {
+        "edgectl_agent_version": AGENT_VERSION,
+        "edgectl_venv": layout.venv,
+        "edgectl_platform": f"{sys.version_info[0]}.{sys.version_info[1]} {platform.machine()}",
+        "edgectl_platform_script": bootstrap.PLATFORM_SCRIPT,
+        "edgectl_wheels": [str(w) for w in sorted(house.glob("*.whl"))],
+        "edgectl_installed_argv": bootstrap.installed_argv(layout, runtimes),
+        "edgectl_venv_argv": bootstrap.venv_argv(t.python, layout),
+        "edgectl_install_argv": bootstrap.install_argv(layout, extras),
+        "edgectl_reinstall_argv": bootstrap.reinstall_argv(layout),
+        "edgectl_start_argv": bootstrap.start_argv(layout, ctx.device.agent.port),
+    }
+
+
+def _bootstrap_ansible(names: list[str], runtimes: dict[str, set[str]], contexts: dict[str, DeviceContext],
+                       events: Events, forks: int) -> dict[str, list[str]]:
+    """Install and start the agents of ``names`` with the playbook (bootstrap only, one batch), so that they report
+    their hardware before the plan that deploys to them is made. A device that fails keeps the playbook's reason
+    as its error. Returns what was done per device."""
+    from edgectl.transport import ansible as engine
+    from edgectl.transport.ssh import known_hosts_files
+
+    hosts: dict[str, dict] = {}
+    houses: dict[tuple[str, ...], Path] = {}
+    for n in names:
+        ctx = contexts[n]
+        try:
+            hosts[n] = {**engine.host_connection(ctx.device, known_hosts_files()),
+                        **_ansible_bootstrap_vars(ctx, runtimes.get(n, set()), houses),
+                        "edgectl_bootstrap": True, "edgectl_bootstrap_only": True, "edgectl_rollback": None,
+                        "edgectl_allowed_failures": len(names)}
+        except EdgectlError as e:
+            ctx.error = str(e)
+    if not hosts:
+        return {}
+    installers = engine.venv_installers(list(hosts), {d: contexts[d].device.transport.venv for d in hosts})
+    hosts = {d: {**v, "edgectl_installs": d in installers} for d, v in hosts.items()}
+    events.info(None, "bootstrap via ansible: " + ", ".join(hosts))
+    outcome = engine.run_playbook(hosts, {"edgectl_serial": [len(hosts)]}, forks=forks,
+                                  on_event=_ansible_progress(events))
+    for d, ho in outcome.hosts.items():
+        if ho.error or not ho.started:
+            contexts[d].error = ho.error or (f"device '{d}': the playbook never reached it (ansible-playbook exit "
+                                             f"{outcome.rc})\n{outcome.stdout_tail.strip()[-1500:]}")
+    return {d: ho.actions for d, ho in outcome.hosts.items()}
+
+
+def _ansible_progress(events: Events):
+    """A runner event handler that reports the playbook's 'edgectl-action:' messages as they happen."""
+    from edgectl.transport import ansible as engine
+
+    def on_event(ev: dict) -> None:
+        data = ev.get("event_data") or {}
+        msg = (data.get("res") or {}).get("msg")
+        if ev.get("event") == "runner_on_ok" and isinstance(msg, str) and msg.startswith(engine.ACTION_PREFIX):
+            events.info(data.get("host"), " ".join(msg[len(engine.ACTION_PREFIX):].split()))
+
+    return on_event
 
 
 def _rollback_request(name: str, ctx: DeviceContext, store: ArtifactStore) -> dict:
@@ -565,22 +623,36 @@ def _deploy_one(spec: Spec, dp: DevicePlan, name: str, ctx: DeviceContext, store
         return False
 
 
+def gate_problems(gate: HealthGate, r: SmokeResult) -> list[str]:
+    """What fails ``gate`` in the agent's own timings of the smoke request (empty: it passes)."""
+    limits = gate.max_ttft_ms is not None or gate.min_tokens_per_s is not None
+    if limits and r.tokens is None:
+        return ["the agent reported no timings for the smoke request (an edgectl-agent older than this edgectl), "
+                "so max_ttft_ms/min_tokens_per_s cannot be checked"]
+    problems = []
+    if gate.max_ttft_ms is not None and (r.ttft_s is None or r.ttft_s * 1000 > gate.max_ttft_ms):
+        problems.append(f"time to first token {(r.ttft_s or 0) * 1000:.1f} ms > max_ttft_ms {gate.max_ttft_ms:g}")
+    rate = r.tokens_per_s
+    if gate.min_tokens_per_s is not None and (rate is None or rate < gate.min_tokens_per_s):
+        problems.append(f"decode {rate or 0:.1f} tokens/s < min_tokens_per_s {gate.min_tokens_per_s:g}")
+    return problems
+
+
 def _health_gate(gate: HealthGate, name: str, kind: str, ctx: DeviceContext, res: DeviceResult,
                  events: Events) -> None:
     if not gate.smoke:
         return
     r = ctx.client.smoke(name, kind=kind, max_tokens=gate.max_tokens)
-    problems = []
-    if gate.max_ttft_ms is not None and r.ttft_s is not None and r.ttft_s * 1000 > gate.max_ttft_ms:
-        problems.append(f"time to first token {r.ttft_s * 1000:.0f} ms > max_ttft_ms {gate.max_ttft_ms:g}")
-    rate = r.tokens_per_s
-    if gate.min_tokens_per_s is not None and (rate is None or rate < gate.min_tokens_per_s):
-        problems.append(f"decode {rate or 0:.1f} tokens/s < min_tokens_per_s {gate.min_tokens_per_s:g}")
+    problems = gate_problems(gate, r)
     if problems:
-        raise PlanError(f"device '{ctx.device.name}', deployment '{name}': health gate failed: " + "; ".join(problems),
+        raise PlanError(f"device '{ctx.device.name}', deployment '{name}': health gate failed (as timed by the "
+                        "agent): " + "; ".join(problems),
                         hint="the smoke request ran on the new artifact; relax rollout.health_gate or pick a "
-                             "smaller quant type (quantization.allow)")
-    detail = f"ttft {r.ttft_s * 1000:.0f} ms, {rate:.1f} tok/s" if r.ttft_s is not None and rate else "ready"
+                             "smaller quant type (quantization.allow); an agent without timings needs this "
+                             f"edgectl's edgectl-agent {AGENT_VERSION} on the device")
+    rate = r.tokens_per_s
+    detail = (f"ttft {r.ttft_s * 1000:.0f} ms, {rate:.1f} tok/s as timed by the agent"
+              if r.ttft_s is not None and rate else "ready")
     events.info(ctx.device.name, f"{name}: health gate passed ({detail})")
     res.actions.append(f"{name}: health gate passed ({detail})")
 

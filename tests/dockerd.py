@@ -16,12 +16,65 @@ REPO = Path(__file__).resolve().parents[1]
 BASE_IMAGE = "edgectl-base:debian12"
 
 
+def make_tls(folder: Path) -> tuple[Path, Path]:
+    """A throwaway CA, a server certificate for 127.0.0.1 and a client certificate, as dockerd and the docker
+    client want them: ``(server_dir, client_dir)``, each with ca.pem, cert.pem and key.pem."""
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+    now = datetime.datetime.now(datetime.timezone.utc)
+
+    def cert(name: str, key, issuer_name, issuer_key, *, ca: bool = False, usage=None, ip: str | None = None):
+        b = (x509.CertificateBuilder().subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)]))
+             .issuer_name(issuer_name).public_key(key.public_key()).serial_number(x509.random_serial_number())
+             .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + datetime.timedelta(days=1))
+             .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True))
+        if usage:
+            b = b.add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
+        if ip:
+            import ipaddress
+
+            b = b.add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address(ip))]),
+                                critical=False)
+        return b.sign(issuer_key, hashes.SHA256())
+
+    def pem_key(key) -> bytes:
+        return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.TraditionalOpenSSL,
+                                 serialization.NoEncryption())
+
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "edgectl test CA")])
+    ca = cert("edgectl test CA", ca_key, ca_name, ca_key, ca=True)
+    out = []
+    for role, usage, ip in (("server", ExtendedKeyUsageOID.SERVER_AUTH, "127.0.0.1"),
+                            ("client", ExtendedKeyUsageOID.CLIENT_AUTH, None)):
+        key = ec.generate_private_key(ec.SECP256R1())
+        d = folder / role
+        d.mkdir(parents=True, exist_ok=True)
+        (d / "ca.pem").write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+        (d / "cert.pem").write_bytes(cert(role, key, ca_name, ca_key, usage=usage, ip=ip)
+                                     .public_bytes(serialization.Encoding.PEM))
+        (d / "key.pem").write_bytes(pem_key(key))
+        (d / "key.pem").chmod(0o600)
+        out.append(d)
+    return out[0], out[1]
+
+
 class Dockerd:
-    def __init__(self, folder: Path) -> None:
+    """``tls_port``: also listen on tcp://127.0.0.1:PORT with mutual TLS (certificates from make_tls, under
+    ``folder/tls``); the client's folder is ``tls_client``."""
+
+    def __init__(self, folder: Path, *, tls_port: int | None = None) -> None:
         self.folder = folder
         self.socket = folder / "docker.sock"
         self.log = folder / "dockerd.log"
         self.proc: subprocess.Popen | None = None
+        self.tls_port = tls_port
+        self.tls_client: Path | None = None
 
     @property
     def url(self) -> str:
@@ -40,6 +93,10 @@ class Dockerd:
         self.exec_root = Path("/tmp") / f"edock-{os.getpid()}-{int(time.time())}"
         argv = [dockerd, "--data-root", str(self.folder / "data"), "--exec-root", str(self.exec_root),
                 "--host", self.url, "--pidfile", str(self.folder / "docker.pid")]
+        if self.tls_port is not None:
+            server, self.tls_client = make_tls(self.folder / "tls")
+            argv += ["--host", f"tcp://127.0.0.1:{self.tls_port}", "--tlsverify", "--tlscacert",
+                     str(server / "ca.pem"), "--tlscert", str(server / "cert.pem"), "--tlskey", str(server / "key.pem")]
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
                                          start_new_session=True)

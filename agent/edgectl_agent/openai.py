@@ -18,7 +18,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from edgectl_agent.api import check_json_values
+from edgectl_agent.api import TIMINGS_HEADER, check_json_values
 from edgectl_agent.deployments import Serving, run_on_active
 from edgectl_agent.errors import AgentError, BadRequest, NotFound
 from edgectl_agent.runtimes.base import GenerationParams
@@ -194,12 +194,21 @@ async def _start_stream(request: Request, model: str, start: Callable[[Serving],
     return await run_on_active(lambda: _serving(request, model), first_chunk)
 
 
+def timings_chunk(obj: str, ttft_s: float | None, tokens: int, decode_s: float) -> dict[str, Any]:
+    """The chunk a TIMINGS_HEADER request gets last: time to first token (from the request's arrival), tokens
+    generated, and seconds from the first token to the last (decode speed = (tokens - 1) / decode_s)."""
+    return {"object": obj, "choices": [],
+            "timings": {"ttft_s": ttft_s, "tokens": tokens, "decode_s": decode_s}}
+
+
 async def _sse(request: Request, serving: Serving, chunks: Iterator[dict[str, Any]],
                started: float) -> AsyncIterator[str]:
     m = request.app.state.agent.metrics
     name = serving.desired.name
     generated = 0
     first_at = 0.0
+    noted = False
+    kind = "chat.completion.chunk"
     try:
         while True:
             try:
@@ -212,8 +221,15 @@ async def _sse(request: Request, serving: Serving, chunks: Iterator[dict[str, An
                 yield f"data: {json.dumps(err.body())}\n\n"
                 break
             if chunk is _DONE:
+                decode_s = time.perf_counter() - first_at if generated else 0.0
+                m.note_generation(name, generated, decode_s, decode_tokens=generated - 1)
+                noted = True
+                if request.headers.get(TIMINGS_HEADER):
+                    timings = timings_chunk(kind, first_at - started if generated else None, generated, decode_s)
+                    yield f"data: {json.dumps(_stamp(timings, serving))}\n\n"
                 yield "data: [DONE]\n\n"
                 break
+            kind = chunk.get("object") or kind
             if _has_token(chunk):
                 if generated == 0:
                     first_at = time.perf_counter()
@@ -227,8 +243,9 @@ async def _sse(request: Request, serving: Serving, chunks: Iterator[dict[str, An
         # model's lock released) now rather than whenever the garbage collector gets to it. The thread running
         # ``next`` has finished by now: to_thread waits for it even when cancelled.
         # Decode speed: the tokens after the first, over the time since the first (prompt processing excluded).
-        m.note_generation(name, generated, time.perf_counter() - first_at if generated else 0.0,
-                          decode_tokens=generated - 1)
+        if not noted:  # a stream that ended early (client gone, runtime error)
+            m.note_generation(name, generated, time.perf_counter() - first_at if generated else 0.0,
+                              decode_tokens=generated - 1)
         close = getattr(chunks, "close", None)
         if close is not None:
             with anyio.CancelScope(shield=True):

@@ -68,9 +68,11 @@ class HealthGate(Frozen):
                                                   "for an LLM (streamed, so time to first token is measured), a "
                                                   "readiness check for a tensor model.")
     max_ttft_ms: float | None = Field(default=None, gt=0, description="Fail the gate when the smoke request's time "
-                                                                      "to first token exceeds this.")
+                                                                      "to first token, as the agent timed it, "
+                                                                      "exceeds this.")
     min_tokens_per_s: float | None = Field(default=None, gt=0, description="Fail the gate when the smoke request "
-                                                                           "decodes slower than this.")
+                                                                           "decodes slower than this (tokens after "
+                                                                           "the first, as the agent timed them).")
     max_tokens: int = Field(default=8, ge=1, le=256, description="Tokens the smoke request generates.")
 
 

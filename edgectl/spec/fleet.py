@@ -43,6 +43,13 @@ class SshTransport(Frozen):
         description="The agent's venv on the device (default: agent_dir/venv). Point it at a venv baked into the "
                     "device image, or one on a filesystem several devices share: edgectl installs into it only "
                     "when it lacks this agent version or a needed runtime.")
+    service: Literal["auto", "system", "user", "none"] = Field(
+        default="auto",
+        description="How a bootstrapped agent is kept running: 'system' = a systemd system unit (the SSH user must "
+                    "be root), 'user' = a systemd user unit with linger enabled (starts at boot without a login), "
+                    "'none' = a detached process (not restarted at boot). 'auto' picks system when the SSH user is "
+                    "root and systemd runs, else user when the user's systemd runs, else none. (The ansible engine's "
+                    "playbook always starts it detached.)")
 
 
 # Docker engine addresses: the local socket, an engine over SSH, or TCP (TLS only: a plain TCP engine is root for all).

@@ -56,6 +56,16 @@ def ssh_common_args(known_hosts: Iterable[Path], proxy_jump: str | None = None) 
     return " ".join(shlex.quote(a) for a in args)
 
 
+def venv_installers(order: list[str], venvs: dict[str, str | None]) -> set[str]:
+    """The devices that install the agent's venv when it lacks it: each device with its own venv, and of the
+    devices sharing one (transport.venv), the first in rollout ``order`` (concurrent pips in one venv would race)."""
+    first: dict[str, str] = {}
+    for d in order:
+        if venvs.get(d):
+            first.setdefault(venvs[d], d)
+    return {d for d in order if not venvs.get(d) or first[venvs[d]] == d}
+
+
 def host_connection(device: Device, known_hosts: Iterable[Path]) -> dict[str, Any]:
     """Connection variables of one SSH device (validated values only: the spec's patterns forbid metacharacters)."""
     t = device.transport

@@ -2,7 +2,9 @@
 
 edgectl builds the edgectl-agent wheel plus the wheels of the runtime extras the plan needs on this machine (cached
 in a wheelhouse), pushes them, creates a venv on the device and installs with ``pip --no-index``; then starts the
-agent: a systemd user unit where the device runs systemd for the SSH user, else a detached process (nohup).
+agent as transport.service says: a systemd system unit (SSH user root), a systemd user unit with linger enabled (so
+it starts at boot, not at the user's first login), or a detached process (nohup); 'auto' picks the first the device
+supports.
 Every remote command is an argv built by a pure function here; the transport quotes it.
 """
 
@@ -11,6 +13,7 @@ from __future__ import annotations
 import os
 import platform
 import posixpath
+import re
 import subprocess
 import sys
 import threading
@@ -31,6 +34,14 @@ if TYPE_CHECKING:
 # Agent runtime -> the edgectl-agent extra that installs its library (None: nothing beyond the agent itself).
 RUNTIME_EXTRAS: dict[str, str | None] = {**AGENT_RUNTIME_EXTRAS, "fake": None}
 UNIT_NAME = "edgectl-agent.service"
+SYSTEM_UNIT_DIR = "/etc/systemd/system"
+USER_UNIT_DIR = ".config/systemd/user"  # under the SSH user's home
+# One command tells what the device offers: the SSH user's uid and name, and the state of systemd for the system
+# and for that user ("running"/"degraded" = usable; empty when systemctl is missing).
+SERVICE_PROBE_SCRIPT = ('echo "uid=$(id -u)"; echo "user=$(id -un)"; '
+                        'echo "system=$(systemctl is-system-running 2>/dev/null)"; '
+                        'echo "session=$(systemctl --user is-system-running 2>/dev/null)"')
+USABLE_SYSTEMD = ("running", "degraded")
 INSTALL_TIMEOUT_S = 900.0
 # apply bootstraps devices in parallel: one wheelhouse build at a time here, and one install at a time into a venv
 # that several devices share (transport.venv)
@@ -160,18 +171,98 @@ def start_argv(layout: RemoteLayout, port: int) -> list[str]:
             layout.pid]
 
 
-def unit_text(layout: RemoteLayout, port: int) -> str:
-    """The systemd user unit that keeps the agent running (restarted on failure, started at boot with linger)."""
+_UNIT_SAFE_ARG = re.compile(r"^[A-Za-z0-9_@+=:,./-]+$")
+
+
+def unit_arg(arg: str) -> str:
+    """One ExecStart argument as systemd reads it back: quoted where needed, with '%' (specifiers) and '$'
+    (variables) escaped."""
+    if _UNIT_SAFE_ARG.match(arg):
+        return arg
+    return '"' + arg.replace("\\", "\\\\").replace('"', '\\"').replace("%", "%%").replace("$", "$$") + '"'
+
+
+def unit_text(layout: RemoteLayout, port: int, *, system: bool = False) -> str:
+    """The systemd unit that keeps the agent running (restarted on failure, started at boot): a system unit (in
+    /etc/systemd/system, wanted by multi-user.target) or a user unit (wanted by default.target; boot needs linger)."""
+    argv = [layout.python, "-m", "edgectl_agent", "serve", "--root", layout.root, "--host", "127.0.0.1",
+            "--port", str(port)]
     return (
         "[Unit]\n"
         "Description=edgectl agent (serves quantized models on 127.0.0.1)\n"
         "After=network.target\n\n"
         "[Service]\n"
-        f"ExecStart={layout.python} -m edgectl_agent serve --root {layout.root} --host 127.0.0.1 --port {port}\n"
+        "Type=simple\n"
+        f"ExecStart={' '.join(unit_arg(a) for a in argv)}\n"
         "Restart=on-failure\n"
-        "RestartSec=2\n\n"
-        "[Install]\n"
-        "WantedBy=default.target\n")
+        "RestartSec=2\n"
+        # exit code 2 = bad invocation (port in use): restarting will not fix it
+        "RestartPreventExitStatus=2\n"
+        "TimeoutStopSec=30\n"
+        "UMask=0077\n"
+        + ("NoNewPrivileges=yes\nPrivateTmp=yes\n" if system else "")
+        + "\n[Install]\n"
+        f"WantedBy={'multi-user.target' if system else 'default.target'}\n")
+
+
+@dataclass(frozen=True)
+class ServiceProbe:
+    """What SERVICE_PROBE_SCRIPT found on the device."""
+
+    uid: int | None
+    user: str
+    system: str  # `systemctl is-system-running` ("" without systemctl)
+    session: str  # the same for the SSH user's own systemd
+
+
+def parse_service_probe(text: str) -> ServiceProbe:
+    fields = dict(line.split("=", 1) for line in text.splitlines() if "=" in line)
+    uid = fields.get("uid", "").strip()
+    return ServiceProbe(uid=int(uid) if uid.isdigit() else None, user=fields.get("user", "").strip(),
+                        system=fields.get("system", "").strip(), session=fields.get("session", "").strip())
+
+
+def service_mode(requested: str, probe: ServiceProbe, *, device: str) -> str:
+    """'system', 'user' or 'none' (a detached process) for transport.service ``requested`` on this device.
+    'auto': a system unit when the SSH user is root and the device runs systemd, else a user unit when the user's
+    systemd runs, else detached. An explicit choice the device cannot honour is an error, never a silent fallback."""
+    root = probe.uid == 0
+    system_ok = probe.system in USABLE_SYSTEMD
+    user_ok = probe.session in USABLE_SYSTEMD
+    if requested == "auto":
+        return "system" if root and system_ok else "user" if user_ok else "none"
+    if requested == "system":
+        if not root:
+            raise TransportError(f"device '{device}': transport.service is 'system', but the SSH user "
+                                 f"'{probe.user or '?'}' is not root, so it cannot install a system unit",
+                                 hint="connect as root (transport.user: root), or use service: user (a user unit "
+                                      "with linger) or service: none")
+        if not system_ok:
+            raise TransportError(f"device '{device}': transport.service is 'system', but systemd does not run "
+                                 f"there (systemctl is-system-running: '{probe.system or 'no systemctl'}')",
+                                 hint="use service: none (a detached agent process) on devices without systemd")
+    if requested == "user" and not user_ok:
+        raise TransportError(f"device '{device}': transport.service is 'user', but the SSH user's systemd does not "
+                             f"run there (systemctl --user is-system-running: '{probe.session or 'no systemctl'}')",
+                             hint="use service: system (SSH user root) or service: none (a detached process)")
+    return requested
+
+
+def systemctl_argv(mode: str, *args: str) -> list[str]:
+    return ["systemctl", *(["--user"] if mode == "user" else []), *args]
+
+
+def unit_path(mode: str, home: str) -> str:
+    return posixpath.join(SYSTEM_UNIT_DIR if mode == "system" else posixpath.join(home, USER_UNIT_DIR), UNIT_NAME)
+
+
+def linger_argv(user: str) -> list[str]:
+    """Let the user's systemd (and so the agent's user unit) start at boot and survive the SSH session."""
+    return ["loginctl", "enable-linger", user]
+
+
+def linger_query_argv(user: str) -> list[str]:
+    return ["loginctl", "show-user", user, "--property=Linger", "--value"]
 
 
 # -- this machine: the wheelhouse ---------------------------------------------------------------------------------
@@ -268,37 +359,48 @@ def _ensure_installed(t: "SshTransport", layout: RemoteLayout, runtimes: Iterabl
     t.check(reinstall_argv(layout), what="installing the edgectl-agent wheel", timeout=INSTALL_TIMEOUT_S)
 
 
-def has_user_systemd(t: "SshTransport") -> bool:
-    r = t.run(["systemctl", "--user", "is-system-running"])
-    return r.stdout.strip() in ("running", "degraded")
+def resolve_service(t: "SshTransport") -> str:
+    """transport.service resolved on this device (probed once per transport)."""
+    if t.service_mode is None:
+        probe = parse_service_probe(t.check(["sh", "-c", SERVICE_PROBE_SCRIPT], what="probing for systemd"))
+        t.service_mode = service_mode(t.spec.service, probe, device=t.name)
+        t.service_user = probe.user
+    return t.service_mode
 
 
 def start_agent(t: "SshTransport", layout: RemoteLayout) -> None:
-    """Start the agent: a systemd user unit (enabled) when the device has systemd for this user, else detached."""
+    """Start the agent as transport.service says: a systemd unit (enabled, so it starts at boot; linger for a user
+    unit) or a detached process."""
     # its folder may not exist yet when the venv was found ready elsewhere (transport.venv)
     t.check(["mkdir", "-p", layout.root], what="creating the agent's folders")
-    if has_user_systemd(t):
-        import tempfile
-
-        with tempfile.TemporaryDirectory() as tmp:
-            unit = Path(tmp) / UNIT_NAME
-            unit.write_text(unit_text(layout, t.port))
-            t.put_file(unit, posixpath.join(t.home, ".config", "systemd", "user", UNIT_NAME))
-        t.check(["systemctl", "--user", "daemon-reload"], what="reloading systemd")
-        t.check(["systemctl", "--user", "enable", "--now", UNIT_NAME], what="starting the agent unit")
+    mode = resolve_service(t)
+    if mode == "none":
+        t.check(start_argv(layout, t.port), what="starting the agent")
         return
-    t.check(start_argv(layout, t.port), what="starting the agent")
+    if mode == "user" and t.run(linger_query_argv(t.service_user)).stdout.strip() != "yes":
+        t.check(linger_argv(t.service_user), what=f"enabling linger for '{t.service_user}' (so the agent's user unit "
+                "starts at boot; an admin can run `loginctl enable-linger USER`, or use transport.service: system)")
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        unit = Path(tmp) / UNIT_NAME
+        unit.write_text(unit_text(layout, t.port, system=mode == "system"))
+        t.put_file(unit, unit_path(mode, t.home))
+    t.check(systemctl_argv(mode, "daemon-reload"), what="reloading systemd")
+    t.check(systemctl_argv(mode, "enable", "--now", UNIT_NAME), what="starting the agent unit")
 
 
 def agent_alive(t: "SshTransport", layout: RemoteLayout) -> bool:
-    if has_user_systemd(t):
-        return t.run(["systemctl", "--user", "is-active", "--quiet", UNIT_NAME]).returncode == 0
+    mode = resolve_service(t)
+    if mode != "none":
+        return t.run(systemctl_argv(mode, "is-active", "--quiet", UNIT_NAME)).returncode == 0
     return t.run(["sh", "-c", ALIVE_SCRIPT, "edgectl-agent-alive", layout.pid]).returncode == 0
 
 
 def stop_agent(t: "SshTransport", layout: RemoteLayout) -> None:
-    if has_user_systemd(t):
-        t.run(["systemctl", "--user", "stop", UNIT_NAME])
+    mode = resolve_service(t)
+    if mode != "none":
+        t.run(systemctl_argv(mode, "stop", UNIT_NAME))
         return
     t.run(["sh", "-c", STOP_SCRIPT, "edgectl-agent-stop", layout.pid], timeout=30)
 

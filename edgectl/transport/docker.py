@@ -125,6 +125,22 @@ def client_kwargs(engine: str | None, tls_cert_path: str | None) -> dict[str, An
     return kwargs
 
 
+def _tls_engine_client(docker, kwargs: dict[str, Any]) -> "docker.DockerClient":
+    """A client of a TLS engine that trusts the engine's ca.pem only. requests replaces a session's CA with
+    $REQUESTS_CA_BUNDLE / $CURL_CA_BUNDLE whenever one is set (psf/requests#3829), which refuses every private
+    engine CA; the session stops reading the environment before its first request (the version query)."""
+
+    class EngineApi(docker.APIClient):
+        def _retrieve_server_version(self):
+            self.trust_env = False
+            return super()._retrieve_server_version()
+
+    client = docker.DockerClient.__new__(docker.DockerClient)
+    client.api = EngineApi(**kwargs)
+    client.api.trust_env = False
+    return client
+
+
 def dockerfile_folder() -> Path:
     """deploy/docker of a source checkout, or the copy shipped inside the edgectl wheel."""
     import edgectl
@@ -300,7 +316,9 @@ class DockerTransport(Transport):
             else:
                 if "tls" in kwargs:
                     kwargs["tls"] = docker.tls.TLSConfig(**kwargs["tls"])
-                client = docker.DockerClient(**kwargs)
+                    client = _tls_engine_client(docker, kwargs)
+                else:
+                    client = docker.DockerClient(**kwargs)
             client.ping()
         except docker.errors.TLSParameterError as e:
             raise TransportError(f"device '{self.name}': TLS settings for {self.where} are unusable: {e}",

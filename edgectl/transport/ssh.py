@@ -47,6 +47,7 @@ CONNECT_ATTEMPTS = 4
 CHANNEL_ATTEMPTS = 3
 BACKOFF_FIRST_S = 0.5
 BACKOFF_MAX_S = 4.0
+NO_KEYS_MESSAGE = "No authentication methods available"  # paramiko's SSHException when it has no key to try
 OPEN_FAILED_RESOURCE_SHORTAGE = 4  # RFC 4254 channel open failure code: sshd is out of sessions for now
 
 log = logging.getLogger(__name__)
@@ -206,6 +207,8 @@ class SshTransport(Transport):
         self._client: "paramiko.SSHClient | None" = None
         self._jump: "paramiko.SSHClient | None" = None
         self._home: str | None = None
+        self.service_mode: str | None = None  # transport.service as resolved on the device (bootstrap)
+        self.service_user = ""
 
     @property
     def name(self) -> str:
@@ -248,6 +251,9 @@ class SshTransport(Transport):
                 except (paramiko.BadHostKeyException, paramiko.AuthenticationException):
                     raise
                 except (OSError, paramiko.SSHException) as e:  # refused, timed out, reset, no banner: transient
+                    if str(e) == NO_KEYS_MESSAGE:  # not transient: no key file, no ssh-agent key, no ~/.ssh key
+                        raise paramiko.AuthenticationException("no key to offer (no transport.key_file, no key in "
+                                                               "ssh-agent, none in ~/.ssh)") from e
                     if attempt > len(delays):
                         raise
                     log.info("device %s: SSH connect to %s failed (%s); retry %d in %.1f s", self.name, where, e,

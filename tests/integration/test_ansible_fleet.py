@@ -112,26 +112,32 @@ def test_canary_failing_its_gate_halts_the_ansible_rollout_and_rolls_back(tmp_pa
         assert "health gate failed" in r.stderr and "edgectl: gate" in r.stderr, out
         assert "tiny: removed again (nothing served it before) (it failed)" in r.stdout, out
         assert "tiny: not started (rollout halted)" in r.stdout, out
-        assert not (fleet.device("dev2").home / AGENT_HOME).exists()  # never touched
+        for name in ("dev2", "dev3"):  # bootstrapped before the plan (agents report the hardware), never deployed to
+            root = fleet.device(name).home / AGENT_HOME / "root"
+            assert (root / "token").exists() and not (root / "state.json").exists(), name
+            assert not list((root / "artifacts").iterdir()), name
         state = json.loads(edgectl("status", str(mdir), "--json", "--device", "dev1", env=env).stdout)
         assert state[0]["deployments"] == [], state
 
 
 def test_a_failed_device_past_max_failure_rolls_back_the_rest_of_its_wave(tmp_path, env):  # noqa: F811 (fixture)
-    """One wave of three; dev2 cannot be bootstrapped (a file sits where its agent folder goes): the other two
-    activated, then the gate after the batch rolls them back (max_failure 0)."""
+    """One wave of three; dev2's agent holds part of the artifact from an interrupted push, which the playbook
+    refuses to append to: the other two activated, then the gate after the batch rolls them back (max_failure 0)."""
+    import re
+
     with SshFleet(tmp_path / "fleet", 3) as fleet:
         fleet.write_known_hosts(Path(env["EDGECTL_HOME"]) / "known_hosts")
         mdir = manifests(tmp_path, fleet)
         _fleet_with_engine(mdir)
-        blocker = fleet.device("dev2").home / AGENT_HOME
-        blocker.parent.mkdir(parents=True)
-        blocker.write_text("not a folder")
+        digest = re.search(r"sha256:([0-9a-f]{64})", edgectl("build", str(mdir), env=env).stdout).group(1)
+        staging = fleet.device("dev2").home / AGENT_HOME / "root" / "staging"
+        staging.mkdir(parents=True)
+        (staging / f"{digest}.part").write_bytes(b"GGUF")
         r = edgectl("apply", str(mdir), env=env, check=False)
         out = r.stdout + r.stderr
         assert r.returncode != 0 and "1 of 3 devices failed in wave 1" in r.stderr, out
-        assert "dev2: failed" in r.stderr and "edgectl: agent folders" in r.stderr, out
-        assert "exists" in r.stderr or "not a directory" in r.stderr, out  # the item's own reason, not a summary
+        assert "dev2: failed" in r.stderr and "edgectl: no partial upload" in r.stderr, out
+        assert "holds 4 bytes of sha256:" in " ".join(r.stderr.split()), out  # the item's own reason
         for name in ("dev1", "dev3"):
             line = device_line(r.stdout, name)
             assert "activated tiny" in line and "tiny: removed again (nothing served it before) (the wave failed)" \

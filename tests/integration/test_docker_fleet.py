@@ -2,7 +2,8 @@
 the agent image is built from deploy/docker/Dockerfile FROM the make-base.sh base, `edgectl apply` runs the agent
 container and delivers the artifact through the agent's upload API, the real `openai` client chats through the port
 published on 127.0.0.1, a re-apply touches nothing, and a killed agent is brought back by the restart policy serving
-the same model from its volume. A second device is controlled through `docker exec` only (nothing published).
+the same model from its volume. A second device is controlled through `docker exec` only (nothing published). A third
+reaches the same engine as a remote one, over tcp:// with mutual TLS (certificates made by the test).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.dockerd import Dockerd
+from tests.dockerd import Dockerd, make_tls
 from tests.fleet import free_port
 from tests.tinymodels import write_tiny_llama_gguf
 
@@ -67,7 +68,7 @@ DEVICE = """\
 
 @pytest.fixture(scope="module")
 def engine(tmp_path_factory):
-    with Dockerd(tmp_path_factory.mktemp("dockerd")) as d:
+    with Dockerd(tmp_path_factory.mktemp("dockerd"), tls_port=free_port()) as d:
         d.make_base()
         yield d
 
@@ -277,3 +278,37 @@ def test_a_taken_port_and_a_missing_base_are_reported_with_a_fix(tmp_path, env, 
     r = edgectl("apply", str(mdir), env=env, check=False)
     assert r.returncode != 0
     assert "base image nobase:1 is not on" in r.stderr and "make-base.sh" in r.stderr, r.stderr
+
+
+def test_a_remote_engine_over_mutual_tls_is_deployed_to_and_a_foreign_certificate_refused(tmp_path, env, engine,
+                                                                                         monkeypatch):
+    from edgectl.errors import TransportError
+    from edgectl.load import load_paths
+    from edgectl.transport.docker import DockerTransport
+
+    tcp = f"tcp://127.0.0.1:{engine.tls_port}"
+    mdir = manifests(tmp_path, engine, [("box5", 8088, "exec")])
+    fleet = mdir / "fleet.yaml"
+    fleet.write_text(fleet.read_text().replace(f'engine: "{engine.url}"',
+                                               f'engine: "{tcp}", tls_cert_path: "{engine.tls_client}"'))
+    r = edgectl("apply", str(mdir), env=env)
+    assert "box5: " in r.stdout and "activated tiny" in r.stdout, r.stdout + r.stderr
+    assert inspect(engine, "edgectl-agent-box5")["State"]["Running"]  # the same engine, seen through its socket
+
+    monkeypatch.setenv("EDGECTL_HOME", env["EDGECTL_HOME"])
+    t = DockerTransport(load_paths([mdir]).devices["box5"])
+    try:
+        (dep,) = t.agent(start=False).state().deployments
+        assert dep.state == "serving" and dep.active.quant == "Q8_0"
+    finally:
+        t.close()
+    # a client certificate from another CA (the engine's own CA still trusted on this side): the engine refuses
+    # the handshake (--tlsverify), and edgectl says where it failed
+    import shutil
+
+    _, foreign = make_tls(tmp_path / "foreign")
+    shutil.copy(engine.tls_client / "ca.pem", foreign / "ca.pem")
+    fleet.write_text(fleet.read_text().replace(str(engine.tls_client), str(foreign)))
+    with pytest.raises(TransportError) as e:
+        DockerTransport(load_paths([mdir]).devices["box5"]).engine()
+    assert f"cannot reach the Docker engine at {tcp}" in e.value.message and "SSL" in e.value.message, e.value

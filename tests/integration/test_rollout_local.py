@@ -1,10 +1,13 @@
 """Rollouts for real: three local devices (three real agent processes on their own loopback ports and roots),
-waves, a canary that fails its health gate, automatic rollback, run records, diff and `edgectl rollback`."""
+waves, a canary that fails its health gate (max_ttft_ms, judged on the agent's own timings), automatic rollback, run
+records, diff, `edgectl rollback` of one device then of the others, and drift made behind edgectl's back (another
+digest PUT to an agent, a deployment DELETEd) that diff and status name and apply fixes."""
 
 from __future__ import annotations
 
 import json
 
+import httpx
 import pytest
 
 from tests.integration.test_apply_local import edgectl, free_port, home  # noqa: F401  (fixture)
@@ -62,21 +65,26 @@ def test_canary_fails_gate_rolls_back_and_halts_then_rolling_then_rollback(tmp_p
     params = sum(int(t.n_elements) for t in GGUFReader(tiny).tensors)
     ports = [free_port() for _ in DEVICES]
 
-    # 1. All at once (the default): every device gets Q8_0 and passes the gate's real smoke request.
-    write(mdir, params, ports, "Q8_0", "{}")
+    # 1. All at once (the default): every device gets Q8_0 and passes the gate's real smoke request, with a
+    #    time-to-first-token limit any device meets, judged on the agent's own timing of that request.
+    write(mdir, params, ports, "Q8_0", "{health_gate: {max_ttft_ms: 60000}}")
     r = edgectl("apply", str(mdir), env=home)
-    assert r.stdout.count("health gate passed") == 3, r.stdout
+    assert r.stdout.count("health gate passed (ttft ") == 3 and "tok/s as timed by the agent" in r.stdout, r.stdout
     first = serving(mdir, home)
     assert {s for _, s in first.values()} == {"serving"} and len({d for d, _ in first.values()}) == 1
 
-    # 2. Canary with a gate no device can pass: the canary is rolled back, the rollout halts, exit code 1, and
-    #    the other two devices are never touched (same digest, the new artifact never pushed to them).
+    # 2. Canary with a gate no device can pass (a first token within a microsecond): the canary is rolled back,
+    #    the rollout halts, exit code 1, and the other two devices are never touched (same digest, the new
+    #    artifact never pushed to them).
     write(mdir, params, ports, "Q4_0", "{strategy: canary, canary: 1, wave_size: 1, "
-                                       "health_gate: {min_tokens_per_s: 1000000000}}")
+                                       "health_gate: {max_ttft_ms: 0.001}}")
     r = edgectl("apply", str(mdir), env=home, check=False)
     assert r.returncode == 1, r.stdout + r.stderr
     assert "rollout halted" in r.stderr and "(canary)" in r.stderr and "not started: dev-b, dev-c" in r.stderr
-    assert "health gate failed" in r.stderr and "rolled back to" in r.stdout
+    errors = " ".join(r.stderr.split())
+    assert "health gate failed (as timed by the agent): time to first token" in errors and "max_ttft_ms 0.001" \
+        in errors, errors
+    assert "rolled back to" in r.stdout
     assert serving(mdir, home) == first
     for d in ("dev-b", "dev-c"):
         agent_root = tmp_path / "home" / "agents" / d
@@ -104,8 +112,49 @@ def test_canary_fails_gate_rolls_back_and_halts_then_rolling_then_rollback(tmp_p
     assert {s for _, s in second.values()} == {"serving"} and all(second[k] != first[k] for k in DEVICES)
     assert edgectl("diff", str(mdir), env=home).returncode == 0
 
-    # 4. `edgectl rollback tiny` returns every device to the Q8_0 artifact it served before.
-    r = edgectl("rollback", "tiny", str(mdir), env=home)
-    assert r.stdout.count("rolled back") == 3
-    assert serving(mdir, home) == first
+    # 4. `edgectl rollback tiny --device dev-a` returns only dev-a to the Q8_0 artifact it served before; then
+    #    the other two go back as well.
+    r = edgectl("rollback", "tiny", str(mdir), "--device", "dev-a", env=home)
+    assert r.stdout.count("rolled back") == 1 and "dev-a" in r.stdout and "dev-b" not in r.stdout
+    assert serving(mdir, home) == {"dev-a": first["dev-a"], "dev-b": second["dev-b"], "dev-c": second["dev-c"]}
     assert json.loads(edgectl("runs", "last", "--json", env=home).stdout)["command"] == "rollback"
+    r = edgectl("rollback", "tiny", str(mdir), "--device", "dev-b", "--device", "dev-c", env=home)
+    assert r.stdout.count("rolled back") == 2
+    assert serving(mdir, home) == first
+
+    # 5. Drift behind edgectl's back: after an apply puts every device back on Q4_0 (the agents hold it: nothing
+    #    is pushed), dev-b's agent is told directly to serve its previous (Q8_0) artifact and dev-c's deployment is
+    #    deleted on its agent. diff names both and exits 1, status shows them, apply fixes them, diff is clean.
+    r = edgectl("apply", str(mdir), env=home)
+    assert "pushed" not in r.stdout and serving(mdir, home) == second, r.stdout
+    agents = tmp_path / "home" / "agents"
+    for name, port in zip(DEVICES, ports):
+        if name == "dev-a":
+            continue
+        auth = {"Authorization": f"Bearer {(agents / name / 'token').read_text().strip()}"}
+        url = f"http://127.0.0.1:{port}/control/v1"
+        if name == "dev-b":
+            (dep,) = httpx.get(f"{url}/state", headers=auth).json()["deployments"]
+            body = {**dep["desired"], "artifact": dep["previous"]}
+            assert httpx.put(f"{url}/deployments/tiny", json=body, headers=auth, timeout=60).status_code == 200
+        else:
+            assert httpx.delete(f"{url}/deployments/tiny", headers=auth, timeout=60).status_code == 200
+    d = edgectl("diff", str(mdir), "--json", env=home, check=False)
+    assert d.returncode == 1
+    rows = {row["device"]: row for row in json.loads(d.stdout)}
+    assert {n: row["status"] for n, row in rows.items()} == {
+        "dev-a": "in sync", "dev-b": "drift: serves another artifact", "dev-c": "not deployed"}, rows
+    assert rows["dev-b"]["observed"].startswith("gguf Q8_0 " + first["dev-b"][0][7:19])
+    assert "drift: serves another artifact" in edgectl("diff", str(mdir), env=home, check=False).stdout
+    st = {s["device"]: s for s in json.loads(edgectl("status", str(mdir), "--json", env=home).stdout)}
+    assert st["dev-a"]["drift"] == []
+    assert [s["action"] for s in st["dev-b"]["drift"]] == ["activate"]
+    assert st["dev-b"]["deployments"][0]["active"]["digest"] == first["dev-b"][0]
+    assert st["dev-c"]["deployments"] == [] and "activate" in [s["action"] for s in st["dev-c"]["drift"]]
+    r = edgectl("apply", str(mdir), env=home)
+    # dev-b activates the Q4_0 its agent still holds; dev-c's agent deleted it with the deployment: pushed again
+    assert r.stdout.count("activated tiny") == 2 and r.stdout.count("pushed sha256:") == 1, r.stdout
+    assert serving(mdir, home) == second
+    after = {s["device"]: s for s in json.loads(edgectl("status", str(mdir), "--json", env=home).stdout)}
+    assert after["dev-a"]["deployments"] == st["dev-a"]["deployments"]  # in sync: not touched
+    assert edgectl("diff", str(mdir), env=home).returncode == 0

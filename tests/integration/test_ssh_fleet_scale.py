@@ -1,7 +1,8 @@
 """Twenty real sshd devices on loopback (tests/fleet.py) with mixed profiles ('auto' and named ones): one apply
 bootstraps and deploys to all of them, a second one changes nothing, a stopped device is reported unreachable with
 the reason and a hint while the others get the change (within max_unavailable), and one more stopped device than
-max_unavailable halts the rollout before any device changes.
+max_unavailable halts the rollout before any device changes. Ten more go through the Ansible engine (cold apply,
+then a no-op one); ten, not twenty, because Ansible's per-task cost on two loaded cores put twenty at minutes.
 
 The devices share one agent venv (transport.venv): the real bootstrap installs it once, the others find it there.
 """
@@ -118,3 +119,42 @@ def test_twenty_devices_mixed_profiles_apply_noop_and_unreachable(tmp_path, ssh_
         out = " ".join((r.stdout + r.stderr).split())
         assert r.returncode == 1 and f"2 of {N} devices unreachable" in out and "no device was changed" in out, out
         assert {c for _, _, c in served(fleet).values()} == {256, 384}
+
+
+N_ANSIBLE = 10
+
+
+def test_ansible_engine_on_mixed_profile_devices_apply_then_noop(tmp_path, ssh_shared):
+    """The same kind of fleet through `apply --engine ansible` (ansible-runner, forks = --parallel): every device
+    bootstrapped from the shared venv and deployed; a second apply changes nothing and restarts no agent."""
+    from gguf import GGUFReader
+
+    env = dict(os.environ, EDGECTL_HOME=str(tmp_path / "home"), EDGECTL_WHEELHOUSE=str(ssh_shared["wheelhouse"]),
+               COLUMNS="250", NO_COLOR="1", PYTHONPATH=os.pathsep.join([str(REPO), str(REPO / "agent")]))
+    with SshFleet(tmp_path / "fleet", N_ANSIBLE, prefix="ans") as fleet:
+        fleet.write_known_hosts(Path(env["EDGECTL_HOME"]) / "known_hosts")
+        mdir = tmp_path / "manifests"
+        mdir.mkdir()
+        params = sum(int(t.n_elements) for t in GGUFReader(write_tiny_llama_gguf(mdir / "tiny.gguf")).tensors)
+        profiles = {d.name: PROFILES[i % len(PROFILES)] for i, d in enumerate(fleet.devices)}
+        (mdir / "fleet.yaml").write_text(fleet.fleet_yaml(profile="auto", profiles=profiles, python=BASE_PYTHON,
+                                                          venv=ssh_shared["venv"]))
+        (mdir / "model.yaml").write_text(MODEL.format(params=params, context=256))
+
+        start = time.perf_counter()
+        r = edgectl("apply", str(mdir), "--engine", "ansible", env=env)
+        cold = time.perf_counter() - start
+        out = r.stdout + r.stderr
+        assert r.returncode == 0 and "via ansible" in out, out
+        assert r.stdout.count("activated tiny") == N_ANSIBLE and r.stdout.count("health gate passed") == N_ANSIBLE
+        state = served(fleet)
+        assert len({digest for _, digest, _ in state.values()}) == 1
+        assert {s for s, _, c in state.values()} == {"serving"}, state
+
+        pids = {d.name: (d.home / ".local/share/edgectl-agent/agent.pid").read_text() for d in fleet.devices}
+        start = time.perf_counter()
+        r = edgectl("apply", str(mdir), "--engine", "ansible", env=env)
+        noop = time.perf_counter() - start
+        assert r.returncode == 0 and "no changes" in r.stdout, r.stdout + r.stderr
+        assert {d.name: (d.home / ".local/share/edgectl-agent/agent.pid").read_text() for d in fleet.devices} == pids
+        print(f"ansible engine, {N_ANSIBLE} devices: cold apply {cold:.1f} s, no-op apply {noop:.1f} s")

@@ -94,3 +94,44 @@ def test_unreachable_agent_is_a_transport_error():
     with pytest.raises(TransportError) as e:
         client_for(refuse).state()
     assert "cannot reach the agent" in str(e.value)
+
+
+def test_smoke_takes_the_agents_own_timings_not_the_links(monkeypatch):
+    """The link to the agent is slow here (an SSH hop): the figures are still the agent's."""
+    import json
+    import time
+
+    from edgectl_agent.api import TIMINGS_HEADER
+
+    seen = {}
+
+    def agent(request: httpx.Request) -> httpx.Response:
+        seen["timings_asked"] = request.headers.get(TIMINGS_HEADER)
+        seen["body"] = json.loads(request.read())
+        time.sleep(0.2)
+        chunks = [{"choices": [{"index": 0, "delta": {"content": w}}]} for w in ("a", " b", " c")]
+        chunks.append({"choices": [], "timings": {"ttft_s": 0.002, "tokens": 3, "decode_s": 0.01}})
+        sse = "".join(f"data: {json.dumps(c)}\n\n" for c in chunks) + "data: [DONE]\n\n"
+        return httpx.Response(200, text=sse, headers={"content-type": "text/event-stream"})
+
+    r = client_for(agent).smoke("chat", max_tokens=3)
+    assert seen["timings_asked"] and seen["body"]["stream"] is True and seen["body"]["max_tokens"] == 3
+    assert (r.ttft_s, r.tokens, r.decode_s) == (0.002, 3, 0.01) and r.tokens_per_s == pytest.approx(200.0)
+
+
+def test_smoke_without_timings_from_an_old_agent_has_none():
+    def agent(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, text='data: {"choices": [{"delta": {"content": "hi"}}]}\n\ndata: [DONE]\n\n')
+
+    r = client_for(agent).smoke("chat")
+    assert r.ttft_s is None and r.tokens is None and r.tokens_per_s is None
+
+
+def test_smoke_with_no_text_is_an_agent_error():
+    def agent(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, text='data: {"choices": [], "timings": {"ttft_s": null, "tokens": 0, '
+                                        '"decode_s": 0}}\n\ndata: [DONE]\n\n')
+
+    with pytest.raises(AgentError) as e:
+        client_for(agent).smoke("chat")
+    assert "produced no text" in e.value.message

@@ -67,6 +67,13 @@ def test_serial_sizes_and_allowed_failures_follow_the_waves(max_failure, expecte
     assert allowed["d1"] == allowed["d2"] and allowed["d3"] == allowed["d4"]
 
 
+def test_a_shared_venv_is_installed_by_its_first_device_only():
+    venvs = {"c1": "/srv/venv", "d1": None, "d2": "/srv/venv", "d3": "~/other", "d4": "~/other"}
+    assert engine.venv_installers(["c1", "d1", "d2", "d3", "d4"], venvs) == {"c1", "d1", "d3"}
+    assert engine.venv_installers(["d2", "c1"], venvs) == {"d2"}  # rollout order decides
+    assert engine.venv_installers([], venvs) == set()
+
+
 def ev(kind: str, host: str, msg: str = "", task: str = "t", **data) -> dict:
     return {"event": kind, "event_data": {"host": host, "task": task, "res": {"msg": msg}, **data}}
 

@@ -46,3 +46,21 @@ def test_disk_shortfall_is_the_missing_bytes_plus_the_margin() -> None:
     assert disk_shortfall(1_000_000, 1_100_000) is None  # exactly size + 10%: fits
     assert disk_shortfall(1_000_000, 1_099_999) == 1_100_000
     assert disk_shortfall(0, 0) is None  # nothing left to push
+
+
+def test_health_gate_judges_the_agents_timings() -> None:
+    from edgectl.agent_client import SmokeResult
+    from edgectl.apply import gate_problems
+    from edgectl.spec.deployment import HealthGate
+
+    fast = SmokeResult(ttft_s=0.004, tokens=9, decode_s=0.1)  # 4 ms to the first token, 80 tokens/s
+    assert gate_problems(HealthGate(), fast) == []
+    assert gate_problems(HealthGate(max_ttft_ms=5, min_tokens_per_s=80), fast) == []
+    assert gate_problems(HealthGate(max_ttft_ms=0.001), fast) == ["time to first token 4.0 ms > max_ttft_ms 0.001"]
+    assert gate_problems(HealthGate(min_tokens_per_s=100), fast) == ["decode 80.0 tokens/s < min_tokens_per_s 100"]
+    one_token = SmokeResult(ttft_s=0.004, tokens=1, decode_s=0.0)  # no decode rate from a single token
+    assert gate_problems(HealthGate(min_tokens_per_s=1), one_token) == ["decode 0.0 tokens/s < min_tokens_per_s 1"]
+    old_agent = SmokeResult(ttft_s=None, tokens=None, decode_s=None)
+    assert gate_problems(HealthGate(), old_agent) == []  # without limits, text is enough
+    (why,) = gate_problems(HealthGate(max_ttft_ms=1000), old_agent)
+    assert "reported no timings" in why

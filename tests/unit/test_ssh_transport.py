@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import shutil
 import subprocess
 import sys
 import time
@@ -9,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from edgectl.errors import TransportError
 from edgectl.spec import Device
 from edgectl.transport import bootstrap, transport_for
 from edgectl.transport.ssh import SshTransport, known_hosts_name, parse_jump, quote_arg, quote_argv, remote_path
@@ -124,7 +127,84 @@ def test_unit_text_binds_loopback() -> None:
     text = bootstrap.unit_text(bootstrap.RemoteLayout("/opt/edgectl-agent"), 9000)
     assert "ExecStart=/opt/edgectl-agent/venv/bin/python -m edgectl_agent serve --root /opt/edgectl-agent/root " \
            "--host 127.0.0.1 --port 9000" in text
-    assert "Restart=on-failure" in text
+    assert "Restart=on-failure" in text and "WantedBy=default.target" in text  # a user unit
+    system = bootstrap.unit_text(bootstrap.RemoteLayout("/opt/edgectl-agent"), 9000, system=True)
+    assert "WantedBy=multi-user.target" in system and "NoNewPrivileges=yes" in system
+
+
+def test_unit_args_are_quoted_and_escaped_for_systemd() -> None:
+    assert bootstrap.unit_arg("/home/pi/.local/x") == "/home/pi/.local/x"
+    assert bootstrap.unit_arg('/a b/"q"/50%/$HOME') == '"/a b/\\"q\\"/50%%/$$HOME"'
+
+
+@pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze (apt: systemd) is missing")
+@pytest.mark.parametrize("system", [True, False])
+def test_generated_units_pass_systemd_analyze_verify(tmp_path, system: bool) -> None:
+    """systemd's own parser accepts both units, and finds ExecStart's program at a path with a space and a '%'."""
+    base = tmp_path / "agent 100%"
+    (base / "venv" / "bin").mkdir(parents=True)
+    (base / "venv" / "bin" / "python").symlink_to(sys.executable)
+    layout = bootstrap.RemoteLayout(str(base))
+    unit = tmp_path / bootstrap.UNIT_NAME
+    unit.write_text(bootstrap.unit_text(layout, 8088, system=system))
+    argv = ["systemd-analyze", "verify", *([] if system else ["--user"]), str(unit)]
+    (tmp_path / "run").mkdir(mode=0o700)  # a user manager needs a runtime folder
+    env = {**os.environ, "SYSTEMD_LOG_LEVEL": "warning", "XDG_RUNTIME_DIR": str(tmp_path / "run")}
+    r = subprocess.run(argv, capture_output=True, text=True, env=env)
+    problems = [ln for ln in r.stderr.splitlines() if bootstrap.UNIT_NAME in ln or str(unit) in ln]
+    assert r.returncode == 0 and not problems, r.stderr
+    # verify resolves ExecStart's program: a path cut at its space or a '%' read as a specifier would not exist
+    broken = unit.read_text().replace(bootstrap.unit_arg(layout.python), layout.python)
+    unit.write_text(broken)
+    r = subprocess.run(argv, capture_output=True, text=True, env=env)
+    assert r.returncode != 0 and "is not executable" in r.stderr, r.stderr
+
+
+PROBE = "uid={uid}\nuser={user}\nsystem={system}\nsession={session}\n"
+
+
+@pytest.mark.parametrize("uid, system, session, requested, mode", [
+    (0, "running", "", "auto", "system"),
+    (0, "degraded", "running", "auto", "system"),
+    (1000, "running", "running", "auto", "user"),
+    (1000, "running", "", "auto", "none"),  # no user systemd (no lingering session): detached
+    (0, "offline", "", "auto", "none"),  # a container or the test harness: no systemd as PID 1
+    (1000, "running", "running", "none", "none"),
+    (0, "running", "running", "user", "user"),
+])
+def test_service_mode_from_the_probe(uid, system, session, requested, mode) -> None:
+    probe = bootstrap.parse_service_probe(PROBE.format(uid=uid, user="pi", system=system, session=session))
+    assert bootstrap.service_mode(requested, probe, device="d") == mode
+
+
+@pytest.mark.parametrize("uid, system, session, requested, why", [
+    (1000, "running", "running", "system", "is not root"),
+    (0, "", "", "system", "systemd does not run there (systemctl is-system-running: 'no systemctl')"),
+    (1000, "running", "", "user", "the SSH user's systemd does not run there"),
+])
+def test_service_mode_refuses_what_the_device_cannot_do(uid, system, session, requested, why) -> None:
+    probe = bootstrap.parse_service_probe(PROBE.format(uid=uid, user="pi", system=system, session=session))
+    with pytest.raises(TransportError) as e:
+        bootstrap.service_mode(requested, probe, device="d")
+    assert why in e.value.message and "service:" in e.value.hint
+
+
+def test_systemctl_linger_and_unit_paths() -> None:
+    assert bootstrap.systemctl_argv("user", "enable", "--now", bootstrap.UNIT_NAME) == [
+        "systemctl", "--user", "enable", "--now", "edgectl-agent.service"]
+    assert bootstrap.systemctl_argv("system", "daemon-reload") == ["systemctl", "daemon-reload"]
+    assert bootstrap.linger_argv("pi") == ["loginctl", "enable-linger", "pi"]
+    assert bootstrap.linger_query_argv("pi") == ["loginctl", "show-user", "pi", "--property=Linger", "--value"]
+    assert bootstrap.unit_path("system", "/root") == "/etc/systemd/system/edgectl-agent.service"
+    assert bootstrap.unit_path("user", "/home/pi") == "/home/pi/.config/systemd/user/edgectl-agent.service"
+    assert bootstrap.parse_service_probe("uid=\nuser=\nsystem=\nsession=\n").uid is None
+
+
+def test_service_probe_script_runs_here() -> None:
+    """The probe's own sh script, on this machine (whatever systemd state it has, the four fields come back)."""
+    out = subprocess.run(["sh", "-c", bootstrap.SERVICE_PROBE_SCRIPT], capture_output=True, text=True).stdout
+    probe = bootstrap.parse_service_probe(out)
+    assert probe.uid == os.getuid() and probe.user
 
 
 def test_backoff_doubles_and_is_bounded() -> None:

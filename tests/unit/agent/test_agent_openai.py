@@ -47,6 +47,27 @@ def test_chat_streaming_is_server_sent_events(serving):
     assert len(text.split()) == 4 and chunks[-1]["choices"][0]["finish_reason"] == "length"
 
 
+def test_streamed_timings_on_request_are_the_figures_the_metrics_record(serving):
+    from edgectl_agent.api import TIMINGS_HEADER
+
+    body = {"model": "chat", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4, "stream": True}
+    plain = serving.client.post("/v1/chat/completions", headers=serving.auth, json=body).text
+    assert "timings" not in plain  # only asked-for: other clients see plain OpenAI chunks
+    raw = serving.client.post("/v1/chat/completions", headers={**serving.auth, TIMINGS_HEADER: "1"}, json=body).text
+    events = raw.split("\n\n")
+    assert events[-2] == "data: [DONE]"
+    last = json.loads(events[-3].removeprefix("data: "))
+    assert last["choices"] == [] and last["model"] == "chat" and last["object"] == "chat.completion.chunk"
+    t = last["timings"]
+    assert t["tokens"] == 4 and t["ttft_s"] > 0 and t["decode_s"] > 0
+    metrics = {line.split(" ")[0]: float(line.split(" ")[1]) for line in serving.client.get("/metrics").text
+               .splitlines() if 'deployment="chat"' in line and not line.startswith("#")}
+    ttft = 'edgectl_agent_time_to_first_token_seconds_{}{{deployment="chat"}}'
+    assert metrics[ttft.format("count")] == 2
+    assert metrics[ttft.format("sum")] >= t["ttft_s"]  # the first request's ttft plus exactly this one's
+    assert metrics['edgectl_agent_decode_tokens_per_second{deployment="chat"}'] == pytest.approx(3 / t["decode_s"])
+
+
 def test_completions_plain_and_streaming(serving):
     r = serving.client.post("/v1/completions", json={"model": "chat", "prompt": "the", "max_tokens": 2})
     assert r.status_code == 200 and r.json()["object"] == "text_completion"
