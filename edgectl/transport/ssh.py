@@ -54,11 +54,27 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 _NULL_HANDLER = logging.NullHandler()
 _SAFE_ARG = re.compile(r"^[A-Za-z0-9_@%+=:,./-]+$")
-# put_file on the device: create the folder, print how many bytes of the .part an earlier push left ("$2").
-PUT_PREPARE_SCRIPT = 'mkdir -p -- "$1" && if [ -f "$2" ]; then wc -c <"$2"; else echo 0; fi'
-# Append stdin to the .part ("$1"; emptied first when resuming from 0, "$2") and print the sha256 of all it then holds.
-# A failed write (disk full) puts "failed" into the hash, so it cannot match.
-PUT_STREAM_SCRIPT = '[ "$2" = 0 ] && : >"$1"; { cat -- "$1" && tee -a -- "$1" || echo failed; } | sha256sum'
+# put_file's receiver on the device (argv: the .part, the file's size): says how many bytes of the .part an earlier,
+# cut push left (0 when none, or more than the file has: started over), then appends stdin to it, hashing what it
+# held and what arrives, and prints the sha256 once the stream ends and the bytes are synced.
+PUT_RECEIVER = """\
+import hashlib, os, sys
+part, size = sys.argv[1], int(sys.argv[2])
+os.makedirs(os.path.dirname(part) or ".", exist_ok=True)
+held = os.path.getsize(part) if os.path.isfile(part) else 0
+held = held if held <= size else 0
+h = hashlib.sha256()
+with open(part, "r+b" if held else "wb") as f:
+    while f.tell() < held and (block := f.read(min(1 << 20, held - f.tell()))):
+        h.update(block)
+    print(held, flush=True)
+    while block := sys.stdin.buffer.read1(1 << 20):
+        h.update(block)
+        f.write(block)
+    f.flush()
+    os.fsync(f.fileno())
+print(h.hexdigest(), flush=True)
+"""
 # The user's $HOME, then the agent token at "$1" (relative to $HOME unless absolute); values only as parameters.
 TOKEN_SCRIPT = 'printf "%s\\n" "$HOME"; case "$1" in /*) cat -- "$1" ;; *) cat -- "$HOME/$1" ;; esac'
 
@@ -394,22 +410,18 @@ class SshTransport(Transport):
         return self._home
 
     def put_file(self, local: Path, remote: Path | str) -> None:
-        """Stream the file into ``<remote>.part`` through one exec session, resuming after the bytes a cut push left
-        there; the device hashes the whole .part while it is written, and the file takes its final name only when
-        that sha256 matches this side's, so a partial or corrupt file never appears under it.
+        """Stream the file into ``<remote>.part`` through one exec session (PUT_RECEIVER, run by the device's
+        transport.python), resuming after the bytes a cut push left there; the device hashes the whole .part while
+        it is written, and the file takes its final name only when that sha256 matches this side's, so a partial or
+        corrupt file never appears under it.
 
-        Faster than SFTP (paramiko's 32 KiB requests, a second pass to hash the file on the device): the bytes go
-        through as one stream and the device's hash is ready with the last byte."""
+        Faster than SFTP (paramiko's 32 KiB requests, then a second pass to hash the file on the device): the bytes
+        go through as one stream, hashed on both ends as they pass."""
         remote = remote_path(str(remote), self.home)
         part = remote + ".part"
-        size = local.stat().st_size
         paramiko = _paramiko()
         try:
-            held = self.check(["sh", "-c", PUT_PREPARE_SCRIPT, "edgectl-put", posixpath.dirname(remote), part],
-                              what="preparing the target folder")
-            offset = int(held.strip() or 0)
-            offset = offset if offset <= size else 0  # another file's leftovers: start over
-            local_sha, remote_sha = self._stream_into(local, part, offset)
+            local_sha, remote_sha = self._stream_into(local, part)
         except (OSError, EOFError, ValueError, paramiko.SSHException) as e:
             raise TransportError(f"device '{self.name}': copying {local.name} to {remote} was cut: {e}",
                                  hint="retry: the copy resumes from the bytes already on the device") from e
@@ -420,12 +432,18 @@ class SshTransport(Transport):
                                  hint="retry; if it repeats, check the device's disk")
         self.check(["mv", "-f", "--", part, remote], what="moving the pushed file into place")
 
-    def _stream_into(self, local: Path, part: str, offset: int) -> tuple[str, str]:
-        """Send ``local`` from ``offset`` on into ``part`` (PUT_STREAM_SCRIPT); (local sha256, the device's)."""
+    def _stream_into(self, local: Path, part: str) -> tuple[str, str]:
+        """Send ``local`` into ``part`` from where the device says it holds bytes; (local sha256, the device's)."""
+        size = local.stat().st_size
         chan = self._open("a session", lambda tr: tr.open_session(timeout=CONNECT_TIMEOUT_S))
         try:
             chan.settimeout(PUT_STALL_S)  # a link that moves nothing for this long counts as cut
-            chan.exec_command(quote_argv(["sh", "-c", PUT_STREAM_SCRIPT, "edgectl-put", part, str(offset)]))
+            chan.exec_command(quote_argv([self.spec.python, "-c", PUT_RECEIVER, part, str(size)]))
+            answers = chan.makefile("rb")
+            held = answers.readline()
+            if not held.strip().isdigit():
+                raise self._receiver_failed(chan, part)
+            offset = int(held)
             h = hashlib.sha256()
             with open(local, "rb") as src:
                 left = offset
@@ -435,21 +453,27 @@ class SshTransport(Transport):
                         raise ValueError(f"{local} shrank while it was sent")
                     h.update(block)
                     left -= len(block)
-                while chunk := src.read(PUT_CHUNK):
-                    h.update(chunk)
-                    chan.sendall(memoryview(chunk))  # a memoryview: paramiko re-slices what is left per packet
+                try:
+                    while chunk := src.read(PUT_CHUNK):
+                        h.update(chunk)
+                        chan.sendall(memoryview(chunk))  # a memoryview: paramiko re-slices what is left per packet
+                except OSError:
+                    if chan.exit_status_ready():  # the receiver stopped (a failed write): say why
+                        raise self._receiver_failed(chan, part) from None
+                    raise
             chan.shutdown_write()
-            out = bytearray()
-            while data := chan.recv(65536):
-                out += data
-            err = chan.makefile_stderr("rb").read().decode(errors="replace").strip()
-            code = chan.recv_exit_status()
+            digest = answers.readline().strip().decode(errors="replace")
+            if chan.recv_exit_status() != 0 or not digest:
+                raise self._receiver_failed(chan, part)
         finally:
             chan.close()
-        if code != 0 or not out.split():
-            raise TransportError(f"device '{self.name}': writing {part} failed (exit {code}): {err[-1500:]}",
-                                 hint="check the device's disk and that sh, cat, tee and sha256sum are on its PATH")
-        return h.hexdigest(), out.split()[0].decode()
+        return h.hexdigest(), digest
+
+    def _receiver_failed(self, chan: "paramiko.Channel", part: str) -> TransportError:
+        code = chan.recv_exit_status()
+        err = chan.makefile_stderr("rb").read().decode(errors="replace").strip()
+        return TransportError(f"device '{self.name}': writing {part} failed (exit {code}): {err[-1500:]}",
+                              hint=f"check the device's disk and its Python (transport.python: {self.spec.python})")
 
     def facts_without_agent(self) -> Facts | None:
         return None  # the agent reports facts; without it the profile stands in (no side effects here)
