@@ -32,6 +32,9 @@ from edgectl.spec import BuiltArtifact, Device, Recipe, Spec
 from edgectl.spec.deployment import HealthGate, Rollout, resolve_count
 from edgectl.transport import Transport, transport_for
 
+# Observing (read-only: an SSH handshake and a few small requests per device) waits on the network and the devices
+# far more than it computes, so it overlaps more devices than a rollout works on at once (--parallel).
+OBSERVE_PARALLEL = 32
 # A push needs the bytes still missing on the device plus this share free on its store (what the agent reports right
 # before the push): room for the runtime's own files and the state, and never a device filled to the last byte.
 DISK_MARGIN = 0.10
@@ -121,7 +124,7 @@ def select_devices(spec: Spec, names: Iterable[str] | None) -> list[Device]:
 
 
 def observe(devices: Iterable[Device], *, start_agents: bool, runtimes: dict[str, set[str]] | None = None,
-            parallel: int = 8) -> dict[str, DeviceContext]:
+            parallel: int = OBSERVE_PARALLEL) -> dict[str, DeviceContext]:
     """Reach each device's agent (starting it only if asked, able to run ``runtimes[device]``) and read its facts
     and state; ``parallel`` devices at a time (a fleet's SSH handshakes and agent starts overlap)."""
     devices = list(devices)
@@ -224,7 +227,7 @@ def apply(spec: Spec, *, store: ArtifactStore, device_names: Iterable[str] | Non
         raise PlanError(f"unknown engine '{engine}'", hint="use one of: " + ", ".join(ENGINES))
     events = _Recorded(events or Events(), record)
     devices = select_devices(spec, device_names)
-    contexts = observe(devices, start_agents=False, parallel=parallel)
+    contexts = observe(devices, start_agents=False, parallel=max(parallel, OBSERVE_PARALLEL))
     p = make_plan(spec, contexts, store)
     if p.unfit and not skip_unfit:
         names = ", ".join(dp.device for dp in p.unfit)

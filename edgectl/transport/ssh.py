@@ -384,8 +384,8 @@ class SshTransport(Transport):
                 if time.monotonic() > deadline:
                     chan.close()
                     raise subprocess.TimeoutExpired(list(argv), timeout, bytes(out), bytes(err))
-                if not busy:
-                    time.sleep(0.005)
+                if not busy:  # woken at once by the exit status (what ends a short command), else polls
+                    chan.status_event.wait(0.005)
             code = chan.recv_exit_status()
             chan.close()
         except (OSError, paramiko.SSHException) as e:
