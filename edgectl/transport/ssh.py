@@ -15,6 +15,7 @@ import posixpath
 import re
 import socket
 import subprocess
+import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -146,15 +147,43 @@ def _paramiko():
     return paramiko
 
 
+_PARSED_KNOWN_HOSTS: dict[Path, tuple[tuple[int, int], "paramiko.HostKeys"]] = {}
+_PARSED_KNOWN_HOSTS_LOCK = threading.Lock()
+
+
+def _parsed_known_hosts(path: Path) -> "paramiko.HostKeys | None":
+    """One known_hosts file, parsed once per change (a fleet's connections each needed it: parsing a user's file of
+    hundreds of entries for every device added up)."""
+    paramiko = _paramiko()
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    stamp = (st.st_mtime_ns, st.st_size)
+    with _PARSED_KNOWN_HOSTS_LOCK:
+        cached = _PARSED_KNOWN_HOSTS.get(path)
+        if cached is None or cached[0] != stamp:
+            cached = _PARSED_KNOWN_HOSTS[path] = (stamp, paramiko.HostKeys(str(path)))
+        return cached[1]
+
+
+def pinned_host_keys(host: str, port: int) -> list[tuple[str, "paramiko.PKey"]]:
+    """(key type, key) pinned for this host, over both known_hosts files in order; the first of a type wins, as
+    when paramiko loads both files."""
+    name = known_hosts_name(host, port)
+    out: list[tuple[str, "paramiko.PKey"]] = []
+    for path in known_hosts_files():
+        keys = _parsed_known_hosts(path)
+        found = keys.lookup(name) if keys is not None else None
+        for keytype in (found.keys() if found else []):
+            if keytype not in (t for t, _ in out):
+                out.append((keytype, found[keytype]))
+    return out
+
+
 def known_host_keys(host: str, port: int) -> dict[str, "paramiko.PKey"]:
     """Keys pinned for this host in either known_hosts file, by key type."""
-    paramiko = _paramiko()
-    found: dict[str, "paramiko.PKey"] = {}
-    for path in known_hosts_files():
-        if path.is_file():
-            keys = paramiko.HostKeys(str(path))
-            found.update(keys.lookup(known_hosts_name(host, port)) or {})
-    return found
+    return dict(pinned_host_keys(host, port))
 
 
 def _refuse_unknown_policy(device: str, where: str):
@@ -253,9 +282,8 @@ class SshTransport(Transport):
     def _connect_client(self, host: str, port: int, user: str | None, *, sock: Any = None) -> "paramiko.SSHClient":
         paramiko = _paramiko()
         client = paramiko.SSHClient()
-        for path in known_hosts_files():  # loaded as "system" keys: trusted for lookups, never written back
-            if path.is_file():
-                client.load_system_host_keys(str(path))
+        for keytype, key in pinned_host_keys(host, port):  # this host's pins only; never written back
+            client.get_host_keys().add(known_hosts_name(host, port), keytype, key)
         where = f"{host}:{port}"
         client.set_missing_host_key_policy(_refuse_unknown_policy(self.name, where))
         key_file = self.spec.key_file and str(Path(self.spec.key_file).expanduser())
