@@ -105,7 +105,8 @@ class Bench:
         probe = tmp / "probe.bin"
         probe.write_bytes(b"x")
         argv = scp_argv(self.fleet, self.dev, self.known_hosts, probe, self.dev.home / "probe.bin")
-        log = subprocess.run([a for a in argv if a != "-q"][:1] + ["-v"] + [a for a in argv if a != "-q"][1:], capture_output=True, text=True, check=True).stderr
+        verbose = [argv[0], "-v"] + [a for a in argv[1:] if a != "-q"]  # -q would silence -v
+        log = subprocess.run(verbose, capture_output=True, text=True, check=True).stderr
         scp = next((ln.split("cipher:")[1].split()[0] for ln in log.splitlines() if "client->server cipher:" in ln),
                    "?")
         t = self.transport()
@@ -227,6 +228,7 @@ def main() -> None:
     args = ap.parse_args()
     from edgectl.agent_client import UPLOAD_CHUNK
 
+    load_start = os.getloadavg()[0]
     with tempfile.TemporaryDirectory(prefix="edgectl-bench-") as tmp_s:
         tmp = Path(tmp_s)
         os.environ["EDGECTL_HOME"] = str(tmp / "home")
@@ -267,14 +269,16 @@ def main() -> None:
                      f"{ratio:.2f}x", f">= {TARGET_RATIO}x" if verdict else "-", verdict])
     resent_ok = resume["resent"] <= UPLOAD_CHUNK and resume["verified"] and resume["killed"] >= 1
     rows.append(["resume after a cut (agent upload)", f"{resume['resent']} bytes re-sent",
-                 f"cut when the agent held {resume['cut_at'] / MIB:.1f} MiB, resumed at {resume['resumed_at'] / MIB:.1f} MiB",
+                 f"cut when the agent held {resume['cut_at'] / MIB:.1f} MiB, resumed at "
+                 f"{resume['resumed_at'] / MIB:.1f} MiB",
                  "-", f"<= one chunk ({UPLOAD_CHUNK // MIB} MiB)", "met" if resent_ok else "MISSED"])
     upload_ratio = size / med["edgectl upload to the agent (channel)"] / 1e6 / base
-    sftp_ratio = size / med["edgectl put_file (exec stream)"] / 1e6 / base
+    put_ratio = size / med["edgectl put_file (exec stream)"] / 1e6 / base
     body = (f"One file of {size / MIB:.0f} MiB of random bytes pushed to one loopback sshd (tests/fleet.py), "
             f"{args.rounds} rounds, the peers' order rotating each round; each timing includes opening the SSH "
             "connection; the median is shown with every round's MB/s. scp: OpenSSH's client with its default "
-            f"cipher negotiation ({ciphers['scp']}); edgectl (paramiko) negotiates {ciphers['edgectl']}. The agent upload is what `edgectl apply` pushes with (HTTP PUT through a "
+            f"cipher negotiation ({ciphers['scp']}); edgectl (paramiko) negotiates {ciphers['edgectl']}. The agent "
+            "upload is what `edgectl apply` pushes with (HTTP PUT through a "
             "direct-tcpip channel; the agent writes, fsyncs and sha256-verifies before the artifact exists); "
             "put_file streams through one exec session into a .part the device hashes as it writes, renamed "
             "into place when the sha256 matches. "
@@ -283,17 +287,21 @@ def main() -> None:
             "to resume and sends the rest; the stored artifact's sha256 is checked. Bytes re-sent = all bytes "
             "handed to SSH (paramiko's Channel.send) minus the file's size: what was in flight when the link died, "
             "plus a few hundred bytes of HTTP request headers.\n\n"
-            + table(["peer", "median", "MB/s per round", "ratio vs scp", "target", ""], rows))
+            + table(["peer", "median", "MB/s per round", "ratio vs scp", "target", ""], rows)
+            + f"\n\nLoad average {load_start:.1f} at the start (other jobs share the 2 CPUs; the client, sshd and the "
+            "agent run on them too).")
     print(body)
     if profile:
         print(profile)
     if not args.no_write:
         write_section("ssh_transfer", "Push one artifact over SSH vs scp; resume after a cut", body,
                       dists=("paramiko", "cryptography", "httpx"))
-    print(f"ssh_transfer: agent upload {upload_ratio:.2f}x scp, put_file {sftp_ratio:.2f}x scp (target >= "
-          f"{TARGET_RATIO}x: {'met' if upload_ratio >= TARGET_RATIO else 'MISSED'}); resume re-sent "
-          f"{resume['resent']} bytes after the cut (target <= {UPLOAD_CHUNK} bytes: "
-          f"{'met' if resent_ok else 'MISSED'})")
+    def verdict(ratio: float) -> str:
+        return "met" if ratio >= TARGET_RATIO else "MISSED"
+
+    print(f"ssh_transfer: agent upload {upload_ratio:.2f}x scp ({verdict(upload_ratio)}), put_file {put_ratio:.2f}x "
+          f"scp ({verdict(put_ratio)}; target >= {TARGET_RATIO}x); resume re-sent {resume['resent']} bytes after the "
+          f"cut (target <= {UPLOAD_CHUNK} bytes: {'met' if resent_ok else 'MISSED'}); load {load_start:.1f} at start")
 
 
 if __name__ == "__main__":

@@ -57,9 +57,15 @@ _NULL_HANDLER = logging.NullHandler()
 _SAFE_ARG = re.compile(r"^[A-Za-z0-9_@%+=:,./-]+$")
 # put_file's receiver on the device (argv: the .part, the file's size): says how many bytes of the .part an earlier,
 # cut push left (0 when none, or more than the file has: started over), then appends stdin to it, hashing what it
-# held and what arrives, and prints the sha256 once the stream ends and the bytes are synced.
+# held and what arrives, and prints the sha256 once the stream ends and the bytes are synced. On Linux it widens its
+# stdin pipe to 1 MiB: with the default 64 KiB, sshd and the receiver take turns every 64 KiB (half the throughput).
 PUT_RECEIVER = """\
 import hashlib, os, sys
+try:
+    import fcntl
+    fcntl.fcntl(0, fcntl.F_SETPIPE_SZ, 1 << 20)
+except (ImportError, AttributeError, OSError):
+    pass
 part, size = sys.argv[1], int(sys.argv[2])
 os.makedirs(os.path.dirname(part) or ".", exist_ok=True)
 held = os.path.getsize(part) if os.path.isfile(part) else 0
