@@ -256,13 +256,15 @@ def main() -> None:
             recaps: dict[str, str] = {}
             phases: list[tuple[float, float]] = []
             profile: dict[str, float] | None = None
+            loads: dict[str, list[float]] = {}  # 1-minute load average after each timed run, by side
             profile_text = ""
 
             def note(name: str, secs: float, cpu_s: float) -> None:
                 times.setdefault(name, []).append(secs)
                 cpu.setdefault(name, []).append(cpu_s)
-                print(f"{name:28s} {secs:7.2f} s  controller CPU {cpu_s:6.2f} s  (load {os.getloadavg()[0]:.1f})",
-                      flush=True)
+                load = os.getloadavg()[0]
+                loads.setdefault(name.split()[0], []).append(load)
+                print(f"{name:28s} {secs:7.2f} s  controller CPU {cpu_s:6.2f} s  (load {load:.1f})", flush=True)
 
             for _ in range(args.rounds):
                 note("edgectl cold", ed.apply("sim"), ed.cpu)
@@ -315,9 +317,10 @@ def main() -> None:
     before, after = (statistics.median(x) for x in zip(*phases))
     body = (f"{args.devices} simulated devices (a real sshd each, on loopback; one shared agent venv); artifact: a "
             f"tiny llama GGUF, Q8_0, {artifact_bytes / 1e6:.1f} MB; {args.rounds} round(s), each no-op run "
-            f"{NOOP_REPEAT} times a round; every run a fresh process with fresh SSH connections. Load average "
-            f"{load_start:.1f} at the start (other jobs share the 2 CPUs; the simulated devices' sshd and agents run "
-            f"on them too); whole benchmark {total_s / 60:.1f} min (fleet start {fleet_start:.0f} s, untimed "
+            f"{NOOP_REPEAT} times a round; every run a fresh process with fresh SSH connections. Load average after "
+            f"the edgectl runs {min(loads['edgectl']):.1f}-{max(loads['edgectl']):.1f}, after the Ansible runs "
+            f"{min(loads['ansible']):.1f}-{max(loads['ansible']):.1f} (other jobs share the 2 CPUs; the simulated "
+            f"devices' sshd and agents run on them too); whole benchmark {total_s / 60:.1f} min (fleet start {fleet_start:.0f} s, untimed "
             f"bootstrap apply {boot_s:.0f} s).\n\n"
             "Both sides start from agents installed and running and no model on the devices (an untimed edgectl "
             "bootstrap, then a removal). **edgectl cold**: `edgectl apply` (--parallel 8): observe every device over "

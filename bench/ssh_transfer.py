@@ -288,8 +288,8 @@ def main() -> None:
             "handed to SSH (paramiko's Channel.send) minus the file's size: what was in flight when the link died, "
             "plus a few hundred bytes of HTTP request headers.\n\n"
             + table(["peer", "median", "MB/s per round", "ratio vs scp", "target", ""], rows)
-            + f"\n\nLoad average {load_start:.1f} at the start (other jobs share the 2 CPUs; the client, sshd and the "
-            "agent run on them too).")
+            + f"\n\nLoad average {load_start:.1f} at the start, {os.getloadavg()[0]:.1f} at the end (other jobs share "
+            "the 2 CPUs; the client, sshd and the agent run on them too).")
     print(body)
     if profile:
         print(profile)
