@@ -82,8 +82,10 @@ with open(part, "r+b" if held else "wb") as f:
     os.fsync(f.fileno())
 print(h.hexdigest(), flush=True)
 """
-# The user's $HOME, then the agent token at "$1" (relative to $HOME unless absolute); values only as parameters.
-TOKEN_SCRIPT = 'printf "%s\\n" "$HOME"; case "$1" in /*) cat -- "$1" ;; *) cat -- "$HOME/$1" ;; esac'
+# The user's $HOME, then the agent token (one line) at "$1", relative to $HOME unless absolute; values only as
+# parameters, read with the shell's own `read` (no process per device for it).
+TOKEN_SCRIPT = ('printf "%s\\n" "$HOME"; case "$1" in /*) f=$1 ;; *) f=$HOME/$1 ;; esac; '
+                'IFS= read -r t <"$f"; [ -n "$t" ] && printf "%s\\n" "$t"')
 
 
 # -- pure pieces (unit-tested) -----------------------------------------------------------------------------------
