@@ -24,6 +24,11 @@ goals, not test assertions; a missed target is reported as missed.
 """
 
 
+# read when a script imports this module, i.e. when it starts (a section is written at the end, when the script's
+# own work has raised the load)
+LOAD_AT_START = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+
+
 def machine() -> str:
     cpu = platform.processor() or platform.machine()
     try:
@@ -37,8 +42,7 @@ def machine() -> str:
         mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
     except (ValueError, OSError):
         mem = 0
-    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    return f"{cpu}, {os.cpu_count()} CPUs, {mem:.0f} GiB RAM, load {load:.1f} at start"
+    return f"{cpu}, {os.cpu_count()} CPUs, {mem:.0f} GiB RAM, load {LOAD_AT_START:.1f} at start"
 
 
 def versions(*dists: str) -> str:

@@ -36,6 +36,9 @@ from edgectl.spec.deployment import HealthGate, Rollout, resolve_count
 from edgectl.transport import Transport, transport_for
 from edgectl.transport.local import VERIFY_KEY_FILE
 
+# Observing (read-only: an SSH handshake and a few small requests per device) waits on the network and the devices
+# far more than it computes, so it overlaps more devices than a rollout works on at once (--parallel).
+OBSERVE_PARALLEL = 32
 # A push needs the bytes still missing on the device plus this share free on its store (what the agent reports right
 # before the push): room for the runtime's own files and the state, and never a device filled to the last byte.
 DISK_MARGIN = 0.10
@@ -126,7 +129,8 @@ def select_devices(spec: Spec, names: Iterable[str] | None) -> list[Device]:
 
 
 def observe(devices: Iterable[Device], *, start_agents: bool, runtimes: dict[str, set[str]] | None = None,
-            parallel: int = 8, signers: dict[str, Signer | None] | None = None) -> dict[str, DeviceContext]:
+            parallel: int = OBSERVE_PARALLEL, signers: dict[str, Signer | None] | None = None
+            ) -> dict[str, DeviceContext]:
     """Reach each device's agent (starting it only if asked, able to run ``runtimes[device]``) and read its facts
     and state; ``parallel`` devices at a time (a fleet's SSH handshakes and agent starts overlap). ``signers``:
     per device, its fleet's signing key (a local agent started now is pinned to its public key)."""
@@ -242,7 +246,7 @@ def apply(spec: Spec, *, store: ArtifactStore, device_names: Iterable[str] | Non
     events = _Recorded(events or Events(), record)
     devices = select_devices(spec, device_names)
     signers = signers_for(spec, devices)  # a bad key stops here, before anything changes
-    contexts = observe(devices, start_agents=False, parallel=parallel, signers=signers)
+    contexts = observe(devices, start_agents=False, parallel=max(parallel, OBSERVE_PARALLEL), signers=signers)
     p = make_plan(spec, contexts, store)
     if p.unfit and not skip_unfit:
         names = ", ".join(dp.device for dp in p.unfit)

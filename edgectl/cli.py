@@ -148,7 +148,8 @@ def apply_cmd(paths: List[Path] = PathsArg, device: Optional[List[str]] = Device
               skip_unfit: bool = typer.Option(False, "--skip-unfit",
                                               help="Deploy to the devices that fit; leave unfit ones untouched."),
               parallel: int = typer.Option(8, "--parallel", min=1, max=256,
-                                           help="Devices of a wave worked on at once (Ansible: forks)."),
+                                           help="Devices of a wave worked on at once (Ansible: forks); "
+                                                "reading the devices' state overlaps at least 32."),
               engine: Optional[str] = typer.Option(None, "--engine",
                                                    help="ssh | ansible: how SSH devices are worked on; overrides "
                                                         "each Fleet's spec.engine.")) -> None:

@@ -8,6 +8,7 @@ The harness can stop a device, change its host key, and count what sshd logged (
 from __future__ import annotations
 
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -20,10 +21,33 @@ SSH_KEYGEN = "ssh-keygen"
 START_TIMEOUT_S = 10.0
 
 
+_GIVEN: set[int] = set()
+
+
+def _ephemeral_start() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A free 127.0.0.1 port below the ephemeral range. A device's ports are chosen long before its sshd or agent
+    binds them; an ephemeral port (what bind(0) returns) could meanwhile become the source port of one of the
+    fleet's own many connections (client -> sshd, sshd -> agent) and make the agent fail to bind."""
+    top = _ephemeral_start()
+    for _ in range(200):
+        port = random.randrange(max(1024, top - 12000), top)
+        if port in _GIVEN:  # handed out already (not bound yet): a fleet never gets one port twice
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            _GIVEN.add(port)
+            return port
+    raise RuntimeError(f"no free port on 127.0.0.1 below {top} after 200 tries")
 
 
 def keygen(path: Path, kind: str = "ed25519") -> Path:

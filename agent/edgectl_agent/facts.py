@@ -10,6 +10,7 @@ import os
 import platform
 import shutil
 import socket
+import sys
 from importlib import metadata
 from pathlib import Path
 
@@ -59,13 +60,31 @@ def parse_cpu_flags(raw: set[str]) -> list[str]:
 
 
 def runtime_versions() -> dict[str, str]:
-    versions = {}
-    for name, dist in RUNTIME_PACKAGES.items():
+    """Installed runtime versions; re-read only when a folder on sys.path changed (an install or removal touches
+    site-packages), since scanning every distribution's metadata costs ~10 ms and facts are read on every apply."""
+    key = _path_stamp()
+    if _VERSIONS_CACHE.get("key") != key:
+        versions = {}
+        for name, dist in RUNTIME_PACKAGES.items():
+            try:
+                versions[name] = metadata.version(dist)
+            except metadata.PackageNotFoundError:
+                continue
+        _VERSIONS_CACHE.update(key=key, versions=versions)
+    return dict(_VERSIONS_CACHE["versions"])
+
+
+_VERSIONS_CACHE: dict = {}
+
+
+def _path_stamp() -> tuple:
+    stamp = []
+    for entry in sys.path:
         try:
-            versions[name] = metadata.version(dist)
-        except metadata.PackageNotFoundError:
-            continue
-    return versions
+            stamp.append((entry, os.stat(entry or ".").st_mtime_ns))
+        except OSError:
+            stamp.append((entry, None))
+    return tuple(stamp)
 
 
 def nvidia_gpus(proc: Path = Path("/proc/driver/nvidia/gpus")) -> list[AcceleratorFact]:

@@ -66,6 +66,29 @@ def test_facts_are_real_and_filtered(tmp_path):
     assert parse_cpu_flags({"asimd", "asimddp", "i8mm"}) == ["asimd", "asimddp", "dotprod", "i8mm", "neon"]
 
 
+def test_runtime_versions_are_read_again_when_a_sys_path_folder_changes(tmp_path, monkeypatch):
+    """Cached between facts requests, but an install or removal (it touches site-packages) is seen at once."""
+    import os
+
+    from edgectl_agent.facts import runtime_versions
+
+    def install(version: str) -> None:
+        for old in tmp_path.glob("mlx_lm-*.dist-info"):
+            (old / "METADATA").unlink()
+            old.rmdir()
+        info = tmp_path / f"mlx_lm-{version}.dist-info"
+        info.mkdir()
+        (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: mlx-lm\nVersion: {version}\n")
+        os.utime(tmp_path, ns=(0, os.stat(tmp_path).st_mtime_ns + 10**9))  # a coarse clock must still see a change
+
+    install("9.9.1")
+    monkeypatch.syspath_prepend(str(tmp_path))  # shadows an installed mlx-lm, if any
+    assert runtime_versions()["mlx"] == "9.9.1"
+    install("9.9.2")
+    assert runtime_versions()["mlx"] == "9.9.2"
+    assert runtime_versions() is not runtime_versions()  # callers get copies of the cached mapping
+
+
 def desired(**kw) -> DesiredDeployment:
     return DesiredDeployment.model_validate({
         "name": "chat", "artifact": {"digest": "sha256:" + "0" * 64, "format": "gguf", "quant": "Q4_K_M",
