@@ -37,6 +37,7 @@ if TYPE_CHECKING:
 
 CONNECT_TIMEOUT_S = 15.0
 START_TIMEOUT_S = 60.0
+EXIT_OUTPUT_GRACE_S = 2.0
 PUT_CHUNK = 1024 * 1024
 PUT_STALL_S = 120.0
 # Large windows keep a long transfer from stalling on window adjusts (paramiko's default is 2 MiB).
@@ -413,6 +414,7 @@ class SshTransport(Transport):
             chan.exec_command(command)
             out, err = bytearray(), bytearray()
             deadline = time.monotonic() + timeout
+            exited_at = None
             while True:  # drain both streams, or a chatty stderr fills its window and the command blocks
                 busy = False
                 while chan.recv_ready():
@@ -422,7 +424,18 @@ class SshTransport(Transport):
                     err += chan.recv_stderr(65536)
                     busy = True
                 if chan.exit_status_ready() and not chan.recv_ready() and not chan.recv_stderr_ready():
-                    break
+                    # sshd may send the exit status before the last output (a shell that prints and exits at
+                    # once): done at the end of the output, or shortly after the exit if a background process
+                    # holds the output open
+                    exited_at = exited_at or time.monotonic()
+                    if chan.eof_received or chan.closed:
+                        break
+                    if time.monotonic() - exited_at > EXIT_OUTPUT_GRACE_S:
+                        log.info("device %s: %s exited but its output stays open (a background process?); not "
+                                 "waiting for it", self.name, argv[0])
+                        break
+                    time.sleep(0.001)
+                    continue
                 if time.monotonic() > deadline:
                     chan.close()
                     raise subprocess.TimeoutExpired(list(argv), timeout, bytes(out), bytes(err))
