@@ -9,8 +9,8 @@ from edgectl.transport.base import Transport
 
 def transport_for(device: Device, *, verify_key: bytes | None = None) -> Transport:
     """The transport object for a device, chosen by ``device.transport.type``. ``verify_key``: the public key (PEM)
-    of the device's fleet signing key; a local agent that edgectl starts is pinned to it (remote agents get their
-    verify key from whoever installs them)."""
+    of the device's fleet signing key; a local or SSH agent that edgectl starts is pinned to it (Docker agents get
+    their verify key from whoever builds their image)."""
     kind = device.transport.type
     if kind == "local":
         from edgectl.transport.local import LocalTransport
@@ -19,7 +19,7 @@ def transport_for(device: Device, *, verify_key: bytes | None = None) -> Transpo
     if kind == "ssh":
         from edgectl.transport.ssh import SshTransport
 
-        return SshTransport(device)
+        return SshTransport(device, verify_key=verify_key)
     if kind == "docker":
         from edgectl.transport.docker import DockerTransport
 

@@ -5,6 +5,9 @@ in a wheelhouse), pushes them, creates a venv on the device and installs with ``
 agent as transport.service says: a systemd system unit (SSH user root), a systemd user unit with linger enabled (so
 it starts at boot, not at the user's first login), or a detached process (nohup); 'auto' picks the first the device
 supports.
+When the fleet signs deployments, the agent is installed with the ``sign`` extra and pinned to the fleet's public key
+like a local one: ``verify-key.pub`` in its root, written at the first bootstrap only (trust on first use, never
+overwritten), and every start there passes ``--verify-key-file``.
 Every remote command is an argv built by a pure function here; the transport quotes it.
 """
 
@@ -27,6 +30,7 @@ from edgectl_agent.facts import RUNTIME_PACKAGES
 
 from edgectl.errors import TransportError
 from edgectl.paths import edgectl_home
+from edgectl.transport.local import VERIFY_KEY_FILE
 
 if TYPE_CHECKING:
     from edgectl.transport.ssh import SshTransport
@@ -50,9 +54,16 @@ _AGENT_WHEEL_BUILT: set[str] = set()  # wheelhouses whose edgectl-agent wheel th
 _VENV_LOCKS: dict[str, threading.Lock] = {}
 _VENV_LOCKS_LOCK = threading.Lock()
 
-# sh scripts take their values as positional parameters ("$1"...), never spliced into the script text.
-START_SCRIPT = ('nohup setsid "$1" -m edgectl_agent serve --root "$2" --host 127.0.0.1 --port "$3" '
-                '>>"$4" 2>&1 </dev/null & echo $! >"$5"')
+SIGN_EXTRA = "sign"  # the edgectl-agent extra that verifies signatures (cryptography)
+SIGN_PACKAGE = "cryptography"
+# sh scripts take their values as positional parameters ("$1"...), never spliced into the script text; START_SCRIPT
+# passes what follows the first five ("$@" after shift: e.g. --verify-key-file PATH) to the agent as they are.
+START_SCRIPT = ('py=$1 root=$2 port=$3 log=$4 pid=$5; shift 5; '
+                'nohup setsid "$py" -m edgectl_agent serve --root "$root" --host 127.0.0.1 --port "$port" "$@" '
+                '>>"$log" 2>&1 </dev/null & echo $! >"$pid"')
+# prints "yes" when the verify key file exists (the agent root is pinned), nothing otherwise
+PINNED_SCRIPT = 'if [ -e "$1" ]; then echo yes; fi'
+
 ALIVE_SCRIPT = 'kill -0 "$(cat "$1" 2>/dev/null)" 2>/dev/null'
 STOP_SCRIPT = ('pid=$(cat "$1" 2>/dev/null) || exit 0; kill "$pid" 2>/dev/null || exit 0; i=0; '
                'while kill -0 "$pid" 2>/dev/null && [ $i -lt 100 ]; do sleep 0.1; i=$((i+1)); done; '
@@ -91,6 +102,11 @@ class RemoteLayout:
     @property
     def root(self) -> str:
         return self._p("root")
+
+    @property
+    def verify_key(self) -> str:
+        """The pinned public key of the fleet's signing key (written once, at the first bootstrap)."""
+        return self._p("root", VERIFY_KEY_FILE)
 
     @property
     def token(self) -> str:
@@ -161,14 +177,24 @@ def reinstall_argv(layout: RemoteLayout) -> list[str]:
             "--no-deps", "--force-reinstall", "--find-links", layout.wheels, f"edgectl-agent=={AGENT_VERSION}"]
 
 
-def installed_argv(layout: RemoteLayout, runtimes: Iterable[str]) -> list[str]:
-    return [layout.python, "-c", INSTALLED_SCRIPT, *sorted(RUNTIME_PACKAGES[r] for r in runtimes
-                                                           if r in RUNTIME_PACKAGES)]
+def installed_argv(layout: RemoteLayout, runtimes: Iterable[str], *, sign: bool = False) -> list[str]:
+    """Prints the agent's version and fails unless every package the runtimes (and signing) need is there."""
+    packages = {RUNTIME_PACKAGES[r] for r in runtimes if r in RUNTIME_PACKAGES} | ({SIGN_PACKAGE} if sign else set())
+    return [layout.python, "-c", INSTALLED_SCRIPT, *sorted(packages)]
 
 
-def start_argv(layout: RemoteLayout, port: int) -> list[str]:
+def serve_options(verify_key_file: str | None) -> list[str]:
+    """Agent options beyond root, host and port, shared by the detached start and the systemd unit."""
+    return ["--verify-key-file", verify_key_file] if verify_key_file else []
+
+
+def start_argv(layout: RemoteLayout, port: int, *, verify_key_file: str | None = None) -> list[str]:
     return ["sh", "-c", START_SCRIPT, "edgectl-agent-start", layout.python, layout.root, str(port), layout.log,
-            layout.pid]
+            layout.pid, *serve_options(verify_key_file)]
+
+
+def pinned_argv(layout: RemoteLayout) -> list[str]:
+    return ["sh", "-c", PINNED_SCRIPT, "edgectl-agent-pinned", layout.verify_key]
 
 
 _UNIT_SAFE_ARG = re.compile(r"^[A-Za-z0-9_@+=:,./-]+$")
@@ -182,11 +208,12 @@ def unit_arg(arg: str) -> str:
     return '"' + arg.replace("\\", "\\\\").replace('"', '\\"').replace("%", "%%").replace("$", "$$") + '"'
 
 
-def unit_text(layout: RemoteLayout, port: int, *, system: bool = False) -> str:
+def unit_text(layout: RemoteLayout, port: int, *, system: bool = False, verify_key_file: str | None = None) -> str:
     """The systemd unit that keeps the agent running (restarted on failure, started at boot): a system unit (in
-    /etc/systemd/system, wanted by multi-user.target) or a user unit (wanted by default.target; boot needs linger)."""
+    /etc/systemd/system, wanted by multi-user.target) or a user unit (wanted by default.target; boot needs linger).
+    ``verify_key_file``: the agent verifies deployments with that public key."""
     argv = [layout.python, "-m", "edgectl_agent", "serve", "--root", layout.root, "--host", "127.0.0.1",
-            "--port", str(port)]
+            "--port", str(port), *serve_options(verify_key_file)]
     return (
         "[Unit]\n"
         "Description=edgectl agent (serves quantized models on 127.0.0.1)\n"
@@ -315,21 +342,21 @@ def _build_wheelhouse(extras: list[str]) -> Path:
 
 
 # -- the device ---------------------------------------------------------------------------------------------------
-def ensure_installed(t: "SshTransport", layout: RemoteLayout, runtimes: Iterable[str]) -> None:
-    """Install edgectl-agent (this version) with the extras for ``runtimes`` into the device's venv, unless the
-    venv already has them."""
+def ensure_installed(t: "SshTransport", layout: RemoteLayout, runtimes: Iterable[str], *, sign: bool = False) -> None:
+    """Install edgectl-agent (this version) with the extras for ``runtimes`` (and ``sign``: the one that verifies
+    signatures) into the device's venv, unless the venv already has them."""
     if not t.spec.venv:
-        return _ensure_installed(t, layout, runtimes)
+        return _ensure_installed(t, layout, runtimes, sign)
     with _VENV_LOCKS_LOCK:
         lock = _VENV_LOCKS.setdefault(layout.venv, threading.Lock())
     with lock:  # the first device installs, the others find it done
-        return _ensure_installed(t, layout, runtimes)
+        return _ensure_installed(t, layout, runtimes, sign)
 
 
-def _ensure_installed(t: "SshTransport", layout: RemoteLayout, runtimes: Iterable[str]) -> None:
+def _ensure_installed(t: "SshTransport", layout: RemoteLayout, runtimes: Iterable[str], sign: bool) -> None:
     runtimes = sorted(set(runtimes))
-    extras = extras_for(runtimes)
-    have = t.run(installed_argv(layout, runtimes))
+    extras = sorted(set(extras_for(runtimes)) | ({SIGN_EXTRA} if sign else set()))
+    have = t.run(installed_argv(layout, runtimes, sign=sign))
     if have.returncode == 0 and have.stdout.strip().splitlines()[:1] == [AGENT_VERSION]:
         return
     python = t.spec.python
@@ -368,14 +395,33 @@ def resolve_service(t: "SshTransport") -> str:
     return t.service_mode
 
 
-def start_agent(t: "SshTransport", layout: RemoteLayout) -> None:
+def pin_verify_key(t: "SshTransport", layout: RemoteLayout) -> str | None:
+    """The device's pinned verify key file, written first from ``t.verify_key`` when the fleet signs and the device
+    has none (trust on first use, as a local agent; an existing file is never replaced: a changed fleet key is
+    refused by apply until someone replaces it by hand). None: the device is not pinned, its agent does not verify.
+    A device pinned earlier stays pinned even when its fleet no longer signs."""
+    t.check(["mkdir", "-p", layout.root], what="creating the agent's folders")
+    if t.check(pinned_argv(layout), what="looking for the agent's verify key").strip() == "yes":
+        return layout.verify_key
+    if t.verify_key is None:
+        return None
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        key = Path(tmp) / VERIFY_KEY_FILE
+        key.write_bytes(t.verify_key)
+        t.put_file(key, layout.verify_key)
+    return layout.verify_key
+
+
+def start_agent(t: "SshTransport", layout: RemoteLayout, *, verify_key_file: str | None = None) -> None:
     """Start the agent as transport.service says: a systemd unit (enabled, so it starts at boot; linger for a user
-    unit) or a detached process."""
+    unit) or a detached process; ``verify_key_file``: it verifies deployments with that public key."""
     # its folder may not exist yet when the venv was found ready elsewhere (transport.venv)
     t.check(["mkdir", "-p", layout.root], what="creating the agent's folders")
     mode = resolve_service(t)
     if mode == "none":
-        t.check(start_argv(layout, t.port), what="starting the agent")
+        t.check(start_argv(layout, t.port, verify_key_file=verify_key_file), what="starting the agent")
         return
     if mode == "user" and t.run(linger_query_argv(t.service_user)).stdout.strip() != "yes":
         t.check(linger_argv(t.service_user), what=f"enabling linger for '{t.service_user}' (so the agent's user unit "
@@ -384,7 +430,7 @@ def start_agent(t: "SshTransport", layout: RemoteLayout) -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         unit = Path(tmp) / UNIT_NAME
-        unit.write_text(unit_text(layout, t.port, system=mode == "system"))
+        unit.write_text(unit_text(layout, t.port, system=mode == "system", verify_key_file=verify_key_file))
         t.put_file(unit, unit_path(mode, t.home))
     t.check(systemctl_argv(mode, "daemon-reload"), what="reloading systemd")
     t.check(systemctl_argv(mode, "enable", "--now", UNIT_NAME), what="starting the agent unit")

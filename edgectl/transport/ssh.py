@@ -262,9 +262,10 @@ def pin_host_key(host: str, port: int, key: "paramiko.PKey", *, replace: bool = 
 
 # -- the transport -----------------------------------------------------------------------------------------------
 class SshTransport(Transport):
-    def __init__(self, device: Device) -> None:
+    def __init__(self, device: Device, *, verify_key: bytes | None = None) -> None:
         super().__init__(device)
         self.spec = device.transport
+        self.verify_key = verify_key  # public key PEM to pin at the first bootstrap, when the fleet signs
         self.port = device.agent.port
         self._client: "paramiko.SSHClient | None" = None
         self._jump: "paramiko.SSHClient | None" = None
@@ -585,8 +586,9 @@ class SshTransport(Transport):
             return None
         if health is not None:  # an older agent: replace it with this version
             bootstrap.stop_agent(self, self.layout)
-        bootstrap.ensure_installed(self, self.layout, runtimes)
-        bootstrap.start_agent(self, self.layout)
+        pinned = bootstrap.pin_verify_key(self, self.layout)
+        bootstrap.ensure_installed(self, self.layout, runtimes, sign=pinned is not None)
+        bootstrap.start_agent(self, self.layout, verify_key_file=pinned)
         deadline = time.monotonic() + START_TIMEOUT_S
         while time.monotonic() < deadline:
             health = self._health()

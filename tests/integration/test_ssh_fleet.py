@@ -226,3 +226,48 @@ def test_argv_and_files_with_hostile_names(tmp_path, env, monkeypatch):
         t.put_file(src, str(bad))  # the retry starts over and succeeds
         assert bad.read_bytes() == data
         t.close()
+
+
+def test_a_signing_fleet_pins_its_key_on_an_ssh_device_and_the_agent_refuses_unsigned(tmp_path, env, monkeypatch):
+    """spec.signing on an SSH device: the bootstrap installs the sign extra, writes verify-key.pub into the agent
+    root once and starts the agent with it; apply serves signed, an unsigned deployment is refused by the agent."""
+    from edgectl_agent.api import CONTROL_PREFIX, DesiredDeployment
+
+    from edgectl.errors import AgentError
+    from edgectl.signing import Signer
+
+    with SshFleet(tmp_path / "fleet", 1) as fleet:
+        fleet.write_known_hosts(Path(env["EDGECTL_HOME"]) / "known_hosts")
+        mdir = manifests(tmp_path, fleet)
+        (mdir / "keys").mkdir()
+        edgectl("keygen", str(mdir / "keys" / "fleet"), env=env)
+        fleet_yaml = mdir / "fleet.yaml"
+        fleet_yaml.write_text(fleet_yaml.read_text().replace("spec:\n", "spec:\n  signing: {key_file: keys/fleet}\n"))
+        key_id = Signer.load(mdir / "keys" / "fleet").key_id
+
+        r = edgectl("apply", str(mdir), env=env)
+        assert "activated tiny" in r.stdout, r.stdout + r.stderr
+        (d,) = fleet.devices
+        agent_root = d.home / ".local/share/edgectl-agent/root"
+        assert (agent_root / "verify-key.pub").read_bytes() == (mdir / "keys" / "fleet.pub").read_bytes()
+
+        t = transport(fleet, d.name, monkeypatch, env)
+        try:
+            client = t.agent(start=False)
+            assert client.facts().verify_key_id == key_id
+            (dep,) = client.state().deployments
+            assert dep.state == "serving" and dep.desired.signature.key_id == key_id
+            unsigned = DesiredDeployment.model_validate(dep.desired.model_dump()).model_copy(
+                update={"signature": None})
+            with pytest.raises(AgentError) as refused:
+                client.put_deployment(unsigned)
+            assert refused.value.status == 403
+            token = (agent_root / "token").read_text().strip()
+            with httpx.Client(transport=t.http_transport(), base_url=t.base_url, timeout=30,
+                              headers={"Authorization": f"Bearer {token}"}) as http:
+                put = http.put(f"{CONTROL_PREFIX}/deployments/tiny", content=unsigned.model_dump_json(),
+                               headers={"Content-Type": "application/json"})
+                assert put.status_code == 403 and put.json()["error"]["type"] == "signature_missing", put.text
+            assert client.state().deployments[0].state == "serving"  # the refusal changed nothing
+        finally:
+            t.close()

@@ -132,6 +132,48 @@ def test_unit_text_binds_loopback() -> None:
     assert "WantedBy=multi-user.target" in system and "NoNewPrivileges=yes" in system
 
 
+def test_start_script_passes_a_hostile_verify_key_path_as_one_argument(tmp_path) -> None:
+    """A signing fleet's agent starts with --verify-key-file; the path (under agent_dir) stays one argument."""
+    fake_python = tmp_path / "py"
+    fake_python.write_text("#!/bin/sh\nprintf '%s\\n' \"$@\" > \"$(dirname \"$0\")/args\"\n")
+    fake_python.chmod(0o755)
+    layout = bootstrap.RemoteLayout(str(tmp_path / "a b;$(touch pwned)"))
+    assert layout.verify_key == layout.root + "/verify-key.pub"
+    argv = bootstrap.start_argv(layout, 8088, verify_key_file=layout.verify_key)
+    argv[4] = str(fake_python)
+    (tmp_path / "a b;$(touch pwned)").mkdir()
+    subprocess.run(["sh", "-c", quote_argv(argv)], check=True, cwd=tmp_path)
+    for _ in range(100):
+        if (tmp_path / "args").exists() and (tmp_path / "args").read_text():
+            break
+        time.sleep(0.02)
+    assert (tmp_path / "args").read_text().splitlines() == [
+        "-m", "edgectl_agent", "serve", "--root", layout.root, "--host", "127.0.0.1", "--port", "8088",
+        "--verify-key-file", layout.verify_key]
+    assert not (tmp_path / "pwned").exists()
+
+
+def test_unit_text_names_the_verify_key_file_only_when_pinned() -> None:
+    layout = bootstrap.RemoteLayout("/opt/edgectl agent")
+    text = bootstrap.unit_text(layout, 9000, system=True, verify_key_file=layout.verify_key)
+    assert ('ExecStart="/opt/edgectl agent/venv/bin/python" -m edgectl_agent serve --root "/opt/edgectl agent/root" '
+            '--host 127.0.0.1 --port 9000 --verify-key-file "/opt/edgectl agent/root/verify-key.pub"\n') in text
+    assert "--verify-key-file" not in bootstrap.unit_text(layout, 9000)
+
+
+def test_a_signing_fleet_installs_the_sign_extra_and_checks_for_cryptography() -> None:
+    layout = bootstrap.RemoteLayout("/home/pi/.local/share/edgectl-agent")
+    assert bootstrap.installed_argv(layout, ["llamacpp"], sign=True)[3:] == ["cryptography", "llama-cpp-python"]
+    assert "cryptography" not in bootstrap.installed_argv(layout, ["llamacpp"])
+    assert bootstrap.pinned_argv(layout)[-1] == layout.verify_key
+
+
+def test_ssh_transport_gets_the_fleet_verify_key() -> None:
+    d = Device(name="pi", profile="raspberry-pi-5", transport={"type": "ssh", "host": "198.18.0.2"})
+    assert transport_for(d, verify_key=b"PEM").verify_key == b"PEM"
+    assert transport_for(d).verify_key is None
+
+
 def test_unit_args_are_quoted_and_escaped_for_systemd() -> None:
     assert bootstrap.unit_arg("/home/pi/.local/x") == "/home/pi/.local/x"
     assert bootstrap.unit_arg('/a b/"q"/50%/$HOME') == '"/a b/\\"q\\"/50%%/$$HOME"'
