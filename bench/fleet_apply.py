@@ -139,6 +139,28 @@ def agent_pids(fleet: SshFleet) -> list[str]:
     return [(d.home / AGENT_DIR / "agent.pid").read_text().strip() for d in fleet.devices]
 
 
+def devices_cpu(fleet: SshFleet) -> dict[int, float]:
+    """CPU seconds so far of each simulated device's processes: its sshd (with the per-connection processes it has
+    reaped) and its agent. They share this machine's CPUs with the controller, unlike a real fleet's."""
+    import psutil
+
+    out = {}
+    pids = [d.proc.pid for d in fleet.devices if d.proc is not None] + [int(p) for p in agent_pids(fleet)]
+    for pid in pids:
+        try:
+            t = psutil.Process(pid).cpu_times()
+        except psutil.Error:
+            continue
+        out[pid] = t.user + t.system + t.children_user + t.children_system
+    return out
+
+
+def cpu_since(before: dict[int, float], after: dict[int, float]) -> float:
+    """Device CPU between two snapshots (an agent restarted in between counts from its start; what the replaced
+    one used after ``before`` is not seen)."""
+    return sum(v - before.get(pid, 0.0) for pid, v in after.items())
+
+
 class Ansible:
     def __init__(self, fleet: SshFleet, tmp: Path, known_hosts: Path, artifact: Path, venv: str) -> None:
         from edgectl.transport.ansible import ssh_common_args
@@ -173,7 +195,8 @@ class Ansible:
         r = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=1800)
         secs = time.perf_counter() - t0
         self.cpu = children_cpu() - c0  # ansible-playbook, its forks and their ssh clients
-        subprocess.run(["ssh", "-O", "exit", "-o", f"ControlPath={cp}/%C", "x"], capture_output=True)
+        for master in cp.iterdir():  # the persistent connections it left (ControlPersist), closed untimed
+            subprocess.run(["ssh", "-O", "exit", "-o", f"ControlPath={master}", "x"], capture_output=True)
         if r.returncode != 0:
             raise RuntimeError(f"ansible-playbook -f {forks} exited {r.returncode}:\n{r.stdout[-4000:]}")
         recap = r.stdout[r.stdout.rfind("PLAY RECAP"):]
@@ -257,16 +280,30 @@ def main() -> None:
             phases: list[tuple[float, float]] = []
             profile: dict[str, float] | None = None
             loads: dict[str, list[float]] = {}  # 1-minute load average after each timed run, by side
+            dev_cpu: dict[str, list[float]] = {}
             profile_text = ""
 
+            snapshot = {"cpu": devices_cpu(fleet)}
+
             def note(name: str, secs: float, cpu_s: float) -> None:
+                """Record one timed run; the devices' CPU is what they used since the previous note (or the
+                untimed step right before this run, which note_start resets)."""
+                time.sleep(1.0)  # untimed: sshd reaps the connections that just closed (their CPU counts then)
+                dev_s = cpu_since(snapshot["cpu"], devices_cpu(fleet))
                 times.setdefault(name, []).append(secs)
                 cpu.setdefault(name, []).append(cpu_s)
+                dev_cpu.setdefault(name, []).append(dev_s)
                 load = os.getloadavg()[0]
                 loads.setdefault(name.split()[0], []).append(load)
-                print(f"{name:28s} {secs:7.2f} s  controller CPU {cpu_s:6.2f} s  (load {load:.1f})", flush=True)
+                print(f"{name:28s} {secs:7.2f} s  controller CPU {cpu_s:6.2f} s  devices CPU {dev_s:6.2f} s  "
+                      f"(load {load:.1f})", flush=True)
+                snapshot["cpu"] = devices_cpu(fleet)
+
+            def note_start() -> None:
+                snapshot["cpu"] = devices_cpu(fleet)
 
             for _ in range(args.rounds):
+                note_start()
                 note("edgectl cold", ed.apply("sim"), ed.cpu)
                 phases.append(last_run_phases(tmp / "home"))
                 if check_served(fleet, ed) != digest:
@@ -278,10 +315,12 @@ def main() -> None:
                     raise RuntimeError("the no-op apply restarted agents")
                 if profile is None:  # profiled here, under the same conditions as the timed no-ops
                     profile, profile_text = profile_noop(ed)
+                    note_start()
                 ed.apply("nowhere")
                 for f in forks:
                     ansible.forget()
                     pids = agent_pids(fleet)
+                    note_start()
                     secs, recaps[f"cold {f}"] = ansible.run(f)
                     note(f"ansible cold (forks {f})", secs, ansible.cpu)
                     restarted = [a != b for a, b in zip(pids, agent_pids(fleet))]
@@ -296,23 +335,27 @@ def main() -> None:
 
     med = {name: statistics.median(ts) for name, ts in times.items()}
     med_cpu = {name: statistics.median(cs) for name, cs in cpu.items()}
+    med_dev = {name: statistics.median(cs) for name, cs in dev_cpu.items()}
+
+    def cpus(name: str) -> list[str]:
+        return [f"{med_cpu[name]:.1f} s", f"{med_dev[name]:.1f} s"]
 
     def secs(name: str) -> str:
         return f"{med[name]:.1f} s" + (f" ({' / '.join(f'{t:.1f}' for t in times[name])})" if len(times[name]) > 1
                                        else "")
 
     noop_ok = med["edgectl no-op"] <= NOOP_S
-    rows = [["edgectl apply, cold", secs("edgectl cold"), f"{med_cpu['edgectl cold']:.1f} s", "-", "", ""],
-            ["edgectl apply, no-op", secs("edgectl no-op"), f"{med_cpu['edgectl no-op']:.1f} s", "-",
-             f"<= {NOOP_S:g} s", "met" if noop_ok else "MISSED"]]
+    rows = [["edgectl apply, cold", secs("edgectl cold"), *cpus("edgectl cold"), "-", "", ""],
+            ["edgectl apply, no-op", secs("edgectl no-op"), *cpus("edgectl no-op"), "-", f"<= {NOOP_S:g} s",
+             "met" if noop_ok else "MISSED"]]
     verdicts = []
     for f in forks:
         cold, noop = f"ansible cold (forks {f})", f"ansible no-op (forks {f})"
         ratio = med["edgectl cold"] / med[cold]
         verdicts.append(ratio <= COLD_RATIO)
-        rows.append([f"Ansible playbook, cold, forks {f}", secs(cold), f"{med_cpu[cold]:.1f} s",
+        rows.append([f"Ansible playbook, cold, forks {f}", secs(cold), *cpus(cold),
                      f"edgectl cold = {ratio:.2f}x", f"<= {COLD_RATIO}x", "met" if ratio <= COLD_RATIO else "MISSED"])
-        rows.append([f"Ansible playbook, no-op, forks {f}", secs(noop), f"{med_cpu[noop]:.1f} s",
+        rows.append([f"Ansible playbook, no-op, forks {f}", secs(noop), *cpus(noop),
                      f"edgectl no-op = {med['edgectl no-op'] / med[noop]:.2f}x", "", ""])
     before, after = (statistics.median(x) for x in zip(*phases))
     body = (f"{args.devices} simulated devices (a real sshd each, on loopback; one shared agent venv); artifact: a "
@@ -320,8 +363,8 @@ def main() -> None:
             f"{NOOP_REPEAT} times a round; every run a fresh process with fresh SSH connections. Load average after "
             f"the edgectl runs {min(loads['edgectl']):.1f}-{max(loads['edgectl']):.1f}, after the Ansible runs "
             f"{min(loads['ansible']):.1f}-{max(loads['ansible']):.1f} (other jobs share the 2 CPUs; the simulated "
-            f"devices' sshd and agents run on them too); whole benchmark {total_s / 60:.1f} min (fleet start {fleet_start:.0f} s, untimed "
-            f"bootstrap apply {boot_s:.0f} s).\n\n"
+            f"devices' sshd and agents run on them too); whole benchmark {total_s / 60:.1f} min (fleet start "
+            f"{fleet_start:.0f} s, untimed bootstrap apply {boot_s:.0f} s).\n\n"
             "Both sides start from agents installed and running and no model on the devices (an untimed edgectl "
             "bootstrap, then a removal). **edgectl cold**: `edgectl apply` (--parallel 8): observe every device over "
             "SSH, plan, push the artifact to each agent through a direct-tcpip channel (sha256-verified there), "
@@ -331,8 +374,10 @@ def main() -> None:
             "/healthz; it loads no model and sends no inference, so it does less than edgectl. **No-op**: the same "
             "command again, nothing changed (edgectl: observe + plan, nothing pushed or restarted; Ansible: the copy "
             "finds the file unchanged, no restart). Controller CPU: user + system seconds of the command and its "
-            "children (ansible's forks and ssh clients), not of the devices.\n\n"
-            + table(["run", "wall time", "controller CPU", "ratio", "target", ""], rows)
+            "children (ansible's forks and ssh clients). Devices' CPU: what the simulated devices' sshd (with its "
+            "per-connection processes) and agents used meanwhile; on this machine they share the 2 CPUs with the "
+            "controller, on a real fleet each device has its own.\n\n"
+            + table(["run", "wall time", "controller CPU", "devices' CPU", "ratio", "target", ""], rows)
             + f"\n\nedgectl cold, from its run record: {before:.1f} s observing and planning, then {after:.1f} s "
             f"pushing, activating and gating (8 devices at a time). The no-op, profiled (cProfile, so slower): "
             + ", ".join(f"{k} {v:.2f} s" for k, v in profile.items())
