@@ -90,8 +90,8 @@ def main() -> None:
     args = ap.parse_args()
 
     from edgectl.agent_client import AgentClient
-    from edgectl.build import ArtifactStore, build
-    from edgectl.build.registry import builder_for
+    from edgectl.builders import ArtifactStore, build
+    from edgectl.builders.registry import builder_for
     from edgectl.load import load_paths
     from edgectl.paths import store_dir
     from edgectl.plan.estimate import estimate

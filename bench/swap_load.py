@@ -124,7 +124,7 @@ def main() -> None:
     args = ap.parse_args()
     stop_servers_on_sigterm()
 
-    from edgectl.build import ArtifactStore, build
+    from edgectl.builders import ArtifactStore, build
     from edgectl.load import load_paths
     from edgectl.paths import store_dir
     from edgectl.spec import Recipe

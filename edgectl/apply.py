@@ -24,8 +24,8 @@ from edgectl_agent.api import AgentState, ArtifactRef, DesiredDeployment, Facts
 from edgectl_agent.signing import KEY_UNUSABLE
 
 from edgectl.agent_client import AgentClient, SmokeResult
-from edgectl.build import ArtifactStore, build, builder_for, lookup
-from edgectl.build.sources import is_available
+from edgectl.builders import ArtifactStore, build, builder_for, lookup
+from edgectl.builders.sources import is_available
 from edgectl.errors import EdgectlError, NotFoundError, PlanError
 from edgectl.plan import DeploymentPlan, DevicePlan, Plan, compat, plan, recipe_id, selects
 from edgectl.plan.planner import AUTO_RUNTIME_ORDER
@@ -33,7 +33,8 @@ from edgectl.runs import RunRecord
 from edgectl.signing import Signer, rollback_deployment, signed, signers_for
 from edgectl.spec import BuiltArtifact, Device, Recipe, Spec
 from edgectl.spec.deployment import HealthGate, Rollout, resolve_count
-from edgectl.transport import Transport, transport_for
+from edgectl.agents import connect
+from edgectl.transport import Transport
 from edgectl.transport.local import VERIFY_KEY_FILE
 
 # Observing (read-only: an SSH handshake and a few small requests per device) waits on the network and the devices
@@ -139,7 +140,7 @@ def observe(devices: Iterable[Device], *, start_agents: bool, runtimes: dict[str
     def one(device: Device) -> DeviceContext:
         ctx = DeviceContext(device, signer=(signers or {}).get(device.name))
         try:
-            ctx.transport = transport_for(device, verify_key=ctx.signer.public_pem if ctx.signer else None)
+            ctx.transport = connect(device, verify_key=ctx.signer.public_pem if ctx.signer else None)
             ctx.client = ctx.transport.agent(start=start_agents, runtimes=(runtimes or {}).get(device.name, ()))
             if ctx.client is not None:
                 ctx.facts = ctx.client.facts()

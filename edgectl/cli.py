@@ -36,7 +36,7 @@ def _load(paths: List[Path]):
 
 
 def _store():
-    from edgectl.build import ArtifactStore
+    from edgectl.builders import ArtifactStore
     from edgectl.paths import store_dir
 
     return ArtifactStore(store_dir())

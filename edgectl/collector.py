@@ -54,13 +54,13 @@ class TransportScraper:
         self._lock = threading.Lock()
 
     def scrape(self, device: Device, timeout: float) -> str:
-        from edgectl.transport import transport_for
+        from edgectl.agents import connect
 
         with self._lock:
             held = self._open.pop(device.name, None)
         try:
             if held is None:
-                transport = transport_for(device)
+                transport = connect(device)
                 client = transport.agent(start=False)
                 if client is None:
                     transport.close()

@@ -18,7 +18,7 @@ from typing import Literal
 
 from edgectl_agent.api import AgentState, DeploymentState, Facts
 
-from edgectl.build.registry import BUILDERS
+from edgectl.builders.registry import BUILDERS
 from edgectl.plan import compat, gguf
 from edgectl.plan.estimate import AGENT_BYTES, GIB, Estimate, estimate
 from edgectl.plan.formats import precision_rank, quality_rank
@@ -415,7 +415,7 @@ TENSOR_QUALITY_RANK = {"INT4": 0, "INT8": 1, "INT8_STATIC": 1, "FP16": 2, "FP32"
 TENSOR_BYTES_PER_WEIGHT = {"INT4": 0.5, "INT8": 1, "INT8_STATIC": 1, "FP16": 2, "FP32": 4}
 # onnxruntime's / OpenVINO's arena and the activations of a small graph; not modelled per graph.
 ONNX_COMPUTE_BYTES = 32 * 2**20
-# Source types a conversion can turn into another (edgectl.build.sources): HF folder <-> GGUF file.
+# Source types a conversion can turn into another (edgectl.builders.sources): HF folder <-> GGUF file.
 CONVERTIBLE: dict[str, tuple[str, ...]] = {"gguf": ("huggingface",), "huggingface": ("gguf",)}
 
 

@@ -36,7 +36,7 @@ class Recipe(Frozen):
 
 
 class Quality(Frozen):
-    """How far a built artifact moved from its source, measured on one small fixed text (edgectl.build.quality)."""
+    """How far a built artifact moved from its source, measured on one small fixed text (edgectl.builders.quality)."""
 
     text: str = Field(description="Id of the fixed text measured on; figures are comparable only for the same text.")
     text_tokens: int = Field(ge=2, description="Tokens of the text both models read (the source's tokenization).")

@@ -40,7 +40,7 @@ class Quantization(Frozen):
     @field_validator("allow")
     @classmethod
     def _known_quants(cls, allow: list[str], info: ValidationInfo) -> list[str]:
-        from edgectl.build.registry import BUILDERS  # the registry imports the spec package
+        from edgectl.builders.registry import BUILDERS  # the registry imports the spec package
 
         fmt = info.data.get("format")
         valid = {q for b in BUILDERS.values() if fmt is None or b.format == fmt for q in b.quants}

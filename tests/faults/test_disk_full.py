@@ -87,7 +87,7 @@ def test_the_agent_refuses_an_upload_bigger_than_its_free_disk_before_reading_a_
 def test_edgectl_pushes_only_when_the_agent_has_the_size_plus_ten_percent_free(tmp_path, start_agent, small_disk):
     from edgectl.agent_client import AgentClient
     from edgectl.apply import Refused, check_disk
-    from edgectl.build.store import ArtifactStore
+    from edgectl.builders.store import ArtifactStore
     from edgectl.spec.artifact import BuiltArtifact
 
     a, b = tiny_gguf(tmp_path, 1), tiny_gguf(tmp_path, 2)

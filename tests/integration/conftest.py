@@ -120,7 +120,7 @@ def build_from(tmp_path: Path, source: dict, *, format: str, quant: str, kind: s
                name: str = "tiny", architecture: dict | None = None, store=None, **recipe):
     """Build ``format``/``quant`` from one model source with the real builder: ``(artifact, store)``.
     LLM tasks get ``architecture`` (default: tests.tinyhf's llama); tensor models a nominal parameter count."""
-    from edgectl.build import ArtifactStore, build
+    from edgectl.builders import ArtifactStore, build
     from edgectl.spec import Model, Recipe
 
     facts = {"parameters": 1_000_000} if task == "tensor" else {
@@ -144,7 +144,7 @@ SMOLLM2_ARCHITECTURE = {"family": "llama", "parameters": 134_515_008, "layers": 
 @pytest.fixture(scope="session")
 def smollm2_store(tmp_path_factory):
     """One store for the slow SmolLM2 tests: its GGUF -> Hugging Face conversion is cached there and runs once."""
-    from edgectl.build import ArtifactStore
+    from edgectl.builders import ArtifactStore
 
     return ArtifactStore(tmp_path_factory.mktemp("smollm2") / "store")
 
@@ -161,7 +161,7 @@ def serve_artifact(agent: AgentProcess, store, artifact, *, name: str = "tiny", 
     """Push ``artifact`` (file or folder) to a real agent with edgectl's client, activate it as deployment
     ``name`` with the runtime the registry names for its format, and return the agent's DeploymentState."""
     from edgectl.agent_client import AgentClient
-    from edgectl.build.registry import builder_for
+    from edgectl.builders.registry import builder_for
     from edgectl_agent.api import ArtifactRef, DesiredDeployment
 
     desired = DesiredDeployment(

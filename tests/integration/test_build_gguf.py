@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-import edgectl.build.gguf as gguf_builder
-from edgectl.build import GGUF_FTYPES, ArtifactStore, build
+import edgectl.builders.gguf as gguf_builder
+from edgectl.builders import GGUF_FTYPES, ArtifactStore, build
 from edgectl.errors import BuildError
 from edgectl.plan.gguf import weights_bytes
 from edgectl.spec.artifact import Recipe

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-import edgectl.build.quality as quality_module
-from edgectl.build import ArtifactStore, build
+import edgectl.builders.quality as quality_module
+from edgectl.builders import ArtifactStore, build
 from edgectl.spec.artifact import Recipe
 from edgectl.spec.model import Model
 from tests.integration.test_build_gguf import catalog_model

@@ -50,7 +50,7 @@ TINY_ARCH = {"family": "llama", "parameters": 1_200_000, "layers": 2, "hidden_si
 
 def build_from(tmp_path: Path, source: dict, *, format: str, quant: str, name: str = "tiny"):
     """conftest.build_from for a chat model (which needs architecture facts): ``(artifact, store)``."""
-    from edgectl.build import ArtifactStore, build
+    from edgectl.builders import ArtifactStore, build
     from edgectl.spec import Model, Recipe
 
     model = Model.model_validate({

@@ -68,7 +68,7 @@ def test_tiny_llama_builds_and_serves(tmp_path, tiny_hf, start_agent, quant):
 
 @pytest.mark.slow
 def test_smollm2_int4_knows_paris(tmp_path, start_agent, smollm2_store):
-    # build() converts the GGUF to a Hugging Face folder first (edgectl.build.convert), then builds INT4 from it.
+    # build() converts the GGUF to a Hugging Face folder first (edgectl.builders.convert), then builds INT4 from it.
     artifact, store = build_smollm2(tmp_path, smollm2_store, format="openvino", quant="INT4")
     agent = start_agent()
     serve_artifact(agent, store, artifact, name="smollm2", context_length=512)

@@ -1,6 +1,6 @@
 """Source conversions for real: llama.cpp's converter (HF folder -> GGUF) and transformers (GGUF -> HF folder).
 
-The tiny HF llama goes HF -> GGUF -> Q8_0 through edgectl.build.build and is served by a real agent to the real
+The tiny HF llama goes HF -> GGUF -> Q8_0 through edgectl.builders.build and is served by a real agent to the real
 openai client; it also makes the round trip HF -> GGUF -> HF with its weights unchanged. The SmolLM2 test (slow)
 converts the shipped Q4_1 GGUF to a HF folder and asks transformers the capital of France.
 """
@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from edgectl.build import ArtifactStore, build
-from edgectl.build.convert import CONVERSIONS, convert_source, gguf_to_hf, hf_to_gguf, resolve_build_source
+from edgectl.builders import ArtifactStore, build
+from edgectl.builders.convert import CONVERSIONS, convert_source, gguf_to_hf, hf_to_gguf, resolve_build_source
 from edgectl.errors import BuildError
 from edgectl.spec import Model, Recipe
 from tests.integration.conftest import serve_artifact

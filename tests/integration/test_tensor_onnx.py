@@ -67,7 +67,7 @@ def close(got: np.ndarray, want: np.ndarray) -> bool:
 
 
 def test_build_int8(tmp_path):
-    from edgectl.build import ArtifactStore, build
+    from edgectl.builders import ArtifactStore, build
     from edgectl.spec import Model, Recipe
 
     src = write_model(tmp_path / "linear.onnx")

@@ -286,7 +286,7 @@ def test_verify_key_file_comes_from_the_flag_or_the_environment_and_cryptography
 # -- edgectl ---------------------------------------------------------------------------------------------------
 
 def test_rollback_is_signed_only_for_settings_edgectl_signed_and_artifacts_it_built(keys, tmp_path):
-    from edgectl.build import ArtifactStore
+    from edgectl.builders import ArtifactStore
     from edgectl.spec import BuiltArtifact
 
     store = ArtifactStore(tmp_path / "store")

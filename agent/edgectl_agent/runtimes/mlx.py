@@ -1,6 +1,6 @@
 """MLX LLMs through mlx-lm (the ``[mlx]`` extra), imported only when a model is loaded.
 
-An artifact is an MLX folder (edgectl.build.mlx): model.safetensors, config.json (with ``quantization`` for INT8 /
+An artifact is an MLX folder (edgectl.builders.mlx): model.safetensors, config.json (with ``quantization`` for INT8 /
 INT4), the tokenizer files. mlx runs on Metal on Apple silicon and on the CPU on Linux. Generation goes through
 ``mlx_lm.stream_generate``; chat templates, stop strings and response shapes are TextGenModel's.
 

@@ -1,6 +1,6 @@
 """OpenVINO IR tensor models (the ``[openvino]`` extra), imported only when a model is loaded; served over KServe v2.
 
-An artifact is a folder holding ``model.xml`` + ``model.bin`` (edgectl.build.openvino:build_openvino_tensor). The
+An artifact is a folder holding ``model.xml`` + ``model.bin`` (edgectl.builders.openvino:build_openvino_tensor). The
 device comes from ``runtime_options.device`` (CPU by default; GPU, GPU.1, NPU, AUTO:GPU,CPU ... passed through to
 OpenVINO); a few OpenVINO properties may be set by name (``OPENVINO_PROPERTIES``), everything else is refused.
 ``cache_dir`` (OpenVINO's compiled-model cache) is a name, not a path: the cache goes to ``<agent root>/cache/<name>``

@@ -1,6 +1,6 @@
 """LLMs through openvino-genai's LLMPipeline (the ``[openvino-genai]`` extra), imported only when a model is loaded.
 
-An artifact is the folder edgectl.build.openvino:build_openvino_llm writes: ``openvino_model.xml/.bin`` (stateful,
+An artifact is the folder edgectl.builders.openvino:build_openvino_llm writes: ``openvino_model.xml/.bin`` (stateful,
 compressed weights), ``openvino_tokenizer`` and ``openvino_detokenizer`` IRs, and the Hugging Face config and
 tokenizer files whose chat template TextGenModel renders. The pipeline generates in a worker thread; a streamer
 hands each token to the request's iterator through a queue and stops the generation when the client goes away.

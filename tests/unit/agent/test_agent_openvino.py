@@ -71,7 +71,7 @@ def test_incremental_decoder_gives_one_piece_per_token_and_waits_for_whole_chara
 
 
 def test_registered_under_the_registry_names():
-    from edgectl.build.registry import builder_for
+    from edgectl.builders.registry import builder_for
 
     runtimes = default_runtimes()
     assert isinstance(runtimes[builder_for("openvino", "tensor").runtime], OpenVinoRuntime)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from edgectl.build.store import ArtifactStore
+from edgectl.builders.store import ArtifactStore
 from edgectl.spec.model import Model
 
 ARCH = {"family": "llama", "parameters": 1000, "layers": 2, "hidden_size": 256, "attention_heads": 4,

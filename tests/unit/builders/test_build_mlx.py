@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from edgectl.build.mlx import (convert_kwargs, expected_quantization, mlx_group_size, prune_output_folder,
+from edgectl.builders.mlx import (convert_kwargs, expected_quantization, mlx_group_size, prune_output_folder,
                                read_source_config, supported_model_types)
-from edgectl.build.registry import builder_for
+from edgectl.builders.registry import builder_for
 from edgectl.errors import BuildError
 from edgectl.spec.artifact import Recipe
 

@@ -9,13 +9,13 @@ from pathlib import Path
 
 import pytest
 
-import edgectl.build
-import edgectl.build.gguf as gguf_builder
-from edgectl.build import build, check_buildable
-from edgectl.build.gguf import _captured_stderr
-from edgectl.build.registry import COPY_TOOL_VERSION, tool_version
-from edgectl.build.registry import GGUF_FTYPES, builder_for
-from edgectl.build.store import ArtifactStore
+import edgectl.builders.pipeline
+import edgectl.builders.gguf as gguf_builder
+from edgectl.builders import build, check_buildable
+from edgectl.builders.gguf import _captured_stderr
+from edgectl.builders.registry import COPY_TOOL_VERSION, tool_version
+from edgectl.builders.registry import GGUF_FTYPES, builder_for
+from edgectl.builders.store import ArtifactStore
 from edgectl.errors import BuildError
 from edgectl.spec.model import Model
 from edgectl.spec.artifact import Recipe
@@ -85,7 +85,7 @@ def test_build_as_shipped_copies_then_hits(make_model: Callable[..., Model], sto
     def no_work(*args, **kwargs):
         raise AssertionError("a cache hit must not build")
 
-    monkeypatch.setattr(edgectl.build, "copy_and_hash", no_work)
+    monkeypatch.setattr(edgectl.builders.pipeline, "copy_and_hash", no_work)
     monkeypatch.setattr(gguf_builder, "quantize_gguf", no_work)
     again, built_again = build(_recipe("F16"), model, store)
     assert (again, built_again) == (artifact, False)
@@ -143,7 +143,7 @@ def test_build_drives_a_rich_progress(make_model: Callable[..., Model], store: A
 def test_a_failed_quality_measurement_warns_and_keeps_the_artifact(
         make_model: Callable[..., Model], store: ArtifactStore, gguf_header_file: Path) -> None:
     pytest.importorskip("llama_cpp")
-    from edgectl.build import QualityWarning
+    from edgectl.builders import QualityWarning
 
     model = make_model({"type": "gguf", "precision": "F16", "path": str(gguf_header_file)})
     events: list[tuple[str, int, int | None]] = []

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from edgectl.build.sources import locate, locate_package_file, resolve_source
-from edgectl.build.store import ArtifactStore
+from edgectl.builders.sources import locate, locate_package_file, resolve_source
+from edgectl.builders.store import ArtifactStore
 from edgectl.errors import BuildError
 from edgectl.spec.model import Model, ModelSource
 

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from edgectl.build import store as store_module
-from edgectl.build.store import ArtifactStore, sha256_file
+from edgectl.builders import store as store_module
+from edgectl.builders.store import ArtifactStore, sha256_file
 from edgectl.errors import BuildError, NotFoundError
 from edgectl.spec.artifact import BuiltArtifact
 

@@ -9,13 +9,13 @@ from pathlib import Path
 
 import pytest
 
-from edgectl.build import convert
-from edgectl.build.convert import (
+from edgectl.builders import convert
+from edgectl.builders.convert import (
     CONVERSIONS, check_source, convert_source, converted_path, gguf_outtype, hf_to_gguf_argv, resolve_build_source,
     validate_hf_folder,
 )
-from edgectl.build.sources import ResolvedSource
-from edgectl.build.store import ArtifactStore
+from edgectl.builders.sources import ResolvedSource
+from edgectl.builders.store import ArtifactStore
 from edgectl.errors import BuildError
 from edgectl.spec.artifact import Recipe
 from edgectl.spec.model import Model, ModelSource
@@ -276,7 +276,7 @@ def test_gpt2_style_gguf_tokenizer_gets_a_plain_byte_level_decoder(tmp_path: Pat
 
     from transformers import AutoTokenizer
 
-    from edgectl.build.convert import _plain_byte_level_tokenizer
+    from edgectl.builders.convert import _plain_byte_level_tokenizer
     from tests.tinyhf import write_tiny_hf_llama
 
     folder = write_tiny_hf_llama(tmp_path / "m")

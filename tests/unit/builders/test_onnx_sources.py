@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edgectl.build.onnx_genai import OFFLINE_ENV, builder_argv, builder_env, read_hf_config
+from edgectl.builders.onnx_genai import OFFLINE_ENV, builder_argv, builder_env, read_hf_config
 from edgectl.errors import BuildError
 from edgectl.spec import Recipe
 
@@ -31,7 +31,7 @@ def hf_folder(tmp_path: Path, config: dict = LLAMA, files: tuple[str, ...] = ("m
 def test_genai_argv_is_offline_child_with_cache_outside_output(tmp_path):
     out, cache = tmp_path / "art.onnx", tmp_path / "art.onnx.cache"
     argv = builder_argv(tmp_path / "src", out, "INT4", cache)
-    assert argv == [sys.executable, "-m", "edgectl.build.onnx_genai_compat", "-i", str(tmp_path / "src"),
+    assert argv == [sys.executable, "-m", "edgectl.builders.onnx_genai_compat", "-i", str(tmp_path / "src"),
                     "-o", str(out), "-p", "int4", "-e", "cpu", "-c", str(cache)]
     env = builder_env(3, base={"PATH": "/bin", "HF_HUB_OFFLINE": "0"})
     assert env["HF_HUB_OFFLINE"] == "1" and env["TRANSFORMERS_OFFLINE"] == "1" and env["OMP_NUM_THREADS"] == "3"
@@ -70,8 +70,8 @@ def test_genai_refuses_vocab_equal_to_a_projection_width(tmp_path):
 
 
 def test_genai_quants_are_the_registry_quants():
-    from edgectl.build.onnx_genai import GENAI_PRECISIONS
-    from edgectl.build.registry import builder_for
+    from edgectl.builders.onnx_genai import GENAI_PRECISIONS
+    from edgectl.builders.registry import builder_for
 
     info = builder_for("onnx", "llm")
     assert set(info.quants) == set(GENAI_PRECISIONS) and info.extra == "onnx-genai" and info.layout == "tree"
@@ -90,14 +90,14 @@ def linear(path: Path, *, external: str | None = None) -> Path:
 
 
 def test_onnx_source_in_one_file_passes(tmp_path):
-    from edgectl.build.onnx import check_onnx_file
+    from edgectl.builders.onnx import check_onnx_file
 
     check_onnx_file(linear(tmp_path / "m.onnx"))
 
 
 @pytest.mark.parametrize("location", ["/etc/passwd", "../outside.data", "sub/../../x.data"])
 def test_onnx_external_data_escaping_the_folder_is_refused(tmp_path, location):
-    from edgectl.build.onnx import check_onnx_file
+    from edgectl.builders.onnx import check_onnx_file
 
     with pytest.raises(BuildError, match="outside the artifact directory") as e:
         check_onnx_file(linear(tmp_path / "m.onnx", external=location))
@@ -105,7 +105,7 @@ def test_onnx_external_data_escaping_the_folder_is_refused(tmp_path, location):
 
 
 def test_onnx_external_data_through_a_symlink_out_is_refused(tmp_path):
-    from edgectl.build.onnx import check_onnx_file
+    from edgectl.builders.onnx import check_onnx_file
 
     (tmp_path / "secret").write_bytes(b"\0" * 64)
     model_dir = tmp_path / "model"
@@ -116,7 +116,7 @@ def test_onnx_external_data_through_a_symlink_out_is_refused(tmp_path):
 
 
 def test_onnx_external_data_inside_the_folder_passes_unless_pickled(tmp_path):
-    from edgectl.build.onnx import check_external_locations, check_onnx_file
+    from edgectl.builders.onnx import check_external_locations, check_onnx_file
 
     (tmp_path / "w.data").write_bytes(np.zeros(12, np.float32).tobytes())
     assert check_external_locations(linear(tmp_path / "m.onnx", external="w.data")) == ["w.data"]
@@ -126,7 +126,7 @@ def test_onnx_external_data_inside_the_folder_passes_unless_pickled(tmp_path):
 
 
 def test_onnx_source_that_is_a_pickle_checkpoint_is_refused(tmp_path):
-    from edgectl.build.onnx import check_onnx_file
+    from edgectl.builders.onnx import check_onnx_file
 
     pt = tmp_path / "model.pt"
     pt.write_bytes(pickle.dumps({"w": 1}))
@@ -138,7 +138,7 @@ def test_onnx_source_that_is_a_pickle_checkpoint_is_refused(tmp_path):
 def test_torch_zip_checkpoint_is_detected_by_content(tmp_path):
     import zipfile
 
-    from edgectl.build.onnx import is_pickle_file
+    from edgectl.builders.onnx import is_pickle_file
 
     ckpt = tmp_path / "weights.data"
     with zipfile.ZipFile(ckpt, "w") as z:
@@ -156,7 +156,7 @@ class Input:
 
 
 def test_generated_calibration_samples_follow_the_input_spec_and_seed():
-    from edgectl.build.onnx import CALIBRATION_SAMPLES, calibration_samples
+    from edgectl.builders.onnx import CALIBRATION_SAMPLES, calibration_samples
 
     inputs = [Input("X", ["batch", 4]), Input("ids", [None, 3], "tensor(int64)")]
     a, b = calibration_samples(inputs, None), calibration_samples(inputs, None)
@@ -166,7 +166,7 @@ def test_generated_calibration_samples_follow_the_input_spec_and_seed():
 
 
 def test_user_calibration_npz_is_split_into_samples(tmp_path):
-    from edgectl.build.onnx import calibration_samples
+    from edgectl.builders.onnx import calibration_samples
 
     path = tmp_path / "s.npz"
     np.savez(path, X=np.arange(20, dtype=np.float32).reshape(5, 4))
@@ -175,7 +175,7 @@ def test_user_calibration_npz_is_split_into_samples(tmp_path):
 
 
 def test_user_calibration_missing_input_or_pickled_is_refused(tmp_path):
-    from edgectl.build.onnx import calibration_samples
+    from edgectl.builders.onnx import calibration_samples
 
     path = tmp_path / "s.npz"
     np.savez(path, Y=np.zeros((2, 4), np.float32))
@@ -200,7 +200,7 @@ def test_calibration_changes_the_cache_key_by_content_not_path():
 
 
 def test_calibration_for_a_quant_that_does_not_calibrate_is_refused(tmp_path):
-    from edgectl.build.onnx import build_onnx
+    from edgectl.builders.onnx import build_onnx
 
     recipe = Recipe(model="m", format="onnx", kind="tensor", quant="INT4", source_precision="FP32",
                     calibration=str(tmp_path / "s.npz"))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from edgectl.build.openvino import build_openvino_llm, build_openvino_tensor, calibration_samples, int4_group_size
+from edgectl.builders.openvino import build_openvino_llm, build_openvino_tensor, calibration_samples, int4_group_size
 from edgectl.errors import BuildError
 from edgectl.spec.artifact import Recipe
 

@@ -9,7 +9,7 @@ import pytest
 from edgectl.spec.artifact import BuiltArtifact, Quality
 
 np = pytest.importorskip("numpy")
-quality = pytest.importorskip("edgectl.build.quality")
+quality = pytest.importorskip("edgectl.builders.quality")
 
 
 def test_uniform_logits_have_perplexity_equal_to_the_vocabulary_size() -> None:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from edgectl.build.registry import BUILDERS, tool_version
+from edgectl.builders.registry import BUILDERS, tool_version
 from edgectl.errors import TORCH_EXTRAS, TORCH_PIN, MissingExtraError
 from edgectl.spec import Recipe
 

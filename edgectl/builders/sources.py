@@ -13,8 +13,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from edgectl.build.registry import builder_for
-from edgectl.build.store import ArtifactStore, ByteProgress
+from edgectl.builders.registry import builder_for
+from edgectl.builders.store import ArtifactStore, ByteProgress
 from edgectl.errors import BuildError
 from edgectl.spec.model import Model, ModelSource
 

@@ -64,30 +64,30 @@ class BuilderInfo:
 
 BUILDERS: dict[tuple[str, Kind], BuilderInfo] = {b.key: b for b in (
     BuilderInfo(format="gguf", kind="llm", quants=tuple(GGUF_FTYPES), extra="gguf", module="llama_cpp",
-                tools=("llama-cpp-python",), source_types=("gguf",), builder="edgectl.build.gguf:build_gguf",
+                tools=("llama-cpp-python",), source_types=("gguf",), builder="edgectl.builders.gguf:build_gguf",
                 runtime="llamacpp"),
     # Tensor models: INT8 = quantize_dynamic (weights int8, activations at run time); INT8_STATIC = quantize_static
     # with calibration samples; INT4 = weight-only MatMulNBits; FP32 = the source graph as is.
     BuilderInfo(format="onnx", kind="tensor", quants=("FP32", "INT8", "INT8_STATIC", "INT4"), extra="onnx",
                 module="onnxruntime", tools=("onnxruntime",), source_types=("onnx",),
-                builder="edgectl.build.onnx:build_onnx", runtime="onnxruntime"),
+                builder="edgectl.builders.onnx:build_onnx", runtime="onnxruntime"),
     # LLMs: the onnxruntime-genai model builder -> a genai folder (model.onnx + genai_config.json + tokenizer).
     BuilderInfo(format="onnx", kind="llm", quants=("FP32", "FP16", "INT8", "INT4"), extra="onnx-genai",
                 module="onnxruntime_genai", tools=("onnxruntime-genai", "onnxruntime"), source_types=("huggingface",),
-                builder="edgectl.build.onnx_genai:build_onnx_genai", layout="tree", runtime="onnxruntime-genai"),
+                builder="edgectl.builders.onnx_genai:build_onnx_genai", layout="tree", runtime="onnxruntime-genai"),
     # LLMs: optimum-intel export + NNCF weight compression -> an OpenVINO IR folder with tokenizers for openvino-genai.
     BuilderInfo(format="openvino", kind="llm", quants=("FP16", "INT8", "INT4"), extra="openvino",
                 module="optimum.intel",
                 tools=("optimum-intel", "openvino", "nncf", "openvino-tokenizers", "transformers"),
-                source_types=("huggingface",), builder="edgectl.build.openvino:build_openvino_llm", layout="tree",
+                source_types=("huggingface",), builder="edgectl.builders.openvino:build_openvino_llm", layout="tree",
                 runtime="openvino-genai"),
     # Tensor models: ONNX -> OpenVINO IR (model.xml + model.bin), FP32/FP16, or INT8 by NNCF post-training quantization.
     BuilderInfo(format="openvino", kind="tensor", quants=("FP32", "FP16", "INT8"), extra="openvino",
                 module="openvino", tools=("openvino", "nncf"), source_types=("onnx",),
-                builder="edgectl.build.openvino:build_openvino_tensor", layout="tree", runtime="openvino"),
+                builder="edgectl.builders.openvino:build_openvino_tensor", layout="tree", runtime="openvino"),
     # LLMs: mlx_lm convert (-q, group size 64) -> an MLX folder (safetensors + config + tokenizer).
     BuilderInfo(format="mlx", kind="llm", quants=("FP16", "INT8", "INT4"), extra="mlx", module="mlx_lm",
-                tools=("mlx-lm", "mlx"), source_types=("huggingface",), builder="edgectl.build.mlx:build_mlx",
+                tools=("mlx-lm", "mlx"), source_types=("huggingface",), builder="edgectl.builders.mlx:build_mlx",
                 layout="tree", runtime="mlx"),
 )}
 

@@ -22,9 +22,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from edgectl.build.registry import BuilderInfo, builder_for, tool_version
-from edgectl.build.sources import ResolvedSource, locate, resolve_source
-from edgectl.build.store import ArtifactStore, ByteProgress
+from edgectl.builders.registry import BuilderInfo, builder_for, tool_version
+from edgectl.builders.sources import ResolvedSource, locate, resolve_source
+from edgectl.builders.store import ArtifactStore, ByteProgress
 from edgectl.errors import BuildError, install_hint, require_module
 from edgectl.spec.artifact import Recipe
 from edgectl.spec.model import Model, ModelSource
@@ -243,7 +243,7 @@ def check_source(source: ResolvedSource, conversion: Conversion | None, recipe: 
         if supported:
             check_architecture(architecture, supported, target=who, folder=source.path)
     elif conversion is not None and conversion.source_type == "gguf":
-        from edgectl.build.gguf import check_gguf_file
+        from edgectl.builders.gguf import check_gguf_file
 
         check_gguf_file(source.path)
         arch = gguf_architecture(source.path)

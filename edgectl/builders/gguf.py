@@ -1,6 +1,6 @@
 """GGUF builder: quantize a GGUF with llama.cpp (through llama-cpp-python).
 
-llama_cpp is imported lazily; without it only as-shipped copies (done by edgectl.build.build) can be built.
+llama_cpp is imported lazily; without it only as-shipped copies (done by edgectl.builders.build) can be built.
 """
 
 from __future__ import annotations
@@ -14,14 +14,13 @@ import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from edgectl.build.registry import GGUF_FTYPES, UNQUANTIZED_PRECISIONS, check_buildable
+from edgectl.builders.registry import GGUF_FTYPES, UNQUANTIZED_PRECISIONS, check_buildable
 from edgectl.errors import BuildError, require_module
+from edgectl.progress import StageProgress
 from edgectl.spec.artifact import Recipe
 
 GGUF_MAGIC = b"GGUF"
 
-# progress(stage, done, total): e.g. "copy" or "quantize"; total is None when unknown.
-StageProgress = Callable[[str, int, int | None], None]
 
 
 def _llama_cpp():
@@ -146,7 +145,7 @@ def build_gguf(recipe: Recipe, source_path: Path, out_path: Path, *, threads: in
                progress: StageProgress | None = None, quiet: bool = True) -> None:
     """Quantize the GGUF at ``source_path`` to ``recipe.quant`` into ``out_path`` with llama.cpp.
 
-    Copies as shipped and removing ``out_path`` on failure are the caller's (edgectl.build.build).
+    Copies as shipped and removing ``out_path`` on failure are the caller's (edgectl.builders.build).
     """
     check_buildable(recipe)
     source_path, out_path = Path(source_path), Path(out_path)

@@ -1,7 +1,7 @@
 """ONNX builder (tensor models): INT8 (dynamic), INT8_STATIC (calibrated), INT4 (weight-only), or FP32 as shipped.
 
 onnxruntime is imported lazily (the ``[onnx]`` extra); without it only as-shipped copies (done by
-edgectl.build.build) can be built.
+edgectl.builders.build) can be built.
 Dynamic quantization stores MatMul/Gemm weights as int8 and quantizes activations at run time, so it needs no
 calibration data; static quantization fixes activation ranges from calibration samples (QDQ graph); INT4 stores
 MatMul weights in 4 bits, blocks of 32. The artifact is one self-contained file; a source's external data must lie
@@ -12,8 +12,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from edgectl.build.gguf import StageProgress
-from edgectl.build.registry import check_buildable
+from edgectl.progress import StageProgress
+from edgectl.builders.registry import check_buildable
 from edgectl.errors import BuildError, require_module
 from edgectl.spec.artifact import Recipe
 
@@ -172,7 +172,7 @@ def build_onnx(recipe: Recipe, source_path: Path, out_path: Path, *, threads: in
     INT8_STATIC (``quantize_static``, QDQ, calibrated on ``recipe.calibration`` or generated samples) or INT4
     (weight-only MatMulNBits, block 32). External data of the source is read from its folder and folded in.
 
-    Copies as shipped (FP32) and removing ``out_path`` on failure are the caller's (edgectl.build.build).
+    Copies as shipped (FP32) and removing ``out_path`` on failure are the caller's (edgectl.builders.build).
     """
     check_buildable(recipe)
     source_path, out_path = Path(source_path), Path(out_path)

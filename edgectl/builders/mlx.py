@@ -19,8 +19,8 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from edgectl.build.gguf import StageProgress
-from edgectl.build.registry import check_buildable
+from edgectl.progress import StageProgress
+from edgectl.builders.registry import check_buildable
 from edgectl.errors import BuildError, require_module
 from edgectl.spec.artifact import Recipe
 

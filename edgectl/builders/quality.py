@@ -113,7 +113,7 @@ def measure(source_path: Path, artifact_path: Path | None, *, threads: int = 1, 
     evaluated once and the record says so exactly (agreement 1.0, KL 0, same perplexity) instead of measuring the
     same bytes twice.
     """
-    from edgectl.build.gguf import _captured_stderr, _llama_cpp, _llama_log_collected
+    from edgectl.builders.gguf import _captured_stderr, _llama_cpp, _llama_log_collected
 
     llama_cpp = _llama_cpp()
     tool = f"llama-cpp-python {llama_cpp.__version__}"

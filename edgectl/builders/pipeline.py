@@ -3,7 +3,7 @@
     artifact, built_now = build(recipe, model, ArtifactStore())
 
 The library never prints: pass ``progress`` (a callback ``(stage, done, total)`` or a ``rich.progress.Progress``)
-and let the CLI render it.
+and let the CLI render it (edgectl.progress).
 """
 
 from __future__ import annotations
@@ -14,26 +14,18 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from edgectl.build.convert import (
-    CONVERSIONS, Conversion, build_tool_version, check_source, convert_source, resolve_build_source,
+from edgectl.builders.convert import (
+    Conversion, build_tool_version, check_source, convert_source, resolve_build_source,
 )
-from edgectl.build.gguf import StageProgress, check_gguf_file
-from edgectl.build.registry import (
-    BUILDERS, COPY_TOOL_VERSION, GGUF_FTYPES, BuilderInfo, builder_for, check_buildable, is_as_shipped, load_builder,
-    tool_version,
-)
-from edgectl.build.sources import ResolvedSource, locate, resolve_source
-from edgectl.plan.compat import artifact_facts
-from edgectl.build.store import ArtifactStore, copy_and_hash, sha256_file
+from edgectl.builders.gguf import check_gguf_file
+from edgectl.builders.registry import check_buildable, is_as_shipped, load_builder
+from edgectl.builders.sources import ResolvedSource
+from edgectl.builders.store import ArtifactStore, copy_and_hash
 from edgectl.errors import BuildError
+from edgectl.plan.compat import artifact_facts
+from edgectl.progress import StageProgress, stage_callback
 from edgectl.spec.artifact import BuiltArtifact, Quality, Recipe
 from edgectl.spec.model import Model
-
-__all__ = [
-    "ArtifactStore", "BUILDERS", "BuilderInfo", "CONVERSIONS", "COPY_TOOL_VERSION", "Conversion", "GGUF_FTYPES",
-    "QualityWarning", "ResolvedSource", "StageProgress", "build", "builder_for", "check_buildable", "is_as_shipped",
-    "locate", "lookup", "resolve_source", "sha256_file", "tool_version",
-]
 
 class QualityWarning(UserWarning):
     """Measuring a fresh artifact's quality failed; the artifact was built and stored, without a quality record."""
@@ -46,23 +38,9 @@ class QualityWarning(UserWarning):
 _COPY_CHECKS: dict[str, Callable[[Path], None]] = {"gguf": check_gguf_file}
 
 
-def _stage_callback(progress: Any, label: str) -> StageProgress | None:
-    """Accept a plain callback, or adapt a rich Progress (one task per stage, described with ``label``)."""
-    if progress is None or not hasattr(progress, "add_task"):
-        return progress
-    tasks: dict[str, Any] = {}
-
-    def report(stage: str, done: int, total: int | None) -> None:
-        if stage not in tasks:
-            tasks[stage] = progress.add_task(f"{stage} {label}", total=total)
-        progress.update(tasks[stage], completed=done, total=total)
-
-    return report
-
-
 def _cache_key(recipe: Recipe, model: Model, store: ArtifactStore, base_dir: Path | None,
                progress: Callable[[int, int], None] | None = None) -> tuple[ResolvedSource, Conversion | None, str]:
-    """The source, the conversion it needs first (edgectl.build.convert; None for most builds) and the cache key:
+    """The source, the conversion it needs first (edgectl.builders.convert; None for most builds) and the cache key:
     the original source's digest, the recipe and the builder's tools, plus the converter's when it converts, plus
     the calibration file's digest when the recipe has one."""
     source, conversion = resolve_build_source(model, store, recipe=recipe, base_dir=base_dir, progress=progress)
@@ -106,12 +84,12 @@ def build(recipe: Recipe, model: Model, store: ArtifactStore, *, base_dir: Path 
 
     ``quiet`` silences llama.cpp's output (still quoted in errors); by default it is on unless EDGECTL_DEBUG=1.
 
-    A source the builder cannot read directly is converted first (edgectl.build.convert: a Hugging Face folder to
+    A source the builder cannot read directly is converted first (edgectl.builders.convert: a Hugging Face folder to
     GGUF, a GGUF to a Hugging Face folder; progress stage "convert to ..."), once: the conversion is kept in the
     store. Hugging Face folders are checked first (config, tokenizer, safetensors weights, supported architecture).
 
     After a fresh build (not on a hit) the artifact's quality is measured against its source on a small fixed text
-    (edgectl.build.quality; progress stage "measure quality") and recorded with it, so a hit returns it for free.
+    (edgectl.builders.quality; progress stage "measure quality") and recorded with it, so a hit returns it for free.
     ``measure_quality=False`` skips that. A failed measurement does not fail the build: the artifact is recorded
     without quality and a :class:`QualityWarning` is issued (``warnings``; the CLI shows it). Without llama-cpp-python
     (an as-shipped copy can be built without it) nothing is measured; onnx (tensor) artifacts are not measured.
@@ -122,7 +100,7 @@ def build(recipe: Recipe, model: Model, store: ArtifactStore, *, base_dir: Path 
     if recipe.model != model.name:
         raise BuildError(f"recipe is for model {recipe.model!r} but was given model {model.name!r}",
                          hint="pass the catalog entry the recipe names")
-    report = _stage_callback(progress, f"{recipe.model} {recipe.quant}")
+    report = stage_callback(progress, f"{recipe.model} {recipe.quant}")
 
     def bytes_progress(stage: str) -> Callable[[int, int], None] | None:
         return (lambda done, total: report(stage, done, total)) if report else None
@@ -179,7 +157,7 @@ def _measure(source_path: Path, artifact_path: Path, *, as_shipped: bool, thread
         import llama_cpp  # noqa: F401  (numpy comes with it)
     except ImportError:
         return None
-    from edgectl.build.quality import measure
+    from edgectl.builders.quality import measure
 
     if report:
         report("measure quality", 0, 1)

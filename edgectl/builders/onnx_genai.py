@@ -16,9 +16,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-from edgectl.build.gguf import StageProgress
-from edgectl.build.onnx import check_external_locations, is_pickle_file
-from edgectl.build.registry import check_buildable
+from edgectl.progress import StageProgress
+from edgectl.builders.onnx import check_external_locations, is_pickle_file
+from edgectl.builders.registry import check_buildable
 from edgectl.errors import BuildError, require_module
 from edgectl.spec.artifact import Recipe
 
@@ -77,8 +77,8 @@ def read_hf_config(source: Path) -> dict:
 
 
 def builder_argv(source: Path, out: Path, quant: str, cache_dir: Path) -> list[str]:
-    """The model builder's command line (run through edgectl.build.onnx_genai_compat, see there why)."""
-    return [sys.executable, "-m", "edgectl.build.onnx_genai_compat", "-i", str(source), "-o", str(out),
+    """The model builder's command line (run through edgectl.builders.onnx_genai_compat, see there why)."""
+    return [sys.executable, "-m", "edgectl.builders.onnx_genai_compat", "-i", str(source), "-o", str(out),
             "-p", GENAI_PRECISIONS[quant], "-e", "cpu", "-c", str(cache_dir)]
 
 

@@ -25,9 +25,9 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from edgectl.build.gguf import StageProgress
-from edgectl.build.onnx import check_onnx_file
-from edgectl.build.registry import check_buildable
+from edgectl.progress import StageProgress
+from edgectl.builders.onnx import check_onnx_file
+from edgectl.builders.registry import check_buildable
 from edgectl.errors import BuildError, require_module
 from edgectl.spec.artifact import Recipe
 

@@ -1,6 +1,6 @@
 """Run the onnxruntime-genai model builder (``onnxruntime_genai.models.builder``) under transformers 4.x.
 
-    python -m edgectl.build.onnx_genai_compat -i SRC -o OUT -p int4 -e cpu -c CACHE
+    python -m edgectl.builders.onnx_genai_compat -i SRC -o OUT -p int4 -e cpu -c CACHE
 
 Why: onnxruntime-genai 0.18's builder imports multimodal model classes that only transformers 5 has (Qwen3.5) and
 reads ``config.rope_scaling`` as a dict, where transformers 4 leaves ``None`` for default RoPE. optimum-intel (the
