@@ -163,7 +163,7 @@ def cpu_since(before: dict[int, float], after: dict[int, float]) -> float:
 
 class Ansible:
     def __init__(self, fleet: SshFleet, tmp: Path, known_hosts: Path, artifact: Path, venv: str) -> None:
-        from edgectl.transport.ansible import ssh_common_args
+        from edgectl.apply.ansible import ssh_common_args
 
         self.fleet, self.tmp = fleet, tmp
         self.inventory = tmp / "inventory.json"
@@ -223,8 +223,8 @@ def profile_noop(ed: Edgectl, top: int = 25) -> tuple[dict[str, float], str]:
 
     phases = {"in all (under cProfile)": wall, "imports": cumulative("_bootstrap>", "_find_and_load"),
               "load + validate manifests": cumulative("edgectl/cli.py", "_load"),
-              "observe (SSH + agent, all devices)": cumulative("edgectl/apply.py", "observe"),
-              "plan": cumulative("edgectl/apply.py", "make_plan")}
+              "observe (SSH + agent, all devices)": cumulative("edgectl/apply/observe.py", "observe"),
+              "plan": cumulative("edgectl/apply/planning.py", "make_plan")}
     out = io.StringIO()
     pstats.Stats(str(prof), stream=out).sort_stats("cumulative").print_stats(top)
     return phases, out.getvalue()

@@ -760,13 +760,14 @@ def _current(observed: AgentState | None, name: str) -> DeploymentState | None:
 
 
 def _config_changes(dep: Deployment, threads: int, current: DeploymentState, planned: dict) -> list[str]:
+    """The served settings (edgectl.plan.settings.RELOAD_FIELDS, the ones apply sends) that differ from the agent's."""
+    from edgectl.plan.settings import current_settings, served_settings
+
     have = current.desired
     if have is None:
         return ["settings unknown"]
-    want = {"context_length": dep.spec.context_length, "parallel": dep.spec.parallel, "threads": threads,
-            "runtime_options": {**planned, **dep.spec.runtime_options}}
-    got = {"context_length": have.context_length, "parallel": have.parallel, "threads": have.threads,
-           "runtime_options": dict(have.runtime_options)}
+    want = served_settings(dep.spec, threads, planned)
+    got = current_settings(have)
     return [f"{k} {got[k]} -> {want[k]}" for k in want if want[k] != got[k]]
 
 

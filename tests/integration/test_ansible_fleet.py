@@ -81,7 +81,7 @@ def test_ansible_engine_serves_three_devices_and_reapply_is_a_no_op(tmp_path, en
 def test_unknown_host_key_is_refused_by_the_ansible_engine(tmp_path, env):  # noqa: F811 (fixture)
     """Known hosts only from edgectl's file and the user's: a device missing from both is never worked on."""
     from edgectl.spec import Device
-    from edgectl.transport.ansible import run_playbook, host_connection
+    from edgectl.apply.ansible import run_playbook, host_connection
 
     with SshFleet(tmp_path / "fleet", 1) as fleet:
         dev = fleet.devices[0]

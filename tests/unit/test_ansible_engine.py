@@ -12,7 +12,7 @@ import yaml
 from edgectl.errors import TransportError
 from edgectl.spec import Device
 from edgectl.spec.deployment import resolve_count
-from edgectl.transport import ansible as engine
+from edgectl.apply import ansible as engine
 
 
 def ssh_device(**transport) -> Device:

@@ -1,0 +1,23 @@
+"""The settings an agent serves a deployment with, besides its artifact: one list of fields, used both by the
+planner (any of them differing from what the agent runs is a reload) and by apply (what it sends the agent)."""
+
+from __future__ import annotations
+
+from edgectl_agent.api import DesiredDeployment
+
+from edgectl.spec.deployment import DeploymentSpec
+
+# The fields of a DesiredDeployment that come from the manifest and the plan rather than from the artifact.
+RELOAD_FIELDS = ("context_length", "parallel", "threads", "runtime_options")
+
+
+def served_settings(spec: DeploymentSpec, threads: int, planned_options: dict) -> dict:
+    """RELOAD_FIELDS as the manifest and the plan want them (``threads``: the manifest's or the device's default;
+    ``planned_options``: the runtime options the plan chose, which the manifest's own override)."""
+    return {"context_length": spec.context_length, "parallel": spec.parallel, "threads": threads,
+            "runtime_options": {**planned_options, **spec.runtime_options}}
+
+
+def current_settings(desired: DesiredDeployment) -> dict:
+    """RELOAD_FIELDS as an agent runs them now."""
+    return {f: dict(getattr(desired, f)) if f == "runtime_options" else getattr(desired, f) for f in RELOAD_FIELDS}
