@@ -219,9 +219,23 @@ def _agent_error(device: str, method: str, path: str, r: httpx.Response) -> Agen
     except ValueError:
         pass
     if r.status_code == 401:
-        hint = hint or "the device token does not match the agent's; for a local agent it is read from its root"
+        return _foreign_agent_error(device, method, path, r)
     return AgentError(f"device '{device}': agent answered {r.status_code} to {method} {path}: {message}",
                       hint=hint, status=r.status_code)
+
+
+def _foreign_agent_error(device: str, method: str, path: str, r: httpx.Response) -> AgentError:
+    """401: the agent answering is not the one whose token edgectl read (another edgectl home's, another
+    agent_dir's, or one whose token changed since), so nothing edgectl asks of it can work."""
+    url = r._request.url if r._request is not None else None  # noqa: SLF001 - a response built without one
+    where = f"on port {url.port}" if url is not None and url.port else f"at {url or 'the device'}"
+    return AgentError(f"device '{device}': the agent {where} is not this edgectl's: its token differs from the one "
+                      f"edgectl read for this device (401 to {method} {path})",
+                      hint="another agent (started by another edgectl home, or from another agent_dir) or another "
+                           "program holds the device's agent port. To fix: stop it, or give this device another "
+                           "port (`agent: {port: N}` in the fleet manifest), or point transport.agent_dir at that "
+                           "agent's folder; a local agent's token is read from its root under EDGECTL_HOME",
+                      status=r.status_code)
 
 
 def read_token(token_file: Path, *, device: str) -> str:

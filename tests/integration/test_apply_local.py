@@ -297,3 +297,40 @@ def test_plan_shows_the_measured_quality_of_the_built_artifact(tmp_path, home):
     assert chosen["recipe"]["quant"] == "Q8_0" and q["text"] == "edgectl-quality-text-v1" and q["top1_agreement"] > 0.9
     assert ("gguf Q8_0 on llamacpp" in text and f"measured: top-1 agreement {q['top1_agreement'] * 100:.1f}% with "
             f"the source, perplexity {q['perplexity']:.2f} vs {q['source_perplexity']:.2f}") in text, text
+
+
+def foreign_agent(root: Path, port: int) -> subprocess.Popen:
+    """An agent edgectl did not start (as another edgectl home's would be), answering on ``port``."""
+    proc = subprocess.Popen([sys.executable, "-m", "edgectl_agent", "serve", "--root", str(root), "--port", str(port)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return proc
+        if proc.poll() is not None:
+            raise AssertionError(f"the foreign agent exited ({proc.returncode})")
+        time.sleep(0.2)
+    proc.kill()
+    raise AssertionError("the foreign agent did not listen")
+
+
+def test_apply_fails_where_another_process_answers_on_the_agent_port(tmp_path, home):
+    """Not "no changes": the device was never observed, its port is someone else's agent. Named, with the fix."""
+    mdir = tmp_path / "manifests"
+    mdir.mkdir()
+    port = free_port()
+    (mdir / "fleet.yaml").write_text((REPO / "manifests" / "fleet.yaml").read_text()
+                                     .replace("port: 8088", f"port: {port}"))
+    proc = foreign_agent(tmp_path / "other-home-agent", port)
+    try:
+        r = edgectl("apply", str(mdir), env=home, check=False)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    out = " ".join((r.stdout + r.stderr).split())
+    assert r.returncode == 1, out
+    assert "no changes" not in out, out
+    assert "this-machine: failed" in out and f"port {port} on 127.0.0.1 is answered by a process edgectl did not " \
+        "start for this device" in out, out
+    assert "hint: stop that process, or give the device another port" in out, out

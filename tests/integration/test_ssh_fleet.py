@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import hashlib
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import httpx
@@ -271,3 +273,43 @@ def test_a_signing_fleet_pins_its_key_on_an_ssh_device_and_the_agent_refuses_uns
             assert client.state().deployments[0].state == "serving"  # the refusal changed nothing
         finally:
             t.close()
+
+
+def test_apply_fails_where_an_agent_that_is_not_ours_holds_the_port(tmp_path, env):
+    """Another agent (its own root, its own token) answers on the SSH device's agent port: apply names the device,
+    why and the fix, and exits non-zero; never "no changes". First with no agent of ours ever on the device, then
+    with our token on the device (an agent of ours ran there before): the other agent refuses it (401)."""
+    with SshFleet(tmp_path / "fleet", 1) as fleet:
+        fleet.write_known_hosts(Path(env["EDGECTL_HOME"]) / "known_hosts")
+        mdir = manifests(tmp_path, fleet)
+        (mdir / "fleet.yaml").write_text(fleet.fleet_yaml(profile="auto", python=BASE_PYTHON))
+        dev = fleet.devices[0]
+        other = subprocess.Popen([sys.executable, "-m", "edgectl_agent", "serve", "--root", str(tmp_path / "other"),
+                                  "--port", str(dev.agent_port)], env=env, stdout=subprocess.DEVNULL,
+                                 stderr=subprocess.DEVNULL, start_new_session=True)
+        try:
+            for _ in range(300):
+                assert other.poll() is None, "the other agent exited"
+                try:
+                    if httpx.get(f"http://127.0.0.1:{dev.agent_port}/healthz", timeout=1).status_code == 200:
+                        break
+                except httpx.HTTPError:
+                    time.sleep(0.2)
+            r = edgectl("apply", str(mdir), env=env, check=False)
+            out = " ".join((r.stdout + r.stderr).split())
+            assert r.returncode == 1 and "no changes" not in out, out
+            assert f"{dev.name}: failed device '{dev.name}': cannot read the agent token" in out, out
+            assert "an agent answers on the device's port but not from transport.agent_dir" in out, out
+
+            root = dev.home / ".local/share/edgectl-agent/root"
+            root.mkdir(parents=True)
+            (root / "token").write_text("ours-from-an-earlier-agent\n")
+            r = edgectl("apply", str(mdir), env=env, check=False)
+            out = " ".join((r.stdout + r.stderr).split())
+            assert r.returncode == 1 and "no changes" not in out, out
+            assert f"{dev.name}: failed device '{dev.name}': the agent on port {dev.agent_port} is not this " \
+                   "edgectl's: its token differs" in out, out
+            assert "To fix: stop it, or give this device another port" in out, out
+        finally:
+            os.killpg(other.pid, signal.SIGKILL)
+            other.wait()

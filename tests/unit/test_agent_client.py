@@ -135,3 +135,17 @@ def test_smoke_with_no_text_is_an_agent_error():
     with pytest.raises(AgentError) as e:
         client_for(agent).smoke("chat")
     assert "produced no text" in e.value.message
+
+
+def test_an_agent_refusing_our_token_is_named_as_not_ours():
+    """401 from the agent's port: another agent (another edgectl home's) answers there; say so and how to fix it."""
+    def foreign(request):
+        return httpx.Response(401, json={"error": {"message": "bad token", "type": "unauthorized"}})
+
+    client = AgentClient("http://127.0.0.1:18088", TOKEN, device="d1", transport=httpx.MockTransport(foreign))
+    with pytest.raises(AgentError) as e:
+        client.facts()
+    assert e.value.status == 401
+    assert "device 'd1': the agent on port 18088 is not this edgectl's: its token differs" in e.value.message
+    assert "401 to GET /control/v1/facts" in e.value.message
+    assert "To fix: stop it, or give this device another port" in e.value.hint
