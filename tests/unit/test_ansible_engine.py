@@ -125,3 +125,62 @@ def test_engine_is_chosen_per_fleet_and_overridden_by_the_flag():
     assert engine_of(spec, spec.devices["pi-1"]) == "ansible"
     assert engine_of(spec, spec.devices["pi-1"], "ssh") == "ssh"
     assert engine_of(spec, spec.devices["here"]) == "ssh"  # local devices never go through ansible
+
+
+def test_bootstrap_pins_the_fleets_verify_key_as_the_ssh_bootstrap_does(tmp_path, monkeypatch):
+    """The playbook's bootstrap gets the fleet's public key, where to pin it (the agent's root, as edgectl's SSH
+    bootstrap), the signing extra, and a start argv that verifies with it; an unsigned fleet pins nothing."""
+    from edgectl.apply.observe import DeviceContext
+    from edgectl.signing import Signer, generate_key
+    from edgectl.transport import bootstrap
+
+    monkeypatch.setattr(bootstrap, "build_wheelhouse", lambda extras: tmp_path)  # no pip wheel in a unit test
+    generate_key(tmp_path / "fleet")
+    signer = Signer.load(tmp_path / "fleet")
+    device = ssh_device(agent_dir="/opt/edgectl")
+    layout = bootstrap.RemoteLayout("/opt/edgectl", None)
+
+    v = engine.bootstrap_vars(DeviceContext(device, signer=signer), {"llamacpp"}, {})
+    assert v["edgectl_verify_key"] == signer.public_pem.decode()
+    assert v["edgectl_verify_key_file"] == layout.verify_key == "/opt/edgectl/root/" + bootstrap.VERIFY_KEY_FILE
+    assert v["edgectl_start_pinned_argv"] == bootstrap.start_argv(layout, 9001, verify_key_file=layout.verify_key)
+    assert v["edgectl_start_pinned_argv"][-2:] == ["--verify-key-file", layout.verify_key]
+    assert "--verify-key-file" not in v["edgectl_start_argv"]
+    assert bootstrap.SIGN_EXTRA in v["edgectl_install_argv"][-1] and bootstrap.SIGN_PACKAGE in v["edgectl_installed_argv"]
+
+    unsigned = engine.bootstrap_vars(DeviceContext(device), {"llamacpp"}, {})
+    assert unsigned["edgectl_verify_key"] is None and bootstrap.SIGN_PACKAGE not in unsigned["edgectl_installed_argv"]
+
+    tasks = yaml.safe_load((engine.playbook_dir() / "roles/edgectl_agent/tasks/bootstrap.yml").read_text())
+    (start,) = [t for t in tasks if t["name"] == "edgectl: start agent"]
+    pin, stat, run = start["block"][:3]
+    assert pin["ansible.builtin.copy"]["force"] is False  # trust on first use: a pinned key is never replaced
+    assert pin["when"] == "edgectl_verify_key is string"
+    assert "edgectl_verify_key_file" in stat["ansible.builtin.stat"]["path"]
+    assert "edgectl_start_pinned_argv if edgectl_pinned.stat.exists else edgectl_start_argv" in \
+        run["ansible.builtin.command"]["argv"]
+
+
+def test_the_roles_gate_is_edgectls_gate_rule():
+    """The role's filter plugin judges the smoke timings with edgectl.apply.rollout.gate_problems itself."""
+    import importlib.util
+
+    from edgectl.apply.rollout import gate_as_data, gate_problems, smoke_from_timings
+    from edgectl.spec.deployment import HealthGate
+
+    path = engine.playbook_dir() / "filter_plugins" / "edgectl_gate.py"
+    spec = importlib.util.spec_from_file_location("edgectl_gate", path)
+    plugin = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(plugin)
+    filters = plugin.FilterModule().filters()
+    timings = {"ttft_s": 0.004, "tokens": 9, "decode_s": 0.1}
+    for gate in (HealthGate(), HealthGate(max_ttft_ms=0.001), HealthGate(min_tokens_per_s=100),
+                 HealthGate(max_ttft_ms=1000, min_tokens_per_s=1)):
+        smoke = gate_as_data(gate, "llm")
+        assert filters["edgectl_gate_problems"](timings, smoke) == gate_problems(gate, smoke_from_timings(timings))
+        assert "reported no timings" in " ".join(filters["edgectl_gate_problems"]({}, smoke)) or \
+            gate.max_ttft_ms is None and gate.min_tokens_per_s is None
+    assert filters["edgectl_gate_detail"](timings) == "ttft 4 ms, 80.0 tok/s as timed by the agent"
+    assert filters["edgectl_gate_detail"]({}) == "ready"
+    deliver = (engine.playbook_dir() / "roles/edgectl_agent/tasks/deliver.yml").read_text()
+    assert "edgectl_gate_problems(edgectl_smoke)" in deliver and "min_tokens_per_s | float" not in deliver
