@@ -146,7 +146,8 @@ def test_bootstrap_pins_the_fleets_verify_key_as_the_ssh_bootstrap_does(tmp_path
     assert v["edgectl_start_pinned_argv"] == bootstrap.start_argv(layout, 9001, verify_key_file=layout.verify_key)
     assert v["edgectl_start_pinned_argv"][-2:] == ["--verify-key-file", layout.verify_key]
     assert "--verify-key-file" not in v["edgectl_start_argv"]
-    assert bootstrap.SIGN_EXTRA in v["edgectl_install_argv"][-1] and bootstrap.SIGN_PACKAGE in v["edgectl_installed_argv"]
+    assert bootstrap.SIGN_EXTRA in v["edgectl_install_argv"][-1]
+    assert bootstrap.SIGN_PACKAGE in v["edgectl_installed_argv"]
 
     unsigned = engine.bootstrap_vars(DeviceContext(device), {"llamacpp"}, {})
     assert unsigned["edgectl_verify_key"] is None and bootstrap.SIGN_PACKAGE not in unsigned["edgectl_installed_argv"]
