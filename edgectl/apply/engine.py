@@ -9,7 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 from edgectl.builders import ArtifactStore
 from edgectl.plan import DevicePlan
 from edgectl.runs import RunRecord
-from edgectl.spec import Spec
+from edgectl.spec import Device, Spec
 
 from edgectl.apply.observe import DeviceContext
 from edgectl.apply.report import DeviceResult, Events
@@ -19,7 +19,7 @@ from edgectl.apply.steps import Artifacts, deploy_one, roll_back
 ENGINES = ("ssh", "ansible")
 
 
-def engine_of(spec: Spec, device, override: str | None = None) -> str:
+def engine_of(spec: Spec, device: Device, override: str | None = None) -> str:
     """'ansible' when the device is reached over SSH and its fleet (or ``override``) says so, else 'ssh' (edgectl's
     own transports; local devices always use them)."""
     if device.transport.type != "ssh":

@@ -144,3 +144,28 @@ def test_a_failed_device_past_max_failure_rolls_back_the_rest_of_its_wave(tmp_pa
                 in line, out
         state = {s["device"]: s for s in json.loads(edgectl("status", str(mdir), "--json", env=env).stdout)}
         assert state["dev1"]["deployments"] == [] and state["dev3"]["deployments"] == [], state
+
+
+def test_ansible_bootstrap_pins_the_fleets_verify_key(tmp_path, env):  # noqa: F811 (fixture)
+    """A signing fleet: the playbook's bootstrap writes the fleet's public key into the agent's root and starts the
+    agent verifying with it (as edgectl's SSH bootstrap does); the signed deployment is accepted."""
+    from edgectl.signing import Signer
+    from edgectl.transport.local import VERIFY_KEY_FILE
+
+    with SshFleet(tmp_path / "fleet", 1) as fleet:
+        fleet.write_known_hosts(Path(env["EDGECTL_HOME"]) / "known_hosts")
+        mdir = manifests(tmp_path, fleet)
+        _fleet_with_engine(mdir)
+        edgectl("keygen", str(tmp_path / "fleet-key"), env=env)
+        text = (mdir / "fleet.yaml").read_text()
+        (mdir / "fleet.yaml").write_text(text.replace(
+            "spec:\n", f"spec:\n  signing: {{key_file: {tmp_path / 'fleet-key'}}}\n", 1))
+        r = edgectl("apply", str(mdir), env=env)
+        out = r.stdout + r.stderr
+        assert "via ansible" in out and "started agent" in out and "activated tiny" in out, out
+        root = fleet.devices[0].home / AGENT_HOME / "root"
+        assert (root / VERIFY_KEY_FILE).read_bytes() == Signer.load(tmp_path / "fleet-key").public_pem
+        state = json.loads(edgectl("status", str(mdir), "--json", env=env).stdout)
+        assert state[0]["deployments"][0]["state"] == "serving", state
+        cmdline = (fleet.devices[0].home / AGENT_HOME / "agent.pid").read_text().strip()
+        assert "--verify-key-file" in Path(f"/proc/{cmdline}/cmdline").read_text().replace("\0", " ")
