@@ -17,6 +17,7 @@ from dataclasses import dataclass, field, replace
 from typing import Literal
 
 from edgectl_agent.api import AgentState, DeploymentState, Facts
+from edgectl_agent.runtimes import catalog
 
 from edgectl.builders.registry import BUILDERS
 from edgectl.plan import compat, gguf
@@ -32,8 +33,8 @@ from edgectl.spec import (
 # F16/BF16/F32 are not offered by default: llama.cpp lists Q8_0 at +0.0026 perplexity over F16 (Llama-3-8B) at half the
 # memory and twice the token rate on bandwidth-bound devices. Name them in quantization.allow to get them.
 DEFAULT_GGUF_MENU = ("Q2_K", "Q3_K_M", "Q4_0", "Q4_K_S", "Q4_K_M", "Q5_K_M", "Q6_K", "Q8_0")
-# Runtime preference for devices planned from facts ('auto' profile).
-AUTO_RUNTIME_ORDER = ("llamacpp", "openvino-genai", "onnxruntime-genai", "mlx", "openvino", "onnxruntime")
+# Runtime preference for devices planned from facts ('auto' profile): the runtime catalog's auto order.
+AUTO_RUNTIME_ORDER = catalog.AUTO_RUNTIME_ORDER
 _ARCH_ALIASES = {"arm64": "aarch64", "amd64": "x86_64", "x86_64": "x86_64", "aarch64": "aarch64", "armv7l": "armv7l"}
 DISK_HEADROOM = 0.10
 
@@ -506,7 +507,7 @@ def _candidates(dep: Deployment, model: Model, fmt: str, kind: str, runtime: str
             yield cand, ""
 
 
-OPENVINO_RUNTIMES = ("openvino", "openvino-genai")  # runtimes that take an OpenVINO device name
+OPENVINO_RUNTIMES = catalog.OPENVINO_RUNTIMES  # runtimes that take an OpenVINO device name
 FORMAT_NAMES = {"gguf": "GGUF", "onnx": "ONNX", "openvino": "OpenVINO IR", "mlx": "MLX"}
 # Formats whose artifact can be the source file itself (a GGUF or an ONNX graph shipped as is).
 _SHIPPABLE = ("gguf", "onnx")

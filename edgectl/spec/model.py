@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
+from edgectl_agent.names import SHA256_HEX_PATTERN
 from pydantic import Field, model_validator
 
 from edgectl.spec.common import Frozen, Metadata
@@ -31,7 +32,7 @@ class ModelSource(Frozen):
     file: str | None = Field(default=None, description="File name inside the package, or inside the HF repo.")
     path: str | None = Field(default=None, description="Local path of the file or directory (relative to the manifest).")
     repo: str | None = Field(default=None, description="Hugging Face repo id, e.g. HuggingFaceTB/SmolLM2-135M-Instruct.")
-    sha256: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$",
+    sha256: str | None = Field(default=None, pattern=SHA256_HEX_PATTERN,
                                description="Expected sha256 of the source file; verified before building.")
 
     @model_validator(mode="after")

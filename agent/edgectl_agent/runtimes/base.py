@@ -14,16 +14,32 @@ from pathlib import Path
 from typing import Any
 
 from edgectl_agent.api import DesiredDeployment
+from edgectl_agent.runtimes import catalog
 
 
 @dataclass(frozen=True)
 class RuntimeCapabilities:
-    formats: tuple[str, ...] = ("gguf",)
-    chat: bool = True
-    completion: bool = True
+    """What a runtime can do. Its formats, kind and extra are catalog facts (edgectl_agent.runtimes.catalog),
+    read from there by the runtime's name; the rest is the runtime's own."""
+
+    runtime: str  # its name in the catalog
     embeddings: bool = False
-    streaming: bool = True
-    extra: str | None = None  # the pip extra that provides the runtime, e.g. "llama"
+
+    @property
+    def formats(self) -> tuple[str, ...]:
+        return catalog.entry(self.runtime).formats
+
+    @property
+    def extra(self) -> str | None:
+        """The edgectl-agent extra that installs it, e.g. "llama"."""
+        return catalog.entry(self.runtime).extra
+
+    @property
+    def chat(self) -> bool:
+        return catalog.entry(self.runtime).kind == "llm"
+
+    completion = chat
+    streaming = chat
 
 
 @dataclass(frozen=True)

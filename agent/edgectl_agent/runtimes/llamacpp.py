@@ -91,8 +91,7 @@ def _template_errors() -> tuple[type[Exception], ...]:
 
 class LlamaCppRuntime(Runtime):
     name = "llamacpp"
-    capabilities = RuntimeCapabilities(formats=("gguf",), chat=True, completion=True, embeddings=True,
-                                       streaming=True, extra="llama")
+    capabilities = RuntimeCapabilities(name, embeddings=True)
 
     def load(self, path: Path, desired: DesiredDeployment) -> LoadedModel:
         kwargs = llama_kwargs(desired)

@@ -186,8 +186,7 @@ def _release_mlx_memory() -> None:
 
 class MlxRuntime(Runtime):
     name = "mlx"
-    capabilities = RuntimeCapabilities(formats=("mlx",), chat=True, completion=True, embeddings=False,
-                                       streaming=True, extra="mlx")
+    capabilities = RuntimeCapabilities(name)
 
     def load(self, path: Path, desired: DesiredDeployment) -> LoadedModel:
         kwargs = generate_kwargs(desired)

@@ -122,8 +122,7 @@ def session_options(desired: DesiredDeployment, ort: Any) -> Any:
 
 class OnnxRuntime(Runtime):
     name = "onnxruntime"
-    capabilities = RuntimeCapabilities(formats=("onnx",), chat=False, completion=False, embeddings=False,
-                                       streaming=False, extra="onnx")
+    capabilities = RuntimeCapabilities(name)
 
     def load(self, path: Path, desired: DesiredDeployment) -> OnnxModel:
         try:

@@ -116,8 +116,7 @@ class GenaiModel(TextGenModel):
 
 class OnnxGenaiRuntime(Runtime):
     name = "onnxruntime-genai"
-    capabilities = RuntimeCapabilities(formats=("onnx",), chat=True, completion=True, embeddings=False,
-                                       streaming=True, extra="onnx-genai")
+    capabilities = RuntimeCapabilities(name)
 
     def load(self, path: Path, desired: DesiredDeployment) -> GenaiModel:
         try:

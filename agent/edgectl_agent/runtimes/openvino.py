@@ -101,8 +101,7 @@ def _spec(port: Any) -> TensorSpec:
 
 class OpenVinoRuntime(Runtime):
     name = "openvino"
-    capabilities = RuntimeCapabilities(formats=("openvino",), chat=False, completion=False, embeddings=False,
-                                       streaming=False, extra="openvino")
+    capabilities = RuntimeCapabilities(name)
 
     def load(self, path: Path, desired: DesiredDeployment) -> OpenVinoModel:
         device, config = tensor_config(desired, cache=cache_root(path))

@@ -71,8 +71,7 @@ class IncrementalDecoder:
 
 class OpenVinoGenAIRuntime(Runtime):
     name = "openvino-genai"
-    capabilities = RuntimeCapabilities(formats=("openvino",), chat=True, completion=True, embeddings=False,
-                                       streaming=True, extra="openvino-genai")
+    capabilities = RuntimeCapabilities(name)
 
     def load(self, path: Path, desired: DesiredDeployment) -> OpenVinoGenAIModel:
         device, config = openvino_config(desired, GENAI_PROPERTIES, cache=cache_root(path))
