@@ -27,7 +27,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from edgectl_agent.names import DIGEST_PATTERN, NAME_PATTERN
-from edgectl_agent.runtimes.catalog import RUNTIME_NAMES
+from edgectl_agent.runtimes.catalog import ARTIFACT_FORMATS, RUNTIME_NAMES
 
 CONTROL_PREFIX = "/control/v1"
 # A streamed /v1 request carrying this header (any non-empty value) gets one more chunk before [DONE], with no
@@ -97,7 +97,7 @@ class Facts(Wire):
                                                   "(it then refuses every deployment).")
 
 
-ArtifactFormat = Literal["gguf", "onnx", "openvino", "mlx"]
+ArtifactFormat = Literal[ARTIFACT_FORMATS]  # every format a runtime in the catalog loads
 RuntimeName = Literal[RUNTIME_NAMES]  # every runtime in the catalog (edgectl_agent.runtimes.catalog)
 
 

@@ -2,7 +2,7 @@
 
 Every other table is derived from :data:`RUNTIMES`:
 
-- agent: ``api.RuntimeName`` (the wire literal), each runtime's ``capabilities.formats`` / ``.extra``,
+- agent: ``api.RuntimeName`` and ``api.ArtifactFormat`` (the wire literals), each runtime's ``capabilities.formats`` / ``.extra``,
   ``runtimes.default_runtimes()``, ``facts.RUNTIME_PACKAGES`` / ``facts.RUNTIME_EXTRAS``;
 - edgectl: ``spec.profile.RuntimeName`` and ``RUNTIME_FORMATS``, ``BuilderInfo.runtime`` (builders/registry.py),
   ``planner.AUTO_RUNTIME_ORDER`` / ``OPENVINO_RUNTIMES``, ``transport.bootstrap.RUNTIME_EXTRAS``.
@@ -60,6 +60,8 @@ RUNTIMES: tuple[RuntimeEntry, ...] = (
 BY_NAME: dict[str, RuntimeEntry] = {r.name: r for r in RUNTIMES}
 # Every runtime name the agent accepts (the fake included), in catalog order.
 RUNTIME_NAMES: tuple[str, ...] = tuple(BY_NAME)
+# Every artifact format some runtime loads (ArtifactRef.format), in catalog order.
+ARTIFACT_FORMATS: tuple[str, ...] = tuple(dict.fromkeys(f for r in RUNTIMES for f in r.formats))
 # The runtimes a device profile may list: the real ones.
 PROFILE_RUNTIME_NAMES: tuple[str, ...] = tuple(r.name for r in RUNTIMES if not r.for_tests)
 # Runtime -> the edgectl-agent extra that installs it (None: nothing beyond the agent itself).

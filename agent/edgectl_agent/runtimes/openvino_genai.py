@@ -98,22 +98,16 @@ class OpenVinoGenAIRuntime(Runtime):
 
 class OpenVinoGenAIModel(TextGenModel):
     def __init__(self, pipe: Any, og: Any, *, name: str, folder: Path, context_length: int) -> None:
-        super().__init__(name, folder)
+        super().__init__(name, folder, context_length=context_length)
         self._pipe = pipe
         self._og = og
         self._tokenizer = pipe.get_tokenizer()
-        self._context_length = context_length
 
     def _count(self, text: str) -> int:
         return int(self._tokenizer.encode(text, add_special_tokens=False).input_ids.shape[1])
 
     def _pieces(self, prompt: str, params: GenerationParams, max_tokens: int) -> Iterator[str]:
-        prompt_tokens = self._count(prompt)
-        if prompt_tokens >= self._context_length:
-            raise BadRequest(f"the prompt is {prompt_tokens} tokens; deployment '{self.name}' has a context of "
-                             f"{self._context_length}",
-                             hint="shorten the prompt, or raise the deployment's context_length")
-        budget = min(max_tokens, self._context_length - prompt_tokens)
+        budget = self._fit_to_context(self._count(prompt), max_tokens)
         config = sampling(self._pipe.get_generation_config(), params, budget)
         pieces: queue.Queue = queue.Queue()
         cancel = threading.Event()

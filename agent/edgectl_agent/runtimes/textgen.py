@@ -104,10 +104,16 @@ def compile_chat_template(template: str | None, tokens: dict[str, str]):
 
 
 class TextGenModel(LoadedModel):
-    """OpenAI responses from a text-piece generator. Subclasses: ``_count``, ``_pieces``, ``_free``."""
+    """OpenAI responses from a text-piece generator. Subclasses: ``_count``, ``_pieces``, ``_free``; their
+    ``_pieces`` asks :meth:`_fit_to_context` how many tokens a prompt leaves room for."""
 
-    def __init__(self, name: str, folder: Path) -> None:
+    # True where the library cannot end a generation at the context's end (mlx-lm): then a request whose prompt +
+    # max_tokens do not fit is refused up front, instead of being cut short.
+    max_tokens_must_fit: bool = False
+
+    def __init__(self, name: str, folder: Path, *, context_length: int | None = None) -> None:
         self.name = name
+        self.context_length = context_length  # tokens the deployment holds, the prompt included; None: unbounded
         self._render = compile_chat_template(read_chat_template(folder), special_tokens(folder))
         self._lock = threading.Lock()
         self._closed = False
@@ -126,6 +132,23 @@ class TextGenModel(LoadedModel):
         """Release the library's model (called once, under the lock)."""
 
     # -- shared -------------------------------------------------------------------------------------------------
+    def _fit_to_context(self, prompt_tokens: int, max_tokens: int) -> int:
+        """How many tokens this request may generate: ``max_tokens``, cut to what the context leaves after the
+        prompt. BadRequest when the prompt alone fills the context (or, with ``max_tokens_must_fit``, when prompt +
+        max_tokens exceed it)."""
+        context = self.context_length
+        if context is None:
+            return max_tokens
+        if self.max_tokens_must_fit and prompt_tokens + max_tokens > context:
+            raise BadRequest(f"prompt ({prompt_tokens} tokens) + max_tokens ({max_tokens}) exceed the context length "
+                             f"{context} of deployment '{self.name}'",
+                             hint="shorten the prompt or max_tokens, or deploy with a larger context_length",
+                             param="max_tokens")
+        if prompt_tokens >= context:
+            raise BadRequest(f"the prompt is {prompt_tokens} tokens; deployment '{self.name}' has a context of "
+                             f"{context}", hint="shorten the prompt, or deploy with a larger context_length")
+        return min(max_tokens, context - prompt_tokens)
+
     def _acquire(self) -> None:
         self._lock.acquire()
         if self._closed:
