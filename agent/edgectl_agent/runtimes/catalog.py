@@ -83,6 +83,12 @@ def entry(name: str) -> RuntimeEntry:
         raise KeyError(f"no runtime {name!r} in the catalog (known: {', '.join(RUNTIME_NAMES)})") from None
 
 
+def install_hint(name: str) -> str:
+    """The command that installs runtime ``name`` on a device, e.g. ``pip install 'edgectl-agent[llama]'``."""
+    extra = entry(name).extra
+    return f"pip install 'edgectl-agent[{extra}]'" if extra else "pip install edgectl-agent"
+
+
 def runtime_for(format: str, kind: str) -> str | None:
     """The (real) runtime that serves ``kind`` models in artifact ``format``, or None: the builder/format link."""
     return next((r.name for r in RUNTIMES if not r.for_tests and format in r.formats and r.kind == kind), None)

@@ -23,12 +23,13 @@ from typing import Any, TypeVar
 
 from edgectl_agent.api import DesiredDeployment
 from edgectl_agent.errors import RuntimeFailure
-from edgectl_agent.runtimes.base import GenerationParams, LoadedModel, Runtime, RuntimeCapabilities
+from edgectl_agent.runtimes import catalog
+from edgectl_agent.runtimes.base import GenerationParams, LoadedModel, Runtime, RuntimeCapabilities, not_installed
 from edgectl_agent.runtimes.textgen import TextGenModel
 
 log = logging.getLogger(__name__)
 
-INSTALL_HINT = "pip install 'edgectl-agent[mlx]'"
+INSTALL_HINT = catalog.install_hint("mlx")
 # OpenAI's defaults when a request leaves them out (top_p 1.0 = no nucleus cut).
 DEFAULT_TEMPERATURE = 1.0
 DEFAULT_TOP_P = 1.0
@@ -201,8 +202,7 @@ class MlxRuntime(Runtime):
         try:
             mlx_lm = worker.call(importlib.import_module, "mlx_lm")
         except ImportError as e:
-            raise RuntimeFailure(f"the mlx runtime is not installed on this device ({e})",
-                                 hint=f"install it: {INSTALL_HINT}", status=422) from e
+            raise not_installed(self.name, e) from e
         try:
             model, tokenizer = worker.call(_load_mlx, path, desired)
         except (ValueError, KeyError, OSError, RuntimeError) as e:

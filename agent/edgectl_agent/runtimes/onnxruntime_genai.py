@@ -15,12 +15,11 @@ from typing import Any
 
 from edgectl_agent.api import DesiredDeployment
 from edgectl_agent.errors import RuntimeFailure
-from edgectl_agent.runtimes.base import GenerationParams, Runtime, RuntimeCapabilities
+from edgectl_agent.runtimes.base import GenerationParams, Runtime, RuntimeCapabilities, import_library
 from edgectl_agent.runtimes.onnxruntime import check_external_data
 from edgectl_agent.runtimes.textgen import TextGenModel
 from edgectl_agent.tree import TreeError, check_relpath
 
-INSTALL_HINT = "pip install 'edgectl-agent[onnx-genai]'"
 
 
 def genai_config(folder: Path) -> dict[str, Any]:
@@ -116,11 +115,7 @@ class OnnxGenaiRuntime(Runtime):
     capabilities = RuntimeCapabilities(name)
 
     def load(self, path: Path, desired: DesiredDeployment) -> GenaiModel:
-        try:
-            import onnxruntime_genai as og
-        except ImportError as e:
-            raise RuntimeFailure(f"the onnxruntime-genai runtime is not installed on this device ({e})",
-                                 hint=f"install it: {INSTALL_HINT}", status=422) from e
+        og = import_library(self.name, "onnxruntime_genai")
         if desired.runtime_options:
             raise RuntimeFailure(f"deployment '{desired.name}': onnxruntime-genai takes no runtime_options "
                                  f"({sorted(desired.runtime_options)})", hint="remove runtime_options")

@@ -17,11 +17,10 @@ from typing import Any
 
 from edgectl_agent.api import DesiredDeployment
 from edgectl_agent.errors import BadRequest, RuntimeFailure
-from edgectl_agent.runtimes.base import GenerationParams, Runtime, RuntimeCapabilities
+from edgectl_agent.runtimes.base import GenerationParams, Runtime, RuntimeCapabilities, import_library
 from edgectl_agent.runtimes.openvino import cache_root, load_failure, openvino_config
 from edgectl_agent.runtimes.textgen import TextGenModel
 
-INSTALL_HINT = "pip install 'edgectl-agent[openvino-genai]'"
 REQUIRED_FILES = ("openvino_model.xml", "openvino_model.bin", "openvino_tokenizer.xml", "openvino_detokenizer.xml")
 # runtime_options key -> LLMPipeline property name (besides "device").
 GENAI_PROPERTIES = {"performance_hint": "PERFORMANCE_HINT", "inference_precision": "INFERENCE_PRECISION_HINT",
@@ -82,11 +81,7 @@ class OpenVinoGenAIRuntime(Runtime):
                                  f"{', '.join(missing)}",
                                  hint="build the model with edgectl as format openvino (kind llm), which converts "
                                       "the tokenizer too")
-        try:
-            import openvino_genai as og
-        except ImportError as e:
-            raise RuntimeFailure(f"the openvino-genai runtime is not installed on this device ({e})",
-                                 hint=f"install it: {INSTALL_HINT}", status=422) from e
+        og = import_library(self.name, "openvino_genai")
         try:
             pipe = og.LLMPipeline(str(path), device, **config)
         except Exception as e:  # noqa: BLE001  (openvino-genai raises RuntimeError and OpenVINO's classes)
@@ -160,4 +155,4 @@ def _streamer_class(og: Any) -> type:
     return QueueStreamer
 
 
-__all__ = ["OpenVinoGenAIRuntime", "OpenVinoGenAIModel", "IncrementalDecoder", "sampling", "INSTALL_HINT"]
+__all__ = ["OpenVinoGenAIRuntime", "OpenVinoGenAIModel", "IncrementalDecoder", "sampling"]

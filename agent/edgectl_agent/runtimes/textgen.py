@@ -13,7 +13,6 @@ Jinja's ImmutableSandboxedEnvironment: a template cannot reach Python internals 
 from __future__ import annotations
 
 import json
-import threading
 import time
 import uuid
 from abc import abstractmethod
@@ -21,8 +20,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from edgectl_agent.errors import BadRequest, ModelUnavailable, RuntimeFailure
-from edgectl_agent.runtimes.base import GenerationParams, LoadedModel
+from edgectl_agent.errors import BadRequest, RuntimeFailure
+from edgectl_agent.runtimes.base import GenerationParams, SerializedModel
 
 DEFAULT_MAX_TOKENS = 16  # OpenAI's default for completions; llama-cpp-python uses the same
 MAX_TEMPLATE_BYTES = 256 * 1024
@@ -103,7 +102,7 @@ def compile_chat_template(template: str | None, tokens: dict[str, str]):
     return render
 
 
-class TextGenModel(LoadedModel):
+class TextGenModel(SerializedModel):
     """OpenAI responses from a text-piece generator. Subclasses: ``_count``, ``_pieces``, ``_free``; their
     ``_pieces`` asks :meth:`_fit_to_context` how many tokens a prompt leaves room for."""
 
@@ -112,11 +111,9 @@ class TextGenModel(LoadedModel):
     max_tokens_must_fit: bool = False
 
     def __init__(self, name: str, folder: Path, *, context_length: int | None = None) -> None:
-        self.name = name
+        super().__init__(name)
         self.context_length = context_length  # tokens the deployment holds, the prompt included; None: unbounded
         self._render = compile_chat_template(read_chat_template(folder), special_tokens(folder))
-        self._lock = threading.Lock()
-        self._closed = False
 
     # -- what a runtime implements ------------------------------------------------------------------------------
     @abstractmethod
@@ -126,10 +123,6 @@ class TextGenModel(LoadedModel):
     @abstractmethod
     def _pieces(self, prompt: str, params: GenerationParams, max_tokens: int) -> Iterator[str]:
         """Decoded text, one piece per generated token, at most ``max_tokens``, ending at end-of-sequence."""
-
-    @abstractmethod
-    def _free(self) -> None:
-        """Release the library's model (called once, under the lock)."""
 
     # -- shared -------------------------------------------------------------------------------------------------
     def _fit_to_context(self, prompt_tokens: int, max_tokens: int) -> int:
@@ -148,13 +141,6 @@ class TextGenModel(LoadedModel):
             raise BadRequest(f"the prompt is {prompt_tokens} tokens; deployment '{self.name}' has a context of "
                              f"{context}", hint="shorten the prompt, or deploy with a larger context_length")
         return min(max_tokens, context - prompt_tokens)
-
-    def _acquire(self) -> None:
-        self._lock.acquire()
-        if self._closed:
-            self._lock.release()
-            raise ModelUnavailable(f"model '{self.name}' was unloaded while this request waited",
-                                   hint="retry the request; it is answered by the model now active")
 
     def _generate(self, prompt: str, params: GenerationParams) -> Iterator[tuple[str, str | None]]:
         """(text, finish_reason) pairs: text pieces with stop strings applied, then ("", reason). Holds the lock
@@ -242,10 +228,3 @@ class TextGenModel(LoadedModel):
         raise BadRequest(f"model '{self.name}' does not support embeddings",
                          hint="serve an embedding model as GGUF with runtime_options: {embedding: true}",
                          param="model", code="embeddings_not_supported")
-
-    def close(self) -> None:
-        with self._lock:
-            if self._closed:
-                return
-            self._closed = True
-            self._free()
