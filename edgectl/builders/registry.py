@@ -148,12 +148,18 @@ def tool_version(recipe: Recipe) -> str:
     fixed one for as-shipped copies. A missing tool names the pip install."""
     if is_as_shipped(recipe):
         return COPY_TOOL_VERSION
+    info = builder_for(recipe.format, recipe.kind)
+    return tool_versions(info.module, info.extra, info.tools)
+
+
+def tool_versions(module: str, extra: str, tools: tuple[str, ...]) -> str:
+    """'dist version, ...' of a tool's distributions, once its ``module`` imports (else the pip install of
+    ``extra``, as MissingExtraError)."""
     from importlib import metadata
 
-    info = builder_for(recipe.format, recipe.kind)
-    require_module(info.module, info.extra)  # a missing tool names the exact pip install
+    require_module(module, extra)  # a missing tool names the exact pip install
     versions = []
-    for dist in info.tools:
+    for dist in tools:
         try:
             versions.append(f"{dist} {metadata.version(dist)}")
         except metadata.PackageNotFoundError:
