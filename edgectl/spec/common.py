@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import types
-from typing import Annotated, Any, Union, get_args, get_origin
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 from edgectl_agent.names import NAME_PATTERN
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
@@ -46,3 +46,14 @@ def unwrap_annotation(ann: Any) -> Any:
                 ann = args[0]
                 continue
         return ann
+
+
+class Document(Frozen):
+    """Base of the four manifest kinds: their apiVersion, and their name (from metadata). Each kind adds its
+    ``kind`` literal, ``metadata`` (described for that kind) and ``spec``."""
+
+    apiVersion: Literal[API_VERSION] = Field(description=f"Always {API_VERSION}.")
+
+    @property
+    def name(self) -> str:
+        return self.metadata.name

@@ -7,7 +7,7 @@ from typing import Literal
 from edgectl_agent.names import SHA256_HEX_PATTERN
 from pydantic import Field, model_validator
 
-from edgectl.spec.common import Frozen, Metadata
+from edgectl.spec.common import Document, Frozen, Metadata
 
 
 class Architecture(Frozen):
@@ -77,12 +77,7 @@ class ModelSpec(Frozen):
         return self
 
 
-class Model(Frozen):
-    apiVersion: Literal["edgectl.dev/v1alpha1"] = Field(description="Always edgectl.dev/v1alpha1.")
+class Model(Document):
     kind: Literal["Model"] = Field(description="Always Model.")
     metadata: Metadata = Field(description="Catalog name of the model, used by Deployments.")
     spec: ModelSpec = Field(description="Architecture and sources.")
-
-    @property
-    def name(self) -> str:
-        return self.metadata.name
