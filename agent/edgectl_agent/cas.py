@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import BinaryIO
 
-from edgectl_agent.tree import TreeFile
+from edgectl_agent.tree import TreeFile, is_manifest
 
 HASH_CHUNK = 1024 * 1024
 
@@ -96,6 +96,15 @@ def write_atomic(path: Path, data: bytes, *, tmp: Path | None = None, dir_sync_r
         tmp.unlink(missing_ok=True)
         raise
     fsync_dir(path.parent, required=dir_sync_required)
+
+
+def is_manifest_file(path: Path) -> bool:
+    """Is the blob at ``path`` a directory artifact's manifest? (reads 16 bytes; False when absent)"""
+    try:
+        with open(path, "rb") as f:
+            return is_manifest(f.read(16))
+    except FileNotFoundError:
+        return False
 
 
 def link_tree(files: Iterable[TreeFile], blob: Callable[[str], Path], folder: Path,

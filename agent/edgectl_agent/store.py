@@ -41,7 +41,7 @@ from edgectl_agent.cas import fsync_dir, sha256_file
 from edgectl_agent.errors import AgentError, BadRequest, Conflict, InsufficientStorage, Unprocessable
 from edgectl_agent.faults import crash_point
 from edgectl_agent.names import DIGEST_RE, digest_hex_or_none
-from edgectl_agent.tree import MAX_MANIFEST_BYTES, TreeError, TreeFile, is_manifest, parse_manifest
+from edgectl_agent.tree import MAX_MANIFEST_BYTES, TreeError, TreeFile, parse_manifest
 
 log = logging.getLogger(__name__)
 
@@ -325,11 +325,7 @@ class ArtifactStore:
 
     def is_tree(self, digest: str) -> bool:
         """Is blob ``digest`` a directory artifact's manifest? (reads 16 bytes)"""
-        try:
-            with open(self.path(digest), "rb") as f:
-                return is_manifest(f.read(16))
-        except FileNotFoundError:
-            return False
+        return cas.is_manifest_file(self.path(digest))
 
     def missing_members(self, digest: str) -> list[TreeFile]:
         """Member files of a tree not (completely) in the store yet."""

@@ -27,7 +27,7 @@ from pathlib import Path
 from edgectl_agent import cas
 from edgectl_agent.cas import ByteProgress, copy_and_hash, fsync_dir
 from edgectl_agent.names import DIGEST_RE, SHA256_HEX_RE, digest_hex_or_none
-from edgectl_agent.tree import TreeError, TreeFile, is_manifest, manifest_bytes, parse_manifest
+from edgectl_agent.tree import TreeError, TreeFile, manifest_bytes, parse_manifest
 from pydantic import ValidationError
 
 from edgectl.errors import BuildError, NotFoundError
@@ -337,11 +337,7 @@ class ArtifactStore:
 
     def is_tree(self, digest: str) -> bool:
         """Is the stored blob ``digest`` a directory artifact's manifest? (reads 16 bytes)"""
-        try:
-            with open(self.path(digest), "rb") as f:
-                return is_manifest(f.read(16))
-        except FileNotFoundError:
-            return False
+        return cas.is_manifest_file(self.path(digest))
 
     def tree_files(self, digest: str) -> list[TreeFile]:
         """The files a stored manifest lists (validated)."""
