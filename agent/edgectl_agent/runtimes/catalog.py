@@ -2,10 +2,12 @@
 
 Every other table is derived from :data:`RUNTIMES`:
 
-- agent: ``api.RuntimeName`` and ``api.ArtifactFormat`` (the wire literals), each runtime's ``capabilities.formats`` / ``.extra``,
-  ``runtimes.default_runtimes()``, ``facts.RUNTIME_PACKAGES`` / ``facts.RUNTIME_EXTRAS``;
+- agent: ``api.RuntimeName`` and ``api.ArtifactFormat`` (the wire literals), each runtime's
+  ``capabilities.formats`` / ``.extra`` and install hint, ``runtimes.default_runtimes()``,
+  ``facts.RUNTIME_PACKAGES`` / ``facts.RUNTIME_EXTRAS``;
 - edgectl: ``spec.profile.RuntimeName`` and ``RUNTIME_FORMATS``, ``BuilderInfo.runtime`` (builders/registry.py),
-  ``planner.AUTO_RUNTIME_ORDER`` / ``OPENVINO_RUNTIMES``, ``transport.bootstrap.RUNTIME_EXTRAS``.
+  the planner's ``AUTO_RUNTIME_ORDER`` (plan/profiles.py) and ``OPENVINO_RUNTIMES`` (plan/select.py),
+  ``transport.bootstrap.RUNTIME_EXTRAS``.
 
 Adding a runtime = one entry here + its runtime file (``runtimes/<name>.py``, a ``Runtime`` subclass) + its builder
 entry (edgectl/builders/registry.py, for the (format, kind) it loads) + its extra in agent/pyproject.toml.
