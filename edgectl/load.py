@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Literal, Sequence, get_args, get_origin
 
+from edgectl_agent.names import DIGEST_PATTERN, NAME_PATTERN, SHA256_HEX_PATTERN
 from pydantic import BaseModel, ValidationError
 from ruamel.yaml import YAML
 from ruamel.yaml.error import MarkedYAMLError, YAMLError
@@ -39,8 +40,8 @@ from ruamel.yaml.tokens import (BlockEndToken, BlockMappingStartToken, BlockSequ
 import edgectl
 from edgectl.errors import SpecError, SpecErrors
 from edgectl.spec import API_VERSION, AUTO_PROFILE, KINDS, Deployment, DeviceProfile, Fleet, Model, Spec
-from edgectl.spec.common import is_union, unwrap_annotation
-from edgectl.spec.fleet import JUMP_PATTERN, PROGRAM_PATTERN, REMOTE_PATH_PATTERN
+from edgectl.spec.common import LABEL_PATTERN, is_union, unwrap_annotation
+from edgectl.spec.fleet import HOST_PATTERN, JUMP_PATTERN, PROGRAM_PATTERN, REMOTE_PATH_PATTERN
 
 YAML_SUFFIXES = (".yaml", ".yml")
 # Bounds on one document's shape: manifests nest a handful of levels and hold hundreds of values. Beyond these, a
@@ -57,16 +58,16 @@ LABEL_RULES = ("letters, digits, '.', '_', '/' and '-'; starting and ending with
 
 # Pattern (as pydantic reports it) -> (what it is, the rule in words).
 _PATTERN_WORDS = {
-    r"^[a-z0-9]([a-z0-9._-]{0,61}[a-z0-9])?$": ("name", NAME_RULES),
-    r"^[A-Za-z0-9]([A-Za-z0-9._/-]{0,61}[A-Za-z0-9])?$": ("label", LABEL_RULES),
-    r"^[A-Za-z0-9]([A-Za-z0-9.:-]*[A-Za-z0-9])?$": ("host", "a host name or IP address: letters, digits, '.', ':', '-'"),
+    NAME_PATTERN: ("name", NAME_RULES),
+    LABEL_PATTERN: ("label", LABEL_RULES),
+    HOST_PATTERN: ("host", "a host name or IP address: letters, digits, '.', ':', '-'"),
     JUMP_PATTERN: ("jump host", "[user@]host[:port] with letters, digits, '.', '-' (no leading '-')"),
     REMOTE_PATH_PATTERN: ("device path", "an absolute path or one starting with '~/', of letters, digits and "
                                          "'._+-/' (no spaces or shell metacharacters)"),
     PROGRAM_PATTERN: ("program", "a command name or absolute path of letters, digits and '._+-/', not starting "
                                  "with '-'"),
-    r"^[0-9a-f]{64}$": ("sha256", "64 lowercase hex digits (the output of `sha256sum`)"),
-    r"^sha256:[0-9a-f]{64}$": ("digest", "'sha256:' followed by 64 lowercase hex digits"),
+    SHA256_HEX_PATTERN: ("sha256", "64 lowercase hex digits (the output of `sha256sum`)"),
+    DIGEST_PATTERN: ("digest", "'sha256:' followed by 64 lowercase hex digits"),
 }
 
 _TYPE_WORDS = {

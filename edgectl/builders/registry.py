@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from edgectl_agent.runtimes.catalog import runtime_for
+
 from edgectl.errors import BuildError, require_module
 from edgectl.spec.artifact import Recipe
 
@@ -55,7 +57,15 @@ class BuilderInfo:
     source_types: tuple[str, ...]  # ModelSource.type values it builds from (after conversion, see sources.py)
     builder: str  # "module:function" doing the build, imported only when building
     layout: str = "file"  # "file" or "tree" (a folder: edgectl_agent.tree)
-    runtime: str = "llamacpp"  # the agent runtime that serves it
+
+    @property
+    def runtime(self) -> str:
+        """The agent runtime that serves its artifacts: the catalog's runtime for this (format, kind)."""
+        runtime = runtime_for(self.format, self.kind)
+        if runtime is None:
+            raise BuildError(f"no agent runtime serves {self.format} {self.kind} models",
+                             hint="add the runtime to edgectl_agent.runtimes.catalog")
+        return runtime
 
     @property
     def key(self) -> tuple[str, Kind]:
@@ -64,31 +74,29 @@ class BuilderInfo:
 
 BUILDERS: dict[tuple[str, Kind], BuilderInfo] = {b.key: b for b in (
     BuilderInfo(format="gguf", kind="llm", quants=tuple(GGUF_FTYPES), extra="gguf", module="llama_cpp",
-                tools=("llama-cpp-python",), source_types=("gguf",), builder="edgectl.builders.gguf:build_gguf",
-                runtime="llamacpp"),
+                tools=("llama-cpp-python",), source_types=("gguf",), builder="edgectl.builders.gguf:build_gguf"),
     # Tensor models: INT8 = quantize_dynamic (weights int8, activations at run time); INT8_STATIC = quantize_static
     # with calibration samples; INT4 = weight-only MatMulNBits; FP32 = the source graph as is.
     BuilderInfo(format="onnx", kind="tensor", quants=("FP32", "INT8", "INT8_STATIC", "INT4"), extra="onnx",
                 module="onnxruntime", tools=("onnxruntime",), source_types=("onnx",),
-                builder="edgectl.builders.onnx:build_onnx", runtime="onnxruntime"),
+                builder="edgectl.builders.onnx:build_onnx"),
     # LLMs: the onnxruntime-genai model builder -> a genai folder (model.onnx + genai_config.json + tokenizer).
     BuilderInfo(format="onnx", kind="llm", quants=("FP32", "FP16", "INT8", "INT4"), extra="onnx-genai",
                 module="onnxruntime_genai", tools=("onnxruntime-genai", "onnxruntime"), source_types=("huggingface",),
-                builder="edgectl.builders.onnx_genai:build_onnx_genai", layout="tree", runtime="onnxruntime-genai"),
+                builder="edgectl.builders.onnx_genai:build_onnx_genai", layout="tree"),
     # LLMs: optimum-intel export + NNCF weight compression -> an OpenVINO IR folder with tokenizers for openvino-genai.
     BuilderInfo(format="openvino", kind="llm", quants=("FP16", "INT8", "INT4"), extra="openvino",
                 module="optimum.intel",
                 tools=("optimum-intel", "openvino", "nncf", "openvino-tokenizers", "transformers"),
-                source_types=("huggingface",), builder="edgectl.builders.openvino:build_openvino_llm", layout="tree",
-                runtime="openvino-genai"),
+                source_types=("huggingface",), builder="edgectl.builders.openvino:build_openvino_llm", layout="tree"),
     # Tensor models: ONNX -> OpenVINO IR (model.xml + model.bin), FP32/FP16, or INT8 by NNCF post-training quantization.
     BuilderInfo(format="openvino", kind="tensor", quants=("FP32", "FP16", "INT8"), extra="openvino",
                 module="openvino", tools=("openvino", "nncf"), source_types=("onnx",),
-                builder="edgectl.builders.openvino:build_openvino_tensor", layout="tree", runtime="openvino"),
+                builder="edgectl.builders.openvino:build_openvino_tensor", layout="tree"),
     # LLMs: mlx_lm convert (-q, group size 64) -> an MLX folder (safetensors + config + tokenizer).
     BuilderInfo(format="mlx", kind="llm", quants=("FP16", "INT8", "INT4"), extra="mlx", module="mlx_lm",
                 tools=("mlx-lm", "mlx"), source_types=("huggingface",), builder="edgectl.builders.mlx:build_mlx",
-                layout="tree", runtime="mlx"),
+                layout="tree"),
 )}
 
 
@@ -140,12 +148,18 @@ def tool_version(recipe: Recipe) -> str:
     fixed one for as-shipped copies. A missing tool names the pip install."""
     if is_as_shipped(recipe):
         return COPY_TOOL_VERSION
+    info = builder_for(recipe.format, recipe.kind)
+    return tool_versions(info.module, info.extra, info.tools)
+
+
+def tool_versions(module: str, extra: str, tools: tuple[str, ...]) -> str:
+    """'dist version, ...' of a tool's distributions, once its ``module`` imports (else the pip install of
+    ``extra``, as MissingExtraError)."""
     from importlib import metadata
 
-    info = builder_for(recipe.format, recipe.kind)
-    require_module(info.module, info.extra)  # a missing tool names the exact pip install
+    require_module(module, extra)  # a missing tool names the exact pip install
     versions = []
-    for dist in info.tools:
+    for dist in tools:
         try:
             versions.append(f"{dist} {metadata.version(dist)}")
         except metadata.PackageNotFoundError:

@@ -126,6 +126,32 @@ def locate(source: ModelSource, *, base_dir: Path | None = None) -> Path:
     raise BuildError("the model source names no location", hint="give one of: package + file, path, repo + file")
 
 
+def first_present_source(model: Model, store: ArtifactStore, sources: list[ModelSource], *, base_dir: Path | None,
+                         progress: ByteProgress | None) -> tuple[ResolvedSource | None, list[BuildError]]:
+    """The first of ``sources`` present here, its digest from the store's source-digest cache and checked against
+    the catalog's ``sha256``; and, for each source before it, why it is not present."""
+    failures: list[BuildError] = []
+    for source in sources:
+        try:
+            path = locate(source, base_dir=base_dir)
+        except BuildError as e:
+            failures.append(e)
+            continue
+        digest = store.source_digest(path, progress=progress)
+        _check_catalog_digest(model, source, path, digest)
+        return ResolvedSource(path=path, digest=digest, precision=source.precision, source=source), failures
+    return None, failures
+
+
+def _check_catalog_digest(model: Model, source: ModelSource, path: Path, digest: str) -> None:
+    """BuildError when the catalog gives the source a sha256 and ``digest`` (of the file at ``path``) is another."""
+    if source.sha256 and digest != f"sha256:{source.sha256}":
+        raise BuildError(f"source {path} of model {model.name!r} has {digest}, the catalog expects "
+                         f"sha256:{source.sha256}",
+                         hint="the file is corrupt or a different version: download it again, or fix "
+                              "the source's sha256 if the new file is the one you want")
+
+
 def resolve_source(model: Model, store: ArtifactStore, *, format: str, kind: str = "llm",
                    precision: str | None = None, base_dir: Path | None = None,
                    progress: ByteProgress | None = None) -> ResolvedSource:
@@ -140,20 +166,9 @@ def resolve_source(model: Model, store: ArtifactStore, *, format: str, kind: str
         want = f"a {'/'.join(info.source_types)} source" + (f" at precision {precision}" if precision else "")
         raise BuildError(f"model {model.name!r} has no source a {format} build can use: needs {want}, has {have}",
                          hint=f"add such a source to the model {model.name!r} in the catalog")
-    failures: list[BuildError] = []
-    for source in candidates:
-        try:
-            path = locate(source, base_dir=base_dir)
-        except BuildError as e:
-            failures.append(e)
-            continue
-        digest = store.source_digest(path, progress=progress)
-        if source.sha256 and digest != f"sha256:{source.sha256}":
-            raise BuildError(f"source {path} of model {model.name!r} has {digest}, the catalog expects "
-                             f"sha256:{source.sha256}",
-                             hint="the file is corrupt or a different version: download it again, or fix "
-                                  "the source's sha256 if the new file is the one you want")
-        return ResolvedSource(path=path, digest=digest, precision=source.precision, source=source)
+    resolved, failures = first_present_source(model, store, candidates, base_dir=base_dir, progress=progress)
+    if resolved is not None:
+        return resolved
     if len(failures) == 1:
         raise failures[0]
     raise BuildError(f"none of the {len(failures)} sources of model {model.name!r} is available: "

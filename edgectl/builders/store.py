@@ -19,56 +19,27 @@ import contextlib
 import hashlib
 import json
 import os
-import re
 import secrets
 import shutil
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
+from edgectl_agent import cas
+from edgectl_agent.cas import ByteProgress, copy_and_hash, fsync_dir
+from edgectl_agent.names import DIGEST_RE, SHA256_HEX_RE, digest_hex_or_none
+from edgectl_agent.tree import TreeError, TreeFile, manifest_bytes, parse_manifest
 from pydantic import ValidationError
-
-from edgectl_agent.tree import TreeError, TreeFile, is_manifest, manifest_bytes, parse_manifest
 
 from edgectl.errors import BuildError, NotFoundError
 from edgectl.spec.artifact import BuiltArtifact
 
-CHUNK_SIZE = 1024 * 1024
-DIGEST_RE = re.compile(r"sha256:([0-9a-f]{64})")
-CACHE_KEY_RE = re.compile(r"[0-9a-f]{64}")
-
-# progress(bytes_done, bytes_total) while hashing or copying
-ByteProgress = Callable[[int, int], None]
+CACHE_KEY_RE = SHA256_HEX_RE  # a build cache key is a bare sha256 (Recipe.cache_key)
 
 
 def sha256_file(path: Path, *, progress: ByteProgress | None = None) -> str:
-    """``sha256:<hex>`` of a file, read in 1 MiB chunks."""
-    h = hashlib.sha256()
-    total = path.stat().st_size
-    done = 0
-    with open(path, "rb") as f:
-        while chunk := f.read(CHUNK_SIZE):
-            h.update(chunk)
-            done += len(chunk)
-            if progress:
-                progress(done, total)
-    return f"sha256:{h.hexdigest()}"
-
-
-def copy_and_hash(src: Path, dst: Path, *, progress: ByteProgress | None = None) -> str:
-    """Copy ``src`` to ``dst`` (fsynced) and return the sha256 of the bytes written, in one pass."""
-    h = hashlib.sha256()
-    total = src.stat().st_size
-    done = 0
-    with open(src, "rb") as fin, open(dst, "wb") as fout:
-        while chunk := fin.read(CHUNK_SIZE):
-            h.update(chunk)
-            fout.write(chunk)
-            done += len(chunk)
-            if progress:
-                progress(done, total)
-        fout.flush()
-        os.fsync(fout.fileno())
-    return f"sha256:{h.hexdigest()}"
+    """``sha256:<hex>`` of a file, read in 1 MiB chunks; a symlink is followed (a source in a Hugging Face cache
+    is one)."""
+    return cas.sha256_file(path, follow_symlinks=True, progress=progress)
 
 
 def tree_digest(folder: Path, *, progress: ByteProgress | None = None) -> str:
@@ -86,7 +57,7 @@ def tree_digest(folder: Path, *, progress: ByteProgress | None = None) -> str:
                               size=p.stat().st_size))
         done += files[-1].size
     try:
-        return "sha256:" + hashlib.sha256(manifest_bytes(files)).hexdigest()
+        return cas.sha256_bytes(manifest_bytes(files))
     except TreeError as e:
         raise BuildError(f"source folder {folder} has a file edgectl cannot ship: {e}",
                          hint="rename or remove that file") from e
@@ -94,11 +65,11 @@ def tree_digest(folder: Path, *, progress: ByteProgress | None = None) -> str:
 
 def digest_hex(digest: str) -> str:
     """The hex part of a ``sha256:<64 hex>`` digest; anything else (paths, '..', upper case) is refused."""
-    m = DIGEST_RE.fullmatch(digest) if isinstance(digest, str) else None
-    if not m:
+    hex_digest = digest_hex_or_none(digest)
+    if hex_digest is None:
         raise BuildError(f"invalid artifact digest {digest!r}",
                          hint="a digest is 'sha256:' followed by 64 lowercase hex characters")
-    return m.group(1)
+    return hex_digest
 
 
 def _check_cache_key(cache_key: str) -> str:
@@ -106,15 +77,6 @@ def _check_cache_key(cache_key: str) -> str:
         raise BuildError(f"invalid build cache key {cache_key!r}",
                          hint="a cache key is 64 lowercase hex characters (Recipe.cache_key)")
     return cache_key
-
-
-def _fsync_dir(path: Path) -> None:
-    with contextlib.suppress(OSError):  # not every filesystem lets a directory be opened/fsynced
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
 
 
 def _pid_alive(pid: int) -> bool:
@@ -197,18 +159,8 @@ class ArtifactStore:
 
     def _write_json_atomic(self, path: Path, data: dict) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.new_tmp_path(".json")
-        try:
-            with open(tmp, "w", encoding="utf-8") as f:
-                json.dump(data, f, indent=2, sort_keys=True)
-                f.write("\n")
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        finally:
-            with contextlib.suppress(FileNotFoundError):
-                tmp.unlink()
-        _fsync_dir(path.parent)
+        cas.write_atomic(path, (json.dumps(data, indent=2, sort_keys=True) + "\n").encode(),
+                         tmp=self.new_tmp_path(".json"), dir_sync_required=False)  # not every filesystem syncs folders
 
     # -- blobs -----------------------------------------------------------------------------------------------
 
@@ -243,7 +195,7 @@ class ArtifactStore:
                 staged.unlink()  # same bytes already stored
             else:
                 os.replace(staged, final)
-                _fsync_dir(final.parent)
+                fsync_dir(final.parent, required=False)
             return digest, size
         finally:
             with contextlib.suppress(FileNotFoundError):
@@ -385,11 +337,7 @@ class ArtifactStore:
 
     def is_tree(self, digest: str) -> bool:
         """Is the stored blob ``digest`` a directory artifact's manifest? (reads 16 bytes)"""
-        try:
-            with open(self.path(digest), "rb") as f:
-                return is_manifest(f.read(16))
-        except FileNotFoundError:
-            return False
+        return cas.is_manifest_file(self.path(digest))
 
     def tree_files(self, digest: str) -> list[TreeFile]:
         """The files a stored manifest lists (validated)."""
@@ -421,13 +369,7 @@ class ArtifactStore:
         stage = self.new_tmp_path(".tree")
         stage.mkdir()
         try:
-            for f in self.tree_files(artifact.digest):
-                target = stage.joinpath(*f.path.split("/"))
-                target.parent.mkdir(parents=True, exist_ok=True)
-                try:
-                    os.link(self.path(f.sha256), target)
-                except OSError:
-                    shutil.copyfile(self.path(f.sha256), target)
+            cas.link_tree(self.tree_files(artifact.digest), self.path, stage)
             self.trees_dir.mkdir(parents=True, exist_ok=True)
             try:
                 os.replace(stage, final)

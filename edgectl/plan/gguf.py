@@ -12,15 +12,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from edgectl_agent.gguf_check import GGML_TYPES
+
 from edgectl.spec.model import Architecture
 
-# ggml type -> (elements per block, bytes per block). From ggml's type traits (ggml.c).
-BLOCKS: dict[str, tuple[int, int]] = {
-    "F32": (1, 4), "F16": (1, 2), "BF16": (1, 2),
-    "Q4_0": (32, 18), "Q4_1": (32, 20), "Q5_0": (32, 22), "Q5_1": (32, 24), "Q8_0": (32, 34),
-    "IQ4_NL": (32, 18), "IQ4_XS": (256, 136),
-    "Q2_K": (256, 84), "Q3_K": (256, 110), "Q4_K": (256, 144), "Q5_K": (256, 176), "Q6_K": (256, 210),
-}
+# ggml type -> (elements per block, bytes per block): the agent's table of ggml's type traits, which its GGUF
+# header check uses too (edgectl_agent.gguf_check.GGML_TYPES).
+BLOCKS: dict[str, tuple[int, int]] = {name: (block, size) for name, block, size in GGML_TYPES.values()}
 
 # llama.cpp file type -> main ggml type of its tensors.
 FILE_TYPES: dict[str, str] = {

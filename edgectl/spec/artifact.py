@@ -7,11 +7,10 @@ import json
 from typing import Literal
 
 from edgectl_agent.api import ArtifactFormat
+from edgectl_agent.names import DIGEST_PATTERN
 from pydantic import Field
 
 from edgectl.spec.common import Frozen
-
-DIGEST_PATTERN = r"^sha256:[0-9a-f]{64}$"
 
 
 

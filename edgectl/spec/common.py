@@ -2,18 +2,15 @@
 
 from __future__ import annotations
 
-import re
 import types
-from typing import Annotated, Any, Union, get_args, get_origin
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
+from edgectl_agent.names import NAME_PATTERN
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 API_VERSION = "edgectl.dev/v1alpha1"
 
-# Names end up in file names, URLs and remote argv: a conservative DNS-label-like charset,
-# no leading '-' (would read as an option), no path separators, no shell metacharacters.
-NAME_PATTERN = r"^[a-z0-9]([a-z0-9._-]{0,61}[a-z0-9])?$"
-NAME_RE = re.compile(NAME_PATTERN)
+# Names end up in file names, URLs and remote argv: the rule the agent checks too (edgectl_agent.names).
 Name = Annotated[str, StringConstraints(pattern=NAME_PATTERN)]
 
 LABEL_PATTERN = r"^[A-Za-z0-9]([A-Za-z0-9._/-]{0,61}[A-Za-z0-9])?$"
@@ -49,3 +46,14 @@ def unwrap_annotation(ann: Any) -> Any:
                 ann = args[0]
                 continue
         return ann
+
+
+class Document(Frozen):
+    """Base of the four manifest kinds: their apiVersion, and their name (from metadata). Each kind adds its
+    ``kind`` literal, ``metadata`` (described for that kind) and ``spec``."""
+
+    apiVersion: Literal[API_VERSION] = Field(description=f"Always {API_VERSION}.")
+
+    @property
+    def name(self) -> str:
+        return self.metadata.name

@@ -7,7 +7,7 @@ from typing import Annotated, Any, Literal
 from edgectl_agent.api import ArtifactFormat
 from pydantic import Field, StringConstraints, ValidationInfo, field_validator, model_validator
 
-from edgectl.spec.common import Frozen, LabelValue, Metadata, Name
+from edgectl.spec.common import Document, Frozen, LabelValue, Metadata, Name
 
 
 class Selector(Frozen):
@@ -109,12 +109,7 @@ class DeploymentSpec(Frozen):
                              description="How the change reaches the selected devices: waves, health gate, rollback.")
 
 
-class Deployment(Frozen):
-    apiVersion: Literal["edgectl.dev/v1alpha1"] = Field(description="Always edgectl.dev/v1alpha1.")
+class Deployment(Document):
     kind: Literal["Deployment"] = Field(description="Always Deployment.")
     metadata: Metadata = Field(description="Deployment name; also the model id clients use on the device.")
     spec: DeploymentSpec = Field(description="What to run where.")
-
-    @property
-    def name(self) -> str:
-        return self.metadata.name

@@ -6,7 +6,7 @@ from typing import Annotated, Literal, Union
 
 from pydantic import Field, field_validator, model_validator
 
-from edgectl.spec.common import Frozen, LabelValue, Metadata, Name
+from edgectl.spec.common import Document, Frozen, LabelValue, Metadata, Name
 
 AUTO_PROFILE = "auto"
 
@@ -150,12 +150,7 @@ class FleetSpec(Frozen):
         return devices
 
 
-class Fleet(Frozen):
-    apiVersion: Literal["edgectl.dev/v1alpha1"] = Field(description="Always edgectl.dev/v1alpha1.")
+class Fleet(Document):
     kind: Literal["Fleet"] = Field(description="Always Fleet.")
     metadata: Metadata = Field(description="Name of the fleet.")
     spec: FleetSpec = Field(description="The devices.")
-
-    @property
-    def name(self) -> str:
-        return self.metadata.name

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from typing import Literal
 
+from edgectl_agent.names import SHA256_HEX_PATTERN
 from pydantic import Field, model_validator
 
-from edgectl.spec.common import Frozen, Metadata
+from edgectl.spec.common import Document, Frozen, Metadata
 
 
 class Architecture(Frozen):
@@ -31,7 +32,7 @@ class ModelSource(Frozen):
     file: str | None = Field(default=None, description="File name inside the package, or inside the HF repo.")
     path: str | None = Field(default=None, description="Local path of the file or directory (relative to the manifest).")
     repo: str | None = Field(default=None, description="Hugging Face repo id, e.g. HuggingFaceTB/SmolLM2-135M-Instruct.")
-    sha256: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$",
+    sha256: str | None = Field(default=None, pattern=SHA256_HEX_PATTERN,
                                description="Expected sha256 of the source file; verified before building.")
 
     @model_validator(mode="after")
@@ -76,12 +77,7 @@ class ModelSpec(Frozen):
         return self
 
 
-class Model(Frozen):
-    apiVersion: Literal["edgectl.dev/v1alpha1"] = Field(description="Always edgectl.dev/v1alpha1.")
+class Model(Document):
     kind: Literal["Model"] = Field(description="Always Model.")
     metadata: Metadata = Field(description="Catalog name of the model, used by Deployments.")
     spec: ModelSpec = Field(description="Architecture and sources.")
-
-    @property
-    def name(self) -> str:
-        return self.metadata.name

@@ -4,20 +4,15 @@ from __future__ import annotations
 
 from typing import Literal
 
+from edgectl_agent.runtimes import catalog
 from pydantic import Field
 
-from edgectl.spec.common import Frozen, Metadata
+from edgectl.spec.common import Document, Frozen, Metadata
 
-# Runtimes the agent knows, and the artifact format each one loads. Capabilities as data.
-RUNTIME_FORMATS: dict[str, str] = {
-    "llamacpp": "gguf",
-    "onnxruntime-genai": "onnx",
-    "onnxruntime": "onnx",
-    "openvino": "openvino",
-    "openvino-genai": "openvino",
-    "mlx": "mlx",
-}
-RuntimeName = Literal["llamacpp", "onnxruntime-genai", "onnxruntime", "openvino", "openvino-genai", "mlx"]
+# Runtimes a device profile may list, and the artifact format each one loads: read from the agent's runtime
+# catalog (edgectl_agent.runtimes.catalog), the one place a runtime is declared.
+RUNTIME_FORMATS: dict[str, str] = {name: catalog.entry(name).formats[0] for name in catalog.PROFILE_RUNTIME_NAMES}
+RuntimeName = Literal[catalog.PROFILE_RUNTIME_NAMES]
 
 
 class Cpu(Frozen):
@@ -64,12 +59,7 @@ class ProfileSpec(Frozen):
     notes: str | None = Field(default=None, description="Sources of the figures, caveats.")
 
 
-class DeviceProfile(Frozen):
-    apiVersion: Literal["edgectl.dev/v1alpha1"] = Field(description="Always edgectl.dev/v1alpha1.")
+class DeviceProfile(Document):
     kind: Literal["DeviceProfile"] = Field(description="Always DeviceProfile.")
     metadata: Metadata = Field(description="Name and description of the profile.")
     spec: ProfileSpec = Field(description="What the device class has.")
-
-    @property
-    def name(self) -> str:
-        return self.metadata.name

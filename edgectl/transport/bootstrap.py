@@ -25,8 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Iterable
 
 from edgectl_agent import __version__ as AGENT_VERSION
-from edgectl_agent.facts import RUNTIME_EXTRAS as AGENT_RUNTIME_EXTRAS
-from edgectl_agent.facts import RUNTIME_PACKAGES
+from edgectl_agent.runtimes.catalog import RUNTIME_EXTRAS, RUNTIME_PACKAGES
 
 from edgectl.errors import TransportError
 from edgectl.paths import edgectl_home
@@ -35,8 +34,8 @@ from edgectl.transport.local import VERIFY_KEY_FILE
 if TYPE_CHECKING:
     from edgectl.transport.ssh import SshTransport
 
-# Agent runtime -> the edgectl-agent extra that installs its library (None: nothing beyond the agent itself).
-RUNTIME_EXTRAS: dict[str, str | None] = {**AGENT_RUNTIME_EXTRAS, "fake": None}
+# RUNTIME_EXTRAS: agent runtime -> the edgectl-agent extra that installs its library (None: nothing beyond the agent
+# itself), from the agent's runtime catalog.
 UNIT_NAME = "edgectl-agent.service"
 SYSTEM_UNIT_DIR = "/etc/systemd/system"
 USER_UNIT_DIR = ".config/systemd/user"  # under the SSH user's home

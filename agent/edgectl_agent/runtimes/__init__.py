@@ -1,24 +1,36 @@
-"""Runtimes: one file each, one interface (``base.Runtime``); heavy libraries are imported only on load."""
+"""Runtimes: one file each, one interface (``base.Runtime``), one catalog (``runtimes.catalog``) that names them.
+
+Importing this package imports no runtime: ``api.py`` derives its ``RuntimeName`` from the catalog, so the package
+must load without the runtimes (which import ``api``). Its names resolve on first use; heavy libraries are imported
+only when a model is loaded.
+"""
 
 from __future__ import annotations
 
-from edgectl_agent.runtimes.base import (GenerationParams, LoadedModel, Runtime, RuntimeCapabilities, TensorModel,
-                                         TensorSpec)
-from edgectl_agent.runtimes.fake import FakeRuntime
-from edgectl_agent.runtimes.llamacpp import LlamaCppRuntime
-from edgectl_agent.runtimes.mlx import MlxRuntime
-from edgectl_agent.runtimes.onnxruntime import OnnxRuntime
-from edgectl_agent.runtimes.onnxruntime_genai import OnnxGenaiRuntime
-from edgectl_agent.runtimes.openvino import OpenVinoRuntime
-from edgectl_agent.runtimes.openvino_genai import OpenVinoGenAIRuntime
+import importlib
+from typing import TYPE_CHECKING
 
-__all__ = ["GenerationParams", "LoadedModel", "Runtime", "RuntimeCapabilities", "TensorModel", "TensorSpec",
-           "FakeRuntime", "LlamaCppRuntime", "MlxRuntime", "OnnxGenaiRuntime", "OnnxRuntime", "OpenVinoGenAIRuntime",
-           "OpenVinoRuntime", "default_runtimes"]
+from edgectl_agent.runtimes.catalog import RUNTIMES, load_class
+
+if TYPE_CHECKING:
+    from edgectl_agent.runtimes.base import Runtime
+
+# Name -> module that defines it, for ``from edgectl_agent.runtimes import X``.
+_EXPORTS = {
+    **{name: "edgectl_agent.runtimes.base" for name in ("GenerationParams", "LoadedModel", "Runtime",
+                                                          "RuntimeCapabilities", "TensorModel", "TensorSpec")},
+    **{r.implementation.partition(":")[2]: r.implementation.partition(":")[0] for r in RUNTIMES},
+}
+
+__all__ = [*sorted(_EXPORTS), "default_runtimes"]
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def default_runtimes() -> dict[str, Runtime]:
-    """Every runtime this agent ships, by the name DesiredDeployment.runtime uses."""
-    return {"llamacpp": LlamaCppRuntime(), "fake": FakeRuntime(), "onnxruntime": OnnxRuntime(),
-            "onnxruntime-genai": OnnxGenaiRuntime(), "openvino": OpenVinoRuntime(),
-            "openvino-genai": OpenVinoGenAIRuntime(), "mlx": MlxRuntime()}
+    """Every runtime this agent ships (the catalog's), by the name DesiredDeployment.runtime uses."""
+    return {r.name: load_class(r.name)() for r in RUNTIMES}

@@ -7,23 +7,43 @@ What a runtime can do is data (``RuntimeCapabilities``), and its heavy library i
 
 from __future__ import annotations
 
+import importlib
+import threading
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 from edgectl_agent.api import DesiredDeployment
+from edgectl_agent.errors import ModelUnavailable, RuntimeFailure
+from edgectl_agent.runtimes import catalog
 
 
 @dataclass(frozen=True)
 class RuntimeCapabilities:
-    formats: tuple[str, ...] = ("gguf",)
-    chat: bool = True
-    completion: bool = True
+    """What a runtime can do. Its formats, kind and extra are catalog facts (edgectl_agent.runtimes.catalog),
+    read from there by the runtime's name; the rest is the runtime's own."""
+
+    runtime: str  # its name in the catalog
     embeddings: bool = False
-    streaming: bool = True
-    extra: str | None = None  # the pip extra that provides the runtime, e.g. "llama"
+
+    @property
+    def formats(self) -> tuple[str, ...]:
+        return catalog.entry(self.runtime).formats
+
+    @property
+    def extra(self) -> str | None:
+        """The edgectl-agent extra that installs it, e.g. "llama"."""
+        return catalog.entry(self.runtime).extra
+
+    @property
+    def chat(self) -> bool:
+        return catalog.entry(self.runtime).kind == "llm"
+
+    completion = chat
+    streaming = chat
 
 
 @dataclass(frozen=True)
@@ -72,12 +92,39 @@ class LoadedModel(ABC):
 
     def smoke(self, prompt: str, max_tokens: int) -> None:
         """A real inference of a few tokens, run before the model is switched in. Raises RuntimeFailure."""
-        from edgectl_agent.errors import RuntimeFailure
-
         out = self.complete(prompt, GenerationParams(max_tokens=max_tokens, temperature=0.0))
         if not isinstance(out, dict) or not out.get("choices"):
             raise RuntimeFailure(f"smoke inference returned no choices: {str(out)[:200]}",
                                  hint="the artifact loads but does not generate; rebuild it from its source")
+
+
+class SerializedModel(LoadedModel):
+    """A model whose library runs one call at a time (llama.cpp contexts, the generate loops of TextGenModel): calls
+    hold a lock; ``close`` waits for the running one, then frees the library's model (``_free``) once, and calls
+    waiting meanwhile get ModelUnavailable."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self._lock = threading.Lock()
+        self._closed = False
+
+    @abstractmethod
+    def _free(self) -> None:
+        """Release the library's model (called once, under the lock)."""
+
+    def _acquire(self) -> None:
+        self._lock.acquire()
+        if self._closed:
+            self._lock.release()
+            raise ModelUnavailable(f"model '{self.name}' was unloaded while this request waited",
+                                   hint="retry the request; it is answered by the model now active")
+
+    def close(self) -> None:
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            self._free()
 
 
 @dataclass(frozen=True)
@@ -127,6 +174,20 @@ class TensorModel(LoadedModel):
     @abstractmethod
     def smoke(self, prompt: str, max_tokens: int) -> None:
         """Run one inference on zeros of the declared input shapes (prompt and max_tokens are ignored)."""
+
+
+def not_installed(runtime: str, error: ImportError) -> RuntimeFailure:
+    """A runtime's library is missing on this device: 422, with the install command from the catalog."""
+    return RuntimeFailure(f"the {runtime} runtime is not installed on this device ({error})",
+                          hint=f"install it: {catalog.install_hint(runtime)}", status=422)
+
+
+def import_library(runtime: str, module: str) -> ModuleType:
+    """Import ``module``, a library of ``runtime``, now (at load, never before); :func:`not_installed` if missing."""
+    try:
+        return importlib.import_module(module)
+    except ImportError as e:
+        raise not_installed(runtime, e) from e
 
 
 class Runtime(ABC):

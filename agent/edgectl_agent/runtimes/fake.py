@@ -25,8 +25,7 @@ FAKE_OPTIONS = frozenset({"embedding", "fail_smoke"})
 
 class FakeRuntime(Runtime):
     name = "fake"
-    capabilities = RuntimeCapabilities(formats=("gguf",), chat=True, completion=True, embeddings=True,
-                                       streaming=True, extra=None)
+    capabilities = RuntimeCapabilities(name, embeddings=True)
 
     def __init__(self) -> None:
         self.loads: list[str] = []  # digests loaded, in order (for tests)

@@ -11,20 +11,20 @@ internals fails the activation with a 422 and the serving model stays.
 
 from __future__ import annotations
 
+import contextlib
 import logging
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from edgectl_agent.api import DesiredDeployment
-from edgectl_agent.errors import BadRequest, ModelUnavailable, RuntimeFailure
+from edgectl_agent.errors import BadRequest, RuntimeFailure
 from edgectl_agent.gguf_check import check_gguf
-from edgectl_agent.runtimes.base import GenerationParams, LoadedModel, Runtime, RuntimeCapabilities
+from edgectl_agent.runtimes.base import (GenerationParams, LoadedModel, Runtime, RuntimeCapabilities, SerializedModel,
+                                         import_library)
 
 log = logging.getLogger(__name__)
 
-INSTALL_HINT = "pip install 'edgectl-agent[llama]'"
 
 # runtime_options a deployment may pass through to llama_cpp.Llama (everything else is refused, by name).
 LLAMA_OPTIONS = frozenset({
@@ -91,18 +91,13 @@ def _template_errors() -> tuple[type[Exception], ...]:
 
 class LlamaCppRuntime(Runtime):
     name = "llamacpp"
-    capabilities = RuntimeCapabilities(formats=("gguf",), chat=True, completion=True, embeddings=True,
-                                       streaming=True, extra="llama")
+    capabilities = RuntimeCapabilities(name, embeddings=True)
 
     def load(self, path: Path, desired: DesiredDeployment) -> LoadedModel:
         kwargs = llama_kwargs(desired)
         label = f"artifact {desired.artifact.digest}"
         header = check_gguf(path, label=label)  # a crafted header never reaches llama.cpp's C parser
-        try:
-            import llama_cpp
-        except ImportError as e:
-            raise RuntimeFailure(f"the llama.cpp runtime is not installed on this device ({e})",
-                                 hint=f"install it: {INSTALL_HINT}", status=422) from e
+        llama_cpp = import_library(self.name, "llama_cpp")
         if header.chat_template:
             check_chat_template(header.chat_template, label)
         try:
@@ -121,28 +116,20 @@ def _template_failed(e: Exception) -> BadRequest:
                            "hostile: rebuild it", code="chat_template_failed")
 
 
-class LlamaCppModel(LoadedModel):
+class LlamaCppModel(SerializedModel):
     def __init__(self, llm: Any, *, embeddings: bool, name: str) -> None:
+        super().__init__(name)
         self._llm = llm
-        self._lock = threading.Lock()
-        self._closed = False
         self.supports_embeddings = embeddings
-        self.name = name
         self._template_errors = _template_errors()
 
-    def _acquire(self) -> None:
-        self._lock.acquire()
-        if self._closed:
-            self._lock.release()
-            raise ModelUnavailable(f"model '{self.name}' was unloaded while this request waited",
-                                   hint="retry the request; it is answered by the model now active")
-
-    # The Llama method is looked up by name once the lock is held: a closed model has none (ModelUnavailable).
-    def _run(self, method: str, *args, **kwargs):
+    @contextlib.contextmanager
+    def _locked_call(self) -> Iterator[None]:
+        """Hold the lock for one call and translate llama.cpp's errors into the request's."""
         self._acquire()
         try:
-            return getattr(self._llm, method)(*args, **kwargs)
-        except (ValueError, RuntimeError) as e:
+            yield
+        except (ValueError, RuntimeError) as e:  # llama.cpp's own checks (e.g. the prompt exceeds the context)
             raise BadRequest(f"llama.cpp rejected the request: {e}",
                              hint="shorten the prompt or max_tokens to fit the deployment's context_length") from e
         except self._template_errors as e:  # the sandbox refused the template (SecurityError) or it failed
@@ -150,9 +137,13 @@ class LlamaCppModel(LoadedModel):
         finally:
             self._lock.release()
 
+    # The Llama method is looked up by name once the lock is held: a closed model has none (ModelUnavailable).
+    def _run(self, method: str, *args, **kwargs):
+        with self._locked_call():
+            return getattr(self._llm, method)(*args, **kwargs)
+
     def _stream(self, method: str, *args, **kwargs) -> Iterator[dict[str, Any]]:
-        self._acquire()
-        try:
+        with self._locked_call():
             it = getattr(self._llm, method)(*args, stream=True, **kwargs)
             try:
                 yield from it
@@ -160,13 +151,6 @@ class LlamaCppModel(LoadedModel):
                 close = getattr(it, "close", None)
                 if close is not None:
                     close()
-        except (ValueError, RuntimeError) as e:
-            raise BadRequest(f"llama.cpp rejected the request: {e}",
-                             hint="shorten the prompt or max_tokens to fit the deployment's context_length") from e
-        except self._template_errors as e:  # the sandbox refused the template (SecurityError) or it failed
-            raise _template_failed(e) from e
-        finally:
-            self._lock.release()
 
     def chat(self, messages, params: GenerationParams, *, stream: bool = False):
         kw = params.as_kwargs()
@@ -192,12 +176,8 @@ class LlamaCppModel(LoadedModel):
                 item["embedding"] = [sum(col) / len(vec) for col in zip(*vec)]
         return out
 
-    def close(self) -> None:
-        with self._lock:
-            if self._closed:
-                return
-            self._closed = True
-            close = getattr(self._llm, "close", None)
-            if close is not None:
-                close()
-            self._llm = None
+    def _free(self) -> None:
+        close = getattr(self._llm, "close", None)
+        if close is not None:
+            close()
+        self._llm = None

@@ -22,13 +22,14 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from edgectl_agent.api import DesiredDeployment
-from edgectl_agent.errors import BadRequest, RuntimeFailure
-from edgectl_agent.runtimes.base import GenerationParams, LoadedModel, Runtime, RuntimeCapabilities
+from edgectl_agent.errors import RuntimeFailure
+from edgectl_agent.runtimes import catalog
+from edgectl_agent.runtimes.base import GenerationParams, LoadedModel, Runtime, RuntimeCapabilities, not_installed
 from edgectl_agent.runtimes.textgen import TextGenModel
 
 log = logging.getLogger(__name__)
 
-INSTALL_HINT = "pip install 'edgectl-agent[mlx]'"
+INSTALL_HINT = catalog.install_hint("mlx")
 # OpenAI's defaults when a request leaves them out (top_p 1.0 = no nucleus cut).
 DEFAULT_TEMPERATURE = 1.0
 DEFAULT_TOP_P = 1.0
@@ -186,8 +187,7 @@ def _release_mlx_memory() -> None:
 
 class MlxRuntime(Runtime):
     name = "mlx"
-    capabilities = RuntimeCapabilities(formats=("mlx",), chat=True, completion=True, embeddings=False,
-                                       streaming=True, extra="mlx")
+    capabilities = RuntimeCapabilities(name)
 
     def load(self, path: Path, desired: DesiredDeployment) -> LoadedModel:
         kwargs = generate_kwargs(desired)
@@ -202,8 +202,7 @@ class MlxRuntime(Runtime):
         try:
             mlx_lm = worker.call(importlib.import_module, "mlx_lm")
         except ImportError as e:
-            raise RuntimeFailure(f"the mlx runtime is not installed on this device ({e})",
-                                 hint=f"install it: {INSTALL_HINT}", status=422) from e
+            raise not_installed(self.name, e) from e
         try:
             model, tokenizer = worker.call(_load_mlx, path, desired)
         except (ValueError, KeyError, OSError, RuntimeError) as e:
@@ -221,11 +220,12 @@ class MlxRuntime(Runtime):
 class MlxModel(TextGenModel):
     """One mlx-lm model and tokenizer; generations run one at a time (TextGenModel's lock)."""
 
+    max_tokens_must_fit = True  # stream_generate does not stop at the context's end
+
     def __init__(self, name: str, folder: Path, model: Any, tokenizer: Any, worker: MlxThread, *,
                  context_length: int, generate_kwargs: dict[str, Any]) -> None:
-        super().__init__(name, folder)
+        super().__init__(name, folder, context_length=context_length)
         self._model, self._tokenizer, self._worker = model, tokenizer, worker
-        self._context_length = context_length
         self._generate_kwargs = generate_kwargs
 
     def _encode(self, text: str) -> list[int]:
@@ -242,11 +242,7 @@ class MlxModel(TextGenModel):
         from mlx_lm.sample_utils import make_sampler
 
         tokens = self._encode(prompt)
-        if len(tokens) + max_tokens > self._context_length:
-            raise BadRequest(f"prompt ({len(tokens)} tokens) + max_tokens ({max_tokens}) exceed the context length "
-                             f"{self._context_length} of deployment '{self.name}'",
-                             hint="shorten the prompt or max_tokens, or deploy with a larger context_length",
-                             param="max_tokens")
+        max_tokens = self._fit_to_context(len(tokens), max_tokens)
         if params.seed is not None:
             self._worker.call(mx.random.seed, params.seed)
         # A generator: nothing runs until the mlx thread advances it.

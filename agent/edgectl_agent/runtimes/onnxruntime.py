@@ -14,12 +14,11 @@ from typing import Any
 
 from edgectl_agent.api import DesiredDeployment
 from edgectl_agent.errors import RuntimeFailure
-from edgectl_agent.runtimes.base import Runtime, RuntimeCapabilities, TensorSpec
+from edgectl_agent.runtimes.base import Runtime, RuntimeCapabilities, TensorSpec, import_library
 from edgectl_agent.runtimes.tensor import KSERVE_TO_NUMPY, NUMPY_TO_KSERVE, ArrayTensorModel
 
 log = logging.getLogger(__name__)
 
-INSTALL_HINT = "pip install 'edgectl-agent[onnx]'"
 PLATFORM = "onnxruntime_onnx"
 ONNX_OPTIONS = frozenset({"inter_op_threads", "graph_optimization_level"})
 OPT_LEVELS = {"disable": "ORT_DISABLE_ALL", "basic": "ORT_ENABLE_BASIC", "extended": "ORT_ENABLE_EXTENDED",
@@ -65,11 +64,7 @@ def _all_tensors(graph) -> Iterator[Any]:
 def check_external_data(path: Path) -> list[str]:
     """The external-data locations of the model at ``path`` (all inside its directory); RuntimeFailure if one
     escapes it or the file is not an ONNX model."""
-    try:
-        import onnx
-    except ImportError as e:
-        raise RuntimeFailure(f"the onnx runtime is not installed on this device ({e})",
-                             hint=f"install it: {INSTALL_HINT}", status=422) from e
+    onnx = import_library("onnxruntime", "onnx")
     try:
         model = onnx.load(str(path), load_external_data=False)
     except Exception as e:  # noqa: BLE001 — protobuf raises DecodeError and friends
@@ -122,15 +117,10 @@ def session_options(desired: DesiredDeployment, ort: Any) -> Any:
 
 class OnnxRuntime(Runtime):
     name = "onnxruntime"
-    capabilities = RuntimeCapabilities(formats=("onnx",), chat=False, completion=False, embeddings=False,
-                                       streaming=False, extra="onnx")
+    capabilities = RuntimeCapabilities(name)
 
     def load(self, path: Path, desired: DesiredDeployment) -> OnnxModel:
-        try:
-            import onnxruntime as ort
-        except ImportError as e:
-            raise RuntimeFailure(f"the onnxruntime runtime is not installed on this device ({e})",
-                                 hint=f"install it: {INSTALL_HINT}", status=422) from e
+        ort = import_library(self.name, "onnxruntime")
         options = session_options(desired, ort)
         check_external_data(path)
         try:
@@ -156,5 +146,5 @@ class OnnxModel(ArrayTensorModel):
         return session.run(names, feeds)
 
 
-__all__ = ["OnnxRuntime", "OnnxModel", "check_external_data", "INSTALL_HINT", "PLATFORM", "KSERVE_TO_NUMPY",
+__all__ = ["OnnxRuntime", "OnnxModel", "check_external_data", "PLATFORM", "KSERVE_TO_NUMPY",
            "NUMPY_TO_KSERVE"]

@@ -14,13 +14,12 @@ from pathlib import Path
 from typing import Any
 
 from edgectl_agent.api import DesiredDeployment
-from edgectl_agent.errors import BadRequest, RuntimeFailure
-from edgectl_agent.runtimes.base import GenerationParams, Runtime, RuntimeCapabilities
+from edgectl_agent.errors import RuntimeFailure
+from edgectl_agent.runtimes.base import GenerationParams, Runtime, RuntimeCapabilities, import_library
 from edgectl_agent.runtimes.onnxruntime import check_external_data
 from edgectl_agent.runtimes.textgen import TextGenModel
 from edgectl_agent.tree import TreeError, check_relpath
 
-INSTALL_HINT = "pip install 'edgectl-agent[onnx-genai]'"
 
 
 def genai_config(folder: Path) -> dict[str, Any]:
@@ -78,10 +77,9 @@ def search_options(params: GenerationParams, prompt_tokens: int, max_tokens: int
 class GenaiModel(TextGenModel):
     def __init__(self, name: str, folder: Path, og: Any, model: Any, *, context_length: int,
                  eos: frozenset[int]) -> None:
-        super().__init__(name, folder)
+        super().__init__(name, folder, context_length=context_length)
         self._og, self._model = og, model
         self._tokenizer = og.Tokenizer(model)
-        self._context_length = context_length
         self._eos = eos  # the end token is not text: it ends the answer instead of being yielded
 
     def _count(self, text: str) -> int:
@@ -89,11 +87,9 @@ class GenaiModel(TextGenModel):
 
     def _pieces(self, prompt: str, params: GenerationParams, max_tokens: int) -> Iterator[str]:
         tokens = self._tokenizer.encode(prompt)
-        if len(tokens) >= self._context_length:
-            raise BadRequest(f"the prompt is {len(tokens)} tokens; model '{self.name}' holds {self._context_length}",
-                             hint="send a shorter prompt or deploy with a larger context_length")
+        max_tokens = self._fit_to_context(len(tokens), max_tokens)
         gp = self._og.GeneratorParams(self._model)
-        gp.set_search_options(**search_options(params, len(tokens), max_tokens, self._context_length))
+        gp.set_search_options(**search_options(params, len(tokens), max_tokens, self.context_length))
         generator = self._og.Generator(self._model, gp)
         stream = self._tokenizer.create_stream()
         try:
@@ -116,15 +112,10 @@ class GenaiModel(TextGenModel):
 
 class OnnxGenaiRuntime(Runtime):
     name = "onnxruntime-genai"
-    capabilities = RuntimeCapabilities(formats=("onnx",), chat=True, completion=True, embeddings=False,
-                                       streaming=True, extra="onnx-genai")
+    capabilities = RuntimeCapabilities(name)
 
     def load(self, path: Path, desired: DesiredDeployment) -> GenaiModel:
-        try:
-            import onnxruntime_genai as og
-        except ImportError as e:
-            raise RuntimeFailure(f"the onnxruntime-genai runtime is not installed on this device ({e})",
-                                 hint=f"install it: {INSTALL_HINT}", status=422) from e
+        og = import_library(self.name, "onnxruntime_genai")
         if desired.runtime_options:
             raise RuntimeFailure(f"deployment '{desired.name}': onnxruntime-genai takes no runtime_options "
                                  f"({sorted(desired.runtime_options)})", hint="remove runtime_options")

@@ -16,11 +16,10 @@ from typing import Any
 
 from edgectl_agent.api import DesiredDeployment
 from edgectl_agent.errors import RuntimeFailure
-from edgectl_agent.runtimes.base import Runtime, RuntimeCapabilities, TensorSpec
+from edgectl_agent.runtimes.base import Runtime, RuntimeCapabilities, TensorSpec, import_library
 from edgectl_agent.runtimes.tensor import NUMPY_TO_KSERVE, ArrayTensorModel
 from edgectl_agent.tree import TreeError, check_relpath
 
-INSTALL_HINT = "pip install 'edgectl-agent[openvino]'"
 PLATFORM = "openvino_ir"
 MODEL_XML = "model.xml"
 DEFAULT_DEVICE = "CPU"
@@ -101,8 +100,7 @@ def _spec(port: Any) -> TensorSpec:
 
 class OpenVinoRuntime(Runtime):
     name = "openvino"
-    capabilities = RuntimeCapabilities(formats=("openvino",), chat=False, completion=False, embeddings=False,
-                                       streaming=False, extra="openvino")
+    capabilities = RuntimeCapabilities(name)
 
     def load(self, path: Path, desired: DesiredDeployment) -> OpenVinoModel:
         device, config = tensor_config(desired, cache=cache_root(path))
@@ -111,11 +109,7 @@ class OpenVinoRuntime(Runtime):
             raise RuntimeFailure(f"artifact {desired.artifact.digest} has no {MODEL_XML}",
                                  hint="build the model with edgectl as format openvino (kind tensor): a folder of "
                                       "model.xml and model.bin")
-        try:
-            import openvino as ov
-        except ImportError as e:
-            raise RuntimeFailure(f"the openvino runtime is not installed on this device ({e})",
-                                 hint=f"install it: {INSTALL_HINT}", status=422) from e
+        ov = import_library(self.name, "openvino")
         core = ov.Core()
         try:
             compiled = core.compile_model(str(xml), device, config)
@@ -139,4 +133,4 @@ class OpenVinoModel(ArrayTensorModel):
         return [results[compiled.output(n)].copy() for n in names]
 
 
-__all__ = ["OpenVinoRuntime", "OpenVinoModel", "openvino_config", "tensor_config", "INSTALL_HINT", "PLATFORM"]
+__all__ = ["OpenVinoRuntime", "OpenVinoModel", "openvino_config", "tensor_config", "PLATFORM"]

@@ -17,11 +17,10 @@ from typing import Any
 
 from edgectl_agent.api import DesiredDeployment
 from edgectl_agent.errors import BadRequest, RuntimeFailure
-from edgectl_agent.runtimes.base import GenerationParams, Runtime, RuntimeCapabilities
+from edgectl_agent.runtimes.base import GenerationParams, Runtime, RuntimeCapabilities, import_library
 from edgectl_agent.runtimes.openvino import cache_root, load_failure, openvino_config
 from edgectl_agent.runtimes.textgen import TextGenModel
 
-INSTALL_HINT = "pip install 'edgectl-agent[openvino-genai]'"
 REQUIRED_FILES = ("openvino_model.xml", "openvino_model.bin", "openvino_tokenizer.xml", "openvino_detokenizer.xml")
 # runtime_options key -> LLMPipeline property name (besides "device").
 GENAI_PROPERTIES = {"performance_hint": "PERFORMANCE_HINT", "inference_precision": "INFERENCE_PRECISION_HINT",
@@ -71,8 +70,7 @@ class IncrementalDecoder:
 
 class OpenVinoGenAIRuntime(Runtime):
     name = "openvino-genai"
-    capabilities = RuntimeCapabilities(formats=("openvino",), chat=True, completion=True, embeddings=False,
-                                       streaming=True, extra="openvino-genai")
+    capabilities = RuntimeCapabilities(name)
 
     def load(self, path: Path, desired: DesiredDeployment) -> OpenVinoGenAIModel:
         device, config = openvino_config(desired, GENAI_PROPERTIES, cache=cache_root(path))
@@ -83,11 +81,7 @@ class OpenVinoGenAIRuntime(Runtime):
                                  f"{', '.join(missing)}",
                                  hint="build the model with edgectl as format openvino (kind llm), which converts "
                                       "the tokenizer too")
-        try:
-            import openvino_genai as og
-        except ImportError as e:
-            raise RuntimeFailure(f"the openvino-genai runtime is not installed on this device ({e})",
-                                 hint=f"install it: {INSTALL_HINT}", status=422) from e
+        og = import_library(self.name, "openvino_genai")
         try:
             pipe = og.LLMPipeline(str(path), device, **config)
         except Exception as e:  # noqa: BLE001  (openvino-genai raises RuntimeError and OpenVINO's classes)
@@ -99,22 +93,16 @@ class OpenVinoGenAIRuntime(Runtime):
 
 class OpenVinoGenAIModel(TextGenModel):
     def __init__(self, pipe: Any, og: Any, *, name: str, folder: Path, context_length: int) -> None:
-        super().__init__(name, folder)
+        super().__init__(name, folder, context_length=context_length)
         self._pipe = pipe
         self._og = og
         self._tokenizer = pipe.get_tokenizer()
-        self._context_length = context_length
 
     def _count(self, text: str) -> int:
         return int(self._tokenizer.encode(text, add_special_tokens=False).input_ids.shape[1])
 
     def _pieces(self, prompt: str, params: GenerationParams, max_tokens: int) -> Iterator[str]:
-        prompt_tokens = self._count(prompt)
-        if prompt_tokens >= self._context_length:
-            raise BadRequest(f"the prompt is {prompt_tokens} tokens; deployment '{self.name}' has a context of "
-                             f"{self._context_length}",
-                             hint="shorten the prompt, or raise the deployment's context_length")
-        budget = min(max_tokens, self._context_length - prompt_tokens)
+        budget = self._fit_to_context(self._count(prompt), max_tokens)
         config = sampling(self._pipe.get_generation_config(), params, budget)
         pieces: queue.Queue = queue.Queue()
         cancel = threading.Event()
@@ -167,4 +155,4 @@ def _streamer_class(og: Any) -> type:
     return QueueStreamer
 
 
-__all__ = ["OpenVinoGenAIRuntime", "OpenVinoGenAIModel", "IncrementalDecoder", "sampling", "INSTALL_HINT"]
+__all__ = ["OpenVinoGenAIRuntime", "OpenVinoGenAIModel", "IncrementalDecoder", "sampling"]

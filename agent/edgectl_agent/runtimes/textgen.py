@@ -13,7 +13,6 @@ Jinja's ImmutableSandboxedEnvironment: a template cannot reach Python internals 
 from __future__ import annotations
 
 import json
-import threading
 import time
 import uuid
 from abc import abstractmethod
@@ -21,8 +20,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from edgectl_agent.errors import BadRequest, ModelUnavailable, RuntimeFailure
-from edgectl_agent.runtimes.base import GenerationParams, LoadedModel
+from edgectl_agent.errors import BadRequest, RuntimeFailure
+from edgectl_agent.runtimes.base import GenerationParams, SerializedModel
 
 DEFAULT_MAX_TOKENS = 16  # OpenAI's default for completions; llama-cpp-python uses the same
 MAX_TEMPLATE_BYTES = 256 * 1024
@@ -103,14 +102,18 @@ def compile_chat_template(template: str | None, tokens: dict[str, str]):
     return render
 
 
-class TextGenModel(LoadedModel):
-    """OpenAI responses from a text-piece generator. Subclasses: ``_count``, ``_pieces``, ``_free``."""
+class TextGenModel(SerializedModel):
+    """OpenAI responses from a text-piece generator. Subclasses: ``_count``, ``_pieces``, ``_free``; their
+    ``_pieces`` asks :meth:`_fit_to_context` how many tokens a prompt leaves room for."""
 
-    def __init__(self, name: str, folder: Path) -> None:
-        self.name = name
+    # True where the library cannot end a generation at the context's end (mlx-lm): then a request whose prompt +
+    # max_tokens do not fit is refused up front, instead of being cut short.
+    max_tokens_must_fit: bool = False
+
+    def __init__(self, name: str, folder: Path, *, context_length: int | None = None) -> None:
+        super().__init__(name)
+        self.context_length = context_length  # tokens the deployment holds, the prompt included; None: unbounded
         self._render = compile_chat_template(read_chat_template(folder), special_tokens(folder))
-        self._lock = threading.Lock()
-        self._closed = False
 
     # -- what a runtime implements ------------------------------------------------------------------------------
     @abstractmethod
@@ -121,17 +124,23 @@ class TextGenModel(LoadedModel):
     def _pieces(self, prompt: str, params: GenerationParams, max_tokens: int) -> Iterator[str]:
         """Decoded text, one piece per generated token, at most ``max_tokens``, ending at end-of-sequence."""
 
-    @abstractmethod
-    def _free(self) -> None:
-        """Release the library's model (called once, under the lock)."""
-
     # -- shared -------------------------------------------------------------------------------------------------
-    def _acquire(self) -> None:
-        self._lock.acquire()
-        if self._closed:
-            self._lock.release()
-            raise ModelUnavailable(f"model '{self.name}' was unloaded while this request waited",
-                                   hint="retry the request; it is answered by the model now active")
+    def _fit_to_context(self, prompt_tokens: int, max_tokens: int) -> int:
+        """How many tokens this request may generate: ``max_tokens``, cut to what the context leaves after the
+        prompt. BadRequest when the prompt alone fills the context (or, with ``max_tokens_must_fit``, when prompt +
+        max_tokens exceed it)."""
+        context = self.context_length
+        if context is None:
+            return max_tokens
+        if self.max_tokens_must_fit and prompt_tokens + max_tokens > context:
+            raise BadRequest(f"prompt ({prompt_tokens} tokens) + max_tokens ({max_tokens}) exceed the context length "
+                             f"{context} of deployment '{self.name}'",
+                             hint="shorten the prompt or max_tokens, or deploy with a larger context_length",
+                             param="max_tokens")
+        if prompt_tokens >= context:
+            raise BadRequest(f"the prompt is {prompt_tokens} tokens; deployment '{self.name}' has a context of "
+                             f"{context}", hint="shorten the prompt, or deploy with a larger context_length")
+        return min(max_tokens, context - prompt_tokens)
 
     def _generate(self, prompt: str, params: GenerationParams) -> Iterator[tuple[str, str | None]]:
         """(text, finish_reason) pairs: text pieces with stop strings applied, then ("", reason). Holds the lock
@@ -219,10 +228,3 @@ class TextGenModel(LoadedModel):
         raise BadRequest(f"model '{self.name}' does not support embeddings",
                          hint="serve an embedding model as GGUF with runtime_options: {embedding: true}",
                          param="model", code="embeddings_not_supported")
-
-    def close(self) -> None:
-        with self._lock:
-            if self._closed:
-                return
-            self._closed = True
-            self._free()

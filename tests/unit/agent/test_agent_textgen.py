@@ -97,3 +97,28 @@ def test_broken_template_fails_the_load_and_no_template_falls_back(tmp_path):
     m = Toy(tmp_path, ["ok"])
     m.chat([{"role": "user", "content": "hi"}], GenerationParams())
     assert m.prompts == ["user: hi\nassistant:"]
+
+
+class Bounded(Toy):
+    """A toy whose deployment holds ``context`` tokens."""
+
+    def __init__(self, folder, pieces, context, *, must_fit=False):
+        TextGenModel.__init__(self, "toy", folder, context_length=context)
+        self.pieces, self.prompts, self.freed = pieces, [], False
+        self.max_tokens_must_fit = must_fit
+
+    def _pieces(self, prompt, params, max_tokens):
+        max_tokens = self._fit_to_context(self._count(prompt), max_tokens)
+        yield from self.pieces[:max_tokens]
+
+
+def test_the_context_bounds_a_generation_and_refuses_a_prompt_that_fills_it(folder):
+    m = Bounded(folder, ["a", "b", "c", "d"], context=4)
+    assert m.complete("x y", GenerationParams(max_tokens=10))["choices"][0]["text"] == "ab"  # 2 + 2 = 4
+    with pytest.raises(BadRequest, match="the prompt is 4 tokens; deployment 'toy' has a context of 4"):
+        m.complete("w x y z", GenerationParams(max_tokens=1))
+    strict = Bounded(folder, ["a", "b", "c", "d"], context=4, must_fit=True)
+    assert strict.complete("x y", GenerationParams(max_tokens=2))["choices"][0]["text"] == "ab"
+    with pytest.raises(BadRequest, match=r"prompt \(2 tokens\) \+ max_tokens \(3\) exceed the context length 4") as e:
+        strict.complete("x y", GenerationParams(max_tokens=3))
+    assert e.value.param == "max_tokens"

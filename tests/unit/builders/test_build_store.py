@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from edgectl_agent.cas import HASH_CHUNK
+
 from edgectl.builders import store as store_module
 from edgectl.builders.store import ArtifactStore, sha256_file
 from edgectl.errors import BuildError, NotFoundError
@@ -32,7 +34,7 @@ def _put(store: ArtifactStore, data: bytes) -> tuple[str, int]:
 
 
 def test_sha256_file_matches_hashlib_across_chunks(tmp_path: Path) -> None:
-    data = os.urandom(3 * store_module.CHUNK_SIZE + 17)
+    data = os.urandom(3 * HASH_CHUNK + 17)
     path = tmp_path / "f"
     path.write_bytes(data)
     seen: list[tuple[int, int]] = []
