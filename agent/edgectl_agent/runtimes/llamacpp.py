@@ -11,6 +11,7 @@ internals fails the activation with a 422 and the serving model stays.
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 from collections.abc import Iterator
@@ -21,6 +22,7 @@ from edgectl_agent.api import DesiredDeployment
 from edgectl_agent.errors import BadRequest, ModelUnavailable, RuntimeFailure
 from edgectl_agent.gguf_check import check_gguf
 from edgectl_agent.runtimes.base import GenerationParams, LoadedModel, Runtime, RuntimeCapabilities
+from edgectl_agent.runtimes.extras import INCLUDE_USAGE, RESPONSE_FORMAT, ChatExtras, usage_chunk
 
 log = logging.getLogger(__name__)
 
@@ -121,7 +123,49 @@ def _template_failed(e: Exception) -> BadRequest:
                            "hostile: rebuild it", code="chat_template_failed")
 
 
+# -- features beyond sampling (edgectl_agent.runtimes.extras) ------------------------------------------------
+def compile_json_grammar(schema: dict[str, Any], param: str) -> Any:
+    """A llama.cpp grammar that admits exactly the JSON valid against ``schema`` (llama-cpp-python's JSON Schema
+    converter, then llama.cpp's GBNF parser). A schema either cannot handle is a 400 naming ``param``."""
+    from llama_cpp.llama_grammar import LlamaGrammar
+
+    try:
+        return LlamaGrammar.from_json_schema(json.dumps(schema), verbose=False)
+    except Exception as e:  # noqa: BLE001 - the converter fails with AssertionError, KeyError, ValueError, ...
+        raise BadRequest(f"{param}: llama.cpp cannot compile this JSON Schema into a grammar: "
+                         f"{type(e).__name__}: {e}", param=param, code="invalid_json_schema",
+                         hint="use the JSON Schema subset llama.cpp supports (type, properties, required, items, "
+                              "enum, const, anyOf, $ref to $defs, patterns anchored with ^...$)") from e
+
+
+class SampledTokens:
+    """A logits processor that changes nothing and counts: the prompt's tokens (the context when the first token
+    is sampled) and the tokens sampled. llama.cpp does not count an end-of-generation token in usage, so a stream
+    that finished with "stop" counts one less (with a stop string the count is then one low, as the streamed
+    text is)."""
+
+    def __init__(self) -> None:
+        self.prompt_tokens = 0
+        self.sampled = 0
+
+    def __call__(self, input_ids: Any, scores: Any) -> Any:
+        if self.sampled == 0:
+            self.prompt_tokens = len(input_ids)
+        self.sampled += 1
+        return scores
+
+    def completion_tokens(self, finish_reason: str | None) -> int:
+        return max(self.sampled - (1 if finish_reason == "stop" else 0), 0)
+
+
+def _finish_reason(chunk: dict[str, Any] | None) -> str | None:
+    choices = (chunk or {}).get("choices") or []
+    return choices[0].get("finish_reason") if choices else None
+
+
 class LlamaCppModel(LoadedModel):
+    extra_features = frozenset({RESPONSE_FORMAT, INCLUDE_USAGE})
+
     def __init__(self, llm: Any, *, embeddings: bool, name: str) -> None:
         self._llm = llm
         self._lock = threading.Lock()
@@ -179,6 +223,37 @@ class LlamaCppModel(LoadedModel):
         if stream:
             return self._stream("create_completion", prompt, **kw)
         return self._run("create_completion", prompt, **kw)
+
+    def chat_with_extras(self, messages, params: GenerationParams, extras: ChatExtras, *, stream: bool = False):
+        kw = {**params.as_kwargs(), **self._grammar_kwargs(extras)}
+        if stream:
+            return self._stream_extras("create_chat_completion", extras, messages=messages, **kw)
+        return self._run("create_chat_completion", messages=messages, **kw)
+
+    def complete_with_extras(self, prompt: str, params: GenerationParams, extras: ChatExtras, *,
+                             stream: bool = False):
+        kw = {**params.as_kwargs(), **self._grammar_kwargs(extras)}
+        if stream:
+            return self._stream_extras("create_completion", extras, prompt, **kw)
+        return self._run("create_completion", prompt, **kw)
+
+    @staticmethod
+    def _grammar_kwargs(extras: ChatExtras) -> dict[str, Any]:
+        if extras.json_schema is None:
+            return {}
+        return {"grammar": compile_json_grammar(extras.json_schema, extras.schema_param)}
+
+    def _stream_extras(self, method: str, extras: ChatExtras, *args, **kwargs) -> Iterator[dict[str, Any]]:
+        if not extras.include_usage:
+            yield from self._stream(method, *args, **kwargs)
+            return
+        counter = SampledTokens()
+        last = None
+        for chunk in self._stream(method, *args, logits_processor=[counter], **kwargs):
+            last = chunk
+            yield chunk
+        base = {k: v for k, v in (last or {}).items() if k not in ("choices", "usage")}
+        yield usage_chunk(base, counter.prompt_tokens, counter.completion_tokens(_finish_reason(last)))
 
     def embed(self, inputs: list[str]) -> dict[str, Any]:
         if not self.supports_embeddings:
