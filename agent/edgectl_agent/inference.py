@@ -35,8 +35,9 @@ def serving_llm(request: Request, model: str) -> Serving:
 def check_extras(serving: Serving, extras: ChatExtras) -> None:
     """A 400 naming the first requested field the deployment's runtime does not implement, and the runtime."""
     supported = getattr(serving.model, "extra_features", frozenset())
-    for name in extras.requested():
-        if name not in supported:
+    for feature in extras.requested():
+        if feature not in supported:
+            name = extras.field_of(feature)
             raise BadRequest(f"'{name}' is not supported by the '{serving.desired.runtime}' runtime that serves "
                              f"deployment '{serving.desired.name}'", param=name, code="unsupported_parameter",
                              hint=f"leave '{name}' out, or serve the model with a runtime that has it (llamacpp)")

@@ -26,6 +26,7 @@ import json
 import struct
 import time
 from collections.abc import AsyncIterator, Iterator
+from contextlib import aclosing
 from typing import Any, Literal
 
 from fastapi import APIRouter, Request
@@ -205,18 +206,19 @@ def timings_chunk(obj: str, ttft_s: float | None, tokens: int, decode_s: float) 
 async def _sse(request: Request, serving: Serving, chunks: Iterator[dict[str, Any]],
                started: float) -> AsyncIterator[str]:
     kind = "chat.completion.chunk"
-    async for item in pull_stream(request, serving, chunks, started):
-        if isinstance(item, AgentError):
-            yield f"data: {json.dumps(item.body())}\n\n"
-            return
-        if isinstance(item, StreamEnd):
-            if request.headers.get(TIMINGS_HEADER):
-                timings = timings_chunk(kind, item.ttft_s, item.tokens, item.decode_s)
-                yield f"data: {json.dumps(_stamp(timings, serving))}\n\n"
-            yield "data: [DONE]\n\n"
-            return
-        kind = item.get("object") or kind
-        yield f"data: {json.dumps(_stamp(item, serving))}\n\n"
+    async with aclosing(pull_stream(request, serving, chunks, started)) as items:
+        async for item in items:
+            if isinstance(item, AgentError):
+                yield f"data: {json.dumps(item.body())}\n\n"
+                return
+            if isinstance(item, StreamEnd):
+                if request.headers.get(TIMINGS_HEADER):
+                    timings = timings_chunk(kind, item.ttft_s, item.tokens, item.decode_s)
+                    yield f"data: {json.dumps(_stamp(timings, serving))}\n\n"
+                yield "data: [DONE]\n\n"
+                return
+            kind = item.get("object") or kind
+            yield f"data: {json.dumps(_stamp(item, serving))}\n\n"
 
 
 def _stream_response(request: Request, serving: Serving, chunks, started: float) -> StreamingResponse:

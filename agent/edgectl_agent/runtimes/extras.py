@@ -19,11 +19,13 @@ INCLUDE_USAGE = "stream_options.include_usage"
 class ChatExtras:
     """``json_schema``: the reply must be JSON valid against this schema (grammar-constrained decoding); ``{}``
     is any JSON value, ``{"type": "object"}`` any object (OpenAI's ``json_object``). ``schema_param``: the request
-    field the schema came from, named in errors. ``include_usage``: a stream ends with a chunk carrying ``usage``
+    field the schema came from, named in errors; ``format_field``: the request field that asked for a format
+    (OpenAI's ``response_format``, Ollama's ``format``). ``include_usage``: a stream ends with a chunk carrying ``usage``
     and no choices (OpenAI's ``stream_options.include_usage``)."""
 
     json_schema: dict[str, Any] | None = None
     schema_param: str = "response_format.json_schema.schema"
+    format_field: str = RESPONSE_FORMAT
     include_usage: bool = False
 
     def requested(self) -> list[str]:
@@ -34,6 +36,10 @@ class ChatExtras:
         if self.include_usage:
             names.append(INCLUDE_USAGE)
         return names
+
+    def field_of(self, feature: str) -> str:
+        """The request field to name in an error about ``feature``."""
+        return self.format_field if feature == RESPONSE_FORMAT else feature
 
     def __bool__(self) -> bool:
         return bool(self.requested())
