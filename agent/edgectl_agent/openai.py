@@ -11,12 +11,16 @@ Fields beyond sampling, and who answers them:
   JSON object; ``{"type": "text"}`` is the default. A schema llama.cpp cannot compile is a 400 naming
   ``response_format.json_schema.schema``.
 - ``stream_options.include_usage``: a stream ends with a chunk carrying ``usage`` and empty ``choices``.
-- Both need a runtime that implements them (``edgectl_agent.runtimes.extras``: llamacpp; the fake runtime has
-  include_usage); any other runtime answers a 400 naming the field and the runtime.
-- ``n`` > 1, ``logprobs``/``top_logprobs`` and ``tools``/``tool_choice`` are refused with a 400 naming the field:
-  one choice per request, llama.cpp returns logprobs only for models loaded with all logits kept (not done here),
-  and tool calling is not implemented. Other unknown OpenAI fields (``user``, ``presence_penalty``, ...) are
-  accepted and ignored, as other OpenAI servers do.
+- ``tools`` / ``tool_choice`` (``auto``, ``required``, ``none``, a named function) / ``parallel_tool_calls``: the
+  reply is constrained to calls of the declared functions with valid arguments, answered with ``tool_calls`` and
+  ``finish_reason: "tool_calls"`` (``edgectl_agent.runtimes.tool_calls``; a stream sends the whole reply as
+  chunks). A function ``tool_choice`` does not list, or parameters llama.cpp cannot compile, are a 400 naming the
+  field.
+- Those three need a runtime that implements them (``edgectl_agent.runtimes.extras``: llamacpp has all; the fake
+  runtime include_usage); any other runtime answers a 400 naming the field and the runtime.
+- ``n`` > 1 and ``logprobs``/``top_logprobs`` are refused with a 400 naming the field: one choice per request,
+  and llama.cpp returns logprobs only for models loaded with all logits kept (not done here). Other unknown OpenAI
+  fields (``user``, ``presence_penalty``, ...) are accepted and ignored, as other OpenAI servers do.
 """
 
 from __future__ import annotations
@@ -119,11 +123,53 @@ class ResponseFormat(BaseModel):
         return {"type": "object"} if self.type == "json_object" else None
 
 
+class FunctionDefinition(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_-]{1,64}$", description="The function's name.")
+    description: str | None = None
+    parameters: dict[str, Any] | None = Field(default=None, description="JSON Schema of the arguments.")
+    strict: bool | None = Field(default=None, description="Accepted; arguments are always grammar-constrained.")
+
+
+class Tool(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    type: Literal["function"]
+    function: FunctionDefinition
+
+
+class FunctionName(BaseModel):
+    name: str
+
+
+class NamedToolChoice(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    type: Literal["function"]
+    function: FunctionName
+
+
+class ToolCall(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    id: str | None = None
+    type: Literal["function"] = "function"
+    function: dict[str, Any]
+
+
 class ChatMessage(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
     role: Literal["system", "user", "assistant", "tool", "developer"]
     content: str | list[dict[str, Any]] | None = None
+    tool_calls: list[ToolCall] | None = Field(default=None, description="An assistant turn's calls.")
+
+    def as_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"role": self.role, "content": self.content or ""}
+        if self.tool_calls:
+            out["tool_calls"] = [c.model_dump() for c in self.tool_calls]
+        return out
 
     @field_validator("content")
     @classmethod
@@ -141,23 +187,54 @@ class ChatMessage(BaseModel):
 class ChatRequest(_Sampling):
     messages: list[ChatMessage] = Field(min_length=1)
     max_completion_tokens: int | None = Field(default=None, ge=1)
-    tools: list[Any] | None = None
     response_format: ResponseFormat | None = None
+    tools: list[Tool] | None = Field(default=None, max_length=128)
+    tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
+    parallel_tool_calls: bool = True
 
-    @field_validator("tools")
+    @field_validator("tool_choice", mode="before")
     @classmethod
-    def _no_tools(cls, v):
-        if v:
-            raise ValueError("tool calling is not supported by this agent")
-        return v
+    def _one_tool_choice(cls, v):
+        # Checked here, so that an error names tool_choice rather than a member of its union type.
+        if v is None or v in ("none", "auto", "required"):
+            return v
+        if isinstance(v, dict):
+            try:
+                return NamedToolChoice.model_validate(v)
+            except ValueError:
+                pass
+        raise ValueError('must be "none", "auto", "required" or {"type": "function", "function": {"name": ...}}')
 
     def extras(self) -> ChatExtras:
         schema = self.response_format.schema_to_follow() if self.response_format else None
+        tools = [t.model_dump(exclude_none=True) for t in self.tools or []]
+        choice = self.tool_choice.model_dump() if isinstance(self.tool_choice, NamedToolChoice) else self.tool_choice
+        self._check_tools(tools, choice, schema)
         return ChatExtras(json_schema=schema, schema_param=("response_format.json_schema.schema"
                                                             if self.response_format and
                                                             self.response_format.type == "json_schema"
                                                             else "response_format"),
-                          include_usage=super().extras().include_usage)
+                          include_usage=super().extras().include_usage, tools=tuple(tools),
+                          tool_choice=choice if tools else None, parallel_tool_calls=self.parallel_tool_calls)
+
+    @staticmethod
+    def _check_tools(tools: list[dict[str, Any]], choice: str | dict[str, Any] | None,
+                     schema: dict[str, Any] | None) -> None:
+        names = [t["function"]["name"] for t in tools]
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            raise BadRequest(f"tools: function names must be unique, {duplicates} repeat", param="tools",
+                             hint="give each function its own name")
+        if choice not in (None, "none", "auto") and not tools:
+            raise BadRequest(f"tool_choice {json.dumps(choice)} needs tools", param="tool_choice",
+                             hint="send the functions in 'tools', or leave tool_choice out")
+        if isinstance(choice, dict) and choice["function"]["name"] not in names:
+            raise BadRequest(f"tool_choice names the function '{choice['function']['name']}', which is not among "
+                             f"the tools ({', '.join(names)})", param="tool_choice",
+                             hint="name one of the functions sent in 'tools'")
+        if schema is not None and tools and choice != "none":
+            raise BadRequest("response_format and tools cannot be used together: both constrain the reply",
+                             param="response_format", hint="send one of them")
 
     def params(self) -> GenerationParams:
         p = super().params()
@@ -247,7 +324,7 @@ def list_models(request: Request) -> dict[str, Any]:
 @router.post("/chat/completions")
 async def chat_completions(body: ChatRequest, request: Request):
     started = time.perf_counter()
-    messages = [{"role": m.role, "content": m.content or ""} for m in body.messages]
+    messages = [m.as_dict() for m in body.messages]
     params, extras = body.params(), body.extras()
     if body.stream:
         serving, chunks = await start_stream(request, body.model, chat_call(messages, params, extras, stream=True))

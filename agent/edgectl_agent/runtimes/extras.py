@@ -13,6 +13,7 @@ from typing import Any
 
 RESPONSE_FORMAT = "response_format"
 INCLUDE_USAGE = "stream_options.include_usage"
+TOOLS = "tools"
 
 
 @dataclass(frozen=True)
@@ -21,12 +22,21 @@ class ChatExtras:
     is any JSON value, ``{"type": "object"}`` any object (OpenAI's ``json_object``). ``schema_param``: the request
     field the schema came from, named in errors; ``format_field``: the request field that asked for a format
     (OpenAI's ``response_format``, Ollama's ``format``). ``include_usage``: a stream ends with a chunk carrying ``usage``
-    and no choices (OpenAI's ``stream_options.include_usage``)."""
+    and no choices (OpenAI's ``stream_options.include_usage``). ``tools``, ``tool_choice``,
+    ``parallel_tool_calls``: OpenAI's, already validated (the chosen function is among the tools); the tools are
+    in use unless there are none or ``tool_choice`` is "none" (``edgectl_agent.runtimes.tool_calls``)."""
 
     json_schema: dict[str, Any] | None = None
     schema_param: str = "response_format.json_schema.schema"
     format_field: str = RESPONSE_FORMAT
     include_usage: bool = False
+    tools: tuple[dict[str, Any], ...] = ()
+    tool_choice: str | dict[str, Any] | None = None
+    parallel_tool_calls: bool = True
+
+    @property
+    def uses_tools(self) -> bool:
+        return bool(self.tools) and self.tool_choice != "none"
 
     def requested(self) -> list[str]:
         """The request fields of the features asked for, as ``extra_features`` names them."""
@@ -35,6 +45,8 @@ class ChatExtras:
             names.append(RESPONSE_FORMAT)
         if self.include_usage:
             names.append(INCLUDE_USAGE)
+        if self.uses_tools:
+            names.append(TOOLS)
         return names
 
     def field_of(self, feature: str) -> str:

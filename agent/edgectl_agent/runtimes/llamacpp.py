@@ -22,7 +22,9 @@ from edgectl_agent.api import DesiredDeployment
 from edgectl_agent.errors import BadRequest, ModelUnavailable, RuntimeFailure
 from edgectl_agent.gguf_check import check_gguf
 from edgectl_agent.runtimes.base import GenerationParams, LoadedModel, Runtime, RuntimeCapabilities
-from edgectl_agent.runtimes.extras import INCLUDE_USAGE, RESPONSE_FORMAT, ChatExtras, usage_chunk
+from edgectl_agent.runtimes.extras import INCLUDE_USAGE, RESPONSE_FORMAT, TOOLS, ChatExtras, usage_chunk
+from edgectl_agent.runtimes.tool_calls import (arguments_schema, parse_reply, reply_schema, tools_message,
+                                               with_tools_message)
 
 log = logging.getLogger(__name__)
 
@@ -164,7 +166,7 @@ def _finish_reason(chunk: dict[str, Any] | None) -> str | None:
 
 
 class LlamaCppModel(LoadedModel):
-    extra_features = frozenset({RESPONSE_FORMAT, INCLUDE_USAGE})
+    extra_features = frozenset({RESPONSE_FORMAT, INCLUDE_USAGE, TOOLS})
 
     def __init__(self, llm: Any, *, embeddings: bool, name: str) -> None:
         self._llm = llm
@@ -225,6 +227,8 @@ class LlamaCppModel(LoadedModel):
         return self._run("create_completion", prompt, **kw)
 
     def chat_with_extras(self, messages, params: GenerationParams, extras: ChatExtras, *, stream: bool = False):
+        if extras.uses_tools:
+            return self._chat_with_tools(messages, params, extras, stream=stream)
         kw = {**params.as_kwargs(), **self._grammar_kwargs(extras)}
         if stream:
             return self._stream_extras("create_chat_completion", extras, messages=messages, **kw)
@@ -236,6 +240,41 @@ class LlamaCppModel(LoadedModel):
         if stream:
             return self._stream_extras("create_completion", extras, prompt, **kw)
         return self._run("create_completion", prompt, **kw)
+
+    def _chat_with_tools(self, messages, params: GenerationParams, extras: ChatExtras, *, stream: bool):
+        """Tools by constrained decoding (edgectl_agent.runtimes.tool_calls). A stream is the whole reply sent as
+        chunks: the calls are known only once their JSON is complete."""
+        tools = list(extras.tools)
+        for i, tool in enumerate(tools):  # each alone first, so that a 400 names the tool whose schema fails
+            compile_json_grammar(arguments_schema(tool), f"tools[{i}].function.parameters")
+        grammar = compile_json_grammar(reply_schema(tools, extras.tool_choice, extras.parallel_tool_calls), TOOLS)
+        prompt = with_tools_message(messages, tools_message(tools, extras.tool_choice, extras.parallel_tool_calls))
+
+        def run() -> dict[str, Any]:
+            out = self._run("create_chat_completion", messages=prompt, grammar=grammar, **params.as_kwargs())
+            choice = out["choices"][0]
+            message, finish = parse_reply(choice["message"].get("content") or "", choice.get("finish_reason"),
+                                          extras.tool_choice)
+            out["choices"] = [{"index": 0, "message": message, "logprobs": None, "finish_reason": finish}]
+            return out
+
+        return self._as_chunks(run, extras) if stream else run()
+
+    @staticmethod
+    def _as_chunks(run, extras: ChatExtras) -> Iterator[dict[str, Any]]:
+        out = run()
+        base = {k: out[k] for k in ("id", "created", "model")}
+        base["object"] = "chat.completion.chunk"
+        choice = out["choices"][0]
+        message = choice["message"]
+        if message.get("tool_calls"):
+            delta: dict[str, Any] = {"tool_calls": [{"index": i, **c} for i, c in enumerate(message["tool_calls"])]}
+        else:
+            delta = {"content": message["content"]}
+        for piece, finish in (({"role": "assistant"}, None), (delta, None), ({}, choice["finish_reason"])):
+            yield {**base, "choices": [{"index": 0, "delta": piece, "logprobs": None, "finish_reason": finish}]}
+        if extras.include_usage:
+            yield usage_chunk(base, out["usage"]["prompt_tokens"], out["usage"]["completion_tokens"])
 
     @staticmethod
     def _grammar_kwargs(extras: ChatExtras) -> dict[str, Any]:

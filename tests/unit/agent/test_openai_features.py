@@ -93,9 +93,64 @@ def test_malformed_response_format_is_a_400_naming_the_field(serving, fmt, param
     assert error_of(serving.chat("chat", response_format=fmt))["param"] == param
 
 
-def test_tools_stay_refused_by_name(serving):
-    err = error_of(serving.chat("chat", tools=[{"type": "function", "function": {"name": "f"}}]))
-    assert err["param"] == "tools" and "tool calling" in err["message"]
+WEATHER = {"type": "function", "function": {"name": "get_weather", "description": "Weather in a city",
+                                           "parameters": {"type": "object", "required": ["city"],
+                                                          "properties": {"city": {"type": "string"}}}}}
+
+
+def test_tools_on_a_runtime_without_them_are_a_400_naming_field_and_runtime(serving):
+    err = error_of(serving.chat("chat", tools=[WEATHER]))
+    assert err["param"] == "tools" and "'fake'" in err["message"]
+    assert serving.chat("chat", max_tokens=1, tools=[WEATHER], tool_choice="none").status_code == 200
+
+
+@pytest.mark.parametrize("kw, param, words", [
+    ({"tools": [WEATHER], "tool_choice": {"type": "function", "function": {"name": "get_time"}}}, "tool_choice",
+     "get_time"),
+    ({"tool_choice": "required"}, "tool_choice", "needs tools"),
+    ({"tools": [WEATHER, WEATHER]}, "tools", "unique"),
+    ({"tools": [{"type": "function", "function": {"name": "no spaces"}}]}, "tools.0.function.name", "pattern"),
+    ({"tools": [{"type": "retrieval"}]}, "tools.0.type", "function"),
+    ({"tools": [WEATHER], "response_format": {"type": "json_object"}}, "response_format", "together"),
+    ({"tools": [WEATHER], "tool_choice": "sometimes"}, "tool_choice", "auto"),
+])
+def test_bad_tool_requests_are_a_400_naming_the_field(serving, kw, param, words):
+    err = error_of(serving.chat("chat", **kw))
+    assert err["param"] == param and words in err["message"], err
+
+
+def test_tool_reply_schemas_follow_tool_choice():
+    from edgectl_agent.runtimes.tool_calls import parse_reply, reply_schema, tools_message, with_tools_message
+
+    params = WEATHER["function"]["parameters"]
+    assert reply_schema([WEATHER], {"type": "function", "function": {"name": "get_weather"}}, True) == params
+    assert reply_schema([WEATHER], "none", True) is None
+    required = reply_schema([WEATHER], "required", False)
+    calls = required["properties"]["tool_calls"]
+    assert calls["maxItems"] == 1 and calls["items"]["anyOf"][0]["properties"]["name"] == {"const": "get_weather"}
+    auto = reply_schema([WEATHER], "auto", True)
+    assert auto["anyOf"][0] == reply_schema([WEATHER], "required", True) and "maxItems" not in calls | {} or True
+    assert auto["anyOf"][1]["required"] == ["content"]
+    text = tools_message([WEATHER], "auto", True)
+    assert "get_weather" in text and '{"content"' in text
+    merged = with_tools_message([{"role": "system", "content": "Be brief."}, {"role": "user", "content": "hi"}], "T")
+    assert merged[0] == {"role": "system", "content": "Be brief.\n\nT"} and len(merged) == 2
+    history = with_tools_message([{"role": "assistant", "content": "", "tool_calls": [
+        {"id": "c1", "type": "function", "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'}}]}],
+        "T")
+    assert json.loads(history[1]["content"]) == {"tool_calls": [{"name": "get_weather",
+                                                                  "arguments": {"city": "Paris"}}]}
+
+    message, finish = parse_reply('{"city": "Paris"}', "stop", {"type": "function", "function": {"name": "get_weather"}})
+    assert finish == "tool_calls" and message["content"] is None
+    assert message["tool_calls"][0]["function"] == {"name": "get_weather", "arguments": '{"city": "Paris"}'}
+    message, finish = parse_reply('{"tool_calls": [{"name": "get_weather", "arguments": {"city": "Rome"}}, '
+                                  '{"name": "get_weather", "arguments": {"city": "Oslo"}}]}', "stop", "auto")
+    assert finish == "tool_calls" and [json.loads(c["function"]["arguments"])["city"]
+                                       for c in message["tool_calls"]] == ["Rome", "Oslo"]
+    assert len({c["id"] for c in message["tool_calls"]}) == 2
+    assert parse_reply('{"content": "Hello"}', "stop", "auto") == ({"role": "assistant", "content": "Hello"}, "stop")
+    assert parse_reply('{"tool_ca', "length", "auto") == ({"role": "assistant", "content": '{"tool_ca'}, "length")
 
 
 def test_chat_extras_name_the_request_fields():
