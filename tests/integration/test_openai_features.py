@@ -108,9 +108,82 @@ def test_a_schema_llama_cpp_cannot_compile_is_a_400_and_the_model_keeps_serving(
 
 
 @pytest.mark.parametrize("field, value", [("n", 2), ("logprobs", True), ("top_logprobs", 3),
-                                          ("tools", [{"type": "function", "function": {"name": "f"}}])])
+                                          ("tool_choice", {"type": "function", "function": {"name": "nope"}})])
 def test_what_is_not_offered_is_a_400_naming_the_field(agent, field, value):
     with pytest.raises(openai.BadRequestError) as e:
         client(agent).chat.completions.create(model="tiny", messages=[{"role": "user", "content": "x"}],
-                                              max_tokens=2, **{field: value})
+                                              max_tokens=2, tools=[WEATHER], **{field: value})
     assert e.value.body["param"] == field
+
+
+WEATHER = {"type": "function", "function": {
+    "name": "get_weather", "description": "Get the current weather in a city",
+    "parameters": {"type": "object", "additionalProperties": False, "required": ["city"],
+                   "properties": {"city": {"type": "string", "enum": ["Paris", "London", "Tokyo"]}}}}}
+TIME = {"type": "function", "function": {
+    "name": "get_time", "description": "Get the current time in a city",
+    "parameters": {"type": "object", "additionalProperties": False, "required": ["city"],
+                   "properties": {"city": {"type": "string", "enum": ["Paris", "London", "Tokyo"]}}}}}
+WEATHER_QUESTION = [{"role": "system", "content": "You are a helpful AI assistant."},
+                    {"role": "user", "content": "What is the weather like in Paris today?"}]
+
+
+def arguments_of(call) -> dict:
+    args = json.loads(call.function.arguments)
+    jsonschema.validate(args, next(t for t in (WEATHER, TIME) if t["function"]["name"] == call.function.name)[
+        "function"]["parameters"])
+    return args
+
+
+@pytest.mark.slow
+def test_a_forced_function_is_called_with_valid_arguments(agent, smollm2):
+    oai = client(agent)
+    kw = dict(model=smollm2, messages=WEATHER_QUESTION, max_tokens=40, temperature=0, tools=[WEATHER, TIME],
+              tool_choice={"type": "function", "function": {"name": "get_weather"}})
+    reply = oai.chat.completions.create(**kw)
+    choice = reply.choices[0]
+    assert choice.finish_reason == "tool_calls" and choice.message.content is None
+    (call,) = choice.message.tool_calls
+    assert call.type == "function" and call.function.name == "get_weather" and call.id.startswith("call_")
+    assert arguments_of(call) == {"city": "Paris"}
+
+    chunks = list(oai.chat.completions.create(stream=True, **kw))
+    deltas = [tc for c in chunks if c.choices for tc in (c.choices[0].delta.tool_calls or [])]
+    assert [d.function.name for d in deltas] == ["get_weather"] and json.loads(deltas[0].function.arguments) == {
+        "city": "Paris"}
+    assert chunks[-1].choices[0].finish_reason == "tool_calls"
+
+
+@pytest.mark.slow
+def test_required_and_auto_choose_among_the_tools_and_the_conversation_goes_on(agent, smollm2):
+    oai = client(agent)
+    for choice in ("required", "auto"):
+        reply = oai.chat.completions.create(model=smollm2, messages=WEATHER_QUESTION, max_tokens=60, temperature=0,
+                                            tools=[WEATHER, TIME], tool_choice=choice, parallel_tool_calls=True)
+        message = reply.choices[0].message
+        if choice == "required" or message.tool_calls:
+            assert reply.choices[0].finish_reason == "tool_calls" and message.tool_calls
+            for call in message.tool_calls:
+                assert call.function.name in ("get_weather", "get_time")
+                arguments_of(call)
+        else:  # auto may answer in words: then it is plain text, not the JSON the grammar wrapped it in
+            assert reply.choices[0].finish_reason == "stop" and message.content and not message.content.startswith(
+                "{")
+    # The calls and their results go back into the conversation; the model then answers (or calls again).
+    first = oai.chat.completions.create(model=smollm2, messages=WEATHER_QUESTION, max_tokens=40, temperature=0,
+                                        tools=[WEATHER], tool_choice="required")
+    call = first.choices[0].message.tool_calls[0]
+    follow = oai.chat.completions.create(
+        model=smollm2, max_tokens=40, temperature=0, tools=[WEATHER], tool_choice="auto",
+        messages=[*WEATHER_QUESTION, first.choices[0].message.model_dump(exclude_none=True),
+                  {"role": "tool", "tool_call_id": call.id, "content": '{"weather": "sunny, 24 C"}'}])
+    assert follow.choices[0].finish_reason in ("stop", "tool_calls", "length")
+
+
+def test_parameters_llama_cpp_cannot_compile_are_a_400_naming_the_tool(agent):
+    bad = {"type": "function", "function": {"name": "f", "parameters": {"type": "object", "properties": {
+        "a": {"$ref": "#/$defs/missing"}}}}}
+    with pytest.raises(openai.BadRequestError) as e:
+        client(agent).chat.completions.create(model="tiny", messages=[{"role": "user", "content": "x"}],
+                                              max_tokens=2, tools=[WEATHER, bad])
+    assert e.value.body["param"] == "tools[1].function.parameters"
