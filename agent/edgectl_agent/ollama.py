@@ -20,8 +20,10 @@ Options (``options``) map onto the runtime's sampling parameters:
 ``context_length``, so a larger value is a 400 naming it and the limit. Other options (``top_k``,
 ``repeat_penalty``, ``num_thread``, ...) are accepted and ignored. ``format`` (``"json"`` or a JSON Schema)
 constrains the reply like OpenAI's ``response_format`` (llamacpp runtime; others answer a 400 naming ``format``).
-``keep_alive`` is ignored (deployed models stay loaded). ``images``, ``tools``, ``think``, ``suffix``,
-``template`` and ``context`` are refused with a 400 naming the field.
+``tools`` on /api/chat work as OpenAI's with ``tool_choice: "auto"`` (``edgectl_agent.runtimes.tool_calls``; Ollama
+has no tool_choice): ``message.tool_calls`` with arguments as objects. ``keep_alive`` is ignored (deployed models
+stay loaded). ``images``, ``think``, ``suffix``, ``template`` and ``context`` are refused with a 400 naming the
+field.
 
 Errors are Ollama's shape, ``{"error": "message (hint)"}``, with the agent's status codes; a missing or wrong token
 is the agent's one 401 answer on every route.
@@ -49,7 +51,8 @@ from edgectl_agent.errors import AgentError, BadRequest
 from edgectl_agent.inference import (StreamEnd, chat_call, complete_call, count_usage, pull_stream, serving_llm,
                                      start_stream)
 from edgectl_agent.runtimes.base import GenerationParams
-from edgectl_agent.runtimes.extras import INCLUDE_USAGE, ChatExtras
+from edgectl_agent.openai import Tool
+from edgectl_agent.runtimes.extras import INCLUDE_USAGE, TOOLS, ChatExtras
 
 # The Ollama API version whose endpoints and shapes this router follows (clients check it is recent enough).
 OLLAMA_API_VERSION = "0.12.0"
@@ -140,7 +143,6 @@ class _Generation(_Request):
                                                                 description='"json" or a JSON Schema.')
     options: Options | None = None
     think: bool | str | None = Field(default=None, description="Refused when set.")
-    tools: list[Any] | None = Field(default=None, description="Refused when set.")
 
     def params(self, serving: Serving) -> GenerationParams:
         o = self.options or Options()
@@ -164,8 +166,19 @@ class _Generation(_Request):
     def check_supported(self) -> None:
         if self.think:
             raise _refuse("think", "no reasoning trace is produced")
-        if self.tools:
-            raise _refuse("tools", "tool calling is not implemented")
+
+
+class OllamaFunctionCall(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    name: str
+    arguments: dict[str, Any] = Field(default_factory=dict)
+
+
+class OllamaToolCall(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    function: OllamaFunctionCall
 
 
 class Message(BaseModel):
@@ -174,15 +187,41 @@ class Message(BaseModel):
     role: Literal["system", "user", "assistant", "tool"]
     content: str = ""
     images: list[Any] | None = Field(default=None, description="Refused when set: text models only.")
+    tool_calls: list[OllamaToolCall] | None = Field(default=None, description="An assistant turn's calls.")
+
+    def as_dict(self) -> dict[str, Any]:
+        """The OpenAI-shaped message the runtimes take (a call's arguments as a JSON string)."""
+        out: dict[str, Any] = {"role": self.role, "content": self.content}
+        if self.tool_calls:
+            out["tool_calls"] = [{"type": "function", "function": {"name": c.function.name,
+                                                                   "arguments": json.dumps(c.function.arguments)}}
+                                 for c in self.tool_calls]
+        return out
 
 
 class ChatBody(_Generation):
     messages: list[Message] = Field(default_factory=list, description="Empty: only checks the model is loaded.")
+    tools: list[Tool] | None = Field(default=None, max_length=128, description="Functions the model may call.")
 
     def check_supported(self) -> None:
         super().check_supported()
         if any(m.images for m in self.messages):
             raise _refuse("messages.images", "the served models take text only")
+        names = [t.function.name for t in self.tools or []]
+        if len(set(names)) != len(names):
+            raise BadRequest("tools: function names must be unique", param="tools",
+                             hint="give each function its own name")
+
+    def extras(self, serving: Serving) -> ChatExtras:
+        """Ollama has no tool_choice: with tools the model calls them or answers (OpenAI's "auto")."""
+        extras = super().extras(serving)
+        if not self.tools:
+            return extras
+        if extras.json_schema is not None:
+            raise BadRequest("format and tools cannot be used together: both constrain the reply", param="format",
+                             hint="send one of them")
+        tools = tuple(t.model_dump(exclude_none=True) for t in self.tools)
+        return ChatExtras(include_usage=extras.include_usage, tools=tools, tool_choice="auto")
 
 
 class GenerateBody(_Generation):
@@ -256,6 +295,14 @@ def _finish(chunk: dict[str, Any]) -> str | None:
     return choices[0].get("finish_reason") if choices else None
 
 
+def _ollama_calls(chunk: dict[str, Any]) -> list[dict[str, Any]]:
+    """A chunk's tool calls in Ollama's shape: arguments as an object, not a JSON string."""
+    choice = (chunk.get("choices") or [{}])[0]
+    calls = (choice.get("delta") or {}).get("tool_calls") or []
+    return [{"function": {"name": c["function"]["name"], "arguments": json.loads(c["function"]["arguments"])}}
+            for c in calls]
+
+
 def _details(serving: Serving) -> dict[str, Any]:
     artifact = serving.artifact
     return {"parent_model": "", "format": artifact.format, "family": artifact.model, "families": [artifact.model],
@@ -276,26 +323,37 @@ class _Reply:
     def __init__(self, serving: Serving, kind: Literal["chat", "generate"], started: float) -> None:
         self.name, self.kind, self.started = serving.desired.name, kind, started
         self.text: list[str] = []
+        self.tool_calls: list[dict[str, Any]] = []
         self.done_reason: str | None = None
         self.usage: dict[str, Any] = {}
 
-    def _object(self, text: str, **extra: Any) -> dict[str, Any]:
-        body = ({"message": {"role": "assistant", "content": text}} if self.kind == "chat" else {"response": text})
+    def _object(self, text: str, calls: list[dict[str, Any]] | None = None, **extra: Any) -> dict[str, Any]:
+        if self.kind == "chat":
+            body: dict[str, Any] = {"message": {"role": "assistant", "content": text,
+                                                **({"tool_calls": calls} if calls else {})}}
+        else:
+            body = {"response": text}
         return {"model": self.name, "created_at": _now(), **body, **extra}
 
     def piece(self, chunk: dict[str, Any]) -> dict[str, Any] | None:
-        """The object for one runtime chunk, or None for a chunk without text."""
-        self.done_reason = _finish(chunk) or self.done_reason
+        """The object for one runtime chunk, or None for a chunk without text or calls."""
+        finish = _finish(chunk)
+        # Ollama ends a reply with calls as "stop", like any other finished reply.
+        self.done_reason = ("stop" if finish == "tool_calls" else finish) or self.done_reason
         if chunk.get("usage"):
             self.usage = chunk["usage"]
+        calls = _ollama_calls(chunk)
+        if calls:
+            self.tool_calls.extend(calls)
+            return self._object("", calls, done=False)
         text = _text(chunk)
         if not text:
             return None
         self.text.append(text)
         return self._object(text, done=False)
 
-    def last(self, end: StreamEnd, *, text: str = "") -> dict[str, Any]:
-        out = self._object(text, done=True, done_reason=self.done_reason or "stop",
+    def last(self, end: StreamEnd, *, text: str = "", calls: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+        out = self._object(text, calls, done=True, done_reason=self.done_reason or "stop",
                            total_duration=_ns(time.perf_counter() - self.started), load_duration=0,
                            eval_count=self.usage.get("completion_tokens", end.tokens), eval_duration=_ns(end.decode_s))
         if self.usage.get("prompt_tokens") is not None:
@@ -330,7 +388,7 @@ async def _gathered(request: Request, serving: Serving, chunks: Iterator[dict[st
             if isinstance(item, AgentError):
                 raise item
             if isinstance(item, StreamEnd):
-                return JSONResponse(reply.last(item, text="".join(reply.text)))
+                return JSONResponse(reply.last(item, text="".join(reply.text), calls=reply.tool_calls))
             reply.piece(item)
     raise AgentError("the generation ended without its end", hint="see the agent log")  # pull_stream always ends
 
@@ -358,7 +416,7 @@ async def _generate(request: Request, body: _Generation, kind: Literal["chat", "
 # -- endpoints ------------------------------------------------------------------------------------------------
 @router.post("/chat")
 async def chat(body: ChatBody, request: Request):
-    messages = [{"role": m.role, "content": m.content} for m in body.messages]
+    messages = [m.as_dict() for m in body.messages]
     return await _generate(request, body, "chat",
                            lambda params, extras: chat_call(messages, params, extras, stream=True),
                            empty=not messages)
@@ -425,7 +483,9 @@ def ps(request: Request) -> dict[str, Any]:
 def show(body: ShowBody, request: Request) -> dict[str, Any]:
     serving = serving_llm(request, body.deployment())
     desired = serving.desired
-    capabilities = ["completion"] + (["embedding"] if serving.model.supports_embeddings else [])
+    features = getattr(serving.model, "extra_features", frozenset())
+    capabilities = (["completion"] + (["tools"] if TOOLS in features else [])
+                    + (["embedding"] if serving.model.supports_embeddings else []))
     return {"modelfile": "", "parameters": "", "template": "", "license": "",
             "modified_at": _model_entry(request, desired.name, serving)["modified_at"],
             "details": _details(serving), "capabilities": capabilities,

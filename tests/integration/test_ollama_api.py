@@ -138,3 +138,33 @@ def test_smollm2_format_schema_output_validates(agent, smollm2):
     as_json = client(agent).chat(model=smollm2, messages=[SYSTEM, JSON_QUESTION], format="json",
                                  options={"temperature": 0, "num_predict": 48})
     assert isinstance(json.loads(as_json.message.content), dict)
+
+
+@pytest.mark.slow
+def test_smollm2_calls_a_tool_through_the_ollama_client(agent, smollm2):
+    jsonschema = pytest.importorskip("jsonschema")
+    weather = {"type": "function", "function": {
+        "name": "get_weather", "description": "Get the current weather in a city",
+        "parameters": {"type": "object", "additionalProperties": False, "required": ["city"],
+                       "properties": {"city": {"type": "string", "enum": ["Paris", "London", "Tokyo"]}}}}}
+    clock = {"type": "function", "function": {**weather["function"], "name": "get_time",
+                                              "description": "Get the current time in a city"}}
+    question = [SYSTEM, {"role": "user", "content": "What is the weather like in Paris today?"}]
+    # Ollama has no tool_choice: the model decides. With these two tools this 135M model calls get_weather (with
+    # one it answers in words, which the grammar also allows).
+    c = client(agent)
+    assert "tools" in c.show(smollm2).capabilities
+    reply = c.chat(model=smollm2, messages=question, tools=[weather, clock], options={"temperature": 0, "num_predict": 40})
+    assert reply.done_reason == "stop" and reply.message.tool_calls
+    assert reply.message.tool_calls[0].function.name == "get_weather"
+    for call in reply.message.tool_calls:
+        jsonschema.validate(dict(call.function.arguments), weather["function"]["parameters"])
+    streamed = [p for p in c.chat(model=smollm2, messages=question, tools=[weather, clock], stream=True,
+                                  options={"temperature": 0, "num_predict": 40}) if p.message.tool_calls]
+    assert [call.function.name for p in streamed for call in p.message.tool_calls] == [
+        call.function.name for call in reply.message.tool_calls]
+    # The call and its result go back into the conversation, in Ollama's shapes.
+    follow = c.chat(model=smollm2, tools=[weather, clock], options={"temperature": 0, "num_predict": 40},
+                    messages=[*question, reply.message, {"role": "tool", "content": "sunny, 24 C",
+                                                         "tool_name": "get_weather"}])
+    assert follow.done

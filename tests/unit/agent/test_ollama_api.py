@@ -92,7 +92,7 @@ def test_options_map_to_sampling_and_num_ctx_is_checked(serving):
 
 @pytest.mark.parametrize("body, field", [
     ({"messages": [{"role": "user", "content": "x", "images": ["aGk="]}]}, "messages.images"),
-    ({"messages": [{"role": "user", "content": "x"}], "tools": [{"type": "function"}]}, "tools"),
+    ({"messages": [{"role": "user", "content": "x"}], "tools": [{"type": "function"}]}, "tools.0.function"),
     ({"messages": [{"role": "user", "content": "x"}], "think": True}, "think"),
     ({"messages": [{"role": "robot", "content": "x"}]}, "messages.0.role"),
 ])
@@ -106,6 +106,15 @@ def test_generate_refuses_what_it_does_not_do(serving):
         assert f"'{field}'" in error
     assert "system" in ollama_error(post(serving, "/api/generate", {"model": "chat", "prompt": "x", "raw": True,
                                                                      "system": "s"}), 400)
+
+
+def test_tools_need_a_runtime_that_calls_them(serving):
+    tool = {"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}
+    error = ollama_error(post(serving, "/api/chat", {"model": "chat", "tools": [tool],
+                                                     "messages": [{"role": "user", "content": "x"}]}), 400)
+    assert "'tools'" in error and "'fake'" in error
+    assert "unique" in ollama_error(post(serving, "/api/chat", {"model": "chat", "tools": [tool, tool],
+                                                                "messages": [{"role": "user", "content": "x"}]}), 400)
 
 
 def test_format_needs_a_runtime_that_constrains_output(serving):
