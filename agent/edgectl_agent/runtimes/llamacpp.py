@@ -126,18 +126,36 @@ def _template_failed(e: Exception) -> BadRequest:
 
 
 # -- features beyond sampling (edgectl_agent.runtimes.extras) ------------------------------------------------
-def compile_json_grammar(schema: dict[str, Any], param: str) -> Any:
-    """A llama.cpp grammar that admits exactly the JSON valid against ``schema`` (llama-cpp-python's JSON Schema
-    converter, then llama.cpp's GBNF parser). A schema either cannot handle is a 400 naming ``param``."""
-    from llama_cpp.llama_grammar import LlamaGrammar
+# A schema can ask for a grammar of millions of rules (maxLength: 1000000); llama.cpp would parse it per request.
+MAX_GRAMMAR_BYTES = 256 * 1024
 
+
+def compile_json_grammar(schema: dict[str, Any], param: str, vocab: Any = None) -> Any:
+    """A llama.cpp grammar that admits exactly the JSON valid against ``schema`` (llama-cpp-python's JSON Schema
+    converter, then, given the model's ``vocab``, llama.cpp's GBNF parser: llama-cpp-python itself would hand a
+    grammar that fails to parse to the sampler as a null pointer). Either failing is a 400 naming ``param``."""
+    from llama_cpp.llama_grammar import LlamaGrammar, json_schema_to_gbnf
+
+    hint = ("use the JSON Schema subset llama.cpp supports (type, properties, required, items, enum, const, "
+            "anyOf, $ref to $defs, patterns anchored with ^...$) and modest length limits")
     try:
-        return LlamaGrammar.from_json_schema(json.dumps(schema), verbose=False)
+        gbnf = json_schema_to_gbnf(json.dumps(schema))
     except Exception as e:  # noqa: BLE001 - the converter fails with AssertionError, KeyError, ValueError, ...
         raise BadRequest(f"{param}: llama.cpp cannot compile this JSON Schema into a grammar: "
-                         f"{type(e).__name__}: {e}", param=param, code="invalid_json_schema",
-                         hint="use the JSON Schema subset llama.cpp supports (type, properties, required, items, "
-                              "enum, const, anyOf, $ref to $defs, patterns anchored with ^...$)") from e
+                         f"{type(e).__name__}: {e}", param=param, code="invalid_json_schema", hint=hint) from e
+    if len(gbnf) > MAX_GRAMMAR_BYTES:
+        raise BadRequest(f"{param}: this JSON Schema makes a grammar of {len(gbnf)} bytes, more than the "
+                         f"{MAX_GRAMMAR_BYTES} the agent compiles", param=param, code="invalid_json_schema",
+                         hint="lower maxLength / minItems / maxItems, or split the schema")
+    if vocab is not None:
+        import llama_cpp
+
+        sampler = llama_cpp.llama_sampler_init_grammar(vocab, gbnf.encode("utf-8"), b"root")
+        if not sampler:
+            raise BadRequest(f"{param}: llama.cpp cannot parse the grammar made from this JSON Schema",
+                             param=param, code="invalid_json_schema", hint=hint)
+        llama_cpp.llama_sampler_free(sampler)
+    return LlamaGrammar.from_string(gbnf, verbose=False)
 
 
 class SampledTokens:
@@ -245,9 +263,11 @@ class LlamaCppModel(LoadedModel):
         """Tools by constrained decoding (edgectl_agent.runtimes.tool_calls). A stream is the whole reply sent as
         chunks: the calls are known only once their JSON is complete."""
         tools = list(extras.tools)
+        vocab = self._vocab()
         for i, tool in enumerate(tools):  # each alone first, so that a 400 names the tool whose schema fails
-            compile_json_grammar(arguments_schema(tool), f"tools[{i}].function.parameters")
-        grammar = compile_json_grammar(reply_schema(tools, extras.tool_choice, extras.parallel_tool_calls), TOOLS)
+            compile_json_grammar(arguments_schema(tool), f"tools[{i}].function.parameters", vocab)
+        grammar = compile_json_grammar(reply_schema(tools, extras.tool_choice, extras.parallel_tool_calls), TOOLS,
+                                       vocab)
         prompt = with_tools_message(messages, tools_message(tools, extras.tool_choice, extras.parallel_tool_calls))
 
         def run() -> dict[str, Any]:
@@ -276,11 +296,17 @@ class LlamaCppModel(LoadedModel):
         if extras.include_usage:
             yield usage_chunk(base, out["usage"]["prompt_tokens"], out["usage"]["completion_tokens"])
 
-    @staticmethod
-    def _grammar_kwargs(extras: ChatExtras) -> dict[str, Any]:
+    def _grammar_kwargs(self, extras: ChatExtras) -> dict[str, Any]:
         if extras.json_schema is None:
             return {}
-        return {"grammar": compile_json_grammar(extras.json_schema, extras.schema_param)}
+        return {"grammar": compile_json_grammar(extras.json_schema, extras.schema_param, self._vocab())}
+
+    def _vocab(self) -> Any:
+        """The model's vocabulary, which llama.cpp parses grammars against (read-only once loaded)."""
+        llm = self._llm
+        if llm is None:
+            raise ModelUnavailable(f"model '{self.name}' was unloaded", hint="retry the request")
+        return llm._model.vocab
 
     def _stream_extras(self, method: str, extras: ChatExtras, *args, **kwargs) -> Iterator[dict[str, Any]]:
         if not extras.include_usage:

@@ -173,6 +173,16 @@ def test_a_schema_llama_cpp_cannot_compile_is_a_400_naming_the_field(schema):
     assert compile_json_grammar({"type": "object", "properties": {"a": {"type": "integer"}}}, "format") is not None
 
 
+def test_a_schema_that_makes_a_huge_grammar_is_a_400():
+    pytest.importorskip("llama_cpp")
+    from edgectl_agent.errors import BadRequest
+    from edgectl_agent.runtimes.llamacpp import compile_json_grammar
+
+    with pytest.raises(BadRequest) as e:
+        compile_json_grammar({"type": "string", "maxLength": 1_000_000}, "format")
+    assert e.value.param == "format" and "bytes" in e.value.message
+
+
 def test_sampled_tokens_count_the_prompt_and_the_generated_tokens():
     from edgectl_agent.runtimes.llamacpp import SampledTokens
 
@@ -183,3 +193,19 @@ def test_sampled_tokens_count_the_prompt_and_the_generated_tokens():
     assert counter.prompt_tokens == 3
     assert counter.completion_tokens("length") == 3  # the last sampled token ends the reply
     assert counter.completion_tokens("stop") == 2  # the last sampled token was end-of-generation
+
+
+def test_a_grammar_llama_cpp_cannot_parse_is_a_400_not_a_null_sampler(tmp_path, monkeypatch):
+    llama_cpp = pytest.importorskip("llama_cpp")
+    import llama_cpp.llama_grammar
+
+    from edgectl_agent.errors import BadRequest
+    from edgectl_agent.runtimes.llamacpp import compile_json_grammar
+    from tests.tinymodels import write_tiny_llama_gguf
+
+    vocab = llama_cpp.Llama(str(write_tiny_llama_gguf(tmp_path / "t.gguf")), vocab_only=True, verbose=False)
+    assert compile_json_grammar({"type": "object"}, "format", vocab._model.vocab) is not None
+    monkeypatch.setattr(llama_cpp.llama_grammar, "json_schema_to_gbnf", lambda schema: "root ::= (")
+    with pytest.raises(BadRequest) as e:
+        compile_json_grammar({"type": "object"}, "format", vocab._model.vocab)
+    assert e.value.param == "format" and "cannot parse" in e.value.message
