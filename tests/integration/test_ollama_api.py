@@ -154,7 +154,8 @@ def test_smollm2_calls_a_tool_through_the_ollama_client(agent, smollm2):
     # one it answers in words, which the grammar also allows).
     c = client(agent)
     assert "tools" in c.show(smollm2).capabilities
-    reply = c.chat(model=smollm2, messages=question, tools=[weather, clock], options={"temperature": 0, "num_predict": 40})
+    reply = c.chat(model=smollm2, messages=question, tools=[weather, clock],
+                   options={"temperature": 0, "num_predict": 40})
     assert reply.done_reason == "stop" and reply.message.tool_calls
     assert reply.message.tool_calls[0].function.name == "get_weather"
     for call in reply.message.tool_calls:

@@ -21,8 +21,8 @@ class ChatExtras:
     """``json_schema``: the reply must be JSON valid against this schema (grammar-constrained decoding); ``{}``
     is any JSON value, ``{"type": "object"}`` any object (OpenAI's ``json_object``). ``schema_param``: the request
     field the schema came from, named in errors; ``format_field``: the request field that asked for a format
-    (OpenAI's ``response_format``, Ollama's ``format``). ``include_usage``: a stream ends with a chunk carrying ``usage``
-    and no choices (OpenAI's ``stream_options.include_usage``). ``tools``, ``tool_choice``,
+    (OpenAI's ``response_format``, Ollama's ``format``). ``include_usage``: a stream ends with a chunk carrying
+    ``usage`` and no choices (OpenAI's ``stream_options.include_usage``). ``tools``, ``tool_choice``,
     ``parallel_tool_calls``: OpenAI's, already validated (the chosen function is among the tools); the tools are
     in use unless there are none or ``tool_choice`` is "none" (``edgectl_agent.runtimes.tool_calls``)."""
 
