@@ -150,12 +150,19 @@ class NamedToolChoice(BaseModel):
     function: FunctionName
 
 
+class CalledFunction(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    name: str
+    arguments: str = Field(default="{}", description="The arguments, a JSON object as a string.")
+
+
 class ToolCall(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
     id: str | None = None
     type: Literal["function"] = "function"
-    function: dict[str, Any]
+    function: CalledFunction
 
 
 class ChatMessage(BaseModel):
@@ -210,10 +217,9 @@ class ChatRequest(_Sampling):
         tools = [t.model_dump(exclude_none=True) for t in self.tools or []]
         choice = self.tool_choice.model_dump() if isinstance(self.tool_choice, NamedToolChoice) else self.tool_choice
         self._check_tools(tools, choice, schema)
-        return ChatExtras(json_schema=schema, schema_param=("response_format.json_schema.schema"
-                                                            if self.response_format and
-                                                            self.response_format.type == "json_schema"
-                                                            else "response_format"),
+        json_schema_sent = self.response_format is not None and self.response_format.type == "json_schema"
+        return ChatExtras(json_schema=schema,
+                          schema_param="response_format.json_schema.schema" if json_schema_sent else "response_format",
                           include_usage=super().extras().include_usage, tools=tuple(tools),
                           tool_choice=choice if tools else None, parallel_tool_calls=self.parallel_tool_calls)
 

@@ -110,14 +110,17 @@ def _call(name: str, arguments: Any) -> dict[str, Any]:
 
 def parse_reply(text: str, finish_reason: str | None, tool_choice: str | dict[str, Any] | None
                 ) -> tuple[dict[str, Any], str | None]:
-    """The OpenAI assistant message and finish reason for a constrained reply. A reply cut by max_tokens is not
-    JSON yet: it is returned as text with finish reason "length"."""
+    """The OpenAI assistant message and finish reason for a constrained reply. A reply cut short (by max_tokens,
+    or by a stop string the request gave) is not complete JSON: it is returned as text, with its finish reason."""
+    try:
+        reply = json.loads(text)
+    except ValueError:
+        return {"role": "assistant", "content": text}, finish_reason
     if finish_reason == "length":
         return {"role": "assistant", "content": text}, "length"
     name = forced_name(tool_choice)
     if name is not None:
         return {"role": "assistant", "content": None, "tool_calls": [_call(name, text.strip())]}, "tool_calls"
-    reply = json.loads(text)
     if "tool_calls" in reply:
         calls = [_call(c["name"], c["arguments"]) for c in reply["tool_calls"]]
         return {"role": "assistant", "content": None, "tool_calls": calls}, "tool_calls"

@@ -113,6 +113,8 @@ def test_tools_on_a_runtime_without_them_are_a_400_naming_field_and_runtime(serv
     ({"tools": [{"type": "retrieval"}]}, "tools.0.type", "function"),
     ({"tools": [WEATHER], "response_format": {"type": "json_object"}}, "response_format", "together"),
     ({"tools": [WEATHER], "tool_choice": "sometimes"}, "tool_choice", "auto"),
+    ({"tools": [WEATHER], "messages": [{"role": "assistant", "tool_calls": [{"function": {"arguments": "{}"}}]}]},
+     "messages.0.tool_calls.0.function.name", "required"),
 ])
 def test_bad_tool_requests_are_a_400_naming_the_field(serving, kw, param, words):
     err = error_of(serving.chat("chat", **kw))
@@ -153,6 +155,7 @@ def test_tool_reply_schemas_follow_tool_choice():
     assert len({c["id"] for c in message["tool_calls"]}) == 2
     assert parse_reply('{"content": "Hello"}', "stop", "auto") == ({"role": "assistant", "content": "Hello"}, "stop")
     assert parse_reply('{"tool_ca', "length", "auto") == ({"role": "assistant", "content": '{"tool_ca'}, "length")
+    assert parse_reply('{"city": "Par', "stop", forced) == ({"role": "assistant", "content": '{"city": "Par'}, "stop")
 
 
 def test_chat_extras_name_the_request_fields():
