@@ -7,6 +7,10 @@ Before llama.cpp sees a file, its GGUF header passes the agent's bounded check (
 chat template is compiled and rendered once in llama-cpp-python's sandboxed formatter (Jinja's
 ImmutableSandboxedEnvironment, since llama-cpp-python 0.2.72): a crafted header or a template that reaches for Python
 internals fails the activation with a 422 and the serving model stays.
+
+Beyond sampling (``edgectl_agent.runtimes.extras``): JSON Schema replies and tool calls by grammar-constrained
+decoding (``compile_json_grammar``, ``edgectl_agent.runtimes.tool_calls``) and usage at the end of a stream
+(``SampledTokens``).
 """
 
 from __future__ import annotations
@@ -161,8 +165,8 @@ def compile_json_grammar(schema: dict[str, Any], param: str, vocab: Any = None) 
 class SampledTokens:
     """A logits processor that changes nothing and counts: the prompt's tokens (the context when the first token
     is sampled) and the tokens sampled. llama.cpp does not count an end-of-generation token in usage, so a stream
-    that finished with "stop" counts one less (with a stop string the count is then one low, as the streamed
-    text is)."""
+    that finished with "stop" counts one less; a reply ended by a stop string of the request is then counted one
+    token low (llama.cpp gives a stream no usage of its own to compare with)."""
 
     def __init__(self) -> None:
         self.prompt_tokens = 0
