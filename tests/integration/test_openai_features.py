@@ -147,11 +147,12 @@ def test_a_forced_function_is_called_with_valid_arguments(agent, smollm2):
     assert call.type == "function" and call.function.name == "get_weather" and call.id.startswith("call_")
     assert arguments_of(call) == {"city": "Paris"}
 
-    chunks = list(oai.chat.completions.create(stream=True, **kw))
+    chunks = list(oai.chat.completions.create(stream=True, stream_options={"include_usage": True}, **kw))
     deltas = [tc for c in chunks if c.choices for tc in (c.choices[0].delta.tool_calls or [])]
     assert [d.function.name for d in deltas] == ["get_weather"] and json.loads(deltas[0].function.arguments) == {
         "city": "Paris"}
-    assert chunks[-1].choices[0].finish_reason == "tool_calls"
+    assert chunks[-2].choices[0].finish_reason == "tool_calls"
+    assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens == reply.usage.completion_tokens
 
 
 @pytest.mark.slow
