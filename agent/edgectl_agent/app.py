@@ -14,7 +14,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from edgectl_agent import __version__, control, kserve, metrics, openai
+from edgectl_agent import __version__, control, kserve, metrics, ollama, openai
 from edgectl_agent.auth import ensure_token, require_token
 from edgectl_agent.deployments import Deployments
 from edgectl_agent.errors import AgentError
@@ -85,6 +85,7 @@ def create_app(settings: AgentSettings, runtimes: dict[str, Runtime] | None = No
     serving_deps = [] if settings.loopback else [Depends(require_token)]
     app.include_router(control.router)
     app.include_router(openai.router, dependencies=serving_deps)
+    app.include_router(ollama.router, dependencies=serving_deps)
     app.include_router(kserve.router, dependencies=serving_deps)
     app.include_router(metrics.router, dependencies=serving_deps)
 

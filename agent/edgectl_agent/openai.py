@@ -1,7 +1,26 @@
 """OpenAI-compatible serving API under /v1. The model id is the deployment name.
 
-Inference is blocking (llama.cpp), so it runs in worker threads; a streaming response pulls one chunk at a time
-from a worker and closes the runtime's iterator when the client goes away, so the model is freed at once.
+Inference is blocking (llama.cpp), so it runs in worker threads (``edgectl_agent.inference``, the path the Ollama
+API shares); a streaming response pulls one chunk at a time from a worker and closes the runtime's iterator when the
+client goes away, so the model is freed at once.
+
+Fields beyond sampling, and who answers them:
+
+- ``response_format``: ``{"type": "json_schema", "json_schema": {"schema": ...}}`` constrains the reply with a
+  grammar compiled from the schema, so it parses and validates; ``{"type": "json_object"}`` with one admitting any
+  JSON object; ``{"type": "text"}`` is the default. A schema llama.cpp cannot compile is a 400 naming
+  ``response_format.json_schema.schema``.
+- ``stream_options.include_usage``: a stream ends with a chunk carrying ``usage`` and empty ``choices``.
+- ``tools`` / ``tool_choice`` (``auto``, ``required``, ``none``, a named function) / ``parallel_tool_calls``: the
+  reply is constrained to calls of the declared functions with valid arguments, answered with ``tool_calls`` and
+  ``finish_reason: "tool_calls"`` (``edgectl_agent.runtimes.tool_calls``; a stream sends the whole reply as
+  chunks). A function ``tool_choice`` does not list, or parameters llama.cpp cannot compile, are a 400 naming the
+  field.
+- Those three need a runtime that implements them (``edgectl_agent.runtimes.extras``: llamacpp has all; the fake
+  runtime include_usage); any other runtime answers a 400 naming the field and the runtime.
+- ``n`` > 1 and ``logprobs``/``top_logprobs`` are refused with a 400 naming the field: one choice per request,
+  and llama.cpp returns logprobs only for models loaded with all logits kept (not done here). Other unknown OpenAI
+  fields (``user``, ``presence_penalty``, ...) are accepted and ignored, as other OpenAI servers do.
 """
 
 from __future__ import annotations
@@ -10,25 +29,28 @@ import base64
 import json
 import struct
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
+from contextlib import aclosing
 from typing import Any, Literal
 
-import anyio.to_thread
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from edgectl_agent.api import TIMINGS_HEADER, check_json_values
 from edgectl_agent.deployments import Serving, run_on_active
-from edgectl_agent.errors import AgentError, BadRequest, NotFound
+from edgectl_agent.errors import AgentError, BadRequest
+from edgectl_agent.inference import (StreamEnd, chat_call, complete_call, count_usage, pull_stream, run_counted,
+                                     serving_llm, start_stream)
 from edgectl_agent.runtimes.base import GenerationParams
+from edgectl_agent.runtimes.extras import ChatExtras
 
 router = APIRouter(prefix="/v1")
 ARTIFACT_HEADER = "X-Edgectl-Artifact"
 
 
 class _Request(BaseModel):
-    # Unknown OpenAI fields (user, logprobs, ...) are accepted and ignored, as other OpenAI servers do.
+    # Unknown OpenAI fields (user, presence_penalty, ...) are accepted and ignored, as other OpenAI servers do.
     model_config = ConfigDict(extra="ignore")
 
     model: str = Field(min_length=1, description="Deployment name.")
@@ -40,6 +62,12 @@ class _Request(BaseModel):
         return data
 
 
+class StreamOptions(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    include_usage: bool = Field(default=False, description="End the stream with a chunk carrying usage.")
+
+
 class _Sampling(_Request):
     max_tokens: int | None = Field(default=None, ge=1, description="Tokens to generate at most.")
     temperature: float | None = Field(default=None, ge=0, le=2)
@@ -47,12 +75,94 @@ class _Sampling(_Request):
     stop: str | list[str] | None = Field(default=None)
     seed: int | None = None
     stream: bool = False
-    n: int = Field(default=1, ge=1, le=1, description="Only one choice per request is supported.")
+    stream_options: StreamOptions | None = None
+    n: int = Field(default=1, ge=1, le=1, description="Choices per request: only 1 is supported.")
+    logprobs: bool | int | None = Field(default=None, description="Refused when set: not returned by this agent.")
+    top_logprobs: int | None = Field(default=None, description="Refused when set: not returned by this agent.")
+
+    @field_validator("logprobs", "top_logprobs")
+    @classmethod
+    def _no_logprobs(cls, v):
+        if v:  # false / 0 / null ask for nothing
+            raise ValueError("log probabilities are not returned by this agent; leave the field out")
+        return v
 
     def params(self) -> GenerationParams:
         stop = [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
         return GenerationParams(max_tokens=self.max_tokens, temperature=self.temperature, top_p=self.top_p,
                                 stop=stop, seed=self.seed)
+
+    def extras(self) -> ChatExtras:
+        return ChatExtras(include_usage=bool(self.stream and self.stream_options
+                                             and self.stream_options.include_usage))
+
+
+class JsonSchemaFormat(BaseModel):
+    model_config = ConfigDict(extra="ignore", populate_by_name=True)
+
+    name: str = Field(default="response", max_length=64, description="The schema's name (not used to decode).")
+    json_schema: dict[str, Any] = Field(alias="schema", description="The JSON Schema the reply must satisfy.")
+    strict: bool | None = Field(default=None, description="Accepted; the reply is always grammar-constrained.")
+
+
+class ResponseFormat(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: JsonSchemaFormat | None = None
+
+    @model_validator(mode="after")
+    def _schema_with_json_schema(self) -> "ResponseFormat":
+        if self.type == "json_schema" and self.json_schema is None:
+            raise ValueError('type "json_schema" needs "json_schema": {"name": ..., "schema": {...}}')
+        return self
+
+    def schema_to_follow(self) -> dict[str, Any] | None:
+        if self.type == "json_schema" and self.json_schema is not None:
+            return self.json_schema.json_schema
+        return {"type": "object"} if self.type == "json_object" else None
+
+
+class FunctionDefinition(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_-]{1,64}$", description="The function's name.")
+    description: str | None = None
+    parameters: dict[str, Any] | None = Field(default=None, description="JSON Schema of the arguments.")
+    strict: bool | None = Field(default=None, description="Accepted; arguments are always grammar-constrained.")
+
+
+class Tool(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    type: Literal["function"]
+    function: FunctionDefinition
+
+
+class FunctionName(BaseModel):
+    name: str
+
+
+class NamedToolChoice(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    type: Literal["function"]
+    function: FunctionName
+
+
+class CalledFunction(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    name: str
+    arguments: str = Field(default="{}", description="The arguments, a JSON object as a string.")
+
+
+class ToolCall(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    id: str | None = None
+    type: Literal["function"] = "function"
+    function: CalledFunction
 
 
 class ChatMessage(BaseModel):
@@ -60,6 +170,13 @@ class ChatMessage(BaseModel):
 
     role: Literal["system", "user", "assistant", "tool", "developer"]
     content: str | list[dict[str, Any]] | None = None
+    tool_calls: list[ToolCall] | None = Field(default=None, description="An assistant turn's calls.")
+
+    def as_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"role": self.role, "content": self.content or ""}
+        if self.tool_calls:
+            out["tool_calls"] = [c.model_dump() for c in self.tool_calls]
+        return out
 
     @field_validator("content")
     @classmethod
@@ -77,14 +194,53 @@ class ChatMessage(BaseModel):
 class ChatRequest(_Sampling):
     messages: list[ChatMessage] = Field(min_length=1)
     max_completion_tokens: int | None = Field(default=None, ge=1)
-    tools: list[Any] | None = None
+    response_format: ResponseFormat | None = None
+    tools: list[Tool] | None = Field(default=None, max_length=128)
+    tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
+    parallel_tool_calls: bool = True
 
-    @field_validator("tools")
+    @field_validator("tool_choice", mode="before")
     @classmethod
-    def _no_tools(cls, v):
-        if v:
-            raise ValueError("tool calling is not supported by this agent")
-        return v
+    def _one_tool_choice(cls, v):
+        # Checked here, so that an error names tool_choice rather than a member of its union type.
+        if v is None or v in ("none", "auto", "required"):
+            return v
+        if isinstance(v, dict):
+            try:
+                return NamedToolChoice.model_validate(v)
+            except ValueError:
+                pass
+        raise ValueError('must be "none", "auto", "required" or {"type": "function", "function": {"name": ...}}')
+
+    def extras(self) -> ChatExtras:
+        schema = self.response_format.schema_to_follow() if self.response_format else None
+        tools = [t.model_dump(exclude_none=True) for t in self.tools or []]
+        choice = self.tool_choice.model_dump() if isinstance(self.tool_choice, NamedToolChoice) else self.tool_choice
+        self._check_tools(tools, choice, schema)
+        json_schema_sent = self.response_format is not None and self.response_format.type == "json_schema"
+        return ChatExtras(json_schema=schema,
+                          schema_param="response_format.json_schema.schema" if json_schema_sent else "response_format",
+                          include_usage=super().extras().include_usage, tools=tuple(tools),
+                          tool_choice=choice if tools else None, parallel_tool_calls=self.parallel_tool_calls)
+
+    @staticmethod
+    def _check_tools(tools: list[dict[str, Any]], choice: str | dict[str, Any] | None,
+                     schema: dict[str, Any] | None) -> None:
+        names = [t["function"]["name"] for t in tools]
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            raise BadRequest(f"tools: function names must be unique, {duplicates} repeat", param="tools",
+                             hint="give each function its own name")
+        if choice not in (None, "none", "auto") and not tools:
+            raise BadRequest(f"tool_choice {json.dumps(choice)} needs tools", param="tool_choice",
+                             hint="send the functions in 'tools', or leave tool_choice out")
+        if isinstance(choice, dict) and choice["function"]["name"] not in names:
+            raise BadRequest(f"tool_choice names the function '{choice['function']['name']}', which is not among "
+                             f"the tools ({', '.join(names)})", param="tool_choice",
+                             hint="name one of the functions sent in 'tools'")
+        if schema is not None and tools and choice != "none":
+            raise BadRequest("response_format and tools cannot be used together: both constrain the reply",
+                             param="response_format", hint="send one of them")
 
     def params(self) -> GenerationParams:
         p = super().params()
@@ -116,82 +272,11 @@ class EmbeddingRequest(_Request):
 
 
 # -- helpers -------------------------------------------------------------------------------------------------
-def _serving(request: Request, model: str) -> Serving:
-    serving = request.app.state.agent.deployments.serving_model(model)
-    if serving.model.kind != "llm":
-        raise NotFound(f"the model '{model}' is a tensor model, not a language model",
-                       hint=f"use the KServe v2 API: POST /v2/models/{model}/infer", param="model",
-                       code="model_not_found")
-    return serving
-
-
 def _stamp(out: dict[str, Any], serving: Serving) -> dict[str, Any]:
     """The id clients sent, and which artifact answered."""
     out["model"] = serving.desired.name
     out["system_fingerprint"] = serving.artifact.digest
     return out
-
-
-def _count_usage(request: Request, name: str, usage: dict[str, Any] | None, seconds: float | None) -> None:
-    """Tokens of a whole (non-streaming) response; ``seconds`` = the call's time when it generated text."""
-    if not usage:
-        return
-    m = request.app.state.agent.metrics
-    m.prompt_tokens.labels(deployment=name).inc(usage.get("prompt_tokens") or 0)
-    completion = usage.get("completion_tokens") or 0
-    if seconds is None:
-        m.completion_tokens.labels(deployment=name).inc(completion)
-    else:  # the call includes prompt processing: a lower bound of the decode speed
-        m.note_generation(name, completion, seconds, decode_tokens=completion)
-
-
-def _has_token(chunk: dict[str, Any]) -> bool:
-    for choice in chunk.get("choices") or []:
-        if choice.get("text") or (choice.get("delta") or {}).get("content"):
-            return True
-    return False
-
-
-_DONE = object()
-
-
-class _Started:
-    """A runtime's chunk iterator whose first chunk was already taken; ``close`` closes the runtime's iterator."""
-
-    def __init__(self, first: Any, chunks: Iterator[dict[str, Any]]) -> None:
-        self._first, self._chunks = first, chunks
-
-    def __iter__(self) -> "_Started":
-        return self
-
-    def __next__(self) -> dict[str, Any]:
-        if self._first is not _DONE:
-            first, self._first = self._first, _DONE
-            return first
-        return next(self._chunks)
-
-    def close(self) -> None:
-        close = getattr(self._chunks, "close", None)
-        if close is not None:
-            close()
-
-
-async def _start_stream(request: Request, model: str, start: Callable[[Serving], Iterator[dict[str, Any]]]
-                        ) -> tuple[Serving, _Started]:
-    """Start a streaming inference and take its first chunk before the response begins: from then on the stream
-    holds its model (a swap closes the old model only after it), a model swapped out before that is replaced by
-    the active one, and an error before the first chunk is a plain HTTP error."""
-
-    def first_chunk(serving: Serving) -> _Started:
-        chunks = start(serving)
-        try:
-            return _Started(next(chunks, _DONE), chunks)
-        except AgentError:
-            raise
-        except Exception as e:  # noqa: BLE001 — the runtime's own exception classes
-            raise AgentError(f"inference failed: {type(e).__name__}: {e}", hint="see the agent log") from e
-
-    return await run_on_active(lambda: _serving(request, model), first_chunk)
 
 
 def timings_chunk(obj: str, ttft_s: float | None, tokens: int, decode_s: float) -> dict[str, Any]:
@@ -203,53 +288,20 @@ def timings_chunk(obj: str, ttft_s: float | None, tokens: int, decode_s: float) 
 
 async def _sse(request: Request, serving: Serving, chunks: Iterator[dict[str, Any]],
                started: float) -> AsyncIterator[str]:
-    m = request.app.state.agent.metrics
-    name = serving.desired.name
-    generated = 0
-    first_at = 0.0
-    noted = False
     kind = "chat.completion.chunk"
-    try:
-        while True:
-            try:
-                chunk = await anyio.to_thread.run_sync(next, chunks, _DONE)
-            except AgentError as e:
-                yield f"data: {json.dumps(e.body())}\n\n"
-                break
-            except Exception as e:  # noqa: BLE001 — headers are sent; the error must travel in the stream
-                err = AgentError(f"inference failed: {type(e).__name__}: {e}", hint="see the agent log")
-                yield f"data: {json.dumps(err.body())}\n\n"
-                break
-            if chunk is _DONE:
-                decode_s = time.perf_counter() - first_at if generated else 0.0
-                m.note_generation(name, generated, decode_s, decode_tokens=generated - 1)
-                noted = True
+    async with aclosing(pull_stream(request, serving, chunks, started)) as items:
+        async for item in items:
+            if isinstance(item, AgentError):
+                yield f"data: {json.dumps(item.body())}\n\n"
+                return
+            if isinstance(item, StreamEnd):
                 if request.headers.get(TIMINGS_HEADER):
-                    timings = timings_chunk(kind, first_at - started if generated else None, generated, decode_s)
+                    timings = timings_chunk(kind, item.ttft_s, item.tokens, item.decode_s)
                     yield f"data: {json.dumps(_stamp(timings, serving))}\n\n"
                 yield "data: [DONE]\n\n"
-                break
-            kind = chunk.get("object") or kind
-            if _has_token(chunk):
-                if generated == 0:
-                    first_at = time.perf_counter()
-                    m.ttft.labels(deployment=name).observe(first_at - started)
-                generated += 1
-            if chunk.get("usage"):
-                m.prompt_tokens.labels(deployment=name).inc(chunk["usage"].get("prompt_tokens") or 0)
-            yield f"data: {json.dumps(_stamp(chunk, serving))}\n\n"
-    finally:
-        # On a client disconnect this runs cancelled: shield it, so the runtime's iterator is closed (and the
-        # model's lock released) now rather than whenever the garbage collector gets to it. The thread running
-        # ``next`` has finished by now: to_thread waits for it even when cancelled.
-        # Decode speed: the tokens after the first, over the time since the first (prompt processing excluded).
-        if not noted:  # a stream that ended early (client gone, runtime error)
-            m.note_generation(name, generated, time.perf_counter() - first_at if generated else 0.0,
-                              decode_tokens=generated - 1)
-        close = getattr(chunks, "close", None)
-        if close is not None:
-            with anyio.CancelScope(shield=True):
-                await anyio.to_thread.run_sync(close)
+                return
+            kind = item.get("object") or kind
+            yield f"data: {json.dumps(_stamp(item, serving))}\n\n"
 
 
 def _stream_response(request: Request, serving: Serving, chunks, started: float) -> StreamingResponse:
@@ -257,9 +309,7 @@ def _stream_response(request: Request, serving: Serving, chunks, started: float)
                              headers={ARTIFACT_HEADER: serving.artifact.digest, "Cache-Control": "no-cache"})
 
 
-def _json_response(request: Request, serving: Serving, out: dict[str, Any],
-                   seconds: float | None = None) -> JSONResponse:
-    _count_usage(request, serving.desired.name, out.get("usage"), seconds)
+def _json_response(serving: Serving, out: dict[str, Any]) -> JSONResponse:
     return JSONResponse(_stamp(out, serving), headers={ARTIFACT_HEADER: serving.artifact.digest})
 
 
@@ -280,42 +330,38 @@ def list_models(request: Request) -> dict[str, Any]:
 @router.post("/chat/completions")
 async def chat_completions(body: ChatRequest, request: Request):
     started = time.perf_counter()
-    messages = [{"role": m.role, "content": m.content or ""} for m in body.messages]
-    params = body.params()
+    messages = [m.as_dict() for m in body.messages]
+    params, extras = body.params(), body.extras()
     if body.stream:
-        serving, chunks = await _start_stream(request, body.model,
-                                              lambda s: s.model.chat(messages, params, stream=True))
+        serving, chunks = await start_stream(request, body.model, chat_call(messages, params, extras, stream=True))
         return _stream_response(request, serving, chunks, started)
-    began = time.perf_counter()
-    serving, out = await run_on_active(lambda: _serving(request, body.model),
-                                       lambda s: s.model.chat(messages, params))
-    return _json_response(request, serving, out, time.perf_counter() - began)
+    serving, out = await run_counted(request, body.model, chat_call(messages, params, extras))
+    return _json_response(serving, out)
 
 
 @router.post("/completions")
 async def completions(body: CompletionRequest, request: Request):
     started = time.perf_counter()
-    params = body.params()
+    params, extras = body.params(), body.extras()
     if body.stream:
-        serving, chunks = await _start_stream(request, body.model,
-                                              lambda s: s.model.complete(body.prompt, params, stream=True))
+        serving, chunks = await start_stream(request, body.model,
+                                             complete_call(body.prompt, params, extras, stream=True))
         return _stream_response(request, serving, chunks, started)
-    began = time.perf_counter()
-    serving, out = await run_on_active(lambda: _serving(request, body.model),
-                                       lambda s: s.model.complete(body.prompt, params))
-    return _json_response(request, serving, out, time.perf_counter() - began)
+    serving, out = await run_counted(request, body.model, complete_call(body.prompt, params, extras))
+    return _json_response(serving, out)
 
 
 @router.post("/embeddings")
 async def embeddings(body: EmbeddingRequest, request: Request):
     inputs = body.inputs()
-    _serving(request, body.model)  # an unknown model is a 404 before the input is judged
+    serving_llm(request, body.model)  # an unknown model is a 404 before the input is judged
     if not inputs or any(not isinstance(t, str) or not t for t in inputs):
         raise BadRequest("input must be a non-empty string or a list of non-empty strings", param="input",
                          hint='send e.g. {"input": "hello"}')
-    serving, out = await run_on_active(lambda: _serving(request, body.model), lambda s: s.model.embed(inputs))
+    serving, out = await run_on_active(lambda: serving_llm(request, body.model), lambda s: s.model.embed(inputs))
     if body.encoding_format == "base64":  # what the openai client asks for by default: little-endian float32
         for item in out.get("data", []):
             vec = item["embedding"]
             item["embedding"] = base64.b64encode(struct.pack(f"<{len(vec)}f", *vec)).decode()
-    return _json_response(request, serving, out)
+    count_usage(request, serving.desired.name, out.get("usage"), None)
+    return _json_response(serving, out)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from edgectl.plan import Plan
+from edgectl.spec import Spec
 
 from edgectl.apply.observe import DeviceContext
 

@@ -11,7 +11,7 @@ import os
 import re
 import sys
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 from edgectl.builders.registry import GGUF_FTYPES, UNQUANTIZED_PRECISIONS, check_buildable

@@ -28,7 +28,8 @@ def endpoints(app) -> list[tuple[str, str]]:
             if hasattr(route, "original_router"):  # fastapi.routing._IncludedRouter
                 walk(route.original_router.routes, prefix + route.include_context.prefix)
                 continue
-            assert type(route).__name__ in ("APIRoute", "Route") and isinstance(route, Route), (
+            # OllamaRoute: an APIRoute that only reshapes the errors of the Ollama API (/api); auth is unchanged.
+            assert type(route).__name__ in ("APIRoute", "Route", "OllamaRoute") and isinstance(route, Route), (
                 f"route {route!r} is not a plain HTTP route: extend tests/security/test_auth.py to cover it")
             out.extend((method, prefix + route.path) for method in sorted(route.methods))
 

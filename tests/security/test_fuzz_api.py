@@ -62,9 +62,9 @@ def operations(schema) -> list:
 
 def error_message(path: str, body) -> str:
     """The message of an error body: the agent's ``{"error": {"message", "type", "hint", ...}}``, or under /v2
-    the KServe protocol's ``{"error": "<message>"}``."""
+    (the KServe protocol) and /api (Ollama's) ``{"error": "<message>"}``."""
     error = body["error"]
-    if path.startswith("/v2") and isinstance(error, str):
+    if path.startswith(("/v2", "/api/")) and isinstance(error, str):
         return error
     assert error["type"], body
     return error["message"]
@@ -150,6 +150,22 @@ def test_lone_surrogates_in_openai_requests_are_400(agent, path, body, where):
     error = r.json()["error"]
     assert f"{where} is not valid Unicode text" in error["message"] and "lone surrogate" in error["message"]
     assert "fix the field named in the message" in error["hint"]
+    assert agent.chat("chat").status_code == 200  # still serving
+
+
+@pytest.mark.parametrize("path, body, where", [
+    ("/api/chat", '{"model": "chat", "messages": [{"role": "user", "content": "hi \\ud800"}]}',
+     "messages[0].content"),
+    ("/api/generate", '{"model": "chat", "prompt": "\\ud83d", "stream": false}', "prompt"),
+    ("/api/embed", '{"model": "chat", "input": ["\\udc00"]}', "input[0]"),
+])
+def test_lone_surrogates_in_ollama_requests_are_400(agent, path, body, where):
+    agent.upload(agent.A)
+    assert agent.activate("chat", agent.A).status_code == 200
+    r = raw_json(agent, "POST", path, body)
+    assert r.status_code == 400, r.text
+    error = r.json()["error"]  # Ollama's shape: one string
+    assert f"{where} is not valid Unicode text" in error and "lone surrogate" in error
     assert agent.chat("chat").status_code == 200  # still serving
 
 

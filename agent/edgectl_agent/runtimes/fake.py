@@ -17,6 +17,7 @@ from typing import Any
 from edgectl_agent.api import DesiredDeployment
 from edgectl_agent.errors import BadRequest, ModelUnavailable, RuntimeFailure
 from edgectl_agent.runtimes.base import GenerationParams, LoadedModel, Runtime, RuntimeCapabilities
+from edgectl_agent.runtimes.extras import INCLUDE_USAGE, ChatExtras, usage_chunk
 
 GGUF_MAGIC = b"GGUF"
 WORDS = ("alpha", "bravo", "charlie", "delta", "echo", "foxtrot", "golf", "hotel")
@@ -50,6 +51,9 @@ def _words(seed: str, n: int) -> list[str]:
 
 
 class FakeModel(LoadedModel):
+    # No response_format: the fake cannot honour a schema, so it is refused like on any runtime without it.
+    extra_features = frozenset({INCLUDE_USAGE})
+
     def __init__(self, desired: DesiredDeployment) -> None:
         self.desired = desired
         self.supports_embeddings = bool(desired.runtime_options.get("embedding", False))
@@ -110,6 +114,24 @@ class FakeModel(LoadedModel):
             last = i == len(words) - 1
             yield {**base, "choices": [{"index": 0, "text": " " + w, "logprobs": None,
                                         "finish_reason": self._finish(params, len(words)) if last else None}]}
+
+    def chat_with_extras(self, messages, params: GenerationParams, extras: ChatExtras, *, stream: bool = False):
+        out = self.chat(messages, params, stream=stream)
+        prompt = "\n".join(str(m.get("content", "")) for m in messages)
+        return self._with_usage(out, prompt, params, extras) if stream else out
+
+    def complete_with_extras(self, prompt: str, params: GenerationParams, extras: ChatExtras, *,
+                             stream: bool = False):
+        out = self.complete(prompt, params, stream=stream)
+        return self._with_usage(out, prompt, params, extras) if stream else out
+
+    def _with_usage(self, chunks, prompt: str, params: GenerationParams, extras: ChatExtras):
+        last: dict[str, Any] = {}
+        for last in chunks:
+            yield last
+        if extras.include_usage:
+            base = {k: v for k, v in last.items() if k != "choices"}
+            yield usage_chunk(base, len(prompt.split()), len(self._reply(prompt, params)))
 
     def embed(self, inputs: list[str]) -> dict[str, Any]:
         self._check()

@@ -7,21 +7,29 @@ Before llama.cpp sees a file, its GGUF header passes the agent's bounded check (
 chat template is compiled and rendered once in llama-cpp-python's sandboxed formatter (Jinja's
 ImmutableSandboxedEnvironment, since llama-cpp-python 0.2.72): a crafted header or a template that reaches for Python
 internals fails the activation with a 422 and the serving model stays.
+
+Beyond sampling (``edgectl_agent.runtimes.extras``): JSON Schema replies and tool calls by grammar-constrained
+decoding (``compile_json_grammar``, ``edgectl_agent.runtimes.tool_calls``) and usage at the end of a stream
+(``SampledTokens``).
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from edgectl_agent.api import DesiredDeployment
-from edgectl_agent.errors import BadRequest, RuntimeFailure
+from edgectl_agent.errors import BadRequest, ModelUnavailable, RuntimeFailure
 from edgectl_agent.gguf_check import check_gguf
 from edgectl_agent.runtimes.base import (GenerationParams, LoadedModel, Runtime, RuntimeCapabilities, SerializedModel,
                                          import_library)
+from edgectl_agent.runtimes.extras import INCLUDE_USAGE, RESPONSE_FORMAT, TOOLS, ChatExtras, usage_chunk
+from edgectl_agent.runtimes.tool_calls import (arguments_schema, parse_reply, reply_schema, tools_message,
+                                               with_tools_message)
 
 log = logging.getLogger(__name__)
 
@@ -116,7 +124,67 @@ def _template_failed(e: Exception) -> BadRequest:
                            "hostile: rebuild it", code="chat_template_failed")
 
 
+# -- features beyond sampling (edgectl_agent.runtimes.extras) ------------------------------------------------
+# A schema can ask for a grammar of millions of rules (maxLength: 1000000); llama.cpp would parse it per request.
+MAX_GRAMMAR_BYTES = 256 * 1024
+
+
+def compile_json_grammar(schema: dict[str, Any], param: str, vocab: Any = None) -> Any:
+    """A llama.cpp grammar that admits exactly the JSON valid against ``schema`` (llama-cpp-python's JSON Schema
+    converter, then, given the model's ``vocab``, llama.cpp's GBNF parser: llama-cpp-python itself would hand a
+    grammar that fails to parse to the sampler as a null pointer). Either failing is a 400 naming ``param``."""
+    from llama_cpp.llama_grammar import LlamaGrammar, json_schema_to_gbnf
+
+    hint = ("use the JSON Schema subset llama.cpp supports (type, properties, required, items, enum, const, "
+            "anyOf, $ref to $defs, patterns anchored with ^...$) and modest length limits")
+    try:
+        gbnf = json_schema_to_gbnf(json.dumps(schema))
+    except Exception as e:  # noqa: BLE001 - the converter fails with AssertionError, KeyError, ValueError, ...
+        raise BadRequest(f"{param}: llama.cpp cannot compile this JSON Schema into a grammar: "
+                         f"{type(e).__name__}: {e}", param=param, code="invalid_json_schema", hint=hint) from e
+    if len(gbnf) > MAX_GRAMMAR_BYTES:
+        raise BadRequest(f"{param}: this JSON Schema makes a grammar of {len(gbnf)} bytes, more than the "
+                         f"{MAX_GRAMMAR_BYTES} the agent compiles", param=param, code="invalid_json_schema",
+                         hint="lower maxLength / minItems / maxItems, or split the schema")
+    if vocab is not None:
+        import llama_cpp
+
+        sampler = llama_cpp.llama_sampler_init_grammar(vocab, gbnf.encode("utf-8"), b"root")
+        if not sampler:
+            raise BadRequest(f"{param}: llama.cpp cannot parse the grammar made from this JSON Schema",
+                             param=param, code="invalid_json_schema", hint=hint)
+        llama_cpp.llama_sampler_free(sampler)
+    return LlamaGrammar.from_string(gbnf, verbose=False)
+
+
+class SampledTokens:
+    """A logits processor that changes nothing and counts: the prompt's tokens (the context when the first token
+    is sampled) and the tokens sampled. llama.cpp does not count an end-of-generation token in usage, so a stream
+    that finished with "stop" counts one less; a reply ended by a stop string of the request is then counted one
+    token low (llama.cpp gives a stream no usage of its own to compare with)."""
+
+    def __init__(self) -> None:
+        self.prompt_tokens = 0
+        self.sampled = 0
+
+    def __call__(self, input_ids: Any, scores: Any) -> Any:
+        if self.sampled == 0:
+            self.prompt_tokens = len(input_ids)
+        self.sampled += 1
+        return scores
+
+    def completion_tokens(self, finish_reason: str | None) -> int:
+        return max(self.sampled - (1 if finish_reason == "stop" else 0), 0)
+
+
+def _finish_reason(chunk: dict[str, Any] | None) -> str | None:
+    choices = (chunk or {}).get("choices") or []
+    return choices[0].get("finish_reason") if choices else None
+
+
 class LlamaCppModel(SerializedModel):
+    extra_features = frozenset({RESPONSE_FORMAT, INCLUDE_USAGE, TOOLS})
+
     def __init__(self, llm: Any, *, embeddings: bool, name: str) -> None:
         super().__init__(name)
         self._llm = llm
@@ -163,6 +231,82 @@ class LlamaCppModel(SerializedModel):
         if stream:
             return self._stream("create_completion", prompt, **kw)
         return self._run("create_completion", prompt, **kw)
+
+    def chat_with_extras(self, messages, params: GenerationParams, extras: ChatExtras, *, stream: bool = False):
+        if extras.uses_tools:
+            return self._chat_with_tools(messages, params, extras, stream=stream)
+        kw = {**params.as_kwargs(), **self._grammar_kwargs(extras)}
+        if stream:
+            return self._stream_extras("create_chat_completion", extras, messages=messages, **kw)
+        return self._run("create_chat_completion", messages=messages, **kw)
+
+    def complete_with_extras(self, prompt: str, params: GenerationParams, extras: ChatExtras, *,
+                             stream: bool = False):
+        kw = {**params.as_kwargs(), **self._grammar_kwargs(extras)}
+        if stream:
+            return self._stream_extras("create_completion", extras, prompt, **kw)
+        return self._run("create_completion", prompt, **kw)
+
+    def _chat_with_tools(self, messages, params: GenerationParams, extras: ChatExtras, *, stream: bool):
+        """Tools by constrained decoding (edgectl_agent.runtimes.tool_calls). A stream is the whole reply sent as
+        chunks: the calls are known only once their JSON is complete."""
+        tools = list(extras.tools)
+        vocab = self._vocab()
+        for i, tool in enumerate(tools):  # each alone first, so that a 400 names the tool whose schema fails
+            compile_json_grammar(arguments_schema(tool), f"tools[{i}].function.parameters", vocab)
+        grammar = compile_json_grammar(reply_schema(tools, extras.tool_choice, extras.parallel_tool_calls), TOOLS,
+                                       vocab)
+        prompt = with_tools_message(messages, tools_message(tools, extras.tool_choice, extras.parallel_tool_calls))
+
+        def run() -> dict[str, Any]:
+            out = self._run("create_chat_completion", messages=prompt, grammar=grammar, **params.as_kwargs())
+            choice = out["choices"][0]
+            message, finish = parse_reply(choice["message"].get("content") or "", choice.get("finish_reason"),
+                                          extras.tool_choice)
+            out["choices"] = [{"index": 0, "message": message, "logprobs": None, "finish_reason": finish}]
+            return out
+
+        return self._as_chunks(run, extras) if stream else run()
+
+    @staticmethod
+    def _as_chunks(run, extras: ChatExtras) -> Iterator[dict[str, Any]]:
+        out = run()
+        base = {k: out[k] for k in ("id", "created", "model")}
+        base["object"] = "chat.completion.chunk"
+        choice = out["choices"][0]
+        message = choice["message"]
+        if message.get("tool_calls"):
+            delta: dict[str, Any] = {"tool_calls": [{"index": i, **c} for i, c in enumerate(message["tool_calls"])]}
+        else:
+            delta = {"content": message["content"]}
+        for piece, finish in (({"role": "assistant"}, None), (delta, None), ({}, choice["finish_reason"])):
+            yield {**base, "choices": [{"index": 0, "delta": piece, "logprobs": None, "finish_reason": finish}]}
+        if extras.include_usage:
+            yield usage_chunk(base, out["usage"]["prompt_tokens"], out["usage"]["completion_tokens"])
+
+    def _grammar_kwargs(self, extras: ChatExtras) -> dict[str, Any]:
+        if extras.json_schema is None:
+            return {}
+        return {"grammar": compile_json_grammar(extras.json_schema, extras.schema_param, self._vocab())}
+
+    def _vocab(self) -> Any:
+        """The model's vocabulary, which llama.cpp parses grammars against (read-only once loaded)."""
+        llm = self._llm
+        if llm is None:
+            raise ModelUnavailable(f"model '{self.name}' was unloaded", hint="retry the request")
+        return llm._model.vocab
+
+    def _stream_extras(self, method: str, extras: ChatExtras, *args, **kwargs) -> Iterator[dict[str, Any]]:
+        if not extras.include_usage:
+            yield from self._stream(method, *args, **kwargs)
+            return
+        counter = SampledTokens()
+        last = None
+        for chunk in self._stream(method, *args, logits_processor=[counter], **kwargs):
+            last = chunk
+            yield chunk
+        base = {k: v for k, v in (last or {}).items() if k not in ("choices", "usage")}
+        yield usage_chunk(base, counter.prompt_tokens, counter.completion_tokens(_finish_reason(last)))
 
     def embed(self, inputs: list[str]) -> dict[str, Any]:
         if not self.supports_embeddings:

@@ -84,7 +84,7 @@ def test_completions_plain_and_streaming(serving):
     ({"messages": []}, "messages"),
     ({"messages": [{"role": "wizard", "content": "hi"}]}, "messages.0.role"),
     ({"messages": [{"role": "user", "content": "hi"}], "n": 2}, "n"),
-    ({"messages": [{"role": "user", "content": "hi"}], "tools": [{"type": "function"}]}, "tools"),
+    ({"messages": [{"role": "user", "content": "hi"}], "tools": [{"type": "function"}]}, "tools.0.function"),
 ])
 def test_invalid_fields_are_openai_400s(serving, body, param):
     err = openai_error(serving.client.post("/v1/chat/completions", json={"model": "chat", **body}), 400)

@@ -1,0 +1,202 @@
+"""The one path from an API request to a loaded language model, shared by the OpenAI (/v1, ``openai.py``) and the
+Ollama (/api, ``ollama.py``) routers: find the deployment's model, run a call on it in a worker thread (retried on
+the model a swap made active), start a stream, and pull a stream's chunks while recording the serving metrics.
+
+The routers differ only in how they shape requests and responses; what runs on the model, and what the metrics
+see, is the same for both.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import anyio.to_thread
+from fastapi import Request
+
+from edgectl_agent.deployments import Serving, run_on_active
+from edgectl_agent.errors import AgentError, BadRequest, NotFound
+from edgectl_agent.runtimes.base import GenerationParams
+from edgectl_agent.runtimes.extras import ChatExtras
+
+
+def serving_llm(request: Request, model: str) -> Serving:
+    """The model serving deployment ``model``; a 404 for an unknown name or a tensor model."""
+    serving = request.app.state.agent.deployments.serving_model(model)
+    if serving.model.kind != "llm":
+        raise NotFound(f"the model '{model}' is a tensor model, not a language model",
+                       hint=f"use the KServe v2 API: POST /v2/models/{model}/infer", param="model",
+                       code="model_not_found")
+    return serving
+
+
+def check_extras(serving: Serving, extras: ChatExtras) -> None:
+    """A 400 naming the first requested field the deployment's runtime does not implement, and the runtime."""
+    supported = getattr(serving.model, "extra_features", frozenset())
+    for feature in extras.requested():
+        if feature not in supported:
+            name = extras.field_of(feature)
+            raise BadRequest(f"'{name}' is not supported by the '{serving.desired.runtime}' runtime that serves "
+                             f"deployment '{serving.desired.name}'", param=name, code="unsupported_parameter",
+                             hint=f"leave '{name}' out, or serve the model with a runtime that has it (llamacpp)")
+
+
+def count_usage(request: Request, name: str, usage: dict[str, Any] | None, seconds: float | None) -> None:
+    """Tokens of a whole (non-streaming) response; ``seconds`` = the call's time when it generated text."""
+    if not usage:
+        return
+    m = request.app.state.agent.metrics
+    m.prompt_tokens.labels(deployment=name).inc(usage.get("prompt_tokens") or 0)
+    completion = usage.get("completion_tokens") or 0
+    if seconds is None:
+        m.completion_tokens.labels(deployment=name).inc(completion)
+    else:  # the call includes prompt processing: a lower bound of the decode speed
+        m.note_generation(name, completion, seconds, decode_tokens=completion)
+
+
+async def run_counted(request: Request, model: str, call: Callable[[Serving], dict[str, Any]]
+                      ) -> tuple[Serving, dict[str, Any]]:
+    """A whole (non-streaming) generation on the active model of ``model``, its tokens counted in the metrics."""
+    began = time.perf_counter()
+    serving, out = await run_on_active(lambda: serving_llm(request, model), call)
+    count_usage(request, serving.desired.name, out.get("usage"), time.perf_counter() - began)
+    return serving, out
+
+
+_DONE = object()
+
+
+class StartedStream:
+    """A runtime's chunk iterator whose first chunk was already taken; ``close`` closes the runtime's iterator."""
+
+    def __init__(self, first: Any, chunks: Iterator[dict[str, Any]]) -> None:
+        self._first, self._chunks = first, chunks
+
+    def __iter__(self) -> "StartedStream":
+        return self
+
+    def __next__(self) -> dict[str, Any]:
+        if self._first is not _DONE:
+            first, self._first = self._first, _DONE
+            return first
+        return next(self._chunks)
+
+    def close(self) -> None:
+        close = getattr(self._chunks, "close", None)
+        if close is not None:
+            close()
+
+
+def _inference_failed(e: Exception) -> AgentError:
+    return AgentError(f"inference failed: {type(e).__name__}: {e}", hint="see the agent log")
+
+
+async def start_stream(request: Request, model: str, start: Callable[[Serving], Iterator[dict[str, Any]]]
+                       ) -> tuple[Serving, StartedStream]:
+    """Start a streaming inference and take its first chunk before the response begins: from then on the stream
+    holds its model (a swap closes the old model only after it), a model swapped out before that is replaced by
+    the active one, and an error before the first chunk is a plain HTTP error."""
+
+    def first_chunk(serving: Serving) -> StartedStream:
+        chunks = start(serving)
+        try:
+            return StartedStream(next(chunks, _DONE), chunks)
+        except AgentError:
+            raise
+        except Exception as e:  # noqa: BLE001 — the runtime's own exception classes
+            raise _inference_failed(e) from e
+
+    return await run_on_active(lambda: serving_llm(request, model), first_chunk)
+
+
+def has_token(chunk: dict[str, Any]) -> bool:
+    for choice in chunk.get("choices") or []:
+        if choice.get("text") or (choice.get("delta") or {}).get("content"):
+            return True
+    return False
+
+
+@dataclass(frozen=True)
+class StreamEnd:
+    """The last item ``pull_stream`` yields for a stream that ran to its end: time to first token (from the
+    request's arrival; None without tokens), chunks with text, and seconds from the first token to the last."""
+
+    ttft_s: float | None
+    tokens: int
+    decode_s: float
+
+
+async def pull_stream(request: Request, serving: Serving, chunks: Iterator[dict[str, Any]], started: float
+                      ) -> AsyncIterator[dict[str, Any] | AgentError | StreamEnd]:
+    """The runtime's chunks, each pulled in a worker thread; then a ``StreamEnd``, or an ``AgentError`` (headers
+    are sent by then: the caller writes it into the stream). Records time to first token and decode speed."""
+    m = request.app.state.agent.metrics
+    name = serving.desired.name
+    generated = 0
+    first_at = 0.0
+    noted = False
+    try:
+        while True:
+            try:
+                chunk = await anyio.to_thread.run_sync(next, chunks, _DONE)
+            except AgentError as e:
+                yield e
+                break
+            except Exception as e:  # noqa: BLE001 — the runtime's own exception classes
+                yield _inference_failed(e)
+                break
+            if chunk is _DONE:
+                decode_s = time.perf_counter() - first_at if generated else 0.0
+                m.note_generation(name, generated, decode_s, decode_tokens=generated - 1)
+                noted = True
+                yield StreamEnd(first_at - started if generated else None, generated, decode_s)
+                break
+            if has_token(chunk):
+                if generated == 0:
+                    first_at = time.perf_counter()
+                    m.ttft.labels(deployment=name).observe(first_at - started)
+                generated += 1
+            if chunk.get("usage"):
+                m.prompt_tokens.labels(deployment=name).inc(chunk["usage"].get("prompt_tokens") or 0)
+            yield chunk
+    finally:
+        # On a client disconnect this runs cancelled: shield it, so the runtime's iterator is closed (and the
+        # model's lock released) now rather than whenever the garbage collector gets to it. The thread running
+        # ``next`` has finished by now: to_thread waits for it even when cancelled.
+        # Decode speed: the tokens after the first, over the time since the first (prompt processing excluded).
+        if not noted:  # a stream that ended early (client gone, runtime error)
+            m.note_generation(name, generated, time.perf_counter() - first_at if generated else 0.0,
+                              decode_tokens=generated - 1)
+        close = getattr(chunks, "close", None)
+        if close is not None:
+            with anyio.CancelScope(shield=True):
+                await anyio.to_thread.run_sync(close)
+
+
+def chat_call(messages: list[dict[str, Any]], params: GenerationParams, extras: ChatExtras, *,
+              stream: bool = False) -> Callable[[Serving], Any]:
+    """What runs on the model for a chat request: ``chat``, or ``chat_with_extras`` once the runtime is known to
+    implement every extra asked for."""
+
+    def call(serving: Serving) -> Any:
+        if not extras:
+            return serving.model.chat(messages, params, stream=stream)
+        check_extras(serving, extras)
+        return serving.model.chat_with_extras(messages, params, extras, stream=stream)
+
+    return call
+
+
+def complete_call(prompt: str, params: GenerationParams, extras: ChatExtras, *,
+                  stream: bool = False) -> Callable[[Serving], Any]:
+    """What runs on the model for a raw completion, like ``chat_call``."""
+
+    def call(serving: Serving) -> Any:
+        if not extras:
+            return serving.model.complete(prompt, params, stream=stream)
+        check_extras(serving, extras)
+        return serving.model.complete_with_extras(prompt, params, extras, stream=stream)
+
+    return call
