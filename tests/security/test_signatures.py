@@ -24,7 +24,7 @@ from edgectl.apply import DeviceContext, Refused, check_signing_key
 from edgectl.errors import SpecErrors
 from edgectl.signing import SigningError, Signer, generate_key, rollback_deployment, signers_for
 from edgectl.spec import Device
-from edgectl.transport.local import agent_argv
+from edgectl.agents.install_local import agent_argv
 from tests.unit.agent.conftest import AgentHarness
 
 REPO = Path(__file__).resolve().parents[2]

@@ -1,4 +1,4 @@
-"""Docker transport, pure parts: the fleet spec's rules, container/build options, the exec relay's frame parsing, and
+"""Docker transport and its installer, pure parts: the fleet spec's rules, container/build options, the exec relay's frame parsing, and
 the shipped Dockerfile / make-base.sh (checked by a real sh)."""
 
 from __future__ import annotations
@@ -16,19 +16,15 @@ from edgectl.errors import MissingExtraError
 from edgectl.load import load_text
 from edgectl.spec import Device
 from edgectl.transport import transport_for
-from edgectl.transport.docker import (
-    AGENT_ROOT,
-    DockerTransport,
-    ExecStream,
+from edgectl.agents.install_docker import (
     agent_args,
     build_args,
-    client_kwargs,
     control_label,
     default_image,
     dockerfile_folder,
     run_options,
-    timed_argv,
 )
+from edgectl.transport.docker import AGENT_ROOT, DockerTransport, ExecStream, client_kwargs, timed_argv
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -5,8 +5,10 @@ from pathlib import Path
 
 import pytest
 
+from edgectl.agents import link
+from edgectl.agents.install_local import agent_argv
 from edgectl.spec import Device
-from edgectl.transport.local import LocalTransport, agent_argv
+from edgectl.transport.local import LocalTransport
 
 
 def test_agent_argv_is_a_list_binding_loopback():
@@ -24,4 +26,4 @@ def test_run_refuses_shell_strings(tmp_path):
 
 def test_agent_not_running_is_none_without_start(tmp_path):
     d = Device(name="d", profile="auto", transport={"type": "local"}, agent={"port": 1})
-    assert LocalTransport(d, root=tmp_path).agent(start=False) is None
+    assert link(LocalTransport(d, root=tmp_path)).agent(start=False) is None
