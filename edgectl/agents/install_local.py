@@ -104,12 +104,11 @@ class LocalInstaller(Installer):
             return False
         os.kill(pid, signal.SIGTERM)
         for _ in range(100):
+            _reap(pid)  # a child of this process (started by an earlier link) stays a zombie kill(0) still finds
             try:
                 os.kill(pid, 0)
             except OSError:
                 break
-            if self._proc is not None and self._proc.pid == pid:
-                self._proc.poll()  # reap our own child, or it stays a zombie that kill(0) still finds
             time.sleep(0.1)
         else:
             os.kill(pid, signal.SIGKILL)
@@ -121,3 +120,10 @@ class LocalInstaller(Installer):
             return "\n".join(self.log_file.read_text(errors="replace").splitlines()[-lines:])
         except OSError:
             return "(no log)"
+
+
+def _reap(pid: int) -> None:
+    try:
+        os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:  # not our child: its parent (or init) reaps it
+        pass

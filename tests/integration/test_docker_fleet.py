@@ -199,8 +199,8 @@ def _serving(port: int, key: str) -> bool:
 
 
 def test_exec_control_publishes_nothing_and_chats_through_docker_exec(tmp_path, env, engine, monkeypatch):
+    from edgectl.agents import connect
     from edgectl.load import load_paths
-    from edgectl.transport.docker import DockerTransport
 
     mdir = manifests(tmp_path, engine, [("box2", 8088, "exec")])
     r = edgectl("apply", str(mdir), env=env)
@@ -214,20 +214,20 @@ def test_exec_control_publishes_nothing_and_chats_through_docker_exec(tmp_path, 
 
     monkeypatch.setenv("EDGECTL_HOME", env["EDGECTL_HOME"])
     device = load_paths([mdir]).devices["box2"]
-    t = DockerTransport(device)
+    t = connect(device)
     try:
         client = t.agent(start=False)
         (dep,) = client.state().deployments
         assert dep.state == "serving" and dep.active.format == "gguf" and dep.active.quant == "Q8_0"
-        assert t.run(["printf", "%s", "a b;$(x)"]).stdout == "a b;$(x)"  # argv, no shell
-        with httpx.Client(transport=t.http_transport(), timeout=60.0) as http:
+        assert t.transport.run(["printf", "%s", "a b;$(x)"]).stdout == "a b;$(x)"  # argv, no shell
+        with httpx.Client(transport=t.transport.http_transport(), timeout=60.0) as http:
             chat(t.endpoint, token(engine, "edgectl-agent-box2"), http)
         payload = tmp_path / "payload.bin"
         payload.write_bytes(os.urandom(300_000))
-        t.put_file(payload, "/tmp/in dir/payload.bin")
+        t.transport.put_file(payload, "/tmp/in dir/payload.bin")
         import hashlib
 
-        assert t.run(["sha256sum", "/tmp/in dir/payload.bin"]).stdout.split()[0] == \
+        assert t.transport.run(["sha256sum", "/tmp/in dir/payload.bin"]).stdout.split()[0] == \
             hashlib.sha256(payload.read_bytes()).hexdigest()
     finally:
         t.close()
@@ -282,6 +282,7 @@ def test_a_taken_port_and_a_missing_base_are_reported_with_a_fix(tmp_path, env, 
 
 def test_a_remote_engine_over_mutual_tls_is_deployed_to_and_a_foreign_certificate_refused(tmp_path, env, engine,
                                                                                          monkeypatch):
+    from edgectl.agents import connect
     from edgectl.errors import TransportError
     from edgectl.load import load_paths
     from edgectl.transport.docker import DockerTransport
@@ -296,7 +297,7 @@ def test_a_remote_engine_over_mutual_tls_is_deployed_to_and_a_foreign_certificat
     assert inspect(engine, "edgectl-agent-box5")["State"]["Running"]  # the same engine, seen through its socket
 
     monkeypatch.setenv("EDGECTL_HOME", env["EDGECTL_HOME"])
-    t = DockerTransport(load_paths([mdir]).devices["box5"])
+    t = connect(load_paths([mdir]).devices["box5"])
     try:
         (dep,) = t.agent(start=False).state().deployments
         assert dep.state == "serving" and dep.active.quant == "Q8_0"
