@@ -21,7 +21,7 @@ from typing import Any, ClassVar, Sequence
 
 from edgectl_agent import __version__ as AGENT_VERSION
 
-from edgectl.agents.install_venv import build_wheelhouse, extras_for
+from edgectl.agents.install_venv import SIGN_EXTRA, build_wheelhouse, extras_for
 from edgectl.agents.installer import VERIFY_KEY_FILE, Installer
 from edgectl.errors import EdgectlError, TransportError
 from edgectl.spec import Device
@@ -159,12 +159,16 @@ class DockerInstaller(Installer):
                               hint="stop the process or container using that port, or set transport.host_port (or "
                                    "agent.port) to another one; `docker ps -a` shows the containers")
 
+    def extras(self, runtimes: list[str], *, sign: bool) -> list[str]:
+        """The image's edgectl-agent extras: the runtimes' and, for a pinned agent, the one that verifies."""
+        return sorted(set(extras_for(runtimes)) | ({SIGN_EXTRA} if sign else set()))
+
     def current(self, runtimes: list[str]) -> bool:
         c = self.transport.container()
-        return c is not None and self.fits(c, extras_for(runtimes))
+        return c is not None and self.fits(c, self.extras(runtimes, sign=self.verify_key is not None))
 
     def install(self, runtimes: list[str]) -> None:
-        extras = extras_for(runtimes)
+        extras = self.extras(runtimes, sign=self.verify_key is not None)
         container = self.transport.container()
         if container is not None and self.fits(container, extras):
             self._container = container
@@ -178,7 +182,7 @@ class DockerInstaller(Installer):
                 self._put_key(self._container, self.verify_key)
         elif self._has(self._container, VERIFY_KEY_PATH):  # pinned earlier: it stays pinned
             self._remove(self._container)
-            self._container = self._create(image, pinned=True)
+            self._container = self._create(self.ensure_image(self.extras(runtimes, sign=True)), pinned=True)
 
     def start(self) -> None:
         docker = _docker()

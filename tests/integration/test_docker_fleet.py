@@ -261,6 +261,42 @@ def test_a_removed_container_comes_back_from_its_volume_without_a_transfer(tmp_p
     chat(f"http://127.0.0.1:{port}/v1", key)
 
 
+def test_a_signing_fleet_pins_its_key_in_the_volume_and_replaces_an_unverified_container(tmp_path, env, engine,
+                                                                                          monkeypatch):
+    """spec.signing turned on for a Docker device whose agent runs unverified: apply replaces the container with one
+    whose agent verifies with the fleet's key (verify-key.pub on the volume, --verify-key-file in its command, the
+    sign extra in its image), and what it serves is signed."""
+    from edgectl.agents import connect
+    from edgectl.load import load_paths
+    from edgectl.signing import Signer
+
+    mdir = manifests(tmp_path, engine, [("box6", 8088, "exec")])
+    r = edgectl("apply", str(mdir), env=env)
+    assert "activated tiny" in r.stdout, r.stdout + r.stderr
+    assert "--verify-key-file" not in inspect(engine, "edgectl-agent-box6")["Config"]["Cmd"]
+
+    (mdir / "keys").mkdir()
+    edgectl("keygen", str(mdir / "keys" / "fleet"), env=env)
+    fleet_yaml = mdir / "fleet.yaml"
+    fleet_yaml.write_text(fleet_yaml.read_text().replace("spec:\n", "spec:\n  signing: {key_file: keys/fleet}\n"))
+    key_id = Signer.load(mdir / "keys" / "fleet").key_id
+    r = edgectl("apply", str(mdir), env=env)
+    info = inspect(engine, "edgectl-agent-box6")
+    assert info["Config"]["Cmd"][-2:] == ["--verify-key-file", "/var/lib/edgectl-agent/verify-key.pub"], r.stdout
+    assert engine.docker("exec", "edgectl-agent-box6", "cat", "/var/lib/edgectl-agent/verify-key.pub").stdout == \
+        (mdir / "keys" / "fleet.pub").read_text()
+
+    monkeypatch.setenv("EDGECTL_HOME", env["EDGECTL_HOME"])
+    t = connect(load_paths([mdir]).devices["box6"])
+    try:
+        client = t.agent(start=False)
+        assert client.facts().verify_key_id == key_id
+        (dep,) = client.state().deployments
+        assert dep.state == "serving" and dep.desired.signature.key_id == key_id, r.stdout + r.stderr
+    finally:
+        t.close()
+
+
 def test_a_taken_port_and_a_missing_base_are_reported_with_a_fix(tmp_path, env, engine):
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))
