@@ -23,7 +23,7 @@ import sys
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import ClassVar, Iterable
+from typing import Iterable
 
 from edgectl_agent import __version__ as AGENT_VERSION
 from edgectl_agent.facts import RUNTIME_EXTRAS as AGENT_RUNTIME_EXTRAS

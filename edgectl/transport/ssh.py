@@ -25,9 +25,9 @@ from edgectl.errors import EdgectlError, TransportError
 from edgectl.spec import Device
 from edgectl.transport.base import Transport
 from edgectl.paths import edgectl_home
-from edgectl.transport.ssh_trust import (CONNECT_TIMEOUT_S, TrustCheck, check_presented_key, fetch_host_key,
-                                         fingerprint, known_hosts_files, known_hosts_name, paramiko_module,
-                                         pinned_host_keys, refuse_unknown_policy, trust_command)
+from edgectl.transport.ssh_trust import (  # noqa: F401 (known_hosts_files: the Ansible engine imports it from here)
+    CONNECT_TIMEOUT_S, TrustCheck, check_presented_key, fetch_host_key, fingerprint, known_hosts_files,
+    known_hosts_name, paramiko_module, pinned_host_keys, refuse_unknown_policy, trust_command)
 
 if TYPE_CHECKING:
     import paramiko
