@@ -94,8 +94,7 @@ class AgentLink:
         return self.installer.stop()
 
     def _unpinned(self, client: AgentClient) -> bool:
-        """The fleet signs, and the running agent verifies nothing (started before signing was turned on)."""
-        return self.installer.verify_key is not None and client.facts().verify_key_id is None
+        return self.installer.verify_key is not None and runs_unverified(self.installer.verify_key, client.facts())
 
     def _install_and_start(self, runtimes: list[str]) -> AgentClient:
         self.installer.install(runtimes)
@@ -129,6 +128,13 @@ class AgentLink:
         raise TransportError(f"device '{self.name}': the agent is still reloading its deployments after "
                              f"{self.installer.start_timeout_s:.0f} s",
                              hint="see the agent's log on the device; apply again once it serves")
+
+
+def runs_unverified(verify_key: bytes | None, facts: Facts | None) -> bool:
+    """The fleet signs (``verify_key``), and the agent that reported ``facts`` verifies nothing: it was started
+    before signing was turned on. ``agent(start=True)`` replaces such an agent with one pinned to the key, so a
+    caller that observed it read-only must count it as work (start it), even when the plan is empty."""
+    return verify_key is not None and facts is not None and facts.verify_key_id is None
 
 
 def _health_of(client: AgentClient) -> dict | None:

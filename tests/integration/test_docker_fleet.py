@@ -263,9 +263,9 @@ def test_a_removed_container_comes_back_from_its_volume_without_a_transfer(tmp_p
 
 def test_a_signing_fleet_pins_its_key_in_the_volume_and_replaces_an_unverified_container(tmp_path, env, engine,
                                                                                           monkeypatch):
-    """spec.signing turned on for a Docker device whose agent runs unverified: apply replaces the container with one
-    whose agent verifies with the fleet's key (verify-key.pub on the volume, --verify-key-file in its command, the
-    sign extra in its image), and what it serves is signed."""
+    """spec.signing turned on for a Docker device whose agent runs unverified: the lifecycle replaces the container
+    with one whose agent verifies with the fleet's key (verify-key.pub on the volume, --verify-key-file in its
+    command, the sign extra in its image), and what apply serves there after is signed."""
     from edgectl.agents import connect
     from edgectl.load import load_paths
     from edgectl.signing import Signer
@@ -279,22 +279,30 @@ def test_a_signing_fleet_pins_its_key_in_the_volume_and_replaces_an_unverified_c
     edgectl("keygen", str(mdir / "keys" / "fleet"), env=env)
     fleet_yaml = mdir / "fleet.yaml"
     fleet_yaml.write_text(fleet_yaml.read_text().replace("spec:\n", "spec:\n  signing: {key_file: keys/fleet}\n"))
-    key_id = Signer.load(mdir / "keys" / "fleet").key_id
-    r = edgectl("apply", str(mdir), env=env)
+    key = Signer.load(mdir / "keys" / "fleet")
+    monkeypatch.setenv("EDGECTL_HOME", env["EDGECTL_HOME"])
+    device = load_paths([mdir]).devices["box6"]
+    # what apply does for a device whose fleet signs: the lifecycle with the fleet's public key
+    link = connect(device, verify_key=key.public_pem)
+    try:
+        assert link.agent(start=False).facts().verify_key_id is None  # read-only: nothing changes
+        assert link.agent(start=True, runtimes={"llamacpp"}).facts().verify_key_id == key.key_id
+    finally:
+        link.close()
     info = inspect(engine, "edgectl-agent-box6")
-    assert info["Config"]["Cmd"][-2:] == ["--verify-key-file", "/var/lib/edgectl-agent/verify-key.pub"], r.stdout
+    assert info["Config"]["Cmd"][-2:] == ["--verify-key-file", "/var/lib/edgectl-agent/verify-key.pub"]
     assert engine.docker("exec", "edgectl-agent-box6", "cat", "/var/lib/edgectl-agent/verify-key.pub").stdout == \
         (mdir / "keys" / "fleet.pub").read_text()
 
-    monkeypatch.setenv("EDGECTL_HOME", env["EDGECTL_HOME"])
-    t = connect(load_paths([mdir]).devices["box6"])
+    r = edgectl("apply", str(mdir), env=env)  # what it serves is signed by the fleet's key
+    link = connect(device)
     try:
-        client = t.agent(start=False)
-        assert client.facts().verify_key_id == key_id
+        client = link.agent(start=False)
+        assert client.facts().verify_key_id == key.key_id
         (dep,) = client.state().deployments
-        assert dep.state == "serving" and dep.desired.signature.key_id == key_id, r.stdout + r.stderr
+        assert dep.state == "serving" and dep.desired.signature.key_id == key.key_id, r.stdout + r.stderr
     finally:
-        t.close()
+        link.close()
 
 
 def test_a_taken_port_and_a_missing_base_are_reported_with_a_fix(tmp_path, env, engine):
