@@ -1,6 +1,6 @@
 """Faults on the SSH path against real sshd devices on loopback (tests/fleet.py): transient connect failures are
-retried with bounded backoff, a dropped session is re-established, and a push cut mid-way resumes from the cut
-without ever letting the partial bytes be activated.
+retried with bounded backoff, a dropped session is re-established, a push cut mid-way resumes from the cut
+without ever letting the partial bytes be activated, and a foreign process on the agent's port is refused.
 
 The devices of this module share one agent venv (transport.venv), installed by the real bootstrap on first use.
 """
@@ -133,6 +133,40 @@ def test_push_cut_mid_way_resumes_from_the_cut_and_never_activates_a_partial_fil
     assert hashlib.sha256(stored.read_bytes()).hexdigest() == digest[7:]
     assert client.put_deployment(desired).state == "serving"
     t.close()
+
+
+def test_a_foreign_process_on_the_agent_port_is_refused_with_the_fix(fleet, shared):
+    """Something else answers on the device's agent port (no agent of ours in transport.agent_dir): the lifecycle
+    neither reports it as the device's agent nor installs over it; it says what and how to fix it."""
+    import http.server
+
+    from edgectl.errors import TransportError
+
+    class Healthy(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802 - http.server's name
+            self.send_response(200)
+            self.send_header("Content-Length", "15")
+            self.end_headers()
+            self.wfile.write(b'{"status":"ok"}')
+
+        def log_message(self, *args):
+            pass
+
+    dev = fleet.devices[0]
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", dev.agent_port), Healthy)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    t = transport(fleet, shared)
+    try:
+        for start in (False, True):
+            with pytest.raises(TransportError) as e:
+                t.agent(start=start)
+            assert "dev1" in e.value.message and "cannot read the agent token" in e.value.message
+            assert "agent_dir" in e.value.hint
+        assert not (dev.home / ".local/share/edgectl-agent/agent.pid").exists()  # nothing was started
+    finally:
+        t.close()
+        server.shutdown()
+        server.server_close()
 
 
 DISK_MANIFESTS = """\
