@@ -12,6 +12,7 @@ import subprocess
 from pathlib import Path
 from typing import ClassVar, Sequence
 
+from edgectl.paths import edgectl_home
 from edgectl.spec import Device
 from edgectl.transport.local import LocalTransport
 
@@ -19,8 +20,8 @@ from edgectl.transport.local import LocalTransport
 class FakeTransport(LocalTransport):
     kind: ClassVar[str] = "fake"
 
-    def __init__(self, device: Device, *, root: Path) -> None:
-        super().__init__(device, root=root)
+    def __init__(self, device: Device, *, root: Path | None = None) -> None:
+        super().__init__(device, root=root or edgectl_home() / "fake-devices" / device.name)
         self.commands: list[list[str]] = []
         self.puts: list[str] = []
 

@@ -1,5 +1,5 @@
-"""Docker transport and its installer, pure parts: the fleet spec's rules, container/build options, the exec relay's frame parsing, and
-the shipped Dockerfile / make-base.sh (checked by a real sh)."""
+"""Docker transport and its installer, pure parts: the fleet spec's rules, container/build options, the exec relay's
+frame parsing, and the shipped Dockerfile / make-base.sh (checked by a real sh)."""
 
 from __future__ import annotations
 
