@@ -411,13 +411,13 @@ def prometheus_targets(paths: List[Path] = PathsArg, device: Optional[List[str]]
 @app.command()
 def stop(paths: List[Path] = PathsArg, device: Optional[List[str]] = DeviceOpt) -> None:
     """Stop the local agents edgectl started for these devices (they resume serving on the next apply)."""
+    from edgectl.agents import connect
     from edgectl.apply import select_devices
-    from edgectl.transport.local import LocalTransport
 
     spec = _load(paths)
     for d in select_devices(spec, device):
         if d.transport.type == "local":
-            stopped = LocalTransport(d).stop()
+            stopped = connect(d).stop()
             out.print(f"{d.name}: {'stopped' if stopped else 'not running'}")
 
 
@@ -430,43 +430,20 @@ def trust(device_name: str = typer.Argument(..., metavar="DEVICE", help="The SSH
                                        "(a reinstalled device).")) -> None:
     """Fetch an SSH device's host key, show its fingerprint and pin it in edgectl's known_hosts."""
     from edgectl.apply import select_devices
-    from edgectl.errors import TransportError
-    from edgectl.transport.ssh import (SshTransport, fingerprint, known_host_keys, known_hosts_files,
-                                       known_hosts_name, pin_host_key)
+    from edgectl.transport.ssh import check_trust
+    from edgectl.transport.ssh_trust import pin_host_key
 
-    spec = _load(paths)
-    [device] = select_devices(spec, [device_name])
-    if device.transport.type != "ssh":
-        raise TransportError(f"device '{device.name}' uses transport '{device.transport.type}', which has no host "
-                             "key", hint="`edgectl trust` is for devices with `transport: {type: ssh}`")
-    t = SshTransport(device)
-    try:
-        key = t.presented_host_key()
-    finally:
-        t.close()
-    host, port = device.transport.host, device.transport.port
-    name, shown = known_hosts_name(host, port), f"{key.get_name()} {fingerprint(key)}"
-    known = known_host_keys(host, port)
-    if known.get(key.get_name()) == key:
-        out.print(f"{device.name} ({name}) is already trusted: {shown}")
+    [device] = select_devices(_load(paths), [device_name])
+    check = check_trust(device, replace=replace)
+    if check.trusted:
+        out.print(f"{device.name} ({check.name}) is already trusted: {check.shown}")
         return
-    if known:
-        olds = ", ".join(f"{k.get_name()} {fingerprint(k)}" for k in known.values())
-        user_file = known_hosts_files()[0]
-        if not replace:
-            raise TransportError(f"device '{device.name}' ({name}) now presents {shown}, but {olds} is pinned; "
-                                 "nothing was changed",
-                                 hint="if the device was reinstalled, check the new fingerprint on it, then rerun "
-                                      "with --replace")
-        if user_file.is_file() and known_hosts_name(host, port) in _host_keys_of(user_file):
-            raise TransportError(f"{user_file} pins {name} to another key, and it is read first",
-                                 hint=f"remove that entry with: ssh-keygen -R '{name}'; then rerun")
-    out.print(f"{device.name} ({name}) presents {shown}")
+    out.print(f"{device.name} ({check.name}) presents {check.shown}")
     if not yes and not typer.confirm("Check it on the device (ssh-keygen -lf /etc/ssh/ssh_host_*_key.pub). "
                                      "Trust this key?", default=False):
         err.print("not pinned")
         raise typer.Exit(1)
-    path = pin_host_key(host, port, key, replace=replace)
+    path = pin_host_key(check.host, check.port, check.key, replace=replace)
     out.print(f"pinned in {path}")
 
 
@@ -483,12 +460,6 @@ def keygen(path: Path = typer.Argument(..., help="Where to write the private key
               f"next: `signing: {{key_file: {path}}}` in the Fleet's spec; start each device's agent with "
               f"--verify-key-file pointing at a copy of {public_key_path(path)} (local agents get it on their first "
               "start by edgectl apply)")
-
-
-def _host_keys_of(path: Path):
-    import paramiko
-
-    return paramiko.HostKeys(str(path))
 
 
 @app.command()

@@ -28,3 +28,8 @@ def store_dir() -> Path:
 
 def local_agent_root(device: str) -> Path:
     return edgectl_home() / "agents" / device
+
+
+# The pinned public key of the fleet's signing key, in an agent's root (like a known_hosts entry): written at the
+# first start when the fleet signs, never overwritten; every start there passes --verify-key-file.
+VERIFY_KEY_FILE = "verify-key.pub"

@@ -274,7 +274,7 @@ def host_vars(spec: Spec, dp: DevicePlan, name: str, ctx: DeviceContext, store: 
               artifacts: Artifacts, res: DeviceResult, houses: dict[tuple[str, ...], Path]) -> dict:
     """The host variables the playbook needs for ``name`` on this device: connection, artifact blobs, the desired
     deployment, the health gate, what to roll back to, and (when no agent answered) the bootstrap variables."""
-    from edgectl.transport.ssh import known_hosts_files
+    from edgectl.transport.ssh_trust import known_hosts_files
 
     dep = dep_plan(dp, name)
     rules = spec.deployments[name].spec.rollout
@@ -300,7 +300,7 @@ def bootstrap_vars(ctx: DeviceContext, runtimes: Iterable[str], houses: dict[tup
     """The host variables that install (from edgectl's wheelhouse) and start an agent able to run ``runtimes``,
     pinned to the fleet's verify key when it signs (written only where the device has none yet, as edgectl's SSH
     bootstrap does: trust on first use, a pinned key is never replaced), and pinned still where it has one."""
-    from edgectl.transport import bootstrap
+    from edgectl.agents import install_venv as bootstrap
 
     t = ctx.device.transport
     layout = bootstrap.RemoteLayout(t.agent_dir, t.venv)
@@ -333,7 +333,7 @@ def bootstrap(names: list[str], runtimes: dict[str, set[str]], contexts: dict[st
     """Install and start the agents of ``names`` with the playbook (bootstrap only, one batch), so that they report
     their hardware before the plan that deploys to them is made. A device that fails keeps the playbook's reason
     as its error. Returns what was done per device."""
-    from edgectl.transport.ssh import known_hosts_files
+    from edgectl.transport.ssh_trust import known_hosts_files
 
     hosts: dict[str, dict] = {}
     houses: dict[tuple[str, ...], Path] = {}

@@ -1,8 +1,9 @@
 """``apply()``: make the devices match the manifests.
 
 Order of work, so that bad input changes nothing: observe (read-only) -> plan -> refuse unfit -> start agents only
-where there is work (the Ansible engine's devices through the playbook's bootstrap) -> observe those again and plan
-again with the hardware they report (the only second plan of a run) -> build everything planned -> per deployment,
+where there is work (the Ansible engine's devices through the playbook's bootstrap), and replace agents that verify
+nothing on devices whose fleet signs -> observe those again and plan again with the hardware they report and what
+they serve -> build everything planned -> per deployment,
 its rollout (edgectl.apply.engine or edgectl.apply.ansible, same rules) -> remove what is no longer selected.
 A device that could not be observed (unreachable, an agent that is not this edgectl's) is a failure of the run,
 never "no changes". The result says exactly what happened where.
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+from edgectl.agents.lifecycle import runs_unverified
 from edgectl.builders import ArtifactStore
 from edgectl.errors import EdgectlError, PlanError
 from edgectl.plan import Plan, recipe_id, selects
@@ -46,12 +48,18 @@ def apply(spec: Spec, *, store: ArtifactStore, device_names: Iterable[str] | Non
     # report the hardware) before it can be planned.
     unobserved = [dp.device for dp in p.devices if dp.status == "unknown" and contexts[dp.device].error is None
                   and any(selects(d.spec.selector, contexts[dp.device].device) for d in spec.deployments.values())]
-    if p.is_empty and not unobserved and not any(c.error for c in contexts.values()):
+    # An agent started before its fleet turned signing on verifies nothing: it is work even when the plan is empty
+    # (the agent lifecycle replaces it with one pinned to the fleet's key).
+    unverified = [n for n, c in contexts.items() if c.error is None and c.client is not None
+                  and runs_unverified(c.signer.public_pem if c.signer else None, c.facts)]
+    if p.is_empty and not unobserved and not unverified and not any(c.error for c in contexts.values()):
         return ApplyResult(p, [DeviceResult(d.name, endpoint=endpoint_of(contexts[d.name])) for d in devices])
 
     by_ansible = {d.name for d in devices if engine_of(spec, d, engine) == "ansible"}
     waiting, boot_actions = _start_agents(spec, p, contexts, unobserved, by_ansible, events, parallel, signers)
-    if waiting:  # they report their hardware now: plan again with it
+    if unverified:  # the pinned agent recovers only signed deployments: plan again with what it serves
+        _pin_unverified(unverified, contexts, boot_actions, events, parallel, signers)
+    if waiting or unverified:  # they report their hardware (and what they serve) now: plan again with it
         p = make_plan(spec, contexts, store, built)
 
     needs_build = {recipe_id(dep.chosen.recipe) for dp in p.devices for dep in dp.deployments
@@ -123,6 +131,21 @@ def _start_agents(spec: Spec, p: Plan, contexts: dict[str, DeviceContext], unobs
         contexts.update(observe([contexts[n].device for n in restarted], start_agents=True, runtimes=needed,
                                 parallel=parallel, signers=signers))
     return waiting, boot_actions
+
+
+def _pin_unverified(names: list[str], contexts: dict[str, DeviceContext], actions: dict[str, list[str]],
+                    events: Events, parallel: int, signers: dict) -> None:
+    """Replace the agents that verify nothing on devices whose fleet signs: the lifecycle stops each and starts one
+    pinned to the fleet's key (trust on first use, as at a first install); it recovers what it served from disk."""
+    for n in names:
+        events.info(n, "replacing the agent: it verifies no signatures, and this fleet signs")
+        contexts[n].transport.close()
+    needed = {n: {d.desired.runtime for d in (contexts[n].observed.deployments if contexts[n].observed else [])
+                  if d.desired is not None} for n in names}
+    contexts.update(observe([contexts[n].device for n in names], start_agents=True, runtimes=needed,
+                            parallel=parallel, signers=signers))
+    for n in names:
+        actions.setdefault(n, []).append("agent replaced by one pinned to the fleet's verify key")
 
 
 def _remove_and_read_serving(p: Plan, contexts: dict[str, DeviceContext], results: dict[str, DeviceResult],

@@ -17,7 +17,7 @@ from edgectl.plan.settings import served_settings
 from edgectl.signing import rollback_deployment, signed
 from edgectl.spec import BuiltArtifact, Spec
 from edgectl.spec.deployment import HealthGate
-from edgectl.transport.local import VERIFY_KEY_FILE
+from edgectl.paths import VERIFY_KEY_FILE
 
 from edgectl.apply.observe import DeviceContext
 from edgectl.apply.report import DeviceResult, Events

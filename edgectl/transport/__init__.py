@@ -1,34 +1,45 @@
-"""Transports are dumb pipes: run a command (argv), put a file, open a channel to the device's agent."""
+"""Transports are dumb pipes: run a command (argv), put a file, open a channel to the device's agent.
+
+Registered as data: ``TRANSPORTS`` maps a device's ``transport.type`` to the class that implements it, imported
+only when a device uses it (paramiko and docker are optional extras). The agent's lifecycle above the transports
+lives in edgectl.agents.
+"""
 
 from __future__ import annotations
+
+from importlib import import_module
 
 from edgectl.errors import TransportError
 from edgectl.spec import Device
 from edgectl.transport.base import Transport
 
-
-def transport_for(device: Device, *, verify_key: bytes | None = None) -> Transport:
-    """The transport object for a device, chosen by ``device.transport.type``. ``verify_key``: the public key (PEM)
-    of the device's fleet signing key; a local or SSH agent that edgectl starts is pinned to it (Docker agents get
-    their verify key from whoever builds their image)."""
-    kind = device.transport.type
-    if kind == "local":
-        from edgectl.transport.local import LocalTransport
-
-        return LocalTransport(device, verify_key=verify_key)
-    if kind == "ssh":
-        from edgectl.transport.ssh import SshTransport
-
-        return SshTransport(device, verify_key=verify_key)
-    if kind == "docker":
-        from edgectl.transport.docker import DockerTransport
-
-        return DockerTransport(device)
-    raise TransportError(
-        f"device '{device.name}': transport '{kind}' cannot deploy in this version of edgectl",
-        hint="`edgectl plan` works for every device; to deploy now, use `transport: {type: local}` on the device "
-             "itself, or exclude it with --device",
-    )
+# transport.type -> "module:Class"
+TRANSPORTS: dict[str, str] = {
+    "local": "edgectl.transport.local:LocalTransport",
+    "ssh": "edgectl.transport.ssh:SshTransport",
+    "docker": "edgectl.transport.docker:DockerTransport",
+    "fake": "edgectl.transport.fake:FakeTransport",
+}
 
 
-__all__ = ["Transport", "transport_for"]
+def transport_class(kind: str) -> type[Transport]:
+    target = TRANSPORTS.get(kind)
+    if target is None:
+        raise TransportError(
+            f"transport '{kind}' cannot deploy in this version of edgectl",
+            hint="`edgectl plan` works for every device; to deploy now, use `transport: {type: local}` on the device "
+                 "itself, or exclude it with --device")
+    module, _, cls = target.partition(":")
+    return getattr(import_module(module), cls)
+
+
+def transport_for(device: Device) -> Transport:
+    """The transport (pipe) to a device, chosen by ``device.transport.type``."""
+    try:
+        cls = transport_class(device.transport.type)
+    except TransportError as e:
+        raise TransportError(f"device '{device.name}': {e.message}", hint=e.hint) from None
+    return cls(device)
+
+
+__all__ = ["TRANSPORTS", "Transport", "transport_class", "transport_for"]

@@ -2,41 +2,37 @@
 channel to the device's 127.0.0.1, so the agent never listens beyond loopback.
 
 Host keys are always verified, against ``~/.ssh/known_hosts`` and edgectl's own ``known_hosts`` (written by
-``edgectl trust DEVICE``). An unknown host is refused with its fingerprint; a changed key aborts before
-authentication, so no command runs on a device that may be an impostor.
+``edgectl trust DEVICE``, see ssh_trust). An unknown host is refused with its fingerprint; a changed key aborts
+before authentication, so no command runs on a device that may be an impostor. The agent's lifecycle on an SSH
+device (venv, wheels, service) is edgectl.agents.install_venv.
 """
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import logging
 import posixpath
 import re
-import socket
 import subprocess
-import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterable, TypeVar
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, TypeVar
 
 import httpx
-from edgectl_agent import __version__ as AGENT_VERSION
-from edgectl_agent.api import Facts
 
-from edgectl.agent_client import AgentClient
-from edgectl.errors import AgentError, EdgectlError, TransportError, require_module
-from edgectl.paths import edgectl_home
+from edgectl.errors import EdgectlError, TransportError
 from edgectl.spec import Device
 from edgectl.transport.base import Transport
+from edgectl.paths import edgectl_home
+from edgectl.transport.ssh_trust import (
+    CONNECT_TIMEOUT_S, TrustCheck, check_presented_key, fetch_host_key, fingerprint,
+    known_hosts_name, paramiko_module, pinned_host_keys, refuse_unknown_policy, trust_command)
 
 if TYPE_CHECKING:
     import paramiko
-    from edgectl.transport.bootstrap import RemoteLayout
 
-CONNECT_TIMEOUT_S = 15.0
-START_TIMEOUT_S = 60.0
+_paramiko = paramiko_module
 EXIT_OUTPUT_GRACE_S = 2.0
 PUT_CHUNK = 1024 * 1024
 PUT_STALL_S = 120.0
@@ -55,7 +51,6 @@ OPEN_FAILED_RESOURCE_SHORTAGE = 4  # RFC 4254 channel open failure code: sshd is
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
-_NULL_HANDLER = logging.NullHandler()
 _SAFE_ARG = re.compile(r"^[A-Za-z0-9_@%+=:,./-]+$")
 # put_file's receiver on the device (argv: the .part, the file's size): says how many bytes of the .part an earlier,
 # cut push left (0 when none, or more than the file has: started over), then appends stdin to it, hashing what it
@@ -84,11 +79,6 @@ with open(part, "r+b" if held else "wb") as f:
     os.fsync(f.fileno())
 print(h.hexdigest(), flush=True)
 """
-# The user's $HOME, then the agent token (one line) at "$1", relative to $HOME unless absolute; values only as
-# parameters, read with the shell's own `read` (no process per device for it).
-TOKEN_SCRIPT = ('printf "%s\\n" "$HOME"; case "$1" in /*) f=$1 ;; *) f=$HOME/$1 ;; esac; '
-                'IFS= read -r t <"$f"; [ -n "$t" ] && printf "%s\\n" "$t"')
-
 
 # -- pure pieces (unit-tested) -----------------------------------------------------------------------------------
 def quote_arg(arg: str) -> str:
@@ -113,16 +103,6 @@ def quote_argv(argv: Sequence[str]) -> str:
     return " ".join(quote_arg(a) for a in argv)
 
 
-def fingerprint(key: "paramiko.PKey") -> str:
-    """OpenSSH's ``SHA256:...`` fingerprint of a host key (what `ssh-keygen -lf` prints)."""
-    return "SHA256:" + base64.b64encode(hashlib.sha256(key.asbytes()).digest()).decode().rstrip("=")
-
-
-def known_hosts_name(host: str, port: int) -> str:
-    """The host's name in known_hosts files: ``host`` on port 22, ``[host]:port`` elsewhere."""
-    return host if port == 22 else f"[{host}]:{port}"
-
-
 def parse_jump(spec: str, default_user: str | None) -> tuple[str | None, str, int]:
     """``[user@]host[:port]`` -> (user, host, port)."""
     user, _, hostport = spec.rpartition("@")
@@ -140,78 +120,6 @@ def backoff_delays(attempts: int, first: float = BACKOFF_FIRST_S, cap: float = B
     return [min(cap, first * 2 ** i) for i in range(max(0, attempts - 1))]
 
 
-def known_hosts_files() -> list[Path]:
-    """Where host keys are looked up: the user's OpenSSH file and edgectl's own (``edgectl trust`` writes it)."""
-    return [Path.home() / ".ssh" / "known_hosts", edgectl_home() / "known_hosts"]
-
-
-def trust_command(device: str) -> str:
-    return f"edgectl trust {device} MANIFESTS..."
-
-
-# -- host keys ---------------------------------------------------------------------------------------------------
-def _paramiko():
-    paramiko = require_module("paramiko", "ssh")
-    # paramiko logs a refused channel (no agent listening yet) at ERROR; without a handler Python would print it.
-    logging.getLogger("paramiko").addHandler(_NULL_HANDLER)
-    return paramiko
-
-
-_PARSED_KNOWN_HOSTS: dict[Path, tuple[tuple[int, int], "paramiko.HostKeys"]] = {}
-_PARSED_KNOWN_HOSTS_LOCK = threading.Lock()
-
-
-def _parsed_known_hosts(path: Path) -> "paramiko.HostKeys | None":
-    """One known_hosts file, parsed once per change (a fleet's connections each needed it: parsing a user's file of
-    hundreds of entries for every device added up)."""
-    paramiko = _paramiko()
-    try:
-        st = path.stat()
-    except OSError:
-        return None
-    stamp = (st.st_mtime_ns, st.st_size)
-    with _PARSED_KNOWN_HOSTS_LOCK:
-        cached = _PARSED_KNOWN_HOSTS.get(path)
-        if cached is None or cached[0] != stamp:
-            cached = _PARSED_KNOWN_HOSTS[path] = (stamp, paramiko.HostKeys(str(path)))
-        return cached[1]
-
-
-def pinned_host_keys(host: str, port: int) -> list[tuple[str, "paramiko.PKey"]]:
-    """(key type, key) pinned for this host, over both known_hosts files in order; the first of a type wins, as
-    when paramiko loads both files."""
-    name = known_hosts_name(host, port)
-    out: list[tuple[str, "paramiko.PKey"]] = []
-    for path in known_hosts_files():
-        keys = _parsed_known_hosts(path)
-        found = keys.lookup(name) if keys is not None else None
-        for keytype in (found.keys() if found else []):
-            if keytype not in (t for t, _ in out):
-                out.append((keytype, found[keytype]))
-    return out
-
-
-def known_host_keys(host: str, port: int) -> dict[str, "paramiko.PKey"]:
-    """Keys pinned for this host in either known_hosts file, by key type."""
-    return dict(pinned_host_keys(host, port))
-
-
-def _refuse_unknown_policy(device: str, where: str):
-    paramiko = _paramiko()
-
-    class RefuseUnknown(paramiko.MissingHostKeyPolicy):
-        """Never AutoAdd: an unknown host is refused with what a user needs to pin it."""
-
-        def missing_host_key(self, client, hostname, key) -> None:
-            raise TransportError(
-                f"device '{device}': host key of {where} is unknown ({key.get_name()} {fingerprint(key)}); "
-                "nothing was run on it",
-                hint=f"check that fingerprint on the device (ssh-keygen -lf /etc/ssh/ssh_host_*_key.pub), then pin "
-                     f"it: {trust_command(device)}")
-
-    return RefuseUnknown()
-
-
 def _fast_transport(*args: Any, **kwargs: Any) -> "paramiko.Transport":
     """A paramiko Transport preferring AES-GCM (one AEAD call per packet instead of cipher + HMAC: faster pushes in
     pure Python) with large windows; servers without GCM still get the usual ciphers."""
@@ -223,60 +131,17 @@ def _fast_transport(*args: Any, **kwargs: Any) -> "paramiko.Transport":
     return t
 
 
-def fetch_host_key(host: str, port: int, *, sock: Any = None, timeout: float = CONNECT_TIMEOUT_S) -> "paramiko.PKey":
-    """The host key a server presents (key exchange only, no authentication, no command)."""
-    paramiko = _paramiko()
-    try:
-        s = sock or socket.create_connection((host, port), timeout=timeout)
-    except OSError as e:
-        raise TransportError(f"cannot connect to {host}:{port}: {e.strerror or e}",
-                             hint="check the device's address and port and that sshd runs there") from e
-    t = paramiko.Transport(s)
-    try:
-        t.start_client(timeout=timeout)
-        return t.get_remote_server_key()
-    except paramiko.SSHException as e:
-        raise TransportError(f"SSH handshake with {host}:{port} failed: {e}",
-                             hint="check that the port is an SSH server's") from e
-    finally:
-        t.close()
-
-
-def pin_host_key(host: str, port: int, key: "paramiko.PKey", *, replace: bool = False) -> Path:
-    """Write the key into edgectl's own known_hosts (the user's OpenSSH file is never edited)."""
-    paramiko = _paramiko()
-    path = edgectl_home() / "known_hosts"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    keys = paramiko.HostKeys()
-    if path.is_file():
-        keys.load(str(path))
-    name = known_hosts_name(host, port)
-    if replace and name in keys:
-        del keys[name]
-    keys.add(name, key.get_name(), key)
-    tmp = path.with_name(path.name + ".tmp")
-    keys.save(str(tmp))
-    tmp.replace(path)
-    return path
-
-
 # -- the transport -----------------------------------------------------------------------------------------------
 class SshTransport(Transport):
-    def __init__(self, device: Device, *, verify_key: bytes | None = None) -> None:
+    kind: ClassVar[str] = "ssh"
+
+    def __init__(self, device: Device) -> None:
         super().__init__(device)
         self.spec = device.transport
-        self.verify_key = verify_key  # public key PEM to pin at the first bootstrap, when the fleet signs
         self.port = device.agent.port
         self._client: "paramiko.SSHClient | None" = None
         self._jump: "paramiko.SSHClient | None" = None
         self._home: str | None = None
-        self.service_mode: str | None = None  # transport.service as resolved on the device (bootstrap)
-        self.service_user = ""
-        self._token_error = ""
-
-    @property
-    def name(self) -> str:
-        return self.device.name
 
     @property
     def where(self) -> str:
@@ -287,10 +152,6 @@ class SshTransport(Transport):
         """The agent's URL as the device sees it; requests go there through the SSH channel."""
         return f"http://127.0.0.1:{self.port}"
 
-    @property
-    def endpoint(self) -> str:
-        return f"{self.base_url}/v1"
-
     # -- connection -------------------------------------------------------------------------------------------
     def _connect_client(self, host: str, port: int, user: str | None, *, sock: Any = None) -> "paramiko.SSHClient":
         paramiko = _paramiko()
@@ -298,7 +159,7 @@ class SshTransport(Transport):
         for keytype, key in pinned_host_keys(host, port):  # this host's pins only; never written back
             client.get_host_keys().add(known_hosts_name(host, port), keytype, key)
         where = f"{host}:{port}"
-        client.set_missing_host_key_policy(_refuse_unknown_policy(self.name, where))
+        client.set_missing_host_key_policy(refuse_unknown_policy(self.name, where))
         key_file = self.spec.key_file and str(Path(self.spec.key_file).expanduser())
         delays = backoff_delays(CONNECT_ATTEMPTS) if sock is None else []  # a jump channel is used up by a try
         attempt = 0
@@ -449,14 +310,8 @@ class SshTransport(Transport):
                                  hint="the connection dropped; retry") from e
         return subprocess.CompletedProcess(list(argv), code, out.decode(errors="replace"), err.decode(errors="replace"))
 
-    def check(self, argv: Sequence[str], *, timeout: float = 60.0, what: str = "") -> str:
-        """Run and return stdout; a non-zero exit is a TransportError with the command's stderr."""
-        r = self.run(argv, timeout=timeout)
-        if r.returncode != 0:
-            tail = (r.stderr or r.stdout).strip()[-1500:]
-            raise TransportError(f"device '{self.name}': {what or argv[0]} failed (exit {r.returncode}): {tail}",
-                                 hint=f"the command was: {quote_argv(argv)}")
-        return r.stdout
+    def show_argv(self, argv: Sequence[str]) -> str:
+        return quote_argv(argv)
 
     @property
     def home(self) -> str:
@@ -464,6 +319,11 @@ class SshTransport(Transport):
         if self._home is None:
             self._home = self.check(["printenv", "HOME"], what="reading $HOME").strip() or "/"
         return self._home
+
+    def remember_home(self, home: str) -> None:
+        """$HOME as a command that ran anyway printed it (saves the round trip of reading it alone)."""
+        if self._home is None:
+            self._home = home or "/"
 
     def put_file(self, local: Path, remote: Path | str) -> None:
         """Stream the file into ``<remote>.part`` through one exec session (PUT_RECEIVER, run by the device's
@@ -531,9 +391,6 @@ class SshTransport(Transport):
         return TransportError(f"device '{self.name}': writing {part} failed (exit {code}): {err[-1500:]}",
                               hint=f"check the device's disk and its Python (transport.python: {self.spec.python})")
 
-    def facts_without_agent(self) -> Facts | None:
-        return None  # the agent reports facts; without it the profile stands in (no side effects here)
-
     # -- control channel ------------------------------------------------------------------------------------
     def http_transport(self) -> httpx.BaseTransport:
         """An httpx transport whose connections are direct-tcpip channels to the device's loopback."""
@@ -546,86 +403,17 @@ class SshTransport(Transport):
         return self._open(f"a channel to {host}:{port}", lambda tr: tr.open_channel(
             "direct-tcpip", (host, port), ("127.0.0.1", 0), window_size=window_size, timeout=timeout))
 
-    def client(self, token: str) -> AgentClient:
-        return AgentClient(self.base_url, token, device=self.name, transport=self.http_transport())
-
-    def _health(self) -> dict | None:
-        try:
-            with httpx.Client(transport=self.http_transport(), timeout=10.0) as http:
-                r = http.get(f"{self.base_url}/healthz")
-                return r.json() if r.status_code == 200 else {"status": f"http {r.status_code}"}
-        except (httpx.HTTPError, ValueError):
-            return None
-
-    # -- agent lifecycle --------------------------------------------------------------------------------------
-    @property
-    def layout(self) -> "RemoteLayout":
-        from edgectl.transport.bootstrap import RemoteLayout
-
-        venv = remote_path(self.spec.venv, self.home) if self.spec.venv else None
-        return RemoteLayout(remote_path(self.spec.agent_dir, self.home), venv)
-
-    def agent(self, *, start: bool, runtimes: Iterable[str] = ()) -> AgentClient | None:
-        from edgectl.transport import bootstrap
-
-        self.connect()  # host key and auth problems surface here, before anything else
-        # The usual case is an agent of this version: its token first, then one HTTP connection (one channel) for
-        # health and what the caller asks next (facts, state), not a channel each.
-        token = self._read_token()
-        if token is not None:
-            client = self.client(token)
-            health = _health_of(client)
-            if health is not None and (health.get("version") == AGENT_VERSION or not start):
-                return client
-            client.close()
-        else:
-            health = self._health()
-        if health is not None and (health.get("version") == AGENT_VERSION or not start):
-            return self.client(self._token())  # an agent answers, but its token is not where agent_dir says
-        if not start:
-            return None
-        if health is not None:  # an older agent: replace it with this version
-            bootstrap.stop_agent(self, self.layout)
-        pinned = bootstrap.pin_verify_key(self, self.layout)
-        bootstrap.ensure_installed(self, self.layout, runtimes, sign=pinned is not None)
-        bootstrap.start_agent(self, self.layout, verify_key_file=pinned)
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while time.monotonic() < deadline:
-            health = self._health()
-            if health and health.get("status") == "ok":
-                return self.client(self._token())
-            if not bootstrap.agent_alive(self, self.layout):
-                break
-            time.sleep(0.2)
-        raise TransportError(f"device '{self.name}': the agent did not start:\n{bootstrap.log_tail(self, self.layout)}",
-                             hint=f"see its log on the device: {self.layout.log}")
-
-    def _read_token(self) -> str | None:
-        """The agent's token, or None where there is none (yet). One session reads it and $HOME: each command is
-        a round trip and a process on the device, and a fleet-wide no-op apply runs this once per device."""
-        token = posixpath.join(self.spec.agent_dir, "root", "token")
-        r = self.run(["sh", "-c", TOKEN_SCRIPT, "edgectl-token", token[2:] if token.startswith("~/") else token])
-        home, _, token_text = r.stdout.partition("\n")
-        if self._home is None:
-            self._home = home.strip() or "/"
-        self._token_error = r.stderr.strip()
-        return token_text.strip() if r.returncode == 0 and token_text.strip() else None
-
-    def _token(self) -> str:
-        token = self._read_token()
-        if token is None:
-            raise TransportError(f"device '{self.name}': cannot read the agent token {self.layout.token}: "
-                                 f"{self._token_error}",
-                                 hint="an agent answers on the device's port but not from transport.agent_dir; "
-                                      "stop it or point agent_dir at its root's parent")
-        return token
 
 
-def _health_of(client: AgentClient) -> dict | None:
-    """/healthz through ``client``; None when nothing answers (as SshTransport._health)."""
+def check_trust(device: Device, *, replace: bool = False) -> TrustCheck:
+    """``edgectl trust``: the host key ``device`` presents now (through its jump host when one is set), checked
+    against what is pinned (ssh_trust.check_presented_key); nothing is authenticated or run on the device."""
+    if device.transport.type != "ssh":
+        raise TransportError(f"device '{device.name}' uses transport '{device.transport.type}', which has no host "
+                             "key", hint="`edgectl trust` is for devices with `transport: {type: ssh}`")
+    t = SshTransport(device)
     try:
-        return client.health()
-    except AgentError as e:
-        return {"status": f"http {e.status}"}
-    except TransportError:
-        return None
+        key = t.presented_host_key()
+    finally:
+        t.close()
+    return check_presented_key(device.name, device.transport.host, device.transport.port, key, replace=replace)

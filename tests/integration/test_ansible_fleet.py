@@ -150,7 +150,7 @@ def test_ansible_bootstrap_pins_the_fleets_verify_key(tmp_path, env):  # noqa: F
     """A signing fleet: the playbook's bootstrap writes the fleet's public key into the agent's root and starts the
     agent verifying with it (as edgectl's SSH bootstrap does); the signed deployment is accepted."""
     from edgectl.signing import Signer
-    from edgectl.transport.local import VERIFY_KEY_FILE
+    from edgectl.paths import VERIFY_KEY_FILE
 
     with SshFleet(tmp_path / "fleet", 1) as fleet:
         fleet.write_known_hosts(Path(env["EDGECTL_HOME"]) / "known_hosts")

@@ -199,8 +199,8 @@ def _serving(port: int, key: str) -> bool:
 
 
 def test_exec_control_publishes_nothing_and_chats_through_docker_exec(tmp_path, env, engine, monkeypatch):
+    from edgectl.agents import connect
     from edgectl.load import load_paths
-    from edgectl.transport.docker import DockerTransport
 
     mdir = manifests(tmp_path, engine, [("box2", 8088, "exec")])
     r = edgectl("apply", str(mdir), env=env)
@@ -214,20 +214,20 @@ def test_exec_control_publishes_nothing_and_chats_through_docker_exec(tmp_path, 
 
     monkeypatch.setenv("EDGECTL_HOME", env["EDGECTL_HOME"])
     device = load_paths([mdir]).devices["box2"]
-    t = DockerTransport(device)
+    t = connect(device)
     try:
         client = t.agent(start=False)
         (dep,) = client.state().deployments
         assert dep.state == "serving" and dep.active.format == "gguf" and dep.active.quant == "Q8_0"
-        assert t.run(["printf", "%s", "a b;$(x)"]).stdout == "a b;$(x)"  # argv, no shell
-        with httpx.Client(transport=t.http_transport(), timeout=60.0) as http:
+        assert t.transport.run(["printf", "%s", "a b;$(x)"]).stdout == "a b;$(x)"  # argv, no shell
+        with httpx.Client(transport=t.transport.http_transport(), timeout=60.0) as http:
             chat(t.endpoint, token(engine, "edgectl-agent-box2"), http)
         payload = tmp_path / "payload.bin"
         payload.write_bytes(os.urandom(300_000))
-        t.put_file(payload, "/tmp/in dir/payload.bin")
+        t.transport.put_file(payload, "/tmp/in dir/payload.bin")
         import hashlib
 
-        assert t.run(["sha256sum", "/tmp/in dir/payload.bin"]).stdout.split()[0] == \
+        assert t.transport.run(["sha256sum", "/tmp/in dir/payload.bin"]).stdout.split()[0] == \
             hashlib.sha256(payload.read_bytes()).hexdigest()
     finally:
         t.close()
@@ -261,6 +261,50 @@ def test_a_removed_container_comes_back_from_its_volume_without_a_transfer(tmp_p
     chat(f"http://127.0.0.1:{port}/v1", key)
 
 
+def test_a_signing_fleet_pins_its_key_in_the_volume_and_replaces_an_unverified_container(tmp_path, env, engine,
+                                                                                          monkeypatch):
+    """spec.signing turned on for a Docker device whose agent runs unverified: the lifecycle replaces the container
+    with one whose agent verifies with the fleet's key (verify-key.pub on the volume, --verify-key-file in its
+    command, the sign extra in its image), and what apply serves there after is signed."""
+    from edgectl.agents import connect
+    from edgectl.load import load_paths
+    from edgectl.signing import Signer
+
+    mdir = manifests(tmp_path, engine, [("box6", 8088, "exec")])
+    r = edgectl("apply", str(mdir), env=env)
+    assert "activated tiny" in r.stdout, r.stdout + r.stderr
+    assert "--verify-key-file" not in inspect(engine, "edgectl-agent-box6")["Config"]["Cmd"]
+
+    (mdir / "keys").mkdir()
+    edgectl("keygen", str(mdir / "keys" / "fleet"), env=env)
+    fleet_yaml = mdir / "fleet.yaml"
+    fleet_yaml.write_text(fleet_yaml.read_text().replace("spec:\n", "spec:\n  signing: {key_file: keys/fleet}\n"))
+    key = Signer.load(mdir / "keys" / "fleet")
+    monkeypatch.setenv("EDGECTL_HOME", env["EDGECTL_HOME"])
+    device = load_paths([mdir]).devices["box6"]
+    # what apply does for a device whose fleet signs: the lifecycle with the fleet's public key
+    link = connect(device, verify_key=key.public_pem)
+    try:
+        assert link.agent(start=False).facts().verify_key_id is None  # read-only: nothing changes
+        assert link.agent(start=True, runtimes={"llamacpp"}).facts().verify_key_id == key.key_id
+    finally:
+        link.close()
+    info = inspect(engine, "edgectl-agent-box6")
+    assert info["Config"]["Cmd"][-2:] == ["--verify-key-file", "/var/lib/edgectl-agent/verify-key.pub"]
+    assert engine.docker("exec", "edgectl-agent-box6", "cat", "/var/lib/edgectl-agent/verify-key.pub").stdout == \
+        (mdir / "keys" / "fleet.pub").read_text()
+
+    r = edgectl("apply", str(mdir), env=env)  # what it serves is signed by the fleet's key
+    link = connect(device)
+    try:
+        client = link.agent(start=False)
+        assert client.facts().verify_key_id == key.key_id
+        (dep,) = client.state().deployments
+        assert dep.state == "serving" and dep.desired.signature.key_id == key.key_id, r.stdout + r.stderr
+    finally:
+        link.close()
+
+
 def test_a_taken_port_and_a_missing_base_are_reported_with_a_fix(tmp_path, env, engine):
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))
@@ -282,6 +326,7 @@ def test_a_taken_port_and_a_missing_base_are_reported_with_a_fix(tmp_path, env, 
 
 def test_a_remote_engine_over_mutual_tls_is_deployed_to_and_a_foreign_certificate_refused(tmp_path, env, engine,
                                                                                          monkeypatch):
+    from edgectl.agents import connect
     from edgectl.errors import TransportError
     from edgectl.load import load_paths
     from edgectl.transport.docker import DockerTransport
@@ -296,7 +341,7 @@ def test_a_remote_engine_over_mutual_tls_is_deployed_to_and_a_foreign_certificat
     assert inspect(engine, "edgectl-agent-box5")["State"]["Running"]  # the same engine, seen through its socket
 
     monkeypatch.setenv("EDGECTL_HOME", env["EDGECTL_HOME"])
-    t = DockerTransport(load_paths([mdir]).devices["box5"])
+    t = connect(load_paths([mdir]).devices["box5"])
     try:
         (dep,) = t.agent(start=False).state().deployments
         assert dep.state == "serving" and dep.active.quant == "Q8_0"

@@ -1,6 +1,6 @@
 """Faults on the SSH path against real sshd devices on loopback (tests/fleet.py): transient connect failures are
-retried with bounded backoff, a dropped session is re-established, and a push cut mid-way resumes from the cut
-without ever letting the partial bytes be activated.
+retried with bounded backoff, a dropped session is re-established, a push cut mid-way resumes from the cut
+without ever letting the partial bytes be activated, and a foreign process on the agent's port is refused.
 
 The devices of this module share one agent venv (transport.venv), installed by the real bootstrap on first use.
 """
@@ -39,11 +39,11 @@ def fleet(tmp_path, shared, monkeypatch):
 
 
 def transport(fleet: SshFleet, shared: dict, name: str = "dev1"):
+    from edgectl.agents import connect
     from edgectl.spec import Device
-    from edgectl.transport.ssh import SshTransport
 
     d = fleet.device(name)
-    return SshTransport(Device(name=name, profile="x86-cpu-server", agent={"port": d.agent_port}, transport={
+    return connect(Device(name=name, profile="x86-cpu-server", agent={"port": d.agent_port}, transport={
         "type": "ssh", "host": "127.0.0.1", "port": d.port, "key_file": str(fleet.client_key),
         "python": BASE_PYTHON, "venv": shared["venv"]}))
 
@@ -62,7 +62,7 @@ def test_connect_is_retried_with_backoff_then_gives_up_with_the_count(fleet, sha
     ssh.log.addHandler(handler)
     ssh.log.setLevel(logging.INFO)
     try:
-        assert t.run(["echo", "up"]).stdout == "up\n"
+        assert t.transport.run(["echo", "up"]).stdout == "up\n"
     finally:
         ssh.log.removeHandler(handler)
     assert any("retry 1 in 0.5 s" in m for m in seen), seen  # the first attempt was refused, the next one got in
@@ -70,7 +70,7 @@ def test_connect_is_retried_with_backoff_then_gives_up_with_the_count(fleet, sha
 
     dev.stop()
     with pytest.raises(TransportError) as e:
-        t.run(["true"])
+        t.transport.run(["true"])
     delays = ssh.backoff_delays(ssh.CONNECT_ATTEMPTS)
     assert f"tried {ssh.CONNECT_ATTEMPTS} times over {sum(delays):.1f} s" in e.value.message
     assert "cannot connect over SSH" in e.value.message and "sshd runs" in e.value.hint
@@ -82,7 +82,7 @@ def test_a_dropped_session_is_reopened_for_commands_and_agent_channels(fleet, sh
     client = t.agent(start=True)
     assert client.health()["status"] == "ok"
     assert dev.cut_connections() >= 1
-    assert t.run(["echo", "again"]).stdout == "again\n"  # a new session, transparently
+    assert t.transport.run(["echo", "again"]).stdout == "again\n"  # a new session, transparently
     assert dev.cut_connections() >= 1
     assert client.state().agent_version  # the agent channel is opened on a new session too
     t.close()
@@ -117,7 +117,7 @@ def test_push_cut_mid_way_resumes_from_the_cut_and_never_activates_a_partial_fil
         # meanwhile, over another connection: the partial bytes are not an artifact and cannot be activated
         other = transport(fleet, shared)
         with pytest.raises(AgentError) as e:
-            other.client(other._token()).put_deployment(desired)
+            other.client(other.installer.token()).put_deployment(desired)
         cut["refused"] = (e.value.status, e.value.message)
         cut["stored"] = stored.exists()
         other.close()
@@ -133,6 +133,40 @@ def test_push_cut_mid_way_resumes_from_the_cut_and_never_activates_a_partial_fil
     assert hashlib.sha256(stored.read_bytes()).hexdigest() == digest[7:]
     assert client.put_deployment(desired).state == "serving"
     t.close()
+
+
+def test_a_foreign_process_on_the_agent_port_is_refused_with_the_fix(fleet, shared):
+    """Something else answers on the device's agent port (no agent of ours in transport.agent_dir): the lifecycle
+    neither reports it as the device's agent nor installs over it; it says what and how to fix it."""
+    import http.server
+
+    from edgectl.errors import TransportError
+
+    class Healthy(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802 - http.server's name
+            self.send_response(200)
+            self.send_header("Content-Length", "15")
+            self.end_headers()
+            self.wfile.write(b'{"status":"ok"}')
+
+        def log_message(self, *args):
+            pass
+
+    dev = fleet.devices[0]
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", dev.agent_port), Healthy)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    t = transport(fleet, shared)
+    try:
+        for start in (False, True):
+            with pytest.raises(TransportError) as e:
+                t.agent(start=start)
+            assert "dev1" in e.value.message and "cannot read the agent token" in e.value.message
+            assert "agent_dir" in e.value.hint
+        assert not (dev.home / ".local/share/edgectl-agent/agent.pid").exists()  # nothing was started
+    finally:
+        t.close()
+        server.shutdown()
+        server.server_close()
 
 
 DISK_MANIFESTS = """\

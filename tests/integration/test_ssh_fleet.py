@@ -81,12 +81,12 @@ def manifests(tmp_path: Path, fleet: SshFleet) -> Path:
 
 
 def transport(fleet: SshFleet, name: str, monkeypatch, env: dict):
+    from edgectl.agents import connect
     from edgectl.spec import Device
-    from edgectl.transport.ssh import SshTransport
 
     monkeypatch.setenv("EDGECTL_HOME", env["EDGECTL_HOME"])
     d = fleet.device(name)
-    return SshTransport(Device(name=name, profile="x86-cpu-server", agent={"port": d.agent_port}, transport={
+    return connect(Device(name=name, profile="x86-cpu-server", agent={"port": d.agent_port}, transport={
         "type": "ssh", "host": "127.0.0.1", "port": d.port, "key_file": str(fleet.client_key),
         "python": BASE_PYTHON}))
 
@@ -108,8 +108,8 @@ def test_apply_bootstraps_three_devices_and_serves_through_the_channel(tmp_path,
             client = t.agent(start=False)
             (dep,) = client.state().deployments
             assert dep.state == "serving" and dep.active.format == "gguf" and dep.active.quant == "Q8_0"
-            token = t.run(["cat", str(d.home / ".local/share/edgectl-agent/root/token")]).stdout.strip()
-            with httpx.Client(transport=t.http_transport(), timeout=60.0) as http:
+            token = t.transport.run(["cat", str(d.home / ".local/share/edgectl-agent/root/token")]).stdout.strip()
+            with httpx.Client(transport=t.transport.http_transport(), timeout=60.0) as http:
                 openai = OpenAI(base_url=t.endpoint, api_key=token, http_client=http)
                 chat = openai.chat.completions.create(model="tiny", messages=[{"role": "user", "content": "hi"}],
                                                       max_tokens=8)
@@ -118,7 +118,7 @@ def test_apply_bootstraps_three_devices_and_serves_through_the_channel(tmp_path,
                     model="tiny", messages=[{"role": "user", "content": "hi"}], max_tokens=8, stream=True))
                 assert sum(1 for c in chunks if c.choices and c.choices[0].delta.content) > 0
             # the agent listens on the device's loopback only: here that is its own port on 127.0.0.1
-            assert f"--port {d.agent_port}" in t.run(["ps", "-o", "args=", "-p", t.run(
+            assert f"--port {d.agent_port}" in t.transport.run(["ps", "-o", "args=", "-p", t.transport.run(
                 ["cat", str(d.home / ".local/share/edgectl-agent/agent.pid")]).stdout.strip()]).stdout
             t.close()
 
@@ -208,24 +208,24 @@ def test_argv_and_files_with_hostile_names(tmp_path, env, monkeypatch):
         src = tmp_path / "payload"
         src.write_bytes(data)
         target = f"{dev.home}/in -dir/{HOSTILE}"
-        t.put_file(src, target)
-        assert t.run(["ls", "-1", f"{dev.home}/in -dir"]).stdout == HOSTILE + "\n"
-        assert t.run(["sha256sum", target]).stdout.split()[0] == hashlib.sha256(data).hexdigest()
-        assert t.run(["printf", "%s", HOSTILE]).stdout == HOSTILE
+        t.transport.put_file(src, target)
+        assert t.transport.run(["ls", "-1", f"{dev.home}/in -dir"]).stdout == HOSTILE + "\n"
+        assert t.transport.run(["sha256sum", target]).stdout.split()[0] == hashlib.sha256(data).hexdigest()
+        assert t.transport.run(["printf", "%s", HOSTILE]).stdout == HOSTILE
         assert not list(dev.home.rglob("PWNED*")) and not list(Path(REPO).glob("PWNED*"))
 
         # a cut transfer resumes from the .part; a corrupt .part is caught by the sha256 and never takes the name
         final = dev.home / "resumed.bin"
         Path(str(final) + ".part").write_bytes(data[:1_000_000])
-        t.put_file(src, str(final))
+        t.transport.put_file(src, str(final))
         assert final.read_bytes() == data
         bad = dev.home / "bad.bin"
         Path(str(bad) + ".part").write_bytes(b"\0" * 1_000_000)
         with pytest.raises(TransportError) as e:
-            t.put_file(src, str(bad))
+            t.transport.put_file(src, str(bad))
         assert "arrived corrupted" in e.value.message and not bad.exists()
         assert not Path(str(bad) + ".part").exists() and not Path(target + ".part").exists()
-        t.put_file(src, str(bad))  # the retry starts over and succeeds
+        t.transport.put_file(src, str(bad))  # the retry starts over and succeeds
         assert bad.read_bytes() == data
         t.close()
 
@@ -265,7 +265,7 @@ def test_a_signing_fleet_pins_its_key_on_an_ssh_device_and_the_agent_refuses_uns
                 client.put_deployment(unsigned)
             assert refused.value.status == 403
             token = (agent_root / "token").read_text().strip()
-            with httpx.Client(transport=t.http_transport(), base_url=t.base_url, timeout=30,
+            with httpx.Client(transport=t.transport.http_transport(), base_url=t.transport.base_url, timeout=30,
                               headers={"Authorization": f"Bearer {token}"}) as http:
                 put = http.put(f"{CONTROL_PREFIX}/deployments/tiny", content=unsigned.model_dump_json(),
                                headers={"Content-Type": "application/json"})

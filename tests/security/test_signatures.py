@@ -24,7 +24,7 @@ from edgectl.apply import DeviceContext, Refused, check_signing_key
 from edgectl.errors import SpecErrors
 from edgectl.signing import SigningError, Signer, generate_key, rollback_deployment, signers_for
 from edgectl.spec import Device
-from edgectl.transport.local import agent_argv
+from edgectl.agents.install_local import agent_argv
 from tests.unit.agent.conftest import AgentHarness
 
 REPO = Path(__file__).resolve().parents[2]
@@ -456,6 +456,55 @@ def test_apply_signs_the_local_agent_verifies_and_another_key_changes_nothing(tm
         assert http.get(f"{CONTROL_PREFIX}/facts").json()["verify_key_id"] == a.key_id
         (dep,) = http.get(f"{CONTROL_PREFIX}/state").json()["deployments"]
         assert dep["state"] == "serving" and dep["active"]["digest"] == serving
+        http.close()
+    finally:
+        subprocess.run([sys.executable, "-m", "edgectl.cli", "stop", str(tmp_path / "m")], env=env,
+                       capture_output=True, timeout=60, check=False, cwd=REPO)
+
+
+@pytest.mark.integration
+def test_apply_replaces_an_agent_started_before_signing_was_turned_on(tmp_path):
+    """An agent that runs unverified when its fleet starts signing is replaced by one pinned to the fleet's key,
+    which then serves the deployment signed - never "no changes" with an agent that verifies nothing."""
+    import httpx
+    from gguf import GGUFReader
+
+    from tests.integration.test_apply_local import edgectl, free_port
+    from tests.tinymodels import write_tiny_llama_gguf
+
+    home = tmp_path / "home"
+    env = dict(os.environ, EDGECTL_HOME=str(home), COLUMNS="200", NO_COLOR="1")
+    root = home / "agents" / "this-machine"
+    try:
+        m = tmp_path / "m"
+        (m / "keys").mkdir(parents=True)
+        params = sum(int(t.n_elements) for t in GGUFReader(write_tiny_llama_gguf(m / "tiny.gguf")).tensors)
+        edgectl("keygen", str(m / "keys" / "a"), env=env)
+        a = Signer.load(m / "keys" / "a")
+        port = free_port()
+        unsigned = FLEET.format(params=params, key="keys/a", port=port, quant="Q8_0").replace(
+            "  signing: {key_file: keys/a}\n", "")
+        assert "signing" not in unsigned
+        (m / "fleet.yaml").write_text(unsigned)
+        edgectl("apply", str(m), env=env)
+        assert not (root / "verify-key.pub").exists()
+        token = (root / "token").read_text().strip()
+        http = httpx.Client(base_url=f"http://127.0.0.1:{port}", headers={"Authorization": f"Bearer {token}"},
+                            timeout=30)
+        assert http.get(f"{CONTROL_PREFIX}/facts").json()["verify_key_id"] is None
+        pid_before = (root / "agent.pid").read_text()
+
+        (m / "fleet.yaml").write_text(FLEET.format(params=params, key="keys/a", port=port, quant="Q8_0"))
+        r = edgectl("apply", str(m), env=env)
+        assert "replaced" in " ".join(r.stdout.split()), r.stdout
+        assert (root / "agent.pid").read_text() != pid_before
+        assert (root / "verify-key.pub").read_bytes() == (m / "keys" / "a.pub").read_bytes()
+        assert http.get(f"{CONTROL_PREFIX}/facts").json()["verify_key_id"] == a.key_id
+        (dep,) = http.get(f"{CONTROL_PREFIX}/state").json()["deployments"]
+        assert dep["state"] == "serving" and dep["desired"]["signature"]["key_id"] == a.key_id
+        # and once pinned and serving signed, a re-apply is a no-op
+        again = edgectl("apply", str(m), env=env)
+        assert "no changes" in again.stdout, again.stdout
         http.close()
     finally:
         subprocess.run([sys.executable, "-m", "edgectl.cli", "stop", str(tmp_path / "m")], env=env,

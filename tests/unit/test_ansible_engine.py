@@ -132,7 +132,7 @@ def test_bootstrap_pins_the_fleets_verify_key_as_the_ssh_bootstrap_does(tmp_path
     bootstrap), the signing extra, and a start argv that verifies with it; an unsigned fleet pins nothing."""
     from edgectl.apply.observe import DeviceContext
     from edgectl.signing import Signer, generate_key
-    from edgectl.transport import bootstrap
+    from edgectl.agents import install_venv as bootstrap
 
     monkeypatch.setattr(bootstrap, "build_wheelhouse", lambda extras: tmp_path)  # no pip wheel in a unit test
     generate_key(tmp_path / "fleet")

@@ -1,5 +1,5 @@
-"""Docker transport, pure parts: the fleet spec's rules, container/build options, the exec relay's frame parsing, and
-the shipped Dockerfile / make-base.sh (checked by a real sh)."""
+"""Docker transport and its installer, pure parts: the fleet spec's rules, container/build options, the exec relay's
+frame parsing, and the shipped Dockerfile / make-base.sh (checked by a real sh)."""
 
 from __future__ import annotations
 
@@ -16,19 +16,15 @@ from edgectl.errors import MissingExtraError
 from edgectl.load import load_text
 from edgectl.spec import Device
 from edgectl.transport import transport_for
-from edgectl.transport.docker import (
-    AGENT_ROOT,
-    DockerTransport,
-    ExecStream,
+from edgectl.agents.install_docker import (
     agent_args,
     build_args,
-    client_kwargs,
     control_label,
     default_image,
     dockerfile_folder,
     run_options,
-    timed_argv,
 )
+from edgectl.transport.docker import AGENT_ROOT, DockerTransport, ExecStream, client_kwargs, timed_argv
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -168,3 +164,37 @@ def test_make_base_script_parses_and_refuses_without_its_tools(tmp_path) -> None
                        env={"PATH": str(tmp_path), "HOME": str(tmp_path)})
     assert r.returncode != 0 and "'docker' not found" in r.stderr and "apt-get install" in r.stderr
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_signing_fleet_pins_the_container_agent_like_every_other_target() -> None:
+    import io
+    import tarfile
+    from types import SimpleNamespace
+
+    from edgectl_agent import __version__
+
+    from edgectl.agents.install_docker import (LABEL_CONTROL, LABEL_DEVICE, LABEL_EXTRAS, LABEL_SOURCE,
+                                               LABEL_VERIFY_KEY, LABEL_VERSION, VERIFY_KEY_PATH, DockerInstaller,
+                                               agent_source_digest, key_archive)
+
+    assert VERIFY_KEY_PATH == f"{AGENT_ROOT}/verify-key.pub"  # on the volume: survives a new image or container
+    opts = run_options(device(), "img", verify_key_file=VERIFY_KEY_PATH)
+    assert opts["command"] == ["--host", "0.0.0.0", "--allow-remote", "--port", "8088",
+                               "--verify-key-file", VERIFY_KEY_PATH]
+    assert opts["labels"][LABEL_VERIFY_KEY] == VERIFY_KEY_PATH
+    assert "--verify-key-file" not in run_options(device(), "img")["command"]
+    assert run_options(device(), "img")["labels"][LABEL_VERIFY_KEY] == ""
+
+    with tarfile.open(fileobj=io.BytesIO(key_archive(b"PEM\n"))) as tar:
+        (member,) = tar.getmembers()
+        assert (member.name, member.mode, tar.extractfile(member).read()) == ("verify-key.pub", 0o644, b"PEM\n")
+
+    # a container running unverified does not fit a fleet that signs: the lifecycle replaces it with a pinned one
+    labels = {LABEL_DEVICE: "box1", LABEL_CONTROL: "port:9100", LABEL_VERSION: __version__, LABEL_EXTRAS: "llama",
+              LABEL_SOURCE: agent_source_digest(), LABEL_VERIFY_KEY: ""}
+    unpinned = SimpleNamespace(labels=labels, attrs={"Config": {"Image": "x"}})
+    pinned = SimpleNamespace(labels={**labels, LABEL_VERIFY_KEY: VERIFY_KEY_PATH}, attrs=unpinned.attrs)
+    t = DockerTransport(device())
+    assert DockerInstaller(t).fits(unpinned, ["llama"])
+    assert not DockerInstaller(t, verify_key=b"PEM").fits(unpinned, ["llama"])
+    assert DockerInstaller(t, verify_key=b"PEM").fits(pinned, ["llama"])

@@ -1,4 +1,5 @@
-"""SSH transport, pure parts: argv quoting (checked by a real /bin/sh), host key names, layout, bootstrap argv."""
+"""SSH transport and its venv installer, pure parts: argv quoting (checked by a real /bin/sh), host key names, layout,
+installer argv."""
 
 from __future__ import annotations
 
@@ -13,7 +14,9 @@ import pytest
 
 from edgectl.errors import TransportError
 from edgectl.spec import Device
-from edgectl.transport import bootstrap, transport_for
+from edgectl.agents import connect
+from edgectl.agents import install_venv as bootstrap
+from edgectl.transport import transport_for
 from edgectl.transport.ssh import SshTransport, known_hosts_name, parse_jump, quote_arg, quote_argv, remote_path
 
 HOSTILE = ["plain", "", " ", "a b", "it's", "'", "''", '"', "$(id)", "`id`", "${HOME}", "$HOME", "a;rm -rf /",
@@ -86,9 +89,9 @@ def test_a_shared_venv_moves_only_the_venv() -> None:
     """transport.venv: several devices (or a device image) use one venv; store, token, log stay per device."""
     d = Device(name="pi", profile="raspberry-pi-5", transport={"type": "ssh", "host": "198.18.0.2",
                                                                "venv": "~/shared/venv"})
-    t = transport_for(d)
-    t._home = "/home/pi"
-    layout = t.layout
+    link = connect(d)
+    link.transport.remember_home("/home/pi")
+    layout = link.installer.layout
     assert layout.python == "/home/pi/shared/venv/bin/python" and layout.venv == "/home/pi/shared/venv"
     assert layout.root == "/home/pi/.local/share/edgectl-agent/root"
     assert bootstrap.install_argv(layout, [])[0] == "/home/pi/shared/venv/bin/python"
@@ -170,8 +173,8 @@ def test_a_signing_fleet_installs_the_sign_extra_and_checks_for_cryptography() -
 
 def test_ssh_transport_gets_the_fleet_verify_key() -> None:
     d = Device(name="pi", profile="raspberry-pi-5", transport={"type": "ssh", "host": "198.18.0.2"})
-    assert transport_for(d, verify_key=b"PEM").verify_key == b"PEM"
-    assert transport_for(d).verify_key is None
+    assert connect(d, verify_key=b"PEM").installer.verify_key == b"PEM"
+    assert connect(d).installer.verify_key is None
 
 
 def test_unit_args_are_quoted_and_escaped_for_systemd() -> None:

@@ -17,7 +17,7 @@ from edgectl_agent.runtimes import catalog, default_runtimes
 from edgectl.builders.registry import BUILDERS
 from edgectl.plan import planner
 from edgectl.spec import profile
-from edgectl.transport import bootstrap
+from edgectl.agents import install_venv as bootstrap
 
 REPO = Path(__file__).resolve().parents[3]
 REAL = [r for r in catalog.RUNTIMES if not r.for_tests]
@@ -86,7 +86,7 @@ from edgectl_agent.runtimes import default_runtimes
 from edgectl.builders.registry import BuilderInfo
 from edgectl.plan import planner
 from edgectl.spec import profile
-from edgectl.transport import bootstrap
+from edgectl.agents import install_venv as bootstrap
 
 desired = api.DesiredDeployment(name="m", runtime="toyrt", artifact={
     "digest": "sha256:" + "0" * 64, "format": "toyfmt", "quant": "Q", "size_bytes": 1, "model": "m"})

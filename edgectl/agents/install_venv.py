@@ -1,4 +1,4 @@
-"""Install and start the agent on a device that lacks it, offline on the device's side.
+"""Venv installer: install and start the agent on an SSH device that lacks it, offline on the device's side.
 
 edgectl builds the edgectl-agent wheel plus the wheels of the runtime extras the plan needs on this machine (cached
 in a wheelhouse), pushes them, creates a venv on the device and installs with ``pip --no-index``; then starts the
@@ -8,7 +8,8 @@ supports.
 When the fleet signs deployments, the agent is installed with the ``sign`` extra and pinned to the fleet's public key
 like a local one: ``verify-key.pub`` in its root, written at the first bootstrap only (trust on first use, never
 overwritten), and every start there passes ``--verify-key-file``.
-Every remote command is an argv built by a pure function here; the transport quotes it.
+Every remote command is an argv built by a pure function here (the Ansible engine reuses them); the transport
+quotes it.
 """
 
 from __future__ import annotations
@@ -22,20 +23,17 @@ import sys
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterable
+from typing import Iterable
 
 from edgectl_agent import __version__ as AGENT_VERSION
 from edgectl_agent.runtimes.catalog import RUNTIME_EXTRAS, RUNTIME_PACKAGES
 
-from edgectl.errors import TransportError
+from edgectl.agents.installer import VERIFY_KEY_FILE, Installer, pin_verify_key, pinned_path_argv
+from edgectl.errors import EdgectlError, TransportError
 from edgectl.paths import edgectl_home
-from edgectl.transport.local import VERIFY_KEY_FILE
+from edgectl.transport.ssh import SshTransport, remote_path
 
-if TYPE_CHECKING:
-    from edgectl.transport.ssh import SshTransport
-
-# RUNTIME_EXTRAS: agent runtime -> the edgectl-agent extra that installs its library (None: nothing beyond the agent
-# itself), from the agent's runtime catalog.
+# Agent runtime -> the edgectl-agent extra that installs its library (None: nothing beyond the agent itself).
 UNIT_NAME = "edgectl-agent.service"
 SYSTEM_UNIT_DIR = "/etc/systemd/system"
 USER_UNIT_DIR = ".config/systemd/user"  # under the SSH user's home
@@ -60,9 +58,10 @@ SIGN_PACKAGE = "cryptography"
 START_SCRIPT = ('py=$1 root=$2 port=$3 log=$4 pid=$5; shift 5; '
                 'nohup setsid "$py" -m edgectl_agent serve --root "$root" --host 127.0.0.1 --port "$port" "$@" '
                 '>>"$log" 2>&1 </dev/null & echo $! >"$pid"')
-# prints "yes" when the verify key file exists (the agent root is pinned), nothing otherwise
-PINNED_SCRIPT = 'if [ -e "$1" ]; then echo yes; fi'
-
+# The user's $HOME, then the agent token (one line) at "$1", relative to $HOME unless absolute; values only as
+# parameters, read with the shell's own `read` (no process per device for it).
+TOKEN_SCRIPT = ('printf "%s\\n" "$HOME"; case "$1" in /*) f=$1 ;; *) f=$HOME/$1 ;; esac; '
+                'IFS= read -r t <"$f"; [ -n "$t" ] && printf "%s\\n" "$t"')
 ALIVE_SCRIPT = 'kill -0 "$(cat "$1" 2>/dev/null)" 2>/dev/null'
 STOP_SCRIPT = ('pid=$(cat "$1" 2>/dev/null) || exit 0; kill "$pid" 2>/dev/null || exit 0; i=0; '
                'while kill -0 "$pid" 2>/dev/null && [ $i -lt 100 ]; do sleep 0.1; i=$((i+1)); done; '
@@ -126,7 +125,8 @@ def extras_for(runtimes: Iterable[str]) -> list[str]:
     for r in runtimes:
         if r not in RUNTIME_EXTRAS:
             raise TransportError(f"no edgectl-agent extra is known for runtime '{r}', so it cannot be installed on "
-                                 "a device", hint="add it to edgectl_agent.facts.RUNTIME_EXTRAS and the "
+                                 "a device", hint="add its entry (with its extra) to the agent's runtime catalog, "
+                                 "edgectl_agent.runtimes.catalog, which RUNTIME_EXTRAS derives from, and the "
                                  "agent's pyproject extras, or install the agent on the device by hand")
         if RUNTIME_EXTRAS[r]:
             out.add(RUNTIME_EXTRAS[r])
@@ -193,7 +193,7 @@ def start_argv(layout: RemoteLayout, port: int, *, verify_key_file: str | None =
 
 
 def pinned_argv(layout: RemoteLayout) -> list[str]:
-    return ["sh", "-c", PINNED_SCRIPT, "edgectl-agent-pinned", layout.verify_key]
+    return pinned_path_argv(layout.verify_key)
 
 
 _UNIT_SAFE_ARG = re.compile(r"^[A-Za-z0-9_@+=:,./-]+$")
@@ -341,7 +341,106 @@ def _build_wheelhouse(extras: list[str]) -> Path:
 
 
 # -- the device ---------------------------------------------------------------------------------------------------
-def ensure_installed(t: "SshTransport", layout: RemoteLayout, runtimes: Iterable[str], *, sign: bool = False) -> None:
+class VenvInstaller(Installer):
+    """The agent in a venv on an SSH device (transport.agent_dir, or a shared transport.venv), run as
+    transport.service says."""
+
+    transport: SshTransport
+
+    def __init__(self, transport: SshTransport, *, verify_key: bytes | None = None) -> None:
+        super().__init__(transport, verify_key=verify_key)
+        self.service_mode: str | None = None  # transport.service as resolved on the device
+        self.service_user = ""
+        self._pinned: str | None = None
+        self._token_error = ""
+
+    @property
+    def spec(self):
+        return self.transport.spec
+
+    @property
+    def layout(self) -> RemoteLayout:
+        t = self.transport
+        venv = remote_path(self.spec.venv, t.home) if self.spec.venv else None
+        return RemoteLayout(remote_path(self.spec.agent_dir, t.home), venv)
+
+    def token(self) -> str | None:
+        """The agent's token, or None where there is none (yet). One session reads it and $HOME: each command is
+        a round trip and a process on the device, and a fleet-wide no-op apply runs this once per device. Host key
+        and authentication problems surface here, before anything else runs."""
+        token = posixpath.join(self.spec.agent_dir, "root", "token")
+        r = self.transport.run(["sh", "-c", TOKEN_SCRIPT, "edgectl-token",
+                                token[2:] if token.startswith("~/") else token])
+        home, _, token_text = r.stdout.partition("\n")
+        self.transport.remember_home(home.strip())
+        self._token_error = r.stderr.strip()
+        return token_text.strip() if r.returncode == 0 and token_text.strip() else None
+
+    def not_ours(self, health: dict) -> EdgectlError:
+        return TransportError(f"device '{self.name}': cannot read the agent token {self.layout.token}: "
+                              f"{self._token_error}",
+                              hint="an agent answers on the device's port but not from transport.agent_dir; "
+                                   "stop it or point agent_dir at its root's parent")
+
+    def install(self, runtimes: list[str]) -> None:
+        layout = self.layout
+        self.transport.check(["mkdir", "-p", layout.root], what="creating the agent's folders")
+        self._pinned = pin_verify_key(self.transport, layout.verify_key, self.verify_key)
+        ensure_installed(self.transport, layout, runtimes, sign=self._pinned is not None)
+
+    def start(self) -> None:
+        """Start the agent as transport.service says: a systemd unit (enabled, so it starts at boot; linger for a
+        user unit) or a detached process; pinned: it verifies deployments with the pinned public key."""
+        t, layout = self.transport, self.layout
+        # its folder may not exist yet when the venv was found ready elsewhere (transport.venv)
+        t.check(["mkdir", "-p", layout.root], what="creating the agent's folders")
+        mode = self.resolve_service()
+        if mode == "none":
+            t.check(start_argv(layout, t.port, verify_key_file=self._pinned), what="starting the agent")
+            return
+        if mode == "user" and t.run(linger_query_argv(self.service_user)).stdout.strip() != "yes":
+            t.check(linger_argv(self.service_user), what=f"enabling linger for '{self.service_user}' (so the agent's "
+                    "user unit starts at boot; an admin can run `loginctl enable-linger USER`, or use "
+                    "transport.service: system)")
+        import tempfile
+
+        with tempfile.TemporaryDirectory() as tmp:
+            unit = Path(tmp) / UNIT_NAME
+            unit.write_text(unit_text(layout, t.port, system=mode == "system", verify_key_file=self._pinned))
+            t.put_file(unit, unit_path(mode, t.home))
+        t.check(systemctl_argv(mode, "daemon-reload"), what="reloading systemd")
+        t.check(systemctl_argv(mode, "enable", "--now", UNIT_NAME), what="starting the agent unit")
+
+    def running(self) -> bool:
+        mode = self.resolve_service()
+        if mode != "none":
+            return self.transport.run(systemctl_argv(mode, "is-active", "--quiet", UNIT_NAME)).returncode == 0
+        return self.transport.run(["sh", "-c", ALIVE_SCRIPT, "edgectl-agent-alive", self.layout.pid]).returncode == 0
+
+    def stop(self) -> bool:
+        mode = self.resolve_service()
+        if mode != "none":
+            return self.transport.run(systemctl_argv(mode, "stop", UNIT_NAME)).returncode == 0
+        was = self.running()
+        self.transport.run(["sh", "-c", STOP_SCRIPT, "edgectl-agent-stop", self.layout.pid], timeout=30)
+        return was
+
+    def start_failed(self) -> EdgectlError:
+        r = self.transport.run(["tail", "-n", "20", self.layout.log])
+        return TransportError(f"device '{self.name}': the agent did not start:\n{r.stdout.strip() or '(no log)'}",
+                              hint=f"see its log on the device: {self.layout.log}")
+
+    def resolve_service(self) -> str:
+        """transport.service resolved on this device (probed once per installer)."""
+        if self.service_mode is None:
+            probe = parse_service_probe(self.transport.check(["sh", "-c", SERVICE_PROBE_SCRIPT],
+                                                             what="probing for systemd"))
+            self.service_mode = service_mode(self.spec.service, probe, device=self.name)
+            self.service_user = probe.user
+        return self.service_mode
+
+
+def ensure_installed(t: SshTransport, layout: RemoteLayout, runtimes: Iterable[str], *, sign: bool = False) -> None:
     """Install edgectl-agent (this version) with the extras for ``runtimes`` (and ``sign``: the one that verifies
     signatures) into the device's venv, unless the venv already has them."""
     if not t.spec.venv:
@@ -352,7 +451,7 @@ def ensure_installed(t: "SshTransport", layout: RemoteLayout, runtimes: Iterable
         return _ensure_installed(t, layout, runtimes, sign)
 
 
-def _ensure_installed(t: "SshTransport", layout: RemoteLayout, runtimes: Iterable[str], sign: bool) -> None:
+def _ensure_installed(t: SshTransport, layout: RemoteLayout, runtimes: Iterable[str], sign: bool) -> None:
     runtimes = sorted(set(runtimes))
     extras = sorted(set(extras_for(runtimes)) | ({SIGN_EXTRA} if sign else set()))
     have = t.run(installed_argv(layout, runtimes, sign=sign))
@@ -383,73 +482,3 @@ def _ensure_installed(t: "SshTransport", layout: RemoteLayout, runtimes: Iterabl
     t.check(install_argv(layout, extras), what="installing edgectl-agent from the pushed wheels",
             timeout=INSTALL_TIMEOUT_S)
     t.check(reinstall_argv(layout), what="installing the edgectl-agent wheel", timeout=INSTALL_TIMEOUT_S)
-
-
-def resolve_service(t: "SshTransport") -> str:
-    """transport.service resolved on this device (probed once per transport)."""
-    if t.service_mode is None:
-        probe = parse_service_probe(t.check(["sh", "-c", SERVICE_PROBE_SCRIPT], what="probing for systemd"))
-        t.service_mode = service_mode(t.spec.service, probe, device=t.name)
-        t.service_user = probe.user
-    return t.service_mode
-
-
-def pin_verify_key(t: "SshTransport", layout: RemoteLayout) -> str | None:
-    """The device's pinned verify key file, written first from ``t.verify_key`` when the fleet signs and the device
-    has none (trust on first use, as a local agent; an existing file is never replaced: a changed fleet key is
-    refused by apply until someone replaces it by hand). None: the device is not pinned, its agent does not verify.
-    A device pinned earlier stays pinned even when its fleet no longer signs."""
-    t.check(["mkdir", "-p", layout.root], what="creating the agent's folders")
-    if t.check(pinned_argv(layout), what="looking for the agent's verify key").strip() == "yes":
-        return layout.verify_key
-    if t.verify_key is None:
-        return None
-    import tempfile
-
-    with tempfile.TemporaryDirectory() as tmp:
-        key = Path(tmp) / VERIFY_KEY_FILE
-        key.write_bytes(t.verify_key)
-        t.put_file(key, layout.verify_key)
-    return layout.verify_key
-
-
-def start_agent(t: "SshTransport", layout: RemoteLayout, *, verify_key_file: str | None = None) -> None:
-    """Start the agent as transport.service says: a systemd unit (enabled, so it starts at boot; linger for a user
-    unit) or a detached process; ``verify_key_file``: it verifies deployments with that public key."""
-    # its folder may not exist yet when the venv was found ready elsewhere (transport.venv)
-    t.check(["mkdir", "-p", layout.root], what="creating the agent's folders")
-    mode = resolve_service(t)
-    if mode == "none":
-        t.check(start_argv(layout, t.port, verify_key_file=verify_key_file), what="starting the agent")
-        return
-    if mode == "user" and t.run(linger_query_argv(t.service_user)).stdout.strip() != "yes":
-        t.check(linger_argv(t.service_user), what=f"enabling linger for '{t.service_user}' (so the agent's user unit "
-                "starts at boot; an admin can run `loginctl enable-linger USER`, or use transport.service: system)")
-    import tempfile
-
-    with tempfile.TemporaryDirectory() as tmp:
-        unit = Path(tmp) / UNIT_NAME
-        unit.write_text(unit_text(layout, t.port, system=mode == "system", verify_key_file=verify_key_file))
-        t.put_file(unit, unit_path(mode, t.home))
-    t.check(systemctl_argv(mode, "daemon-reload"), what="reloading systemd")
-    t.check(systemctl_argv(mode, "enable", "--now", UNIT_NAME), what="starting the agent unit")
-
-
-def agent_alive(t: "SshTransport", layout: RemoteLayout) -> bool:
-    mode = resolve_service(t)
-    if mode != "none":
-        return t.run(systemctl_argv(mode, "is-active", "--quiet", UNIT_NAME)).returncode == 0
-    return t.run(["sh", "-c", ALIVE_SCRIPT, "edgectl-agent-alive", layout.pid]).returncode == 0
-
-
-def stop_agent(t: "SshTransport", layout: RemoteLayout) -> None:
-    mode = resolve_service(t)
-    if mode != "none":
-        t.run(systemctl_argv(mode, "stop", UNIT_NAME))
-        return
-    t.run(["sh", "-c", STOP_SCRIPT, "edgectl-agent-stop", layout.pid], timeout=30)
-
-
-def log_tail(t: "SshTransport", layout: RemoteLayout, lines: int = 20) -> str:
-    r = t.run(["tail", "-n", str(lines), layout.log])
-    return r.stdout.strip() or "(no log)"

@@ -1,0 +1,364 @@
+"""Docker installer: the agent as an image + container on a Docker engine.
+
+The agent image is built from ``deploy/docker/Dockerfile`` with the wheelhouse edgectl builds (the same wheels the venv
+installer pushes over SSH), FROM a base image given as a build argument, so it builds offline from a locally made base
+(``deploy/docker/make-base.sh``). The container restarts unless stopped; its store, state, token and pinned verify key
+live on a named volume, so a new image or container keeps the deployed models and the pin. When the fleet signs, the
+fleet's public key goes into the volume (``verify-key.pub``, trust on first use, never overwritten) and the agent's
+command gets ``--verify-key-file``, as on every other target.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import platform
+import shutil
+import tarfile
+import tempfile
+from pathlib import Path
+from typing import Any, ClassVar, Sequence
+
+from edgectl_agent import __version__ as AGENT_VERSION
+
+from edgectl.agents.install_venv import SIGN_EXTRA, build_wheelhouse, extras_for
+from edgectl.agents.installer import VERIFY_KEY_FILE, Installer
+from edgectl.errors import EdgectlError, TransportError
+from edgectl.spec import Device
+from edgectl.transport.docker import AGENT_PORT, AGENT_ROOT, DockerTransport, _docker, container_name, host_port
+
+BUILD_TIMEOUT_S = 900
+LABEL_DEVICE = "dev.edgectl.device"
+LABEL_VERSION = "dev.edgectl.agent-version"
+LABEL_EXTRAS = "dev.edgectl.agent-extras"
+LABEL_CONTROL = "dev.edgectl.control"
+LABEL_SOURCE = "dev.edgectl.agent-source"
+LABEL_VERIFY_KEY = "dev.edgectl.verify-key-file"  # the agent's --verify-key-file ("" when it verifies nothing)
+RESTART_POLICY = {"Name": "unless-stopped"}
+VERIFY_KEY_PATH = f"{AGENT_ROOT}/{VERIFY_KEY_FILE}"  # on the volume
+
+
+# -- pure pieces (unit-tested) -----------------------------------------------------------------------------------
+def default_image(extras: Sequence[str]) -> str:
+    """The agent image's tag: one per agent version and set of runtime extras."""
+    return f"edgectl-agent:{AGENT_VERSION}-{'-'.join(sorted(extras)) or 'base'}"
+
+
+def volume_name(device: Device) -> str:
+    return device.transport.volume or f"edgectl-agent-{device.name}"
+
+
+def run_options(device: Device, image: str, *, verify_key_file: str | None = None) -> dict[str, Any]:
+    """Keyword arguments of ``containers.create``/``run`` for the device's agent container; ``verify_key_file``:
+    the agent verifies deployments with that public key (on its volume)."""
+    spec = device.transport
+    options: dict[str, Any] = {
+        "image": image, "name": container_name(device), "detach": True,
+        "command": agent_args(spec.control) + (["--verify-key-file", verify_key_file] if verify_key_file else []),
+        "volumes": {volume_name(device): {"bind": AGENT_ROOT, "mode": "rw"}},
+        "restart_policy": dict(RESTART_POLICY),
+        "labels": {LABEL_DEVICE: device.name, LABEL_CONTROL: control_label(device),
+                   LABEL_VERIFY_KEY: verify_key_file or ""},
+    }
+    if spec.control == "port":
+        options["ports"] = {f"{AGENT_PORT}/tcp": ("127.0.0.1", host_port(device))}
+    else:  # reached only through docker exec: the container needs no network at all (it serves offline)
+        options["network_mode"] = "none"
+    return options
+
+
+def agent_args(control: str) -> list[str]:
+    """Arguments after the image's ENTRYPOINT (``edgectl_agent serve --root ...``)."""
+    if control == "port":  # Docker's port publishing reaches the container's interface, not its loopback
+        return ["--host", "0.0.0.0", "--allow-remote", "--port", str(AGENT_PORT)]
+    return ["--host", "127.0.0.1", "--port", str(AGENT_PORT)]
+
+
+def control_label(device: Device) -> str:
+    """How the container is reached; a container made for another control mode or port is replaced."""
+    spec = device.transport
+    return f"port:{host_port(device)}" if spec.control == "port" else "exec"
+
+
+def build_args(base_image: str, extras: Sequence[str]) -> dict[str, str]:
+    return {"BASE": base_image, "EXTRAS": ",".join(sorted(extras)), "AGENT_VERSION": AGENT_VERSION}
+
+
+def dockerfile_folder() -> Path:
+    """deploy/docker of a source checkout, or the copy shipped inside the edgectl wheel."""
+    import edgectl
+
+    here = Path(edgectl.__file__).resolve().parent
+    for folder in (here.parent / "deploy" / "docker", here / "docker"):
+        if (folder / "Dockerfile").is_file():
+            return folder
+    raise TransportError("the agent's Dockerfile is not installed with edgectl",
+                         hint="run edgectl from a source checkout (deploy/docker/Dockerfile), or reinstall edgectl")
+
+
+def agent_source_digest() -> str:
+    """sha256 over the agent package's files (names and bytes): an image or container built from other agent code
+    is rebuilt / replaced even though the version number did not change (a source checkout moves between releases)."""
+    import edgectl_agent
+
+    root = Path(edgectl_agent.__file__).resolve().parent
+    h = hashlib.sha256()
+    for path in sorted(p for p in root.rglob("*") if p.is_file() and "__pycache__" not in p.parts
+                       and p.suffix != ".pyc"):
+        h.update(path.relative_to(root).as_posix().encode() + b"\0")
+        h.update(hashlib.sha256(path.read_bytes()).digest())
+    return h.hexdigest()[:16]
+
+
+def key_archive(verify_key: bytes) -> bytes:
+    """A tar holding only ``verify-key.pub`` (mode 0644), for put_archive into the agent's root."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        info = tarfile.TarInfo(VERIFY_KEY_FILE)
+        info.size, info.mode = len(verify_key), 0o644
+        tar.addfile(info, io.BytesIO(verify_key))
+    return buf.getvalue()
+
+
+# -- the installer ------------------------------------------------------------------------------------------------
+class DockerInstaller(Installer):
+    restarts_by_itself: ClassVar[bool] = True  # the restart policy brings a killed agent back
+
+    transport: DockerTransport
+
+    def __init__(self, transport: DockerTransport, *, verify_key: bytes | None = None) -> None:
+        super().__init__(transport, verify_key=verify_key)
+        self._container = None  # the container install() made ready, start() starts
+
+    @property
+    def device(self) -> Device:
+        return self.transport.device
+
+    @property
+    def spec(self):
+        return self.transport.spec
+
+    @property
+    def container_name(self) -> str:
+        return self.transport.container_name
+
+    def engine(self):
+        return self.transport.engine()
+
+    def token(self) -> str | None:
+        c = self.transport.container()
+        if c is None or c.status != "running":
+            return None
+        r = self.transport.run(["cat", f"{AGENT_ROOT}/token"])
+        return (r.stdout.strip() or None) if r.returncode == 0 else None
+
+    def not_ours(self, health: dict) -> EdgectlError:
+        return TransportError(f"device '{self.name}': 127.0.0.1:{host_port(self.device)} on the engine host is "
+                              f"answered (it says {health}), but not by a running container {self.container_name} "
+                              "with an agent token",
+                              hint="stop the process or container using that port, or set transport.host_port (or "
+                                   "agent.port) to another one; `docker ps -a` shows the containers")
+
+    def extras(self, runtimes: list[str], *, sign: bool) -> list[str]:
+        """The image's edgectl-agent extras: the runtimes' and, for a pinned agent, the one that verifies."""
+        return sorted(set(extras_for(runtimes)) | ({SIGN_EXTRA} if sign else set()))
+
+    def current(self, runtimes: list[str]) -> bool:
+        c = self.transport.container()
+        return c is not None and self.fits(c, self.extras(runtimes, sign=self.verify_key is not None))
+
+    def install(self, runtimes: list[str]) -> None:
+        extras = self.extras(runtimes, sign=self.verify_key is not None)
+        container = self.transport.container()
+        if container is not None and self.fits(container, extras):
+            self._container = container
+            return
+        image = self.ensure_image(extras)
+        if container is not None:  # another agent version, missing runtimes or unpinned: replace it, the volume stays
+            self._remove(container)
+        self._container = self._create(image, pinned=self.verify_key is not None)
+        if self.verify_key is not None:
+            if not self._has(self._container, VERIFY_KEY_PATH):  # trust on first use: never overwritten
+                self._put_key(self._container, self.verify_key)
+        elif self._has(self._container, VERIFY_KEY_PATH):  # pinned earlier: it stays pinned
+            self._remove(self._container)
+            self._container = self._create(self.ensure_image(self.extras(runtimes, sign=True)), pinned=True)
+
+    def start(self) -> None:
+        docker = _docker()
+        try:
+            self._container.start()
+        except docker.errors.APIError as e:
+            text = str(e)
+            if "port is already allocated" in text or "address already in use" in text:
+                self._remove_quietly()
+                raise TransportError(f"device '{self.name}': 127.0.0.1:{host_port(self.device)} on the engine host "
+                                     "is taken", hint="free that port, or set transport.host_port (or agent.port) to "
+                                     "another one") from e
+            raise TransportError(f"device '{self.name}': starting container {self.container_name} failed: {e}",
+                                 hint=f"see `docker logs {self.container_name}`; `docker ps -a` shows a conflicting "
+                                      "container") from e
+        except docker.errors.DockerException as e:
+            raise TransportError(f"device '{self.name}': starting container {self.container_name} failed: {e}",
+                                 hint=f"see `docker logs {self.container_name}`") from e
+
+    def running(self) -> bool:
+        self._container.reload()
+        return self._container.status not in ("exited", "dead")
+
+    def stop(self) -> bool:
+        docker = _docker()
+        c = self.transport.container()
+        if c is None or c.status != "running":
+            return False
+        try:
+            c.stop()
+        except docker.errors.DockerException as e:
+            raise TransportError(f"device '{self.name}': stopping container {self.container_name} failed: {e}",
+                                 hint=f"stop it by hand: docker stop {self.container_name}") from e
+        return True
+
+    def start_failed(self) -> EdgectlError:
+        c = self._container
+        logs = c.logs(tail=20).decode(errors="replace").strip() if c is not None else ""
+        return TransportError(f"device '{self.name}': the agent in container {self.container_name} did not start "
+                              f"(status {c.status if c is not None else 'missing'}):\n{logs or '(no output)'}",
+                              hint=f"see `docker logs {self.container_name}`")
+
+    def fits(self, container, extras: list[str]) -> bool:
+        """The container was made for this device and control mode, from the image it should run: the user's
+        ``image`` as given, else ours for this agent version and code with every needed runtime extra."""
+        labels = container.labels or {}
+        if labels.get(LABEL_DEVICE) != self.name or labels.get(LABEL_CONTROL) != control_label(self.device):
+            return False
+        if self.verify_key is not None and not labels.get(LABEL_VERIFY_KEY):
+            return False  # running unverified while the fleet signs: replaced by a pinned one
+        if self.spec.image is not None:
+            return container.attrs["Config"]["Image"] == self.spec.image
+        have = set(filter(None, labels.get(LABEL_EXTRAS, "").split(",")))
+        return (labels.get(LABEL_VERSION) == AGENT_VERSION and set(extras) <= have
+                and labels.get(LABEL_SOURCE) == agent_source_digest())
+
+    def ensure_image(self, extras: list[str]) -> str:
+        """The agent image for ``extras`` on the engine, built from the Dockerfile when missing."""
+        docker = _docker()
+        tag = self.spec.image or default_image(extras)
+        client = self.engine()
+        try:
+            found = client.images.get(tag)
+            # a tag the user named is theirs as it is; ours is rebuilt when the agent's code changed
+            if self.spec.image is not None or (found.labels or {}).get(LABEL_SOURCE) == agent_source_digest():
+                return tag
+        except docker.errors.ImageNotFound:
+            pass
+        self.build_image(tag, extras)
+        return tag
+
+    def build_image(self, tag: str, extras: list[str]) -> None:
+        """docker build of deploy/docker/Dockerfile with this machine's wheelhouse as the context."""
+        docker = _docker()
+        client = self.engine()
+        try:
+            client.images.get(self.spec.base_image)
+        except docker.errors.ImageNotFound as e:
+            raise TransportError(f"device '{self.name}': base image {self.spec.base_image} is not on "
+                                 f"{self.transport.where}",
+                                 hint="make it offline from a Debian mirror: deploy/docker/make-base.sh "
+                                      f"{self.spec.base_image} (with DOCKER_HOST set to that engine), or set "
+                                      "transport.base_image to a Debian 12 image with python3 and venv") from e
+        arch = client.info().get("Architecture", "")
+        if arch and arch != platform.machine():
+            raise TransportError(f"device '{self.name}': the engine runs {arch}, this machine {platform.machine()}; "
+                                 "the image is built from wheels made here",
+                                 hint="run edgectl on a machine of the engine's architecture, or give "
+                                      "transport.image an agent image built there")
+        house = build_wheelhouse(extras)
+        with tempfile.TemporaryDirectory(prefix="edgectl-docker-") as tmp:
+            context = Path(tmp)
+            shutil.copy(dockerfile_folder() / "Dockerfile", context / "Dockerfile")
+            (context / "wheels").mkdir()
+            for wheel in house.glob("*.whl"):
+                shutil.copy(wheel, context / "wheels" / wheel.name)
+            labels = {LABEL_VERSION: AGENT_VERSION, LABEL_EXTRAS: ",".join(sorted(extras)),
+                      LABEL_SOURCE: agent_source_digest()}
+            try:
+                client.images.build(path=str(context), tag=tag, buildargs=build_args(self.spec.base_image, extras),
+                                    labels=labels, rm=True, forcerm=True, pull=False, timeout=BUILD_TIMEOUT_S)
+            except docker.errors.BuildError as e:
+                log = "".join(str(x.get("stream") or x.get("error") or "") for x in e.build_log)[-2000:]
+                raise TransportError(f"device '{self.name}': building the agent image {tag} failed: {e.msg}\n{log}",
+                                     hint="the base image needs python3 with venv (Debian 12: make-base.sh)") from e
+            except docker.errors.DockerException as e:
+                raise TransportError(f"device '{self.name}': building the agent image {tag} failed: {e}",
+                                     hint="check the engine's disk space and logs") from e
+
+    def _create(self, image: str, *, pinned: bool):
+        """The device's container, created (not started) from ``image`` on its volume."""
+        docker = _docker()
+        client = self.engine()
+        volume = volume_name(self.device)
+        options = run_options(self.device, image, verify_key_file=VERIFY_KEY_PATH if pinned else None)
+        labels = client.images.get(image).labels or {}
+        options["labels"].update({k: labels.get(k, "") for k in (LABEL_VERSION, LABEL_EXTRAS, LABEL_SOURCE)})
+        try:
+            try:
+                client.volumes.get(volume)
+            except docker.errors.NotFound:
+                client.volumes.create(volume, labels={LABEL_DEVICE: self.name})
+            return client.containers.create(**options)
+        except docker.errors.APIError as e:
+            raise TransportError(f"device '{self.name}': creating container {self.container_name} failed: {e}",
+                                 hint="see the engine's log; `docker ps -a` shows a conflicting container") from e
+
+    def _has(self, container, path: str) -> bool:
+        """Whether ``path`` exists in the container (its volume included), running or not."""
+        docker = _docker()
+        try:
+            stream, _ = container.get_archive(path)
+            for _chunk in stream:
+                pass
+            return True
+        except docker.errors.NotFound:
+            return False
+        except docker.errors.DockerException as e:
+            raise TransportError(f"device '{self.name}': looking for {path} in {self.container_name} failed: {e}",
+                                 hint="retry; check the engine's health (docker info)") from e
+
+    def _put_key(self, container, verify_key: bytes) -> None:
+        """The fleet's public key into the agent's root on the volume (before the agent first starts there)."""
+        docker = _docker()
+        try:
+            if not container.put_archive(AGENT_ROOT, key_archive(verify_key)):
+                raise TransportError(f"device '{self.name}': the engine refused to write {VERIFY_KEY_PATH}",
+                                     hint="check the engine host's disk space")
+        except docker.errors.DockerException as e:
+            raise TransportError(f"device '{self.name}': writing {VERIFY_KEY_PATH} into {self.container_name} "
+                                 f"failed: {e}", hint="retry; check the engine host's disk") from e
+
+    def _remove(self, container) -> None:
+        docker = _docker()
+        try:
+            container.remove(force=True)
+        except docker.errors.DockerException as e:
+            raise TransportError(f"device '{self.name}': removing the old container {self.container_name} failed: {e}",
+                                 hint=f"remove it by hand: docker rm -f {self.container_name}") from e
+
+    def _remove_quietly(self) -> None:
+        c = self.transport.container()
+        if c is not None:
+            try:
+                c.remove(force=True)
+            except Exception:  # noqa: BLE001 - cleanup after an error that is already being reported
+                pass
+
+    def remove(self, *, volume: bool = False) -> None:
+        """Remove the agent container (and with ``volume``, its store): the device's agent is gone."""
+        docker = _docker()
+        c = self.transport.container()
+        if c is not None:
+            self._remove(c)
+        if volume:
+            try:
+                self.engine().volumes.get(volume_name(self.device)).remove(force=True)
+            except docker.errors.NotFound:
+                pass
