@@ -27,9 +27,8 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Literal, Sequence, get_args, get_origin
+from typing import Any, Iterable, Sequence
 
-from edgectl_agent.names import DIGEST_PATTERN, NAME_PATTERN, SHA256_HEX_PATTERN
 from pydantic import BaseModel, ValidationError
 from ruamel.yaml import YAML
 from ruamel.yaml.error import MarkedYAMLError, YAMLError
@@ -40,8 +39,7 @@ from ruamel.yaml.tokens import (BlockEndToken, BlockMappingStartToken, BlockSequ
 import edgectl
 from edgectl.errors import SpecError, SpecErrors
 from edgectl.spec import API_VERSION, AUTO_PROFILE, KINDS, Deployment, DeviceProfile, Fleet, Model, Spec
-from edgectl.spec.common import LABEL_PATTERN, is_union, unwrap_annotation
-from edgectl.spec.fleet import HOST_PATTERN, JUMP_PATTERN, PROGRAM_PATTERN, REMOTE_PATH_PATTERN
+from edgectl.spec_errors import join_path, locate, position, short, translate
 
 YAML_SUFFIXES = (".yaml", ".yml")
 # Bounds on one document's shape: manifests nest a handful of levels and hold hundreds of values. Beyond these, a
@@ -51,31 +49,6 @@ MAX_NESTING = 64
 MAX_VALUES = 100_000
 _OPENING = (BlockMappingStartToken, BlockSequenceStartToken, FlowMappingStartToken, FlowSequenceStartToken)
 _CLOSING = (BlockEndToken, FlowMappingEndToken, FlowSequenceEndToken)
-NAME_RULES = ("lowercase letters, digits, '.', '_' and '-'; starting and ending with a letter or digit; "
-              "at most 63 characters (no spaces, '/', shell characters or a leading '-')")
-LABEL_RULES = ("letters, digits, '.', '_', '/' and '-'; starting and ending with a letter or digit; "
-               "at most 63 characters")
-
-# Pattern (as pydantic reports it) -> (what it is, the rule in words).
-_PATTERN_WORDS = {
-    NAME_PATTERN: ("name", NAME_RULES),
-    LABEL_PATTERN: ("label", LABEL_RULES),
-    HOST_PATTERN: ("host", "a host name or IP address: letters, digits, '.', ':', '-'"),
-    JUMP_PATTERN: ("jump host", "[user@]host[:port] with letters, digits, '.', '-' (no leading '-')"),
-    REMOTE_PATH_PATTERN: ("device path", "an absolute path or one starting with '~/', of letters, digits and "
-                                         "'._+-/' (no spaces or shell metacharacters)"),
-    PROGRAM_PATTERN: ("program", "a command name or absolute path of letters, digits and '._+-/', not starting "
-                                 "with '-'"),
-    SHA256_HEX_PATTERN: ("sha256", "64 lowercase hex digits (the output of `sha256sum`)"),
-    DIGEST_PATTERN: ("digest", "'sha256:' followed by 64 lowercase hex digits"),
-}
-
-_TYPE_WORDS = {
-    "string_type": "a string", "int_type": "an integer", "int_parsing": "an integer", "int_from_float": "a whole number",
-    "float_type": "a number", "float_parsing": "a number", "bool_type": "true or false", "bool_parsing": "true or false",
-    "list_type": "a list", "dict_type": "a mapping", "model_type": "a mapping", "model_attributes_type": "a mapping",
-}
-
 
 # ---------------------------------------------------------------------------------------------------------------
 # Public API
@@ -149,7 +122,7 @@ class _Doc:
         return self.obj.metadata.name  # type: ignore[attr-defined]
 
     def where(self, loc: tuple = ()) -> str:
-        return _where(self.file, _locate(self.node, loc, point_at_key=False))
+        return position(self.file, locate(self.node, loc, point_at_key=False))
 
     @property
     def line(self) -> int:
@@ -235,7 +208,7 @@ def _nesting_error(text: str, filename: str) -> SpecError | None:
                 depth += 1
                 if depth > MAX_NESTING:
                     return SpecError(f"this value nests deeper than {MAX_NESTING} levels",
-                                     where=_where(filename, token.start_mark),
+                                     where=position(filename, token.start_mark),
                                      hint="look for an unclosed '[' or '{', or runaway indentation; manifests nest "
                                           "only a few levels")
             elif isinstance(token, _CLOSING):
@@ -289,12 +262,12 @@ def _shape_error(root: Node, filename: str) -> SpecError | None:
             height[key] = 1 + max((height[id(k)] for k in kids), default=0)
             if height[key] > MAX_NESTING:
                 return SpecError(f"this value nests deeper than {MAX_NESTING} levels",
-                                 where=_where(filename, node.start_mark),
+                                 where=position(filename, node.start_mark),
                                  hint="look for an unclosed '[' or '{', or runaway indentation; manifests nest only "
                                       "a few levels")
             if size[key] > MAX_VALUES:
                 return SpecError(f"YAML aliases (*name) expand this value to more than {MAX_VALUES} values",
-                                 where=_where(filename, node.start_mark),
+                                 where=position(filename, node.start_mark),
                                  hint="write the values out, or use fewer aliases; no manifest needs this many")
             continue
         if key in size:
@@ -304,7 +277,7 @@ def _shape_error(root: Node, filename: str) -> SpecError | None:
         for kid in _children(node):
             if id(kid) in on_path:
                 return SpecError("a YAML alias (*name) refers to a value that contains it (a loop)",
-                                 where=_where(filename, kid.start_mark),
+                                 where=position(filename, kid.start_mark),
                                  hint="make the alias refer to a value defined outside itself, or write it out")
             if id(kid) not in size:
                 stack.append((kid, False))
@@ -314,7 +287,7 @@ def _shape_error(root: Node, filename: str) -> SpecError | None:
 def _yaml_error(e: YAMLError, filename: str) -> SpecError:
     if isinstance(e, MarkedYAMLError):
         mark = e.problem_mark or e.context_mark
-        where = _where(filename, mark) if mark else filename
+        where = position(filename, mark) if mark else filename
         problem = " ".join(str(x) for x in (e.context, e.problem) if x) or str(e)
         if "'\\t'" in problem:
             hint = "indent with spaces; YAML does not allow tabs"
@@ -343,7 +316,7 @@ def _parse_and_validate(text: str, filename: str, errors: list[SpecError],
         if isinstance(node, ScalarNode) and node.tag.endswith(":null"):
             continue  # an empty document, e.g. after a trailing '---'
         seen_any = True
-        where = _where(filename, node.start_mark)
+        where = position(filename, node.start_mark)
         if not isinstance(node, MappingNode):
             errors.append(SpecError(
                 f"a document must be a mapping (apiVersion, kind, metadata, spec), got {_node_kind(node)}",
@@ -376,7 +349,7 @@ def _node_kind(node: Node) -> str:
     if isinstance(node, SequenceNode):
         return "a list"
     if isinstance(node, ScalarNode):
-        return f"the scalar {_short(node.value)!s}"
+        return f"the scalar {short(node.value)!s}"
     return "something else"
 
 
@@ -393,11 +366,11 @@ def _duplicate_keys(node: Node, filename: str) -> list[SpecError]:
             first: dict[Any, Node] = {}
             for k, v in n.value:
                 key = k.value if isinstance(k, ScalarNode) else id(k)
-                child = _join(path, key)
+                child = join_path(path, key)
                 if key in first:
                     m = first[key].start_mark
                     out.append(SpecError(
-                        f"duplicate key '{key}'", where=_where(filename, k.start_mark), field=child,
+                        f"duplicate key '{key}'", where=position(filename, k.start_mark), field=child,
                         hint=f"it is already set at line {m.line + 1}, column {m.column + 1}; keep one of them"))
                 else:
                     first[key] = k
@@ -426,22 +399,22 @@ def _validate_document(data: Any, node: MappingNode, filename: str, errors: list
     kind = data.get("kind")
     api = data.get("apiVersion")
     if "apiVersion" not in data:
-        errors.append(SpecError("missing required field", where=_where(filename, node.start_mark), field="apiVersion",
+        errors.append(SpecError("missing required field", where=position(filename, node.start_mark), field="apiVersion",
                                 hint=f"add 'apiVersion: {API_VERSION}' at the top of the document"))
     elif api != API_VERSION:
-        errors.append(SpecError(f"unsupported apiVersion {_short(api)}",
-                                where=_where(filename, _locate(node, ("apiVersion",))), field="apiVersion",
+        errors.append(SpecError(f"unsupported apiVersion {short(api)}",
+                                where=position(filename, locate(node, ("apiVersion",))), field="apiVersion",
                                 hint=f"use 'apiVersion: {API_VERSION}'"))
     known = ", ".join(KINDS)
     if "kind" not in data:
-        errors.append(SpecError("missing required field", where=_where(filename, node.start_mark), field="kind",
+        errors.append(SpecError("missing required field", where=position(filename, node.start_mark), field="kind",
                                 hint=f"add 'kind: ...', one of: {known}"))
         return None
     if not isinstance(kind, str) or kind not in KINDS:
         close = difflib.get_close_matches(str(kind), list(KINDS), n=1, cutoff=0.5)
         close += [k for k in KINDS if isinstance(kind, str) and k.lower() == kind.lower() and k not in close]
         hint = f"did you mean '{close[0]}'? " if close else ""
-        errors.append(SpecError(f"unknown kind {_short(kind)}", where=_where(filename, _locate(node, ("kind",))),
+        errors.append(SpecError(f"unknown kind {short(kind)}", where=position(filename, locate(node, ("kind",))),
                                 field="kind", hint=f"{hint}known kinds: {known}"))
         return None
     cls = KINDS[kind]
@@ -451,258 +424,9 @@ def _validate_document(data: Any, node: MappingNode, filename: str, errors: list
         for err in e.errors():
             if tuple(err["loc"]) == ("apiVersion",):
                 continue  # reported above, with a better hint
-            errors.append(_translate(err, cls, node, filename))
+            errors.append(translate(err, cls, node, filename))
         return None
     return _Doc(obj, node, filename)
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Locations
-
-
-def _where(filename: str, mark: Any) -> str:
-    return f"{filename}:{mark.line + 1}:{mark.column + 1}"
-
-
-def _child(node: Node, step: Any) -> tuple[Node | None, Node | None]:
-    """(key node, value node) of ``step`` in ``node``; (None, None) when absent."""
-    if isinstance(node, MappingNode) and isinstance(step, str):
-        for k, v in node.value:
-            if isinstance(k, ScalarNode) and k.value == step:
-                return k, v
-    if isinstance(node, SequenceNode) and isinstance(step, int) and 0 <= step < len(node.value):
-        return None, node.value[step]
-    return None, None
-
-
-def _locate(root: Node, path: Sequence[Any], *, point_at_key: bool = False) -> Any:
-    """Start mark of the value at ``path`` (a document path: keys and list indexes), or of its key with
-    ``point_at_key``. When the path leaves the document (a missing field), the deepest existing node."""
-    node, key = root, None
-    for step in path:
-        k, v = _child(node, step)
-        if v is None:
-            break
-        node, key = v, k
-    else:
-        if point_at_key and key is not None:
-            return key.start_mark
-    return node.start_mark
-
-
-def _join(path: str, step: Any) -> str:
-    if isinstance(step, int):
-        return f"{path}[{step}]"
-    s = str(step)
-    if re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", s):
-        return f"{path}.{s}" if path else s
-    return f"{path}[{s!r}]"
-
-
-def _field_path(data_loc: Sequence[Any]) -> str:
-    path = ""
-    for step in data_loc:
-        path = _join(path, step)
-    return path
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# pydantic error -> SpecError
-
-
-def _model_at(cls: type[BaseModel], loc: Sequence[Any]) -> tuple[type[BaseModel] | None, list[Any]]:
-    """Walk the model classes along ``loc``. Returns the model that holds the last step, and ``loc`` with the
-    union tags removed (the path as it appears in the document)."""
-    current: Any = cls
-    data_loc: list[Any] = []
-    holder: type[BaseModel] | None = None
-    for step in loc:
-        if step == "[key]":
-            continue
-        ann = unwrap_annotation(current)
-        if isinstance(ann, type) and issubclass(ann, BaseModel):
-            if isinstance(step, str) and step in ann.model_fields:
-                holder = ann
-                data_loc.append(step)
-                current = ann.model_fields[step].annotation
-            else:
-                holder = ann
-                data_loc.append(step)
-                current = None
-            continue
-        origin = get_origin(ann)
-        args = get_args(ann)
-        if origin in (list, tuple, set, frozenset) and isinstance(step, int):
-            data_loc.append(step)
-            current = args[0] if args else None
-        elif origin is dict:
-            data_loc.append(step)
-            current = args[1] if len(args) == 2 else None
-        elif is_union(ann):
-            members = [unwrap_annotation(a) for a in args]
-            chosen = _union_member(members, step)
-            if chosen is not None:
-                current = chosen  # a tag: not part of the document path
-            else:
-                data_loc.append(step)
-                current = None
-        else:
-            data_loc.append(step)
-            current = None
-    return holder, data_loc
-
-
-def _union_member(members: list[Any], tag: Any) -> Any:
-    for m in members:
-        if not (isinstance(m, type) and issubclass(m, BaseModel)):
-            continue
-        if m.__name__ == tag:
-            return m
-        for f in m.model_fields.values():
-            if get_origin(f.annotation) is Literal and tag in get_args(f.annotation):
-                return m
-    return None
-
-
-def _short(value: Any, limit: int = 40) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, dict):
-        return "a mapping"
-    if isinstance(value, list):
-        return "a list"
-    text = repr(value) if isinstance(value, str) else str(value)
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
-def _got(value: Any) -> str:
-    if value is None:
-        return "nothing (null)"
-    if isinstance(value, bool):
-        return f"{str(value).lower()} (a boolean)"
-    if isinstance(value, (int, float)):
-        return f"{value} (a number)"
-    if isinstance(value, str):
-        return f"{_short(value)} (a string)"
-    if isinstance(value, dict):
-        return "a mapping"
-    if isinstance(value, list):
-        return "a list"
-    return f"{_short(value)} (a {type(value).__name__})"
-
-
-def _translate(err: dict, cls: type[BaseModel], root: MappingNode, filename: str) -> SpecError:
-    loc = tuple(err["loc"])
-    etype = err["type"]
-    ctx = err.get("ctx") or {}
-    value = err.get("input")
-    holder, data_loc = _model_at(cls, loc)
-    field = _field_path(data_loc)
-    last = data_loc[-1] if data_loc else None
-    info = holder.model_fields.get(last) if holder is not None and isinstance(last, str) else None
-    desc = f" - {info.description.rstrip('.')}" if info is not None and info.description else ""
-
-    if etype == "extra_forbidden":
-        allowed = sorted(holder.model_fields) if holder is not None else []
-        close = difflib.get_close_matches(str(last), allowed, n=1, cutoff=0.6)
-        nested = _nested_fields(holder) if holder is not None else {}
-        deeper = difflib.get_close_matches(str(last), list(nested), n=1, cutoff=0.75) if not close else []
-        if close:
-            hint = f"did you mean '{close[0]}'?"
-        elif deeper:
-            hint = f"did you mean '{nested[deeper[0]]}' (it belongs under '{nested[deeper[0]].split('.')[0]}')?"
-        else:
-            hint = f"allowed keys here: {', '.join(allowed)}"
-        return SpecError("unknown field", where=_where(filename, _locate(root, data_loc, point_at_key=True)),
-                         field=field, hint=hint)
-    # An invalid dict key ('[key]' in pydantic's loc) is pointed at itself, not at its value.
-    where = _where(filename, _locate(root, data_loc, point_at_key=bool(loc) and loc[-1] == "[key]"))
-    if etype == "missing":
-        return SpecError("missing required field", where=where, field=field, hint=f"add '{last}:' here{desc}")
-    if etype == "union_tag_not_found":
-        disc = str(ctx.get("discriminator", "type")).strip("'")
-        return SpecError(f"missing '{disc}'", where=where, field=_join(field, disc),
-                         hint=f"add '{disc}:' here, one of: {_union_tags(cls, loc)}")
-    if etype == "union_tag_invalid":
-        disc = str(ctx.get("discriminator", "type")).strip("'")
-        tags = [t.strip().strip("'") for t in str(ctx.get("expected_tags", "")).split(",")]
-        close = difflib.get_close_matches(str(ctx.get("tag")), tags, n=1, cutoff=0.5)
-        hint = (f"did you mean '{close[0]}'? " if close else "") + f"known {disc}s: {', '.join(tags)}"
-        return SpecError(f"unknown {disc} {_short(ctx.get('tag'))}",
-                         where=_where(filename, _locate(root, [*data_loc, disc])), field=_join(field, disc), hint=hint)
-    if etype == "literal_error":
-        expected = str(ctx.get("expected", ""))
-        options = re.findall(r"'([^']*)'", expected)
-        close = difflib.get_close_matches(str(value), options, n=1, cutoff=0.5)
-        hint = (f"did you mean '{close[0]}'? " if close else "") + f"allowed values: {', '.join(options) or expected}"
-        return SpecError(f"unsupported value {_short(value)}", where=where, field=field, hint=hint)
-    if etype == "string_pattern_mismatch":
-        what, rule = _PATTERN_WORDS.get(str(ctx.get("pattern")), ("value", f"must match {ctx.get('pattern')}"))
-        if loc and loc[-1] == "[key]":
-            what = f"{what} key"
-        return SpecError(f"invalid {what} {_short(value)}", where=where, field=field, hint=f"use {rule}")
-    if etype in ("greater_than", "greater_than_equal", "less_than", "less_than_equal"):
-        op = {"greater_than": ">", "greater_than_equal": ">=", "less_than": "<", "less_than_equal": "<="}[etype]
-        bound = next(iter(ctx.values()), "?")
-        return SpecError(f"must be {op} {bound}, got {_short(value)}", where=where, field=field,
-                         hint=f"use a value {op} {bound}{desc}")
-    if etype in ("too_short", "too_long"):
-        n = ctx.get("min_length") if etype == "too_short" else ctx.get("max_length")
-        more = "at least" if etype == "too_short" else "at most"
-        return SpecError(f"needs {more} {n} item(s), got {ctx.get('actual_length', '?')}", where=where, field=field,
-                         hint=f"list {more} {n} entr{'y' if n == 1 else 'ies'} here{desc}")
-    if etype in _TYPE_WORDS:
-        want = _TYPE_WORDS[etype]
-        hint = f"write {want} here{desc}"
-        if etype == "string_type" and value is not None and not isinstance(value, (dict, list)):
-            hint = f"quote it: \"{value}\""
-        return SpecError(f"expected {want}, got {_got(value)}", where=where, field=field, hint=hint)
-    if etype == "value_error":
-        msg = str(err.get("msg", "")).removeprefix("Value error, ")
-        return SpecError(msg, where=where, field=field or None, hint=_value_error_hint(msg))
-    return SpecError(f"{err.get('msg', etype)}, got {_got(value)}", where=where, field=field or None,
-                     hint=f"check this value{desc}" if desc else None)
-
-
-def _value_error_hint(msg: str) -> str | None:
-    if "selector" in msg:
-        return "add 'devices: [name, ...]' or 'labels: {key: value}' under selector"
-    if "duplicate device name" in msg:
-        return "give every device of the fleet its own name"
-    if "source" in msg:
-        return "see docs/manifest-reference.md, Model: spec.sources"
-    if "not a quant type edgectl builds" in msg:
-        return "use one of the valid names (case matters), or change or remove quantization.format"
-    return None
-
-
-def _nested_fields(holder: type[BaseModel]) -> dict[str, str]:
-    """Fields of the models one level down: {'memory_gb': 'overrides.memory_gb', ...}, for did-you-mean."""
-    out: dict[str, str] = {}
-    for name, info in holder.model_fields.items():
-        ann = unwrap_annotation(info.annotation)
-        if isinstance(ann, type) and issubclass(ann, BaseModel):
-            for sub in ann.model_fields:
-                out.setdefault(sub, f"{name}.{sub}")
-    return out
-
-
-def _union_tags(cls: type[BaseModel], loc: Sequence[Any]) -> str:
-    holder, data_loc = _model_at(cls, loc)
-    if holder is None or not data_loc or not isinstance(data_loc[-1], str):
-        return "?"
-    info = holder.model_fields.get(data_loc[-1])
-    if info is None:
-        return "?"
-    tags: list[str] = []
-    for m in get_args(unwrap_annotation(info.annotation)):
-        m = unwrap_annotation(m)
-        if isinstance(m, type) and issubclass(m, BaseModel):
-            for f in m.model_fields.values():
-                if get_origin(f.annotation) is Literal:
-                    tags += [str(a) for a in get_args(f.annotation)]
-                    break
-    return ", ".join(tags) or "?"
 
 
 # ---------------------------------------------------------------------------------------------------------------
