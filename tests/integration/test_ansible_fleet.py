@@ -65,7 +65,7 @@ def test_ansible_engine_serves_three_devices_and_reapply_is_a_no_op(tmp_path, en
             t.close()
         t = transport(fleet, "dev2", monkeypatch, env)
         token = (fleet.device("dev2").home / AGENT_HOME / "root/token").read_text().strip()
-        with httpx.Client(transport=t.http_transport(), timeout=60.0) as http:
+        with httpx.Client(transport=t.transport.http_transport(), timeout=60.0) as http:
             openai = OpenAI(base_url=t.endpoint, api_key=token, http_client=http)
             chat = openai.chat.completions.create(model="tiny", messages=[{"role": "user", "content": "hi"}],
                                                   max_tokens=8)
