@@ -39,6 +39,18 @@ def apply(spec: Spec, *, store: ArtifactStore, device_names: Iterable[str] | Non
         raise PlanError(f"unknown engine '{engine}'", hint="use one of: " + ", ".join(ENGINES))
     events = Recorded(events or Events(), record)
     devices = select_devices(spec, device_names)
+    if any(d.transport.type == "pull" for d in devices):  # published to a registry, never connected to
+        from edgectl.pull.publish import publish_pull_devices
+
+        pulled = publish_pull_devices(spec, [d for d in devices if d.transport.type == "pull"], store=store,
+                                      events=events, skip_unfit=skip_unfit)
+        pushed = [d.name for d in devices if d.transport.type != "pull"]
+        if not pushed:
+            return pulled
+        rest = apply(spec, store=store, device_names=pushed, skip_unfit=skip_unfit, events=events.inner,
+                     parallel=parallel, record=record, engine=engine)
+        return ApplyResult(Plan(pulled.plan.devices + rest.plan.devices), pulled.devices + rest.devices,
+                           halted=rest.halted)
     signers = signers_for(spec, devices)  # a bad key stops here, before anything changes
     contexts = observe(devices, start_agents=False, parallel=max(parallel, OBSERVE_PARALLEL), signers=signers)
     built: dict[str, BuiltArtifact] = {}  # cache hits found while planning, kept for a second plan
