@@ -1,0 +1,160 @@
+"""Pull mode for real: a real CNCF Distribution registry (htpasswd auth), the real `edgectl` CLI publishing, a real
+agent process in pull mode with real llama.cpp on a tiny GGUF, served through the OpenAI API.
+
+publish -> the agent pulls and serves -> re-publish another quant -> the agent swaps -> the registry stops -> the
+agent keeps serving and records that it is unreachable -> the registry returns -> the agent recovers. The attacks
+(replay, expiry, digest mismatch) are in tests/security/test_pull_channel.py.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.registry import Registry
+from tests.tinymodels import write_tiny_llama_gguf
+
+pytestmark = pytest.mark.integration
+REPO = Path(__file__).resolve().parents[2]
+POLL_S = 5
+WAIT_S = 120.0
+
+MANIFESTS = """\
+apiVersion: edgectl.dev/v1alpha1
+kind: Model
+metadata: {{name: tiny-llama}}
+spec:
+  architecture: {{family: llama, parameters: 1000000, layers: 2, hidden_size: 256, attention_heads: 4, kv_heads: 2,
+                 head_dim: 64, vocab_size: 537, max_context: 512}}
+  sources:
+    - {{type: gguf, path: tiny.gguf, precision: F32}}
+---
+apiVersion: edgectl.dev/v1alpha1
+kind: Fleet
+metadata: {{name: shops}}
+spec:
+  signing: {{key_file: fleet.key}}
+  pull: {{registry: "{registry}", repository: shops/models, plain_http: true, poll_interval_s: {poll}}}
+  devices:
+    - name: shop-1
+      profile: x86-cpu-server
+      transport: {{type: pull}}
+---
+apiVersion: edgectl.dev/v1alpha1
+kind: Deployment
+metadata: {{name: chat}}
+spec:
+  model: tiny-llama
+  selector: {{devices: [shop-1]}}
+  context_length: 256
+  quantization: {{allow: [{quant}]}}
+"""
+
+
+def edgectl(*args: str, env: dict) -> subprocess.CompletedProcess:
+    r = subprocess.run([sys.executable, "-m", "edgectl.cli", *args], capture_output=True, text=True, env=env,
+                       timeout=600, cwd=REPO)
+    if r.returncode != 0:
+        raise AssertionError(f"edgectl {' '.join(args)} exited {r.returncode}\n{r.stdout}\n{r.stderr}")
+    return r
+
+
+class PullWorld:
+    """A registry, a manifest folder with a fleet key, and edgectl's environment (push and read-only users)."""
+
+    def __init__(self, tmp: Path) -> None:
+        self.registry = Registry(tmp / "registry", {"publisher": "push-secret", "shop": "read-secret"}).start()
+        self.dir = tmp / "m"
+        self.dir.mkdir()
+        write_tiny_llama_gguf(self.dir / "tiny.gguf")
+        self.env = dict(os.environ, EDGECTL_HOME=str(tmp / "home"), COLUMNS="200", NO_COLOR="1",
+                        EDGECTL_REGISTRY_USERNAME="publisher", EDGECTL_REGISTRY_PASSWORD="push-secret",
+                        EDGECTL_REGISTRY_READ_USERNAME="shop", EDGECTL_REGISTRY_READ_PASSWORD="read-secret")
+        edgectl("keygen", str(self.dir / "fleet.key"), env=self.env)
+
+    def write(self, quant: str) -> None:
+        (self.dir / "all.yaml").write_text(MANIFESTS.format(registry=self.registry.address, poll=POLL_S, quant=quant))
+
+    def enroll(self, out: Path) -> dict:
+        edgectl("enroll", "shop-1", "-f", str(self.dir), "--out", str(out), env=self.env)
+        return json.loads(out.read_text())
+
+
+def wait_for(what, check, timeout: float = WAIT_S):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = check()
+        if value:
+            return value
+        time.sleep(0.25)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def pull_status(root: Path) -> dict:
+    try:
+        return json.loads((root / "pull-status.json").read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def serving_digest(agent, name: str = "chat") -> str | None:
+    state = httpx.get(f"{agent.url}/control/v1/state", headers=agent.auth, timeout=10).json()
+    return next((d["active"]["digest"] for d in state["deployments"]
+                 if d["name"] == name and d["state"] == "serving" and d.get("active")), None)
+
+
+def chat(agent) -> dict:
+    r = httpx.post(f"{agent.url}/v1/chat/completions", timeout=60,
+                   json={"model": "chat", "max_tokens": 4, "messages": [{"role": "user", "content": "hi"}]})
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+@pytest.fixture
+def world(tmp_path):
+    w = PullWorld(tmp_path)
+    yield w
+    w.registry.stop()
+
+
+def test_publish_pull_serve_swap_and_offline(world, tmp_path, start_agent):
+    world.write("Q8_0")
+    out = edgectl("apply", str(world.dir), env=world.env).stdout
+    assert "published state version 1" in out and "published tiny-llama gguf Q8_0" in out, out
+    assert "no changes" in edgectl("apply", str(world.dir), env=world.env).stdout  # idempotent: nothing republished
+
+    config = world.enroll(tmp_path / "pull.json")
+    assert oct((tmp_path / "pull.json").stat().st_mode & 0o777) == "0o600"
+    assert config["username"] == "shop" and config["registry"] == world.registry.address
+    assert "BEGIN PUBLIC KEY" in config["verify_key_pem"]
+
+    root = tmp_path / "device"
+    agent = start_agent(root=root, env={"EDGECTL_AGENT_PULL_CONFIG": str(tmp_path / "pull.json")})
+    first = wait_for("the agent to pull and serve", lambda: serving_digest(agent))
+    assert chat(agent)["choices"][0]["message"]["role"] == "assistant"
+    assert pull_status(root)["applied_version"] == 1
+
+    world.write("Q4_0")  # a new artifact: published as state version 2, swapped in by the agent
+    out = edgectl("apply", str(world.dir), env=world.env).stdout
+    assert "published state version 2" in out, out
+    second = wait_for("the agent to swap", lambda: (d := serving_digest(agent)) != first and d)
+    assert second and second != first
+    chat(agent)
+
+    world.registry.stop()  # the registry goes away: the agent keeps serving, backs off, says why
+    wait_for("the agent to notice the registry is down",
+             lambda: pull_status(root).get("outcome") == "registry_unreachable")
+    assert serving_digest(agent) == second
+    chat(agent)
+
+    world.registry.start()  # same storage: the agent recovers at its next (backed-off) poll
+    wait_for("the agent to reach the registry again",
+             lambda: pull_status(root).get("outcome") in ("unchanged",), timeout=4 * POLL_S * 1.2 + 30)
+    assert serving_digest(agent) == second
