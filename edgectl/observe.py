@@ -153,6 +153,13 @@ def collect_status(spec: Spec, devices: Iterable[Device], *, store=None,
     ``parallel`` at a time, and every connection opened is closed before returning (``--watch`` calls this
     every few seconds)."""
     devices = list(devices)
+    if any(d.transport.type == "pull" for d in devices):  # read from their reports, never connected to
+        from edgectl.pull.status import pull_statuses
+
+        pulled = {s.device: s for s in pull_statuses(spec, [d for d in devices if d.transport.type == "pull"])}
+        pushed = {s.device: s for s in collect_status(spec, [d for d in devices if d.transport.type != "pull"],
+                                                      store=store, previous=previous, parallel=parallel)}
+        return [pulled.get(d.name) or pushed[d.name] for d in devices]
     contexts = observe(devices, start_agents=False, parallel=parallel)
     try:
         with ThreadPoolExecutor(max_workers=max(1, min(parallel, len(devices)))) as pool:

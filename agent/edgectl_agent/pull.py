@@ -102,7 +102,15 @@ class Puller:
                 log.exception("pull: poll failed")
                 self._save(checked_at=_now(), outcome="error", error=f"{type(e).__name__}: {e}")
                 delay = self.status.poll_interval_s or FIRST_POLL_S
+            if self.config.report_url:
+                await self.report()
             await asyncio.sleep(jittered(delay, self.rng))
+
+    async def report(self) -> None:
+        from edgectl_agent.pull_report import push_report, report_text
+
+        text = report_text(self.status, self.agent.deployments.snapshot())
+        await anyio.to_thread.run_sync(push_report, self.config.report_url, self.config.device, text)
 
     async def poll_once(self) -> str:
         """One poll; returns (and records) its outcome: unchanged, applied, refused, stale, failed."""

@@ -146,6 +146,8 @@ class PullConfig(Wire):
     username: str | None = Field(default=None, description="Read-only registry user.")
     password: str | None = Field(default=None, description="Its password or token.")
     verify_key_pem: str = Field(description="The fleet's ed25519 public key (PEM) that states must be signed with.")
+    report_url: str | None = Field(default=None, description="Prometheus Pushgateway base URL the agent reports "
+                                                             "its status to after every poll (None: no report).")
     max_artifact_bytes: int = Field(default=64 * 1024 ** 3, ge=1,
                                     description="Largest artifact this device downloads, whatever a state pins.")
 

@@ -34,7 +34,7 @@ def pull_config(spec: Spec, device: str) -> PullConfig:
     return PullConfig(device=device, registry=pull.registry, repository=pull.repository,
                       scheme="http" if pull.plain_http else "https",
                       username=os.environ.get(f"{env}_USERNAME"), password=os.environ.get(f"{env}_PASSWORD"),
-                      verify_key_pem=signer.public_pem.decode())
+                      verify_key_pem=signer.public_pem.decode(), report_url=pull.pushgateway)
 
 
 def write_config(config: PullConfig, path: Path) -> None:

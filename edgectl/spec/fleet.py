@@ -159,6 +159,12 @@ class PullRegistry(Frozen):
         default="EDGECTL_REGISTRY_READ",
         description="`edgectl enroll` writes the read-only user and password in $<this>_USERNAME and "
                     "$<this>_PASSWORD into each device's pull config (give devices a pull-only account).")
+    pushgateway: Annotated[str, Field(pattern=r"^https?://[A-Za-z0-9.:\[\]-]+(/[A-Za-z0-9._/-]*)?$")] | None = Field(
+        default=None, description="Prometheus Pushgateway URL the agents report their status to after every poll "
+                                  "(written into their pull config by `edgectl enroll`).")
+    prometheus: Annotated[str, Field(pattern=r"^https?://[A-Za-z0-9.:\[\]-]+(/[A-Za-z0-9._/-]*)?$")] | None = Field(
+        default=None, description="Prometheus (scraping that Pushgateway with honor_labels) that `edgectl status` "
+                                  "reads pull devices' last reports from.")
     poll_interval_s: int = Field(default=300, ge=5, le=86_400,
                                  description="How often agents check for a new state (each adds +-20% jitter).")
     valid_for_h: float = Field(default=168, gt=0, le=8760,

@@ -41,7 +41,7 @@ kind: Fleet
 metadata: {{name: shops}}
 spec:
   signing: {{key_file: fleet.key}}
-  pull: {{registry: "{registry}", repository: shops/models, plain_http: true, poll_interval_s: {poll}}}
+  pull: {{registry: "{registry}", repository: shops/models, plain_http: true, poll_interval_s: {poll}{extra}}}
   devices:
     - name: shop-1
       profile: x86-cpu-server
@@ -79,8 +79,10 @@ class PullWorld:
                         EDGECTL_REGISTRY_READ_USERNAME="shop", EDGECTL_REGISTRY_READ_PASSWORD="read-secret")
         edgectl("keygen", str(self.dir / "fleet.key"), env=self.env)
 
-    def write(self, quant: str) -> None:
-        (self.dir / "all.yaml").write_text(MANIFESTS.format(registry=self.registry.address, poll=POLL_S, quant=quant))
+    def write(self, quant: str, extra: str = "") -> None:
+        """``extra``: more spec.pull fields, e.g. ', pushgateway: "http://..."'."""
+        (self.dir / "all.yaml").write_text(MANIFESTS.format(registry=self.registry.address, poll=POLL_S, quant=quant,
+                                                            extra=extra))
 
     def enroll(self, out: Path) -> dict:
         edgectl("enroll", "shop-1", "-f", str(self.dir), "--out", str(out), env=self.env)
