@@ -68,7 +68,7 @@ def device_status(spec: Spec, device: Device, series: list[dict] | None, *, now:
         since = datetime.fromtimestamp(float(s["value"][1]), timezone.utc)
         st.deployments.append(DeploymentState(
             name=m["deployment"], state=m.get("state", "serving"), since=since,
-            active=ArtifactRef(digest=m["digest"], format=m["format"], quant=m["quant"], model=m.get("model") or None,
+            active=ArtifactRef(digest=m["digest"], format=m["format"], quant=m["quant"], model=m.get("model", ""),
                                size_bytes=int(m.get("size_bytes", "0")))))
     return st
 
