@@ -160,3 +160,55 @@ def test_publish_pull_serve_swap_and_offline(world, tmp_path, start_agent):
     wait_for("the agent to reach the registry again",
              lambda: pull_status(root).get("outcome") in ("unchanged",), timeout=4 * POLL_S * 1.2 + 30)
     assert serving_digest(agent) == second
+
+
+def test_download_resumes_from_a_partial_blob_with_a_range_request(tmp_path):
+    """A download cut half-way resumes at the bytes already in the store (a ranged GET on the real registry)."""
+    import asyncio
+    import hashlib
+    from types import SimpleNamespace
+
+    from edgectl_agent.oci import RegistryReader
+    from edgectl_agent.pull import Puller
+    from edgectl_agent.pull_state import PullConfig
+    from edgectl_agent.store import ArtifactStore
+
+    from edgectl.pull.oci import RegistryWriter
+    from edgectl.signing import Signer, generate_key
+
+    registry = Registry(tmp_path / "registry", {"u": "p"}).start()
+    try:
+        data = os.urandom(3 << 20)
+        blob = tmp_path / "blob"
+        blob.write_bytes(data)
+        digest = "sha256:" + hashlib.sha256(data).hexdigest()
+        RegistryWriter(registry.address, "r/m", plain_http=True, username="u", password="p").push_blob_file(blob,
+                                                                                                            digest)
+        store = ArtifactStore(tmp_path / "device")
+        half = len(data) // 2
+
+        async def first_half():
+            yield data[:half]
+        store.begin(digest, 0, len(data), None)
+        asyncio.run(store.receive(digest, 0, len(data), first_half()))
+        assert store.status(digest).received_bytes == half
+
+        reader = RegistryReader(registry.address, "r/m", scheme="http", username="u", password="p")
+        offsets = []
+        stream = reader.blob_stream
+
+        def recording_stream(d, offset):
+            start, chunks = stream(d, offset)
+            offsets.append((offset, start))
+            return start, chunks
+        reader.blob_stream = recording_stream
+        generate_key(tmp_path / "k")
+        config = PullConfig(device="d", registry=registry.address, repository="r/m", scheme="http",
+                            verify_key_pem=Signer.load(tmp_path / "k").public_pem.decode())
+        agent = SimpleNamespace(settings=SimpleNamespace(root=tmp_path / "device"), store=store,
+                                uploads_in_progress=set(), recovery=None, deployments=None)
+        asyncio.run(Puller(agent, config, reader=reader).fetch_blob(digest, len(data)))
+        assert offsets == [(half, half)]  # resumed where it stopped, and the registry honoured the Range
+        assert store.has(digest) and store.path(digest).read_bytes() == data
+    finally:
+        registry.stop()
