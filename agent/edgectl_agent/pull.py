@@ -16,6 +16,8 @@ and resume when it answers. What happened last is in ``<root>/pull-status.json``
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import http.client
 import json
 import logging
 import random
@@ -85,7 +87,8 @@ class Puller:
     # -- the loop ---------------------------------------------------------------------------------------------
     async def run(self) -> None:
         if self.agent.recovery is not None:
-            await asyncio.shield(self.agent.recovery)  # serve what was on disk first, offline or not
+            with contextlib.suppress(Exception):  # its failures are the recovery's to report
+                await asyncio.shield(self.agent.recovery)  # serve what was on disk first, offline or not
         failures = 0
         while True:
             try:
@@ -98,7 +101,7 @@ class Puller:
                 log.warning("pull: registry unreachable or refused (%s); still serving what is active; next try "
                             "in ~%.0f s", e.message, delay)
                 self._save(checked_at=_now(), outcome="registry_unreachable", error=e.message)
-            except Exception as e:  # noqa: BLE001 - the loop must outlive any one poll; the reason is recorded
+            except Exception as e:  # the loop must outlive any one poll; the reason is recorded
                 log.exception("pull: poll failed")
                 self._save(checked_at=_now(), outcome="error", error=f"{type(e).__name__}: {e}")
                 delay = self.status.poll_interval_s or FIRST_POLL_S
@@ -129,8 +132,9 @@ class Puller:
                         digest=state_digest)
             for d in state.deployments:
                 if d.artifact.size_bytes > self.config.max_artifact_bytes:
+                    limit = self.config.max_artifact_bytes
                     raise StateRefused("size", f"deployment '{d.name}' pins {d.artifact.size_bytes} bytes, more "
-                                               f"than this device's max_artifact_bytes {self.config.max_artifact_bytes}")
+                                               f"than this device's max_artifact_bytes {limit}")
         except StateRefused as e:
             log.error("pull: refused state at %s: %s", manifest_digest, e.message)
             if e.kind == "expired":
@@ -217,12 +221,7 @@ class Puller:
                 offset = 0
                 store.begin(digest, 0, size, None)
             log.info("pull: downloading %s from byte %d of %d", digest, offset, size)
-            try:
-                await store.receive(digest, offset, size, _threaded(chunks))
-            except RegistryError:
-                raise
-            except OSError as e:
-                raise RegistryError(f"download of {digest} cut: {e}") from None
+            await store.receive(digest, offset, size, _threaded(chunks))  # a cut read raises RegistryError
             done = await anyio.to_thread.run_sync(store.finish, digest, size)  # sha256 checked; mismatch deleted
             if not done.complete:
                 raise RegistryError(f"download of {digest} stopped at {done.received_bytes} of {size} bytes; it "
@@ -237,8 +236,8 @@ async def _threaded(chunks: Iterator[bytes]) -> AsyncIterator[bytes]:
     while True:
         try:
             chunk = await anyio.to_thread.run_sync(next, chunks, end)
-        except OSError as e:
-            raise RegistryError(f"download cut: {e}") from None
+        except (OSError, http.client.HTTPException) as e:  # reset, timeout, IncompleteRead
+            raise RegistryError(f"download cut: {e!r}") from None
         if chunk is end:
             return
         yield chunk
