@@ -212,3 +212,38 @@ def test_download_resumes_from_a_partial_blob_with_a_range_request(tmp_path):
         assert store.has(digest) and store.path(digest).read_bytes() == data
     finally:
         registry.stop()
+
+
+LOCAL_DEVICE = """\
+---
+apiVersion: edgectl.dev/v1alpha1
+kind: Fleet
+metadata: {{name: lab}}
+spec:
+  devices:
+    - {{name: lab-1, profile: auto, transport: {{type: local}}, agent: {{port: {port}}}}}
+---
+apiVersion: edgectl.dev/v1alpha1
+kind: Deployment
+metadata: {{name: lab-chat}}
+spec:
+  model: tiny-llama
+  selector: {{devices: [lab-1]}}
+  context_length: 256
+  quantization: {{allow: [Q8_0]}}
+"""
+
+
+def test_one_apply_publishes_for_pull_devices_and_pushes_to_the_others(world, tmp_path):
+    from tests.integration.conftest import free_port
+
+    world.write("Q8_0")
+    with open(world.dir / "all.yaml", "a") as f:
+        f.write(LOCAL_DEVICE.format(port=free_port()))
+    try:
+        out = edgectl("apply", str(world.dir), env=world.env).stdout
+        assert "shop-1" in out and "published state version 1" in out, out
+        assert "lab-1" in out and "activated lab-chat" in out, out
+        assert "lab-chat is serving on lab-1" in " ".join(out.split()), out
+    finally:
+        edgectl("stop", str(world.dir), "-d", "lab-1", env=world.env)
