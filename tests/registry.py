@@ -23,6 +23,8 @@ storage:
   delete: {{enabled: true}}
 http:
   addr: 127.0.0.1:{port}
+"""
+AUTH = """\
 auth:
   htpasswd: {{realm: edgectl-test, path: {htpasswd}}}
 """
@@ -35,10 +37,11 @@ def _free_port() -> int:
 
 
 class Registry:
-    """``users``: name -> password (htpasswd). Start/stop keeps its storage, so a restarted registry serves the
+    """``users``: name -> password (htpasswd; empty: no auth). Start/stop keeps its storage, so a restarted registry serves the
     same content."""
 
-    def __init__(self, base: Path, users: dict[str, str]) -> None:
+    def __init__(self, base: Path, users: dict[str, str], *, proxy_of: tuple[str, str, str] | None = None) -> None:
+        """``proxy_of``: (origin URL, user, password): a pull-through cache (a site mirror) of that registry."""
         missing = [b for b in (REGISTRY_BIN, "htpasswd") if shutil.which(b) is None]
         if missing:
             raise AssertionError(f"{', '.join(missing)} not installed: run `scripts/setup.sh test` (Debian packages "
@@ -51,11 +54,17 @@ class Registry:
             subprocess.run(["htpasswd", "-B", "-b", *(["-c"] if i == 0 else []), str(htpasswd), user, password],
                            check=True, capture_output=True)
         self.config = base / "config.yml"
-        self.config.write_text(CONFIG.format(root=base / "storage", port=self.port, htpasswd=htpasswd))
+        config = CONFIG.format(root=base / "storage", port=self.port)
+        if users:  # none: anonymous (Distribution 2.8's proxy mode logs in upstream only with token auth)
+            config += AUTH.format(htpasswd=htpasswd)
+        if proxy_of is not None:
+            url, user, password = proxy_of
+            config += f"proxy: {{remoteurl: {url}, username: {user}, password: {password}}}\n"
+        self.config.write_text(config)
         self.log = base / "registry.log"
         self.proc: subprocess.Popen | None = None
 
-    def start(self) -> "Registry":
+    def start(self) -> Registry:
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen([REGISTRY_BIN, "serve", str(self.config)], stdout=log, stderr=log,
                                          stdin=subprocess.DEVNULL, start_new_session=True)

@@ -247,3 +247,76 @@ def test_one_apply_publishes_for_pull_devices_and_pushes_to_the_others(world, tm
         assert "lab-chat is serving on lab-1" in " ".join(out.split()), out
     finally:
         edgectl("stop", str(world.dir), "-d", "lab-1", env=world.env)
+
+
+def test_site_mirror_serves_devices_from_one_copy_and_without_the_origin(tmp_path):
+    """A second Distribution in proxy mode at the site: the agent pulls through it (its cold ranged GET answers 200
+    with the whole body: the download restarts at 0 and still verifies), the mirror keeps one copy, and serves it
+    to the next device when the origin is gone."""
+    import asyncio
+    import hashlib
+    from types import SimpleNamespace
+
+    from edgectl_agent.oci import RegistryReader
+    from edgectl_agent.pull import Puller
+    from edgectl_agent.pull_state import PullConfig
+    from edgectl_agent.store import ArtifactStore
+
+    from edgectl.pull.oci import RegistryWriter
+    from edgectl.pull.publish import push_state_document
+    from edgectl.signing import Signer, generate_key
+
+    # The origin is anonymous here: Distribution 2.8's proxy mode sends upstream credentials only to a token-auth
+    # registry (against htpasswd it gets 401), so a real site mirror fronts Harbor or a cloud registry.
+    origin = Registry(tmp_path / "origin", {}).start()
+    mirror = Registry(tmp_path / "mirror", {"shop": "s"},
+                      proxy_of=(f"http://{origin.address}", "publisher", "p")).start()
+    try:
+        data = os.urandom(2 << 20)
+        (tmp_path / "blob").write_bytes(data)
+        digest = "sha256:" + hashlib.sha256(data).hexdigest()
+        writer = RegistryWriter(origin.address, "shops/models", plain_http=True, username="publisher", password="p")
+        writer.push_blob_file(tmp_path / "blob", digest)
+        state_manifest = push_state_document(writer, "d1", b'{"not": "checked here"}')
+        generate_key(tmp_path / "k")
+        pem = Signer.load(tmp_path / "k").public_pem.decode()
+
+        def device(name: str) -> tuple[Puller, ArtifactStore, list]:
+            reader = RegistryReader(mirror.address, "shops/models", scheme="http", username="shop", password="s")
+            starts = []
+            stream = reader.blob_stream
+
+            def recording(d, offset):
+                start, chunks = stream(d, offset)
+                starts.append((offset, start))
+                return start, chunks
+            reader.blob_stream = recording
+            store = ArtifactStore(tmp_path / name)
+            agent = SimpleNamespace(settings=SimpleNamespace(root=tmp_path / name), store=store,
+                                    uploads_in_progress=set(), recovery=None, deployments=None)
+            config = PullConfig(device="d1", registry=mirror.address, repository="shops/models", scheme="http",
+                                verify_key_pem=pem)
+            return Puller(agent, config, reader=reader), store, starts
+
+        puller, store, starts = device("dev-a")
+        assert puller.reader.tag_digest("state-d1") == state_manifest  # tags resolve through the mirror
+        half = len(data) // 2
+
+        async def first_half():
+            yield data[:half]
+        store.begin(digest, 0, len(data), None)
+        asyncio.run(store.receive(digest, 0, len(data), first_half()))
+        asyncio.run(puller.fetch_blob(digest, len(data)))
+        assert starts == [(half, 0)]  # a cold proxy ignores Range: detected, restarted at 0
+        assert store.path(digest).read_bytes() == data
+
+        hexd = digest.split(":")[1]
+        cached = tmp_path / "mirror/storage/docker/registry/v2/blobs/sha256" / hexd[:2] / hexd / "data"
+        wait_for("the mirror to keep its copy", lambda: cached.exists() and cached.stat().st_size == len(data), 30)
+        origin.stop()  # the site is cut off from the origin: the mirror still serves the next device
+        puller_b, store_b, _ = device("dev-b")
+        asyncio.run(puller_b.fetch_blob(digest, len(data)))
+        assert store_b.path(digest).read_bytes() == data
+    finally:
+        mirror.stop()
+        origin.stop()
