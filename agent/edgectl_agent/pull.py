@@ -89,6 +89,8 @@ class Puller:
         if self.agent.recovery is not None:
             with contextlib.suppress(Exception):  # its failures are the recovery's to report
                 await asyncio.shield(self.agent.recovery)  # serve what was on disk first, offline or not
+        # Spread the first poll: a fleet that restarts together (a power cut) must not reach the registry at once.
+        await asyncio.sleep(self.rng.uniform(0, min(self.status.poll_interval_s or FIRST_POLL_S, 60.0)))
         failures = 0
         while True:
             try:

@@ -30,6 +30,7 @@ def _label(value: str) -> str:
 def report_text(status: PullStatus, deployments: list[DeploymentState], *, now: float | None = None) -> str:
     """The Prometheus text exposition of one poll's outcome and what serves."""
     now = time.time() if now is None else now
+    expires = status.expires_at.timestamp() if status.expires_at else 0
     lines = ["# TYPE edgectl_pull_last_seen_timestamp_seconds gauge",
              f"edgectl_pull_last_seen_timestamp_seconds {now:.3f}",
              "# TYPE edgectl_pull_state_version gauge", f"edgectl_pull_state_version {status.version}",
@@ -37,8 +38,7 @@ def report_text(status: PullStatus, deployments: list[DeploymentState], *, now: 
              "# TYPE edgectl_pull_poll_interval_seconds gauge",
              f"edgectl_pull_poll_interval_seconds {status.poll_interval_s or 0}",
              "# TYPE edgectl_pull_state_expires_timestamp_seconds gauge",
-             f"edgectl_pull_state_expires_timestamp_seconds "
-             f"{status.expires_at.timestamp() if status.expires_at else 0:.0f}",
+             f"edgectl_pull_state_expires_timestamp_seconds {expires:.0f}",
              "# TYPE edgectl_pull_outcome gauge"]
     lines += [f'edgectl_pull_outcome{{outcome="{o}"}} {int(o == status.outcome)}' for o in OUTCOMES]
     lines.append("# TYPE edgectl_pull_deployment_since_timestamp_seconds gauge")
