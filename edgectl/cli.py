@@ -463,6 +463,25 @@ def keygen(path: Path = typer.Argument(..., help="Where to write the private key
 
 
 @app.command()
+def enroll(device_name: str = typer.Argument(..., metavar="DEVICE", help="The pull device to enrol."),
+           paths: List[Path] = typer.Option(..., "--manifests", "-f", help="Manifest files or directories."),
+           out_file: Optional[Path] = typer.Option(None, "--out", "-o", help="Write the pull config here (mode "
+                                                   "0600) instead of printing it.")) -> None:
+    """Print or write a pull device's agent configuration: the fleet's registry and repository, the read-only
+    credentials ($<spec.pull.read_credentials_env>_USERNAME/_PASSWORD) and the fleet's verify key. On the device:
+    `edgectl-agent serve --pull-config FILE`."""
+    from edgectl.pull.enroll import pull_config, write_config
+
+    config = pull_config(_load(paths), device_name)
+    if out_file is None:
+        print(config.model_dump_json(indent=2))
+        return
+    write_config(config, out_file)
+    out.print(f"wrote {out_file} (0600)\nnext: copy it to {device_name} and run `edgectl-agent serve "
+              f"--pull-config {out_file.name}`")
+
+
+@app.command()
 def version() -> None:
     """Print the versions of edgectl and edgectl-agent."""
     from edgectl_agent import __version__ as agent_version

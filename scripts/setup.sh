@@ -28,14 +28,18 @@ echo "edgectl setup: installing edgectl and edgectl-agent into .venv (first run 
 
 if [ "${1:-}" = "test" ]; then
   # Debian packages the integration tests run for real: Prometheus (+ promtool), OpenSSH's server, Docker's engine
-  # (the tests start their own dockerd), debootstrap (deploy/docker/make-base.sh makes the agent image's base) and
-  # systemd's systemd-analyze.
+  # (the tests start their own dockerd), debootstrap (deploy/docker/make-base.sh makes the agent image's base),
+  # systemd's systemd-analyze, and for pull mode Distribution (docker-registry), htpasswd and the Pushgateway.
   need=()
   command -v prometheus >/dev/null || need+=(prometheus)
   [ -x /usr/sbin/sshd ] || need+=(openssh-server)
   command -v dockerd >/dev/null || need+=(docker.io)
   command -v debootstrap >/dev/null || need+=(debootstrap)
   command -v systemd-analyze >/dev/null || need+=(systemd)  # verifies the agent's generated systemd units
+  # pull mode: a real CNCF Distribution registry with htpasswd auth (tests/registry.py)
+  [ -x /usr/bin/docker-registry ] || need+=(docker-registry)
+  command -v htpasswd >/dev/null || need+=(apache2-utils)
+  command -v prometheus-pushgateway >/dev/null || need+=(prometheus-pushgateway)  # pull devices' status reports
   if [ ${#need[@]} -gt 0 ]; then
     if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
       echo "edgectl setup: apt-get install ${need[*]}" >&2

@@ -40,6 +40,7 @@ class Agent:
     started_at: datetime = field(default_factory=lambda: datetime.now(timezone.utc))
     uploads_in_progress: set[str] = field(default_factory=set)
     recovery: asyncio.Task | None = None
+    pulling: asyncio.Task | None = None  # pull mode's loop (edgectl_agent.pull)
 
 
 def create_app(settings: AgentSettings, runtimes: dict[str, Runtime] | None = None) -> FastAPI:
@@ -61,9 +62,17 @@ def create_app(settings: AgentSettings, runtimes: dict[str, Runtime] | None = No
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         agent.recovery = asyncio.create_task(agent.deployments.recover(), name="recover-deployments")
+        if settings.pull_config is not None:
+            from edgectl_agent.pull import start_pulling
+
+            agent.pulling = asyncio.create_task(start_pulling(agent), name="pull")
         try:
             yield
         finally:
+            if agent.pulling is not None:
+                agent.pulling.cancel()
+                with contextlib.suppress(BaseException):
+                    await agent.pulling
             if not agent.recovery.done():
                 agent.recovery.cancel()
             with contextlib.suppress(BaseException):

@@ -43,6 +43,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--verify-key-file", type=Path,
                        help="activate only deployments signed by this ed25519 public key (PEM); if the file is "
                             "missing or invalid, every deployment is refused")
+    serve.add_argument("--pull-config", type=Path,
+                       help="pull mode: poll the OCI registry named in this file (`edgectl enroll DEVICE --out "
+                            "FILE`) for this device's signed desired state")
     token = sub.add_parser("token", help="print the device token (created if missing)")
     token.add_argument("--root", type=Path, help="state directory, as given to serve")
     return p
@@ -55,7 +58,8 @@ def settings_from_args(args: argparse.Namespace):
                                    "port": getattr(args, "port", None),
                                    "allow_remote": getattr(args, "allow_remote", None),
                                    "log_level": getattr(args, "log_level", None),
-                                   "verify_key_file": getattr(args, "verify_key_file", None)}.items() if v is not None}
+                                   "verify_key_file": getattr(args, "verify_key_file", None),
+                                   "pull_config": getattr(args, "pull_config", None)}.items() if v is not None}
     try:
         return AgentSettings(**overrides)
     except ValidationError as e:
@@ -100,6 +104,8 @@ def serve(args: argparse.Namespace) -> int:
         raise UsageError(f"refusing to listen on non-loopback address {settings.host}",
                          hint="the agent is reached through edgectl's transport on 127.0.0.1; to expose it anyway "
                               "add --allow-remote (serving endpoints then require the token)")
+    if settings.pull_config is not None:
+        settings = pull_settings(settings)
     sock = bind_socket(settings.host, settings.port)
     app = create_app(settings)
     logging.getLogger("edgectl_agent").info("edgectl-agent %s on http://%s:%d, root %s, token %s", __version__,
@@ -108,6 +114,30 @@ def serve(args: argparse.Namespace) -> int:
                             timeout_graceful_shutdown=10)
     uvicorn.Server(config).run(sockets=[sock])
     return 0
+
+
+def pull_settings(settings):
+    """Pull mode verifies every state and deployment with the fleet key in the pull config: it is written to
+    <root>/pull-verify-key.pem and used as the verify key (an explicit --verify-key-file must hold the same key)."""
+    from edgectl_agent.pull import load_config
+    from edgectl_agent.store import write_atomic
+
+    config = load_config(settings.pull_config)
+    pem = config.verify_key_pem.encode()
+    if settings.verify_key_file is not None:
+        try:
+            same = settings.verify_key_file.read_bytes().strip() == pem.strip()
+        except OSError:
+            same = False
+        if not same:
+            raise UsageError(f"--verify-key-file {settings.verify_key_file} is not the fleet key in "
+                             f"{settings.pull_config}", hint="leave --verify-key-file out in pull mode: the pull "
+                             "config carries the key")
+        return settings
+    settings.root.mkdir(parents=True, exist_ok=True)
+    path = settings.root / "pull-verify-key.pem"
+    write_atomic(path, pem)
+    return settings.model_copy(update={"verify_key_file": path})
 
 
 def print_token(args: argparse.Namespace) -> int:

@@ -38,6 +38,12 @@ class AgentSettings(BaseSettings):
         description="ed25519 public key (PEM, the PATH.pub of `edgectl keygen`) that every deployment must be signed "
                     "with. Unset: signatures are not checked. Set but missing or unreadable: every deployment is "
                     "refused (never a silent fallback to no verification). Needs `pip install 'edgectl-agent[sign]'`.")
+    pull_config: Path | None = Field(
+        default=None,
+        description="Pull mode: a pull config (JSON, from `edgectl enroll DEVICE --out FILE`) naming the registry, "
+                    "repository, read-only credentials and the fleet's verify key. The agent then polls the "
+                    "registry for its signed desired state and applies it itself (edgectl_agent.pull); the "
+                    "control API stays available on loopback.")
     smoke_prompt: str = Field(default="The capital of France is",
                               description="Prompt of the smoke inference run before a new artifact is switched in.")
     smoke_max_tokens: int = Field(default=4, ge=1, le=64, description="Tokens the smoke inference generates.")

@@ -98,7 +98,15 @@ class DockerTransport(Frozen):
         return self
 
 
-Transport = Annotated[Union[LocalTransport, SshTransport, DockerTransport], Field(discriminator="type")]
+class PullTransport(Frozen):
+    type: Literal["pull"] = Field(description="The device pulls: its agent polls the fleet's registry (spec.pull) "
+                                              "for a signed desired state that `edgectl apply` publishes; edgectl "
+                                              "never connects to it (NAT, LTE, offline for days). Enrol it once "
+                                              "with `edgectl enroll DEVICE`. Its profile cannot be 'auto'.")
+
+
+Transport = Annotated[Union[LocalTransport, SshTransport, DockerTransport, PullTransport],
+                      Field(discriminator="type")]
 
 
 class ProfileOverrides(Frozen):
@@ -129,6 +137,42 @@ class Signing(Frozen):
                                       "edgectl starts local agents with it.")
 
 
+REGISTRY_PATTERN = r"^[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?(:[0-9]{1,5})?$"
+REPOSITORY_PATTERN = r"^[a-z0-9]+([._-][a-z0-9]+)*(/[a-z0-9]+([._-][a-z0-9]+)*)*$"
+ENV_PREFIX_PATTERN = r"^[A-Z][A-Z0-9_]{0,63}$"
+
+
+class PullRegistry(Frozen):
+    registry: Annotated[str, Field(pattern=REGISTRY_PATTERN)] = Field(
+        description="OCI registry host[:port] (Distribution, Harbor, Zot, a cloud registry) the fleet's pull "
+                    "devices poll.")
+    repository: Annotated[str, Field(pattern=REPOSITORY_PATTERN)] = Field(
+        description="Repository holding this fleet's artifacts (CNCF ModelPack, tag sha256-<hex>) and desired "
+                    "states (tag state-<device>).")
+    plain_http: bool = Field(default=False, description="Speak HTTP instead of HTTPS: only for a registry on "
+                                                        "loopback or a lab network.")
+    credentials_env: Annotated[str, Field(pattern=ENV_PREFIX_PATTERN)] = Field(
+        default="EDGECTL_REGISTRY",
+        description="edgectl publishes with the user and password in $<this>_USERNAME and $<this>_PASSWORD "
+                    "(unset: anonymous). Secrets stay out of manifests.")
+    read_credentials_env: Annotated[str, Field(pattern=ENV_PREFIX_PATTERN)] = Field(
+        default="EDGECTL_REGISTRY_READ",
+        description="`edgectl enroll` writes the read-only user and password in $<this>_USERNAME and "
+                    "$<this>_PASSWORD into each device's pull config (give devices a pull-only account).")
+    pushgateway: Annotated[str, Field(pattern=r"^https?://[A-Za-z0-9.:\[\]-]+(/[A-Za-z0-9._/-]*)?$")] | None = Field(
+        default=None, description="Prometheus Pushgateway URL the agents report their status to after every poll "
+                                  "(written into their pull config by `edgectl enroll`).")
+    prometheus: Annotated[str, Field(pattern=r"^https?://[A-Za-z0-9.:\[\]-]+(/[A-Za-z0-9._/-]*)?$")] | None = Field(
+        default=None, description="Prometheus (scraping that Pushgateway with honor_labels) that `edgectl status` "
+                                  "reads pull devices' last reports from.")
+    poll_interval_s: int = Field(default=300, ge=5, le=86_400,
+                                 description="How often agents check for a new state (each adds +-20% jitter).")
+    valid_for_h: float = Field(default=168, gt=0, le=8760,
+                               description="Hours a published state stays valid; a device that sees only an "
+                                           "older one after that reports it stale (freeze attack). Re-run "
+                                           "`edgectl apply` within this window to renew it.")
+
+
 class FleetSpec(Frozen):
     devices: list[Device] = Field(min_length=1, description="The devices of this fleet.")
     engine: Literal["ssh", "ansible"] = Field(
@@ -138,6 +182,8 @@ class FleetSpec(Frozen):
                     "needs `pip install 'edgectl[ansible]'`). `edgectl apply --engine` overrides it.")
     signing: Signing | None = Field(default=None, description="Sign deployments for this fleet's devices (off when "
                                                               "absent).")
+    pull: PullRegistry | None = Field(default=None, description="The registry this fleet's pull devices "
+                                                                "(transport: {type: pull}) poll.")
 
     @field_validator("devices")
     @classmethod
@@ -148,6 +194,21 @@ class FleetSpec(Frozen):
                 raise ValueError(f"duplicate device name '{d.name}': device names must be unique")
             seen.add(d.name)
         return devices
+
+    @model_validator(mode="after")
+    def _pull_needs_registry_and_key(self) -> FleetSpec:
+        pulling = [d.name for d in self.devices if d.transport.type == "pull"]
+        if pulling and self.pull is None:
+            raise ValueError(f"device '{pulling[0]}' pulls (transport type pull), but the fleet has no spec.pull: "
+                             "add spec.pull with the registry and repository its agents poll")
+        if pulling and self.signing is None:
+            raise ValueError(f"device '{pulling[0]}' pulls, and pulled states must be signed: add spec.signing "
+                             "with a key made by `edgectl keygen PATH`")
+        auto = [d.name for d in self.devices if d.transport.type == "pull" and d.profile == AUTO_PROFILE]
+        if auto:
+            raise ValueError(f"device '{auto[0]}' pulls, so edgectl never observes its hardware: profile "
+                             f"'{AUTO_PROFILE}' cannot be planned; name its DeviceProfile")
+        return self
 
 
 class Fleet(Document):

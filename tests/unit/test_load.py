@@ -142,14 +142,14 @@ def test_missing_field_points_at_the_parent_mapping() -> None:
 def test_missing_transport_type_lists_types() -> None:
     write("fleet.yaml", FLEET.replace("        type: ssh\n", ""))
     assert errors_of("fleet.yaml") == [
-        "fleet.yaml:10:9: spec.devices[0].transport.type: missing 'type'\n  hint: add 'type:' here, one of: local, ssh, docker"]
+        "fleet.yaml:10:9: spec.devices[0].transport.type: missing 'type'\n  hint: add 'type:' here, one of: local, ssh, docker, pull"]
 
 
 def test_unknown_transport_type_suggests() -> None:
     write("fleet.yaml", FLEET.replace("type: ssh", "type: shh"))
     assert errors_of("fleet.yaml") == [
         "fleet.yaml:10:15: spec.devices[0].transport.type: unknown type 'shh'\n"
-        "  hint: did you mean 'ssh'? known types: local, ssh, docker"]
+        "  hint: did you mean 'ssh'? known types: local, ssh, docker, pull"]
 
 
 def test_literal_value_suggests() -> None:

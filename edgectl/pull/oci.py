@@ -1,0 +1,152 @@
+"""A small OCI Distribution client for publishing (httpx): blobs streamed from disk, manifests, tags.
+
+Written rather than taken from oras-py: its plain upload reads the whole file into memory and its downloads check
+no digest. Here a blob is hashed while it streams (the registry also checks the ``digest`` it is given), an
+existing blob is never sent again (HEAD first), every manifest request carries the OCI ``Accept`` header
+(Distribution 2.8 answers 404 without it), and auth is HTTP Basic or the Bearer token flow (Harbor, Zot, cloud
+registries) with push scope.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import re
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+
+from edgectl.errors import EdgectlError
+
+OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
+CHUNK = 1 << 20
+
+
+class RegistryError(EdgectlError):
+    """The registry could not be reached or refused a request."""
+
+    exit_code = 1
+
+
+class _RegistryAuth(httpx.Auth):
+    """Basic, or Bearer from the token service named in the 401 challenge (with the same user and password)."""
+
+    def __init__(self, username: str | None, password: str | None, repository: str) -> None:
+        self.basic = ("Basic " + base64.b64encode(f"{username}:{password or ''}".encode()).decode()
+                      if username else None)
+        self.repository = repository
+        self.header: str | None = None
+
+    def auth_flow(self, request: httpx.Request):
+        if self.header:
+            request.headers["Authorization"] = self.header
+        response = yield request
+        if response.status_code != 401:
+            return
+        challenge = response.headers.get("WWW-Authenticate", "")
+        scheme, _, params = challenge.partition(" ")
+        if scheme.lower() == "basic" and self.basic is not None:
+            self.header = self.basic
+        elif scheme.lower() == "bearer":
+            fields = dict(re.findall(r'(\w+)="([^"]*)"', params))
+            query = {k: fields[k] for k in ("service", "scope") if k in fields}
+            query.setdefault("scope", f"repository:{self.repository}:pull,push")
+            token_request = httpx.Request("GET", fields.get("realm", ""), params=query)
+            if self.basic is not None:
+                token_request.headers["Authorization"] = self.basic
+            token_response = yield token_request
+            token_response.read()
+            body = token_response.json() if token_response.status_code == 200 else {}
+            token = body.get("token") or body.get("access_token")
+            if not token:
+                return
+            self.header = f"Bearer {token}"
+        else:
+            return
+        request.headers["Authorization"] = self.header
+        yield request
+
+
+class RegistryWriter:
+    def __init__(self, registry: str, repository: str, *, plain_http: bool = False, username: str | None = None,
+                 password: str | None = None, timeout: float = 60.0) -> None:
+        scheme = "http" if plain_http else "https"
+        self.where = f"{registry}/{repository}"
+        self.base = f"{scheme}://{registry}/v2/{repository}"
+        self.client = httpx.Client(auth=_RegistryAuth(username, password, repository), timeout=timeout,
+                                   follow_redirects=True)
+
+    def close(self) -> None:
+        self.client.close()
+
+    def _request(self, method: str, url: str, ok: tuple[int, ...], **kwargs) -> httpx.Response:
+        try:
+            r = self.client.request(method, url, **kwargs)
+        except httpx.HTTPError as e:
+            raise RegistryError(f"{method} {url}: cannot reach the registry ({e})",
+                                hint="check spec.pull.registry and that the registry runs; spec.pull.plain_http "
+                                     "must match how it listens") from e
+        if r.status_code not in ok:
+            fix = ("check the user and password in the environment variables spec.pull.credentials_env names"
+                   if r.status_code in (401, 403) else "see the registry's log")
+            raise RegistryError(f"{method} {url}: HTTP {r.status_code} {r.text[:200]}", hint=fix)
+        return r
+
+    # -- blobs ------------------------------------------------------------------------------------------------
+    def has_blob(self, digest: str) -> bool:
+        return self._request("HEAD", f"{self.base}/blobs/{digest}", (200, 404)).status_code == 200
+
+    def push_blob_bytes(self, data: bytes) -> tuple[str, int]:
+        digest = "sha256:" + hashlib.sha256(data).hexdigest()
+        if not self.has_blob(digest):
+            self._upload(digest, data, len(data))
+        return digest, len(data)
+
+    def push_blob_file(self, path: Path, digest: str) -> int:
+        """Upload ``path`` as blob ``digest`` (streamed; skipped when the registry has it). Returns its size."""
+        size = path.stat().st_size
+        if self.has_blob(digest):
+            return size
+        hasher = hashlib.sha256()
+
+        def stream() -> Iterator[bytes]:
+            with open(path, "rb") as f:
+                while chunk := f.read(CHUNK):
+                    hasher.update(chunk)
+                    yield chunk
+        self._upload(digest, stream(), size)
+        actual = "sha256:" + hasher.hexdigest()
+        if actual != digest:  # the registry refused it too (digest parameter); say which side is wrong
+            raise RegistryError(f"{path} hashes to {actual}, not {digest}",
+                                hint="the local artifact store is corrupt: remove it and run `edgectl build`")
+        return size
+
+    def _upload(self, digest: str, content, size: int) -> None:
+        start = self._request("POST", f"{self.base}/blobs/uploads/", (202,))
+        location = start.headers.get("Location", "")
+        url = httpx.URL(self.base).join(location)
+        url = url.copy_merge_params({"digest": digest})
+        self._request("PUT", str(url), (201,), content=content,
+                      headers={"Content-Type": "application/octet-stream", "Content-Length": str(size)})
+
+    # -- manifests --------------------------------------------------------------------------------------------
+    def push_manifest(self, manifest: dict, tag: str) -> str:
+        data = json.dumps(manifest, separators=(",", ":"), sort_keys=True).encode()
+        r = self._request("PUT", f"{self.base}/manifests/{tag}", (201,), content=data,
+                          headers={"Content-Type": OCI_MANIFEST})
+        return r.headers.get("Docker-Content-Digest") or "sha256:" + hashlib.sha256(data).hexdigest()
+
+    def manifest(self, reference: str) -> dict | None:
+        """The OCI manifest at ``reference``, or None when there is none."""
+        r = self._request("GET", f"{self.base}/manifests/{reference}", (200, 404), headers={"Accept": OCI_MANIFEST})
+        return r.json() if r.status_code == 200 else None
+
+    def blob(self, digest: str, limit: int) -> bytes:
+        r = self._request("GET", f"{self.base}/blobs/{digest}", (200,))
+        data = r.content
+        if len(data) > limit or "sha256:" + hashlib.sha256(data).hexdigest() != digest:
+            raise RegistryError(f"blob {digest} in {self.where} is too large or does not match its digest",
+                                hint="see the registry's storage; delete the tag and publish again")
+        return data

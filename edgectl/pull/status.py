@@ -1,0 +1,101 @@
+"""`edgectl status` for pull devices: their last reports, read from Prometheus's HTTP API, never from the device.
+
+Agents push a report after every poll to the Pushgateway (edgectl_agent.pull_report); Prometheus scrapes it. Last
+seen is the gateway's own ``push_time_seconds`` (the device's clock may be wrong); a device is "stale" when it has
+not reported for STALE_POLLS poll intervals (jitter and one missed poll allowed), or when it reports that the
+registry serves it an expired state.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+
+import httpx
+from edgectl_agent.api import ArtifactRef, DeploymentState
+
+from edgectl.observe import DeviceStatus
+from edgectl.plan import selects
+from edgectl.spec import Device, Spec
+
+STALE_POLLS = 2.5
+JOB = "edgectl_pull"
+
+
+def query_reports(prometheus: str, timeout: float = 10.0) -> dict[str, list[dict]]:
+    """device -> the Prometheus series of its last report (``{"metric": {...}, "value": [ts, "v"]}``)."""
+    r = httpx.get(f"{prometheus.rstrip('/')}/api/v1/query", timeout=timeout,
+                  params={"query": f'{{job="{JOB}",__name__=~"edgectl_pull_.+|push_time_seconds"}}'})
+    r.raise_for_status()
+    out: dict[str, list[dict]] = {}
+    for series in r.json()["data"]["result"]:
+        device = series["metric"].get("device")
+        if device:
+            out.setdefault(device, []).append(series)
+    return out
+
+
+def _value(series: list[dict], name: str) -> float | None:
+    for s in series:
+        if s["metric"].get("__name__") == name:
+            return float(s["value"][1])
+    return None
+
+
+def device_status(spec: Spec, device: Device, series: list[dict] | None, *, now: datetime) -> DeviceStatus:
+    desired = sorted(n for n, dep in spec.deployments.items() if selects(dep.spec.selector, device))
+    st = DeviceStatus(device.name, reachable=False, endpoint="pull", desired=desired)
+    if not series:
+        st.error = "never seen: no report from this pull device in Prometheus (enrolled? agent running?)"
+        return st
+    seen = _value(series, "push_time_seconds") or _value(series, "edgectl_pull_last_seen_timestamp_seconds") or 0
+    interval = _value(series, "edgectl_pull_poll_interval_seconds") or 0
+    age = now.timestamp() - seen
+    outcome = next((s["metric"].get("outcome") for s in series
+                    if s["metric"].get("__name__") == "edgectl_pull_outcome" and s["value"][1] == "1"), None)
+    overdue = interval > 0 and age > STALE_POLLS * interval
+    st.reachable = not overdue and outcome != "stale"
+    st.endpoint = f"pull, last seen {age:.0f} s ago, state v{_value(series, 'edgectl_pull_applied_version') or 0:.0f}"
+    if overdue:
+        st.error = f"stale: last seen {age:.0f} s ago, it polls every {interval:.0f} s"
+    elif outcome == "stale":
+        st.error = "stale: the registry serves it an expired state (run `edgectl apply` to publish a fresh one)"
+    elif outcome not in (None, "applied", "unchanged"):
+        st.error = f"last poll: {outcome}"
+    for s in series:
+        m = s["metric"]
+        if m.get("__name__") != "edgectl_pull_deployment_since_timestamp_seconds":
+            continue
+        since = datetime.fromtimestamp(float(s["value"][1]), timezone.utc)
+        st.deployments.append(DeploymentState(
+            name=m["deployment"], state=m.get("state", "serving"), since=since,
+            active=ArtifactRef(digest=m["digest"], format=m["format"], quant=m["quant"], model=m.get("model", ""),
+                               size_bytes=int(m.get("size_bytes", "0")))))
+    return st
+
+
+def pull_statuses(spec: Spec, devices: list[Device], *, now: datetime | None = None) -> list[DeviceStatus]:
+    now = now or datetime.now(timezone.utc)
+    fleet_of = {d.name: f for f in spec.fleets.values() for d in f.spec.devices}
+    reports: dict[str, dict[str, list[dict]] | str] = {}
+    out = []
+    for device in devices:
+        pull = fleet_of[device.name].spec.pull
+        if pull.prometheus is None:
+            st = device_status(spec, device, None, now=now)
+            st.error = ("pull device: its reports are not read (set spec.pull.pushgateway and spec.pull.prometheus "
+                        "on its Fleet, and enroll it again)")
+            out.append(st)
+            continue
+        if pull.prometheus not in reports:
+            try:
+                reports[pull.prometheus] = query_reports(pull.prometheus)
+            except (httpx.HTTPError, KeyError, ValueError) as e:
+                reports[pull.prometheus] = f"cannot read pull devices' reports from {pull.prometheus}: {e}"
+        found = reports[pull.prometheus]
+        if isinstance(found, str):
+            st = device_status(spec, device, None, now=now)
+            st.error = found
+        else:
+            st = device_status(spec, device, found.get(device.name), now=now)
+        out.append(st)
+    return out

@@ -1,0 +1,64 @@
+"""Status back from pull devices, for real: a real agent in pull mode reports to a real Prometheus Pushgateway after
+every poll, a real Prometheus scrapes it, and `edgectl status` reads the device's last report from Prometheus's HTTP
+API (never connecting to the device): serving what, last seen when, and "stale" once it stops reporting."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+
+from tests.integration.conftest import free_port
+from tests.integration.test_metrics_fleet import Background, prometheus_argv
+from tests.integration.test_pull_registry import PullWorld, edgectl, serving_digest, wait_for
+
+pytestmark = pytest.mark.integration
+
+
+def status_of(world: PullWorld) -> dict:
+    return json.loads(edgectl("status", str(world.dir), "--json", env=world.env).stdout)[0]
+
+
+def test_status_shows_last_seen_and_stale_from_prometheus(tmp_path, start_agent):
+    for binary in ("prometheus", "prometheus-pushgateway"):
+        assert shutil.which(binary), f"{binary} missing: run `scripts/setup.sh test` (Debian package {binary})"
+    world = PullWorld(tmp_path)
+    servers = []
+    try:
+        gw_port, prom_port = free_port(), free_port()
+        servers.append(gw := Background(["prometheus-pushgateway", f"--web.listen-address=127.0.0.1:{gw_port}",
+                                         "--log.level=warn"], tmp_path / "pushgateway.log"))
+        config = tmp_path / "prometheus.yml"
+        config.write_text("global: {scrape_interval: 1s}\nscrape_configs:\n  - job_name: pushgateway\n"
+                          f"    honor_labels: true\n    static_configs: [{{targets: ['127.0.0.1:{gw_port}']}}]\n")
+        servers.append(prom := Background(prometheus_argv(config, tmp_path / "prom-data", prom_port),
+                                          tmp_path / "prometheus.log"))
+        gw.wait_http(f"http://127.0.0.1:{gw_port}/-/ready")
+        prom.wait_http(f"http://127.0.0.1:{prom_port}/-/ready")
+        world.write("Q8_0", extra=f', pushgateway: "http://127.0.0.1:{gw_port}", '
+                                  f'prometheus: "http://127.0.0.1:{prom_port}"')
+        before = status_of(world)
+        assert not before["reachable"] and "never seen" in before["error"]
+
+        edgectl("apply", str(world.dir), env=world.env)
+        config_json = world.enroll(tmp_path / "pull.json")
+        assert config_json["report_url"] == f"http://127.0.0.1:{gw_port}"
+        agent = start_agent(root=tmp_path / "device", env={"EDGECTL_AGENT_PULL_CONFIG": str(tmp_path / "pull.json")})
+        digest = wait_for("the agent to serve", lambda: serving_digest(agent))
+
+        seen = wait_for("edgectl status to show the device serving", lambda: (s := status_of(world))["reachable"]
+                        and s["deployments"] and s)
+        assert seen["deployments"][0]["active"]["digest"] == digest and seen["deployments"][0]["state"] == "serving"
+        assert "last seen" in seen["endpoint"] and "state v1" in seen["endpoint"]
+        table = edgectl("status", str(world.dir), env=world.env).stdout
+        assert "shop-1" in table and "serving" in table and "unreachable" not in table
+
+        agent.stop()  # it stops reporting: after 2.5 poll intervals edgectl calls it stale
+        stale = wait_for("edgectl status to call it stale", lambda: "stale" in ((s := status_of(world))["error"]
+                                                                                or "") and s, timeout=90)
+        assert not stale["reachable"] and "last seen" in stale["error"]
+    finally:
+        for s in servers:
+            s.stop()
+        world.registry.stop()
