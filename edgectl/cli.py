@@ -110,6 +110,9 @@ def render_plan(p, contexts) -> None:
                       f" + KV cache {_gib(e.kv_bytes)} + compute {_gib(e.compute_bytes)}"
                       f" + agent {_gib(e.runtime_bytes)}[/dim]")
             out.print(f"    why: {escape(c.reason)}")
+            if c.speed is not None:
+                out.print(f"    speed: {c.speed.label()}, time to first token ~{c.speed.ttft_ms:.0f} ms for a "
+                          f"{c.speed.prompt_tokens}-token prompt [dim]({escape(c.speed.basis)})[/dim]")
             for rc in dep.rejected[:8]:
                 out.print(f"    [dim]not {rc.label}: {escape(rc.reason)}[/dim]")
             if len(dep.rejected) > 8:

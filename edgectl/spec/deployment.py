@@ -76,6 +76,18 @@ class HealthGate(Frozen):
     max_tokens: int = Field(default=8, ge=1, le=256, description="Tokens the smoke request generates.")
 
 
+class SpeedRequirement(Frozen):
+    min_tokens_per_s: float | None = Field(default=None, gt=0, description="Plan only artifacts whose estimated "
+                                                                           "decode rate on the device is at least "
+                                                                           "this (tokens/s).")
+    max_ttft_ms: float | None = Field(default=None, gt=0, description="Plan only artifacts whose estimated time to "
+                                                                      "first token for a prompt_tokens prompt is at "
+                                                                      "most this (ms).")
+    prompt_tokens: int = Field(default=512, ge=1, le=1_048_576,
+                               description="The prompt size the estimates assume: prefill of this many tokens is "
+                                           "the time to first token, and decode reads their KV cache.")
+
+
 class Rollout(Frozen):
     strategy: Literal["all-at-once", "rolling", "canary"] = Field(
         default="all-at-once", description="all-at-once: every device in one wave; rolling: waves of wave_size; "
@@ -107,6 +119,10 @@ class DeploymentSpec(Frozen):
                                             description="Extra options passed to the runtime (e.g. n_batch for llama.cpp).")
     rollout: Rollout = Field(default_factory=lambda: Rollout(),
                              description="How the change reaches the selected devices: waves, health gate, rollback.")
+    speed: SpeedRequirement | None = Field(
+        default=None, description="Speed the plan must meet by estimate (edgectl/plan/speed.py): the best quality "
+                                  "that fits memory and meets it is chosen. The same names in "
+                                  "rollout.health_gate check the real speed after activation.")
 
 
 class Deployment(Document):
