@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Any, Literal
 
 from edgectl_agent.api import ArtifactFormat
@@ -74,6 +75,26 @@ class HealthGate(Frozen):
                                                                            "decodes slower than this (tokens after "
                                                                            "the first, as the agent timed them).")
     max_tokens: int = Field(default=8, ge=1, le=256, description="Tokens the smoke request generates.")
+    prompt: str = Field(default="Say hello.", min_length=1, max_length=4000,
+                        description="The user message of the smoke request (LLMs); sent at temperature 0.")
+    expect_contains: str | None = Field(default=None, min_length=1,
+                                        description="Fail the gate when the smoke answer does not contain this text "
+                                                    "(case-insensitive), e.g. prompt 'What is the capital of "
+                                                    "France?' and expect_contains 'Paris'. Give max_tokens room "
+                                                    "for it.")
+    expect_regex: str | None = Field(default=None, min_length=1,
+                                     description="Fail the gate when this regular expression (Python re.search) "
+                                                 "finds nothing in the smoke answer.")
+
+    @field_validator("expect_regex")
+    @classmethod
+    def _compiles(cls, pattern: str | None) -> str | None:
+        if pattern is not None:
+            try:
+                re.compile(pattern)
+            except re.error as e:
+                raise ValueError(f"not a regular expression: {e}") from None
+        return pattern
 
 
 class SpeedRequirement(Frozen):
