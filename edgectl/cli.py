@@ -68,12 +68,17 @@ def schema(write: Optional[Path] = typer.Option(None, "--write", help="Write to 
 
 
 @app.command("plan")
-def plan_cmd(paths: List[Path] = PathsArg, device: Optional[List[str]] = DeviceOpt, as_json: bool = JsonOpt) -> None:
+def plan_cmd(paths: List[Path] = PathsArg, device: Optional[List[str]] = DeviceOpt, as_json: bool = JsonOpt,
+             offline: bool = typer.Option(False, "--offline",
+                                          help="Contact no device: plan from the manifests and profiles alone "
+                                               "(devices with profile 'auto' stay unknown).")) -> None:
     """Show, per device, the artifact edgectl would choose, why, and the steps apply would take."""
-    from edgectl.apply import make_plan, observe, select_devices
+    from edgectl.apply import DeviceContext, make_plan, observe, select_devices
 
     spec = _load(paths)
-    contexts = observe(select_devices(spec, device), start_agents=False)
+    devices = select_devices(spec, device)
+    contexts = ({d.name: DeviceContext(d) for d in devices} if offline
+                else observe(devices, start_agents=False))
     p = make_plan(spec, contexts, _store())
     if as_json:
         sys.stdout.write(json.dumps(p.to_dict(), indent=2) + "\n")
