@@ -71,6 +71,7 @@ class Target:
     hardware: Hardware | None = None  # what its speed is estimated from (None = no figures)
     no_speed: str = ""  # why hardware is None
     threads: int = 1  # the profile's default inference threads
+    unified_gpu: bool = False  # llama.cpp offloads to a GPU that shares system RAM (Jetson, Apple silicon)
 
 
 def _source_precision(model: Model, fmt: str, kind: str, available: frozenset[int] | None) -> tuple[str, bool, bool]:
@@ -196,6 +197,8 @@ def plan_deployment(dep: Deployment, model: Model, target: Target, built: dict[s
             if runtime == "llamacpp" and kind == "llm" and target.vram > 0 and not why_not:
                 gpu_layers, need = _offload(target, cand.estimate, model.spec.architecture.layers)
                 cand = replace(cand, gpu_layers=gpu_layers, ram_bytes=need)
+            elif runtime == "llamacpp" and kind == "llm" and target.unified_gpu and not why_not:
+                cand = replace(cand, gpu_layers=-1)  # same memory: the whole estimate stays in the RAM budget
             if runtime in OPENVINO_RUNTIMES and target.openvino_device:
                 cand = replace(cand, device=target.openvino_device)
             if kind == "llm" and target.hardware is not None:
@@ -354,7 +357,9 @@ def _why(c: Candidate, budget: int, preferred: list[str], fitting: list[Candidat
         f"not buildable here: no source of the model is available on this machine "
         f"(best known: {c.recipe.source_precision})")
     ram = c.ram_bytes or c.estimate.total_bytes
-    gpu = ("; all layers on the GPU" if c.gpu_layers == -1 else
+    gpu = ("; all layers on the GPU (it shares system RAM: counted in the RAM budget)"
+           if c.gpu_layers == -1 and not c.ram_bytes else
+           "; all layers on the GPU" if c.gpu_layers == -1 else
            f"; {c.gpu_layers} layers on the GPU" if c.gpu_layers > 0 else "")
     if c.device:
         gpu += f"; on OpenVINO device {c.device} (the profile's accelerators)"

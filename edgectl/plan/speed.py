@@ -61,17 +61,21 @@ def hardware(profile: ProfileSpec, name: str) -> Hardware | None:
     """The profile's figures as sustained rates; None when it gives no memory bandwidth or compute figure."""
     if not profile.memory_bandwidth_gbps or not profile.compute_gflops:
         return None
-    gpus = [a for a in profile.accelerators if a.kind == "gpu" and not a.shared_memory and a.memory_gb
-            and a.memory_bandwidth_gbps and a.compute_gflops]
+    # A dedicated GPU with its own figures; or one sharing system RAM that llama.cpp drives (its bandwidth is the
+    # system's).
+    gpus = [a for a in profile.accelerators if a.kind == "gpu" and a.compute_gflops
+            and ((not a.shared_memory and a.memory_gb and a.memory_bandwidth_gbps)
+                 or (a.shared_memory and a.llamacpp_backend))]
     gpu = gpus[0] if gpus else None
+    gpu_bw = (gpu.memory_bandwidth_gbps if gpu and not gpu.shared_memory else profile.memory_bandwidth_gbps)
     return Hardware(
         bandwidth=profile.memory_bandwidth_gbps * GB * PEAK_TO_SUSTAINED,
         compute=profile.compute_gflops * GB * PEAK_TO_SUSTAINED,
         cores=profile.cpu.cores,
-        gpu_bandwidth=gpu.memory_bandwidth_gbps * GB * PEAK_TO_SUSTAINED if gpu else 0.0,
+        gpu_bandwidth=gpu_bw * GB * PEAK_TO_SUSTAINED if gpu else 0.0,
         gpu_compute=gpu.compute_gflops * GB * PEAK_TO_SUSTAINED if gpu else 0.0,
         basis=f"{name}: {profile.memory_bandwidth_gbps:g} GB/s, {profile.compute_gflops:g} GFLOPS"
-              + (f"; {gpu.name}: {gpu.memory_bandwidth_gbps:g} GB/s" if gpu else ""))
+              + (f"; {gpu.name}: {gpu_bw:g} GB/s, {gpu.compute_gflops:g} GFLOPS" if gpu else ""))
 
 
 def missing_figures(profile: ProfileSpec) -> str:

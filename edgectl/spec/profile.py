@@ -35,6 +35,11 @@ class Accelerator(Frozen):
     compute_gflops: float | None = Field(
         default=None, gt=0, description="Peak FP16/FP32 matrix throughput in GFLOPS, as the vendor states it; the "
                                         "prefill estimate for layers offloaded to it.")
+    llamacpp_backend: Literal["cuda", "metal", "vulkan", "hip", "sycl"] | None = Field(
+        default=None, description="The llama.cpp backend that drives this accelerator in the device class's usual "
+                                  "build (a Jetson's CUDA, a Mac's Metal). A GPU sharing system RAM gets llama.cpp "
+                                  "offload planned only when this is set (against the shared RAM budget); a "
+                                  "device whose agent reports a llama.cpp build without it gets no offload.")
     openvino_device: str | None = Field(
         default=None, pattern=r"^[A-Z][A-Z0-9_]*(\.[0-9]+)?$",
         description="The OpenVINO device name that drives this accelerator (GPU, GPU.1, NPU). OpenVINO artifacts run "
