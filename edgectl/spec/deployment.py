@@ -86,6 +86,15 @@ class HealthGate(Frozen):
                                      description="Fail the gate when this regular expression (Python re.search) "
                                                  "finds nothing in the smoke answer.")
 
+    @field_validator("prompt", "expect_contains", "expect_regex")
+    @classmethod
+    def _no_template_markers(cls, text: str | None) -> str | None:
+        # The Ansible engine hands these to its role as host variables, which Ansible would evaluate as Jinja.
+        if text is not None and any(m in text for m in ("{{", "{%", "{#")):
+            raise ValueError("may not contain '{{', '{%' or '{#' (the Ansible engine would evaluate them as a "
+                             "template); rephrase, or put a space between the braces")
+        return text
+
     @field_validator("expect_regex")
     @classmethod
     def _compiles(cls, pattern: str | None) -> str | None:

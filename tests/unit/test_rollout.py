@@ -86,3 +86,5 @@ def test_health_gate_reads_the_answer() -> None:
     assert "does not contain" in gate_problems(gate, SmokeResult(0.1, 3, 0.1, text=None))[0]
     with pytest.raises(ValueError, match="not a regular expression"):
         HealthGate(expect_regex="(")
+    with pytest.raises(ValueError, match="would evaluate them as a template"):
+        HealthGate(prompt="Say {{ lookup('pipe', 'id') }}")
