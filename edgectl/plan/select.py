@@ -241,7 +241,11 @@ def plan_deployment(dep: Deployment, model: Model, target: Target, built: dict[s
         return dp
     best, fitting = choice
     preferred = target.prefer.get(best.runtime, [])
-    dp.chosen = replace(best, reason=_why(best, budget, preferred, fitting))
+    reason = _why(best, budget, preferred, fitting)
+    if dep.spec.speed is not None and best.speed is not None:
+        reason += (f"; meets the deployment's speed (estimated {best.speed.decode_tokens_per_s:.1f} tokens/s decode, "
+                   f"{best.speed.ttft_ms:.0f} ms to the first token of a {best.speed.prompt_tokens}-token prompt)")
+    dp.chosen = replace(best, reason=reason)
     for other in fitting:
         if other is not best:
             dp.rejected.append(Rejected(other.recipe, _lost_to(other, best, preferred), recipe_label(other.recipe),
