@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import ctypes
+import os
 import sys
 import tempfile
 import threading
@@ -134,6 +135,14 @@ def main() -> int:
             "0.75-1.25.\n\n"
             + table(["artifact", "size", "decode est. tok/s", "decode measured", "ratio", "prefill est. tok/s",
                      "prefill measured", "ratio"], rows))
+    from bench._report import LOAD_AT_START
+
+    cpus = os.cpu_count() or 1
+    if LOAD_AT_START > cpus:
+        body += (f"\n\nThe machine was loaded (load {LOAD_AT_START:.1f} on {cpus} CPUs at the start): llama.cpp's "
+                 f"threads wait for each other at every layer when they do not get their cores, so decode falls far "
+                 f"below the estimate, which assumes the device's cores are free. The calibration point, measured on "
+                 f"the quiet machine, is in docs/planning.md (Expected speed).")
     print(body)
     if args.write:
         write_section("speed", "Expected tokens/s: estimate vs measured", body, dists=("llama_cpp_python",))
