@@ -118,6 +118,9 @@ def render_plan(p, contexts) -> None:
             if c.speed is not None:
                 out.print(f"    speed: {c.speed.label()}, time to first token ~{c.speed.ttft_ms:.0f} ms for a "
                           f"{c.speed.prompt_tokens}-token prompt [dim]({escape(c.speed.basis)})[/dim]")
+            elif c.recipe.kind == "llm":
+                out.print("    speed: [dim]not estimated: the profile gives no memory_bandwidth_gbps / compute_gflops "
+                          "(set them in the device's overrides)[/dim]")
             for rc in dep.rejected[:8]:
                 out.print(f"    [dim]not {rc.label}: {escape(rc.reason)}[/dim]")
             if len(dep.rejected) > 8:
