@@ -40,6 +40,7 @@ class SmokeResult:
     ttft_s: float | None  # from the request's arrival at the agent to its first generated token
     tokens: int | None  # tokens generated
     decode_s: float | None  # from the first token to the last
+    text: str | None = None  # the answer's text (LLMs)
 
     @property
     def tokens_per_s(self) -> float | None:
@@ -159,15 +160,15 @@ class AgentClient:
                           timeout=httpx.Timeout(30.0, read=self._activate_timeout))
         return DeploymentState.model_validate(r.json())
 
-    def smoke(self, name: str, *, kind: str = "llm", max_tokens: int = 8) -> SmokeResult:
+    def smoke(self, name: str, *, kind: str = "llm", max_tokens: int = 8, prompt: str = "Say hello.") -> SmokeResult:
         """One real request to a serving deployment, as a client would send it: a streamed chat completion for an
         LLM, asking the agent for its own timings of it; the KServe readiness endpoint for a tensor model."""
         if kind != "llm":
             self._request("GET", f"/v2/models/{name}/ready")
             return SmokeResult(ttft_s=None, tokens=None, decode_s=None)
         body = {"model": name, "stream": True, "max_tokens": max_tokens, "temperature": 0,
-                "messages": [{"role": "user", "content": "Say hello."}]}
-        pieces = 0
+                "messages": [{"role": "user", "content": prompt}]}
+        pieces: list[str] = []
         timings: dict = {}
         try:
             with self._http.stream("POST", "/v1/chat/completions", json=body, headers={TIMINGS_HEADER: "1"},
@@ -180,8 +181,9 @@ class AgentClient:
                         continue
                     chunk = json.loads(line[6:])
                     timings = chunk.get("timings") or timings
-                    if (chunk.get("choices") or [{}])[0].get("delta", {}).get("content"):
-                        pieces += 1
+                    content = (chunk.get("choices") or [{}])[0].get("delta", {}).get("content")
+                    if content:
+                        pieces.append(content)
         except httpx.HTTPError as e:
             raise TransportError(f"device '{self.device}': smoke request to '{name}' failed: {e}",
                                  hint="see the agent's log") from e
@@ -189,7 +191,7 @@ class AgentClient:
             raise AgentError(f"device '{self.device}': the smoke request to '{name}' produced no text",
                              hint="the model answered with nothing; check the artifact and the agent's log")
         return SmokeResult(ttft_s=timings.get("ttft_s"), tokens=timings.get("tokens"),
-                           decode_s=timings.get("decode_s"))
+                           decode_s=timings.get("decode_s"), text="".join(pieces))
 
     def delete_deployment(self, name: str) -> DeploymentState:
         return DeploymentState.model_validate(

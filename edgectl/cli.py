@@ -68,12 +68,17 @@ def schema(write: Optional[Path] = typer.Option(None, "--write", help="Write to 
 
 
 @app.command("plan")
-def plan_cmd(paths: List[Path] = PathsArg, device: Optional[List[str]] = DeviceOpt, as_json: bool = JsonOpt) -> None:
+def plan_cmd(paths: List[Path] = PathsArg, device: Optional[List[str]] = DeviceOpt, as_json: bool = JsonOpt,
+             offline: bool = typer.Option(False, "--offline",
+                                          help="Contact no device: plan from the manifests and profiles alone "
+                                               "(devices with profile 'auto' stay unknown).")) -> None:
     """Show, per device, the artifact edgectl would choose, why, and the steps apply would take."""
-    from edgectl.apply import make_plan, observe, select_devices
+    from edgectl.apply import DeviceContext, make_plan, observe, select_devices
 
     spec = _load(paths)
-    contexts = observe(select_devices(spec, device), start_agents=False)
+    devices = select_devices(spec, device)
+    contexts = ({d.name: DeviceContext(d) for d in devices} if offline
+                else observe(devices, start_agents=False))
     p = make_plan(spec, contexts, _store())
     if as_json:
         sys.stdout.write(json.dumps(p.to_dict(), indent=2) + "\n")
@@ -110,6 +115,12 @@ def render_plan(p, contexts) -> None:
                       f" + KV cache {_gib(e.kv_bytes)} + compute {_gib(e.compute_bytes)}"
                       f" + agent {_gib(e.runtime_bytes)}[/dim]")
             out.print(f"    why: {escape(c.reason)}")
+            if c.speed is not None:
+                out.print(f"    speed: {c.speed.label()}, time to first token ~{c.speed.ttft_ms:.0f} ms for a "
+                          f"{c.speed.prompt_tokens}-token prompt [dim]({escape(c.speed.basis)})[/dim]")
+            elif c.recipe.kind == "llm":
+                out.print("    speed: [dim]not estimated: the profile gives no memory_bandwidth_gbps / compute_gflops "
+                          "(set them in the device's overrides)[/dim]")
             for rc in dep.rejected[:8]:
                 out.print(f"    [dim]not {rc.label}: {escape(rc.reason)}[/dim]")
             if len(dep.rejected) > 8:

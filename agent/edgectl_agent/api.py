@@ -74,6 +74,7 @@ class AcceleratorFact(Wire):
     kind: Literal["gpu", "npu", "dsp"] = Field(description="Kind of accelerator found.")
     name: str = Field(description="Name as the system reports it.")
     memory_bytes: int | None = Field(default=None, description="Dedicated memory, when known.")
+    memory_free_bytes: int | None = Field(default=None, description="Dedicated memory free now, when known.")
 
 
 class Facts(Wire):
@@ -90,6 +91,9 @@ class Facts(Wire):
     accelerators: list[AcceleratorFact] = Field(default_factory=list, description="GPUs/NPUs found.")
     runtimes: dict[str, str] = Field(default_factory=dict,
                                      description="Runtime name -> version of its package, for runtimes importable here.")
+    llamacpp_backends: list[str] | None = Field(
+        default=None, description="The ggml backends the installed llama.cpp build has (cpu, cuda, metal, vulkan, "
+                                  "...); None when llama-cpp-python is not installed or its libraries were not found.")
     verify_key_id: str | None = Field(default=None,
                                       description="None: deployments need no signature. Else the sha256 fingerprint "
                                                   "of the ed25519 public key every deployment must be signed with, or "

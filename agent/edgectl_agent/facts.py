@@ -9,7 +9,9 @@ from __future__ import annotations
 import os
 import platform
 import shutil
+import re
 import socket
+import subprocess
 import sys
 from importlib import metadata
 from pathlib import Path
@@ -103,6 +105,67 @@ def nvidia_gpus(proc: Path = Path("/proc/driver/nvidia/gpus")) -> list[Accelerat
     return found
 
 
+# --- llama.cpp backends and NVIDIA memory (GPU facts) ---------------------------------------------------------
+
+# ggml backends that run layers off the CPU (llama.cpp offloads n_gpu_layers only with one of these).
+GPU_BACKENDS = ("cuda", "metal", "vulkan", "hip", "sycl", "opencl", "musa", "cann")
+_GGML_LIB = re.compile(r"^(?:lib)?ggml-([a-z0-9]+)\.(?:so|dylib|dll)(?:\.[0-9.]+)?$")
+
+
+def parse_llamacpp_backends(files: list[str]) -> list[str]:
+    """The ggml backends in a llama-cpp-python ``lib`` folder listing (libggml-cpu.so, libggml-cuda.so,
+    ggml-metal.dylib, ...); 'base' is ggml's core, not a backend. A build linked into one library (no per-backend
+    files) shows as ['cpu'] only if libggml-cpu is there."""
+    found = {m.group(1) for f in files if (m := _GGML_LIB.match(f)) and m.group(1) != "base"}
+    return sorted(found)
+
+
+def llamacpp_backends() -> list[str] | None:
+    """The installed llama-cpp-python's backends, from its library files (nothing imported: facts stay fast)."""
+    from importlib.util import find_spec
+
+    try:
+        spec = find_spec("llama_cpp")
+    except (ImportError, ValueError):
+        return None
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    lib = Path(list(spec.submodule_search_locations)[0]) / "lib"
+    try:
+        return parse_llamacpp_backends(os.listdir(lib)) or None
+    except OSError:
+        return None
+
+
+NVIDIA_SMI_QUERY = ["nvidia-smi", "--query-gpu=name,memory.total,memory.free", "--format=csv,noheader,nounits"]
+
+
+def parse_nvidia_smi(text: str) -> list[AcceleratorFact]:
+    """GPUs from ``nvidia-smi --query-gpu=name,memory.total,memory.free --format=csv,noheader,nounits`` (MiB);
+    a Jetson's integrated GPU reports [N/A] for its memory (it shares system RAM): memory left None."""
+    gpus = []
+    for line in text.splitlines():
+        parts = [p.strip() for p in line.split(",")]
+        if len(parts) != 3 or not parts[0]:
+            continue
+        total, free = (int(float(p)) * 2**20 if re.fullmatch(r"[0-9.]+", p) else None for p in parts[1:])
+        gpus.append(AcceleratorFact(kind="gpu", name=parts[0], memory_bytes=total, memory_free_bytes=free))
+    return gpus
+
+
+def nvidia_gpus_with_memory(run=subprocess.run) -> list[AcceleratorFact]:
+    """NVIDIA GPUs with their memory, from nvidia-smi when the driver is loaded and nvidia-smi answers within
+    5 s; else the names from /proc (no memory figures)."""
+    names = nvidia_gpus()
+    if not names or shutil.which(NVIDIA_SMI_QUERY[0]) is None:
+        return names
+    try:
+        out = run(NVIDIA_SMI_QUERY, capture_output=True, text=True, timeout=5)
+    except (OSError, subprocess.SubprocessError):
+        return names
+    return (parse_nvidia_smi(out.stdout) if out.returncode == 0 else []) or names
+
+
 def collect_facts(root: Path, *, verify_key_id: str | None = None) -> Facts:
     model, raw_flags = _cpuinfo()
     try:
@@ -122,7 +185,8 @@ def collect_facts(root: Path, *, verify_key_id: str | None = None) -> Facts:
         ram_total_bytes=mem.total,
         ram_available_bytes=mem.available,
         disk_free_bytes=shutil.disk_usage(probe).free,
-        accelerators=nvidia_gpus(),
+        accelerators=nvidia_gpus_with_memory(),
         runtimes=runtime_versions(),
+        llamacpp_backends=llamacpp_backends(),
         verify_key_id=verify_key_id,
     )

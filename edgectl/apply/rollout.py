@@ -7,12 +7,13 @@
   The Ansible engine hands ``allowed_failures`` to the playbook as data (one number per host) and reads its outcome
   back through :class:`Halting`, so both engines halt, and say why, in the same words.
 - :func:`gate_problems` and :func:`gate_detail`: what fails the health gate in the agent's own timings of the smoke
-  request, and how a passed gate is reported. The Ansible role calls these same functions through its filter plugin
+  request and in its answer (expect_contains / expect_regex), and how a passed gate is reported. The Ansible role calls these same functions through its filter plugin
   (deploy/ansible/filter_plugins/edgectl_gate.py).
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 
 from edgectl.agent_client import SmokeResult
@@ -96,21 +97,40 @@ def gate_problems(gate: HealthGate, r: SmokeResult) -> list[str]:
     limits = gate.max_ttft_ms is not None or gate.min_tokens_per_s is not None
     if limits and r.tokens is None:
         return ["the agent reported no timings for the smoke request (an edgectl-agent older than this edgectl), "
-                "so max_ttft_ms/min_tokens_per_s cannot be checked"]
+                "so max_ttft_ms/min_tokens_per_s cannot be checked"] + answer_problems(gate, r.text)
     problems = []
     if gate.max_ttft_ms is not None and (r.ttft_s is None or r.ttft_s * 1000 > gate.max_ttft_ms):
         problems.append(f"time to first token {(r.ttft_s or 0) * 1000:.1f} ms > max_ttft_ms {gate.max_ttft_ms:g}")
     rate = r.tokens_per_s
     if gate.min_tokens_per_s is not None and (rate is None or rate < gate.min_tokens_per_s):
         problems.append(f"decode {rate or 0:.1f} tokens/s < min_tokens_per_s {gate.min_tokens_per_s:g}")
+    return problems + answer_problems(gate, r.text)
+
+
+def answer_problems(gate: HealthGate, text: str | None) -> list[str]:
+    """What fails ``gate`` in the smoke answer's text (expect_contains, expect_regex); empty: it passes."""
+    if gate.expect_contains is None and gate.expect_regex is None:
+        return []
+    answer = text or ""
+    shown = repr(answer[:120] + ("..." if len(answer) > 120 else ""))
+    problems = []
+    if gate.expect_contains is not None and gate.expect_contains.lower() not in answer.lower():
+        problems.append(f"the answer to {gate.prompt!r} does not contain {gate.expect_contains!r}: {shown}")
+    if gate.expect_regex is not None and re.search(gate.expect_regex, answer) is None:
+        problems.append(f"the answer to {gate.prompt!r} does not match expect_regex {gate.expect_regex!r}: {shown}")
     return problems
 
 
-def gate_detail(r: SmokeResult) -> str:
-    """How a passed gate is reported: the agent's timings when it gave them, else 'ready'."""
+def gate_detail(r: SmokeResult, gate: HealthGate | None = None) -> str:
+    """How a passed gate is reported: the agent's timings when it gave them, else 'ready'; and what the answer was
+    checked for."""
     rate = r.tokens_per_s
-    return (f"ttft {r.ttft_s * 1000:.0f} ms, {rate:.1f} tok/s as timed by the agent"
-            if r.ttft_s is not None and rate else "ready")
+    detail = (f"ttft {r.ttft_s * 1000:.0f} ms, {rate:.1f} tok/s as timed by the agent"
+              if r.ttft_s is not None and rate else "ready")
+    checked = [f"contains {gate.expect_contains!r}" if gate and gate.expect_contains else "",
+               f"matches {gate.expect_regex!r}" if gate and gate.expect_regex else ""]
+    checked = [c for c in checked if c]
+    return detail + (f"; answer {' and '.join(checked)}" if checked else "")
 
 
 def gate_as_data(gate: HealthGate, kind: str) -> dict | None:
@@ -118,16 +138,19 @@ def gate_as_data(gate: HealthGate, kind: str) -> dict | None:
     if not gate.smoke:
         return None
     return {"kind": kind, "max_tokens": gate.max_tokens, "min_tokens_per_s": gate.min_tokens_per_s,
-            "max_ttft_ms": gate.max_ttft_ms}
+            "max_ttft_ms": gate.max_ttft_ms, "prompt": gate.prompt, "expect_contains": gate.expect_contains,
+            "expect_regex": gate.expect_regex}
 
 
 def gate_from_data(smoke: dict) -> HealthGate:
     """The inverse of :func:`gate_as_data` (what the role's filter plugin judges with)."""
     return HealthGate(max_tokens=smoke["max_tokens"], min_tokens_per_s=smoke.get("min_tokens_per_s"),
-                      max_ttft_ms=smoke.get("max_ttft_ms"))
+                      max_ttft_ms=smoke.get("max_ttft_ms"), prompt=smoke.get("prompt") or "Say hello.",
+                      expect_contains=smoke.get("expect_contains"), expect_regex=smoke.get("expect_regex"))
 
 
-def smoke_from_timings(timings: dict | None) -> SmokeResult:
-    """A SmokeResult from the ``timings`` object the agent streams with a smoke request."""
+def smoke_from_timings(timings: dict | None, text: str | None = None) -> SmokeResult:
+    """A SmokeResult from the ``timings`` object the agent streams with a smoke request (and the answer's text)."""
     timings = timings or {}
-    return SmokeResult(ttft_s=timings.get("ttft_s"), tokens=timings.get("tokens"), decode_s=timings.get("decode_s"))
+    return SmokeResult(ttft_s=timings.get("ttft_s"), tokens=timings.get("tokens"), decode_s=timings.get("decode_s"),
+                       text=text)

@@ -21,7 +21,7 @@ from edgectl.paths import VERIFY_KEY_FILE
 
 from edgectl.apply.observe import DeviceContext
 from edgectl.apply.report import DeviceResult, Events
-from edgectl.apply.rollout import gate_detail, gate_problems
+from edgectl.apply.rollout import answer_problems, gate_detail, gate_problems
 
 # A push needs the bytes still missing on the device plus this share free on its store (what the agent reports right
 # before the push): room for the runtime's own files and the state, and never a device filled to the last byte.
@@ -124,15 +124,19 @@ def health_gate(gate: HealthGate, name: str, kind: str, ctx: DeviceContext, res:
     """Send the smoke request and judge the agent's timings of it (edgectl.apply.rollout.gate_problems)."""
     if not gate.smoke:
         return
-    r = ctx.client.smoke(name, kind=kind, max_tokens=gate.max_tokens)
+    r = ctx.client.smoke(name, kind=kind, max_tokens=gate.max_tokens, prompt=gate.prompt)
     problems = gate_problems(gate, r)
     if problems:
+        hint = ("the smoke request ran on the new artifact; relax rollout.health_gate or pick a smaller quant type "
+                "(quantization.allow); an agent without timings needs this edgectl's edgectl-agent "
+                f"{AGENT_VERSION} on the device")
+        if answer_problems(gate, r.text):
+            hint = ("the new artifact answered the gate's prompt wrongly: a broken build or too coarse a quant "
+                    "type (pick a higher one in quantization.allow), or fix rollout.health_gate.expect_contains / "
+                    "expect_regex")
         raise PlanError(f"device '{ctx.device.name}', deployment '{name}': health gate failed (as timed by the "
-                        "agent): " + "; ".join(problems),
-                        hint="the smoke request ran on the new artifact; relax rollout.health_gate or pick a "
-                             "smaller quant type (quantization.allow); an agent without timings needs this "
-                             f"edgectl's edgectl-agent {AGENT_VERSION} on the device")
-    detail = gate_detail(r)
+                        "agent): " + "; ".join(problems), hint=hint)
+    detail = gate_detail(r, gate)
     events.info(ctx.device.name, f"{name}: health gate passed ({detail})")
     res.actions.append(f"{name}: health gate passed ({detail})")
 

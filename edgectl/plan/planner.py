@@ -20,10 +20,11 @@ from dataclasses import replace
 from edgectl_agent.api import AgentState, DeploymentState, Facts
 
 from edgectl.plan.profiles import (AUTO_RUNTIME_ORDER, auto_name, disk_budget, openvino_device, profile_from_facts,
-                                   ram_budget, resolve_profile, usable_runtimes, vram_budget)
+                                   ram_budget, resolve_profile, unified_gpu, usable_runtimes, vram_budget)
 from edgectl.plan.result import (Candidate, DeploymentPlan, DevicePlan, Plan, Rejected, Step, gib, recipe_id,
                                  recipe_label)
 from edgectl.plan.select import OPENVINO_RUNTIMES, Target, plan_deployment
+from edgectl.plan.speed import hardware, missing_figures
 from edgectl.spec import AUTO_PROFILE, BuiltArtifact, Deployment, Device, Model, Selector, Spec
 
 # Names other modules import from here (the planner's public face); defined in profiles, result and select.
@@ -98,7 +99,9 @@ def _plan_device(spec: Spec, device: Device, facts: Facts | None, observed: Agen
     target = Target(runtimes=runtimes, budget=budget, disk=disk_budget(profile, facts),
                     vram=vram_budget(profile, facts, dp.warnings), prefer=dict(profile.quant_preference),
                     versions=dict(facts.runtimes) if facts is not None else None,
-                    openvino_device=openvino_device(profile))
+                    openvino_device=openvino_device(profile), hardware=hardware(profile, dp.profile),
+                    no_speed=missing_figures(profile), threads=profile.default_threads,
+                    unified_gpu=unified_gpu(profile, facts, dp.warnings))
     # Every deployment first gets room for its smallest artifact; quality then goes to them in name order.
     deployments = [spec.deployments[n] for n in wanted]
     models = [spec.models[d.spec.model] for d in deployments]
@@ -109,7 +112,8 @@ def _plan_device(spec: Spec, device: Device, facts: Facts | None, observed: Agen
     def candidates(dep: Deployment, model: Model, t: Target) -> DeploymentPlan:
         if memo is None:
             return plan_deployment(dep, model, t, built, avail(model))
-        key = (dep.name, model.name, tuple(t.runtimes), t.budget, t.disk, t.vram, t.openvino_device,
+        key = (dep.name, model.name, tuple(t.runtimes), t.budget, t.disk, t.vram, t.openvino_device, t.hardware,
+               t.threads, t.unified_gpu,
                tuple((k, tuple(v)) for k, v in sorted(t.prefer.items())),
                tuple(sorted(t.versions.items())) if t.versions is not None else None)
         if key not in memo:
@@ -128,6 +132,9 @@ def _plan_device(spec: Spec, device: Device, facts: Facts | None, observed: Agen
             f for f, a in zip(floors, admitted) if a))
         plan_ = candidates(dep, model, replace(target, budget=room, vram=vram))
         dp.deployments.append(plan_)
+        if dep.spec.speed is not None and target.hardware is None:
+            dp.warnings.append(f"{dep.name}: speed.min_tokens_per_s/max_ttft_ms not checked by the plan: "
+                               f"{target.no_speed}; the health gate's limits still check the real speed")
         if plan_.chosen is None:
             dp.status = "unfit"
             if floors[i] is not None:

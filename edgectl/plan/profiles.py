@@ -93,9 +93,27 @@ def disk_budget(profile: ProfileSpec, facts: Facts | None) -> int:
     return int(disk * (1 - DISK_HEADROOM))
 
 
+GPU_BACKENDS = ("cuda", "metal", "vulkan", "hip", "sycl", "opencl", "musa", "cann")  # as edgectl_agent.facts
+
+
+def _cpu_only_build(gpu: Accelerator, facts: Facts | None, warnings: list[str]) -> bool:
+    """True (with a warning saying why) when the device's agent reports a llama.cpp build without a GPU backend."""
+    if facts is None or facts.llamacpp_backends is None:
+        return False
+    if any(b in GPU_BACKENDS for b in facts.llamacpp_backends):
+        return False
+    want = gpu.llamacpp_backend or "cuda"
+    warnings.append(f"the device's llama.cpp build has only the {', '.join(facts.llamacpp_backends)} backend, so "
+                    f"{gpu.name} gets no layers; planning without GPU offload (install a {want} build of "
+                    f"llama-cpp-python on the device, e.g. CMAKE_ARGS=\"-DGGML_{want.upper()}=on\" pip install "
+                    f"llama-cpp-python)")
+    return True
+
+
 def vram_budget(profile: ProfileSpec, facts: Facts | None, warnings: list[str]) -> int:
     """Dedicated GPU memory llama.cpp may offload to, less the profile's headroom; 0 without a dedicated GPU, or
-    when the observed device reports none (then with a warning)."""
+    when the observed device reports none or its llama.cpp build has no GPU backend (then with a warning). An
+    observed GPU's own memory figure wins over the profile's."""
     gpus = [a for a in profile.accelerators if a.kind == "gpu" and a.memory_gb and not a.shared_memory]
     if not gpus:
         return 0
@@ -103,7 +121,23 @@ def vram_budget(profile: ProfileSpec, facts: Facts | None, warnings: list[str]) 
         warnings.append(f"the profile lists {gpus[0].name} but the device's agent reports no GPU; planning without "
                         "GPU offload (check the driver, or the llama.cpp build: it needs CUDA/Vulkan support)")
         return 0
-    return int(max(a.memory_gb for a in gpus) * GIB * (1 - profile.headroom))
+    if _cpu_only_build(gpus[0], facts, warnings):
+        return 0
+    total = max(a.memory_gb for a in gpus) * GIB
+    observed = [a.memory_bytes for a in (facts.accelerators if facts else []) if a.kind == "gpu" and a.memory_bytes]
+    if observed and max(observed) < total * 0.9:
+        warnings.append(f"the profile says {gpus[0].name} has {gib(total)} but the device reports "
+                        f"{gib(max(observed))}; planning GPU offload with {gib(max(observed))}")
+        total = max(observed)
+    return int(total * (1 - profile.headroom))
+
+
+def unified_gpu(profile: ProfileSpec, facts: Facts | None, warnings: list[str]) -> bool:
+    """True when llama.cpp offloads to a GPU that shares system RAM (a Jetson's CUDA, a Mac's Metal): the
+    profile's accelerator names its llama.cpp backend, and the device (when observed) has a build with a GPU
+    backend. Offloaded layers then count against the same RAM budget."""
+    gpus = [a for a in profile.accelerators if a.kind == "gpu" and a.shared_memory and a.llamacpp_backend]
+    return bool(gpus) and not _cpu_only_build(gpus[0], facts, warnings)
 
 
 def openvino_device(profile: ProfileSpec) -> str:

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from edgectl.plan.estimate import GIB, Estimate
+from edgectl.plan.speed import Speed
 from edgectl.spec import Quality, Recipe
 
 StepAction = Literal["build", "push", "activate", "remove"]
@@ -32,6 +33,7 @@ class Candidate:
     ram_bytes: int = 0  # system RAM it needs when part of it lives on the GPU (0 = estimate.total_bytes)
     native: bool = True  # built from a source of a type its builder reads (else after a conversion)
     device: str = ""  # OpenVINO device from the profile's accelerators ('' = the runtime's default, CPU)
+    speed: Speed | None = None  # expected tokens/s (None = the profile gives no figures to estimate it from)
 
     @property
     def ram_need(self) -> int:
@@ -50,7 +52,7 @@ class Candidate:
                 "quality_rank": self.quality_rank, "as_shipped": self.as_shipped, "buildable": self.buildable,
                 "reason": self.reason, "runtime": self.runtime, "gpu_layers": self.gpu_layers,
                 "device": self.device or None,
-                "ram_bytes": self.ram_need,
+                "ram_bytes": self.ram_need, "speed": self.speed.to_dict() if self.speed is not None else None,
                 "quality": self.quality.model_dump(mode="json") if self.quality is not None else None}
 
 

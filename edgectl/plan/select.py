@@ -12,6 +12,7 @@ from edgectl_agent.runtimes import catalog
 from edgectl.builders.registry import BUILDERS
 from edgectl.plan import compat, gguf
 from edgectl.plan.estimate import AGENT_BYTES, Estimate, estimate
+from edgectl.plan.speed import DEFAULT_PROMPT_TOKENS, Hardware, estimate_speed
 from edgectl.plan.formats import precision_rank, quality_rank
 from edgectl.plan.result import Candidate, DeploymentPlan, Rejected, gib, recipe_id, recipe_label
 from edgectl.spec import BuiltArtifact, Deployment, Model, Recipe
@@ -67,6 +68,10 @@ class Target:
     prefer: dict[str, list[str]] = field(default_factory=dict)  # runtime -> preferred quant types
     versions: dict[str, str] | None = None  # runtime -> version the agent reports (None = not observed)
     openvino_device: str = ""  # where OpenVINO runtimes run ('' = CPU)
+    hardware: Hardware | None = None  # what its speed is estimated from (None = no figures)
+    no_speed: str = ""  # why hardware is None
+    threads: int = 1  # the profile's default inference threads
+    unified_gpu: bool = False  # llama.cpp offloads to a GPU that shares system RAM (Jetson, Apple silicon)
 
 
 def _source_precision(model: Model, fmt: str, kind: str, available: frozenset[int] | None) -> tuple[str, bool, bool]:
@@ -182,6 +187,7 @@ def plan_deployment(dep: Deployment, model: Model, target: Target, built: dict[s
                 dp.rejected.append(Rejected(None, "no runtime on this device loads it; valid here: "
                                             + ", ".join(valid), label=quant))
     too_big: list[Candidate] = []
+    slow: list[Candidate] = []  # fit memory and disk, miss the deployment's speed
     choice: tuple[Candidate, list[Candidate]] | None = None
     for runtime, info in usable:
         fitting: list[Candidate] = []
@@ -191,8 +197,17 @@ def plan_deployment(dep: Deployment, model: Model, target: Target, built: dict[s
             if runtime == "llamacpp" and kind == "llm" and target.vram > 0 and not why_not:
                 gpu_layers, need = _offload(target, cand.estimate, model.spec.architecture.layers)
                 cand = replace(cand, gpu_layers=gpu_layers, ram_bytes=need)
+            elif runtime == "llamacpp" and kind == "llm" and target.unified_gpu and not why_not:
+                cand = replace(cand, gpu_layers=-1)  # same memory: the whole estimate stays in the RAM budget
             if runtime in OPENVINO_RUNTIMES and target.openvino_device:
                 cand = replace(cand, device=target.openvino_device)
+            if kind == "llm" and target.hardware is not None:
+                cand = replace(cand, speed=estimate_speed(
+                    model.spec.architecture, cand.estimate.weights_bytes, target.hardware,
+                    threads=dep.spec.threads or target.threads, gpu_layers=cand.gpu_layers,
+                    prompt_tokens=dep.spec.speed.prompt_tokens if dep.spec.speed else DEFAULT_PROMPT_TOKENS,
+                    runtime=runtime))
+            too_slow = _too_slow(dep, cand) if not why_not else ""
             if why_not:
                 dp.rejected.append(Rejected(cand.recipe, why_not, recipe_label(cand.recipe), cand.estimate.total_bytes))
             elif need > budget:
@@ -203,6 +218,10 @@ def plan_deployment(dep: Deployment, model: Model, target: Target, built: dict[s
                 too_big.append(cand)
                 dp.rejected.append(Rejected(cand.recipe, f"artifact {gib(cand.estimate.weights_bytes)} exceeds free "
                                                          f"disk {gib(disk)}", recipe_label(cand.recipe), need))
+            elif too_slow:
+                slow.append(cand)
+                dp.rejected.append(Rejected(cand.recipe, f"fits ({gib(need)} of {gib(budget)}), but {too_slow}",
+                                            recipe_label(cand.recipe), need))
             else:
                 fitting.append(cand)
         if not fitting:
@@ -215,11 +234,18 @@ def plan_deployment(dep: Deployment, model: Model, target: Target, built: dict[s
                                                           f"device's runtimes", recipe_label(other.recipe),
                                             other.ram_bytes or other.estimate.total_bytes, fits=True))
     if choice is None:
-        _explain_unfit(dp, dep, model, too_big, budget)
+        if slow:
+            _explain_too_slow(dp, dep, slow)
+        else:
+            _explain_unfit(dp, dep, model, too_big, budget)
         return dp
     best, fitting = choice
     preferred = target.prefer.get(best.runtime, [])
-    dp.chosen = replace(best, reason=_why(best, budget, preferred, fitting))
+    reason = _why(best, budget, preferred, fitting)
+    if dep.spec.speed is not None and best.speed is not None:
+        reason += (f"; meets the deployment's speed (estimated {best.speed.decode_tokens_per_s:.1f} tokens/s decode, "
+                   f"{best.speed.ttft_ms:.0f} ms to the first token of a {best.speed.prompt_tokens}-token prompt)")
+    dp.chosen = replace(best, reason=reason)
     for other in fitting:
         if other is not best:
             dp.rejected.append(Rejected(other.recipe, _lost_to(other, best, preferred), recipe_label(other.recipe),
@@ -271,6 +297,30 @@ def _best(fitting: list[Candidate], preferred: list[str]) -> Candidate:
     return rank_candidates(fitting)[0]
 
 
+def _too_slow(dep: Deployment, c: Candidate) -> str:
+    """Why ``c``'s estimated speed misses the deployment's speed requirement ('' = it meets it, or there is no
+    requirement, or no estimate to check it with: then the planner warns)."""
+    want, s = dep.spec.speed, c.speed
+    if want is None or s is None:
+        return ""
+    misses = []
+    if want.min_tokens_per_s is not None and s.decode_tokens_per_s < want.min_tokens_per_s:
+        misses.append(f"estimated {s.decode_tokens_per_s:.1f} tokens/s decode < min_tokens_per_s "
+                      f"{want.min_tokens_per_s:g}")
+    if want.max_ttft_ms is not None and s.ttft_ms > want.max_ttft_ms:
+        misses.append(f"estimated time to first token {s.ttft_ms:.0f} ms for a {s.prompt_tokens}-token prompt > "
+                      f"max_ttft_ms {want.max_ttft_ms:g}")
+    return "; ".join(misses)
+
+
+def _explain_too_slow(dp: DeploymentPlan, dep: Deployment, slow: list[Candidate]) -> None:
+    fastest = max(slow, key=lambda c: c.speed.decode_tokens_per_s)
+    dp.unfit = (f"nothing that fits is fast enough: the fastest, {recipe_label(fastest.recipe)}, "
+                f"{_too_slow(dep, fastest)} ({fastest.speed.basis})")
+    dp.hint = ("lower speed.min_tokens_per_s / speed.max_ttft_ms, choose a smaller model, or deploy to a faster "
+               "device")
+
+
 def _explain_unfit(dp: DeploymentPlan, dep: Deployment, model: Model, too_big: list[Candidate], budget: int) -> None:
     if not too_big:
         dp.unfit = "no candidate artifact: " + ("; ".join(f"{r.label}: {r.reason}" for r in dp.rejected) or "none")
@@ -311,7 +361,9 @@ def _why(c: Candidate, budget: int, preferred: list[str], fitting: list[Candidat
         f"not buildable here: no source of the model is available on this machine "
         f"(best known: {c.recipe.source_precision})")
     ram = c.ram_bytes or c.estimate.total_bytes
-    gpu = ("; all layers on the GPU" if c.gpu_layers == -1 else
+    gpu = ("; all layers on the GPU (it shares system RAM: counted in the RAM budget)"
+           if c.gpu_layers == -1 and not c.ram_bytes else
+           "; all layers on the GPU" if c.gpu_layers == -1 else
            f"; {c.gpu_layers} layers on the GPU" if c.gpu_layers > 0 else "")
     if c.device:
         gpu += f"; on OpenVINO device {c.device} (the profile's accelerators)"

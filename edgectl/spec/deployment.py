@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Any, Literal
 
 from edgectl_agent.api import ArtifactFormat
@@ -74,6 +75,47 @@ class HealthGate(Frozen):
                                                                            "decodes slower than this (tokens after "
                                                                            "the first, as the agent timed them).")
     max_tokens: int = Field(default=8, ge=1, le=256, description="Tokens the smoke request generates.")
+    prompt: str = Field(default="Say hello.", min_length=1, max_length=4000,
+                        description="The user message of the smoke request (LLMs); sent at temperature 0.")
+    expect_contains: str | None = Field(default=None, min_length=1,
+                                        description="Fail the gate when the smoke answer does not contain this text "
+                                                    "(case-insensitive), e.g. prompt 'What is the capital of "
+                                                    "France?' and expect_contains 'Paris'. Give max_tokens room "
+                                                    "for it.")
+    expect_regex: str | None = Field(default=None, min_length=1,
+                                     description="Fail the gate when this regular expression (Python re.search) "
+                                                 "finds nothing in the smoke answer.")
+
+    @field_validator("prompt", "expect_contains", "expect_regex")
+    @classmethod
+    def _no_template_markers(cls, text: str | None) -> str | None:
+        # The Ansible engine hands these to its role as host variables, which Ansible would evaluate as Jinja.
+        if text is not None and any(m in text for m in ("{{", "{%", "{#")):
+            raise ValueError("may not contain '{{', '{%' or '{#' (the Ansible engine would evaluate them as a "
+                             "template); rephrase, or put a space between the braces")
+        return text
+
+    @field_validator("expect_regex")
+    @classmethod
+    def _compiles(cls, pattern: str | None) -> str | None:
+        if pattern is not None:
+            try:
+                re.compile(pattern)
+            except re.error as e:
+                raise ValueError(f"not a regular expression: {e}") from None
+        return pattern
+
+
+class SpeedRequirement(Frozen):
+    min_tokens_per_s: float | None = Field(default=None, gt=0, description="Plan only artifacts whose estimated "
+                                                                           "decode rate on the device is at least "
+                                                                           "this (tokens/s).")
+    max_ttft_ms: float | None = Field(default=None, gt=0, description="Plan only artifacts whose estimated time to "
+                                                                      "first token for a prompt_tokens prompt is at "
+                                                                      "most this (ms).")
+    prompt_tokens: int = Field(default=512, ge=1, le=1_048_576,
+                               description="The prompt size the estimates assume: prefill of this many tokens is "
+                                           "the time to first token, and decode reads their KV cache.")
 
 
 class Rollout(Frozen):
@@ -107,6 +149,10 @@ class DeploymentSpec(Frozen):
                                             description="Extra options passed to the runtime (e.g. n_batch for llama.cpp).")
     rollout: Rollout = Field(default_factory=lambda: Rollout(),
                              description="How the change reaches the selected devices: waves, health gate, rollback.")
+    speed: SpeedRequirement | None = Field(
+        default=None, description="Speed the plan must meet by estimate (edgectl/plan/speed.py): the best quality "
+                                  "that fits memory and meets it is chosen. The same names in "
+                                  "rollout.health_gate check the real speed after activation.")
 
 
 class Deployment(Document):

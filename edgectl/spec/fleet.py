@@ -114,6 +114,10 @@ class ProfileOverrides(Frozen):
     os_reserved_gb: float | None = Field(default=None, ge=0, description="Override the RAM reserved for the OS.")
     disk_gb: float | None = Field(default=None, gt=0, description="Override the storage for artifacts in GB.")
     default_threads: int | None = Field(default=None, gt=0, description="Override the inference thread count.")
+    memory_bandwidth_gbps: float | None = Field(default=None, gt=0, description="Override the peak memory "
+                                                                                "bandwidth in GB/s (speed estimates).")
+    compute_gflops: float | None = Field(default=None, gt=0, description="Override the CPU's peak GFLOPS (speed "
+                                                                         "estimates).")
 
 
 class AgentEndpoint(Frozen):

@@ -29,6 +29,17 @@ class Accelerator(Frozen):
                                     description="Dedicated memory in GB; omit when it shares system RAM.")
     shared_memory: bool = Field(default=False, description="True when it uses system RAM (unified memory, iGPU).")
     tops: float | None = Field(default=None, ge=0, description="Vendor-stated peak INT8 TOPS, for information.")
+    memory_bandwidth_gbps: float | None = Field(
+        default=None, gt=0, description="Peak bandwidth of its dedicated memory in GB/s (10^9 bytes), as the vendor "
+                                        "states it; the planner's speed estimate for layers offloaded to it.")
+    compute_gflops: float | None = Field(
+        default=None, gt=0, description="Peak FP16/FP32 matrix throughput in GFLOPS, as the vendor states it; the "
+                                        "prefill estimate for layers offloaded to it.")
+    llamacpp_backend: Literal["cuda", "metal", "vulkan", "hip", "sycl"] | None = Field(
+        default=None, description="The llama.cpp backend that drives this accelerator in the device class's usual "
+                                  "build (a Jetson's CUDA, a Mac's Metal). A GPU sharing system RAM gets llama.cpp "
+                                  "offload planned only when this is set (against the shared RAM budget); a "
+                                  "device whose agent reports a llama.cpp build without it gets no offload.")
     openvino_device: str | None = Field(
         default=None, pattern=r"^[A-Z][A-Z0-9_]*(\.[0-9]+)?$",
         description="The OpenVINO device name that drives this accelerator (GPU, GPU.1, NPU). OpenVINO artifacts run "
@@ -51,6 +62,14 @@ class ProfileSpec(Frozen):
     runtimes: list[RuntimeName] = Field(min_length=1,
                                         description="Runtimes this device can run, in order of preference.")
     default_threads: int = Field(gt=0, description="Inference threads used unless a deployment says otherwise.")
+    memory_bandwidth_gbps: float | None = Field(
+        default=None, gt=0, description="Peak system memory bandwidth in GB/s (10^9 bytes/s), from the vendor's "
+                                        "figures (channels x width x transfer rate). Decode speed estimates come "
+                                        "from it; omitted = no speed estimate.")
+    compute_gflops: float | None = Field(
+        default=None, gt=0, description="Peak FP32 throughput of all CPU cores in GFLOPS (cores x GHz x FLOPs per "
+                                        "cycle). Prefill speed estimates come from it; omitted = no speed "
+                                        "estimate.")
     quant_preference: dict[RuntimeName, list[str]] = Field(
         default_factory=dict,
         description="Per runtime, quant types this device class runs best, most preferred first (e.g. llamacpp: "

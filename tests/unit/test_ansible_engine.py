@@ -185,3 +185,28 @@ def test_the_roles_gate_is_edgectls_gate_rule():
     assert filters["edgectl_gate_detail"]({}) == "ready"
     deliver = (engine.playbook_dir() / "roles/edgectl_agent/tasks/deliver.yml").read_text()
     assert "edgectl_gate_problems(edgectl_smoke)" in deliver and "min_tokens_per_s | float" not in deliver
+
+
+def test_the_roles_gate_reads_the_answer_with_edgectls_rule():
+    """The role sends the gate's prompt and hands the answer's text to the filter plugin under 'text'."""
+    import importlib.util
+
+    from edgectl.agent_client import SmokeResult
+    from edgectl.apply.rollout import gate_as_data, gate_problems
+    from edgectl.spec.deployment import HealthGate
+
+    spec = importlib.util.spec_from_file_location("edgectl_gate", engine.playbook_dir() / "filter_plugins" /
+                                                  "edgectl_gate.py")
+    plugin = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(plugin)
+    filters = plugin.FilterModule().filters()
+    gate = HealthGate(prompt="What is the capital of France?", max_tokens=16, expect_contains="Paris")
+    timings = {"ttft_s": 0.004, "tokens": 9, "decode_s": 0.1}
+    data = gate_as_data(gate, "llm")
+    assert filters["edgectl_gate_problems"](timings | {"text": "It is Paris."}, data) == []
+    assert filters["edgectl_gate_problems"](timings | {"text": "Berlin"}, data) == gate_problems(
+        gate, SmokeResult(0.004, 9, 0.1, text="Berlin"))
+    assert filters["edgectl_gate_detail"](timings, data).endswith("answer contains 'Paris'")
+    deliver = (engine.playbook_dir() / "roles/edgectl_agent/tasks/deliver.yml").read_text()
+    assert "combine({'text': edgectl_text}) | edgectl_gate_problems(edgectl_smoke)" in deliver
+    assert "edgectl_smoke.prompt" in deliver and "edgectl_gate_detail(edgectl_smoke)" in deliver

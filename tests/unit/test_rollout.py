@@ -64,3 +64,27 @@ def test_health_gate_judges_the_agents_timings() -> None:
     assert gate_problems(HealthGate(), old_agent) == []  # without limits, text is enough
     (why,) = gate_problems(HealthGate(max_ttft_ms=1000), old_agent)
     assert "reported no timings" in why
+
+
+def test_health_gate_reads_the_answer() -> None:
+    """expect_contains (case-insensitive) and expect_regex judge the smoke answer's text (the Ansible role's filter
+    plugin uses the same rule: tests/unit/test_ansible_engine.py)."""
+    from edgectl.agent_client import SmokeResult
+    from edgectl.apply.rollout import gate_detail, gate_problems
+    from edgectl.spec.deployment import HealthGate
+
+    gate = HealthGate(prompt="What is the capital of France?", max_tokens=16, expect_contains="paris")
+    good = SmokeResult(ttft_s=0.004, tokens=9, decode_s=0.1, text="The capital of France is Paris.")
+    garbage = SmokeResult(ttft_s=0.004, tokens=9, decode_s=0.1, text="water oil water oil")
+    assert gate_problems(gate, good) == []
+    assert gate_detail(good, gate).endswith("answer contains 'paris'")
+    (why,) = gate_problems(gate, garbage)
+    assert why == "the answer to 'What is the capital of France?' does not contain 'paris': 'water oil water oil'"
+    regex = HealthGate(expect_regex=r"^\s*\{.*\}\s*$")
+    assert gate_problems(regex, SmokeResult(0.1, 3, 0.1, text=' {"a": 1} ')) == []
+    assert "does not match expect_regex" in gate_problems(regex, garbage)[0]
+    assert "does not contain" in gate_problems(gate, SmokeResult(0.1, 3, 0.1, text=None))[0]
+    with pytest.raises(ValueError, match="not a regular expression"):
+        HealthGate(expect_regex="(")
+    with pytest.raises(ValueError, match="would evaluate them as a template"):
+        HealthGate(prompt="Say {{ lookup('pipe', 'id') }}")

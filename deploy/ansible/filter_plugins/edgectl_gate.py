@@ -1,7 +1,8 @@
 """The health gate's verdict for the edgectl_agent role, from edgectl's own rule (edgectl.apply.rollout), so the
 Ansible engine and edgectl's own engine judge the agent's timings of the smoke request with the same function.
 
-    {{ edgectl_timings | edgectl_gate_problems(edgectl_smoke) }}   -> [] when the gate passes, else the reasons
+    {{ edgectl_timings | combine({'text': edgectl_text}) | edgectl_gate_problems(edgectl_smoke) }}
+        -> [] when the gate passes, else the reasons (the agent's timings, and the answer's text under 'text')
     {{ edgectl_timings | edgectl_gate_detail }}                    -> 'ttft 4 ms, 80.0 tok/s as timed by the agent'
 
 Templating runs on the controller, in the environment of edgectl (ansible-playbook comes from it).
@@ -13,13 +14,15 @@ from __future__ import annotations
 def edgectl_gate_problems(timings, smoke):
     from edgectl.apply.rollout import gate_from_data, gate_problems, smoke_from_timings
 
-    return gate_problems(gate_from_data(smoke), smoke_from_timings(timings or None))
+    timings = dict(timings or {})
+    text = timings.pop("text", None)
+    return gate_problems(gate_from_data(smoke), smoke_from_timings(timings or None, text))
 
 
-def edgectl_gate_detail(timings):
-    from edgectl.apply.rollout import gate_detail, smoke_from_timings
+def edgectl_gate_detail(timings, smoke=None):
+    from edgectl.apply.rollout import gate_detail, gate_from_data, smoke_from_timings
 
-    return gate_detail(smoke_from_timings(timings or None))
+    return gate_detail(smoke_from_timings(timings or None), gate_from_data(smoke) if smoke else None)
 
 
 class FilterModule:

@@ -1,0 +1,77 @@
+"""The speed estimate (edgectl/plan/speed.py): the calibration point it was fitted on, and how it moves with the
+bytes read, the threads, the prompt and GPU offload. bench/speed.py checks it against llama.cpp on the machine."""
+
+from __future__ import annotations
+
+import pytest
+
+from edgectl.plan import speed
+from edgectl.plan.speed import Hardware, bytes_per_token, estimate_speed
+from edgectl.spec.model import Architecture
+
+MIB = 2**20
+SMOLLM2 = Architecture(family="llama", parameters=134_515_008, layers=30, hidden_size=576, attention_heads=9,
+                       kv_heads=3, head_dim=64, vocab_size=49152, max_context=8192, tied_embeddings=True)
+LLAMA_1B = Architecture(family="llama", parameters=1_235_814_400, layers=16, hidden_size=2048, attention_heads=32,
+                        kv_heads=8, head_dim=64, vocab_size=128256, max_context=131072, tied_embeddings=True)
+# This repository's machine as bench/speed.py measured it (2 threads): numpy copy 63.8 GB/s, sgemm 239 GFLOPS.
+HERE = Hardware(bandwidth=63.8e9, compute=239e9, cores=2)
+
+
+def test_the_calibration_point_is_reproduced() -> None:
+    """SmolLM2 Q4_1 (93.8 MiB file), 250-token prompt: llama.cpp measured 124 tokens/s decode, 452 prefill."""
+    s = estimate_speed(SMOLLM2, int(93.8 * MIB), HERE, threads=2, prompt_tokens=250)
+    assert s.decode_tokens_per_s == pytest.approx(124, rel=0.1)
+    assert s.prefill_tokens_per_s == pytest.approx(452, rel=0.1)
+    assert s.source == "estimated" and s.ttft_ms == pytest.approx(1000 * 250 / s.prefill_tokens_per_s)
+
+
+def test_decode_is_bandwidth_bound_for_a_larger_model() -> None:
+    q4 = estimate_speed(LLAMA_1B, 800 * MIB, HERE, threads=2).decode_tokens_per_s
+    q8 = estimate_speed(LLAMA_1B, 1300 * MIB, HERE, threads=2).decode_tokens_per_s
+    assert 1.4 < q4 / q8 < 1.65  # bytes ratio 1.625, less the fixed per-layer cost
+
+
+def test_kv_cache_of_the_prompt_is_read_per_token_and_untied_embeddings_are_not() -> None:
+    short = bytes_per_token(LLAMA_1B, 10**9, 0)
+    assert bytes_per_token(LLAMA_1B, 10**9, 1000) - short == 2 * 16 * 8 * 64 * 2 * 1000
+    untied = LLAMA_1B.model_copy(update={"tied_embeddings": False})
+    assert bytes_per_token(untied, 10**9, 0) < short
+
+
+def test_threads_scale_prefill_not_decode_bandwidth() -> None:
+    one = estimate_speed(LLAMA_1B, 800 * MIB, HERE, threads=1)
+    two = estimate_speed(LLAMA_1B, 800 * MIB, HERE, threads=2)
+    assert two.prefill_tokens_per_s == pytest.approx(2 * one.prefill_tokens_per_s)
+    assert two.decode_tokens_per_s == one.decode_tokens_per_s
+    assert estimate_speed(LLAMA_1B, 800 * MIB, HERE, threads=64).prefill_tokens_per_s == two.prefill_tokens_per_s
+
+
+def test_offloaded_layers_go_at_the_gpu_figures() -> None:
+    box = Hardware(bandwidth=58e9, compute=1600e9, cores=16, gpu_bandwidth=700e9, gpu_compute=57e12)
+    cpu = estimate_speed(LLAMA_1B, 800 * MIB, box, threads=16)
+    half = estimate_speed(LLAMA_1B, 800 * MIB, box, threads=16, gpu_layers=8)
+    full = estimate_speed(LLAMA_1B, 800 * MIB, box, threads=16, gpu_layers=-1)
+    assert cpu.decode_tokens_per_s < half.decode_tokens_per_s < full.decode_tokens_per_s
+    assert full.prefill_tokens_per_s > 10 * cpu.prefill_tokens_per_s
+
+
+def test_profile_figures_are_peaks_and_missing_ones_are_named() -> None:
+    from edgectl.load import builtin_profiles_dir, load_text
+
+    path = builtin_profiles_dir() / "raspberry-pi-5.yaml"
+    profile = load_text(path.read_text(), str(path))[0].spec
+    hw = speed.hardware(profile, "raspberry-pi-5")
+    assert hw.bandwidth == pytest.approx(profile.memory_bandwidth_gbps * 1e9 * speed.PEAK_TO_SUSTAINED)
+    assert "raspberry-pi-5: 17.1 GB/s" in hw.basis
+    bare = profile.model_copy(update={"compute_gflops": None})
+    assert speed.hardware(bare, "x") is None
+    assert "no compute_gflops" in speed.missing_figures(bare)
+
+
+def test_every_builtin_profile_has_speed_figures() -> None:
+    from edgectl.load import builtin_profiles_dir, load_text
+
+    for path in builtin_profiles_dir().glob("*.yaml"):
+        profile = load_text(path.read_text(), str(path))[0].spec
+        assert speed.hardware(profile, path.stem) is not None, path.name
