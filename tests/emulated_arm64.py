@@ -79,7 +79,8 @@ def ensure_rootfs_tarball(log=print) -> Path:
             if f.is_file():
                 f.unlink()
     partial = tarball.with_suffix(".partial")
-    subprocess.run(["tar", "-C", str(work), "-czf", str(partial), "."], check=True)
+    subprocess.run(["tar", "-C", str(work), "--exclude=./proc/*", "--exclude=./sys/*", "-czf", str(partial), "."],
+                   check=True)
     partial.rename(tarball)
     shutil.rmtree(work, ignore_errors=True)
     log(f"emulated arm64: root file system cached as {tarball} ({tarball.stat().st_size >> 20} MiB, "
@@ -148,7 +149,7 @@ class Arm64Device:
         """Stop the detached agent (its pid file under the agent dir, /root/.edgectl-agent by default)."""
         import signal
 
-        for pid_file in (self.root / "root").rglob("agent.pid"):
+        for pid_file in (self.root / "root").rglob("agent.pid"):  # the agent dir of SSH user root
             try:
                 os.kill(int(pid_file.read_text().strip()), signal.SIGKILL)
             except (OSError, ValueError):
