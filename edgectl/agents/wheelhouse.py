@@ -297,12 +297,17 @@ def _build_for(extras: list[str], target: TargetPlatform, progress: StageProgres
         agent_wheel = sorted(house.glob(f"edgectl_agent-{AGENT_VERSION}-*.whl"))
     requirement_text = requirement(str(agent_wheel[0]), extras)
     needed = _source_only_needed(requirement_text)
+    local = local_platform()
     for dist in needed:
         version = installed_version(dist)
         if version is None:
             raise TransportError(f"{dist} is not installed on this machine, so edgectl does not know which version "
                                  f"to build for {target}",
                                  hint=f"pip install 'edgectl-agent[{','.join(extras)}]' here first (setup.sh does)")
+        if (target.os, target.arch, target.libc) == (local.os, local.arch, local.libc):
+            # only the Python differs: this machine's wheel of a ctypes library (py3-none) fits (pip's cache has it)
+            _run_pip(wheel_argv(house, f"{dist}=={version}", [], no_deps=True), house, f"building {dist}")
+            continue
         wheel = cross_build(dist, version, target, progress)
         shutil.copy2(wheel, house / wheel.name)
     constraints = house / "constraints.txt"
