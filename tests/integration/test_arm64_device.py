@@ -160,6 +160,6 @@ def test_apply_bootstraps_an_emulated_aarch64_device_and_serves(tmp_path, arm64_
         assert (device.root / AGENT_DIR / "agent.pid").read_text() == pid
         planned = edgectl("plan", str(mdir), env=env)
         assert "platform linux/aarch64, libc 2.36, Python 3.11" in planned.stdout, planned.stdout
-        print(f"cold apply (cached root fs and cross build): {cold_s:.0f} s", file=sys.stderr)
+        print(f"first apply to a fresh emulated device: {cold_s:.0f} s", file=sys.stderr)
     finally:
         device.close()
