@@ -2,8 +2,8 @@
 
 edgectl reads the device's platform first (edgectl.agents.platform: OS, architecture, libc, Python), builds the
 edgectl-agent wheel plus the wheels of the runtime extras the plan needs for that platform on this machine (cached
-in a wheelhouse per platform: edgectl.agents.wheelhouse, cross-compiling what ships only as source), pushes them, creates a venv on the device and installs with ``pip --no-index``; then starts the
-agent as transport.service says: a systemd system unit (SSH user root), a systemd user unit with linger enabled (so
+in a wheelhouse per platform: edgectl.agents.wheelhouse, cross-compiling what ships only as source), pushes them,
+creates a venv on the device and installs with ``pip --no-index``; then starts the agent as transport.service says: a systemd system unit (SSH user root), a systemd user unit with linger enabled (so
 it starts at boot, not at the user's first login), or a detached process (nohup); 'auto' picks the first the device
 supports.
 When the fleet signs deployments, the agent is installed with the ``sign`` extra and pinned to the fleet's public key
@@ -62,6 +62,11 @@ ALIVE_SCRIPT = 'kill -0 "$(cat "$1" 2>/dev/null)" 2>/dev/null'
 STOP_SCRIPT = ('pid=$(cat "$1" 2>/dev/null) || exit 0; kill "$pid" 2>/dev/null || exit 0; i=0; '
                'while kill -0 "$pid" 2>/dev/null && [ $i -lt 100 ]; do sleep 0.1; i=$((i+1)); done; '
                'kill -9 "$pid" 2>/dev/null; rm -f "$1"')
+# The Ansible engine's check that a device can take this machine's wheelhouse (it pushes only the local one):
+# "major.minor machine", compared with this machine's. The SSH installer reads the full platform instead
+# (edgectl.agents.platform.PLATFORM_SCRIPT) and builds a wheelhouse for it.
+SAME_PLATFORM_SCRIPT = ("import sys, platform; "
+                        "print(f'{sys.version_info[0]}.{sys.version_info[1]} {platform.machine()}')")
 INSTALLED_SCRIPT = ("import sys, importlib.metadata as m\n"
                     "print(m.version('edgectl-agent'))\n"
                     "for d in sys.argv[1:]: m.version(d)\n")

@@ -125,13 +125,3 @@ def local_platform() -> TargetPlatform:
                           implementation=sys.implementation.name)
 
 
-
-def local_probe_text() -> str:
-    """What :data:`PLATFORM_SCRIPT` prints on this machine (the Ansible engine compares a device's with it)."""
-    import contextlib
-    import io
-
-    out = io.StringIO()
-    with contextlib.redirect_stdout(out):
-        exec(PLATFORM_SCRIPT, {})  # noqa: S102 (our own constant: the same probe the devices run)
-    return out.getvalue().strip()

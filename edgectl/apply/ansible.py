@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import platform
 import shlex
 import sys
 import tempfile
@@ -300,7 +301,6 @@ def bootstrap_vars(ctx: DeviceContext, runtimes: Iterable[str], houses: dict[tup
     pinned to the fleet's verify key when it signs (written only where the device has none yet, as edgectl's SSH
     bootstrap does: trust on first use, a pinned key is never replaced), and pinned still where it has one."""
     from edgectl.agents import install_venv as bootstrap
-    from edgectl.agents.platform import local_probe_text
 
     t = ctx.device.transport
     layout = bootstrap.RemoteLayout(t.agent_dir, t.venv)
@@ -313,8 +313,8 @@ def bootstrap_vars(ctx: DeviceContext, runtimes: Iterable[str], houses: dict[tup
     return {
         "edgectl_agent_version": AGENT_VERSION,
         "edgectl_venv": layout.venv,
-        "edgectl_platform": local_probe_text(),
-        "edgectl_platform_script": bootstrap.PLATFORM_SCRIPT,
+        "edgectl_platform": f"{sys.version_info[0]}.{sys.version_info[1]} {platform.machine()}",
+        "edgectl_platform_script": bootstrap.SAME_PLATFORM_SCRIPT,
         "edgectl_wheels": [str(w) for w in sorted(house.glob("*.whl"))],
         "edgectl_installed_argv": bootstrap.installed_argv(layout, runtimes, sign=sign),
         "edgectl_venv_argv": bootstrap.venv_argv(t.python, layout),
