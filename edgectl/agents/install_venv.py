@@ -3,7 +3,8 @@
 edgectl reads the device's platform first (edgectl.agents.platform: OS, architecture, libc, Python), builds the
 edgectl-agent wheel plus the wheels of the runtime extras the plan needs for that platform on this machine (cached
 in a wheelhouse per platform: edgectl.agents.wheelhouse, cross-compiling what ships only as source), pushes them,
-creates a venv on the device and installs with ``pip --no-index``; then starts the agent as transport.service says: a systemd system unit (SSH user root), a systemd user unit with linger enabled (so
+creates a venv on the device and installs with ``pip --no-index``; then starts the agent as transport.service says:
+a systemd system unit (SSH user root), a systemd user unit with linger enabled (so
 it starts at boot, not at the user's first login), or a detached process (nohup); 'auto' picks the first the device
 supports.
 When the fleet signs deployments, the agent is installed with the ``sign`` extra and pinned to the fleet's public key

@@ -8,6 +8,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import zipfile
+from types import SimpleNamespace
 from pathlib import Path
 
 import pytest
@@ -130,3 +131,28 @@ def test_a_platform_without_index_wheels_is_refused_before_any_build(tmp_path, m
     with pytest.raises(TransportError, match="no wheels for android/aarch64 bionic"):
         wheelhouse.build_wheelhouse(["llama"], termux)
     assert not any(Path(tmp_path).iterdir())
+
+
+class _ProbedTransport:
+    """Just what probe_platform uses of an SshTransport: the device's answer to the probe."""
+
+    def __init__(self, rc: int, out: str, err: str = "") -> None:
+        self.name, self.spec, self.argv = "pi", SimpleNamespace(python="/usr/bin/python3"), None
+        self._answer = subprocess.CompletedProcess([], rc, out, err)
+
+    def run(self, argv, timeout=60.0):
+        self.argv = argv
+        return self._answer
+
+
+def test_the_installer_probes_the_device_platform_and_explains_failures():
+    from edgectl.agents.install_venv import probe_platform
+    from edgectl.errors import TransportError
+
+    t = _ProbedTransport(0, "os=linux\nmachine=aarch64\nlibc=glibc\nlibc_version=2.36\npython=3.11\n")
+    assert probe_platform(t) == PI and t.argv == ["/usr/bin/python3", "-c", PLATFORM_SCRIPT]
+    with pytest.raises(TransportError, match="cannot run /usr/bin/python3 there: not found") as e:
+        probe_platform(_ProbedTransport(127, "", "not found"))
+    assert "transport.python" in e.value.hint
+    with pytest.raises(TransportError, match="did not say which platform"):
+        probe_platform(_ProbedTransport(0, "Python 2.7\n"))
