@@ -3,9 +3,9 @@ chroot under qemu-user-static (binfmt_misc), with its own sshd on a 127.0.0.1 po
 
 The root file system is made once with ``debootstrap --arch=arm64`` (python3, python3-venv, openssh-server; about
 5 minutes) and cached packed under ``~/.cache/edgectl/arm64`` (``EDGECTL_TEST_CACHE`` overrides); each test
-session unpacks it in seconds. No systemd runs there (the agent runs detached) and the host's /sys is never mounted
-into it (onnxruntime crashed under qemu with it); /proc and /dev are. Needs root (chroot, mounts) and Debian's
-qemu-user-static and debootstrap: :func:`require_emulation` fails naming what to install, never skips.
+session unpacks it in seconds. No systemd runs there (the agent runs detached); the host's /sys is never mounted
+into it (onnxruntime crashed under qemu with it), nor the host's /dev; /proc is. Needs root (chroot, mounts) and
+Debian's qemu-user-static and debootstrap: :func:`require_emulation` fails naming what to install, never skips.
 """
 
 from __future__ import annotations
@@ -121,13 +121,12 @@ class Arm64Device:
         (self.root / "etc/ssh/edgectl_authorized_keys").write_text(self.client_key.with_suffix(".pub").read_text())
         (self.root / "etc/ssh/edgectl_sshd_config").write_text(sshd_config(self.port))
         (self.root / "run/sshd").mkdir(parents=True, exist_ok=True)
-        for kind, where in (("proc", "proc"), ("dev", "dev")):
-            target = self.root / where
-            if not os.path.ismount(target):
-                argv = ["mount", "-t", "proc", "proc", str(target)] if kind == "proc" else \
-                    ["mount", "--bind", "/dev", str(target)]
-                subprocess.run(argv, check=True)
-                self._mounts.append(target)
+        # /proc only: debootstrap made the device nodes sshd and Python need (null, urandom, tty, ptmx) in its /dev,
+        # and a bind-mounted host /dev under a test's tmp folder could be emptied by a later cleanup
+        proc = self.root / "proc"
+        if not os.path.ismount(proc):
+            subprocess.run(["mount", "-t", "proc", "proc", str(proc)], check=True)
+            self._mounts.append(proc)
         self.proc = subprocess.Popen(["chroot", str(self.root), "/usr/sbin/sshd", "-D", "-f",
                                       "/etc/ssh/edgectl_sshd_config", "-E", "/var/log/edgectl-sshd.log"],
                                      stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
