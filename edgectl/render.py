@@ -23,7 +23,8 @@ def render_plan(p, contexts) -> None:
         ctx = contexts.get(dp.device)
         color = {"ok": "green", "unfit": "red"}.get(dp.status, "yellow")
         budget = f"  RAM budget {gib(dp.budget_bytes)}" if dp.budget_bytes else ""
-        out.print(f"[bold]{dp.device}[/bold]  profile {dp.profile}  [{color}]{dp.status}[/]{budget}")
+        where = f"  platform {escape(dp.platform)}" if dp.platform else ""
+        out.print(f"[bold]{dp.device}[/bold]  profile {dp.profile}  [{color}]{dp.status}[/]{budget}{where}")
         if ctx is not None and ctx.error:
             out.print(f"  [yellow]unreachable:[/yellow] {escape(ctx.error)}")
         for w in dp.warnings:

@@ -28,8 +28,10 @@ echo "edgectl setup: installing edgectl and edgectl-agent into .venv (first run 
 
 if [ "${1:-}" = "test" ]; then
   # Debian packages the integration tests run for real: Prometheus (+ promtool), OpenSSH's server, Docker's engine
-  # (the tests start their own dockerd), debootstrap (deploy/docker/make-base.sh makes the agent image's base),
-  # systemd's systemd-analyze, and for pull mode Distribution (docker-registry), htpasswd and the Pushgateway.
+  # (the tests start their own dockerd), debootstrap (deploy/docker/make-base.sh makes the agent image's base; the
+  # emulated aarch64 device's root file system), systemd's systemd-analyze, qemu-user-static and the aarch64 cross
+  # compilers (an aarch64 device emulated here, and llama.cpp cross-built for it), and for pull mode Distribution
+  # (docker-registry), htpasswd and the Pushgateway.
   need=()
   command -v prometheus >/dev/null || need+=(prometheus)
   [ -x /usr/sbin/sshd ] || need+=(openssh-server)
@@ -40,6 +42,9 @@ if [ "${1:-}" = "test" ]; then
   [ -x /usr/bin/docker-registry ] || need+=(docker-registry)
   command -v htpasswd >/dev/null || need+=(apache2-utils)
   command -v prometheus-pushgateway >/dev/null || need+=(prometheus-pushgateway)  # pull devices' status reports
+  # the emulated aarch64 device (tests/emulated_arm64.py) and the aarch64 cross build of llama.cpp
+  [ -x /usr/bin/qemu-aarch64-static ] || need+=(qemu-user-static)
+  command -v aarch64-linux-gnu-g++ >/dev/null || need+=(gcc-aarch64-linux-gnu g++-aarch64-linux-gnu)
   if [ ${#need[@]} -gt 0 ]; then
     if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
       echo "edgectl setup: apt-get install ${need[*]}" >&2

@@ -82,6 +82,10 @@ class Facts(Wire):
     hostname: str = Field(description="Host name of the device.")
     arch: str = Field(description="`uname -m`, e.g. x86_64, aarch64.")
     os: str = Field(description="OS name and release.")
+    libc: str = Field(default="", description="C library family: glibc, musl, bionic (Android); '' when unknown "
+                                               "(macOS, Windows, an older agent).")
+    libc_version: str = Field(default="", description="Its version, e.g. 2.36 (glibc); '' when unknown.")
+    python: str = Field(default="", description="The agent's Python, major.minor (e.g. 3.11); '' from an older agent.")
     cpu_model: str = Field(description="CPU model string.")
     cpu_count: int = Field(description="Logical CPUs usable by the agent.")
     cpu_flags: list[str] = Field(description="Inference-relevant ISA flags found (neon, dotprod, avx2, avx512f, ...).")

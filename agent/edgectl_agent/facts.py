@@ -166,6 +166,18 @@ def nvidia_gpus_with_memory(run=subprocess.run) -> list[AcceleratorFact]:
     return (parse_nvidia_smi(out.stdout) if out.returncode == 0 else []) or names
 
 
+def libc() -> tuple[str, str]:
+    """(family, version) of this process's C library: glibc/musl/bionic, as edgectl's platform probe reads it."""
+    if hasattr(sys, "getandroidapilevel") or os.environ.get("ANDROID_ROOT"):
+        return "bionic", str(getattr(sys, "getandroidapilevel", lambda: "")())
+    family, version = platform.libc_ver()
+    if not family and sys.platform.startswith("linux"):
+        import glob
+
+        family = "musl" if glob.glob("/lib/ld-musl-*") else ""
+    return family, version
+
+
 def collect_facts(root: Path, *, verify_key_id: str | None = None) -> Facts:
     model, raw_flags = _cpuinfo()
     try:
@@ -174,11 +186,15 @@ def collect_facts(root: Path, *, verify_key_id: str | None = None) -> Facts:
         cpu_count = os.cpu_count() or 1
     mem = psutil.virtual_memory()
     probe = root if root.exists() else Path(root.anchor or "/")
+    libc_family, libc_version = libc()
     return Facts(
         agent_version=__version__,
         hostname=socket.gethostname(),
         arch=platform.machine(),
         os=f"{platform.system()} {platform.release()}",
+        libc=libc_family,
+        libc_version=libc_version,
+        python=f"{sys.version_info[0]}.{sys.version_info[1]}",
         cpu_model=model or platform.processor() or platform.machine(),
         cpu_count=cpu_count,
         cpu_flags=parse_cpu_flags(raw_flags),

@@ -1,8 +1,10 @@
 """Venv installer: install and start the agent on an SSH device that lacks it, offline on the device's side.
 
-edgectl builds the edgectl-agent wheel plus the wheels of the runtime extras the plan needs on this machine (cached
-in a wheelhouse), pushes them, creates a venv on the device and installs with ``pip --no-index``; then starts the
-agent as transport.service says: a systemd system unit (SSH user root), a systemd user unit with linger enabled (so
+edgectl reads the device's platform first (edgectl.agents.platform: OS, architecture, libc, Python), builds the
+edgectl-agent wheel plus the wheels of the runtime extras the plan needs for that platform on this machine (cached
+in a wheelhouse per platform: edgectl.agents.wheelhouse, cross-compiling what ships only as source), pushes them,
+creates a venv on the device and installs with ``pip --no-index``; then starts the agent as transport.service says:
+a systemd system unit (SSH user root), a systemd user unit with linger enabled (so
 it starts at boot, not at the user's first login), or a detached process (nohup); 'auto' picks the first the device
 supports.
 When the fleet signs deployments, the agent is installed with the ``sign`` extra and pinned to the fleet's public key
@@ -14,12 +16,8 @@ quotes it.
 
 from __future__ import annotations
 
-import os
-import platform
 import posixpath
 import re
-import subprocess
-import sys
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,8 +27,10 @@ from edgectl_agent import __version__ as AGENT_VERSION
 from edgectl_agent.runtimes.catalog import RUNTIME_EXTRAS, RUNTIME_PACKAGES
 
 from edgectl.agents.installer import VERIFY_KEY_FILE, Installer, pin_verify_key, pinned_path_argv
+from edgectl.agents.platform import PLATFORM_SCRIPT, PlatformProbeError, TargetPlatform, parse_platform
+from edgectl.agents.wheelhouse import (  # noqa: F401 (re-exported: the Ansible engine and tests use them from here)
+    agent_source, build_wheelhouse, installed_constraints, requirement, wheel_argv, wheelhouse_dir)
 from edgectl.errors import EdgectlError, TransportError
-from edgectl.paths import edgectl_home
 from edgectl.transport.ssh import SshTransport, remote_path
 
 # Agent runtime -> the edgectl-agent extra that installs its library (None: nothing beyond the agent itself).
@@ -44,10 +44,7 @@ SERVICE_PROBE_SCRIPT = ('echo "uid=$(id -u)"; echo "user=$(id -un)"; '
                         'echo "session=$(systemctl --user is-system-running 2>/dev/null)"')
 USABLE_SYSTEMD = ("running", "degraded")
 INSTALL_TIMEOUT_S = 900.0
-# apply bootstraps devices in parallel: one wheelhouse build at a time here, and one install at a time into a venv
-# that several devices share (transport.venv)
-_WHEELHOUSE_LOCK = threading.Lock()
-_AGENT_WHEEL_BUILT: set[str] = set()  # wheelhouses whose edgectl-agent wheel this process built from the checkout
+# apply bootstraps devices in parallel: one install at a time into a venv that several devices share (transport.venv)
 _VENV_LOCKS: dict[str, threading.Lock] = {}
 _VENV_LOCKS_LOCK = threading.Lock()
 
@@ -66,7 +63,11 @@ ALIVE_SCRIPT = 'kill -0 "$(cat "$1" 2>/dev/null)" 2>/dev/null'
 STOP_SCRIPT = ('pid=$(cat "$1" 2>/dev/null) || exit 0; kill "$pid" 2>/dev/null || exit 0; i=0; '
                'while kill -0 "$pid" 2>/dev/null && [ $i -lt 100 ]; do sleep 0.1; i=$((i+1)); done; '
                'kill -9 "$pid" 2>/dev/null; rm -f "$1"')
-PLATFORM_SCRIPT = "import sys, platform; print(f'{sys.version_info[0]}.{sys.version_info[1]} {platform.machine()}')"
+# The Ansible engine's check that a device can take this machine's wheelhouse (it pushes only the local one):
+# "major.minor machine", compared with this machine's. The SSH installer reads the full platform instead
+# (edgectl.agents.platform.PLATFORM_SCRIPT) and builds a wheelhouse for it.
+SAME_PLATFORM_SCRIPT = ("import sys, platform; "
+                        "print(f'{sys.version_info[0]}.{sys.version_info[1]} {platform.machine()}')")
 INSTALLED_SCRIPT = ("import sys, importlib.metadata as m\n"
                     "print(m.version('edgectl-agent'))\n"
                     "for d in sys.argv[1:]: m.version(d)\n")
@@ -131,33 +132,6 @@ def extras_for(runtimes: Iterable[str]) -> list[str]:
         if RUNTIME_EXTRAS[r]:
             out.add(RUNTIME_EXTRAS[r])
     return sorted(out)
-
-
-def requirement(source: str, extras: list[str]) -> str:
-    return f"{source}[{','.join(extras)}]" if extras else source
-
-
-def wheel_argv(wheelhouse: Path, source: str, extras: list[str], *, no_deps: bool = False,
-               constraints: Path | None = None) -> list[str]:
-    """pip wheel on this machine: the agent and (unless no_deps) everything it and its extras need, at the versions
-    installed here when ``constraints`` lists them (so a locally built llama-cpp-python wheel is reused)."""
-    argv = [sys.executable, "-m", "pip", "wheel", "--quiet", "--disable-pip-version-check", "--wheel-dir",
-            str(wheelhouse), "--find-links", str(wheelhouse)]
-    argv += ["--constraint", str(constraints)] if constraints else []
-    return argv + (["--no-deps"] if no_deps else []) + [requirement(source, extras)]
-
-
-def installed_constraints() -> str:
-    """``name==version`` for every distribution in this environment except edgectl's own: the device gets the
-    versions edgectl was tested with here."""
-    from importlib import metadata
-
-    pins: dict[str, str] = {}
-    for dist in metadata.distributions():
-        name = dist.metadata["Name"]
-        if name and name.lower() not in ("edgectl", "edgectl-agent"):
-            pins.setdefault(name.lower(), f"{name}=={dist.version}")
-    return "".join(line + "\n" for line in sorted(pins.values()))
 
 
 def venv_argv(python: str, layout: RemoteLayout) -> list[str]:
@@ -291,55 +265,6 @@ def linger_query_argv(user: str) -> list[str]:
     return ["loginctl", "show-user", user, "--property=Linger", "--value"]
 
 
-# -- this machine: the wheelhouse ---------------------------------------------------------------------------------
-def agent_source() -> str:
-    """The agent project folder when edgectl runs from a source checkout, else the released distribution."""
-    import edgectl_agent
-
-    folder = Path(edgectl_agent.__file__).resolve().parents[1]
-    return str(folder) if (folder / "pyproject.toml").is_file() else f"edgectl-agent=={AGENT_VERSION}"
-
-
-def wheelhouse_dir() -> Path:
-    env = os.environ.get("EDGECTL_WHEELHOUSE")
-    base = Path(env).expanduser() if env else edgectl_home() / "wheels"
-    tag = f"py{sys.version_info[0]}{sys.version_info[1]}-{platform.machine()}"
-    return base / f"agent-{AGENT_VERSION}-{tag}"
-
-
-def build_wheelhouse(extras: list[str]) -> Path:
-    """Wheels for the agent and its extras, for this machine's Python and platform; dependencies are cached,
-    the agent's own wheel is rebuilt from a source checkout every time (it is small and may have changed)."""
-    with _WHEELHOUSE_LOCK:
-        return _build_wheelhouse(extras)
-
-
-def _build_wheelhouse(extras: list[str]) -> Path:
-    house = wheelhouse_dir()
-    house.mkdir(parents=True, exist_ok=True)
-    source = agent_source()
-    marker = house / (".complete-" + ("-".join(extras) or "base"))
-    steps = []
-    if Path(source).is_dir() and str(house) not in _AGENT_WHEEL_BUILT:
-        # once per process: devices bootstrapped in parallel push from this folder while others ask for it
-        for old in house.glob("edgectl_agent-*.whl"):
-            old.unlink()
-        steps.append(wheel_argv(house, source, [], no_deps=True))
-    if not marker.exists():
-        constraints = house / "constraints.txt"
-        constraints.write_text(installed_constraints())
-        steps.append(wheel_argv(house, source, extras, constraints=constraints))
-    for argv in steps:
-        r = subprocess.run(argv, capture_output=True, text=True, check=False)
-        if r.returncode != 0:
-            raise TransportError(f"building the agent's wheels on this machine failed:\n{r.stderr.strip()[-2000:]}",
-                                 hint="pip needs PyPI (or a configured index) once to fill the wheelhouse "
-                                      f"{house}; later bootstraps reuse it offline")
-    marker.touch()
-    _AGENT_WHEEL_BUILT.add(str(house))
-    return house
-
-
 # -- the device ---------------------------------------------------------------------------------------------------
 class VenvInstaller(Installer):
     """The agent in a venv on an SSH device (transport.agent_dir, or a shared transport.venv), run as
@@ -451,6 +376,21 @@ def ensure_installed(t: SshTransport, layout: RemoteLayout, runtimes: Iterable[s
         return _ensure_installed(t, layout, runtimes, sign)
 
 
+def probe_platform(t: SshTransport) -> TargetPlatform:
+    """The device's platform (OS, architecture, libc, Python), read with its transport.python before anything is
+    built for it."""
+    python = t.spec.python
+    found = t.run([python, "-c", PLATFORM_SCRIPT])
+    if found.returncode != 0:
+        raise TransportError(f"device '{t.name}': cannot run {python} there: {(found.stderr or found.stdout).strip()}",
+                             hint="install Python 3.11+ with venv on the device, or set transport.python to it")
+    try:
+        return parse_platform(found.stdout)
+    except PlatformProbeError as e:
+        raise TransportError(f"device '{t.name}': {python} did not say which platform it runs on: {e}",
+                             hint="set transport.python to a CPython 3 interpreter on the device") from e
+
+
 def _ensure_installed(t: SshTransport, layout: RemoteLayout, runtimes: Iterable[str], sign: bool) -> None:
     runtimes = sorted(set(runtimes))
     extras = sorted(set(extras_for(runtimes)) | ({SIGN_EXTRA} if sign else set()))
@@ -458,19 +398,8 @@ def _ensure_installed(t: SshTransport, layout: RemoteLayout, runtimes: Iterable[
     if have.returncode == 0 and have.stdout.strip().splitlines()[:1] == [AGENT_VERSION]:
         return
     python = t.spec.python
-    found = t.run([python, "-c", PLATFORM_SCRIPT])
-    if found.returncode != 0:
-        raise TransportError(f"device '{t.name}': cannot run {python} there: {(found.stderr or found.stdout).strip()}",
-                             hint="install Python 3.11+ with venv on the device, or set transport.python to it")
-    ours = f"{sys.version_info[0]}.{sys.version_info[1]} {platform.machine()}"
-    theirs = found.stdout.strip()
-    if theirs != ours:
-        raise TransportError(f"device '{t.name}': its Python/platform is {theirs}, this machine's is {ours}; "
-                             "edgectl pushes wheels built here, which would not install there",
-                             hint=f"run edgectl from a machine with the same Python and CPU architecture, set "
-                                  f"transport.python to a matching interpreter, or install edgectl-agent[...] on "
-                                  f"the device yourself into {layout.venv}")
-    house = build_wheelhouse(extras)
+    target = probe_platform(t)
+    house = build_wheelhouse(extras, target)
     t.check(["mkdir", "-p", layout.wheels, layout.root], what="creating the agent's folders")
     present = dict(line.rsplit(" ", 1) for line in t.check([python, "-c", LIST_SCRIPT, layout.wheels]).splitlines()
                    if " " in line)

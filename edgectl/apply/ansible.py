@@ -314,7 +314,7 @@ def bootstrap_vars(ctx: DeviceContext, runtimes: Iterable[str], houses: dict[tup
         "edgectl_agent_version": AGENT_VERSION,
         "edgectl_venv": layout.venv,
         "edgectl_platform": f"{sys.version_info[0]}.{sys.version_info[1]} {platform.machine()}",
-        "edgectl_platform_script": bootstrap.PLATFORM_SCRIPT,
+        "edgectl_platform_script": bootstrap.SAME_PLATFORM_SCRIPT,
         "edgectl_wheels": [str(w) for w in sorted(house.glob("*.whl"))],
         "edgectl_installed_argv": bootstrap.installed_argv(layout, runtimes, sign=sign),
         "edgectl_venv_argv": bootstrap.venv_argv(t.python, layout),

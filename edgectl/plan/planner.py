@@ -19,6 +19,7 @@ from dataclasses import replace
 
 from edgectl_agent.api import AgentState, DeploymentState, Facts
 
+from edgectl.plan.platforms import device_platform, runtimes_with_builds
 from edgectl.plan.profiles import (AUTO_RUNTIME_ORDER, auto_name, disk_budget, openvino_device, profile_from_facts,
                                    ram_budget, resolve_profile, unified_gpu, usable_runtimes, vram_budget)
 from edgectl.plan.result import (Candidate, DeploymentPlan, DevicePlan, Plan, Rejected, Step, gib, recipe_id,
@@ -95,7 +96,11 @@ def _plan_device(spec: Spec, device: Device, facts: Facts | None, observed: Agen
     budget = ram_budget(profile)
     dp = DevicePlan(device.name, device.profile if device.profile != AUTO_PROFILE else f"auto ({auto_name(facts)})",
                     "ok", budget_bytes=budget, threads=profile.default_threads, warnings=warnings)
-    runtimes = usable_runtimes(profile, facts, dp.warnings)
+    platform = device_platform(profile, facts)
+    dp.platform = str(platform)
+    no_build: list[str] = []  # the profile's runtimes with no build for the device's platform (plan/platforms.py)
+    runtimes = runtimes_with_builds(usable_runtimes(profile, facts, dp.warnings), platform, facts, no_build)
+    dp.warnings += no_build
     target = Target(runtimes=runtimes, budget=budget, disk=disk_budget(profile, facts),
                     vram=vram_budget(profile, facts, dp.warnings), prefer=dict(profile.quant_preference),
                     versions=dict(facts.runtimes) if facts is not None else None,
@@ -137,6 +142,10 @@ def _plan_device(spec: Spec, device: Device, facts: Facts | None, observed: Agen
                                f"{target.no_speed}; the health gate's limits still check the real speed")
         if plan_.chosen is None:
             dp.status = "unfit"
+            if not runtimes and no_build:
+                plan_.unfit = f"no runtime of its profile has a build for {platform}: " + "; ".join(no_build)
+                plan_.hint = ("deploy it to a device of another platform, or list a runtime that has a build for "
+                              "this one in the device's profile")
             if floors[i] is not None:
                 others = ", ".join(d.name for d, a in zip(deployments, admitted) if a)
                 plan_.hint = (f"it would fit alone, but {others} (planned first, in name order) take the room; "

@@ -107,6 +107,7 @@ class DevicePlan:
     deployments: list[DeploymentPlan] = field(default_factory=list)
     removals: list[Step] = field(default_factory=list)
     hint: str | None = None
+    platform: str | None = None  # the device's platform as planned (edgectl.plan.platforms), None when unknown
 
     @property
     def steps(self) -> list[Step]:
@@ -116,7 +117,8 @@ class DevicePlan:
         return {"device": self.device, "profile": self.profile, "status": self.status,
                 "budget_bytes": self.budget_bytes, "threads": self.threads, "warnings": self.warnings,
                 "deployments": [d.to_dict() for d in self.deployments],
-                "removals": [s.to_dict() for s in self.removals], "hint": self.hint}
+                "removals": [s.to_dict() for s in self.removals], "hint": self.hint,
+                "platform": self.platform}
 
 
 @dataclass

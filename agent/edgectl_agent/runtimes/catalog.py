@@ -38,23 +38,34 @@ class RuntimeEntry:
     auto_rank: int | None = None  # position in the planner's order for 'auto' profiles (None: never chosen there)
     openvino: bool = False  # takes an OpenVINO device name (GPU, NPU) from the device's accelerators
     for_tests: bool = False  # shipped for tests and demos: never in a device profile, never planned, never built for
+    # "os/arch" platforms where its library installs from what edgectl pushes: the package index has binary wheels
+    # for it there, or edgectl builds them (llama-cpp-python: cross-compiled for linux glibc). "linux" = glibc Linux
+    # (manylinux), "linux-musl", "android" (bionic), "darwin", "win32". None: pure Python, runs anywhere.
+    platforms: tuple[str, ...] | None = None
 
 
 RUNTIMES: tuple[RuntimeEntry, ...] = (
     RuntimeEntry(name="llamacpp", formats=("gguf",), kind="llm", extra="llama", package="llama-cpp-python",
-                 implementation="edgectl_agent.runtimes.llamacpp:LlamaCppRuntime", auto_rank=0),
+                 implementation="edgectl_agent.runtimes.llamacpp:LlamaCppRuntime", auto_rank=0,
+                 platforms=("linux/x86_64", "linux/aarch64", "darwin/aarch64", "darwin/x86_64", "win32/x86_64")),
     RuntimeEntry(name="onnxruntime-genai", formats=("onnx",), kind="llm", extra="onnx-genai",
                  package="onnxruntime-genai", auto_rank=2,
-                 implementation="edgectl_agent.runtimes.onnxruntime_genai:OnnxGenaiRuntime"),
+                 implementation="edgectl_agent.runtimes.onnxruntime_genai:OnnxGenaiRuntime",
+                 platforms=("linux/x86_64", "linux/aarch64", "darwin/aarch64", "win32/x86_64", "win32/aarch64")),
     RuntimeEntry(name="onnxruntime", formats=("onnx",), kind="tensor", extra="onnx", package="onnxruntime",
-                 implementation="edgectl_agent.runtimes.onnxruntime:OnnxRuntime", auto_rank=5),
+                 implementation="edgectl_agent.runtimes.onnxruntime:OnnxRuntime", auto_rank=5,
+                 platforms=("linux/x86_64", "linux/aarch64", "darwin/aarch64", "darwin/x86_64", "win32/x86_64",
+                            "win32/aarch64")),
     RuntimeEntry(name="openvino", formats=("openvino",), kind="tensor", extra="openvino", package="openvino",
-                 implementation="edgectl_agent.runtimes.openvino:OpenVinoRuntime", auto_rank=4, openvino=True),
+                 implementation="edgectl_agent.runtimes.openvino:OpenVinoRuntime", auto_rank=4, openvino=True,
+                 platforms=("linux/x86_64", "linux/aarch64", "darwin/aarch64", "win32/x86_64")),
     RuntimeEntry(name="openvino-genai", formats=("openvino",), kind="llm", extra="openvino-genai",
                  package="openvino-genai", implementation="edgectl_agent.runtimes.openvino_genai:OpenVinoGenAIRuntime",
-                 auto_rank=1, openvino=True),
+                 auto_rank=1, openvino=True,
+                 platforms=("linux/x86_64", "linux/aarch64", "darwin/aarch64", "win32/x86_64")),
     RuntimeEntry(name="mlx", formats=("mlx",), kind="llm", extra="mlx", package="mlx-lm",
-                 implementation="edgectl_agent.runtimes.mlx:MlxRuntime", auto_rank=3),
+                 implementation="edgectl_agent.runtimes.mlx:MlxRuntime", auto_rank=3,
+                 platforms=("darwin/aarch64",)),
     RuntimeEntry(name="fake", formats=("gguf",), kind="llm", extra=None, package=None,
                  implementation="edgectl_agent.runtimes.fake:FakeRuntime", for_tests=True),
 )
