@@ -27,6 +27,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+from edgectl_agent.admission import REQUEST_CANCELLED, ClientGone
 from edgectl_agent.api import DesiredDeployment
 from edgectl_agent.errors import BadRequest, ModelUnavailable, RuntimeFailure
 from edgectl_agent.gguf_check import check_gguf
@@ -205,6 +206,25 @@ class SampledTokens:
         return max(self.sampled - (1 if finish_reason == "stop" else 0), 0)
 
 
+GENERATING = ("create_completion", "create_chat_completion")
+
+
+class StopWhenCancelled:
+    """A logits processor that changes nothing until ``cancelled`` is set (a whole call's client went away), then
+    leaves only the end-of-generation token: llama.cpp ends the reply at the next token. (An exception would not
+    do: llama-cpp-python runs logits processors in a C callback, which prints exceptions and goes on.)"""
+
+    def __init__(self, cancelled: Any, eos_token: int) -> None:
+        self.cancelled = cancelled
+        self.eos_token = eos_token
+
+    def __call__(self, input_ids: Any, scores: Any) -> Any:
+        if self.cancelled.is_set():
+            scores[:] = -float("inf")
+            scores[self.eos_token] = 0.0
+        return scores
+
+
 def _finish_reason(chunk: dict[str, Any] | None) -> str | None:
     choices = (chunk or {}).get("choices") or []
     return choices[0].get("finish_reason") if choices else None
@@ -237,8 +257,16 @@ class LlamaCppModel(SerializedModel):
     # The Llama method is looked up by name once the lock is held: a closed model has none (ModelUnavailable).
     # It runs on the model's thread; the lock keeps the calls of one request (a stream's steps) together.
     def _run(self, method: str, *args, **kwargs):
+        cancelled = REQUEST_CANCELLED.get()
         with self._locked_call():
-            return self._thread.call(getattr(self._llm, method), *args, **kwargs)
+            call = getattr(self._llm, method)
+            if cancelled is not None and method in GENERATING:  # stop decoding for a client that went away
+                stop = StopWhenCancelled(cancelled, self._llm.token_eos())
+                kwargs["logits_processor"] = [*kwargs.get("logits_processor", []), stop]
+            out = self._thread.call(call, *args, **kwargs)
+        if cancelled is not None and cancelled.is_set():
+            raise ClientGone("the client went away; its generation was stopped")
+        return out
 
     def _stream(self, method: str, *args, **kwargs) -> Iterator[dict[str, Any]]:
         with self._locked_call():
