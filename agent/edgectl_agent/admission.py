@@ -2,7 +2,7 @@
 
 A deployment's model runs ``slots`` requests at once (1 for the llama.cpp runtime today: one context, one request
 at a time). Requests beyond those wait in arrival order (on the model's lock), at most ``parallel x
-queue_per_slot`` of them (``AgentSettings.queue_per_slot``, default 4: a deployment with ``parallel: 4`` keeps 16
+queue_per_slot`` of them (``AgentSettings.queue_per_slot``, default 8: a deployment with ``parallel: 4`` keeps 32
 waiting); one more is refused at once with a 503 and ``Retry-After`` (``Overloaded``), never left to time out or
 reset. A request is *waiting* from its arrival until the model starts on it (``Ticket.start``, called by the
 runtime through ``REQUEST_STARTED`` or by ``edgectl_agent.inference`` when the first result arrives), then

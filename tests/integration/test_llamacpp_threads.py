@@ -9,10 +9,10 @@ import os
 import threading
 
 import pytest
-
 from edgectl_agent.api import ArtifactRef, DesiredDeployment
 from edgectl_agent.runtimes.base import GenerationParams
 from edgectl_agent.runtimes.llamacpp import LlamaCppRuntime
+
 from tests.tinymodels import write_tiny_llama_gguf
 
 pytestmark = pytest.mark.integration

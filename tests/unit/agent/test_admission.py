@@ -7,7 +7,6 @@ from __future__ import annotations
 import gc
 
 import pytest
-
 from edgectl_agent.admission import Admission, Overloaded, RequestQueue
 
 

@@ -8,7 +8,6 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-
 from edgectl_agent.errors import BadRequest, ModelUnavailable
 from edgectl_agent.runtimes.base import GenerationParams
 from edgectl_agent.runtimes.llamacpp import LlamaCppModel, ModelThread
