@@ -283,7 +283,8 @@ def main() -> None:
         + table(["server", "aggregate tok/s", "agent / server", "TTFT ms (median)", "request p99 s", "errors"], rows2)
         + f"\n\nTarget: agent >= llama-server --parallel {args.clients}: {agg_ratio:.2f}x, {met(agg_ratio >= 1)}. "
           "The agent's llamacpp runtime serves one request at a time per model (one llama.cpp context behind a "
-          "lock), like llama-cpp-python's server and llama-server with one slot; llama-server with slots decodes "
+          "lock, every llama.cpp call on the model's own thread, so one OpenMP team per model however many "
+          "clients), like llama-cpp-python's server and llama-server with one slot; llama-server with slots decodes "
           "all streams in one batch (one pass over the weights per step for every stream). Closing that gap takes "
           "batched decoding of several sequences in one llama.cpp context: llama-cpp-python's `Llama` decodes one "
           "sequence, so the runtime would drive llama.cpp's batch API itself (a scheduler thread, a sequence id and "

@@ -17,6 +17,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from edgectl_agent import __version__, control, kserve, metrics, ollama, openai
 from edgectl_agent.auth import ensure_token, require_token
 from edgectl_agent.deployments import Deployments
+from edgectl_agent.admission import Admission
 from edgectl_agent.errors import AgentError
 from edgectl_agent.hosts import LoopbackHostMiddleware
 from edgectl_agent.metrics import AgentMetrics, MetricsMiddleware
@@ -37,6 +38,7 @@ class Agent:
     store: ArtifactStore
     deployments: Deployments
     metrics: AgentMetrics
+    admission: Admission
     started_at: datetime = field(default_factory=lambda: datetime.now(timezone.utc))
     uploads_in_progress: set[str] = field(default_factory=set)
     recovery: asyncio.Task | None = None
@@ -56,8 +58,9 @@ def create_app(settings: AgentSettings, runtimes: dict[str, Runtime] | None = No
                   deployments=Deployments(settings, store, state_file,
                                           default_runtimes() if runtimes is None else runtimes, agent_metrics,
                                           verifier=verifier),
-                  metrics=agent_metrics)
+                  metrics=agent_metrics, admission=Admission(settings.queue_per_slot))
     agent_metrics.live.backends = agent.deployments.backends
+    agent_metrics.live.queues = lambda: list(agent.admission.queues.values())
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -119,7 +122,7 @@ def create_app(settings: AgentSettings, runtimes: dict[str, Runtime] | None = No
 def _install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(AgentError)
     async def agent_error(request: Request, exc: AgentError) -> JSONResponse:
-        headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
+        headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else getattr(exc, "headers", None)
         return JSONResponse(exc.body(), status_code=exc.status, headers=headers)
 
     @app.exception_handler(RequestValidationError)

@@ -4,18 +4,28 @@ the model a swap made active), start a stream, and pull a stream's chunks while 
 
 The routers differ only in how they shape requests and responses; what runs on the model, and what the metrics
 see, is the same for both.
+
+Every generation (and embedding) request is admitted first (``edgectl_agent.admission``): into the deployment's
+bounded queue, or refused with a 503 and Retry-After when it is full. Its ticket ends with the request: a whole
+call when it returns, a stream when its iterator is closed -- by its end, or at once when the client goes away
+(``pull_stream``), which frees the model for the next request. A client that leaves during a whole (non-streaming)
+call sets the ticket's ``cancelled`` event (``cancelled_on_disconnect``); the llamacpp runtime then stops decoding
+at the next token.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
+import anyio
 import anyio.to_thread
 from fastapi import Request
 
+from edgectl_agent.admission import REQUEST_CANCELLED, REQUEST_STARTED, Ticket
 from edgectl_agent.deployments import Serving, run_on_active
 from edgectl_agent.errors import AgentError, BadRequest, NotFound
 from edgectl_agent.runtimes.base import GenerationParams
@@ -56,11 +66,73 @@ def count_usage(request: Request, name: str, usage: dict[str, Any] | None, secon
         m.note_generation(name, completion, seconds, decode_tokens=completion)
 
 
+T = TypeVar("T")
+DISCONNECT_POLL_S = 0.1  # how often a whole call checks whether its client is still there
+
+
+def admit(request: Request, serving: Serving) -> Ticket:
+    """A ticket in the deployment's queue (edgectl_agent.admission), or Overloaded (503 + Retry-After)."""
+    agent = request.app.state.agent
+    name = serving.desired.name
+    ticket = agent.admission.admit(name, parallel=serving.desired.parallel,
+                                   slots=getattr(serving.model, "slots", 1))
+    m = agent.metrics
+    ticket.on_start = lambda t: m.queue_wait.labels(deployment=name).observe(t.queue_wait_s or 0.0)
+    ticket.on_end = lambda t: m.generation_duration.labels(deployment=name).observe(t.duration_s or 0.0)
+    return ticket
+
+
+def with_ticket(ticket: Ticket, call: Callable[[Serving], T]) -> Callable[[Serving], T]:
+    """``call``, run with the ticket's start and cancel signals where the runtime can reach them (context
+    variables of the worker thread that runs it)."""
+
+    def run(serving: Serving) -> T:
+        REQUEST_STARTED.set(ticket.start)
+        REQUEST_CANCELLED.set(ticket.cancelled)
+        return call(serving)
+
+    return run
+
+
+@asynccontextmanager
+async def cancelled_on_disconnect(request: Request, ticket: Ticket) -> AsyncIterator[None]:
+    """While the body runs, set ``ticket.cancelled`` if the client disconnects."""
+
+    async def watch() -> None:
+        while not await request.is_disconnected():
+            await anyio.sleep(DISCONNECT_POLL_S)
+        ticket.cancelled.set()
+
+    failure: Exception | None = None
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(watch)
+        try:
+            yield
+        except Exception as e:  # noqa: BLE001 - raised below as it is, not wrapped in the task group's group
+            failure = e
+        finally:
+            tg.cancel_scope.cancel()
+    if failure is not None:
+        raise failure
+
+
+async def run_admitted(request: Request, model: str, call: Callable[[Serving], T]) -> tuple[Serving, T]:
+    """``call`` on the active model of ``model`` once admitted to its queue; the ticket ends when it returns."""
+    ticket = admit(request, serving_llm(request, model))
+    try:
+        async with cancelled_on_disconnect(request, ticket):
+            result = await run_on_active(lambda: serving_llm(request, model), with_ticket(ticket, call))
+        ticket.start()  # a runtime that does not say when it starts: it ran
+        return result
+    finally:
+        ticket.end()
+
+
 async def run_counted(request: Request, model: str, call: Callable[[Serving], dict[str, Any]]
                       ) -> tuple[Serving, dict[str, Any]]:
     """A whole (non-streaming) generation on the active model of ``model``, its tokens counted in the metrics."""
     began = time.perf_counter()
-    serving, out = await run_on_active(lambda: serving_llm(request, model), call)
+    serving, out = await run_admitted(request, model, call)
     count_usage(request, serving.desired.name, out.get("usage"), time.perf_counter() - began)
     return serving, out
 
@@ -69,10 +141,12 @@ _DONE = object()
 
 
 class StartedStream:
-    """A runtime's chunk iterator whose first chunk was already taken; ``close`` closes the runtime's iterator."""
+    """A runtime's chunk iterator whose first chunk was already taken; ``close`` closes the runtime's iterator and
+    ends the request's ticket (its place in the deployment's queue)."""
 
     def __init__(self, first: Any, chunks: Iterator[dict[str, Any]]) -> None:
         self._first, self._chunks = first, chunks
+        self.ticket: Ticket | None = None
 
     def __iter__(self) -> "StartedStream":
         return self
@@ -84,9 +158,13 @@ class StartedStream:
         return next(self._chunks)
 
     def close(self) -> None:
-        close = getattr(self._chunks, "close", None)
-        if close is not None:
-            close()
+        try:
+            close = getattr(self._chunks, "close", None)
+            if close is not None:
+                close()
+        finally:
+            if self.ticket is not None:
+                self.ticket.end()
 
 
 def _inference_failed(e: Exception) -> AgentError:
@@ -108,7 +186,15 @@ async def start_stream(request: Request, model: str, start: Callable[[Serving], 
         except Exception as e:  # noqa: BLE001 — the runtime's own exception classes
             raise _inference_failed(e) from e
 
-    return await run_on_active(lambda: serving_llm(request, model), first_chunk)
+    ticket = admit(request, serving_llm(request, model))
+    try:
+        serving, stream = await run_on_active(lambda: serving_llm(request, model), with_ticket(ticket, first_chunk))
+    except BaseException:
+        ticket.end()
+        raise
+    ticket.start()  # a runtime that does not say when it starts: its first chunk came
+    stream.ticket = ticket
+    return serving, stream
 
 
 def has_token(chunk: dict[str, Any]) -> bool:
@@ -150,6 +236,8 @@ async def pull_stream(request: Request, serving: Serving, chunks: Iterator[dict[
             if chunk is _DONE:
                 decode_s = time.perf_counter() - first_at if generated else 0.0
                 m.note_generation(name, generated, decode_s, decode_tokens=generated - 1)
+                if generated >= 2:
+                    m.time_per_output_token.labels(deployment=name).observe(decode_s / (generated - 1))
                 noted = True
                 yield StreamEnd(first_at - started if generated else None, generated, decode_s)
                 break

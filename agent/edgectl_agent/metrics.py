@@ -22,10 +22,14 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from edgectl_agent import __version__
+from edgectl_agent.admission import RequestQueue
 from edgectl_agent.api import ArtifactRef, DeploymentPhase
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 TTFT_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30)
+# Time per output token: 1 ms (a tiny model) to 2.5 s (a big one on a small CPU); 10-100 ms is the usual range.
+TPOT_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 1, 2.5)
+QUEUE_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 PHASES: tuple[DeploymentPhase, ...] = ("loading", "serving", "failed")  # "removed" deployments are forgotten
 TIMED_PREFIXES = ("/v1/", "/v2/")  # endpoints whose latency is a histogram (serving traffic)
 
@@ -44,6 +48,19 @@ class AgentMetrics:
         self.ttft = Histogram("edgectl_agent_time_to_first_token_seconds",
                               "Time from request to the first generated token (streaming).", ["deployment"],
                               buckets=TTFT_BUCKETS, registry=r)
+        self.time_per_output_token = Histogram(
+            "edgectl_agent_time_per_output_token_seconds",
+            "Per streamed request: seconds from its first token to its last over the tokens after the first "
+            "(OpenTelemetry gen_ai.server.time_per_output_token).", ["deployment"], buckets=TPOT_BUCKETS, registry=r)
+        self.queue_wait = Histogram("edgectl_agent_queue_wait_seconds",
+                                    "Time a generation request waited in its deployment's queue before the model "
+                                    "started on it (edgectl_agent.admission).", ["deployment"],
+                                    buckets=QUEUE_BUCKETS, registry=r)
+        self.generation_duration = Histogram(
+            "edgectl_agent_generation_duration_seconds",
+            "Time from a generation (or embedding) request's arrival to its end, queue wait included, per "
+            "deployment (OpenTelemetry gen_ai.server.request.duration).", ["deployment"], buckets=LATENCY_BUCKETS,
+            registry=r)
         self.prompt_tokens = Counter("edgectl_agent_prompt_tokens", "Prompt tokens processed (requests that report "
                                      "usage: non-streaming ones).", ["deployment"], registry=r)
         self.completion_tokens = Counter("edgectl_agent_completion_tokens", "Tokens generated.", ["deployment"],
@@ -118,11 +135,13 @@ class AgentMetrics:
 
 
 class LiveCollector:
-    """Values read at scrape time: agent info, backend up per deployment, process RSS/CPU, store disk space."""
+    """Values read at scrape time: agent info, backend up per deployment, requests running / waiting / refused
+    per deployment (the admission queues), process RSS/CPU, store disk space."""
 
     def __init__(self, store_root: Path | None) -> None:
         self.store_root = store_root
         self.backends: Callable[[], Iterable[tuple[str, str, bool]]] = lambda: ()
+        self.queues: Callable[[], Iterable[RequestQueue]] = lambda: ()
         self._process = None
 
     def describe(self) -> list[Metric]:
@@ -134,9 +153,11 @@ class LiveCollector:
         yield info
         up = GaugeMetricFamily("edgectl_agent_backend_up", "1 while a loaded model answers for the deployment "
                                "(its runtime is up), else 0.", labels=["deployment", "runtime"])
-        for deployment, runtime, loaded in self.backends():
+        backends = list(self.backends())
+        for deployment, runtime, loaded in backends:
             up.add_metric([deployment, runtime], 1 if loaded else 0)
         yield up
+        yield from self._queue_metrics({deployment for deployment, _, _ in backends})
         yield from self._process_metrics()
         if self.store_root is not None:
             try:
@@ -151,6 +172,20 @@ class LiveCollector:
                                       "Size of the filesystem of the artifact store.")
             total.add_metric([], usage.total)
             yield total
+
+    def _queue_metrics(self, deployments: set[str]) -> Iterator[Metric]:
+        running = GaugeMetricFamily("edgectl_agent_requests_running", "Generation requests the deployment's model "
+                                    "is working on now.", labels=["deployment"])
+        waiting = GaugeMetricFamily("edgectl_agent_requests_waiting", "Generation requests waiting in the "
+                                    "deployment's queue now.", labels=["deployment"])
+        rejected = CounterMetricFamily("edgectl_agent_requests_rejected", "Requests refused with 503 + Retry-After: "
+                                       "the deployment's queue was full.", labels=["deployment"])
+        for queue in self.queues():
+            if queue.deployment in deployments:  # a removed deployment's queue is not reported
+                running.add_metric([queue.deployment], queue.running)
+                waiting.add_metric([queue.deployment], queue.waiting)
+                rejected.add_metric([queue.deployment], queue.rejected)
+        yield from (running, waiting, rejected)
 
     def _process_metrics(self) -> Iterator[Metric]:
         # psutil rather than prometheus_client's ProcessCollector: that one reads /proc, so it is empty on macOS.

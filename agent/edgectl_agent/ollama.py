@@ -46,10 +46,10 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from edgectl_agent import __version__
 from edgectl_agent.api import check_json_values
-from edgectl_agent.deployments import Serving, run_on_active
+from edgectl_agent.deployments import Serving
 from edgectl_agent.errors import AgentError, BadRequest
-from edgectl_agent.inference import (StreamEnd, chat_call, complete_call, count_usage, pull_stream, serving_llm,
-                                     start_stream)
+from edgectl_agent.inference import (StreamEnd, chat_call, complete_call, count_usage, pull_stream, run_admitted,
+                                     serving_llm, start_stream)
 from edgectl_agent.runtimes.base import GenerationParams
 from edgectl_agent.openai import Tool
 from edgectl_agent.runtimes.extras import INCLUDE_USAGE, TOOLS, ChatExtras
@@ -443,7 +443,7 @@ async def generate(body: GenerateBody, request: Request):
 
 async def _embed(request: Request, name: str, inputs: list[str]) -> tuple[Serving, dict[str, Any]]:
     serving_llm(request, name)  # an unknown model is a 404 before anything runs
-    serving, out = await run_on_active(lambda: serving_llm(request, name), lambda s: s.model.embed(inputs))
+    serving, out = await run_admitted(request, name, lambda s: s.model.embed(inputs))
     count_usage(request, serving.desired.name, out.get("usage"), None)
     return serving, out
 

@@ -38,10 +38,10 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from edgectl_agent.api import TIMINGS_HEADER, check_json_values
-from edgectl_agent.deployments import Serving, run_on_active
+from edgectl_agent.deployments import Serving
 from edgectl_agent.errors import AgentError, BadRequest
-from edgectl_agent.inference import (StreamEnd, chat_call, complete_call, count_usage, pull_stream, run_counted,
-                                     serving_llm, start_stream)
+from edgectl_agent.inference import (StreamEnd, chat_call, complete_call, count_usage, pull_stream, run_admitted,
+                                     run_counted, serving_llm, start_stream)
 from edgectl_agent.runtimes.base import GenerationParams
 from edgectl_agent.runtimes.extras import ChatExtras
 
@@ -358,7 +358,7 @@ async def embeddings(body: EmbeddingRequest, request: Request):
     if not inputs or any(not isinstance(t, str) or not t for t in inputs):
         raise BadRequest("input must be a non-empty string or a list of non-empty strings", param="input",
                          hint='send e.g. {"input": "hello"}')
-    serving, out = await run_on_active(lambda: serving_llm(request, body.model), lambda s: s.model.embed(inputs))
+    serving, out = await run_admitted(request, body.model, lambda s: s.model.embed(inputs))
     if body.encoding_format == "base64":  # what the openai client asks for by default: little-endian float32
         for item in out.get("data", []):
             vec = item["embedding"]

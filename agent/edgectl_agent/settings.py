@@ -56,6 +56,10 @@ class AgentSettings(BaseSettings):
                                               "previous artifact and refuses to load it again.")
     crash_loop_window_s: float = Field(default=600.0, gt=0,
                                        description="Window, in seconds, in which crash_loop_limit crashes count.")
+    queue_per_slot: int = Field(default=8, ge=0, le=1000,
+                                description="Requests that may wait per slot of a deployment (its parallel): "
+                                            "beyond parallel x queue_per_slot waiting, a request gets a 503 with "
+                                            "Retry-After at once (edgectl_agent.admission).")
     access_log: bool = Field(default=False, description="Log every HTTP request (uvicorn access log).")
     log_level: str = Field(default="info", description="Log level: debug, info, warning or error.")
 

@@ -16,6 +16,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+from edgectl_agent.admission import REQUEST_STARTED
 from edgectl_agent.api import DesiredDeployment
 from edgectl_agent.errors import ModelUnavailable, RuntimeFailure
 from edgectl_agent.runtimes import catalog
@@ -70,6 +71,7 @@ class LoadedModel(ABC):
     """One artifact loaded in memory. Must be safe to call from several threads (serialize inside if needed)."""
 
     supports_embeddings: bool = False
+    slots: int = 1  # requests it works on at once; more wait in the deployment's queue (edgectl_agent.admission)
     kind: str = "llm"  # "llm": served under /v1 (OpenAI); "tensor": served under /v2 (KServe v2, TensorModel)
 
     @abstractmethod
@@ -118,6 +120,9 @@ class SerializedModel(LoadedModel):
             self._lock.release()
             raise ModelUnavailable(f"model '{self.name}' was unloaded while this request waited",
                                    hint="retry the request; it is answered by the model now active")
+        started = REQUEST_STARTED.get()
+        if started is not None:  # the request leaves the deployment's queue (edgectl_agent.admission)
+            started()
 
     def close(self) -> None:
         with self._lock:

@@ -1,7 +1,11 @@
 """llama.cpp through llama-cpp-python (the ``[llama]`` extra), imported only when a model is loaded.
 
 llama.cpp contexts are not thread-safe, so each loaded model serializes its calls with a lock; a streaming response
-holds the lock until its iterator is finished or closed.
+holds the lock until its iterator is finished or closed. Every llama.cpp call of a model -- loading it, each decode
+step of a stream, closing it -- runs on that model's own thread (``ModelThread``), never on the thread serving the
+request: llama.cpp's OpenMP build keeps a team of ``n_threads`` threads per calling thread, so calls from the
+server's many worker threads would leave more OpenMP threads than CPUs, spinning against one another (decode
+halved after a few concurrent clients, docs/benchmarks.md). One calling thread means one team per model.
 
 Before llama.cpp sees a file, its GGUF header passes the agent's bounded check (edgectl_agent.gguf_check), and its
 chat template is compiled and rendered once in llama-cpp-python's sandboxed formatter (Jinja's
@@ -18,10 +22,12 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+from edgectl_agent.admission import REQUEST_CANCELLED, ClientGone
 from edgectl_agent.api import DesiredDeployment
 from edgectl_agent.errors import BadRequest, ModelUnavailable, RuntimeFailure
 from edgectl_agent.gguf_check import check_gguf
@@ -97,6 +103,24 @@ def _template_errors() -> tuple[type[Exception], ...]:
     return (TemplateError,)
 
 
+class ModelThread:
+    """The one thread that makes every llama.cpp call of one loaded model (a one-worker executor). ``call`` runs a
+    function there and returns its result or raises its exception, in the caller's thread."""
+
+    def __init__(self, name: str) -> None:
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"llama.cpp:{name}")
+
+    def call(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        return self._executor.submit(fn, *args, **kwargs).result()
+
+    def stop(self) -> None:
+        """End the thread once the call it runs is done (later calls raise RuntimeError)."""
+        self._executor.shutdown(wait=True)
+
+
+_END = object()
+
+
 class LlamaCppRuntime(Runtime):
     name = "llamacpp"
     capabilities = RuntimeCapabilities(name, embeddings=True)
@@ -108,14 +132,19 @@ class LlamaCppRuntime(Runtime):
         llama_cpp = import_library(self.name, "llama_cpp")
         if header.chat_template:
             check_chat_template(header.chat_template, label)
+        thread = ModelThread(desired.name)
         try:
-            llm = llama_cpp.Llama(str(path), **kwargs)
+            llm = thread.call(llama_cpp.Llama, str(path), **kwargs)
         except (ValueError, RuntimeError, OSError) as e:
+            thread.stop()
             raise RuntimeFailure(f"llama.cpp could not load {desired.artifact.digest} ({desired.artifact.model} "
                                  f"{desired.artifact.quant}) for deployment '{desired.name}': {e}",
                                  hint="check the artifact was built for llama.cpp (GGUF) and that the device has "
                                       "the memory for context_length x parallel; see the agent log") from e
-        return LlamaCppModel(llm, embeddings=bool(kwargs.get("embedding", False)), name=desired.name)
+        except BaseException:
+            thread.stop()
+            raise
+        return LlamaCppModel(llm, embeddings=bool(kwargs.get("embedding", False)), name=desired.name, thread=thread)
 
 
 def _template_failed(e: Exception) -> BadRequest:
@@ -177,6 +206,25 @@ class SampledTokens:
         return max(self.sampled - (1 if finish_reason == "stop" else 0), 0)
 
 
+GENERATING = ("create_completion", "create_chat_completion")
+
+
+class StopWhenCancelled:
+    """A logits processor that changes nothing until ``cancelled`` is set (a whole call's client went away), then
+    leaves only the end-of-generation token: llama.cpp ends the reply at the next token. (An exception would not
+    do: llama-cpp-python runs logits processors in a C callback, which prints exceptions and goes on.)"""
+
+    def __init__(self, cancelled: Any, eos_token: int) -> None:
+        self.cancelled = cancelled
+        self.eos_token = eos_token
+
+    def __call__(self, input_ids: Any, scores: Any) -> Any:
+        if self.cancelled.is_set():
+            scores[:] = -float("inf")
+            scores[self.eos_token] = 0.0
+        return scores
+
+
 def _finish_reason(chunk: dict[str, Any] | None) -> str | None:
     choices = (chunk or {}).get("choices") or []
     return choices[0].get("finish_reason") if choices else None
@@ -185,9 +233,10 @@ def _finish_reason(chunk: dict[str, Any] | None) -> str | None:
 class LlamaCppModel(SerializedModel):
     extra_features = frozenset({RESPONSE_FORMAT, INCLUDE_USAGE, TOOLS})
 
-    def __init__(self, llm: Any, *, embeddings: bool, name: str) -> None:
+    def __init__(self, llm: Any, *, embeddings: bool, name: str, thread: ModelThread | None = None) -> None:
         super().__init__(name)
         self._llm = llm
+        self._thread = thread or ModelThread(name)  # the thread that makes its llama.cpp calls (ModelThread)
         self.supports_embeddings = embeddings
         self._template_errors = _template_errors()
 
@@ -206,19 +255,29 @@ class LlamaCppModel(SerializedModel):
             self._lock.release()
 
     # The Llama method is looked up by name once the lock is held: a closed model has none (ModelUnavailable).
+    # It runs on the model's thread; the lock keeps the calls of one request (a stream's steps) together.
     def _run(self, method: str, *args, **kwargs):
+        cancelled = REQUEST_CANCELLED.get()
         with self._locked_call():
-            return getattr(self._llm, method)(*args, **kwargs)
+            call = getattr(self._llm, method)
+            if cancelled is not None and method in GENERATING:  # stop decoding for a client that went away
+                stop = StopWhenCancelled(cancelled, self._llm.token_eos())
+                kwargs["logits_processor"] = [*kwargs.get("logits_processor", []), stop]
+            out = self._thread.call(call, *args, **kwargs)
+        if cancelled is not None and cancelled.is_set():
+            raise ClientGone("the client went away; its generation was stopped")
+        return out
 
     def _stream(self, method: str, *args, **kwargs) -> Iterator[dict[str, Any]]:
         with self._locked_call():
-            it = getattr(self._llm, method)(*args, stream=True, **kwargs)
+            it = self._thread.call(getattr(self._llm, method), *args, stream=True, **kwargs)
             try:
-                yield from it
+                while (chunk := self._thread.call(next, it, _END)) is not _END:
+                    yield chunk
             finally:
                 close = getattr(it, "close", None)
                 if close is not None:
-                    close()
+                    self._thread.call(close)
 
     def chat(self, messages, params: GenerationParams, *, stream: bool = False):
         kw = params.as_kwargs()
@@ -322,6 +381,9 @@ class LlamaCppModel(SerializedModel):
 
     def _free(self) -> None:
         close = getattr(self._llm, "close", None)
-        if close is not None:
-            close()
-        self._llm = None
+        try:
+            if close is not None:
+                self._thread.call(close)
+        finally:
+            self._llm = None
+            self._thread.stop()
