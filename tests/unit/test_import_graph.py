@@ -94,3 +94,12 @@ def test_the_agent_never_imports_edgectl():
     graph = import_graph()
     assert not {(m, n) for m, deps in graph.items() if m.startswith("edgectl_agent") for n in deps
                 if n == "edgectl" or n.startswith("edgectl.")}
+
+
+def test_no_two_test_files_share_a_name():
+    """tests/ folders have no __init__.py everywhere: two test files of one basename stop pytest's collection of the
+    whole suite ("import file mismatch"), which runs of one folder do not show."""
+    names: dict[str, list[str]] = {}
+    for f in (REPO / "tests").rglob("test_*.py"):
+        names.setdefault(f.name, []).append(str(f.relative_to(REPO)))
+    assert {n: paths for n, paths in names.items() if len(paths) > 1} == {}
