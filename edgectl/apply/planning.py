@@ -6,6 +6,7 @@ from edgectl.builders import ArtifactStore, build, lookup
 from edgectl.builders.sources import is_available
 from edgectl.errors import EdgectlError
 from edgectl.plan import Plan, plan, recipe_id
+from edgectl.plan.select import candidate_recipes
 from edgectl.spec import BuiltArtifact, Recipe, Spec
 
 from edgectl.apply.observe import DeviceContext
@@ -14,20 +15,27 @@ from edgectl.apply.report import Events
 
 def make_plan(spec: Spec, contexts: dict[str, DeviceContext], store: ArtifactStore,
               built: dict[str, BuiltArtifact] | None = None) -> Plan:
-    """The plan for the observed ``contexts``, with the artifacts the local store holds for the recipes it chose
-    (so steps skip builds that are cache hits and use exact sizes). ``built``: cache hits already found by an
-    earlier plan of this run (updated in place); the planner runs again only when the store holds a chosen recipe
-    it did not know about. The planner itself stays pure."""
+    """The plan for the observed ``contexts``, planned once with every artifact the local store holds for a recipe
+    the planner may consider (so steps skip builds that are cache hits, and exact sizes and measured quality count).
+    ``built``: cache hits an earlier plan of this run already found (filled in place when empty); the planner itself
+    stays pure - the store is read here, before it runs."""
     built = {} if built is None else built
+    available = available_sources(spec)
+    if not built:
+        built.update(find_built(spec, _candidate_recipes(spec, available), store))
     facts = {n: c.facts for n, c in contexts.items()}
     observed = {n: c.observed for n, c in contexts.items()}
-    available = available_sources(spec)
-    p = plan(spec, facts, observed, built, devices=list(contexts), available=available)
-    found = find_built(spec, p, store, skip=built)
-    if not found:
-        return p
-    built.update(found)
     return plan(spec, facts, observed, built, devices=list(contexts), available=available)
+
+
+def _candidate_recipes(spec: Spec, available: dict[str, frozenset[int]]) -> list[Recipe]:
+    """Every recipe the planner may consider for the spec's deployments, on any device."""
+    seen: dict[str, Recipe] = {}
+    for dep in spec.deployments.values():
+        model = spec.models[dep.spec.model]
+        for recipe in candidate_recipes(dep, model, available.get(model.name)):
+            seen.setdefault(recipe_id(recipe), recipe)
+    return list(seen.values())
 
 
 def available_sources(spec: Spec) -> dict[str, frozenset[int]]:
@@ -37,13 +45,11 @@ def available_sources(spec: Spec) -> dict[str, frozenset[int]]:
             for name in sorted({d.spec.model for d in spec.deployments.values()})}
 
 
-def find_built(spec: Spec, p: Plan, store: ArtifactStore, skip: dict[str, BuiltArtifact] | None = None
-               ) -> dict[str, BuiltArtifact]:
-    """recipe id -> artifact in ``store``, for the recipes ``p`` chose (but those in ``skip``)."""
+def find_built(spec: Spec, recipes: list[Recipe], store: ArtifactStore) -> dict[str, BuiltArtifact]:
+    """recipe id -> artifact in ``store``, for those of ``recipes`` it holds (a lookup builds nothing; it hashes a
+    source only when its path, size or mtime changed)."""
     built: dict[str, BuiltArtifact] = {}
-    for recipe in chosen_recipes(p):
-        if skip and recipe_id(recipe) in skip:
-            continue
+    for recipe in recipes:
         model = spec.models[recipe.model]
         try:
             art = lookup(recipe, model, store)

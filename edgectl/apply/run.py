@@ -1,12 +1,12 @@
 """``apply()``: make the devices match the manifests.
 
-Order of work, so that bad input changes nothing: observe (read-only) -> plan -> refuse unfit -> start agents only
-where there is work (the Ansible engine's devices through the playbook's bootstrap), and replace agents that verify
-nothing on devices whose fleet signs -> observe those again and plan again with the hardware they report and what
-they serve -> build everything planned -> per deployment,
-its rollout (edgectl.apply.engine or edgectl.apply.ansible, same rules) -> remove what is no longer selected.
-A device that could not be observed (unreachable, an agent that is not this edgectl's) is a failure of the run,
-never "no changes". The result says exactly what happened where.
+Order of work, so that bad input changes nothing: observe (read-only) -> plan once (with the store's cache hits,
+looked up before planning) -> refuse unfit -> start agents only where there is work (the Ansible engine's devices
+through the playbook's bootstrap), and replace agents that verify nothing on devices whose fleet signs -> only then
+observe those again and plan again with the hardware they report and what they serve -> build everything planned ->
+per deployment, its rollout (edgectl.apply.engine or edgectl.apply.ansible, same rules) -> remove what is no longer
+selected. A device that could not be observed (unreachable, an agent that is not this edgectl's) is a failure of the
+run, never "no changes". The result says exactly what happened where.
 """
 
 from __future__ import annotations
@@ -58,7 +58,7 @@ def apply(spec: Spec, *, store: ArtifactStore, device_names: Iterable[str] | Non
                            halted=rest.halted)
     signers = signers_for(spec, devices)  # a bad key stops here, before anything changes
     contexts = observe(devices, start_agents=False, parallel=max(parallel, OBSERVE_PARALLEL), signers=signers)
-    built: dict[str, BuiltArtifact] = {}  # cache hits found while planning, kept for a second plan
+    built: dict[str, BuiltArtifact] = {}  # the store's cache hits, looked up once for every plan of this run
     p = make_plan(spec, contexts, store, built)
     _refuse_unfit(p, skip_unfit)
     # A reachable device with profile 'auto' and no agent yet plans as "unknown": its agent must start (and

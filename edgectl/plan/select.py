@@ -92,25 +92,44 @@ def _source_precision(model: Model, fmt: str, kind: str, available: frozenset[in
     return max((s.precision for s in pool), key=rank, default=default), False, False
 
 
-def _candidates(dep: Deployment, model: Model, fmt: str, kind: str, runtime: str, built: dict[str, BuiltArtifact],
-                available: frozenset[int] | None, versions: dict[str, str] | None):
-    """(candidate, reason it is excluded or '') for each quant type of ``fmt`` worth considering."""
+def _menu(dep: Deployment, model: Model, fmt: str, kind: str, available: frozenset[int] | None
+          ) -> tuple[str, bool, bool, list[Recipe]]:
+    """(source precision, buildable, native, the recipes) of each quant type of ``fmt`` worth considering for
+    ``dep`` - whatever the device: only which of them fits, and how, depends on it."""
     info = BUILDERS[(fmt, kind)]
     q = dep.spec.quantization
     source_precision, buildable, native = _source_precision(model, fmt, kind, available)
-    if kind == "llm":
-        cap = precision_rank(source_precision)
-    else:
-        cap = TENSOR_QUALITY_RANK.get(source_precision, TENSOR_QUALITY_RANK["FP32"])
     menu = [x for x in q.allow if x in info.quants] if q.allow else list(DEFAULT_MENUS[(fmt, kind)])
     if buildable and native and fmt == "gguf" and source_precision in info.quants + (source_precision,) \
             and source_precision not in menu and (not q.allow or source_precision in q.allow) \
             and gguf.is_known(source_precision):
         menu.append(source_precision)  # shipping the source as is needs no requantization
-    for quant in dict.fromkeys(menu):
-        calibration = q.calibration.path if q.calibration and quant == "INT8_STATIC" else None
-        recipe = Recipe(model=model.name, format=fmt, kind=kind, quant=quant, source_precision=source_precision,
-                        calibration=calibration)
+    recipes = [Recipe(model=model.name, format=fmt, kind=kind, quant=quant, source_precision=source_precision,
+                      calibration=q.calibration.path if q.calibration and quant == "INT8_STATIC" else None)
+               for quant in dict.fromkeys(menu)]
+    return source_precision, buildable, native, recipes
+
+
+def candidate_recipes(dep: Deployment, model: Model, available: frozenset[int] | None) -> list[Recipe]:
+    """Every recipe the planner may consider for ``dep`` on any device (each format that serves the model's kind,
+    or only ``quantization.format``): what a caller looks up in its store before planning, so that one plan sees
+    every cache hit."""
+    kind = "tensor" if model.spec.task == "tensor" else "llm"
+    fmt_wanted = dep.spec.quantization.format
+    return [r for (fmt, k) in BUILDERS if k == kind and (fmt_wanted is None or fmt == fmt_wanted)
+            for r in _menu(dep, model, fmt, kind, available)[3]]
+
+
+def _candidates(dep: Deployment, model: Model, fmt: str, kind: str, runtime: str, built: dict[str, BuiltArtifact],
+                available: frozenset[int] | None, versions: dict[str, str] | None):
+    """(candidate, reason it is excluded or '') for each quant type of ``fmt`` worth considering."""
+    source_precision, buildable, native, recipes = _menu(dep, model, fmt, kind, available)
+    if kind == "llm":
+        cap = precision_rank(source_precision)
+    else:
+        cap = TENSOR_QUALITY_RANK.get(source_precision, TENSOR_QUALITY_RANK["FP32"])
+    for recipe in recipes:
+        quant = recipe.quant
         art = built.get(recipe_id(recipe))
         size = art.size_bytes if art else None
         if kind == "llm":
