@@ -24,6 +24,11 @@ TRANSPORTS: dict[str, str] = {
 
 def transport_class(kind: str) -> type[Transport]:
     target = TRANSPORTS.get(kind)
+    if kind == "pull":  # no pipe by design: the device's agent calls out to the registry (edgectl.pull)
+        raise TransportError(
+            "it is a pull device: edgectl never connects to it; its agent polls the fleet's registry",
+            hint="`edgectl status` shows what it last reported (docs/pull.md); leave it out of this command with "
+                 "--device")
     if target is None:
         raise TransportError(
             f"transport '{kind}' cannot deploy in this version of edgectl",

@@ -195,3 +195,14 @@ def test_status_from_reports_last_seen_and_stale(manifests):
     assert not frozen.reachable and "expired state" in frozen.error
     never = device_status(spec, device, None, now=now)
     assert not never.reachable and "never seen" in never.error
+
+
+def test_a_command_that_connects_says_a_pull_device_is_never_dialled():
+    from edgectl.errors import TransportError
+    from edgectl.spec import Device
+    from edgectl.transport import transport_for
+
+    with pytest.raises(TransportError) as e:
+        transport_for(Device(name="shop-1", profile="pi5-8gb", transport={"type": "pull"}))
+    assert "device 'shop-1': it is a pull device: edgectl never connects to it" in e.value.message
+    assert "--device" in e.value.hint
