@@ -10,11 +10,10 @@ from dataclasses import dataclass
 from edgectl_agent.api import AgentState, Facts
 
 from edgectl.agent_client import AgentClient
-from edgectl.agents import connect
+from edgectl.agents import AgentLink, connect
 from edgectl.errors import EdgectlError, NotFoundError
 from edgectl.signing import Signer
 from edgectl.spec import Device, Spec
-from edgectl.transport import Transport
 
 # Observing (read-only: an SSH handshake and a few small requests per device) waits on the network and the devices
 # far more than it computes, so it overlaps more devices than a rollout works on at once (--parallel).
@@ -24,7 +23,7 @@ OBSERVE_PARALLEL = 32
 @dataclass
 class DeviceContext:
     device: Device
-    transport: Transport | None = None
+    transport: AgentLink | None = None  # the link to the device's agent (its pipe is .transport.transport)
     client: AgentClient | None = None
     facts: Facts | None = None
     observed: AgentState | None = None
