@@ -96,6 +96,28 @@ def build_cmd(paths: List[Path] = PathsArg, device: Optional[List[str]] = Device
         out.print("nothing to build")
 
 
+@app.command("export")
+def export_cmd(paths: List[Path] = PathsArg,
+               device: str = typer.Option(..., "--device", "-d", help="Export what the plan chooses for this device."),
+               deployment: Optional[str] = typer.Option(None, "--deployment",
+                                                        help="The Deployment (default: the device's only one)."),
+               to: Path = typer.Option(..., "--to", help="Folder to write the GGUF and its Modelfile into.")) -> None:
+    """Write the GGUF a device would get, with a Modelfile that `ollama create` accepts (template, stop strings and
+    context from the model and the Deployment), for devices that keep Ollama. Contacts no device."""
+    from edgectl.export import export_ollama
+
+    spec = _load(paths)
+    with RichEvents() as events:
+        result = export_ollama(spec, device, deployment, to, _store(), events)
+    art = result.artifact
+    out.print(f"wrote [bold]{escape(str(result.gguf))}[/bold]  {art.format} {art.quant}  {gib(art.size_bytes)}  "
+              f"{art.digest}")
+    out.print(f"wrote [bold]{escape(str(result.modelfile))}[/bold]")
+    for note in result.notes:
+        err.print(f"[yellow]note[/yellow]: {escape(note)}")
+    out.print("Load it into Ollama:\n  " + " ".join(result.create_command), soft_wrap=True)
+
+
 @app.command("apply")
 def apply_cmd(paths: List[Path] = PathsArg, device: Optional[List[str]] = DeviceOpt,
               skip_unfit: bool = typer.Option(False, "--skip-unfit",
