@@ -13,7 +13,6 @@ from typing import Any, Literal, Sequence, get_args, get_origin
 
 from edgectl_agent.names import DIGEST_PATTERN, NAME_PATTERN, SHA256_HEX_PATTERN
 from pydantic import BaseModel
-from ruamel.yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 from edgectl.errors import SpecError
 from edgectl.spec.common import LABEL_PATTERN, is_union, unwrap_annotation
@@ -54,13 +53,18 @@ def position(filename: str, mark: Any) -> str:
     return f"{filename}:{mark.line + 1}:{mark.column + 1}"
 
 
+# A node is one of a composed YAML tree: ruamel.yaml's (the full path) or PyYAML's (libyaml, the fast path); both
+# have ``id`` ('scalar', 'sequence', 'mapping'), ``value`` and ``start_mark`` (0-based line and column).
+Node = Any
+
+
 def _child(node: Node, step: Any) -> tuple[Node | None, Node | None]:
     """(key node, value node) of ``step`` in ``node``; (None, None) when absent."""
-    if isinstance(node, MappingNode) and isinstance(step, str):
+    if node.id == "mapping" and isinstance(step, str):
         for k, v in node.value:
-            if isinstance(k, ScalarNode) and k.value == step:
+            if k.id == "scalar" and k.value == step:
                 return k, v
-    if isinstance(node, SequenceNode) and isinstance(step, int) and 0 <= step < len(node.value):
+    if node.id == "sequence" and isinstance(step, int) and 0 <= step < len(node.value):
         return None, node.value[step]
     return None, None
 
@@ -181,7 +185,7 @@ def _got(value: Any) -> str:
     return f"{short(value)} (a {type(value).__name__})"
 
 
-def translate(err: dict, cls: type[BaseModel], root: MappingNode, filename: str) -> SpecError:
+def translate(err: dict, cls: type[BaseModel], root: Node, filename: str) -> SpecError:
     loc = tuple(err["loc"])
     etype = err["type"]
     ctx = err.get("ctx") or {}
