@@ -36,9 +36,10 @@ from ruamel.yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 import edgectl
 from edgectl.errors import SpecError, SpecErrors
+from edgectl.inventory import expand_fleet
 from edgectl.spec import API_VERSION, AUTO_PROFILE, KINDS, Deployment, DeviceProfile, Fleet, Model, Spec
-from edgectl.spec_errors import join_path, locate, position, short, translate
-from edgectl.yaml_bounds import MAX_NESTING, nesting_error, shape_error
+from edgectl.spec_errors import locate, position, short, translate
+from edgectl.yaml_bounds import MAX_NESTING, duplicate_keys, nesting_error, shape_error
 from edgectl.yaml_events import BoundsError, NeedsFullComposer, lazy_nodes, read_documents
 
 YAML_SUFFIXES = (".yaml", ".yml")
@@ -87,8 +88,15 @@ def load_paths(paths: Sequence[str | Path], *, builtins: bool = True) -> Spec:
     user_docs: list[_Doc] = []
     if not paths:
         errors.append(SpecError("no manifest paths given", hint="pass manifest files or directories, e.g. manifests/"))
+    per_file: dict[Path, tuple[list[_Doc], list[SpecError], set[tuple[str, str]]]] = {}
+    inventories: set[Path] = set()  # a YAML inventory in a manifest folder is read by its Fleet, not as manifests
     for p in paths:
-        user_docs += _load_path(Path(p), errors, broken, seen)
+        _load_path(Path(p), errors, per_file, seen, inventories)
+    for f, (docs, file_errors, file_broken) in per_file.items():
+        if f not in inventories:
+            user_docs += docs
+            errors += file_errors
+            broken |= file_broken
 
     spec = _assemble(builtin_docs, user_docs, errors, broken)
     if errors:
@@ -106,10 +114,15 @@ class _Doc:
     node_of: Callable[[], MappingNode]  # composed on first use: only errors need the node tree
     file: str
     line: int
+    device_places: dict[int, str] = dataclasses.field(default_factory=dict)  # Fleet: devices read from inventories
 
     @property
     def node(self) -> MappingNode:
         return self.node_of()
+
+    def device_where(self, i: int, key: str) -> str:
+        """Where the i-th device of a Fleet (or its ``key``) is written: the manifest, or an inventory file's row."""
+        return self.device_places.get(i) or self.where(("spec", "devices", i, key))
 
     @property
     def kind(self) -> str:
@@ -133,7 +146,8 @@ def _yaml_files(directory: Path) -> list[Path]:
     return sorted(found)
 
 
-def _load_path(path: Path, errors: list[SpecError], broken: set[tuple[str, str]], seen: set[Path]) -> list[_Doc]:
+def _load_path(path: Path, errors: list[SpecError], per_file: dict[Path, tuple[list[_Doc], list[SpecError], set]],
+               seen: set[Path], inventories: set[Path]) -> None:
     if path.is_dir():
         files = _yaml_files(path)
         if not files:
@@ -145,16 +159,18 @@ def _load_path(path: Path, errors: list[SpecError], broken: set[tuple[str, str]]
         errors.append(SpecError(f"'{path}' does not exist",
                                 hint="check the path (relative to the current directory); "
                                      "pass manifest files or directories of *.yaml files"))
-        return []
-    docs: list[_Doc] = []
+        return
     for f in files:
         if f.resolve() not in seen:
             seen.add(f.resolve())
-            docs += _load_file(f, str(f), errors, broken)
-    return docs
+            file_errors: list[SpecError] = []
+            file_broken: set[tuple[str, str]] = set()
+            per_file[f.resolve()] = (_load_file(f, str(f), file_errors, file_broken, inventories), file_errors,
+                                     file_broken)
 
 
-def _load_file(path: Path, display: str, errors: list[SpecError], broken: set[tuple[str, str]]) -> list[_Doc]:
+def _load_file(path: Path, display: str, errors: list[SpecError], broken: set[tuple[str, str]],
+               inventories: set[Path] | None = None) -> list[_Doc]:
     try:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError as e:
@@ -170,7 +186,23 @@ def _load_file(path: Path, display: str, errors: list[SpecError], broken: set[tu
             d.obj = _resolve_source_paths(d.obj, path.parent)
         elif isinstance(d.obj, Fleet):
             d.obj = _resolve_signing_key(d.obj, path.parent)
-    return docs
+            if inventories is not None:
+                inventories.update((path.parent / s.path).resolve() for s in d.obj.spec.inventory)
+    return [d for d in docs if not isinstance(d.obj, Fleet) or _read_inventory(d, path.parent, errors, broken)]
+
+
+def _read_inventory(doc: _Doc, base: Path, errors: list[SpecError], broken: set[tuple[str, str]]) -> bool:
+    """Add the devices of a Fleet's inventory files to it; False (errors added) when they cannot be read."""
+    if not doc.obj.spec.inventory:  # type: ignore[attr-defined]
+        return True
+    names: set[str] = set()
+    expanded = expand_fleet(doc.obj, base, doc.where, errors, names)  # type: ignore[arg-type]
+    if expanded is None:
+        broken.add(("Fleet", doc.name))
+        broken.update(("Device", n) for n in names | {d.name for d in doc.obj.spec.devices})  # type: ignore
+        return False
+    doc.obj, doc.device_places = expanded
+    return True
 
 
 def _resolve_source_paths(model: Model, base: Path) -> Model:
@@ -284,7 +316,7 @@ def _parse_and_validate_composed(text: str, filename: str, errors: list[SpecErro
         if shape is not None:
             errors.append(shape)
             continue
-        dup_errors = _duplicate_keys(node, filename)
+        dup_errors = duplicate_keys(node, filename)
         errors += dup_errors
         try:
             data = _construct(node)
@@ -307,34 +339,6 @@ def _node_kind(node: Node) -> str:
     if isinstance(node, ScalarNode):
         return f"the scalar {short(node.value)!s}"
     return "something else"
-
-
-def _duplicate_keys(node: Node, filename: str) -> list[SpecError]:
-    out: list[SpecError] = []
-    stack = [(node, "")]
-    visited: set[int] = set()  # aliases share nodes (and may be recursive): check each node once
-    while stack:
-        n, path = stack.pop()
-        if id(n) in visited:
-            continue
-        visited.add(id(n))
-        if isinstance(n, MappingNode):
-            first: dict[Any, Node] = {}
-            for k, v in n.value:
-                key = k.value if isinstance(k, ScalarNode) else id(k)
-                child = join_path(path, key)
-                if key in first:
-                    m = first[key].start_mark
-                    out.append(SpecError(
-                        f"duplicate key '{key}'", where=position(filename, k.start_mark), field=child,
-                        hint=f"it is already set at line {m.line + 1}, column {m.column + 1}; keep one of them"))
-                else:
-                    first[key] = k
-                stack.append((v, child))
-        elif isinstance(n, SequenceNode):
-            for i, item in enumerate(n.value):
-                stack.append((item, f"{path}[{i}]"))
-    return out
 
 
 def _names_in(data: Any) -> set[tuple[str, str]]:
@@ -447,9 +451,9 @@ def _check_references(buckets: dict[str, dict[str, Any]], origin: dict[tuple[str
         for i, dev in enumerate(fleet.spec.devices):
             if dev.name in devices:
                 other_fleet, j = devices[dev.name]
-                first = origin[("Fleet", other_fleet)].where(("spec", "devices", j, "name"))
+                first = origin[("Fleet", other_fleet)].device_where(j, "name")
                 errors.append(SpecError(
-                    f"duplicate device name '{dev.name}'", where=doc.where(("spec", "devices", i, "name")),
+                    f"duplicate device name '{dev.name}'", where=doc.device_where(i, "name"),
                     field=f"spec.devices[{i}].name",
                     hint=f"'{dev.name}' is already a device at {first}; device names must be unique across fleets"))
             else:
@@ -457,7 +461,7 @@ def _check_references(buckets: dict[str, dict[str, Any]], origin: dict[tuple[str
             missing = dev.profile != AUTO_PROFILE and dev.profile not in profiles
             if missing and ("DeviceProfile", dev.profile) not in broken:
                 errors.append(SpecError(
-                    f"unknown device profile '{dev.profile}'", where=doc.where(("spec", "devices", i, "profile")),
+                    f"unknown device profile '{dev.profile}'", where=doc.device_where(i, "profile"),
                     field=f"spec.devices[{i}].profile",
                     hint=f"use '{AUTO_PROFILE}' or a DeviceProfile name; " + _known(dev.profile, profiles)))
     for dep in buckets["deployments"].values():

@@ -16,7 +16,7 @@ from pydantic import BaseModel
 
 from edgectl.errors import SpecError
 from edgectl.spec.common import LABEL_PATTERN, is_union, unwrap_annotation
-from edgectl.spec.fleet import HOST_PATTERN, JUMP_PATTERN, PROGRAM_PATTERN, REMOTE_PATH_PATTERN
+from edgectl.spec.fleet import HOST_PATTERN, INVENTORY_PATH_PATTERN, JUMP_PATTERN, PROGRAM_PATTERN, REMOTE_PATH_PATTERN
 
 NAME_RULES = ("lowercase letters, digits, '.', '_' and '-'; starting and ending with a letter or digit; "
               "at most 63 characters (no spaces, '/', shell characters or a leading '-')")
@@ -33,6 +33,9 @@ _PATTERN_WORDS = {
                                          "'._+-/' (no spaces or shell metacharacters)"),
     PROGRAM_PATTERN: ("program", "a command name or absolute path of letters, digits and '._+-/', not starting "
                                  "with '-'"),
+    INVENTORY_PATH_PATTERN: ("inventory path", "a path relative to the manifest's folder, of segments of letters, "
+                                               "digits and '._+-' that do not start with '.' or '-' (no '..', no "
+                                               "absolute path)"),
     SHA256_HEX_PATTERN: ("sha256", "64 lowercase hex digits (the output of `sha256sum`)"),
     DIGEST_PATTERN: ("digest", "'sha256:' followed by 64 lowercase hex digits"),
 }

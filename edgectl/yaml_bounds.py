@@ -1,4 +1,5 @@
-"""Bounds on the shape of one YAML document, checked before anything walks it, and the errors that say so.
+"""Bounds on the shape of one YAML document, checked before anything walks it, and the errors that say so (plus
+the duplicate-key check of a composed tree).
 
 Manifests nest a handful of levels. Beyond :data:`MAX_NESTING`, a document is refused before it is built: deep
 nesting would exhaust Python's recursion. Aliases (``*x``) share one value; a document whose aliases expand it by
@@ -18,14 +19,15 @@ Two readers apply these bounds: :mod:`edgectl.yaml_events` (libyaml events, the 
 from __future__ import annotations
 
 import io
+from typing import Any
 from ruamel.yaml import YAML
 from ruamel.yaml.error import YAMLError
-from ruamel.yaml.nodes import MappingNode, Node, SequenceNode
+from ruamel.yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 from ruamel.yaml.tokens import (BlockEndToken, BlockMappingStartToken, BlockSequenceStartToken, FlowMappingEndToken,
                                 FlowMappingStartToken, FlowSequenceEndToken, FlowSequenceStartToken)
 
 from edgectl.errors import SpecError
-from edgectl.spec_errors import position
+from edgectl.spec_errors import join_path, position
 
 MAX_NESTING = 64
 MAX_ALIAS_EXPANSION = 100_000
@@ -113,3 +115,31 @@ def shape_error(root: Node, filename: str) -> SpecError | None:
                 stack.append((kid, False))
     return None
 
+
+def duplicate_keys(node: Node, filename: str) -> list[SpecError]:
+    """A SpecError per key written twice in one mapping of a composed tree (constructing would keep only one)."""
+    out: list[SpecError] = []
+    stack = [(node, "")]
+    visited: set[int] = set()  # aliases share nodes (and may be recursive): check each node once
+    while stack:
+        n, path = stack.pop()
+        if id(n) in visited:
+            continue
+        visited.add(id(n))
+        if isinstance(n, MappingNode):
+            first: dict[Any, Node] = {}
+            for k, v in n.value:
+                key = k.value if isinstance(k, ScalarNode) else id(k)
+                child = join_path(path, key)
+                if key in first:
+                    m = first[key].start_mark
+                    out.append(SpecError(
+                        f"duplicate key '{key}'", where=position(filename, k.start_mark), field=child,
+                        hint=f"it is already set at line {m.line + 1}, column {m.column + 1}; keep one of them"))
+                else:
+                    first[key] = k
+                stack.append((v, child))
+        elif isinstance(n, SequenceNode):
+            for i, item in enumerate(n.value):
+                stack.append((item, f"{path}[{i}]"))
+    return out
