@@ -215,6 +215,11 @@ def read_csv(text: str, file: str, errors: list[SpecError]) -> list[Row]:
     return rows
 
 
+def _number(text: str) -> int | str:
+    """A port as a number when it is one (so an error reads 'got 99999'); anything else for pydantic to refuse."""
+    return int(text) if text.isdigit() else text
+
+
 def _csv_header_ok(header: list[str], file: str, errors: list[SpecError]) -> bool:
     import difflib
 
@@ -250,7 +255,7 @@ def _csv_row(cells: dict[str, str], file: str, line: int) -> Row:
             labels[column[len(LABEL_COLUMN):]] = value
             columns[join_path("labels", column[len(LABEL_COLUMN):])] = column
         elif column in ("host", "user", "port", "key_file"):
-            transport[column] = value
+            transport[column] = _number(value) if column == "port" else value
             columns[f"transport.{column}"] = column
         else:
             data[column] = value
@@ -486,7 +491,7 @@ def _host_row(host: str, variables: dict[str, str], labels: dict[str, str], file
         for var, key in (("ansible_user", "user"), ("ansible_port", "port"),
                          ("ansible_ssh_private_key_file", "key_file")):
             if var in variables:
-                transport[key] = variables[var]
+                transport[key] = _number(variables[var]) if key == "port" else variables[var]
                 columns[f"transport.{key}"] = var
     data: dict[str, Any] = {"name": host, "transport": transport, "labels": labels}
     if "edgectl_profile" in variables:
