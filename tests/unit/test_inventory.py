@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from edgectl.errors import SpecErrors
-from edgectl.inventory import expand_hosts
+from edgectl.inventory.ansible import expand_hosts
 from edgectl.load import load_paths
 
 FLEET = """\
