@@ -32,7 +32,7 @@ def expand_fleet(fleet: Fleet, base: Path, where: Callable[[tuple], str], errors
     devices = list(spec.devices)
     device_places: dict[int, str] = {}
     for i, source in enumerate(spec.inventory):
-        for row in read_source(source, base, where(("spec", "inventory", i)), errors):
+        for row in read_source(source, base, (lambda i=i: where(("spec", "inventory", i))), errors):
             if isinstance(row.data.get("name"), str):
                 read_names.add(row.data["name"])
             device = validate_row(row, source, errors)
@@ -96,8 +96,9 @@ def _missing_hint(field_path: str, row: Row) -> str:
             "inventory source in the manifest" if name == "profile" else f"set {name} on this host")
 
 
-def read_source(source: InventorySource, base: Path, entry: str, errors: list[SpecError]) -> list[Row]:
-    """The rows of one inventory file. ``entry``: where the manifest names it (for missing files)."""
+def read_source(source: InventorySource, base: Path, entry: Callable[[], str], errors: list[SpecError]) -> list[Row]:
+    """The rows of one inventory file. ``entry()``: where the manifest names it (for missing files; only errors
+    need it, and finding it composes the manifest's node tree)."""
     path = base / source.path
     try:
         inside = path.resolve().is_relative_to(base.resolve())
@@ -105,7 +106,7 @@ def read_source(source: InventorySource, base: Path, entry: str, errors: list[Sp
         inside = False
     if not inside:
         errors.append(SpecError(f"inventory file '{source.path}' leads outside the manifest's folder (a symlink)",
-                                where=entry, hint="keep the inventory file itself in the manifest's folder or below"))
+                                where=entry(), hint="keep the inventory file itself in the manifest's folder or below"))
         return []
     display = str(path)
     try:
@@ -119,7 +120,7 @@ def read_source(source: InventorySource, base: Path, entry: str, errors: list[Sp
                                 hint="save the inventory as UTF-8"))
         return []
     except OSError as e:
-        errors.append(SpecError(f"cannot read inventory file '{source.path}': {e.strerror or e}", where=entry,
+        errors.append(SpecError(f"cannot read inventory file '{source.path}': {e.strerror or e}", where=entry(),
                                 hint="check the path: it is relative to this manifest's folder"))
         return []
     if source.csv is not None:
