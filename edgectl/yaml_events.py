@@ -10,12 +10,13 @@ Node trees are composed only when an error needs a location (:func:`compose_for_
 valid manifest never pays for marks it does not use.
 
 What this reader leaves to the full path (ruamel.yaml, :class:`NeedsFullComposer`): syntax errors, tags, merge keys
-(``<<``), keys that are not plain or quoted scalars, duplicate keys, undefined aliases, and documents that are not
-mappings. The full path reports them with the messages it always had; the reader never guesses at them.
+(``<<``), keys that are not plain or quoted scalars, duplicate keys, undefined aliases, documents that are not
+mappings, ``%`` directives, and text with a tab or a byte order mark after the start. The full path reports them with the messages it always had; the reader never guesses at them.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -31,6 +32,12 @@ try:  # PyYAML with libyaml; without it every file takes the full path
     AVAILABLE = True
 except ImportError:  # pragma: no cover - PyYAML is a dependency; only a build without libyaml lands here
     AVAILABLE = False
+
+_DIFFERS = re.compile("[\t\ufeff\x85\u2028\u2029]")
+_DOCUMENT_END = re.compile(r"^\.\.\.", re.M)
+# An anchor or alias name with a character libyaml ends the name at and YAML 1.2 does not (e.g. '&a: b').
+_ODD_ANCHOR = re.compile(r"(?:^|[\s\[{,])[&*][A-Za-z0-9_-]*[^A-Za-z0-9_\s,\[\]{}-]", re.M)
+
 
 class NeedsFullComposer(Exception):
     """The text holds a construct this reader leaves to ruamel.yaml (see the module docstring)."""
@@ -104,6 +111,13 @@ def read_documents(text: str, filename: str) -> list[Document]:
     """Every document of ``text`` as plain data. Raises :class:`BoundsError` or :class:`NeedsFullComposer`."""
     if not AVAILABLE:
         raise NeedsFullComposer("PyYAML's libyaml extension is not installed")
+    if (_DIFFERS.search(text, 1 if text.startswith("\ufeff") else 0) or _DOCUMENT_END.search(text)
+            or _ODD_ANCHOR.search(text)):
+        # Where libyaml (YAML 1.1) and ruamel.yaml (1.2) read text differently, found by a differential fuzz: tabs,
+        # byte order marks after the start, NEL and Unicode line breaks, '...' document ends, anchor names with
+        # other characters than letters, digits, '_' and '-'. Such a file keeps
+        # ruamel's reading (and its 'indent with spaces' hint).
+        raise NeedsFullComposer("a tab, byte order mark, NEL or Unicode line break, '...' line or odd anchor name")
     plain = _PlainScalars()
     parser = CBaseLoader(text)
     docs: list[Document] = []
