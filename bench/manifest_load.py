@@ -21,6 +21,7 @@ Prints the table, replaces its section of docs/benchmarks.md, and ends with one 
 from __future__ import annotations
 
 import argparse
+import os
 import subprocess
 import sys
 import tempfile
@@ -143,8 +144,11 @@ def main() -> None:
         chosen = sum(1 for d in plan.devices for dep in d.deployments if dep.chosen is not None)
         rows.append([f"load + validate (YAML, {size_mib:.1f} MiB)", f"{load_wall:.2f}", f"{load_cpu:.2f}", ""])
         rows.append(["plan, as `plan --offline` (make_plan)", f"{plan_wall:.2f}", f"{plan_cpu:.2f}", ""])
-        rows.append(["**load + validate + plan**", f"**{total:.2f}**", f"{load_cpu + plan_cpu:.2f}",
-                     f"target <= {TARGET_S:.0f} s: {'met' if total <= TARGET_S else 'MISSED'}"])
+        total_cpu = load_cpu + plan_cpu
+        verdict = (f"target <= {TARGET_S:.0f} s: met" if total <= TARGET_S else
+                   f"target <= {TARGET_S:.0f} s: MISSED in wall time at load {os.getloadavg()[0]:.0f} on "
+                   f"{os.cpu_count()} CPUs; {'met' if total_cpu <= TARGET_S else 'MISSED'} in CPU time")
+        rows.append(["**load + validate + plan**", f"**{total:.2f}**", f"**{total_cpu:.2f}**", verdict])
         rows.append(["first plan in a process (the same + importing the builders' tools for their versions)",
                      f"{cold_wall:.2f}", f"{cold_cpu:.2f}", "once per process, whatever the fleet's size"])
         for label, folder in (("CSV inventory", csv_dir), ("Ansible INI inventory", ini_dir)):
@@ -156,7 +160,8 @@ def main() -> None:
                 "  selector: {devices: [a]}\n  runtime_options:\n    a0: &a0 [x, x, x, x, x, x, x, x, x, x]\n"
                 + "".join(f"    a{i}: &a{i} [" + ", ".join([f"*a{i - 1}"] * 10) + "]\n" for i in range(1, 9)))
         wall, cpu, msg = timed(lambda: refused(lambda: load_text(bomb, "bomb.yaml")), args.repeat)
-        rows.append(["refuse a billion laughs (10^9 values)", f"{wall:.3f}", f"{cpu:.3f}", f"`{msg[:70]}...`"])
+        rows.append(["refuse a billion laughs (10^9 values)", f"{wall * 1000:.1f} ms", f"{cpu * 1000:.1f} ms",
+                     f"`{msg[:70]}...`"])
         bad_dir = base / "bad"
         bad_dir.mkdir()
         (bad_dir / "fleet.yaml").write_text(fleet_yaml(n).replace(f"host: {host(n - 1)}\n", "host: pi;reboot\n"))
@@ -189,8 +194,8 @@ def main() -> None:
     print(body)
     write_section("manifest_load", "Load + validate + plan 10,000 devices (YAML and inventories)", body,
                   dists=("pydantic", "PyYAML", "ruamel.yaml"))
-    print(f"manifest_load: {n} devices loaded, validated and planned in {total:.2f} s (target <= {TARGET_S:.0f} s: "
-          f"{'met' if total <= TARGET_S else 'MISSED'})")
+    print(f"manifest_load: {n} devices loaded, validated and planned in {total:.2f} s wall, {total_cpu:.2f} s CPU "
+          f"({verdict})")
 
 
 STORE = Path()
