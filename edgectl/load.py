@@ -27,28 +27,22 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 from pydantic import BaseModel, ValidationError
 from ruamel.yaml import YAML
 from ruamel.yaml.error import MarkedYAMLError, YAMLError
 from ruamel.yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
-from ruamel.yaml.tokens import (BlockEndToken, BlockMappingStartToken, BlockSequenceStartToken, FlowMappingEndToken,
-                                FlowMappingStartToken, FlowSequenceEndToken, FlowSequenceStartToken)
 
 import edgectl
 from edgectl.errors import SpecError, SpecErrors
+from edgectl.inventory import expand_fleet
 from edgectl.spec import API_VERSION, AUTO_PROFILE, KINDS, Deployment, DeviceProfile, Fleet, Model, Spec
-from edgectl.spec_errors import join_path, locate, position, short, translate
+from edgectl.spec_errors import locate, position, short, translate
+from edgectl.yaml_bounds import MAX_NESTING, duplicate_keys, nesting_error, shape_error
+from edgectl.yaml_events import BoundsError, NeedsFullComposer, lazy_nodes, read_documents
 
 YAML_SUFFIXES = (".yaml", ".yml")
-# Bounds on one document's shape: manifests nest a handful of levels and hold hundreds of values. Beyond these, a
-# document is refused before it is built: deep nesting would exhaust Python's recursion, and aliases (*x) that
-# expand to millions of values (a "billion laughs") would make every later step (plan, JSON to the agent) hang.
-MAX_NESTING = 64
-MAX_VALUES = 100_000
-_OPENING = (BlockMappingStartToken, BlockSequenceStartToken, FlowMappingStartToken, FlowSequenceStartToken)
-_CLOSING = (BlockEndToken, FlowMappingEndToken, FlowSequenceEndToken)
 
 # ---------------------------------------------------------------------------------------------------------------
 # Public API
@@ -94,8 +88,15 @@ def load_paths(paths: Sequence[str | Path], *, builtins: bool = True) -> Spec:
     user_docs: list[_Doc] = []
     if not paths:
         errors.append(SpecError("no manifest paths given", hint="pass manifest files or directories, e.g. manifests/"))
+    per_file: dict[Path, tuple[list[_Doc], list[SpecError], set[tuple[str, str]]]] = {}
+    inventories: set[Path] = set()  # a YAML inventory in a manifest folder is read by its Fleet, not as manifests
     for p in paths:
-        user_docs += _load_path(Path(p), errors, broken, seen)
+        _load_path(Path(p), errors, per_file, seen, inventories)
+    for f, (docs, file_errors, file_broken) in per_file.items():
+        if f not in inventories:
+            user_docs += docs
+            errors += file_errors
+            broken |= file_broken
 
     spec = _assemble(builtin_docs, user_docs, errors, broken)
     if errors:
@@ -110,8 +111,18 @@ def load_paths(paths: Sequence[str | Path], *, builtins: bool = True) -> Spec:
 @dataclass
 class _Doc:
     obj: BaseModel
-    node: MappingNode
+    node_of: Callable[[], MappingNode]  # composed on first use: only errors need the node tree
     file: str
+    line: int
+    device_places: dict[int, str] = dataclasses.field(default_factory=dict)  # Fleet: devices read from inventories
+
+    @property
+    def node(self) -> MappingNode:
+        return self.node_of()
+
+    def device_where(self, i: int, key: str) -> str:
+        """Where the i-th device of a Fleet (or its ``key``) is written: the manifest, or an inventory file's row."""
+        return self.device_places.get(i) or self.where(("spec", "devices", i, key))
 
     @property
     def kind(self) -> str:
@@ -124,10 +135,6 @@ class _Doc:
     def where(self, loc: tuple = ()) -> str:
         return position(self.file, locate(self.node, loc, point_at_key=False))
 
-    @property
-    def line(self) -> int:
-        return self.node.start_mark.line + 1
-
 
 def _yaml_files(directory: Path) -> list[Path]:
     """*.yaml / *.yml below ``directory``, sorted; hidden directories (.git, .venv) are skipped, symlinked
@@ -139,7 +146,8 @@ def _yaml_files(directory: Path) -> list[Path]:
     return sorted(found)
 
 
-def _load_path(path: Path, errors: list[SpecError], broken: set[tuple[str, str]], seen: set[Path]) -> list[_Doc]:
+def _load_path(path: Path, errors: list[SpecError], per_file: dict[Path, tuple[list[_Doc], list[SpecError], set]],
+               seen: set[Path], inventories: set[Path]) -> None:
     if path.is_dir():
         files = _yaml_files(path)
         if not files:
@@ -151,16 +159,18 @@ def _load_path(path: Path, errors: list[SpecError], broken: set[tuple[str, str]]
         errors.append(SpecError(f"'{path}' does not exist",
                                 hint="check the path (relative to the current directory); "
                                      "pass manifest files or directories of *.yaml files"))
-        return []
-    docs: list[_Doc] = []
+        return
     for f in files:
         if f.resolve() not in seen:
             seen.add(f.resolve())
-            docs += _load_file(f, str(f), errors, broken)
-    return docs
+            file_errors: list[SpecError] = []
+            file_broken: set[tuple[str, str]] = set()
+            per_file[f.resolve()] = (_load_file(f, str(f), file_errors, file_broken, inventories), file_errors,
+                                     file_broken)
 
 
-def _load_file(path: Path, display: str, errors: list[SpecError], broken: set[tuple[str, str]]) -> list[_Doc]:
+def _load_file(path: Path, display: str, errors: list[SpecError], broken: set[tuple[str, str]],
+               inventories: set[Path] | None = None) -> list[_Doc]:
     try:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError as e:
@@ -176,7 +186,23 @@ def _load_file(path: Path, display: str, errors: list[SpecError], broken: set[tu
             d.obj = _resolve_source_paths(d.obj, path.parent)
         elif isinstance(d.obj, Fleet):
             d.obj = _resolve_signing_key(d.obj, path.parent)
-    return docs
+            if inventories is not None:
+                inventories.update((path.parent / s.path).resolve() for s in d.obj.spec.inventory)
+    return [d for d in docs if not isinstance(d.obj, Fleet) or _read_inventory(d, path.parent, errors, broken)]
+
+
+def _read_inventory(doc: _Doc, base: Path, errors: list[SpecError], broken: set[tuple[str, str]]) -> bool:
+    """Add the devices of a Fleet's inventory files to it; False (errors added) when they cannot be read."""
+    if not doc.obj.spec.inventory:  # type: ignore[attr-defined]
+        return True
+    names: set[str] = set()
+    expanded = expand_fleet(doc.obj, base, doc.where, errors, names)  # type: ignore[arg-type]
+    if expanded is None:
+        broken.add(("Fleet", doc.name))
+        broken.update(("Device", n) for n in names | {d.name for d in doc.obj.spec.devices})  # type: ignore
+        return False
+    doc.obj, doc.device_places = expanded
+    return True
 
 
 def _resolve_source_paths(model: Model, base: Path) -> Model:
@@ -197,29 +223,8 @@ def _resolve_signing_key(fleet: Fleet, base: Path) -> Fleet:
     return fleet.model_copy(update={"spec": fleet.spec.model_copy(update={"signing": signing})})
 
 
-def _nesting_error(text: str, filename: str) -> SpecError | None:
-    """A SpecError at the first token that opens level MAX_NESTING + 1; None when the text stays below it.
-    Runs on ruamel's token stream, which it stops reading there: its scanner slows down with every open flow level
-    (4000 unclosed '[' take half a minute to parse), and its composer recurses once per level."""
-    depth = 0
-    try:
-        for token in YAML(typ="safe", pure=True).scan(io.StringIO(text)):
-            if isinstance(token, _OPENING):
-                depth += 1
-                if depth > MAX_NESTING:
-                    return SpecError(f"this value nests deeper than {MAX_NESTING} levels",
-                                     where=position(filename, token.start_mark),
-                                     hint="look for an unclosed '[' or '{', or runaway indentation; manifests nest "
-                                          "only a few levels")
-            elif isinstance(token, _CLOSING):
-                depth -= 1
-    except YAMLError:
-        return None  # a syntax error: composing reports it, with its position
-    return None
-
-
 def _compose(text: str, filename: str, errors: list[SpecError]) -> list[Node]:
-    nesting = _nesting_error(text, filename)
+    nesting = nesting_error(text, filename)
     if nesting is not None:
         errors.append(nesting)
         return []
@@ -235,53 +240,6 @@ def _compose(text: str, filename: str, errors: list[SpecError]) -> list[Node]:
                                 hint="look for an unclosed '[' or '{', or runaway indentation; manifests nest only "
                                      "a few levels"))
     return nodes
-
-
-def _children(node: Node) -> list[Node]:
-    if isinstance(node, MappingNode):
-        return [n for pair in node.value for n in pair]
-    if isinstance(node, SequenceNode):
-        return list(node.value)
-    return []
-
-
-def _shape_error(root: Node, filename: str) -> SpecError | None:
-    """Why ``root`` is too deep, too large once its aliases are expanded, or recursive; None when it is fine.
-    Iterative (no recursion), each node visited once: aliased nodes are shared in the tree."""
-    size: dict[int, int] = {}
-    height: dict[int, int] = {}
-    on_path: set[int] = set()
-    stack: list[tuple[Node, bool]] = [(root, False)]
-    while stack:
-        node, finished = stack.pop()
-        key = id(node)
-        if finished:
-            on_path.discard(key)
-            kids = _children(node)
-            size[key] = 1 + sum(size[id(k)] for k in kids)
-            height[key] = 1 + max((height[id(k)] for k in kids), default=0)
-            if height[key] > MAX_NESTING:
-                return SpecError(f"this value nests deeper than {MAX_NESTING} levels",
-                                 where=position(filename, node.start_mark),
-                                 hint="look for an unclosed '[' or '{', or runaway indentation; manifests nest only "
-                                      "a few levels")
-            if size[key] > MAX_VALUES:
-                return SpecError(f"YAML aliases (*name) expand this value to more than {MAX_VALUES} values",
-                                 where=position(filename, node.start_mark),
-                                 hint="write the values out, or use fewer aliases; no manifest needs this many")
-            continue
-        if key in size:
-            continue
-        on_path.add(key)
-        stack.append((node, True))
-        for kid in _children(node):
-            if id(kid) in on_path:
-                return SpecError("a YAML alias (*name) refers to a value that contains it (a loop)",
-                                 where=position(filename, kid.start_mark),
-                                 hint="make the alias refer to a value defined outside itself, or write it out")
-            if id(kid) not in size:
-                stack.append((kid, False))
-    return None
 
 
 def _yaml_error(e: YAMLError, filename: str) -> SpecError:
@@ -307,7 +265,39 @@ def _construct(node: Node) -> Any:
 
 def _parse_and_validate(text: str, filename: str, errors: list[SpecError],
                         broken: set[tuple[str, str]] | None = None) -> list[_Doc]:
+    """The documents of one text, validated. The fast reader (libyaml events, no node tree) reads what it can; a
+    text it leaves to ruamel.yaml (tags, merge keys, duplicate keys, syntax errors...) takes the full path."""
     broken = set() if broken is None else broken
+    try:
+        fast = read_documents(text, filename)
+    except BoundsError as e:
+        errors.append(e.error)
+        return []
+    except NeedsFullComposer:
+        return _parse_and_validate_composed(text, filename, errors, broken)
+    node = lazy_nodes(text)
+    docs: list[_Doc] = []
+    for i, doc in enumerate(fast):
+        if doc.data is None:
+            continue  # an empty document, e.g. after a trailing '---'
+        valid = _validate_document(doc.data, (lambda i=i: node(i)), filename, errors, doc.line)
+        if valid is not None:
+            docs.append(valid)
+        else:
+            broken.update(_names_in(doc.data))
+    if not any(doc.data is not None for doc in fast):
+        errors.append(_no_documents(filename))
+    return docs
+
+
+def _no_documents(filename: str) -> SpecError:
+    return SpecError("no documents in this file", where=filename,
+                     hint=f"add a document: 'apiVersion: {API_VERSION}', 'kind', 'metadata', 'spec' "
+                          "(or remove the file)")
+
+
+def _parse_and_validate_composed(text: str, filename: str, errors: list[SpecError],
+                                 broken: set[tuple[str, str]]) -> list[_Doc]:
     before = len(errors)
     nodes = _compose(text, filename, errors)
     docs: list[_Doc] = []
@@ -322,26 +312,24 @@ def _parse_and_validate(text: str, filename: str, errors: list[SpecError],
                 f"a document must be a mapping (apiVersion, kind, metadata, spec), got {_node_kind(node)}",
                 where=where, hint=f"start the document with 'apiVersion: {API_VERSION}' and 'kind: ...'"))
             continue
-        shape = _shape_error(node, filename)
+        shape = shape_error(node, filename)
         if shape is not None:
             errors.append(shape)
             continue
-        dup_errors = _duplicate_keys(node, filename)
+        dup_errors = duplicate_keys(node, filename)
         errors += dup_errors
         try:
             data = _construct(node)
         except YAMLError as e:
             errors.append(_yaml_error(e, filename))
             continue
-        doc = _validate_document(data, node, filename, errors)
+        doc = _validate_document(data, (lambda node=node: node), filename, errors, node.start_mark.line + 1)
         if doc is not None and not dup_errors:
             docs.append(doc)
         else:
             broken.update(_names_in(data))
     if not seen_any and len(errors) == before:
-        errors.append(SpecError("no documents in this file", where=filename,
-                                hint=f"add a document: 'apiVersion: {API_VERSION}', 'kind', 'metadata', 'spec' "
-                                     "(or remove the file)"))
+        errors.append(_no_documents(filename))
     return docs
 
 
@@ -351,34 +339,6 @@ def _node_kind(node: Node) -> str:
     if isinstance(node, ScalarNode):
         return f"the scalar {short(node.value)!s}"
     return "something else"
-
-
-def _duplicate_keys(node: Node, filename: str) -> list[SpecError]:
-    out: list[SpecError] = []
-    stack = [(node, "")]
-    visited: set[int] = set()  # aliases share nodes (and may be recursive): check each node once
-    while stack:
-        n, path = stack.pop()
-        if id(n) in visited:
-            continue
-        visited.add(id(n))
-        if isinstance(n, MappingNode):
-            first: dict[Any, Node] = {}
-            for k, v in n.value:
-                key = k.value if isinstance(k, ScalarNode) else id(k)
-                child = join_path(path, key)
-                if key in first:
-                    m = first[key].start_mark
-                    out.append(SpecError(
-                        f"duplicate key '{key}'", where=position(filename, k.start_mark), field=child,
-                        hint=f"it is already set at line {m.line + 1}, column {m.column + 1}; keep one of them"))
-                else:
-                    first[key] = k
-                stack.append((v, child))
-        elif isinstance(n, SequenceNode):
-            for i, item in enumerate(n.value):
-                stack.append((item, f"{path}[{i}]"))
-    return out
 
 
 def _names_in(data: Any) -> set[tuple[str, str]]:
@@ -394,27 +354,29 @@ def _names_in(data: Any) -> set[tuple[str, str]]:
     return names
 
 
-def _validate_document(data: Any, node: MappingNode, filename: str, errors: list[SpecError]) -> _Doc | None:
-    """Envelope checks (apiVersion, kind) with precise hints, then the kind's pydantic model."""
+def _validate_document(data: Any, node_of: Callable[[], MappingNode], filename: str, errors: list[SpecError],
+                       line: int) -> _Doc | None:
+    """Envelope checks (apiVersion, kind) with precise hints, then the kind's pydantic model. ``node_of()`` gives
+    the document's node tree, for the locations of errors."""
     kind = data.get("kind")
     api = data.get("apiVersion")
     if "apiVersion" not in data:
-        errors.append(SpecError("missing required field", where=position(filename, node.start_mark), field="apiVersion",
+        errors.append(SpecError("missing required field", where=position(filename, node_of().start_mark), field="apiVersion",
                                 hint=f"add 'apiVersion: {API_VERSION}' at the top of the document"))
     elif api != API_VERSION:
         errors.append(SpecError(f"unsupported apiVersion {short(api)}",
-                                where=position(filename, locate(node, ("apiVersion",))), field="apiVersion",
+                                where=position(filename, locate(node_of(), ("apiVersion",))), field="apiVersion",
                                 hint=f"use 'apiVersion: {API_VERSION}'"))
     known = ", ".join(KINDS)
     if "kind" not in data:
-        errors.append(SpecError("missing required field", where=position(filename, node.start_mark), field="kind",
+        errors.append(SpecError("missing required field", where=position(filename, node_of().start_mark), field="kind",
                                 hint=f"add 'kind: ...', one of: {known}"))
         return None
     if not isinstance(kind, str) or kind not in KINDS:
         close = difflib.get_close_matches(str(kind), list(KINDS), n=1, cutoff=0.5)
         close += [k for k in KINDS if isinstance(kind, str) and k.lower() == kind.lower() and k not in close]
         hint = f"did you mean '{close[0]}'? " if close else ""
-        errors.append(SpecError(f"unknown kind {short(kind)}", where=position(filename, locate(node, ("kind",))),
+        errors.append(SpecError(f"unknown kind {short(kind)}", where=position(filename, locate(node_of(), ("kind",))),
                                 field="kind", hint=f"{hint}known kinds: {known}"))
         return None
     cls = KINDS[kind]
@@ -424,9 +386,9 @@ def _validate_document(data: Any, node: MappingNode, filename: str, errors: list
         for err in e.errors():
             if tuple(err["loc"]) == ("apiVersion",):
                 continue  # reported above, with a better hint
-            errors.append(translate(err, cls, node, filename))
+            errors.append(translate(err, cls, node_of(), filename))
         return None
-    return _Doc(obj, node, filename)
+    return _Doc(obj, node_of, filename, line)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -489,9 +451,9 @@ def _check_references(buckets: dict[str, dict[str, Any]], origin: dict[tuple[str
         for i, dev in enumerate(fleet.spec.devices):
             if dev.name in devices:
                 other_fleet, j = devices[dev.name]
-                first = origin[("Fleet", other_fleet)].where(("spec", "devices", j, "name"))
+                first = origin[("Fleet", other_fleet)].device_where(j, "name")
                 errors.append(SpecError(
-                    f"duplicate device name '{dev.name}'", where=doc.where(("spec", "devices", i, "name")),
+                    f"duplicate device name '{dev.name}'", where=doc.device_where(i, "name"),
                     field=f"spec.devices[{i}].name",
                     hint=f"'{dev.name}' is already a device at {first}; device names must be unique across fleets"))
             else:
@@ -499,7 +461,7 @@ def _check_references(buckets: dict[str, dict[str, Any]], origin: dict[tuple[str
             missing = dev.profile != AUTO_PROFILE and dev.profile not in profiles
             if missing and ("DeviceProfile", dev.profile) not in broken:
                 errors.append(SpecError(
-                    f"unknown device profile '{dev.profile}'", where=doc.where(("spec", "devices", i, "profile")),
+                    f"unknown device profile '{dev.profile}'", where=doc.device_where(i, "profile"),
                     field=f"spec.devices[{i}].profile",
                     hint=f"use '{AUTO_PROFILE}' or a DeviceProfile name; " + _known(dev.profile, profiles)))
     for dep in buckets["deployments"].values():

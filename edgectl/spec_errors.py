@@ -13,11 +13,10 @@ from typing import Any, Literal, Sequence, get_args, get_origin
 
 from edgectl_agent.names import DIGEST_PATTERN, NAME_PATTERN, SHA256_HEX_PATTERN
 from pydantic import BaseModel
-from ruamel.yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 from edgectl.errors import SpecError
 from edgectl.spec.common import LABEL_PATTERN, is_union, unwrap_annotation
-from edgectl.spec.fleet import HOST_PATTERN, JUMP_PATTERN, PROGRAM_PATTERN, REMOTE_PATH_PATTERN
+from edgectl.spec.fleet import HOST_PATTERN, INVENTORY_PATH_PATTERN, JUMP_PATTERN, PROGRAM_PATTERN, REMOTE_PATH_PATTERN
 
 NAME_RULES = ("lowercase letters, digits, '.', '_' and '-'; starting and ending with a letter or digit; "
               "at most 63 characters (no spaces, '/', shell characters or a leading '-')")
@@ -34,6 +33,9 @@ _PATTERN_WORDS = {
                                          "'._+-/' (no spaces or shell metacharacters)"),
     PROGRAM_PATTERN: ("program", "a command name or absolute path of letters, digits and '._+-/', not starting "
                                  "with '-'"),
+    INVENTORY_PATH_PATTERN: ("inventory path", "a path relative to the manifest's folder, of segments of letters, "
+                                               "digits and '._+-' that do not start with '.' or '-' (no '..', no "
+                                               "absolute path)"),
     SHA256_HEX_PATTERN: ("sha256", "64 lowercase hex digits (the output of `sha256sum`)"),
     DIGEST_PATTERN: ("digest", "'sha256:' followed by 64 lowercase hex digits"),
 }
@@ -54,13 +56,18 @@ def position(filename: str, mark: Any) -> str:
     return f"{filename}:{mark.line + 1}:{mark.column + 1}"
 
 
+# A node is one of a composed YAML tree: ruamel.yaml's (the full path) or PyYAML's (libyaml, the fast path); both
+# have ``id`` ('scalar', 'sequence', 'mapping'), ``value`` and ``start_mark`` (0-based line and column).
+Node = Any
+
+
 def _child(node: Node, step: Any) -> tuple[Node | None, Node | None]:
     """(key node, value node) of ``step`` in ``node``; (None, None) when absent."""
-    if isinstance(node, MappingNode) and isinstance(step, str):
+    if node.id == "mapping" and isinstance(step, str):
         for k, v in node.value:
-            if isinstance(k, ScalarNode) and k.value == step:
+            if k.id == "scalar" and k.value == step:
                 return k, v
-    if isinstance(node, SequenceNode) and isinstance(step, int) and 0 <= step < len(node.value):
+    if node.id == "sequence" and isinstance(step, int) and 0 <= step < len(node.value):
         return None, node.value[step]
     return None, None
 
@@ -181,7 +188,7 @@ def _got(value: Any) -> str:
     return f"{short(value)} (a {type(value).__name__})"
 
 
-def translate(err: dict, cls: type[BaseModel], root: MappingNode, filename: str) -> SpecError:
+def translate(err: dict, cls: type[BaseModel], root: Node, filename: str) -> SpecError:
     loc = tuple(err["loc"])
     etype = err["type"]
     ctx = err.get("ctx") or {}

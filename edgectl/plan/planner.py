@@ -15,6 +15,9 @@ deployment's artifact ``select.py``'s, and the plan's data classes ``result.py``
 from __future__ import annotations
 
 import copy
+import gc
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import replace
 
 from edgectl_agent.api import AgentState, DeploymentState, Facts
@@ -51,8 +54,24 @@ def plan(spec: Spec, facts: dict[str, Facts | None], observed: dict[str, AgentSt
     """
     names = devices if devices is not None else (list(facts) if facts else list(spec.devices))
     memo: dict = {}  # devices with the same profile and facts get the same candidates: computed once per plan
-    return Plan([plan_device(spec, spec.devices[n], facts.get(n), observed.get(n), built, available, memo=memo)
-                 for n in names])
+    with _collector_paused():
+        return Plan([plan_device(spec, spec.devices[n], facts.get(n), observed.get(n), built, available, memo=memo)
+                     for n in names])
+
+
+@contextmanager
+def _collector_paused() -> Iterator[None]:
+    """Python's cyclic garbage collector off while the plan is made. A 10,000-device plan allocates tens of
+    thousands of small objects that all outlive it, and each allocation burst made the collector walk the whole
+    heap (the loaded Spec included) for nothing: 0.35 s of the plan's 0.5 s of CPU (bench/manifest_load.py). Reference counting still frees
+    what is dropped; the collector resumes (if it was on) when the plan is made."""
+    was_on = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_on:
+            gc.enable()
 
 
 def plan_device(spec: Spec, device: Device, facts: Facts | None, observed: AgentState | None,

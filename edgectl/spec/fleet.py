@@ -177,8 +177,46 @@ class PullRegistry(Frozen):
                                            "`edgectl apply` within this window to renew it.")
 
 
+# A file next to the manifest: relative, no '..', no hidden or odd segments (like an artifact tree's paths).
+INVENTORY_PATH_PATTERN = r"^[A-Za-z0-9_][A-Za-z0-9._+-]*(/[A-Za-z0-9_][A-Za-z0-9._+-]*){0,15}$"
+InventoryPath = Annotated[str, Field(pattern=INVENTORY_PATH_PATTERN)]
+
+
+class InventorySource(Frozen):
+    """Devices listed in a file next to the manifest (edgectl/inventory.py reads it, with file:line errors)."""
+
+    csv: InventoryPath | None = Field(
+        default=None, description="A CSV file: a header row, then one device per row. Columns: name (required), "
+                                  "profile, transport (ssh or pull; default ssh), host, user, port, and one "
+                                  "'label.<key>' column per label. Relative to this manifest's folder.")
+    ansible: InventoryPath | None = Field(
+        default=None, description="An Ansible inventory, INI or YAML (by suffix: .yml/.yaml are YAML): every host "
+                                  "is an SSH device named after it, with ansible_host, ansible_user and "
+                                  "ansible_port as its transport, edgectl_profile as its profile, and a label "
+                                  "'<group>: \"true\"' for every group it is in (not 'all' or 'ungrouped'). "
+                                  "Relative to this manifest's folder.")
+    profile: Name | None = Field(default=None, description="Profile of the devices whose row or host names none.")
+    labels: dict[LabelValue, LabelValue] = Field(default_factory=dict,
+                                                 description="Labels added to every device of this source.")
+
+    @model_validator(mode="after")
+    def _one_file(self) -> InventorySource:
+        if (self.csv is None) == (self.ansible is None):
+            raise ValueError("an inventory source names exactly one file: 'csv: devices.csv' or "
+                             "'ansible: hosts.ini'")
+        return self
+
+    @property
+    def path(self) -> str:
+        return self.csv or self.ansible or ""
+
+
 class FleetSpec(Frozen):
-    devices: list[Device] = Field(min_length=1, description="The devices of this fleet.")
+    devices: list[Device] = Field(default_factory=list, description="The devices of this fleet, written out (with "
+                                                                    "spec.inventory: more devices from files).")
+    inventory: list[InventorySource] = Field(
+        default_factory=list, description="Files that list more devices (CSV, Ansible inventory), for large fleets; "
+                                          "read when the manifest is loaded, with the same checks as devices.")
     engine: Literal["ssh", "ansible"] = Field(
         default="ssh",
         description="How `edgectl apply` works on this fleet's SSH devices: 'ssh' (edgectl's own SSH transport) "
@@ -188,6 +226,13 @@ class FleetSpec(Frozen):
                                                               "absent).")
     pull: PullRegistry | None = Field(default=None, description="The registry this fleet's pull devices "
                                                                 "(transport: {type: pull}) poll.")
+
+    @model_validator(mode="after")
+    def _some_devices(self) -> FleetSpec:
+        if not self.devices and not self.inventory:
+            raise ValueError("a fleet needs devices: list them under spec.devices, or name files that list them "
+                             "under spec.inventory")
+        return self
 
     @field_validator("devices")
     @classmethod
