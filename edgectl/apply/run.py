@@ -55,7 +55,7 @@ def apply(spec: Spec, *, store: ArtifactStore, device_names: Iterable[str] | Non
         rest = apply(spec, store=store, device_names=pushed, skip_unfit=skip_unfit, events=events.inner,
                      parallel=parallel, record=record, engine=engine)
         return ApplyResult(Plan(pulled.plan.devices + rest.plan.devices), pulled.devices + rest.devices,
-                           halted=rest.halted)
+                           halted=pulled.halted + rest.halted)
     signers = signers_for(spec, devices)  # a bad key stops here, before anything changes
     contexts = observe(devices, start_agents=False, parallel=max(parallel, OBSERVE_PARALLEL), signers=signers)
     built: dict[str, BuiltArtifact] = {}  # the store's cache hits, looked up once for every plan of this run
