@@ -181,8 +181,9 @@ class Puller:
                 self._save(manifest_digest=None)
             return self._outcome("failed", e.message, keep=True)
         log.info("pull: applied state version %d (%d deployments)", state.version, len(state.deployments))
-        gates = await self.run_gates(state)
-        return self._outcome("applied", None, applied_version=state.version, gates=gates)
+        outcome = self._outcome("applied", None, applied_version=state.version)
+        self._save(gates=await self.run_gates(state))  # reported with this poll's outcome
+        return outcome
 
     async def run_gates(self, state: PublishedState) -> dict:
         """Send the smoke request of each gated deployment of ``state`` to this agent itself (edgectl_agent.pull_gate)
