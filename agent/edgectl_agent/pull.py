@@ -58,6 +58,13 @@ def jittered(seconds: float, rng: random.Random) -> float:
     return seconds * rng.uniform(1 - JITTER, 1 + JITTER)
 
 
+def backoff_s(failures: int, interval_s: float) -> float:
+    """The wait before the next try after ``failures`` failed polls in a row: the poll interval doubled per
+    failure, capped at MAX_BACKOFF_S (the loop adds +-20% jitter, so a fleet cut off together does not return
+    together)."""
+    return min(MAX_BACKOFF_S, interval_s * 2 ** min(failures, 12))
+
+
 class Puller:
     """One agent's pull loop. ``agent``: edgectl_agent.app.Agent (its store, deployments, upload guard)."""
 
@@ -108,7 +115,7 @@ class Puller:
                     await asyncio.sleep(jittered(delay, self.rng))
                     continue
                 failures += 1
-                delay = min(MAX_BACKOFF_S, (self.status.poll_interval_s or FIRST_POLL_S) * 2 ** min(failures, 12))
+                delay = backoff_s(failures, self.status.poll_interval_s or FIRST_POLL_S)
                 log.warning("pull: registry unreachable or refused (%s); still serving what is active; next try "
                             "in ~%.0f s", e.message, delay)
                 self._save(checked_at=_now(), outcome="registry_unreachable", error=e.message)
@@ -300,4 +307,4 @@ def pull_status_json(root: Path) -> dict | None:
         return None
 
 
-__all__ = ["Puller", "load_config", "start_pulling", "jittered"]
+__all__ = ["Puller", "backoff_s", "load_config", "start_pulling", "jittered"]

@@ -20,6 +20,7 @@ from edgectl.plan import selects
 from edgectl.spec import Device, Spec
 
 STALE_POLLS = 2.5
+CLOCK_SKEW_WARN_S = 60.0  # as the agent's own warning (edgectl_agent.pull.CLOCK_SKEW_WARN_S)
 JOB = "edgectl_pull"
 
 
@@ -63,6 +64,10 @@ def device_status(spec: Spec, device: Device, series: list[dict] | None, *, now:
         st.error = "stale: the registry serves it an expired state (run `edgectl apply` to publish a fresh one)"
     elif outcome not in (None, "applied", "unchanged"):
         st.error = f"last poll: {outcome}"
+    skew = _value(series, "edgectl_pull_clock_skew_seconds")
+    if skew is not None and abs(skew) > CLOCK_SKEW_WARN_S:
+        st.error = ((st.error + "; ") if st.error else "") + (
+            f"its clock is {skew:+.0f} s off the registry's: set its time (NTP), expiry is judged by that clock")
     for s in series:
         m = s["metric"]
         if m.get("__name__") != "edgectl_pull_deployment_since_timestamp_seconds":

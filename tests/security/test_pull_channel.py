@@ -253,8 +253,9 @@ def test_device_clock_skew_is_measured_reported_and_expiry_judged_by_the_device(
     from tests.integration.conftest import AgentProcess, free_port
     from tests.integration.test_pull_registry import PullWorld, edgectl, pull_status, serving_digest, wait_for
 
-    lib = Path("/usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.so.1")
-    assert lib.exists(), "libfaketime missing: run `scripts/setup.sh test` (Debian package faketime)"
+    found = sorted(Path("/usr/lib").glob("*/faketime/libfaketimeMT.so.1"))
+    assert found, "libfaketime missing: run `scripts/setup.sh test` (Debian package faketime)"
+    lib = found[0]
     world = PullWorld(tmp_path)
     agents = []
     try:
