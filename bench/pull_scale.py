@@ -30,6 +30,7 @@ import statistics
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -48,6 +49,7 @@ OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 REPO_NAME = "shops/models"
 ACCESS = re.compile(r'"(GET|HEAD|PUT|POST|PATCH) (\S+) HTTP/[\d.]+" (\d{3}) (\d+)')
 MIB = 2**20
+PUBLISH_THREADS = 8
 
 
 @dataclass
@@ -138,8 +140,8 @@ def publish_blob(client: httpx.Client, base: str, data: bytes) -> str:
 def publish_states(client: httpx.Client, base: str, n: int, blob: str, size: int, version: int) -> dict[int, str]:
     """One state document per device, under ``state-d<i>``; returns each manifest digest."""
     empty = publish_blob(client, base, b"{}")
-    out = {}
-    for i in range(n):
+
+    def one(i: int) -> str:
         doc = json.dumps({"device": f"d{i}", "version": version, "digest": blob, "size": size}).encode()
         layer = publish_blob(client, base, doc)
         manifest = {"schemaVersion": 2, "mediaType": OCI_MANIFEST,
@@ -150,8 +152,9 @@ def publish_states(client: httpx.Client, base: str, n: int, blob: str, size: int
         r = client.put(f"{base}/manifests/state-d{i}", content=json.dumps(manifest).encode(),
                        headers={"Content-Type": OCI_MANIFEST})
         r.raise_for_status()
-        out[i] = r.headers["Docker-Content-Digest"]
-    return out
+        return r.headers["Docker-Content-Digest"]
+    with ThreadPoolExecutor(max_workers=PUBLISH_THREADS) as pool:  # states of different devices are independent
+        return dict(enumerate(pool.map(one, range(n))))
 
 
 def origin_traffic(log: Path, offset: int) -> tuple[int, int, int]:
@@ -223,7 +226,8 @@ async def _measure(n, poll, size, timeout, known, origin, origin_base, device_ba
     await asyncio.sleep(1)
     requests, sent, blob_bytes = origin_traffic(origin.log, log_offset)
     lat = sorted(fleet.latencies)
-    return {"devices": n, "published_s": published_s, "t99_s": t99, "reported": len(fleet.reported),
+    return {"devices": n, "published_s": published_s, "t99_s": t99,
+            "t99_after_publish_s": t99 - published_s if t99 is not None else None, "reported": len(fleet.reported),
             "elapsed_s": elapsed, "requests": fleet.requests, "rps": fleet.requests / elapsed,
             "p50_ms": 1000 * statistics.median(lat) if lat else None,
             "p99_ms": 1000 * lat[int(0.99 * (len(lat) - 1))] if lat else None, "errors": fleet.errors,
@@ -247,17 +251,18 @@ def main() -> None:
         print(json.dumps({"mirror": mirror, **r}), flush=True)
         target = 2 * args.poll + 5  # two poll intervals plus transfer (loopback: a few seconds)
         t99 = f"{r['t99_s']:.1f} s" if r["t99_s"] is not None else f"not reached ({r['reported']}/{r['devices']})"
+        after = f"{r['t99_after_publish_s']:.1f} s" if r["t99_s"] is not None else "-"
         rows.append(["site mirror (proxy)" if mirror else "origin only", r["devices"], f"{r['published_s']:.1f} s",
-                     t99, f"≤ {target:.0f} s", f"{r['rps']:.0f}", f"{r['p99_ms']:.0f} ms", r["errors"],
+                     t99, after, f"≤ {target:.0f} s", f"{r['rps']:.0f}", f"{r['p99_ms']:.0f} ms", r["errors"],
                      r["origin_requests"], f"{r['origin_blob_bytes'] / MIB:.1f} MiB",
                      f"{r['origin_blob_bytes'] / r['blob_bytes']:.1f}"])
     body = (f"{args.devices} simulated pull devices (asyncio pollers doing the agent's HTTP: manifest HEAD, manifest "
             f"and state GETs, the new {args.blob_mib:g} MiB artifact in two ranged GETs, a Pushgateway report "
             f"per poll), poll interval {args.poll:g} s ±20%, one Distribution origin, and the same with a second "
             "Distribution in proxy mode as the site mirror in front of it. Time to 99% counts from the start of "
-            f"the publish ({args.devices} state documents + the artifact). Origin figures come from the origin's "
+            f"the publish ({args.devices} state documents + the artifact, {PUBLISH_THREADS} publishing threads). Origin figures come from the origin's "
             "access log; requests/s and p99 are what the devices saw from the registry they talk to.\n\n"
-            + table(["path", "devices", "publish", "99% on new digest", "target", "registry req/s", "p99",
+            + table(["path", "devices", "publish", "99% on new digest", "of which after the publish", "target", "registry req/s", "p99",
                      "errors", "origin requests", "origin blob bytes", "artifact copies from origin"], rows))
     if not args.no_write:
         print(write_section("pull_scale", "Pull mode at fleet scale (issue 17)", body, dists=("httpx",)))
