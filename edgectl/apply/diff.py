@@ -2,16 +2,11 @@
 
 from __future__ import annotations
 
-from importlib import import_module
-
+from edgectl.delivery import DELIVERY_MODES, by_delivery, mode_function
 from edgectl.plan import Plan
 from edgectl.spec import Spec
 
 from edgectl.apply.observe import DeviceContext
-
-# Pull devices are compared with their last report in Prometheus (edgectl.pull.status builds on this package, so
-# it is named here as data, not imported).
-PULL_STATUS = "edgectl.pull.status:pull_statuses"
 
 
 def diff(spec: Spec, contexts: dict[str, DeviceContext], p: Plan) -> list[dict]:
@@ -19,12 +14,9 @@ def diff(spec: Spec, contexts: dict[str, DeviceContext], p: Plan) -> list[dict]:
     with what apply would do about it. Drift - an agent serving another digest than the one planned, a deployment
     failed or changed out of band - is named as such."""
     rows = []
-    pulled = [dp for dp in p.devices if contexts[dp.device].device.transport.type == "pull"]
-    reported = {}
-    if pulled:
-        module, _, name = PULL_STATUS.partition(":")
-        pull_statuses = getattr(import_module(module), name)
-        reported = {s.device: s for s in pull_statuses(spec, [contexts[dp.device].device for dp in pulled])}
+    # devices that edgectl does not connect to (pull) are compared with their last report
+    reported = {s.device: s for mode, group in by_delivery(contexts[dp.device].device for dp in p.devices).items()
+                if DELIVERY_MODES[mode].report for s in mode_function(DELIVERY_MODES[mode].report)(spec, group)}
     for dp in p.devices:
         ctx = contexts[dp.device]
         if dp.device in reported:
