@@ -8,7 +8,8 @@ Prometheus's Pushgateway for the status reports. The devices are lightweight asy
 bounded connection pool) doing the agent's real HTTP: per poll a manifest HEAD of ``state-<device>`` (OCI Accept
 header); on a new digest the manifest GET by digest, the state blob GET, the artifact blob in two ranged GETs (a
 cold mirror answers 200 with the whole body: taken as such), sha256 checked; then a status report PUT to the
-Pushgateway, after every poll (the agent's own report text). What they skip: signatures (no crypto in the loop), the store, model loading.
+Pushgateway, after every poll (the agent's own report text). What they skip: signatures (no crypto in the loop),
+the store, model loading.
 
 Measured per run: time from the start of the publish (N new state documents plus one new artifact) until 99% of the
 devices reported the new digest; registry requests/s and p99 latency as the devices saw them (the registry they
@@ -260,10 +261,12 @@ def main() -> None:
             f"and state GETs, the new {args.blob_mib:g} MiB artifact in two ranged GETs, a Pushgateway report "
             f"per poll), poll interval {args.poll:g} s ±20%, one Distribution origin, and the same with a second "
             "Distribution in proxy mode as the site mirror in front of it. Time to 99% counts from the start of "
-            f"the publish ({args.devices} state documents + the artifact, {PUBLISH_THREADS} publishing threads). Origin figures come from the origin's "
-            "access log; requests/s and p99 are what the devices saw from the registry they talk to.\n\n"
-            + table(["path", "devices", "publish", "99% on new digest", "of which after the publish", "target", "registry req/s", "p99",
-                     "errors", "origin requests", "origin blob bytes", "artifact copies from origin"], rows))
+            f"the publish ({args.devices} state documents + the artifact, {PUBLISH_THREADS} publishing threads). "
+            "Origin figures come from the origin's access log; requests/s and p99 are what the devices saw from the "
+            "registry they talk to.\n\n"
+            + table(["path", "devices", "publish", "99% on new digest", "of which after the publish", "target",
+                     "registry req/s", "p99", "errors", "origin requests", "origin blob bytes",
+                     "artifact copies from origin"], rows))
     if not args.no_write:
         print(write_section("pull_scale", "Pull mode at fleet scale (issue 17)", body, dists=("httpx",)))
     else:

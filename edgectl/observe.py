@@ -16,6 +16,7 @@ from edgectl_agent.api import DeploymentState, Facts
 
 from edgectl.apply import close_contexts, make_plan, observe
 from edgectl.collector import parse_exposition
+from edgectl.delivery import DELIVERY_MODES, by_delivery, mode_function
 from edgectl.errors import EdgectlError
 from edgectl.plan import selects
 from edgectl.spec import Device, Spec

@@ -39,8 +39,8 @@ def _free_port() -> int:
 
 
 class Registry:
-    """``users``: name -> password (htpasswd; empty: no auth). Start/stop keeps its storage, so a restarted registry serves the
-    same content."""
+    """``users``: name -> password (htpasswd; empty: no auth). Start/stop keeps its storage, so a restarted registry
+    serves the same content."""
 
     def __init__(self, base: Path, users: dict[str, str], *, proxy_of: tuple[str, str, str] | None = None,
                  token: TokenService | None = None) -> None:

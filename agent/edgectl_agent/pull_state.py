@@ -184,7 +184,8 @@ class PullStatus(Wire):
     device: str = Field(description="This device.")
     checked_at: datetime | None = Field(default=None, description="When the registry was last polled.")
     outcome: str | None = Field(default=None, description="unchanged, applied, refused, stale, failed, "
-                                                          "registry_unreachable, error or no_state (nothing published for it yet).")
+                                                          "registry_unreachable, error or no_state (nothing "
+                                                          "published for it yet).")
     error: str | None = Field(default=None, description="Why, when the outcome is not a success.")
     version: int = Field(default=0, description="Highest state version accepted (0: none yet).")
     applied_version: int = Field(default=0, description="Highest state version fully applied.")

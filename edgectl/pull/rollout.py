@@ -100,7 +100,8 @@ class PullRollout:
         out = {}
         for name in sorted(self.spec.deployments):
             rollout = self.spec.deployments[name].spec.rollout
-            changed = [d for d, t in self.targets.items() if name in t.desired and t.published.get(name) != t.desired[name]]
+            changed = [d for d, t in self.targets.items()
+                       if name in t.desired and t.published.get(name) != t.desired[name]]
             order = waves(rollout, changed)
             if len(order) > 1:
                 blind = [d for d in changed if self.targets[d].pull.prometheus is None]
