@@ -16,6 +16,7 @@ from edgectl_agent.api import DeploymentState, Facts
 
 from edgectl.apply import close_contexts, make_plan, observe
 from edgectl.collector import parse_exposition
+from edgectl.delivery import DELIVERY_MODES, by_delivery, mode_function
 from edgectl.errors import EdgectlError
 from edgectl.plan import selects
 from edgectl.spec import Device, Spec
@@ -145,11 +146,6 @@ class DeviceStatus:
             "plan_status": self.plan_status,
         }
 
-# Pull devices' status comes from their reports in Prometheus (edgectl.pull.status builds on this module, so it is
-# named here as data, not imported).
-PULL_STATUS = "edgectl.pull.status:pull_statuses"
-
-
 def collect_status(spec: Spec, devices: Iterable[Device], *, store=None,
                    previous: dict[str, DeviceStatus] | None = None, parallel: int = 8) -> list[DeviceStatus]:
     """Status of each device. ``store``: the local artifact store, for drift (None = no plan, no drift).
@@ -157,15 +153,14 @@ def collect_status(spec: Spec, devices: Iterable[Device], *, store=None,
     ``parallel`` at a time, and every connection opened is closed before returning (``--watch`` calls this
     every few seconds)."""
     devices = list(devices)
-    if any(d.transport.type == "pull" for d in devices):  # read from their reports, never connected to
-        from importlib import import_module
-
-        module, _, name = PULL_STATUS.partition(":")
-        pull_statuses = getattr(import_module(module), name)
-        pulled = {s.device: s for s in pull_statuses(spec, [d for d in devices if d.transport.type == "pull"])}
-        pushed = {s.device: s for s in collect_status(spec, [d for d in devices if d.transport.type != "pull"],
-                                                      store=store, previous=previous, parallel=parallel)}
-        return [pulled.get(d.name) or pushed[d.name] for d in devices]
+    groups = by_delivery(devices)
+    if set(groups) != {"push"} and devices:  # other modes (pull): read from their reports, never connected to
+        found = {s.device: s for mode, group in groups.items() if mode != "push"
+                 for s in mode_function(DELIVERY_MODES[mode].report)(spec, group)}
+        if "push" in groups:
+            found.update((s.device, s) for s in collect_status(spec, groups["push"], store=store, previous=previous,
+                                                               parallel=parallel))
+        return [found[d.name] for d in devices]
     contexts = observe(devices, start_agents=False, parallel=parallel)
     try:
         with ThreadPoolExecutor(max_workers=max(1, min(parallel, len(devices)))) as pool:

@@ -42,6 +42,8 @@ if [ "${1:-}" = "test" ]; then
   [ -x /usr/bin/docker-registry ] || need+=(docker-registry)
   command -v htpasswd >/dev/null || need+=(apache2-utils)
   command -v prometheus-pushgateway >/dev/null || need+=(prometheus-pushgateway)  # pull devices' status reports
+  # a pull device whose clock is days off (tests/security/test_pull_channel.py runs an agent under libfaketime)
+  ls /usr/lib/*/faketime/libfaketimeMT.so.1 >/dev/null 2>&1 || need+=(faketime)
   # the emulated aarch64 device (tests/emulated_arm64.py) and the aarch64 cross build of llama.cpp
   [ -x /usr/bin/qemu-aarch64-static ] || need+=(qemu-user-static)
   command -v aarch64-linux-gnu-g++ >/dev/null || need+=(gcc-aarch64-linux-gnu g++-aarch64-linux-gnu)

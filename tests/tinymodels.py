@@ -138,3 +138,39 @@ def write_tiny_llama_gguf(path: Path, *, seed: int = 0, ftype: str = "F32",
     writer.write_tensors_to_file()
     writer.close()
     return path
+
+
+def pull_fleet_manifest(registry: str, devices: list[str], *, quant: str, poll_s: int = 5, pull_extra: str = "",
+                        rollout: str = "{strategy: all-at-once}", gate: str = "{}") -> str:
+    """Model (tiny.gguf beside the manifest) + a Fleet of pull ``devices`` on ``registry`` (fleet.key beside it) + a
+    Deployment 'chat' of ``quant`` on all of them, with ``rollout`` and its ``health_gate`` as YAML flow maps."""
+    listed = "\n".join(f"    - {{name: {d}, profile: x86-cpu-server, transport: {{type: pull}}}}" for d in devices)
+    return f"""\
+apiVersion: edgectl.dev/v1alpha1
+kind: Model
+metadata: {{name: tiny-llama}}
+spec:
+  architecture: {{family: llama, parameters: 1000000, layers: 2, hidden_size: 256, attention_heads: 4, kv_heads: 2,
+                 head_dim: 64, vocab_size: 537, max_context: 512}}
+  sources:
+    - {{type: gguf, path: tiny.gguf, precision: F32}}
+---
+apiVersion: edgectl.dev/v1alpha1
+kind: Fleet
+metadata: {{name: shops}}
+spec:
+  signing: {{key_file: fleet.key}}
+  pull: {{registry: "{registry}", repository: shops/models, plain_http: true, poll_interval_s: {poll_s}{pull_extra}}}
+  devices:
+{listed}
+---
+apiVersion: edgectl.dev/v1alpha1
+kind: Deployment
+metadata: {{name: chat}}
+spec:
+  model: tiny-llama
+  selector: {{devices: [{', '.join(devices)}]}}
+  context_length: 256
+  quantization: {{allow: [{quant}]}}
+  rollout: {{{rollout.strip('{}')}, health_gate: {gate}}}
+"""

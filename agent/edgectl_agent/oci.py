@@ -16,6 +16,8 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Iterator
+from datetime import datetime
+from email.utils import parsedate_to_datetime
 
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 TIMEOUT_S = 30.0
@@ -46,6 +48,7 @@ class RegistryReader:
         self.repository = repository
         self.username, self.password = username, password
         self._auth: str | None = None  # the Authorization header that worked last
+        self.server_date: datetime | None = None  # the registry's clock (its Date header) at the last tag HEAD
         self._opener = urllib.request.build_opener(_NoRedirectAuth())
 
     # -- requests ---------------------------------------------------------------------------------------------
@@ -99,11 +102,17 @@ class RegistryReader:
             raise RegistryError(f"the token service {fields['realm']} returned no token", status=401)
         return f"Bearer {token}"
 
+    def clock_skew_s(self, now: datetime) -> float | None:
+        """``now`` (this device's clock) minus the registry's at the last tag HEAD; None when it sent no Date.
+        Only reported: expiry stays judged by the device's clock (a registry could lie about the time)."""
+        return None if self.server_date is None else (now - self.server_date).total_seconds()
+
     # -- reads ------------------------------------------------------------------------------------------------
     def tag_digest(self, tag: str) -> str:
         """The manifest digest ``tag`` points at now (a HEAD: no body). RegistryError 404 when there is none."""
         with self._open("HEAD", f"manifests/{tag}", {"Accept": OCI_MANIFEST}) as r:
             digest = r.headers.get("Docker-Content-Digest")
+            self.server_date = _http_date(r.headers.get("Date"))
         if not digest:
             raise RegistryError(f"the registry gave no Docker-Content-Digest for tag {tag}")
         return digest
@@ -159,3 +168,10 @@ class RegistryReader:
         if len(data) > limit:
             raise RegistryError(f"{what} is more than the {limit} bytes allowed: refused")
         return data
+
+
+def _http_date(value: str | None) -> datetime | None:
+    try:
+        return parsedate_to_datetime(value) if value else None
+    except (TypeError, ValueError):
+        return None

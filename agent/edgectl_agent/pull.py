@@ -40,6 +40,7 @@ log = logging.getLogger(__name__)
 MAX_BACKOFF_S = 3600.0
 FIRST_POLL_S = 5.0  # until a state sets the interval
 JITTER = 0.2
+CLOCK_SKEW_WARN_S = 60.0  # beyond this, the device's clock (which judges expiry) is reported as off
 
 
 def load_config(path: Path) -> PullConfig:
@@ -55,6 +56,13 @@ def load_config(path: Path) -> PullConfig:
 
 def jittered(seconds: float, rng: random.Random) -> float:
     return seconds * rng.uniform(1 - JITTER, 1 + JITTER)
+
+
+def backoff_s(failures: int, interval_s: float) -> float:
+    """The wait before the next try after ``failures`` failed polls in a row: the poll interval doubled per
+    failure, capped at MAX_BACKOFF_S (the loop adds +-20% jitter, so a fleet cut off together does not return
+    together)."""
+    return min(MAX_BACKOFF_S, interval_s * 2 ** min(failures, 12))
 
 
 class Puller:
@@ -98,8 +106,16 @@ class Puller:
                 failures = 0
                 delay = self.status.poll_interval_s or FIRST_POLL_S
             except RegistryError as e:
+                if e.status == 404 and self.status.version == 0:  # enrolled before anything was published for it
+                    failures = 0
+                    delay = self.status.poll_interval_s or FIRST_POLL_S
+                    self._save(checked_at=_now(), outcome="no_state", error=f"nothing published yet: {e.message}")
+                    if self.config.report_url:
+                        await self.report()
+                    await asyncio.sleep(jittered(delay, self.rng))
+                    continue
                 failures += 1
-                delay = min(MAX_BACKOFF_S, (self.status.poll_interval_s or FIRST_POLL_S) * 2 ** min(failures, 12))
+                delay = backoff_s(failures, self.status.poll_interval_s or FIRST_POLL_S)
                 log.warning("pull: registry unreachable or refused (%s); still serving what is active; next try "
                             "in ~%.0f s", e.message, delay)
                 self._save(checked_at=_now(), outcome="registry_unreachable", error=e.message)
@@ -121,6 +137,11 @@ class Puller:
         """One poll; returns (and records) its outcome: unchanged, applied, refused, stale, failed."""
         tag = state_tag(self.config.device)
         manifest_digest = await anyio.to_thread.run_sync(self.reader.tag_digest, tag)
+        skew = self.reader.clock_skew_s(_now())
+        if skew is not None and abs(skew) > CLOCK_SKEW_WARN_S:
+            log.warning("pull: this device's clock is %+.0f s off the registry's; fix its time (NTP): expiry is "
+                        "judged by this clock", skew)
+        self._save(clock_skew_s=skew)
         if manifest_digest == self.status.manifest_digest:
             if self.status.expires_at is not None and self.status.expires_at <= _now():
                 return self._outcome("stale", f"state version {self.status.version} expired at "
@@ -140,6 +161,10 @@ class Puller:
         except StateRefused as e:
             log.error("pull: refused state at %s: %s", manifest_digest, e.message)
             if e.kind == "expired":
+                skew = self.status.clock_skew_s
+                if skew is not None and skew > CLOCK_SKEW_WARN_S:
+                    e.message += (f"; this device's clock is {skew:.0f} s ahead of the registry's: set its time "
+                                  "(NTP) and it will accept the state")
                 return self._outcome("stale", e.message)
             return self._outcome("refused", f"{e.kind}: {e.message}")
         # Trusted now: remember it before acting, so an older state can never be applied after this one.
@@ -163,7 +188,26 @@ class Puller:
                 self._save(manifest_digest=None)
             return self._outcome("failed", e.message, keep=True)
         log.info("pull: applied state version %d (%d deployments)", state.version, len(state.deployments))
-        return self._outcome("applied", None, applied_version=state.version)
+        outcome = self._outcome("applied", None, applied_version=state.version)
+        self._save(gates=await self.run_gates(state))  # reported with this poll's outcome
+        return outcome
+
+    async def run_gates(self, state: PublishedState) -> dict:
+        """Send the smoke request of each gated deployment of ``state`` to this agent itself (edgectl_agent.pull_gate)
+        and keep what it found, for edgectl to judge."""
+        from edgectl_agent.pull_gate import loopback_base, smoke_request
+
+        serving = {s.name: s for s in self.agent.deployments.snapshot()}
+        base = loopback_base(self.agent.settings.host, self.agent.settings.port)
+        gates = dict(self.status.gates)
+        for name, smoke in state.gates.items():
+            digest = serving[name].active.digest if name in serving and serving[name].active else ""
+            report = await anyio.to_thread.run_sync(
+                lambda: smoke_request(base, self.agent.token, name, smoke, digest=digest, version=state.version))
+            if report.error:
+                log.warning("pull: the health gate's smoke request to %s failed: %s", name, report.error)
+            gates[name] = report
+        return gates
 
     def _outcome(self, outcome: str, error: str | None, *, keep: bool = False, **more) -> str:
         if keep and self.status.outcome in ("failed", "refused", "stale") and outcome == "unchanged":
@@ -263,4 +307,4 @@ def pull_status_json(root: Path) -> dict | None:
         return None
 
 
-__all__ = ["Puller", "load_config", "start_pulling", "jittered"]
+__all__ = ["Puller", "backoff_s", "load_config", "start_pulling", "jittered"]

@@ -20,7 +20,7 @@ from edgectl_agent.pull_state import PullStatus
 
 log = logging.getLogger(__name__)
 JOB = "edgectl_pull"
-OUTCOMES = ("unchanged", "applied", "refused", "stale", "failed", "registry_unreachable", "error")
+OUTCOMES = ("unchanged", "applied", "refused", "stale", "failed", "registry_unreachable", "error", "no_state")
 
 
 def _label(value: str) -> str:
@@ -41,6 +41,13 @@ def report_text(status: PullStatus, deployments: list[DeploymentState], *, now: 
              f"edgectl_pull_state_expires_timestamp_seconds {expires:.0f}",
              "# TYPE edgectl_pull_outcome gauge"]
     lines += [f'edgectl_pull_outcome{{outcome="{o}"}} {int(o == status.outcome)}' for o in OUTCOMES]
+    if status.error:
+        lines += ["# TYPE edgectl_pull_error_info gauge",
+                  f'edgectl_pull_error_info{{error="{_label(status.error[:300])}"}} 1']
+    if status.clock_skew_s is not None:
+        lines += ["# TYPE edgectl_pull_clock_skew_seconds gauge",
+                  f"edgectl_pull_clock_skew_seconds {status.clock_skew_s:.1f}"]
+    lines += _gate_lines(status)
     lines.append("# TYPE edgectl_pull_deployment_since_timestamp_seconds gauge")
     for d in deployments:
         a = d.active
@@ -50,6 +57,23 @@ def report_text(status: PullStatus, deployments: list[DeploymentState], *, now: 
                   f'quant="{_label(a.quant)}",model="{_label(a.model or "")}",size_bytes="{a.size_bytes}"')
         lines.append(f"edgectl_pull_deployment_since_timestamp_seconds{{{labels}}} {d.since.timestamp():.0f}")
     return "\n".join(lines) + "\n"
+
+
+def _gate_lines(status: PullStatus) -> list[str]:
+    """The last health-gate smoke request per deployment: one info series (version, digest, answer, error) and its
+    timings (edgectl.pull.status reads them back into a SmokeResult and judges it with the push gate rule)."""
+    if not status.gates:
+        return []
+    lines = ["# TYPE edgectl_pull_gate_info gauge"]
+    timings: list[str] = []
+    for name, g in sorted(status.gates.items()):
+        labels = f'deployment="{_label(name)}",digest="{g.digest}",version="{g.version}"'
+        lines.append(f'edgectl_pull_gate_info{{{labels},answer="{_label(g.answer or "")}",'
+                     f'error="{_label(g.error or "")}"}} 1')
+        for metric, value in (("ttft_seconds", g.ttft_s), ("tokens", g.tokens), ("decode_seconds", g.decode_s)):
+            if value is not None:
+                timings.append(f"edgectl_pull_gate_{metric}{{{labels}}} {value}")
+    return lines + timings
 
 
 def push_report(url: str, device: str, text: str, timeout: float = 10.0) -> bool:

@@ -48,6 +48,28 @@ class StateSignature(Wire):
     value: str = Field(description="ed25519 signature, base64, over state_bytes() of the document.")
 
 
+class SmokeRequest(Wire):
+    """The smoke request the agent sends itself after applying a state (the deployment's health gate); edgectl
+    judges what it reports with the same gate rule as for push devices (edgectl.apply.rollout.gate_problems)."""
+
+    kind: str = Field(default="llm", description="llm: a streamed chat completion with the agent's timings; "
+                                                 "anything else: the KServe readiness endpoint.")
+    prompt: str = Field(default="Say hello.", max_length=4000, description="The user message sent.")
+    max_tokens: int = Field(default=8, ge=1, le=256, description="Tokens it generates.")
+
+
+class GateReport(Wire):
+    """What the smoke request after applying ``version`` found, reported outward (edgectl_agent.pull_report)."""
+
+    digest: str = Field(description="The artifact serving when the request was sent.")
+    version: int = Field(description="The state version it was sent for.")
+    ttft_s: float | None = Field(default=None, description="Time to first token, the agent's own timing.")
+    tokens: int | None = Field(default=None, description="Tokens generated.")
+    decode_s: float | None = Field(default=None, description="Decode time of those tokens.")
+    answer: str | None = Field(default=None, description="The answer's text (first 200 characters).")
+    error: str | None = Field(default=None, description="Why the request failed (None: it answered).")
+
+
 class PublishedState(Wire):
     """The desired state of one pull device, as edgectl publishes it."""
 
@@ -61,19 +83,22 @@ class PublishedState(Wire):
                                                               "(with +-20% jitter).")
     deployments: list[DesiredDeployment] = Field(description="What the device serves; each is signed on its own "
                                                              "too. A deployment absent here is removed.")
+    gates: dict[str, SmokeRequest] = Field(default_factory=dict, description="Per deployment: the smoke request "
+                                           "the agent sends itself once the state is applied, and reports.")
     signature: StateSignature | None = Field(default=None, description="The fleet key's signature.")
 
 
 def state_bytes(state: PublishedState) -> bytes:
     """What a state signature covers: a context line, then every field but ``signature`` as canonical JSON."""
-    body = state.model_dump(mode="json", exclude={"signature"})
+    # ``gates`` is left out when empty, so a state signed before it existed verifies unchanged.
+    body = state.model_dump(mode="json", exclude={"signature"} | ({"gates"} if not state.gates else set()))
     return STATE_CONTEXT + json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
 
 
 def document_bytes(state: PublishedState) -> bytes:
     """The bytes stored in the registry (canonical JSON, signature included)."""
-    return json.dumps(state.model_dump(mode="json"), sort_keys=True, separators=(",", ":"),
-                      ensure_ascii=False).encode()
+    body = state.model_dump(mode="json", exclude=set() if state.gates else {"gates"})
+    return json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
 
 
 class StateRefused(Exception):
@@ -129,10 +154,11 @@ def check_state(state: PublishedState, *, public_key, key_id: str, device: str, 
 
 
 def new_state(device: str, version: int, deployments: list[DesiredDeployment], *, poll_interval_s: int,
-              valid_for: timedelta, now: datetime | None = None) -> PublishedState:
+              valid_for: timedelta, now: datetime | None = None,
+              gates: dict[str, SmokeRequest] | None = None) -> PublishedState:
     now = (now or datetime.now(timezone.utc)).replace(microsecond=0)
     return PublishedState(device=device, version=version, issued_at=now, expires_at=now + valid_for,
-                          poll_interval_s=poll_interval_s, deployments=deployments)
+                          poll_interval_s=poll_interval_s, deployments=deployments, gates=gates or {})
 
 
 class PullConfig(Wire):
@@ -158,7 +184,8 @@ class PullStatus(Wire):
     device: str = Field(description="This device.")
     checked_at: datetime | None = Field(default=None, description="When the registry was last polled.")
     outcome: str | None = Field(default=None, description="unchanged, applied, refused, stale, failed, "
-                                                          "registry_unreachable or error.")
+                                                          "registry_unreachable, error or no_state (nothing "
+                                                          "published for it yet).")
     error: str | None = Field(default=None, description="Why, when the outcome is not a success.")
     version: int = Field(default=0, description="Highest state version accepted (0: none yet).")
     applied_version: int = Field(default=0, description="Highest state version fully applied.")
@@ -166,3 +193,7 @@ class PullStatus(Wire):
     manifest_digest: str | None = Field(default=None, description="Manifest digest of the accepted state's tag.")
     expires_at: datetime | None = Field(default=None, description="When the accepted state expires.")
     poll_interval_s: int | None = Field(default=None, description="Poll interval the accepted state sets.")
+    gates: dict[str, GateReport] = Field(default_factory=dict, description="Per deployment: the last smoke "
+                                                                           "request's result.")
+    clock_skew_s: float | None = Field(default=None, description="This device's clock minus the registry's (its "
+                                                                 "HTTP Date header) at the last poll.")

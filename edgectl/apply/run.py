@@ -12,10 +12,10 @@ run, never "no changes". The result says exactly what happened where.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from importlib import import_module
 
 from edgectl.agents.lifecycle import runs_unverified
 from edgectl.builders import ArtifactStore
+from edgectl.delivery import DELIVERY_MODES, by_delivery, mode_function
 from edgectl.errors import EdgectlError, PlanError
 from edgectl.plan import Plan, recipe_id, selects
 from edgectl.plan.planner import AUTO_RUNTIME_ORDER
@@ -31,9 +31,6 @@ from edgectl.apply.planning import build_planned, make_plan
 from edgectl.apply.report import ApplyResult, DeviceResult, Events, Recorded
 from edgectl.apply.steps import dep_plan
 
-# Pull devices (transport type pull) are published to their fleet's registry instead of rolled out; edgectl.pull
-# builds on this package, so it is named here as data (like edgectl.agents.INSTALLERS), not imported.
-PULL_PUBLISHER = "edgectl.pull.publish:publish_pull_devices"
 
 
 def apply(spec: Spec, *, store: ArtifactStore, device_names: Iterable[str] | None = None,
@@ -44,18 +41,19 @@ def apply(spec: Spec, *, store: ArtifactStore, device_names: Iterable[str] | Non
         raise PlanError(f"unknown engine '{engine}'", hint="use one of: " + ", ".join(ENGINES))
     events = Recorded(events or Events(), record)
     devices = select_devices(spec, device_names)
-    if any(d.transport.type == "pull" for d in devices):  # published to a registry, never connected to
-        module, _, name = PULL_PUBLISHER.partition(":")
-        publish_pull_devices = getattr(import_module(module), name)
-        pulled = publish_pull_devices(spec, [d for d in devices if d.transport.type == "pull"], store=store,
-                                      events=events, skip_unfit=skip_unfit)
-        pushed = [d.name for d in devices if d.transport.type != "pull"]
-        if not pushed:
-            return pulled
-        rest = apply(spec, store=store, device_names=pushed, skip_unfit=skip_unfit, events=events.inner,
-                     parallel=parallel, record=record, engine=engine)
-        return ApplyResult(Plan(pulled.plan.devices + rest.plan.devices), pulled.devices + rest.devices,
-                           halted=rest.halted)
+    groups = by_delivery(devices)
+    if set(groups) != {"push"} and devices:  # other modes (pull: published to a registry, never connected to)
+        done = [mode_function(DELIVERY_MODES[mode].publish)(spec, group, store=store, events=events,
+                                                            skip_unfit=skip_unfit)
+                for mode, group in groups.items() if mode != "push"]
+        if "push" in groups:
+            done.append(apply(spec, store=store, device_names=[d.name for d in groups["push"]],
+                              skip_unfit=skip_unfit, events=events.inner, parallel=parallel, record=record,
+                              engine=engine))
+        if len(done) == 1:
+            return done[0]
+        return ApplyResult(Plan([dp for r in done for dp in r.plan.devices]), [d for r in done for d in r.devices],
+                           halted=[h for r in done for h in r.halted])
     signers = signers_for(spec, devices)  # a bad key stops here, before anything changes
     contexts = observe(devices, start_agents=False, parallel=max(parallel, OBSERVE_PARALLEL), signers=signers)
     built: dict[str, BuiltArtifact] = {}  # the store's cache hits, looked up once for every plan of this run

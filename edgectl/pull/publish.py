@@ -12,7 +12,9 @@ per fleet's registry (spec.pull):
   above the one published before) as a one-layer artifact under the tag ``state-<device>``. An unchanged state
   that is still valid for more than half its lifetime is left as it is (apply stays idempotent).
 
-Nothing connects to a device; agents pick the new state up at their next poll (edgectl_agent.pull).
+Which devices get their new state when is the rollout's (edgectl.pull.rollout: waves published in turn, judged by
+the devices' reports). Nothing connects to a device; agents pick the new state up at their next poll
+(edgectl_agent.pull).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from datetime import datetime, timedelta, timezone
 
 from edgectl_agent.api import DesiredDeployment
 from edgectl_agent.pull_state import (MAX_STATE_BYTES, STATE_ARTIFACT_TYPE, STATE_MEDIA_TYPE, PublishedState,
+                                      SmokeRequest,
                                       StateSignature, document_bytes, new_state, state_bytes, state_tag)
 
 from edgectl.apply.observe import DeviceContext
@@ -34,6 +37,7 @@ from edgectl.builders import ArtifactStore, lookup
 from edgectl.errors import EdgectlError, PlanError
 from edgectl.plan import recipe_id
 from edgectl.pull.oci import RegistryWriter
+from edgectl.pull.rollout import PullRollout, PullTarget
 from edgectl.signing import Signer, signers_for
 from edgectl.spec import BuiltArtifact, Device, Spec
 from edgectl.spec.fleet import PullRegistry
@@ -107,19 +111,21 @@ def sign_state(signer: Signer, state: PublishedState) -> PublishedState:
 
 
 def publish_state(writer: RegistryWriter, signer: Signer, device: str, deployments: list[DesiredDeployment],
-                  pull: PullRegistry, *, now: datetime | None = None) -> PublishedState | None:
+                  pull: PullRegistry, *, now: datetime | None = None,
+                  gates: dict[str, SmokeRequest] | None = None) -> PublishedState | None:
     """Publish ``device``'s signed state, one version above the current one; None when the current one already
     says the same and is valid for more than half its lifetime."""
     now = now or datetime.now(timezone.utc)
     valid_for = timedelta(hours=pull.valid_for_h)
+    gates = gates or {}
     old = current_state(writer, device)
     if (old is not None and old.deployments == deployments and old.poll_interval_s == pull.poll_interval_s
-            and old.expires_at - now > valid_for / 2 and old.signature is not None
+            and old.gates == gates and old.expires_at - now > valid_for / 2 and old.signature is not None
             and old.signature.key_id == signer.key_id):
         return None
     version = old.version + 1 if old is not None else 1
     state = sign_state(signer, new_state(device, version, deployments, poll_interval_s=pull.poll_interval_s,
-                                         valid_for=valid_for, now=now))
+                                         valid_for=valid_for, now=now, gates=gates))
     push_state_document(writer, device, document_bytes(state))
     return state
 
@@ -153,6 +159,7 @@ def publish_pull_devices(spec: Spec, devices: list[Device], *, store: ArtifactSt
                for dp in p.devices}
     writers: dict[str, RegistryWriter] = {}
     pushed: set[tuple[str, str]] = set()
+    targets: dict[str, PullTarget] = {}
     try:
         for dp in p.devices:
             res, fleet = results[dp.device], fleet_of[dp.device]
@@ -161,7 +168,7 @@ def publish_pull_devices(spec: Spec, devices: list[Device], *, store: ArtifactSt
             pull = fleet.spec.pull
             try:
                 writer = writers.setdefault(fleet.name, writer_for(pull))
-                deployments = []
+                target = PullTarget(dp.device, pull, published={}, desired={})
                 for dep in dp.deployments:
                     if dep.chosen is None:
                         continue
@@ -176,16 +183,21 @@ def publish_pull_devices(spec: Spec, devices: list[Device], *, store: ArtifactSt
                             res.actions.append(f"published {art.model} {art.format} {art.quant} "
                                                f"({artifact_tag(art.digest)})")
                         pushed.add((writer.where, art.digest))
-                    deployments.append(signers[dp.device].sign(
-                        desired_deployment(spec, dp, dep, art, kind=dep.chosen.recipe.kind)))
-                state = publish_state(writer, signers[dp.device], dp.device, deployments, pull)
-                if state is not None:
-                    res.actions.append(f"published state version {state.version} "
-                                       f"(expires {state.expires_at.isoformat()})")
-                    events.info(dp.device, f"published state version {state.version}")
+                    target.desired[dep.deployment] = signers[dp.device].sign(
+                        desired_deployment(spec, dp, dep, art, kind=dep.chosen.recipe.kind))
+                    target.kinds[dep.deployment] = dep.chosen.recipe.kind
+                old = current_state(writer, dp.device)
+                target.published = {d.name: d for d in old.deployments} if old is not None else {}
+                targets[dp.device] = target
             except EdgectlError as e:
                 res.error = str(e)
+
+        def publish(device: str, deployments: list[DesiredDeployment], gates: dict) -> PublishedState | None:
+            fleet = fleet_of[device]
+            return publish_state(writers[fleet.name], signers[device], device, deployments, fleet.spec.pull,
+                                 gates=gates)
+        halted = PullRollout(spec, targets, publish, results, events, getattr(events, "record", None)).run()
     finally:
         for w in writers.values():
             w.close()
-    return ApplyResult(p, [results[dp.device] for dp in p.devices])
+    return ApplyResult(p, [results[dp.device] for dp in p.devices], halted=halted)

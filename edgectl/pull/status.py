@@ -8,16 +8,19 @@ registry serves it an expired state.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime, timezone
 
 import httpx
 from edgectl_agent.api import ArtifactRef, DeploymentState
 
+from edgectl.agent_client import SmokeResult
 from edgectl.observe import DeviceStatus
 from edgectl.plan import selects
 from edgectl.spec import Device, Spec
 
 STALE_POLLS = 2.5
+CLOCK_SKEW_WARN_S = 60.0  # as the agent's own warning (edgectl_agent.pull.CLOCK_SKEW_WARN_S)
 JOB = "edgectl_pull"
 
 
@@ -61,6 +64,10 @@ def device_status(spec: Spec, device: Device, series: list[dict] | None, *, now:
         st.error = "stale: the registry serves it an expired state (run `edgectl apply` to publish a fresh one)"
     elif outcome not in (None, "applied", "unchanged"):
         st.error = f"last poll: {outcome}"
+    skew = _value(series, "edgectl_pull_clock_skew_seconds")
+    if skew is not None and abs(skew) > CLOCK_SKEW_WARN_S:
+        st.error = ((st.error + "; ") if st.error else "") + (
+            f"its clock is {skew:+.0f} s off the registry's: set its time (NTP), expiry is judged by that clock")
     for s in series:
         m = s["metric"]
         if m.get("__name__") != "edgectl_pull_deployment_since_timestamp_seconds":
@@ -99,3 +106,62 @@ def pull_statuses(spec: Spec, devices: list[Device], *, now: datetime | None = N
             st = device_status(spec, device, found.get(device.name), now=now)
         out.append(st)
     return out
+
+
+@dataclass(frozen=True)
+class GateSeen:
+    """The smoke request a pull device sent itself after applying state ``version`` (edgectl_agent.pull_gate)."""
+
+    digest: str
+    version: int
+    result: SmokeResult
+    error: str | None
+
+
+@dataclass(frozen=True)
+class DeviceReport:
+    """One pull device's last report, as edgectl.pull.rollout reads it while a wave is out."""
+
+    seen: float  # the Pushgateway's push time (edgectl's clock domain), seconds since the epoch
+    version: int  # highest state version the agent accepted
+    applied_version: int  # highest state version it fully applied
+    outcome: str | None
+    error: str | None
+    gates: dict[str, GateSeen]
+
+
+def device_report(series: list[dict]) -> DeviceReport:
+    def value(name: str) -> float:
+        return _value(series, name) or 0.0
+
+    outcome = next((s["metric"].get("outcome") for s in series
+                    if s["metric"].get("__name__") == "edgectl_pull_outcome" and s["value"][1] == "1"), None)
+    error = next((s["metric"].get("error") for s in series
+                  if s["metric"].get("__name__") == "edgectl_pull_error_info"), None)
+    timings: dict[tuple[str, str], float] = {}
+    for s in series:
+        m = s["metric"]
+        if m.get("__name__", "").startswith("edgectl_pull_gate_") and m["__name__"] != "edgectl_pull_gate_info":
+            timings[(m["deployment"], m["__name__"])] = float(s["value"][1])
+    gates = {}
+    for s in series:
+        m = s["metric"]
+        if m.get("__name__") != "edgectl_pull_gate_info":
+            continue
+        name = m["deployment"]
+        tokens = timings.get((name, "edgectl_pull_gate_tokens"))
+        gates[name] = GateSeen(digest=m.get("digest", ""), version=int(m.get("version", "0")),
+                               result=SmokeResult(ttft_s=timings.get((name, "edgectl_pull_gate_ttft_seconds")),
+                                                  tokens=int(tokens) if tokens is not None else None,
+                                                  decode_s=timings.get((name, "edgectl_pull_gate_decode_seconds")),
+                                                  text=m.get("answer") or None),
+                               error=m.get("error") or None)
+    return DeviceReport(seen=value("push_time_seconds") or value("edgectl_pull_last_seen_timestamp_seconds"),
+                        version=int(value("edgectl_pull_state_version")),
+                        applied_version=int(value("edgectl_pull_applied_version")),
+                        outcome=outcome, error=error, gates=gates)
+
+
+def read_reports(prometheus: str) -> dict[str, DeviceReport]:
+    """device -> its last report, from Prometheus's HTTP API."""
+    return {device: device_report(series) for device, series in query_reports(prometheus).items()}

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from importlib import import_module
 
+from edgectl.delivery import mode_of_transport
 from edgectl.errors import TransportError
 from edgectl.spec import Device
 from edgectl.transport.base import Transport
@@ -24,11 +25,9 @@ TRANSPORTS: dict[str, str] = {
 
 def transport_class(kind: str) -> type[Transport]:
     target = TRANSPORTS.get(kind)
-    if kind == "pull":  # no pipe by design: the device's agent calls out to the registry (edgectl.pull)
-        raise TransportError(
-            "it is a pull device: edgectl never connects to it; its agent polls the fleet's registry",
-            hint="`edgectl status` shows what it last reported (docs/pull.md); leave it out of this command with "
-                 "--device")
+    mode = mode_of_transport(kind)
+    if not mode.connects:  # no pipe by design (pull: the device's agent calls out to the registry)
+        raise TransportError(mode.refusal or f"a {mode.name} device is never connected to", hint=mode.refusal_hint)
     if target is None:
         raise TransportError(
             f"transport '{kind}' cannot deploy in this version of edgectl",

@@ -18,7 +18,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.registry import Registry
+from tests.registry import Registry, TokenService
 from tests.tinymodels import write_tiny_llama_gguf
 
 pytestmark = pytest.mark.integration
@@ -69,8 +69,10 @@ def edgectl(*args: str, env: dict) -> subprocess.CompletedProcess:
 class PullWorld:
     """A registry, a manifest folder with a fleet key, and edgectl's environment (push and read-only users)."""
 
-    def __init__(self, tmp: Path) -> None:
-        self.registry = Registry(tmp / "registry", {"publisher": "push-secret", "shop": "read-secret"}).start()
+    def __init__(self, tmp: Path, token: TokenService | None = None) -> None:
+        """``token``: the registry authenticates through that Bearer-token service instead of htpasswd."""
+        self.registry = Registry(tmp / "registry", {"publisher": "push-secret", "shop": "read-secret"},
+                                 token=token).start()
         self.dir = tmp / "m"
         self.dir.mkdir()
         write_tiny_llama_gguf(self.dir / "tiny.gguf")
