@@ -76,7 +76,8 @@ class DockerTransport(Frozen):
                                   "verified); required with tcp://.")
     image: Annotated[str, Field(pattern=IMAGE_PATTERN)] | None = Field(
         default=None, description="Agent image tag. Built from deploy/docker/Dockerfile when the engine lacks it. "
-                                  "Default: edgectl-agent:<agent version>-<runtime extras>.")
+                                  "Default: edgectl-agent:<agent version>-<runtime extras>, with -arm64 after it for "
+                                  "linux/arm64.")
     base_image: Annotated[str, Field(pattern=IMAGE_PATTERN)] | None = Field(
         default=None, description="Base image the agent image is built FROM (a build argument; make it offline with "
                                   "deploy/docker/make-base.sh). Default: edgectl-base:debian12 for linux/amd64, "
