@@ -49,7 +49,6 @@ LABEL_WHEELHOUSE = "dev.edgectl.wheelhouse"  # the wheelhouse's key (agent versi
 LABEL_BASE = "dev.edgectl.base-image"  # the id of the base image it was built FROM
 NATIVE_IMAGE_PLATFORM = "linux/amd64"  # its agent image and base keep the names they had before other platforms
 BASE_IMAGE = "edgectl-base:debian12"
-PROBE_TIMEOUT_S = 120
 RESTART_POLICY = {"Name": "unless-stopped"}
 VERIFY_KEY_PATH = f"{AGENT_ROOT}/{VERIFY_KEY_FILE}"  # on the volume
 
