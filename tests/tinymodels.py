@@ -174,3 +174,28 @@ spec:
   quantization: {{allow: [{quant}]}}
   rollout: {{{rollout.strip('{}')}, health_gate: {gate}}}
 """
+
+def platform_fleet_manifests(folder: Path, devices: list[dict], *, label: str = "mixed") -> Path:
+    """``folder`` with the tiny llama GGUF, its Model, a Deployment of it (Q8_0, 256 tokens of context, 1 thread)
+    to every device labelled ``site: <label>``, and a Fleet of ``devices`` (Device specs as dicts; the label is
+    added): a fleet of devices of several platforms serving the same tiny model (tests/integration/
+    test_docker_arm64.py)."""
+    import yaml
+    from gguf import GGUFReader
+
+    folder.mkdir(parents=True, exist_ok=True)
+    tiny = write_tiny_llama_gguf(folder / "tiny.gguf")
+    params = sum(int(t.n_elements) for t in GGUFReader(tiny).tensors)
+    model = {"apiVersion": "edgectl.dev/v1alpha1", "kind": "Model", "metadata": {"name": "tiny-llama"},
+             "spec": {"architecture": {"family": "llama", "parameters": params, "layers": TINY_LAYERS,
+                                       "hidden_size": TINY_HIDDEN, "attention_heads": TINY_HEADS,
+                                       "kv_heads": TINY_KV_HEADS, "head_dim": TINY_HIDDEN // TINY_HEADS,
+                                       "vocab_size": len(tiny_vocab()[0]), "max_context": TINY_CONTEXT},
+                      "sources": [{"type": "gguf", "path": "tiny.gguf", "precision": "F32"}]}}
+    deployment = {"apiVersion": "edgectl.dev/v1alpha1", "kind": "Deployment", "metadata": {"name": "tiny"},
+                  "spec": {"model": "tiny-llama", "selector": {"labels": {"site": label}}, "context_length": 256,
+                           "threads": 1, "quantization": {"allow": ["Q8_0"]}}}
+    fleet = {"apiVersion": "edgectl.dev/v1alpha1", "kind": "Fleet", "metadata": {"name": label},
+             "spec": {"devices": [{**d, "labels": {**d.get("labels", {}), "site": label}} for d in devices]}}
+    (folder / "all.yaml").write_text(yaml.safe_dump_all([model, deployment, fleet], sort_keys=False))
+    return folder

@@ -6,13 +6,21 @@ installer pushes over SSH), FROM a base image given as a build argument, so it b
 live on a named volume, so a new image or container keeps the deployed models and the pin. When the fleet signs, the
 fleet's public key goes into the volume (``verify-key.pub``, trust on first use, never overwritten) and the agent's
 command gets ``--verify-key-file``, as on every other target.
+
+Any architecture: the device's platform is ``transport.platform`` or else the engine's own (``docker info``), so one
+engine can run an amd64 and an arm64 device side by side (the other one under qemu-user-static emulation). The image
+is built FROM a base of that platform (``edgectl-base:debian12`` for amd64, ``edgectl-base:debian12-arm64`` for
+arm64; ``make-base.sh --platform``), whose platform facts (libc, Python) are probed by running it once; the
+wheelhouse for those facts (edgectl.agents.wheelhouse: binary wheels for the target, llama-cpp-python cross-built)
+is installed inside by pip under emulation, which measured ~1 minute for the agent with llama on a 2-core machine.
+The image is labelled with its platform, wheelhouse key and base image id, and reused while the agent version and
+code, the platform and the base are the same.
 """
 
 from __future__ import annotations
 
 import hashlib
 import io
-import platform
 import shutil
 import tarfile
 import tempfile
@@ -23,8 +31,10 @@ from edgectl_agent import __version__ as AGENT_VERSION
 
 from edgectl.agents.install_venv import SIGN_EXTRA, build_wheelhouse, extras_for
 from edgectl.agents.installer import VERIFY_KEY_FILE, Installer
+from edgectl.agents.platform import PLATFORM_SCRIPT, PlatformProbeError, TargetPlatform, normalise_arch, parse_platform
 from edgectl.errors import EdgectlError, TransportError
 from edgectl.spec import Device
+from edgectl.spec.fleet import DOCKER_ARCHES
 from edgectl.transport.docker import AGENT_PORT, AGENT_ROOT, DockerTransport, _docker, container_name, host_port
 
 BUILD_TIMEOUT_S = 900
@@ -34,23 +44,59 @@ LABEL_EXTRAS = "dev.edgectl.agent-extras"
 LABEL_CONTROL = "dev.edgectl.control"
 LABEL_SOURCE = "dev.edgectl.agent-source"
 LABEL_VERIFY_KEY = "dev.edgectl.verify-key-file"  # the agent's --verify-key-file ("" when it verifies nothing)
+LABEL_PLATFORM = "dev.edgectl.platform"  # linux/amd64, linux/arm64: what the image was built for
+LABEL_WHEELHOUSE = "dev.edgectl.wheelhouse"  # the wheelhouse's key (agent version + target platform tag)
+LABEL_BASE = "dev.edgectl.base-image"  # the id of the base image it was built FROM
+NATIVE_IMAGE_PLATFORM = "linux/amd64"  # its agent image and base keep the names they had before other platforms
+BASE_IMAGE = "edgectl-base:debian12"
 RESTART_POLICY = {"Name": "unless-stopped"}
 VERIFY_KEY_PATH = f"{AGENT_ROOT}/{VERIFY_KEY_FILE}"  # on the volume
 
 
 # -- pure pieces (unit-tested) -----------------------------------------------------------------------------------
-def default_image(extras: Sequence[str]) -> str:
-    """The agent image's tag: one per agent version and set of runtime extras."""
-    return f"edgectl-agent:{AGENT_VERSION}-{'-'.join(sorted(extras)) or 'base'}"
+def default_image(extras: Sequence[str], platform: str = NATIVE_IMAGE_PLATFORM) -> str:
+    """The agent image's tag: one per agent version, set of runtime extras and platform (amd64's has no suffix)."""
+    return f"edgectl-agent:{AGENT_VERSION}-{'-'.join(sorted(extras)) or 'base'}{platform_suffix(platform)}"
+
+
+def default_base_image(platform: str) -> str:
+    """The base image's tag for ``platform``: what ``make-base.sh --platform PLATFORM`` imports."""
+    return BASE_IMAGE + platform_suffix(platform)
+
+
+def platform_suffix(platform: str) -> str:
+    return "" if platform == NATIVE_IMAGE_PLATFORM else "-" + platform.rpartition("/")[2]
+
+
+def docker_platform(os_name: str, machine: str) -> str:
+    """Docker's name of a platform: ``linux/arm64`` for (linux, aarch64 or arm64), ``linux/amd64`` for x86_64."""
+    arch = normalise_arch(machine)
+    return f"{os_name.lower() or 'linux'}/{DOCKER_ARCHES.get(arch, arch)}"
+
+
+def engine_platform_of(engine_info: dict[str, Any]) -> str:
+    """An engine's own platform from ``docker info`` (OSType, Architecture)."""
+    return docker_platform(engine_info.get("OSType") or "linux", engine_info.get("Architecture") or "")
+
+
+def device_platform(device: Device, engine_info: dict[str, Any]) -> str:
+    """The platform the device's agent runs on: ``transport.platform``, else the engine's own architecture."""
+    return device.transport.platform or engine_platform_of(engine_info)
+
+
+def image_platform(attrs: dict[str, Any]) -> str:
+    """An image's platform from ``docker image inspect`` (Os, Architecture)."""
+    return docker_platform(attrs.get("Os") or "linux", attrs.get("Architecture") or "")
 
 
 def volume_name(device: Device) -> str:
     return device.transport.volume or f"edgectl-agent-{device.name}"
 
 
-def run_options(device: Device, image: str, *, verify_key_file: str | None = None) -> dict[str, Any]:
+def run_options(device: Device, image: str, *, verify_key_file: str | None = None,
+                platform: str | None = None) -> dict[str, Any]:
     """Keyword arguments of ``containers.create``/``run`` for the device's agent container; ``verify_key_file``:
-    the agent verifies deployments with that public key (on its volume)."""
+    the agent verifies deployments with that public key (on its volume); ``platform``: the container's."""
     spec = device.transport
     options: dict[str, Any] = {
         "image": image, "name": container_name(device), "detach": True,
@@ -60,6 +106,9 @@ def run_options(device: Device, image: str, *, verify_key_file: str | None = Non
         "labels": {LABEL_DEVICE: device.name, LABEL_CONTROL: control_label(device),
                    LABEL_VERIFY_KEY: verify_key_file or ""},
     }
+    if platform is not None:
+        options["platform"] = platform
+        options["labels"][LABEL_PLATFORM] = platform
     if spec.control == "port":
         options["ports"] = {f"{AGENT_PORT}/tcp": ("127.0.0.1", host_port(device))}
     else:  # reached only through docker exec: the container needs no network at all (it serves offline)
@@ -129,6 +178,7 @@ class DockerInstaller(Installer):
     def __init__(self, transport: DockerTransport, *, verify_key: bytes | None = None) -> None:
         super().__init__(transport, verify_key=verify_key)
         self._container = None  # the container install() made ready, start() starts
+        self._engine_platform: str | None = None
 
     @property
     def device(self) -> Device:
@@ -144,6 +194,35 @@ class DockerInstaller(Installer):
 
     def engine(self):
         return self.transport.engine()
+
+    @property
+    def engine_platform(self) -> str:
+        """The engine's own platform (``docker info``: its OS and architecture)."""
+        if self._engine_platform is None:
+            docker = _docker()
+            try:
+                info = self.engine().info()
+            except docker.errors.DockerException as e:
+                raise TransportError(f"device '{self.name}': cannot read {self.transport.where}'s architecture "
+                                     f"(docker info): {e}", hint="check the engine's health (docker info)") from e
+            self._engine_platform = engine_platform_of(info)
+        return self._engine_platform
+
+    @property
+    def platform(self) -> str:
+        """The device's platform (``linux/arm64``...): transport.platform, else the engine's own."""
+        return self.spec.platform or self.engine_platform
+
+    def platform_matches(self, labelled: str | None) -> bool:
+        """Whether a container labelled with platform ``labelled`` runs on the device's. One without the label
+        runs on the engine's own (edgectl made no other before it knew platforms)."""
+        if labelled is None and self.spec.platform is None:
+            return True
+        return (labelled or self.engine_platform) == self.platform
+
+    @property
+    def base_image(self) -> str:
+        return self.spec.base_image or default_base_image(self.platform)
 
     def token(self) -> str | None:
         c = self.transport.container()
@@ -231,6 +310,8 @@ class DockerInstaller(Installer):
         labels = container.labels or {}
         if labels.get(LABEL_DEVICE) != self.name or labels.get(LABEL_CONTROL) != control_label(self.device):
             return False
+        if not self.platform_matches(labels.get(LABEL_PLATFORM)):
+            return False  # made for another platform: replaced
         if self.verify_key is not None and not labels.get(LABEL_VERIFY_KEY):
             return False  # running unverified while the fleet signs: replaced by a pinned one
         if self.spec.image is not None:
@@ -240,39 +321,91 @@ class DockerInstaller(Installer):
                 and labels.get(LABEL_SOURCE) == agent_source_digest())
 
     def ensure_image(self, extras: list[str]) -> str:
-        """The agent image for ``extras`` on the engine, built from the Dockerfile when missing."""
+        """The agent image for ``extras`` on the engine, built from the Dockerfile when missing: reused while it
+        was built for this agent version and code, this platform and the current base image."""
         docker = _docker()
-        tag = self.spec.image or default_image(extras)
+        tag = self.spec.image or default_image(extras, self.platform)
         client = self.engine()
         try:
             found = client.images.get(tag)
-            # a tag the user named is theirs as it is; ours is rebuilt when the agent's code changed
-            if self.spec.image is not None or (found.labels or {}).get(LABEL_SOURCE) == agent_source_digest():
-                return tag
         except docker.errors.ImageNotFound:
-            pass
+            found = None
+        if found is not None and self.spec.image is not None:  # a tag the user named is theirs as it is
+            if image_platform(found.attrs) != self.platform:
+                raise TransportError(f"device '{self.name}': image {tag} is {image_platform(found.attrs)}, the "
+                                     f"device runs {self.platform}",
+                                     hint="give transport.image an agent image of that platform, or set "
+                                          "transport.platform to the image's")
+            return tag
+        if found is not None and self._image_fits(found.labels or {}):
+            return tag
         self.build_image(tag, extras)
         return tag
+
+    def _image_fits(self, labels: dict[str, str]) -> bool:
+        docker = _docker()
+        try:
+            base_id = self.engine().images.get(self.base_image).id
+        except docker.errors.ImageNotFound:
+            base_id = labels.get(LABEL_BASE)  # the base was removed: the image built from it still fits
+        return (labels.get(LABEL_SOURCE) == agent_source_digest() and labels.get(LABEL_VERSION) == AGENT_VERSION
+                and labels.get(LABEL_PLATFORM) == self.platform and labels.get(LABEL_BASE) == base_id)
+
+    def probe_base(self, base) -> TargetPlatform:
+        """The base image's platform facts (libc, Python), read by running its python3 once (under emulation for
+        another architecture): the wheelhouse is built for exactly those."""
+        docker = _docker()
+        client = self.engine()
+        try:
+            out = client.containers.run(base.id, ["python3", "-c", PLATFORM_SCRIPT], platform=self.platform,
+                                        network_mode="none", remove=True, stdout=True, stderr=True,
+                                        labels={LABEL_DEVICE: self.name})
+        except docker.errors.ContainerError as e:
+            text = (e.stderr or b"").decode(errors="replace") if isinstance(e.stderr, bytes) else str(e.stderr)
+            raise self._cannot_run(base, text or str(e)) from e
+        except docker.errors.APIError as e:
+            raise self._cannot_run(base, str(e)) from e
+        try:
+            return parse_platform(out.decode(errors="replace"))
+        except PlatformProbeError as e:
+            raise TransportError(f"device '{self.name}': the base image {self.base_image} did not say which platform "
+                                 f"it runs on: {e}", hint="the base image needs python3 (Debian 12: make-base.sh)") \
+                from e
+
+    def _cannot_run(self, base, text: str) -> TransportError:
+        if "exec format error" in text:
+            return TransportError(f"device '{self.name}': {self.transport.where} cannot run {self.platform} "
+                                  f"containers (exec format error running the base image {self.base_image})",
+                                  hint="on the engine's host register qemu-user-static in binfmt_misc with the "
+                                       "fix-binary flag (Debian: apt-get install qemu-user-static, then restart "
+                                       "dockerd), or remove transport.platform to use the engine's own "
+                                       "architecture")
+        return TransportError(f"device '{self.name}': running python3 in the base image {self.base_image} failed: "
+                              f"{text.strip()[-1000:]}",
+                              hint="the base image needs python3 with venv (Debian 12: deploy/docker/make-base.sh)")
 
     def build_image(self, tag: str, extras: list[str]) -> None:
         """docker build of deploy/docker/Dockerfile with this machine's wheelhouse as the context."""
         docker = _docker()
         client = self.engine()
+        base_tag, platform = self.base_image, self.platform
         try:
-            client.images.get(self.spec.base_image)
+            base = client.images.get(base_tag)
         except docker.errors.ImageNotFound as e:
-            raise TransportError(f"device '{self.name}': base image {self.spec.base_image} is not on "
-                                 f"{self.transport.where}",
+            option = "" if platform == NATIVE_IMAGE_PLATFORM else f"--platform {platform} "
+            raise TransportError(f"device '{self.name}': base image {base_tag} is not on {self.transport.where} "
+                                 f"(a {platform} image is needed)",
                                  hint="make it offline from a Debian mirror: deploy/docker/make-base.sh "
-                                      f"{self.spec.base_image} (with DOCKER_HOST set to that engine), or set "
-                                      "transport.base_image to a Debian 12 image with python3 and venv") from e
-        arch = client.info().get("Architecture", "")
-        if arch and arch != platform.machine():
-            raise TransportError(f"device '{self.name}': the engine runs {arch}, this machine {platform.machine()}; "
-                                 "the image is built from wheels made here",
-                                 hint="run edgectl on a machine of the engine's architecture, or give "
-                                      "transport.image an agent image built there")
-        house = build_wheelhouse(extras)
+                                      f"{option}{base_tag} (with DOCKER_HOST set to that engine), or set "
+                                      f"transport.base_image to a Debian 12 {platform} image with python3 and "
+                                      "venv") from e
+        if image_platform(base.attrs) != platform:
+            raise TransportError(f"device '{self.name}': base image {base_tag} is {image_platform(base.attrs)}, the "
+                                 f"device runs {platform}",
+                                 hint=f"make a {platform} base: deploy/docker/make-base.sh --platform {platform} "
+                                      "TAG, and set transport.base_image to TAG (or leave it unset)")
+        target = self.probe_base(base)
+        house = build_wheelhouse(extras, target)
         with tempfile.TemporaryDirectory(prefix="edgectl-docker-") as tmp:
             context = Path(tmp)
             shutil.copy(dockerfile_folder() / "Dockerfile", context / "Dockerfile")
@@ -280,10 +413,13 @@ class DockerInstaller(Installer):
             for wheel in house.glob("*.whl"):
                 shutil.copy(wheel, context / "wheels" / wheel.name)
             labels = {LABEL_VERSION: AGENT_VERSION, LABEL_EXTRAS: ",".join(sorted(extras)),
-                      LABEL_SOURCE: agent_source_digest()}
+                      LABEL_SOURCE: agent_source_digest(), LABEL_PLATFORM: platform,
+                      LABEL_WHEELHOUSE: house.name, LABEL_BASE: base.id}
             try:
-                client.images.build(path=str(context), tag=tag, buildargs=build_args(self.spec.base_image, extras),
-                                    labels=labels, rm=True, forcerm=True, pull=False, timeout=BUILD_TIMEOUT_S)
+                # FROM the base's id: a tag names one platform's image only, the id cannot be mistaken
+                client.images.build(path=str(context), tag=tag, buildargs=build_args(base.id, extras),
+                                    labels=labels, rm=True, forcerm=True, pull=False, timeout=BUILD_TIMEOUT_S,
+                                    platform=platform)
             except docker.errors.BuildError as e:
                 log = "".join(str(x.get("stream") or x.get("error") or "") for x in e.build_log)[-2000:]
                 raise TransportError(f"device '{self.name}': building the agent image {tag} failed: {e.msg}\n{log}",
@@ -297,7 +433,8 @@ class DockerInstaller(Installer):
         docker = _docker()
         client = self.engine()
         volume = volume_name(self.device)
-        options = run_options(self.device, image, verify_key_file=VERIFY_KEY_PATH if pinned else None)
+        options = run_options(self.device, image, verify_key_file=VERIFY_KEY_PATH if pinned else None,
+                              platform=self.platform)
         labels = client.images.get(image).labels or {}
         options["labels"].update({k: labels.get(k, "") for k in (LABEL_VERSION, LABEL_EXTRAS, LABEL_SOURCE)})
         try:

@@ -60,6 +60,11 @@ ENGINE_PATTERN = (r"^(unix:///[A-Za-z0-9._+/-]+"
 IMAGE_PATTERN = r"^[a-z0-9]([a-z0-9._/-]*[a-z0-9])?(:[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?$"
 
 
+# Docker's names of the architectures edgectl builds agent images for, by every spelling (arm64 = aarch64).
+DOCKER_ARCHES = {"amd64": "amd64", "x86_64": "amd64", "arm64": "arm64", "aarch64": "arm64"}
+DOCKER_PLATFORM_PATTERN = r"^linux/(amd64|arm64)$"
+
+
 class DockerTransport(Frozen):
     type: Literal["docker"] = Field(description="Run the agent in a container on a Docker engine (docker SDK).")
     engine: Annotated[str, Field(pattern=ENGINE_PATTERN)] | None = Field(
@@ -71,10 +76,12 @@ class DockerTransport(Frozen):
                                   "verified); required with tcp://.")
     image: Annotated[str, Field(pattern=IMAGE_PATTERN)] | None = Field(
         default=None, description="Agent image tag. Built from deploy/docker/Dockerfile when the engine lacks it. "
-                                  "Default: edgectl-agent:<agent version>-<runtime extras>.")
-    base_image: Annotated[str, Field(pattern=IMAGE_PATTERN)] = Field(
-        default="edgectl-base:debian12", description="Base image the agent image is built FROM (a build argument; "
-                                                     "make it offline with deploy/docker/make-base.sh).")
+                                  "Default: edgectl-agent:<agent version>-<runtime extras>, with -arm64 after it for "
+                                  "linux/arm64.")
+    base_image: Annotated[str, Field(pattern=IMAGE_PATTERN)] | None = Field(
+        default=None, description="Base image the agent image is built FROM (a build argument; make it offline with "
+                                  "deploy/docker/make-base.sh). Default: edgectl-base:debian12 for linux/amd64, "
+                                  "edgectl-base:debian12-arm64 for linux/arm64.")
     container: Name | None = Field(default=None, description="Container name. Default: edgectl-agent-<device>.")
     volume: Name | None = Field(default=None, description="Named volume holding the agent's store, state and "
                                                           "token. Default: edgectl-agent-<device>.")
@@ -85,6 +92,25 @@ class DockerTransport(Frozen):
     host_port: int | None = Field(default=None, ge=1, le=65535,
                                   description="Port on the engine host's 127.0.0.1 for control 'port'. Default: "
                                               "the device's agent.port.")
+    platform: Annotated[str, Field(pattern=DOCKER_PLATFORM_PATTERN)] | None = Field(
+        default=None, description="Platform the agent image is built for and its container runs on: linux/amd64 "
+                                  "or linux/arm64 (linux/x86_64 and linux/aarch64 read as those). Default: the "
+                                  "engine's own architecture (`docker info`). Set it when the engine runs another "
+                                  "architecture under emulation (qemu-user-static registered in binfmt_misc with the "
+                                  "fix-binary flag); the base image must be of that platform (make-base.sh "
+                                  "--platform).")
+
+    @field_validator("platform", mode="before")
+    @classmethod
+    def _known_platform(cls, value: object) -> object:
+        if not isinstance(value, str):
+            return value
+        os_name, _, arch = value.strip().lower().partition("/")
+        normal = DOCKER_ARCHES.get(arch)
+        if os_name != "linux" or normal is None:
+            raise ValueError(f"platform '{value}' is not one edgectl builds agent images for: use linux/amd64 or "
+                             "linux/arm64 (linux/x86_64 and linux/aarch64 mean the same)")
+        return f"linux/{normal}"
 
     @model_validator(mode="after")
     def _engine_rules(self) -> DockerTransport:
