@@ -175,6 +175,7 @@ spec:
   rollout: {{{rollout.strip('{}')}, health_gate: {gate}}}
 """
 
+
 def platform_fleet_manifests(folder: Path, devices: list[dict], *, label: str = "mixed") -> Path:
     """``folder`` with the tiny llama GGUF, its Model, a Deployment of it (Q8_0, 256 tokens of context, 1 thread)
     to every device labelled ``site: <label>``, and a Fleet of ``devices`` (Device specs as dicts; the label is
