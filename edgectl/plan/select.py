@@ -32,6 +32,9 @@ DEFAULT_MENUS: dict[tuple[str, str], tuple[str, ...]] = {
     ("onnx", "tensor"): ("INT8",),
     ("openvino", "tensor"): ("INT8", "FP16"),
 }
+# An Intel NPU runs LLMs with symmetric channel-wise INT4 (OpenVINO GenAI's NPU guide): on an NPU target this recipe
+# takes grouped INT4's place in the menu and in the profile's quant preference; CPU and GPU keep grouped INT4.
+NPU_INT4 = "INT4_SYM_CW"
 # Tensor models: quality by precision. Static INT8 (calibrated activations) and dynamic INT8 rank alike; INT4 is
 # weight-only MatMulNBits.
 TENSOR_QUALITY_RANK = {"INT4": 0, "INT8": 1, "INT8_STATIC": 1, "FP16": 2, "FP32": 3}
@@ -92,14 +95,17 @@ def _source_precision(model: Model, fmt: str, kind: str, available: frozenset[in
     return max((s.precision for s in pool), key=rank, default=default), False, False
 
 
-def _menu(dep: Deployment, model: Model, fmt: str, kind: str, available: frozenset[int] | None
-          ) -> tuple[str, bool, bool, list[Recipe]]:
+def _menu(dep: Deployment, model: Model, fmt: str, kind: str, available: frozenset[int] | None, *,
+          npu: bool = False) -> tuple[str, bool, bool, list[Recipe]]:
     """(source precision, buildable, native, the recipes) of each quant type of ``fmt`` worth considering for
-    ``dep`` - whatever the device: only which of them fits, and how, depends on it."""
+    ``dep`` - whatever the device, except that an NPU target (``npu``) gets the NPU's INT4 recipe in place of the
+    grouped one: only which of them fits, and how, depends on it."""
     info = BUILDERS[(fmt, kind)]
     q = dep.spec.quantization
     source_precision, buildable, native = _source_precision(model, fmt, kind, available)
     menu = [x for x in q.allow if x in info.quants] if q.allow else list(DEFAULT_MENUS[(fmt, kind)])
+    if npu and (fmt, kind) == ("openvino", "llm") and not q.allow:
+        menu = [NPU_INT4 if x == "INT4" else x for x in menu]
     if buildable and native and fmt == "gguf" and source_precision in info.quants + (source_precision,) \
             and source_precision not in menu and (not q.allow or source_precision in q.allow) \
             and gguf.is_known(source_precision):
@@ -116,14 +122,15 @@ def candidate_recipes(dep: Deployment, model: Model, available: frozenset[int] |
     every cache hit."""
     kind = "tensor" if model.spec.task == "tensor" else "llm"
     fmt_wanted = dep.spec.quantization.format
-    return [r for (fmt, k) in BUILDERS if k == kind and (fmt_wanted is None or fmt == fmt_wanted)
-            for r in _menu(dep, model, fmt, kind, available)[3]]
+    recipes = [r for (fmt, k) in BUILDERS if k == kind and (fmt_wanted is None or fmt == fmt_wanted)
+               for npu in (False, True) for r in _menu(dep, model, fmt, kind, available, npu=npu)[3]]
+    return list(dict.fromkeys(recipes))  # Recipe is frozen (hashable): the NPU menu repeats most of the other
 
 
 def _candidates(dep: Deployment, model: Model, fmt: str, kind: str, runtime: str, built: dict[str, BuiltArtifact],
-                available: frozenset[int] | None, versions: dict[str, str] | None):
+                available: frozenset[int] | None, versions: dict[str, str] | None, npu: bool = False):
     """(candidate, reason it is excluded or '') for each quant type of ``fmt`` worth considering."""
-    source_precision, buildable, native, recipes = _menu(dep, model, fmt, kind, available)
+    source_precision, buildable, native, recipes = _menu(dep, model, fmt, kind, available, npu=npu)
     if kind == "llm":
         cap = precision_rank(source_precision)
     else:
@@ -146,6 +153,9 @@ def _candidates(dep: Deployment, model: Model, fmt: str, kind: str, runtime: str
             if art is not None and versions is not None and versions.get(runtime) else None
         if rank > cap:
             yield cand, f"above the source's precision {source_precision}: would not add quality"
+        elif npu and (fmt, kind, quant) == ("openvino", "llm", "INT4"):
+            yield cand, (f"grouped asymmetric INT4, which an Intel NPU does not run: it needs symmetric channel-wise "
+                         f"INT4 ({NPU_INT4})")
         elif mismatch:
             yield cand, mismatch
         else:
@@ -205,12 +215,16 @@ def plan_deployment(dep: Deployment, model: Model, target: Target, built: dict[s
             if quant not in valid:
                 dp.rejected.append(Rejected(None, "no runtime on this device loads it; valid here: "
                                             + ", ".join(valid), label=quant))
+    ov_device = str(dep.spec.runtime_options.get("device") or target.openvino_device)  # the user's option wins
+    npu = ov_device.split(".")[0].upper() == "NPU"
     too_big: list[Candidate] = []
     slow: list[Candidate] = []  # fit memory and disk, miss the deployment's speed
     choice: tuple[Candidate, list[Candidate]] | None = None
     for runtime, info in usable:
         fitting: list[Candidate] = []
-        for cand, why_not in _candidates(dep, model, info.format, kind, runtime, built, available, target.versions):
+        npu_here = npu and runtime in OPENVINO_RUNTIMES
+        for cand, why_not in _candidates(dep, model, info.format, kind, runtime, built, available, target.versions,
+                                         npu_here):
             need = cand.estimate.total_bytes
             gpu_layers = 0
             if runtime == "llamacpp" and kind == "llm" and target.vram > 0 and not why_not:
@@ -218,8 +232,8 @@ def plan_deployment(dep: Deployment, model: Model, target: Target, built: dict[s
                 cand = replace(cand, gpu_layers=gpu_layers, ram_bytes=need)
             elif runtime == "llamacpp" and kind == "llm" and target.unified_gpu and not why_not:
                 cand = replace(cand, gpu_layers=-1)  # same memory: the whole estimate stays in the RAM budget
-            if runtime in OPENVINO_RUNTIMES and target.openvino_device:
-                cand = replace(cand, device=target.openvino_device)
+            if runtime in OPENVINO_RUNTIMES and ov_device:
+                cand = replace(cand, device=ov_device)
             if kind == "llm" and target.hardware is not None:
                 cand = replace(cand, speed=estimate_speed(
                     model.spec.architecture, cand.estimate.weights_bytes, target.hardware,
@@ -246,7 +260,7 @@ def plan_deployment(dep: Deployment, model: Model, target: Target, built: dict[s
         if not fitting:
             continue
         if choice is None:
-            choice = (_best(fitting, target.prefer.get(runtime, [])), fitting)
+            choice = (_best(fitting, _preferred(target, runtime, npu_here)), fitting)
         else:
             for other in fitting:
                 dp.rejected.append(Rejected(other.recipe, f"fits, but {choice[0].runtime} comes first in the "
@@ -259,7 +273,7 @@ def plan_deployment(dep: Deployment, model: Model, target: Target, built: dict[s
             _explain_unfit(dp, dep, model, too_big, budget)
         return dp
     best, fitting = choice
-    preferred = target.prefer.get(best.runtime, [])
+    preferred = _preferred(target, best.runtime, npu and best.runtime in OPENVINO_RUNTIMES)
     reason = _why(best, budget, preferred, fitting)
     if dep.spec.speed is not None and best.speed is not None:
         reason += (f"; meets the deployment's speed (estimated {best.speed.decode_tokens_per_s:.1f} tokens/s decode, "
@@ -272,6 +286,12 @@ def plan_deployment(dep: Deployment, model: Model, target: Target, built: dict[s
     dp.rejected.sort(key=lambda r: (r.recipe is not None, -quality_rank(r.recipe.format, r.recipe.quant)
                                     if r.recipe else 0))
     return dp
+
+
+def _preferred(target: Target, runtime: str, npu: bool) -> list[str]:
+    """The profile's preferred quant types for ``runtime``; on an NPU, its INT4 recipe stands for INT4."""
+    prefer = target.prefer.get(runtime, [])
+    return [NPU_INT4 if q == "INT4" else q for q in prefer] if npu else list(prefer)
 
 
 # A built artifact measured below this top-1 agreement with its source (fewer than half of its greedy next tokens
@@ -385,7 +405,7 @@ def _why(c: Candidate, budget: int, preferred: list[str], fitting: list[Candidat
            "; all layers on the GPU" if c.gpu_layers == -1 else
            f"; {c.gpu_layers} layers on the GPU" if c.gpu_layers > 0 else "")
     if c.device:
-        gpu += f"; on OpenVINO device {c.device} (the profile's accelerators)"
+        gpu += f"; on OpenVINO device {c.device} (runtime_options.device, else the profile's accelerators)"
     return f"{what}: {gib(ram)} of {gib(budget)} budget; {how}{gpu}"
 
 
