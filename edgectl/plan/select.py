@@ -219,6 +219,7 @@ def plan_deployment(dep: Deployment, model: Model, target: Target, built: dict[s
     npu = ov_device.split(".")[0].upper() == "NPU"
     too_big: list[Candidate] = []
     slow: list[Candidate] = []  # fit memory and disk, miss the deployment's speed
+    poor: list[Candidate] = []  # fit, but measured below the deployment's quality floor
     choice: tuple[Candidate, list[Candidate]] | None = None
     for runtime, info in usable:
         fitting: list[Candidate] = []
@@ -241,6 +242,7 @@ def plan_deployment(dep: Deployment, model: Model, target: Target, built: dict[s
                     prompt_tokens=dep.spec.speed.prompt_tokens if dep.spec.speed else DEFAULT_PROMPT_TOKENS,
                     runtime=runtime))
             too_slow = _too_slow(dep, cand) if not why_not else ""
+            below = _below_floor(dep, cand) if not why_not else ""
             if why_not:
                 dp.rejected.append(Rejected(cand.recipe, why_not, recipe_label(cand.recipe), cand.estimate.total_bytes))
             elif need > budget:
@@ -255,6 +257,10 @@ def plan_deployment(dep: Deployment, model: Model, target: Target, built: dict[s
                 slow.append(cand)
                 dp.rejected.append(Rejected(cand.recipe, f"fits ({gib(need)} of {gib(budget)}), but {too_slow}",
                                             recipe_label(cand.recipe), need))
+            elif below:
+                poor.append(cand)
+                dp.rejected.append(Rejected(cand.recipe, f"fits ({gib(need)} of {gib(budget)}), but {below}",
+                                            recipe_label(cand.recipe), need))
             else:
                 fitting.append(cand)
         if not fitting:
@@ -267,7 +273,9 @@ def plan_deployment(dep: Deployment, model: Model, target: Target, built: dict[s
                                                           f"device's runtimes", recipe_label(other.recipe),
                                             other.ram_bytes or other.estimate.total_bytes, fits=True))
     if choice is None:
-        if slow:
+        if poor:
+            _explain_below_floor(dp, dep, poor)
+        elif slow:
             _explain_too_slow(dp, dep, slow)
         else:
             _explain_unfit(dp, dep, model, too_big, budget)
@@ -278,6 +286,9 @@ def plan_deployment(dep: Deployment, model: Model, target: Target, built: dict[s
     if dep.spec.speed is not None and best.speed is not None:
         reason += (f"; meets the deployment's speed (estimated {best.speed.decode_tokens_per_s:.1f} tokens/s decode, "
                    f"{best.speed.ttft_ms:.0f} ms to the first token of a {best.speed.prompt_tokens}-token prompt)")
+    if dep.spec.quality is not None:
+        reason += (f"; meets the deployment's quality floor ({best.quality.summary()})" if best.quality is not None
+                   else "; not measured yet: the deployment's quality floor is checked on the built artifact")
     dp.chosen = replace(best, reason=reason)
     for other in fitting:
         if other is not best:
@@ -350,6 +361,31 @@ def _too_slow(dep: Deployment, c: Candidate) -> str:
         misses.append(f"estimated time to first token {s.ttft_ms:.0f} ms for a {s.prompt_tokens}-token prompt > "
                       f"max_ttft_ms {want.max_ttft_ms:g}")
     return "; ".join(misses)
+
+
+def _below_floor(dep: Deployment, c: Candidate) -> str:
+    """Why ``c``'s measured quality misses the deployment's quality floor ('' = it meets it, there is no floor, or
+    no measurement yet: an artifact not built is measured when it is)."""
+    floor, q = dep.spec.quality, c.quality
+    if floor is None or q is None:
+        return ""
+    misses = []
+    if floor.min_top1_agreement is not None and q.top1_agreement < floor.min_top1_agreement:
+        misses.append(f"measured {q.top1_agreement:.1%} top-1 agreement with the source < quality.min_top1_agreement "
+                      f"{floor.min_top1_agreement:.1%}")
+    if floor.max_kl_divergence is not None and q.kl_divergence is not None \
+            and q.kl_divergence > floor.max_kl_divergence:
+        misses.append(f"measured KL divergence {q.kl_divergence:.3f} from the source > quality.max_kl_divergence "
+                      f"{floor.max_kl_divergence:g}")
+    return "; ".join(misses)
+
+
+def _explain_below_floor(dp: DeploymentPlan, dep: Deployment, poor: list[Candidate]) -> None:
+    best = max(poor, key=lambda c: c.quality.top1_agreement)
+    dp.unfit = (f"nothing that fits meets the deployment's quality floor: the closest to its source, "
+                f"{recipe_label(best.recipe)}, {_below_floor(dep, best)} ({best.quality.summary()})")
+    dp.hint = ("lower quality.min_top1_agreement / quality.max_kl_divergence, allow a higher-precision quant type "
+               "(quantization.allow), or deploy to a device with more memory")
 
 
 def _explain_too_slow(dp: DeploymentPlan, dep: Deployment, slow: list[Candidate]) -> None:

@@ -118,6 +118,18 @@ class SpeedRequirement(Frozen):
                                            "the time to first token, and decode reads their KV cache.")
 
 
+class QualityFloor(Frozen):
+    min_top1_agreement: float | None = Field(
+        default=None, gt=0, le=1, description="Plan only artifacts whose measured top-1 agreement with their source "
+                                              "(the share of positions where both models' most likely next token "
+                                              "is the same, on edgectl's fixed text; recorded when the artifact is "
+                                              "built) is at least this, e.g. 0.9. An artifact not built yet has no "
+                                              "measurement: it is planned, and checked when built.")
+    max_kl_divergence: float | None = Field(
+        default=None, ge=0, description="Plan only artifacts whose measured mean KL divergence from their source's "
+                                        "next-token distributions (nats) is at most this, e.g. 0.1.")
+
+
 class Rollout(Frozen):
     strategy: Literal["all-at-once", "rolling", "canary"] = Field(
         default="all-at-once", description="all-at-once: every device in one wave; rolling: waves of wave_size; "
@@ -149,6 +161,10 @@ class DeploymentSpec(Frozen):
                                             description="Extra options passed to the runtime (e.g. n_batch for llama.cpp).")
     rollout: Rollout = Field(default_factory=lambda: Rollout(),
                              description="How the change reaches the selected devices: waves, health gate, rollback.")
+    quality: QualityFloor | None = Field(
+        default=None, description="The least measured quality against the source the plan accepts "
+                                  "(edgectl/builders/quality.py): a built artifact below it is rejected, with the "
+                                  "measurement. The answer itself is checked by rollout.health_gate.")
     speed: SpeedRequirement | None = Field(
         default=None, description="Speed the plan must meet by estimate (edgectl/plan/speed.py): the best quality "
                                   "that fits memory and meets it is chosen. The same names in "
