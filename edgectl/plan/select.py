@@ -282,7 +282,8 @@ def plan_deployment(dep: Deployment, model: Model, target: Target, built: dict[s
         return dp
     best, fitting = choice
     preferred = _preferred(target, best.runtime, npu and best.runtime in OPENVINO_RUNTIMES)
-    reason = _why(best, budget, preferred, fitting)
+    reason = _why(best, budget, preferred, fitting,
+                  missing=_missing_sources(model, available) if not best.buildable else "")
     if dep.spec.speed is not None and best.speed is not None:
         reason += (f"; meets the deployment's speed (estimated {best.speed.decode_tokens_per_s:.1f} tokens/s decode, "
                    f"{best.speed.ttft_ms:.0f} ms to the first token of a {best.speed.prompt_tokens}-token prompt)")
@@ -414,7 +415,14 @@ def _explain_unfit(dp: DeploymentPlan, dep: Deployment, model: Model, too_big: l
     dp.hint = ", ".join(hints)
 
 
-def _why(c: Candidate, budget: int, preferred: list[str], fitting: list[Candidate] = ()) -> str:
+def _missing_sources(model: Model, available: frozenset[int] | None) -> str:
+    """How to make each of the model's sources that is not on this machine available."""
+    from edgectl.builders.sources import how_to_get
+
+    return "; ".join(how_to_get(s) for i, s in enumerate(model.spec.sources) if available is None or i not in available)
+
+
+def _why(c: Candidate, budget: int, preferred: list[str], fitting: list[Candidate] = (), missing: str = "") -> str:
     fmt = FORMAT_NAMES.get(c.recipe.format, c.recipe.format)
     outranked = [o for o in fitting if o.quality_rank > c.quality_rank and o.recipe.quant not in preferred]
     beaten = [o for o in outranked if _comparable(o, c) and not _poor(o)]
@@ -434,7 +442,7 @@ def _why(c: Candidate, budget: int, preferred: list[str], fitting: list[Candidat
         f"quantized from {c.recipe.source_precision}" if c.buildable and c.native else
         f"converted from the {c.recipe.source_precision} source, then quantized" if c.buildable else
         f"not buildable here: no source of the model is available on this machine "
-        f"(best known: {c.recipe.source_precision})")
+        f"(best known: {c.recipe.source_precision})" + (f": {missing}" if missing else ""))
     ram = c.ram_bytes or c.estimate.total_bytes
     gpu = ("; all layers on the GPU (it shares system RAM: counted in the RAM budget)"
            if c.gpu_layers == -1 and not c.ram_bytes else
