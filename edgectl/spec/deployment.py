@@ -9,6 +9,7 @@ from edgectl_agent.api import ArtifactFormat
 from pydantic import Field, StringConstraints, ValidationInfo, field_validator, model_validator
 
 from edgectl.spec.common import Document, Frozen, LabelValue, Metadata, Name
+from edgectl.spec.model import GoldenPrompt
 
 
 class Selector(Frozen):
@@ -104,6 +105,15 @@ class HealthGate(Frozen):
             except re.error as e:
                 raise ValueError(f"not a regular expression: {e}") from None
         return pattern
+
+
+def gate_for(gate: HealthGate, golden: GoldenPrompt | None) -> HealthGate:
+    """The health gate a deployment runs: ``gate`` as written, or, when it sets none of prompt, expect_contains and
+    expect_regex, ``gate`` asking the model's golden prompt (Model spec.golden_prompt) and checking its answer."""
+    if golden is None or not gate.smoke or {"prompt", "expect_contains", "expect_regex"} & gate.model_fields_set:
+        return gate
+    return gate.model_copy(update={"prompt": golden.prompt, "max_tokens": max(gate.max_tokens, golden.max_tokens),
+                                   "expect_contains": golden.expect_contains, "expect_regex": golden.expect_regex})
 
 
 class SpeedRequirement(Frozen):
