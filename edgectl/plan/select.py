@@ -1,7 +1,8 @@
 """Choosing one deployment's artifact on one device: the candidates (formats the device's runtimes load x the quant
 types a builder can make, capped at the source's precision), their estimates, which fit, the best of those (the
 profile's preferred quant, else the highest quality, measured quality where there is some), and why every other
-one lost. Pure, like the planner."""
+one lost (memory, disk, the deployment's speed or quality floor). An Intel NPU target gets OpenVINO's NPU recipe
+(:data:`NPU_INT4`) in place of grouped INT4. Pure, like the planner."""
 
 from __future__ import annotations
 
