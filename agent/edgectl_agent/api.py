@@ -98,6 +98,9 @@ class Facts(Wire):
     llamacpp_backends: list[str] | None = Field(
         default=None, description="The ggml backends the installed llama.cpp build has (cpu, cuda, metal, vulkan, "
                                   "...); None when llama-cpp-python is not installed or its libraries were not found.")
+    openvino_devices: dict[str, str] | None = Field(
+        default=None, description="OpenVINO's available devices (CPU, GPU, GPU.1, NPU, ...) -> their FULL_DEVICE_NAME; "
+                                  "None when openvino is not installed or could not be asked.")
     verify_key_id: str | None = Field(default=None,
                                       description="None: deployments need no signature. Else the sha256 fingerprint "
                                                   "of the ed25519 public key every deployment must be signed with, or "

@@ -19,6 +19,7 @@ from edgectl_agent.auth import ensure_token, require_token
 from edgectl_agent.deployments import Deployments
 from edgectl_agent.admission import Admission
 from edgectl_agent.errors import AgentError
+from edgectl_agent.facts import start_openvino_probe
 from edgectl_agent.hosts import LoopbackHostMiddleware
 from edgectl_agent.metrics import AgentMetrics, MetricsMiddleware
 from edgectl_agent.runtimes import Runtime, default_runtimes
@@ -64,6 +65,7 @@ def create_app(settings: AgentSettings, runtimes: dict[str, Runtime] | None = No
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        start_openvino_probe()  # facts name OpenVINO's devices; asking takes a second, so ask before anyone waits
         agent.recovery = asyncio.create_task(agent.deployments.recover(), name="recover-deployments")
         if settings.pull_config is not None:
             from edgectl_agent.pull import start_pulling

@@ -1,11 +1,13 @@
 """What this device is: CPU, ISA flags, memory, disk, accelerators and the runtimes importable here.
 
 Read from psutil, platform and /proc, without importing any runtime (versions come from package metadata), so it
-answers in milliseconds.
+answers in milliseconds. OpenVINO's devices (its iGPU and NPU) are the exception: only openvino can name them, so a
+child process asks it, once, in the background from the agent's start (:func:`start_openvino_probe`).
 """
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import shutil
@@ -13,6 +15,7 @@ import re
 import socket
 import subprocess
 import sys
+import threading
 from importlib import metadata
 from pathlib import Path
 
@@ -166,6 +169,72 @@ def nvidia_gpus_with_memory(run=subprocess.run) -> list[AcceleratorFact]:
     return (parse_nvidia_smi(out.stdout) if out.returncode == 0 else []) or names
 
 
+# OpenVINO's devices, asked in a child process: importing openvino would add tens of MiB to the agent for good.
+OPENVINO_DEVICES_SCRIPT = ("import json, openvino as ov; c = ov.Core(); "
+                           "print(json.dumps({d: c.get_property(d, 'FULL_DEVICE_NAME') for d in c.available_devices}))")
+OPENVINO_PROBE_TIMEOUT_S = 30
+_OPENVINO_PROBE: dict = {}  # "key": the sys.path stamp it was asked under, "thread", "answer": {"devices"}
+_OPENVINO_LOCK = threading.Lock()
+
+
+def openvino_devices_argv() -> list[str]:
+    return [sys.executable, "-c", OPENVINO_DEVICES_SCRIPT]
+
+
+def parse_openvino_devices(stdout: str) -> dict[str, str] | None:
+    """{device: FULL_DEVICE_NAME} from the script's last line; None when it is not such a JSON object."""
+    lines = stdout.strip().splitlines()
+    try:
+        found = json.loads(lines[-1]) if lines else None
+    except ValueError:
+        return None
+    if not isinstance(found, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in found.items()):
+        return None
+    return found
+
+
+def _ask_openvino(run) -> dict[str, str] | None:
+    try:
+        out = run(openvino_devices_argv(), capture_output=True, text=True, timeout=OPENVINO_PROBE_TIMEOUT_S)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return parse_openvino_devices(out.stdout) if out.returncode == 0 else None
+
+
+def start_openvino_probe(run=subprocess.run) -> threading.Thread | None:
+    """Ask OpenVINO for its devices in the background (the child takes about a second), once per sys.path stamp
+    (an install or removal asks again; a driver installed later needs an agent restart). None when openvino is not
+    installed. The agent starts it at startup so that its first facts need not wait."""
+    try:
+        metadata.version("openvino")
+    except metadata.PackageNotFoundError:
+        return None
+    key = _path_stamp()
+    with _OPENVINO_LOCK:
+        if _OPENVINO_PROBE.get("key") != key:
+            answer: dict = {"devices": None}  # this probe's own: a newer probe never sees an older one's answer
+
+            def ask() -> None:
+                answer["devices"] = _ask_openvino(run)
+
+            thread = threading.Thread(target=ask, name="openvino-devices", daemon=True)
+            _OPENVINO_PROBE.update(key=key, thread=thread, answer=answer)
+            thread.start()
+        return _OPENVINO_PROBE["thread"]
+
+
+def openvino_devices(run=subprocess.run) -> dict[str, str] | None:
+    """OpenVINO's available devices (CPU, GPU, NPU, ...) -> their full names when openvino is installed; None when
+    it is not, or the child failed or took over OPENVINO_PROBE_TIMEOUT_S."""
+    thread = start_openvino_probe(run)
+    if thread is None:
+        return None
+    thread.join(OPENVINO_PROBE_TIMEOUT_S)
+    with _OPENVINO_LOCK:
+        devices = _OPENVINO_PROBE["answer"]["devices"] if _OPENVINO_PROBE.get("thread") is thread else None
+    return dict(devices) if devices is not None else None
+
+
 def libc() -> tuple[str, str]:
     """(family, version) of this process's C library: glibc/musl/bionic, as edgectl's platform probe reads it."""
     if hasattr(sys, "getandroidapilevel") or os.environ.get("ANDROID_ROOT"):
@@ -204,5 +273,6 @@ def collect_facts(root: Path, *, verify_key_id: str | None = None) -> Facts:
         accelerators=nvidia_gpus_with_memory(),
         runtimes=runtime_versions(),
         llamacpp_backends=llamacpp_backends(),
+        openvino_devices=openvino_devices(),
         verify_key_id=verify_key_id,
     )

@@ -16,7 +16,7 @@ from edgectl.plan import DeploymentPlan, DevicePlan, compat, recipe_id
 from edgectl.plan.settings import served_settings
 from edgectl.signing import rollback_deployment, signed
 from edgectl.spec import BuiltArtifact, Spec
-from edgectl.spec.deployment import HealthGate
+from edgectl.spec.deployment import HealthGate, gate_for
 from edgectl.paths import VERIFY_KEY_FILE
 
 from edgectl.apply.observe import DeviceContext
@@ -47,7 +47,8 @@ def deploy_one(spec: Spec, dp: DevicePlan, name: str, ctx: DeviceContext, store:
     try:
         changed = apply_deployment(spec, dp, dep, ctx, store, artifacts, res, events)
         if changed:
-            health_gate(rollout.health_gate, name, dep.chosen.recipe.kind, ctx, res, events)
+            health_gate(gate_for(rollout.health_gate, spec.models[dep.model].spec.golden_prompt), name,
+                        dep.chosen.recipe.kind, ctx, res, events)
         return True
     except EdgectlError as e:
         res.error = str(e)

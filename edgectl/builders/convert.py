@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from edgectl.builders.registry import BuilderInfo, builder_for, tool_version, tool_versions
-from edgectl.builders.sources import ResolvedSource, first_present_source, resolve_source
+from edgectl.builders.sources import ResolvedSource, first_present_source, resolve_source, with_other_sources
 from edgectl.builders.store import ArtifactStore, ByteProgress
 from edgectl.errors import BuildError, install_hint, require_module
 from edgectl.spec.artifact import Recipe
@@ -200,17 +200,18 @@ def resolve_build_source(model: Model, store: ArtifactStore, *, recipe: Recipe, 
         try:
             return resolve_source(model, store, format=recipe.format, kind=recipe.kind, precision=precision,
                                   base_dir=base_dir, progress=progress), None
-        except BuildError:
+        except BuildError as e:
             if not convertible:
-                raise
+                raise with_other_sources(model, precision, e, base_dir=base_dir) from None
     resolved, failures = first_present_source(model, store, convertible, base_dir=base_dir, progress=progress)
     if resolved is not None:
         return resolved, conversion_for(resolved.source.type, info)
     if len(failures) == 1:
-        raise failures[0]
-    raise BuildError(f"none of the sources of model {model.name!r} a {recipe.format} build can use or convert is "
-                     "available: " + "; ".join(e.message for e in failures),
-                     hint=" | ".join(e.hint for e in failures if e.hint))
+        raise with_other_sources(model, precision, failures[0], base_dir=base_dir)
+    raise with_other_sources(model, precision, BuildError(
+        f"none of the sources of model {model.name!r} a {recipe.format} build can use or convert is available: "
+        + "; ".join(e.message for e in failures), hint=" | ".join(e.hint for e in failures if e.hint)),
+        base_dir=base_dir)
 
 
 def check_source(source: ResolvedSource, conversion: Conversion | None, recipe: Recipe) -> None:

@@ -2,8 +2,9 @@
 
 The tools are the ``[openvino]`` extra (openvino, nncf, openvino-tokenizers, optimum-intel), imported lazily.
 
-LLMs: optimum-intel exports the model to IR (FP32, stateful KV cache), NNCF compresses its weights (INT4_ASYM in
-groups, INT8_ASYM per channel) or ``save_model`` halves them (FP16), and openvino-tokenizers converts the tokenizer
+LLMs: optimum-intel exports the model to IR (FP32, stateful KV cache), NNCF compresses its weights (INT4 = INT4_ASYM
+in groups, INT8 = INT8_ASYM per channel, INT4_SYM_CW = INT4_SYM per output channel) or ``save_model`` halves them
+(FP16), and openvino-tokenizers converts the tokenizer
 and detokenizer, so ``openvino_genai.LLMPipeline(folder)`` loads the folder as is. The Hugging Face config,
 generation config and tokenizer files (with the chat template) are kept beside: the agent renders the template.
 
@@ -35,7 +36,11 @@ EXTRA = "openvino"
 LLM_MODEL_XML = "openvino_model.xml"
 TENSOR_MODEL_XML = "model.xml"
 # NNCF weight-compression mode per quant; FP16 is no compression, only constants stored as f16.
-LLM_WEIGHT_MODES = {"INT4": "INT4_ASYM", "INT8": "INT8_ASYM"}
+# INT4_SYM_CW is the Intel NPU recipe of OpenVINO GenAI's NPU guide: symmetric INT4, one scale per output channel
+# (group_size -1), every eligible layer in 4 bits (ratio 1.0); the embedding and output layer keep NNCF's INT8
+# backup precision, as in INT4. CPU and GPU run it too, but the grouped INT4 is closer to the source there.
+LLM_WEIGHT_MODES = {"INT4": "INT4_ASYM", "INT8": "INT8_ASYM", "INT4_SYM_CW": "INT4_SYM"}
+CHANNEL_WISE = -1  # NNCF's group_size for one scale per output channel
 INT4_GROUP_SIZES = (128, 64, 32, 16)  # preferred first; 128 is optimum-intel's default for INT4
 CALIBRATION_SAMPLES = 32
 CALIBRATION_SEED = 0
@@ -108,14 +113,15 @@ def _tail(captured: io.StringIO, limit: int = 1500) -> str:
 def build_openvino_llm(recipe: Recipe, source_path: Path, out_path: Path, *, threads: int | None = None,
                        progress: StageProgress | None = None, quiet: bool = True) -> None:
     """Export the Hugging Face model folder ``source_path`` to an openvino-genai folder ``out_path`` (created here)
-    with weights in ``recipe.quant`` (FP16, INT8 or INT4)."""
+    with weights in ``recipe.quant`` (FP16, INT8, INT4, or INT4_SYM_CW for an Intel NPU)."""
     check_buildable(recipe)
     source_path, out_path = Path(source_path), Path(out_path)
     if recipe.quant not in ("FP16", *LLM_WEIGHT_MODES):
         raise BuildError(f"cannot build openvino {recipe.quant} for model {recipe.model!r}",
                          hint=f"openvino LLM artifacts are FP16, {', '.join(LLM_WEIGHT_MODES)}")
     config = _check_llm_source(source_path)
-    group_size = int4_group_size(config) if recipe.quant == "INT4" else None
+    group_size = int4_group_size(config) if recipe.quant == "INT4" else \
+        CHANNEL_WISE if recipe.quant == "INT4_SYM_CW" else None
     require_module("optimum.intel", EXTRA)
     nncf = require_module("nncf", EXTRA)
     ov = require_module("openvino", EXTRA)

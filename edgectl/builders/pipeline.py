@@ -92,7 +92,8 @@ def build(recipe: Recipe, model: Model, store: ArtifactStore, *, base_dir: Path 
     (edgectl.builders.quality; progress stage "measure quality") and recorded with it, so a hit returns it for free.
     ``measure_quality=False`` skips that. A failed measurement does not fail the build: the artifact is recorded
     without quality and a :class:`QualityWarning` is issued (``warnings``; the CLI shows it). Without llama-cpp-python
-    (an as-shipped copy can be built without it) nothing is measured; onnx (tensor) artifacts are not measured.
+    (an as-shipped copy can be built without it) nothing is measured; OpenVINO LLM folders are measured against
+    their Hugging Face source; onnx (LLM and tensor) and MLX artifacts are not measured.
     """
     if quiet is None:
         quiet = os.environ.get("EDGECTL_DEBUG", "") != "1"
@@ -141,8 +142,8 @@ def build(recipe: Recipe, model: Model, store: ArtifactStore, *, base_dir: Path 
     if facts:
         artifact = artifact.model_copy(update={"compat": facts})
     store.record(artifact)  # stored and indexed before measuring: an interrupted measurement loses only the figure
-    if measure_quality and recipe.format == "gguf":  # the quality measurement reads text: LLMs only
-        quality = _measure(source.path, store.path(digest), as_shipped=as_shipped,
+    if measure_quality and recipe.kind == "llm" and recipe.format in ("gguf", "openvino"):  # logits to compare
+        quality = _measure(recipe.format, source.path, store.local_path(artifact), as_shipped=as_shipped,
                            threads=threads or os.cpu_count() or 1, quiet=quiet, report=report,
                            label=f"{recipe.model} {recipe.format} {recipe.quant}")
         if quality is not None:
@@ -151,19 +152,25 @@ def build(recipe: Recipe, model: Model, store: ArtifactStore, *, base_dir: Path 
     return artifact, True
 
 
-def _measure(source_path: Path, artifact_path: Path, *, as_shipped: bool, threads: int, quiet: bool,
+def _measure(format: str, source_path: Path, artifact_path: Path, *, as_shipped: bool, threads: int, quiet: bool,
              report: StageProgress | None, label: str) -> Quality | None:
-    try:
-        import llama_cpp  # noqa: F401  (numpy comes with it)
-    except ImportError:
+    """GGUF: both read by llama.cpp; OpenVINO: the IR by OpenVINO against its Hugging Face folder by transformers
+    (edgectl.builders.quality). None without the tools (an as-shipped GGUF copy needs no llama-cpp-python)."""
+    import importlib.util
+
+    from edgectl.builders.quality import measure, measure_openvino
+
+    if importlib.util.find_spec("llama_cpp" if format == "gguf" else "transformers") is None:
         return None
-    from edgectl.builders.quality import measure
 
     if report:
         report("measure quality", 0, 1)
     try:
         # An as-shipped copy is the source's own bytes: the source is evaluated once (agreement 1.0 by definition).
-        quality = measure(source_path, None if as_shipped else artifact_path, threads=threads, quiet=quiet)
+        if format == "openvino":
+            quality = measure_openvino(source_path, artifact_path, threads=threads, quiet=quiet)
+        else:
+            quality = measure(source_path, None if as_shipped else artifact_path, threads=threads, quiet=quiet)
     except Exception as e:  # noqa: BLE001  (the artifact is good; only the figure is missing)
         warnings.warn(f"could not measure the quality of {label}: {type(e).__name__}: {e}; "
                       f"it is stored without a quality record", QualityWarning, stacklevel=3)

@@ -1,6 +1,7 @@
-"""Measured quality of a built GGUF artifact against its source, on one small fixed text.
+"""Measured quality of a built LLM artifact against its source, on one small fixed text.
 
-    quality = measure(source_path, artifact_path, threads=4)
+    quality = measure(source_path, artifact_path, threads=4)            # GGUF, both read by llama.cpp
+    quality = measure_openvino(source_folder, artifact_folder, threads=4)  # OpenVINO IR vs its Hugging Face folder
 
 Both models read the same tokens (the source model's tokenization of :data:`QUALITY_TEXT`, at most
 :data:`MAX_TOKENS`); from their logits at every position we compute
@@ -15,6 +16,10 @@ smoke test of how much a quantization moved the model, not a benchmark.
 
 The metric functions (:func:`perplexity`, :func:`top1_agreement`, :func:`mean_kl_divergence`) are pure numpy on
 logits of shape ``(positions, vocab)`` so they are testable without llama.cpp.
+
+OpenVINO: the source is the Hugging Face folder the artifact was built from (after a GGUF -> HF conversion, that
+folder), run by transformers in float32; the artifact's IR is run by OpenVINO on the CPU with float32 inference
+precision, so only the weight compression differs. Both read the tokens of the source's tokenizer, in one pass.
 """
 
 from __future__ import annotations
@@ -128,3 +133,69 @@ def measure(source_path: Path, artifact_path: Path | None, *, threads: int = 1, 
                          f"({source_logits.shape[1]})")
     return compare(source_logits, artifact_logits, np.array(tokens), tool=tool)
 
+
+
+# --- OpenVINO IR vs its Hugging Face source -----------------------------------------------------------------------
+
+
+def _hf_logits(folder: Path, *, threads: int) -> tuple[np.ndarray, list[int]]:
+    """transformers' float32 logits of the source folder on the text, and the tokens (its tokenizer's)."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokens = AutoTokenizer.from_pretrained(str(folder))(QUALITY_TEXT)["input_ids"][:MAX_TOKENS]
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(str(folder), torch_dtype=torch.float32)
+        with torch.no_grad():
+            logits = model(torch.tensor([tokens])).logits[0].float().numpy()
+    finally:
+        torch.set_num_threads(before)
+    return logits, list(tokens)
+
+
+def openvino_inputs(names: set[str], tokens: list[int]) -> dict[str, np.ndarray]:
+    """The inputs an optimum-intel stateful LLM IR takes for one pass over ``tokens`` (those of its ``names``)."""
+    n = len(tokens)
+    every = {"input_ids": np.array([tokens], dtype=np.int64), "attention_mask": np.ones((1, n), dtype=np.int64),
+             "position_ids": np.arange(n, dtype=np.int64)[None, :], "beam_idx": np.zeros(1, dtype=np.int32)}
+    missing = names - set(every)
+    if missing:
+        raise ValueError(f"the IR takes inputs edgectl does not know how to fill: {', '.join(sorted(missing))}")
+    return {k: v for k, v in every.items() if k in names}
+
+
+def _openvino_logits(folder: Path, tokens: list[int], *, threads: int) -> np.ndarray:
+    import openvino as ov
+
+    core = ov.Core()
+    model = core.read_model(Path(folder) / "openvino_model.xml")
+    compiled = core.compile_model(model, "CPU", {"INFERENCE_NUM_THREADS": threads, "INFERENCE_PRECISION_HINT": "f32"})
+    request = compiled.create_infer_request()
+    names = {p.get_any_name() for p in compiled.inputs}
+    request.infer(openvino_inputs(names, tokens))
+    logits = np.array(request.get_tensor("logits").data, dtype=np.float32)[0]
+    if logits.shape[0] != len(tokens):
+        raise ValueError(f"the IR returned logits for {logits.shape[0]} of {len(tokens)} positions")
+    return logits
+
+
+def measure_openvino(source_folder: Path, artifact_folder: Path, *, threads: int = 1, quiet: bool = True) -> Quality:
+    """Measure the OpenVINO LLM folder ``artifact_folder`` against the Hugging Face folder it was built from.
+    Raises on any failure (the caller decides whether that matters)."""
+    import openvino as ov
+    import transformers
+
+    from edgectl.builders.openvino import _tool_output
+
+    with _tool_output(quiet):
+        source_logits, tokens = _hf_logits(Path(source_folder), threads=threads)
+        if len(tokens) < 2:
+            raise ValueError(f"the quality text tokenized to {len(tokens)} token(s) with {source_folder}")
+        artifact_logits = _openvino_logits(Path(artifact_folder), tokens, threads=threads)
+    if artifact_logits.shape != source_logits.shape:
+        raise ValueError(f"the artifact's logits {artifact_logits.shape} differ in shape from the source's "
+                         f"{source_logits.shape}")
+    tool = f"openvino {ov.__version__.split('-')[0]} vs transformers {transformers.__version__}"
+    return compare(source_logits, artifact_logits, np.array(tokens), tool=tool)

@@ -85,7 +85,8 @@ BUILDERS: dict[tuple[str, Kind], BuilderInfo] = {b.key: b for b in (
                 module="onnxruntime_genai", tools=("onnxruntime-genai", "onnxruntime"), source_types=("huggingface",),
                 builder="edgectl.builders.onnx_genai:build_onnx_genai", layout="tree"),
     # LLMs: optimum-intel export + NNCF weight compression -> an OpenVINO IR folder with tokenizers for openvino-genai.
-    BuilderInfo(format="openvino", kind="llm", quants=("FP16", "INT8", "INT4"), extra="openvino",
+    # INT4_SYM_CW (symmetric, channel-wise) is the recipe an Intel NPU runs; the planner picks it for NPU targets.
+    BuilderInfo(format="openvino", kind="llm", quants=("FP16", "INT8", "INT4", "INT4_SYM_CW"), extra="openvino",
                 module="optimum.intel",
                 tools=("optimum-intel", "openvino", "nncf", "openvino-tokenizers", "transformers"),
                 source_types=("huggingface",), builder="edgectl.builders.openvino:build_openvino_llm", layout="tree"),

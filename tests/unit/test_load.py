@@ -170,7 +170,7 @@ def test_quant_type_the_format_does_not_build_lists_the_valid_ones() -> None:
     write("deploy.yaml", DEPLOYMENT + "  quantization:\n    format: openvino\n    allow: [INT4, Q4_K_M]\n")
     assert errors_of("deploy.yaml") == [
         "deploy.yaml:11:12: spec.quantization.allow: Q4_K_M: not a quant type edgectl builds for the openvino format; "
-        "valid: FP16, FP32, INT4, INT8\n"
+        "valid: FP16, FP32, INT4, INT4_SYM_CW, INT8\n"
         "  hint: use one of the valid names (case matters), or change or remove quantization.format"]
     write("deploy.yaml", DEPLOYMENT + "  quantization:\n    allow: [Q4_K_X]\n")
     [err] = errors_of("deploy.yaml")

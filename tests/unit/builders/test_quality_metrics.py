@@ -72,3 +72,17 @@ def test_index_entries_without_quality_still_load_and_quality_round_trips() -> N
     art = BuiltArtifact.model_validate({**base, "quality": q.model_dump(mode="json")})
     assert BuiltArtifact.model_validate_json(art.model_dump_json()) == art
     assert q.summary() == "top-1 agreement 97.3% with the source, perplexity 12.41 vs 12.02"
+
+
+def test_openvino_inputs_fill_what_the_ir_takes_and_refuse_the_unknown() -> None:
+    import numpy as np
+    import pytest
+
+    from edgectl.builders.quality import openvino_inputs
+
+    got = openvino_inputs({"input_ids", "attention_mask", "position_ids", "beam_idx"}, [5, 6, 7])
+    assert got["input_ids"].tolist() == [[5, 6, 7]] and got["attention_mask"].tolist() == [[1, 1, 1]]
+    assert got["position_ids"].tolist() == [[0, 1, 2]] and got["beam_idx"].dtype == np.int32
+    assert set(openvino_inputs({"input_ids"}, [1, 2])) == {"input_ids"}
+    with pytest.raises(ValueError, match="token_type_ids"):
+        openvino_inputs({"input_ids", "token_type_ids"}, [1, 2])

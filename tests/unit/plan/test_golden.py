@@ -5,7 +5,8 @@ Case file keys:
   description: what it pins down
   manifests:   multi-document YAML text (built-in profiles and catalog are loaded too)
   facts:       {device: {ram_gb, available_gb, cpus, arch, runtimes (list, or {name: version}), disk_free_gb,
-                         accelerators: [{kind, name, memory_bytes}], llamacpp_backends: [cpu, cuda]}}
+                         accelerators: [{kind, name, memory_bytes}], llamacpp_backends: [cpu, cuda],
+                         openvino_devices: {CPU: name, NPU: name}}}
                (partial; defaults below)
   observed:    {device: {artifacts: [digest...], deployments: [{name, digest, quant, state, context_length, ...}]}}
   built:       [{model, quant, source_precision, digest, size_bytes, format, kind, compat,
@@ -45,6 +46,7 @@ def make_facts(d: dict) -> Facts:
                   else {r: "1.0" for r in d.get("runtimes", ["llamacpp"])}),
         accelerators=[Accelerator(**a) for a in d.get("accelerators", [])],
         llamacpp_backends=d.get("llamacpp_backends"),
+        openvino_devices=d.get("openvino_devices"),
     )
 
 
