@@ -64,6 +64,24 @@ def llama_kwargs(desired: DesiredDeployment) -> dict[str, Any]:
     return kw
 
 
+# runtime_options that keep a deployment on the one-call runtime (LlamaCppModel, llama-cpp-python's Llama): an
+# embedding model, and a chat format named instead of the GGUF's template. Everything else is served by the
+# continuous-batching engine (BatchedLlamaModel).
+ONE_CALL_OPTIONS = frozenset({"embedding", "pooling_type", "chat_format"})
+MODEL_OPTIONS = frozenset({"n_gpu_layers", "main_gpu", "use_mmap", "use_mlock"})
+
+
+def engine_options(kwargs: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """llama_model_params and llama_context_params fields for the batching engine from ``llama_kwargs`` (pure)."""
+    model = {k: v for k, v in kwargs.items() if k in MODEL_OPTIONS}
+    context = {k: v for k, v in kwargs.items()
+               if k in ("n_ubatch", "type_k", "type_v", "rope_freq_base", "rope_freq_scale", "offload_kqv",
+                        "n_threads_batch")}
+    if "flash_attn" in kwargs:
+        context["flash_attn_type"] = 1 if kwargs["flash_attn"] else 0  # LLAMA_FLASH_ATTN_TYPE_ENABLED/_DISABLED
+    return model, context
+
+
 # The conversation a chat template is rendered with once at load: one user turn, which chat templates are made for.
 PROBE_MESSAGES = ({"role": "user", "content": "hello"},)
 
@@ -132,19 +150,41 @@ class LlamaCppRuntime(Runtime):
         llama_cpp = import_library(self.name, "llama_cpp")
         if header.chat_template:
             check_chat_template(header.chat_template, label)
+        if not ONE_CALL_OPTIONS & set(kwargs):
+            return self._load_batched(path, desired, kwargs)
         thread = ModelThread(desired.name)
         try:
             llm = thread.call(llama_cpp.Llama, str(path), **kwargs)
         except (ValueError, RuntimeError, OSError) as e:
             thread.stop()
-            raise RuntimeFailure(f"llama.cpp could not load {desired.artifact.digest} ({desired.artifact.model} "
-                                 f"{desired.artifact.quant}) for deployment '{desired.name}': {e}",
-                                 hint="check the artifact was built for llama.cpp (GGUF) and that the device has "
-                                      "the memory for context_length x parallel; see the agent log") from e
+            raise _load_failed(desired, e) from e
         except BaseException:
             thread.stop()
             raise
         return LlamaCppModel(llm, embeddings=bool(kwargs.get("embedding", False)), name=desired.name, thread=thread)
+
+    @staticmethod
+    def _load_batched(path: Path, desired: DesiredDeployment, kwargs: dict[str, Any]) -> LoadedModel:
+        """The continuous-batching engine (edgectl_agent.runtimes.llamacpp_engine), ``parallel`` sequences."""
+        from edgectl_agent.runtimes.llamacpp_batched import BatchedLlamaModel
+        from edgectl_agent.runtimes.llamacpp_engine import BatchEngine
+
+        model_options, context_options = engine_options(kwargs)
+        try:
+            engine = BatchEngine(str(path), name=desired.name, parallel=desired.parallel,
+                                 context_length=desired.context_length, threads=desired.threads,
+                                 n_batch=kwargs.get("n_batch", 512), model_options=model_options,
+                                 context_options=context_options)
+        except (ValueError, RuntimeError, OSError) as e:
+            raise _load_failed(desired, e) from e
+        return BatchedLlamaModel(engine, name=desired.name)
+
+
+def _load_failed(desired: DesiredDeployment, e: Exception) -> RuntimeFailure:
+    return RuntimeFailure(f"llama.cpp could not load {desired.artifact.digest} ({desired.artifact.model} "
+                          f"{desired.artifact.quant}) for deployment '{desired.name}': {e}",
+                          hint="check the artifact was built for llama.cpp (GGUF) and that the device has "
+                               "the memory for context_length x parallel; see the agent log")
 
 
 def _template_failed(e: Exception) -> BadRequest:
