@@ -171,6 +171,9 @@ class BatchEngine:
         params.n_ubatch = min(self.n_batch, context_options.pop("n_ubatch", 512))
         params.n_seq_max = self.parallel
         params.kv_unified = False  # each sequence its own context_length of cells
+        # llama-cpp-python's default (flash_attn=False), so replies match what its Llama gave before; the
+        # runtime option flash_attn turns it on.
+        params.flash_attn_type = llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED
         if threads is not None:
             params.n_threads = threads
             params.n_threads_batch = threads
