@@ -67,6 +67,7 @@ class Sequence:
     fed: int = 0  # prompt tokens already decoded
     n_past: int = 0  # tokens in this sequence's KV cells
     generated: int = 0
+    kv_tokens: list[int] = field(default_factory=list)  # the tokens in its KV cells, in order
     last: int = -1  # the token to feed next step
     sampler: Any = None
     batch_index: int = -1  # where this sequence's logits are in the step's batch
@@ -88,6 +89,10 @@ class BatchEngine:
         self._cond = threading.Condition()
         self._closing = False
         self._free_ids = list(range(parallel))
+        # What each free slot's KV cells still hold from its last request: a request whose prompt starts the same
+        # way (a conversation's next turn, a shared system prompt) decodes only the rest (llama-server's
+        # cache_prompt).
+        self._cached: dict[int, list[int]] = {i: [] for i in range(parallel)}
         self._loaded = threading.Event()
         self._load_error: BaseException | None = None
         self._thread = threading.Thread(
@@ -115,7 +120,7 @@ class BatchEngine:
     def kv_cells_used(self) -> tuple[int, int]:
         """(KV cells holding tokens of running sequences, KV cells of the context): the cache usage."""
         with self._cond:
-            used = sum(s.n_past for s in self._running)
+            used = sum(s.n_past for s in self._running) + sum(len(self._cached[i]) for i in self._free_ids)
         return used, self.context_length * self.parallel
 
     def close(self) -> None:
@@ -208,19 +213,25 @@ class BatchEngine:
                 self._step()
 
     def _join(self, seq: Sequence) -> None:
-        seq.seq_id = self._free_ids.pop()
+        seq.seq_id = max(self._free_ids, key=lambda i: (common_prefix(self._cached[i], seq.prompt), -i))
+        self._free_ids.remove(seq.seq_id)
+        # Reuse the cells of the prompt's cached prefix; the last prompt token is always decoded (its logits).
+        keep = min(common_prefix(self._cached.pop(seq.seq_id), seq.prompt), len(seq.prompt) - 1)
+        self._llama_cpp.llama_memory_seq_rm(self._memory, seq.seq_id, keep, -1)
+        seq.fed = seq.n_past = keep
+        seq.kv_tokens = list(seq.prompt[:keep])
         seq.sampler = self._sampler(seq.sampling)
         self._running.append(seq)
         if seq.on_start is not None:
             seq.on_start()
 
     def _leave(self, seq: Sequence, event: tuple) -> None:
-        self._llama_cpp.llama_memory_seq_rm(self._memory, seq.seq_id, -1, -1)
         if seq.sampler is not None:
             seq.sampler.close()
         with self._cond:
             self._running.remove(seq)
             self._free_ids.append(seq.seq_id)
+            self._cached[seq.seq_id] = seq.kv_tokens
         seq.events.put(event)
 
     def _drop_cancelled(self) -> None:
@@ -255,6 +266,7 @@ class BatchEngine:
                 self._put(n, seq.last, seq, logits=True)
                 seq.batch_index = n
                 seq.n_past += 1
+                seq.kv_tokens.append(seq.last)
                 n += 1
         for seq in self._running:
             while seq.fed < len(seq.prompt) and n < self.n_batch:
@@ -262,6 +274,7 @@ class BatchEngine:
                 self._put(n, seq.prompt[seq.fed], seq, logits=last)
                 if last:
                     seq.batch_index = n
+                seq.kv_tokens.append(seq.prompt[seq.fed])
                 seq.fed += 1
                 seq.n_past += 1
                 n += 1
@@ -271,6 +284,8 @@ class BatchEngine:
             error = RuntimeFailure(f"llama.cpp could not decode a batch of {n} tokens (llama_decode returned {rc})",
                                    hint="the KV cache is full or the model failed: retry; see the agent log")
             for seq in list(self._running):
+                self._llama_cpp.llama_memory_seq_rm(self._memory, seq.seq_id, -1, -1)
+                seq.kv_tokens = []
                 self._leave(seq, ("error", error))
             return
         for seq in [s for s in self._running if s.batch_index >= 0]:
@@ -309,6 +324,15 @@ class BatchEngine:
         best = np.argpartition(-logits, k)[:k] if k else np.array([], dtype=int)
         best = best[np.argsort(-logits[best])]
         return float(logits[token] - log_z), [(int(t), float(logits[t] - log_z)) for t in best]
+
+
+def common_prefix(a: list[int], b: list[int]) -> int:
+    n = 0
+    for x, y in zip(a, b):
+        if x != y:
+            break
+        n += 1
+    return n
 
 
 def stop_position(text: str, stops: list[str]) -> int:
