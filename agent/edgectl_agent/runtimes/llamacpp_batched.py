@@ -209,9 +209,9 @@ class BatchedLlamaModel(LoadedModel):
                          hint="deploy an embedding model with task: embedding (or runtime_options: "
                               "{embedding: true})", param="model", code="embeddings_not_supported")
 
-    def kv_cache_usage(self) -> float:
-        used, total = self.engine.kv_cells_used()
-        return used / total if total else 0.0
+    def kv_cache_usage(self) -> tuple[int, int]:
+        """(tokens in the KV cache, tokens it holds): edgectl_agent_kv_cache_usage_ratio."""
+        return self.engine.kv_cells_used()
 
     def close(self) -> None:
         self.engine.close()

@@ -9,11 +9,12 @@ and the next waiting request takes its place. The context holds ``parallel`` seq
 each (``n_ctx = context_length x parallel``, split per sequence: the KV budget the planner reserves).
 
 The request's own thread (the server's worker) turns the engine's tokens into text: incremental UTF-8, stop strings
-held back until they cannot start a stop string, OpenAI's logprobs, usage. Everything the engine cannot do is
-refused where it is asked for (see ``LlamaCppRuntime.load``: a deployment loaded for embeddings, or with a named ``chat_format``, keeps the
-one-call runtime, ``edgectl_agent.runtimes.llamacpp.LlamaCppModel``).
+held back until they cannot start a stop string, OpenAI's logprobs, usage. A deployment loaded for embeddings, or
+with a named ``chat_format``, keeps the one-call runtime instead (``LlamaCppRuntime.load``,
+``edgectl_agent.runtimes.llamacpp.LlamaCppModel``).
 
-Why in-process and not a supervised ``llama-server``: docs/benchmarks.md ("Continuous batching") has the figures;
+Why in-process and not a supervised ``llama-server``: docs/benchmarks.md ("Serving with continuous batching") has
+the figures;
 llama-server is not shipped on every platform the agent runs on (aarch64 devices install wheels only), and the
 in-process engine keeps one process, one auth boundary and the blue-green swap as they are.
 """
