@@ -91,7 +91,7 @@ class BatchedLlamaModel(LoadedModel):
 
     def _collect(self, seq: Sequence, stops: list[str]) -> tuple[str, str, list]:
         parts, entries, reason = [], [], "stop"
-        for text, lps, finish in text_events(self.engine, seq, stops):
+        for text, lps, finish in text_events(seq, stops):
             parts.append(text)
             entries.extend(lps)
             reason = finish or reason
@@ -111,10 +111,11 @@ class BatchedLlamaModel(LoadedModel):
     def chat_with_extras(self, messages, params: GenerationParams, extras: ChatExtras, *, stream: bool = False):
         if extras.uses_tools:
             return self._chat_with_tools(messages, params, extras, stream=stream)
-        grammar = self._grammar(extras)
-        prompt, stops = self._chat_prompt(messages)
-        seq = self._sequence(prompt, params, default_temperature=CHAT_TEMPERATURE, default_max_tokens=None,
-                             grammar=grammar, logprobs=extras.logprobs)
+        with self.engine.in_use():
+            grammar = self._grammar(extras)
+            prompt, stops = self._chat_prompt(messages)
+            seq = self._sequence(prompt, params, default_temperature=CHAT_TEMPERATURE, default_max_tokens=None,
+                                 grammar=grammar, logprobs=extras.logprobs)
         stops = [*params.stop, *stops]
         base = {"id": f"chatcmpl-{uuid.uuid4().hex[:24]}", "created": int(time.time()), "model": self.name}
         if stream:
@@ -130,7 +131,7 @@ class BatchedLlamaModel(LoadedModel):
         chunk = {**base, "object": "chat.completion.chunk"}
         yield {**chunk, "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}, "logprobs": None,
                                      "finish_reason": None}]}
-        events = text_events(self.engine, seq, stops)
+        events = text_events(seq, stops)
         try:
             for text, lps, finish in events:
                 delta = {"content": text} if text else {}
@@ -148,17 +149,19 @@ class BatchedLlamaModel(LoadedModel):
         from edgectl_agent.runtimes.llamacpp import LlamaCppModel, compile_json_grammar
 
         tools = list(extras.tools)
-        vocab = self.engine._model.vocab
-        for i, tool in enumerate(tools):  # each alone first, so that a 400 names the tool whose schema fails
-            compile_json_grammar(arguments_schema(tool), f"tools[{i}].function.parameters", vocab)
-        grammar = compile_json_grammar(reply_schema(tools, extras.tool_choice, extras.parallel_tool_calls), TOOLS,
-                                       vocab)
+        with self.engine.in_use():
+            vocab = self.engine._model.vocab
+            for i, tool in enumerate(tools):  # each alone first, so that a 400 names the tool whose schema fails
+                compile_json_grammar(arguments_schema(tool), f"tools[{i}].function.parameters", vocab)
+            grammar = compile_json_grammar(reply_schema(tools, extras.tool_choice, extras.parallel_tool_calls),
+                                           TOOLS, vocab)
         prompt = with_tools_message(messages, tools_message(tools, extras.tool_choice, extras.parallel_tool_calls))
 
         def run_constrained() -> dict[str, Any]:
-            tokens, stops = self._chat_prompt(prompt)
-            seq = self._sequence(tokens, params, default_temperature=CHAT_TEMPERATURE, default_max_tokens=None,
-                                 grammar=grammar._grammar)
+            with self.engine.in_use():
+                tokens, stops = self._chat_prompt(prompt)
+                seq = self._sequence(tokens, params, default_temperature=CHAT_TEMPERATURE, default_max_tokens=None,
+                                     grammar=grammar._grammar)
             text, reason, _ = self._collect(seq, [*params.stop, *stops])
             message, finish = parse_reply(text, reason, extras.tool_choice)
             return {"id": f"chatcmpl-{uuid.uuid4().hex[:24]}", "object": "chat.completion",
@@ -181,9 +184,10 @@ class BatchedLlamaModel(LoadedModel):
 
     def complete_with_extras(self, prompt: str, params: GenerationParams, extras: ChatExtras, *,
                              stream: bool = False):
-        tokens = self.engine.tokenize(prompt, add_bos=self.engine.add_bos, special=False)
-        seq = self._sequence(tokens, params, default_temperature=0.8,
-                             default_max_tokens=DEFAULT_COMPLETION_MAX_TOKENS, grammar=self._grammar(extras))
+        with self.engine.in_use():
+            tokens = self.engine.tokenize(prompt, add_bos=self.engine.add_bos, special=False)
+            seq = self._sequence(tokens, params, default_temperature=0.8,
+                                 default_max_tokens=DEFAULT_COMPLETION_MAX_TOKENS, grammar=self._grammar(extras))
         base = {"id": f"cmpl-{uuid.uuid4().hex[:24]}", "object": "text_completion", "created": int(time.time()),
                 "model": self.name}
         if stream:
@@ -194,7 +198,7 @@ class BatchedLlamaModel(LoadedModel):
 
     def _completion_chunks(self, base, seq: Sequence, stops: list[str], extras: ChatExtras
                            ) -> Iterator[dict[str, Any]]:
-        events = text_events(self.engine, seq, stops)
+        events = text_events(seq, stops)
         try:
             for text, _, finish in events:
                 yield {**base, "choices": [{"index": 0, "text": text, "logprobs": None, "finish_reason": finish}]}

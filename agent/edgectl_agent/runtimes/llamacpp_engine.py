@@ -22,6 +22,7 @@ in-process engine keeps one process, one auth boundary and the blue-green swap a
 from __future__ import annotations
 
 import codecs
+import contextlib
 import ctypes
 import math
 import queue
@@ -53,7 +54,7 @@ class Sampling:
 @dataclass
 class Sequence:
     """One request in the engine. The engine thread writes ``events``; the request's thread reads them:
-    ``("token", id, logprob_entry|None)``, then ``("end", reason)`` with reason "stop" (end of generation),
+    ``("token", piece_bytes, logprob_entry|None)``, then ``("end", reason)`` with reason "stop" (end of generation),
     "length" (max_tokens or the context's end), "cancelled", or ``("error", exception)``."""
 
     prompt: list[int]
@@ -89,6 +90,7 @@ class BatchEngine:
         self._running: list[Sequence] = []
         self._cond = threading.Condition()
         self._closing = False
+        self._users = 0  # request threads using the model's vocabulary now (tokenizing, compiling a grammar)
         self._free_ids = list(range(parallel))
         # What each free slot's KV cells still hold from its last request: a request whose prompt starts the same
         # way (a conversation's next turn, a shared system prompt) decodes only the rest (llama-server's
@@ -118,6 +120,23 @@ class BatchEngine:
             self._inbox.append(seq)
             self._cond.notify()
 
+    @contextlib.contextmanager
+    def in_use(self) -> Iterator[None]:
+        """While the body runs, the model is not freed (a request tokenizing or compiling a grammar against its
+        vocabulary); a model being swapped out answers ModelUnavailable, which the request retries on the active
+        one."""
+        with self._cond:
+            if self._closing:
+                raise ModelUnavailable(f"model '{self.name}' was unloaded while this request waited",
+                                       hint="retry the request; it is answered by the model now active")
+            self._users += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._users -= 1
+                self._cond.notify_all()
+
     def kv_cells_used(self) -> tuple[int, int]:
         """(KV cells holding tokens of running sequences, KV cells of the context): the cache usage."""
         with self._cond:
@@ -131,7 +150,7 @@ class BatchEngine:
             self._cond.notify()
         self._thread.join()
 
-    # -- tokenizer (read-only once loaded: safe from any thread) ------------------------------------------------
+    # -- tokenizer (read-only once loaded: safe from any thread, inside ``in_use``) --------------------------------
     def tokenize(self, text: str, *, add_bos: bool, special: bool = True) -> list[int]:
         return self._model.tokenize(text.encode("utf-8"), add_bos=add_bos, special=special)
 
@@ -158,6 +177,9 @@ class BatchEngine:
         try:
             self._loop()
         finally:
+            with self._cond:  # the last tokenizing request is done with the vocabulary
+                while self._users:
+                    self._cond.wait()
             self._free()
 
     def _load(self, path: str, threads: int | None, model_options: dict[str, Any],
@@ -309,11 +331,11 @@ class BatchEngine:
         entry = self._logprobs(seq, token) if seq.sampling.logprobs is not None else None
         seq.generated += 1
         seq.last = token
-        seq.events.put(("token", token, entry))
+        seq.events.put(("token", self.piece(token), entry))
         if seq.generated >= seq.max_tokens or seq.n_past + 1 >= self.context_length:
             self._leave(seq, ("end", "length"))
 
-    def _logprobs(self, seq: Sequence, token: int) -> tuple[float, list[tuple[int, float]]]:
+    def _logprobs(self, seq: Sequence, token: int) -> tuple[float, list[tuple[bytes, float]]]:
         """The chosen token's log-probability under the model's distribution, and the ``logprobs`` most likely."""
         import numpy as np
 
@@ -324,7 +346,7 @@ class BatchEngine:
         k = seq.sampling.logprobs or 0
         best = np.argpartition(-logits, k)[:k] if k else np.array([], dtype=int)
         best = best[np.argsort(-logits[best])]
-        return float(logits[token] - log_z), [(int(t), float(logits[t] - log_z)) for t in best]
+        return float(logits[token] - log_z), [(self.piece(int(t)), float(logits[t] - log_z)) for t in best]
 
 
 def common_prefix(a: list[int], b: list[int]) -> int:
@@ -352,8 +374,7 @@ def held_back(text: str, stops: list[str]) -> int:
     return hold
 
 
-def text_events(engine: BatchEngine, seq: Sequence, stops: list[str]
-                ) -> Iterator[tuple[str, list[tuple[str, bytes, float, list[tuple[str, bytes, float]]]], str | None]]:
+def text_events(seq: Sequence, stops: list[str]) -> Iterator[tuple[str, list[tuple[str, bytes, float, list[tuple[str, bytes, float]]]], str | None]]:
     """(text, logprob entries of the tokens in that text, finish_reason) for one submitted sequence: text with the
     request's stop strings applied, then ("", [], reason). Closing the iterator cancels the sequence."""
     decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
@@ -373,13 +394,11 @@ def text_events(engine: BatchEngine, seq: Sequence, stops: list[str]
                     yield tail, pending_lp, None
                 yield "", [], ("stop" if event[1] in ("stop", "cancelled") else event[1])
                 return
-            _, token, entry = event
-            raw = engine.piece(token)
+            _, raw, entry = event
             if entry is not None:
                 logprob, top = entry
                 pending_lp.append((raw.decode("utf-8", errors="replace"), raw, logprob,
-                                   [(engine.piece(t).decode("utf-8", errors="replace"), engine.piece(t), lp)
-                                    for t, lp in top]))
+                                   [(alt.decode("utf-8", errors="replace"), alt, lp) for alt, lp in top]))
             pending += decoder.decode(raw)
             hit = stop_position(pending, stops)
             if hit >= 0:

@@ -24,44 +24,34 @@ def test_common_prefix():
     assert common_prefix([], [1]) == 0
 
 
-class Pieces:
-    """The engine's tokenizer side, for text_events: token id -> bytes."""
-
-    def __init__(self, pieces: dict[int, bytes]) -> None:
-        self.pieces = pieces
-
-    def piece(self, token: int) -> bytes:
-        return self.pieces[token]
-
-
 def events(seq: Sequence, items: list[tuple]) -> Sequence:
     for item in items:
         seq.events.put(item)
     return seq
 
 
-def run(pieces: dict[int, bytes], items: list[tuple], stops: list[str]) -> tuple[list, Sequence]:
+def run(items: list[tuple], stops: list[str]) -> tuple[list, Sequence]:
     seq = events(Sequence(prompt=[1], max_tokens=10, sampling=Sampling()), items)
-    return list(text_events(Pieces(pieces), seq, stops)), seq
+    return list(text_events(seq, stops)), seq
 
 
 def test_a_stop_string_split_over_tokens_ends_the_text_before_it_and_cancels_the_sequence():
-    out, seq = run({1: b"Hi", 2: b" <|im", 3: b"_end|>", 4: b"never"},
-                   [("token", 1, None), ("token", 2, None), ("token", 3, None), ("token", 4, None)], ["<|im_end|>"])
+    out, seq = run([("token", b"Hi", None), ("token", b" <|im", None), ("token", b"_end|>", None),
+                    ("token", b"never", None)], ["<|im_end|>"])
     assert "".join(t for t, _, _ in out) == "Hi " and out[-1] == ("", [], "stop")
     assert seq.cancelled.is_set()  # the engine drops it at its next step
 
 
 def test_multibyte_characters_split_over_tokens_come_out_whole():
     euro = "€".encode()
-    out, _ = run({1: euro[:1], 2: euro[1:]}, [("token", 1, None), ("token", 2, None), ("end", "length")], [])
+    out, _ = run([("token", euro[:1], None), ("token", euro[1:], None), ("end", "length")], [])
     assert "".join(t for t, _, _ in out) == "€" and out[-1][2] == "length"
 
 
 def test_an_engine_error_is_raised_in_the_request():
     seq = events(Sequence(prompt=[1], max_tokens=1, sampling=Sampling()), [("error", RuntimeError("boom"))])
     try:
-        list(text_events(Pieces({}), seq, []))
+        list(text_events(seq, []))
     except RuntimeError as e:
         assert str(e) == "boom"
     else:
