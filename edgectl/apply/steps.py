@@ -47,7 +47,8 @@ def deploy_one(spec: Spec, dp: DevicePlan, name: str, ctx: DeviceContext, store:
     try:
         changed = apply_deployment(spec, dp, dep, ctx, store, artifacts, res, events)
         if changed:
-            health_gate(rollout.health_gate, name, dep.chosen.recipe.kind, ctx, res, events)
+            health_gate(rollout.health_gate, name, "embedding" if dep.chosen.embedding else dep.chosen.recipe.kind,
+                        ctx, res, events)
         return True
     except EdgectlError as e:
         res.error = str(e)
