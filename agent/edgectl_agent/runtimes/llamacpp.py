@@ -1,11 +1,14 @@
 """llama.cpp through llama-cpp-python (the ``[llama]`` extra), imported only when a model is loaded.
 
-llama.cpp contexts are not thread-safe, so each loaded model serializes its calls with a lock; a streaming response
-holds the lock until its iterator is finished or closed. Every llama.cpp call of a model -- loading it, each decode
-step of a stream, closing it -- runs on that model's own thread (``ModelThread``), never on the thread serving the
-request: llama.cpp's OpenMP build keeps a team of ``n_threads`` threads per calling thread, so calls from the
-server's many worker threads would leave more OpenMP threads than CPUs, spinning against one another (decode
-halved after a few concurrent clients, docs/benchmarks.md). One calling thread means one team per model.
+``LlamaCppRuntime.load`` serves a generating model with the continuous-batching engine
+(``edgectl_agent.runtimes.llamacpp_engine`` and ``llamacpp_batched``: ``parallel`` requests decoded together, every
+llama.cpp call on the model's one thread). A model loaded for embeddings, or with a named ``chat_format``, is
+served here by ``LlamaCppModel`` on llama-cpp-python's ``Llama``: one call at a time behind a lock (a streaming
+response holds it until its iterator is finished or closed), each call -- loading, each decode step of a stream,
+closing -- on the model's own thread (``ModelThread``). Either way one thread calls llama.cpp per model:
+llama.cpp's OpenMP build keeps a team of ``n_threads`` threads per calling thread, so calls from the server's many
+worker threads would leave more OpenMP threads than CPUs, spinning against one another (decode halved after a few
+concurrent clients, docs/benchmarks.md).
 
 Before llama.cpp sees a file, its GGUF header passes the agent's bounded check (edgectl_agent.gguf_check), and its
 chat template is compiled and rendered once in llama-cpp-python's sandboxed formatter (Jinja's
