@@ -23,7 +23,6 @@ decoding (``compile_json_grammar``, ``edgectl_agent.runtimes.tool_calls``) and u
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -37,6 +36,8 @@ from edgectl_agent.gguf_check import check_gguf
 from edgectl_agent.runtimes.base import (GenerationParams, LoadedModel, Runtime, RuntimeCapabilities, SerializedModel,
                                          import_library)
 from edgectl_agent.runtimes.extras import INCLUDE_USAGE, RESPONSE_FORMAT, TOOLS, ChatExtras, usage_chunk
+from edgectl_agent.runtimes.llamacpp_batched import reply_as_chunks
+from edgectl_agent.runtimes.llamacpp_engine import MAX_GRAMMAR_BYTES, compile_json_grammar  # noqa: F401 - re-exported
 from edgectl_agent.runtimes.tool_calls import (arguments_schema, parse_reply, reply_schema, tools_message,
                                                with_tools_message)
 
@@ -197,36 +198,7 @@ def _template_failed(e: Exception) -> BadRequest:
 
 
 # -- features beyond sampling (edgectl_agent.runtimes.extras) ------------------------------------------------
-# A schema can ask for a grammar of millions of rules (maxLength: 1000000); llama.cpp would parse it per request.
-MAX_GRAMMAR_BYTES = 256 * 1024
-
-
-def compile_json_grammar(schema: dict[str, Any], param: str, vocab: Any = None) -> Any:
-    """A llama.cpp grammar that admits exactly the JSON valid against ``schema`` (llama-cpp-python's JSON Schema
-    converter, then, given the model's ``vocab``, llama.cpp's GBNF parser: llama-cpp-python itself would hand a
-    grammar that fails to parse to the sampler as a null pointer). Either failing is a 400 naming ``param``."""
-    from llama_cpp.llama_grammar import LlamaGrammar, json_schema_to_gbnf
-
-    hint = ("use the JSON Schema subset llama.cpp supports (type, properties, required, items, enum, const, "
-            "anyOf, $ref to $defs, patterns anchored with ^...$) and modest length limits")
-    try:
-        gbnf = json_schema_to_gbnf(json.dumps(schema))
-    except Exception as e:  # noqa: BLE001 - the converter fails with AssertionError, KeyError, ValueError, ...
-        raise BadRequest(f"{param}: llama.cpp cannot compile this JSON Schema into a grammar: "
-                         f"{type(e).__name__}: {e}", param=param, code="invalid_json_schema", hint=hint) from e
-    if len(gbnf) > MAX_GRAMMAR_BYTES:
-        raise BadRequest(f"{param}: this JSON Schema makes a grammar of {len(gbnf)} bytes, more than the "
-                         f"{MAX_GRAMMAR_BYTES} the agent compiles", param=param, code="invalid_json_schema",
-                         hint="lower maxLength / minItems / maxItems, or split the schema")
-    if vocab is not None:
-        import llama_cpp
-
-        sampler = llama_cpp.llama_sampler_init_grammar(vocab, gbnf.encode("utf-8"), b"root")
-        if not sampler:
-            raise BadRequest(f"{param}: llama.cpp cannot parse the grammar made from this JSON Schema",
-                             param=param, code="invalid_json_schema", hint=hint)
-        llama_cpp.llama_sampler_free(sampler)
-    return LlamaGrammar.from_string(gbnf, verbose=False)
+# JSON Schema grammars: compile_json_grammar (edgectl_agent.runtimes.llamacpp_engine, shared with the batching path).
 
 
 class SampledTokens:
@@ -370,21 +342,7 @@ class LlamaCppModel(SerializedModel):
 
         return self._as_chunks(run, extras) if stream else run()
 
-    @staticmethod
-    def _as_chunks(run, extras: ChatExtras) -> Iterator[dict[str, Any]]:
-        out = run()
-        base = {k: out[k] for k in ("id", "created", "model")}
-        base["object"] = "chat.completion.chunk"
-        choice = out["choices"][0]
-        message = choice["message"]
-        if message.get("tool_calls"):
-            delta: dict[str, Any] = {"tool_calls": [{"index": i, **c} for i, c in enumerate(message["tool_calls"])]}
-        else:
-            delta = {"content": message["content"]}
-        for piece, finish in (({"role": "assistant"}, None), (delta, None), ({}, choice["finish_reason"])):
-            yield {**base, "choices": [{"index": 0, "delta": piece, "logprobs": None, "finish_reason": finish}]}
-        if extras.include_usage:
-            yield usage_chunk(base, out["usage"]["prompt_tokens"], out["usage"]["completion_tokens"])
+    _as_chunks = staticmethod(reply_as_chunks)
 
     def _grammar_kwargs(self, extras: ChatExtras) -> dict[str, Any]:
         if extras.json_schema is None:

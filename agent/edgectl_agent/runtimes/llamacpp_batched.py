@@ -18,7 +18,7 @@ from edgectl_agent.admission import REQUEST_CANCELLED, REQUEST_STARTED, ClientGo
 from edgectl_agent.errors import BadRequest
 from edgectl_agent.runtimes.base import GenerationParams, LoadedModel
 from edgectl_agent.runtimes.extras import INCLUDE_USAGE, LOGPROBS, RESPONSE_FORMAT, TOOLS, ChatExtras, usage_chunk
-from edgectl_agent.runtimes.llamacpp_engine import BatchEngine, Sampling, Sequence, text_events
+from edgectl_agent.runtimes.llamacpp_engine import BatchEngine, Sampling, Sequence, compile_json_grammar, text_events
 from edgectl_agent.runtimes.tool_calls import (arguments_schema, parse_reply, reply_schema, tools_message,
                                                with_tools_message)
 
@@ -39,6 +39,24 @@ def chat_formatter(engine: BatchEngine) -> Any:
     return llama_chat_format.Jinja2ChatFormatter(
         template=template, eos_token=model.token_get_text(eos) if eos != -1 else "",
         bos_token=model.token_get_text(bos) if bos != -1 else "", stop_token_ids=[eos])
+
+
+def reply_as_chunks(run, extras: ChatExtras) -> Iterator[dict[str, Any]]:
+    """A whole reply (``run()``: a chat.completion dict) sent as stream chunks: a tool-call reply is known only once
+    its JSON is complete."""
+    out = run()
+    base = {k: out[k] for k in ("id", "created", "model")}
+    base["object"] = "chat.completion.chunk"
+    choice = out["choices"][0]
+    message = choice["message"]
+    if message.get("tool_calls"):
+        delta: dict[str, Any] = {"tool_calls": [{"index": i, **c} for i, c in enumerate(message["tool_calls"])]}
+    else:
+        delta = {"content": message["content"]}
+    for piece, finish in (({"role": "assistant"}, None), (delta, None), ({}, choice["finish_reason"])):
+        yield {**base, "choices": [{"index": 0, "delta": piece, "logprobs": None, "finish_reason": finish}]}
+    if extras.include_usage:
+        yield usage_chunk(base, out["usage"]["prompt_tokens"], out["usage"]["completion_tokens"])
 
 
 def _entry(token: str, raw: bytes, logprob: float) -> dict[str, Any]:
@@ -146,8 +164,6 @@ class BatchedLlamaModel(LoadedModel):
     def _chat_with_tools(self, messages, params: GenerationParams, extras: ChatExtras, *, stream: bool):
         """Tools by constrained decoding (edgectl_agent.runtimes.tool_calls). A stream is the whole reply sent as
         chunks: the calls are known only once their JSON is complete."""
-        from edgectl_agent.runtimes.llamacpp import LlamaCppModel, compile_json_grammar
-
         tools = list(extras.tools)
         with self.engine.in_use():
             vocab = self.engine._model.vocab
@@ -169,13 +185,11 @@ class BatchedLlamaModel(LoadedModel):
                     "choices": [{"index": 0, "message": message, "logprobs": None, "finish_reason": finish}],
                     "usage": self._usage(seq)}
 
-        return LlamaCppModel._as_chunks(run_constrained, extras) if stream else run_constrained()
+        return reply_as_chunks(run_constrained, extras) if stream else run_constrained()
 
     def _grammar(self, extras: ChatExtras) -> str | None:
         if extras.json_schema is None:
             return None
-        from edgectl_agent.runtimes.llamacpp import compile_json_grammar
-
         return compile_json_grammar(extras.json_schema, extras.schema_param, self.engine._model.vocab)._grammar
 
     # -- completion ---------------------------------------------------------------------------------------------

@@ -24,6 +24,7 @@ from __future__ import annotations
 import codecs
 import contextlib
 import ctypes
+import json
 import math
 import queue
 import random
@@ -347,6 +348,38 @@ class BatchEngine:
         best = np.argpartition(-logits, k)[:k] if k else np.array([], dtype=int)
         best = best[np.argsort(-logits[best])]
         return float(logits[token] - log_z), [(self.piece(int(t)), float(logits[t] - log_z)) for t in best]
+
+
+# A schema can ask for a grammar of millions of rules (maxLength: 1000000); llama.cpp would parse it per request.
+MAX_GRAMMAR_BYTES = 256 * 1024
+
+
+def compile_json_grammar(schema: dict[str, Any], param: str, vocab: Any = None) -> Any:
+    """A llama.cpp grammar that admits exactly the JSON valid against ``schema`` (llama-cpp-python's JSON Schema
+    converter, then, given the model's ``vocab``, llama.cpp's GBNF parser: llama-cpp-python itself would hand a
+    grammar that fails to parse to the sampler as a null pointer). Either failing is a 400 naming ``param``."""
+    from llama_cpp.llama_grammar import LlamaGrammar, json_schema_to_gbnf
+
+    hint = ("use the JSON Schema subset llama.cpp supports (type, properties, required, items, enum, const, "
+            "anyOf, $ref to $defs, patterns anchored with ^...$) and modest length limits")
+    try:
+        gbnf = json_schema_to_gbnf(json.dumps(schema))
+    except Exception as e:  # noqa: BLE001 - the converter fails with AssertionError, KeyError, ValueError, ...
+        raise BadRequest(f"{param}: llama.cpp cannot compile this JSON Schema into a grammar: "
+                         f"{type(e).__name__}: {e}", param=param, code="invalid_json_schema", hint=hint) from e
+    if len(gbnf) > MAX_GRAMMAR_BYTES:
+        raise BadRequest(f"{param}: this JSON Schema makes a grammar of {len(gbnf)} bytes, more than the "
+                         f"{MAX_GRAMMAR_BYTES} the agent compiles", param=param, code="invalid_json_schema",
+                         hint="lower maxLength / minItems / maxItems, or split the schema")
+    if vocab is not None:
+        import llama_cpp
+
+        sampler = llama_cpp.llama_sampler_init_grammar(vocab, gbnf.encode("utf-8"), b"root")
+        if not sampler:
+            raise BadRequest(f"{param}: llama.cpp cannot parse the grammar made from this JSON Schema",
+                             param=param, code="invalid_json_schema", hint=hint)
+        llama_cpp.llama_sampler_free(sampler)
+    return LlamaGrammar.from_string(gbnf, verbose=False)
 
 
 def common_prefix(a: list[int], b: list[int]) -> int:
