@@ -407,7 +407,10 @@ def held_back(text: str, stops: list[str]) -> int:
     return hold
 
 
-def text_events(seq: Sequence, stops: list[str]) -> Iterator[tuple[str, list[tuple[str, bytes, float, list[tuple[str, bytes, float]]]], str | None]]:
+LogprobEntry = tuple[str, bytes, float, list[tuple[str, bytes, float]]]  # token, its bytes, logprob, top ones
+
+
+def text_events(seq: Sequence, stops: list[str]) -> Iterator[tuple[str, list[LogprobEntry], str | None]]:
     """(text, logprob entries of the tokens in that text, finish_reason) for one submitted sequence: text with the
     request's stop strings applied, then ("", [], reason). Closing the iterator cancels the sequence."""
     decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
