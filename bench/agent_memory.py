@@ -179,8 +179,9 @@ def main() -> None:
     print(body)
     section, title = ("agent_memory", "Agent footprint and memory estimate vs measured") if args.parallel == 1 else \
         (f"agent_memory_parallel{args.parallel}", f"Memory estimate vs measured with parallel: {args.parallel}")
-    write_section(section, title, body,
-                  dists=("llama-cpp-python", "openvino-genai", "onnxruntime-genai", "mlx-lm"))
+    doc = write_section(section, title, body,
+                        dists=("llama-cpp-python", "openvino-genai", "onnxruntime-genai", "mlx-lm"))
+    doc.write_text(doc.read_text().replace(f"`bench/{section}.py`", "`bench/agent_memory.py`"))  # own section
     missed = [r[0] for r in rows if r[-1] != "met"]
     print(f"agent_memory: idle {idle_rss:.0f} MiB, start {rows_fp[0][1]}; estimate within +-10% for "
           f"{len(rows) - len(missed)}/{len(rows)} formats" + (f" (missed: {', '.join(missed)})" if missed else ""))
