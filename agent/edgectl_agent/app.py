@@ -62,6 +62,7 @@ def create_app(settings: AgentSettings, runtimes: dict[str, Runtime] | None = No
                   metrics=agent_metrics, admission=Admission(settings.queue_per_slot))
     agent_metrics.live.backends = agent.deployments.backends
     agent_metrics.live.queues = lambda: list(agent.admission.queues.values())
+    agent_metrics.live.models = lambda: [(name, s.model) for name, s in list(agent.deployments.serving.items())]
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

@@ -29,7 +29,7 @@ from edgectl_agent.admission import REQUEST_CANCELLED, REQUEST_STARTED, Ticket
 from edgectl_agent.deployments import Serving, run_on_active
 from edgectl_agent.errors import AgentError, BadRequest, NotFound
 from edgectl_agent.runtimes.base import GenerationParams
-from edgectl_agent.runtimes.extras import ChatExtras
+from edgectl_agent.runtimes.extras import LOGPROBS, ChatExtras
 
 
 def serving_llm(request: Request, model: str) -> Serving:
@@ -42,13 +42,17 @@ def serving_llm(request: Request, model: str) -> Serving:
     return serving
 
 
+FEATURE_WORDS = {LOGPROBS: "log probabilities"}
+
+
 def check_extras(serving: Serving, extras: ChatExtras) -> None:
     """A 400 naming the first requested field the deployment's runtime does not implement, and the runtime."""
     supported = getattr(serving.model, "extra_features", frozenset())
     for feature in extras.requested():
         if feature not in supported:
             name = extras.field_of(feature)
-            raise BadRequest(f"'{name}' is not supported by the '{serving.desired.runtime}' runtime that serves "
+            what = f" ({FEATURE_WORDS[feature]})" if feature in FEATURE_WORDS else ""
+            raise BadRequest(f"'{name}'{what} is not supported by the '{serving.desired.runtime}' runtime that serves "
                              f"deployment '{serving.desired.name}'", param=name, code="unsupported_parameter",
                              hint=f"leave '{name}' out, or serve the model with a runtime that has it (llamacpp)")
 

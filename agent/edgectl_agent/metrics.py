@@ -136,12 +136,14 @@ class AgentMetrics:
 
 class LiveCollector:
     """Values read at scrape time: agent info, backend up per deployment, requests running / waiting / refused
-    per deployment (the admission queues), process RSS/CPU, store disk space."""
+    per deployment (the admission queues), KV-cache usage per deployment, process RSS/CPU, store disk space."""
 
     def __init__(self, store_root: Path | None) -> None:
         self.store_root = store_root
         self.backends: Callable[[], Iterable[tuple[str, str, bool]]] = lambda: ()
         self.queues: Callable[[], Iterable[RequestQueue]] = lambda: ()
+        # (deployment, loaded model) of every serving deployment: models that report KV-cache usage do
+        self.models: Callable[[], Iterable[tuple[str, object]]] = lambda: ()
         self._process = None
 
     def describe(self) -> list[Metric]:
@@ -158,6 +160,7 @@ class LiveCollector:
             up.add_metric([deployment, runtime], 1 if loaded else 0)
         yield up
         yield from self._queue_metrics({deployment for deployment, _, _ in backends})
+        yield from self._kv_cache_metrics()
         yield from self._process_metrics()
         if self.store_root is not None:
             try:
@@ -186,6 +189,23 @@ class LiveCollector:
                 waiting.add_metric([queue.deployment], queue.waiting)
                 rejected.add_metric([queue.deployment], queue.rejected)
         yield from (running, waiting, rejected)
+
+    def _kv_cache_metrics(self) -> Iterator[Metric]:
+        # No OpenTelemetry GenAI name exists for it; llama-server calls it llamacpp:kv_cache_usage_ratio, vLLM
+        # vllm:kv_cache_usage_perc (docs/metrics.md).
+        ratio = GaugeMetricFamily("edgectl_agent_kv_cache_usage_ratio", "Share of the deployment's KV cache "
+                                  "(context_length x parallel tokens) holding tokens now: running requests and the "
+                                  "prompts free slots keep for reuse.", labels=["deployment"])
+        tokens = GaugeMetricFamily("edgectl_agent_kv_cache_tokens", "Tokens in the deployment's KV cache now.",
+                                   labels=["deployment"])
+        for deployment, model in self.models():
+            usage = getattr(model, "kv_cache_usage", None)
+            if usage is None:
+                continue
+            used, capacity = usage()
+            ratio.add_metric([deployment], used / capacity if capacity else 0.0)
+            tokens.add_metric([deployment], used)
+        yield from (ratio, tokens)
 
     def _process_metrics(self) -> Iterator[Metric]:
         # psutil rather than prometheus_client's ProcessCollector: that one reads /proc, so it is empty on macOS.

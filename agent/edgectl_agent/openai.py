@@ -18,9 +18,12 @@ Fields beyond sampling, and who answers them:
   field.
 - Those three need a runtime that implements them (``edgectl_agent.runtimes.extras``: llamacpp has all; the fake
   runtime include_usage); any other runtime answers a 400 naming the field and the runtime.
-- ``n`` > 1 and ``logprobs``/``top_logprobs`` are refused with a 400 naming the field: one choice per request,
-  and llama.cpp returns logprobs only for models loaded with all logits kept (not done here). Other unknown OpenAI
-  fields (``user``, ``presence_penalty``, ...) are accepted and ignored, as other OpenAI servers do.
+- ``logprobs`` / ``top_logprobs`` (chat): each generated token's log-probability under the model (before
+  sampling), and up to 20 most likely alternatives, in OpenAI's ``choices[].logprobs.content`` shape, streamed
+  chunks included; the llamacpp runtime has them, any other answers the 400 above. On /v1/completions (the legacy
+  integer ``logprobs``) they stay a 400 naming the field.
+- ``n`` > 1 is refused with a 400 naming the field: one choice per request. Other unknown OpenAI fields (``user``,
+  ``presence_penalty``, ...) are accepted and ignored, as other OpenAI servers do.
 """
 
 from __future__ import annotations
@@ -84,7 +87,8 @@ class _Sampling(_Request):
     @classmethod
     def _no_logprobs(cls, v):
         if v:  # false / 0 / null ask for nothing
-            raise ValueError("log probabilities are not returned by this agent; leave the field out")
+            raise ValueError("log probabilities are returned for chat completions only (/v1/chat/completions); "
+                             "leave the field out")
         return v
 
     def params(self) -> GenerationParams:
@@ -193,6 +197,15 @@ class ChatMessage(BaseModel):
 
 class ChatRequest(_Sampling):
     messages: list[ChatMessage] = Field(min_length=1)
+    logprobs: bool | None = Field(default=None, description="Return each generated token's log-probability.")
+    top_logprobs: int | None = Field(default=None, ge=0, le=20, description="With logprobs: this many most "
+                                     "likely tokens at each position, with their log-probabilities (0 to 20).")
+
+    @field_validator("logprobs", "top_logprobs")
+    @classmethod
+    def _no_logprobs(cls, v):  # chat completions have them: nothing to refuse here
+        return v
+
     max_completion_tokens: int | None = Field(default=None, ge=1)
     response_format: ResponseFormat | None = None
     tools: list[Tool] | None = Field(default=None, max_length=128)
@@ -217,11 +230,21 @@ class ChatRequest(_Sampling):
         tools = [t.model_dump(exclude_none=True) for t in self.tools or []]
         choice = self.tool_choice.model_dump() if isinstance(self.tool_choice, NamedToolChoice) else self.tool_choice
         self._check_tools(tools, choice, schema)
+        self._check_logprobs(bool(tools) and choice != "none")
         json_schema_sent = self.response_format is not None and self.response_format.type == "json_schema"
         return ChatExtras(json_schema=schema,
                           schema_param="response_format.json_schema.schema" if json_schema_sent else "response_format",
                           include_usage=super().extras().include_usage, tools=tuple(tools),
-                          tool_choice=choice if tools else None, parallel_tool_calls=self.parallel_tool_calls)
+                          tool_choice=choice if tools else None, parallel_tool_calls=self.parallel_tool_calls,
+                          logprobs=(self.top_logprobs or 0) if self.logprobs else None)
+
+    def _check_logprobs(self, uses_tools: bool) -> None:
+        if self.top_logprobs and not self.logprobs:
+            raise BadRequest("top_logprobs needs logprobs: true (log probabilities are returned only when asked "
+                             "for)", param="top_logprobs", hint='send "logprobs": true with it')
+        if self.logprobs and uses_tools:
+            raise BadRequest("log probabilities are not returned with tools (the reply is the calls' JSON)",
+                             param="logprobs", hint="leave logprobs out, or send the request without tools")
 
     @staticmethod
     def _check_tools(tools: list[dict[str, Any]], choice: str | dict[str, Any] | None,

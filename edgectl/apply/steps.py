@@ -48,7 +48,7 @@ def deploy_one(spec: Spec, dp: DevicePlan, name: str, ctx: DeviceContext, store:
         changed = apply_deployment(spec, dp, dep, ctx, store, artifacts, res, events)
         if changed:
             health_gate(gate_for(rollout.health_gate, spec.models[dep.model].spec.golden_prompt), name,
-                        dep.chosen.recipe.kind, ctx, res, events)
+                        "embedding" if dep.chosen.embedding else dep.chosen.recipe.kind, ctx, res, events)
         return True
     except EdgectlError as e:
         res.error = str(e)

@@ -33,6 +33,7 @@ class Candidate:
     ram_bytes: int = 0  # system RAM it needs when part of it lives on the GPU (0 = estimate.total_bytes)
     native: bool = True  # built from a source of a type its builder reads (else after a conversion)
     device: str = ""  # OpenVINO device from the profile's accelerators ('' = the runtime's default, CPU)
+    embedding: bool = False  # the model has task: embedding: loaded in embedding mode, gated with an embedding
     speed: Speed | None = None  # expected tokens/s (None = the profile gives no figures to estimate it from)
 
     @property
@@ -45,6 +46,8 @@ class Candidate:
         options: dict = {"n_gpu_layers": self.gpu_layers} if self.gpu_layers else {}
         if self.device:
             options["device"] = self.device
+        if self.embedding:
+            options["embedding"] = True
         return options
 
     def to_dict(self) -> dict:

@@ -199,6 +199,9 @@ def plan_deployment(dep: Deployment, model: Model, target: Target, built: dict[s
         if info is None:
             other = next((b.kind for b in BUILDERS.values() if b.runtime == runtime), None)
             dp.rejected.append(Rejected(None, f"serves {other or 'no'} models, not {kind} models", label=runtime))
+        elif model.spec.task == "embedding" and runtime not in catalog.EMBEDDING_RUNTIMES:
+            dp.rejected.append(Rejected(None, "does not serve embeddings (task: embedding needs one of: "
+                                        f"{', '.join(catalog.EMBEDDING_RUNTIMES)})", label=runtime))
         elif q.format is not None and info.format != q.format:
             dp.rejected.append(Rejected(None, f"loads {info.format}, and quantization.format is {q.format}",
                                         label=runtime))
@@ -234,6 +237,8 @@ def plan_deployment(dep: Deployment, model: Model, target: Target, built: dict[s
                 cand = replace(cand, gpu_layers=gpu_layers, ram_bytes=need)
             elif runtime == "llamacpp" and kind == "llm" and target.unified_gpu and not why_not:
                 cand = replace(cand, gpu_layers=-1)  # same memory: the whole estimate stays in the RAM budget
+            if model.spec.task == "embedding":
+                cand = replace(cand, embedding=True)
             if runtime in OPENVINO_RUNTIMES and ov_device:
                 cand = replace(cand, device=ov_device)
             if kind == "llm" and target.hardware is not None:

@@ -42,11 +42,12 @@ class RuntimeEntry:
     # for it there, or edgectl builds them (llama-cpp-python: cross-compiled for linux glibc). "linux" = glibc Linux
     # (manylinux), "linux-musl", "android" (bionic), "darwin", "win32". None: pure Python, runs anywhere.
     platforms: tuple[str, ...] | None = None
+    embeddings: bool = False  # serves a Model with task: embedding (loaded in embedding mode, /v1/embeddings)
 
 
 RUNTIMES: tuple[RuntimeEntry, ...] = (
     RuntimeEntry(name="llamacpp", formats=("gguf",), kind="llm", extra="llama", package="llama-cpp-python",
-                 implementation="edgectl_agent.runtimes.llamacpp:LlamaCppRuntime", auto_rank=0,
+                 implementation="edgectl_agent.runtimes.llamacpp:LlamaCppRuntime", auto_rank=0, embeddings=True,
                  platforms=("linux/x86_64", "linux/aarch64", "darwin/aarch64", "darwin/x86_64", "win32/x86_64")),
     RuntimeEntry(name="onnxruntime-genai", formats=("onnx",), kind="llm", extra="onnx-genai",
                  package="onnxruntime-genai", auto_rank=2,
@@ -84,6 +85,8 @@ RUNTIME_PACKAGES: dict[str, str] = {r.name: r.package for r in RUNTIMES if r.pac
 # The planner's runtime preference for devices planned from facts ('auto' profile), best first.
 AUTO_RUNTIME_ORDER: tuple[str, ...] = tuple(
     r.name for r in sorted((r for r in RUNTIMES if r.auto_rank is not None), key=lambda r: r.auto_rank))
+# Runtimes that serve task: embedding models.
+EMBEDDING_RUNTIMES: tuple[str, ...] = tuple(r.name for r in RUNTIMES if r.embeddings and not r.for_tests)
 # Runtimes that take an OpenVINO device name.
 OPENVINO_RUNTIMES: tuple[str, ...] = tuple(r.name for r in RUNTIMES if r.openvino)
 

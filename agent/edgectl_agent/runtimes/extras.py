@@ -14,6 +14,7 @@ from typing import Any
 RESPONSE_FORMAT = "response_format"
 INCLUDE_USAGE = "stream_options.include_usage"
 TOOLS = "tools"
+LOGPROBS = "logprobs"
 
 
 @dataclass(frozen=True)
@@ -33,6 +34,7 @@ class ChatExtras:
     tools: tuple[dict[str, Any], ...] = ()
     tool_choice: str | dict[str, Any] | None = None
     parallel_tool_calls: bool = True
+    logprobs: int | None = None  # None: none; 0: each token's log-probability; k: and the k most likely
 
     @property
     def uses_tools(self) -> bool:
@@ -47,6 +49,8 @@ class ChatExtras:
             names.append(INCLUDE_USAGE)
         if self.uses_tools:
             names.append(TOOLS)
+        if self.logprobs is not None:
+            names.append(LOGPROBS)
         return names
 
     def field_of(self, feature: str) -> str:

@@ -1,11 +1,14 @@
 """llama.cpp through llama-cpp-python (the ``[llama]`` extra), imported only when a model is loaded.
 
-llama.cpp contexts are not thread-safe, so each loaded model serializes its calls with a lock; a streaming response
-holds the lock until its iterator is finished or closed. Every llama.cpp call of a model -- loading it, each decode
-step of a stream, closing it -- runs on that model's own thread (``ModelThread``), never on the thread serving the
-request: llama.cpp's OpenMP build keeps a team of ``n_threads`` threads per calling thread, so calls from the
-server's many worker threads would leave more OpenMP threads than CPUs, spinning against one another (decode
-halved after a few concurrent clients, docs/benchmarks.md). One calling thread means one team per model.
+``LlamaCppRuntime.load`` serves a generating model with the continuous-batching engine
+(``edgectl_agent.runtimes.llamacpp_engine`` and ``llamacpp_batched``: ``parallel`` requests decoded together, every
+llama.cpp call on the model's one thread). A model loaded for embeddings, or with a named ``chat_format``, is
+served here by ``LlamaCppModel`` on llama-cpp-python's ``Llama``: one call at a time behind a lock (a streaming
+response holds it until its iterator is finished or closed), each call -- loading, each decode step of a stream,
+closing -- on the model's own thread (``ModelThread``). Either way one thread calls llama.cpp per model:
+llama.cpp's OpenMP build keeps a team of ``n_threads`` threads per calling thread, so calls from the server's many
+worker threads would leave more OpenMP threads than CPUs, spinning against one another (decode halved after a few
+concurrent clients, docs/benchmarks.md).
 
 Before llama.cpp sees a file, its GGUF header passes the agent's bounded check (edgectl_agent.gguf_check), and its
 chat template is compiled and rendered once in llama-cpp-python's sandboxed formatter (Jinja's
@@ -20,7 +23,6 @@ decoding (``compile_json_grammar``, ``edgectl_agent.runtimes.tool_calls``) and u
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -34,6 +36,8 @@ from edgectl_agent.gguf_check import check_gguf
 from edgectl_agent.runtimes.base import (GenerationParams, LoadedModel, Runtime, RuntimeCapabilities, SerializedModel,
                                          import_library)
 from edgectl_agent.runtimes.extras import INCLUDE_USAGE, RESPONSE_FORMAT, TOOLS, ChatExtras, usage_chunk
+from edgectl_agent.runtimes.llamacpp_batched import reply_as_chunks
+from edgectl_agent.runtimes.llamacpp_engine import MAX_GRAMMAR_BYTES, compile_json_grammar  # noqa: F401 - re-exported
 from edgectl_agent.runtimes.tool_calls import (arguments_schema, parse_reply, reply_schema, tools_message,
                                                with_tools_message)
 
@@ -62,6 +66,24 @@ def llama_kwargs(desired: DesiredDeployment) -> dict[str, Any]:
         kw["n_threads"] = desired.threads
     kw.update(desired.runtime_options)
     return kw
+
+
+# runtime_options that keep a deployment on the one-call runtime (LlamaCppModel, llama-cpp-python's Llama): an
+# embedding model, and a chat format named instead of the GGUF's template. Everything else is served by the
+# continuous-batching engine (BatchedLlamaModel).
+ONE_CALL_OPTIONS = frozenset({"embedding", "pooling_type", "chat_format"})
+MODEL_OPTIONS = frozenset({"n_gpu_layers", "main_gpu", "use_mmap", "use_mlock"})
+
+
+def engine_options(kwargs: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """llama_model_params and llama_context_params fields for the batching engine from ``llama_kwargs`` (pure)."""
+    model = {k: v for k, v in kwargs.items() if k in MODEL_OPTIONS}
+    context = {k: v for k, v in kwargs.items()
+               if k in ("n_ubatch", "type_k", "type_v", "rope_freq_base", "rope_freq_scale", "offload_kqv",
+                        "n_threads_batch")}
+    if "flash_attn" in kwargs:
+        context["flash_attn_type"] = 1 if kwargs["flash_attn"] else 0  # LLAMA_FLASH_ATTN_TYPE_ENABLED/_DISABLED
+    return model, context
 
 
 # The conversation a chat template is rendered with once at load: one user turn, which chat templates are made for.
@@ -132,19 +154,41 @@ class LlamaCppRuntime(Runtime):
         llama_cpp = import_library(self.name, "llama_cpp")
         if header.chat_template:
             check_chat_template(header.chat_template, label)
+        if not ONE_CALL_OPTIONS & set(kwargs):
+            return self._load_batched(path, desired, kwargs)
         thread = ModelThread(desired.name)
         try:
             llm = thread.call(llama_cpp.Llama, str(path), **kwargs)
         except (ValueError, RuntimeError, OSError) as e:
             thread.stop()
-            raise RuntimeFailure(f"llama.cpp could not load {desired.artifact.digest} ({desired.artifact.model} "
-                                 f"{desired.artifact.quant}) for deployment '{desired.name}': {e}",
-                                 hint="check the artifact was built for llama.cpp (GGUF) and that the device has "
-                                      "the memory for context_length x parallel; see the agent log") from e
+            raise _load_failed(desired, e) from e
         except BaseException:
             thread.stop()
             raise
         return LlamaCppModel(llm, embeddings=bool(kwargs.get("embedding", False)), name=desired.name, thread=thread)
+
+    @staticmethod
+    def _load_batched(path: Path, desired: DesiredDeployment, kwargs: dict[str, Any]) -> LoadedModel:
+        """The continuous-batching engine (edgectl_agent.runtimes.llamacpp_engine), ``parallel`` sequences."""
+        from edgectl_agent.runtimes.llamacpp_batched import BatchedLlamaModel
+        from edgectl_agent.runtimes.llamacpp_engine import BatchEngine
+
+        model_options, context_options = engine_options(kwargs)
+        try:
+            engine = BatchEngine(str(path), name=desired.name, parallel=desired.parallel,
+                                 context_length=desired.context_length, threads=desired.threads,
+                                 n_batch=kwargs.get("n_batch", 512), model_options=model_options,
+                                 context_options=context_options)
+        except (ValueError, RuntimeError, OSError) as e:
+            raise _load_failed(desired, e) from e
+        return BatchedLlamaModel(engine, name=desired.name)
+
+
+def _load_failed(desired: DesiredDeployment, e: Exception) -> RuntimeFailure:
+    return RuntimeFailure(f"llama.cpp could not load {desired.artifact.digest} ({desired.artifact.model} "
+                          f"{desired.artifact.quant}) for deployment '{desired.name}': {e}",
+                          hint="check the artifact was built for llama.cpp (GGUF) and that the device has "
+                               "the memory for context_length x parallel; see the agent log")
 
 
 def _template_failed(e: Exception) -> BadRequest:
@@ -154,36 +198,7 @@ def _template_failed(e: Exception) -> BadRequest:
 
 
 # -- features beyond sampling (edgectl_agent.runtimes.extras) ------------------------------------------------
-# A schema can ask for a grammar of millions of rules (maxLength: 1000000); llama.cpp would parse it per request.
-MAX_GRAMMAR_BYTES = 256 * 1024
-
-
-def compile_json_grammar(schema: dict[str, Any], param: str, vocab: Any = None) -> Any:
-    """A llama.cpp grammar that admits exactly the JSON valid against ``schema`` (llama-cpp-python's JSON Schema
-    converter, then, given the model's ``vocab``, llama.cpp's GBNF parser: llama-cpp-python itself would hand a
-    grammar that fails to parse to the sampler as a null pointer). Either failing is a 400 naming ``param``."""
-    from llama_cpp.llama_grammar import LlamaGrammar, json_schema_to_gbnf
-
-    hint = ("use the JSON Schema subset llama.cpp supports (type, properties, required, items, enum, const, "
-            "anyOf, $ref to $defs, patterns anchored with ^...$) and modest length limits")
-    try:
-        gbnf = json_schema_to_gbnf(json.dumps(schema))
-    except Exception as e:  # noqa: BLE001 - the converter fails with AssertionError, KeyError, ValueError, ...
-        raise BadRequest(f"{param}: llama.cpp cannot compile this JSON Schema into a grammar: "
-                         f"{type(e).__name__}: {e}", param=param, code="invalid_json_schema", hint=hint) from e
-    if len(gbnf) > MAX_GRAMMAR_BYTES:
-        raise BadRequest(f"{param}: this JSON Schema makes a grammar of {len(gbnf)} bytes, more than the "
-                         f"{MAX_GRAMMAR_BYTES} the agent compiles", param=param, code="invalid_json_schema",
-                         hint="lower maxLength / minItems / maxItems, or split the schema")
-    if vocab is not None:
-        import llama_cpp
-
-        sampler = llama_cpp.llama_sampler_init_grammar(vocab, gbnf.encode("utf-8"), b"root")
-        if not sampler:
-            raise BadRequest(f"{param}: llama.cpp cannot parse the grammar made from this JSON Schema",
-                             param=param, code="invalid_json_schema", hint=hint)
-        llama_cpp.llama_sampler_free(sampler)
-    return LlamaGrammar.from_string(gbnf, verbose=False)
+# JSON Schema grammars: compile_json_grammar (edgectl_agent.runtimes.llamacpp_engine, shared with the batching path).
 
 
 class SampledTokens:
@@ -327,21 +342,7 @@ class LlamaCppModel(SerializedModel):
 
         return self._as_chunks(run, extras) if stream else run()
 
-    @staticmethod
-    def _as_chunks(run, extras: ChatExtras) -> Iterator[dict[str, Any]]:
-        out = run()
-        base = {k: out[k] for k in ("id", "created", "model")}
-        base["object"] = "chat.completion.chunk"
-        choice = out["choices"][0]
-        message = choice["message"]
-        if message.get("tool_calls"):
-            delta: dict[str, Any] = {"tool_calls": [{"index": i, **c} for i, c in enumerate(message["tool_calls"])]}
-        else:
-            delta = {"content": message["content"]}
-        for piece, finish in (({"role": "assistant"}, None), (delta, None), ({}, choice["finish_reason"])):
-            yield {**base, "choices": [{"index": 0, "delta": piece, "logprobs": None, "finish_reason": finish}]}
-        if extras.include_usage:
-            yield usage_chunk(base, out["usage"]["prompt_tokens"], out["usage"]["completion_tokens"])
+    _as_chunks = staticmethod(reply_as_chunks)
 
     def _grammar_kwargs(self, extras: ChatExtras) -> dict[str, Any]:
         if extras.json_schema is None:
@@ -366,6 +367,16 @@ class LlamaCppModel(SerializedModel):
             yield chunk
         base = {k: v for k, v in (last or {}).items() if k not in ("choices", "usage")}
         yield usage_chunk(base, counter.prompt_tokens, counter.completion_tokens(_finish_reason(last)))
+
+    def smoke(self, prompt: str, max_tokens: int) -> None:
+        """A model loaded for embeddings is smoke-tested with an embedding (it need not generate)."""
+        if not self.supports_embeddings:
+            super().smoke(prompt, max_tokens)
+            return
+        data = self.embed([prompt]).get("data") or [{}]
+        if not data[0].get("embedding"):
+            raise RuntimeFailure(f"smoke embedding returned no vector: {str(data)[:200]}",
+                                 hint="the artifact loads but does not embed; rebuild it from its source")
 
     def embed(self, inputs: list[str]) -> dict[str, Any]:
         if not self.supports_embeddings:
