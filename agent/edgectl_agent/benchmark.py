@@ -26,6 +26,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from edgectl_agent.api import ArtifactSpeed, DeviceBenchmark
+from edgectl_agent.errors import BadRequest
 from edgectl_agent.runtimes.base import GenerationParams, LoadedModel
 
 log = logging.getLogger(__name__)
@@ -170,7 +171,14 @@ def measure_artifact(model: LoadedModel, *, digest: str, runtime: str, threads: 
     start = time.perf_counter()
     deadline = start + budget_s
     prompt = prompt_for(context_length, prompt_tokens)
-    runs = [run_rates(model, prompt, decode_tokens, deadline)]
+    for _ in range(4):  # a tokenizer that cuts prose finer than assumed: halve the prompt until it fits
+        try:
+            runs = [run_rates(model, prompt, decode_tokens, deadline)]
+            break
+        except BadRequest:
+            prompt = " ".join(prompt.split()[:len(prompt.split()) // 2])
+    else:
+        return None
     if time.perf_counter() - start < budget_s / 3:
         runs.append(run_rates(model, prompt, decode_tokens, deadline))
     # The prompt's token count, from the runtime's own usage (llama.cpp reuses the cached prompt: near free).

@@ -121,6 +121,7 @@ class Speed:
     prompt_tokens: int
     source: Literal["estimated", "measured"] = "estimated"
     basis: str = ""
+    estimate: Speed | None = None  # the formula's own figure, where this one is measured or calibrated
 
     @property
     def ttft_ms(self) -> float:
@@ -133,10 +134,13 @@ class Speed:
                 f"tokens/s prefill ({self.source})")
 
     def to_dict(self) -> dict:
-        return {"decode_tokens_per_s": round(self.decode_tokens_per_s, 1),
-                "prefill_tokens_per_s": round(self.prefill_tokens_per_s, 1),
-                "ttft_ms": round(self.ttft_ms, 1), "prompt_tokens": self.prompt_tokens, "source": self.source,
-                "basis": self.basis}
+        out = {"decode_tokens_per_s": round(self.decode_tokens_per_s, 1),
+               "prefill_tokens_per_s": round(self.prefill_tokens_per_s, 1),
+               "ttft_ms": round(self.ttft_ms, 1), "prompt_tokens": self.prompt_tokens, "source": self.source,
+               "basis": self.basis}
+        if self.estimate is not None:
+            out["estimate"] = self.estimate.to_dict()
+        return out
 
 
 def bytes_per_token(arch: Architecture, weights_bytes: int, context_tokens: int, runtime: str = "llamacpp") -> int:
@@ -169,8 +173,10 @@ def measured_speed(m: ArtifactSpeed, prompt_tokens: int, estimated: Speed) -> Sp
     """The artifact's rates as its device measured them (decode from the estimate where none was measured)."""
     return Speed(decode_tokens_per_s=m.decode_tokens_per_s or estimated.decode_tokens_per_s,
                  prefill_tokens_per_s=m.prefill_tokens_per_s, prompt_tokens=prompt_tokens, source="measured",
+                 estimate=estimated,
                  basis=f"measured on the device at its first activation ({m.prompt_tokens}-token prompt, "
-                       f"{m.decode_tokens} tokens decoded, {m.threads or 'default'} threads)")
+                       f"{m.decode_tokens} tokens decoded, "
+                       + (f"{m.threads} thread{'s' if m.threads != 1 else ''})" if m.threads else "default threads)"))
 
 
 @dataclass(frozen=True)
@@ -184,7 +190,7 @@ class Calibration:
     def apply(self, s: Speed) -> Speed:
         return replace(s, decode_tokens_per_s=s.decode_tokens_per_s * self.decode,
                        prefill_tokens_per_s=s.prefill_tokens_per_s * self.prefill,
-                       basis=f"{s.basis}; x{self.decode:.2f} decode, x{self.prefill:.2f} prefill as measured on "
+                       estimate=s, basis=f"{s.basis}; x{self.decode:.2f} decode, x{self.prefill:.2f} prefill as measured on "
                              f"{self.label}")
 
 
