@@ -94,7 +94,7 @@ class ArtifactSpeed(Wire):
 class DeviceBenchmark(Wire):
     memory_bandwidth_bytes_per_s: float | None = Field(
         default=None, description="Sustained memory bandwidth, bytes read + written per second by concurrent copies "
-                                  "(one per CPU) of a buffer 4x the last-level cache; None until measured.")
+                                  "(one per CPU) of a buffer twice the last-level cache; None until measured.")
     compute_flops_per_s: float | None = Field(default=None, description="float32 matmul FLOP/s (numpy's BLAS); "
                                                                         "None without numpy.")
     threads: int = Field(ge=1, description="Threads the bandwidth was measured with.")

@@ -151,9 +151,13 @@ def bytes_per_token(arch: Architecture, weights_bytes: int, context_tokens: int,
 
 
 def estimate_speed(arch: Architecture, weights_bytes: int, hw: Hardware, *, threads: int, gpu_layers: int = 0,
-                   prompt_tokens: int = DEFAULT_PROMPT_TOKENS, runtime: str = "llamacpp") -> Speed:
+                   prompt_tokens: int = DEFAULT_PROMPT_TOKENS, runtime: str = "llamacpp",
+                   prefill_threads: int | None = None) -> Speed:
     """Expected decode and prefill tokens/s of an artifact of ``weights_bytes`` on ``hw`` (``gpu_layers``:
-    llama.cpp layers on the dedicated GPU, -1 = all)."""
+    llama.cpp layers on the dedicated GPU, -1 = all; ``prefill_threads``: where the runtime prefills with other
+    threads than it decodes with, see :func:`prefill_threads`)."""
+    if prefill_threads is not None:
+        threads = prefill_threads
     on_gpu = 0.0
     if gpu_layers and hw.gpu_bandwidth:
         on_gpu = 1.0 if gpu_layers < 0 else min(1.0, gpu_layers / arch.layers)
@@ -167,6 +171,16 @@ def estimate_speed(arch: Architecture, weights_bytes: int, hw: Hardware, *, thre
     decode_eff, prefill_eff = RUNTIME_EFFICIENCY.get(runtime, (1.0, 1.0))
     return Speed(decode_tokens_per_s=decode_eff / decode_s, prefill_tokens_per_s=prefill_eff / prefill_s,
                  prompt_tokens=prompt_tokens, basis=hw.basis)
+
+
+def prefill_threads(runtime: str, threads: int, cores: int, runtime_options: dict) -> int:
+    """The threads a runtime prefills with: llama.cpp batches with n_threads_batch, which is every CPU unless the
+    deployment's runtime_options set it (llama-cpp-python's default), whatever its decode threads; the agent's
+    OpenVINO GenAI, ONNX GenAI and MLX runtimes do not take the deployment's threads: their libraries use every
+    CPU."""
+    if runtime == "llamacpp":
+        return int(runtime_options.get("n_threads_batch") or cores)
+    return cores
 
 
 def measured_speed(m: ArtifactSpeed, prompt_tokens: int, estimated: Speed) -> Speed:
