@@ -34,6 +34,7 @@ log = logging.getLogger(__name__)
 FILE = "benchmark.json"
 PROMPT_TOKENS = 128  # the prompt the artifact benchmark aims at (capped at half the context)
 DECODE_TOKENS = 32
+PROBE_WORDS = 12  # the probe run that sizes the prompt to the device's speed
 ARTIFACT_BUDGET_S = 8.0  # the device benchmark takes well under 2 s: together under 10 s
 BANDWIDTH_REPEATS = 5
 KEEP_ARTIFACTS = 32  # measurements kept, newest first (older artifacts are long gone from the store)
@@ -165,6 +166,17 @@ def prompt_for(context_length: int, tokens: int = PROMPT_TOKENS, *, run: int = 0
     return " ".join(words[:want_words])
 
 
+def count_tokens(model: LoadedModel, prompt: str) -> int | None:
+    """Tokens of ``prompt`` as the runtime counts them: its tokenizer where it has one apart (the runtimes on
+    TextGenModel), else the usage of a one-token completion (llama.cpp reuses the prompt it just processed: near
+    free)."""
+    count = getattr(model, "_count", None)
+    if count is not None:
+        return int(count(prompt))
+    usage = model.complete(prompt, GenerationParams(max_tokens=1, temperature=0.0))
+    return (usage.get("usage") or {}).get("prompt_tokens") if isinstance(usage, dict) else None
+
+
 def measure_artifact(model: LoadedModel, *, digest: str, runtime: str, threads: int | None, context_length: int,
                      budget_s: float = ARTIFACT_BUDGET_S, prompt_tokens: int = PROMPT_TOKENS,
                      decode_tokens: int = DECODE_TOKENS, runs: int = 2, first_run: int = 0) -> ArtifactSpeed | None:
@@ -174,6 +186,12 @@ def measure_artifact(model: LoadedModel, *, digest: str, runtime: str, threads: 
     start = time.perf_counter()
     deadline = start + budget_s
     words = max(int(min(prompt_tokens, context_length // 2) * 0.75), 8)
+    # A prefill cannot be stopped half-way: a probe of PROBE_WORDS words sizes the prompt so that its prefill takes
+    # at most a quarter of the budget (a big model on a slow CPU gets a shorter prompt, never a longer wait).
+    probe_s, _, _ = run_rates(model, prompt_for(context_length, int(PROBE_WORDS / 0.75), run=first_run + 7), 1,
+                              deadline)
+    if probe_s > 0:
+        words = max(8, min(words, int(PROBE_WORDS * budget_s / 4 / probe_s)))
     done: list[tuple[str, tuple[float, int, float | None]]] = []
     while len(done) < runs and (not done or time.perf_counter() - start < budget_s / 3):
         prompt = prompt_for(context_length, int(words / 0.75), run=first_run + len(done))
@@ -187,9 +205,7 @@ def measure_artifact(model: LoadedModel, *, digest: str, runtime: str, threads: 
     if not measured:
         return None
     prompt, (ttft, _, _) = min(measured, key=lambda x: x[1][0])
-    # The prompt's token count, from the runtime's own usage.
-    usage = model.complete(prompt, GenerationParams(max_tokens=1, temperature=0.0))
-    counted = (usage.get("usage") or {}).get("prompt_tokens") if isinstance(usage, dict) else None
+    counted = count_tokens(model, prompt)
     if not counted:
         return None
     decodes = [r[2] for _, r in measured if r[2]]

@@ -51,10 +51,13 @@ DEFAULT_PROMPT_TOKENS = 512
 # KV cache bytes per element per runtime (as estimate.RUNTIME_KV_BYTES; repeated to keep this module standalone).
 _KV_BYTES = {"llamacpp": 2, "openvino-genai": 1.03, "onnxruntime-genai": 4, "mlx": 2}
 # (decode, prefill) rate of each runtime relative to llama.cpp's on the same model and quant class, measured by
-# bench/speed.py in one run (SmolLM2-135M INT4 vs llama.cpp Q4_1, 1 thread, docs/benchmarks.md): on CPU these
-# runtimes spend more per token than llama.cpp's hand-written kernels. MLX's Linux CPU build is far slower.
+# bench/speed.py in one run each, as ratios (SmolLM2-135M INT4 against llama.cpp Q4_1, two runs at load 9 and 13 on
+# this 2-CPU machine, prefill per thread): OpenVINO GenAI decodes at 0.83-0.89x llama.cpp and prefills at 2.75-2.9x
+# per thread (oneDNN's batched matmul); ONNX GenAI decodes at 1.10-1.28x and prefills at 1.1-1.4x. MLX is left at
+# 1.0: its estimate is for Apple silicon (Metal, unmeasured here); its Linux CPU build, the only one here, ran at
+# 0.03x of the estimate (float32 on the CPU) - a device that measures itself corrects that (device_calibration).
 RUNTIME_EFFICIENCY: dict[str, tuple[float, float]] = {
-    "llamacpp": (1.0, 1.0), "openvino-genai": (1.0, 1.0), "onnxruntime-genai": (1.0, 1.0), "mlx": (1.0, 1.0)}
+    "llamacpp": (1.0, 1.0), "openvino-genai": (0.85, 2.8), "onnxruntime-genai": (1.2, 1.2), "mlx": (1.0, 1.0)}
 
 
 @dataclass(frozen=True)
