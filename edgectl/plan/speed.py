@@ -79,18 +79,17 @@ def hardware(profile: ProfileSpec, name: str, measured: DeviceBenchmark | None =
     """The profile's figures as sustained rates, or the device's measured ones where its agent measured them
     (``measured``: its enrolment benchmark); None when neither gives a memory bandwidth and a compute figure."""
     bw = measured.memory_bandwidth_bytes_per_s if measured is not None else None
-    if bw:
-        compute = measured.compute_flops_per_s or (profile.compute_gflops or 0) * GB * PEAK_TO_SUSTAINED
-        if compute:
-            from_profile = "" if measured.compute_flops_per_s else f", {profile.compute_gflops:g} GFLOPS (profile)"
-            measured_compute = (f", {measured.compute_flops_per_s / GB:.0f} GFLOPS" if measured.compute_flops_per_s
-                                else "")
-            base = hardware(profile, name)
-            return replace(base or Hardware(bandwidth=0, compute=0, cores=profile.cpu.cores),
-                           bandwidth=bw, compute=compute,
-                           basis=f"{name}: measured at enrolment {bw / GB:.1f} GB/s{measured_compute}{from_profile}"
-                                 + (base.basis.partition(";")[1] + base.basis.partition(";")[2]
-                                    if base and ";" in base.basis else ""))
+    compute = ((measured.compute_flops_per_s if measured is not None else None)
+               or (profile.compute_gflops or 0) * GB * PEAK_TO_SUSTAINED)
+    if bw and compute:
+        from_profile = hardware(profile, name)  # a dedicated GPU keeps the profile's figures
+        gpu = from_profile.basis.partition("; ")[2] if from_profile is not None else ""
+        compute_text = (f"{compute / GB:.0f} GFLOPS" if measured.compute_flops_per_s
+                        else f"{profile.compute_gflops:g} GFLOPS (profile)")
+        return replace(from_profile or Hardware(bandwidth=0, compute=0, cores=profile.cpu.cores),
+                       bandwidth=bw, compute=compute,
+                       basis=f"{name}: measured at enrolment {bw / GB:.1f} GB/s, {compute_text}"
+                             + (f"; {gpu}" if gpu else ""))
     if not profile.memory_bandwidth_gbps or not profile.compute_gflops:
         return None
     # A dedicated GPU with its own figures; or one sharing system RAM that llama.cpp drives (its bandwidth is the
