@@ -34,7 +34,7 @@ log = logging.getLogger(__name__)
 FILE = "benchmark.json"
 PROMPT_TOKENS = 128  # the prompt the artifact benchmark aims at (capped at half the context)
 DECODE_TOKENS = 32
-PROBE_WORDS = 12  # the probe run that sizes the prompt to the device's speed
+PROBE_WORDS = 4  # the probe run that sizes the prompt to the device's speed: a few tokens
 ARTIFACT_BUDGET_S = 8.0  # the device benchmark takes well under 2 s: together under 10 s
 BANDWIDTH_REPEATS = 5
 KEEP_ARTIFACTS = 32  # measurements kept, newest first (older artifacts are long gone from the store)
@@ -160,7 +160,7 @@ def run_rates(model: LoadedModel, prompt: str, decode_tokens: int, deadline: flo
 def prompt_for(context_length: int, tokens: int = PROMPT_TOKENS, *, run: int = 0) -> str:
     """Prose of about ``min(tokens, context_length / 2)`` tokens (~0.75 words per token). Each ``run`` starts at
     another word: a runtime that caches the previous prompt's prefix (llama.cpp) must process it all again."""
-    want_words = max(int(min(tokens, context_length // 2) * 0.75), 8)
+    want_words = max(int(min(tokens, context_length // 2) * 0.75), PROBE_WORDS)
     text = PROMPT_TEXT.split()
     words = (text * (want_words // len(text) + 2))[run * 5:]
     return " ".join(words[:want_words])
@@ -185,20 +185,20 @@ def measure_artifact(model: LoadedModel, *, digest: str, runtime: str, threads: 
     numbered from ``first_run``: each gets its own prompt (:func:`prompt_for`)."""
     start = time.perf_counter()
     deadline = start + budget_s
-    words = max(int(min(prompt_tokens, context_length // 2) * 0.75), 8)
+    words = max(int(min(prompt_tokens, context_length // 2) * 0.75), PROBE_WORDS)
     # A prefill cannot be stopped half-way: a probe of PROBE_WORDS words sizes the prompt so that its prefill takes
     # at most a quarter of the budget (a big model on a slow CPU gets a shorter prompt, never a longer wait).
     probe_s, _, _ = run_rates(model, prompt_for(context_length, int(PROBE_WORDS / 0.75), run=first_run + 7), 1,
                               deadline)
     if probe_s > 0:
-        words = max(8, min(words, int(PROBE_WORDS * budget_s / 4 / probe_s)))
+        words = max(PROBE_WORDS, min(words, int(PROBE_WORDS * budget_s / 4 / probe_s)))
     done: list[tuple[str, tuple[float, int, float | None]]] = []
     while len(done) < runs and (not done or time.perf_counter() - start < budget_s / 3):
         prompt = prompt_for(context_length, int(words / 0.75), run=first_run + len(done))
         try:
             done.append((prompt, run_rates(model, prompt, decode_tokens, deadline)))
         except BadRequest:  # a tokenizer that cuts prose finer than assumed: halve the prompt until it fits
-            if words <= 8:
+            if words <= PROBE_WORDS:
                 return None
             words //= 2
     measured = [(p, r) for p, r in done if r[1]]
