@@ -187,13 +187,13 @@ def measure_artifact(model: LoadedModel, *, digest: str, runtime: str, threads: 
     deadline = start + budget_s
     words = max(int(min(prompt_tokens, context_length // 2) * 0.75), PROBE_WORDS)
     # A prefill cannot be stopped half-way: a probe of PROBE_WORDS words sizes the prompt so that its prefill takes
-    # at most a quarter of the budget (a big model on a slow CPU gets a shorter prompt, never a longer wait).
+    # at most a third of the budget (a big model on a slow CPU gets a shorter prompt, never a longer wait).
     # Its token count (llama.cpp reuses the prompt it just processed: near free) gives the tokenizer's tokens per
     # word, so that the prompt is half the context in tokens, whatever the vocabulary.
     probe = prompt_for(context_length, int(PROBE_WORDS / 0.75), run=first_run + 7)
     probe_s, _, _ = run_rates(model, probe, 1, deadline)
     if probe_s > 0:
-        words = max(PROBE_WORDS, min(words, int(PROBE_WORDS * budget_s / 4 / probe_s)))
+        words = max(PROBE_WORDS, min(words, int(PROBE_WORDS * budget_s / 3 / probe_s)))
     per_word = (count_tokens(model, probe) or PROBE_WORDS) / PROBE_WORDS
     words = max(PROBE_WORDS, min(words, int(min(prompt_tokens, context_length // 2) / per_word)))
     done: list[tuple[str, tuple[float, int, float | None]]] = []

@@ -32,7 +32,8 @@ def edgectl(*args: str, env: dict) -> subprocess.CompletedProcess:
 
 @pytest.fixture
 def home(tmp_path):
-    env = dict(os.environ, EDGECTL_HOME=str(tmp_path / "home"), COLUMNS="220", NO_COLOR="1")
+    env = dict(os.environ, EDGECTL_HOME=str(tmp_path / "home"), COLUMNS="220", NO_COLOR="1",
+               EDGECTL_AGENT_BENCHMARK="true")  # tests/conftest.py turns it off for the other tests
     yield env
     for pid in (tmp_path / "home").glob("agents/*/agent.pid"):
         try:
@@ -51,7 +52,8 @@ def test_agent_measures_itself_once_and_plan_and_status_use_it(tmp_path, home):
     assert record["memory_bandwidth_bytes_per_s"] > 1e8 and record["threads"] >= 1
     (measured,) = record["artifacts"]
     assert measured["runtime"] == "llamacpp" and measured["threads"] == 1
-    assert measured["prompt_tokens"] >= 32 and measured["prefill_tokens_per_s"] > 0
+    # A prompt sized to the device: ~95 tokens here, shorter when a loaded machine makes the probe slow.
+    assert measured["prompt_tokens"] >= 8 and measured["prefill_tokens_per_s"] > 0
     assert measured["decode_tokens"] >= 2 and measured["decode_tokens_per_s"] > 0
     assert record["seconds"] + measured["seconds"] <= 10, record  # the micro-benchmark's bound
 
