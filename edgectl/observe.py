@@ -131,6 +131,9 @@ class DeviceStatus:
     budget_bytes: int | None = None  # RAM the plan may use on the device
     drift: list[dict] = field(default_factory=list)  # apply's steps {action, deployment, detail}; empty = in sync
     plan_status: str | None = None  # ok | unfit | unknown
+    # deployment -> the plan's expected speed of its chosen artifact (edgectl.plan.speed.Speed.to_dict: measured on
+    # the device at enrolment, else estimated; a measured one carries the estimate beside it)
+    speed: dict[str, dict] = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         return {
@@ -144,6 +147,7 @@ class DeviceStatus:
             "ram_budget_bytes": self.budget_bytes,
             "drift": self.drift,
             "plan_status": self.plan_status,
+            "speed": self.speed,
         }
 
 def collect_status(spec: Spec, devices: Iterable[Device], *, store=None,
@@ -205,3 +209,5 @@ def _add_plan(spec: Spec, contexts, store, statuses: list[DeviceStatus]) -> None
         st.plan_status = dp.status
         st.budget_bytes = dp.budget_bytes or None
         st.drift = [s.to_dict() for s in dp.steps]
+        st.speed = {d.deployment: d.chosen.speed.to_dict() for d in dp.deployments
+                    if d.chosen is not None and d.chosen.speed is not None}

@@ -71,8 +71,8 @@ def render_plan(p, contexts) -> None:
 
 def status_table(statuses, *, window: float | None = None) -> Table:
     title = f"figures over the last {window:g} s (lifetime when idle)" if window else "figures since agent start"
-    table = Table("device", "deployment", "artifact", "state", "tok/s", "p50 / p95", "errors", "RAM used / budget",
-                  "disk free", "drift", title=title, title_justify="left")
+    table = Table("device", "deployment", "artifact", "state", "tok/s", "expected tok/s", "p50 / p95", "errors",
+                  "RAM used / budget", "disk free", "drift", title=title, title_justify="left")
     now = datetime.now(timezone.utc)
     for s in statuses:
         m = s.metrics
@@ -85,7 +85,7 @@ def status_table(statuses, *, window: float | None = None) -> Table:
         device = s.device if s.reachable else f"{s.device}\n[red]unreachable[/red]"
         if not s.deployments:
             why = (s.error or "-").splitlines()[0]
-            table.add_row(device, ", ".join(s.desired) or "-", "-", "-" if s.reachable else why, "-",
+            table.add_row(device, ", ".join(s.desired) or "-", "-", "-" if s.reachable else why, "-", "-",
                           lat, errors, ram, disk, drift)
         for i, d in enumerate(s.deployments):
             a = d.active
@@ -95,9 +95,21 @@ def status_table(statuses, *, window: float | None = None) -> Table:
             tps = m.tokens_per_s.get(d.name) if m else None
             first = i == 0  # device-wide figures once per device
             table.add_row(device if first else "", d.name, art, state, "-" if tps is None else f"{tps:.1f}",
-                          lat if first else "", errors if first else "", ram if first else "",
+                          expected_speed(s.speed.get(d.name)), lat if first else "", errors if first else "", ram if first else "",
                           disk if first else "", drift if first else "")
     return table
+
+
+def expected_speed(speed: dict | None) -> str:
+    """The plan's decode speed for a deployment: 'measured 41.0 (est. 38)' where the device measured its artifact,
+    else 'est. 38' (edgectl.plan.speed.Speed.to_dict)."""
+    if not speed:
+        return "-"
+    if speed["source"] == "measured":
+        est = speed.get("estimate")
+        return f"measured {speed['decode_tokens_per_s']:.1f}" + (
+            f"\n(est. {est['decode_tokens_per_s']:.0f})" if est else "")
+    return f"est. {speed['decode_tokens_per_s']:.0f}"
 
 
 def _drift(steps: list[dict]) -> str:

@@ -238,3 +238,41 @@ spec:
   context_length: 256
   quantization: {{allow: [F32]}}
 """
+
+
+def speed_manifest(folder: Path, *, port: int, quant: str = "Q8_0", threads: int = 1,
+                   min_tokens_per_s: float | None = None) -> Path:
+    """``folder`` holding the tiny GGUF and manifests that deploy it to this machine (profile auto, local
+    transport, agent on ``port``) as deployment 'tiny' at ``quant``, with ``threads`` and, when given, a
+    ``speed.min_tokens_per_s`` requirement. Returns ``folder``."""
+    import gguf
+
+    folder.mkdir(parents=True, exist_ok=True)
+    tiny = write_tiny_llama_gguf(folder / "tiny.gguf")
+    params = sum(int(t.n_elements) for t in gguf.GGUFReader(tiny).tensors)
+    speed = f", speed: {{min_tokens_per_s: {min_tokens_per_s:g}}}" if min_tokens_per_s is not None else ""
+    (folder / "fleet.yaml").write_text(f"""\
+apiVersion: edgectl.dev/v1alpha1
+kind: Model
+metadata: {{name: tiny-llama}}
+spec:
+  architecture: {{family: llama, parameters: {params}, layers: {TINY_LAYERS}, hidden_size: {TINY_HIDDEN},
+                 attention_heads: {TINY_HEADS}, kv_heads: {TINY_KV_HEADS}, head_dim: {TINY_HIDDEN // TINY_HEADS},
+                 vocab_size: {len(tiny_vocab()[0])}, max_context: {TINY_CONTEXT}}}
+  sources:
+    - {{type: gguf, path: tiny.gguf, precision: F32}}
+---
+apiVersion: edgectl.dev/v1alpha1
+kind: Fleet
+metadata: {{name: local}}
+spec:
+  devices:
+    - {{name: this-machine, profile: auto, transport: {{type: local}}, agent: {{port: {port}}}}}
+---
+apiVersion: edgectl.dev/v1alpha1
+kind: Deployment
+metadata: {{name: tiny}}
+spec: {{model: tiny-llama, selector: {{devices: [this-machine]}}, context_length: 256, threads: {threads},
+        quantization: {{allow: [{quant}]}}{speed}}}
+""")
+    return folder

@@ -77,6 +77,33 @@ class AcceleratorFact(Wire):
     memory_free_bytes: int | None = Field(default=None, description="Dedicated memory free now, when known.")
 
 
+class ArtifactSpeed(Wire):
+    digest: str = Field(pattern=DIGEST_PATTERN, description="The artifact measured.")
+    runtime: str = Field(description="The runtime that served it.")
+    threads: int | None = Field(default=None, description="The deployment's inference threads (None = the "
+                                                          "runtime's default).")
+    prompt_tokens: int = Field(ge=1, description="Tokens of the prompt whose prefill was timed.")
+    prefill_tokens_per_s: float = Field(gt=0, description="Prompt tokens over the time to the first token.")
+    decode_tokens: int = Field(ge=0, description="Tokens streamed in the longest run.")
+    decode_tokens_per_s: float | None = Field(default=None, description="Tokens after the first over their time "
+                                                                         "(None: fewer than two were generated).")
+    seconds: float = Field(ge=0, description="What the measurement cost.")
+    measured_at: datetime = Field(description="When (UTC).")
+
+
+class DeviceBenchmark(Wire):
+    memory_bandwidth_bytes_per_s: float | None = Field(
+        default=None, description="Sustained memory bandwidth, bytes read + written per second by concurrent copies "
+                                  "(one per CPU) of a buffer twice the last-level cache; None until measured.")
+    compute_flops_per_s: float | None = Field(default=None, description="float32 matmul FLOP/s (numpy's BLAS); "
+                                                                        "None without numpy.")
+    threads: int = Field(ge=1, description="Threads the bandwidth was measured with.")
+    seconds: float = Field(ge=0, description="What the device measurement cost.")
+    measured_at: datetime = Field(description="When (UTC).")
+    artifacts: list[ArtifactSpeed] = Field(default_factory=list,
+                                           description="Rates of the artifacts activated here, newest first.")
+
+
 class Facts(Wire):
     agent_version: str = Field(description="edgectl-agent version.")
     hostname: str = Field(description="Host name of the device.")
@@ -101,6 +128,10 @@ class Facts(Wire):
     openvino_devices: dict[str, str] | None = Field(
         default=None, description="OpenVINO's available devices (CPU, GPU, GPU.1, NPU, ...) -> their FULL_DEVICE_NAME; "
                                   "None when openvino is not installed or could not be asked.")
+    benchmark: DeviceBenchmark | None = Field(
+        default=None, description="The enrolment micro-benchmark (edgectl_agent.benchmark): measured memory bandwidth "
+                                  "and the rates of the artifacts activated here; None when disabled or from an "
+                                  "older agent.")
     verify_key_id: str | None = Field(default=None,
                                       description="None: deployments need no signature. Else the sha256 fingerprint "
                                                   "of the ed25519 public key every deployment must be signed with, or "

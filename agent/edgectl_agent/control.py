@@ -23,7 +23,10 @@ DeploymentName = Annotated[str, Path(pattern=NAME_PATTERN, description="Deployme
 def facts(request: Request) -> Facts:
     agent = request.app.state.agent
     verifier = agent.deployments.verifier
-    return collect_facts(agent.settings.root, verify_key_id=verifier.fact if verifier is not None else None)
+    facts = collect_facts(agent.settings.root, verify_key_id=verifier.fact if verifier is not None else None)
+    # The agent's first report measures the device (edgectl_agent.benchmark, once); later ones read it back.
+    benchmark = agent.deployments.benchmarks.device(facts.cpu_count, facts.ram_available_bytes)
+    return facts.model_copy(update={"benchmark": benchmark}) if benchmark is not None else facts
 
 
 @router.get("/state")

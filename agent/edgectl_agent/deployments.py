@@ -22,6 +22,7 @@ import anyio.to_thread
 
 from edgectl_agent.api import ArtifactRef, DeploymentState, DesiredDeployment
 from edgectl_agent.attempts import LoadAttempts
+from edgectl_agent.benchmark import Benchmarks
 from edgectl_agent.errors import (AgentError, Conflict, Forbidden, ModelUnavailable, NotFound, RuntimeFailure,
                                    Unprocessable)
 from edgectl_agent.faults import crash_point
@@ -83,6 +84,8 @@ class Deployments:
         self._previous: dict[str, DesiredDeployment] = {}
         self.attempts = LoadAttempts(settings.root, limit=settings.crash_loop_limit,
                                      window_s=settings.crash_loop_window_s)
+        self.benchmarks = Benchmarks(settings.root, enabled=settings.benchmark)
+        metrics.live.benchmark = self.measured_speeds
 
     # -- queries ----------------------------------------------------------------------------------------------
     def serving_model(self, name: str) -> Serving:
@@ -106,6 +109,16 @@ class Deployments:
             desired = serving.desired if serving else self.states[name].desired
             out.append((name, desired.runtime if desired else "none", serving is not None))
         return out
+
+    def measured_speeds(self):
+        """(device benchmark or None, [(deployment, its active artifact's measured rates)]): what /metrics shows."""
+        out = []
+        for name in sorted(self.serving):
+            d = self.serving[name].desired
+            speed = self.benchmarks.artifact(d.artifact.digest, d.runtime, d.threads)
+            if speed is not None:
+                out.append((name, speed))
+        return self.benchmarks.current(), out
 
     def not_ready(self) -> list[str]:
         """Why the device does not serve everything desired; empty = ready."""
@@ -198,6 +211,10 @@ class Deployments:
                                          hint=e.hint) from e
                 raise RuntimeFailure(f"smoke inference of {artifact.digest} failed: {type(e).__name__}: {e}",
                                      hint="see the agent log; the previous artifact keeps serving") from e
+            # First activation of this artifact with these threads: its real rates (edgectl_agent.benchmark).
+            await anyio.to_thread.run_sync(lambda: self.benchmarks.measure_artifact_once(
+                model, digest=artifact.digest, runtime=desired.runtime, threads=desired.threads,
+                context_length=desired.context_length))
         finally:
             await anyio.to_thread.run_sync(self.attempts.end, artifact.digest, attempt)
         self.metrics.load_seconds.labels(deployment=desired.name).set(load_s)

@@ -144,6 +144,8 @@ class LiveCollector:
         self.queues: Callable[[], Iterable[RequestQueue]] = lambda: ()
         # (deployment, loaded model) of every serving deployment: models that report KV-cache usage do
         self.models: Callable[[], Iterable[tuple[str, object]]] = lambda: ()
+        # (device benchmark or None, [(deployment, its artifact's measured rates)]): edgectl_agent.benchmark
+        self.benchmark: Callable[[], tuple] = lambda: (None, [])
         self._process = None
 
     def describe(self) -> list[Metric]:
@@ -161,6 +163,7 @@ class LiveCollector:
         yield up
         yield from self._queue_metrics({deployment for deployment, _, _ in backends})
         yield from self._kv_cache_metrics()
+        yield from self._benchmark_metrics()
         yield from self._process_metrics()
         if self.store_root is not None:
             try:
@@ -206,6 +209,23 @@ class LiveCollector:
             ratio.add_metric([deployment], used / capacity if capacity else 0.0)
             tokens.add_metric([deployment], used)
         yield from (ratio, tokens)
+
+    def _benchmark_metrics(self) -> Iterator[Metric]:
+        device, speeds = self.benchmark()
+        if device is not None and device.memory_bandwidth_bytes_per_s:
+            bw = GaugeMetricFamily("edgectl_agent_memory_bandwidth_bytes_per_second", "Memory bandwidth measured "
+                                   "at enrolment (edgectl_agent.benchmark: concurrent copies, read + written).")
+            bw.add_metric([], device.memory_bandwidth_bytes_per_s)
+            yield bw
+        prefill = GaugeMetricFamily("edgectl_agent_measured_prefill_tokens_per_second", "Prefill rate of the "
+                                    "deployment's artifact, measured at its first activation.", labels=["deployment"])
+        decode = GaugeMetricFamily("edgectl_agent_measured_decode_tokens_per_second", "Decode rate of the "
+                                   "deployment's artifact, measured at its first activation.", labels=["deployment"])
+        for deployment, speed in speeds:
+            prefill.add_metric([deployment], speed.prefill_tokens_per_s)
+            if speed.decode_tokens_per_s:
+                decode.add_metric([deployment], speed.decode_tokens_per_s)
+        yield from (prefill, decode)
 
     def _process_metrics(self) -> Iterator[Metric]:
         # psutil rather than prometheus_client's ProcessCollector: that one reads /proc, so it is empty on macOS.

@@ -60,6 +60,11 @@ class AgentSettings(BaseSettings):
                                 description="Requests that may wait per slot of a deployment (its parallel): "
                                             "beyond parallel x queue_per_slot waiting, a request gets a 503 with "
                                             "Retry-After at once (edgectl_agent.admission).")
+    benchmark: bool = Field(default=True,
+                            description="Run the enrolment micro-benchmark (edgectl_agent.benchmark): memory "
+                                        "bandwidth at the first facts report, each artifact's prefill/decode rates "
+                                        "at its first activation (at most ~10 s, once), kept in <root>/"
+                                        "benchmark.json and reported to edgectl's planner.")
     access_log: bool = Field(default=False, description="Log every HTTP request (uvicorn access log).")
     log_level: str = Field(default="info", description="Log level: debug, info, warning or error.")
 

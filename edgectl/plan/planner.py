@@ -123,9 +123,11 @@ def _plan_device(spec: Spec, device: Device, facts: Facts | None, observed: Agen
     target = Target(runtimes=runtimes, budget=budget, disk=disk_budget(profile, facts),
                     vram=vram_budget(profile, facts, dp.warnings), prefer=dict(profile.quant_preference),
                     versions=dict(facts.runtimes) if facts is not None else None,
-                    openvino_device=openvino_device(profile, facts, dp.warnings), hardware=hardware(profile, dp.profile),
+                    openvino_device=openvino_device(profile, facts, dp.warnings),
+                    hardware=hardware(profile, dp.profile, facts.benchmark if facts is not None else None),
                     no_speed=missing_figures(profile), threads=profile.default_threads,
-                    unified_gpu=unified_gpu(profile, facts, dp.warnings))
+                    unified_gpu=unified_gpu(profile, facts, dp.warnings),
+                    measured=tuple(facts.benchmark.artifacts) if facts is not None and facts.benchmark else ())
     # Every deployment first gets room for its smallest artifact; quality then goes to them in name order.
     deployments = [spec.deployments[n] for n in wanted]
     models = [spec.models[d.spec.model] for d in deployments]
@@ -137,7 +139,7 @@ def _plan_device(spec: Spec, device: Device, facts: Facts | None, observed: Agen
         if memo is None:
             return plan_deployment(dep, model, t, built, avail(model))
         key = (dep.name, model.name, tuple(t.runtimes), t.budget, t.disk, t.vram, t.openvino_device, t.hardware,
-               t.threads, t.unified_gpu,
+               t.threads, t.unified_gpu, t.measured,
                tuple((k, tuple(v)) for k, v in sorted(t.prefer.items())),
                tuple(sorted(t.versions.items())) if t.versions is not None else None)
         if key not in memo:

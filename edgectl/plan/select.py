@@ -8,12 +8,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 
+from edgectl_agent.api import ArtifactSpeed
 from edgectl_agent.runtimes import catalog
 
 from edgectl.builders.registry import BUILDERS
 from edgectl.plan import compat, gguf
 from edgectl.plan.estimate import AGENT_BYTES, Estimate, estimate
-from edgectl.plan.speed import DEFAULT_PROMPT_TOKENS, Hardware, estimate_speed
+from edgectl.plan.speed import (DEFAULT_PROMPT_TOKENS, Calibration, Hardware, device_calibration, estimate_speed,
+                                measured_speed, prefill_threads)
 from edgectl.plan.formats import precision_rank, quality_rank
 from edgectl.plan.result import Candidate, DeploymentPlan, Rejected, gib, recipe_id, recipe_label
 from edgectl.spec import BuiltArtifact, Deployment, Model, Recipe
@@ -76,6 +78,7 @@ class Target:
     no_speed: str = ""  # why hardware is None
     threads: int = 1  # the profile's default inference threads
     unified_gpu: bool = False  # llama.cpp offloads to a GPU that shares system RAM (Jetson, Apple silicon)
+    measured: tuple[ArtifactSpeed, ...] = ()  # artifacts' rates the device's agent measured (Facts.benchmark)
 
 
 def _source_precision(model: Model, fmt: str, kind: str, available: frozenset[int] | None) -> tuple[str, bool, bool]:
@@ -183,6 +186,77 @@ def _offload(target: Target, est: Estimate, arch_layers: int) -> tuple[int, int]
     return layers, host
 
 
+def _placed(cand: Candidate, why_not: str, runtime: str, kind: str, target: Target, model: Model, ov_device: str
+            ) -> tuple[Candidate, int]:
+    """``cand`` with where it runs on the device (GPU layers, OpenVINO device ``ov_device``) and how (embedding
+    mode for a ``task: embedding`` model), and the system RAM it needs."""
+    need = cand.estimate.total_bytes
+    if runtime == "llamacpp" and kind == "llm" and target.vram > 0 and not why_not:
+        gpu_layers, need = _offload(target, cand.estimate, model.spec.architecture.layers)
+        cand = replace(cand, gpu_layers=gpu_layers, ram_bytes=need)
+    elif runtime == "llamacpp" and kind == "llm" and target.unified_gpu and not why_not:
+        cand = replace(cand, gpu_layers=-1)  # same memory: the whole estimate stays in the RAM budget
+    if model.spec.task == "embedding":
+        cand = replace(cand, embedding=True)
+    if runtime in OPENVINO_RUNTIMES and ov_device:
+        cand = replace(cand, device=ov_device)
+    return cand, need
+
+
+def _threads(dep: Deployment, target: Target) -> int:
+    return dep.spec.threads or target.threads
+
+
+def _measured(cand: Candidate, dep: Deployment, target: Target, built: dict[str, BuiltArtifact]
+              ) -> ArtifactSpeed | None:
+    """The device's measurement of this very candidate (its built artifact, runtime and threads), if any."""
+    art = built.get(recipe_id(cand.recipe))
+    if art is None:
+        return None
+    return next((m for m in target.measured if m.digest == art.digest and m.runtime == cand.runtime
+                 and m.threads == _threads(dep, target)), None)
+
+
+def _estimated(dep: Deployment, model: Model, cand: Candidate, target: Target):
+    options = {**cand.runtime_options, **dep.spec.runtime_options}
+    return estimate_speed(model.spec.architecture, cand.estimate.weights_bytes, target.hardware,
+                          threads=_threads(dep, target), gpu_layers=cand.gpu_layers,
+                          prompt_tokens=dep.spec.speed.prompt_tokens if dep.spec.speed else DEFAULT_PROMPT_TOKENS,
+                          runtime=cand.runtime, prefill_threads=prefill_threads(
+                              cand.runtime, _threads(dep, target), target.hardware.cores, options))
+
+
+def _speed(dep: Deployment, model: Model, cand: Candidate, target: Target, built: dict[str, BuiltArtifact],
+           calibrations: dict[str, Calibration]):
+    """Measured where the device measured this artifact; else estimated, calibrated by the device's measurement of
+    another artifact of the same runtime where there is one."""
+    est = _estimated(dep, model, cand, target)
+    m = _measured(cand, dep, target, built)
+    if m is not None:
+        return measured_speed(m, est.prompt_tokens, est)
+    calibration = calibrations.get(cand.runtime)
+    return calibration.apply(est) if calibration is not None else est
+
+
+def _calibrations(dep: Deployment, model: Model, kind: str, usable: list, target: Target,
+                  built: dict[str, BuiltArtifact], available: frozenset[int] | None, ov_device: str, npu: bool
+                  ) -> dict[str, Calibration]:
+    """Per runtime, measured / estimated of the first of this model's artifacts the device measured."""
+    out: dict[str, Calibration] = {}
+    if kind != "llm" or target.hardware is None:
+        return out
+    for runtime, info in usable:
+        for cand, why_not in _candidates(dep, model, info.format, kind, runtime, built, available, target.versions,
+                                         npu and runtime in OPENVINO_RUNTIMES):
+            cand, _ = _placed(cand, why_not, runtime, kind, target, model, ov_device)
+            m = _measured(cand, dep, target, built)
+            if m is not None:
+                out[runtime] = device_calibration(m, _estimated(dep, model, cand, target),
+                                                  f"{recipe_label(cand.recipe)} here")
+                break
+    return out
+
+
 def plan_deployment(dep: Deployment, model: Model, target: Target, built: dict[str, BuiltArtifact],
                     available: frozenset[int] | None = None) -> DeploymentPlan:
     budget, disk = target.budget, target.disk
@@ -225,28 +299,16 @@ def plan_deployment(dep: Deployment, model: Model, target: Target, built: dict[s
     slow: list[Candidate] = []  # fit memory and disk, miss the deployment's speed
     poor: list[Candidate] = []  # fit, but measured below the deployment's quality floor
     choice: tuple[Candidate, list[Candidate]] | None = None
+    calibrations = (_calibrations(dep, model, kind, usable, target, built, available, ov_device, npu)
+                    if target.measured else {})
     for runtime, info in usable:
         fitting: list[Candidate] = []
         npu_here = npu and runtime in OPENVINO_RUNTIMES
         for cand, why_not in _candidates(dep, model, info.format, kind, runtime, built, available, target.versions,
                                          npu_here):
-            need = cand.estimate.total_bytes
-            gpu_layers = 0
-            if runtime == "llamacpp" and kind == "llm" and target.vram > 0 and not why_not:
-                gpu_layers, need = _offload(target, cand.estimate, model.spec.architecture.layers)
-                cand = replace(cand, gpu_layers=gpu_layers, ram_bytes=need)
-            elif runtime == "llamacpp" and kind == "llm" and target.unified_gpu and not why_not:
-                cand = replace(cand, gpu_layers=-1)  # same memory: the whole estimate stays in the RAM budget
-            if model.spec.task == "embedding":
-                cand = replace(cand, embedding=True)
-            if runtime in OPENVINO_RUNTIMES and ov_device:
-                cand = replace(cand, device=ov_device)
+            cand, need = _placed(cand, why_not, runtime, kind, target, model, ov_device)
             if kind == "llm" and target.hardware is not None:
-                cand = replace(cand, speed=estimate_speed(
-                    model.spec.architecture, cand.estimate.weights_bytes, target.hardware,
-                    threads=dep.spec.threads or target.threads, gpu_layers=cand.gpu_layers,
-                    prompt_tokens=dep.spec.speed.prompt_tokens if dep.spec.speed else DEFAULT_PROMPT_TOKENS,
-                    runtime=runtime))
+                cand = replace(cand, speed=_speed(dep, model, cand, target, built, calibrations))
             too_slow = _too_slow(dep, cand) if not why_not else ""
             below = _below_floor(dep, cand) if not why_not else ""
             if why_not:
@@ -291,7 +353,8 @@ def plan_deployment(dep: Deployment, model: Model, target: Target, built: dict[s
     reason = _why(best, budget, preferred, fitting,
                   missing=_missing_sources(model, available) if not best.buildable else "")
     if dep.spec.speed is not None and best.speed is not None:
-        reason += (f"; meets the deployment's speed (estimated {best.speed.decode_tokens_per_s:.1f} tokens/s decode, "
+        reason += (f"; meets the deployment's speed ({best.speed.source} {best.speed.decode_tokens_per_s:.1f} "
+                   f"tokens/s decode, "
                    f"{best.speed.ttft_ms:.0f} ms to the first token of a {best.speed.prompt_tokens}-token prompt)")
     if dep.spec.quality is not None:
         reason += (f"; meets the deployment's quality floor ({best.quality.summary()})" if best.quality is not None
@@ -355,17 +418,17 @@ def _best(fitting: list[Candidate], preferred: list[str]) -> Candidate:
 
 
 def _too_slow(dep: Deployment, c: Candidate) -> str:
-    """Why ``c``'s estimated speed misses the deployment's speed requirement ('' = it meets it, or there is no
+    """Why ``c``'s speed (measured on the device, else estimated: the text says which) misses the deployment's speed requirement ('' = it meets it, or there is no
     requirement, or no estimate to check it with: then the planner warns)."""
     want, s = dep.spec.speed, c.speed
     if want is None or s is None:
         return ""
     misses = []
     if want.min_tokens_per_s is not None and s.decode_tokens_per_s < want.min_tokens_per_s:
-        misses.append(f"estimated {s.decode_tokens_per_s:.1f} tokens/s decode < min_tokens_per_s "
+        misses.append(f"{s.source} {s.decode_tokens_per_s:.1f} tokens/s decode < min_tokens_per_s "
                       f"{want.min_tokens_per_s:g}")
     if want.max_ttft_ms is not None and s.ttft_ms > want.max_ttft_ms:
-        misses.append(f"estimated time to first token {s.ttft_ms:.0f} ms for a {s.prompt_tokens}-token prompt > "
+        misses.append(f"{s.source} time to first token {s.ttft_ms:.0f} ms for a {s.prompt_tokens}-token prompt > "
                       f"max_ttft_ms {want.max_ttft_ms:g}")
     return "; ".join(misses)
 

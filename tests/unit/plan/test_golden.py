@@ -6,7 +6,10 @@ Case file keys:
   manifests:   multi-document YAML text (built-in profiles and catalog are loaded too)
   facts:       {device: {ram_gb, available_gb, cpus, arch, runtimes (list, or {name: version}), disk_free_gb,
                          accelerators: [{kind, name, memory_bytes}], llamacpp_backends: [cpu, cuda],
-                         openvino_devices: {CPU: name, NPU: name}}}
+                         openvino_devices: {CPU: name, NPU: name},
+                         benchmark: {memory_bandwidth_bytes_per_s, compute_flops_per_s,
+                                     artifacts: [{digest, runtime, threads, prompt_tokens, prefill_tokens_per_s,
+                                                  decode_tokens, decode_tokens_per_s}]}}}
                (partial; defaults below)
   observed:    {device: {artifacts: [digest...], deployments: [{name, digest, quant, state, context_length, ...}]}}
   built:       [{model, quant, source_precision, digest, size_bytes, format, kind, compat,
@@ -29,6 +32,7 @@ from edgectl.load import load_paths
 from edgectl.plan import plan
 from edgectl.spec import BuiltArtifact, Quality
 from edgectl_agent.api import AcceleratorFact as Accelerator, AgentState, ArtifactRef, DeploymentState, DesiredDeployment, Facts
+from edgectl_agent.api import DeviceBenchmark
 
 CASES = sorted((Path(__file__).parent / "cases").glob("*.yaml"))
 GIB = 2**30
@@ -47,7 +51,15 @@ def make_facts(d: dict) -> Facts:
         accelerators=[Accelerator(**a) for a in d.get("accelerators", [])],
         llamacpp_backends=d.get("llamacpp_backends"),
         openvino_devices=d.get("openvino_devices"),
+        benchmark=make_benchmark(d["benchmark"]) if "benchmark" in d else None,
     )
+
+
+def make_benchmark(d: dict) -> DeviceBenchmark:
+    """The agent's enrolment benchmark (edgectl_agent.benchmark) from a case's figures."""
+    return DeviceBenchmark.model_validate({
+        "threads": 2, "seconds": 1.0, "measured_at": EPOCH, **d,
+        "artifacts": [{"seconds": 1.0, "measured_at": EPOCH, **a} for a in d.get("artifacts", [])]})
 
 
 def make_state(d: dict) -> AgentState:

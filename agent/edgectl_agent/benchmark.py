@@ -1,0 +1,302 @@
+"""The enrolment micro-benchmark: what this device really does, measured once and kept in ``<root>/benchmark.json``.
+
+- Device figures, measured the first time the agent reports its facts: sustained memory bandwidth (copies of a
+  buffer twice the last-level cache, one per CPU, median of a few repeats) and, with numpy, float32 matmul
+  compute. Under a second on a small board; reported in the facts and as Prometheus gauges.
+- Per artifact, the first time it is activated with given threads (after its smoke inference, before it is
+  switched in, so no request competes with it): the real prefill rate of a ~``PROMPT_TOKENS``-token prompt and the
+  decode rate of up to ``DECODE_TOKENS`` tokens, through the runtime already loaded, with the deployment's threads.
+  Bounded by ``ARTIFACT_BUDGET_S``: decoding stops at the deadline, and a second run (the better one is kept: a
+  run disturbed by other work on the device only underestimates) happens only when the first was quick.
+
+edgectl's planner uses these figures instead of the profile's (edgectl/plan/speed.py): a device's measured
+bandwidth in every estimate, and an artifact's measured rates directly, marked "measured".
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import statistics
+import threading
+import time
+from collections.abc import Callable
+from datetime import datetime, timezone
+from pathlib import Path
+
+from edgectl_agent.api import ArtifactSpeed, DeviceBenchmark
+from edgectl_agent.errors import BadRequest
+from edgectl_agent.runtimes.base import GenerationParams, LoadedModel
+
+log = logging.getLogger(__name__)
+
+FILE = "benchmark.json"
+PROMPT_TOKENS = 128  # the prompt the artifact benchmark aims at (capped at half the context)
+DECODE_TOKENS = 32
+PROBE_WORDS = 4  # the probe run that sizes the prompt to the device's speed: a few tokens
+ARTIFACT_BUDGET_S = 6.0  # the device benchmark takes well under 2 s: together under 10 s (counting included)
+BANDWIDTH_REPEATS = 5
+KEEP_ARTIFACTS = 32  # measurements kept, newest first (older artifacts are long gone from the store)
+# English prose the runtimes' tokenizers cut at ~1.3 tokens per word; the model continues it for DECODE_TOKENS.
+PROMPT_TEXT = ("The old harbour town woke slowly. Fishermen carried nets down to the boats, the baker opened his "
+               "shutters, and children ran along the sea wall shouting at the gulls. ")
+
+
+def _now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def last_level_cache_bytes(sysfs: Path = Path("/sys/devices/system/cpu/cpu0/cache")) -> int | None:
+    """Size of the largest CPU cache sysfs lists (None where it lists none: macOS, containers hiding it)."""
+    sizes = []
+    for index in sysfs.glob("index*"):
+        try:
+            raw = (index / "size").read_text().strip().upper()
+        except OSError:
+            continue
+        scale = {"K": 2**10, "M": 2**20, "G": 2**30}.get(raw[-1:], 1)
+        digits = raw.rstrip("KMG")
+        if digits.isdigit():
+            sizes.append(int(digits) * scale)
+    return max(sizes, default=None)
+
+
+def buffer_bytes(llc: int | None, available: int) -> int:
+    """Bytes copied per repeat: twice the last-level cache (so the copy streams from RAM), at least 64 MiB, and at
+    most a sixteenth of the available RAM (source and destination both live at once)."""
+    want = max(64 * 2**20, 2 * (llc or 32 * 2**20))
+    return max(8 * 2**20, min(want, available // 16))
+
+
+def memory_bandwidth(threads: int, total: int, repeats: int = BANDWIDTH_REPEATS) -> float:
+    """Median bytes/s (read + written) of ``threads`` concurrent copies of ``total / threads`` bytes each: numpy
+    releases the GIL while it copies; without numpy, one memoryview copy (a single thread)."""
+    try:
+        import numpy as np
+    except ImportError:
+        np = None
+    if np is None:
+        src, dst = bytearray(total), bytearray(total)
+        view = memoryview(dst)
+        view[:] = src  # touch every page before timing
+        runs = []
+        for _ in range(repeats):
+            t = time.perf_counter()
+            view[:] = src
+            runs.append(2 * total / (time.perf_counter() - t))
+        return statistics.median(runs)
+    n = total // threads // 8
+    srcs = [np.ones(n) for _ in range(threads)]
+    dsts = [np.zeros(n) for _ in range(threads)]  # zeros: pages are mapped at the warm-up copy below, not timed
+    for d, s in zip(dsts, srcs):
+        np.copyto(d, s)
+    runs = []
+    for _ in range(repeats):
+        workers = [threading.Thread(target=np.copyto, args=(d, s)) for d, s in zip(dsts, srcs)]
+        t = time.perf_counter()
+        for w in workers:
+            w.start()
+        for w in workers:
+            w.join()
+        runs.append(2 * 8 * n * threads / (time.perf_counter() - t))
+    return statistics.median(runs)
+
+
+def matmul_flops(n: int = 384, repeats: int = 5) -> float | None:
+    """Median FLOP/s of a float32 ``n`` x ``n`` matmul (numpy's BLAS, all its threads); None without numpy."""
+    try:
+        import numpy as np
+    except ImportError:
+        return None
+    a = np.random.default_rng(0).random((n, n), dtype=np.float32)
+    a @ a  # warm-up: BLAS starts its threads
+    runs = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        a @ a
+        runs.append(2 * n**3 / (time.perf_counter() - t))
+    return statistics.median(runs)
+
+
+def measure_device(cpus: int, available_ram: int) -> DeviceBenchmark:
+    start = time.perf_counter()
+    bandwidth = memory_bandwidth(cpus, buffer_bytes(last_level_cache_bytes(), available_ram))
+    compute = matmul_flops()
+    return DeviceBenchmark(memory_bandwidth_bytes_per_s=bandwidth, compute_flops_per_s=compute, threads=cpus,
+                           seconds=time.perf_counter() - start, measured_at=_now())
+
+
+def _has_text(chunk: dict) -> bool:
+    return any(c.get("text") or (c.get("delta") or {}).get("content") for c in chunk.get("choices") or [])
+
+
+def run_rates(model: LoadedModel, prompt: str, decode_tokens: int, deadline: float
+              ) -> tuple[float, int, float | None]:
+    """(seconds to the first token, tokens streamed, decode tokens/s after the first or None) of one streamed
+    completion of ``prompt``; decoding stops at ``deadline`` (perf_counter)."""
+    stream = model.complete(prompt, GenerationParams(max_tokens=decode_tokens, temperature=0.0), stream=True)
+    t = time.perf_counter()
+    first = end = None
+    n = 0
+    try:
+        for chunk in stream:
+            if not _has_text(chunk):
+                continue
+            n += 1
+            end = time.perf_counter()
+            first = first or end
+            if end > deadline:
+                break
+    finally:
+        close = getattr(stream, "close", None)
+        if close is not None:
+            close()
+    if first is None:
+        return time.perf_counter() - t, 0, None
+    return first - t, n, (n - 1) / (end - first) if n >= 2 and end > first else None
+
+
+def prompt_for(context_length: int, tokens: int = PROMPT_TOKENS, *, run: int = 0) -> str:
+    """Prose of about ``min(tokens, context_length / 2)`` tokens (~0.75 words per token). Each ``run`` starts at
+    another word: a runtime that caches the previous prompt's prefix (llama.cpp) must process it all again."""
+    want_words = max(int(min(tokens, context_length // 2) * 0.75), PROBE_WORDS)
+    text = PROMPT_TEXT.split()
+    words = (text * (want_words // len(text) + 2))[run * 5:]
+    return " ".join(words[:want_words])
+
+
+def count_tokens(model: LoadedModel, prompt: str) -> int | None:
+    """Tokens of ``prompt`` as the runtime counts them: its tokenizer where it has one apart (the runtimes on
+    TextGenModel), else the usage of a one-token completion (llama.cpp reuses the prompt it just processed: near
+    free)."""
+    count = getattr(model, "_count", None)
+    if count is not None:
+        return int(count(prompt))
+    usage = model.complete(prompt, GenerationParams(max_tokens=1, temperature=0.0))
+    return (usage.get("usage") or {}).get("prompt_tokens") if isinstance(usage, dict) else None
+
+
+def measure_artifact(model: LoadedModel, *, digest: str, runtime: str, threads: int | None, context_length: int,
+                     budget_s: float = ARTIFACT_BUDGET_S, prompt_tokens: int = PROMPT_TOKENS,
+                     decode_tokens: int = DECODE_TOKENS, runs: int = 2, first_run: int = 0) -> ArtifactSpeed | None:
+    """Prefill and decode rates of a loaded (and smoke-tested: warm) LLM, the best of up to ``runs`` runs (a later
+    run only while under a third of the budget was spent); None for a model that generated nothing. Runs are
+    numbered from ``first_run``: each gets its own prompt (:func:`prompt_for`)."""
+    start = time.perf_counter()
+    deadline = start + budget_s
+    words = max(int(min(prompt_tokens, context_length // 2) * 0.75), PROBE_WORDS)
+    # A prefill cannot be stopped half-way: a probe of PROBE_WORDS words sizes the prompt so that its prefill takes
+    # at most a third of the budget (a big model on a slow CPU gets a shorter prompt, never a longer wait).
+    # Its token count (llama.cpp reuses the prompt it just processed: near free) gives the tokenizer's tokens per
+    # word, so that the prompt is half the context in tokens, whatever the vocabulary.
+    probe = prompt_for(context_length, int(PROBE_WORDS / 0.75), run=first_run + 7)
+    probe_s, _, _ = run_rates(model, probe, 1, deadline)
+    if probe_s > 0:
+        words = max(PROBE_WORDS, min(words, int(PROBE_WORDS * budget_s / 3 / probe_s)))
+    per_word = (count_tokens(model, probe) or PROBE_WORDS) / PROBE_WORDS
+    words = max(PROBE_WORDS, min(words, int(min(prompt_tokens, context_length // 2) / per_word)))
+    done: list[tuple[str, tuple[float, int, float | None]]] = []
+    while len(done) < runs and (not done or time.perf_counter() - start < budget_s / 3):
+        prompt = prompt_for(context_length, int(words / 0.75), run=first_run + len(done))
+        try:
+            done.append((prompt, run_rates(model, prompt, decode_tokens, deadline)))
+        except BadRequest:  # a tokenizer that cuts prose finer than assumed: halve the prompt until it fits
+            if words <= PROBE_WORDS:
+                return None
+            words //= 2
+    measured = [(p, r) for p, r in done if r[1]]
+    if not measured:
+        return None
+    prompt, (ttft, _, _) = min(measured, key=lambda x: x[1][0])
+    counted = count_tokens(model, prompt)
+    if not counted:
+        return None
+    decodes = [r[2] for _, r in measured if r[2]]
+    return ArtifactSpeed(digest=digest, runtime=runtime, threads=threads, prompt_tokens=int(counted),
+                         prefill_tokens_per_s=counted / ttft, decode_tokens=max(r[1] for _, r in measured),
+                         decode_tokens_per_s=max(decodes) if decodes else None,
+                         seconds=time.perf_counter() - start, measured_at=_now())
+
+
+class Benchmarks:
+    """The device's benchmark record in ``<root>/benchmark.json``: measured once, then read back."""
+
+    def __init__(self, root: Path, *, enabled: bool = True) -> None:
+        self.path = root / FILE
+        self.enabled = enabled
+        self._lock = threading.Lock()
+        self._record: DeviceBenchmark | None = None
+        self._loaded = False
+
+    def current(self) -> DeviceBenchmark | None:
+        """What was measured so far (nothing is measured here: for /metrics)."""
+        with self._lock:
+            return self._load()
+
+    def device(self, cpus: int, available_ram: int) -> DeviceBenchmark | None:
+        """The device figures, measured now if never before (the agent's first report); None when disabled."""
+        if not self.enabled:
+            return self.current()
+        with self._lock:
+            record = self._load()
+            if record is not None and record.memory_bandwidth_bytes_per_s is not None:
+                return record
+            measured = measure_device(cpus, available_ram)
+            if record is not None:
+                measured = measured.model_copy(update={"artifacts": record.artifacts})
+            self._save(measured)
+            log.info("enrolment benchmark: memory bandwidth %.1f GB/s (%d threads), compute %s, in %.2f s",
+                     measured.memory_bandwidth_bytes_per_s / 1e9, cpus,
+                     f"{measured.compute_flops_per_s / 1e9:.0f} GFLOPS" if measured.compute_flops_per_s else "-",
+                     measured.seconds)
+            return measured
+
+    def artifact(self, digest: str, runtime: str, threads: int | None) -> ArtifactSpeed | None:
+        record = self.current()
+        if record is None:
+            return None
+        return next((a for a in record.artifacts
+                     if a.digest == digest and a.runtime == runtime and a.threads == threads), None)
+
+    def measure_artifact_once(self, model: LoadedModel, *, digest: str, runtime: str, threads: int | None,
+                              context_length: int,
+                              measure: Callable[..., ArtifactSpeed | None] = measure_artifact) -> None:
+        """Measure a just-loaded LLM's rates unless this artifact was measured with these threads before. Never
+        fails the activation: a benchmark that fails is logged and skipped."""
+        if not self.enabled or getattr(model, "kind", "llm") != "llm" or self.artifact(digest, runtime, threads):
+            return
+        try:
+            speed = measure(model, digest=digest, runtime=runtime, threads=threads, context_length=context_length)
+        except Exception as e:  # noqa: BLE001 - any runtime error: the model passed its smoke test, serve it
+            log.warning("enrolment benchmark of %s failed, skipped: %s: %s", digest, type(e).__name__, e)
+            return
+        if speed is None:
+            return
+        with self._lock:
+            record = self._load() or DeviceBenchmark(threads=os.cpu_count() or 1, seconds=0.0, measured_at=_now())
+            kept = [a for a in record.artifacts
+                    if not (a.digest == digest and a.runtime == runtime and a.threads == threads)]
+            self._save(record.model_copy(update={"artifacts": [speed, *kept][:KEEP_ARTIFACTS]}))
+        log.info("enrolment benchmark of %s (%s, %s threads): prefill %.0f tokens/s (%d-token prompt), decode %s "
+                 "tokens/s, in %.2f s", digest, runtime, threads or "default", speed.prefill_tokens_per_s,
+                 speed.prompt_tokens,
+                 f"{speed.decode_tokens_per_s:.1f}" if speed.decode_tokens_per_s else "-", speed.seconds)
+
+    def _load(self) -> DeviceBenchmark | None:
+        if not self._loaded:
+            self._loaded = True
+            try:
+                self._record = DeviceBenchmark.model_validate(json.loads(self.path.read_text()))
+            except FileNotFoundError:
+                self._record = None
+            except (OSError, ValueError) as e:  # a damaged record is measured again, not trusted
+                log.warning("ignoring %s (%s): the device is measured again", self.path, e)
+                self._record = None
+        return self._record
+
+    def _save(self, record: DeviceBenchmark) -> None:
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text(record.model_dump_json(indent=1))
+        os.replace(tmp, self.path)
+        self._record = record
