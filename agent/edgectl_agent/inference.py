@@ -267,12 +267,24 @@ async def pull_stream(request: Request, serving: Serving, chunks: Iterator[dict[
                 await anyio.to_thread.run_sync(close)
 
 
+def check_max_tokens(serving: Serving, params: GenerationParams, field: str) -> None:
+    """A 400 naming ``field`` when the reply alone may not fit the deployment's context (prompt and reply share
+    it), instead of a reply silently cut short."""
+    context = serving.desired.context_length
+    if params.max_tokens is not None and params.max_tokens > context:
+        raise BadRequest(f"'{field}' is {params.max_tokens}, more than the {context}-token context of deployment "
+                         f"'{serving.desired.name}' (the prompt and the reply share it)", param=field,
+                         code="invalid_value", hint=f"ask for at most {context} tokens, or deploy with a larger "
+                                                    "context_length")
+
+
 def chat_call(messages: list[dict[str, Any]], params: GenerationParams, extras: ChatExtras, *,
-              stream: bool = False) -> Callable[[Serving], Any]:
+              stream: bool = False, limit_field: str = "max_tokens") -> Callable[[Serving], Any]:
     """What runs on the model for a chat request: ``chat``, or ``chat_with_extras`` once the runtime is known to
-    implement every extra asked for."""
+    implement every extra asked for. ``limit_field``: the request field that set ``params.max_tokens``."""
 
     def call(serving: Serving) -> Any:
+        check_max_tokens(serving, params, limit_field)
         if not extras:
             return serving.model.chat(messages, params, stream=stream)
         check_extras(serving, extras)
@@ -282,10 +294,11 @@ def chat_call(messages: list[dict[str, Any]], params: GenerationParams, extras: 
 
 
 def complete_call(prompt: str, params: GenerationParams, extras: ChatExtras, *,
-                  stream: bool = False) -> Callable[[Serving], Any]:
+                  stream: bool = False, limit_field: str = "max_tokens") -> Callable[[Serving], Any]:
     """What runs on the model for a raw completion, like ``chat_call``."""
 
     def call(serving: Serving) -> Any:
+        check_max_tokens(serving, params, limit_field)
         if not extras:
             return serving.model.complete(prompt, params, stream=stream)
         check_extras(serving, extras)

@@ -413,12 +413,15 @@ async def _generate(request: Request, body: _Generation, kind: Literal["chat", "
     return await _gathered(request, serving, chunks, reply)
 
 
+NUM_PREDICT = "options.num_predict"  # the field that sets max_tokens here
+
+
 # -- endpoints ------------------------------------------------------------------------------------------------
 @router.post("/chat")
 async def chat(body: ChatBody, request: Request):
     messages = [m.as_dict() for m in body.messages]
     return await _generate(request, body, "chat",
-                           lambda params, extras: chat_call(messages, params, extras, stream=True),
+                           lambda params, extras: chat_call(messages, params, extras, stream=True, limit_field=NUM_PREDICT),
                            empty=not messages)
 
 
@@ -430,13 +433,13 @@ async def generate(body: GenerateBody, request: Request):
                              param="system", hint="put the system text into the prompt, or drop raw")
 
         def call(params: GenerationParams, extras: ChatExtras) -> Callable[[Serving], Any]:
-            return complete_call(body.prompt, params, extras, stream=True)
+            return complete_call(body.prompt, params, extras, stream=True, limit_field=NUM_PREDICT)
     else:
         messages = ([{"role": "system", "content": body.system}] if body.system else []) + [
             {"role": "user", "content": body.prompt}]
 
         def call(params: GenerationParams, extras: ChatExtras) -> Callable[[Serving], Any]:
-            return chat_call(messages, params, extras, stream=True)
+            return chat_call(messages, params, extras, stream=True, limit_field=NUM_PREDICT)
 
     return await _generate(request, body, "generate", call, empty=not body.prompt)
 

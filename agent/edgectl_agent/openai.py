@@ -355,10 +355,13 @@ async def chat_completions(body: ChatRequest, request: Request):
     started = time.perf_counter()
     messages = [m.as_dict() for m in body.messages]
     params, extras = body.params(), body.extras()
+    limit = "max_completion_tokens" if body.max_tokens is None and body.max_completion_tokens is not None \
+        else "max_tokens"
     if body.stream:
-        serving, chunks = await start_stream(request, body.model, chat_call(messages, params, extras, stream=True))
+        serving, chunks = await start_stream(request, body.model,
+                                             chat_call(messages, params, extras, stream=True, limit_field=limit))
         return _stream_response(request, serving, chunks, started)
-    serving, out = await run_counted(request, body.model, chat_call(messages, params, extras))
+    serving, out = await run_counted(request, body.model, chat_call(messages, params, extras, limit_field=limit))
     return _json_response(serving, out)
 
 

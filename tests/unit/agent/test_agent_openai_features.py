@@ -214,3 +214,22 @@ def test_a_grammar_llama_cpp_cannot_parse_is_a_400_not_a_null_sampler(tmp_path, 
     with pytest.raises(BadRequest) as e:
         compile_json_grammar({"type": "object"}, "format", vocab._model.vocab)
     assert e.value.param == "format" and "cannot parse" in e.value.message
+
+
+@pytest.mark.parametrize("path, body, param", [
+    ("/v1/chat/completions", {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 257}, "max_tokens"),
+    ("/v1/chat/completions", {"messages": [{"role": "user", "content": "hi"}], "max_completion_tokens": 300},
+     "max_completion_tokens"),
+    ("/v1/completions", {"prompt": "hi", "max_tokens": 1000, "stream": True}, "max_tokens"),
+    ("/api/generate", {"prompt": "hi", "options": {"num_predict": 999}}, "options.num_predict"),
+    ("/api/chat", {"messages": [{"role": "user", "content": "hi"}], "options": {"num_predict": 999}},
+     "options.num_predict"),
+])
+def test_max_tokens_beyond_the_context_is_a_400_naming_the_field_and_the_limit(serving, path, body, param):
+    r = serving.client.post(path, headers=serving.auth, json={"model": "chat", **body})
+    assert r.status_code == 400, r.text
+    err = r.json().get("error")
+    message = err["message"] if isinstance(err, dict) else err
+    assert f"'{param}'" in message and "256-token context" in message
+    ok = serving.chat("chat", max_tokens=256)  # the whole context is allowed; the model keeps serving
+    assert ok.status_code == 200, ok.text
