@@ -272,8 +272,9 @@ def check_max_tokens(serving: Serving, params: GenerationParams, field: str) -> 
     it), instead of a reply silently cut short."""
     context = serving.desired.context_length
     if params.max_tokens is not None and params.max_tokens > context:
-        raise BadRequest(f"'{field}' is {params.max_tokens}, more than the {context}-token context of deployment "
-                         f"'{serving.desired.name}' (the prompt and the reply share it)", param=field,
+        raise BadRequest(f"'{field}' is {params.max_tokens}: the reply alone would exceed the context length of "
+                         f"deployment '{serving.desired.name}' ({context} tokens, shared by the prompt and the reply)",
+                         param=field,
                          code="invalid_value", hint=f"ask for at most {context} tokens, or deploy with a larger "
                                                     "context_length")
 
