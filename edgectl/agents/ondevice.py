@@ -32,13 +32,18 @@ import tarfile
 import tempfile
 import tomllib
 import zipfile
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 from edgectl_agent import __version__ as AGENT_VERSION
 
 from edgectl.agents.platform import TargetPlatform, local_platform
-from edgectl.agents.wheelhouse import SOURCE_ONLY, build_wheelhouse, requirement, wheels_base
+from edgectl.agents.wheelhouse import (
+    SOURCE_ONLY,
+    build_wheelhouse,
+    requirement,
+    wheels_base,
+)
 from edgectl.errors import TransportError
 from edgectl.plan.platforms import LINUX_BUILD_TOOLS, ON_DEVICE_ONLY
 from edgectl.progress import StageProgress
@@ -163,14 +168,14 @@ def device_install_argv(python: str, wheels: str, extras: list[str]) -> list[str
 _MISSING_TOOLS = (
     (re.compile(r"command '[^']*(gcc|cc|clang)' failed|No such file or directory: '[^']*(gcc|cc|clang)'|"
                 r"error: command '[^']*(gcc|cc|clang\+*|g\+\+)'|C compiler|CMAKE_C_COMPILER|"
-                r"unable to execute '[^']*(gcc|cc|clang)'", re.I), "a C/C++ compiler"),
-    (re.compile(r"Python\.h: No such file|fatal error: Python\.h|Python3_INCLUDE_DIR|Development\.Module", re.I),
+                r"unable to execute '[^']*(gcc|cc|clang)'", re.IGNORECASE), "a C/C++ compiler"),
+    (re.compile(r"Python\.h: No such file|fatal error: Python\.h|Python3_INCLUDE_DIR|Development\.Module", re.IGNORECASE),
      "Python's headers"),
     (re.compile(r"No matching distribution found for cmake|cmake: not found|CMake (is )?not found|"
-                r"Could not find cmake", re.I), "CMake"),
-    (re.compile(r"No matching distribution found for ninja|ninja: not found|Could not find ninja", re.I),
+                r"Could not find cmake", re.IGNORECASE), "CMake"),
+    (re.compile(r"No matching distribution found for ninja|ninja: not found|Could not find ninja", re.IGNORECASE),
      "ninja"),
-    (re.compile(r"cargo|rustc|No matching distribution found for maturin|puccinialin", re.I),
+    (re.compile(r"cargo|rustc|No matching distribution found for maturin|puccinialin", re.IGNORECASE),
      "Rust (cargo) for packages written in Rust (pydantic-core)"),
 )
 
