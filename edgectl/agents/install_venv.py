@@ -67,11 +67,6 @@ ALIVE_SCRIPT = 'kill -0 "$(cat "$1" 2>/dev/null)" 2>/dev/null'
 STOP_SCRIPT = ('pid=$(cat "$1" 2>/dev/null) || exit 0; kill "$pid" 2>/dev/null || exit 0; i=0; '
                'while kill -0 "$pid" 2>/dev/null && [ $i -lt 100 ]; do sleep 0.1; i=$((i+1)); done; '
                'kill -9 "$pid" 2>/dev/null; rm -f "$1"')
-# The Ansible engine's check that a device can take this machine's wheelhouse (it pushes only the local one):
-# "major.minor machine", compared with this machine's. The SSH installer reads the full platform instead
-# (edgectl.agents.platform.PLATFORM_SCRIPT) and builds a wheelhouse for it.
-SAME_PLATFORM_SCRIPT = ("import sys, platform; "
-                        "print(f'{sys.version_info[0]}.{sys.version_info[1]} {platform.machine()}')")
 INSTALLED_SCRIPT = ("import sys, importlib.metadata as m\n"
                     "print(m.version('edgectl-agent'))\n"
                     "for d in sys.argv[1:]: m.version(d)\n")
@@ -443,6 +438,12 @@ def ensure_installed(t: SshTransport, layout: RemoteLayout, runtimes: Iterable[s
 def probe_platform(t: SshTransport) -> TargetPlatform:
     """The device's platform (OS, architecture, libc, Python), read with its transport.python before anything is
     built for it."""
+    return read_platform(t)[0]
+
+
+def read_platform(t: SshTransport) -> tuple[TargetPlatform, str]:
+    """The device's platform and the probe's output it was read from (the Ansible engine's playbook checks the
+    device still prints that before it installs)."""
     python = t.spec.python
     found = t.run([python, "-c", PLATFORM_SCRIPT])
     if found.returncode != 0:
@@ -455,7 +456,7 @@ def probe_platform(t: SshTransport) -> TargetPlatform:
                              f"{(found.stderr or found.stdout).strip()}",
                              hint=f"install Python 3.11+ with venv {how}, or set transport.python to it")
     try:
-        return parse_platform(found.stdout)
+        return parse_platform(found.stdout), found.stdout.strip()
     except PlatformProbeError as e:
         raise TransportError(f"device '{t.name}': {python} did not say which platform it runs on: {e}",
                              hint="set transport.python to a CPython 3 interpreter on the device") from e
