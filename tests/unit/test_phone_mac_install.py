@@ -161,3 +161,26 @@ def test_from_source_needs_install_on_device(tmp_path):
         load_paths([f])
     assert "fleet.yaml:8" in str(e.value) and "install: on-device" in str(e.value)
     assert "Model: spec.sources" not in str(e.value)
+
+
+def test_the_ansible_engine_gets_the_device_platform_s_wheelhouse_and_refuses_on_device(monkeypatch, tmp_path):
+    from edgectl.agents import install_venv
+    from edgectl.apply import ansible
+    from edgectl.apply.observe import DeviceContext
+    from edgectl.spec import Device
+
+    built = []
+    monkeypatch.setattr(install_venv, "build_wheelhouse",
+                        lambda extras, target=None, progress=None: built.append((extras, target)) or tmp_path)
+    pi = TargetPlatform(os="linux", arch="aarch64", libc="glibc", libc_version="2.36", python="3.11")
+    device = Device(name="pi", profile="raspberry-pi-5", transport={"type": "ssh", "host": "10.0.0.7"})
+    houses: dict = {}
+    v = ansible.bootstrap_vars(DeviceContext(device), {"llamacpp"}, houses, None, (pi, "os=linux\nmachine=aarch64"))
+    assert built == [(["llama"], pi)] and v["edgectl_platform"] == "os=linux\nmachine=aarch64"
+    assert v["edgectl_platform_script"] == PLATFORM_SCRIPT
+    ansible.bootstrap_vars(DeviceContext(device), {"llamacpp"}, houses, None, (pi, "same"))
+    assert len(built) == 1  # one wheelhouse per (extras, platform)
+    phone = Device(name="phone", profile="android-phone",
+                   transport={"type": "ssh", "host": "10.0.0.8", "install": "on-device"})
+    with pytest.raises(TransportError, match="engine: ssh"):
+        ansible.bootstrap_vars(DeviceContext(phone), {"llamacpp"}, houses, None, (PHONE, ""))
