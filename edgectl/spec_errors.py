@@ -266,6 +266,8 @@ def _value_error_hint(msg: str) -> str | None:
         return "add 'devices: [name, ...]' or 'labels: {key: value}' under selector"
     if "duplicate device name" in msg:
         return "give every device of the fleet its own name"
+    if "from_source" in msg:
+        return "add install: on-device to this device's transport, or delete from_source"
     if "source" in msg:
         return "see docs/manifest-reference.md, Model: spec.sources"
     if "not a quant type edgectl builds" in msg:

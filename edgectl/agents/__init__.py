@@ -9,6 +9,9 @@
     edgectl.transport      pipes: run an argv, put a file, reach the agent's port (local, ssh, docker, fake)
     lifecycle.AgentLink    one lifecycle: there? ours? version? pinned? install, start, wait, replace, stop
     install_*.py           one installer per target, registered in INSTALLERS by transport kind
+    platform, wheelhouse   a target's platform facts; its wheelhouse built here (downloaded, cross-built), cached
+    ondevice               transport.install: on-device: a source house pushed, the device's pip compiles it
+    service_units          launchd plist (macOS) and termux-services scripts (Android), where there is no systemd
 """
 
 from __future__ import annotations

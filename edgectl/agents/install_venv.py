@@ -26,11 +26,14 @@ from typing import Iterable
 from edgectl_agent import __version__ as AGENT_VERSION
 from edgectl_agent.runtimes.catalog import RUNTIME_EXTRAS, RUNTIME_PACKAGES
 
+from edgectl.agents import ondevice, service_units
 from edgectl.agents.installer import VERIFY_KEY_FILE, Installer, pin_verify_key, pinned_path_argv
-from edgectl.agents.platform import PLATFORM_SCRIPT, PlatformProbeError, TargetPlatform, parse_platform
+from edgectl.agents.platform import (PLATFORM_SCRIPT, UNAME_SCRIPT, PlatformProbeError, TargetPlatform, parse_platform,
+                                     parse_uname)
 from edgectl.agents.wheelhouse import (  # noqa: F401 (re-exported: the Ansible engine and tests use them from here)
     agent_source, build_wheelhouse, installed_constraints, requirement, wheel_argv, wheelhouse_dir)
 from edgectl.errors import EdgectlError, TransportError
+from edgectl.progress import StageProgress
 from edgectl.transport.ssh import SshTransport, remote_path
 
 # Agent runtime -> the edgectl-agent extra that installs its library (None: nothing beyond the agent itself).
@@ -41,7 +44,8 @@ USER_UNIT_DIR = ".config/systemd/user"  # under the SSH user's home
 # and for that user ("running"/"degraded" = usable; empty when systemctl is missing).
 SERVICE_PROBE_SCRIPT = ('echo "uid=$(id -u)"; echo "user=$(id -un)"; '
                         'echo "system=$(systemctl is-system-running 2>/dev/null)"; '
-                        'echo "session=$(systemctl --user is-system-running 2>/dev/null)"')
+                        'echo "session=$(systemctl --user is-system-running 2>/dev/null)"; '
+                        'echo "kernel=$(uname -s)"; echo "os=$(uname -o 2>/dev/null)"; echo "prefix=$PREFIX"')
 USABLE_SYSTEMD = ("running", "degraded")
 INSTALL_TIMEOUT_S = 900.0
 # apply bootstraps devices in parallel: one install at a time into a venv that several devices share (transport.venv)
@@ -63,11 +67,6 @@ ALIVE_SCRIPT = 'kill -0 "$(cat "$1" 2>/dev/null)" 2>/dev/null'
 STOP_SCRIPT = ('pid=$(cat "$1" 2>/dev/null) || exit 0; kill "$pid" 2>/dev/null || exit 0; i=0; '
                'while kill -0 "$pid" 2>/dev/null && [ $i -lt 100 ]; do sleep 0.1; i=$((i+1)); done; '
                'kill -9 "$pid" 2>/dev/null; rm -f "$1"')
-# The Ansible engine's check that a device can take this machine's wheelhouse (it pushes only the local one):
-# "major.minor machine", compared with this machine's. The SSH installer reads the full platform instead
-# (edgectl.agents.platform.PLATFORM_SCRIPT) and builds a wheelhouse for it.
-SAME_PLATFORM_SCRIPT = ("import sys, platform; "
-                        "print(f'{sys.version_info[0]}.{sys.version_info[1]} {platform.machine()}')")
 INSTALLED_SCRIPT = ("import sys, importlib.metadata as m\n"
                     "print(m.version('edgectl-agent'))\n"
                     "for d in sys.argv[1:]: m.version(d)\n")
@@ -213,19 +212,39 @@ class ServiceProbe:
     user: str
     system: str  # `systemctl is-system-running` ("" without systemctl)
     session: str  # the same for the SSH user's own systemd
+    kernel: str = ""  # uname -s: Linux, Darwin
+    os: str = ""  # GNU uname -o: GNU/Linux, Android (Termux); "" on macOS
+    prefix: str = ""  # $PREFIX: Termux's /data/data/com.termux/files/usr
+
+    @property
+    def manager(self) -> str | None:
+        """The service manager of an OS without systemd that edgectl supports: launchd (macOS), termux-services."""
+        if self.kernel == "Darwin":
+            return "launchd"
+        if self.os == "Android" and self.prefix:
+            return "termux"
+        return None
 
 
 def parse_service_probe(text: str) -> ServiceProbe:
     fields = dict(line.split("=", 1) for line in text.splitlines() if "=" in line)
     uid = fields.get("uid", "").strip()
     return ServiceProbe(uid=int(uid) if uid.isdigit() else None, user=fields.get("user", "").strip(),
-                        system=fields.get("system", "").strip(), session=fields.get("session", "").strip())
+                        system=fields.get("system", "").strip(), session=fields.get("session", "").strip(),
+                        kernel=fields.get("kernel", "").strip(), os=fields.get("os", "").strip(),
+                        prefix=fields.get("prefix", "").strip())
 
 
 def service_mode(requested: str, probe: ServiceProbe, *, device: str) -> str:
     """'system', 'user' or 'none' (a detached process) for transport.service ``requested`` on this device.
     'auto': a system unit when the SSH user is root and the device runs systemd, else a user unit when the user's
     systemd runs, else detached. An explicit choice the device cannot honour is an error, never a silent fallback."""
+    if probe.manager is not None and requested != "none":  # macOS, Termux: no systemd, their own manager
+        if requested != "auto":
+            raise TransportError(f"device '{device}': transport.service is '{requested}', but the device runs "
+                                 f"{'macOS' if probe.manager == 'launchd' else 'Android (Termux)'}, which has no "
+                                 "systemd", hint=f"use service: auto (a {probe.manager} service) or service: none")
+        return probe.manager
     root = probe.uid == 0
     system_ok = probe.system in USABLE_SYSTEMD
     user_ok = probe.session in USABLE_SYSTEMD
@@ -276,6 +295,7 @@ class VenvInstaller(Installer):
         super().__init__(transport, verify_key=verify_key)
         self.service_mode: str | None = None  # transport.service as resolved on the device
         self.service_user = ""
+        self.service_prefix = ""  # Termux's $PREFIX
         self._pinned: str | None = None
         self._token_error = ""
 
@@ -311,7 +331,7 @@ class VenvInstaller(Installer):
         layout = self.layout
         self.transport.check(["mkdir", "-p", layout.root], what="creating the agent's folders")
         self._pinned = pin_verify_key(self.transport, layout.verify_key, self.verify_key)
-        ensure_installed(self.transport, layout, runtimes, sign=self._pinned is not None)
+        ensure_installed(self.transport, layout, runtimes, sign=self._pinned is not None, progress=self.progress)
 
     def start(self) -> None:
         """Start the agent as transport.service says: a systemd unit (enabled, so it starts at boot; linger for a
@@ -323,6 +343,8 @@ class VenvInstaller(Installer):
         if mode == "none":
             t.check(start_argv(layout, t.port, verify_key_file=self._pinned), what="starting the agent")
             return
+        if mode in ("launchd", "termux"):
+            return self._start_service(mode)
         if mode == "user" and t.run(linger_query_argv(self.service_user)).stdout.strip() != "yes":
             t.check(linger_argv(self.service_user), what=f"enabling linger for '{self.service_user}' (so the agent's "
                     "user unit starts at boot; an admin can run `loginctl enable-linger USER`, or use "
@@ -336,14 +358,50 @@ class VenvInstaller(Installer):
         t.check(systemctl_argv(mode, "daemon-reload"), what="reloading systemd")
         t.check(systemctl_argv(mode, "enable", "--now", UNIT_NAME), what="starting the agent unit")
 
+    def _start_service(self, mode: str) -> None:
+        """macOS: a launchd agent of the SSH user; Termux: a termux-services (runit) service."""
+        import tempfile
+
+        t, layout = self.transport, self.layout
+        argv = service_units.agent_argv(layout.python, layout.root, t.port, serve_options(self._pinned))
+        with tempfile.TemporaryDirectory() as tmp:
+            if mode == "launchd":
+                plist = service_units.launchd_plist(argv, workdir=layout.base, log=layout.log)
+                service_units.check_launchd_plist(plist)
+                path = service_units.launchd_plist_path(t.home)
+                (Path(tmp) / "agent.plist").write_bytes(plist)
+                t.check(["mkdir", "-p", posixpath.dirname(path)], what="creating ~/Library/LaunchAgents")
+                t.put_file(Path(tmp) / "agent.plist", path)
+                t.check(service_units.launchd_start_argv(path), what="loading the agent's launchd plist")
+                return
+            folder = service_units.termux_service_dir(self.service_prefix)
+            (Path(tmp) / "run").write_text(service_units.termux_run_script(self.service_prefix, argv))
+            (Path(tmp) / "log-run").write_text(service_units.termux_log_run_script(self.service_prefix))
+            t.check(["mkdir", "-p", posixpath.join(folder, "log")], what="creating the termux-services folder")
+            t.put_file(Path(tmp) / "run", posixpath.join(folder, "run"))
+            t.put_file(Path(tmp) / "log-run", posixpath.join(folder, "log", "run"))
+            t.check(["chmod", "755", posixpath.join(folder, "run"), posixpath.join(folder, "log", "run")],
+                    what="making the service's run scripts executable")
+        t.check(service_units.termux_enable_argv(), what="enabling the agent's termux-services service (needs "
+                "`pkg install termux-services` and one restart of Termux)")
+
     def running(self) -> bool:
         mode = self.resolve_service()
+        if mode == "launchd":
+            return self.transport.run(service_units.launchd_running_argv()).returncode == 0
+        if mode == "termux":
+            return self.transport.run(service_units.termux_running_argv()).returncode == 0
         if mode != "none":
             return self.transport.run(systemctl_argv(mode, "is-active", "--quiet", UNIT_NAME)).returncode == 0
         return self.transport.run(["sh", "-c", ALIVE_SCRIPT, "edgectl-agent-alive", self.layout.pid]).returncode == 0
 
     def stop(self) -> bool:
         mode = self.resolve_service()
+        if mode in ("launchd", "termux"):
+            was = self.running()
+            self.transport.run(service_units.launchd_stop_argv() if mode == "launchd"
+                               else service_units.termux_stop_argv(), timeout=30)
+            return was
         if mode != "none":
             return self.transport.run(systemctl_argv(mode, "stop", UNIT_NAME)).returncode == 0
         was = self.running()
@@ -361,37 +419,51 @@ class VenvInstaller(Installer):
             probe = parse_service_probe(self.transport.check(["sh", "-c", SERVICE_PROBE_SCRIPT],
                                                              what="probing for systemd"))
             self.service_mode = service_mode(self.spec.service, probe, device=self.name)
-            self.service_user = probe.user
+            self.service_user, self.service_prefix = probe.user, probe.prefix
         return self.service_mode
 
 
-def ensure_installed(t: SshTransport, layout: RemoteLayout, runtimes: Iterable[str], *, sign: bool = False) -> None:
+def ensure_installed(t: SshTransport, layout: RemoteLayout, runtimes: Iterable[str], *, sign: bool = False,
+                     progress: StageProgress | None = None) -> None:
     """Install edgectl-agent (this version) with the extras for ``runtimes`` (and ``sign``: the one that verifies
     signatures) into the device's venv, unless the venv already has them."""
     if not t.spec.venv:
-        return _ensure_installed(t, layout, runtimes, sign)
+        return _ensure_installed(t, layout, runtimes, sign, progress)
     with _VENV_LOCKS_LOCK:
         lock = _VENV_LOCKS.setdefault(layout.venv, threading.Lock())
     with lock:  # the first device installs, the others find it done
-        return _ensure_installed(t, layout, runtimes, sign)
+        return _ensure_installed(t, layout, runtimes, sign, progress)
 
 
 def probe_platform(t: SshTransport) -> TargetPlatform:
     """The device's platform (OS, architecture, libc, Python), read with its transport.python before anything is
     built for it."""
+    return read_platform(t)[0]
+
+
+def read_platform(t: SshTransport) -> tuple[TargetPlatform, str]:
+    """The device's platform and the probe's output it was read from (the Ansible engine's playbook checks the
+    device still prints that before it installs)."""
     python = t.spec.python
     found = t.run([python, "-c", PLATFORM_SCRIPT])
     if found.returncode != 0:
-        raise TransportError(f"device '{t.name}': cannot run {python} there: {(found.stderr or found.stdout).strip()}",
-                             hint="install Python 3.11+ with venv on the device, or set transport.python to it")
+        os_name, arch = parse_uname(t.run(["sh", "-c", UNAME_SCRIPT]).stdout)
+        how = {"android": "in Termux: `pkg install python` (and, to build the agent there, `pkg install clang "
+                          "cmake ninja rust termux-services`)",
+               "darwin": "on the Mac: `xcode-select --install` (it brings python3) or Python from python.org"
+               }.get(os_name, "with the device's package manager (Debian: apt-get install python3 python3-venv)")
+        raise TransportError(f"device '{t.name}' ({os_name or '?'}/{arch or '?'}): cannot run {python} there: "
+                             f"{(found.stderr or found.stdout).strip()}",
+                             hint=f"install Python 3.11+ with venv {how}, or set transport.python to it")
     try:
-        return parse_platform(found.stdout)
+        return parse_platform(found.stdout), found.stdout.strip()
     except PlatformProbeError as e:
         raise TransportError(f"device '{t.name}': {python} did not say which platform it runs on: {e}",
                              hint="set transport.python to a CPython 3 interpreter on the device") from e
 
 
-def _ensure_installed(t: SshTransport, layout: RemoteLayout, runtimes: Iterable[str], sign: bool) -> None:
+def _ensure_installed(t: SshTransport, layout: RemoteLayout, runtimes: Iterable[str], sign: bool,
+                      progress: StageProgress | None) -> None:
     runtimes = sorted(set(runtimes))
     extras = sorted(set(extras_for(runtimes)) | ({SIGN_EXTRA} if sign else set()))
     have = t.run(installed_argv(layout, runtimes, sign=sign))
@@ -399,7 +471,13 @@ def _ensure_installed(t: SshTransport, layout: RemoteLayout, runtimes: Iterable[
         return
     python = t.spec.python
     target = probe_platform(t)
-    house = build_wheelhouse(extras, target)
+    if t.spec.install == "on-device":  # the device compiles what has no binary for it (edgectl.agents.ondevice)
+        ondevice.install_on_device(t, target, python=python, venv_python=layout.python,
+                                   venv_argv=venv_argv(python, layout), wheels=layout.wheels, extras=extras,
+                                   progress=progress)
+        t.check(reinstall_argv(layout), what="installing the edgectl-agent wheel", timeout=INSTALL_TIMEOUT_S)
+        return
+    house = build_wheelhouse(extras, target, progress)
     t.check(["mkdir", "-p", layout.wheels, layout.root], what="creating the agent's folders")
     present = dict(line.rsplit(" ", 1) for line in t.check([python, "-c", LIST_SCRIPT, layout.wheels]).splitlines()
                    if " " in line)

@@ -15,6 +15,7 @@ from typing import ClassVar, Iterable
 
 from edgectl.errors import EdgectlError
 from edgectl.paths import VERIFY_KEY_FILE
+from edgectl.progress import StageProgress
 from edgectl.transport.base import Transport
 
 # prints "yes" when the verify key file exists (the agent root is pinned), nothing otherwise
@@ -33,6 +34,8 @@ class Installer(ABC):
     def __init__(self, transport: Transport, *, verify_key: bytes | None = None) -> None:
         self.transport = transport
         self.verify_key = verify_key
+        # long work of an install (a cross-build, pushing and building sources on the device) reports here
+        self.progress: StageProgress | None = None
 
     @property
     def name(self) -> str:

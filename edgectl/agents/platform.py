@@ -27,7 +27,11 @@ PLATFORM_SCRIPT = (
     "print('libc=' + libc)\n"
     "print('libc_version=' + ver)\n"
     "print('python=%d.%d' % sys.version_info[:2])\n"
-    "print('implementation=' + sys.implementation.name)\n")
+    "print('implementation=' + sys.implementation.name)\n"
+    "print('os_version=' + (platform.mac_ver()[0] if sys.platform == 'darwin' else ''))\n")
+# Where the device has no Python yet (a fresh Termux or Mac): the kernel's name, the machine and (GNU uname) the OS,
+# enough to say what to install there. BSD uname (macOS) has no -o.
+UNAME_SCRIPT = "uname -s; uname -m; uname -o 2>/dev/null || true"
 
 # Architecture names as each OS spells them -> one name (the one wheel tags use on Linux).
 ARCH_ALIASES = {"arm64": "aarch64", "aarch64": "aarch64", "amd64": "x86_64", "x86_64": "x86_64",
@@ -51,6 +55,7 @@ class TargetPlatform:
     libc_version: str  # "2.36" for glibc; "" when unknown
     python: str  # "3.11"
     implementation: str = "cpython"
+    os_version: str = ""  # macOS: "14.5" (which macosx wheel tags fit); "" elsewhere
 
     @property
     def python_nodot(self) -> str:
@@ -105,10 +110,25 @@ def parse_platform(text: str) -> TargetPlatform:
         raise PlatformProbeError(f"the platform probe printed no {', '.join(missing)}: {text.strip()[:200]!r}")
     os_name = fields["os"].strip()
     libc = fields.get("libc", "").strip()
+    if os_name == "android":  # CPython 3.13+ built for Android says so itself; Termux's says linux (libc: bionic)
+        libc = "bionic"
     return TargetPlatform(os="android" if libc == "bionic" else os_name, arch=normalise_arch(fields["machine"]),
                           libc=libc, libc_version=fields.get("libc_version", "").strip(),
                           python=fields["python"].strip(),
-                          implementation=fields.get("implementation", "cpython").strip() or "cpython")
+                          implementation=fields.get("implementation", "cpython").strip() or "cpython",
+                          os_version=fields.get("os_version", "").strip())
+
+
+def parse_uname(text: str) -> tuple[str, str]:
+    """:data:`UNAME_SCRIPT`'s output -> (os, arch) in the probe's spelling: ``android`` (GNU uname -o says
+    Android), ``darwin``, ``linux``; the architecture normalised. Pure."""
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    kernel = lines[0].lower() if lines else ""
+    arch = normalise_arch(lines[1]) if len(lines) > 1 else ""
+    system = lines[2].lower() if len(lines) > 2 else ""
+    if system == "android":
+        return "android", arch
+    return ("darwin" if kernel == "darwin" else kernel), arch
 
 
 def local_platform() -> TargetPlatform:

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import shlex
 import sys
 import tempfile
@@ -29,7 +28,9 @@ from typing import Any
 from edgectl_agent import __version__ as AGENT_VERSION
 
 from edgectl.builders import ArtifactStore
+from edgectl.agents.platform import PLATFORM_SCRIPT, TargetPlatform
 from edgectl.errors import EdgectlError, TransportError, require_module
+from edgectl.progress import StageProgress
 from edgectl.plan import DevicePlan
 from edgectl.runs import RunRecord
 from edgectl.signing import signed
@@ -224,7 +225,7 @@ def rollout(spec: Spec, name: str, targets: list[DevicePlan], contexts: dict[str
     for dp in reachable:
         try:
             hosts[dp.device] = host_vars(spec, dp, name, contexts[dp.device], store, artifacts, results[dp.device],
-                                         houses)
+                                         houses, stage_progress(events, dp.device))
         except EdgectlError as e:
             results[dp.device].error = str(e)
     order = waves(rules, [d for d in (dp.device for dp in reachable) if d in hosts])
@@ -271,7 +272,8 @@ def never_reached(device: str, outcome: RunOutcome) -> str:
 
 
 def host_vars(spec: Spec, dp: DevicePlan, name: str, ctx: DeviceContext, store: ArtifactStore,
-              artifacts: Artifacts, res: DeviceResult, houses: dict[tuple[str, ...], Path]) -> dict:
+              artifacts: Artifacts, res: DeviceResult, houses: dict[tuple[str, ...], Path],
+              progress: StageProgress | None = None) -> dict:
     """The host variables the playbook needs for ``name`` on this device: connection, artifact blobs, the desired
     deployment, the health gate, what to roll back to, and (when no agent answered) the bootstrap variables."""
     from edgectl.transport.ssh_trust import known_hosts_files
@@ -292,29 +294,62 @@ def host_vars(spec: Spec, dp: DevicePlan, name: str, ctx: DeviceContext, store: 
         "edgectl_bootstrap": ctx.client is None,
     })
     if ctx.client is None:
-        out.update(bootstrap_vars(ctx, {d.chosen.runtime for d in dp.deployments if d.chosen is not None}, houses))
+        out.update(bootstrap_vars(ctx, {d.chosen.runtime for d in dp.deployments if d.chosen is not None}, houses,
+                                  progress, read_device_platform(ctx)))
     return out
 
 
-def bootstrap_vars(ctx: DeviceContext, runtimes: Iterable[str], houses: dict[tuple[str, ...], Path]) -> dict:
-    """The host variables that install (from edgectl's wheelhouse) and start an agent able to run ``runtimes``,
+def read_device_platform(ctx: DeviceContext) -> tuple[TargetPlatform, str]:
+    """The device's platform and the probe output it was read from, over SSH as the SSH engine reads it (before its
+    wheelhouse is built)."""
+    from edgectl.agents.install_venv import read_platform
+    from edgectl.transport.ssh import SshTransport
+
+    ssh = SshTransport(ctx.device)
+    try:
+        return read_platform(ssh)
+    finally:
+        ssh.close()
+
+
+def local_platform_text() -> str:
+    """What the platform probe prints for this machine's Python (a device like this one takes its wheelhouse)."""
+    import subprocess
+
+    return subprocess.run([sys.executable, "-c", PLATFORM_SCRIPT], capture_output=True, text=True,
+                          check=True).stdout.strip()
+
+
+def bootstrap_vars(ctx: DeviceContext, runtimes: Iterable[str], houses: dict[tuple[str, ...], Path],
+                   progress: StageProgress | None = None,
+                   platform: tuple[TargetPlatform, str] | None = None) -> dict:
+    """The host variables that install (from edgectl's wheelhouse for the device's ``platform``, as
+    :func:`read_device_platform` returns it; None: this machine's) and start an agent able to run ``runtimes``,
     pinned to the fleet's verify key when it signs (written only where the device has none yet, as edgectl's SSH
     bootstrap does: trust on first use, a pinned key is never replaced), and pinned still where it has one."""
     from edgectl.agents import install_venv as bootstrap
 
     t = ctx.device.transport
+    if t.install == "on-device":
+        raise TransportError(f"device '{ctx.device.name}': transport.install is 'on-device', which the Ansible "
+                             "engine does not do (its playbook installs from a wheelhouse built here)",
+                             hint="use engine: ssh for this device (`edgectl apply --engine ssh`), or install: "
+                                  "wheelhouse where edgectl can build wheels for its platform")
     layout = bootstrap.RemoteLayout(t.agent_dir, t.venv)
     runtimes = sorted(set(runtimes))
     sign = ctx.signer is not None
     extras = sorted(set(bootstrap.extras_for(runtimes)) | ({bootstrap.SIGN_EXTRA} if sign else set()))
-    if tuple(extras) not in houses:
-        houses[tuple(extras)] = bootstrap.build_wheelhouse(extras)
-    house = houses[tuple(extras)]
+    target, probe_text = platform if platform is not None else (None, local_platform_text())
+    key = (*extras, target.tag if target else "local")
+    if key not in houses:
+        houses[key] = (bootstrap.build_wheelhouse(extras, target, progress) if target is not None
+                       else bootstrap.build_wheelhouse(extras))
+    house = houses[key]
     return {
         "edgectl_agent_version": AGENT_VERSION,
         "edgectl_venv": layout.venv,
-        "edgectl_platform": f"{sys.version_info[0]}.{sys.version_info[1]} {platform.machine()}",
-        "edgectl_platform_script": bootstrap.SAME_PLATFORM_SCRIPT,
+        "edgectl_platform": probe_text,
+        "edgectl_platform_script": PLATFORM_SCRIPT,
         "edgectl_wheels": [str(w) for w in sorted(house.glob("*.whl"))],
         "edgectl_installed_argv": bootstrap.installed_argv(layout, runtimes, sign=sign),
         "edgectl_venv_argv": bootstrap.venv_argv(t.python, layout),
@@ -341,7 +376,8 @@ def bootstrap(names: list[str], runtimes: dict[str, set[str]], contexts: dict[st
         ctx = contexts[n]
         try:
             hosts[n] = {**host_connection(ctx.device, known_hosts_files()),
-                        **bootstrap_vars(ctx, runtimes.get(n, set()), houses),
+                        **bootstrap_vars(ctx, runtimes.get(n, set()), houses, stage_progress(events, n),
+                                         read_device_platform(ctx)),
                         "edgectl_bootstrap": True, "edgectl_bootstrap_only": True, "edgectl_rollback": None,
                         "edgectl_allowed_failures": len(names)}
         except EdgectlError as e:
@@ -356,6 +392,11 @@ def bootstrap(names: list[str], runtimes: dict[str, set[str]], contexts: dict[st
         if ho.error or not ho.started:
             contexts[d].error = ho.error or never_reached(d, outcome)
     return {d: ho.actions for d, ho in outcome.hosts.items()}
+
+
+def stage_progress(events: Events, device: str) -> StageProgress:
+    """A long step of ``device``'s bootstrap (a cross-build of its wheelhouse) as apply's progress."""
+    return lambda stage, done, total: events.progress(f"{device}:{stage}", f"{device}: {stage}", done, total)
 
 
 def progress_reporter(events: Events) -> Callable[[dict[str, Any]], None]:

@@ -45,8 +45,8 @@ def select_devices(spec: Spec, names: Iterable[str] | None) -> list[Device]:
 
 
 def observe(devices: Iterable[Device], *, start_agents: bool, runtimes: dict[str, set[str]] | None = None,
-            parallel: int = OBSERVE_PARALLEL, signers: dict[str, Signer | None] | None = None
-            ) -> dict[str, DeviceContext]:
+            parallel: int = OBSERVE_PARALLEL, signers: dict[str, Signer | None] | None = None,
+            events=None) -> dict[str, DeviceContext]:
     """Reach each device's agent (starting it only if asked, able to run ``runtimes[device]``) and read its facts
     and state; ``parallel`` devices at a time (a fleet's SSH handshakes and agent starts overlap). ``signers``:
     per device, its fleet's signing key (an agent started now is pinned to its public key). A device that cannot
@@ -59,6 +59,10 @@ def observe(devices: Iterable[Device], *, start_agents: bool, runtimes: dict[str
         ctx = DeviceContext(device, signer=(signers or {}).get(device.name))
         try:
             ctx.transport = connect(device, verify_key=ctx.signer.public_pem if ctx.signer else None)
+            if events is not None:  # an install's long work (cross-builds, builds on the device) shows its progress
+                ctx.transport.installer.progress = (
+                    lambda stage, done, total, _n=device.name: events.progress(f"{_n}:{stage}", f"{_n}: {stage}", done,
+                                                                          total))
             ctx.client = ctx.transport.agent(start=start_agents, runtimes=(runtimes or {}).get(device.name, ()))
             if ctx.client is not None:
                 ctx.facts = ctx.client.facts()

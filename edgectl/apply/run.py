@@ -144,7 +144,7 @@ def _start_agents(spec: Spec, p: Plan, contexts: dict[str, DeviceContext], unobs
                                 start_agents=False, parallel=parallel, signers=signers))
     if restarted:
         contexts.update(observe([contexts[n].device for n in restarted], start_agents=True, runtimes=needed,
-                                parallel=parallel, signers=signers))
+                                parallel=parallel, signers=signers, events=events))
     return waiting, boot_actions
 
 

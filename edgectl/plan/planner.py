@@ -22,7 +22,7 @@ from dataclasses import replace
 
 from edgectl_agent.api import AgentState, DeploymentState, Facts
 
-from edgectl.plan.platforms import device_platform, runtimes_with_builds
+from edgectl.plan.platforms import device_platform, install_refusal, installs_on_device, runtimes_with_builds
 from edgectl.plan.profiles import (AUTO_RUNTIME_ORDER, auto_name, disk_budget, openvino_device, profile_from_facts,
                                    ram_budget, resolve_profile, unified_gpu, usable_runtimes, vram_budget)
 from edgectl.plan.result import (Candidate, DeploymentPlan, DevicePlan, Plan, Rejected, Step, gib, recipe_id,
@@ -82,7 +82,8 @@ def plan_device(spec: Spec, device: Device, facts: Facts | None, observed: Agent
     # deployments get the same plan, computed once (a 10,000-device fleet has a handful of distinct ones).
     alike = None
     if memo is not None and facts is None and observed is None:
-        alike = ("device", device.profile, device.overrides, tuple(wanted))
+        alike = ("device", device.profile, device.overrides, tuple(wanted), device.transport.type,
+                 installs_on_device(device))
         if alike in memo:
             return _copy_for(memo[alike], device.name)
     dp = _plan_device(spec, device, facts, observed, built, available, wanted, memo)
@@ -117,8 +118,14 @@ def _plan_device(spec: Spec, device: Device, facts: Facts | None, observed: Agen
                     "ok", budget_bytes=budget, threads=profile.default_threads, warnings=warnings)
     platform = device_platform(profile, facts)
     dp.platform = str(platform)
+    refusal = install_refusal(device, platform) if facts is None else None
+    if refusal is not None:  # an agent edgectl cannot install there: refused before anything is built or pushed
+        dp.status, dp.hint = "unfit", refusal[1]
+        dp.warnings = [*dp.warnings, refusal[0]]  # not append: the list may be shared with other devices
+        return dp
     no_build: list[str] = []  # the profile's runtimes with no build for the device's platform (plan/platforms.py)
-    runtimes = runtimes_with_builds(usable_runtimes(profile, facts, dp.warnings), platform, facts, no_build)
+    runtimes = runtimes_with_builds(usable_runtimes(profile, facts, dp.warnings), platform, facts, no_build,
+                                    on_device=installs_on_device(device))
     dp.warnings += no_build
     target = Target(runtimes=runtimes, budget=budget, disk=disk_budget(profile, facts),
                     vram=vram_budget(profile, facts, dp.warnings), prefer=dict(profile.quant_preference),

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from edgectl_agent.api import Facts
 from edgectl_agent.runtimes import catalog
 
-from edgectl.spec import ProfileSpec
+from edgectl.spec import Device, ProfileSpec
 
 _OS_NAMES = {"linux": "linux", "darwin": "darwin", "windows": "win32", "android": "android"}
 _ARCH_ALIASES = {"arm64": "aarch64", "amd64": "x86_64", "x64": "x86_64"}
@@ -37,10 +37,29 @@ class DevicePlatform:
         return f"{where}, {extra}" if extra else where
 
 
+# OSes whose devices get the agent only by building it there (transport.install: on-device): the package index has
+# no wheels for Android's bionic libc, and edgectl cross-builds for Linux only. os -> (what it is, what to install
+# on the device and how). edgectl.agents.ondevice names the same tools when a build on the device fails.
+ON_DEVICE_ONLY = {
+    "android": ("Android (Termux, bionic libc)",
+                "in Termux on the phone: `pkg install python clang cmake ninja rust termux-services` "
+                "(rust builds pydantic-core; restart Termux once after installing termux-services)"),
+    "darwin": ("macOS",
+               "on the Mac: `xcode-select --install` (Apple's compiler and Python headers) and "
+               "`brew install cmake ninja`"),
+}
+# Runtime libraries whose source distribution a device builds offline with a C/C++ compiler and CMake: with
+# transport.install: on-device they run on any platform (llama.cpp builds with Metal on macOS, NEON on phones).
+SOURCE_BUILDABLE = ("llama-cpp-python",)
+# What a Linux device needs to build on itself (transport.install: on-device).
+LINUX_BUILD_TOOLS = ("on the device: `apt-get install build-essential cmake ninja-build python3-dev python3-venv` "
+                     "(Debian/Ubuntu)")
+
+
 def device_platform(profile: ProfileSpec, facts: Facts | None) -> DevicePlatform:
-    """From the agent's facts where observed, else from the profile's architecture."""
+    """From the agent's facts where observed, else from the profile's OS (android, darwin) and architecture."""
     if facts is None:
-        return DevicePlatform(arch=profile.arch)
+        return DevicePlatform(arch=profile.arch, os=getattr(profile, "os", None) if getattr(profile, "os", None) in ON_DEVICE_ONLY else None)
     arch = _ARCH_ALIASES.get(facts.arch.lower(), facts.arch.lower())
     os_name = _OS_NAMES.get(facts.os.split()[0].lower() if facts.os else "", None)
     if facts.libc == "bionic":
@@ -50,11 +69,30 @@ def device_platform(profile: ProfileSpec, facts: Facts | None) -> DevicePlatform
     return DevicePlatform(arch=arch, os=os_name, libc_version=facts.libc_version, python=facts.python)
 
 
-def has_build(runtime: str, platform: DevicePlatform) -> bool:
+def installs_on_device(device: Device) -> bool:
+    return device.transport.type == "ssh" and device.transport.install == "on-device"
+
+
+def install_refusal(device: Device, platform: DevicePlatform) -> tuple[str, str] | None:
+    """(why, the fix) when edgectl cannot install an agent on ``device`` the way its Fleet entry says: an Android or
+    macOS device reached over SSH without transport.install: on-device. None: it can (or edgectl does not install
+    there: its agent is found running, or it pulls)."""
+    if platform.os not in ON_DEVICE_ONLY or device.transport.type != "ssh" or installs_on_device(device):
+        return None
+    what, tools = ON_DEVICE_ONLY[platform.os]
+    return (f"the device runs {what}: the package index has no wheels edgectl could push there for "
+            "the agent and its runtimes, and edgectl cross-builds only for Linux, so nothing is installed",
+            f"build it on the device: install {tools}; then set `install: on-device` in the device's transport "
+            "(Fleet) and apply again")
+
+
+def has_build(runtime: str, platform: DevicePlatform, *, on_device: bool = False) -> bool:
     """Whether the catalog lists a build of ``runtime`` for ``platform`` (on its architecture alone when the OS is
-    not known yet)."""
+    not known yet). ``on_device``: the device builds what ships only as source (llama-cpp-python) itself."""
     wanted = catalog.entry(runtime).platforms
     if wanted is None:
+        return True
+    if on_device and catalog.entry(runtime).package in SOURCE_BUILDABLE:
         return True
     if platform.os is None:
         return any(p.split("/", 1)[1] == platform.arch for p in wanted)
@@ -68,13 +106,14 @@ def missing_build(runtime: str, platform: DevicePlatform) -> str:
 
 
 def runtimes_with_builds(runtimes: list[str], platform: DevicePlatform, facts: Facts | None,
-                         notes: list[str]) -> list[str]:
+                         notes: list[str], *, on_device: bool = False) -> list[str]:
     """``runtimes`` (the profile's order) less those with no build for ``platform``; each dropped one adds a note.
-    Runtimes the agent reports installed stay: they run there."""
+    Runtimes the agent reports installed stay: they run there. ``on_device``: the device builds source-only
+    runtimes itself (transport.install: on-device)."""
     installed = facts.runtimes if facts is not None else {}
     kept = []
     for runtime in runtimes:
-        if runtime in installed or has_build(runtime, platform):
+        if runtime in installed or has_build(runtime, platform, on_device=on_device):
             kept.append(runtime)
         else:
             notes.append(missing_build(runtime, platform))

@@ -49,7 +49,29 @@ class SshTransport(Frozen):
                     "be root), 'user' = a systemd user unit with linger enabled (starts at boot without a login), "
                     "'none' = a detached process (not restarted at boot). 'auto' picks system when the SSH user is "
                     "root and systemd runs, else user when the user's systemd runs, else none. (The ansible engine's "
-                    "playbook always starts it detached.)")
+                    "playbook always starts it detached.) On macOS the agent always runs as a launchd agent and in "
+                    "Termux as a termux-services service (both need install: on-device).")
+    install: Literal["wheelhouse", "on-device"] = Field(
+        default="wheelhouse",
+        description="How the agent's packages reach the device: 'wheelhouse' = binary wheels for its platform, "
+                    "downloaded or cross-built on this machine (no compiler on the device); 'on-device' = "
+                    "this machine pushes a source distribution of every package that has no binary for the "
+                    "device's platform (and of those in from_source) with the build tools they declare, and the "
+                    "device compiles them with its own compiler (pip --no-index). Needed for Android (Termux) and "
+                    "macOS devices. The device needs a C/C++ compiler, CMake, ninja and Python's headers (Termux: "
+                    "`pkg install python clang cmake ninja`; macOS: `xcode-select --install` and `brew install "
+                    "cmake ninja`).")
+    from_source: list[Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")]] = Field(
+        default_factory=list,
+        description="With install: on-device, distributions built on the device even where a binary wheel for "
+                    "its platform exists (e.g. llama-cpp-python or numpy tuned to the device's CPU).")
+
+    @model_validator(mode="after")
+    def _from_source_needs_on_device(self) -> SshTransport:
+        if self.from_source and self.install != "on-device":
+            raise ValueError("from_source lists packages to build on the device, which only install: on-device "
+                             "does: set install: on-device, or remove from_source")
+        return self
 
 
 # Docker engine addresses: the local socket, an engine over SSH, or TCP (TLS only: a plain TCP engine is root for all).

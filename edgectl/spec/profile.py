@@ -50,6 +50,11 @@ class Accelerator(Frozen):
 
 class ProfileSpec(Frozen):
     arch: Literal["x86_64", "aarch64", "armv7l"] = Field(description="CPU architecture as `uname -m` prints it.")
+    os: Literal["linux", "android", "darwin"] | None = Field(
+        default=None, description="The OS this profile's devices run where it decides how the agent is installed: "
+                                  "'android' (Termux: bionic libc, no wheels on the package index) or 'darwin' "
+                                  "(macOS: launchd, no systemd); both need the Fleet device's transport.install: "
+                                  "on-device. Omitted: Linux, or read from the device's agent.")
     cpu: Cpu = Field(description="The CPU.")
     memory_gb: float = Field(gt=0, description="Total RAM in GB of 2^30 bytes, as RAM is sold (unified memory on "
                                                "Apple Silicon and Jetson).")

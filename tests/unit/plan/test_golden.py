@@ -116,6 +116,8 @@ def test_golden(case_file: Path, tmp_path: Path) -> None:
             assert got.status == want["status"], f"{where}: status {got.status}, warnings {got.warnings}"
         if "profile" in want:
             assert got.profile.startswith(want["profile"]), where
+        if "hint" in want:
+            assert want["hint"] in (got.hint or ""), f"{where}: hint {got.hint!r}"
         deps = {d.deployment: d for d in got.deployments}
         for dep_name, choice in want.get("choices", {}).items():
             dp = deps[dep_name]
