@@ -350,7 +350,7 @@ def plan_deployment(dep: Deployment, model: Model, target: Target, built: dict[s
     best, fitting = choice
     preferred = _preferred(target, best.runtime, npu and best.runtime in OPENVINO_RUNTIMES)
     reason = ranking.why(best, budget, preferred, fitting,
-                  missing=ranking.missing_sources(model, available) if not best.buildable else "")
+                         missing=ranking.missing_sources(model, available) if not best.buildable else "")
     if dep.spec.speed is not None and best.speed is not None:
         reason += (f"; meets the deployment's speed ({best.speed.source} {best.speed.decode_tokens_per_s:.1f} "
                    f"tokens/s decode, "
