@@ -13,6 +13,7 @@ session fixture below); missing qemu-user-static/debootstrap/cross compilers fai
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -160,6 +161,17 @@ def test_apply_bootstraps_an_emulated_aarch64_device_and_serves(tmp_path, arm64_
         assert (device.root / AGENT_DIR / "agent.pid").read_text() == pid
         planned = edgectl("plan", str(mdir), env=env)
         assert "platform linux/aarch64, libc 2.36, Python 3.11" in planned.stdout, planned.stdout
+
+        # the device's service stops (a reboot would, too): apply starts the agent again, which reloads its
+        # deployment from its own state on the device -- nothing is pushed or activated again
+        os.kill(int(pid), signal.SIGTERM)
+        deadline = time.monotonic() + 60
+        while Path(f"/proc/{int(pid)}").exists() and time.monotonic() < deadline:
+            time.sleep(0.5)
+        restarted = edgectl("apply", str(mdir), env=env)
+        assert "activated tiny" not in restarted.stdout and "push" not in restarted.stdout, restarted.stdout
+        assert (device.root / AGENT_DIR / "agent.pid").read_text() != pid
+        assert "no changes" in edgectl("apply", str(mdir), env=env).stdout
         print(f"first apply to a fresh emulated device: {cold_s:.0f} s", file=sys.stderr)
     finally:
         device.close()

@@ -102,6 +102,24 @@ def test_one_apply_deploys_an_amd64_and_an_arm64_container_and_the_arm64_one_ans
     assert "no changes" in again.stdout, again.stdout + again.stderr
     assert {n: engine.docker("inspect", "-f", "{{.Id}}", f"edgectl-agent-{n}").stdout.strip()
             for n in ("amd", "arm")} == ids
+
+    # the device's service restarts (the container, as a reboot would): the agent comes back serving what it had,
+    # from its own state, and edgectl finds nothing to do
+    engine.docker("restart", "edgectl-agent-arm")
+    deadline = time.monotonic() + 300
+    while True:
+        try:
+            reply = client.chat.completions.create(model="tiny", messages=[{"role": "user", "content": "hi"}],
+                                                   max_tokens=8)
+            break
+        except Exception:  # noqa: BLE001 - connection refused / 503 while the emulated agent starts and reloads
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(2)
+    assert reply.usage.completion_tokens > 0
+    after_restart = edgectl("apply", str(mdir), env=env)
+    assert "no changes" in after_restart.stdout, after_restart.stdout + after_restart.stderr
+    assert engine.docker("inspect", "-f", "{{.Id}}", "edgectl-agent-arm").stdout.strip() == ids["arm"]
     print(f"\none apply to an amd64 and an arm64 container (both images built): {apply_s:.0f} s", file=sys.stderr)
 
 
