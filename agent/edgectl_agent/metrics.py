@@ -142,6 +142,8 @@ class LiveCollector:
         self.store_root = store_root
         self.backends: Callable[[], Iterable[tuple[str, str, bool]]] = lambda: ()
         self.queues: Callable[[], Iterable[RequestQueue]] = lambda: ()
+        # (deployment, Prometheus text) of runtimes that serve their own metrics (vllm serve's vllm:* series)
+        self.runtime_metrics: Callable[[], Iterable[tuple[str, str]]] = lambda: ()
         self._process = None
 
     def describe(self) -> list[Metric]:
@@ -159,6 +161,7 @@ class LiveCollector:
         yield up
         yield from self._queue_metrics({deployment for deployment, _, _ in backends})
         yield from self._process_metrics()
+        yield from self._scraped_runtime_metrics()
         if self.store_root is not None:
             try:
                 usage = shutil.disk_usage(self.store_root)
@@ -186,6 +189,22 @@ class LiveCollector:
                 waiting.add_metric([queue.deployment], queue.waiting)
                 rejected.add_metric([queue.deployment], queue.rejected)
         yield from (running, waiting, rejected)
+
+    def _scraped_runtime_metrics(self) -> Iterator[Metric]:
+        """A runtime server's own series (vLLM's vllm:*), each with the agent's ``deployment`` label added."""
+        from prometheus_client.parser import text_string_to_metric_families
+        from prometheus_client.samples import Sample
+
+        for deployment, text in self.runtime_metrics():
+            try:
+                families = list(text_string_to_metric_families(text))
+            except ValueError:
+                continue  # a half-written page: the next scrape reads a whole one
+            for family in families:
+                out = Metric(family.name, family.documentation, family.type, family.unit)
+                out.samples = [Sample(s.name, {**s.labels, "deployment": deployment}, s.value, s.timestamp,
+                                      s.exemplar) for s in family.samples]
+                yield out
 
     def _process_metrics(self) -> Iterator[Metric]:
         # psutil rather than prometheus_client's ProcessCollector: that one reads /proc, so it is empty on macOS.

@@ -328,7 +328,7 @@ class VllmModel(LoadedModel):
         if not self.server.ready.is_set():
             return ""
         try:
-            r = self._client.get("/metrics", timeout=2.0)
+            r = self._client.get("/metrics", timeout=1.0)
         except httpx.HTTPError:
             return ""
         return r.text if r.status_code == 200 else ""

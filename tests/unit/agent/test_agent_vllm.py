@@ -136,3 +136,20 @@ def test_server_that_exits_at_start_fails_the_load_with_its_output(tmp_path: Pat
     (tmp_path / "config.json").write_text("{}")
     with pytest.raises(RuntimeFailure, match="(?s)exited \\(3\\).*no CPU kernel"):
         vllm.VllmRuntime().load(tmp_path, desired())
+
+
+def test_scraped_runtime_metrics_join_the_agents_with_a_deployment_label() -> None:
+    from edgectl_agent.metrics import AgentMetrics
+
+    metrics = AgentMetrics()
+    page = ('# HELP vllm:num_requests_running Number of requests in model execution batches.\n'
+            '# TYPE vllm:num_requests_running gauge\n'
+            'vllm:num_requests_running{engine="0",model_name="chat"} 3.0\n'
+            '# HELP vllm:generation_tokens_total Number of generation tokens processed.\n'
+            '# TYPE vllm:generation_tokens_total counter\n'
+            'vllm:generation_tokens_total{engine="0",model_name="chat"} 42.0\n')
+    metrics.live.runtime_metrics = lambda: [("chat", page), ("broken", "not { a page")]
+    text = metrics.exposition().decode()
+    assert 'vllm:num_requests_running{deployment="chat",engine="0",model_name="chat"} 3.0' in text
+    assert 'vllm:generation_tokens_total{deployment="chat",engine="0",model_name="chat"} 42.0' in text
+    assert "edgectl_agent_build_info" in text  # the agent's own series are still there
