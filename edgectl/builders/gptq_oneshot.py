@@ -15,7 +15,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
+
+# Run as a script, its folder (edgectl/builders) would come first on sys.path, and its mlx.py / onnx.py would
+# shadow the libraries of those names that transformers probes for.
+if sys.path and os.path.abspath(sys.path[0]) == os.path.dirname(os.path.abspath(__file__)):
+    del sys.path[0]
 
 TOOLS = ("llmcompressor", "compressed-tensors", "transformers", "torch")
 MAX_CALIBRATION_TOKENS = 128  # per sample: the lines are short; GPTQ's Hessians need samples, not long ones

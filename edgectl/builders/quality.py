@@ -141,7 +141,7 @@ def measure_hf(source_dir: Path, artifact_dir: Path, *, threads: int = 1) -> Qua
     import subprocess
     import tempfile
 
-    from edgectl.builders.gptq import _venv_versions, logits_argv
+    from edgectl.builders.gptq import _venv_versions, logits_argv, worker_env
     from edgectl_agent.runtimes.vllm import venv_python
 
     python = venv_python()
@@ -153,7 +153,7 @@ def measure_hf(source_dir: Path, artifact_dir: Path, *, threads: int = 1) -> Qua
                                  threads=threads),
                      logits_argv(python, Path(artifact_dir), text, art, tokens=Path(str(src) + ".tokens.npy"),
                                  max_tokens=MAX_TOKENS, threads=threads)):
-            done = subprocess.run(argv, capture_output=True, text=True, timeout=1800)
+            done = subprocess.run(argv, capture_output=True, text=True, timeout=1800, env=worker_env())
             if done.returncode != 0:
                 raise RuntimeError(f"transformers could not evaluate {argv[3]}: {done.stderr.strip()[-800:]}")
         source_logits, artifact_logits = np.load(src), np.load(art)

