@@ -3,9 +3,13 @@ weights on the same tensor rules as the other formats."""
 
 from __future__ import annotations
 
-from edgectl.plan import estimate as est
+import sys
+
+import edgectl.plan.estimate  # noqa: F401  (the module; edgectl.plan.estimate is also a function's name)
 from edgectl.plan import formats
 from edgectl.spec.model import Architecture
+
+est = sys.modules["edgectl.plan.estimate"]
 
 SMOLLM2 = Architecture(family="llama", parameters=134_515_008, layers=30, hidden_size=576, attention_heads=9,
                        kv_heads=3, head_dim=64, vocab_size=49152, max_context=8192, tied_embeddings=True)
