@@ -149,7 +149,7 @@ def build(recipe: Recipe, model: Model, store: ArtifactStore, *, base_dir: Path 
             artifact = artifact.model_copy(update={"quality": quality})
             store.record(artifact)
     elif measure_quality and recipe.format == "gptq":  # transformers in the vLLM venv reads both folders
-        quality = _measure_hf(source.path, store.path(digest), threads=threads or os.cpu_count() or 1, report=report,
+        quality = _measure_hf(source.path, store.local_path(artifact), threads=threads or os.cpu_count() or 1, report=report,
                               label=f"{recipe.model} {recipe.format} {recipe.quant}")
         if quality is not None:
             artifact = artifact.model_copy(update={"quality": quality})
