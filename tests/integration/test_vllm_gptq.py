@@ -90,9 +90,6 @@ def test_vllm_cpu_serves_the_gptq_artifact_through_the_agent(tiny_gptq, start_ag
         model="tiny", messages=[{"role": "user", "content": "hello"}], max_tokens=8, temperature=0, stream=True)
         if c.choices]
     assert "".join(pieces) == reply.choices[0].message.content  # greedy: the stream says the same
-    with pytest.raises(openai.AuthenticationError):  # only through the agent's authenticated API
-        openai.OpenAI(base_url=agent.url + "/v1", api_key="wrong").chat.completions.create(
-            model="tiny", messages=[{"role": "user", "content": "hi"}], max_tokens=2)
     metrics = httpx.get(agent.url + "/metrics", timeout=10).text
     assert 'vllm:num_requests_running{deployment="tiny"' in metrics
     assert 'edgectl_agent_backend_up{deployment="tiny",runtime="vllm"} 1.0' in metrics
