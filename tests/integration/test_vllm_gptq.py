@@ -130,3 +130,26 @@ def test_missing_vllm_venv_fails_the_activation_with_the_setup_command(tiny_gptq
         else:
             message = state.last_error or ""
     assert "no vLLM in" in message and "setup.sh vllm" in message
+
+
+@pytest.mark.slow
+def test_smollm2_gptq_on_vllm_names_paris(tmp_path, smollm2_store, start_agent):
+    """SmolLM2 (its GGUF -> Hugging Face -> GPTQ W4A16) served by vLLM CPU through the agent still knows Paris."""
+    from tests.integration.conftest import build_smollm2
+
+    artifact, store = build_smollm2(tmp_path, smollm2_store, format="gptq", quant="W4A16")
+    assert artifact.quality is not None and artifact.quality.top1_agreement > 0.6
+    agent = start_agent()
+    from edgectl.agent_client import AgentClient
+    from edgectl_agent.api import ArtifactRef, DesiredDeployment
+
+    desired = DesiredDeployment(name="smollm2", runtime="vllm", context_length=2048, parallel=4, artifact=ArtifactRef(
+        digest=artifact.digest, format=artifact.format, quant=artifact.quant, size_bytes=artifact.size_bytes,
+        model=artifact.model, layout=artifact.layout))
+    with AgentClient(agent.url, agent.token, device="test", timeout=VLLM_ACTIVATION_TIMEOUT_S) as client:
+        client.upload_blobs(store.blobs_of(artifact))
+        assert client.put_deployment(desired).state == "serving"
+    reply = openai.OpenAI(base_url=agent.url + "/v1", api_key=agent.token, timeout=300).chat.completions.create(
+        model="smollm2", messages=[{"role": "user", "content": "What is the capital of France?"}], max_tokens=24,
+        temperature=0)
+    assert "Paris" in reply.choices[0].message.content
