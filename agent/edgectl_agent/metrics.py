@@ -146,6 +146,8 @@ class LiveCollector:
         self.models: Callable[[], Iterable[tuple[str, object]]] = lambda: ()
         # (device benchmark or None, [(deployment, its artifact's measured rates)]): edgectl_agent.benchmark
         self.benchmark: Callable[[], tuple] = lambda: (None, [])
+        # (deployment, Prometheus text) of runtimes that serve their own metrics (vllm serve's vllm:* series)
+        self.runtime_metrics: Callable[[], Iterable[tuple[str, str]]] = lambda: ()
         self._process = None
 
     def describe(self) -> list[Metric]:
@@ -165,6 +167,7 @@ class LiveCollector:
         yield from self._kv_cache_metrics()
         yield from self._benchmark_metrics()
         yield from self._process_metrics()
+        yield from self._scraped_runtime_metrics()
         if self.store_root is not None:
             try:
                 usage = shutil.disk_usage(self.store_root)
@@ -226,6 +229,22 @@ class LiveCollector:
             if speed.decode_tokens_per_s:
                 decode.add_metric([deployment], speed.decode_tokens_per_s)
         yield from (prefill, decode)
+
+    def _scraped_runtime_metrics(self) -> Iterator[Metric]:
+        """A runtime server's own series (vLLM's vllm:*), each with the agent's ``deployment`` label added."""
+        from prometheus_client.parser import text_string_to_metric_families
+        from prometheus_client.samples import Sample
+
+        for deployment, text in self.runtime_metrics():
+            try:
+                families = list(text_string_to_metric_families(text))
+            except ValueError:
+                continue  # a half-written page: the next scrape reads a whole one
+            for family in families:
+                out = Metric(family.name, family.documentation, family.type, family.unit)
+                out.samples = [Sample(s.name, {**s.labels, "deployment": deployment}, s.value, s.timestamp,
+                                      s.exemplar) for s in family.samples]
+                yield out
 
     def _process_metrics(self) -> Iterator[Metric]:
         # psutil rather than prometheus_client's ProcessCollector: that one reads /proc, so it is empty on macOS.

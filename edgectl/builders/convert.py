@@ -22,7 +22,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from edgectl.builders.registry import BuilderInfo, builder_for, tool_version, tool_versions
+from edgectl.builders.registry import BuilderInfo, builder_for, builder_tool_versions, tool_version, tool_versions
 from edgectl.builders.sources import ResolvedSource, first_present_source, resolve_source, with_other_sources
 from edgectl.builders.store import ArtifactStore, ByteProgress
 from edgectl.errors import BuildError, install_hint, require_module
@@ -252,7 +252,7 @@ def build_tool_version(recipe: Recipe, conversion: Conversion | None) -> str:
     if conversion is None:
         return tool_version(recipe)
     info = builder_for(recipe.format, recipe.kind)
-    return f"{tool_versions(info.module, info.extra, info.tools)}; {conversion.name} with {conversion_version(conversion)}"
+    return f"{builder_tool_versions(info)}; {conversion.name} with {conversion_version(conversion)}"
 
 
 def gguf_outtype(precision: str) -> str:

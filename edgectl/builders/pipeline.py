@@ -149,7 +149,30 @@ def build(recipe: Recipe, model: Model, store: ArtifactStore, *, base_dir: Path 
         if quality is not None:
             artifact = artifact.model_copy(update={"quality": quality})
             store.record(artifact)
+    elif measure_quality and recipe.format == "gptq":  # transformers in the vLLM venv reads both folders
+        quality = _measure_hf(source.path, store.local_path(artifact), threads=threads or os.cpu_count() or 1,
+                              report=report, label=f"{recipe.model} {recipe.format} {recipe.quant}")
+        if quality is not None:
+            artifact = artifact.model_copy(update={"quality": quality})
+            store.record(artifact)
     return artifact, True
+
+
+def _measure_hf(source_path: Path, artifact_path: Path, *, threads: int, report: StageProgress | None,
+                label: str) -> Quality | None:
+    from edgectl.builders.quality import measure_hf
+
+    if report:
+        report("measure quality", 0, 1)
+    try:
+        quality = measure_hf(source_path, artifact_path, threads=threads)
+    except Exception as e:  # noqa: BLE001  (the artifact is good; only the figure is missing)
+        warnings.warn(f"could not measure the quality of {label}: {type(e).__name__}: {e}; "
+                      f"it is stored without a quality record", QualityWarning, stacklevel=3)
+        quality = None
+    if report:
+        report("measure quality", 1, 1)
+    return quality
 
 
 def _measure(format: str, source_path: Path, artifact_path: Path, *, as_shipped: bool, threads: int, quiet: bool,

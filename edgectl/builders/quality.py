@@ -1,4 +1,5 @@
-"""Measured quality of a built LLM artifact against its source, on one small fixed text.
+"""Measured quality of a built LLM artifact against its source, on one small fixed text (GGUF: llama.cpp;
+OpenVINO: OpenVINO vs transformers; GPTQ: transformers in the vLLM venv, :func:`measure_hf`).
 
     quality = measure(source_path, artifact_path, threads=4)            # GGUF, both read by llama.cpp
     quality = measure_openvino(source_folder, artifact_folder, threads=4)  # OpenVINO IR vs its Hugging Face folder
@@ -199,3 +200,39 @@ def measure_openvino(source_folder: Path, artifact_folder: Path, *, threads: int
                          f"{source_logits.shape}")
     tool = f"openvino {ov.__version__.split('-')[0]} vs transformers {transformers.__version__}"
     return compare(source_logits, artifact_logits, np.array(tokens), tool=tool)
+
+
+# --- transformers, in the vLLM venv (gptq / compressed-tensors artifacts) ---------------------------------------
+
+
+def measure_hf(source_dir: Path, artifact_dir: Path, *, threads: int = 1) -> Quality:
+    """Measure a Hugging Face folder artifact (a GPTQ compressed-tensors folder) against its source folder on the
+    same fixed text, both evaluated with transformers on the CPU in the vLLM venv (edgectl.builders.gptq_oneshot:
+    compressed-tensors needs transformers 5). The source's tokenization is used for both."""
+    import subprocess
+    import tempfile
+
+    from edgectl.builders.gptq import _venv_versions, logits_argv, worker_env
+    from edgectl_agent.runtimes.vllm import venv_python
+
+    python = venv_python()
+    with tempfile.TemporaryDirectory(prefix="edgectl-quality-") as tmp:
+        text = Path(tmp) / "text.txt"
+        text.write_text(QUALITY_TEXT, encoding="utf-8")
+        src, art = Path(tmp) / "source.npy", Path(tmp) / "artifact.npy"
+        for argv in (logits_argv(python, Path(source_dir), text, src, tokens=None, max_tokens=MAX_TOKENS,
+                                 threads=threads),
+                     logits_argv(python, Path(artifact_dir), text, art, tokens=Path(str(src) + ".tokens.npy"),
+                                 max_tokens=MAX_TOKENS, threads=threads)):
+            done = subprocess.run(argv, capture_output=True, text=True, timeout=1800, env=worker_env())
+            if done.returncode != 0:
+                raise RuntimeError(f"transformers could not evaluate {argv[3]}: {done.stderr.strip()[-800:]}")
+        source_logits, artifact_logits = np.load(src), np.load(art)
+        tokens = np.load(str(src) + ".tokens.npy")
+    if len(tokens) < 2:
+        raise ValueError(f"the quality text tokenized to {len(tokens)} token(s) with {source_dir}")
+    if artifact_logits.shape != source_logits.shape:
+        raise ValueError(f"the artifact's logits {artifact_logits.shape} differ in shape from the source's "
+                         f"{source_logits.shape}")
+    versions = dict(part.rsplit(" ", 1) for part in _venv_versions(str(python)).split(", "))
+    return compare(source_logits, artifact_logits, tokens, tool=f"transformers {versions.get('transformers', '?')}")

