@@ -142,48 +142,26 @@ def build(recipe: Recipe, model: Model, store: ArtifactStore, *, base_dir: Path 
     if facts:
         artifact = artifact.model_copy(update={"compat": facts})
     store.record(artifact)  # stored and indexed before measuring: an interrupted measurement loses only the figure
-    if measure_quality and recipe.kind == "llm" and recipe.format in ("gguf", "openvino"):  # logits to compare
+    if measure_quality and recipe.kind == "llm" and recipe.format in ("gguf", "openvino", "gptq"):  # logits
         quality = _measure(recipe.format, source.path, store.local_path(artifact), as_shipped=as_shipped,
                            threads=threads or os.cpu_count() or 1, quiet=quiet, report=report,
                            label=f"{recipe.model} {recipe.format} {recipe.quant}")
         if quality is not None:
             artifact = artifact.model_copy(update={"quality": quality})
             store.record(artifact)
-    elif measure_quality and recipe.format == "gptq":  # transformers in the vLLM venv reads both folders
-        quality = _measure_hf(source.path, store.local_path(artifact), threads=threads or os.cpu_count() or 1,
-                              report=report, label=f"{recipe.model} {recipe.format} {recipe.quant}")
-        if quality is not None:
-            artifact = artifact.model_copy(update={"quality": quality})
-            store.record(artifact)
     return artifact, True
-
-
-def _measure_hf(source_path: Path, artifact_path: Path, *, threads: int, report: StageProgress | None,
-                label: str) -> Quality | None:
-    from edgectl.builders.quality import measure_hf
-
-    if report:
-        report("measure quality", 0, 1)
-    try:
-        quality = measure_hf(source_path, artifact_path, threads=threads)
-    except Exception as e:  # noqa: BLE001  (the artifact is good; only the figure is missing)
-        warnings.warn(f"could not measure the quality of {label}: {type(e).__name__}: {e}; "
-                      f"it is stored without a quality record", QualityWarning, stacklevel=3)
-        quality = None
-    if report:
-        report("measure quality", 1, 1)
-    return quality
 
 
 def _measure(format: str, source_path: Path, artifact_path: Path, *, as_shipped: bool, threads: int, quiet: bool,
              report: StageProgress | None, label: str) -> Quality | None:
-    """GGUF: both read by llama.cpp; OpenVINO: the IR by OpenVINO against its Hugging Face folder by transformers
-    (edgectl.builders.quality). None without the tools (an as-shipped GGUF copy needs no llama-cpp-python)."""
+    """GGUF: both read by llama.cpp; OpenVINO: the IR by OpenVINO against its Hugging Face folder by transformers;
+    GPTQ: both folders by transformers in the vLLM venv (edgectl.builders.quality). None without the tools (an
+    as-shipped GGUF copy needs no llama-cpp-python)."""
     import importlib.util
 
-    from edgectl.builders.quality import measure, measure_openvino
+    from edgectl.builders.quality import measure, measure_hf, measure_openvino
 
-    if importlib.util.find_spec("llama_cpp" if format == "gguf" else "transformers") is None:
+    if format != "gptq" and importlib.util.find_spec("llama_cpp" if format == "gguf" else "transformers") is None:
         return None
 
     if report:
@@ -192,6 +170,8 @@ def _measure(format: str, source_path: Path, artifact_path: Path, *, as_shipped:
         # An as-shipped copy is the source's own bytes: the source is evaluated once (agreement 1.0 by definition).
         if format == "openvino":
             quality = measure_openvino(source_path, artifact_path, threads=threads, quiet=quiet)
+        elif format == "gptq":
+            quality = measure_hf(source_path, artifact_path, threads=threads)
         else:
             quality = measure(source_path, None if as_shipped else artifact_path, threads=threads, quiet=quiet)
     except Exception as e:  # noqa: BLE001  (the artifact is good; only the figure is missing)
