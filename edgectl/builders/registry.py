@@ -172,17 +172,21 @@ def builder_tool_versions(info: BuilderInfo) -> str:
 
 
 def tool_versions(module: str, extra: str, tools: tuple[str, ...]) -> str:
-    """'dist version, ...' of a tool's distributions, once its ``module`` imports (else the pip install of
-    ``extra``, as MissingExtraError)."""
+    """'dist version, ...' of a tool's distributions, read from their installed metadata. Only when one of them is
+    not installed is ``module`` imported, so that a missing tool names the pip install of ``extra``
+    (MissingExtraError); importing every builder's tools just to read versions cost each plan seconds."""
     from importlib import metadata
 
-    require_module(module, extra)  # a missing tool names the exact pip install
     versions = []
+    missing = not tools
     for dist in tools:
         try:
             versions.append(f"{dist} {metadata.version(dist)}")
         except metadata.PackageNotFoundError:
             versions.append(f"{dist} (not installed)")
+            missing = True
+    if missing:
+        require_module(module, extra)  # a missing tool names the exact pip install
     return ", ".join(versions)
 
 

@@ -37,7 +37,16 @@ def test_missing_builder_tool_names_the_pip_install(key, monkeypatch: pytest.Mon
 
     monkeypatch.setattr(builtins, "__import__", no_tool)
     import importlib
+    from importlib import metadata
     monkeypatch.setattr(importlib, "import_module", lambda name, package=None: no_tool(name))
+    real_version = metadata.version
+
+    def not_installed(dist: str) -> str:  # a missing tool has no installed distribution either
+        if dist in info.tools:
+            raise metadata.PackageNotFoundError(dist)
+        return real_version(dist)
+
+    monkeypatch.setattr(metadata, "version", not_installed)
     recipe = Recipe(model="m", format=info.format, kind=info.kind, quant=info.quants[-1], source_precision="F32")
     with pytest.raises(MissingExtraError) as e:
         tool_version(recipe)
