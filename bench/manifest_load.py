@@ -149,7 +149,7 @@ def main() -> None:
                    f"target <= {TARGET_S:.0f} s: MISSED in wall time at load {os.getloadavg()[0]:.0f} on "
                    f"{os.cpu_count()} CPUs; {'met' if total_cpu <= TARGET_S else 'MISSED'} in CPU time")
         rows.append(["**load + validate + plan**", f"**{total:.2f}**", f"**{total_cpu:.2f}**", verdict])
-        rows.append(["first plan in a process (the same + importing the builders' tools for their versions)",
+        rows.append(["first plan in a process (the same + reading the builders' tool versions)",
                      f"{cold_wall:.2f}", f"{cold_cpu:.2f}", "once per process, whatever the fleet's size"])
         for label, folder in (("CSV inventory", csv_dir), ("Ansible INI inventory", ini_dir)):
             wall, cpu, s = timed(lambda folder=folder: load_paths([folder]), args.repeat)
