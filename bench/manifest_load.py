@@ -33,27 +33,13 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO), str(REPO / "agent")]
 
 from bench._report import table, write_section  # noqa: E402
+from bench.plan_scale import deployments_yaml  # noqa: E402
 from edgectl.errors import SpecErrors  # noqa: E402
 from edgectl.load import load_paths, load_text  # noqa: E402
 
 TARGET_S = 2.0
 PROFILES = ["raspberry-pi-4", "raspberry-pi-5", "android-phone", "x86-cpu-server", "intel-ai-pc", "jetson-orin-nano"]
-DEPLOYMENTS = """\
-apiVersion: edgectl.dev/v1alpha1
-kind: Deployment
-metadata: {name: tiny}
-spec: {model: smollm2-135m-instruct, selector: {labels: {tier: small}}, context_length: 2048}
----
-apiVersion: edgectl.dev/v1alpha1
-kind: Deployment
-metadata: {name: helper}
-spec: {model: llama-3.2-1b-instruct, selector: {labels: {tier: small}}, context_length: 4096}
----
-apiVersion: edgectl.dev/v1alpha1
-kind: Deployment
-metadata: {name: assistant}
-spec: {model: llama-3.2-3b-instruct, selector: {labels: {tier: large}}, context_length: 4096, parallel: 2}
-"""
+DEPLOYMENTS = deployments_yaml("tier: small")
 FLEET_HEAD = "apiVersion: edgectl.dev/v1alpha1\nkind: Fleet\nmetadata:\n  name: big\nspec:\n"
 
 

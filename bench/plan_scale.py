@@ -19,21 +19,23 @@ from bench._report import table, write_section  # noqa: E402
 from edgectl.load import load_paths  # noqa: E402
 from edgectl.plan import plan  # noqa: E402
 
-DEPLOYMENTS = """\
+def deployments_yaml(tiny_selector: str = "fleet: big") -> str:
+    """The example deployments' three catalog models; the small one selects devices by ``tiny_selector``."""
+    return f"""\
 apiVersion: edgectl.dev/v1alpha1
 kind: Deployment
-metadata: {name: tiny}
-spec: {model: smollm2-135m-instruct, selector: {labels: {fleet: big}}, context_length: 2048}
+metadata: {{name: tiny}}
+spec: {{model: smollm2-135m-instruct, selector: {{labels: {{{tiny_selector}}}}}, context_length: 2048}}
 ---
 apiVersion: edgectl.dev/v1alpha1
 kind: Deployment
-metadata: {name: helper}
-spec: {model: llama-3.2-1b-instruct, selector: {labels: {tier: small}}, context_length: 4096}
+metadata: {{name: helper}}
+spec: {{model: llama-3.2-1b-instruct, selector: {{labels: {{tier: small}}}}, context_length: 4096}}
 ---
 apiVersion: edgectl.dev/v1alpha1
 kind: Deployment
-metadata: {name: assistant}
-spec: {model: llama-3.2-3b-instruct, selector: {labels: {tier: large}}, context_length: 4096, parallel: 2}
+metadata: {{name: assistant}}
+spec: {{model: llama-3.2-3b-instruct, selector: {{labels: {{tier: large}}}}, context_length: 4096, parallel: 2}}
 """
 
 
@@ -57,7 +59,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         (folder / "fleet.yaml").write_text(fleet_yaml(args.devices, profiles))
-        (folder / "deployments.yaml").write_text(DEPLOYMENTS)
+        (folder / "deployments.yaml").write_text(deployments_yaml())
         t0 = time.perf_counter()
         spec = load_paths([folder])
         load_s = time.perf_counter() - t0
