@@ -109,7 +109,8 @@ def hardware(profile: ProfileSpec, name: str, measured: DeviceBenchmark | None =
     os = os or getattr(profile, "os", None)
     bw = measured.memory_bandwidth_bytes_per_s if measured is not None else None
     per_thread = measured.thread_compute_flops_per_s if measured is not None else None
-    cores = profile.cpu.cores
+    # the CPUs the device measured itself with (its agent's): a named profile may say otherwise
+    cores = measured.threads if bw else profile.cpu.cores
     measured_compute = per_thread * cores if per_thread else (measured.compute_flops_per_s if measured else None)
     compute = measured_compute or (profile.compute_gflops or 0) * GB * PEAK_TO_SUSTAINED
     if bw and compute:
@@ -122,7 +123,7 @@ def hardware(profile: ProfileSpec, name: str, measured: DeviceBenchmark | None =
         else:
             compute_text = f"{profile.compute_gflops:g} GFLOPS (profile)"
         return replace(from_profile or Hardware(bandwidth=0, compute=0, cores=cores, os=os),
-                       bandwidth=bw, compute=compute,
+                       bandwidth=bw, compute=compute, cores=cores,
                        basis=f"{name}: measured at enrolment {bw / GB:.1f} GB/s, {compute_text}"
                              + (f"; {gpu}" if gpu else ""))
     if not profile.memory_bandwidth_gbps or not profile.compute_gflops:
