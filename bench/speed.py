@@ -99,8 +99,10 @@ def main() -> int:
     per_thread = device.thread_compute_flops_per_s
     hw = speed.Hardware(bandwidth=device.memory_bandwidth_bytes_per_s,
                         compute=per_thread * cpus if per_thread else device.compute_flops_per_s,
-                        cores=cpus, basis="measured here", os="linux")
+                        cores=cpus, basis="measured here", os="linux",
+                        thread_bandwidth=device.thread_memory_bandwidth_bytes_per_s or 0.0)
     print(f"load {start_load}; device as measured at enrolment: {hw.bandwidth / GB:.1f} GB/s ({cpus} threads), "
+          f"{hw.thread_bandwidth / GB:.1f} GB/s (1 thread), "
           f"{(per_thread or 0) / GB:.1f} GFLOPS per thread ({device.compute_flops_per_s / GB:.1f} on every "
           f"thread), in {device.seconds:.2f} s", flush=True)
 
@@ -154,7 +156,8 @@ def main() -> int:
                      *(verdict(x, within) for _, x, within in checks), f"{cost:.2f} s", r["load"]])
     body = (f"Load: {start_load} at the start, {end_load} at the end (1, 5, 15 min; per artifact: before / after "
             f"its measurements in the last column). The machine as the agent measures it at enrolment: "
-            f"{hw.bandwidth / GB:.1f} GB/s (numpy copies, one per CPU), {(per_thread or 0) / GB:.1f} GFLOPS per "
+            f"{hw.bandwidth / GB:.1f} GB/s (numpy copies, one per CPU; {hw.thread_bandwidth / GB:.1f} GB/s on one "
+            f"thread), {(per_thread or 0) / GB:.1f} GFLOPS per "
             f"thread (float32 matmul, BLAS held to one thread), in {device.seconds:.2f} s. Each artifact is "
             f"SmolLM2-135M-Instruct built by edgectl's builders, loaded by the agent's own runtime; llama.cpp with "
             f"{args.threads} thread(s) (n_threads_batch too), the other runtimes take no thread count and use every "

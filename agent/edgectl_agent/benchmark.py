@@ -1,7 +1,8 @@
 """The enrolment micro-benchmark: what this device really does, measured once and kept in ``<root>/benchmark.json``.
 
 - Device figures, measured the first time the agent reports its facts: sustained memory bandwidth (copies of a
-  buffer twice the last-level cache, one per CPU, median of a few repeats) and, with numpy, float32 matmul
+  buffer twice the last-level cache, one per CPU, median of a few repeats; and one thread's copy) and, with numpy,
+  float32 matmul
   compute on every thread and on one (with threadpoolctl: the per-thread rate the estimate scales by a
   deployment's threads). Under a second on a small board; reported in the facts and as Prometheus gauges.
 - Per artifact, the first time it is activated with given threads (after its smoke inference, before it is
@@ -136,11 +137,14 @@ def thread_matmul_flops(n: int = 384, repeats: int = 5) -> float | None:
 
 def measure_device(cpus: int, available_ram: int) -> DeviceBenchmark:
     start = time.perf_counter()
-    bandwidth = memory_bandwidth(cpus, buffer_bytes(last_level_cache_bytes(), available_ram))
+    size = buffer_bytes(last_level_cache_bytes(), available_ram)
+    bandwidth = memory_bandwidth(cpus, size)
+    one_thread = memory_bandwidth(1, size) if cpus > 1 else bandwidth
     compute = matmul_flops()
     per_thread = thread_matmul_flops()
     return DeviceBenchmark(memory_bandwidth_bytes_per_s=bandwidth, compute_flops_per_s=compute,
-                           thread_compute_flops_per_s=per_thread, threads=cpus,
+                           thread_memory_bandwidth_bytes_per_s=one_thread, thread_compute_flops_per_s=per_thread,
+                           threads=cpus,
                            seconds=time.perf_counter() - start, measured_at=_now())
 
 

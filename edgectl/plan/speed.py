@@ -7,7 +7,8 @@ Decode at batch 1 reads every weight once per token (the token-embedding table e
 up; with tied embeddings it is read whole as the output projection) plus the KV cache of the tokens in context, and
 multiplies each weight once (2 x parameters FLOPs). Time per token is the SUM of
 
-- a bandwidth term: bytes / (DECODE_BANDWIDTH_EFFICIENCY x sustained bandwidth),
+- a bandwidth term: bytes / (DECODE_BANDWIDTH_EFFICIENCY x the sustained bandwidth its threads can draw: a
+  device that measured itself says what one thread's copy streams, and t threads draw at most t times that),
 - a compute term: 2 x parameters / (DECODE_COMPUTE_EFFICIENCY x compute per thread x threads),
 - TOKEN_OVERHEAD_S (sampling, the runtime's per-token work) and, with more than one thread, layers x LAYER_SYNC_S
   (the threads meet at a barrier after each operation of a layer).
@@ -21,8 +22,8 @@ GPU's figures.
 
 Profiles give vendor peak figures (``memory_bandwidth_gbps``, ``compute_gflops`` for all cores); a sustained figure
 is PEAK_TO_SUSTAINED of the peak (a STREAM copy / BLAS sgemm typically reaches 60-80% of it). A device that measured
-itself gives its sustained bandwidth (all CPUs) and its float32 matmul rate on ONE thread (times its cores: the
-compute of all cores). The constants, and the runtime and format factors (RUNTIME_FACTORS, QUANT_FACTORS), were
+itself gives its sustained bandwidth (all CPUs, and one thread's) and its float32 matmul rate on ONE thread (times
+its cores: the compute of all cores). The constants, and the runtime and format factors (RUNTIME_FACTORS, QUANT_FACTORS), were
 measured by ``bench/speed.py`` on this repository's machine; each says its source below and in docs/planning.md.
 
 MLX has two builds with very different speeds: Metal on Apple silicon (its estimate is the formula's, unmeasured
@@ -85,6 +86,8 @@ RUNTIME_FACTORS: dict[str, tuple[float, float]] = {
 # Q4_1 (386 vs 176; 1.6x in a loaded run: 190 vs 118), its int8 dot products need no unpacking. Its decode is
 # covered by the bytes. Other quants are unmeasured here: 1.0.
 QUANT_FACTORS: dict[tuple[str, str], tuple[float, float]] = {("llamacpp", "Q8_0"): (1.0, 2.0)}
+
+
 @dataclass(frozen=True)
 class Hardware:
     """What a device's speed is estimated from: sustained figures, in bytes/s and FLOP/s."""
@@ -96,9 +99,16 @@ class Hardware:
     gpu_compute: float = 0.0
     basis: str = ""  # where the figures come from, for the plan's text
     os: str | None = None  # the device's OS (linux, darwin, android): picks the MLX build's figure
+    thread_bandwidth: float = 0.0  # what one thread's copy streams (0 = unknown: no limit below ``bandwidth``)
 
     def cpu_compute(self, threads: int) -> float:
         return self.compute * min(max(threads, 1), self.cores) / self.cores
+
+    def cpu_bandwidth(self, threads: int) -> float:
+        """What ``threads`` threads can stream: one core alone cannot draw all of a server's bandwidth."""
+        if not self.thread_bandwidth:
+            return self.bandwidth
+        return min(self.bandwidth, self.thread_bandwidth * max(threads, 1))
 
 
 def hardware(profile: ProfileSpec, name: str, measured: DeviceBenchmark | None = None,
@@ -124,6 +134,7 @@ def hardware(profile: ProfileSpec, name: str, measured: DeviceBenchmark | None =
             compute_text = f"{profile.compute_gflops:g} GFLOPS (profile)"
         return replace(from_profile or Hardware(bandwidth=0, compute=0, cores=cores, os=os),
                        bandwidth=bw, compute=compute, cores=cores,
+                       thread_bandwidth=measured.thread_memory_bandwidth_bytes_per_s or 0.0,
                        basis=f"{name}: measured at enrolment {bw / GB:.1f} GB/s, {compute_text}"
                              + (f"; {gpu}" if gpu else ""))
     if not profile.memory_bandwidth_gbps or not profile.compute_gflops:
@@ -216,7 +227,7 @@ def estimate_speed(arch: Architecture, weights_bytes: int, hw: Hardware, *, thre
         on_gpu = 1.0 if gpu_layers < 0 else min(1.0, gpu_layers / arch.layers)
     read = bytes_per_token(arch, weights_bytes, prompt_tokens, runtime)
     flops = 2 * arch.parameters
-    cpu_decode_s = (read / (DECODE_BANDWIDTH_EFFICIENCY * hw.bandwidth)
+    cpu_decode_s = (read / (DECODE_BANDWIDTH_EFFICIENCY * hw.cpu_bandwidth(decode_threads))
                     + flops / (DECODE_COMPUTE_EFFICIENCY * hw.cpu_compute(decode_threads))
                     + (arch.layers * LAYER_SYNC_S if decode_threads > 1 else 0.0))
     gpu_decode_s = (read / (DECODE_BANDWIDTH_EFFICIENCY * hw.gpu_bandwidth)

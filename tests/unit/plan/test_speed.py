@@ -104,3 +104,15 @@ def test_every_builtin_profile_has_speed_figures() -> None:
     for path in builtin_profiles_dir().glob("*.yaml"):
         profile = load_text(path.read_text(), str(path))[0].spec
         assert speed.hardware(profile, path.stem) is not None, path.name
+
+
+def test_one_thread_draws_at_most_what_one_threads_copy_streams() -> None:
+    """A device that measured one thread's copy (26.8 GB/s here, against 63.8 with both CPUs): a one-thread decode
+    is estimated at that bandwidth, a two-thread one at most at twice it (never above the device's)."""
+    limited = Hardware(bandwidth=63.8e9, compute=2 * 95.8e9, cores=2, thread_bandwidth=26.8e9)
+    unlimited = Hardware(bandwidth=63.8e9, compute=2 * 95.8e9, cores=2)
+    assert limited.cpu_bandwidth(1) == 26.8e9 and limited.cpu_bandwidth(2) == 53.6e9
+    assert limited.cpu_bandwidth(8) == unlimited.cpu_bandwidth(1) == 63.8e9
+    one = estimate_speed(SMOLLM2, 98_362_432, limited, threads=1, prompt_tokens=103)
+    assert one.decode_tokens_per_s == pytest.approx(97.0, rel=0.1)  # calibration point (b) of speed.py
+    assert estimate_speed(SMOLLM2, 98_362_432, unlimited, threads=1).decode_tokens_per_s > one.decode_tokens_per_s
