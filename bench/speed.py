@@ -21,8 +21,8 @@ In ONE run, so that every figure sees the same load on a shared machine:
 The load is recorded before, during (each artifact) and after: on a shared machine absolute figures are noisy,
 and llama.cpp's threads spin at a barrier per layer waiting for a thread that lost its core, so at 2 threads on a
 loaded 2-CPU machine decode falls 5-10x; the default --threads 1 holds up better. Prints the tables; with --write
-replaces the speed section of docs/benchmarks.md. One run takes about 3 minutes here (MLX's Linux CPU build is
-most of it).
+replaces the speed section of docs/benchmarks.md. A run took 7 minutes at load 15-22 (each longer run is capped at
+60 s; MLX's Linux CPU build reaches the cap), about 3 on a quiet machine.
 """
 
 from __future__ import annotations
@@ -117,7 +117,7 @@ def main() -> int:
             enrol = measure_artifact(llm, digest=art.digest, runtime=runtime, threads=args.threads,
                                      context_length=args.context)
             longer = measure_artifact(llm, digest=art.digest, runtime=runtime, threads=args.threads,
-                                      context_length=args.context, budget_s=120, decode_tokens=128, runs=5,
+                                      context_length=args.context, budget_s=60, decode_tokens=128, runs=5,
                                       first_run=3)
         finally:
             llm.close()
