@@ -5,30 +5,31 @@
 
 In ONE run, so that every figure sees the same load on a shared machine:
 
-1. This machine's memory bandwidth and compute as the agent measures them at enrolment (edgectl_agent.benchmark:
-   concurrent numpy copies, median; float32 matmul), and how long that took.
+1. This machine as the agent measures it at enrolment (edgectl_agent.benchmark.measure_device: memory bandwidth
+   with every CPU, float32 matmul compute on every thread and on one), and what that cost.
 2. SmolLM2-135M built by edgectl's builders (cached in the edgectl store) into each format, loaded by the agent's
-   own runtime with --threads threads: the enrolment measurement (a ~128-token prompt, 32 decoded tokens: what the
-   agent runs at a first activation, and its cost) and a longer run (the same prompt, 128 decoded tokens, best of
-   3), whose rates are "measured".
-3. Per artifact: the estimate from the measured figures (the formula, not the profile: the ratio checks the
-   formula), the calibrated estimate (the runtime's other artifact measured on this machine calibrates it, as the
-   planner does once a device measured one: edgectl.plan.speed.device_calibration), and the enrolment measurement
-   against the longer run (target within 10%).
+   own runtime with --threads threads (llama.cpp; the other runtimes take no thread count and use every CPU): the
+   enrolment measurement exactly as the agent runs it at a first activation (edgectl_agent.benchmark.
+   measure_artifact: medians of up to 3 runs of a ~128-token prompt and 32 decoded tokens) and its cost, then a
+   longer run with the same estimator (5 runs, 128 decoded tokens each), whose rates are "measured".
+3. Per artifact: the plan's estimate from the device figures of step 1 (edgectl.plan.speed.estimate_speed, the
+   threads each runtime really uses) against the measured rates (target within 25%), the enrolment measurement
+   against the longer run (target within 10%), and the enrolment cost (target: device + artifact <= 10 s); each
+   with a PASS/MISS verdict. Then, per runtime and format, measured / the formula before its runtime and format
+   factors: the factors a quiet rerun would write into RUNTIME_FACTORS / QUANT_FACTORS.
 
-With --threads 1 (the default) the figures hold up on a loaded machine: one thread gets its share of a core, while
-llama.cpp's threads spin at a barrier per layer waiting for a thread that lost its core (decode then falls 5-10x).
-Prints tables; with --write replaces the speed section of docs/benchmarks.md.
+The load is recorded before, during (each artifact) and after: on a shared machine absolute figures are noisy,
+and llama.cpp's threads spin at a barrier per layer waiting for a thread that lost its core, so at 2 threads on a
+loaded 2-CPU machine decode falls 5-10x; the default --threads 1 holds up better. Prints the tables; with --write
+replaces the speed section of docs/benchmarks.md. A run took 7 minutes at load 15-22 (each longer run is capped at
+60 s; MLX's Linux CPU build reaches the cap), about 3 on a quiet machine.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-import statistics
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -38,44 +39,36 @@ from bench._report import table, write_section  # noqa: E402
 
 GB = 1e9
 FORMATS = "gguf:Q4_1,gguf:Q8_0,openvino:INT4,onnx:INT4,mlx:INT4"
+ESTIMATE_WITHIN = 0.25
+ENROLMENT_WITHIN = 0.10
+ENROLMENT_BUDGET_S = 10.0
 
 
-def compute_flops(threads: int) -> float:
-    """float32 matmul FLOP/s with BLAS limited to ``threads`` (the inference threads), median of 5."""
-    from threadpoolctl import threadpool_limits
-
-    from edgectl_agent.benchmark import matmul_flops
-
-    with threadpool_limits(limits=threads):
-        return matmul_flops(512)
-
-
-def load(runtime_name: str, path: Path, art, threads: int, context: int):
+def load_model(runtime_name: str, path: Path, art, threads: int, context: int):
+    """The artifact loaded by the agent's own runtime, as the agent loads it for a deployment with ``threads``."""
     from edgectl_agent.api import ArtifactRef, DesiredDeployment
     from edgectl_agent.runtimes import default_runtimes
 
-    # llama.cpp prefills with every CPU unless told (n_threads_batch): the bench holds it to the same threads.
-    options = {"n_threads_batch": threads} if runtime_name == "llamacpp" else {}
     desired = DesiredDeployment(name="bench", runtime=runtime_name, context_length=context, threads=threads,
-                                runtime_options=options,
                                 artifact=ArtifactRef(digest=art.digest, format=art.format, quant=art.quant,
                                                      size_bytes=art.size_bytes, model=art.model, layout=art.layout))
     model = default_runtimes()[runtime_name].load(path, desired)
-    model.smoke("The capital of France is", 4)  # what the agent runs before it measures: the warm-up
+    model.smoke("The capital of France is", 4)  # what the agent runs before it measures
     return model
 
 
-def longer_run(model, threads: int, context: int):
-    """The same prompt as at enrolment, 128 decoded tokens, best of 3 (a run disturbed by other work is slower)."""
-    from edgectl_agent.benchmark import measure_artifact
-
-    best = measure_artifact(model, digest="sha256:" + "0" * 64, runtime="x", threads=threads, context_length=context,
-                            budget_s=90, decode_tokens=128, runs=3, first_run=2)
-    return best, best.prefill_tokens_per_s
+def loadavg() -> str:
+    return " ".join(f"{x:.1f}" for x in os.getloadavg())
 
 
-def _f(x: float | None) -> str:
-    return "-" if x is None else f"{x:.1f}"
+def verdict(ratio: float | None, within: float) -> str:
+    if ratio is None:
+        return "-"
+    return f"{ratio:.2f} {'PASS' if abs(ratio - 1) <= within else 'MISS'}"
+
+
+def ratio(a: float | None, b: float | None) -> float | None:
+    return a / b if a and b else None
 
 
 def main() -> int:
@@ -92,116 +85,100 @@ def main() -> int:
     from edgectl.paths import store_dir
     from edgectl.plan import speed
     from edgectl.spec import Recipe
-    from edgectl_agent.benchmark import buffer_bytes, last_level_cache_bytes, measure_artifact, memory_bandwidth
+    from edgectl_agent.benchmark import measure_artifact, measure_device
 
-    uptime = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
+    start_load = loadavg()
     spec = load_paths([REPO / "manifests" / "fleet.yaml"])
     model = spec.models["smollm2-135m-instruct"]
     arch = model.spec.architecture
     store = ArtifactStore(Path(os.environ.get("EDGECTL_BENCH_STORE", store_dir())))
-
-    t0 = time.perf_counter()
-    bw = memory_bandwidth(args.threads, buffer_bytes(last_level_cache_bytes(), 8 * 2**30))
-    device_s = time.perf_counter() - t0
-    flops = compute_flops(args.threads)
-    hw = speed.Hardware(bandwidth=bw, compute=flops, cores=args.threads, basis="measured here")
     cpus = os.cpu_count() or 1
-    # The runtimes that take no thread count use every CPU: their figures are the machine's.
-    bw_all = memory_bandwidth(cpus, buffer_bytes(last_level_cache_bytes(), 8 * 2**30))
-    # Compute: the one-thread figure x CPUs (a BLAS run on every CPU of a loaded machine measures its threads'
-    # waits at each barrier, not the cores: 8.8 GFLOPS on 2 threads against 29.6 on one, in one run).
-    flops_all = flops * cpus
-    hw_all = speed.Hardware(bandwidth=bw_all, compute=flops_all, cores=cpus, basis="measured here")
-    print(f"{uptime}\nmemory bandwidth {bw / GB:.1f} GB/s ({args.threads} thread(s), {device_s:.2f} s), "
-          f"compute {flops / GB:.1f} GFLOPS; with {cpus} threads {bw_all / GB:.1f} GB/s, {flops_all / GB:.1f} GFLOPS",
-          flush=True)
 
-    results = []  # (label, runtime, artifact, enrolment, longer decode run, longer prefill, estimate)
+    device = measure_device(cpus, 8 * 2**30)
+    per_thread = device.thread_compute_flops_per_s
+    hw = speed.Hardware(bandwidth=device.memory_bandwidth_bytes_per_s,
+                        compute=per_thread * cpus if per_thread else device.compute_flops_per_s,
+                        cores=cpus, basis="measured here", os="linux",
+                        thread_bandwidth=device.thread_memory_bandwidth_bytes_per_s or 0.0)
+    print(f"load {start_load}; device as measured at enrolment: {hw.bandwidth / GB:.1f} GB/s ({cpus} threads), "
+          f"{hw.thread_bandwidth / GB:.1f} GB/s (1 thread), "
+          f"{(per_thread or 0) / GB:.1f} GFLOPS per thread ({device.compute_flops_per_s / GB:.1f} on every "
+          f"thread), in {device.seconds:.2f} s", flush=True)
+
+    results = []
     for item in args.formats.split(","):
         fmt, quant = item.split(":")
         art, _ = build(Recipe(model=model.name, format=fmt, kind="llm", quant=quant, source_precision="Q4_1"),
                        model, store)
         runtime = builder_for(fmt, "llm").runtime
-        llm = load(runtime, store.local_path(art), art, args.threads, args.context)
+        llm = load_model(runtime, store.local_path(art), art, args.threads, args.context)
+        load_before = loadavg()
         try:
             enrol = measure_artifact(llm, digest=art.digest, runtime=runtime, threads=args.threads,
                                      context_length=args.context)
-            longer, prefill = longer_run(llm, args.threads, args.context)
+            longer = measure_artifact(llm, digest=art.digest, runtime=runtime, threads=args.threads,
+                                      context_length=args.context, budget_s=60, decode_tokens=128, runs=5,
+                                      first_run=3)
         finally:
             llm.close()
-        # As the planner does: llama.cpp is held to --threads here; the other runtimes use every CPU.
-        est = speed.estimate_speed(arch, art.size_bytes, hw_all if runtime != "llamacpp" else hw,
-                                   threads=args.threads, prompt_tokens=enrol.prompt_tokens, runtime=runtime,
-                                   prefill_threads=speed.prefill_threads(runtime, args.threads, os.cpu_count() or 1,
-                                                                         {"n_threads_batch": args.threads}))
-        results.append((f"{fmt} {quant}", runtime, art, enrol, longer, prefill, est))
-        print(f"{fmt} {quant} ({runtime}): decode est {est.decode_tokens_per_s:.1f} / measured "
-              f"{_f(longer.decode_tokens_per_s)} (enrolment {_f(enrol.decode_tokens_per_s)}, {enrol.seconds:.2f} s); "
-              f"prefill est {est.prefill_tokens_per_s:.0f} / measured {prefill:.0f} "
-              f"(enrolment {enrol.prefill_tokens_per_s:.0f})", flush=True)
+        threads = speed.decode_threads(runtime, args.threads, cpus)
+        batch = speed.prefill_threads(runtime, args.threads, cpus, {})
+        est = speed.estimate_speed(arch, art.size_bytes, hw, threads=threads, prompt_tokens=longer.prompt_tokens,
+                                   runtime=runtime, quant=quant, prefill_threads=batch)
+        decode_f, prefill_f, _ = speed.factors(runtime, quant, hw.os)
+        results.append(dict(label=f"{fmt} {quant}", runtime=runtime, quant=quant, art=art, enrol=enrol,
+                            longer=longer, est=est, threads=threads, load=f"{load_before} / {loadavg()}",
+                            formula=(est.decode_tokens_per_s / decode_f, est.prefill_tokens_per_s / prefill_f)))
+        print(f"{fmt} {quant} ({runtime}, {threads} thread(s)): decode est {est.decode_tokens_per_s:.1f} / measured "
+              f"{longer.decode_tokens_per_s or 0:.1f} / enrolment {enrol.decode_tokens_per_s or 0:.1f}; prefill est "
+              f"{est.prefill_tokens_per_s:.0f} / measured {longer.prefill_tokens_per_s:.0f} / enrolment "
+              f"{enrol.prefill_tokens_per_s:.0f}; enrolment {enrol.seconds:.2f} s; load {loadavg()}", flush=True)
+    end_load = loadavg()
 
-    def r(a: float | None, b: float | None) -> str:
-        return f"{a / b:.2f}" if a and b else "-"
-
-    def ratio(a: float | None, b: float | None) -> list[float]:
-        return [a / b] if a and b else []
-
-    rows, ratios, enrol_ratios, cal_ratios = [], [], [], []
-    for label, runtime, art, enrol, longer, prefill, est in results:
-        # The runtime's other artifact measured here calibrates this one's estimate (as the planner does).
-        other = next((x for x in results if x[1] == runtime and x[2].digest != art.digest), None)
-        cal = None
-        if other is not None:
-            cal = speed.device_calibration(other[4], other[6], other[0]).apply(est)
-            cal_ratios += ratio(cal.decode_tokens_per_s, longer.decode_tokens_per_s) + ratio(
-                cal.prefill_tokens_per_s, prefill)
-        ratios += ratio(est.decode_tokens_per_s, longer.decode_tokens_per_s) + ratio(est.prefill_tokens_per_s, prefill)
-        enrol_ratios += ratio(enrol.decode_tokens_per_s, longer.decode_tokens_per_s) + ratio(
-            enrol.prefill_tokens_per_s, prefill)
-        rows.append([label, runtime, f"{art.size_bytes / 2**20:.0f} MiB",
-                     f"{est.decode_tokens_per_s:.1f}", f"{cal.decode_tokens_per_s:.1f}" if cal else "-",
-                     _f(longer.decode_tokens_per_s), r(est.decode_tokens_per_s, longer.decode_tokens_per_s),
-                     r(cal.decode_tokens_per_s, longer.decode_tokens_per_s) if cal else "-",
-                     f"{est.prefill_tokens_per_s:.0f}", f"{cal.prefill_tokens_per_s:.0f}" if cal else "-",
-                     f"{prefill:.0f}", r(est.prefill_tokens_per_s, prefill),
-                     r(cal.prefill_tokens_per_s, prefill) if cal else "-",
-                     f"{_f(enrol.decode_tokens_per_s)} / {enrol.prefill_tokens_per_s:.0f}",
-                     r(enrol.decode_tokens_per_s, longer.decode_tokens_per_s) + " / "
-                     + r(enrol.prefill_tokens_per_s, prefill), f"{enrol.seconds:.2f} s"])
-    body = (f"Load at the time: `{uptime}` (2 CPUs shared by several agents: the ratios matter, each figure "
-            f"was measured in this one run). Memory bandwidth as the agent measures it at enrolment: "
-            f"{bw / GB:.1f} GB/s ({args.threads} thread(s) of numpy copy, median, {device_s:.2f} s); compute "
-            f"{flops / GB:.1f} GFLOPS (numpy float32 matmul, BLAS limited to {args.threads} thread(s)). Each artifact "
-            f"is SmolLM2-135M-Instruct built by edgectl's builders, loaded by the agent's own runtime with "
-            f"{args.threads} thread(s). *Estimate*: edgectl/plan/speed.py from the measured bandwidth and compute. "
-            f"*Calibrated*: the estimate times measured/estimated of the same runtime's other artifact (what the "
-            f"planner does once a device measured one). llama.cpp runs with {args.threads} thread(s) "
-            f"(n_threads_batch too); the other runtimes take no thread count and use every CPU, so their estimates "
-            f"use the bandwidth measured with every CPU and the one-thread compute x CPUs. *Measured*: best of 3 runs of a ~{results[0][3].prompt_tokens}"
-            f"-token prompt and 128 decoded tokens. *Enrolment*: the agent's measurement at a first activation "
-            f"(the same prompt, 32 decoded tokens, edgectl_agent.benchmark) and its cost. Targets: estimate/measured "
-            f"0.75-1.25, enrolment/measured 0.9-1.1.\n\n"
-            + table(["artifact", "runtime", "size", "decode est.", "calibrated", "measured", "est./meas.",
-                     "cal./meas.", "prefill est.", "calibrated", "measured", "est./meas.", "cal./meas.",
-                     "enrolment decode / prefill",
-                     "enrolment / measured", "enrolment cost"], rows))
-    inside = [0.75 <= x <= 1.25 for x in ratios]
-    body += (f"\n\nEstimate/measured: {min(ratios):.2f}-{max(ratios):.2f} ({sum(inside)} of {len(inside)} figures "
-             f"within 0.75-1.25)")
-    if cal_ratios:
-        body += (f"; calibrated/measured: {min(cal_ratios):.2f}-{max(cal_ratios):.2f} "
-                 f"({sum(0.75 <= x <= 1.25 for x in cal_ratios)} of {len(cal_ratios)} within)")
-    body += (f"; enrolment/measured: {min(enrol_ratios):.2f}-{max(enrol_ratios):.2f} "
-             f"({sum(0.9 <= x <= 1.1 for x in enrol_ratios)} of {len(enrol_ratios)} within 0.9-1.1). Enrolment "
-             f"cost: device {device_s:.2f} s + at most "
-             f"{max(x[3].seconds for x in results):.2f} s per artifact (target: 10 s).")
-    implied = {}
-    for label, runtime, art, enrol, longer, prefill, est in results:
-        implied.setdefault(runtime, (r(longer.decode_tokens_per_s, est.decode_tokens_per_s),
-                                     r(prefill, est.prefill_tokens_per_s)))
-    body += ("\n\nMeasured/estimated per runtime (its first artifact above): "
-             + ", ".join(f"{k} decode x{d}, prefill x{p}" for k, (d, p) in implied.items()) + ".")
+    rows, verdicts = [], []
+    for r in results:
+        est, longer, enrol = r["est"], r["longer"], r["enrol"]
+        checks = [("estimate decode", ratio(est.decode_tokens_per_s, longer.decode_tokens_per_s), ESTIMATE_WITHIN),
+                  ("estimate prefill", ratio(est.prefill_tokens_per_s, longer.prefill_tokens_per_s), ESTIMATE_WITHIN),
+                  ("enrolment decode", ratio(enrol.decode_tokens_per_s, longer.decode_tokens_per_s),
+                   ENROLMENT_WITHIN),
+                  ("enrolment prefill", ratio(enrol.prefill_tokens_per_s, longer.prefill_tokens_per_s),
+                   ENROLMENT_WITHIN)]
+        cost = device.seconds + enrol.seconds
+        verdicts += [(r["label"], what, verdict(x, within)) for what, x, within in checks]
+        verdicts.append((r["label"], "enrolment cost", f"{cost:.2f} s "
+                         f"{'PASS' if cost <= ENROLMENT_BUDGET_S else 'MISS'}"))
+        rows.append([r["label"], r["runtime"], r["threads"], f"{r['art'].size_bytes / 2**20:.0f} MiB",
+                     f"{est.decode_tokens_per_s:.1f}", f"{longer.decode_tokens_per_s or 0:.1f}",
+                     f"{enrol.decode_tokens_per_s or 0:.1f}", f"{est.prefill_tokens_per_s:.0f}",
+                     f"{longer.prefill_tokens_per_s:.0f}", f"{enrol.prefill_tokens_per_s:.0f}",
+                     *(verdict(x, within) for _, x, within in checks), f"{cost:.2f} s", r["load"]])
+    body = (f"Load: {start_load} at the start, {end_load} at the end (1, 5, 15 min; per artifact: before / after "
+            f"its measurements in the last column). The machine as the agent measures it at enrolment: "
+            f"{hw.bandwidth / GB:.1f} GB/s (numpy copies, one per CPU; {hw.thread_bandwidth / GB:.1f} GB/s on one "
+            f"thread), {(per_thread or 0) / GB:.1f} GFLOPS per "
+            f"thread (float32 matmul, BLAS held to one thread), in {device.seconds:.2f} s. Each artifact is "
+            f"SmolLM2-135M-Instruct built by edgectl's builders, loaded by the agent's own runtime; llama.cpp with "
+            f"{args.threads} thread(s) (n_threads_batch too), the other runtimes take no thread count and use every "
+            f"CPU. *Estimate*: edgectl/plan/speed.py from those device figures and the threads each runtime uses. "
+            f"*Measured*: the agent's estimator (medians) over a longer run: 5 runs of a "
+            f"~{results[0]['longer'].prompt_tokens}-token prompt, 128 decoded tokens each. *Enrolment*: what the agent "
+            f"measures at a first activation (up to 3 runs, 32 decoded tokens) and its cost with the device "
+            f"measurement. Targets: estimate within {ESTIMATE_WITHIN:.0%} of measured, enrolment within "
+            f"{ENROLMENT_WITHIN:.0%} of the longer run, enrolment cost <= {ENROLMENT_BUDGET_S:.0f} s.\n\n"
+            + table(["artifact", "runtime", "threads", "size", "decode est.", "measured", "enrolment",
+                     "prefill est.", "measured", "enrolment", "est./meas. decode", "est./meas. prefill",
+                     "enrol./meas. decode", "enrol./meas. prefill", "enrolment cost", "load before / after"], rows))
+    missed = [v for v in verdicts if "MISS" in v[2]]
+    body += (f"\n\nVerdict: {len(verdicts) - len(missed)} of {len(verdicts)} targets met"
+             + (f"; missed: {', '.join(f'{a} {w} ({v})' for a, w, v in missed)}." if missed else "."))
+    body += ("\n\nMeasured / the formula before its factors (what RUNTIME_FACTORS and QUANT_FACTORS would be from "
+             "this run): " + ", ".join(
+                 f"{r['label']} ({r['runtime']}) decode x{ratio(r['longer'].decode_tokens_per_s, r['formula'][0]) or 0:.3f}"
+                 f", prefill x{ratio(r['longer'].prefill_tokens_per_s, r['formula'][1]) or 0:.3f}" for r in results)
+             + ".")
     print(body)
+    print("\n" + "\n".join(f"{a:>14}  {w:<18} {v}" for a, w, v in verdicts))
     if args.write:
         write_section("speed", "Expected tokens/s: estimate vs measured", body,
                       dists=("llama_cpp_python", "openvino-genai", "onnxruntime-genai", "mlx-lm"))

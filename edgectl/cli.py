@@ -71,7 +71,7 @@ def plan_cmd(paths: List[Path] = PathsArg, device: Optional[List[str]] = DeviceO
     devices = select_devices(spec, device)
     contexts = ({d.name: DeviceContext(d) for d in devices} if offline
                 else observe(devices, start_agents=False))
-    p = make_plan(spec, contexts, _store())
+    p = make_plan(spec, contexts, _store(), reported=not offline)
     if as_json:
         sys.stdout.write(json.dumps(p.to_dict(), indent=2) + "\n")
         return

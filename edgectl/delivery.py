@@ -26,6 +26,7 @@ class DeliveryMode:
     connects: bool  # edgectl opens a transport to the device (push) or never does (pull)
     publish: str | None = None  # apply for its devices: (spec, devices, *, store, events, skip_unfit) -> ApplyResult
     report: str | None = None  # status for its devices: (spec, devices) -> list[DeviceStatus], read from reports
+    facts: str | None = None  # facts for the planner: (spec, devices) -> {device: Facts | None}, from reports
     refusal: str | None = None  # what a command that would connect to such a device says
     refusal_hint: str | None = None
 
@@ -33,7 +34,7 @@ class DeliveryMode:
 PUSH = DeliveryMode("push", connects=True)
 PULL = DeliveryMode(
     "pull", connects=False, publish="edgectl.pull.publish:publish_pull_devices",
-    report="edgectl.pull.status:pull_statuses",
+    report="edgectl.pull.status:pull_statuses", facts="edgectl.pull.status:reported_facts",
     refusal="it is a pull device: edgectl never connects to it; its agent polls the fleet's registry",
     refusal_hint="`edgectl status` shows what it last reported (docs/pull.md); leave it out of this command with "
                  "--device")

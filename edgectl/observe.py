@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 from edgectl_agent.api import DeploymentState, Facts
 
-from edgectl.apply import close_contexts, make_plan, observe
+from edgectl.apply import DeviceContext, close_contexts, make_plan, observe
 from edgectl.collector import parse_exposition
 from edgectl.delivery import DELIVERY_MODES, by_delivery, mode_function
 from edgectl.errors import EdgectlError
@@ -161,6 +161,12 @@ def collect_status(spec: Spec, devices: Iterable[Device], *, store=None,
     if set(groups) != {"push"} and devices:  # other modes (pull): read from their reports, never connected to
         found = {s.device: s for mode, group in groups.items() if mode != "push"
                  for s in mode_function(DELIVERY_MODES[mode].report)(spec, group)}
+        if store is not None:  # their plans (speed: measured where they measured), from the facts they reported
+            reported = [s for s in found.values() if s.facts is not None]
+            _add_plan(spec, {s.device: DeviceContext(spec.devices[s.device], facts=s.facts) for s in reported},
+                      store, reported)
+            for s in reported:
+                s.drift = []  # push steps; what a pull device runs is what it reports (edgectl.pull.status)
         if "push" in groups:
             found.update((s.device, s) for s in collect_status(spec, groups["push"], store=store, previous=previous,
                                                                parallel=parallel))

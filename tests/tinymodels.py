@@ -141,9 +141,10 @@ def write_tiny_llama_gguf(path: Path, *, seed: int = 0, ftype: str = "F32",
 
 
 def pull_fleet_manifest(registry: str, devices: list[str], *, quant: str, poll_s: int = 5, pull_extra: str = "",
-                        rollout: str = "{strategy: all-at-once}", gate: str = "{}") -> str:
+                        rollout: str = "{strategy: all-at-once}", gate: str = "{}", threads: int | None = None) -> str:
     """Model (tiny.gguf beside the manifest) + a Fleet of pull ``devices`` on ``registry`` (fleet.key beside it) + a
-    Deployment 'chat' of ``quant`` on all of them, with ``rollout`` and its ``health_gate`` as YAML flow maps."""
+    Deployment 'chat' of ``quant`` on all of them, with ``rollout`` and its ``health_gate`` as YAML flow maps (and
+    ``threads`` when given)."""
     listed = "\n".join(f"    - {{name: {d}, profile: x86-cpu-server, transport: {{type: pull}}}}" for d in devices)
     return f"""\
 apiVersion: edgectl.dev/v1alpha1
@@ -173,7 +174,7 @@ spec:
   context_length: 256
   quantization: {{allow: [{quant}]}}
   rollout: {{{rollout.strip('{}')}, health_gate: {gate}}}
-"""
+""" + (f"  threads: {threads}\n" if threads is not None else "")
 
 
 def platform_fleet_manifests(folder: Path, devices: list[dict], *, label: str = "mixed") -> Path:

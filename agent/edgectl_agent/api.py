@@ -97,6 +97,12 @@ class DeviceBenchmark(Wire):
                                   "(one per CPU) of a buffer twice the last-level cache; None until measured.")
     compute_flops_per_s: float | None = Field(default=None, description="float32 matmul FLOP/s (numpy's BLAS); "
                                                                         "None without numpy.")
+    thread_memory_bandwidth_bytes_per_s: float | None = Field(
+        default=None, description="Memory bandwidth of ONE thread's copy (what a one-thread decode can stream); "
+                                  "None from an older agent.")
+    thread_compute_flops_per_s: float | None = Field(
+        default=None, description="float32 matmul FLOP/s on ONE thread (numpy's BLAS held to one thread); None "
+                                  "without numpy or threadpoolctl, or from an older agent.")
     threads: int = Field(ge=1, description="Threads the bandwidth was measured with.")
     seconds: float = Field(ge=0, description="What the device measurement cost.")
     measured_at: datetime = Field(description="When (UTC).")

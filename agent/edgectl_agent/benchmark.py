@@ -1,13 +1,16 @@
 """The enrolment micro-benchmark: what this device really does, measured once and kept in ``<root>/benchmark.json``.
 
 - Device figures, measured the first time the agent reports its facts: sustained memory bandwidth (copies of a
-  buffer twice the last-level cache, one per CPU, median of a few repeats) and, with numpy, float32 matmul
-  compute. Under a second on a small board; reported in the facts and as Prometheus gauges.
+  buffer twice the last-level cache, one per CPU, median of a few repeats; and one thread's copy) and, with numpy,
+  float32 matmul
+  compute on every thread and on one (with threadpoolctl: the per-thread rate the estimate scales by a
+  deployment's threads). Under a second on a small board; reported in the facts and as Prometheus gauges.
 - Per artifact, the first time it is activated with given threads (after its smoke inference, before it is
   switched in, so no request competes with it): the real prefill rate of a ~``PROMPT_TOKENS``-token prompt and the
-  decode rate of up to ``DECODE_TOKENS`` tokens, through the runtime already loaded, with the deployment's threads.
-  Bounded by ``ARTIFACT_BUDGET_S``: decoding stops at the deadline, and a second run (the better one is kept: a
-  run disturbed by other work on the device only underestimates) happens only when the first was quick.
+  decode rate of up to ``DECODE_TOKENS`` tokens, through the runtime already loaded, with the deployment's threads:
+  a warm-up probe, then medians over up to ``RUNS`` runs (bench/speed.py checks them against a longer run).
+  Bounded by ``ARTIFACT_BUDGET_S``: decoding stops at the deadline, and a run starts only while the one before it
+  would still fit.
 
 edgectl's planner uses these figures instead of the profile's (edgectl/plan/speed.py): a device's measured
 bandwidth in every estimate, and an artifact's measured rates directly, marked "measured".
@@ -35,6 +38,7 @@ FILE = "benchmark.json"
 PROMPT_TOKENS = 128  # the prompt the artifact benchmark aims at (capped at half the context)
 DECODE_TOKENS = 32
 PROBE_WORDS = 4  # the probe run that sizes the prompt to the device's speed: a few tokens
+RUNS = 3  # the medians of up to this many runs
 ARTIFACT_BUDGET_S = 6.0  # the device benchmark takes well under 2 s: together under 10 s (counting included)
 BANDWIDTH_REPEATS = 5
 KEEP_ARTIFACTS = 32  # measurements kept, newest first (older artifacts are long gone from the store)
@@ -119,11 +123,28 @@ def matmul_flops(n: int = 384, repeats: int = 5) -> float | None:
     return statistics.median(runs)
 
 
+def thread_matmul_flops(n: int = 384, repeats: int = 5) -> float | None:
+    """:func:`matmul_flops` with BLAS held to ONE thread (threadpoolctl): the compute rate per thread the speed
+    estimate scales by the threads a deployment runs with. None without numpy or threadpoolctl. On a busy device a
+    one-thread figure holds up where an all-threads one measures its threads' waits at each barrier."""
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:
+        return None
+    with threadpool_limits(limits=1):
+        return matmul_flops(n, repeats)
+
+
 def measure_device(cpus: int, available_ram: int) -> DeviceBenchmark:
     start = time.perf_counter()
-    bandwidth = memory_bandwidth(cpus, buffer_bytes(last_level_cache_bytes(), available_ram))
+    size = buffer_bytes(last_level_cache_bytes(), available_ram)
+    bandwidth = memory_bandwidth(cpus, size)
+    one_thread = memory_bandwidth(1, size) if cpus > 1 else bandwidth
     compute = matmul_flops()
-    return DeviceBenchmark(memory_bandwidth_bytes_per_s=bandwidth, compute_flops_per_s=compute, threads=cpus,
+    per_thread = thread_matmul_flops()
+    return DeviceBenchmark(memory_bandwidth_bytes_per_s=bandwidth, compute_flops_per_s=compute,
+                           thread_memory_bandwidth_bytes_per_s=one_thread, thread_compute_flops_per_s=per_thread,
+                           threads=cpus,
                            seconds=time.perf_counter() - start, measured_at=_now())
 
 
@@ -132,29 +153,28 @@ def _has_text(chunk: dict) -> bool:
 
 
 def run_rates(model: LoadedModel, prompt: str, decode_tokens: int, deadline: float
-              ) -> tuple[float, int, float | None]:
-    """(seconds to the first token, tokens streamed, decode tokens/s after the first or None) of one streamed
+              ) -> tuple[float, int, list[float]]:
+    """(seconds to the first token, tokens streamed, the seconds between successive tokens) of one streamed
     completion of ``prompt``; decoding stops at ``deadline`` (perf_counter)."""
     stream = model.complete(prompt, GenerationParams(max_tokens=decode_tokens, temperature=0.0), stream=True)
     t = time.perf_counter()
-    first = end = None
-    n = 0
+    first = None
+    times: list[float] = []
     try:
         for chunk in stream:
             if not _has_text(chunk):
                 continue
-            n += 1
-            end = time.perf_counter()
-            first = first or end
-            if end > deadline:
+            times.append(time.perf_counter())
+            first = first or times[-1]
+            if times[-1] > deadline:
                 break
     finally:
         close = getattr(stream, "close", None)
         if close is not None:
             close()
     if first is None:
-        return time.perf_counter() - t, 0, None
-    return first - t, n, (n - 1) / (end - first) if n >= 2 and end > first else None
+        return time.perf_counter() - t, 0, []
+    return first - t, len(times), [b - a for a, b in zip(times, times[1:]) if b > a]
 
 
 def prompt_for(context_length: int, tokens: int = PROMPT_TOKENS, *, run: int = 0) -> str:
@@ -179,43 +199,53 @@ def count_tokens(model: LoadedModel, prompt: str) -> int | None:
 
 def measure_artifact(model: LoadedModel, *, digest: str, runtime: str, threads: int | None, context_length: int,
                      budget_s: float = ARTIFACT_BUDGET_S, prompt_tokens: int = PROMPT_TOKENS,
-                     decode_tokens: int = DECODE_TOKENS, runs: int = 2, first_run: int = 0) -> ArtifactSpeed | None:
-    """Prefill and decode rates of a loaded (and smoke-tested: warm) LLM, the best of up to ``runs`` runs (a later
-    run only while under a third of the budget was spent); None for a model that generated nothing. Runs are
-    numbered from ``first_run``: each gets its own prompt (:func:`prompt_for`)."""
+                     decode_tokens: int = DECODE_TOKENS, runs: int = RUNS, first_run: int = 0) -> ArtifactSpeed | None:
+    """Prefill and decode rates of a loaded (and smoke-tested: warm) LLM, as medians over up to ``runs`` runs:
+    prefill = the median of the runs' prompt tokens / time to first token, decode = 1 / the median time between
+    two streamed tokens of all runs (a token delayed by other work on the device moves a median little, a mean
+    much). A run starts only while the one before it would still fit in the budget. None for a model that
+    generated nothing. Runs are numbered from ``first_run``: each gets its own prompt (:func:`prompt_for`)."""
     start = time.perf_counter()
     deadline = start + budget_s
     words = max(int(min(prompt_tokens, context_length // 2) * 0.75), PROBE_WORDS)
-    # A prefill cannot be stopped half-way: a probe of PROBE_WORDS words sizes the prompt so that its prefill takes
-    # at most a third of the budget (a big model on a slow CPU gets a shorter prompt, never a longer wait).
-    # Its token count (llama.cpp reuses the prompt it just processed: near free) gives the tokenizer's tokens per
-    # word, so that the prompt is half the context in tokens, whatever the vocabulary.
+    # A prefill cannot be stopped half-way: a probe of PROBE_WORDS words (also the warm-up of the prompt path) sizes
+    # the prompt so that its prefill takes at most a fifth of the budget (a big model on a slow CPU gets a shorter
+    # prompt, never a longer wait). Its token count (llama.cpp reuses the prompt it just processed: near free) gives
+    # the tokenizer's tokens per word, so that the prompt is half the context in tokens, whatever the vocabulary.
     probe = prompt_for(context_length, int(PROBE_WORDS / 0.75), run=first_run + 7)
     probe_s, _, _ = run_rates(model, probe, 1, deadline)
     if probe_s > 0:
-        words = max(PROBE_WORDS, min(words, int(PROBE_WORDS * budget_s / 3 / probe_s)))
+        words = max(PROBE_WORDS, min(words, int(PROBE_WORDS * budget_s / 5 / probe_s)))
     per_word = (count_tokens(model, probe) or PROBE_WORDS) / PROBE_WORDS
     words = max(PROBE_WORDS, min(words, int(min(prompt_tokens, context_length // 2) / per_word)))
-    done: list[tuple[str, tuple[float, int, float | None]]] = []
-    while len(done) < runs and (not done or time.perf_counter() - start < budget_s / 3):
+    done: list[tuple[int, tuple[float, int, list[float]]]] = []  # (prompt tokens, run_rates) per run
+    last_s = 0.0
+    tried = 0
+    while len(done) < runs and tried < runs + 4 and (not done or time.perf_counter() + last_s < deadline):
+        tried += 1
         prompt = prompt_for(context_length, int(words / 0.75), run=first_run + len(done))
+        began = time.perf_counter()
         try:
-            done.append((prompt, run_rates(model, prompt, decode_tokens, deadline)))
+            rates = run_rates(model, prompt, decode_tokens, deadline)
         except BadRequest:  # a tokenizer that cuts prose finer than assumed: halve the prompt until it fits
             if words <= PROBE_WORDS:
                 return None
             words //= 2
-    measured = [(p, r) for p, r in done if r[1]]
+            continue
+        # counted right after its run: llama.cpp reuses the prompt it just processed (near free)
+        done.append((count_tokens(model, prompt) or 0, rates))
+        last_s = time.perf_counter() - began
+    measured = [(n, r) for n, r in done if r[1] and n and r[0] > 0]
     if not measured:
         return None
-    prompt, (ttft, _, _) = min(measured, key=lambda x: x[1][0])
-    counted = count_tokens(model, prompt)
-    if not counted:
-        return None
-    decodes = [r[2] for _, r in measured if r[2]]
-    return ArtifactSpeed(digest=digest, runtime=runtime, threads=threads, prompt_tokens=int(counted),
-                         prefill_tokens_per_s=counted / ttft, decode_tokens=max(r[1] for _, r in measured),
-                         decode_tokens_per_s=max(decodes) if decodes else None,
+    prefill_rates = [n / r[0] for n, r in measured]
+    prompt_sizes = [n for n, _ in measured]
+    gaps = [g for _, r in measured for g in r[2]]
+    return ArtifactSpeed(digest=digest, runtime=runtime, threads=threads,
+                         prompt_tokens=int(statistics.median_low(prompt_sizes)),
+                         prefill_tokens_per_s=statistics.median(prefill_rates),
+                         decode_tokens=max(r[1] for _, r in measured),
+                         decode_tokens_per_s=1 / statistics.median(gaps) if gaps else None,
                          seconds=time.perf_counter() - start, measured_at=_now())
 
 

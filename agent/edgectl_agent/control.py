@@ -11,7 +11,7 @@ from edgectl_agent import __version__
 from edgectl_agent.api import CONTROL_PREFIX, NAME_PATTERN, AgentState, DeploymentState, DesiredDeployment, Facts, UploadStatus
 from edgectl_agent.auth import require_token
 from edgectl_agent.errors import BadRequest, Conflict
-from edgectl_agent.facts import collect_facts
+from edgectl_agent.facts import reported_facts
 from edgectl_agent.store import digest_hex
 
 router = APIRouter(prefix=CONTROL_PREFIX, dependencies=[Depends(require_token)])
@@ -23,10 +23,9 @@ DeploymentName = Annotated[str, Path(pattern=NAME_PATTERN, description="Deployme
 def facts(request: Request) -> Facts:
     agent = request.app.state.agent
     verifier = agent.deployments.verifier
-    facts = collect_facts(agent.settings.root, verify_key_id=verifier.fact if verifier is not None else None)
     # The agent's first report measures the device (edgectl_agent.benchmark, once); later ones read it back.
-    benchmark = agent.deployments.benchmarks.device(facts.cpu_count, facts.ram_available_bytes)
-    return facts.model_copy(update={"benchmark": benchmark}) if benchmark is not None else facts
+    return reported_facts(agent.settings.root, agent.deployments.benchmarks,
+                          verify_key_id=verifier.fact if verifier is not None else None)
 
 
 @router.get("/state")

@@ -18,11 +18,12 @@ import sys
 import threading
 from importlib import metadata
 from pathlib import Path
+from typing import Protocol
 
 import psutil
 
 from edgectl_agent import __version__
-from edgectl_agent.api import AcceleratorFact, Facts
+from edgectl_agent.api import AcceleratorFact, DeviceBenchmark, Facts
 from edgectl_agent.runtimes import catalog
 
 # ISA extensions that change which quant types and kernels run fast.
@@ -276,3 +277,16 @@ def collect_facts(root: Path, *, verify_key_id: str | None = None) -> Facts:
         openvino_devices=openvino_devices(),
         verify_key_id=verify_key_id,
     )
+
+
+class DeviceMeasurements(Protocol):
+    def device(self, cpus: int, available_ram: int) -> DeviceBenchmark | None: ...
+
+
+def reported_facts(root: Path, benchmarks: DeviceMeasurements, *, verify_key_id: str | None = None) -> Facts:
+    """The facts the agent reports (GET /control/facts, and a pull agent's status report): :func:`collect_facts`
+    with the enrolment benchmark (edgectl_agent.benchmark: the device is measured at the first report, once;
+    later reports read it back)."""
+    facts = collect_facts(root, verify_key_id=verify_key_id)
+    benchmark = benchmarks.device(facts.cpu_count, facts.ram_available_bytes)
+    return facts.model_copy(update={"benchmark": benchmark}) if benchmark is not None else facts

@@ -130,8 +130,21 @@ class Puller:
     async def report(self) -> None:
         from edgectl_agent.pull_report import push_report, report_text
 
-        text = report_text(self.status, self.agent.deployments.snapshot())
+        facts = await anyio.to_thread.run_sync(self._facts)
+        text = report_text(self.status, self.agent.deployments.snapshot(), facts=facts)
         await anyio.to_thread.run_sync(push_report, self.config.report_url, self.config.device, text)
+
+    def _facts(self):
+        """What GET /control/facts would answer (a pull device is never asked: its report carries them)."""
+        from edgectl_agent.facts import reported_facts
+
+        try:
+            verifier = self.agent.deployments.verifier
+            return reported_facts(self.agent.settings.root, self.agent.deployments.benchmarks,
+                                  verify_key_id=verifier.fact if verifier is not None else None)
+        except Exception:  # noqa: BLE001 - a report without facts still says what serves
+            log.exception("pull: cannot collect facts for the status report")
+            return None
 
     async def poll_once(self) -> str:
         """One poll; returns (and records) its outcome: unchanged, applied, refused, stale, failed."""

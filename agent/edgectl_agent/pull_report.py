@@ -6,6 +6,9 @@ scrapes the gateway (``honor_labels: true``) and edgectl reads the figures back 
 (edgectl.pull.status). Pushgateway rather than remote write: the agent already speaks the Prometheus text format
 (prometheus-client), the gateway keeps each device's last report, which is exactly "last seen", and remote write
 would add protobuf and snappy to the device for one small message per poll.
+
+The device's facts travel in the same report, as the JSON of the Facts model in one label of an info series
+(``edgectl_pull_facts_info``): a few KiB, replaced whole at each report, read back whole by edgectl.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ import time
 import urllib.error
 import urllib.request
 
-from edgectl_agent.api import DeploymentState
+from edgectl_agent.api import DeploymentState, Facts
 from edgectl_agent.pull_state import PullStatus
 
 log = logging.getLogger(__name__)
@@ -27,8 +30,11 @@ def _label(value: str) -> str:
     return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
 
 
-def report_text(status: PullStatus, deployments: list[DeploymentState], *, now: float | None = None) -> str:
-    """The Prometheus text exposition of one poll's outcome and what serves."""
+def report_text(status: PullStatus, deployments: list[DeploymentState], *, now: float | None = None,
+                facts: Facts | None = None) -> str:
+    """The Prometheus text exposition of one poll's outcome and what serves, and the device's ``facts`` (what a
+    push device answers on GET /control/facts, the enrolment benchmark included): the planner plans a pull device
+    from them (edgectl.pull.status.reported_facts)."""
     now = time.time() if now is None else now
     expires = status.expires_at.timestamp() if status.expires_at else 0
     lines = ["# TYPE edgectl_pull_last_seen_timestamp_seconds gauge",
@@ -48,6 +54,9 @@ def report_text(status: PullStatus, deployments: list[DeploymentState], *, now: 
         lines += ["# TYPE edgectl_pull_clock_skew_seconds gauge",
                   f"edgectl_pull_clock_skew_seconds {status.clock_skew_s:.1f}"]
     lines += _gate_lines(status)
+    if facts is not None:
+        lines += ["# TYPE edgectl_pull_facts_info gauge",
+                  f'edgectl_pull_facts_info{{facts="{_label(facts.model_dump_json(exclude_defaults=True))}"}} 1']
     lines.append("# TYPE edgectl_pull_deployment_since_timestamp_seconds gauge")
     for d in deployments:
         a = d.active

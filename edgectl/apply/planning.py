@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from edgectl_agent.api import Facts
+
 from edgectl.builders import ArtifactStore, build, lookup
 from edgectl.builders.sources import is_available
+from edgectl.delivery import DELIVERY_MODES, by_delivery, mode_function
 from edgectl.errors import EdgectlError
 from edgectl.plan import Plan, plan, recipe_id
 from edgectl.plan.select import candidate_recipes
@@ -14,18 +17,33 @@ from edgectl.apply.report import Events
 
 
 def make_plan(spec: Spec, contexts: dict[str, DeviceContext], store: ArtifactStore,
-              built: dict[str, BuiltArtifact] | None = None) -> Plan:
+              built: dict[str, BuiltArtifact] | None = None, *, reported: bool = True) -> Plan:
     """The plan for the observed ``contexts``, planned once with every artifact the local store holds for a recipe
     the planner may consider (so steps skip builds that are cache hits, and exact sizes and measured quality count).
     ``built``: cache hits an earlier plan of this run already found (filled in place when empty); the planner itself
-    stays pure - the store is read here, before it runs."""
+    stays pure - the store is read here, before it runs. ``reported``: devices never connected to (pull) are
+    planned from the facts they last reported (False: from their profiles, contacting nothing)."""
     built = {} if built is None else built
     available = available_sources(spec)
     if not built:
         built.update(find_built(spec, _candidate_recipes(spec, available), store))
     facts = {n: c.facts for n, c in contexts.items()}
+    if reported:
+        facts.update(reported_facts(spec, [c.device for c in contexts.values() if c.facts is None]))
     observed = {n: c.observed for n, c in contexts.items()}
     return plan(spec, facts, observed, built, devices=list(contexts), available=available)
+
+
+def reported_facts(spec: Spec, devices: list) -> dict[str, Facts]:
+    """The facts of devices edgectl never connects to, as they last reported them (their delivery mode's
+    ``facts``: pull devices' status reports, edgectl.pull.status.reported_facts); devices without any are left
+    out."""
+    out: dict[str, Facts] = {}
+    for mode, group in by_delivery(devices).items():
+        ref = DELIVERY_MODES[mode].facts
+        if ref is not None:
+            out.update((name, f) for name, f in mode_function(ref)(spec, group).items() if f is not None)
+    return out
 
 
 def _candidate_recipes(spec: Spec, available: dict[str, frozenset[int]]) -> list[Recipe]:

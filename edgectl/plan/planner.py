@@ -131,7 +131,7 @@ def _plan_device(spec: Spec, device: Device, facts: Facts | None, observed: Agen
                     vram=vram_budget(profile, facts, dp.warnings), prefer=dict(profile.quant_preference),
                     versions=dict(facts.runtimes) if facts is not None else None,
                     openvino_device=openvino_device(profile, facts, dp.warnings),
-                    hardware=hardware(profile, dp.profile, facts.benchmark if facts is not None else None),
+                    hardware=hardware(profile, dp.profile, facts.benchmark if facts is not None else None, os=platform.os),
                     no_speed=missing_figures(profile), threads=profile.default_threads,
                     unified_gpu=unified_gpu(profile, facts, dp.warnings),
                     measured=tuple(facts.benchmark.artifacts) if facts is not None and facts.benchmark else ())

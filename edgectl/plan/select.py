@@ -14,8 +14,8 @@ from edgectl_agent.runtimes import catalog
 from edgectl.builders.registry import BUILDERS
 from edgectl.plan import compat, gguf, ranking
 from edgectl.plan.estimate import AGENT_BYTES, Estimate, estimate
-from edgectl.plan.speed import (DEFAULT_PROMPT_TOKENS, Calibration, Hardware, device_calibration, estimate_speed,
-                                measured_speed, prefill_threads)
+from edgectl.plan.speed import (DEFAULT_PROMPT_TOKENS, Calibration, Hardware, decode_threads, device_calibration,
+                                estimate_speed, measured_speed, prefill_threads)
 from edgectl.plan.formats import precision_rank, quality_rank
 from edgectl.plan.result import Candidate, DeploymentPlan, Rejected, gib, recipe_id, recipe_label
 from edgectl.spec import BuiltArtifact, Deployment, Model, Recipe
@@ -220,7 +220,8 @@ def _measured(cand: Candidate, dep: Deployment, target: Target, built: dict[str,
 def _estimated(dep: Deployment, model: Model, cand: Candidate, target: Target):
     options = {**cand.runtime_options, **dep.spec.runtime_options}
     return estimate_speed(model.spec.architecture, cand.estimate.weights_bytes, target.hardware,
-                          threads=_threads(dep, target), gpu_layers=cand.gpu_layers,
+                          threads=decode_threads(cand.runtime, _threads(dep, target), target.hardware.cores),
+                          gpu_layers=cand.gpu_layers, quant=cand.recipe.quant,
                           prompt_tokens=dep.spec.speed.prompt_tokens if dep.spec.speed else DEFAULT_PROMPT_TOKENS,
                           runtime=cand.runtime, prefill_threads=prefill_threads(
                               cand.runtime, _threads(dep, target), target.hardware.cores, options))

@@ -1,27 +1,40 @@
-"""Expected tokens/s of a candidate artifact on a device: decode from the bytes read per generated token and the
-device's memory bandwidth, prefill from the model's FLOPs per prompt token and the device's compute. Pure; every
-figure is marked "estimated", except an artifact's own rates measured on the device at its first activation (the
-agent's enrolment benchmark, edgectl_agent.benchmark), which are used as they are and marked "measured".
+"""Expected tokens/s of a candidate artifact on a device: decode from the bytes read and the FLOPs computed per
+generated token, prefill from the FLOPs per prompt token and the device's compute. Pure; every figure is marked
+"estimated", except an artifact's own rates measured on the device at its first activation (the agent's enrolment
+benchmark, edgectl_agent.benchmark), which are used as they are and marked "measured".
 
 Decode at batch 1 reads every weight once per token (the token-embedding table excepted: one row of it is looked
-up; with tied embeddings it is read whole as the output projection) plus the KV cache of the tokens in context.
-So time per token = bytes / (DECODE_BANDWIDTH_EFFICIENCY x sustained bandwidth) + layers x LAYER_OVERHEAD_S (the
-per-layer dispatch and thread hand-off that dominates tiny models). Prefill runs matrix-matrix products:
-2 x parameters FLOPs per prompt token at PREFILL_COMPUTE_EFFICIENCY x sustained compute (scaled by the threads
-used). With llama.cpp layers offloaded to a dedicated GPU, the GPU's share of the bytes and FLOPs goes at the GPU's
-figures.
+up; with tied embeddings it is read whole as the output projection) plus the KV cache of the tokens in context, and
+multiplies each weight once (2 x parameters FLOPs). Time per token is the SUM of
 
-Profiles give vendor peak figures (``memory_bandwidth_gbps``, ``compute_gflops``); a sustained figure is
-PEAK_TO_SUSTAINED of the peak (a STREAM copy / BLAS sgemm typically reaches 60-80% of it). The constants are
-calibrated by ``bench/speed.py`` against llama-cpp-python on this repository's machine (see docs/benchmarks.md,
-section speed, and docs/planning.md); the other runtimes' rates relative to llama.cpp's (RUNTIME_EFFICIENCY) were
-measured by the same script in one run, as ratios.
+- a bandwidth term: bytes / (DECODE_BANDWIDTH_EFFICIENCY x the sustained bandwidth its threads can draw: a
+  device that measured itself says what one thread's copy streams, and t threads draw at most t times that),
+- a compute term: 2 x parameters / (DECODE_COMPUTE_EFFICIENCY x compute per thread x threads),
+- TOKEN_OVERHEAD_S (sampling, the runtime's per-token work) and, with more than one thread, layers x LAYER_SYNC_S
+  (the threads meet at a barrier after each operation of a layer).
+
+Sum, not max (a roofline): measured here at 1 thread, SmolLM2-135M Q8_0 decodes slower than Q4_1 by about the
+extra bytes at the copy bandwidth, although both do the same FLOPs; with max() both would be compute-bound and
+equal. One core streams weights and multiplies them in turn, it does not overlap the two. Prefill runs
+matrix-matrix products: 2 x parameters FLOPs per prompt token at PREFILL_COMPUTE_EFFICIENCY x compute per thread x
+threads. With llama.cpp layers offloaded to a dedicated GPU, the GPU's share of the bytes and FLOPs goes at the
+GPU's figures.
+
+Profiles give vendor peak figures (``memory_bandwidth_gbps``, ``compute_gflops`` for all cores); a sustained figure
+is PEAK_TO_SUSTAINED of the peak (a STREAM copy / BLAS sgemm typically reaches 60-80% of it). A device that measured
+itself gives its sustained bandwidth (all CPUs, and one thread's) and its float32 matmul rate on ONE thread (times
+its cores: the compute of all cores). The constants, and the runtime and format factors (RUNTIME_FACTORS, QUANT_FACTORS), were
+measured by ``bench/speed.py`` on this repository's machine; each says its source below and in docs/planning.md.
+
+MLX has two builds with very different speeds: Metal on Apple silicon (its estimate is the formula's, unmeasured
+here) and the Linux CPU build, measured here at ~3% of that. The device's OS decides which figure the plan uses,
+and the plan's basis says which (:func:`estimate_speed`).
 
 Where the device's agent measured itself (``Facts.benchmark``), its measured memory bandwidth and compute replace
-the profile's figures (they are sustained figures already), and each runtime whose artifact was measured there
-calibrates the estimates of that runtime's other candidates on that device: estimate x (measured / estimated) of
-the measured artifact (:func:`device_calibration`). That folds in what a formula cannot know: the threads' real
-cores, the build's kernels, other work on the device.
+the profile's figures, and each runtime whose artifact was measured there calibrates the estimates of that
+runtime's other candidates on that device: estimate x (measured / estimated) of the measured artifact
+(:func:`device_calibration`). That folds in what a formula cannot know: the threads' real cores, the build's
+kernels, other work on the device.
 """
 
 from __future__ import annotations
@@ -37,27 +50,42 @@ from edgectl.spec.profile import ProfileSpec
 GB = 1e9
 # Sustained / vendor peak, for memory bandwidth and for compute (STREAM copy and sgemm typically reach 60-80%).
 PEAK_TO_SUSTAINED = 0.7
-# Share of the sustained bandwidth llama.cpp's CPU decode reaches on a bandwidth-bound model: assumed 0.75 (it
-# typically reaches 70-80% of a STREAM copy); one tiny model cannot separate it from the per-layer overhead.
+# Source of the figures below: bench/speed.py on this repository's machine (AMD EPYC, 2 CPUs, x86_64 AVX2),
+# SmolLM2-135M (134.5 M parameters, 30 layers). Two quiet points: (a) 2 threads, 63.8 GB/s copy, 239 GFLOPS sgemm
+# (2 threads): GGUF Q4_1 decoded 124 tokens/s and prefilled 452 (250-token prompt; the earlier calibration,
+# pinned by tests/unit/plan/test_speed.py); (b) 1 thread, 26.8 GB/s copy (1 thread), 95.8 GFLOPS sgemm (1 thread),
+# load 0.3: Q4_1 decoded 97.0 tokens/s and prefilled 176, Q8_0 86.8 and 386 (103-token prompt).
+# Share of the sustained copy bandwidth decode streams weights at: 0.75 (llama.cpp typically reaches 70-80% of a
+# STREAM copy; (b)'s Q8_0 - Q4_1 difference, 46 MB more per token, took 1.2-2.4 ms: 19-39 GB/s).
 DECODE_BANDWIDTH_EFFICIENCY = 0.75
-# Per layer and token: calibrated by bench/speed.py on SmolLM2-135M Q4_1 (30 layers), 2 threads: 124 tokens/s
-# measured with 63.8 GB/s measured; the bandwidth term explains 2.1 of its 8.1 ms per token.
-LAYER_OVERHEAD_S = 200e-6
-# Calibrated by bench/speed.py: SmolLM2 Q4_1 prefill 452 tokens/s = 122 GFLOPS of a 239 GFLOPS numpy sgemm.
+# Share of the one-thread sgemm rate decode's quantized matrix-vector products reach, per thread: (b) leaves
+# 4.0-5.1 ms per token (Q8_0, Q4_1) beside the bandwidth term and the overhead: 269 MFLOP / 4.55 ms = 0.6 x 95.8.
+DECODE_COMPUTE_EFFICIENCY = 0.6
+# Per token, whatever the model: sampling and the runtime's per-token work (the tiny 2-layer test model decodes
+# at 1,600-7,000 tokens/s through the agent's llama.cpp runtime: 0.14-0.6 ms).
+TOKEN_OVERHEAD_S = 0.3e-3
+# Per layer and token with more than one thread: the barrier after each operation. (a) leaves 3.8 ms of its 8.06 ms
+# per token beside the terms above: 127 us per layer; at 1 thread there is none (the tiny model: 0.1 ms/token).
+LAYER_SYNC_S = 125e-6
+# Prefill: (a) 452 tokens/s x 269 MFLOP = 122 GFLOPS = 0.51 x 239; (b) 176 x 269 M = 47 GFLOPS = 0.49 x 95.8.
 PREFILL_COMPUTE_EFFICIENCY = 0.5
 # The prompt the estimates assume when the deployment names none: its KV cache is read by every decoded token, and
 # time to first token is its prefill.
 DEFAULT_PROMPT_TOKENS = 512
 # KV cache bytes per element per runtime (as estimate.RUNTIME_KV_BYTES; repeated to keep this module standalone).
 _KV_BYTES = {"llamacpp": 2, "openvino-genai": 1.03, "onnxruntime-genai": 4, "mlx": 2}
-# (decode, prefill) rate of each runtime relative to llama.cpp's on the same model and quant class, measured by
-# bench/speed.py in one run each, as ratios (SmolLM2-135M INT4 against llama.cpp Q4_1, two runs at load 9 and 13 on
-# this 2-CPU machine, prefill per thread): OpenVINO GenAI decodes at 0.83-0.89x llama.cpp and prefills at 2.75-2.9x
-# per thread (oneDNN's batched matmul); ONNX GenAI decodes at 1.10-1.28x and prefills at 1.1-1.4x. MLX is left at
-# 1.0: its estimate is for Apple silicon (Metal, unmeasured here); its Linux CPU build, the only one here, ran at
-# 0.03x of the estimate (float32 on the CPU) - a device that measures itself corrects that (device_calibration).
-RUNTIME_EFFICIENCY: dict[str, tuple[float, float]] = {
-    "llamacpp": (1.0, 1.0), "openvino-genai": (0.85, 2.8), "onnxruntime-genai": (1.2, 1.2), "mlx": (1.0, 1.0)}
+# (decode, prefill) multipliers of the formula's rates per runtime, measured by bench/speed.py in one run (b) as
+# measured / formula (SmolLM2-135M INT4; these runtimes take no thread count and ran on both CPUs: 18.6 GB/s copy
+# with 2 threads in that run): OpenVINO GenAI decoded 82.2 tokens/s (formula 76) and prefilled 847 (356: oneDNN's
+# batched matmul); ONNX GenAI 158.6 (77.8) and 625 (356). MLX on Linux: 2.9 and 5 tokens/s (formula 82.6 and 356):
+# the Linux CPU build runs at ~3% of the formula. MLX on Apple silicon (Metal) keeps 1.0: unmeasured here.
+RUNTIME_FACTORS: dict[str, tuple[float, float]] = {
+    "llamacpp": (1.0, 1.0), "openvino-genai": (1.08, 2.4), "onnxruntime-genai": (2.0, 1.75), "mlx": (1.0, 1.0),
+    "mlx/linux": (0.035, 0.014)}
+# (decode, prefill) multipliers per llama.cpp quant, relative to Q4_1 (the calibration): (b) Q8_0 prefilled 2.2x
+# Q4_1 (386 vs 176; 1.6x in a loaded run: 190 vs 118), its int8 dot products need no unpacking. Its decode is
+# covered by the bytes. Other quants are unmeasured here: 1.0.
+QUANT_FACTORS: dict[tuple[str, str], tuple[float, float]] = {("llamacpp", "Q8_0"): (1.0, 2.0)}
 
 
 @dataclass(frozen=True)
@@ -70,24 +98,43 @@ class Hardware:
     gpu_bandwidth: float = 0.0  # dedicated GPU memory (0 = none)
     gpu_compute: float = 0.0
     basis: str = ""  # where the figures come from, for the plan's text
+    os: str | None = None  # the device's OS (linux, darwin, android): picks the MLX build's figure
+    thread_bandwidth: float = 0.0  # what one thread's copy streams (0 = unknown: no limit below ``bandwidth``)
 
     def cpu_compute(self, threads: int) -> float:
         return self.compute * min(max(threads, 1), self.cores) / self.cores
 
+    def cpu_bandwidth(self, threads: int) -> float:
+        """What ``threads`` threads can stream: one core alone cannot draw all of a server's bandwidth."""
+        if not self.thread_bandwidth:
+            return self.bandwidth
+        return min(self.bandwidth, self.thread_bandwidth * max(threads, 1))
 
-def hardware(profile: ProfileSpec, name: str, measured: DeviceBenchmark | None = None) -> Hardware | None:
+
+def hardware(profile: ProfileSpec, name: str, measured: DeviceBenchmark | None = None,
+             os: str | None = None) -> Hardware | None:
     """The profile's figures as sustained rates, or the device's measured ones where its agent measured them
-    (``measured``: its enrolment benchmark); None when neither gives a memory bandwidth and a compute figure."""
+    (``measured``: its enrolment benchmark); None when neither gives a memory bandwidth and a compute figure.
+    ``os``: the device's platform OS (the profile's ``os`` when not given)."""
+    os = os or getattr(profile, "os", None)
     bw = measured.memory_bandwidth_bytes_per_s if measured is not None else None
-    compute = ((measured.compute_flops_per_s if measured is not None else None)
-               or (profile.compute_gflops or 0) * GB * PEAK_TO_SUSTAINED)
+    per_thread = measured.thread_compute_flops_per_s if measured is not None else None
+    # the CPUs the device measured itself with (its agent's): a named profile may say otherwise
+    cores = measured.threads if bw else profile.cpu.cores
+    measured_compute = per_thread * cores if per_thread else (measured.compute_flops_per_s if measured else None)
+    compute = measured_compute or (profile.compute_gflops or 0) * GB * PEAK_TO_SUSTAINED
     if bw and compute:
-        from_profile = hardware(profile, name)  # a dedicated GPU keeps the profile's figures
+        from_profile = hardware(profile, name, os=os)  # a dedicated GPU keeps the profile's figures
         gpu = from_profile.basis.partition("; ")[2] if from_profile is not None else ""
-        compute_text = (f"{compute / GB:.0f} GFLOPS" if measured.compute_flops_per_s
-                        else f"{profile.compute_gflops:g} GFLOPS (profile)")
-        return replace(from_profile or Hardware(bandwidth=0, compute=0, cores=profile.cpu.cores),
-                       bandwidth=bw, compute=compute,
+        if per_thread:
+            compute_text = f"{per_thread / GB:.0f} GFLOPS per thread x {cores}"
+        elif measured_compute:
+            compute_text = f"{compute / GB:.0f} GFLOPS"
+        else:
+            compute_text = f"{profile.compute_gflops:g} GFLOPS (profile)"
+        return replace(from_profile or Hardware(bandwidth=0, compute=0, cores=cores, os=os),
+                       bandwidth=bw, compute=compute, cores=cores,
+                       thread_bandwidth=measured.thread_memory_bandwidth_bytes_per_s or 0.0,
                        basis=f"{name}: measured at enrolment {bw / GB:.1f} GB/s, {compute_text}"
                              + (f"; {gpu}" if gpu else ""))
     if not profile.memory_bandwidth_gbps or not profile.compute_gflops:
@@ -102,11 +149,12 @@ def hardware(profile: ProfileSpec, name: str, measured: DeviceBenchmark | None =
     return Hardware(
         bandwidth=profile.memory_bandwidth_gbps * GB * PEAK_TO_SUSTAINED,
         compute=profile.compute_gflops * GB * PEAK_TO_SUSTAINED,
-        cores=profile.cpu.cores,
+        cores=cores,
         gpu_bandwidth=gpu_bw * GB * PEAK_TO_SUSTAINED if gpu else 0.0,
         gpu_compute=gpu.compute_gflops * GB * PEAK_TO_SUSTAINED if gpu else 0.0,
         basis=f"{name}: {profile.memory_bandwidth_gbps:g} GB/s, {profile.compute_gflops:g} GFLOPS"
-              + (f"; {gpu.name}: {gpu_bw:g} GB/s, {gpu.compute_gflops:g} GFLOPS" if gpu else ""))
+              + (f"; {gpu.name}: {gpu_bw:g} GB/s, {gpu.compute_gflops:g} GFLOPS" if gpu else ""),
+        os=os)
 
 
 def missing_figures(profile: ProfileSpec) -> str:
@@ -152,37 +200,60 @@ def bytes_per_token(arch: Architecture, weights_bytes: int, context_tokens: int,
     return int(weights_bytes - embedding + kv)
 
 
+def factors(runtime: str, quant: str = "", os: str | None = None) -> tuple[float, float, str]:
+    """(decode, prefill) multipliers of the formula for ``runtime`` / ``quant`` on an ``os`` device, and what the
+    plan says about them (MLX: which build's figure)."""
+    key = runtime
+    note = ""
+    if runtime == "mlx":
+        if os == "darwin":
+            note = "MLX figure: Apple silicon (Metal), the formula's, unmeasured here"
+        else:
+            key, note = "mlx/linux", "MLX figure: its Linux CPU build, as measured by bench/speed.py"
+    decode, prefill = RUNTIME_FACTORS.get(key, (1.0, 1.0))
+    q_decode, q_prefill = QUANT_FACTORS.get((runtime, quant), (1.0, 1.0))
+    return decode * q_decode, prefill * q_prefill, note
+
+
 def estimate_speed(arch: Architecture, weights_bytes: int, hw: Hardware, *, threads: int, gpu_layers: int = 0,
                    prompt_tokens: int = DEFAULT_PROMPT_TOKENS, runtime: str = "llamacpp",
-                   prefill_threads: int | None = None) -> Speed:
-    """Expected decode and prefill tokens/s of an artifact of ``weights_bytes`` on ``hw`` (``gpu_layers``:
-    llama.cpp layers on the dedicated GPU, -1 = all; ``prefill_threads``: where the runtime prefills with other
-    threads than it decodes with, see :func:`prefill_threads`)."""
-    if prefill_threads is not None:
-        threads = prefill_threads
+                   prefill_threads: int | None = None, quant: str = "") -> Speed:
+    """Expected decode and prefill tokens/s of a ``quant`` artifact of ``weights_bytes`` on ``hw`` decoding with
+    ``threads`` (``gpu_layers``: llama.cpp layers on the dedicated GPU, -1 = all; ``prefill_threads``: where the
+    runtime prefills with other threads than it decodes with, see :func:`prefill_threads`)."""
+    decode_threads = min(max(threads, 1), hw.cores)
     on_gpu = 0.0
     if gpu_layers and hw.gpu_bandwidth:
         on_gpu = 1.0 if gpu_layers < 0 else min(1.0, gpu_layers / arch.layers)
     read = bytes_per_token(arch, weights_bytes, prompt_tokens, runtime)
-    decode_s = (read * (1 - on_gpu) / (DECODE_BANDWIDTH_EFFICIENCY * hw.bandwidth)
-                + (read * on_gpu / (DECODE_BANDWIDTH_EFFICIENCY * hw.gpu_bandwidth) if on_gpu else 0.0)
-                + arch.layers * LAYER_OVERHEAD_S)
     flops = 2 * arch.parameters
-    prefill_s = (flops * (1 - on_gpu) / (PREFILL_COMPUTE_EFFICIENCY * hw.cpu_compute(threads))
+    cpu_decode_s = (read / (DECODE_BANDWIDTH_EFFICIENCY * hw.cpu_bandwidth(decode_threads))
+                    + flops / (DECODE_COMPUTE_EFFICIENCY * hw.cpu_compute(decode_threads))
+                    + (arch.layers * LAYER_SYNC_S if decode_threads > 1 else 0.0))
+    gpu_decode_s = (read / (DECODE_BANDWIDTH_EFFICIENCY * hw.gpu_bandwidth)
+                    + flops / (DECODE_COMPUTE_EFFICIENCY * hw.gpu_compute)) if on_gpu else 0.0
+    decode_s = cpu_decode_s * (1 - on_gpu) + gpu_decode_s * on_gpu + TOKEN_OVERHEAD_S
+    batch_threads = threads if prefill_threads is None else prefill_threads
+    prefill_s = (flops * (1 - on_gpu) / (PREFILL_COMPUTE_EFFICIENCY * hw.cpu_compute(batch_threads))
                  + (flops * on_gpu / (PREFILL_COMPUTE_EFFICIENCY * hw.gpu_compute) if on_gpu else 0.0))
-    decode_eff, prefill_eff = RUNTIME_EFFICIENCY.get(runtime, (1.0, 1.0))
-    return Speed(decode_tokens_per_s=decode_eff / decode_s, prefill_tokens_per_s=prefill_eff / prefill_s,
-                 prompt_tokens=prompt_tokens, basis=hw.basis)
+    decode_factor, prefill_factor, note = factors(runtime, quant, hw.os)
+    return Speed(decode_tokens_per_s=decode_factor / decode_s, prefill_tokens_per_s=prefill_factor / prefill_s,
+                 prompt_tokens=prompt_tokens, basis=hw.basis + (f"; {note}" if note else ""))
 
 
 def prefill_threads(runtime: str, threads: int, cores: int, runtime_options: dict) -> int:
-    """The threads a runtime prefills with: llama.cpp batches with n_threads_batch, which is every CPU unless the
-    deployment's runtime_options set it (llama-cpp-python's default), whatever its decode threads; the agent's
-    OpenVINO GenAI, ONNX GenAI and MLX runtimes do not take the deployment's threads: their libraries use every
-    CPU."""
+    """The threads a runtime prefills with: llama.cpp batches with n_threads_batch, which the agent sets to the
+    deployment's threads unless its runtime_options set it (as llama.cpp's own tools do; llama-cpp-python alone
+    would take every CPU); the agent's OpenVINO GenAI, ONNX GenAI and MLX runtimes do not take the deployment's
+    threads: their libraries use every CPU."""
     if runtime == "llamacpp":
-        return int(runtime_options.get("n_threads_batch") or cores)
+        return int(runtime_options.get("n_threads_batch") or threads)
     return cores
+
+
+def decode_threads(runtime: str, threads: int, cores: int) -> int:
+    """The threads a runtime decodes with: llama.cpp the deployment's; the others every CPU (see above)."""
+    return threads if runtime == "llamacpp" else cores
 
 
 def measured_speed(m: ArtifactSpeed, prompt_tokens: int, estimated: Speed) -> Speed:

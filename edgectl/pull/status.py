@@ -3,7 +3,9 @@
 Agents push a report after every poll to the Pushgateway (edgectl_agent.pull_report); Prometheus scrapes it. Last
 seen is the gateway's own ``push_time_seconds`` (the device's clock may be wrong); a device is "stale" when it has
 not reported for STALE_POLLS poll intervals (jitter and one missed poll allowed), or when it reports that the
-registry serves it an expired state.
+registry serves it an expired state. Each report also carries the device's facts (the enrolment benchmark
+included): :func:`reported_facts` gives them to the planner, so a pull device is planned from its measured
+hardware the way a push device is from GET /control/facts.
 """
 
 from __future__ import annotations
@@ -12,7 +14,8 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 
 import httpx
-from edgectl_agent.api import ArtifactRef, DeploymentState
+import pydantic
+from edgectl_agent.api import ArtifactRef, DeploymentState, Facts
 
 from edgectl.agent_client import SmokeResult
 from edgectl.observe import DeviceStatus
@@ -44,12 +47,46 @@ def _value(series: list[dict], name: str) -> float | None:
     return None
 
 
+def facts_of(series: list[dict] | None) -> Facts | None:
+    """The facts a device's last report carried (None: none, or from an agent that does not report them; a report
+    that does not parse is ignored: the device is then planned from its profile, as before it reported)."""
+    for s in series or ():
+        if s["metric"].get("__name__") == "edgectl_pull_facts_info" and s["metric"].get("facts"):
+            try:
+                return Facts.model_validate_json(s["metric"]["facts"])
+            except pydantic.ValidationError:
+                return None
+    return None
+
+
+def reported_facts(spec: Spec, devices: list[Device], *, timeout: float = 3.0) -> dict[str, Facts | None]:
+    """device -> the facts its last report carried, for pull ``devices`` (read from their fleets' Prometheus; a
+    Prometheus that cannot be read gives no facts: those devices are planned from their profiles)."""
+    fleet_of = {d.name: f for f in spec.fleets.values() for d in f.spec.devices}
+    reports: dict[str, dict[str, list[dict]]] = {}
+    out: dict[str, Facts | None] = {}
+    for device in devices:
+        fleet = fleet_of.get(device.name)
+        prometheus = fleet.spec.pull.prometheus if fleet is not None and fleet.spec.pull is not None else None
+        if prometheus is None:
+            out[device.name] = None
+            continue
+        if prometheus not in reports:
+            try:
+                reports[prometheus] = query_reports(prometheus, timeout=timeout)
+            except (httpx.HTTPError, KeyError, ValueError):
+                reports[prometheus] = {}
+        out[device.name] = facts_of(reports[prometheus].get(device.name))
+    return out
+
+
 def device_status(spec: Spec, device: Device, series: list[dict] | None, *, now: datetime) -> DeviceStatus:
     desired = sorted(n for n, dep in spec.deployments.items() if selects(dep.spec.selector, device))
     st = DeviceStatus(device.name, reachable=False, endpoint="pull", desired=desired)
     if not series:
         st.error = "never seen: no report from this pull device in Prometheus (enrolled? agent running?)"
         return st
+    st.facts = facts_of(series)
     seen = _value(series, "push_time_seconds") or _value(series, "edgectl_pull_last_seen_timestamp_seconds") or 0
     interval = _value(series, "edgectl_pull_poll_interval_seconds") or 0
     age = now.timestamp() - seen

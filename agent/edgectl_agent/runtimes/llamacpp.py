@@ -156,6 +156,8 @@ class LlamaCppRuntime(Runtime):
             check_chat_template(header.chat_template, label)
         if not ONE_CALL_OPTIONS & set(kwargs):
             return self._load_batched(path, desired, kwargs)
+        if "n_threads" in kwargs:  # prefill with the deployment's threads too, as the batching engine does
+            kwargs = {"n_threads_batch": kwargs["n_threads"], **kwargs}
         thread = ModelThread(desired.name)
         try:
             llm = thread.call(llama_cpp.Llama, str(path), **kwargs)

@@ -129,3 +129,10 @@ def test_facts_and_metrics_report_the_measurements(make_agent, enabled: bool) ->
     assert "edgectl_agent_memory_bandwidth_bytes_per_second " in metrics
     assert 'edgectl_agent_measured_decode_tokens_per_second{deployment="chat"}' in metrics
     assert 'edgectl_agent_measured_prefill_tokens_per_second{deployment="chat"}' in metrics
+
+
+def test_the_device_record_has_one_threads_bandwidth_and_compute() -> None:
+    measured = benchmark.measure_device(2, 256 * MIB)
+    assert measured.threads == 2 and measured.thread_memory_bandwidth_bytes_per_s > 1e8
+    assert measured.thread_compute_flops_per_s > 1e6  # threadpoolctl: installed with nncf (the openvino extra)
+    assert benchmark.thread_matmul_flops(64, repeats=2) > 1e6

@@ -61,6 +61,6 @@ def test_measured_rates_are_used_as_they_are_and_calibrate_the_runtimes_others()
 
 
 def test_prefill_threads_are_what_the_runtime_uses() -> None:
-    assert speed.prefill_threads("llamacpp", 1, 8, {}) == 8  # n_threads_batch defaults to every CPU
+    assert speed.prefill_threads("llamacpp", 1, 8, {}) == 1  # the agent sets n_threads_batch to the threads
     assert speed.prefill_threads("llamacpp", 1, 8, {"n_threads_batch": 2}) == 2
     assert speed.prefill_threads("openvino-genai", 1, 8, {}) == 8  # takes no thread count
