@@ -23,11 +23,16 @@ class Recipe(Frozen):
     source_precision: str = Field(description="Precision of the source it is built from.")
     calibration: str | None = Field(default=None, description="INT8_STATIC: path of the .npz of calibration samples "
                                                               "(quantization.calibration); None = generated samples.")
+    backend: Literal["olive"] | None = Field(default=None, description="quantization.backend: an alternative builder "
+                                                                       "of the format (olive: Microsoft Olive's "
+                                                                       "workflow); None = the format's own builder.")
 
     def cache_key(self, source_digest: str, tool_version: str, calibration_digest: str | None = None) -> str:
         """Build cache key = source digest + recipe + tool version (+ the calibration samples' digest, not their
         path: moving the file changes nothing). Same key = same bytes, no work."""
-        data = {"source": source_digest, "recipe": self.model_dump(exclude={"calibration"}), "tool": tool_version}
+        # backend only when set: the keys of every default-builder recipe stay what they were
+        recipe = self.model_dump(exclude={"calibration"} | ({"backend"} if self.backend is None else set()))
+        data = {"source": source_digest, "recipe": recipe, "tool": tool_version}
         if calibration_digest is not None:
             data["calibration"] = calibration_digest
         blob = json.dumps(data, sort_keys=True)
