@@ -8,7 +8,7 @@ from typing import Literal
 
 from edgectl_agent.api import ArtifactFormat
 from edgectl_agent.names import DIGEST_PATTERN
-from pydantic import Field
+from pydantic import Field, model_serializer
 
 from edgectl.spec.common import Frozen
 
@@ -27,12 +27,19 @@ class Recipe(Frozen):
                                                                        "of the format (olive: Microsoft Olive's "
                                                                        "workflow); None = the format's own builder.")
 
+    @model_serializer(mode="wrap")
+    def _backend_only_when_set(self, handler):
+        # A recipe without a backend serializes (and so keys the cache, and shows in plans) exactly as before the
+        # field existed.
+        data = handler(self)
+        if self.backend is None and isinstance(data, dict):
+            data.pop("backend", None)
+        return data
+
     def cache_key(self, source_digest: str, tool_version: str, calibration_digest: str | None = None) -> str:
         """Build cache key = source digest + recipe + tool version (+ the calibration samples' digest, not their
         path: moving the file changes nothing). Same key = same bytes, no work."""
-        # backend only when set: the keys of every default-builder recipe stay what they were
-        recipe = self.model_dump(exclude={"calibration"} | ({"backend"} if self.backend is None else set()))
-        data = {"source": source_digest, "recipe": recipe, "tool": tool_version}
+        data = {"source": source_digest, "recipe": self.model_dump(exclude={"calibration"}), "tool": tool_version}
         if calibration_digest is not None:
             data["calibration"] = calibration_digest
         blob = json.dumps(data, sort_keys=True)
