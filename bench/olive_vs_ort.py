@@ -1,6 +1,7 @@
 """Olive backend vs onnxruntime-genai's own builder: size and quality of the ONNX LLM folder each makes.
 
     PYTHONPATH=.:agent .venv/bin/python -m bench.olive_vs_ort [--model tiny|smollm2|both] [--quant INT4]
+        [--int4-algo k_quant_mixed]
 
 Both builds go through edgectl's pipeline (``quantization.backend: olive`` vs none) from the same Hugging Face
 folder, into a scratch store. Quality: both artifacts and the source read the same tokens (the source tokenizer's
@@ -126,7 +127,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--model", choices=("tiny", "smollm2", "both"), default="tiny")
     parser.add_argument("--quant", default="INT4")
+    parser.add_argument("--int4-algo", default=None, help="try another int4 algorithm in Olive's pass (e.g. "
+                                                            "k_quant_mixed: k-quant with the output head and the "
+                                                            "most sensitive layers at int8); default: edgectl's pass")
     args = parser.parse_args()
+    if args.int4_algo:
+        from edgectl.builders import olive
+
+        olive.PASSES["INT4"] = {**olive.PASSES["INT4"], "int4_algo_config": args.int4_algo}  # in the cache key too
     for name in (("tiny", "smollm2") if args.model == "both" else (args.model,)):
         run(name, args.quant)
 
