@@ -285,6 +285,7 @@ def olive_manifest(folder: Path, hf_folder: Path, *, port: int, quant: str = "IN
     import json
 
     config = json.loads((hf_folder / "config.json").read_text())
+    head_dim = config["hidden_size"] // config["num_attention_heads"]
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "fleet.yaml").write_text(f"""\
 apiVersion: edgectl.dev/v1alpha1
@@ -293,7 +294,7 @@ metadata: {{name: tiny-hf}}
 spec:
   architecture: {{family: llama, parameters: 1200000, layers: {config["num_hidden_layers"]},
                  hidden_size: {config["hidden_size"]}, attention_heads: {config["num_attention_heads"]},
-                 kv_heads: {config["num_key_value_heads"]}, head_dim: {config["hidden_size"] // config["num_attention_heads"]},
+                 kv_heads: {config["num_key_value_heads"]}, head_dim: {head_dim},
                  vocab_size: {config["vocab_size"]}, max_context: {config["max_position_embeddings"]}}}
   sources:
     - {{type: huggingface, path: {hf_folder}, precision: FP32}}

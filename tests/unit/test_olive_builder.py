@@ -64,7 +64,8 @@ def test_olive_options_reach_the_model_builder_under_their_current_names():
 def test_registry_has_olive_as_a_backend_of_onnx_llms():
     info = builder_for("onnx", "llm", "olive")
     assert info.backend == "olive" and info.runtime == "onnxruntime-genai" and info.layout == "tree"
-    assert info.builder == "edgectl.builders.olive:build_olive" and quants_for("onnx", "llm", "olive") == ("INT8", "INT4")
+    assert info.builder == "edgectl.builders.olive:build_olive"
+    assert quants_for("onnx", "llm", "olive") == ("INT8", "INT4")
     assert builder_for("onnx", "llm").backend is None  # the default builder is unchanged
     with pytest.raises(BuildError) as e:
         builder_for("onnx", "tensor", "olive")
