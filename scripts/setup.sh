@@ -80,3 +80,19 @@ if [ "${1:-}" = "test" ] || [ "${1:-}" = "vllm" ]; then
     "${VPIP[@]}" --no-deps --upgrade --target "$VLLM_VENV/gptq-overlay" llmcompressor==0.14.0.1 compressed-tensors==0.19.0
   fi
 fi
+
+# Olive (`scripts/setup.sh olive`, and `test`): the onnx LLM builder's `quantization.backend: olive`. olive-ai 0.13
+# pins opentelemetry-sdk 1.45.2 -> opentelemetry-api 1.45.2, while .venv has 1.45.3 (fastapi's): Olive and the
+# packages only it needs go, without their dependencies, into an overlay folder that only the Olive workflow's
+# child process puts on its path (EDGECTL_OLIVE_OVERLAY, default ~/.cache/edgectl/olive-overlay); torch,
+# transformers and onnxruntime-genai come from .venv. Cold: ~40 s and 160 MB; cached: skipped.
+if [ "${1:-}" = "test" ] || [ "${1:-}" = "olive" ]; then
+  OLIVE_OVERLAY=${EDGECTL_OLIVE_OVERLAY:-$HOME/.cache/edgectl/olive-overlay}
+  if [ ! -f "$OLIVE_OVERLAY/olive_ai-0.13.0.dist-info/METADATA" ]; then
+    echo "edgectl setup: installing olive-ai 0.13.0 into $OLIVE_OVERLAY (~40 s)" >&2
+    "${PIP[@]}" --no-deps --upgrade --target "$OLIVE_OVERLAY" olive-ai==0.13.0 onnxscript==0.7.2 optuna==5.1.0 \
+      alembic==1.20.1 mako==1.4.3 sqlalchemy==2.1.9 colorlog==6.12.0 pandas==3.1.1 questionary==2.1.1 \
+      prompt_toolkit==3.0.53 wcwidth==0.9.5 torchmetrics==1.9.0 lightning-utilities==0.15.3 \
+      opentelemetry-sdk==1.45.2 opentelemetry-api==1.45.2 opentelemetry-semantic-conventions==0.66b2
+  fi
+fi

@@ -277,3 +277,40 @@ spec: {{model: tiny-llama, selector: {{devices: [this-machine]}}, context_length
         quantization: {{allow: [{quant}]}}{speed}}}
 """)
     return folder
+
+
+def olive_manifest(folder: Path, hf_folder: Path, *, port: int, quant: str = "INT4") -> Path:
+    """``folder`` holding manifests that deploy the tiny Hugging Face llama in ``hf_folder`` (tests/tinyhf, FF 384
+    for the onnxruntime-genai builder) to this machine (profile auto, local transport, agent on ``port``) as
+    deployment 'tiny', built as an onnx LLM by the Olive backend (``quantization.backend: olive``). Returns it."""
+    import json
+
+    config = json.loads((hf_folder / "config.json").read_text())
+    head_dim = config["hidden_size"] // config["num_attention_heads"]
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "fleet.yaml").write_text(f"""\
+apiVersion: edgectl.dev/v1alpha1
+kind: Model
+metadata: {{name: tiny-hf}}
+spec:
+  architecture: {{family: llama, parameters: 1200000, layers: {config["num_hidden_layers"]},
+                 hidden_size: {config["hidden_size"]}, attention_heads: {config["num_attention_heads"]},
+                 kv_heads: {config["num_key_value_heads"]}, head_dim: {head_dim},
+                 vocab_size: {config["vocab_size"]}, max_context: {config["max_position_embeddings"]}}}
+  sources:
+    - {{type: huggingface, path: {hf_folder}, precision: FP32}}
+---
+apiVersion: edgectl.dev/v1alpha1
+kind: Fleet
+metadata: {{name: local}}
+spec:
+  devices:
+    - {{name: this-machine, profile: auto, transport: {{type: local}}, agent: {{port: {port}}}}}
+---
+apiVersion: edgectl.dev/v1alpha1
+kind: Deployment
+metadata: {{name: tiny}}
+spec: {{model: tiny-hf, selector: {{devices: [this-machine]}}, context_length: 256, threads: 1,
+        quantization: {{format: onnx, backend: olive, allow: [{quant}]}}}}
+""")
+    return folder

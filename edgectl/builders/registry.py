@@ -60,6 +60,7 @@ class BuilderInfo:
     # "module:function" returning the cache key's tool versions, for a builder whose tools live in another Python
     # (the vLLM venv); None: the versions of ``tools`` installed here
     versions: str | None = None
+    backend: str | None = None  # an alternative builder of (format, kind), chosen by quantization.backend
 
     @property
     def runtime(self) -> str:
@@ -109,8 +110,25 @@ BUILDERS: dict[tuple[str, Kind], BuilderInfo] = {b.key: b for b in (
 )}
 
 
-def builder_for(format: str, kind: Kind = "llm") -> BuilderInfo:
-    """The builder of a format for a kind of model, or BuildError listing what can be built."""
+# Alternative builders of a (format, kind) that a deployment picks with quantization.backend; they make artifacts the
+# same runtime serves. Olive: Microsoft's optimization workflow (ModelBuilder pass, CPU target), run from its overlay.
+BACKENDS: dict[tuple[str, Kind, str], BuilderInfo] = {(b.format, b.kind, b.backend): b for b in (
+    BuilderInfo(format="onnx", kind="llm", quants=("INT8", "INT4"), extra="olive", module="edgectl.builders.olive",
+                tools=(), source_types=("huggingface",), builder="edgectl.builders.olive:build_olive", layout="tree",
+                versions="edgectl.builders.olive:olive_tool_versions", backend="olive"),
+) if b.backend}
+
+
+def builder_for(format: str, kind: Kind = "llm", backend: str | None = None) -> BuilderInfo:
+    """The builder of a format for a kind of model (or its ``backend`` alternative), or BuildError listing what can
+    be built."""
+    if backend is not None:
+        try:
+            return BACKENDS[(format, kind, backend)]
+        except KeyError:
+            have = ", ".join(sorted(f"{b} ({f} {k})" for f, k, b in BACKENDS))
+            raise BuildError(f"no {backend!r} backend builds {format} {kind} models",
+                             hint=f"backends: {have}; or remove quantization.backend for the default builder") from None
     try:
         return BUILDERS[(format, kind)]
     except KeyError:
@@ -119,9 +137,9 @@ def builder_for(format: str, kind: Kind = "llm") -> BuilderInfo:
                          hint=f"buildable: {have}") from None
 
 
-def quants_for(format: str, kind: Kind = "llm") -> tuple[str, ...]:
+def quants_for(format: str, kind: Kind = "llm", backend: str | None = None) -> tuple[str, ...]:
     """Quant types a format offers for a kind of model (empty when it has no builder)."""
-    info = BUILDERS.get((format, kind))
+    info = BUILDERS.get((format, kind)) if backend is None else BACKENDS.get((format, kind, backend))
     return info.quants if info else ()
 
 
@@ -130,7 +148,7 @@ def check_buildable(recipe: Recipe) -> BuilderInfo:
 
     Copying a source as shipped (quant == source precision) is always buildable, whatever the precision is.
     """
-    info = builder_for(recipe.format, recipe.kind)
+    info = builder_for(recipe.format, recipe.kind, recipe.backend)
     if is_as_shipped(recipe):
         return info
     if recipe.quant not in info.quants:
@@ -157,7 +175,7 @@ def tool_version(recipe: Recipe) -> str:
     fixed one for as-shipped copies. A missing tool names the pip install."""
     if is_as_shipped(recipe):
         return COPY_TOOL_VERSION
-    return builder_tool_versions(builder_for(recipe.format, recipe.kind))
+    return builder_tool_versions(builder_for(recipe.format, recipe.kind, recipe.backend))
 
 
 def builder_tool_versions(info: BuilderInfo) -> str:
@@ -193,5 +211,7 @@ def tool_versions(module: str, extra: str, tools: tuple[str, ...]) -> str:
 def is_as_shipped(recipe: Recipe) -> bool:
     """The recipe asks for the source's own format and precision: the build is a verified copy, not a quantization.
     (A folder-format build from a Hugging Face source at the same precision is still a conversion.)"""
+    if recipe.backend is not None:  # a backend always builds
+        return False
     info = BUILDERS.get((recipe.format, recipe.kind))
     return recipe.quant == recipe.source_precision and (info is None or recipe.format in info.source_types)

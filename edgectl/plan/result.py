@@ -16,7 +16,8 @@ DeviceStatus = Literal["ok", "unfit", "unknown"]
 
 def recipe_id(recipe: Recipe) -> str:
     """Short stable id of a recipe, e.g. ``smollm2-135m-instruct/gguf/Q4_K_M@Q4_1``."""
-    return f"{recipe.model}/{recipe.format}/{recipe.quant}@{recipe.source_precision}"
+    backend = f"+{recipe.backend}" if recipe.backend else ""  # e.g. .../onnx/INT4@FP32+olive
+    return f"{recipe.model}/{recipe.format}/{recipe.quant}@{recipe.source_precision}{backend}"
 
 
 @dataclass(frozen=True)
@@ -142,7 +143,7 @@ class Plan:
 
 
 def recipe_label(recipe: Recipe) -> str:
-    return f"{recipe.format} {recipe.quant}"
+    return f"{recipe.format} {recipe.quant}" + (f" ({recipe.backend})" if recipe.backend else "")
 
 
 def gib(n: int | float) -> str:

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field, replace
 from edgectl_agent.api import ArtifactSpeed
 from edgectl_agent.runtimes import catalog
 
-from edgectl.builders.registry import BUILDERS
+from edgectl.builders.registry import BUILDERS, builder_for
 from edgectl.plan import compat, gguf, ranking
 from edgectl.plan.estimate import AGENT_BYTES, Estimate, estimate
 from edgectl.plan.speed import (DEFAULT_PROMPT_TOKENS, Calibration, Hardware, decode_threads, device_calibration,
@@ -105,10 +105,12 @@ def _menu(dep: Deployment, model: Model, fmt: str, kind: str, available: frozens
     """(source precision, buildable, native, the recipes) of each quant type of ``fmt`` worth considering for
     ``dep`` - whatever the device, except that an NPU target (``npu``) gets the NPU's INT4 recipe in place of the
     grouped one: only which of them fits, and how, depends on it."""
-    info = BUILDERS[(fmt, kind)]
     q = dep.spec.quantization
+    backend = q.backend if fmt == q.format else None
+    info = BUILDERS[(fmt, kind)] if backend is None else builder_for(fmt, kind, backend)
     source_precision, buildable, native = _source_precision(model, fmt, kind, available)
-    menu = [x for x in q.allow if x in info.quants] if q.allow else list(DEFAULT_MENUS[(fmt, kind)])
+    menu = [x for x in q.allow if x in info.quants] if q.allow else [
+        x for x in DEFAULT_MENUS[(fmt, kind)] if x in info.quants]
     if npu and (fmt, kind) == ("openvino", "llm") and not q.allow:
         menu = [NPU_INT4 if x == "INT4" else x for x in menu]
     if buildable and native and fmt == "gguf" and source_precision in info.quants + (source_precision,) \
@@ -116,7 +118,8 @@ def _menu(dep: Deployment, model: Model, fmt: str, kind: str, available: frozens
             and gguf.is_known(source_precision):
         menu.append(source_precision)  # shipping the source as is needs no requantization
     recipes = [Recipe(model=model.name, format=fmt, kind=kind, quant=quant, source_precision=source_precision,
-                      calibration=q.calibration.path if q.calibration and quant == "INT8_STATIC" else None)
+                      calibration=q.calibration.path if q.calibration and quant == "INT8_STATIC" else None,
+                      backend=backend)
                for quant in dict.fromkeys(menu)]
     return source_precision, buildable, native, recipes
 

@@ -8,7 +8,7 @@ from typing import Literal
 
 from edgectl_agent.api import ArtifactFormat
 from edgectl_agent.names import DIGEST_PATTERN
-from pydantic import Field
+from pydantic import Field, model_serializer
 
 from edgectl.spec.common import Frozen
 
@@ -23,6 +23,18 @@ class Recipe(Frozen):
     source_precision: str = Field(description="Precision of the source it is built from.")
     calibration: str | None = Field(default=None, description="INT8_STATIC: path of the .npz of calibration samples "
                                                               "(quantization.calibration); None = generated samples.")
+    backend: Literal["olive"] | None = Field(default=None, description="quantization.backend: an alternative builder "
+                                                                       "of the format (olive: Microsoft Olive's "
+                                                                       "workflow); None = the format's own builder.")
+
+    @model_serializer(mode="wrap")
+    def _backend_only_when_set(self, handler):
+        # A recipe without a backend serializes (and so keys the cache, and shows in plans) exactly as before the
+        # field existed.
+        data = handler(self)
+        if self.backend is None and isinstance(data, dict):
+            data.pop("backend", None)
+        return data
 
     def cache_key(self, source_digest: str, tool_version: str, calibration_digest: str | None = None) -> str:
         """Build cache key = source digest + recipe + tool version (+ the calibration samples' digest, not their

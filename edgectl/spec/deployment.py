@@ -38,6 +38,18 @@ class Quantization(Frozen):
     calibration: Calibration | None = Field(
         default=None, description="Tensor models, INT8_STATIC: samples to calibrate activation ranges on; default: "
                                   "samples generated from the graph's input spec (standard normal, fixed seed).")
+    backend: Literal["olive"] | None = Field(
+        default=None, description="Build with another tool than the format's own builder. olive: Microsoft Olive's "
+                                  "workflow (its ModelBuilder pass for a CPU target) makes the onnx LLM folder that "
+                                  "onnxruntime-genai serves; needs format: onnx and `bash scripts/setup.sh olive`. "
+                                  "Default: the format's own builder.")
+
+    @model_validator(mode="after")
+    def _backend_needs_format(self) -> "Quantization":
+        if self.backend is not None and self.format != "onnx":
+            raise ValueError(f"backend {self.backend!r} builds the onnx format only: add 'format: onnx' "
+                             f"(it is {self.format!r}), or remove backend")
+        return self
 
     @field_validator("allow")
     @classmethod
