@@ -47,13 +47,23 @@ class Estimate:
     compute_bytes: int
     runtime_bytes: int
     weights_exact: bool  # True when the size comes from a built artifact, not from the tensor rules
+    # the artifact on disk where it differs from the weights in memory (a load-time quantized format: formats.py)
+    disk_bytes: int | None = None
 
     @property
     def total_bytes(self) -> int:
         return self.weights_bytes + self.kv_bytes + self.compute_bytes + self.runtime_bytes
 
+    @property
+    def artifact_bytes(self) -> int:
+        """The artifact's size on disk."""
+        return self.weights_bytes if self.disk_bytes is None else self.disk_bytes
+
     def to_dict(self) -> dict:
-        return asdict(self) | {"total_bytes": self.total_bytes}
+        out = asdict(self) | {"total_bytes": self.total_bytes}
+        if self.disk_bytes is None:
+            del out["disk_bytes"]
+        return out
 
 
 def kv_cache_bytes(arch: Architecture, context_length: int, parallel: int, runtime: str = "llamacpp") -> int:
@@ -77,10 +87,15 @@ def estimate(arch: Architecture, quant: str, context_length: int, parallel: int,
     """Memory for ``arch`` as a ``format`` artifact of ``quant`` served by ``runtime``. ``artifact_bytes``: the
     real size when already built."""
     weights = artifact_bytes if artifact_bytes is not None else formats.weights_bytes(arch, format, quant)
+    disk = None
+    if format in formats.LOAD_TIME_QUANTIZED:  # the built artifact is the 16-bit folder; memory is the layout's
+        weights = formats.weights_bytes(arch, format, quant)
+        disk = artifact_bytes if artifact_bytes is not None else formats.stored_bytes(arch, format, quant)
     return Estimate(
         weights_bytes=weights,
+        disk_bytes=disk,
         kv_bytes=kv_cache_bytes(arch, context_length, parallel, runtime),
         compute_bytes=compute_bytes(arch, context_length, parallel, runtime),
         runtime_bytes=AGENT_BYTES + RUNTIME_LIB_BYTES.get(runtime, 0),
-        weights_exact=artifact_bytes is not None,
+        weights_exact=artifact_bytes is not None and disk is None,
     )
