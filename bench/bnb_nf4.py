@@ -94,9 +94,9 @@ def main() -> None:
                          f"{ratio:.2f}", "met" if 0.9 <= ratio <= 1.1 else "MISSED",
                          f"{q.top1_agreement:.3f} / {q.perplexity:.1f} vs {q.source_perplexity:.1f}" if q else "-"])
             print(rows[-1], flush=True)
-            verdicts.append(f"bnb_nf4: {fmt} {quant} memory estimate/measured {ratio:.2f} "
-                            f"({'met' if 0.9 <= ratio <= 1.1 else 'MISSED'} target 0.9-1.1)")
-            if fmt == "bnb":
+            if fmt == "bnb":  # GGUF Q4_1 is the peer for speed; its estimate is bench/agent_memory.py's business
+                verdicts.append(f"bnb_nf4: {fmt} {quant} memory estimate/measured {ratio:.2f} "
+                                f"({'met' if 0.9 <= ratio <= 1.1 else 'MISSED'} target 0.9-1.1)")
                 held = loaded_weight_bytes(store.local_path(art), art.digest, quant)
                 planned = formats.weights_bytes(arch, "bnb", quant)
                 weights_rows.append([quant, f"{held / MIB:.1f} MiB", f"{planned / MIB:.1f} MiB",
@@ -117,7 +117,11 @@ def main() -> None:
             "the plan's NF4 layout (edgectl/plan/formats.py):\n\n" +
             table(["quant", "held", "planned", "planned / held", "artifact on disk (16-bit)"], weights_rows) +
             "\n\nCUDA was not measured (no GPU on this machine): on a GPU the weights, KV cache and activations "
-            "live in GPU memory and the RAM holds the agent with torch.\n\n" + "\n".join(f"- {v}" for v in verdicts))
+            "live in GPU memory and the RAM holds the agent with torch. The load's 16-bit copies "
+            "(LOAD_TIME_COPIES in edgectl/plan/estimate.py) and torch's libraries were fitted on this model, so the "
+            "estimate's match here checks little beyond that fit. bitsandbytes' CPU path computes each 4-bit matmul "
+            "by dequantizing the weights first (its fused CPU kernel comes from the Hugging Face `kernels` package, "
+            "which loads from the hub and is not installed): NF4 on a CPU is for memory, not speed.\n\n" + "\n".join(f"- {v}" for v in verdicts))
     print(body)
     write_section("bnb_nf4", "bitsandbytes NF4 (transformers runtime) on the CPU", body,
                   dists=("bitsandbytes", "transformers", "torch", "llama-cpp-python"))
