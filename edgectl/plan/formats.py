@@ -77,7 +77,18 @@ LAYOUTS: dict[tuple[str, str], QuantLayout] = {
     # them in memory (16-bit). GPTQ's error-compensating rounding sits a step above round-to-nearest Q4_0.
     ("gptq", "W4A16"): QuantLayout(_bpw(4, 128, 16, 0), 16.0, 16.0, "Q4_1"),
     ("gptq", "W8A16"): QuantLayout(_bpw(8, 128, 16, 0), 16.0, 16.0, "Q8_0"),
+    # bitsandbytes NF4, quantized as transformers loads a 16-bit folder (runtime "transformers"): 4-bit NormalFloat
+    # codes with one fp32 absmax per block of 64 weights; NF4_DQ ("double quantization") stores those absmax values
+    # as 8-bit codes with one fp32 scale per 256 blocks. Every linear layer but the output head; embedding and output
+    # head stay at the 16-bit compute dtype. NF4's 16 levels sit at a normal distribution's quantiles, like IQ4_NL's
+    # non-linear levels (measured: edgectl.builders.quality, docs/formats.md).
+    ("bnb", "NF4"): QuantLayout(_bpw(4, 64, 32, 0), 16.0, 16.0, "IQ4_NL"),
+    ("bnb", "NF4_DQ"): QuantLayout(4 + 8 / 64 + 32 / (64 * 256), 16.0, 16.0, "IQ4_NL"),
 }
+
+# Formats quantized while the runtime loads them: the artifact on disk is the 16-bit model (its bytes are the disk
+# figure), the memory is the layout's.
+LOAD_TIME_QUANTIZED: dict[str, QuantLayout] = {"bnb": QuantLayout(16.0, 16.0, 16.0, "F16")}
 
 # Precisions a source can have outside GGUF's names.
 _PRECISION_ALIASES = {"FP32": "F32", "FP16": "F16", "BF16": "BF16"}
@@ -105,3 +116,9 @@ def weights_bytes(arch: Architecture, format: str, quant: str) -> int:
     if format == "gguf":
         return gguf.weights_bytes(arch, quant)
     return LAYOUTS[(format, quant)].weights_bytes(arch)
+
+
+def stored_bytes(arch: Architecture, format: str, quant: str) -> int:
+    """Bytes of the artifact on disk: the weights, except for a load-time quantized format (its 16-bit folder)."""
+    stored = LOAD_TIME_QUANTIZED.get(format)
+    return stored.weights_bytes(arch) if stored is not None else weights_bytes(arch, format, quant)

@@ -22,6 +22,7 @@ from dataclasses import replace
 
 from edgectl_agent.api import AgentState, DeploymentState, Facts
 
+from edgectl.plan.nf4 import nf4_target
 from edgectl.plan.platforms import device_platform, install_refusal, installs_on_device, runtimes_with_builds
 from edgectl.plan.profiles import (AUTO_RUNTIME_ORDER, auto_name, disk_budget, openvino_device, profile_from_facts,
                                    ram_budget, resolve_profile, unified_gpu, usable_runtimes, vram_budget)
@@ -134,7 +135,8 @@ def _plan_device(spec: Spec, device: Device, facts: Facts | None, observed: Agen
                     hardware=hardware(profile, dp.profile, facts.benchmark if facts is not None else None, os=platform.os),
                     no_speed=missing_figures(profile), threads=profile.default_threads,
                     unified_gpu=unified_gpu(profile, facts, dp.warnings),
-                    measured=tuple(facts.benchmark.artifacts) if facts is not None and facts.benchmark else ())
+                    measured=tuple(facts.benchmark.artifacts) if facts is not None and facts.benchmark else (),
+                    nf4=nf4_target(profile, facts, profile.headroom))
     # Every deployment first gets room for its smallest artifact; quality then goes to them in name order.
     deployments = [spec.deployments[n] for n in wanted]
     models = [spec.models[d.spec.model] for d in deployments]
@@ -146,7 +148,7 @@ def _plan_device(spec: Spec, device: Device, facts: Facts | None, observed: Agen
         if memo is None:
             return plan_deployment(dep, model, t, built, avail(model))
         key = (dep.name, model.name, tuple(t.runtimes), t.budget, t.disk, t.vram, t.openvino_device, t.hardware,
-               t.threads, t.unified_gpu, t.measured,
+               t.threads, t.unified_gpu, t.measured, t.nf4,
                tuple((k, tuple(v)) for k, v in sorted(t.prefer.items())),
                tuple(sorted(t.versions.items())) if t.versions is not None else None)
         if key not in memo:

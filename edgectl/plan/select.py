@@ -17,6 +17,7 @@ from edgectl.plan.estimate import AGENT_BYTES, Estimate, estimate
 from edgectl.plan.speed import (DEFAULT_PROMPT_TOKENS, Calibration, Hardware, decode_threads, device_calibration,
                                 estimate_speed, measured_speed, prefill_threads)
 from edgectl.plan.formats import precision_rank, quality_rank
+from edgectl.plan.nf4 import RUNTIME as NF4_RUNTIME, Nf4Target, nf4_placement
 from edgectl.plan.result import Candidate, DeploymentPlan, Rejected, gib, recipe_id, recipe_label
 from edgectl.spec import BuiltArtifact, Deployment, Model, Recipe
 
@@ -33,6 +34,7 @@ DEFAULT_MENUS: dict[tuple[str, str], tuple[str, ...]] = {
     ("openvino", "llm"): ("INT4", "INT8", "FP16"),
     ("mlx", "llm"): ("INT4", "INT8", "FP16"),
     ("gptq", "llm"): ("W4A16", "W8A16"),
+    ("bnb", "llm"): ("NF4", "NF4_DQ"),
     ("onnx", "tensor"): ("INT8",),
     ("openvino", "tensor"): ("INT8", "FP16"),
 }
@@ -80,6 +82,7 @@ class Target:
     threads: int = 1  # the profile's default inference threads
     unified_gpu: bool = False  # llama.cpp offloads to a GPU that shares system RAM (Jetson, Apple silicon)
     measured: tuple[ArtifactSpeed, ...] = ()  # artifacts' rates the device's agent measured (Facts.benchmark)
+    nf4: Nf4Target | None = None  # where bitsandbytes NF4 runs (plan/nf4.py; None = not worked out)
 
 
 def _source_precision(model: Model, fmt: str, kind: str, available: frozenset[int] | None) -> tuple[str, bool, bool]:
@@ -336,6 +339,9 @@ def plan_deployment(dep: Deployment, model: Model, target: Target, built: dict[s
                 if not why_not and target.vram > 0:  # weights, KV cache, activations in GPU memory; vLLM in RAM
                     why_not, ram = _vllm_on_gpu(target, cand.estimate)
                     cand = replace(cand, ram_bytes=ram)  # gpu_layers is llama.cpp's option, not vLLM's
+            if runtime == NF4_RUNTIME and not why_not:  # on an NVIDIA GPU, or the CPU where bitsandbytes has it
+                why_not, ram, nf4_device = nf4_placement(target.nf4, cand.estimate)
+                cand = replace(cand, ram_bytes=ram or 0, device=nf4_device)
             cand, need = _placed(cand, why_not, runtime, kind, target, model, ov_device)
             if kind == "llm" and target.hardware is not None:
                 cand = replace(cand, speed=_speed(dep, model, cand, target, built, calibrations))
@@ -347,9 +353,9 @@ def plan_deployment(dep: Deployment, model: Model, target: Target, built: dict[s
                 too_big.append(cand)
                 dp.rejected.append(Rejected(cand.recipe, f"needs {gib(need)}, budget {gib(budget)}",
                                             recipe_label(cand.recipe), need))
-            elif cand.estimate.weights_bytes > disk:
+            elif cand.estimate.artifact_bytes > disk:
                 too_big.append(cand)
-                dp.rejected.append(Rejected(cand.recipe, f"artifact {gib(cand.estimate.weights_bytes)} exceeds free "
+                dp.rejected.append(Rejected(cand.recipe, f"artifact {gib(cand.estimate.artifact_bytes)} exceeds free "
                                                          f"disk {gib(disk)}", recipe_label(cand.recipe), need))
             elif too_slow:
                 slow.append(cand)

@@ -71,6 +71,12 @@ RUNTIMES: tuple[RuntimeEntry, ...] = (
     # agent's HTTP client to it (vLLM pins transformers 5 and its own torch). Never 'auto': profiles list it.
     RuntimeEntry(name="vllm", formats=("gptq",), kind="llm", extra="vllm", package="httpx",
                  implementation="edgectl_agent.runtimes.vllm:VllmRuntime", platforms=("linux/x86_64", "linux/aarch64")),
+    # transformers with bitsandbytes' load-time NF4: the artifact is a 16-bit Hugging Face folder, quantized to 4 bits
+    # as it loads (edgectl_agent.runtimes.transformers_nf4). On CUDA GPUs; on the CPU where the device's bitsandbytes
+    # ships its CPU library (Facts.bitsandbytes_backends). Never 'auto': profiles list it.
+    RuntimeEntry(name="transformers", formats=("bnb",), kind="llm", extra="bnb", package="bitsandbytes",
+                 implementation="edgectl_agent.runtimes.transformers_nf4:TransformersNf4Runtime",
+                 platforms=("linux/x86_64", "linux/aarch64", "win32/x86_64")),
     RuntimeEntry(name="fake", formats=("gguf",), kind="llm", extra=None, package=None,
                  implementation="edgectl_agent.runtimes.fake:FakeRuntime", for_tests=True),
 )

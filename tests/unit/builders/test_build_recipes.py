@@ -40,7 +40,7 @@ def test_as_shipped_is_buildable_whatever_the_precision() -> None:
 def test_unknown_format_lists_the_known_ones() -> None:
     with pytest.raises(BuildError, match="no builder for format 'mlx' for tensor models") as exc:
         builder_for("mlx", "tensor")
-    assert exc.value.hint == ("buildable: gguf (llm), gptq (llm), mlx (llm), onnx (llm), onnx (tensor), openvino (llm), "
+    assert exc.value.hint == ("buildable: bnb (llm), gguf (llm), gptq (llm), mlx (llm), onnx (llm), onnx (tensor), openvino (llm), "
                               "openvino (tensor)")
 
 

@@ -51,6 +51,7 @@ def make_facts(d: dict) -> Facts:
         accelerators=[Accelerator(**a) for a in d.get("accelerators", [])],
         llamacpp_backends=d.get("llamacpp_backends"),
         openvino_devices=d.get("openvino_devices"),
+        bitsandbytes_backends=d.get("bitsandbytes_backends"),
         benchmark=make_benchmark(d["benchmark"]) if "benchmark" in d else None,
     )
 
