@@ -194,6 +194,24 @@ REPOSITORY_PATTERN = r"^[a-z0-9]+([._-][a-z0-9]+)*(/[a-z0-9]+([._-][a-z0-9]+)*)*
 ENV_PREFIX_PATTERN = r"^[A-Z][A-Z0-9_]{0,63}$"
 
 
+class SiteMirror(Frozen):
+    """A registry in pull-through (proxy) mode at a site, in front of spec.pull.registry (edgectl.pull.mirrors)."""
+
+    registry: Annotated[str, Field(pattern=REGISTRY_PATTERN)] = Field(
+        description="host[:port] of the site's mirror: a registry in proxy mode of spec.pull.registry (Distribution "
+                    "`proxy.remoteurl`, Harbor proxy cache, Zot sync on demand). `edgectl enroll` points the site's "
+                    "devices at it; `edgectl apply` fetches each new artifact through it once before publishing the "
+                    "states that pin it, so the origin sends one copy per site.")
+    plain_http: bool = Field(default=False, description="Speak HTTP to the mirror: only on loopback or a lab network.")
+    warm: bool = Field(default=True, description="`edgectl apply` fetches new artifacts through the mirror before "
+                                                 "publishing; false for a mirror edgectl cannot reach (then the "
+                                                 "devices' first requests fill it, and a mirror that does not "
+                                                 "coalesce them may fetch a blob more than once).")
+    labels: dict[LabelValue, LabelValue] = Field(
+        min_length=1, description="The site's pull devices: those with all these labels poll this mirror (the first "
+                                  "mirror that matches, in this list's order).")
+
+
 class PullRegistry(Frozen):
     registry: Annotated[str, Field(pattern=REGISTRY_PATTERN)] = Field(
         description="OCI registry host[:port] (Distribution, Harbor, Zot, a cloud registry) the fleet's pull "
@@ -219,6 +237,12 @@ class PullRegistry(Frozen):
                                   "reads pull devices' last reports from.")
     poll_interval_s: int = Field(default=300, ge=5, le=86_400,
                                  description="How often agents check for a new state (each adds +-20% jitter).")
+    mirrors: list[SiteMirror] = Field(default_factory=list,
+                                      description="Site mirrors (pull-through caches) and the devices behind each.")
+    wave_wait_s: int | None = Field(
+        default=None, ge=10, le=7 * 86_400,
+        description="How long `edgectl apply` waits for a wave's devices to report before counting the silent ones "
+                    "failed (rolling/canary rollouts). Default: three poll intervals plus 300 s for the transfer.")
     valid_for_h: float = Field(default=168, gt=0, le=8760,
                                description="Hours a published state stays valid; a device that sees only an "
                                            "older one after that reports it stale (freeze attack). Re-run "
