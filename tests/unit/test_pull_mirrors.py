@@ -61,3 +61,49 @@ def test_a_mirror_that_cannot_be_reached_is_reported_not_raised():
         client.close()
     assert result.error and "cannot reach the mirror" in result.error and "warm: false" in result.error
     assert result.blobs == 0 and said and said[0].startswith(f"warning: could not warm site mirror 127.0.0.1:{port}")
+
+
+# -- `edgectl diff` for a pull device: its reported digest against the local store's --------------------------------
+def diff_rows(reported_digest: str | None, store_digest: str | None, *, quant: str = "Q8_0") -> list[dict]:
+    from datetime import datetime, timezone
+    from types import SimpleNamespace
+
+    from edgectl_agent.api import ArtifactRef, DeploymentState
+
+    from edgectl.plan import recipe_id
+    from edgectl.pull.diff import pull_rows
+    from edgectl.spec import Recipe
+
+    recipe = Recipe(model="tiny", format="gguf", kind="llm", quant=quant, source_precision="F32")
+    dp = SimpleNamespace(device="shop-9", deployments=[SimpleNamespace(deployment="chat", chosen=SimpleNamespace(
+        recipe=recipe))])
+    serving = [] if reported_digest is None else [DeploymentState(
+        name="chat", state="serving", since=datetime.now(timezone.utc),
+        active=ArtifactRef(digest=reported_digest, format="gguf", quant="Q8_0", size_bytes=1, model="tiny"))]
+    st = SimpleNamespace(deployments=serving, endpoint="pull, last seen 3 s ago, state v2", error=None)
+    built = {recipe_id(recipe): SimpleNamespace(digest=store_digest)} if store_digest else {}
+    return pull_rows(dp, st, built)
+
+
+A, B = "sha256:" + "a" * 64, "sha256:" + "b" * 64
+
+
+def test_diff_says_in_sync_only_when_the_reported_digest_is_the_stores():
+    [row] = diff_rows(A, A)
+    assert row["status"] == "in sync" and row["steps"] == [] and row["desired"] == "gguf Q8_0"
+    assert (row["desired_digest"], row["observed_digest"]) == (A, A)
+
+
+def test_diff_names_both_digests_when_the_same_quant_was_rebuilt():
+    [row] = diff_rows(A, B)
+    assert row["status"].startswith(f"drift: serves gguf Q8_0 {A[7:19]}, the local store's is {B[7:19]}"), row
+    assert row["steps"] == ["publish"]
+
+
+def test_diff_without_the_artifact_in_the_store_compares_format_and_quant_and_says_so():
+    [row] = diff_rows(A, None)
+    assert row["status"] == "in sync" and "not built here" in row["observed"]
+    [other] = diff_rows(A, None, quant="Q4_0")
+    assert other["status"].startswith("drift: serves another artifact")
+    [never] = diff_rows(None, A)
+    assert never["status"] == "not deployed"
