@@ -132,6 +132,27 @@ class RegistryWriter:
         self._request("PUT", str(url), (201,), content=content,
                       headers={"Content-Type": "application/octet-stream", "Content-Length": str(size)})
 
+    # -- tags -------------------------------------------------------------------------------------------------
+    def tags(self, *, page: int = 1000, limit: int = 200_000) -> list[str]:
+        """Every tag of the repository, through the tags/list API page by page (``n``, then the ``Link: <...>;
+        rel="next"`` the registry sends while there are more). More than ``limit`` is refused."""
+        out: list[str] = []
+        url: str | None = f"{self.base}/tags/list?n={page}"
+        while url is not None:
+            r = self._request("GET", url, (200, 404))
+            if r.status_code == 404:  # no repository yet: nothing pushed to it
+                return out
+            try:
+                out += [t for t in (r.json().get("tags") or []) if isinstance(t, str)]
+            except ValueError as e:
+                raise RegistryError(f"GET {url}: the tag list is not JSON", hint="see the registry's log") from e
+            if len(out) > limit:
+                raise RegistryError(f"{self.where} has more than {limit} tags: refused",
+                                    hint="keep the enrolment records in a repository of their own")
+            nxt = re.search(r'<([^>]+)>\s*;\s*rel="?next"?', r.headers.get("Link", ""))
+            url = str(httpx.URL(self.base).join(nxt.group(1))) if nxt else None
+        return out
+
     # -- manifests --------------------------------------------------------------------------------------------
     def push_manifest(self, manifest: dict, tag: str) -> str:
         data = json.dumps(manifest, separators=(",", ":"), sort_keys=True).encode()

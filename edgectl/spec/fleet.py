@@ -254,8 +254,19 @@ INVENTORY_PATH_PATTERN = r"^[A-Za-z0-9_][A-Za-z0-9._+-]*(/[A-Za-z0-9_][A-Za-z0-9
 InventoryPath = Annotated[str, Field(pattern=INVENTORY_PATH_PATTERN)]
 
 
+class RegistryInventory(Frozen):
+    """Pull devices enrolled in the fleet's registry (edgectl.inventory.registry)."""
+
+    prefix: Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9._-]{0,63}$")] = Field(
+        default="device-", description="Tag prefix of the enrolment records: every tag '<prefix><device name>' in "
+                                       "spec.pull.repository is a pull device (listed with the tags/list API, "
+                                       "paginated); its annotations dev.edgectl.profile and dev.edgectl.labels (a "
+                                       "JSON object) give its profile and labels.")
+
+
 class InventorySource(Frozen):
-    """Devices listed in a file next to the manifest (edgectl/inventory.py reads it, with file:line errors)."""
+    """Devices listed in a file next to the manifest (edgectl/inventory.py reads it, with file:line errors), or
+    enrolled in the fleet's registry."""
 
     csv: InventoryPath | None = Field(
         default=None, description="A CSV file: a header row, then one device per row. Columns: name (required), "
@@ -267,13 +278,19 @@ class InventorySource(Frozen):
                                   "ansible_port as its transport, edgectl_profile as its profile, and a label "
                                   "'<group>: \"true\"' for every group it is in (not 'all' or 'ungrouped'). "
                                   "Relative to this manifest's folder.")
+    registry: RegistryInventory | None = Field(
+        default=None, description="The pull devices enrolled in this fleet's registry (spec.pull): "
+                                  "'registry: {}' lists the tags 'device-<name>' (`edgectl.inventory.registry.enrol` "
+                                  "writes one). Read when the manifest is loaded, with the publish credentials.")
     profile: Name | None = Field(default=None, description="Profile of the devices whose row or host names none.")
     labels: dict[LabelValue, LabelValue] = Field(default_factory=dict,
                                                  description="Labels added to every device of this source.")
 
     @model_validator(mode="after")
     def _one_file(self) -> InventorySource:
-        if (self.csv is None) == (self.ansible is None):
+        if self.registry is not None and (self.csv is not None or self.ansible is not None):
+            raise ValueError("an inventory source is a file or the registry, not both: split it into two sources")
+        if self.registry is None and (self.csv is None) == (self.ansible is None):
             raise ValueError("an inventory source names exactly one file: 'csv: devices.csv' or "
                              "'ansible: hosts.ini'")
         return self

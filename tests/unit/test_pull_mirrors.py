@@ -107,3 +107,45 @@ def test_diff_without_the_artifact_in_the_store_compares_format_and_quant_and_sa
     assert other["status"].startswith("drift: serves another artifact")
     [never] = diff_rows(None, A)
     assert never["status"] == "not deployed"
+
+
+# -- the tags/list API page by page (Distribution 2.8 sends one page: its real test is test_pull_inventory_registry) --
+def test_tag_listing_follows_the_link_header_of_a_paging_registry():
+    """A small HTTP server paging like the OCI distribution spec (``n``, ``last``, ``Link: <...>; rel="next"``)."""
+    import http.server
+    import json
+    import threading
+    import urllib.parse
+
+    from edgectl.pull.oci import RegistryWriter
+
+    tags = [f"device-d{i:02d}" for i in range(7)]
+    asked = []
+
+    class Paging(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802 - http.server's name
+            url = urllib.parse.urlsplit(self.path)
+            q = dict(urllib.parse.parse_qsl(url.query))
+            asked.append(q)
+            n, last = int(q["n"]), q.get("last")
+            rest = [t for t in tags if last is None or t > last]
+            page = rest[:n]
+            body = json.dumps({"name": "shops/models", "tags": page}).encode()
+            self.send_response(200)
+            if len(rest) > n:
+                self.send_header("Link", f'</v2/shops/models/tags/list?n={n}&last={page[-1]}>; rel="next"')
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Paging)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    client = RegistryWriter(f"127.0.0.1:{server.server_address[1]}", "shops/models", plain_http=True)
+    try:
+        assert client.tags(page=3) == tags
+        assert [q.get("last") for q in asked] == [None, "device-d02", "device-d05"]
+    finally:
+        client.close()
+        server.shutdown()
