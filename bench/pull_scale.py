@@ -1,6 +1,7 @@
 """Pull mode at fleet scale: N simulated pull devices against one real registry, with and without a site mirror.
 
-    python bench/pull_scale.py [--devices 1000] [--poll 10] [--blob-mib 1] [--procs 4] [--timeout 180] [--no-write]
+    python bench/pull_scale.py [--devices 1000] [--poll 10] [--blob-mib 1] [--procs 4] [--timeout 180]
+                               [--paths origin,mirror,mirror-cold] [--no-write]
 
 Real parts: Debian's docker-registry (CNCF Distribution) as the origin on 127.0.0.1 (anonymous: Distribution 2.8's
 proxy mode logs in upstream only to a token-auth registry), a second one in proxy mode as the site mirror, and
@@ -13,13 +14,14 @@ Pushgateway (the agent's own report text). What they skip: signatures (no crypto
 loading. With the mirror, the publish does what ``edgectl apply`` does for a fleet with ``spec.pull.mirrors``:
 artifact to the origin, the mirror warmed with it (edgectl.pull.mirrors.warm_mirror), then the states.
 
-Measured per run: time from the end of the publish (N new state documents plus one new artifact; its own duration
-is reported beside it) until 99% of the devices reported the new digest; the target is two poll intervals plus the transfer time, computed from this
-run's own figures: N copies of the artifact over the throughput the device-facing registry reached when it served
-the same blob to 32 concurrent clients just before (so a slow machine lengthens the target by what it really
-costs to move the bytes, not by guesswork). Latency two ways: the registry's own (its ``http.response.duration``
-log field: what the server took) and the devices' (from the request's start to its answer, which on a loaded
-machine is mostly the pollers' own event-loop queueing). Origin egress from the origin's access log.
+Measured per run: time from the end of the publish (N new state documents plus one new artifact; its own duration is
+reported beside it) until 99% of the devices reported the new digest; the target is two poll intervals plus the
+transfer time, computed from this run's own figures: N copies of the artifact over the throughput the device-facing
+registry reached when it served the same blob to 32 concurrent clients just before (so a slow machine lengthens the
+target by what it really costs to move the bytes, not by guesswork). Latency two ways: the registry's own (its
+``http.response.duration`` log field: what the server took) and the devices' (from the request's start to its
+answer, which on a loaded machine is mostly the pollers' own event-loop queueing). Origin egress from the origin's
+access log; the status reports' latency (PUTs to the Pushgateway) apart.
 """
 
 from __future__ import annotations
@@ -58,6 +60,9 @@ UNIT_S = {"ns": 1e-9, "µs": 1e-6, "us": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, 
 MIB = 2**20
 PUBLISH_THREADS = 8
 CALIBRATION_CLIENTS = 32
+# The Pushgateway checks the consistency of all its metrics on every push, one push at a time: at a 10 s poll that
+# queues reports for tens of seconds (docs/pull.md, "Status back at scale"); large fleets run it without the check.
+FAST_GATEWAY = ["--push.disable-consistency-check"]
 POOL_PER_PROC = 128  # connections per poller process (the pool is the bound: requests beyond it wait their turn)
 
 
@@ -67,6 +72,7 @@ class Tally:
     """One poller process's figures: request latencies as the devices saw them, and when each reported."""
 
     latencies: list[float] = field(default_factory=list)
+    report_latencies: list[float] = field(default_factory=list)  # the status report PUTs to the Pushgateway
     reported: dict[int, float] = field(default_factory=dict)  # device -> time.monotonic() (system-wide on Linux)
     requests: int = 0
     errors: int = 0
@@ -106,7 +112,9 @@ async def device(i: int, t: Tally, client: httpx.AsyncClient, base: str, gateway
             version = 2 if applied == target else 1
             text = report_text(PullStatus(device=f"d{i}", outcome="applied", version=version,
                                           applied_version=version, poll_interval_s=int(poll)), [])
+            sent = time.perf_counter()
             r = await client.put(f"{gateway}/metrics/job/edgectl_pull/device/d{i}", content=text)  # not the registry
+            t.report_latencies.append(time.perf_counter() - sent)
             r.raise_for_status()
             if applied == target and i not in t.reported:
                 t.reported[i] = time.monotonic()
@@ -147,6 +155,8 @@ def poller_process(devices: list[int], known: dict[int, str], base: str, gateway
             while not stop_flag.is_set():
                 await asyncio.sleep(0.2)
             stop.set()
+            for task in tasks:  # a request still queued for a connection is not waited for
+                task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
         return t
     out.put(asdict(asyncio.run(main())))
@@ -213,8 +223,11 @@ def server_durations(log: Path, offset: int) -> list[float]:
             if '"http.response.duration"' not in line:
                 continue
             try:
-                value = json.loads(line)["http.response.duration"]
+                entry = json.loads(line)
+                value = entry["http.response.duration"]
             except (ValueError, KeyError):
+                continue
+            if entry.get("http.request.method") not in ("GET", "HEAD"):  # the publisher's uploads are not polls
                 continue
             out.append(sum(float(n) * UNIT_S[u] for n, u in DURATION.findall(value)))
     return out
@@ -232,12 +245,17 @@ def calibrate(base: str, blob: str, size: int) -> float:
     return max(asyncio.run(once()), asyncio.run(once()))
 
 
+def say(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
 def pct(values: list[float], q: float) -> float | None:
     v = sorted(values)
     return 1000 * v[min(len(v) - 1, int(q * len(v)))] if v else None
 
 
-def run(n: int, poll: float, blob_mib: float, procs: int, timeout: float, mirror: bool, work: Path) -> dict:
+def run(n: int, poll: float, blob_mib: float, procs: int, timeout: float, mirror: bool, work: Path,
+        warm_mirror_first: bool = True, gateway_check: bool = False) -> dict:
     from edgectl.apply.report import Events
     from edgectl.pull.oci import RegistryWriter
 
@@ -245,7 +263,8 @@ def run(n: int, poll: float, blob_mib: float, procs: int, timeout: float, mirror
     servers = [origin]
     gw_port = _free_port()
     gateway_proc = Background(["prometheus-pushgateway", f"--web.listen-address=127.0.0.1:{gw_port}",
-                               "--log.level=warn"], work / "pushgateway.log")
+                               "--log.level=warn", *([] if gateway_check else FAST_GATEWAY)],
+                              work / "pushgateway.log")
     gateway = f"http://127.0.0.1:{gw_port}"
     ctx = mp.get_context("spawn")
     workers: list = []
@@ -263,7 +282,10 @@ def run(n: int, poll: float, blob_mib: float, procs: int, timeout: float, mirror
         with httpx.Client(timeout=60) as c:
             old_blob = publish_blob(c, origin_base, os.urandom(size))
             known = publish_states(c, origin_base, n, old_blob, size, 1)
+        say(f"{n} devices' first states published; calibrating")
         throughput = calibrate(device_base, old_blob, size)
+        say(f"the {'mirror' if mirror else 'origin'} serves {throughput / MIB:.0f} MiB/s; starting {procs} poller "
+            "processes")
 
         done, stop_flag, out = ctx.Value("i", 0), ctx.Event(), ctx.Queue()
         shards = [list(range(k, n, procs)) for k in range(procs)]
@@ -278,7 +300,7 @@ def run(n: int, poll: float, blob_mib: float, procs: int, timeout: float, mirror
         warm = None
         with httpx.Client(timeout=60) as c:
             publish_blob(c, origin_base, new_data)
-            if mirror:  # as `edgectl apply` does for spec.pull.mirrors: the artifact through the mirror first
+            if mirror and warm_mirror_first:  # as `edgectl apply` does for spec.pull.mirrors
                 w = RegistryWriter(front.address, REPO_NAME, plain_http=True)
                 try:
                     from edgectl.pull.mirrors import warm_mirror
@@ -291,12 +313,17 @@ def run(n: int, poll: float, blob_mib: float, procs: int, timeout: float, mirror
                     w.close()
             publish_states(c, origin_base, n, target, size, 2)
         published_s = time.monotonic() - started
+        say(f"new artifact and {n} states published in {published_s:.1f} s")
         need = -(-99 * n // 100)
+        shown = time.monotonic()
         while done.value < need and time.monotonic() < started + timeout:
             time.sleep(0.2)
+            if time.monotonic() - shown > 10:
+                say(f"{done.value}/{n} devices report the new digest")
+                shown = time.monotonic()
         elapsed = time.monotonic() - started
         stop_flag.set()
-        tallies = [Tally(**out.get(timeout=120)) for _ in workers]
+        tallies = [Tally(**out.get(timeout=300)) for _ in workers]
     finally:
         for p in workers:
             p.join(timeout=30)
@@ -310,22 +337,30 @@ def run(n: int, poll: float, blob_mib: float, procs: int, timeout: float, mirror
     # documents from one controller, is reported beside it)
     t99 = reported[need - 1] - started - published_s if len(reported) >= need else None
     client = [x for t in tallies for x in t.latencies]
+    reports = [x for t in tallies for x in t.report_latencies]
     server = server_durations(front.log, front_offset)
     requests, blob_bytes = origin_traffic(origin.log, origin_offset)
     transfer_s = n * size / throughput
-    return {"mirror": mirror, "devices": n, "procs": procs, "published_s": published_s, "warm_s": warm,
+    return {"mirror": mirror, "warmed": mirror and warm_mirror_first, "gateway_check": gateway_check,
+            "devices": n, "procs": procs, "published_s": published_s, "warm_s": warm,
             "t99_s": t99, "reported": len(reported), "elapsed_s": elapsed,
             "throughput_mib_s": throughput / MIB, "transfer_s": transfer_s, "target_s": 2 * poll + transfer_s,
             "requests": sum(t.requests for t in tallies), "rps": sum(t.requests for t in tallies) / elapsed,
             "errors": sum(t.errors for t in tallies),
             "server_p50_ms": pct(server, 0.5), "server_p99_ms": pct(server, 0.99), "server_requests": len(server),
             "client_p50_ms": pct(client, 0.5), "client_p99_ms": pct(client, 0.99),
+            "report_p50_ms": pct(reports, 0.5), "report_p99_ms": pct(reports, 0.99),
             "origin_requests": requests, "origin_blob_bytes": blob_bytes, "blob_bytes": size,
             "copies": blob_bytes / size}
 
 
+def ms(value: float | None, digits: int = 0) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
 def verdicts(r: dict, poll: float) -> list[str]:
-    where = "through the site mirror" if r["mirror"] else "origin only"
+    where = ("origin only" if not r["mirror"] else "through the warmed site mirror" if r["warmed"]
+             else "through the site mirror, not warmed")
     got = f"{r['t99_s']:.1f} s" if r["t99_s"] is not None else f"not reached in {r['elapsed_s']:.0f} s"
     ok = r["t99_s"] is not None and r["t99_s"] <= r["target_s"]
     if r["t99_s"] is not None:
@@ -333,13 +368,16 @@ def verdicts(r: dict, poll: float) -> list[str]:
     lines = [f"{where}: 99% on the new digest {got} vs target {r['target_s']:.1f} s (2 x {poll:g} s poll + "
              f"{r['transfer_s']:.1f} s transfer of {r['devices']} x {r['blob_bytes'] / MIB:g} MiB at "
              f"{r['throughput_mib_s']:.0f} MiB/s measured): {'MET' if ok else 'MISSED'}; registry p99 "
-             f"{r['server_p99_ms']:.1f} ms (server) vs {r['client_p99_ms']:.0f} ms (devices, with their own "
-             "queueing)"]
+             f"{ms(r['server_p99_ms'], 1)} ms (server) vs {ms(r['client_p99_ms'])} ms (devices, with their own "
+             f"queueing); status report p99 {ms(r['report_p99_ms'])} ms (Pushgateway"
+             f"{' with' if r['gateway_check'] else ' without'} its consistency check)"]
     if r["mirror"]:
         lines.append(f"{where}: origin egress {r['copies']:.2f} artifact copies for {r['devices']} devices at one "
                      f"site vs target 1: {'MET' if r['copies'] <= 1.05 else 'MISSED'}"
                      + ("" if r["copies"] <= 1.05 else " (Distribution 2.8's proxy fetches a missed blob twice: "
-                                                       "once to answer, once to store)"))
+                                                       "once to answer, once to store"
+                        + ("" if r["warmed"] else "; and once more per request that misses while a fetch runs")
+                        + ")"))
     return lines
 
 
@@ -351,24 +389,33 @@ def main() -> None:
     ap.add_argument("--procs", type=int, default=min(4, os.cpu_count() or 1),
                     help="poller processes the devices are spread over (default: min(4, CPUs))")
     ap.add_argument("--timeout", type=float, default=180.0, help="give up waiting for 99%% after this (s)")
-    ap.add_argument("--only", choices=("origin", "mirror"), help="run one of the two paths")
+    ap.add_argument("--paths", default="origin,mirror",
+                    help="comma-separated: origin, mirror (warmed as apply does), mirror-cold (not warmed: the "
+                         "devices' concurrent misses fill it); default origin,mirror")
+    ap.add_argument("--gateway-check", action="store_true",
+                    help="run the Pushgateway with its per-push consistency check (its default; off by default "
+                         "here, as docs/pull.md advises for large fleets)")
     ap.add_argument("--no-write", action="store_true", help="print only; leave docs/benchmarks.md alone")
     args = ap.parse_args()
     rows, lines = [], []
-    for mirror in (False, True):
-        if args.only and args.only != ("mirror" if mirror else "origin"):
-            continue
+    for path in args.paths.split(","):
+        if path not in ("origin", "mirror", "mirror-cold"):
+            ap.error(f"unknown path {path!r}: use origin, mirror or mirror-cold")
+        mirror = path != "origin"
         with tempfile.TemporaryDirectory(prefix="pull-scale-") as work:
-            r = run(args.devices, args.poll, args.blob_mib, args.procs, args.timeout, mirror, Path(work))
+            r = run(args.devices, args.poll, args.blob_mib, args.procs, args.timeout, mirror, Path(work),
+                    warm_mirror_first=path == "mirror", gateway_check=args.gateway_check)
         print(json.dumps(r), flush=True)
         lines += verdicts(r, args.poll)
         t99 = (f"{r['t99_s']:.1f} s" if r["t99_s"] is not None
                else f"not reached ({r['reported']}/{r['devices']} in {r['elapsed_s']:.0f} s)")
-        rows.append(["site mirror (proxy, warmed)" if mirror else "origin only", r["devices"], r["procs"],
+        rows.append([{"origin": "origin only", "mirror": "site mirror (proxy, warmed)",
+                      "mirror-cold": "site mirror (proxy, not warmed)"}[path], r["devices"], r["procs"],
                      f"{r['published_s']:.1f} s" + (f" (warm {r['warm_s']:.1f} s)" if r["warm_s"] else ""), t99,
                      f"≤ {r['target_s']:.1f} s", f"{r['throughput_mib_s']:.0f} MiB/s", f"{r['rps']:.0f}",
-                     f"{r['server_p50_ms']:.1f} / {r['server_p99_ms']:.1f} ms",
-                     f"{r['client_p50_ms']:.0f} / {r['client_p99_ms']:.0f} ms", r["errors"], r["origin_requests"],
+                     f"{ms(r['server_p50_ms'], 1)} / {ms(r['server_p99_ms'], 1)} ms",
+                     f"{ms(r['client_p50_ms'])} / {ms(r['client_p99_ms'])} ms",
+                     f"{ms(r['report_p50_ms'])} / {ms(r['report_p99_ms'])} ms", r["errors"], r["origin_requests"],
                      f"{r['copies']:.2f}"])
     for line in lines:
         print("VERDICT " + line)
@@ -381,10 +428,14 @@ def main() -> None:
             "artifact, from one controller: its duration is the publish column). Target: two poll intervals "
             "plus the transfer time of N copies at the throughput the device-facing registry reached in this run "
             f"({CALIBRATION_CLIENTS} concurrent GETs of the same size). Latency: the registry's own "
-            "(`http.response.duration` in its log) and the devices' (including their own queueing). Origin "
-            "figures from the origin's access log.\n\n"
-            + table(["path", "devices", "poller processes", "publish", "99% on new digest after the publish", "target", "registry throughput",
-                     "requests/s", "registry p50 / p99", "devices' p50 / p99", "errors", "origin requests",
+            "(`http.response.duration` in its log) and the devices' (including their own queueing); status "
+            "reports are PUTs to a Pushgateway run "
+            + ("with its default per-push consistency check" if args.gateway_check
+               else "with `--push.disable-consistency-check`") + ". Origin figures from the origin's access log.\n\n"
+            + table(["path", "devices", "poller processes", "publish", "99% on new digest after the publish",
+                     "target", "registry throughput",
+                     "requests/s", "registry p50 / p99", "devices' p50 / p99", "status report p50 / p99", "errors",
+                     "origin requests",
                      "artifact copies from origin"], rows)
             + "\n\n" + "\n".join(f"- {line}" for line in lines))
     if not args.no_write:

@@ -5,9 +5,9 @@ An enrolment record is a tiny OCI artifact in the fleet's repository (spec.pull.
 OCI empty blob as config and layer, and the device's profile and labels as annotations (``dev.edgectl.profile``,
 ``dev.edgectl.labels``: a JSON object). :func:`enrol` writes one (a provisioning pipeline can do the same with
 ``oras push``); :func:`read_registry` lists the tags through the tags/list API, page by page, and reads each
-record's manifest (16 at a time), in the order of the names. Every record becomes a pull device, checked like a device written in the manifest
-(the source's ``profile`` and ``labels`` fill in and add, names unique across the fleet), an error naming the
-registry, repository and tag.
+record's manifest (16 at a time), in the order of the names. Every record becomes a pull device, checked like a
+device written in the manifest (the source's ``profile`` and ``labels`` fill in and add, names unique across the
+fleet), an error naming the registry, repository and tag.
 """
 
 from __future__ import annotations

@@ -1,9 +1,9 @@
 """``edgectl enroll DEVICE``: the pull configuration a device's agent needs (edgectl_agent.pull_state.PullConfig).
 
-It names the fleet's registry (or the site mirror of spec.pull.mirrors whose labels the device has) and
-repository, the read-only credentials from the environment variables ``spec.pull.read_credentials_env`` names, and
-the public half of the fleet's signing key; the agent verifies every state and deployment with it. Written with mode 0600 (it holds a password); copy it to the device and start
-``edgectl-agent serve --pull-config FILE``.
+It names the fleet's registry (or the site mirror of spec.pull.mirrors whose labels the device has) and repository,
+the read-only credentials from the environment variables ``spec.pull.read_credentials_env`` names, and the public
+half of the fleet's signing key; the agent verifies every state and deployment with it. Written with mode 0600 (it
+holds a password); copy it to the device and start ``edgectl-agent serve --pull-config FILE``.
 """
 
 from __future__ import annotations
