@@ -200,9 +200,10 @@ def start_registry(base: Path, proxy_of: str | None = None) -> Registry:
     return r.start()
 
 
-def origin_traffic(log: Path, offset: int) -> tuple[int, int]:
-    """Requests and blob bytes the origin sent since byte ``offset`` of its log."""
-    requests = blob_bytes = 0
+def origin_traffic(log: Path, offset: int, artifact: str) -> tuple[int, int, int]:
+    """Requests, bytes of blob ``artifact`` and bytes of all blobs (the states' too) the origin sent since byte
+    ``offset`` of its log."""
+    requests = artifact_bytes = blob_bytes = 0
     with open(log, "rb") as f:
         f.seek(offset)
         for line in f.read().decode("utf-8", "replace").splitlines():
@@ -211,7 +212,9 @@ def origin_traffic(log: Path, offset: int) -> tuple[int, int]:
                 requests += 1
                 if "/blobs/sha256:" in m.group(2) and m.group(1) == "GET":
                     blob_bytes += int(m.group(4))
-    return requests, blob_bytes
+                    if m.group(2).endswith(f"/blobs/{artifact}"):
+                        artifact_bytes += int(m.group(4))
+    return requests, artifact_bytes, blob_bytes
 
 
 def server_durations(log: Path, offset: int) -> list[float]:
@@ -339,7 +342,7 @@ def run(n: int, poll: float, blob_mib: float, procs: int, timeout: float, mirror
     client = [x for t in tallies for x in t.latencies]
     reports = [x for t in tallies for x in t.report_latencies]
     server = server_durations(front.log, front_offset)
-    requests, blob_bytes = origin_traffic(origin.log, origin_offset)
+    requests, artifact_bytes, blob_bytes = origin_traffic(origin.log, origin_offset, target)
     transfer_s = n * size / throughput
     return {"mirror": mirror, "warmed": mirror and warm_mirror_first, "gateway_check": gateway_check,
             "devices": n, "procs": procs, "published_s": published_s, "warm_s": warm,
@@ -350,8 +353,8 @@ def run(n: int, poll: float, blob_mib: float, procs: int, timeout: float, mirror
             "server_p50_ms": pct(server, 0.5), "server_p99_ms": pct(server, 0.99), "server_requests": len(server),
             "client_p50_ms": pct(client, 0.5), "client_p99_ms": pct(client, 0.99),
             "report_p50_ms": pct(reports, 0.5), "report_p99_ms": pct(reports, 0.99),
-            "origin_requests": requests, "origin_blob_bytes": blob_bytes, "blob_bytes": size,
-            "copies": blob_bytes / size}
+            "origin_requests": requests, "origin_blob_bytes": blob_bytes, "origin_artifact_bytes": artifact_bytes,
+            "blob_bytes": size, "copies": artifact_bytes / size}
 
 
 def ms(value: float | None, digits: int = 0) -> str:
@@ -416,7 +419,7 @@ def main() -> None:
                      f"{ms(r['server_p50_ms'], 1)} / {ms(r['server_p99_ms'], 1)} ms",
                      f"{ms(r['client_p50_ms'])} / {ms(r['client_p99_ms'])} ms",
                      f"{ms(r['report_p50_ms'])} / {ms(r['report_p99_ms'])} ms", r["errors"], r["origin_requests"],
-                     f"{r['copies']:.2f}"])
+                     f"{r['origin_blob_bytes'] / MIB:.1f} MiB", f"{r['copies']:.2f}"])
     for line in lines:
         print("VERDICT " + line)
     body = (f"{args.devices} simulated pull devices (asyncio pollers in {args.procs} processes doing the agent's "
@@ -435,8 +438,7 @@ def main() -> None:
             + table(["path", "devices", "poller processes", "publish", "99% on new digest after the publish",
                      "target", "registry throughput",
                      "requests/s", "registry p50 / p99", "devices' p50 / p99", "status report p50 / p99", "errors",
-                     "origin requests",
-                     "artifact copies from origin"], rows)
+                     "origin requests", "origin blob bytes (all)", "artifact copies from origin"], rows)
             + "\n\n" + "\n".join(f"- {line}" for line in lines))
     if not args.no_write:
         print(write_section("pull_scale", "Pull mode at fleet scale (issue 17)", body, dists=("httpx",)))
