@@ -215,7 +215,8 @@ def diff(paths: List[Path] = PathsArg, device: Optional[List[str]] = DeviceOpt, 
 
     spec = _load(paths)
     contexts = observe(select_devices(spec, device), start_agents=False)
-    rows = diff_rows(spec, contexts, make_plan(spec, contexts, _store()))
+    built: dict = {}  # make_plan fills it with the store's artifacts: pull devices' digests are matched to them
+    rows = diff_rows(spec, contexts, make_plan(spec, contexts, _store(), built), built)
     if as_json:
         sys.stdout.write(json.dumps(rows, indent=2) + "\n")
     else:

@@ -141,11 +141,16 @@ def write_tiny_llama_gguf(path: Path, *, seed: int = 0, ftype: str = "F32",
 
 
 def pull_fleet_manifest(registry: str, devices: list[str], *, quant: str, poll_s: int = 5, pull_extra: str = "",
-                        rollout: str = "{strategy: all-at-once}", gate: str = "{}", threads: int | None = None) -> str:
+                        rollout: str = "{strategy: all-at-once}", gate: str = "{}", threads: int | None = None,
+                        labels: dict[str, dict[str, str]] | None = None) -> str:
     """Model (tiny.gguf beside the manifest) + a Fleet of pull ``devices`` on ``registry`` (fleet.key beside it) + a
     Deployment 'chat' of ``quant`` on all of them, with ``rollout`` and its ``health_gate`` as YAML flow maps (and
-    ``threads`` when given)."""
-    listed = "\n".join(f"    - {{name: {d}, profile: x86-cpu-server, transport: {{type: pull}}}}" for d in devices)
+    ``threads`` when given). ``labels``: device -> its labels."""
+    def labelled(d: str) -> str:
+        pairs = ", ".join(f"{k}: {v}" for k, v in (labels or {}).get(d, {}).items())
+        return f", labels: {{{pairs}}}" if pairs else ""
+    listed = "\n".join(f"    - {{name: {d}, profile: x86-cpu-server, transport: {{type: pull}}{labelled(d)}}}"
+                       for d in devices)
     return f"""\
 apiVersion: edgectl.dev/v1alpha1
 kind: Model

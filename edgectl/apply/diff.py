@@ -4,15 +4,18 @@ from __future__ import annotations
 
 from edgectl.delivery import DELIVERY_MODES, by_delivery, mode_function
 from edgectl.plan import Plan
-from edgectl.spec import Spec
+from edgectl.pull.diff import pull_rows
+from edgectl.spec import BuiltArtifact, Spec
 
 from edgectl.apply.observe import DeviceContext
 
 
-def diff(spec: Spec, contexts: dict[str, DeviceContext], p: Plan) -> list[dict]:
+def diff(spec: Spec, contexts: dict[str, DeviceContext], p: Plan,
+         built: dict[str, BuiltArtifact] | None = None) -> list[dict]:
     """Desired (the plan's artifact) against observed (what each agent serves), one row per device and deployment,
     with what apply would do about it. Drift - an agent serving another digest than the one planned, a deployment
-    failed or changed out of band - is named as such."""
+    failed or changed out of band - is named as such. ``built``: the store's artifacts by recipe id (make_plan
+    fills it), which pull devices' reported digests are matched against (edgectl.pull.diff)."""
     rows = []
     # devices that edgectl does not connect to (pull) are compared with their last report
     reported = {s.device: s for mode, group in by_delivery(contexts[dp.device].device for dp in p.devices).items()
@@ -20,7 +23,7 @@ def diff(spec: Spec, contexts: dict[str, DeviceContext], p: Plan) -> list[dict]:
     for dp in p.devices:
         ctx = contexts[dp.device]
         if dp.device in reported:
-            rows += _pull_rows(dp, reported[dp.device])
+            rows += pull_rows(dp, reported[dp.device], built)
             continue
         current = {d.name: d for d in (ctx.observed.deployments if ctx.observed else [])}
         for dep in dp.deployments:
@@ -48,38 +51,4 @@ def diff(spec: Spec, contexts: dict[str, DeviceContext], p: Plan) -> list[dict]:
             have = f"{cur.active.format} {cur.active.quant} {cur.active.digest[7:19]}" if cur and cur.active else "-"
             rows.append({"device": dp.device, "deployment": step.deployment, "desired": "(not selected)",
                          "observed": have, "status": "not desired", "steps": ["remove"]})
-    return rows
-
-
-def _pull_rows(dp, st) -> list[dict]:
-    """A pull device's rows: the plan's artifact against what its last report says it serves (format and quant;
-    the report's digest shown), with when it was last seen; "stale" when it is overdue."""
-    current = {d.name: d for d in st.deployments}
-    seen = st.endpoint or "pull"
-    rows = []
-    for dep in dp.deployments:
-        cur = current.get(dep.deployment)
-        want = f"{dep.chosen.recipe.format} {dep.chosen.recipe.quant}" if dep.chosen else "(does not fit)"
-        have = (f"{cur.active.format} {cur.active.quant} {cur.active.digest[7:19]} [{cur.state}]"
-                if cur and cur.active else "-") + f" ({seen})"
-        if dep.chosen is None:
-            status = "unfit"
-        elif st.error and (st.error.startswith("stale") or cur is None):
-            status = st.error
-        elif cur is None or cur.active is None:
-            status = "not deployed"
-        elif (cur.active.format, cur.active.quant) == (dep.chosen.recipe.format, dep.chosen.recipe.quant) \
-                and cur.state == "serving":
-            status = "in sync"
-        else:
-            status = ("drift: serves another artifact (published states apply at its next poll)"
-                      if cur.state == "serving" else f"drift: {cur.state}")
-        rows.append({"device": dp.device, "deployment": dep.deployment, "desired": want, "observed": have,
-                     "status": status, "steps": [] if status == "in sync" else ["publish"]})
-    wanted = {dep.deployment for dep in dp.deployments}
-    for name, cur in sorted(current.items()):
-        if name not in wanted and cur.active is not None:
-            rows.append({"device": dp.device, "deployment": name, "desired": "(not selected)",
-                         "observed": f"{cur.active.format} {cur.active.quant} {cur.active.digest[7:19]} ({seen})",
-                         "status": "not desired", "steps": ["publish"]})
     return rows

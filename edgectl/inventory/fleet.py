@@ -1,5 +1,6 @@
-"""A Fleet's spec.inventory read into its devices: each file's rows validated as Devices (file:line errors), names
-unique across the fleet, the merged FleetSpec checked again."""
+"""A Fleet's spec.inventory read into its devices: each file's rows (or the registry's enrolment records,
+edgectl.inventory.registry) validated as Devices (file:line errors), names unique across the fleet, the merged
+FleetSpec checked again."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from pydantic import ValidationError
 from edgectl.errors import SpecError
 from edgectl.inventory.ansible import read_ansible_ini, read_ansible_yaml
 from edgectl.inventory.csv_rows import read_csv
+from edgectl.inventory.registry import RegistryRow, read_registry
 from edgectl.inventory.rows import Row, RowNode
 from edgectl.spec import Device, Fleet
 from edgectl.spec.fleet import FleetSpec, InventorySource
@@ -32,10 +34,17 @@ def expand_fleet(fleet: Fleet, base: Path, where: Callable[[tuple], str], errors
     devices = list(spec.devices)
     device_places: dict[int, str] = {}
     for i, source in enumerate(spec.inventory):
-        for row in read_source(source, base, (lambda i=i: where(("spec", "inventory", i))), errors):
+        entry = (lambda i=i: where(("spec", "inventory", i)))
+        rows = (read_registry(source.registry, spec.pull, entry, errors) if source.registry is not None
+                else read_source(source, base, entry, errors))
+        for row in rows:
             if isinstance(row.data.get("name"), str):
                 read_names.add(row.data["name"])
+            seen = len(errors)
             device = validate_row(row, source, errors)
+            if isinstance(row, RegistryRow):  # no line in a registry: the error names the record
+                for e in errors[seen:]:
+                    e.where = row.where
             if device is None:
                 continue
             if device.name in places:
@@ -89,6 +98,9 @@ def _column_of(field_path: str, columns: dict[str, str]) -> str | None:
 
 def _missing_hint(field_path: str, row: Row) -> str:
     name = field_path.split(".")[-1]
+    if isinstance(row, RegistryRow):
+        return (f"enrol the device again with its {name}" + (", or set 'profile:' on this inventory source in the "
+                                                             "manifest" if "profile" in name else ""))
     if row.file.lower().endswith(".csv"):
         return (f"fill the '{name}' column of this row" + (", or set 'profile:' on this inventory source in the "
                                                            "manifest" if name == "profile" else ""))

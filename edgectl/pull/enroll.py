@@ -1,9 +1,9 @@
 """``edgectl enroll DEVICE``: the pull configuration a device's agent needs (edgectl_agent.pull_state.PullConfig).
 
-It names the fleet's registry and repository, the read-only credentials from the environment variables
-``spec.pull.read_credentials_env`` names, and the public half of the fleet's signing key; the agent verifies every
-state and deployment with it. Written with mode 0600 (it holds a password); copy it to the device and start
-``edgectl-agent serve --pull-config FILE``.
+It names the fleet's registry (or the site mirror of spec.pull.mirrors whose labels the device has) and repository,
+the read-only credentials from the environment variables ``spec.pull.read_credentials_env`` names, and the public
+half of the fleet's signing key; the agent verifies every state and deployment with it. Written with mode 0600 (it
+holds a password); copy it to the device and start ``edgectl-agent serve --pull-config FILE``.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from pathlib import Path
 from edgectl_agent.pull_state import PullConfig
 
 from edgectl.errors import NotFoundError, PlanError
+from edgectl.pull.mirrors import mirror_for
 from edgectl.signing import Signer
 from edgectl.spec import Spec
 
@@ -31,8 +32,10 @@ def pull_config(spec: Spec, device: str) -> PullConfig:
     assert pull is not None and signing is not None  # FleetSpec's validator requires both for pull devices
     signer = Signer.load(Path(signing.key_file).expanduser(), where=spec.sources.get(("Fleet", fleet.name)))
     env = pull.read_credentials_env
-    return PullConfig(device=device, registry=pull.registry, repository=pull.repository,
-                      scheme="http" if pull.plain_http else "https",
+    mirror = mirror_for(pull, spec.devices[device])  # a device at a site polls its mirror, not the origin
+    registry, plain_http = (mirror.registry, mirror.plain_http) if mirror else (pull.registry, pull.plain_http)
+    return PullConfig(device=device, registry=registry, repository=pull.repository,
+                      scheme="http" if plain_http else "https",
                       username=os.environ.get(f"{env}_USERNAME"), password=os.environ.get(f"{env}_PASSWORD"),
                       verify_key_pem=signer.public_pem.decode(), report_url=pull.pushgateway)
 

@@ -13,6 +13,7 @@ import base64
 import hashlib
 import json
 import re
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -131,6 +132,27 @@ class RegistryWriter:
         self._request("PUT", str(url), (201,), content=content,
                       headers={"Content-Type": "application/octet-stream", "Content-Length": str(size)})
 
+    # -- tags -------------------------------------------------------------------------------------------------
+    def tags(self, *, page: int = 1000, limit: int = 200_000) -> list[str]:
+        """Every tag of the repository, through the tags/list API page by page (``n``, then the ``Link: <...>;
+        rel="next"`` the registry sends while there are more). More than ``limit`` is refused."""
+        out: list[str] = []
+        url: str | None = f"{self.base}/tags/list?n={page}"
+        while url is not None:
+            r = self._request("GET", url, (200, 404))
+            if r.status_code == 404:  # no repository yet: nothing pushed to it
+                return out
+            try:
+                out += [t for t in (r.json().get("tags") or []) if isinstance(t, str)]
+            except ValueError as e:
+                raise RegistryError(f"GET {url}: the tag list is not JSON", hint="see the registry's log") from e
+            if len(out) > limit:
+                raise RegistryError(f"{self.where} has more than {limit} tags: refused",
+                                    hint="keep the enrolment records in a repository of their own")
+            nxt = re.search(r'<([^>]+)>\s*;\s*rel="?next"?', r.headers.get("Link", ""))
+            url = str(httpx.URL(self.base).join(nxt.group(1))) if nxt else None
+        return out
+
     # -- manifests --------------------------------------------------------------------------------------------
     def push_manifest(self, manifest: dict, tag: str) -> str:
         data = json.dumps(manifest, separators=(",", ":"), sort_keys=True).encode()
@@ -142,6 +164,46 @@ class RegistryWriter:
         """The OCI manifest at ``reference``, or None when there is none."""
         r = self._request("GET", f"{self.base}/manifests/{reference}", (200, 404), headers={"Accept": OCI_MANIFEST})
         return r.json() if r.status_code == 200 else None
+
+    def warm_blob(self, digest: str, *, settle_s: float = 60.0) -> int:
+        """Make a pull-through mirror hold blob ``digest``; returns the bytes read (0: it held it already).
+
+        A ``Range: bytes=0-0`` GET: a mirror that holds the blob answers 206 with one byte. A cold one fetches it
+        from its origin and answers 200 with the whole body, read to the end and hashed. Then wait, probing the same
+        way, until the mirror serves it from its own storage (206): Distribution 2.8 answers a miss with one
+        upstream fetch and stores the blob with a second one running beside it, and a device arriving before that
+        second one is committed would cost a third. A probe that finds it still cold is closed at once, unread."""
+        url = f"{self.base}/blobs/{digest}"
+        hasher, read = hashlib.sha256(), 0
+        deadline, pause = time.monotonic() + settle_s, 0.1
+        try:
+            while True:
+                with self.client.stream("GET", url, headers={"Range": "bytes=0-0"}) as r:
+                    if r.status_code == 206:
+                        return read
+                    if r.status_code != 200:
+                        r.read()
+                        raise RegistryError(f"GET {url}: HTTP {r.status_code} {r.text[:200]}",
+                                            hint="check that the mirror proxies spec.pull.registry and that the "
+                                                 "publish credentials may read it; see the mirror's log")
+                    if read == 0:  # the first answer: read it all (the mirror's first copy) and check it
+                        for chunk in r.iter_bytes(CHUNK):
+                            hasher.update(chunk)
+                            read += len(chunk)
+                        if "sha256:" + hasher.hexdigest() != digest:
+                            raise RegistryError(f"the mirror {self.where} served blob {digest} with other bytes",
+                                                hint="the mirror's cache or the origin's storage is corrupt: "
+                                                     "delete the blob there and publish again")
+                if time.monotonic() > deadline:
+                    raise RegistryError(f"the mirror {self.where} served blob {digest} but did not keep it within "
+                                        f"{settle_s:.0f} s", hint="check the mirror's storage and log (is it in "
+                                                                  "proxy mode, with space left?)")
+                time.sleep(pause)
+                pause = min(2.0, pause * 2)
+        except httpx.HTTPError as e:
+            raise RegistryError(f"GET {url}: cannot reach the mirror ({e})",
+                                hint="check spec.pull.mirrors[].registry and plain_http; set `warm: false` on a "
+                                     "mirror edgectl cannot reach") from e
 
     def blob(self, digest: str, limit: int) -> bytes:
         r = self._request("GET", f"{self.base}/blobs/{digest}", (200,))

@@ -14,7 +14,8 @@ per fleet's registry (spec.pull):
 
 Which devices get their new state when is the rollout's (edgectl.pull.rollout: waves published in turn, judged by
 the devices' reports). Nothing connects to a device; agents pick the new state up at their next poll
-(edgectl_agent.pull).
+(edgectl_agent.pull). Site mirrors (spec.pull.mirrors) are warmed with the new artifacts before any state is
+published (edgectl.pull.mirrors).
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from edgectl.apply.steps import desired_deployment
 from edgectl.builders import ArtifactStore, lookup
 from edgectl.errors import EdgectlError, PlanError
 from edgectl.plan import recipe_id
+from edgectl.pull.mirrors import artifact_blobs, warm_site_mirrors
 from edgectl.pull.oci import RegistryWriter
 from edgectl.pull.rollout import PullRollout, PullTarget
 from edgectl.signing import Signer, signers_for
@@ -160,6 +162,7 @@ def publish_pull_devices(spec: Spec, devices: list[Device], *, store: ArtifactSt
     writers: dict[str, RegistryWriter] = {}
     pushed: set[tuple[str, str]] = set()
     targets: dict[str, PullTarget] = {}
+    new_blobs: dict[str, list[str]] = {}  # device -> blobs of the artifacts its next state pins anew
     try:
         for dp in p.devices:
             res, fleet = results[dp.device], fleet_of[dp.device]
@@ -169,6 +172,7 @@ def publish_pull_devices(spec: Spec, devices: list[Device], *, store: ArtifactSt
             try:
                 writer = writers.setdefault(fleet.name, writer_for(pull))
                 target = PullTarget(dp.device, pull, published={}, desired={})
+                arts: dict[str, BuiltArtifact] = {}
                 for dep in dp.deployments:
                     if dep.chosen is None:
                         continue
@@ -186,11 +190,22 @@ def publish_pull_devices(spec: Spec, devices: list[Device], *, store: ArtifactSt
                     target.desired[dep.deployment] = signers[dp.device].sign(
                         desired_deployment(spec, dp, dep, art, kind=dep.chosen.recipe.kind))
                     target.kinds[dep.deployment] = dep.chosen.recipe.kind
+                    arts[dep.deployment] = art
                 old = current_state(writer, dp.device)
                 target.published = {d.name: d for d in old.deployments} if old is not None else {}
                 targets[dp.device] = target
+                new_blobs[dp.device] = [b for name, art in arts.items()
+                                        if target.published.get(name) != target.desired[name]
+                                        for b in artifact_blobs(store, art)]
             except EdgectlError as e:
                 res.error = str(e)
+
+        # Before any state pins them: each site mirror fetches the new artifacts once (edgectl.pull.mirrors).
+        sites: dict[str, tuple[PullRegistry, list[Device]]] = {}
+        for d in devices:
+            if d.name in targets and fleet_of[d.name].spec.pull.mirrors:
+                sites.setdefault(fleet_of[d.name].name, (fleet_of[d.name].spec.pull, []))[1].append(d)
+        warm_site_mirrors(sites, new_blobs, events)
 
         def publish(device: str, deployments: list[DesiredDeployment], gates: dict) -> PublishedState | None:
             fleet = fleet_of[device]

@@ -7,10 +7,11 @@ own reports (Pushgateway -> Prometheus, edgectl.pull.status):
    the manifests; edgectl.apply.rollout.waves cuts them into waves (all-at-once, rolling, canary).
 2. All-at-once (one wave): every target's new state is published and apply returns; each agent's own blue-green
    activation is the gate (a device that fails keeps serving its previous artifact and reports why).
-3. Several waves: apply publishes wave 1, then waits - bounded by ``wave_wait_s`` (three poll intervals plus five
-   minutes for the transfer), with progress - until each of the wave's devices reports that it applied the new
-   state version and what its health-gate smoke request found (judged here with the one gate rule,
-   edgectl.apply.rollout.gate_problems), or that it failed or refused it. A device with no such report by then
+3. Several waves: apply publishes wave 1, then waits - bounded by ``wave_wait_s`` (the Fleet's
+   spec.pull.wave_wait_s; by default three poll intervals plus five minutes for the transfer), with progress -
+   until each of the wave's devices reports that it applied the new state version and what its health-gate smoke
+   request found (judged here with the one gate rule, edgectl.apply.rollout.gate_problems), or that it failed or
+   refused it. A device with no such report by then
    counts as failed. The wave's failures go to the one halting rule (edgectl.apply.rollout.Halting): within
    ``max_failure``, failed devices are rolled back (``rollback: true``: their previous deployments published again
    under a new version) and the next wave is published; past it, the whole wave is rolled back and later waves are
@@ -44,8 +45,10 @@ CHECK_EVERY_S = 2.0
 
 
 def wave_wait_s(pull: PullRegistry) -> float:
-    """How long apply waits for a wave's devices to report: three poll intervals (jitter, one missed poll) plus
-    time to download and load."""
+    """How long apply waits for a wave's devices to report: the Fleet's ``spec.pull.wave_wait_s``, by default three
+    poll intervals (jitter, one missed poll) plus time to download and load."""
+    if pull.wave_wait_s is not None:
+        return float(pull.wave_wait_s)
     return 3 * pull.poll_interval_s + TRANSFER_ALLOWANCE_S
 
 

@@ -194,6 +194,24 @@ REPOSITORY_PATTERN = r"^[a-z0-9]+([._-][a-z0-9]+)*(/[a-z0-9]+([._-][a-z0-9]+)*)*
 ENV_PREFIX_PATTERN = r"^[A-Z][A-Z0-9_]{0,63}$"
 
 
+class SiteMirror(Frozen):
+    """A registry in pull-through (proxy) mode at a site, in front of spec.pull.registry (edgectl.pull.mirrors)."""
+
+    registry: Annotated[str, Field(pattern=REGISTRY_PATTERN)] = Field(
+        description="host[:port] of the site's mirror: a registry in proxy mode of spec.pull.registry (Distribution "
+                    "`proxy.remoteurl`, Harbor proxy cache, Zot sync on demand). `edgectl enroll` points the site's "
+                    "devices at it; `edgectl apply` fetches each new artifact through it once before publishing the "
+                    "states that pin it, so the origin sends one copy per site.")
+    plain_http: bool = Field(default=False, description="Speak HTTP to the mirror: only on loopback or a lab network.")
+    warm: bool = Field(default=True, description="`edgectl apply` fetches new artifacts through the mirror before "
+                                                 "publishing; false for a mirror edgectl cannot reach (then the "
+                                                 "devices' first requests fill it, and a mirror that does not "
+                                                 "coalesce them may fetch a blob more than once).")
+    labels: dict[LabelValue, LabelValue] = Field(
+        min_length=1, description="The site's pull devices: those with all these labels poll this mirror (the first "
+                                  "mirror that matches, in this list's order).")
+
+
 class PullRegistry(Frozen):
     registry: Annotated[str, Field(pattern=REGISTRY_PATTERN)] = Field(
         description="OCI registry host[:port] (Distribution, Harbor, Zot, a cloud registry) the fleet's pull "
@@ -219,6 +237,12 @@ class PullRegistry(Frozen):
                                   "reads pull devices' last reports from.")
     poll_interval_s: int = Field(default=300, ge=5, le=86_400,
                                  description="How often agents check for a new state (each adds +-20% jitter).")
+    mirrors: list[SiteMirror] = Field(default_factory=list,
+                                      description="Site mirrors (pull-through caches) and the devices behind each.")
+    wave_wait_s: int | None = Field(
+        default=None, ge=10, le=7 * 86_400,
+        description="How long `edgectl apply` waits for a wave's devices to report before counting the silent ones "
+                    "failed (rolling/canary rollouts). Default: three poll intervals plus 300 s for the transfer.")
     valid_for_h: float = Field(default=168, gt=0, le=8760,
                                description="Hours a published state stays valid; a device that sees only an "
                                            "older one after that reports it stale (freeze attack). Re-run "
@@ -230,8 +254,19 @@ INVENTORY_PATH_PATTERN = r"^[A-Za-z0-9_][A-Za-z0-9._+-]*(/[A-Za-z0-9_][A-Za-z0-9
 InventoryPath = Annotated[str, Field(pattern=INVENTORY_PATH_PATTERN)]
 
 
+class RegistryInventory(Frozen):
+    """Pull devices enrolled in the fleet's registry (edgectl.inventory.registry)."""
+
+    prefix: Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9._-]{0,63}$")] = Field(
+        default="device-", description="Tag prefix of the enrolment records: every tag '<prefix><device name>' in "
+                                       "spec.pull.repository is a pull device (listed with the tags/list API, "
+                                       "paginated); its annotations dev.edgectl.profile and dev.edgectl.labels (a "
+                                       "JSON object) give its profile and labels.")
+
+
 class InventorySource(Frozen):
-    """Devices listed in a file next to the manifest (edgectl/inventory.py reads it, with file:line errors)."""
+    """Devices listed in a file next to the manifest (edgectl/inventory.py reads it, with file:line errors), or
+    enrolled in the fleet's registry."""
 
     csv: InventoryPath | None = Field(
         default=None, description="A CSV file: a header row, then one device per row. Columns: name (required), "
@@ -243,13 +278,19 @@ class InventorySource(Frozen):
                                   "ansible_port as its transport, edgectl_profile as its profile, and a label "
                                   "'<group>: \"true\"' for every group it is in (not 'all' or 'ungrouped'). "
                                   "Relative to this manifest's folder.")
+    registry: RegistryInventory | None = Field(
+        default=None, description="The pull devices enrolled in this fleet's registry (spec.pull): "
+                                  "'registry: {}' lists the tags 'device-<name>' (`edgectl.inventory.registry.enrol` "
+                                  "writes one). Read when the manifest is loaded, with the publish credentials.")
     profile: Name | None = Field(default=None, description="Profile of the devices whose row or host names none.")
     labels: dict[LabelValue, LabelValue] = Field(default_factory=dict,
                                                  description="Labels added to every device of this source.")
 
     @model_validator(mode="after")
     def _one_file(self) -> InventorySource:
-        if (self.csv is None) == (self.ansible is None):
+        if self.registry is not None and (self.csv is not None or self.ansible is not None):
+            raise ValueError("an inventory source is a file or the registry, not both: split it into two sources")
+        if self.registry is None and (self.csv is None) == (self.ansible is None):
             raise ValueError("an inventory source names exactly one file: 'csv: devices.csv' or "
                              "'ansible: hosts.ini'")
         return self

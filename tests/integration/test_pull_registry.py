@@ -43,7 +43,7 @@ spec:
   signing: {{key_file: fleet.key}}
   pull: {{registry: "{registry}", repository: shops/models, plain_http: true, poll_interval_s: {poll}{extra}}}
   devices:
-    - name: shop-1
+    - name: {device}
       profile: x86-cpu-server
       transport: {{type: pull}}
 ---
@@ -52,7 +52,7 @@ kind: Deployment
 metadata: {{name: chat}}
 spec:
   model: tiny-llama
-  selector: {{devices: [shop-1]}}
+  selector: {{devices: [{device}]}}
   context_length: 256
   quantization: {{allow: [{quant}]}}
 """
@@ -69,8 +69,11 @@ def edgectl(*args: str, env: dict) -> subprocess.CompletedProcess:
 class PullWorld:
     """A registry, a manifest folder with a fleet key, and edgectl's environment (push and read-only users)."""
 
-    def __init__(self, tmp: Path, token: TokenService | None = None) -> None:
-        """``token``: the registry authenticates through that Bearer-token service instead of htpasswd."""
+    def __init__(self, tmp: Path, token: TokenService | None = None, device: str = "shop-1") -> None:
+        """``token``: the registry authenticates through that Bearer-token service instead of htpasswd.
+        ``device``: the pull device's name; a test whose agent reports to a Pushgateway gives one no other test
+        uses, so a report can never be read by another test (status is read by device name)."""
+        self.device = device
         self.registry = Registry(tmp / "registry", {"publisher": "push-secret", "shop": "read-secret"},
                                  token=token).start()
         self.dir = tmp / "m"
@@ -84,10 +87,10 @@ class PullWorld:
     def write(self, quant: str, extra: str = "") -> None:
         """``extra``: more spec.pull fields, e.g. ', pushgateway: "http://..."'."""
         (self.dir / "all.yaml").write_text(MANIFESTS.format(registry=self.registry.address, poll=POLL_S, quant=quant,
-                                                            extra=extra))
+                                                            extra=extra, device=self.device))
 
     def enroll(self, out: Path) -> dict:
-        edgectl("enroll", "shop-1", "-f", str(self.dir), "--out", str(out), env=self.env)
+        edgectl("enroll", self.device, "-f", str(self.dir), "--out", str(out), env=self.env)
         return json.loads(out.read_text())
 
 

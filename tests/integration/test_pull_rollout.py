@@ -20,7 +20,8 @@ from tests.registry import StatusPath
 from tests.tinymodels import pull_fleet_manifest
 
 pytestmark = pytest.mark.integration
-DEVICES = ["shop-1", "shop-2"]
+# Names no other test uses: Pushgateway groups are keyed by device name (see test_pull_status.py).
+DEVICES = ["canary-shop-1", "canary-shop-2"]
 CANARY = "{strategy: canary, canary: 1, wave_size: 1, max_failure: 0}"
 
 
@@ -47,10 +48,10 @@ def test_canary_rollout_goes_wave_by_wave_and_a_failed_gate_halts_it(tmp_path, s
         good = edgectl("apply", str(world.dir), env=world.env)
         assert good.stdout.count("health gate passed") == 2, good.stdout
         first = {d: serving_digest(agents[d]) for d in DEVICES}
-        assert first["shop-1"] and first["shop-1"] == first["shop-2"]
+        assert first["canary-shop-1"] and first["canary-shop-1"] == first["canary-shop-2"]
         record = json.loads(edgectl("runs", "last", "--json", env=world.env).stdout)
         assert [(w["index"], w["devices"], w["canary"], w["outcome"]) for w in record["waves"]] == \
-            [(0, ["shop-1"], True, "ok"), (1, ["shop-2"], False, "ok")]
+            [(0, ["canary-shop-1"], True, "ok"), (1, ["canary-shop-2"], False, "ok")]
         assert record["outcome"] == "ok"
         events = [e["message"] for e in record["events"]]
         wave2 = next(i for i, m in enumerate(events) if "wave 2/2" in m)
@@ -65,13 +66,13 @@ def test_canary_rollout_goes_wave_by_wave_and_a_failed_gate_halts_it(tmp_path, s
         assert bad.returncode == 1, bad.stdout + bad.stderr
         said = " ".join((bad.stdout + bad.stderr).split())
         assert "rollout halted" in said and "1 of 1 devices failed in wave 1 (canary)" in said, said
-        assert "does not contain 'zzz-never-said'" in said and "not started: shop-2" in said, said
+        assert "does not contain 'zzz-never-said'" in said and "not started: canary-shop-2" in said, said
         assert "rolled back chat" in said, said
         wait_for("the canary to serve its previous artifact again",
-                 lambda: pull_status(tmp_path / "shop-1").get("applied_version") == 3
-                 and serving_digest(agents["shop-1"]) == first["shop-1"])
-        assert pull_status(tmp_path / "shop-2")["version"] == 1  # never published a new state
-        assert serving_digest(agents["shop-2"]) == first["shop-2"]
+                 lambda: pull_status(tmp_path / "canary-shop-1").get("applied_version") == 3
+                 and serving_digest(agents["canary-shop-1"]) == first["canary-shop-1"])
+        assert pull_status(tmp_path / "canary-shop-2")["version"] == 1  # never published a new state
+        assert serving_digest(agents["canary-shop-2"]) == first["canary-shop-2"]
         halted = json.loads(edgectl("runs", "last", "--json", env=world.env).stdout)
         assert halted["outcome"] == "halted"
         assert [(w["index"], w["outcome"]) for w in halted["waves"]] == [(0, "halted")]
@@ -81,8 +82,9 @@ def test_canary_rollout_goes_wave_by_wave_and_a_failed_gate_halts_it(tmp_path, s
         drift = run_edgectl("diff", str(world.dir), "--json", env=world.env)
         assert drift.returncode == 1
         rows = {r["device"]: r for r in json.loads(drift.stdout)}
-        assert rows["shop-2"]["desired"] == "gguf Q4_0" and "gguf Q8_0" in rows["shop-2"]["observed"], rows
-        assert rows["shop-2"]["status"].startswith("drift") and rows["shop-2"]["steps"] == ["publish"], rows
+        second = rows["canary-shop-2"]
+        assert second["desired"] == "gguf Q4_0" and "gguf Q8_0" in second["observed"], rows
+        assert second["status"].startswith("drift") and second["steps"] == ["publish"], rows
     finally:
         status.stop()
         world.registry.stop()

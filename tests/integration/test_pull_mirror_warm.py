@@ -1,0 +1,78 @@
+"""Site mirrors declared in the manifest (spec.pull.mirrors), for real: two real Distribution registries (an origin
+and a second one in proxy mode as a site's mirror) and the real `edgectl` CLI.
+
+`edgectl apply` warms the mirror with the new artifact before it publishes the states that pin it, so the devices
+that then download at the same moment cost the origin nothing (Distribution 2.8's proxy, left cold, fetches upstream
+once per concurrent miss); `edgectl enroll` points a site's device at its
+mirror and the other devices at the origin. (A mirror edgectl cannot reach: tests/unit/test_pull_mirrors.py.)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+from tests.integration.test_pull_registry import PullWorld, edgectl
+from tests.registry import Registry
+from tests.tinymodels import pull_fleet_manifest
+
+pytestmark = pytest.mark.integration
+SITE = ["mirror-shop-1", "mirror-shop-2"]
+ELSEWHERE = "mirror-shop-far"
+BLOB_GET = re.compile(r'"GET /v2/shops/models/blobs/(sha256:[0-9a-f]{64}) HTTP/[\d.]+" (\d{3}) (\d+)')
+
+
+def origin_blob_gets(log: Path, digest: str) -> list[tuple[int, int]]:
+    """(status, bytes sent) of every GET of blob ``digest`` in the origin's access log."""
+    return [(int(m.group(2)), int(m.group(3))) for m in BLOB_GET.finditer(log.read_text(errors="replace"))
+            if m.group(1) == digest]
+
+
+def test_apply_warms_the_site_mirror_so_its_devices_cost_the_origin_nothing(tmp_path):
+    from edgectl_agent.oci import RegistryReader
+
+    world = PullWorld(tmp_path)  # its htpasswd registry is unused here: the origin below is anonymous
+    world.registry.stop()
+    # Anonymous origin: Distribution 2.8's proxy mode sends upstream credentials only to a token-auth registry.
+    origin = Registry(tmp_path / "origin", {}).start()
+    mirror = Registry(tmp_path / "mirror", {}, proxy_of=(f"http://{origin.address}", "", "")).start()
+    try:
+        mirrors = f', mirrors: [{{registry: "{mirror.address}", plain_http: true, labels: {{site: shop-a}}}}]'
+        (world.dir / "all.yaml").write_text(pull_fleet_manifest(
+            origin.address, [*SITE, ELSEWHERE], quant="Q8_0", pull_extra=mirrors,
+            labels={d: {"site": "shop-a"} for d in SITE}))
+        out = edgectl("apply", str(world.dir), env=world.env)
+        said = " ".join((out.stdout + out.stderr).split())
+        assert f"site mirror {mirror.address}/shops/models: 1 of 1 blobs fetched from the origin now" in said, said
+
+        reader = RegistryReader(mirror.address, "shops/models", scheme="http")
+        state = json.loads(reader.blob(reader.manifest(reader.tag_digest(f"state-{SITE[0]}"),
+                                                       limit=1 << 20)[0]["layers"][0]["digest"], limit=1 << 20))
+        artifact = state["deployments"][0]["artifact"]
+        digest, size = artifact["digest"], artifact["size_bytes"]
+        warmed = origin_blob_gets(origin.log, digest)
+        # Distribution 2.8's proxy answers a miss from one upstream fetch and stores the blob with a second: the warm
+        # costs it two copies at most (a probe that finds it still storing is closed unread), whatever the devices.
+        assert 1 <= sum(sent == size for _, sent in warmed) <= 2 and all(status == 200 for status, _ in warmed), warmed
+
+        def device_download(i: int) -> str:  # every device of the site at the same moment, as after a publish
+            r = RegistryReader(mirror.address, "shops/models", scheme="http")
+            _, chunks = r.blob_stream(digest, 0)
+            return "sha256:" + hashlib.sha256(b"".join(chunks)).hexdigest()
+        with ThreadPoolExecutor(max_workers=8) as pool:
+            assert set(pool.map(device_download, range(8))) == {digest}
+        assert origin_blob_gets(origin.log, digest) == warmed  # the devices cost the origin nothing
+
+        site = json.loads(edgectl("enroll", SITE[0], "-f", str(world.dir), env=world.env).stdout)
+        far = json.loads(edgectl("enroll", ELSEWHERE, "-f", str(world.dir), env=world.env).stdout)
+        assert (site["registry"], site["scheme"]) == (mirror.address, "http")
+        assert far["registry"] == origin.address
+
+    finally:
+        mirror.stop()
+        origin.stop()
