@@ -49,7 +49,7 @@ sys.path[:0] = [str(REPO), str(REPO / "agent")]
 from bench._report import table, write_section  # noqa: E402
 from edgectl_agent.pull_report import report_text  # noqa: E402
 from edgectl_agent.pull_state import PullStatus  # noqa: E402
-from tests.integration.test_metrics_fleet import Background  # noqa: E402
+from tests.integration.test_metrics_fleet import Background, pushgateway_argv  # noqa: E402
 from tests.registry import Registry, _free_port  # noqa: E402
 
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
@@ -265,8 +265,7 @@ def run(n: int, poll: float, blob_mib: float, procs: int, timeout: float, mirror
     origin = start_registry(work / "origin")
     servers = [origin]
     gw_port = _free_port()
-    gateway_proc = Background(["prometheus-pushgateway", f"--web.listen-address=127.0.0.1:{gw_port}",
-                               "--log.level=warn", *([] if gateway_check else FAST_GATEWAY)],
+    gateway_proc = Background(pushgateway_argv(gw_port, *([] if gateway_check else FAST_GATEWAY)),
                               work / "pushgateway.log")
     gateway = f"http://127.0.0.1:{gw_port}"
     ctx = mp.get_context("spawn")

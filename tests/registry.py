@@ -102,7 +102,7 @@ class StatusPath:
 
     def __init__(self, base: Path) -> None:
         from tests.integration.conftest import free_port
-        from tests.integration.test_metrics_fleet import Background, prometheus_argv
+        from tests.integration.test_metrics_fleet import Background, prometheus_argv, pushgateway_argv
 
         for binary in ("prometheus", "prometheus-pushgateway"):
             if shutil.which(binary) is None:
@@ -110,8 +110,7 @@ class StatusPath:
         base.mkdir(parents=True, exist_ok=True)
         gw_port, prom_port = free_port(), free_port()
         self.pushgateway, self.prometheus = f"http://127.0.0.1:{gw_port}", f"http://127.0.0.1:{prom_port}"
-        self.servers = [Background(["prometheus-pushgateway", f"--web.listen-address=127.0.0.1:{gw_port}",
-                                    "--log.level=warn"], base / "pushgateway.log")]
+        self.servers = [Background(pushgateway_argv(gw_port), base / "pushgateway.log")]
         config = base / "prometheus.yml"
         config.write_text("global: {scrape_interval: 1s}\nscrape_configs:\n  - job_name: pushgateway\n"
                           f"    honor_labels: true\n    static_configs: [{{targets: ['127.0.0.1:{gw_port}']}}]\n")

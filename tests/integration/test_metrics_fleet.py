@@ -35,6 +35,13 @@ def prometheus_argv(config: Path, data: Path, port: int) -> list[str]:
             f"--web.listen-address=127.0.0.1:{port}", "--storage.tsdb.retention.time=1h", "--log.level=warn"]
 
 
+def pushgateway_argv(port: int, *extra: str) -> list[str]:
+    """A Pushgateway that keeps its metrics in memory only: Debian's build defaults to persisting them in
+    /var/lib/prometheus/pushgateway.data, so a later test would read an earlier test's reports."""
+    return ["prometheus-pushgateway", f"--web.listen-address=127.0.0.1:{port}", "--persistence.file=",
+            "--log.level=warn", *extra]
+
+
 def collector_argv(manifest: Path, port: int) -> list[str]:
     return [sys.executable, "-m", "edgectl.cli", "metrics", "serve", str(manifest), "--port", str(port),
             "--timeout", "3"]

@@ -12,7 +12,7 @@ import shutil
 import pytest
 
 from tests.integration.conftest import free_port
-from tests.integration.test_metrics_fleet import Background, prometheus_argv
+from tests.integration.test_metrics_fleet import Background, prometheus_argv, pushgateway_argv
 from tests.integration.test_pull_registry import PullWorld, edgectl, serving_digest, wait_for
 from tests.tinymodels import pull_fleet_manifest
 
@@ -33,8 +33,7 @@ def test_a_pull_device_is_planned_from_the_facts_it_reports(tmp_path, start_agen
     servers = []
     try:
         gw_port, prom_port = free_port(), free_port()
-        servers.append(gw := Background(["prometheus-pushgateway", f"--web.listen-address=127.0.0.1:{gw_port}",
-                                         "--log.level=warn"], tmp_path / "pushgateway.log"))
+        servers.append(gw := Background(pushgateway_argv(gw_port), tmp_path / "pushgateway.log"))
         config = tmp_path / "prometheus.yml"
         config.write_text("global: {scrape_interval: 1s}\nscrape_configs:\n  - job_name: pushgateway\n"
                           f"    honor_labels: true\n    static_configs: [{{targets: ['127.0.0.1:{gw_port}']}}]\n")

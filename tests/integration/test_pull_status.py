@@ -11,7 +11,7 @@ import shutil
 import pytest
 
 from tests.integration.conftest import free_port
-from tests.integration.test_metrics_fleet import Background, prometheus_argv
+from tests.integration.test_metrics_fleet import Background, prometheus_argv, pushgateway_argv
 from tests.integration.test_pull_registry import PullWorld, edgectl, serving_digest, wait_for
 
 pytestmark = pytest.mark.integration
@@ -31,8 +31,7 @@ def test_status_shows_last_seen_and_stale_from_prometheus(tmp_path, start_agent)
     servers = []
     try:
         gw_port, prom_port = free_port(), free_port()
-        servers.append(gw := Background(["prometheus-pushgateway", f"--web.listen-address=127.0.0.1:{gw_port}",
-                                         "--log.level=warn"], tmp_path / "pushgateway.log"))
+        servers.append(gw := Background(pushgateway_argv(gw_port), tmp_path / "pushgateway.log"))
         config = tmp_path / "prometheus.yml"
         config.write_text("global: {scrape_interval: 1s}\nscrape_configs:\n  - job_name: pushgateway\n"
                           f"    honor_labels: true\n    static_configs: [{{targets: ['127.0.0.1:{gw_port}']}}]\n")
