@@ -40,7 +40,7 @@ def pss_bytes(pid: int) -> int:
         return next(int(line.split()[1]) * 1024 for line in f if line.startswith("Pss:"))
 
 
-def run_clients(url: str, token: str, *, clients: int, requests: int, max_tokens: int) -> float:
+def run_clients(url: str, token: str, *, clients: int, requests: int, max_tokens: int, model: str = "tiny") -> float:
     import httpx
 
     counts: list[int] = []
@@ -48,7 +48,7 @@ def run_clients(url: str, token: str, *, clients: int, requests: int, max_tokens
     def client() -> None:
         with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {token}"}, timeout=600) as c:
             for _ in range(requests):
-                r = c.post("/v1/completions", json={"model": "tiny", "prompt": PROMPT, "max_tokens": max_tokens,
+                r = c.post("/v1/completions", json={"model": model, "prompt": PROMPT, "max_tokens": max_tokens,
                                                    "temperature": 0})
                 r.raise_for_status()
                 counts.append(r.json()["usage"]["completion_tokens"])

