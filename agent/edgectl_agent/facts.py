@@ -75,7 +75,19 @@ def runtime_versions() -> dict[str, str]:
             except metadata.PackageNotFoundError:
                 continue
         _VERSIONS_CACHE.update(key=key, versions=versions)
-    return dict(_VERSIONS_CACHE["versions"])
+    return with_vllm(dict(_VERSIONS_CACHE["versions"]))
+
+
+def with_vllm(versions: dict[str, str]) -> dict[str, str]:
+    """``versions`` with ``vllm`` only when vLLM itself is installed in its venv (the runtime runs ``vllm serve``
+    from there; the agent's extra is only the HTTP client): reported as vLLM's own version."""
+    from edgectl_agent.runtimes import vllm
+
+    client = versions.pop("vllm", None)
+    server = vllm.installed_version()
+    if client is not None and server is not None:
+        versions["vllm"] = server
+    return versions
 
 
 _VERSIONS_CACHE: dict = {}

@@ -15,6 +15,10 @@ wheelhouse for those facts (edgectl.agents.wheelhouse: binary wheels for the tar
 is installed inside by pip under emulation, which measured ~1 minute for the agent with llama on a 2-core machine.
 The image is labelled with its platform, wheelhouse key and base image id, and reused while the agent version and
 code, the platform and the base are the same.
+
+The container's own spec (command, volume, ports, GPUs, shared memory, vLLM's venv) is
+edgectl.agents.install_docker_spec; ``transport.gpus`` on an engine without the NVIDIA runtime fails before any
+image is built.
 """
 
 from __future__ import annotations
@@ -30,26 +34,35 @@ from typing import Any, ClassVar, Sequence
 from edgectl_agent import __version__ as AGENT_VERSION
 
 from edgectl.agents.install_venv import SIGN_EXTRA, build_wheelhouse, extras_for
+from edgectl.agents.install_docker_spec import (  # agent_args: re-exported, its callers import it from here
+    LABEL_CONTROL,
+    LABEL_DEVICE,
+    LABEL_PLATFORM,
+    LABEL_RESOURCES,
+    LABEL_VERIFY_KEY,
+    NVIDIA_FIX,
+    agent_args,  # noqa: F401
+    control_label,
+    missing_gpu_runtime,
+    resources_label,
+    run_options,
+    volume_name,
+)
 from edgectl.agents.installer import VERIFY_KEY_FILE, Installer
 from edgectl.agents.platform import PLATFORM_SCRIPT, PlatformProbeError, TargetPlatform, normalise_arch, parse_platform
 from edgectl.errors import EdgectlError, TransportError
 from edgectl.spec import Device
 from edgectl.spec.fleet import DOCKER_ARCHES
-from edgectl.transport.docker import AGENT_PORT, AGENT_ROOT, DockerTransport, _docker, container_name, host_port
+from edgectl.transport.docker import AGENT_ROOT, DockerTransport, _docker, host_port
 
 BUILD_TIMEOUT_S = 900
-LABEL_DEVICE = "dev.edgectl.device"
 LABEL_VERSION = "dev.edgectl.agent-version"
 LABEL_EXTRAS = "dev.edgectl.agent-extras"
-LABEL_CONTROL = "dev.edgectl.control"
 LABEL_SOURCE = "dev.edgectl.agent-source"
-LABEL_VERIFY_KEY = "dev.edgectl.verify-key-file"  # the agent's --verify-key-file ("" when it verifies nothing)
-LABEL_PLATFORM = "dev.edgectl.platform"  # linux/amd64, linux/arm64: what the image was built for
 LABEL_WHEELHOUSE = "dev.edgectl.wheelhouse"  # the wheelhouse's key (agent version + target platform tag)
 LABEL_BASE = "dev.edgectl.base-image"  # the id of the base image it was built FROM
 NATIVE_IMAGE_PLATFORM = "linux/amd64"  # its agent image and base keep the names they had before other platforms
 BASE_IMAGE = "edgectl-base:debian12"
-RESTART_POLICY = {"Name": "unless-stopped"}
 VERIFY_KEY_PATH = f"{AGENT_ROOT}/{VERIFY_KEY_FILE}"  # on the volume
 
 
@@ -87,46 +100,6 @@ def device_platform(device: Device, engine_info: dict[str, Any]) -> str:
 def image_platform(attrs: dict[str, Any]) -> str:
     """An image's platform from ``docker image inspect`` (Os, Architecture)."""
     return docker_platform(attrs.get("Os") or "linux", attrs.get("Architecture") or "")
-
-
-def volume_name(device: Device) -> str:
-    return device.transport.volume or f"edgectl-agent-{device.name}"
-
-
-def run_options(device: Device, image: str, *, verify_key_file: str | None = None,
-                platform: str | None = None) -> dict[str, Any]:
-    """Keyword arguments of ``containers.create``/``run`` for the device's agent container; ``verify_key_file``:
-    the agent verifies deployments with that public key (on its volume); ``platform``: the container's."""
-    spec = device.transport
-    options: dict[str, Any] = {
-        "image": image, "name": container_name(device), "detach": True,
-        "command": agent_args(spec.control) + (["--verify-key-file", verify_key_file] if verify_key_file else []),
-        "volumes": {volume_name(device): {"bind": AGENT_ROOT, "mode": "rw"}},
-        "restart_policy": dict(RESTART_POLICY),
-        "labels": {LABEL_DEVICE: device.name, LABEL_CONTROL: control_label(device),
-                   LABEL_VERIFY_KEY: verify_key_file or ""},
-    }
-    if platform is not None:
-        options["platform"] = platform
-        options["labels"][LABEL_PLATFORM] = platform
-    if spec.control == "port":
-        options["ports"] = {f"{AGENT_PORT}/tcp": ("127.0.0.1", host_port(device))}
-    else:  # reached only through docker exec: the container needs no network at all (it serves offline)
-        options["network_mode"] = "none"
-    return options
-
-
-def agent_args(control: str) -> list[str]:
-    """Arguments after the image's ENTRYPOINT (``edgectl_agent serve --root ...``)."""
-    if control == "port":  # Docker's port publishing reaches the container's interface, not its loopback
-        return ["--host", "0.0.0.0", "--allow-remote", "--port", str(AGENT_PORT)]
-    return ["--host", "127.0.0.1", "--port", str(AGENT_PORT)]
-
-
-def control_label(device: Device) -> str:
-    """How the container is reached; a container made for another control mode or port is replaced."""
-    spec = device.transport
-    return f"port:{host_port(device)}" if spec.control == "port" else "exec"
 
 
 def build_args(base_image: str, extras: Sequence[str]) -> dict[str, str]:
@@ -244,24 +217,41 @@ class DockerInstaller(Installer):
 
     def current(self, runtimes: list[str]) -> bool:
         c = self.transport.container()
-        return c is not None and self.fits(c, self.extras(runtimes, sign=self.verify_key is not None))
+        return c is not None and self.fits(c, self.extras(runtimes, sign=self.verify_key is not None),
+                                           runtimes=runtimes)
 
     def install(self, runtimes: list[str]) -> None:
+        self.check_gpu_runtime()
         extras = self.extras(runtimes, sign=self.verify_key is not None)
         container = self.transport.container()
-        if container is not None and self.fits(container, extras):
+        if container is not None and self.fits(container, extras, runtimes=runtimes):
             self._container = container
             return
         image = self.ensure_image(extras)
-        if container is not None:  # another agent version, missing runtimes or unpinned: replace it, the volume stays
+        if container is not None:  # another agent version, runtimes, GPUs or unpinned: replace it, the volume stays
             self._remove(container)
-        self._container = self._create(image, pinned=self.verify_key is not None)
+        self._container = self._create(image, pinned=self.verify_key is not None, runtimes=runtimes)
         if self.verify_key is not None:
             if not self._has(self._container, VERIFY_KEY_PATH):  # trust on first use: never overwritten
                 self._put_key(self._container, self.verify_key)
         elif self._has(self._container, VERIFY_KEY_PATH):  # pinned earlier: it stays pinned
             self._remove(self._container)
-            self._container = self._create(self.ensure_image(self.extras(runtimes, sign=True)), pinned=True)
+            self._container = self._create(self.ensure_image(self.extras(runtimes, sign=True)), pinned=True,
+                                           runtimes=runtimes)
+
+    def check_gpu_runtime(self) -> None:
+        """``transport.gpus`` on an engine without the NVIDIA container runtime: refused before anything is built."""
+        if self.spec.gpus is None:
+            return
+        docker = _docker()
+        try:
+            info = self.engine().info()
+        except docker.errors.DockerException as e:
+            raise TransportError(f"device '{self.name}': cannot read {self.transport.where}'s runtimes (docker "
+                                 f"info): {e}", hint="check the engine's health (docker info)") from e
+        why = missing_gpu_runtime(self.device, info)
+        if why:
+            raise TransportError(f"device '{self.name}' on {self.transport.where}: {why}", hint=NVIDIA_FIX)
 
     def start(self) -> None:
         docker = _docker()
@@ -304,12 +294,15 @@ class DockerInstaller(Installer):
                               f"(status {c.status if c is not None else 'missing'}):\n{logs or '(no output)'}",
                               hint=f"see `docker logs {self.container_name}`")
 
-    def fits(self, container, extras: list[str]) -> bool:
-        """The container was made for this device and control mode, from the image it should run: the user's
-        ``image`` as given, else ours for this agent version and code with every needed runtime extra."""
+    def fits(self, container, extras: list[str], *, runtimes: Sequence[str] = ()) -> bool:
+        """The container was made for this device and control mode with the GPUs, shared memory and vLLM venv
+        ``runtimes`` need, from the image it should run: the user's ``image`` as given, else ours for this agent
+        version and code with every needed runtime extra."""
         labels = container.labels or {}
         if labels.get(LABEL_DEVICE) != self.name or labels.get(LABEL_CONTROL) != control_label(self.device):
             return False
+        if labels.get(LABEL_RESOURCES, "") != resources_label(self.device, runtimes):
+            return False  # made with other GPUs, shm size or vLLM venv: replaced
         if not self.platform_matches(labels.get(LABEL_PLATFORM)):
             return False  # made for another platform: replaced
         if self.verify_key is not None and not labels.get(LABEL_VERIFY_KEY):
@@ -428,13 +421,13 @@ class DockerInstaller(Installer):
                 raise TransportError(f"device '{self.name}': building the agent image {tag} failed: {e}",
                                      hint="check the engine's disk space and logs") from e
 
-    def _create(self, image: str, *, pinned: bool):
-        """The device's container, created (not started) from ``image`` on its volume."""
+    def _create(self, image: str, *, pinned: bool, runtimes: Sequence[str] = ()):
+        """The device's container, created (not started) from ``image`` on its volume, for ``runtimes``."""
         docker = _docker()
         client = self.engine()
         volume = volume_name(self.device)
         options = run_options(self.device, image, verify_key_file=VERIFY_KEY_PATH if pinned else None,
-                              platform=self.platform)
+                              platform=self.platform, runtimes=runtimes)
         labels = client.images.get(image).labels or {}
         options["labels"].update({k: labels.get(k, "") for k in (LABEL_VERSION, LABEL_EXTRAS, LABEL_SOURCE)})
         try:

@@ -122,6 +122,16 @@ class DockerTransport(Frozen):
                                   "fix-binary flag); the base image must be of that platform (make-base.sh "
                                   "--platform).")
 
+    gpus: Literal["all"] | Annotated[int, Field(ge=1)] | None = Field(
+        default=None, description="NVIDIA GPUs the agent container gets (Docker's --gpus: a device request): 'all' or "
+                                  "a count. The engine's host needs the NVIDIA Container Toolkit (`docker info` lists "
+                                  "the nvidia runtime); the vllm runtime in the container serves on them. Default: "
+                                  "none.")
+    shm_size_mb: int | None = Field(
+        default=None, ge=64, description="Size of the container's /dev/shm in MiB (Docker's --shm-size). Default: "
+                                         "2048 when the device runs the vllm runtime (vLLM's processes share tensors "
+                                         "through it), else Docker's 64.")
+
     @field_validator("platform", mode="before")
     @classmethod
     def _known_platform(cls, value: object) -> object:

