@@ -15,6 +15,7 @@ at the next token.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
@@ -30,6 +31,7 @@ from edgectl_agent.deployments import Serving, run_on_active
 from edgectl_agent.errors import AgentError, BadRequest, NotFound
 from edgectl_agent.runtimes.base import GenerationParams
 from edgectl_agent.runtimes.extras import LOGPROBS, ChatExtras
+from edgectl_agent.runtimes.llamacpp_engine import PENDING
 
 
 def serving_llm(request: Request, model: str) -> Serving:
@@ -161,6 +163,12 @@ class StartedStream:
             return first
         return next(self._chunks)
 
+    def wake_on(self, loop: asyncio.AbstractEventLoop) -> Any:
+        """The runtime's ``wake_on`` (``edgectl_agent.runtimes.llamacpp_engine.EngineStream``), or None: a runtime
+        whose chunks are pulled in a worker thread."""
+        wake_on = getattr(self._chunks, "wake_on", None)
+        return wake_on(loop) if wake_on is not None else None
+
     def close(self) -> None:
         try:
             close = getattr(self._chunks, "close", None)
@@ -220,17 +228,29 @@ class StreamEnd:
 
 async def pull_stream(request: Request, serving: Serving, chunks: Iterator[dict[str, Any]], started: float
                       ) -> AsyncIterator[dict[str, Any] | AgentError | StreamEnd]:
-    """The runtime's chunks, each pulled in a worker thread; then a ``StreamEnd``, or an ``AgentError`` (headers
-    are sent by then: the caller writes it into the stream). Records time to first token and decode speed."""
+    """The runtime's chunks; then a ``StreamEnd``, or an ``AgentError`` (headers are sent by then: the caller writes
+    it into the stream). Records time to first token and decode speed.
+
+    A runtime whose stream has ``wake_on`` (the llamacpp engine) is read right here in the event loop, waiting on
+    its waker between tokens; any other runtime's chunks are each pulled in a worker thread."""
     m = request.app.state.agent.metrics
     name = serving.desired.name
     generated = 0
     first_at = 0.0
     noted = False
+    wake_on = getattr(chunks, "wake_on", None)
+    waker = wake_on(asyncio.get_running_loop()) if wake_on is not None else None
     try:
         while True:
             try:
-                chunk = await anyio.to_thread.run_sync(next, chunks, _DONE)
+                if waker is None:
+                    chunk = await anyio.to_thread.run_sync(next, chunks, _DONE)
+                else:
+                    waker.ready.clear()  # before looking: an event the engine puts from now on sets it again
+                    chunk = next(chunks, _DONE)
+                    if chunk is PENDING:
+                        await waker.ready.wait()
+                        continue
             except AgentError as e:
                 yield e
                 break

@@ -18,7 +18,8 @@ from edgectl_agent.admission import REQUEST_CANCELLED, REQUEST_STARTED, ClientGo
 from edgectl_agent.errors import BadRequest
 from edgectl_agent.runtimes.base import GenerationParams, LoadedModel
 from edgectl_agent.runtimes.extras import INCLUDE_USAGE, LOGPROBS, RESPONSE_FORMAT, TOOLS, ChatExtras, usage_chunk
-from edgectl_agent.runtimes.llamacpp_engine import BatchEngine, Sampling, Sequence, compile_json_grammar, text_events
+from edgectl_agent.runtimes.llamacpp_engine import (PENDING, BatchEngine, EngineStream, Sampling, Sequence,
+                                                    compile_json_grammar, text_events)
 from edgectl_agent.runtimes.tool_calls import (arguments_schema, parse_reply, reply_schema, tools_message,
                                                with_tools_message)
 
@@ -67,6 +68,17 @@ def chat_logprobs(entries: list) -> dict[str, Any]:
     """OpenAI's ``choices[].logprobs`` of a chat completion from the engine's (token, bytes, logprob, top)."""
     return {"content": [{**_entry(t, raw, lp), "top_logprobs": [_entry(*alt) for alt in top]}
                         for t, raw, lp, top in entries]}
+
+
+def completion_logprobs(entries: list, offset: int) -> dict[str, Any]:
+    """OpenAI's legacy ``choices[].logprobs`` of a completion (tokens, token_logprobs, top_logprobs, text_offset)
+    from the engine's (token, bytes, logprob, top); ``offset``: where the first token starts in the reply."""
+    offsets = []
+    for t, *_ in entries:
+        offsets.append(offset)
+        offset += len(t)
+    return {"tokens": [t for t, *_ in entries], "token_logprobs": [lp for _, _, lp, _ in entries],
+            "top_logprobs": [{alt: alp for alt, _, alp in top} for *_, top in entries], "text_offset": offsets}
 
 
 class BatchedLlamaModel(LoadedModel):
@@ -137,7 +149,7 @@ class BatchedLlamaModel(LoadedModel):
         stops = [*params.stop, *stops]
         base = {"id": f"chatcmpl-{uuid.uuid4().hex[:24]}", "created": int(time.time()), "model": self.name}
         if stream:
-            return self._chat_chunks(base, seq, stops, extras)
+            return EngineStream(seq, self._chat_chunks(base, seq, stops, extras))
         text, reason, entries = self._collect(seq, stops)
         return {**base, "object": "chat.completion",
                 "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
@@ -151,7 +163,11 @@ class BatchedLlamaModel(LoadedModel):
                                      "finish_reason": None}]}
         events = text_events(seq, stops)
         try:
-            for text, lps, finish in events:
+            for item in events:
+                if item is PENDING:
+                    yield PENDING
+                    continue
+                text, lps, finish = item
                 delta = {"content": text} if text else {}
                 logprobs = chat_logprobs(lps) if extras.logprobs is not None and lps else None
                 yield {**chunk, "choices": [{"index": 0, "delta": delta, "logprobs": logprobs,
@@ -201,21 +217,30 @@ class BatchedLlamaModel(LoadedModel):
         with self.engine.in_use():
             tokens = self.engine.tokenize(prompt, add_bos=self.engine.add_bos, special=False)
             seq = self._sequence(tokens, params, default_temperature=0.8,
-                                 default_max_tokens=DEFAULT_COMPLETION_MAX_TOKENS, grammar=self._grammar(extras))
+                                 default_max_tokens=DEFAULT_COMPLETION_MAX_TOKENS, grammar=self._grammar(extras),
+                                 logprobs=extras.logprobs)
         base = {"id": f"cmpl-{uuid.uuid4().hex[:24]}", "object": "text_completion", "created": int(time.time()),
                 "model": self.name}
         if stream:
-            return self._completion_chunks(base, seq, list(params.stop), extras)
-        text, reason, _ = self._collect(seq, list(params.stop))
-        return {**base, "choices": [{"index": 0, "text": text, "logprobs": None, "finish_reason": reason}],
+            return EngineStream(seq, self._completion_chunks(base, seq, list(params.stop), extras))
+        text, reason, entries = self._collect(seq, list(params.stop))
+        logprobs = completion_logprobs(entries, 0) if extras.logprobs is not None else None
+        return {**base, "choices": [{"index": 0, "text": text, "logprobs": logprobs, "finish_reason": reason}],
                 "usage": self._usage(seq)}
 
     def _completion_chunks(self, base, seq: Sequence, stops: list[str], extras: ChatExtras
                            ) -> Iterator[dict[str, Any]]:
         events = text_events(seq, stops)
+        offset = 0  # of this chunk's first token in the reply (legacy logprobs' text_offset)
         try:
-            for text, _, finish in events:
-                yield {**base, "choices": [{"index": 0, "text": text, "logprobs": None, "finish_reason": finish}]}
+            for item in events:
+                if item is PENDING:
+                    yield PENDING
+                    continue
+                text, lps, finish = item
+                logprobs = completion_logprobs(lps, offset) if extras.logprobs is not None and lps else None
+                offset += sum(len(t) for t, *_ in lps)
+                yield {**base, "choices": [{"index": 0, "text": text, "logprobs": logprobs, "finish_reason": finish}]}
         finally:
             events.close()
         if extras.include_usage:
