@@ -347,6 +347,9 @@ class BatchEngine:
                 seq.n_past += 1
                 n += 1
         batch.n_tokens = n
+        # The last step's tokens go to their readers now, so that the event loop's work on them runs while
+        # llama_decode has released the GIL, not while this thread wants it to build the next batch.
+        self._wake()
         rc = self._llama_cpp.llama_decode(self._ctx.ctx, batch)
         if rc != 0:
             error = RuntimeFailure(f"llama.cpp could not decode a batch of {n} tokens (llama_decode returned {rc})",
