@@ -251,6 +251,8 @@ class BatchEngine:
 
     def _loop(self) -> None:
         while True:
+            if not self._running:
+                self._wake()  # nothing to decode: the last events go to their readers now
             with self._cond:
                 while not self._running and not self._inbox and not self._closing:
                     self._cond.wait()
@@ -260,8 +262,7 @@ class BatchEngine:
                     self._join(self._inbox.popleft())
             self._drop_cancelled()
             if self._running:
-                self._step()
-            self._wake()
+                self._step()  # which wakes the readers of the last step's tokens right before its llama_decode
 
     def _emit(self, seq: Sequence, event: tuple) -> None:
         seq.events.put(event)
