@@ -310,12 +310,19 @@ def _finish(chunk: dict[str, Any]) -> str | None:
     return choices[0].get("finish_reason") if choices else None
 
 
-def _ollama_calls(chunk: dict[str, Any]) -> list[dict[str, Any]]:
-    """A chunk's tool calls in Ollama's shape: arguments as an object, not a JSON string."""
+def _call_deltas(chunk: dict[str, Any]) -> list[dict[str, Any]]:
+    """A chunk's OpenAI tool-call deltas (a call's first with its name, the next ones pieces of its arguments)."""
     choice = (chunk.get("choices") or [{}])[0]
-    calls = (choice.get("delta") or {}).get("tool_calls") or []
-    return [{"function": {"name": c["function"]["name"], "arguments": json.loads(c["function"]["arguments"])}}
-            for c in calls]
+    return (choice.get("delta") or {}).get("tool_calls") or []
+
+
+def _ollama_calls(calls: dict[int, dict[str, str]]) -> list[dict[str, Any]] | None:
+    """Whole calls in Ollama's shape (arguments as an object, not a JSON string); None when an arguments text is
+    not complete JSON (a reply cut short)."""
+    try:
+        return [{"function": {"name": c["name"], "arguments": json.loads(c["arguments"])}} for c in calls.values()]
+    except ValueError:
+        return None
 
 
 def _ollama_logprobs(chunk: dict[str, Any]) -> list[dict[str, Any]]:
@@ -356,6 +363,7 @@ class _Reply:
         self.done_reason: str | None = None
         self.usage: dict[str, Any] = {}
         self.logprobs: list[dict[str, Any]] | None = None  # all of them, for a gathered reply; None: not asked
+        self._calls: dict[int, dict[str, str]] = {}  # streamed tool calls by index, until the reply ends
 
     def _object(self, text: str, calls: list[dict[str, Any]] | None = None, **extra: Any) -> dict[str, Any]:
         if self.kind == "chat":
@@ -372,8 +380,16 @@ class _Reply:
         self.done_reason = ("stop" if finish == "tool_calls" else finish) or self.done_reason
         if chunk.get("usage"):
             self.usage = chunk["usage"]
-        calls = _ollama_calls(chunk)
-        if calls:
+        for delta in _call_deltas(chunk):  # Ollama sends whole calls: gathered until the reply ends
+            call = self._calls.setdefault(delta["index"], {"name": "", "arguments": ""})
+            call["name"] = delta["function"].get("name") or call["name"]
+            call["arguments"] += delta["function"].get("arguments") or ""
+        if finish is not None and self._calls:
+            calls, texts = _ollama_calls(self._calls), [c["arguments"] for c in self._calls.values()]
+            self._calls = {}
+            if calls is None:  # cut short: what was written, as text
+                self.text.extend(texts)
+                return self._object("".join(texts), done=False)
             self.tool_calls.extend(calls)
             return self._object("", calls, done=False)
         text = _text(chunk)

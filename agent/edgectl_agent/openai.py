@@ -14,8 +14,8 @@ Fields beyond sampling, and who answers them:
 - ``stream_options.include_usage``: a stream ends with a chunk carrying ``usage`` and empty ``choices``.
 - ``tools`` / ``tool_choice`` (``auto``, ``required``, ``none``, a named function) / ``parallel_tool_calls``: the
   reply is constrained to calls of the declared functions with valid arguments, answered with ``tool_calls`` and
-  ``finish_reason: "tool_calls"`` (``edgectl_agent.runtimes.tool_calls``; a stream sends the whole reply as
-  chunks). A function ``tool_choice`` does not list, or parameters llama.cpp cannot compile, are a 400 naming the
+  ``finish_reason: "tool_calls"`` (``edgectl_agent.runtimes.tool_calls``; a stream sends each call's name, then
+  its arguments in pieces, as OpenAI does). A function ``tool_choice`` does not list, or parameters llama.cpp cannot compile, are a 400 naming the
   field.
 - Those three need a runtime that implements them (``edgectl_agent.runtimes.extras``: llamacpp has all; the fake
   runtime include_usage); any other runtime answers a 400 naming the field and the runtime.

@@ -20,8 +20,8 @@ from edgectl_agent.runtimes.base import GenerationParams, LoadedModel
 from edgectl_agent.runtimes.extras import INCLUDE_USAGE, LOGPROBS, RESPONSE_FORMAT, TOOLS, ChatExtras, usage_chunk
 from edgectl_agent.runtimes.llamacpp_engine import (PENDING, BatchEngine, EngineStream, Sampling, Sequence,
                                                     compile_json_grammar, text_events)
-from edgectl_agent.runtimes.tool_calls import (arguments_schema, parse_reply, reply_schema, tools_message,
-                                               with_tools_message)
+from edgectl_agent.runtimes.tool_calls import (StreamedCalls, arguments_schema, parse_reply, reply_schema,
+                                               tools_message, with_tools_message)
 
 DEFAULT_COMPLETION_MAX_TOKENS = 16  # OpenAI's and llama-cpp-python's default for /v1/completions
 CHAT_TEMPERATURE = 0.2  # llama-cpp-python's default for chat; 0.8 for completions
@@ -178,8 +178,8 @@ class BatchedLlamaModel(LoadedModel):
             yield usage_chunk(chunk, len(seq.prompt), seq.generated)
 
     def _chat_with_tools(self, messages, params: GenerationParams, extras: ChatExtras, *, stream: bool):
-        """Tools by constrained decoding (edgectl_agent.runtimes.tool_calls). A stream is the whole reply sent as
-        chunks: the calls are known only once their JSON is complete."""
+        """Tools by constrained decoding (edgectl_agent.runtimes.tool_calls). A stream sends each call as OpenAI
+        does: its name once complete, then its arguments' JSON text piece by piece (``_tool_chunks``)."""
         tools = list(extras.tools)
         with self.engine.in_use():
             vocab = self.engine._model.vocab
@@ -188,6 +188,15 @@ class BatchedLlamaModel(LoadedModel):
             grammar = compile_json_grammar(reply_schema(tools, extras.tool_choice, extras.parallel_tool_calls),
                                            TOOLS, vocab)
         prompt = with_tools_message(messages, tools_message(tools, extras.tool_choice, extras.parallel_tool_calls))
+
+        if stream:
+            with self.engine.in_use():
+                tokens, stops = self._chat_prompt(prompt)
+                seq = self._sequence(tokens, params, default_temperature=CHAT_TEMPERATURE, default_max_tokens=None,
+                                     grammar=grammar._grammar)
+            base = {"id": f"chatcmpl-{uuid.uuid4().hex[:24]}", "created": int(time.time()), "model": self.name,
+                    "object": "chat.completion.chunk"}
+            return EngineStream(seq, self._tool_chunks(base, seq, [*params.stop, *stops], extras))
 
         def run_constrained() -> dict[str, Any]:
             with self.engine.in_use():
@@ -201,7 +210,36 @@ class BatchedLlamaModel(LoadedModel):
                     "choices": [{"index": 0, "message": message, "logprobs": None, "finish_reason": finish}],
                     "usage": self._usage(seq)}
 
-        return reply_as_chunks(run_constrained, extras) if stream else run_constrained()
+        return run_constrained()
+
+    def _tool_chunks(self, base, seq: Sequence, stops: list[str], extras: ChatExtras) -> Iterator[dict[str, Any]]:
+        """A reply with tools, streamed: tool-call deltas as the calls are written; a reply in words (tool_choice
+        "auto") is sent once its JSON is complete. A reply cut short after a call began ends with "length"."""
+        def chunk(delta: dict[str, Any], finish: str | None = None) -> dict[str, Any]:
+            return {**base, "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}]}
+
+        yield chunk({"role": "assistant", "content": None})
+        calls = StreamedCalls(extras.tool_choice)
+        parts, reason = [], "stop"
+        events = text_events(seq, stops)
+        try:
+            for item in events:
+                if item is PENDING:
+                    yield PENDING
+                    continue
+                text, _, finish = item
+                parts.append(text)
+                reason = finish or reason
+                for delta in calls.feed(text):
+                    yield chunk({"tool_calls": [delta]})
+        finally:
+            events.close()
+        message, finish = parse_reply("".join(parts), reason, extras.tool_choice)
+        if not calls.calls and message.get("content"):
+            yield chunk({"content": message["content"]})
+        yield chunk({}, finish)
+        if extras.include_usage:
+            yield usage_chunk(base, len(seq.prompt), seq.generated)
 
     def _grammar(self, extras: ChatExtras) -> str | None:
         if extras.json_schema is None:
