@@ -11,8 +11,8 @@ each (``n_ctx = context_length x parallel``, split per sequence: the KV budget t
 The request's side turns the engine's tokens into text: incremental UTF-8, stop strings held back until they cannot
 start a stop string, OpenAI's logprobs, usage. A whole reply reads them in the request's worker thread. A stream
 reads them in the server's event loop (``wake_on``): the engine wakes each event loop once per step for all its
-streams with new tokens, rather than handing each token to a worker thread and back (on 2 cores those per-token
-thread hops cost as much CPU as llama.cpp's own decode of a 135M model). A deployment loaded for embeddings, or
+streams with new tokens (right before its next ``llama_decode``), rather than handing each token to a worker thread
+and back: on 2 cores every such hand-off takes a core from llama.cpp's decode threads. A deployment loaded for embeddings, or
 with a named ``chat_format``, keeps the one-call runtime instead (``LlamaCppRuntime.load``,
 ``edgectl_agent.runtimes.llamacpp.LlamaCppModel``).
 
@@ -20,6 +20,9 @@ Why in-process and not a supervised ``llama-server``: docs/benchmarks.md ("Servi
 the figures;
 llama-server is not shipped on every platform the agent runs on (aarch64 devices install wheels only), and the
 in-process engine keeps one process, one auth boundary and the blue-green swap as they are.
+
+Over 500 lines: the engine thread and the request side that reads its sequences (``text_events``,
+``EngineStream``) share one protocol (the events, ``PENDING``, the waker) and read best side by side.
 """
 
 from __future__ import annotations
