@@ -212,6 +212,27 @@ def cpu_seconds_of(pid: int | None = None) -> Callable[[], float]:
     return other
 
 
+def thread_cpu_seconds(pid: int) -> dict[int, float]:
+    """CPU seconds (user + system) of each thread of process ``pid``, by thread id (Linux /proc)."""
+    out = {}
+    tick = os.sysconf("SC_CLK_TCK")
+    for stat in Path(f"/proc/{pid}/task").glob("*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:  # the thread ended meanwhile
+            continue
+        out[int(stat.parent.name)] = (int(fields[11]) + int(fields[12])) / tick
+    return out
+
+
+def cpu_beside_busiest(before: dict[int, float], after: dict[int, float], busiest: int) -> float:
+    """CPU seconds between two ``thread_cpu_seconds`` of every thread but the ``busiest`` ones (llama.cpp's decode
+    threads): what a server spends on HTTP, streaming and its own bookkeeping. Unlike wall time, and unlike the
+    decode threads' CPU (they spin at barriers when the machine is busy), it hardly moves with the machine's load."""
+    spent = sorted((after[t] - before.get(t, 0.0) for t in after), reverse=True)
+    return sum(spent[busiest:])
+
+
 def with_cpu(run: Callable[[str], Sample], clock: Callable[[], float]) -> Callable[[str], Sample]:
     """``run``, its Sample carrying the CPU time ``clock`` advanced by during the request."""
     def timed(text: str) -> Sample:

@@ -45,9 +45,9 @@ sys.path[:0] = [str(REPO), str(REPO / "agent")]
 import httpx  # noqa: E402
 
 from bench._peers import (  # noqa: E402
-    Sample, Server, activate, cpu_seconds_of, direct_completion, llama_server_binary, median, percentile, prompt,
+    Sample, Server, activate, cpu_beside_busiest, cpu_seconds_of, direct_completion, llama_server_binary, median, percentile, prompt,
     sha256, smollm2_gguf, start_agent, start_llama_cpp_python_server, start_llama_server, stop_servers_on_sigterm,
-    stream_completion, upload, with_cpu,
+    stream_completion, thread_cpu_seconds, upload, with_cpu,
 )
 from bench._report import table, write_section  # noqa: E402
 
@@ -86,9 +86,10 @@ def single_stream(peers: dict[str, Callable[[str], Sample]], *, rounds: int, per
     return samples, done
 
 
-def concurrent(server: Server, *, clients: int, per_client: int, max_tokens: int,
-               base: int) -> tuple[float, list[Sample]]:
-    """``clients`` threads, each streaming ``per_client`` requests back to back; (aggregate tok/s, samples)."""
+def concurrent(server: Server, *, clients: int, per_client: int, max_tokens: int, base: int,
+               threads: int = 0) -> tuple[float, list[Sample], float]:
+    """``clients`` threads, each streaming ``per_client`` requests back to back; (aggregate tok/s, samples, the
+    server's CPU ms per token beside its ``threads`` busiest threads (llama.cpp's decode threads)."""
     out: list[Sample] = []
     lock = threading.Lock()
     start = threading.Barrier(clients + 1)
@@ -101,15 +102,18 @@ def concurrent(server: Server, *, clients: int, per_client: int, max_tokens: int
                 with lock:
                     out.append(s)
 
-    threads = [threading.Thread(target=client, args=(c,)) for c in range(clients)]
-    for t in threads:
+    workers = [threading.Thread(target=client, args=(c,)) for c in range(clients)]
+    for t in workers:
         t.start()
+    cpu0 = thread_cpu_seconds(server.proc.pid)
     start.wait()
     t0 = time.perf_counter()
-    for t in threads:
+    for t in workers:
         t.join()
     wall = time.perf_counter() - t0
-    return sum(s.tokens for s in out if s.error is None) / wall, out
+    tokens = sum(s.tokens for s in out if s.error is None)
+    beside = cpu_beside_busiest(cpu0, thread_cpu_seconds(server.proc.pid), threads) / max(1, tokens) * 1000
+    return tokens / wall, out, beside
 
 
 def scrape_metrics(agent: Server, *, count: int, rate: float) -> list[float]:
@@ -213,6 +217,7 @@ def main() -> None:
                             f"{LLAMA_SERVER} --parallel 1": ls1b}
             names = list(conc_servers)
             rates: dict[str, list[float]] = {k: [] for k in names}
+            beside: dict[str, list[float]] = {k: [] for k in names}
             conc_samples: dict[str, list[Sample]] = {k: [] for k in names}
             for k in names:  # warm-up
                 stream_completion(http, conc_servers[k], prompt(30_000), 8)
@@ -221,13 +226,15 @@ def main() -> None:
                 if r and time.monotonic() > deadline:
                     break
                 for k in names[r % len(names):] + names[:r % len(names)]:
-                    rate, s = concurrent(conc_servers[k], clients=args.clients, per_client=args.per_client,
-                                         max_tokens=n, base=base)
+                    rate, s, cpu = concurrent(conc_servers[k], clients=args.clients, per_client=args.per_client,
+                                              max_tokens=n, base=base, threads=T)
                     base += args.clients * args.per_client
                     rates[k].append(rate)
+                    beside[k].append(cpu)
                     conc_samples[k].extend(s)
-                    print(f"  {k}: {rate:.1f} tok/s aggregate", flush=True)
-            over_rate, over_samples = concurrent(agent, clients=args.overload_clients, per_client=1, max_tokens=n,
+                    print(f"  {k}: {rate:.1f} tok/s aggregate, {cpu:.2f} CPU ms/token beside llama.cpp's threads",
+                          flush=True)
+            over_rate, over_samples, _ = concurrent(agent, clients=args.overload_clients, per_client=1, max_tokens=n,
                                                  base=base)
             print(f"  overload: {args.overload_clients} clients, {over_rate:.1f} tok/s", flush=True)
             http.close()
@@ -265,7 +272,7 @@ def main() -> None:
         good = [s for s in conc_samples[k] if not s.error]
         rows2.append([k, f"{median(rates[k]):.1f}", f"{median(rates[AGENT]) / median(rates[k]):.2f}",
                       f"{median([s.ttft_s for s in good]) * 1000:.0f}",
-                      f"{percentile([s.total_s for s in good], 99):.2f}",
+                      f"{percentile([s.total_s for s in good], 99):.2f}", f"{median(beside[k]):.2f}",
                       str(len(conc_samples[k]) - len(good))])
     agg_ratio = median(rates[AGENT]) / median(rates[ls_key])
     over_good = [x for x in over_samples if not x.error]
@@ -294,7 +301,11 @@ def main() -> None:
         + "\n\n" + table(["figure", "measured", "target", ""], targets1)
         + f"\n\n### {args.clients} concurrent clients ({args.per_client} requests each per round, "
           f"{len(rates[AGENT])} rounds, median aggregate)\n\n"
-        + table(["server", "aggregate tok/s", "agent / server", "TTFT ms (median)", "request p99 s", "errors"], rows2)
+        + table(["server", "aggregate tok/s", "agent / server", "TTFT ms (median)", "request p99 s",
+                 "CPU ms / token beside decode", "errors"], rows2)
+        + f"\n\nCPU ms / token beside decode: the server's CPU time in every thread but its {T} busiest (llama.cpp's "
+          "decode threads) over the tokens sent: what it spends on HTTP, streaming and bookkeeping, which takes "
+          f"cores from decoding when there are {os.cpu_count()}. It hardly moves with the machine's load."
         + f"\n\nTarget: agent >= 0.95x llama-server --parallel {args.clients}: {agg_ratio:.2f}x, "
           f"{met(agg_ratio >= 0.95)}. The agent's deployment has parallel {args.clients}: its llamacpp runtime "
           "decodes every running request in one llama_decode per step (continuous batching, "

@@ -15,6 +15,7 @@ at the next token.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
@@ -30,6 +31,7 @@ from edgectl_agent.deployments import Serving, run_on_active
 from edgectl_agent.errors import AgentError, BadRequest, NotFound
 from edgectl_agent.runtimes.base import GenerationParams
 from edgectl_agent.runtimes.extras import LOGPROBS, ChatExtras
+from edgectl_agent.runtimes.llamacpp_engine import PENDING
 
 
 def serving_llm(request: Request, model: str) -> Serving:
@@ -142,15 +144,18 @@ async def run_counted(request: Request, model: str, call: Callable[[Serving], di
 
 
 _DONE = object()
+_NOT_TAKEN = object()  # a StartedStream whose first chunk is still to be taken (``take_first``)
 
 
 class StartedStream:
-    """A runtime's chunk iterator whose first chunk was already taken; ``close`` closes the runtime's iterator and
-    ends the request's ticket (its place in the deployment's queue)."""
+    """A runtime's chunk iterator whose first chunk was already taken (or, for a stream read in the event loop, is
+    taken by ``take_first``); ``close`` closes the runtime's iterator and ends the request's ticket (its place in
+    the deployment's queue)."""
 
     def __init__(self, first: Any, chunks: Iterator[dict[str, Any]]) -> None:
         self._first, self._chunks = first, chunks
         self.ticket: Ticket | None = None
+        self._waker: Any = None
 
     def __iter__(self) -> "StartedStream":
         return self
@@ -160,6 +165,38 @@ class StartedStream:
             first, self._first = self._first, _DONE
             return first
         return next(self._chunks)
+
+    @property
+    def read_in_loop(self) -> bool:
+        """Whether the runtime's chunks can be read in the event loop (``edgectl_agent.runtimes.llamacpp_engine.
+        EngineStream``: it gives PENDING and wakes a waker rather than blocking)."""
+        return getattr(self._chunks, "wake_on", None) is not None
+
+    def wake_on(self, loop: asyncio.AbstractEventLoop) -> Any:
+        """The runtime stream's waker (one per stream), or None: a runtime whose chunks are pulled in a worker
+        thread."""
+        if self._waker is None and self.read_in_loop:
+            self._waker = self._chunks.wake_on(loop)
+        return self._waker
+
+    async def take_first(self) -> None:
+        """Wait in the event loop for the first chunk of a stream ``read_in_loop`` (a worker thread would otherwise
+        block on it: two more thread hops before the first token)."""
+        if self._first is not _NOT_TAKEN:
+            return
+        waker = self.wake_on(asyncio.get_running_loop())
+        while self._first is _NOT_TAKEN:
+            waker.ready.clear()
+            try:
+                first = next(self._chunks, _DONE)
+            except AgentError:
+                raise
+            except Exception as e:  # noqa: BLE001 — the runtime's own exception classes
+                raise _inference_failed(e) from e
+            if first is PENDING:
+                await waker.ready.wait()
+            else:
+                self._first = first
 
     def close(self) -> None:
         try:
@@ -183,6 +220,8 @@ async def start_stream(request: Request, model: str, start: Callable[[Serving], 
 
     def first_chunk(serving: Serving) -> StartedStream:
         chunks = start(serving)
+        if getattr(chunks, "wake_on", None) is not None:
+            return StartedStream(_NOT_TAKEN, chunks)
         try:
             return StartedStream(next(chunks, _DONE), chunks)
         except AgentError:
@@ -194,6 +233,12 @@ async def start_stream(request: Request, model: str, start: Callable[[Serving], 
     try:
         serving, stream = await run_on_active(lambda: serving_llm(request, model), with_ticket(ticket, first_chunk))
     except BaseException:
+        ticket.end()
+        raise
+    try:
+        await stream.take_first()
+    except BaseException:  # an error, or the client went away: the sequence stops, its slot is freed
+        stream.close()
         ticket.end()
         raise
     ticket.start()  # a runtime that does not say when it starts: its first chunk came
@@ -220,17 +265,29 @@ class StreamEnd:
 
 async def pull_stream(request: Request, serving: Serving, chunks: Iterator[dict[str, Any]], started: float
                       ) -> AsyncIterator[dict[str, Any] | AgentError | StreamEnd]:
-    """The runtime's chunks, each pulled in a worker thread; then a ``StreamEnd``, or an ``AgentError`` (headers
-    are sent by then: the caller writes it into the stream). Records time to first token and decode speed."""
+    """The runtime's chunks; then a ``StreamEnd``, or an ``AgentError`` (headers are sent by then: the caller writes
+    it into the stream). Records time to first token and decode speed.
+
+    A runtime whose stream has ``wake_on`` (the llamacpp engine) is read right here in the event loop, waiting on
+    its waker between tokens; any other runtime's chunks are each pulled in a worker thread."""
     m = request.app.state.agent.metrics
     name = serving.desired.name
     generated = 0
     first_at = 0.0
     noted = False
+    wake_on = getattr(chunks, "wake_on", None)
+    waker = wake_on(asyncio.get_running_loop()) if wake_on is not None else None  # StartedStream's: its runtime's
     try:
         while True:
             try:
-                chunk = await anyio.to_thread.run_sync(next, chunks, _DONE)
+                if waker is None:
+                    chunk = await anyio.to_thread.run_sync(next, chunks, _DONE)
+                else:
+                    waker.ready.clear()  # before looking: an event the engine puts from now on sets it again
+                    chunk = next(chunks, _DONE)
+                    if chunk is PENDING:
+                        await waker.ready.wait()
+                        continue
             except AgentError as e:
                 yield e
                 break

@@ -22,8 +22,13 @@ Options (``options``) map onto the runtime's sampling parameters:
 constrains the reply like OpenAI's ``response_format`` (llamacpp runtime; others answer a 400 naming ``format``).
 ``tools`` on /api/chat work as OpenAI's with ``tool_choice: "auto"`` (``edgectl_agent.runtimes.tool_calls``; Ollama
 has no tool_choice): ``message.tool_calls`` with arguments as objects. ``keep_alive`` is ignored (deployed models
-stay loaded). ``images``, ``think``, ``suffix``, ``template`` and ``context`` are refused with a 400 naming the
-field.
+stay loaded). ``logprobs`` / ``top_logprobs`` (0 to 20) give each generated token's log-probability and its most
+likely alternatives, in Ollama's shape (``logprobs: [{token, logprob, bytes, top_logprobs}]`` on each streamed object,
+all of them on a gathered reply; llamacpp runtime, others a 400 naming ``logprobs``). ``images``, ``think``,
+``suffix``, ``template`` and ``context`` are refused with a 400 naming the field.
+
+Over 500 lines: one API's request models and reply shaping read best together; the serving path they share with
+the OpenAI router is ``edgectl_agent.inference``.
 
 Errors are Ollama's shape, ``{"error": "message (hint)"}``, with the agent's status codes; a missing or wrong token
 is the agent's one 401 answer on every route.
@@ -143,6 +148,9 @@ class _Generation(_Request):
                                                                 description='"json" or a JSON Schema.')
     options: Options | None = None
     think: bool | str | None = Field(default=None, description="Refused when set.")
+    logprobs: bool | None = Field(default=None, description="Return each generated token's log-probability.")
+    top_logprobs: int | None = Field(default=None, ge=0, le=20, description="With logprobs: this many most likely "
+                                     "tokens at each position, with their log-probabilities (0 to 20).")
 
     def params(self, serving: Serving) -> GenerationParams:
         o = self.options or Options()
@@ -161,7 +169,11 @@ class _Generation(_Request):
         else:
             schema = self.format or None
         usage = INCLUDE_USAGE in getattr(serving.model, "extra_features", frozenset())
-        return ChatExtras(json_schema=schema, schema_param="format", format_field="format", include_usage=usage)
+        if self.top_logprobs and not self.logprobs:
+            raise BadRequest("top_logprobs needs logprobs: true (log probabilities are returned only when asked "
+                             "for)", param="top_logprobs", hint='send "logprobs": true with it')
+        return ChatExtras(json_schema=schema, schema_param="format", format_field="format", include_usage=usage,
+                          logprobs=(self.top_logprobs or 0) if self.logprobs else None)
 
     def check_supported(self) -> None:
         if self.think:
@@ -220,6 +232,9 @@ class ChatBody(_Generation):
         if extras.json_schema is not None:
             raise BadRequest("format and tools cannot be used together: both constrain the reply", param="format",
                              hint="send one of them")
+        if extras.logprobs is not None:
+            raise BadRequest("log probabilities are not returned with tools (the reply is the calls' JSON)",
+                             param="logprobs", hint="leave logprobs out, or send the request without tools")
         tools = tuple(t.model_dump(exclude_none=True) for t in self.tools)
         return ChatExtras(include_usage=extras.include_usage, tools=tools, tool_choice="auto")
 
@@ -295,12 +310,33 @@ def _finish(chunk: dict[str, Any]) -> str | None:
     return choices[0].get("finish_reason") if choices else None
 
 
-def _ollama_calls(chunk: dict[str, Any]) -> list[dict[str, Any]]:
-    """A chunk's tool calls in Ollama's shape: arguments as an object, not a JSON string."""
+def _call_deltas(chunk: dict[str, Any]) -> list[dict[str, Any]]:
+    """A chunk's OpenAI tool-call deltas (a call's first with its name, the next ones pieces of its arguments)."""
     choice = (chunk.get("choices") or [{}])[0]
-    calls = (choice.get("delta") or {}).get("tool_calls") or []
-    return [{"function": {"name": c["function"]["name"], "arguments": json.loads(c["function"]["arguments"])}}
-            for c in calls]
+    return (choice.get("delta") or {}).get("tool_calls") or []
+
+
+def _ollama_calls(calls: dict[int, dict[str, str]]) -> list[dict[str, Any]] | None:
+    """Whole calls in Ollama's shape (arguments as an object, not a JSON string); None when an arguments text is
+    not complete JSON (a reply cut short)."""
+    try:
+        return [{"function": {"name": c["name"], "arguments": json.loads(c["arguments"])}} for c in calls.values()]
+    except ValueError:
+        return None
+
+
+def _ollama_logprobs(chunk: dict[str, Any]) -> list[dict[str, Any]]:
+    """A chunk's log-probabilities in Ollama's shape ({token, logprob, bytes, top_logprobs}), from a chat chunk's
+    ``logprobs.content`` or a raw completion chunk's legacy ``logprobs``."""
+    choice = (chunk.get("choices") or [{}])[0]
+    lp = choice.get("logprobs") or {}
+    if "content" in lp:
+        return [{"token": e["token"], "logprob": e["logprob"], "bytes": e["bytes"],
+                 "top_logprobs": [{"token": a["token"], "logprob": a["logprob"], "bytes": a["bytes"]}
+                                  for a in e.get("top_logprobs") or []]} for e in lp["content"] or []]
+    return [{"token": t, "logprob": v, "bytes": list(t.encode("utf-8")),
+             "top_logprobs": [{"token": a, "logprob": av, "bytes": list(a.encode("utf-8"))} for a, av in top.items()]}
+            for t, v, top in zip(lp.get("tokens") or [], lp.get("token_logprobs") or [], lp.get("top_logprobs") or [])]
 
 
 def _details(serving: Serving) -> dict[str, Any]:
@@ -326,6 +362,8 @@ class _Reply:
         self.tool_calls: list[dict[str, Any]] = []
         self.done_reason: str | None = None
         self.usage: dict[str, Any] = {}
+        self.logprobs: list[dict[str, Any]] | None = None  # all of them, for a gathered reply; None: not asked
+        self._calls: dict[int, dict[str, str]] = {}  # streamed tool calls by index, until the reply ends
 
     def _object(self, text: str, calls: list[dict[str, Any]] | None = None, **extra: Any) -> dict[str, Any]:
         if self.kind == "chat":
@@ -342,15 +380,27 @@ class _Reply:
         self.done_reason = ("stop" if finish == "tool_calls" else finish) or self.done_reason
         if chunk.get("usage"):
             self.usage = chunk["usage"]
-        calls = _ollama_calls(chunk)
-        if calls:
+        for delta in _call_deltas(chunk):  # Ollama sends whole calls: gathered until the reply ends
+            call = self._calls.setdefault(delta["index"], {"name": "", "arguments": ""})
+            call["name"] = delta["function"].get("name") or call["name"]
+            call["arguments"] += delta["function"].get("arguments") or ""
+        if finish is not None and self._calls:
+            calls, texts = _ollama_calls(self._calls), [c["arguments"] for c in self._calls.values()]
+            self._calls = {}
+            if calls is None:  # cut short: what was written, as text
+                self.text.extend(texts)
+                return self._object("".join(texts), done=False)
             self.tool_calls.extend(calls)
             return self._object("", calls, done=False)
         text = _text(chunk)
         if not text:
             return None
         self.text.append(text)
-        return self._object(text, done=False)
+        logprobs = _ollama_logprobs(chunk)
+        if not logprobs:
+            return self._object(text, done=False)
+        self.logprobs = (self.logprobs or []) + logprobs
+        return self._object(text, done=False, logprobs=logprobs)
 
     def last(self, end: StreamEnd, *, text: str = "", calls: list[dict[str, Any]] | None = None) -> dict[str, Any]:
         out = self._object(text, calls, done=True, done_reason=self.done_reason or "stop",
@@ -388,7 +438,10 @@ async def _gathered(request: Request, serving: Serving, chunks: Iterator[dict[st
             if isinstance(item, AgentError):
                 raise item
             if isinstance(item, StreamEnd):
-                return JSONResponse(reply.last(item, text="".join(reply.text), calls=reply.tool_calls))
+                out = reply.last(item, text="".join(reply.text), calls=reply.tool_calls)
+                if reply.logprobs is not None:
+                    out["logprobs"] = reply.logprobs
+                return JSONResponse(out)
             reply.piece(item)
     raise AgentError("the generation ended without its end", hint="see the agent log")  # pull_stream always ends
 

@@ -1,8 +1,9 @@
 """OpenAI-compatible serving API under /v1. The model id is the deployment name.
 
 Inference is blocking (llama.cpp), so it runs in worker threads (``edgectl_agent.inference``, the path the Ollama
-API shares); a streaming response pulls one chunk at a time from a worker and closes the runtime's iterator when the
-client goes away, so the model is freed at once.
+API shares); a streaming response takes its chunks as the runtime makes them (the llamacpp engine wakes the event
+loop once per decode step) and closes the runtime's iterator when the client goes away, so the model is freed at
+once.
 
 Fields beyond sampling, and who answers them:
 
@@ -13,15 +14,16 @@ Fields beyond sampling, and who answers them:
 - ``stream_options.include_usage``: a stream ends with a chunk carrying ``usage`` and empty ``choices``.
 - ``tools`` / ``tool_choice`` (``auto``, ``required``, ``none``, a named function) / ``parallel_tool_calls``: the
   reply is constrained to calls of the declared functions with valid arguments, answered with ``tool_calls`` and
-  ``finish_reason: "tool_calls"`` (``edgectl_agent.runtimes.tool_calls``; a stream sends the whole reply as
-  chunks). A function ``tool_choice`` does not list, or parameters llama.cpp cannot compile, are a 400 naming the
+  ``finish_reason: "tool_calls"`` (``edgectl_agent.runtimes.tool_calls``; a stream sends each call's name, then
+  its arguments in pieces, as OpenAI does). A function ``tool_choice`` does not list, or parameters llama.cpp cannot compile, are a 400 naming the
   field.
 - Those three need a runtime that implements them (``edgectl_agent.runtimes.extras``: llamacpp has all; the fake
   runtime include_usage); any other runtime answers a 400 naming the field and the runtime.
 - ``logprobs`` / ``top_logprobs`` (chat): each generated token's log-probability under the model (before
   sampling), and up to 20 most likely alternatives, in OpenAI's ``choices[].logprobs.content`` shape, streamed
-  chunks included; the llamacpp runtime has them, any other answers the 400 above. On /v1/completions (the legacy
-  integer ``logprobs``) they stay a 400 naming the field.
+  chunks included; the llamacpp runtime has them, any other answers the 400 above. On /v1/completions the legacy
+  integer ``logprobs`` (0 to 20 alternatives) gives the legacy shape (``tokens``, ``token_logprobs``,
+  ``top_logprobs`` as {token: logprob}, ``text_offset``).
 - ``n`` > 1 is refused with a 400 naming the field: one choice per request. Other unknown OpenAI fields (``user``,
   ``presence_penalty``, ...) are accepted and ignored, as other OpenAI servers do.
 """
@@ -80,16 +82,6 @@ class _Sampling(_Request):
     stream: bool = False
     stream_options: StreamOptions | None = None
     n: int = Field(default=1, ge=1, le=1, description="Choices per request: only 1 is supported.")
-    logprobs: bool | int | None = Field(default=None, description="Refused when set: not returned by this agent.")
-    top_logprobs: int | None = Field(default=None, description="Refused when set: not returned by this agent.")
-
-    @field_validator("logprobs", "top_logprobs")
-    @classmethod
-    def _no_logprobs(cls, v):
-        if v:  # false / 0 / null ask for nothing
-            raise ValueError("log probabilities are returned for chat completions only (/v1/chat/completions); "
-                             "leave the field out")
-        return v
 
     def params(self) -> GenerationParams:
         stop = [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
@@ -201,11 +193,6 @@ class ChatRequest(_Sampling):
     top_logprobs: int | None = Field(default=None, ge=0, le=20, description="With logprobs: this many most "
                                      "likely tokens at each position, with their log-probabilities (0 to 20).")
 
-    @field_validator("logprobs", "top_logprobs")
-    @classmethod
-    def _no_logprobs(cls, v):  # chat completions have them: nothing to refuse here
-        return v
-
     max_completion_tokens: int | None = Field(default=None, ge=1)
     response_format: ResponseFormat | None = None
     tools: list[Tool] | None = Field(default=None, max_length=128)
@@ -275,6 +262,20 @@ class ChatRequest(_Sampling):
 class CompletionRequest(_Sampling):
     prompt: str | list[str]
     max_tokens: int | None = Field(default=16, ge=1)
+    logprobs: int | None = Field(default=None, ge=0, le=20, description="Return each generated token's "
+                                 "log-probability and this many most likely tokens at each position (0 to 20).")
+    top_logprobs: int | None = Field(default=None, description="Chat completions only: refused here when set.")
+
+    @field_validator("top_logprobs")
+    @classmethod
+    def _chat_only(cls, v):
+        if v:
+            raise ValueError("top_logprobs is a chat completions field; on /v1/completions send "
+                             "\"logprobs\": <how many most likely tokens> instead")
+        return v
+
+    def extras(self) -> ChatExtras:
+        return ChatExtras(include_usage=super().extras().include_usage, logprobs=self.logprobs)
 
     @field_validator("prompt")
     @classmethod

@@ -155,3 +155,52 @@ def test_langchain_openai_chat_streaming_and_tool_calls(agent):
     call = message.tool_calls[0]
     assert call["name"] == "get_weather" and call["args"]["city"] in ("Paris", "London", "Tokyo")
     assert json.dumps(call["args"])
+
+
+def test_legacy_completion_logprobs_with_the_openai_client(agent):
+    whole = client(agent).completions.create(model="tiny", prompt="the number 7 is", max_tokens=6, temperature=0,
+                                             logprobs=2)
+    lp = whole.choices[0].logprobs
+    assert len(lp.tokens) == len(lp.token_logprobs) == len(lp.top_logprobs) == whole.usage.completion_tokens == 6
+    assert "".join(lp.tokens) == whole.choices[0].text
+    assert lp.text_offset == [sum(len(t) for t in lp.tokens[:i]) for i in range(6)]
+    for token_lp, top in zip(lp.token_logprobs, lp.top_logprobs):
+        assert token_lp <= 0 and 1 <= len(top) <= 2  # two alternatives (one if both decode to the same text)
+        assert max(top.values()) >= token_lp - 1e-6  # greedy: the chosen token is the most likely
+    streamed = [c.choices[0].logprobs for c in client(agent).completions.create(
+        model="tiny", prompt="the number 7 is", max_tokens=6, temperature=0, logprobs=0, stream=True)
+        if c.choices and c.choices[0].logprobs]
+    assert [round(v, 4) for s in streamed for v in s.token_logprobs] == [round(v, 4) for v in lp.token_logprobs]
+    assert [o for s in streamed for o in s.text_offset] == lp.text_offset
+    with pytest.raises(openai.BadRequestError) as e:
+        client(agent).completions.create(model="tiny", prompt="x", max_tokens=2, logprobs=21)
+    assert e.value.body["param"] == "logprobs"
+    with pytest.raises(openai.BadRequestError) as e:
+        client(agent).completions.create(model="tiny", prompt="x", max_tokens=2, extra_body={"top_logprobs": 2})
+    assert e.value.body["param"] == "top_logprobs" and "logprobs" in e.value.body["message"]
+
+
+def test_streams_decode_together_through_the_event_loop_and_a_gone_client_frees_its_slot(agent):
+    """PARALLEL streams at once (each read in the event loop, woken once per step), then a client that leaves in
+    the middle of a long stream: its slot is free for the next request at once."""
+    results: list[str] = []
+
+    def one(i: int) -> None:
+        chunks = client(agent).completions.create(model="tiny", prompt=f"the number {i} is", max_tokens=40,
+                                                  temperature=0, stream=True)
+        results.append("".join(c.choices[0].text for c in chunks if c.choices))
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(PARALLEL * 2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert len(results) == PARALLEL * 2 and all(results)
+    for _ in range(PARALLEL):  # every slot busy with a long stream, each client leaving after its first chunk
+        stream = client(agent).completions.create(model="tiny", prompt="hello", max_tokens=900, temperature=0,
+                                                  stream=True)
+        next(iter(stream))
+        stream.close()
+    began = time.perf_counter()
+    out = client(agent).completions.create(model="tiny", prompt="hello", max_tokens=2, temperature=0)
+    assert out.usage.completion_tokens == 2 and time.perf_counter() - began < 20

@@ -169,3 +169,27 @@ def test_smollm2_calls_a_tool_through_the_ollama_client(agent, smollm2):
                     messages=[*question, reply.message, {"role": "tool", "content": "sunny, 24 C",
                                                          "tool_name": "get_weather"}])
     assert follow.done
+
+
+def test_logprobs_through_the_ollama_client(agent):
+    c = client(agent)
+    options = {"num_predict": 5, "temperature": 0}
+    whole = c.chat(model="tiny", messages=[{"role": "user", "content": "hello world"}], options=options,
+                   logprobs=True, top_logprobs=3)
+    assert len(whole.logprobs) == whole.eval_count and "".join(t.token for t in whole.logprobs) == \
+        whole.message.content
+    for t in whole.logprobs:
+        assert t.logprob <= 0 and len(t.top_logprobs) == 3 and t.top_logprobs[0].logprob >= t.logprob - 1e-6
+    parts = list(c.chat(model="tiny", messages=[{"role": "user", "content": "hello world"}], options=options,
+                        logprobs=True, stream=True))
+    streamed = [t for p in parts for t in p.logprobs or []]
+    assert [round(t.logprob, 4) for t in streamed] == [round(t.logprob, 4) for t in whole.logprobs]
+    raw = c.generate(model="tiny", prompt="the number 7 is", raw=True, options=options, logprobs=True,
+                     top_logprobs=1)
+    assert len(raw.logprobs) == raw.eval_count and "".join(t.token for t in raw.logprobs) == raw.response
+    with pytest.raises(ollama.ResponseError) as e:
+        c.generate(model="tiny", prompt="x", options=options, top_logprobs=2)
+    assert e.value.status_code == 400 and "top_logprobs" in str(e.value)
+    with pytest.raises(ollama.ResponseError) as e:
+        c.chat(model="embed", messages=[{"role": "user", "content": "x"}], options=options, logprobs=True)
+    assert e.value.status_code == 400 and "logprobs" in str(e.value)

@@ -149,7 +149,9 @@ def test_a_forced_function_is_called_with_valid_arguments(agent, smollm2):
 
     chunks = list(oai.chat.completions.create(stream=True, stream_options={"include_usage": True}, **kw))
     deltas = [tc for c in chunks if c.choices for tc in (c.choices[0].delta.tool_calls or [])]
-    assert [d.function.name for d in deltas] == ["get_weather"] and json.loads(deltas[0].function.arguments) == {
+    # Streamed as OpenAI does: the call's name once, then its arguments' JSON text in pieces.
+    assert [d.function.name for d in deltas if d.function.name] == ["get_weather"] and len(deltas) > 2
+    assert {d.index for d in deltas} == {0} and json.loads("".join(d.function.arguments or "" for d in deltas)) == {
         "city": "Paris"}
     assert chunks[-2].choices[0].finish_reason == "tool_calls"
     assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens == reply.usage.completion_tokens
@@ -179,6 +181,23 @@ def test_required_and_auto_choose_among_the_tools_and_the_conversation_goes_on(a
         messages=[*WEATHER_QUESTION, first.choices[0].message.model_dump(exclude_none=True),
                   {"role": "tool", "tool_call_id": call.id, "content": '{"weather": "sunny, 24 C"}'}])
     assert follow.choices[0].finish_reason in ("stop", "tool_calls", "length")
+
+
+@pytest.mark.slow
+def test_parallel_calls_stream_as_deltas_the_openai_client_accumulates(agent, smollm2):
+    """tool_choice "required" with two tools, streamed: each call's arguments arrive in pieces, and the openai
+    client's own stream helper puts them back together into the calls a whole reply has."""
+    oai = client(agent)
+    kw = dict(model=smollm2, messages=WEATHER_QUESTION, max_tokens=60, temperature=0, tools=[WEATHER, TIME],
+              tool_choice="required", parallel_tool_calls=True)
+    whole = oai.chat.completions.create(**kw).choices[0].message.tool_calls
+    with oai.chat.completions.stream(**kw) as stream:
+        pieces = sum(1 for event in stream if event.type == "tool_calls.function.arguments.delta")
+        final = stream.get_final_completion().choices[0]
+    assert final.finish_reason == "tool_calls" and pieces > len(whole)
+    assert [(c.function.name, arguments_of(c)) for c in final.message.tool_calls] == [
+        (c.function.name, arguments_of(c)) for c in whole]
+    assert all(c.id.startswith("call_") for c in final.message.tool_calls)
 
 
 def test_parameters_llama_cpp_cannot_compile_are_a_400_naming_the_tool(agent):

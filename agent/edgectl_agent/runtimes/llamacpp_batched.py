@@ -18,9 +18,10 @@ from edgectl_agent.admission import REQUEST_CANCELLED, REQUEST_STARTED, ClientGo
 from edgectl_agent.errors import BadRequest
 from edgectl_agent.runtimes.base import GenerationParams, LoadedModel
 from edgectl_agent.runtimes.extras import INCLUDE_USAGE, LOGPROBS, RESPONSE_FORMAT, TOOLS, ChatExtras, usage_chunk
-from edgectl_agent.runtimes.llamacpp_engine import BatchEngine, Sampling, Sequence, compile_json_grammar, text_events
-from edgectl_agent.runtimes.tool_calls import (arguments_schema, parse_reply, reply_schema, tools_message,
-                                               with_tools_message)
+from edgectl_agent.runtimes.llamacpp_engine import (PENDING, BatchEngine, EngineStream, Sampling, Sequence,
+                                                    compile_json_grammar, text_events)
+from edgectl_agent.runtimes.tool_calls import (StreamedCalls, arguments_schema, parse_reply, reply_schema,
+                                               tools_message, with_tools_message)
 
 DEFAULT_COMPLETION_MAX_TOKENS = 16  # OpenAI's and llama-cpp-python's default for /v1/completions
 CHAT_TEMPERATURE = 0.2  # llama-cpp-python's default for chat; 0.8 for completions
@@ -67,6 +68,17 @@ def chat_logprobs(entries: list) -> dict[str, Any]:
     """OpenAI's ``choices[].logprobs`` of a chat completion from the engine's (token, bytes, logprob, top)."""
     return {"content": [{**_entry(t, raw, lp), "top_logprobs": [_entry(*alt) for alt in top]}
                         for t, raw, lp, top in entries]}
+
+
+def completion_logprobs(entries: list, offset: int) -> dict[str, Any]:
+    """OpenAI's legacy ``choices[].logprobs`` of a completion (tokens, token_logprobs, top_logprobs, text_offset)
+    from the engine's (token, bytes, logprob, top); ``offset``: where the first token starts in the reply."""
+    offsets = []
+    for t, *_ in entries:
+        offsets.append(offset)
+        offset += len(t)
+    return {"tokens": [t for t, *_ in entries], "token_logprobs": [lp for _, _, lp, _ in entries],
+            "top_logprobs": [{alt: alp for alt, _, alp in top} for *_, top in entries], "text_offset": offsets}
 
 
 class BatchedLlamaModel(LoadedModel):
@@ -137,7 +149,7 @@ class BatchedLlamaModel(LoadedModel):
         stops = [*params.stop, *stops]
         base = {"id": f"chatcmpl-{uuid.uuid4().hex[:24]}", "created": int(time.time()), "model": self.name}
         if stream:
-            return self._chat_chunks(base, seq, stops, extras)
+            return EngineStream(seq, self._chat_chunks(base, seq, stops, extras))
         text, reason, entries = self._collect(seq, stops)
         return {**base, "object": "chat.completion",
                 "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
@@ -151,7 +163,11 @@ class BatchedLlamaModel(LoadedModel):
                                      "finish_reason": None}]}
         events = text_events(seq, stops)
         try:
-            for text, lps, finish in events:
+            for item in events:
+                if item is PENDING:
+                    yield PENDING
+                    continue
+                text, lps, finish = item
                 delta = {"content": text} if text else {}
                 logprobs = chat_logprobs(lps) if extras.logprobs is not None and lps else None
                 yield {**chunk, "choices": [{"index": 0, "delta": delta, "logprobs": logprobs,
@@ -162,8 +178,8 @@ class BatchedLlamaModel(LoadedModel):
             yield usage_chunk(chunk, len(seq.prompt), seq.generated)
 
     def _chat_with_tools(self, messages, params: GenerationParams, extras: ChatExtras, *, stream: bool):
-        """Tools by constrained decoding (edgectl_agent.runtimes.tool_calls). A stream is the whole reply sent as
-        chunks: the calls are known only once their JSON is complete."""
+        """Tools by constrained decoding (edgectl_agent.runtimes.tool_calls). A stream sends each call as OpenAI
+        does: its name once complete, then its arguments' JSON text piece by piece (``_tool_chunks``)."""
         tools = list(extras.tools)
         with self.engine.in_use():
             vocab = self.engine._model.vocab
@@ -172,6 +188,15 @@ class BatchedLlamaModel(LoadedModel):
             grammar = compile_json_grammar(reply_schema(tools, extras.tool_choice, extras.parallel_tool_calls),
                                            TOOLS, vocab)
         prompt = with_tools_message(messages, tools_message(tools, extras.tool_choice, extras.parallel_tool_calls))
+
+        if stream:
+            with self.engine.in_use():
+                tokens, stops = self._chat_prompt(prompt)
+                seq = self._sequence(tokens, params, default_temperature=CHAT_TEMPERATURE, default_max_tokens=None,
+                                     grammar=grammar._grammar)
+            base = {"id": f"chatcmpl-{uuid.uuid4().hex[:24]}", "created": int(time.time()), "model": self.name,
+                    "object": "chat.completion.chunk"}
+            return EngineStream(seq, self._tool_chunks(base, seq, [*params.stop, *stops], extras))
 
         def run_constrained() -> dict[str, Any]:
             with self.engine.in_use():
@@ -185,7 +210,36 @@ class BatchedLlamaModel(LoadedModel):
                     "choices": [{"index": 0, "message": message, "logprobs": None, "finish_reason": finish}],
                     "usage": self._usage(seq)}
 
-        return reply_as_chunks(run_constrained, extras) if stream else run_constrained()
+        return run_constrained()
+
+    def _tool_chunks(self, base, seq: Sequence, stops: list[str], extras: ChatExtras) -> Iterator[dict[str, Any]]:
+        """A reply with tools, streamed: tool-call deltas as the calls are written; a reply in words (tool_choice
+        "auto") is sent once its JSON is complete. A reply cut short after a call began ends with "length"."""
+        def chunk(delta: dict[str, Any], finish: str | None = None) -> dict[str, Any]:
+            return {**base, "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}]}
+
+        yield chunk({"role": "assistant", "content": None})
+        calls = StreamedCalls(extras.tool_choice)
+        parts, reason = [], "stop"
+        events = text_events(seq, stops)
+        try:
+            for item in events:
+                if item is PENDING:
+                    yield PENDING
+                    continue
+                text, _, finish = item
+                parts.append(text)
+                reason = finish or reason
+                for delta in calls.feed(text):
+                    yield chunk({"tool_calls": [delta]})
+        finally:
+            events.close()
+        message, finish = parse_reply("".join(parts), reason, extras.tool_choice)
+        if not calls.calls and message.get("content"):
+            yield chunk({"content": message["content"]})
+        yield chunk({}, finish)
+        if extras.include_usage:
+            yield usage_chunk(base, len(seq.prompt), seq.generated)
 
     def _grammar(self, extras: ChatExtras) -> str | None:
         if extras.json_schema is None:
@@ -201,21 +255,30 @@ class BatchedLlamaModel(LoadedModel):
         with self.engine.in_use():
             tokens = self.engine.tokenize(prompt, add_bos=self.engine.add_bos, special=False)
             seq = self._sequence(tokens, params, default_temperature=0.8,
-                                 default_max_tokens=DEFAULT_COMPLETION_MAX_TOKENS, grammar=self._grammar(extras))
+                                 default_max_tokens=DEFAULT_COMPLETION_MAX_TOKENS, grammar=self._grammar(extras),
+                                 logprobs=extras.logprobs)
         base = {"id": f"cmpl-{uuid.uuid4().hex[:24]}", "object": "text_completion", "created": int(time.time()),
                 "model": self.name}
         if stream:
-            return self._completion_chunks(base, seq, list(params.stop), extras)
-        text, reason, _ = self._collect(seq, list(params.stop))
-        return {**base, "choices": [{"index": 0, "text": text, "logprobs": None, "finish_reason": reason}],
+            return EngineStream(seq, self._completion_chunks(base, seq, list(params.stop), extras))
+        text, reason, entries = self._collect(seq, list(params.stop))
+        logprobs = completion_logprobs(entries, 0) if extras.logprobs is not None else None
+        return {**base, "choices": [{"index": 0, "text": text, "logprobs": logprobs, "finish_reason": reason}],
                 "usage": self._usage(seq)}
 
     def _completion_chunks(self, base, seq: Sequence, stops: list[str], extras: ChatExtras
                            ) -> Iterator[dict[str, Any]]:
         events = text_events(seq, stops)
+        offset = 0  # of this chunk's first token in the reply (legacy logprobs' text_offset)
         try:
-            for text, _, finish in events:
-                yield {**base, "choices": [{"index": 0, "text": text, "logprobs": None, "finish_reason": finish}]}
+            for item in events:
+                if item is PENDING:
+                    yield PENDING
+                    continue
+                text, lps, finish = item
+                logprobs = completion_logprobs(lps, offset) if extras.logprobs is not None and lps else None
+                offset += sum(len(t) for t, *_ in lps)
+                yield {**base, "choices": [{"index": 0, "text": text, "logprobs": logprobs, "finish_reason": finish}]}
         finally:
             events.close()
         if extras.include_usage:

@@ -8,8 +8,11 @@ has room for -- into one ``llama_decode``, then samples each sequence's next tok
 and the next waiting request takes its place. The context holds ``parallel`` sequences of ``context_length`` tokens
 each (``n_ctx = context_length x parallel``, split per sequence: the KV budget the planner reserves).
 
-The request's own thread (the server's worker) turns the engine's tokens into text: incremental UTF-8, stop strings
-held back until they cannot start a stop string, OpenAI's logprobs, usage. A deployment loaded for embeddings, or
+The request's side turns the engine's tokens into text: incremental UTF-8, stop strings held back until they cannot
+start a stop string, OpenAI's logprobs, usage. A whole reply reads them in the request's worker thread. A stream
+reads them in the server's event loop (``wake_on``): the engine wakes each event loop once per step for all its
+streams with new tokens (right before its next ``llama_decode``), rather than handing each token to a worker thread
+and back: on 2 cores every such hand-off takes a core from llama.cpp's decode threads. A deployment loaded for embeddings, or
 with a named ``chat_format``, keeps the one-call runtime instead (``LlamaCppRuntime.load``,
 ``edgectl_agent.runtimes.llamacpp.LlamaCppModel``).
 
@@ -17,6 +20,9 @@ Why in-process and not a supervised ``llama-server``: docs/benchmarks.md ("Servi
 the figures;
 llama-server is not shipped on every platform the agent runs on (aarch64 devices install wheels only), and the
 in-process engine keeps one process, one auth boundary and the blue-green swap as they are.
+
+Over 500 lines: the engine thread and the request side that reads its sequences (``text_events``,
+``EngineStream``) share one protocol (the events, ``PENDING``, the waker) and read best side by side.
 """
 
 from __future__ import annotations
@@ -29,6 +35,7 @@ import math
 import queue
 import random
 import threading
+from asyncio import AbstractEventLoop, Event
 from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -65,6 +72,7 @@ class Sequence:
     client_gone: threading.Event | None = None  # the request's (admission's): its client went away
     on_start: Callable[[], None] | None = None
     events: queue.SimpleQueue = field(default_factory=queue.SimpleQueue)
+    waker: StreamWaker | None = None  # set by a reader in an event loop: never block, wait on its event instead
     # engine-side state
     seq_id: int = -1
     fed: int = 0  # prompt tokens already decoded
@@ -74,6 +82,25 @@ class Sequence:
     last: int = -1  # the token to feed next step
     sampler: Any = None
     batch_index: int = -1  # where this sequence's logits are in the step's batch
+
+
+class StreamWaker:
+    """An asyncio event a stream's reader awaits until its sequence has new events; the engine sets it from its own
+    thread (``BatchEngine._wake``: one ``call_soon_threadsafe`` per event loop and step)."""
+
+    def __init__(self, loop: AbstractEventLoop) -> None:
+        self.loop = loop
+        self.ready = Event()
+
+
+def _set_all(wakers: list[StreamWaker]) -> None:
+    for w in wakers:
+        w.ready.set()
+
+
+# What ``text_events`` and an ``EngineStream`` give, instead of blocking, when their sequence has a waker and no
+# event is waiting: await the waker's event, then ask again.
+PENDING: Any = object()
 
 
 class BatchEngine:
@@ -97,6 +124,8 @@ class BatchEngine:
         # way (a conversation's next turn, a shared system prompt) decodes only the rest (llama-server's
         # cache_prompt).
         self._cached: dict[int, list[int]] = {i: [] for i in range(parallel)}
+        self._to_wake: dict[int, StreamWaker] = {}  # engine thread only: wakers of sequences with new events
+        self._pieces: dict[int, bytes] = {}  # token -> its bytes (engine thread only)
         self._loaded = threading.Event()
         self._load_error: BaseException | None = None
         self._thread = threading.Thread(
@@ -225,6 +254,8 @@ class BatchEngine:
 
     def _loop(self) -> None:
         while True:
+            if not self._running:
+                self._wake()  # nothing to decode: the last events go to their readers now
             with self._cond:
                 while not self._running and not self._inbox and not self._closing:
                     self._cond.wait()
@@ -234,7 +265,24 @@ class BatchEngine:
                     self._join(self._inbox.popleft())
             self._drop_cancelled()
             if self._running:
-                self._step()
+                self._step()  # which wakes the readers of the last step's tokens right before its llama_decode
+
+    def _emit(self, seq: Sequence, event: tuple) -> None:
+        seq.events.put(event)
+        if seq.waker is not None:
+            self._to_wake[id(seq.waker)] = seq.waker
+
+    def _wake(self) -> None:
+        """Wake the readers of this step's events: one call into each event loop, however many streams it has."""
+        if not self._to_wake:
+            return
+        by_loop: dict[AbstractEventLoop, list[StreamWaker]] = {}
+        for w in self._to_wake.values():
+            by_loop.setdefault(w.loop, []).append(w)
+        self._to_wake.clear()
+        for loop, wakers in by_loop.items():
+            with contextlib.suppress(RuntimeError):  # that loop is closed: its streams are gone
+                loop.call_soon_threadsafe(_set_all, wakers)
 
     def _join(self, seq: Sequence) -> None:
         seq.seq_id = max(self._free_ids, key=lambda i: (common_prefix(self._cached[i], seq.prompt), -i))
@@ -256,7 +304,7 @@ class BatchEngine:
             self._running.remove(seq)
             self._free_ids.append(seq.seq_id)
             self._cached[seq.seq_id] = seq.kv_tokens
-        seq.events.put(event)
+        self._emit(seq, event)
 
     def _drop_cancelled(self) -> None:
         for seq in [s for s in self._running
@@ -303,6 +351,9 @@ class BatchEngine:
                 seq.n_past += 1
                 n += 1
         batch.n_tokens = n
+        # The last step's tokens go to their readers now, so that the event loop's work on them runs while
+        # llama_decode has released the GIL, not while this thread wants it to build the next batch.
+        self._wake()
         rc = self._llama_cpp.llama_decode(self._ctx.ctx, batch)
         if rc != 0:
             error = RuntimeFailure(f"llama.cpp could not decode a batch of {n} tokens (llama_decode returned {rc})",
@@ -332,7 +383,10 @@ class BatchEngine:
         entry = self._logprobs(seq, token) if seq.sampling.logprobs is not None else None
         seq.generated += 1
         seq.last = token
-        seq.events.put(("token", self.piece(token), entry))
+        piece = self._pieces.get(token)
+        if piece is None:
+            piece = self._pieces[token] = self.piece(token)
+        self._emit(seq, ("token", piece, entry))
         if seq.generated >= seq.max_tokens or seq.n_past + 1 >= self.context_length:
             self._leave(seq, ("end", "length"))
 
@@ -412,12 +466,16 @@ LogprobEntry = tuple[str, bytes, float, list[tuple[str, bytes, float]]]  # token
 
 def text_events(seq: Sequence, stops: list[str]) -> Iterator[tuple[str, list[LogprobEntry], str | None]]:
     """(text, logprob entries of the tokens in that text, finish_reason) for one submitted sequence: text with the
-    request's stop strings applied, then ("", [], reason). Closing the iterator cancels the sequence."""
+    request's stop strings applied, then ("", [], reason). Closing the iterator cancels the sequence. With a waker
+    set on the sequence, it gives ``PENDING`` instead of waiting for the engine's next event."""
     decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
     pending = ""
     pending_lp: list = []
     try:
         while True:
+            if seq.waker is not None and seq.events.empty():
+                yield PENDING
+                continue
             event = seq.events.get()
             if event[0] == "error":
                 raise event[1]
@@ -450,3 +508,26 @@ def text_events(seq: Sequence, stops: list[str]) -> Iterator[tuple[str, list[Log
     finally:
         seq.cancelled.set()  # no-op once it ended; a closed stream frees its slot at the next step
 
+
+
+class EngineStream:
+    """A stream's chunks (``chunks``, made from ``text_events`` of ``seq``), read by the server either in a worker
+    thread (``next`` waits for the engine) or, once ``wake_on`` was called, in its event loop: ``next`` then never
+    waits, it gives ``PENDING`` and the reader awaits the returned waker's event."""
+
+    def __init__(self, seq: Sequence, chunks: Iterator[dict[str, Any]]) -> None:
+        self.seq = seq
+        self._chunks = chunks
+
+    def __iter__(self) -> "EngineStream":
+        return self
+
+    def __next__(self) -> dict[str, Any]:
+        return next(self._chunks)
+
+    def wake_on(self, loop: AbstractEventLoop) -> StreamWaker:
+        self.seq.waker = StreamWaker(loop)
+        return self.seq.waker
+
+    def close(self) -> None:
+        self._chunks.close()

@@ -233,3 +233,31 @@ def test_max_tokens_beyond_the_context_is_a_400_naming_the_field_and_the_limit(s
     assert f"'{param}'" in message and "exceed the context length" in message and "(256 tokens" in message
     ok = serving.chat("chat", max_tokens=256)  # the whole context is allowed; the model keeps serving
     assert ok.status_code == 200, ok.text
+
+
+@pytest.mark.parametrize("piece", [1, 4, 1000])
+def test_streamed_calls_give_openai_deltas_however_the_reply_is_cut_into_tokens(piece):
+    from edgectl_agent.runtimes.tool_calls import StreamedCalls
+
+    reply = json.dumps({"tool_calls": [
+        {"name": "get_weather", "arguments": {"city": 'Pa"ris}', "days": [1, {"x": "]"}]}},
+        {"name": "get_time", "arguments": {"city": "London"}}]}, indent=1)
+    scanner, deltas = StreamedCalls("required"), []
+    for i in range(0, len(reply), piece):
+        deltas += scanner.feed(reply[i:i + piece])
+    calls: dict[int, dict] = {}
+    for d in deltas:
+        if "id" in d:  # a call's first delta: index, id, type, name, empty arguments
+            assert d["id"].startswith("call_") and d["type"] == "function" and d["function"]["arguments"] == ""
+            calls[d["index"]] = {"name": d["function"]["name"], "arguments": ""}
+        else:
+            calls[d["index"]]["arguments"] += d["function"]["arguments"]
+    assert [(c["name"], json.loads(c["arguments"])) for c in calls.values()] == [
+        ("get_weather", {"city": 'Pa"ris}', "days": [1, {"x": "]"}]}), ("get_time", {"city": "London"})]
+    assert scanner.calls == 2
+    words = StreamedCalls("auto")
+    assert words.feed('{"content": "no call: {\\"name\\": \\"x\\", \\"arguments\\": 1}"}') == [] and not words.calls
+    forced = StreamedCalls({"type": "function", "function": {"name": "f"}})
+    first, rest = forced.feed('{"a"'), forced.feed(": 1}")
+    assert first[0]["function"] == {"name": "f", "arguments": ""} and first[1]["function"]["arguments"] == '{"a"'
+    assert rest == [{"index": 0, "function": {"arguments": ": 1}"}}]

@@ -71,3 +71,32 @@ def test_engine_options_split_model_and_context_params():
     assert context == {"type_k": 8, "flash_attn_type": 1}
 
 
+
+
+def test_a_stream_read_in_an_event_loop_never_blocks_and_gets_legacy_logprobs():
+    """With a waker (the stream is read in the server's event loop), text_events gives PENDING instead of waiting
+    for the engine; the reader awaits the waker. The legacy completion logprobs count text offsets per token."""
+    import asyncio
+
+    from edgectl_agent.runtimes.llamacpp_batched import completion_logprobs
+    from edgectl_agent.runtimes.llamacpp_engine import PENDING, EngineStream
+
+    seq = Sequence(prompt=[1], max_tokens=10, sampling=Sampling())
+    stream = EngineStream(seq, text_events(seq, []))
+    loop = asyncio.new_event_loop()
+    try:
+        waker = stream.wake_on(loop)
+        assert next(stream) is PENDING and not waker.ready.is_set()
+        seq.events.put(("token", b"Hi", (-0.5, [(b"Hi", -0.5)])))
+        assert next(stream)[0] == "Hi"
+        assert next(stream) is PENDING
+        seq.events.put(("end", "length"))
+        assert next(stream) == ("", [], "length")
+    finally:
+        loop.close()
+    stream.close()
+    assert seq.cancelled.is_set()
+    entries = [("Hi", b"Hi", -0.5, [("Hi", b"Hi", -0.5), ("Ho", b"Ho", -2.0)]), (" there", b" there", -1.0, [])]
+    assert completion_logprobs(entries, 3) == {"tokens": ["Hi", " there"], "token_logprobs": [-0.5, -1.0],
+                                               "top_logprobs": [{"Hi": -0.5, "Ho": -2.0}, {}],
+                                               "text_offset": [3, 5]}
