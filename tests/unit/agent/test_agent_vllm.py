@@ -101,7 +101,7 @@ def standin_python(venv: Path, server: str) -> Path:
 
 @pytest.fixture
 def standin_venv(tmp_path: Path, monkeypatch) -> Path:
-    exe = standin_python(tmp_path / "venv", STANDIN)
+    standin_python(tmp_path / "venv", STANDIN)
     monkeypatch.setenv(vllm.VENV_ENV, str(tmp_path / "venv"))
     model = tmp_path / "model"
     model.mkdir()
