@@ -37,6 +37,7 @@ from edgectl.errors import PlanError
 from edgectl.pull.status import DeviceReport, read_reports
 from edgectl.runs import RunRecord
 from edgectl.spec import Spec
+from edgectl.spec.deployment import HealthGate, gates_for
 from edgectl.spec.fleet import PullRegistry
 
 TRANSFER_ALLOWANCE_S = 300.0
@@ -78,12 +79,19 @@ class PullRollout:
         t = self.targets[device]
         out = {}
         for name in t.published:
-            dep = self.spec.deployments.get(name)
-            gate = dep.spec.rollout.health_gate if dep else None
+            gate = self.gate_of(name) if name in self.spec.deployments else None
             if gate is not None and gate.smoke:
                 out[name] = SmokeRequest(kind=t.kinds.get(name, "llm"), prompt=gate.prompt,
                                          max_tokens=gate.max_tokens)
         return out
+
+    def gate_of(self, name: str) -> HealthGate:
+        """The gate a pull device runs for deployment ``name``: rollout.health_gate, asking the model's first golden
+        prompt unless it sets its own (edgectl.spec.deployment.gates_for; pull devices ask only that one)."""
+        spec = self.spec.deployments[name].spec
+        # (a rules test passes bare deployments: no models, no model name)
+        model = getattr(self.spec, "models", {}).get(getattr(spec, "model", None))
+        return gates_for(spec.rollout.health_gate, model.spec.goldens if model is not None else [])[0]
 
     def publish(self, device: str) -> PublishedState | None:
         t = self.targets[device]
@@ -167,7 +175,7 @@ class PullRollout:
     def wait(self, name: str, label: str, versions: dict[str, int]) -> dict[str, str | None]:
         """Wait until each device of the wave reports ``versions[device]`` applied and its gate, or its failure;
         device -> why it failed (None: it passed)."""
-        gate = self.spec.deployments[name].spec.rollout.health_gate
+        gate = self.gate_of(name)
         wait_s = max(wave_wait_s(self.targets[d].pull) for d in versions)
         deadline = self.clock() + wait_s
         outcome: dict[str, str | None] = {}
