@@ -125,3 +125,33 @@ def test_the_ansible_role_gets_every_prompt_and_judges_their_answers_with_the_sa
     assert judge([right]) == []
     (problem,) = judge([right, wrong])
     assert problem.startswith(f"the answer to {AS_JSON.prompt!r} fails expect_json_schema: not JSON")
+
+
+def test_pull_devices_ask_every_prompt_and_edgectl_judges_the_reported_answers() -> None:
+    from edgectl_agent.pull_report import report_text
+    from edgectl_agent.pull_state import GateReport, GoldenAsk, PullStatus, SmokeRequest
+
+    from edgectl.pull.rollout import judge
+    from edgectl.pull.status import device_report
+    from tests.unit.test_pull_rollout_rules import series_of
+
+    # a state without extra prompts is the same document (and signature) as before SmokeRequest.more existed
+    assert SmokeRequest(prompt="Hi").model_dump(mode="json") == {"kind": "llm", "prompt": "Hi", "max_tokens": 8}
+    assert SmokeRequest(prompt="Hi", more=[GoldenAsk(prompt="JSON?")]).model_dump(mode="json")["more"] == [
+        {"prompt": "JSON?", "max_tokens": 24}]
+
+    digest = "sha256:" + "ab" * 32
+    gates = gates_for(HealthGate(), [CAPITAL, AS_JSON])
+
+    def reported(answers: list[str]):
+        status = PullStatus(device="shop-1", outcome="applied", version=3, applied_version=3,
+                            gates={"chat": GateReport(digest=digest, version=3, ttft_s=0.05, tokens=8, decode_s=0.1,
+                                                      answer="Paris.", answers=answers)})
+        return device_report(series_of(report_text(status, []), 1000.0))
+
+    ok, detail = judge(reported(['```json\n{"name": "Ada", "age": 36}\n```']), "chat", 3, digest, gates)
+    assert ok and detail.endswith("; 1 more golden prompts answered right"), detail
+    ok, why = judge(reported(['{"name": "Ada"}']), "chat", 3, digest, gates)
+    assert not ok and f"the answer to {AS_JSON.prompt!r} fails expect_json_schema: 'age' is a required" in why
+    ok, why = judge(reported([]), "chat", 3, digest, gates)  # an older agent asks only the first prompt
+    assert not ok and "reported 0 of 1 golden prompt answers" in why
