@@ -155,3 +155,11 @@ def test_pull_devices_ask_every_prompt_and_edgectl_judges_the_reported_answers()
     assert not ok and f"the answer to {AS_JSON.prompt!r} fails expect_json_schema: 'age' is a required" in why
     ok, why = judge(reported([]), "chat", 3, digest, gates)  # an older agent asks only the first prompt
     assert not ok and "reported 0 of 1 golden prompt answers" in why
+
+
+def test_only_chat_models_carry_golden_prompts() -> None:
+    with pytest.raises(SpecErrors, match="golden prompts are asked as chat completions, which a model of task 'embedding'"):
+        load_text(MODEL.format(goldens="""\
+  task: embedding
+  golden_prompts: [{prompt: "Hi?", expect_contains: hi}]
+"""), "m.yaml")
