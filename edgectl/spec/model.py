@@ -130,9 +130,9 @@ class ModelSpec(Frozen):
             raise ValueError("set golden_prompts (a list) or golden_prompt (one), not both: move golden_prompt into "
                              "golden_prompts as its first item")
         if self.goldens and self.task not in ("chat", "completion"):
-            raise ValueError(f"golden prompts are asked as chat completions, which a model of task '{self.task}' does not "
-                             "serve: remove them (a health gate checks a tensor or embedding model by a request of "
-                             "its own kind)")
+            raise ValueError(f"golden prompts are asked as chat completions, which a model of task '{self.task}' "
+                             "does not serve: remove them (a health gate checks a tensor or embedding model by a "
+                             "request of its own kind)")
         if self.task in LLM_TASKS:
             if self.architecture is None:
                 raise ValueError(f"a {self.task} model needs 'architecture' (the facts the memory estimate uses)")
