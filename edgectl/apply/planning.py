@@ -127,14 +127,14 @@ def build_to_the_floor(spec: Spec, p: Plan, contexts: dict[str, DeviceContext], 
                     "quantization.allow to quant types that meet the floor")
 
 
-def rejected_error(dp: DevicePlan, rejected: dict[str, list[str]]) -> str | None:
+def rejected_error(dp: DevicePlan, rejected: dict[str, list[str]], *, sent: str = "pushed") -> str | None:
     """The device's error when :func:`build_to_the_floor` rejected a fresh artifact there and the plan made again
     found nothing else that fits and meets the floor (None: not that case)."""
     if dp.status == "ok" or dp.device not in rejected:
         return None
     return (f"device '{dp.device}': " + "; ".join(rejected[dp.device]) + "; then "
             + "; ".join(f"{d.deployment}: {d.unfit}" + (f" ({d.hint})" if d.hint else "")
-                        for d in dp.deployments if d.unfit) + "; nothing was pushed")
+                        for d in dp.deployments if d.unfit) + f"; nothing was {sent}")
 
 
 def fresh_below_floor(spec: Spec, p: Plan, fresh: Artifacts) -> list[tuple[str, str]]:

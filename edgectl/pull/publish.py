@@ -155,7 +155,8 @@ def publish_pull_devices(spec: Spec, devices: list[Device], *, store: ArtifactSt
     p, artifacts, rejected = build_to_the_floor(spec, p, contexts, store, built, events)
     fleet_of = {d.name: f for f in spec.fleets.values() for d in f.spec.devices}
     results = {dp.device: DeviceResult(dp.device, endpoint=f"pull via {fleet_of[dp.device].spec.pull.registry}",
-                                       actions=list(rejected.get(dp.device, [])), error=rejected_error(dp, rejected))
+                                       actions=list(rejected.get(dp.device, [])),
+                                       error=rejected_error(dp, rejected, sent="published"))
                for dp in p.devices}
     writers: dict[str, RegistryWriter] = {}
     pushed: set[tuple[str, str]] = set()
