@@ -132,9 +132,11 @@ def rejected_error(dp: DevicePlan, rejected: dict[str, list[str]], *, sent: str 
     found nothing else that fits and meets the floor (None: not that case)."""
     if dp.status == "ok" or dp.device not in rejected:
         return None
-    return (f"device '{dp.device}': " + "; ".join(rejected[dp.device]) + "; then "
-            + "; ".join(f"{d.deployment}: {d.unfit}" + (f" ({d.hint})" if d.hint else "")
-                        for d in dp.deployments if d.unfit) + f"; nothing was {sent}")
+    hints = sorted({d.hint for d in dp.deployments if d.unfit and d.hint})
+    return (f"device '{dp.device}': " + "; ".join(t.replace("planning again with this measurement", "and nothing "
+                                                            "else that fits meets the floor")
+                                              for t in rejected[dp.device])
+            + (f" ({'; '.join(hints)})" if hints else "") + f"; nothing was {sent}")
 
 
 def fresh_below_floor(spec: Spec, p: Plan, fresh: Artifacts) -> list[tuple[str, str]]:

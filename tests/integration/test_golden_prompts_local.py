@@ -98,10 +98,30 @@ def test_a_fresh_artifact_below_the_quality_floor_is_not_deployed(tmp_path, home
     assert "chat: the freshly built gguf Q2_K (sha256:" in out, out
     assert "top-1 agreement with the source < quality.min_top1_agreement 99.0%" in out, out
     assert "not deployed, planning again with this measurement" in out and "nothing was pushed" in out, out
-    assert "nothing that fits meets the deployment's quality floor" in out, out
+    assert "not deployed, and nothing else that fits meets the floor (lower quality.min_top1_agreement" in out, out
     with agent_client(home, port) as client:
         state = client.state()
     assert state.artifacts == [] and state.deployments == []
     # the store keeps the artifact with its figure: the next plan rejects it without building
     plan = " ".join(edgectl("plan", str(mdir), env=home, check=False).stdout.split())
     assert "quality.min_top1_agreement 99.0%" in plan, plan
+
+
+def test_pull_publish_checks_the_fresh_artifact_against_the_floor_too(tmp_path, home):  # noqa: F811
+    """The same check before publishing for pull devices: nothing is published (the registry named here does not
+    even exist: it is never contacted)."""
+    from tests.tinymodels import pull_fleet_manifest, write_tiny_llama_gguf
+
+    mdir = tmp_path / "m"
+    mdir.mkdir()
+    write_tiny_llama_gguf(mdir / "tiny.gguf", seed=7)
+    manifest = pull_fleet_manifest("127.0.0.1:9", ["shop-1"], quant="Q2_K")
+    (mdir / "all.yaml").write_text(manifest.replace("  context_length: 256\n", "  context_length: 256\n"
+                                                    "  quality: {min_top1_agreement: 0.99}\n", 1))
+    edgectl("keygen", str(mdir / "fleet.key"), env=home)
+    r = edgectl("apply", str(mdir), env=home, check=False)
+    out = " ".join((r.stdout + r.stderr).split())
+    assert r.returncode == 1, out
+    assert "device 'shop-1': chat: the freshly built gguf Q2_K (sha256:" in out, out
+    assert "< quality.min_top1_agreement 99.0%" in out and "nothing was published" in out, out
+    assert "publish gguf" not in out, out
