@@ -24,8 +24,9 @@ OpenVINO: the source is the Hugging Face folder the artifact was built from (aft
 folder), run by transformers in float32; the artifact's IR is run by OpenVINO on the CPU with float32 inference
 precision, so only the weight compression differs. Both read the tokens of the source's tokenizer, in one pass.
 ONNX GenAI and MLX work the same way: the artifact folder is run by onnxruntime-genai (its ``logits`` output after
-appending the tokens as one prompt) or by mlx_lm (the model called on the tokens; on Linux the MLX CPU build), in the
-precision the artifact was built with, against the source folder in float32 by transformers.
+appending the tokens as one prompt, in the precision the artifact was built with) or by mlx_lm (the model called on
+the tokens with its weights dequantized as MLX does it, in float32: MLX's CPU build is too slow on quantized weights),
+against the source folder in float32 by transformers.
 """
 
 from __future__ import annotations
@@ -226,7 +227,14 @@ def _mlx_logits(folder: Path, tokens: list[int]) -> np.ndarray:
     import mlx.core as mx
     import mlx_lm
 
+    from mlx_lm.utils import dequantize_model
+
     model, _ = mlx_lm.load(str(folder))
+    # MLX's Linux CPU build multiplies quantized weights one token at a time (about 4 s a token for SmolLM2-135M
+    # here, 12 minutes for the text): the weights are dequantized as MLX itself does it and run in float32, so only
+    # the weight compression differs (as for OpenVINO); SmolLM2's 173 tokens then take seconds
+    model = dequantize_model(model)
+    model.set_dtype(mx.float32)
     return np.array(model(mx.array([tokens]))[0].astype(mx.float32))
 
 
