@@ -128,7 +128,8 @@ def answer_problems(gate: HealthGate, text: str | None) -> list[str]:
     return problems
 
 
-_JSON_FENCE = re.compile(r"```(?:json)?[ \t]*\n(.*?)```", re.DOTALL | re.IGNORECASE)
+# a fenced block; one cut off by max_tokens runs to the end (then the JSON error says where it stops)
+_JSON_FENCE = re.compile(r"```(?:json)?[ \t]*\n(.*?)(?:```|\Z)", re.DOTALL | re.IGNORECASE)
 
 
 def json_schema_miss(schema: dict, answer: str) -> str | None:

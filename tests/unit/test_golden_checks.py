@@ -88,6 +88,7 @@ def test_the_gate_asks_every_golden_prompt_the_first_with_its_limits() -> None:
     ('{"name": "Ada", "age": -1}', "at age: -1 is less than the minimum of 0"),
     ("Ada is 36.", "not JSON (Expecting value: line 1 column 1 (char 0))"),
     ('```json\n{"name": "Ada", "age": 36\n```', "not JSON"),
+    ('Here:\n```json\n{"name": "Ada", "age"', "not JSON (Expecting ':' delimiter"),  # cut off by max_tokens
 ])
 def test_json_schema_check_reads_the_answer_or_its_fenced_block(answer: str, miss: str | None) -> None:
     got = json_schema_miss(PERSON, answer)
