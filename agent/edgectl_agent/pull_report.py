@@ -13,6 +13,7 @@ The device's facts travel in the same report, as the JSON of the Facts model in 
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 import urllib.error
@@ -77,8 +78,9 @@ def _gate_lines(status: PullStatus) -> list[str]:
     timings: list[str] = []
     for name, g in sorted(status.gates.items()):
         labels = f'deployment="{_label(name)}",digest="{g.digest}",version="{g.version}"'
+        answers = f',answers="{_label(json.dumps(g.answers))}"' if g.answers else ""  # golden prompts 2..n
         lines.append(f'edgectl_pull_gate_info{{{labels},answer="{_label(g.answer or "")}",'
-                     f'error="{_label(g.error or "")}"}} 1')
+                     f'error="{_label(g.error or "")}"{answers}}} 1')
         for metric, value in (("ttft_seconds", g.ttft_s), ("tokens", g.tokens), ("decode_seconds", g.decode_s)):
             if value is not None:
                 timings.append(f"edgectl_pull_gate_{metric}{{{labels}}} {value}")

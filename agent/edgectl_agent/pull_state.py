@@ -24,7 +24,7 @@ import json
 from datetime import datetime, timedelta, timezone
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, SerializerFunctionWrapHandler, model_serializer
 
 from edgectl_agent.api import DesiredDeployment, Wire
 from edgectl_agent.names import NAME_PATTERN
@@ -48,6 +48,13 @@ class StateSignature(Wire):
     value: str = Field(description="ed25519 signature, base64, over state_bytes() of the document.")
 
 
+class GoldenAsk(Wire):
+    """One more prompt of a health gate (a model's golden prompt); edgectl checks its answer."""
+
+    prompt: str = Field(max_length=4000, description="The user message sent.")
+    max_tokens: int = Field(default=24, ge=1, le=256, description="Tokens it generates.")
+
+
 class SmokeRequest(Wire):
     """The smoke request the agent sends itself after applying a state (the deployment's health gate); edgectl
     judges what it reports with the same gate rule as for push devices (edgectl.apply.rollout.gate_problems)."""
@@ -56,6 +63,17 @@ class SmokeRequest(Wire):
                                                  "anything else: the KServe readiness endpoint.")
     prompt: str = Field(default="Say hello.", max_length=4000, description="The user message sent.")
     max_tokens: int = Field(default=8, ge=1, le=256, description="Tokens it generates.")
+    more: list[GoldenAsk] = Field(default_factory=list, max_length=16,
+                                  description="The model's other golden prompts, asked after it in order (LLMs); their "
+                                              "answers are reported in GateReport.answers for edgectl to judge.")
+
+    @model_serializer(mode="wrap")
+    def _without_empty_more(self, handler: SerializerFunctionWrapHandler) -> dict:
+        # left out when empty, so a state without extra prompts is the same document (and signature) as before
+        data = handler(self)
+        if not self.more:
+            data.pop("more", None)
+        return data
 
 
 class GateReport(Wire):
@@ -66,7 +84,9 @@ class GateReport(Wire):
     ttft_s: float | None = Field(default=None, description="Time to first token, the agent's own timing.")
     tokens: int | None = Field(default=None, description="Tokens generated.")
     decode_s: float | None = Field(default=None, description="Decode time of those tokens.")
-    answer: str | None = Field(default=None, description="The answer's text (first 200 characters).")
+    answer: str | None = Field(default=None, description="The answer's text (first 1000 characters).")
+    answers: list[str] = Field(default_factory=list, description="The answers to SmokeRequest.more, in order (first "
+                                                                 "1000 characters each).")
     error: str | None = Field(default=None, description="Why the request failed (None: it answered).")
 
 

@@ -35,7 +35,7 @@ from edgectl.plan import DevicePlan
 from edgectl.runs import RunRecord
 from edgectl.signing import signed
 from edgectl.spec import Device, Spec
-from edgectl.spec.deployment import gate_for, resolve_count
+from edgectl.spec.deployment import gates_for, resolve_count
 
 from edgectl.apply.observe import DeviceContext
 from edgectl.apply.report import DeviceResult, Events
@@ -289,7 +289,7 @@ def host_vars(spec: Spec, dp: DevicePlan, name: str, ctx: DeviceContext, store: 
         "edgectl_blobs": [{"digest": d, "path": str(p), "size": p.stat().st_size} for d, p in store.blobs_of(art)],
         "edgectl_desired": json.loads(signed(ctx.signer, desired_deployment(spec, dp, dep, art, kind=kind))
                                       .model_dump_json()),
-        "edgectl_smoke": gate_as_data(gate_for(rules.health_gate, spec.models[dep.model].spec.golden_prompt), kind),
+        "edgectl_smoke": gate_as_data(gates_for(rules.health_gate, spec.models[dep.model].spec.goldens), kind),
         "edgectl_rollback": {k: v for k, v in back.items() if k != "desired"} if back else None,
         "edgectl_bootstrap": ctx.client is None,
     })

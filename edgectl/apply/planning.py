@@ -1,14 +1,19 @@
-"""Plan with what the local store already holds, and build what the plan chose (cache hits do no work)."""
+"""Plan with what the local store already holds, and build what the plan chose (cache hits do no work); a freshly
+built artifact whose measured quality misses its deployment's floor is not deployed: the plan is made again with
+that measurement (:func:`build_to_the_floor`)."""
 
 from __future__ import annotations
+
+import dataclasses
 
 from edgectl_agent.api import Facts
 
 from edgectl.builders import ArtifactStore, build, lookup
 from edgectl.builders.sources import is_available
 from edgectl.delivery import DELIVERY_MODES, by_delivery, mode_function
-from edgectl.errors import EdgectlError
-from edgectl.plan import Plan, plan, recipe_id
+from edgectl.errors import EdgectlError, PlanError
+from edgectl.plan import DevicePlan, Plan, plan, recipe_id
+from edgectl.plan.ranking import below_floor
 from edgectl.plan.select import candidate_recipes
 from edgectl.spec import BuiltArtifact, Recipe, Spec
 
@@ -102,4 +107,68 @@ def build_planned(spec: Spec, p: Plan, store: ArtifactStore, events: Events,
 
         events.info(None, f"build {label}")
         out[rid] = build(recipe, spec.models[recipe.model], store, progress=progress)
+    return out
+
+
+Artifacts = dict[str, tuple[BuiltArtifact, bool]]  # recipe id -> (artifact, built by this run)
+# Rounds of build -> measure -> plan again: each round rejects at least one recipe for good, so this only guards
+# against a planner that chose a rejected artifact again.
+MAX_BUILD_ROUNDS = 16
+
+
+def build_to_the_floor(spec: Spec, p: Plan, contexts: dict[str, DeviceContext], store: ArtifactStore,
+                       built: dict[str, BuiltArtifact], events: Events) -> tuple[Plan, Artifacts, dict[str, list[str]]]:
+    """Build what ``p`` chose; when a fresh artifact's measured quality (edgectl.builders.quality) misses the
+    quality floor of a deployment that chose it (Deployment spec.quality), plan again with that measurement - the
+    planner then rejects it, with the numbers, and picks the next best or finds the device unfit - and build the
+    new choices, until every choice is built and meets its floor. Returns the final plan, the artifacts built, and
+    per device what was rejected (said in ``events`` too)."""
+    artifacts: Artifacts = {}
+    rejected: dict[str, list[str]] = {}
+    for _ in range(MAX_BUILD_ROUNDS):
+        needs = {recipe_id(dep.chosen.recipe) for dp in p.devices for dep in dp.deployments
+                 if dep.chosen is not None and any(s.action == "build" for s in dep.steps)} - set(artifacts)
+        if not needs:
+            return p, artifacts, rejected
+        fresh = build_planned(spec, p, store, events, only=needs)
+        artifacts.update(fresh)
+        built.update({rid: art for rid, (art, _) in fresh.items()})
+        misses = fresh_below_floor(spec, p, fresh)
+        if not misses:
+            return p, artifacts, rejected
+        for device, text in misses:
+            events.info(device, text)
+            rejected.setdefault(device, []).append(text)
+        p = make_plan(spec, contexts, store, built)
+    raise PlanError(f"the plan kept choosing artifacts below their deployments' quality floor after "
+                    f"{MAX_BUILD_ROUNDS} rounds of building", hint="report this as a bug; meanwhile pin "
+                    "quantization.allow to quant types that meet the floor")
+
+
+def rejected_error(dp: DevicePlan, rejected: dict[str, list[str]], *, sent: str = "pushed") -> str | None:
+    """The device's error when :func:`build_to_the_floor` rejected a fresh artifact there and the plan made again
+    found nothing else that fits and meets the floor (None: not that case)."""
+    if dp.status == "ok" or dp.device not in rejected:
+        return None
+    hints = sorted({d.hint for d in dp.deployments if d.unfit and d.hint})
+    return (f"device '{dp.device}': " + "; ".join(t.replace("planning again with this measurement", "and nothing "
+                                                            "else that fits meets the floor")
+                                              for t in rejected[dp.device])
+            + (f" ({'; '.join(hints)})" if hints else "") + f"; nothing was {sent}")
+
+
+def fresh_below_floor(spec: Spec, p: Plan, fresh: Artifacts) -> list[tuple[str, str]]:
+    """(device, what missed) for each deployment of ``p`` that chose an artifact of ``fresh`` whose measured quality
+    misses the deployment's quality floor."""
+    out = []
+    for dp in p.devices:
+        for dep in dp.deployments:
+            art, _ = fresh.get(recipe_id(dep.chosen.recipe), (None, False)) if dep.chosen else (None, False)
+            if art is None or art.quality is None:
+                continue
+            why = below_floor(spec.deployments[dep.deployment], dataclasses.replace(dep.chosen, quality=art.quality))
+            if why:
+                text = (f"{dep.deployment}: the freshly built {art.format} {art.quant} ({art.digest[:19]}) {why} "
+                        f"({art.quality.summary()}); not deployed, planning again with this measurement")
+                out.append((dp.device, text))
     return out

@@ -7,12 +7,14 @@
   The Ansible engine hands ``allowed_failures`` to the playbook as data (one number per host) and reads its outcome
   back through :class:`Halting`, so both engines halt, and say why, in the same words.
 - :func:`gate_problems` and :func:`gate_detail`: what fails the health gate in the agent's own timings of the smoke
-  request and in its answer (expect_contains / expect_regex), and how a passed gate is reported. The Ansible role calls these same functions through its filter plugin
+  request and in its answer (expect_contains / expect_regex / expect_json_schema: :func:`answer_problems`), and how
+  a passed gate is reported. The Ansible role calls these same functions through its filter plugin
   (deploy/ansible/filter_plugins/edgectl_gate.py).
 """
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Callable
 
@@ -108,8 +110,9 @@ def gate_problems(gate: HealthGate, r: SmokeResult) -> list[str]:
 
 
 def answer_problems(gate: HealthGate, text: str | None) -> list[str]:
-    """What fails ``gate`` in the smoke answer's text (expect_contains, expect_regex); empty: it passes."""
-    if gate.expect_contains is None and gate.expect_regex is None:
+    """What fails ``gate`` in the smoke answer's text (expect_contains, expect_regex, expect_json_schema), each
+    naming the prompt, the check and the answer; empty: it passes."""
+    if gate.expect_contains is None and gate.expect_regex is None and gate.expect_json_schema is None:
         return []
     answer = text or ""
     shown = repr(answer[:120] + ("..." if len(answer) > 120 else ""))
@@ -118,7 +121,32 @@ def answer_problems(gate: HealthGate, text: str | None) -> list[str]:
         problems.append(f"the answer to {gate.prompt!r} does not contain {gate.expect_contains!r}: {shown}")
     if gate.expect_regex is not None and re.search(gate.expect_regex, answer) is None:
         problems.append(f"the answer to {gate.prompt!r} does not match expect_regex {gate.expect_regex!r}: {shown}")
+    if gate.expect_json_schema is not None:
+        why = json_schema_miss(gate.expect_json_schema, answer)
+        if why:
+            problems.append(f"the answer to {gate.prompt!r} fails expect_json_schema: {why}: {shown}")
     return problems
+
+
+# a fenced block; one cut off by max_tokens runs to the end (then the JSON error says where it stops)
+_JSON_FENCE = re.compile(r"```(?:json)?[ \t]*\n(.*?)(?:```|\Z)", re.DOTALL | re.IGNORECASE)
+
+
+def json_schema_miss(schema: dict, answer: str) -> str | None:
+    """Why ``answer`` (or its first ```json fenced block) is not JSON valid against ``schema``; None when it is."""
+    import jsonschema
+
+    fenced = _JSON_FENCE.search(answer)
+    document = fenced.group(1) if fenced else answer
+    try:
+        value = json.loads(document.strip())
+    except ValueError as e:
+        return f"not JSON ({e})"
+    error = jsonschema.exceptions.best_match(jsonschema.validators.validator_for(schema)(schema).iter_errors(value))
+    if error is None:
+        return None
+    where = "/".join(str(p) for p in error.absolute_path)
+    return f"{'at ' + where + ': ' if where else ''}{error.message}"
 
 
 def gate_detail(r: SmokeResult, gate: HealthGate | None = None) -> str:
@@ -128,25 +156,40 @@ def gate_detail(r: SmokeResult, gate: HealthGate | None = None) -> str:
     detail = (f"ttft {r.ttft_s * 1000:.0f} ms, {rate:.1f} tok/s as timed by the agent"
               if r.ttft_s is not None and rate else "ready")
     checked = [f"contains {gate.expect_contains!r}" if gate and gate.expect_contains else "",
-               f"matches {gate.expect_regex!r}" if gate and gate.expect_regex else ""]
+               f"matches {gate.expect_regex!r}" if gate and gate.expect_regex else "",
+               "is JSON valid against expect_json_schema" if gate and gate.expect_json_schema else ""]
     checked = [c for c in checked if c]
     return detail + (f"; answer {' and '.join(checked)}" if checked else "")
 
 
-def gate_as_data(gate: HealthGate, kind: str) -> dict | None:
-    """The gate as the Ansible role receives it (``edgectl_smoke``); None when no smoke request is sent."""
-    if not gate.smoke:
+def gate_as_data(gate: HealthGate | list[HealthGate], kind: str) -> dict | None:
+    """The gate as the Ansible role receives it (``edgectl_smoke``); None when no smoke request is sent. Of a list
+    (edgectl.spec.deployment.gates_for), the first is the smoke request and the others its ``more`` prompts, each
+    with its answer checks (the JSON Schema as JSON text: Ansible leaves a string alone)."""
+    first, *more = gate if isinstance(gate, list) else [gate]
+    if not first.smoke:
         return None
-    return {"kind": kind, "max_tokens": gate.max_tokens, "min_tokens_per_s": gate.min_tokens_per_s,
-            "max_ttft_ms": gate.max_ttft_ms, "prompt": gate.prompt, "expect_contains": gate.expect_contains,
-            "expect_regex": gate.expect_regex}
+    data = {"kind": kind, "max_tokens": first.max_tokens, "min_tokens_per_s": first.min_tokens_per_s,
+            "max_ttft_ms": first.max_ttft_ms, **_answer_data(first)}
+    if more and kind == "llm":
+        data["more"] = [{"max_tokens": g.max_tokens, **_answer_data(g)} for g in more]
+    return data
+
+
+def _answer_data(gate: HealthGate) -> dict:
+    schema = gate.expect_json_schema
+    return {"prompt": gate.prompt, "expect_contains": gate.expect_contains, "expect_regex": gate.expect_regex,
+            "expect_json_schema": json.dumps(schema) if schema is not None else None}
 
 
 def gate_from_data(smoke: dict) -> HealthGate:
-    """The inverse of :func:`gate_as_data` (what the role's filter plugin judges with)."""
+    """The inverse of :func:`gate_as_data` for one request (the gate, or one of its ``more`` prompts): what the
+    role's filter plugin judges with."""
+    schema = smoke.get("expect_json_schema")
     return HealthGate(max_tokens=smoke["max_tokens"], min_tokens_per_s=smoke.get("min_tokens_per_s"),
                       max_ttft_ms=smoke.get("max_ttft_ms"), prompt=smoke.get("prompt") or "Say hello.",
-                      expect_contains=smoke.get("expect_contains"), expect_regex=smoke.get("expect_regex"))
+                      expect_contains=smoke.get("expect_contains"), expect_regex=smoke.get("expect_regex"),
+                      expect_json_schema=json.loads(schema) if isinstance(schema, str) else schema)
 
 
 def smoke_from_timings(timings: dict | None, text: str | None = None) -> SmokeResult:

@@ -3,7 +3,9 @@
 Order of work, so that bad input changes nothing: observe (read-only) -> plan once (with the store's cache hits,
 looked up before planning) -> refuse unfit -> start agents only where there is work (the Ansible engine's devices
 through the playbook's bootstrap), and replace agents that verify nothing on devices whose fleet signs -> only then
-observe those again and plan again with the hardware they report and what they serve -> build everything planned ->
+observe those again and plan again with the hardware they report and what they serve -> build everything planned
+(a fresh artifact whose measured quality misses its deployment's floor makes the plan run again with that figure, and
+is never deployed) ->
 per deployment, its rollout (edgectl.apply.engine or edgectl.apply.ansible, same rules) -> remove what is no longer
 selected. A device that could not be observed (unreachable, an agent that is not this edgectl's) is a failure of the
 run, never "no changes". The result says exactly what happened where.
@@ -17,7 +19,7 @@ from edgectl.agents.lifecycle import runs_unverified
 from edgectl.builders import ArtifactStore
 from edgectl.delivery import DELIVERY_MODES, by_delivery, mode_function
 from edgectl.errors import EdgectlError, PlanError
-from edgectl.plan import Plan, recipe_id, selects
+from edgectl.plan import Plan, selects
 from edgectl.plan.planner import AUTO_RUNTIME_ORDER
 from edgectl.runs import RunRecord
 from edgectl.signing import signers_for
@@ -27,7 +29,7 @@ from edgectl.apply import ansible
 from edgectl.apply.engine import ENGINES, engine_of
 from edgectl.apply.engine import rollout as engine_rollout
 from edgectl.apply.observe import OBSERVE_PARALLEL, DeviceContext, endpoint_of, observe, select_devices
-from edgectl.apply.planning import build_planned, make_plan
+from edgectl.apply.planning import build_to_the_floor, make_plan, rejected_error
 from edgectl.apply.report import ApplyResult, DeviceResult, Events, Recorded
 from edgectl.apply.steps import dep_plan
 
@@ -77,14 +79,16 @@ def apply(spec: Spec, *, store: ArtifactStore, device_names: Iterable[str] | Non
     if waiting or unverified:  # they report their hardware (and what they serve) now: plan again with it
         p = make_plan(spec, contexts, store, built)
 
-    needs_build = {recipe_id(dep.chosen.recipe) for dp in p.devices for dep in dp.deployments
-                   if dep.chosen is not None and any(s.action == "build" for s in dep.steps)}
-    artifacts = build_planned(spec, p, store, events, only=needs_build) if needs_build else {}
+    # build; a fresh artifact below its deployment's quality floor makes the plan run again (never deployed)
+    p, artifacts, rejected = build_to_the_floor(spec, p, contexts, store, built, events)
     results = {dp.device: DeviceResult(dp.device, endpoint=endpoint_of(contexts[dp.device]),
-                                       actions=list(boot_actions.get(dp.device, []))) for dp in p.devices}
+                                       actions=list(boot_actions.get(dp.device, [])) + rejected.get(dp.device, []))
+               for dp in p.devices}
     for dp in p.devices:
         if contexts[dp.device].error:  # never "no changes" for a device that could not be observed
             results[dp.device].error = contexts[dp.device].error
+        elif rejected_error(dp, rejected):  # its fresh artifact missed the quality floor, and nothing else fits
+            results[dp.device].error = rejected_error(dp, rejected)
         elif dp.status != "ok" and dp.device in waiting:
             # fit by its profile, not by what its agent reports
             why = "; ".join(f"{d.deployment}: {d.unfit}" + (f" ({d.hint})" if d.hint else "")

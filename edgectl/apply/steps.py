@@ -16,7 +16,7 @@ from edgectl.plan import DeploymentPlan, DevicePlan, compat, recipe_id
 from edgectl.plan.settings import served_settings
 from edgectl.signing import rollback_deployment, signed
 from edgectl.spec import BuiltArtifact, Spec
-from edgectl.spec.deployment import HealthGate, gate_for
+from edgectl.spec.deployment import HealthGate, gates_for
 from edgectl.paths import VERIFY_KEY_FILE
 
 from edgectl.apply.observe import DeviceContext
@@ -47,7 +47,7 @@ def deploy_one(spec: Spec, dp: DevicePlan, name: str, ctx: DeviceContext, store:
     try:
         changed = apply_deployment(spec, dp, dep, ctx, store, artifacts, res, events)
         if changed:
-            health_gate(gate_for(rollout.health_gate, spec.models[dep.model].spec.golden_prompt), name,
+            health_gate(gates_for(rollout.health_gate, spec.models[dep.model].spec.goldens), name,
                         "embedding" if dep.chosen.embedding else dep.chosen.recipe.kind, ctx, res, events)
         return True
     except EdgectlError as e:
@@ -120,24 +120,34 @@ def desired_deployment(spec: Spec, dp: DevicePlan, dep: DeploymentPlan, art: Bui
     )
 
 
-def health_gate(gate: HealthGate, name: str, kind: str, ctx: DeviceContext, res: DeviceResult,
+def health_gate(gates: HealthGate | list[HealthGate], name: str, kind: str, ctx: DeviceContext, res: DeviceResult,
                 events: Events) -> None:
-    """Send the smoke request and judge the agent's timings of it (edgectl.apply.rollout.gate_problems)."""
+    """Send the smoke request and judge the agent's timings of it (edgectl.apply.rollout.gate_problems); then ask
+    the model's other golden prompts (edgectl.spec.deployment.gates_for) and judge their answers. Every miss is
+    reported, not only the first."""
+    gate, *more = gates if isinstance(gates, list) else [gates]
     if not gate.smoke:
         return
     r = ctx.client.smoke(name, kind=kind, max_tokens=gate.max_tokens, prompt=gate.prompt)
     problems = gate_problems(gate, r)
+    wrong = bool(answer_problems(gate, r.text))
+    for extra in more if kind == "llm" else []:
+        answer = ctx.client.smoke(name, kind=kind, max_tokens=extra.max_tokens, prompt=extra.prompt).text
+        misses = answer_problems(extra, answer)
+        problems += misses
+        wrong = wrong or bool(misses)
     if problems:
         hint = ("the smoke request ran on the new artifact; relax rollout.health_gate or pick a smaller quant type "
                 "(quantization.allow); an agent without timings needs this edgectl's edgectl-agent "
                 f"{AGENT_VERSION} on the device")
-        if answer_problems(gate, r.text):
+        if wrong:
             hint = ("the new artifact answered the gate's prompt wrongly: a broken build or too coarse a quant "
                     "type (pick a higher one in quantization.allow), or fix rollout.health_gate.expect_contains / "
-                    "expect_regex")
+                    "expect_regex / expect_json_schema (or the Model's golden_prompts)")
         raise PlanError(f"device '{ctx.device.name}', deployment '{name}': health gate failed (as timed by the "
                         "agent): " + "; ".join(problems), hint=hint)
-    detail = gate_detail(r, gate)
+    detail = gate_detail(r, gate) + (f"; {len(more)} more golden prompts answered right" if more and kind == "llm"
+                                     else "")
     events.info(ctx.device.name, f"{name}: health gate passed ({detail})")
     res.actions.append(f"{name}: health gate passed ({detail})")
 

@@ -27,6 +27,15 @@ from edgectl.progress import StageProgress, stage_callback
 from edgectl.spec.artifact import BuiltArtifact, Quality, Recipe
 from edgectl.spec.model import Model
 
+# LLM formats whose runtime gives logits, so a fresh artifact's quality is measured against its source
+# (edgectl.builders.quality) -> the modules that needs on this machine (none known: the vLLM venv's own check)
+MEASURED_FORMATS: dict[str, tuple[str, ...]] = {
+    "gguf": ("llama_cpp",), "openvino": ("openvino", "transformers"), "gptq": (),
+    "onnx": ("onnxruntime_genai", "transformers"), "mlx": ("mlx_lm", "transformers"),
+    "bnb": ("bitsandbytes", "transformers"),
+}
+
+
 class QualityWarning(UserWarning):
     """Measuring a fresh artifact's quality failed; the artifact was built and stored, without a quality record."""
 
@@ -92,8 +101,8 @@ def build(recipe: Recipe, model: Model, store: ArtifactStore, *, base_dir: Path 
     (edgectl.builders.quality; progress stage "measure quality") and recorded with it, so a hit returns it for free.
     ``measure_quality=False`` skips that. A failed measurement does not fail the build: the artifact is recorded
     without quality and a :class:`QualityWarning` is issued (``warnings``; the CLI shows it). Without llama-cpp-python
-    (an as-shipped copy can be built without it) nothing is measured; OpenVINO LLM folders are measured against
-    their Hugging Face source; onnx (LLM and tensor) and MLX artifacts are not measured.
+    (an as-shipped copy can be built without it) nothing is measured; OpenVINO, ONNX GenAI and MLX LLM folders are
+    measured against their Hugging Face source; tensor models (onnx graphs) are not measured.
     """
     if quiet is None:
         quiet = os.environ.get("EDGECTL_DEBUG", "") != "1"
@@ -142,7 +151,7 @@ def build(recipe: Recipe, model: Model, store: ArtifactStore, *, base_dir: Path 
     if facts:
         artifact = artifact.model_copy(update={"compat": facts})
     store.record(artifact)  # stored and indexed before measuring: an interrupted measurement loses only the figure
-    if measure_quality and recipe.kind == "llm" and recipe.format in ("gguf", "openvino", "gptq", "bnb"):  # logits
+    if measure_quality and recipe.kind == "llm" and recipe.format in MEASURED_FORMATS:  # logits
         quality = _measure(recipe.format, source.path, store.local_path(artifact), as_shipped=as_shipped,
                            threads=threads or os.cpu_count() or 1, quiet=quiet, report=report,
                            label=f"{recipe.model} {recipe.format} {recipe.quant}", quant=recipe.quant)
@@ -154,15 +163,16 @@ def build(recipe: Recipe, model: Model, store: ArtifactStore, *, base_dir: Path 
 
 def _measure(format: str, source_path: Path, artifact_path: Path, *, as_shipped: bool, threads: int, quiet: bool,
              report: StageProgress | None, label: str, quant: str = "") -> Quality | None:
-    """GGUF: both read by llama.cpp; OpenVINO: the IR by OpenVINO against its Hugging Face folder by transformers;
-    GPTQ: both folders by transformers in the vLLM venv (edgectl.builders.quality); bnb: NF4 by bitsandbytes on the
-    CPU against the float32 source. None without the tools (an
-    as-shipped GGUF copy needs no llama-cpp-python)."""
+    """GGUF: both read by llama.cpp; OpenVINO, ONNX GenAI, MLX: the artifact folder by its runtime against its
+    Hugging Face folder by transformers; GPTQ: both folders by transformers in the vLLM venv
+    (edgectl.builders.quality); bnb: NF4 by bitsandbytes on the CPU against the float32 source. None without the
+    tools (an as-shipped GGUF copy needs no llama-cpp-python)."""
     import importlib.util
 
-    from edgectl.builders.quality import measure, measure_hf, measure_openvino
+    from edgectl.builders.quality import measure, measure_hf, measure_mlx, measure_onnx_genai, measure_openvino
 
-    if format != "gptq" and importlib.util.find_spec("llama_cpp" if format == "gguf" else "transformers") is None:
+    needs = MEASURED_FORMATS[format]
+    if any(importlib.util.find_spec(module) is None for module in needs):
         return None
 
     if report:
@@ -171,6 +181,10 @@ def _measure(format: str, source_path: Path, artifact_path: Path, *, as_shipped:
         # An as-shipped copy is the source's own bytes: the source is evaluated once (agreement 1.0 by definition).
         if format == "openvino":
             quality = measure_openvino(source_path, artifact_path, threads=threads, quiet=quiet)
+        elif format == "onnx":
+            quality = measure_onnx_genai(source_path, artifact_path, threads=threads)
+        elif format == "mlx":
+            quality = measure_mlx(source_path, artifact_path, threads=threads)
         elif format == "gptq":
             quality = measure_hf(source_path, artifact_path, threads=threads)
         elif format == "bnb":  # NF4 loaded by bitsandbytes on the CPU vs the float32 source (edgectl.builders.bnb)

@@ -1,8 +1,10 @@
 """Measured quality of a built LLM artifact against its source, on one small fixed text (GGUF: llama.cpp;
-OpenVINO: OpenVINO vs transformers; GPTQ: transformers in the vLLM venv, :func:`measure_hf`).
+OpenVINO, ONNX GenAI and MLX: that runtime vs transformers; GPTQ: transformers in the vLLM venv, :func:`measure_hf`).
 
     quality = measure(source_path, artifact_path, threads=4)            # GGUF, both read by llama.cpp
     quality = measure_openvino(source_folder, artifact_folder, threads=4)  # OpenVINO IR vs its Hugging Face folder
+    quality = measure_onnx_genai(source_folder, artifact_folder)        # onnxruntime-genai folder vs the same
+    quality = measure_mlx(source_folder, artifact_folder)               # mlx_lm folder vs the same
 
 Both models read the same tokens (the source model's tokenization of :data:`QUALITY_TEXT`, at most
 :data:`MAX_TOKENS`); from their logits at every position we compute
@@ -21,11 +23,16 @@ logits of shape ``(positions, vocab)`` so they are testable without llama.cpp.
 OpenVINO: the source is the Hugging Face folder the artifact was built from (after a GGUF -> HF conversion, that
 folder), run by transformers in float32; the artifact's IR is run by OpenVINO on the CPU with float32 inference
 precision, so only the weight compression differs. Both read the tokens of the source's tokenizer, in one pass.
+ONNX GenAI and MLX work the same way: the artifact folder is run by onnxruntime-genai (its ``logits`` output after
+appending the tokens as one prompt, in the precision the artifact was built with) or by mlx_lm (the model called on
+the tokens with its weights dequantized as MLX does it, in float32: MLX's CPU build is too slow on quantized weights),
+against the source folder in float32 by transformers.
 """
 
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -200,6 +207,71 @@ def measure_openvino(source_folder: Path, artifact_folder: Path, *, threads: int
                          f"{source_logits.shape}")
     tool = f"openvino {ov.__version__.split('-')[0]} vs transformers {transformers.__version__}"
     return compare(source_logits, artifact_logits, np.array(tokens), tool=tool)
+
+
+# --- ONNX GenAI and MLX folders vs their Hugging Face source ---------------------------------------------------
+
+
+def _onnx_genai_logits(folder: Path, tokens: list[int]) -> np.ndarray:
+    import onnxruntime_genai as og
+
+    model = og.Model(str(folder))
+    params = og.GeneratorParams(model)
+    params.set_search_options(max_length=len(tokens) + 1, do_sample=False)
+    generator = og.Generator(model, params)
+    generator.append_tokens(tokens)  # one prompt pass: the logits of every position
+    return np.array(generator.get_output("logits"), dtype=np.float32)[0]
+
+
+def _mlx_logits(folder: Path, tokens: list[int]) -> np.ndarray:
+    import mlx.core as mx
+    import mlx_lm
+
+    from mlx_lm.utils import dequantize_model
+
+    model, _ = mlx_lm.load(str(folder))
+    # MLX's Linux CPU build multiplies quantized weights one token at a time (about 4 s a token for SmolLM2-135M
+    # here, 12 minutes for the text): the weights are dequantized as MLX itself does it and run in float32, so only
+    # the weight compression differs (as for OpenVINO); SmolLM2's 173 tokens then take seconds
+    model = dequantize_model(model)
+    model.set_dtype(mx.float32)
+    return np.array(model(mx.array([tokens]))[0].astype(mx.float32))
+
+
+def _against_hf(source_folder: Path, artifact_logits_of: Callable[[list[int]], np.ndarray], *, threads: int,
+                tool: str) -> Quality:
+    """The artifact's logits (``artifact_logits_of(tokens)``) against the Hugging Face source folder's."""
+    source_logits, tokens = _hf_logits(Path(source_folder), threads=threads)
+    if len(tokens) < 2:
+        raise ValueError(f"the quality text tokenized to {len(tokens)} token(s) with {source_folder}")
+    artifact_logits = artifact_logits_of(tokens)
+    if artifact_logits.shape != source_logits.shape:
+        raise ValueError(f"the artifact's logits {artifact_logits.shape} differ in shape from the source's "
+                         f"{source_logits.shape}")
+    return compare(source_logits, artifact_logits, np.array(tokens), tool=tool)
+
+
+def measure_onnx_genai(source_folder: Path, artifact_folder: Path, *, threads: int = 1) -> Quality:
+    """Measure the ONNX GenAI folder ``artifact_folder`` (genai_config.json + model.onnx) against the Hugging Face
+    folder it was built from. Raises on any failure (the caller decides whether that matters)."""
+    import onnxruntime_genai as og
+    import transformers
+
+    return _against_hf(source_folder, lambda tokens: _onnx_genai_logits(Path(artifact_folder), tokens),
+                       threads=threads,
+                       tool=f"onnxruntime-genai {og.__version__} vs transformers {transformers.__version__}")
+
+
+def measure_mlx(source_folder: Path, artifact_folder: Path, *, threads: int = 1) -> Quality:
+    """Measure the MLX folder ``artifact_folder`` against the Hugging Face folder it was built from. Raises on any
+    failure (the caller decides whether that matters)."""
+    import importlib.metadata
+
+    import transformers
+
+    return _against_hf(source_folder, lambda tokens: _mlx_logits(Path(artifact_folder), tokens), threads=threads,
+                       tool=f"mlx-lm {importlib.metadata.version('mlx-lm')} vs transformers "
+                            f"{transformers.__version__}")
 
 
 # --- transformers, in the vLLM venv (gptq / compressed-tensors artifacts) ---------------------------------------

@@ -31,7 +31,7 @@ from edgectl_agent.pull_state import (MAX_STATE_BYTES, STATE_ARTIFACT_TYPE, STAT
                                       StateSignature, document_bytes, new_state, state_bytes, state_tag)
 
 from edgectl.apply.observe import DeviceContext
-from edgectl.apply.planning import build_planned, make_plan
+from edgectl.apply.planning import build_to_the_floor, make_plan, rejected_error
 from edgectl.apply.report import ApplyResult, DeviceResult, Events
 from edgectl.apply.steps import desired_deployment
 from edgectl.builders import ArtifactStore, lookup
@@ -153,11 +153,12 @@ def publish_pull_devices(spec: Spec, devices: list[Device], *, store: ArtifactSt
     if p.unfit and not skip_unfit:
         raise PlanError(f"a deployment fits on no artifact for: {', '.join(dp.device for dp in p.unfit)}; nothing "
                         "was published", hint="see `edgectl plan`; or pass --skip-unfit")
-    needs_build = {recipe_id(dep.chosen.recipe) for dp in p.devices for dep in dp.deployments
-                   if dep.chosen is not None and any(s.action == "build" for s in dep.steps)}
-    artifacts = build_planned(spec, p, store, events, only=needs_build) if needs_build else {}
+    # a fresh artifact below its deployment's quality floor makes the plan run again (never published)
+    p, artifacts, rejected = build_to_the_floor(spec, p, contexts, store, built, events)
     fleet_of = {d.name: f for f in spec.fleets.values() for d in f.spec.devices}
-    results = {dp.device: DeviceResult(dp.device, endpoint=f"pull via {fleet_of[dp.device].spec.pull.registry}")
+    results = {dp.device: DeviceResult(dp.device, endpoint=f"pull via {fleet_of[dp.device].spec.pull.registry}",
+                                       actions=list(rejected.get(dp.device, [])),
+                                       error=rejected_error(dp, rejected, sent="published"))
                for dp in p.devices}
     writers: dict[str, RegistryWriter] = {}
     pushed: set[tuple[str, str]] = set()

@@ -30,14 +30,16 @@ from dataclasses import dataclass, field
 
 import httpx
 from edgectl_agent.api import DesiredDeployment
-from edgectl_agent.pull_state import PublishedState, SmokeRequest
+from edgectl_agent.pull_state import GoldenAsk, PublishedState, SmokeRequest
 
 from edgectl.apply.report import DeviceResult, Events
-from edgectl.apply.rollout import Halting, gate_detail, gate_problems, is_canary, wave_label, waves
+from edgectl.apply.rollout import (Halting, answer_problems, gate_detail, gate_problems, is_canary, wave_label,
+                                   waves)
 from edgectl.errors import PlanError
 from edgectl.pull.status import DeviceReport, read_reports
 from edgectl.runs import RunRecord
 from edgectl.spec import Spec
+from edgectl.spec.deployment import HealthGate, gates_for
 from edgectl.spec.fleet import PullRegistry
 
 TRANSFER_ALLOWANCE_S = 300.0
@@ -81,12 +83,20 @@ class PullRollout:
         t = self.targets[device]
         out = {}
         for name in t.published:
-            dep = self.spec.deployments.get(name)
-            gate = dep.spec.rollout.health_gate if dep else None
-            if gate is not None and gate.smoke:
-                out[name] = SmokeRequest(kind=t.kinds.get(name, "llm"), prompt=gate.prompt,
-                                         max_tokens=gate.max_tokens)
+            gates = self.gates_of(name) if name in self.spec.deployments else None
+            if gates is not None and gates[0].smoke:
+                kind = t.kinds.get(name, "llm")
+                more = [GoldenAsk(prompt=g.prompt, max_tokens=g.max_tokens) for g in gates[1:]] if kind == "llm" else []
+                out[name] = SmokeRequest(kind=kind, prompt=gates[0].prompt, max_tokens=gates[0].max_tokens, more=more)
         return out
+
+    def gates_of(self, name: str) -> list[HealthGate]:
+        """The smoke requests of deployment ``name``'s health gate: rollout.health_gate, asking the model's golden
+        prompts unless it sets its own (edgectl.spec.deployment.gates_for), as for push devices."""
+        spec = self.spec.deployments[name].spec
+        # (a rules test passes bare deployments: no models, no model name)
+        model = getattr(self.spec, "models", {}).get(getattr(spec, "model", None))
+        return gates_for(spec.rollout.health_gate, model.spec.goldens if model is not None else [])
 
     def publish(self, device: str) -> PublishedState | None:
         t = self.targets[device]
@@ -170,7 +180,7 @@ class PullRollout:
     def wait(self, name: str, label: str, versions: dict[str, int]) -> dict[str, str | None]:
         """Wait until each device of the wave reports ``versions[device]`` applied and its gate, or its failure;
         device -> why it failed (None: it passed)."""
-        gate = self.spec.deployments[name].spec.rollout.health_gate
+        gate = self.gates_of(name)
         wait_s = max(wave_wait_s(self.targets[d].pull) for d in versions)
         deadline = self.clock() + wait_s
         outcome: dict[str, str | None] = {}
@@ -207,7 +217,9 @@ class PullRollout:
 
 def judge(report: DeviceReport, name: str, version: int, digest: str, gate) -> tuple[bool, str] | None:
     """What ``report`` says about state ``version`` of deployment ``name`` (pinning ``digest``): (passed, detail),
-    or None while it says nothing yet."""
+    or None while it says nothing yet. ``gate`` is a HealthGate, or the list of edgectl.spec.deployment.gates_for
+    (the others' answers are the report's ``answers``)."""
+    gate, *more = gate if isinstance(gate, list) else [gate]
     if report.applied_version >= version:
         if not gate.smoke:
             return True, "applied (no smoke request)"
@@ -219,9 +231,17 @@ def judge(report: DeviceReport, name: str, version: int, digest: str, gate) -> t
         if seen.digest != digest:
             return False, f"state version {version} applied but {seen.digest or 'nothing'} serves, not {digest}"
         problems = gate_problems(gate, seen.result)
+        if more and seen.result.tokens is not None:  # an LLM's answers (a tensor model has no golden prompts)
+            answers = list(seen.answers)
+            if len(answers) < len(more):
+                problems.append(f"the agent reported {len(answers)} of {len(more)} golden prompt answers after the "
+                                f"first (an edgectl-agent older than this edgectl does not ask them)")
+            for extra, answer in zip(more, answers):
+                problems += answer_problems(extra, answer)
         if problems:
             return False, f"health gate failed on state version {version}: " + "; ".join(problems)
-        return True, gate_detail(seen.result, gate)
+        return True, gate_detail(seen.result, gate) + (f"; {len(more)} more golden prompts answered right"
+                                                       if more and seen.result.tokens is not None else "")
     if report.version >= version and report.outcome in ("failed", "error"):
         return False, f"state version {version} not applied: {report.error or report.outcome}"
     return None

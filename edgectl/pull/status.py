@@ -10,6 +10,8 @@ hardware the way a push device is from GET /control/facts.
 
 from __future__ import annotations
 
+import json
+
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
@@ -153,6 +155,7 @@ class GateSeen:
     version: int
     result: SmokeResult
     error: str | None
+    answers: tuple[str, ...] = ()  # to the gate's golden prompts after the first (SmokeRequest.more), in order
 
 
 @dataclass(frozen=True)
@@ -192,11 +195,20 @@ def device_report(series: list[dict]) -> DeviceReport:
                                                   tokens=int(tokens) if tokens is not None else None,
                                                   decode_s=timings.get((name, "edgectl_pull_gate_decode_seconds")),
                                                   text=m.get("answer") or None),
-                               error=m.get("error") or None)
+                               error=m.get("error") or None, answers=_answers(m.get("answers")))
     return DeviceReport(seen=value("push_time_seconds") or value("edgectl_pull_last_seen_timestamp_seconds"),
                         version=int(value("edgectl_pull_state_version")),
                         applied_version=int(value("edgectl_pull_applied_version")),
                         outcome=outcome, error=error, gates=gates)
+
+
+def _answers(label: str | None) -> tuple[str, ...]:
+    """The ``answers`` label (a JSON list of strings; absent from agents without golden prompts 2..n)."""
+    try:
+        value = json.loads(label) if label else []
+    except ValueError:
+        return ()
+    return tuple(str(a) for a in value) if isinstance(value, list) else ()
 
 
 def read_reports(prometheus: str) -> dict[str, DeviceReport]:

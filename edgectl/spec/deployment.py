@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from typing import Annotated, Any, Literal
 
@@ -9,7 +10,7 @@ from edgectl_agent.api import ArtifactFormat
 from pydantic import Field, StringConstraints, ValidationInfo, field_validator, model_validator
 
 from edgectl.spec.common import Document, Frozen, LabelValue, Metadata, Name
-from edgectl.spec.model import GoldenPrompt
+from edgectl.spec.model import GoldenPrompt, check_json_schema
 
 
 class Selector(Frozen):
@@ -98,6 +99,10 @@ class HealthGate(Frozen):
     expect_regex: str | None = Field(default=None, min_length=1,
                                      description="Fail the gate when this regular expression (Python re.search) "
                                                  "finds nothing in the smoke answer.")
+    expect_json_schema: dict[str, Any] | None = Field(
+        default=None, description="Fail the gate when the smoke answer (or the first ```json fenced block in it) is "
+                                  "not JSON valid against this JSON Schema (draft 2020-12 unless it names its "
+                                  "$schema). Give max_tokens room for the whole document.")
 
     @field_validator("prompt", "expect_contains", "expect_regex")
     @classmethod
@@ -107,6 +112,14 @@ class HealthGate(Frozen):
             raise ValueError("may not contain '{{', '{%' or '{#' (the Ansible engine would evaluate them as a "
                              "template); rephrase, or put a space between the braces")
         return text
+
+    @field_validator("expect_json_schema")
+    @classmethod
+    def _valid_schema(cls, schema: dict[str, Any] | None) -> dict[str, Any] | None:
+        if schema is not None:
+            cls._no_template_markers(json.dumps(schema))
+            check_json_schema(schema)
+        return schema
 
     @field_validator("expect_regex")
     @classmethod
@@ -119,13 +132,28 @@ class HealthGate(Frozen):
         return pattern
 
 
-def gate_for(gate: HealthGate, golden: GoldenPrompt | None) -> HealthGate:
-    """The health gate a deployment runs: ``gate`` as written, or, when it sets none of prompt, expect_contains and
-    expect_regex, ``gate`` asking the model's golden prompt (Model spec.golden_prompt) and checking its answer."""
-    if golden is None or not gate.smoke or {"prompt", "expect_contains", "expect_regex"} & gate.model_fields_set:
-        return gate
+GATE_ANSWER_FIELDS = frozenset({"prompt", "expect_contains", "expect_regex", "expect_json_schema"})
+
+
+def gates_for(gate: HealthGate, goldens: list[GoldenPrompt]) -> list[HealthGate]:
+    """The smoke requests a deployment's health gate sends, in order: ``gate`` as written when it sets its own prompt
+    or answer check (or sends no request, or the model has no golden prompts); else one per golden prompt of the model
+    (Model spec.golden_prompts), the first with ``gate``'s time limits, the others checking only their answer."""
+    if not goldens or not gate.smoke or GATE_ANSWER_FIELDS & gate.model_fields_set:
+        return [gate]
+    first, *more = goldens
+    return [_asking(gate, first)] + [_asking(HealthGate(), g) for g in more]
+
+
+def _asking(gate: HealthGate, golden: GoldenPrompt) -> HealthGate:
     return gate.model_copy(update={"prompt": golden.prompt, "max_tokens": max(gate.max_tokens, golden.max_tokens),
-                                   "expect_contains": golden.expect_contains, "expect_regex": golden.expect_regex})
+                                   "expect_contains": golden.expect_contains, "expect_regex": golden.expect_regex,
+                                   "expect_json_schema": golden.expect_json_schema})
+
+
+def gate_for(gate: HealthGate, golden: GoldenPrompt | None) -> HealthGate:
+    """The first smoke request of :func:`gates_for` with at most one golden prompt (Model spec.golden_prompt)."""
+    return gates_for(gate, [golden] if golden is not None else [])[0]
 
 
 class SpeedRequirement(Frozen):

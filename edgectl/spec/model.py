@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import re
-from typing import Literal
+from typing import Any, Literal
 
 from edgectl_agent.names import SHA256_HEX_PATTERN
 from pydantic import Field, model_validator
@@ -53,12 +54,18 @@ class GoldenPrompt(Frozen):
                                                                                 "(case-insensitive).")
     expect_regex: str | None = Field(default=None, min_length=1, description="A regular expression (Python "
                                                                              "re.search) the right answer matches.")
+    expect_json_schema: dict[str, Any] | None = Field(
+        default=None, description="A JSON Schema (draft 2020-12 unless it names its $schema) the answer must satisfy: "
+                                  "the answer, or the first ```json fenced block in it, must parse as JSON and "
+                                  "validate against it. Give max_tokens room for the whole document.")
 
     @model_validator(mode="after")
     def _checks_something(self) -> "GoldenPrompt":
-        if self.expect_contains is None and self.expect_regex is None:
-            raise ValueError("a golden prompt needs expect_contains or expect_regex (what the right answer holds)")
-        for text in (self.prompt, self.expect_contains, self.expect_regex):  # the rules of rollout.health_gate
+        if self.expect_contains is None and self.expect_regex is None and self.expect_json_schema is None:
+            raise ValueError("a golden prompt needs expect_contains or expect_regex or expect_json_schema (what "
+                             "the right answer holds)")
+        schema_text = None if self.expect_json_schema is None else json.dumps(self.expect_json_schema)
+        for text in (self.prompt, self.expect_contains, self.expect_regex, schema_text):  # rollout.health_gate's rules
             if text is not None and any(m in text for m in ("{{", "{%", "{#")):
                 raise ValueError("may not contain '{{', '{%' or '{#' (the Ansible engine would evaluate them as a "
                                  "template); rephrase, or put a space between the braces")
@@ -67,7 +74,21 @@ class GoldenPrompt(Frozen):
                 re.compile(self.expect_regex)
             except re.error as e:
                 raise ValueError(f"expect_regex is not a regular expression: {e}") from None
+        if self.expect_json_schema is not None:
+            check_json_schema(self.expect_json_schema)
         return self
+
+
+def check_json_schema(schema: dict[str, Any]) -> None:
+    """Raise ValueError (what is wrong, where in the schema) when ``schema`` is not a valid JSON Schema."""
+    import jsonschema  # a dependency of edgectl; imported here so loading a manifest without schemas skips it
+
+    try:
+        jsonschema.validators.validator_for(schema).check_schema(schema)
+    except jsonschema.SchemaError as e:
+        where = "/".join(str(p) for p in e.absolute_path) or "(top level)"
+        raise ValueError(f"expect_json_schema is not a valid JSON Schema: at {where}: {e.message}; see "
+                         "https://json-schema.org/understanding-json-schema") from None
 
 
 LLM_TASKS = frozenset({"chat", "completion", "embedding"})
@@ -90,10 +111,28 @@ class ModelSpec(Frozen):
     golden_prompt: GoldenPrompt | None = Field(
         default=None, description="A question with a known answer (chat models): a Deployment's health gate asks it "
                                   "and fails a device whose answer misses, unless rollout.health_gate sets its own "
-                                  "prompt, expect_contains or expect_regex.")
+                                  "prompt, expect_contains, expect_regex or expect_json_schema. For several, use "
+                                  "golden_prompts.")
+    golden_prompts: list[GoldenPrompt] = Field(
+        default_factory=list, max_length=16,
+        description="Questions with known answers (chat models), asked in order by a Deployment's health gate after "
+                    "activation; a miss on any fails the device (the first also carries the gate's time limits). "
+                    "Ignored like golden_prompt when rollout.health_gate sets its own prompt or checks.")
+
+    @property
+    def goldens(self) -> list[GoldenPrompt]:
+        """Every golden prompt, in the order the health gate asks them."""
+        return ([self.golden_prompt] if self.golden_prompt is not None else []) + list(self.golden_prompts)
 
     @model_validator(mode="after")
     def _task_fields(self) -> "ModelSpec":
+        if self.golden_prompt is not None and self.golden_prompts:
+            raise ValueError("set golden_prompts (a list) or golden_prompt (one), not both: move golden_prompt into "
+                             "golden_prompts as its first item")
+        if self.goldens and self.task not in ("chat", "completion"):
+            raise ValueError(f"golden prompts are asked as chat completions, which a model of task '{self.task}' "
+                             "does not serve: remove them (a health gate checks a tensor or embedding model by a "
+                             "request of its own kind)")
         if self.task in LLM_TASKS:
             if self.architecture is None:
                 raise ValueError(f"a {self.task} model needs 'architecture' (the facts the memory estimate uses)")
