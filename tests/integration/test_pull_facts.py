@@ -7,13 +7,11 @@ connecting to the device; `plan --offline` contacts nothing and stays estimated.
 from __future__ import annotations
 
 import json
-import shutil
 
 import pytest
 
-from tests.integration.conftest import free_port
-from tests.integration.test_metrics_fleet import Background, prometheus_argv, pushgateway_argv
 from tests.integration.test_pull_registry import PullWorld, edgectl, serving_digest, wait_for
+from tests.registry import StatusPath
 from tests.tinymodels import pull_fleet_manifest
 
 pytestmark = pytest.mark.integration
@@ -27,23 +25,13 @@ def chosen_speed(world: PullWorld, *extra: str) -> dict | None:
 
 
 def test_a_pull_device_is_planned_from_the_facts_it_reports(tmp_path, start_agent):
-    for binary in ("prometheus", "prometheus-pushgateway"):
-        assert shutil.which(binary), f"{binary} missing: run `scripts/setup.sh test` (Debian package {binary})"
-    world = PullWorld(tmp_path)
-    servers = []
+    world = PullWorld(tmp_path, device=DEVICE)
+    status_path = None
     try:
-        gw_port, prom_port = free_port(), free_port()
-        servers.append(gw := Background(pushgateway_argv(gw_port), tmp_path / "pushgateway.log"))
-        config = tmp_path / "prometheus.yml"
-        config.write_text("global: {scrape_interval: 1s}\nscrape_configs:\n  - job_name: pushgateway\n"
-                          f"    honor_labels: true\n    static_configs: [{{targets: ['127.0.0.1:{gw_port}']}}]\n")
-        servers.append(prom := Background(prometheus_argv(config, tmp_path / "prom-data", prom_port),
-                                          tmp_path / "prometheus.log"))
-        gw.wait_http(f"http://127.0.0.1:{gw_port}/-/ready")
-        prom.wait_http(f"http://127.0.0.1:{prom_port}/-/ready")
+        status_path = StatusPath(tmp_path / "status")
         (world.dir / "all.yaml").write_text(pull_fleet_manifest(
             world.registry.address, [DEVICE], quant="Q8_0", threads=1,
-            pull_extra=f', pushgateway: "http://127.0.0.1:{gw_port}", prometheus: "http://127.0.0.1:{prom_port}"'))
+            pull_extra=f', pushgateway: "{status_path.pushgateway}", prometheus: "{status_path.prometheus}"'))
 
         before = chosen_speed(world)  # never reported: planned from its profile's figures
         assert before["source"] == "estimated" and "measured" not in before["basis"], before
@@ -75,6 +63,6 @@ def test_a_pull_device_is_planned_from_the_facts_it_reports(tmp_path, start_agen
         offline = chosen_speed(world, "--offline")  # contacts nothing: no report is read
         assert offline["source"] == "estimated" and "measured" not in offline["basis"], offline
     finally:
-        for s in servers:
-            s.stop()
+        if status_path is not None:
+            status_path.stop()
         world.registry.stop()

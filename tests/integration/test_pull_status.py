@@ -6,13 +6,11 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 
 import pytest
 
-from tests.integration.conftest import free_port
-from tests.integration.test_metrics_fleet import Background, prometheus_argv, pushgateway_argv
 from tests.integration.test_pull_registry import PullWorld, edgectl, serving_digest, wait_for
+from tests.registry import StatusPath
 
 pytestmark = pytest.mark.integration
 # A name no other test uses: Pushgateway groups are keyed by device name, so a report from another test's agent
@@ -25,28 +23,17 @@ def status_of(world: PullWorld) -> dict:
 
 
 def test_status_shows_last_seen_and_stale_from_prometheus(tmp_path, start_agent):
-    for binary in ("prometheus", "prometheus-pushgateway"):
-        assert shutil.which(binary), f"{binary} missing: run `scripts/setup.sh test` (Debian package {binary})"
     world = PullWorld(tmp_path, device=DEVICE)
-    servers = []
+    status_path = None
     try:
-        gw_port, prom_port = free_port(), free_port()
-        servers.append(gw := Background(pushgateway_argv(gw_port), tmp_path / "pushgateway.log"))
-        config = tmp_path / "prometheus.yml"
-        config.write_text("global: {scrape_interval: 1s}\nscrape_configs:\n  - job_name: pushgateway\n"
-                          f"    honor_labels: true\n    static_configs: [{{targets: ['127.0.0.1:{gw_port}']}}]\n")
-        servers.append(prom := Background(prometheus_argv(config, tmp_path / "prom-data", prom_port),
-                                          tmp_path / "prometheus.log"))
-        gw.wait_http(f"http://127.0.0.1:{gw_port}/-/ready")
-        prom.wait_http(f"http://127.0.0.1:{prom_port}/-/ready")
-        world.write("Q8_0", extra=f', pushgateway: "http://127.0.0.1:{gw_port}", '
-                                  f'prometheus: "http://127.0.0.1:{prom_port}"')
+        status_path = StatusPath(tmp_path / "status")
+        world.write("Q8_0", extra=f', pushgateway: "{status_path.pushgateway}", prometheus: "{status_path.prometheus}"')
         before = status_of(world)
         assert not before["reachable"] and "never seen" in before["error"]
 
         edgectl("apply", str(world.dir), env=world.env)
         config_json = world.enroll(tmp_path / "pull.json")
-        assert config_json["report_url"] == f"http://127.0.0.1:{gw_port}"
+        assert config_json["report_url"] == status_path.pushgateway
         agent = start_agent(root=tmp_path / "device", env={"EDGECTL_AGENT_PULL_CONFIG": str(tmp_path / "pull.json")})
         digest = wait_for("the agent to serve", lambda: serving_digest(agent))
 
@@ -54,7 +41,7 @@ def test_status_shows_last_seen_and_stale_from_prometheus(tmp_path, start_agent)
                         and s["deployments"] and s)
         assert seen["deployments"][0]["active"]["digest"] == digest and seen["deployments"][0]["state"] == "serving"
         # the state version the device reports applying: v1, its only state (a full CI run once showed v3 when this
-        # test's device was named 'shop-1' like another test's; the names are unique now)
+        # test's device was named 'shop-1' like another test's: Debian's Pushgateway kept earlier runs' reports on disk)
         assert "last seen" in seen["endpoint"] and re.search(r"state v1\b", seen["endpoint"]), seen["endpoint"]
         table = edgectl("status", str(world.dir), env=world.env).stdout
         assert DEVICE in table and "serving" in table and "unreachable" not in table
@@ -64,6 +51,6 @@ def test_status_shows_last_seen_and_stale_from_prometheus(tmp_path, start_agent)
                                                                                 or "") and s, timeout=90)
         assert not stale["reachable"] and "last seen" in stale["error"]
     finally:
-        for s in servers:
-            s.stop()
+        if status_path is not None:
+            status_path.stop()
         world.registry.stop()
