@@ -318,6 +318,8 @@ metadata: {{name: tiny}}
 spec: {{model: tiny-hf, selector: {{devices: [this-machine]}}, context_length: 256, threads: 1,
         quantization: {{format: onnx, backend: olive, allow: [{quant}]}}}}
 """)
+    return folder
+
 
 # --- golden prompts and quality floors (issue 19, quality part) --------------------------------------------------
 
