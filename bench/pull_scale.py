@@ -1,7 +1,8 @@
 """Pull mode at fleet scale: N simulated pull devices against one real registry, with and without a site mirror.
 
     python bench/pull_scale.py [--devices 1000] [--poll 10] [--blob-mib 1] [--procs 4] [--timeout 180]
-                               [--paths origin,mirror,mirror-cold] [--no-write]
+                               [--paths origin,mirror,mirror-split,mirror-cold] [--warm-sizes 1,16,128]
+                               [--no-write]
 
 Real parts: Debian's docker-registry (CNCF Distribution) as the origin on 127.0.0.1 (anonymous: Distribution 2.8's
 proxy mode logs in upstream only to a token-auth registry), a second one in proxy mode as the site mirror, and
@@ -91,15 +92,15 @@ async def timed(t: Tally, client: httpx.AsyncClient, method: str, url: str, **kw
     return r
 
 
-async def device(i: int, t: Tally, client: httpx.AsyncClient, base: str, gateway: str, poll: float, known: str,
-                 target: str, done, stop: asyncio.Event) -> None:
+async def device(i: int, t: Tally, client: httpx.AsyncClient, base: str, tag_base: str, gateway: str, poll: float,
+                 known: str, target: str, done, stop: asyncio.Event) -> None:
     rng = random.Random(i)
     await asyncio.sleep(rng.uniform(0, poll))  # the agent's first poll: a random point of one interval
     accept = {"Accept": OCI_MANIFEST}
     applied = None
     while not stop.is_set():
         try:
-            head = await timed(t, client, "HEAD", f"{base}/manifests/state-d{i}", headers=accept)
+            head = await timed(t, client, "HEAD", f"{tag_base}/manifests/state-d{i}", headers=accept)
             digest = head.headers.get("Docker-Content-Digest")
             if head.status_code == 200 and digest and digest != known:
                 manifest = (await timed(t, client, "GET", f"{base}/manifests/{digest}", headers=accept)).json()
@@ -143,14 +144,15 @@ async def fetch(t: Tally, client: httpx.AsyncClient, base: str, blob: str, size:
         raise ValueError(f"blob {blob} did not verify")
 
 
-def poller_process(devices: list[int], known: dict[int, str], base: str, gateway: str, poll: float, target: str,
-                   done, stop_flag, out) -> None:
+def poller_process(devices: list[int], known: dict[int, str], base: str, tag_base: str, gateway: str, poll: float,
+                   target: str, done, stop_flag, out) -> None:
     """One poller process: its share of the devices until ``stop_flag`` is set; puts its Tally on ``out``."""
     async def main() -> Tally:
         t, stop = Tally(), asyncio.Event()
         limits = httpx.Limits(max_connections=POOL_PER_PROC, max_keepalive_connections=POOL_PER_PROC)
         async with httpx.AsyncClient(timeout=120, limits=limits) as client:
-            tasks = [asyncio.create_task(device(i, t, client, base, gateway, poll, known[i], target, done, stop))
+            tasks = [asyncio.create_task(device(i, t, client, base, tag_base, gateway, poll, known[i], target, done,
+                                                stop))
                      for i in devices]
             while not stop_flag.is_set():
                 await asyncio.sleep(0.2)
@@ -200,13 +202,14 @@ def start_registry(base: Path, proxy_of: str | None = None) -> Registry:
     return r.start()
 
 
-def origin_traffic(log: Path, offset: int, artifact: str) -> tuple[int, int, int]:
+def origin_traffic(log: Path, offset: int, artifact: str, end: int | None = None) -> tuple[int, int, int]:
     """Requests, bytes of blob ``artifact`` and bytes of all blobs (the states' too) the origin sent since byte
-    ``offset`` of its log."""
+    ``offset`` of its log (up to byte ``end``)."""
     requests = artifact_bytes = blob_bytes = 0
     with open(log, "rb") as f:
         f.seek(offset)
-        for line in f.read().decode("utf-8", "replace").splitlines():
+        text = f.read() if end is None else f.read(end - offset)
+        for line in text.decode("utf-8", "replace").splitlines():
             m = ACCESS.search(line)
             if m:
                 requests += 1
@@ -258,7 +261,10 @@ def pct(values: list[float], q: float) -> float | None:
 
 
 def run(n: int, poll: float, blob_mib: float, procs: int, timeout: float, mirror: bool, work: Path,
-        warm_mirror_first: bool = True, gateway_check: bool = False) -> dict:
+        warm_mirror_first: bool = True, gateway_check: bool = False, tags_at_origin: bool = False) -> dict:
+    """One path. ``tags_at_origin`` (with ``mirror``): the devices HEAD their state tag at the origin and fetch the
+    rest (manifest by digest, state and artifact blobs) through the mirror, as an agent enrolled behind a mirror
+    does (PullConfig.origin)."""
     from edgectl.apply.report import Events
     from edgectl.pull.oci import RegistryWriter
 
@@ -291,13 +297,18 @@ def run(n: int, poll: float, blob_mib: float, procs: int, timeout: float, mirror
 
         done, stop_flag, out = ctx.Value("i", 0), ctx.Event(), ctx.Queue()
         shards = [list(range(k, n, procs)) for k in range(procs)]
+        tag_base = origin_base if mirror and tags_at_origin else device_base
         for shard in shards:
-            p = ctx.Process(target=poller_process, args=(shard, {i: known[i] for i in shard}, device_base, gateway,
-                                                         poll, target, done, stop_flag, out))
+            p = ctx.Process(target=poller_process, args=(shard, {i: known[i] for i in shard}, device_base, tag_base,
+                                                         gateway, poll, target, done, stop_flag, out))
             p.start()
             workers.append(p)
-        time.sleep(poll * 1.5 + 2)  # every device polled at least once: the steady state before the change
+        time.sleep(poll + 2)  # every device polled once: from here on the steady state before the change
+        steady_offset, steady_start = origin.log.stat().st_size, time.monotonic()
+        time.sleep(poll / 2)
         origin_offset, front_offset = origin.log.stat().st_size, front.log.stat().st_size
+        steady_rps = origin_traffic(origin.log, steady_offset, "-", end=origin_offset)[0] / (time.monotonic()
+                                                                                                - steady_start)
         started = time.monotonic()
         warm = None
         with httpx.Client(timeout=60) as c:
@@ -344,6 +355,7 @@ def run(n: int, poll: float, blob_mib: float, procs: int, timeout: float, mirror
     requests, artifact_bytes, blob_bytes = origin_traffic(origin.log, origin_offset, target)
     transfer_s = n * size / throughput
     return {"mirror": mirror, "warmed": mirror and warm_mirror_first, "gateway_check": gateway_check,
+            "tags_at_origin": mirror and tags_at_origin, "origin_steady_rps": steady_rps,
             "devices": n, "procs": procs, "published_s": published_s, "warm_s": warm,
             "t99_s": t99, "reported": len(reported), "elapsed_s": elapsed,
             "throughput_mib_s": throughput / MIB, "transfer_s": transfer_s, "target_s": 2 * poll + transfer_s,
@@ -361,8 +373,9 @@ def ms(value: float | None, digits: int = 0) -> str:
 
 
 def verdicts(r: dict, poll: float) -> list[str]:
-    where = ("origin only" if not r["mirror"] else "through the warmed site mirror" if r["warmed"]
-             else "through the site mirror, not warmed")
+    where = ("origin only" if not r["mirror"] else "through the site mirror, not warmed" if not r["warmed"]
+             else "warmed site mirror, state tags at the origin" if r["tags_at_origin"]
+             else "through the warmed site mirror")
     got = f"{r['t99_s']:.1f} s" if r["t99_s"] is not None else f"not reached in {r['elapsed_s']:.0f} s"
     ok = r["t99_s"] is not None and r["t99_s"] <= r["target_s"]
     if r["t99_s"] is not None:
@@ -372,15 +385,65 @@ def verdicts(r: dict, poll: float) -> list[str]:
              f"{r['throughput_mib_s']:.0f} MiB/s measured): {'MET' if ok else 'MISSED'}; registry p99 "
              f"{ms(r['server_p99_ms'], 1)} ms (server) vs {ms(r['client_p99_ms'])} ms (devices, with their own "
              f"queueing); status report p99 {ms(r['report_p99_ms'])} ms (Pushgateway"
-             f"{' with' if r['gateway_check'] else ' without'} its consistency check)"]
+             f"{' with' if r['gateway_check'] else ' without'} its consistency check); the origin answered "
+             f"{r['origin_steady_rps']:.0f} requests/s while {r['devices']} devices polled unchanged states"]
     if r["mirror"]:
         lines.append(f"{where}: origin egress {r['copies']:.2f} artifact copies for {r['devices']} devices at one "
                      f"site vs target 1: {'MET' if r['copies'] <= 1.05 else 'MISSED'}"
-                     + ("" if r["copies"] <= 1.05 else " (Distribution 2.8's proxy fetches a missed blob twice: "
-                                                       "once to answer, once to store"
+                     + ("" if r["copies"] <= 1.05 else
+                        " (Distribution 2.8's proxy fetches a missed blob twice: once to answer, once to store; the "
+                        "warm closes the first after its headers, which saves the blob only when it is larger than "
+                        "what the sockets between origin and mirror buffer: see --warm-sizes"
                         + ("" if r["warmed"] else "; and once more per request that misses while a fetch runs")
                         + ")"))
     return lines
+
+
+def warm_copies(sizes_mib: list[float], work: Path, clients: int = CALIBRATION_CLIENTS) -> list[dict]:
+    """Per blob size: what warming a Distribution proxy (edgectl.pull.mirrors.warm_mirror) costs the origin, and
+    what ``clients`` devices fetching the blob through the mirror right after cost it (nothing, when the warm
+    worked). One origin and one mirror for all sizes; copies from the origin's access log."""
+    from edgectl.apply.report import Events
+    from edgectl.pull.mirrors import warm_mirror
+    from edgectl.pull.oci import RegistryWriter
+
+    origin = start_registry(work / "origin")
+    mirror = start_registry(work / "mirror", proxy_of=f"http://{origin.address}")
+    out = []
+    try:
+        origin_base, mirror_base = f"http://{origin.address}/v2/{REPO_NAME}", f"http://{mirror.address}/v2/{REPO_NAME}"
+        for mib in sizes_mib:
+            size = int(mib * MIB)
+            with httpx.Client(timeout=120) as c:
+                blob = publish_blob(c, origin_base, os.urandom(size))
+            offset = origin.log.stat().st_size
+            w = RegistryWriter(mirror.address, REPO_NAME, plain_http=True)
+            try:
+                started = time.monotonic()
+                result = warm_mirror(w, [blob], Events())
+                warm_s = time.monotonic() - started
+            finally:
+                w.close()
+            if result.error:
+                raise SystemExit(f"warming the mirror failed: {result.error}")
+            time.sleep(1)  # let the origin log the aborted stream
+            warm_bytes = origin_traffic(origin.log, offset, blob)[1]
+
+            async def devices() -> None:
+                async with httpx.AsyncClient(timeout=300, limits=httpx.Limits(max_connections=clients)) as c:
+                    rs = await asyncio.gather(*(c.get(f"{mirror_base}/blobs/{blob}") for _ in range(clients)))
+                    assert all(len(r.content) == size for r in rs)
+            asyncio.run(devices())
+            time.sleep(1)
+            total = origin_traffic(origin.log, offset, blob)[1]
+            out.append({"blob_mib": mib, "warm_s": warm_s, "warm_copies": warm_bytes / size,
+                        "copies_after_devices": total / size, "devices": clients})
+            say(f"{mib:g} MiB: warm {warm_s:.1f} s, {warm_bytes / size:.3f} copies; {total / size:.3f} after "
+                f"{clients} devices fetched it through the mirror")
+    finally:
+        mirror.stop()
+        origin.stop()
+    return out
 
 
 def main() -> None:
@@ -397,27 +460,46 @@ def main() -> None:
     ap.add_argument("--gateway-check", action="store_true",
                     help="run the Pushgateway with its per-push consistency check (its default; off by default "
                          "here, as docs/pull.md advises for large fleets)")
+    ap.add_argument("--warm-sizes", default="",
+                    help="comma-separated blob sizes in MiB: first measure the origin copies a mirror warm costs "
+                         "per size (e.g. 1,16,128,512), then run --paths")
     ap.add_argument("--no-write", action="store_true", help="print only; leave docs/benchmarks.md alone")
     args = ap.parse_args()
-    rows, lines = [], []
-    for path in args.paths.split(","):
-        if path not in ("origin", "mirror", "mirror-cold"):
-            ap.error(f"unknown path {path!r}: use origin, mirror or mirror-cold")
+    rows, lines, warm_rows = [], [], []
+    if args.warm_sizes:
+        with tempfile.TemporaryDirectory(prefix="pull-warm-") as work:
+            for w in warm_copies([float(x) for x in args.warm_sizes.split(",")], Path(work)):
+                print(json.dumps(w), flush=True)
+                ok = w["copies_after_devices"] <= 1.05
+                lines.append(f"warm of a {w['blob_mib']:g} MiB blob: {w['copies_after_devices']:.3f} origin copies "
+                             f"after the warm and {w['devices']} devices' GETs through the mirror vs target 1: "
+                             f"{'MET' if ok else 'MISSED'}" + ("" if ok else " (a blob this small fits in the "
+                                                                 "sockets' buffers: the aborted first answer is "
+                                                                 "sent whole)"))
+                warm_rows.append([f"{w['blob_mib']:g} MiB", f"{w['warm_s']:.1f} s", f"{w['warm_copies']:.3f}",
+                                  w["devices"], f"{w['copies_after_devices']:.3f}"])
+    paths = [p for p in args.paths.split(",") if p]
+    for path in paths:
+        if path not in ("origin", "mirror", "mirror-split", "mirror-cold"):
+            ap.error(f"unknown path {path!r}: use origin, mirror, mirror-split or mirror-cold")
         mirror = path != "origin"
         with tempfile.TemporaryDirectory(prefix="pull-scale-") as work:
             r = run(args.devices, args.poll, args.blob_mib, args.procs, args.timeout, mirror, Path(work),
-                    warm_mirror_first=path == "mirror", gateway_check=args.gateway_check)
+                    warm_mirror_first=path != "mirror-cold", gateway_check=args.gateway_check,
+                    tags_at_origin=path == "mirror-split")
         print(json.dumps(r), flush=True)
         lines += verdicts(r, args.poll)
         t99 = (f"{r['t99_s']:.1f} s" if r["t99_s"] is not None
                else f"not reached ({r['reported']}/{r['devices']} in {r['elapsed_s']:.0f} s)")
         rows.append([{"origin": "origin only", "mirror": "site mirror (proxy, warmed)",
+                      "mirror-split": "site mirror (proxy, warmed), state tags at the origin",
                       "mirror-cold": "site mirror (proxy, not warmed)"}[path], r["devices"], r["procs"],
                      f"{r['published_s']:.1f} s" + (f" (warm {r['warm_s']:.1f} s)" if r["warm_s"] else ""), t99,
                      f"≤ {r['target_s']:.1f} s", f"{r['throughput_mib_s']:.0f} MiB/s", f"{r['rps']:.0f}",
                      f"{ms(r['server_p50_ms'], 1)} / {ms(r['server_p99_ms'], 1)} ms",
                      f"{ms(r['client_p50_ms'])} / {ms(r['client_p99_ms'])} ms",
-                     f"{ms(r['report_p50_ms'])} / {ms(r['report_p99_ms'])} ms", r["errors"], r["origin_requests"],
+                     f"{ms(r['report_p50_ms'])} / {ms(r['report_p99_ms'])} ms", r["errors"],
+                     f"{r['origin_steady_rps']:.0f}", r["origin_requests"],
                      f"{r['origin_blob_bytes'] / MIB:.1f} MiB", f"{r['copies']:.2f}"])
     for line in lines:
         print("VERDICT " + line)
@@ -437,7 +519,13 @@ def main() -> None:
             + table(["path", "devices", "poller processes", "publish", "99% on new digest after the publish",
                      "target", "registry throughput",
                      "requests/s", "registry p50 / p99", "devices' p50 / p99", "status report p50 / p99", "errors",
-                     "origin requests", "origin blob bytes (all)", "artifact copies from origin"], rows)
+                     "origin requests/s (steady polling)", "origin requests after the publish",
+                     "origin blob bytes (all)", "artifact copies from origin"], rows)
+            + ("\n\nWarming the site mirror per blob size (`--warm-sizes`): the warm closes the mirror's first "
+               "answer after its headers, so only the copy Distribution stores goes through; then "
+               f"{CALIBRATION_CLIENTS} devices fetch the blob through the mirror.\n\n"
+               + table(["blob", "warm", "origin copies after the warm", "devices", "origin copies after the devices"],
+                       warm_rows) if warm_rows else "")
             + "\n\n" + "\n".join(f"- {line}" for line in lines))
     if not args.no_write:
         print(write_section("pull_scale", "Pull mode at fleet scale (issue 17)", body, dists=("httpx",)))

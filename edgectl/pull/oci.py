@@ -23,6 +23,9 @@ from edgectl.errors import EdgectlError
 
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 CHUNK = 1 << 20
+# The speed a mirror is guessed to copy a blob from its origin at, for the first probe of a warm (warm_blob): a
+# probe that comes too early costs the origin one more aborted stream, one that comes too late only waits.
+WARM_GUESS_BYTES_S = 100 * 2**20
 
 
 class RegistryError(EdgectlError):
@@ -165,45 +168,65 @@ class RegistryWriter:
         r = self._request("GET", f"{self.base}/manifests/{reference}", (200, 404), headers={"Accept": OCI_MANIFEST})
         return r.json() if r.status_code == 200 else None
 
-    def warm_blob(self, digest: str, *, settle_s: float = 60.0) -> int:
-        """Make a pull-through mirror hold blob ``digest``; returns the bytes read (0: it held it already).
+    def warm_blob(self, digest: str, *, settle_s: float = 600.0) -> int:
+        """Make a pull-through mirror hold blob ``digest``; returns its size when the mirror had to fetch it from
+        its origin now (0: it held it already).
 
-        A ``Range: bytes=0-0`` GET: a mirror that holds the blob answers 206 with one byte. A cold one fetches it
-        from its origin and answers 200 with the whole body, read to the end and hashed. Then wait, probing the same
-        way, until the mirror serves it from its own storage (206): Distribution 2.8 answers a miss with one
-        upstream fetch and stores the blob with a second one running beside it, and a device arriving before that
-        second one is committed would cost a third. A probe that finds it still cold is closed at once, unread."""
+        A ``Range: bytes=0-0`` GET: a mirror that holds the blob answers 206 with one byte. A cold Distribution 2.8
+        answers 200 with the whole body, streamed from one upstream copy, while a second upstream copy (its
+        ``storeLocal``, a goroutine that outlives the request) fills its storage. The first answer is closed right
+        after its headers: the mirror stops that upstream copy at its next failed write, so of it only what the
+        sockets between origin and mirror buffer leaves the origin (a blob smaller than that is sent whole, twice).
+        Then wait until the mirror serves it from its storage (206), probing the same way: a probe that finds the
+        blob still in flight costs one more aborted stream (measured: up to ~10 MB on loopback), so the first waits
+        for the copy at WARM_GUESS_BYTES_S and the next ones double the wait. Last, read it once from the mirror's
+        storage to check its digest, which costs the origin nothing."""
         url = f"{self.base}/blobs/{digest}"
-        hasher, read = hashlib.sha256(), 0
-        deadline, pause = time.monotonic() + settle_s, 0.1
+        deadline, pause, fetched = time.monotonic() + settle_s, 0.0, 0
         try:
             while True:
                 with self.client.stream("GET", url, headers={"Range": "bytes=0-0"}) as r:
                     if r.status_code == 206:
-                        return read
+                        break
                     if r.status_code != 200:
                         r.read()
                         raise RegistryError(f"GET {url}: HTTP {r.status_code} {r.text[:200]}",
                                             hint="check that the mirror proxies spec.pull.registry and that the "
                                                  "publish credentials may read it; see the mirror's log")
-                    if read == 0:  # the first answer: read it all (the mirror's first copy) and check it
-                        for chunk in r.iter_bytes(CHUNK):
-                            hasher.update(chunk)
-                            read += len(chunk)
-                        if "sha256:" + hasher.hexdigest() != digest:
-                            raise RegistryError(f"the mirror {self.where} served blob {digest} with other bytes",
-                                                hint="the mirror's cache or the origin's storage is corrupt: "
-                                                     "delete the blob there and publish again")
-                if time.monotonic() > deadline:
+                    size = int(r.headers.get("Content-Length") or 0)
+                # closed unread: the mirror's own stored copy is the one that matters
+                if not fetched:
+                    fetched = size or 1
+                    pause = 1.0 + fetched / WARM_GUESS_BYTES_S
+                elif time.monotonic() > deadline:
                     raise RegistryError(f"the mirror {self.where} served blob {digest} but did not keep it within "
                                         f"{settle_s:.0f} s", hint="check the mirror's storage and log (is it in "
                                                                   "proxy mode, with space left?)")
+                else:
+                    pause = min(max(5.0, pause), pause * 2)
                 time.sleep(pause)
-                pause = min(2.0, pause * 2)
+            if fetched:
+                self._check_mirror_copy(url, digest)
+            return fetched
         except httpx.HTTPError as e:
             raise RegistryError(f"GET {url}: cannot reach the mirror ({e})",
                                 hint="check spec.pull.mirrors[].registry and plain_http; set `warm: false` on a "
                                      "mirror edgectl cannot reach") from e
+
+    def _check_mirror_copy(self, url: str, digest: str) -> None:
+        """Read the blob the mirror now serves from its storage and check its digest."""
+        hasher = hashlib.sha256()
+        with self.client.stream("GET", url) as r:
+            if r.status_code != 200:
+                r.read()
+                raise RegistryError(f"GET {url}: HTTP {r.status_code} {r.text[:200]} after the mirror stored it",
+                                    hint="see the mirror's log")
+            for chunk in r.iter_bytes(CHUNK):
+                hasher.update(chunk)
+        if "sha256:" + hasher.hexdigest() != digest:
+            raise RegistryError(f"the mirror {self.where} served blob {digest} with other bytes",
+                                hint="the mirror's cache or the origin's storage is corrupt: delete the blob there "
+                                     "and publish again")
 
     def blob(self, digest: str, limit: int) -> bytes:
         r = self._request("GET", f"{self.base}/blobs/{digest}", (200,))
