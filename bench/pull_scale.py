@@ -92,7 +92,7 @@ async def timed(t: Tally, client: httpx.AsyncClient, method: str, url: str, **kw
     return r
 
 
-async def device(i: int, t: Tally, client: httpx.AsyncClient, base: str, tag_base: str, gateway: str, poll: float,
+async def device(i: int, t: Tally, client: httpx.AsyncClient, base: str, state_base: str, gateway: str, poll: float,
                  known: str, target: str, done, stop: asyncio.Event) -> None:
     rng = random.Random(i)
     await asyncio.sleep(rng.uniform(0, poll))  # the agent's first poll: a random point of one interval
@@ -100,12 +100,12 @@ async def device(i: int, t: Tally, client: httpx.AsyncClient, base: str, tag_bas
     applied = None
     while not stop.is_set():
         try:
-            head = await timed(t, client, "HEAD", f"{tag_base}/manifests/state-d{i}", headers=accept)
+            head = await timed(t, client, "HEAD", f"{state_base}/manifests/state-d{i}", headers=accept)
             digest = head.headers.get("Docker-Content-Digest")
             if head.status_code == 200 and digest and digest != known:
-                manifest = (await timed(t, client, "GET", f"{base}/manifests/{digest}", headers=accept)).json()
+                manifest = (await timed(t, client, "GET", f"{state_base}/manifests/{digest}", headers=accept)).json()
                 state_blob = manifest["layers"][0]["digest"]
-                state = json.loads((await timed(t, client, "GET", f"{base}/blobs/{state_blob}")).content)
+                state = json.loads((await timed(t, client, "GET", f"{state_base}/blobs/{state_blob}")).content)
                 if state["digest"] != applied:
                     await fetch(t, client, base, state["digest"], state["size"])
                     applied = state["digest"]
@@ -144,14 +144,14 @@ async def fetch(t: Tally, client: httpx.AsyncClient, base: str, blob: str, size:
         raise ValueError(f"blob {blob} did not verify")
 
 
-def poller_process(devices: list[int], known: dict[int, str], base: str, tag_base: str, gateway: str, poll: float,
+def poller_process(devices: list[int], known: dict[int, str], base: str, state_base: str, gateway: str, poll: float,
                    target: str, done, stop_flag, out) -> None:
     """One poller process: its share of the devices until ``stop_flag`` is set; puts its Tally on ``out``."""
     async def main() -> Tally:
         t, stop = Tally(), asyncio.Event()
         limits = httpx.Limits(max_connections=POOL_PER_PROC, max_keepalive_connections=POOL_PER_PROC)
         async with httpx.AsyncClient(timeout=120, limits=limits) as client:
-            tasks = [asyncio.create_task(device(i, t, client, base, tag_base, gateway, poll, known[i], target, done,
+            tasks = [asyncio.create_task(device(i, t, client, base, state_base, gateway, poll, known[i], target, done,
                                                 stop))
                      for i in devices]
             while not stop_flag.is_set():
@@ -261,10 +261,10 @@ def pct(values: list[float], q: float) -> float | None:
 
 
 def run(n: int, poll: float, blob_mib: float, procs: int, timeout: float, mirror: bool, work: Path,
-        warm_mirror_first: bool = True, gateway_check: bool = False, tags_at_origin: bool = False) -> dict:
-    """One path. ``tags_at_origin`` (with ``mirror``): the devices HEAD their state tag at the origin and fetch the
-    rest (manifest by digest, state and artifact blobs) through the mirror, as an agent enrolled behind a mirror
-    does (PullConfig.origin)."""
+        warm_mirror_first: bool = True, gateway_check: bool = False, states_at_origin: bool = False) -> dict:
+    """One path. ``states_at_origin`` (with ``mirror``): the devices read their own state (tag HEAD, manifest, state
+    blob: small, and each device's own, so a mirror has nothing to share) at the origin and fetch the artifact
+    through the mirror, as an agent enrolled behind a mirror does (PullConfig.origin)."""
     from edgectl.apply.report import Events
     from edgectl.pull.oci import RegistryWriter
 
@@ -297,9 +297,9 @@ def run(n: int, poll: float, blob_mib: float, procs: int, timeout: float, mirror
 
         done, stop_flag, out = ctx.Value("i", 0), ctx.Event(), ctx.Queue()
         shards = [list(range(k, n, procs)) for k in range(procs)]
-        tag_base = origin_base if mirror and tags_at_origin else device_base
+        state_base = origin_base if mirror and states_at_origin else device_base
         for shard in shards:
-            p = ctx.Process(target=poller_process, args=(shard, {i: known[i] for i in shard}, device_base, tag_base,
+            p = ctx.Process(target=poller_process, args=(shard, {i: known[i] for i in shard}, device_base, state_base,
                                                          gateway, poll, target, done, stop_flag, out))
             p.start()
             workers.append(p)
@@ -352,10 +352,12 @@ def run(n: int, poll: float, blob_mib: float, procs: int, timeout: float, mirror
     client = [x for t in tallies for x in t.latencies]
     reports = [x for t in tallies for x in t.report_latencies]
     server = server_durations(front.log, front_offset)
+    if mirror and states_at_origin:  # the devices' state reads went to the origin
+        server += server_durations(origin.log, origin_offset)
     requests, artifact_bytes, blob_bytes = origin_traffic(origin.log, origin_offset, target)
     transfer_s = n * size / throughput
     return {"mirror": mirror, "warmed": mirror and warm_mirror_first, "gateway_check": gateway_check,
-            "tags_at_origin": mirror and tags_at_origin, "origin_steady_rps": steady_rps,
+            "states_at_origin": mirror and states_at_origin, "origin_steady_rps": steady_rps,
             "devices": n, "procs": procs, "published_s": published_s, "warm_s": warm,
             "t99_s": t99, "reported": len(reported), "elapsed_s": elapsed,
             "throughput_mib_s": throughput / MIB, "transfer_s": transfer_s, "target_s": 2 * poll + transfer_s,
@@ -374,7 +376,7 @@ def ms(value: float | None, digits: int = 0) -> str:
 
 def verdicts(r: dict, poll: float) -> list[str]:
     where = ("origin only" if not r["mirror"] else "through the site mirror, not warmed" if not r["warmed"]
-             else "warmed site mirror, state tags at the origin" if r["tags_at_origin"]
+             else "warmed site mirror, states read at the origin" if r["states_at_origin"]
              else "through the warmed site mirror")
     got = f"{r['t99_s']:.1f} s" if r["t99_s"] is not None else f"not reached in {r['elapsed_s']:.0f} s"
     ok = r["t99_s"] is not None and r["t99_s"] <= r["target_s"]
@@ -486,13 +488,13 @@ def main() -> None:
         with tempfile.TemporaryDirectory(prefix="pull-scale-") as work:
             r = run(args.devices, args.poll, args.blob_mib, args.procs, args.timeout, mirror, Path(work),
                     warm_mirror_first=path != "mirror-cold", gateway_check=args.gateway_check,
-                    tags_at_origin=path == "mirror-split")
+                    states_at_origin=path == "mirror-split")
         print(json.dumps(r), flush=True)
         lines += verdicts(r, args.poll)
         t99 = (f"{r['t99_s']:.1f} s" if r["t99_s"] is not None
                else f"not reached ({r['reported']}/{r['devices']} in {r['elapsed_s']:.0f} s)")
         rows.append([{"origin": "origin only", "mirror": "site mirror (proxy, warmed)",
-                      "mirror-split": "site mirror (proxy, warmed), state tags at the origin",
+                      "mirror-split": "site mirror (proxy, warmed), states read at the origin",
                       "mirror-cold": "site mirror (proxy, not warmed)"}[path], r["devices"], r["procs"],
                      f"{r['published_s']:.1f} s" + (f" (warm {r['warm_s']:.1f} s)" if r["warm_s"] else ""), t99,
                      f"≤ {r['target_s']:.1f} s", f"{r['throughput_mib_s']:.0f} MiB/s", f"{r['rps']:.0f}",

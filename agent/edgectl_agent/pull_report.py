@@ -1,7 +1,9 @@
 """Pull mode's status report: what the agent tells the outside world, pushed to a Prometheus Pushgateway.
 
-A pull device is never dialled, so its state travels outward: after every poll the agent PUTs its metrics group
-``job="edgectl_pull", device="<name>"`` to the Pushgateway named in its pull config (``report_url``); Prometheus
+A pull device is never dialled, so its state travels outward: after a poll whose outcome changed what the report
+says (and at least every ``heartbeat_s``, so "last seen" and "stale" keep working; the report carries it) the agent
+PUTs its metrics group ``job="edgectl_pull", device="<name>"`` to the Pushgateway named in its pull config
+(``report_url``); Prometheus
 scrapes the gateway (``honor_labels: true``) and edgectl reads the figures back through Prometheus's HTTP API
 (edgectl.pull.status). Pushgateway rather than remote write: the agent already speaks the Prometheus text format
 (prometheus-client), the gateway keeps each device's last report, which is exactly "last seen", and remote write
@@ -32,7 +34,7 @@ def _label(value: str) -> str:
 
 
 def report_text(status: PullStatus, deployments: list[DeploymentState], *, now: float | None = None,
-                facts: Facts | None = None) -> str:
+                facts: Facts | None = None, heartbeat_s: float | None = None) -> str:
     """The Prometheus text exposition of one poll's outcome and what serves, and the device's ``facts`` (what a
     push device answers on GET /control/facts, the enrolment benchmark included): the planner plans a pull device
     from them (edgectl.pull.status.reported_facts)."""
@@ -48,6 +50,8 @@ def report_text(status: PullStatus, deployments: list[DeploymentState], *, now: 
              f"edgectl_pull_state_expires_timestamp_seconds {expires:.0f}",
              "# TYPE edgectl_pull_outcome gauge"]
     lines += [f'edgectl_pull_outcome{{outcome="{o}"}} {int(o == status.outcome)}' for o in OUTCOMES]
+    if heartbeat_s is not None:
+        lines += ["# TYPE edgectl_pull_heartbeat_seconds gauge", f"edgectl_pull_heartbeat_seconds {heartbeat_s:.0f}"]
     if status.error:
         lines += ["# TYPE edgectl_pull_error_info gauge",
                   f'edgectl_pull_error_info{{error="{_label(status.error[:300])}"}} 1']
@@ -85,6 +89,20 @@ def _gate_lines(status: PullStatus) -> list[str]:
             if value is not None:
                 timings.append(f"edgectl_pull_gate_{metric}{{{labels}}} {value}")
     return lines + timings
+
+
+# Lines that change at every poll without anything having happened: left out of what "changed" compares.
+_VOLATILE = ("edgectl_pull_last_seen_timestamp_seconds ", "edgectl_pull_clock_skew_seconds ",
+             "edgectl_pull_facts_info{")
+
+
+def report_changed(text: str, last: str | None, *, skew_s: float | None, skew_warn_s: float) -> str:
+    """What a report says that matters for "changed": ``text`` without its timestamp, clock skew and facts lines,
+    plus whether the clock skew is past ``skew_warn_s``. Returns it when it differs from ``last`` (the value of
+    the last report sent), else the empty string."""
+    key = "\n".join(x for x in text.splitlines() if not x.startswith(_VOLATILE))
+    key += f"\nskew_off {skew_s is not None and abs(skew_s) > skew_warn_s}"
+    return key if key != last else ""
 
 
 def push_report(url: str, device: str, text: str, timeout: float = 10.0) -> bool:

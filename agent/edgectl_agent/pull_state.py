@@ -189,6 +189,12 @@ class PullConfig(Wire):
     repository: str = Field(description="Repository holding the fleet's artifacts and states.")
     scheme: Literal["https", "http"] = Field(default="https", description="http only for a registry on loopback "
                                                                           "or a test.")
+    origin: str | None = Field(default=None, description="The fleet's registry host[:port] when ``registry`` is a "
+                               "site mirror (a pull-through cache): the device's state (tag, manifest, document) is "
+                               "read there, since the mirror forwards every tag lookup to it anyway and a state is "
+                               "one device's own; through the mirror while the origin cannot be reached. Artifacts "
+                               "always come from ``registry``.")
+    origin_scheme: Literal["https", "http"] = Field(default="https", description="``scheme`` for ``origin``.")
     username: str | None = Field(default=None, description="Read-only registry user.")
     password: str | None = Field(default=None, description="Its password or token.")
     verify_key_pem: str = Field(description="The fleet's ed25519 public key (PEM) that states must be signed with.")

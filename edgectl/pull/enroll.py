@@ -1,6 +1,8 @@
 """``edgectl enroll DEVICE``: the pull configuration a device's agent needs (edgectl_agent.pull_state.PullConfig).
 
-It names the fleet's registry (or the site mirror of spec.pull.mirrors whose labels the device has) and repository,
+It names the fleet's registry (or the site mirror of spec.pull.mirrors whose labels the device has, and then the
+fleet's registry as ``origin``: the agent polls its state tag there and fetches everything else from the mirror) and
+repository,
 the read-only credentials from the environment variables ``spec.pull.read_credentials_env`` names, and the public
 half of the fleet's signing key; the agent verifies every state and deployment with it. Written with mode 0600 (it
 holds a password); copy it to the device and start ``edgectl-agent serve --pull-config FILE``.
@@ -34,7 +36,8 @@ def pull_config(spec: Spec, device: str) -> PullConfig:
     env = pull.read_credentials_env
     mirror = mirror_for(pull, spec.devices[device])  # a device at a site polls its mirror, not the origin
     registry, plain_http = (mirror.registry, mirror.plain_http) if mirror else (pull.registry, pull.plain_http)
-    return PullConfig(device=device, registry=registry, repository=pull.repository,
+    origin = {"origin": pull.registry, "origin_scheme": "http" if pull.plain_http else "https"} if mirror else {}
+    return PullConfig(device=device, registry=registry, repository=pull.repository, **origin,
                       scheme="http" if plain_http else "https",
                       username=os.environ.get(f"{env}_USERNAME"), password=os.environ.get(f"{env}_PASSWORD"),
                       verify_key_pem=signer.public_pem.decode(), report_url=pull.pushgateway)

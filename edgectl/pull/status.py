@@ -1,8 +1,10 @@
 """`edgectl status` for pull devices: their last reports, read from Prometheus's HTTP API, never from the device.
 
-Agents push a report after every poll to the Pushgateway (edgectl_agent.pull_report); Prometheus scrapes it. Last
-seen is the gateway's own ``push_time_seconds`` (the device's clock may be wrong); a device is "stale" when it has
-not reported for STALE_POLLS poll intervals (jitter and one missed poll allowed), or when it reports that the
+Agents push a report to the Pushgateway (edgectl_agent.pull_report) when a poll changed what it says, and at least
+every heartbeat (``edgectl_pull_heartbeat_seconds``, in the report); Prometheus scrapes it. Last seen is the
+gateway's own ``push_time_seconds`` of the last report (the device's clock may be wrong); a device is "stale" when
+it has not reported for its heartbeat plus STALE_POLLS - 1 poll intervals (jitter and one missed poll allowed;
+agents without a heartbeat report every poll), or when it reports that the
 registry serves it an expired state. Each report also carries the device's facts (the enrolment benchmark
 included): :func:`reported_facts` gives them to the planner, so a pull device is planned from its measured
 hardware the way a push device is from GET /control/facts.
@@ -94,11 +96,15 @@ def device_status(spec: Spec, device: Device, series: list[dict] | None, *, now:
     age = now.timestamp() - seen
     outcome = next((s["metric"].get("outcome") for s in series
                     if s["metric"].get("__name__") == "edgectl_pull_outcome" and s["value"][1] == "1"), None)
-    overdue = interval > 0 and age > STALE_POLLS * interval
+    # An agent that reports only on change says how long it may stay silent (its heartbeat); older ones report
+    # every poll.
+    heartbeat = max(_value(series, "edgectl_pull_heartbeat_seconds") or 0, interval)
+    overdue = interval > 0 and age > heartbeat + (STALE_POLLS - 1) * interval
     st.reachable = not overdue and outcome != "stale"
     st.endpoint = f"pull, last seen {age:.0f} s ago, state v{_value(series, 'edgectl_pull_applied_version') or 0:.0f}"
     if overdue:
-        st.error = f"stale: last seen {age:.0f} s ago, it polls every {interval:.0f} s"
+        st.error = (f"stale: last seen {age:.0f} s ago, it polls every {interval:.0f} s"
+                    + (f" and reports at least every {heartbeat:.0f} s" if heartbeat > interval else ""))
     elif outcome == "stale":
         st.error = "stale: the registry serves it an expired state (run `edgectl apply` to publish a fresh one)"
     elif outcome not in (None, "applied", "unchanged"):
