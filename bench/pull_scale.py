@@ -48,6 +48,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO), str(REPO / "agent")]
 
 from bench._report import table, write_section  # noqa: E402
+from edgectl_agent.pull import HEARTBEAT_POLLS, JITTER  # noqa: E402
 from edgectl_agent.pull_report import report_text  # noqa: E402
 from edgectl_agent.pull_state import PullStatus  # noqa: E402
 from tests.integration.test_metrics_fleet import Background, pushgateway_argv  # noqa: E402
@@ -93,11 +94,13 @@ async def timed(t: Tally, client: httpx.AsyncClient, method: str, url: str, **kw
 
 
 async def device(i: int, t: Tally, client: httpx.AsyncClient, base: str, state_base: str, gateway: str, poll: float,
-                 known: str, target: str, done, stop: asyncio.Event) -> None:
+                 known: str, target: str, done, stop: asyncio.Event, report_every_poll: bool) -> None:
     rng = random.Random(i)
     await asyncio.sleep(rng.uniform(0, poll))  # the agent's first poll: a random point of one interval
     accept = {"Accept": OCI_MANIFEST}
     applied = None
+    heartbeat = HEARTBEAT_POLLS * poll * (1 - JITTER)  # the agent's test (edgectl_agent.pull.Puller.report)
+    reported_version, reported_at = 0, -heartbeat
     while not stop.is_set():
         try:
             head = await timed(t, client, "HEAD", f"{state_base}/manifests/state-d{i}", headers=accept)
@@ -111,12 +114,16 @@ async def device(i: int, t: Tally, client: httpx.AsyncClient, base: str, state_b
                     applied = state["digest"]
                 known = digest
             version = 2 if applied == target else 1
-            text = report_text(PullStatus(device=f"d{i}", outcome="applied", version=version,
-                                          applied_version=version, poll_interval_s=int(poll)), [])
-            sent = time.perf_counter()
-            r = await client.put(f"{gateway}/metrics/job/edgectl_pull/device/d{i}", content=text)  # not the registry
-            t.report_latencies.append(time.perf_counter() - sent)
-            r.raise_for_status()
+            # as the agent: a report when it says something new, else at least every heartbeat
+            if report_every_poll or version != reported_version or time.monotonic() - reported_at >= heartbeat:
+                text = report_text(PullStatus(device=f"d{i}", outcome="applied", version=version,
+                                              applied_version=version, poll_interval_s=int(poll)), [],
+                                   heartbeat_s=None if report_every_poll else heartbeat)
+                sent = time.perf_counter()
+                r = await client.put(f"{gateway}/metrics/job/edgectl_pull/device/d{i}", content=text)  # not the registry
+                t.report_latencies.append(time.perf_counter() - sent)
+                r.raise_for_status()
+                reported_version, reported_at = version, time.monotonic()
             if applied == target and i not in t.reported:
                 t.reported[i] = time.monotonic()
                 with done.get_lock():
@@ -145,14 +152,14 @@ async def fetch(t: Tally, client: httpx.AsyncClient, base: str, blob: str, size:
 
 
 def poller_process(devices: list[int], known: dict[int, str], base: str, state_base: str, gateway: str, poll: float,
-                   target: str, done, stop_flag, out) -> None:
+                   target: str, done, stop_flag, out, report_every_poll: bool = False) -> None:
     """One poller process: its share of the devices until ``stop_flag`` is set; puts its Tally on ``out``."""
     async def main() -> Tally:
         t, stop = Tally(), asyncio.Event()
         limits = httpx.Limits(max_connections=POOL_PER_PROC, max_keepalive_connections=POOL_PER_PROC)
         async with httpx.AsyncClient(timeout=120, limits=limits) as client:
             tasks = [asyncio.create_task(device(i, t, client, base, state_base, gateway, poll, known[i], target, done,
-                                                stop))
+                                                stop, report_every_poll))
                      for i in devices]
             while not stop_flag.is_set():
                 await asyncio.sleep(0.2)
@@ -261,7 +268,8 @@ def pct(values: list[float], q: float) -> float | None:
 
 
 def run(n: int, poll: float, blob_mib: float, procs: int, timeout: float, mirror: bool, work: Path,
-        warm_mirror_first: bool = True, gateway_check: bool = False, states_at_origin: bool = False) -> dict:
+        warm_mirror_first: bool = True, gateway_check: bool = False, states_at_origin: bool = False,
+        report_every_poll: bool = False) -> dict:
     """One path. ``states_at_origin`` (with ``mirror``): the devices read their own state (tag HEAD, manifest, state
     blob: small, and each device's own, so a mirror has nothing to share) at the origin and fetch the artifact
     through the mirror, as an agent enrolled behind a mirror does (PullConfig.origin)."""
@@ -300,7 +308,8 @@ def run(n: int, poll: float, blob_mib: float, procs: int, timeout: float, mirror
         state_base = origin_base if mirror and states_at_origin else device_base
         for shard in shards:
             p = ctx.Process(target=poller_process, args=(shard, {i: known[i] for i in shard}, device_base, state_base,
-                                                         gateway, poll, target, done, stop_flag, out))
+                                                         gateway, poll, target, done, stop_flag, out,
+                                                         report_every_poll))
             p.start()
             workers.append(p)
         time.sleep(poll + 2)  # every device polled once: from here on the steady state before the change
@@ -366,6 +375,7 @@ def run(n: int, poll: float, blob_mib: float, procs: int, timeout: float, mirror
             "server_p50_ms": pct(server, 0.5), "server_p99_ms": pct(server, 0.99), "server_requests": len(server),
             "client_p50_ms": pct(client, 0.5), "client_p99_ms": pct(client, 0.99),
             "report_p50_ms": pct(reports, 0.5), "report_p99_ms": pct(reports, 0.99),
+            "reports_per_s": len(reports) / elapsed, "report_every_poll": report_every_poll,
             "origin_requests": requests, "origin_blob_bytes": blob_bytes, "origin_artifact_bytes": artifact_bytes,
             "blob_bytes": size, "copies": artifact_bytes / size}
 
@@ -387,7 +397,9 @@ def verdicts(r: dict, poll: float) -> list[str]:
              f"{r['throughput_mib_s']:.0f} MiB/s measured): {'MET' if ok else 'MISSED'}; registry p99 "
              f"{ms(r['server_p99_ms'], 1)} ms (server) vs {ms(r['client_p99_ms'])} ms (devices, with their own "
              f"queueing); status report p99 {ms(r['report_p99_ms'])} ms (Pushgateway"
-             f"{' with' if r['gateway_check'] else ' without'} its consistency check); the origin answered "
+             f"{' with' if r['gateway_check'] else ' without'} its consistency check, "
+             f"{r['reports_per_s']:.0f} reports/s: "
+             f"{'after every poll' if r['report_every_poll'] else 'on change and every heartbeat'}); the origin answered "
              f"{r['origin_steady_rps']:.0f} requests/s while {r['devices']} devices polled unchanged states"]
     if r["mirror"]:
         lines.append(f"{where}: origin egress {r['copies']:.2f} artifact copies for {r['devices']} devices at one "
@@ -465,6 +477,9 @@ def main() -> None:
     ap.add_argument("--warm-sizes", default="",
                     help="comma-separated blob sizes in MiB: first measure the origin copies a mirror warm costs "
                          "per size (e.g. 1,16,128,512), then run --paths")
+    ap.add_argument("--report-every-poll", action="store_true",
+                    help="devices report after every poll (agents before this change) instead of on change plus a "
+                         "heartbeat every %d polls" % HEARTBEAT_POLLS)
     ap.add_argument("--no-write", action="store_true", help="print only; leave docs/benchmarks.md alone")
     args = ap.parse_args()
     rows, lines, warm_rows = [], [], []
@@ -488,7 +503,7 @@ def main() -> None:
         with tempfile.TemporaryDirectory(prefix="pull-scale-") as work:
             r = run(args.devices, args.poll, args.blob_mib, args.procs, args.timeout, mirror, Path(work),
                     warm_mirror_first=path != "mirror-cold", gateway_check=args.gateway_check,
-                    states_at_origin=path == "mirror-split")
+                    states_at_origin=path == "mirror-split", report_every_poll=args.report_every_poll)
         print(json.dumps(r), flush=True)
         lines += verdicts(r, args.poll)
         t99 = (f"{r['t99_s']:.1f} s" if r["t99_s"] is not None

@@ -399,13 +399,35 @@ def keygen(path: Path = typer.Argument(..., help="Where to write the private key
 def enroll(device_name: str = typer.Argument(..., metavar="DEVICE", help="The pull device to enrol."),
            paths: List[Path] = typer.Option(..., "--manifests", "-f", help="Manifest files or directories."),
            out_file: Optional[Path] = typer.Option(None, "--out", "-o", help="Write the pull config here (mode "
-                                                   "0600) instead of printing it.")) -> None:
+                                                   "0600) instead of printing it."),
+           record: bool = typer.Option(False, "--record", help="First write the device's enrolment record to the "
+                                       "registry of the Fleet with `inventory: [{registry: {}}]` (publish "
+                                       "credentials), so it needs no line in a manifest."),
+           fleet: Optional[str] = typer.Option(None, "--fleet", help="With --record: the Fleet, when several list "
+                                               "their devices from a registry."),
+           profile: Optional[str] = typer.Option(None, "--profile", help="With --record: the device's profile."),
+           labels: List[str] = typer.Option([], "--label", "-l", help="With --record: a label KEY=VALUE "
+                                            "(repeatable).")) -> None:
     """Print or write a pull device's agent configuration: the fleet's registry and repository, the read-only
     credentials ($<spec.pull.read_credentials_env>_USERNAME/_PASSWORD) and the fleet's verify key. On the device:
-    `edgectl-agent serve --pull-config FILE`."""
-    from edgectl.pull.enroll import pull_config, write_config
+    `edgectl-agent serve --pull-config FILE`. With --record, enrol a device that no manifest names yet."""
+    from edgectl.errors import PlanError
+    from edgectl.pull.enroll import pull_config, record_enrolment, write_config
 
-    config = pull_config(_load(paths), device_name)
+    if not record and (fleet or profile or labels):
+        raise PlanError("--fleet, --profile and --label describe the enrolment record", hint="add --record")
+    spec = _load(paths)
+    if record:
+        pairs = {}
+        for item in labels:
+            key, sep, value = item.partition("=")
+            if not sep or not key:
+                raise PlanError(f"--label {item!r} is not KEY=VALUE", hint="e.g. --label site=shop-a")
+            pairs[key] = value
+        where = record_enrolment(spec, device_name, fleet=fleet, profile=profile, labels=pairs)
+        err.print(f"recorded {device_name} in {where}")  # stderr: stdout may be the config
+        spec = _load(paths)  # the device now comes from the registry inventory
+    config = pull_config(spec, device_name)
     if out_file is None:
         print(config.model_dump_json(indent=2))
         return

@@ -6,13 +6,18 @@ repository,
 the read-only credentials from the environment variables ``spec.pull.read_credentials_env`` names, and the public
 half of the fleet's signing key; the agent verifies every state and deployment with it. Written with mode 0600 (it
 holds a password); copy it to the device and start ``edgectl-agent serve --pull-config FILE``.
+
+``edgectl enroll DEVICE --record`` first writes the device's enrolment record to the registry of the Fleet that lists
+its devices from there (:func:`record_enrolment`), so the device exists without editing a manifest.
 """
 
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
+from edgectl_agent.names import NAME_PATTERN
 from edgectl_agent.pull_state import PullConfig
 
 from edgectl.errors import NotFoundError, PlanError
@@ -51,3 +56,53 @@ def write_config(config: PullConfig, path: Path) -> None:
     with os.fdopen(fd, "w") as f:
         f.write(config.model_dump_json(indent=2) + "\n")
     os.replace(tmp, path)
+
+
+def record_enrolment(spec: Spec, device: str, *, fleet: str | None = None, profile: str | None = None,
+                     labels: dict[str, str] | None = None) -> str:
+    """Write ``device``'s enrolment record to the registry of the Fleet that lists its devices from it
+    (``spec.inventory: [{registry: {}}]``, edgectl.inventory.registry) with the publish credentials; returns
+    where it went. Checked first, since one bad record would stop every later load of the manifests: the name,
+    the profile, and that the device is not already written in a manifest (re-enrolling a recorded device
+    replaces its record)."""
+    from edgectl.inventory.registry import _client, enrol
+
+    listing = [f for f in spec.fleets.values() if f.spec.pull is not None and any(s.registry for s in f.spec.inventory)]
+    if fleet is not None:
+        if fleet not in spec.fleets:
+            raise NotFoundError(f"no Fleet named '{fleet}' in the manifests",
+                                hint="known Fleets: " + (", ".join(sorted(spec.fleets)) or "(none)"))
+        listing = [f for f in listing if f.name == fleet]
+        if not listing:
+            raise PlanError(f"Fleet '{fleet}' ({spec.sources.get(('Fleet', fleet), 'its manifest')}) does not list "
+                            "its devices from its registry", hint="add `inventory: [{registry: {}}]` (and spec.pull) "
+                                                                  "to its spec, or write the device in the manifest")
+    if not listing:
+        raise PlanError("no Fleet in the manifests lists its devices from its registry",
+                        hint="add `inventory: [{registry: {}}]` and spec.pull to a Fleet's spec, or write the device "
+                             "in the manifest")
+    if len(listing) > 1:
+        raise PlanError(f"{len(listing)} Fleets list their devices from a registry: "
+                        + ", ".join(sorted(f.name for f in listing)), hint="name one with --fleet")
+    target = listing[0]
+    where = spec.sources.get(("Fleet", target.name), f"Fleet '{target.name}'")
+    if not re.fullmatch(NAME_PATTERN, device):
+        raise PlanError(f"'{device}' is not a valid device name", hint="use lowercase letters, digits, '.', '_' "
+                                                                       "and '-', starting and ending with a letter "
+                                                                       "or digit, at most 63 characters")
+    if profile is not None and profile not in spec.profiles:
+        raise NotFoundError(f"no profile named '{profile}'",
+                            hint="known profiles: " + ", ".join(sorted(spec.profiles)))
+    pull = target.spec.pull
+    prefix = next(s.registry for s in target.spec.inventory if s.registry).prefix
+    if device in spec.devices:
+        client = _client(pull)
+        try:
+            recorded = client.manifest(prefix + device) is not None
+        finally:
+            client.close()
+        if not recorded:
+            raise PlanError(f"device '{device}' is already written in the manifests; a record would name it twice",
+                            hint="enrol it under another name, or remove it from the manifest first")
+    enrol(pull, device, profile=profile, labels=labels, prefix=prefix)
+    return f"{pull.registry}/{pull.repository}:{prefix}{device} (the registry inventory of {where})"

@@ -9,6 +9,7 @@ import os
 import socket
 from pathlib import Path
 
+import httpx
 import pytest
 
 from edgectl.errors import SpecErrors
@@ -93,3 +94,43 @@ def test_a_registry_source_that_cannot_be_read_says_where_and_how_to_fix(tmp_pat
     [err] = errors_of(manifest(tmp_path, origin.address))
     assert "HTTP 401" in err and "credentials" in err, err
     os.environ.pop("EDGECTL_REGISTRY_PASSWORD", None)
+
+
+def test_enroll_record_enrols_a_device_no_manifest_names(tmp_path, origin):
+    """`edgectl enroll DEVICE --record`: the record goes to the real registry, the device is then listed by the
+    inventory, and its pull config comes out; re-enrolling replaces the record; a bad enrolment is refused before
+    anything is written (one bad record would stop every later load)."""
+    import json
+    import subprocess
+    import sys
+
+    from edgectl.signing import generate_key
+    from tests.integration.test_pull_registry import REPO, edgectl
+
+    folder = manifest(tmp_path, origin.address)
+    generate_key(folder / "fleet.key")
+    env = dict(os.environ)
+    r = edgectl("enroll", "shop-c-1", "-f", str(folder), "--record", "--profile", "raspberry-pi-4",
+                "--label", "site=c", env=env)
+    config = json.loads(r.stdout)
+    assert (config["device"], config["registry"], config["repository"]) == ("shop-c-1", origin.address, "shops/models")
+    assert f"recorded shop-c-1 in {origin.address}/shops/models:device-shop-c-1" in " ".join(r.stderr.split())
+    devices = {d.name: d for d in load_paths([folder]).fleets["shops"].spec.devices}
+    assert devices["shop-c-1"].profile == "raspberry-pi-4"
+    assert dict(devices["shop-c-1"].labels) == {"fleet": "shops", "site": "c"}
+
+    edgectl("enroll", "shop-c-1", "-f", str(folder), "--record", "--label", "site=d", env=env)  # replaces it
+    devices = {d.name: d for d in load_paths([folder]).fleets["shops"].spec.devices}
+    assert devices["shop-c-1"].profile == "raspberry-pi-5" and devices["shop-c-1"].labels["site"] == "d"
+
+    for args, said in ((["written-1"], "already written in the manifests"),
+                       (["Bad_Name"], "'Bad_Name' is not a valid device name"),
+                       (["shop-x", "--profile", "no-such"], "no profile named 'no-such'"),
+                       (["shop-x", "--label", "site"], "--label 'site' is not KEY=VALUE"),
+                       (["shop-x", "--fleet", "other"], "no Fleet named 'other'")):
+        bad = subprocess.run([sys.executable, "-m", "edgectl.cli", "enroll", *args, "-f", str(folder), "--record"],
+                             capture_output=True, text=True, env=env, timeout=300, cwd=REPO)
+        text = " ".join((bad.stdout + bad.stderr).split())
+        assert bad.returncode != 0 and said in text and "hint" in text.lower(), (args, text)
+    tags = httpx.get(f"http://{origin.address}/v2/shops/models/tags/list", auth=("publisher", "push-secret")).json()
+    assert sorted(t for t in tags["tags"] if t.startswith("device-")) == ["device-shop-c-1"]

@@ -72,7 +72,39 @@ def test_apply_warms_the_site_mirror_so_its_devices_cost_the_origin_nothing(tmp_
         far = json.loads(edgectl("enroll", ELSEWHERE, "-f", str(world.dir), env=world.env).stdout)
         assert (site["registry"], site["scheme"]) == (mirror.address, "http")
         assert far["registry"] == origin.address
+        assert_site_device_reads_its_state_at_the_origin(site, origin, mirror, tmp_path)
 
     finally:
         mirror.stop()
         origin.stop()
+
+
+def assert_site_device_reads_its_state_at_the_origin(site: dict, origin: Registry, mirror: Registry, tmp: Path) -> None:
+    """A site device's agent (its Puller, from the config `edgectl enroll` wrote) reads its own state at the origin,
+    where the mirror would forward the tag lookup anyway; while the origin is down, through the mirror."""
+    from types import SimpleNamespace
+
+    from edgectl_agent.pull import ORIGIN_RETRY_POLLS, Puller
+    from edgectl_agent.pull_state import PullConfig
+
+    assert (site["origin"], site["origin_scheme"]) == (origin.address, "http")
+    agent = SimpleNamespace(settings=SimpleNamespace(root=tmp / "site-device"), store=None, uploads_in_progress=set(),
+                            recovery=None, deployments=None)
+    (tmp / "site-device").mkdir()
+    puller = Puller(agent, PullConfig.model_validate(site))
+    tag = f"state-{site['device']}"
+    mirror_heads = mirror.log.read_text(errors="replace").count(f'"HEAD /v2/shops/models/manifests/{tag} ')
+    digest, reader = puller._tag_digest(tag)
+    assert reader is puller.origin_reader
+    state, _ = puller._read_state(digest, reader)
+    assert state.deployments and mirror.log.read_text(errors="replace").count(
+        f'"HEAD /v2/shops/models/manifests/{tag} ') == mirror_heads  # the mirror was not asked
+
+    origin.stop()  # the origin unreachable: the mirror answers from what it keeps, for the next polls too
+    try:
+        digest_down, reader = puller._tag_digest(tag)
+        assert reader is puller.reader and digest_down == digest
+        assert puller._read_state(digest_down, reader)[0].version == state.version
+        assert puller.origin_skipped == ORIGIN_RETRY_POLLS
+    finally:
+        origin.start()
