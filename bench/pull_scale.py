@@ -22,7 +22,11 @@ registry reached when it served the same blob to 32 concurrent clients just befo
 target by what it really costs to move the bytes, not by guesswork). Latency two ways: the registry's own (its
 ``http.response.duration`` log field: what the server took) and the devices' (from the request's start to its
 answer, which on a loaded machine is mostly the pollers' own event-loop queueing). Origin egress from the origin's
-access log; the status reports' latency (PUTs to the Pushgateway) apart.
+access log; the status reports' latency (PUTs to the Pushgateway) apart. ``--warm-sizes`` first measures what warming
+the mirror costs the origin per blob size.
+
+Over 500 lines on purpose: one script run by path, whose parts (the pollers, the publisher, the log readers, the
+report) serve this bench only and read best together.
 """
 
 from __future__ import annotations
@@ -120,7 +124,7 @@ async def device(i: int, t: Tally, client: httpx.AsyncClient, base: str, state_b
                                               applied_version=version, poll_interval_s=int(poll)), [],
                                    heartbeat_s=None if report_every_poll else heartbeat)
                 sent = time.perf_counter()
-                r = await client.put(f"{gateway}/metrics/job/edgectl_pull/device/d{i}", content=text)  # not the registry
+                r = await client.put(f"{gateway}/metrics/job/edgectl_pull/device/d{i}", content=text)
                 t.report_latencies.append(time.perf_counter() - sent)
                 r.raise_for_status()
                 reported_version, reported_at = version, time.monotonic()
@@ -399,8 +403,8 @@ def verdicts(r: dict, poll: float) -> list[str]:
              f"queueing); status report p99 {ms(r['report_p99_ms'])} ms (Pushgateway"
              f"{' with' if r['gateway_check'] else ' without'} its consistency check, "
              f"{r['reports_per_s']:.0f} reports/s: "
-             f"{'after every poll' if r['report_every_poll'] else 'on change and every heartbeat'}); the origin answered "
-             f"{r['origin_steady_rps']:.0f} requests/s while {r['devices']} devices polled unchanged states"]
+             f"{'after every poll' if r['report_every_poll'] else 'on change and every heartbeat'}); the origin "
+             f"answered {r['origin_steady_rps']:.0f} requests/s while {r['devices']} devices polled unchanged states"]
     if r["mirror"]:
         lines.append(f"{where}: origin egress {r['copies']:.2f} artifact copies for {r['devices']} devices at one "
                      f"site vs target 1: {'MET' if r['copies'] <= 1.05 else 'MISSED'}"
