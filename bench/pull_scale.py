@@ -79,6 +79,7 @@ class Tally:
 
     latencies: list[float] = field(default_factory=list)
     report_latencies: list[float] = field(default_factory=list)  # the status report PUTs to the Pushgateway
+    report_times: list[float] = field(default_factory=list)  # when each was sent (time.monotonic())
     reported: dict[int, float] = field(default_factory=dict)  # device -> time.monotonic() (system-wide on Linux)
     requests: int = 0
     errors: int = 0
@@ -126,6 +127,7 @@ async def device(i: int, t: Tally, client: httpx.AsyncClient, base: str, state_b
                 sent = time.perf_counter()
                 r = await client.put(f"{gateway}/metrics/job/edgectl_pull/device/d{i}", content=text)
                 t.report_latencies.append(time.perf_counter() - sent)
+                t.report_times.append(time.monotonic())
                 r.raise_for_status()
                 reported_version, reported_at = version, time.monotonic()
             if applied == target and i not in t.reported:
@@ -379,7 +381,10 @@ def run(n: int, poll: float, blob_mib: float, procs: int, timeout: float, mirror
             "server_p50_ms": pct(server, 0.5), "server_p99_ms": pct(server, 0.99), "server_requests": len(server),
             "client_p50_ms": pct(client, 0.5), "client_p99_ms": pct(client, 0.99),
             "report_p50_ms": pct(reports, 0.5), "report_p99_ms": pct(reports, 0.99),
-            "reports_per_s": len(reports) / elapsed, "report_every_poll": report_every_poll,
+            "reports_per_s": sum(started <= x <= started + elapsed for t in tallies for x in t.report_times) / elapsed,
+            "steady_reports_per_s": sum(steady_start <= x < started for t in tallies for x in t.report_times)
+            / (started - steady_start),
+            "report_every_poll": report_every_poll,
             "origin_requests": requests, "origin_blob_bytes": blob_bytes, "origin_artifact_bytes": artifact_bytes,
             "blob_bytes": size, "copies": artifact_bytes / size}
 
@@ -402,7 +407,7 @@ def verdicts(r: dict, poll: float) -> list[str]:
              f"{ms(r['server_p99_ms'], 1)} ms (server) vs {ms(r['client_p99_ms'])} ms (devices, with their own "
              f"queueing); status report p99 {ms(r['report_p99_ms'])} ms (Pushgateway"
              f"{' with' if r['gateway_check'] else ' without'} its consistency check, "
-             f"{r['reports_per_s']:.0f} reports/s: "
+             f"{r['steady_reports_per_s']:.1f} reports/s before the publish, {r['reports_per_s']:.0f} after it: "
              f"{'after every poll' if r['report_every_poll'] else 'on change and every heartbeat'}); the origin "
              f"answered {r['origin_steady_rps']:.0f} requests/s while {r['devices']} devices polled unchanged states"]
     if r["mirror"]:
@@ -417,7 +422,10 @@ def verdicts(r: dict, poll: float) -> list[str]:
     return lines
 
 
-def warm_copies(sizes_mib: list[float], work: Path, clients: int = CALIBRATION_CLIENTS) -> list[dict]:
+WARM_DEVICES = 8  # devices that fetch each warmed blob through the mirror (the fleet run has the many)
+
+
+def warm_copies(sizes_mib: list[float], work: Path, clients: int = WARM_DEVICES) -> list[dict]:
     """Per blob size: what warming a Distribution proxy (edgectl.pull.mirrors.warm_mirror) costs the origin, and
     what ``clients`` devices fetching the blob through the mirror right after cost it (nothing, when the warm
     worked). One origin and one mirror for all sizes; copies from the origin's access log."""
@@ -447,10 +455,18 @@ def warm_copies(sizes_mib: list[float], work: Path, clients: int = CALIBRATION_C
             time.sleep(1)  # let the origin log the aborted stream
             warm_bytes = origin_traffic(origin.log, offset, blob)[1]
 
+            async def device(c: httpx.AsyncClient) -> int:  # streamed and hashed: blobs can be large
+                hasher, got = hashlib.sha256(), 0
+                async with c.stream("GET", f"{mirror_base}/blobs/{blob}") as r:
+                    async for chunk in r.aiter_bytes(MIB):
+                        hasher.update(chunk)
+                        got += len(chunk)
+                assert "sha256:" + hasher.hexdigest() == blob and got == size
+                return got
+
             async def devices() -> None:
                 async with httpx.AsyncClient(timeout=300, limits=httpx.Limits(max_connections=clients)) as c:
-                    rs = await asyncio.gather(*(c.get(f"{mirror_base}/blobs/{blob}") for _ in range(clients)))
-                    assert all(len(r.content) == size for r in rs)
+                    await asyncio.gather(*(device(c) for _ in range(clients)))
             asyncio.run(devices())
             time.sleep(1)
             total = origin_traffic(origin.log, offset, blob)[1]
@@ -544,7 +560,7 @@ def main() -> None:
                      "origin blob bytes (all)", "artifact copies from origin"], rows)
             + ("\n\nWarming the site mirror per blob size (`--warm-sizes`): the warm closes the mirror's first "
                "answer after its headers, so only the copy Distribution stores goes through; then "
-               f"{CALIBRATION_CLIENTS} devices fetch the blob through the mirror.\n\n"
+               f"{WARM_DEVICES} devices fetch the blob through the mirror at once.\n\n"
                + table(["blob", "warm", "origin copies after the warm", "devices", "origin copies after the devices"],
                        warm_rows) if warm_rows else "")
             + "\n\n" + "\n".join(f"- {line}" for line in lines))
