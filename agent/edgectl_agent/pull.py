@@ -254,7 +254,7 @@ class Puller:
         """The state tag's manifest digest, and the reader that answered, which then reads the state too: the
         origin when the config names one (a pull-through mirror forwards every tag lookup there anyway, and a
         device's state is its own, so a mirror has nothing to share: measured in bench/pull_scale.py, the mirror
-        path sent the origin 2.5 requests per poll, this one 1); the registry (the mirror) when there is no origin,
+        path sent the origin 2 to 2.5 requests per poll, this one 1); the registry (the mirror) when there is no origin,
         and for ORIGIN_RETRY_POLLS polls after the origin failed to answer. Whoever answers, the state is verified
         the same way (signature, version, expiry); artifacts always come from the registry."""
         if self.origin_reader is not None and self.origin_skipped == 0:
