@@ -6,8 +6,10 @@ requests, and a mirror that does not coalesce concurrent misses (Distribution 2.
 that misses while a first fetch runs) sends the origin's artifact more than once. So ``edgectl apply`` warms it:
 after the artifacts are on the origin and before any state that pins them is published, every blob of every
 artifact the site's devices are about to get is fetched through the mirror once, one after another
-(``RegistryWriter.warm_blob``: a blob the mirror already holds costs one 1-byte ranged GET). The origin then sends
-one copy per site, however many devices poll at once.
+(``RegistryWriter.warm_blob``: a blob the mirror already holds costs one 1-byte ranged GET; for one it lacks, the
+mirror's first answer is closed after its headers, so of Distribution 2.8's two upstream fetches per miss only the
+one it stores completes). The origin then sends about one copy per site (plus what sockets buffer: measured in
+bench/pull_scale.py --warm-sizes), however many devices poll at once.
 
 A mirror edgectl cannot reach (a shop LAN) is set ``warm: false``; a warm that fails is reported and the publish
 goes on (the devices still get their artifacts, through the mirror filling on demand).
