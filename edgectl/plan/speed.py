@@ -241,19 +241,24 @@ def estimate_speed(arch: Architecture, weights_bytes: int, hw: Hardware, *, thre
                  prompt_tokens=prompt_tokens, basis=hw.basis + (f"; {note}" if note else ""))
 
 
-def prefill_threads(runtime: str, threads: int, cores: int, runtime_options: dict) -> int:
-    """The threads a runtime prefills with: llama.cpp batches with n_threads_batch, which the agent sets to the
+def prefill_threads(runtime: str, threads: int, cores: int, runtime_options: dict, os: str | None = None) -> int:
+    """The threads a runtime prefills with. llama.cpp batches with n_threads_batch, which the agent sets to the
     deployment's threads unless its runtime_options set it (as llama.cpp's own tools do; llama-cpp-python alone
-    would take every CPU); the agent's OpenVINO GenAI, ONNX GenAI and MLX runtimes do not take the deployment's
-    threads: their libraries use every CPU."""
+    would take every CPU). OpenVINO GenAI (INFERENCE_NUM_THREADS) and ONNX GenAI (the decoder session's
+    intra_op_num_threads) take the deployment's threads from the agent. MLX takes none: see :func:`decode_threads`."""
     if runtime == "llamacpp":
         return int(runtime_options.get("n_threads_batch") or threads)
-    return cores
+    return decode_threads(runtime, threads, cores, os)
 
 
-def decode_threads(runtime: str, threads: int, cores: int) -> int:
-    """The threads a runtime decodes with: llama.cpp the deployment's; the others every CPU (see above)."""
-    return threads if runtime == "llamacpp" else cores
+def decode_threads(runtime: str, threads: int, cores: int, os: str | None = None) -> int:
+    """The threads a runtime decodes with: the deployment's, which the agent hands to llama.cpp, OpenVINO GenAI and
+    ONNX GenAI. MLX has no thread setting: on Apple silicon it runs on the GPU (the estimate counts every core);
+    its Linux CPU build runs a model's operations on ONE thread (measured here: 1.0-1.1 CPU seconds per second
+    whatever the machine has), so it is estimated at one."""
+    if runtime == "mlx":
+        return cores if os == "darwin" else 1
+    return threads
 
 
 def measured_speed(m: ArtifactSpeed, prompt_tokens: int, estimated: Speed) -> Speed:
