@@ -285,7 +285,9 @@ def measure_artifact(model: LoadedModel, *, digest: str, runtime: str, threads: 
     prompt_size = int(statistics.median_low([n for n, _ in prefills]))
     prefill = statistics.median([n / t for n, t in prefills if n and t > 0])
     if words < full_words:  # cut to fit the budget: the full prompt's rate, from the cut one's and the probe's
-        again_s, _, _ = run_rates(model, probe, 1, float("inf"))  # warm now, unlike the first probe
+        again_s = probe_s  # the probe again, warm now, where it still fits in the budget
+        if time.perf_counter() + 1.5 * probe_s < deadline:
+            again_s, _, _ = run_rates(model, probe, 1, deadline)
         ttft = statistics.median([r[0] for _, r in measured])
         prompt_size = int(full_words * per_word)
         prefill = prefill_at(prompt_size, (probe_tokens, again_s), (int(statistics.median([n for n, _ in measured])),
