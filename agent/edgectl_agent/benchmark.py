@@ -185,7 +185,7 @@ def prompt_for(context_length: int, tokens: int = PROMPT_TOKENS, *, run: int = 0
     another word: a runtime that caches the previous prompt's prefix (llama.cpp) must process it all again."""
     want_words = max(int(min(tokens, context_length // 2) * 0.75), PROBE_WORDS)
     text = PROMPT_TEXT.split()
-    words = (text * (want_words // len(text) + 2))[run * 5:]
+    words = (text * ((want_words + run * 5) // len(text) + 2))[run * 5:]
     return " ".join(words[:want_words])
 
 
@@ -200,16 +200,19 @@ def count_tokens(model: LoadedModel, prompt: str) -> int | None:
     return (usage.get("usage") or {}).get("prompt_tokens") if isinstance(usage, dict) else None
 
 
-def prefill_at(tokens: int, short: tuple[int, float], long: tuple[int, float]) -> float:
-    """Prefill tokens/s of a ``tokens``-token prompt, from the times to first token of two shorter prompts
-    ``(tokens, seconds)``: time = a constant (the runtime's per-request work: MLX's is ~0.5 s here) + tokens / the
-    marginal rate, a line through the two points. Where the points give no rising line (noise), the longer
-    prompt's own rate. Pure; unit-tested."""
-    (n1, t1), (n2, t2) = short, long
-    if n2 <= n1 or t2 <= t1:
-        return n2 / t2
-    per_token = (t2 - t1) / (n2 - n1)
-    constant = max(0.0, t2 - n2 * per_token)
+def prefill_at(tokens: int, points: list[tuple[int, float]]) -> float:
+    """Prefill tokens/s of a ``tokens``-token prompt, from the times to first token of shorter prompts ``(tokens,
+    seconds)``: time = a constant (the runtime's per-request work: MLX's is ~0.5 s here) + tokens / the marginal
+    rate, the least-squares line through the points. Where they give no rising line (noise, one size only), the
+    longest prompt's own rate. Pure; unit-tested."""
+    longest = max(points)
+    xs, ys = [n for n, _ in points], [t for _, t in points]
+    mx, my = statistics.fmean(xs), statistics.fmean(ys)
+    spread = sum((x - mx) ** 2 for x in xs)
+    per_token = sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / spread if spread else 0.0
+    if per_token <= 0:
+        return longest[0] / longest[1]
+    constant = max(0.0, my - per_token * mx)
     return tokens / (constant + tokens * per_token)
 
 
@@ -228,9 +231,10 @@ def measure_artifact(model: LoadedModel, *, digest: str, runtime: str, threads: 
       budget): OpenVINO's and ONNX Runtime's first run of a new prompt length builds its kernels, and was up to a
       third slower than later runs;
     - where the device is too slow to prefill the full prompt in a fifth of the budget (MLX's Linux CPU build: ~10
-      tokens/s), the prompt is cut, and the rate reported is the one of the full-size prompt, extrapolated from
-      the cut prompt's and the probe's times (:func:`prefill_at`): a short prompt's rate is mostly the runtime's
-      constant per-request time."""
+      tokens/s), a second probe 4x longer gives the time per token, the prompt is sized on that line to a
+      quarter of the budget, and the rate reported is the full-size prompt's, from the line through the probes'
+      and the runs' times (:func:`prefill_at`): a short prompt's rate is mostly the runtime's constant per-request
+      time."""
     start = time.perf_counter()
     deadline = start + budget_s
     want = int(min(prompt_tokens, context_length // 2))
@@ -245,8 +249,18 @@ def measure_artifact(model: LoadedModel, *, digest: str, runtime: str, threads: 
     per_word = probe_tokens / PROBE_WORDS
     full_words = max(PROBE_WORDS, min(words, int(want / per_word)))
     words = full_words
-    if probe_s > 0:
-        words = max(PROBE_WORDS, min(words, int(PROBE_WORDS * budget_s / 5 / probe_s)))
+    probes = [(probe_tokens, probe_s)]  # (prompt tokens, seconds to the first token)
+    if probe_s > 0 and probe_s * full_words / PROBE_WORDS > budget_s / 5:
+        # Too slow for the full prompt in a fifth of the budget (MLX's Linux CPU build). The probe's time is mostly
+        # the runtime's constant per request, so a second probe 4x longer gives the time per token, and the prompt
+        # is sized on that line to a quarter of the budget (never above the full prompt).
+        longer = prompt_for(context_length, int(4 * PROBE_WORDS / 0.75), run=first_run + 9)
+        longer_s, _, _ = run_rates(model, longer, 1, deadline)
+        probes.append((count_tokens(model, longer) or 4 * PROBE_WORDS, longer_s))
+        (n1, t1), (n2, t2) = probes
+        per_token = (t2 - t1) / (n2 - n1) if n2 > n1 and t2 > t1 else t2 / n2
+        fits = (budget_s / 4 - max(0.0, t1 - n1 * per_token)) / per_token
+        words = max(PROBE_WORDS, min(full_words, int(fits / per_word)))
     if probe_s > 0 and probe_s * words / PROBE_WORDS <= budget_s / 20:
         try:  # warm-up
             run_rates(model, prompt_for(context_length, int(words / 0.75), run=first_run + 8), 2, deadline)
@@ -284,14 +298,9 @@ def measure_artifact(model: LoadedModel, *, digest: str, runtime: str, threads: 
             prefills.append((count_tokens(model, prompt) or 0, ttft))
     prompt_size = int(statistics.median_low([n for n, _ in prefills]))
     prefill = statistics.median([n / t for n, t in prefills if n and t > 0])
-    if words < full_words:  # cut to fit the budget: the full prompt's rate, from the cut one's and the probe's
-        again_s = probe_s  # the probe again, warm now, where it still fits in the budget
-        if time.perf_counter() + 1.5 * probe_s < deadline:
-            again_s, _, _ = run_rates(model, probe, 1, deadline)
-        ttft = statistics.median([r[0] for _, r in measured])
+    if words < full_words:  # cut to fit the budget: the full prompt's rate, from the line through all sizes timed
         prompt_size = int(full_words * per_word)
-        prefill = prefill_at(prompt_size, (probe_tokens, again_s), (int(statistics.median([n for n, _ in measured])),
-                                                                   ttft))
+        prefill = prefill_at(prompt_size, probes + [(n, r[0]) for n, r in measured])
     gaps = [g for _, r in measured for g in r[2]]
     return ArtifactSpeed(digest=digest, runtime=runtime, threads=threads, prompt_tokens=prompt_size,
                          prefill_tokens_per_s=prefill,

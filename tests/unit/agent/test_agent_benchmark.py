@@ -138,10 +138,12 @@ def test_the_device_record_has_one_threads_bandwidth_and_compute() -> None:
     assert benchmark.thread_matmul_flops(64, repeats=2) > 1e6
 
 
-def test_the_full_prompts_prefill_rate_is_the_line_through_two_shorter_prompts() -> None:
+def test_the_full_prompts_prefill_rate_is_the_line_through_shorter_prompts() -> None:
     # 0.5 s per request + 10 ms per token: 4 tokens take 0.54 s, 20 take 0.70 s; 100 would take 1.5 s
-    assert benchmark.prefill_at(100, (4, 0.54), (20, 0.70)) == pytest.approx(100 / 1.5)
-    assert benchmark.prefill_at(100, (4, 0.70), (20, 0.70)) == pytest.approx(20 / 0.70)  # no rising line: as measured
+    assert benchmark.prefill_at(100, [(4, 0.54), (20, 0.70)]) == pytest.approx(100 / 1.5)
+    assert benchmark.prefill_at(100, [(4, 0.54), (12, 0.62), (20, 0.70)]) == pytest.approx(100 / 1.5)
+    assert benchmark.prefill_at(100, [(4, 0.70), (20, 0.70)]) == pytest.approx(20 / 0.70)  # no rising line
+    assert benchmark.prefill_at(100, [(8, 0.4), (8, 0.5)]) == pytest.approx(8 / 0.5)  # one size: as measured
 
 
 class SlowPrefill(FakeModel):
@@ -165,3 +167,8 @@ def test_a_prompt_cut_to_the_budget_reports_the_full_prompts_rate() -> None:
     expected = full / (SlowPrefill.per_request_s + SlowPrefill.per_word_s * full)
     # the cut prompt's own rate is ~30% lower (its constant weighs more): the extrapolation must land near
     assert speed.prefill_tokens_per_s == pytest.approx(expected, rel=0.15)
+
+
+def test_every_run_gets_a_whole_prompt_however_far_its_text_starts() -> None:
+    for run in (0, 9, 12, 40):
+        assert len(benchmark.prompt_for(1024, 16, run=run).split()) == 12, run
