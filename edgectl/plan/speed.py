@@ -79,7 +79,8 @@ _KV_BYTES = {"llamacpp": 2, "openvino-genai": 1.03, "onnxruntime-genai": 4, "mlx
 # ~119-token prompt, device figures of the same quiet minutes (load 0.2-1.2, 2026-12-07 00:13-00:15 UTC: 38.5 GB/s
 # one-thread copy, 112.9 GFLOPS per thread). OpenVINO GenAI: decode 117.6, 124.4, 124.5 tokens/s in three runs
 # (formula 127.7: x0.95), prefill 1247, 1574, 1496 (formula 210: x6.9; its INT4 kernels multiply in int8 while the
-# formula counts float32 FLOPs). ONNX GenAI: 183, 218 and 645, 673 (formula 128 and 210: x1.56, x3.1). MLX on
+# formula counts float32 FLOPs). ONNX GenAI (two runs, with onnxruntime's default threads: one busy core here):
+# 183, 218 and 645, 673 (formula 128 and 210: x1.56, x3.1). MLX on
 # Linux: 10.1, 10.3, 10.7 and 10-12 (formula 136.8 and 210: x0.075, x0.057; it runs its quantized matmuls on one
 # thread, and a ~0.5 s constant per request weighs on short prompts). The run that fitted the old MLX figure (2.9
 # tokens/s) was taken under load: one-thread MLX falls to ~0.55x at load 3 where llama.cpp falls to ~0.8x.
