@@ -1,14 +1,20 @@
 """The planner's speed estimate (edgectl/plan/speed.py) and the agent's enrolment benchmark
 (edgectl_agent/benchmark.py) against the real runtimes on this machine, for every format built here.
 
-    python bench/speed.py [--threads 1] [--formats gguf:Q4_1,gguf:Q8_0,openvino:INT4,onnx:INT4,mlx:INT4] [--write]
+    python bench/speed.py [--threads 1] [--formats gguf:Q4_1,gguf:Q8_0,openvino:INT4,onnx:INT4,mlx:INT4 | --missed]
+                          [--repeat N] [--write]
+
+--missed measures only the formats that missed a target on the last quiet run (OpenVINO INT4 and MLX INT4);
+--repeat N repeats each artifact's enrolment and longer run N times on the same loaded model, and prints the spread
+(min-max over the repeats) of every ratio and of the fitted factors: a factor is only as good as its spread.
 
 In ONE run, so that every figure sees the same load on a shared machine:
 
 1. This machine as the agent measures it at enrolment (edgectl_agent.benchmark.measure_device: memory bandwidth
    with every CPU, float32 matmul compute on every thread and on one), and what that cost.
 2. SmolLM2-135M built by edgectl's builders (cached in the edgectl store) into each format, loaded by the agent's
-   own runtime with --threads threads (llama.cpp; the other runtimes take no thread count and use every CPU): the
+   own runtime with --threads threads (llama.cpp, OpenVINO GenAI and ONNX GenAI take them; MLX's Linux CPU build
+   has no thread setting and runs on one thread): the
    enrolment measurement exactly as the agent runs it at a first activation (edgectl_agent.benchmark.
    measure_artifact: medians of up to 3 runs of a ~128-token prompt and 32 decoded tokens) and its cost, then a
    longer run with the same estimator (5 runs, 128 decoded tokens each), whose rates are "measured".
@@ -39,6 +45,7 @@ from bench._report import table, write_section  # noqa: E402
 
 GB = 1e9
 FORMATS = "gguf:Q4_1,gguf:Q8_0,openvino:INT4,onnx:INT4,mlx:INT4"
+MISSED = "openvino:INT4,mlx:INT4"  # the formats that missed a target on the last quiet run (docs/benchmarks.md)
 ESTIMATE_WITHIN = 0.25
 ENROLMENT_WITHIN = 0.10
 ENROLMENT_BUDGET_S = 10.0
@@ -71,13 +78,42 @@ def ratio(a: float | None, b: float | None) -> float | None:
     return a / b if a and b else None
 
 
+def spread(results: list[dict], verdicts: list[tuple[str, str, str]]) -> str:
+    """Per artifact and target over the --repeat runs: the median ratio, its min-max, and the verdict on the median;
+    then the fitted factors' min-max (what a factor fitted on one of these runs could have been)."""
+    import statistics
+
+    lines = ["Over the repeats (median, min-max; the verdict is the median's):"]
+    by_artifact: dict[str, list[dict]] = {}
+    for r in results:
+        by_artifact.setdefault(r["artifact"], []).append(r)
+    for artifact, runs in by_artifact.items():
+        labels = {r["label"] for r in runs}
+        for what in ("estimate decode", "estimate prefill", "enrolment decode", "enrolment prefill"):
+            xs = [float(v.split()[0]) for a, w, v in verdicts if a in labels and w == what and v != "-"]
+            if xs:
+                within = ESTIMATE_WITHIN if what.startswith("estimate") else ENROLMENT_WITHIN
+                m = statistics.median(xs)
+                lines.append(f"- {artifact} {what}: {verdict(m, within)} (min {min(xs):.2f}, max {max(xs):.2f})")
+        decode = [ratio(r["longer"].decode_tokens_per_s, r["formula"][0]) or 0 for r in runs]
+        prefill = [ratio(r["longer"].prefill_tokens_per_s, r["formula"][1]) or 0 for r in runs]
+        lines.append(f"- {artifact} ({runs[0]['runtime']}) factors: decode x{statistics.median(decode):.3f} "
+                     f"(min {min(decode):.3f}, max {max(decode):.3f}), prefill x{statistics.median(prefill):.3f} "
+                     f"(min {min(prefill):.3f}, max {max(prefill):.3f})")
+    return "\n".join(lines)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--formats", default=FORMATS)
+    ap.add_argument("--missed", action="store_true", help=f"only {MISSED}")
+    ap.add_argument("--repeat", type=int, default=1, help="enrolment + longer run this many times per artifact")
     ap.add_argument("--context", type=int, default=1024)
     ap.add_argument("--write", action="store_true", help="replace the speed section of docs/benchmarks.md")
     args = ap.parse_args()
+    if args.missed:
+        args.formats = MISSED
 
     from edgectl.builders import ArtifactStore, build
     from edgectl.builders.registry import builder_for
@@ -112,27 +148,32 @@ def main() -> int:
                        model, store)
         runtime = builder_for(fmt, "llm").runtime
         llm = load_model(runtime, store.local_path(art), art, args.threads, args.context)
-        load_before = loadavg()
-        try:
-            enrol = measure_artifact(llm, digest=art.digest, runtime=runtime, threads=args.threads,
-                                     context_length=args.context)
-            longer = measure_artifact(llm, digest=art.digest, runtime=runtime, threads=args.threads,
-                                      context_length=args.context, budget_s=60, decode_tokens=128, runs=5,
-                                      first_run=3)
-        finally:
-            llm.close()
         threads = speed.decode_threads(runtime, args.threads, cpus)
         batch = speed.prefill_threads(runtime, args.threads, cpus, {})
-        est = speed.estimate_speed(arch, art.size_bytes, hw, threads=threads, prompt_tokens=longer.prompt_tokens,
-                                   runtime=runtime, quant=quant, prefill_threads=batch)
-        decode_f, prefill_f, _ = speed.factors(runtime, quant, hw.os)
-        results.append(dict(label=f"{fmt} {quant}", runtime=runtime, quant=quant, art=art, enrol=enrol,
-                            longer=longer, est=est, threads=threads, load=f"{load_before} / {loadavg()}",
-                            formula=(est.decode_tokens_per_s / decode_f, est.prefill_tokens_per_s / prefill_f)))
-        print(f"{fmt} {quant} ({runtime}, {threads} thread(s)): decode est {est.decode_tokens_per_s:.1f} / measured "
-              f"{longer.decode_tokens_per_s or 0:.1f} / enrolment {enrol.decode_tokens_per_s or 0:.1f}; prefill est "
-              f"{est.prefill_tokens_per_s:.0f} / measured {longer.prefill_tokens_per_s:.0f} / enrolment "
-              f"{enrol.prefill_tokens_per_s:.0f}; enrolment {enrol.seconds:.2f} s; load {loadavg()}", flush=True)
+        try:
+            for rep in range(args.repeat):
+                load_before = loadavg()
+                enrol = measure_artifact(llm, digest=art.digest, runtime=runtime, threads=args.threads,
+                                         context_length=args.context)
+                longer = measure_artifact(llm, digest=art.digest, runtime=runtime, threads=args.threads,
+                                          context_length=args.context, budget_s=60, decode_tokens=128, runs=5,
+                                          first_run=3)
+                est = speed.estimate_speed(arch, art.size_bytes, hw, threads=threads,
+                                           prompt_tokens=longer.prompt_tokens, runtime=runtime, quant=quant,
+                                           prefill_threads=batch)
+                decode_f, prefill_f, _ = speed.factors(runtime, quant, hw.os)
+                label = f"{fmt} {quant}" + (f" #{rep + 1}" if args.repeat > 1 else "")
+                results.append(dict(label=label, artifact=f"{fmt} {quant}", runtime=runtime, quant=quant, art=art,
+                                    enrol=enrol, longer=longer, est=est, threads=threads,
+                                    load=f"{load_before} / {loadavg()}",
+                                    formula=(est.decode_tokens_per_s / decode_f, est.prefill_tokens_per_s / prefill_f)))
+                print(f"{label} ({runtime}, {threads} thread(s)): decode est {est.decode_tokens_per_s:.1f} / "
+                      f"measured {longer.decode_tokens_per_s or 0:.1f} / enrolment {enrol.decode_tokens_per_s or 0:.1f}"
+                      f"; prefill est {est.prefill_tokens_per_s:.0f} / measured {longer.prefill_tokens_per_s:.0f} / "
+                      f"enrolment {enrol.prefill_tokens_per_s:.0f}; enrolment {enrol.seconds:.2f} s; load "
+                      f"{loadavg()}", flush=True)
+        finally:
+            llm.close()
     end_load = loadavg()
 
     rows, verdicts = [], []
@@ -159,8 +200,8 @@ def main() -> int:
             f"thread), {(per_thread or 0) / GB:.1f} GFLOPS per "
             f"thread (float32 matmul, BLAS held to one thread), in {device.seconds:.2f} s. Each artifact is "
             f"SmolLM2-135M-Instruct built by edgectl's builders, loaded by the agent's own runtime; llama.cpp with "
-            f"{args.threads} thread(s) (n_threads_batch too), the other runtimes take no thread count and use every "
-            f"CPU. *Estimate*: edgectl/plan/speed.py from those device figures and the threads each runtime uses. "
+            f"{args.threads} thread(s) (n_threads_batch too), OpenVINO GenAI and ONNX GenAI with the same; MLX's Linux CPU "
+            f"build has no thread setting (one thread). *Estimate*: edgectl/plan/speed.py from those device figures and the threads each runtime uses. "
             f"*Measured*: the agent's estimator (medians) over a longer run: 5 runs of a "
             f"~{results[0]['longer'].prompt_tokens}-token prompt, 128 decoded tokens each. *Enrolment*: what the agent "
             f"measures at a first activation (up to 3 runs, 32 decoded tokens) and its cost with the device "
@@ -177,8 +218,10 @@ def main() -> int:
                  f"{r['label']} ({r['runtime']}) decode x{ratio(r['longer'].decode_tokens_per_s, r['formula'][0]) or 0:.3f}"
                  f", prefill x{ratio(r['longer'].prefill_tokens_per_s, r['formula'][1]) or 0:.3f}" for r in results)
              + ".")
+    if args.repeat > 1:
+        body += "\n\n" + spread(results, verdicts)
     print(body)
-    print("\n" + "\n".join(f"{a:>14}  {w:<18} {v}" for a, w, v in verdicts))
+    print("\n" + "\n".join(f"{a:>17}  {w:<18} {v}" for a, w, v in verdicts))
     if args.write:
         write_section("speed", "Expected tokens/s: estimate vs measured", body,
                       dists=("llama_cpp_python", "openvino-genai", "onnxruntime-genai", "mlx-lm"))

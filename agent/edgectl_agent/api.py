@@ -181,6 +181,11 @@ class DesiredDeployment(Wire):
     parallel: int = Field(default=1, ge=1, description="Concurrent request slots.")
     threads: int | None = Field(default=None, gt=0, description="Inference threads.")
     runtime_options: dict[str, Any] = Field(default_factory=dict, description="Extra runtime options.")
+    health_gate_digest: str | None = Field(
+        default=None, pattern=DIGEST_PATTERN,
+        description="sha256 of the health gate (smoke and golden prompts with their checks) edgectl gates this "
+                    "deployment with. The agent only keeps it: a changed gate makes edgectl activate and gate the "
+                    "deployment again. None from an edgectl before it (not compared).")
     signature: DeploymentSignature | None = Field(
         default=None, description="ed25519 signature by edgectl over all the other fields (the artifact digest "
                                   "included, which pins the bytes). Required by an agent started with a verify key; "

@@ -39,6 +39,9 @@ PROMPT_TOKENS = 128  # the prompt the artifact benchmark aims at (capped at half
 DECODE_TOKENS = 32
 PROBE_WORDS = 4  # the probe run that sizes the prompt to the device's speed: a few tokens
 RUNS = 3  # the medians of up to this many runs
+# Prefill samples: each run gives one; where time is left, prompt-only runs (one token) add more, up to this many.
+# A ~120-token prefill takes 80 ms on OpenVINO here, and single runs of it spread +-12%: a median of 3 is not enough.
+PREFILL_RUNS = 7
 ARTIFACT_BUDGET_S = 6.0  # the device benchmark takes well under 2 s: together under 10 s (counting included)
 BANDWIDTH_REPEATS = 5
 KEEP_ARTIFACTS = 32  # measurements kept, newest first (older artifacts are long gone from the store)
@@ -156,8 +159,8 @@ def run_rates(model: LoadedModel, prompt: str, decode_tokens: int, deadline: flo
               ) -> tuple[float, int, list[float]]:
     """(seconds to the first token, tokens streamed, the seconds between successive tokens) of one streamed
     completion of ``prompt``; decoding stops at ``deadline`` (perf_counter)."""
+    t = time.perf_counter()  # before the call: a runtime may prefill before it hands back the stream
     stream = model.complete(prompt, GenerationParams(max_tokens=decode_tokens, temperature=0.0), stream=True)
-    t = time.perf_counter()
     first = None
     times: list[float] = []
     try:
@@ -182,7 +185,7 @@ def prompt_for(context_length: int, tokens: int = PROMPT_TOKENS, *, run: int = 0
     another word: a runtime that caches the previous prompt's prefix (llama.cpp) must process it all again."""
     want_words = max(int(min(tokens, context_length // 2) * 0.75), PROBE_WORDS)
     text = PROMPT_TEXT.split()
-    words = (text * (want_words // len(text) + 2))[run * 5:]
+    words = (text * ((want_words + run * 5) // len(text) + 2))[run * 5:]
     return " ".join(words[:want_words])
 
 
@@ -197,27 +200,72 @@ def count_tokens(model: LoadedModel, prompt: str) -> int | None:
     return (usage.get("usage") or {}).get("prompt_tokens") if isinstance(usage, dict) else None
 
 
+def prefill_at(tokens: int, points: list[tuple[int, float]]) -> float:
+    """Prefill tokens/s of a ``tokens``-token prompt, from the times to first token of shorter prompts ``(tokens,
+    seconds)``: time = a constant (the runtime's per-request work: MLX's is ~0.5 s here) + tokens / the marginal
+    rate, the least-squares line through the points. Where they give no rising line (noise, one size only), the
+    longest prompt's own rate. Pure; unit-tested."""
+    longest = max(points)
+    xs, ys = [n for n, _ in points], [t for _, t in points]
+    mx, my = statistics.fmean(xs), statistics.fmean(ys)
+    spread = sum((x - mx) ** 2 for x in xs)
+    per_token = sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / spread if spread else 0.0
+    if per_token <= 0:
+        return longest[0] / longest[1]
+    constant = max(0.0, my - per_token * mx)
+    return tokens / (constant + tokens * per_token)
+
+
 def measure_artifact(model: LoadedModel, *, digest: str, runtime: str, threads: int | None, context_length: int,
                      budget_s: float = ARTIFACT_BUDGET_S, prompt_tokens: int = PROMPT_TOKENS,
                      decode_tokens: int = DECODE_TOKENS, runs: int = RUNS, first_run: int = 0) -> ArtifactSpeed | None:
-    """Prefill and decode rates of a loaded (and smoke-tested: warm) LLM, as medians over up to ``runs`` runs:
+    """Prefill and decode rates of a loaded (and smoke-tested) LLM, as medians over up to ``runs`` runs:
     prefill = the median of the runs' prompt tokens / time to first token, decode = 1 / the median time between
     two streamed tokens of all runs (a token delayed by other work on the device moves a median little, a mean
     much). A run starts only while the one before it would still fit in the budget. None for a model that
-    generated nothing. Runs are numbered from ``first_run``: each gets its own prompt (:func:`prompt_for`)."""
+    generated nothing. Runs are numbered from ``first_run``: each gets its own prompt (:func:`prompt_for`).
+
+    Two things keep a short enrolment close to a long run (bench/speed.py checks it):
+
+    - a warm-up run of the full-size prompt where it is cheap (its predicted prefill within a twentieth of the
+      budget): OpenVINO's and ONNX Runtime's first run of a new prompt length builds its kernels, and was up to a
+      third slower than later runs;
+    - where the device is too slow to prefill the full prompt in a fifth of the budget (MLX's Linux CPU build: ~10
+      tokens/s), a second probe 4x longer gives the time per token, the prompt is sized on that line to a
+      quarter of the budget, and the rate reported is the full-size prompt's, from the line through the probes'
+      and the runs' times (:func:`prefill_at`): a short prompt's rate is mostly the runtime's constant per-request
+      time."""
     start = time.perf_counter()
     deadline = start + budget_s
-    words = max(int(min(prompt_tokens, context_length // 2) * 0.75), PROBE_WORDS)
+    want = int(min(prompt_tokens, context_length // 2))
+    words = max(int(want * 0.75), PROBE_WORDS)
     # A prefill cannot be stopped half-way: a probe of PROBE_WORDS words (also the warm-up of the prompt path) sizes
     # the prompt so that its prefill takes at most a fifth of the budget (a big model on a slow CPU gets a shorter
     # prompt, never a longer wait). Its token count (llama.cpp reuses the prompt it just processed: near free) gives
     # the tokenizer's tokens per word, so that the prompt is half the context in tokens, whatever the vocabulary.
     probe = prompt_for(context_length, int(PROBE_WORDS / 0.75), run=first_run + 7)
     probe_s, _, _ = run_rates(model, probe, 1, deadline)
-    if probe_s > 0:
-        words = max(PROBE_WORDS, min(words, int(PROBE_WORDS * budget_s / 5 / probe_s)))
-    per_word = (count_tokens(model, probe) or PROBE_WORDS) / PROBE_WORDS
-    words = max(PROBE_WORDS, min(words, int(min(prompt_tokens, context_length // 2) / per_word)))
+    probe_tokens = count_tokens(model, probe) or PROBE_WORDS
+    per_word = probe_tokens / PROBE_WORDS
+    full_words = max(PROBE_WORDS, min(words, int(want / per_word)))
+    words = full_words
+    probes = [(probe_tokens, probe_s)]  # (prompt tokens, seconds to the first token)
+    if probe_s > 0 and probe_s * full_words / PROBE_WORDS > budget_s / 5:
+        # Too slow for the full prompt in a fifth of the budget (MLX's Linux CPU build). The probe's time is mostly
+        # the runtime's constant per request, so a second probe 4x longer gives the time per token, and the prompt
+        # is sized on that line to a quarter of the budget (never above the full prompt).
+        longer = prompt_for(context_length, int(4 * PROBE_WORDS / 0.75), run=first_run + 9)
+        longer_s, _, _ = run_rates(model, longer, 1, deadline)
+        probes.append((count_tokens(model, longer) or 4 * PROBE_WORDS, longer_s))
+        (n1, t1), (n2, t2) = probes
+        per_token = (t2 - t1) / (n2 - n1) if n2 > n1 and t2 > t1 else t2 / n2
+        fits = (budget_s / 4 - max(0.0, t1 - n1 * per_token)) / per_token
+        words = max(PROBE_WORDS, min(full_words, int(fits / per_word)))
+    if probe_s > 0 and probe_s * words / PROBE_WORDS <= budget_s / 20:
+        try:  # warm-up
+            run_rates(model, prompt_for(context_length, int(words / 0.75), run=first_run + 8), 2, deadline)
+        except BadRequest:
+            pass  # the runs below halve the prompt until it fits
     done: list[tuple[int, tuple[float, int, list[float]]]] = []  # (prompt tokens, run_rates) per run
     last_s = 0.0
     tried = 0
@@ -231,6 +279,7 @@ def measure_artifact(model: LoadedModel, *, digest: str, runtime: str, threads: 
             if words <= PROBE_WORDS:
                 return None
             words //= 2
+            full_words = min(full_words, words)
             continue
         # counted right after its run: llama.cpp reuses the prompt it just processed (near free)
         done.append((count_tokens(model, prompt) or 0, rates))
@@ -238,12 +287,23 @@ def measure_artifact(model: LoadedModel, *, digest: str, runtime: str, threads: 
     measured = [(n, r) for n, r in done if r[1] and n and r[0] > 0]
     if not measured:
         return None
-    prefill_rates = [n / r[0] for n, r in measured]
-    prompt_sizes = [n for n, _ in measured]
+    prefills = [(n, r[0]) for n, r in measured]  # (prompt tokens, seconds to the first token)
+    while words == full_words and len(prefills) < PREFILL_RUNS and last_s > 0:
+        prompt = prompt_for(context_length, int(words / 0.75), run=first_run + len(prefills))
+        began = time.perf_counter()
+        if began + 2 * statistics.median(t for _, t in prefills) > deadline:
+            break
+        ttft, n_out, _ = run_rates(model, prompt, 1, deadline)
+        if n_out:
+            prefills.append((count_tokens(model, prompt) or 0, ttft))
+    prompt_size = int(statistics.median_low([n for n, _ in prefills]))
+    prefill = statistics.median([n / t for n, t in prefills if n and t > 0])
+    if words < full_words:  # cut to fit the budget: the full prompt's rate, from the line through all sizes timed
+        prompt_size = int(full_words * per_word)
+        prefill = prefill_at(prompt_size, probes + [(n, r[0]) for n, r in measured])
     gaps = [g for _, r in measured for g in r[2]]
-    return ArtifactSpeed(digest=digest, runtime=runtime, threads=threads,
-                         prompt_tokens=int(statistics.median_low(prompt_sizes)),
-                         prefill_tokens_per_s=statistics.median(prefill_rates),
+    return ArtifactSpeed(digest=digest, runtime=runtime, threads=threads, prompt_tokens=prompt_size,
+                         prefill_tokens_per_s=prefill,
                          decode_tokens=max(r[1] for _, r in measured),
                          decode_tokens_per_s=1 / statistics.median(gaps) if gaps else None,
                          seconds=time.perf_counter() - start, measured_at=_now())

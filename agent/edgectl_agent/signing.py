@@ -35,8 +35,10 @@ KEYGEN_HINT = "`edgectl keygen PATH` makes a key pair: PATH (private, for the fl
 
 def canonical_bytes(desired: DesiredDeployment) -> bytes:
     """What is signed: every field of ``desired`` except ``signature``, as JSON with sorted keys and no
-    whitespace, after a fixed context line. edgectl and the agent compute it from the same wire model."""
-    body = desired.model_dump(mode="json", exclude={"signature"})
+    whitespace, after a fixed context line. edgectl and the agent compute it from the same wire model.
+    ``health_gate_digest`` is left out when None, so a deployment signed before it existed verifies unchanged."""
+    body = desired.model_dump(mode="json", exclude={"signature"} | (
+        {"health_gate_digest"} if desired.health_gate_digest is None else set()))
     return SIGNED_CONTEXT + json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
 
 

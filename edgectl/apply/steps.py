@@ -116,7 +116,7 @@ def desired_deployment(spec: Spec, dp: DevicePlan, dep: DeploymentPlan, art: Bui
         artifact=ArtifactRef(digest=art.digest, format=art.format, quant=art.quant, size_bytes=art.size_bytes,
                              model=art.model, layout=art.layout),
         runtime=dep.chosen.runtime if dep.chosen is not None else builder_for(art.format, kind).runtime,
-        **served_settings(d, d.threads or dp.threads, planned_options),
+        **served_settings(d, d.threads or dp.threads, planned_options, spec.models[dep.model].spec.goldens),
     )
 
 

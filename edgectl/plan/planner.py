@@ -185,7 +185,7 @@ def _plan_device(spec: Spec, device: Device, facts: Facts | None, observed: Agen
         remaining -= chosen.ram_need
         vram -= max(0, chosen.estimate.total_bytes - chosen.ram_need) if chosen.gpu_layers else 0
         threads = dep.spec.threads or profile.default_threads
-        plan_.steps = _steps(dep, chosen, threads, observed, built)
+        plan_.steps = _steps(dep, chosen, threads, observed, built, model.spec.goldens)
         if facts is not None and chosen.ram_need > facts.ram_available_bytes and plan_.steps:
             dp.warnings.append(
                 f"{dep.name}: needs {gib(chosen.ram_need)} but the device has "
@@ -205,7 +205,7 @@ def _smallest_fit(dp: DeploymentPlan) -> int | None:
 
 
 def _steps(dep: Deployment, chosen: Candidate, threads: int, observed: AgentState | None,
-           built: dict[str, BuiltArtifact]) -> list[Step]:
+           built: dict[str, BuiltArtifact], goldens: list) -> list[Step]:
     name = dep.name
     art = built.get(recipe_id(chosen.recipe))
     label = recipe_label(chosen.recipe)
@@ -216,7 +216,7 @@ def _steps(dep: Deployment, chosen: Candidate, threads: int, observed: AgentStat
     current = _current(observed, name)
     if current is not None and current.state == "serving" and current.active is not None \
             and current.active.digest == art.digest:
-        changed = _config_changes(dep, threads, current, chosen.runtime_options)
+        changed = _config_changes(dep, threads, current, chosen.runtime_options, goldens)
         if not changed:
             return []
         return [Step("activate", name, "reload: " + ", ".join(changed))]
@@ -240,16 +240,23 @@ def _current(observed: AgentState | None, name: str) -> DeploymentState | None:
     return None
 
 
-def _config_changes(dep: Deployment, threads: int, current: DeploymentState, planned: dict) -> list[str]:
-    """The served settings (edgectl.plan.settings.RELOAD_FIELDS, the ones apply sends) that differ from the agent's."""
+def _config_changes(dep: Deployment, threads: int, current: DeploymentState, planned: dict,
+                    goldens: list) -> list[str]:
+    """The served settings (edgectl.plan.settings.RELOAD_FIELDS, the ones apply sends) that differ from the agent's.
+    A changed health gate (the Model's golden prompts, the rollout's gate) reads "health gate changed": the reload
+    runs the new gate. A deployment that carries no gate digest (activated by an edgectl before it) is not
+    re-gated for it."""
     from edgectl.plan.settings import current_settings, served_settings
 
     have = current.desired
     if have is None:
         return ["settings unknown"]
-    want = served_settings(dep.spec, threads, planned)
+    want = served_settings(dep.spec, threads, planned, goldens)
     got = current_settings(have)
-    return [f"{k} {got[k]} -> {want[k]}" for k in want if want[k] != got[k]]
+    changed = [f"{k} {got[k]} -> {want[k]}" for k in want if k != "health_gate_digest" and want[k] != got[k]]
+    if got["health_gate_digest"] is not None and got["health_gate_digest"] != want["health_gate_digest"]:
+        changed.append("health gate changed (golden prompts or rollout.health_gate): the gate runs again")
+    return changed
 
 
 def _removals(observed: AgentState | None, wanted: list[str]) -> list[Step]:

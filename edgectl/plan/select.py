@@ -226,11 +226,12 @@ def _measured(cand: Candidate, dep: Deployment, target: Target, built: dict[str,
 def _estimated(dep: Deployment, model: Model, cand: Candidate, target: Target):
     options = {**cand.runtime_options, **dep.spec.runtime_options}
     return estimate_speed(model.spec.architecture, cand.estimate.weights_bytes, target.hardware,
-                          threads=decode_threads(cand.runtime, _threads(dep, target), target.hardware.cores),
+                          threads=decode_threads(cand.runtime, _threads(dep, target), target.hardware.cores,
+                                                 target.hardware.os),
                           gpu_layers=cand.gpu_layers, quant=cand.recipe.quant,
                           prompt_tokens=dep.spec.speed.prompt_tokens if dep.spec.speed else DEFAULT_PROMPT_TOKENS,
                           runtime=cand.runtime, prefill_threads=prefill_threads(
-                              cand.runtime, _threads(dep, target), target.hardware.cores, options))
+                              cand.runtime, _threads(dep, target), target.hardware.cores, options, target.hardware.os))
 
 
 def _speed(dep: Deployment, model: Model, cand: Candidate, target: Target, built: dict[str, BuiltArtifact],

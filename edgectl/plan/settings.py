@@ -5,17 +5,21 @@ from __future__ import annotations
 
 from edgectl_agent.api import DesiredDeployment
 
-from edgectl.spec.deployment import DeploymentSpec
+from edgectl.spec.deployment import DeploymentSpec, gate_digest, gates_for
+from edgectl.spec.model import GoldenPrompt
 
 # The fields of a DesiredDeployment that come from the manifest and the plan rather than from the artifact.
-RELOAD_FIELDS = ("context_length", "parallel", "threads", "runtime_options")
+# health_gate_digest: what the gate asks (edgectl.spec.deployment.gate_digest); a change re-activates and re-gates.
+RELOAD_FIELDS = ("context_length", "parallel", "threads", "runtime_options", "health_gate_digest")
 
 
-def served_settings(spec: DeploymentSpec, threads: int, planned_options: dict) -> dict:
+def served_settings(spec: DeploymentSpec, threads: int, planned_options: dict, goldens: list[GoldenPrompt]) -> dict:
     """RELOAD_FIELDS as the manifest and the plan want them (``threads``: the manifest's or the device's default;
-    ``planned_options``: the runtime options the plan chose, which the manifest's own override)."""
+    ``planned_options``: the runtime options the plan chose, which the manifest's own override; ``goldens``: the
+    Model's golden prompts, which with the rollout's health gate make the gate's digest)."""
     return {"context_length": spec.context_length, "parallel": spec.parallel, "threads": threads,
-            "runtime_options": {**planned_options, **spec.runtime_options}}
+            "runtime_options": {**planned_options, **spec.runtime_options},
+            "health_gate_digest": gate_digest(gates_for(spec.rollout.health_gate, goldens))}
 
 
 def current_settings(desired: DesiredDeployment) -> dict:

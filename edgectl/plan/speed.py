@@ -27,7 +27,7 @@ its cores: the compute of all cores). The constants, and the runtime and format 
 measured by ``bench/speed.py`` on this repository's machine; each says its source below and in docs/planning.md.
 
 MLX has two builds with very different speeds: Metal on Apple silicon (its estimate is the formula's, unmeasured
-here) and the Linux CPU build, measured here at ~3% of that. The device's OS decides which figure the plan uses,
+here) and the Linux CPU build, measured here at ~6-8% of the formula at its one thread. The device's OS decides which figure the plan uses,
 and the plan's basis says which (:func:`estimate_speed`).
 
 Where the device's agent measured itself (``Facts.benchmark``), its measured memory bandwidth and compute replace
@@ -74,14 +74,21 @@ PREFILL_COMPUTE_EFFICIENCY = 0.5
 DEFAULT_PROMPT_TOKENS = 512
 # KV cache bytes per element per runtime (as estimate.RUNTIME_KV_BYTES; repeated to keep this module standalone).
 _KV_BYTES = {"llamacpp": 2, "openvino-genai": 1.03, "onnxruntime-genai": 4, "mlx": 2}
-# (decode, prefill) multipliers of the formula's rates per runtime, measured by bench/speed.py in one run (b) as
-# measured / formula (SmolLM2-135M INT4; these runtimes take no thread count and ran on both CPUs: 18.6 GB/s copy
-# with 2 threads in that run): OpenVINO GenAI decoded 82.2 tokens/s (formula 76) and prefilled 847 (356: oneDNN's
-# batched matmul); ONNX GenAI 158.6 (77.8) and 625 (356). MLX on Linux: 2.9 and 5 tokens/s (formula 82.6 and 356):
-# the Linux CPU build runs at ~3% of the formula. MLX on Apple silicon (Metal) keeps 1.0: unmeasured here.
+# (decode, prefill) multipliers of the formula's rates per runtime: measured / formula, SmolLM2-135M INT4 at ONE
+# thread (each runtime given the deployment's threads, see decode_threads; MLX's Linux build runs on one anyway),
+# ~119-token prompt, device figures of the same quiet minutes (load 0.2-1.2, 2026-12-07 00:13-00:15 UTC: 38.5 GB/s
+# one-thread copy, 112.9 GFLOPS per thread). OpenVINO GenAI: decode 117.6, 124.4, 124.5 tokens/s in three runs
+# (formula 127.7: x0.95), prefill 1247, 1574, 1496 (formula 210: x6.9; its INT4 kernels multiply in int8 while the
+# formula counts float32 FLOPs). ONNX GenAI (two runs, with onnxruntime's default threads: one busy core here):
+# 183, 218 and 645, 673 (formula 128 and 210: x1.56, x3.1). MLX on
+# Linux: 10.1, 10.3, 10.7 and 10-12 (formula 136.8 and 210: x0.075, x0.057; it runs its quantized matmuls on one
+# thread, and a ~0.5 s constant per request weighs on short prompts). The run that fitted the old MLX figure (2.9
+# tokens/s) was taken under load: one-thread MLX falls to ~0.55x at load 3 where llama.cpp falls to ~0.8x.
+# bench/speed.py prints these ratios for a rerun ("measured / the formula before its factors"), with their spread
+# over --repeat runs. MLX on Apple silicon (Metal) keeps 1.0: unmeasured here.
 RUNTIME_FACTORS: dict[str, tuple[float, float]] = {
-    "llamacpp": (1.0, 1.0), "openvino-genai": (1.08, 2.4), "onnxruntime-genai": (2.0, 1.75), "mlx": (1.0, 1.0),
-    "mlx/linux": (0.035, 0.014)}
+    "llamacpp": (1.0, 1.0), "openvino-genai": (0.95, 6.9), "onnxruntime-genai": (1.56, 3.1), "mlx": (1.0, 1.0),
+    "mlx/linux": (0.075, 0.057)}
 # (decode, prefill) multipliers per llama.cpp quant, relative to Q4_1 (the calibration): (b) Q8_0 prefilled 2.2x
 # Q4_1 (386 vs 176; 1.6x in a loaded run: 190 vs 118), its int8 dot products need no unpacking. Its decode is
 # covered by the bytes. Other quants are unmeasured here: 1.0.
@@ -241,19 +248,24 @@ def estimate_speed(arch: Architecture, weights_bytes: int, hw: Hardware, *, thre
                  prompt_tokens=prompt_tokens, basis=hw.basis + (f"; {note}" if note else ""))
 
 
-def prefill_threads(runtime: str, threads: int, cores: int, runtime_options: dict) -> int:
-    """The threads a runtime prefills with: llama.cpp batches with n_threads_batch, which the agent sets to the
+def prefill_threads(runtime: str, threads: int, cores: int, runtime_options: dict, os: str | None = None) -> int:
+    """The threads a runtime prefills with. llama.cpp batches with n_threads_batch, which the agent sets to the
     deployment's threads unless its runtime_options set it (as llama.cpp's own tools do; llama-cpp-python alone
-    would take every CPU); the agent's OpenVINO GenAI, ONNX GenAI and MLX runtimes do not take the deployment's
-    threads: their libraries use every CPU."""
+    would take every CPU). OpenVINO GenAI (INFERENCE_NUM_THREADS) and ONNX GenAI (the decoder session's
+    intra_op_num_threads) take the deployment's threads from the agent. MLX takes none: see :func:`decode_threads`."""
     if runtime == "llamacpp":
         return int(runtime_options.get("n_threads_batch") or threads)
-    return cores
+    return decode_threads(runtime, threads, cores, os)
 
 
-def decode_threads(runtime: str, threads: int, cores: int) -> int:
-    """The threads a runtime decodes with: llama.cpp the deployment's; the others every CPU (see above)."""
-    return threads if runtime == "llamacpp" else cores
+def decode_threads(runtime: str, threads: int, cores: int, os: str | None = None) -> int:
+    """The threads a runtime decodes with: the deployment's, which the agent hands to llama.cpp, OpenVINO GenAI and
+    ONNX GenAI. MLX has no thread setting: on Apple silicon it runs on the GPU (the estimate counts every core);
+    its Linux CPU build runs a model's operations on ONE thread (measured here: 1.0-1.1 CPU seconds per second
+    whatever the machine has), so it is estimated at one."""
+    if runtime == "mlx":
+        return cores if os == "darwin" else 1
+    return threads
 
 
 def measured_speed(m: ArtifactSpeed, prompt_tokens: int, estimated: Speed) -> Speed:

@@ -151,6 +151,16 @@ def _asking(gate: HealthGate, golden: GoldenPrompt) -> HealthGate:
                                    "expect_json_schema": golden.expect_json_schema})
 
 
+def gate_digest(gates: list[HealthGate]) -> str:
+    """``sha256:`` + hex of what a deployment's health gate asks and checks (:func:`gates_for`'s requests, every
+    field): sent to the agent with the deployment, which keeps it, so that the planner sees a changed gate - a
+    Model's golden prompts edited, a limit moved - and gates the device again (edgectl.plan.settings)."""
+    import hashlib
+
+    body = json.dumps([g.model_dump(mode="json") for g in gates], sort_keys=True, separators=(",", ":"))
+    return "sha256:" + hashlib.sha256(body.encode()).hexdigest()
+
+
 def gate_for(gate: HealthGate, golden: GoldenPrompt | None) -> HealthGate:
     """The first smoke request of :func:`gates_for` with at most one golden prompt (Model spec.golden_prompt)."""
     return gates_for(gate, [golden] if golden is not None else [])[0]

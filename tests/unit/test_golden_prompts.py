@@ -18,15 +18,16 @@ CAPITAL = GoldenPrompt(prompt="What is the capital of France? Answer in one word
 def test_every_catalog_chat_model_ships_a_golden_prompt() -> None:
     spec = load_paths([FLEET])
     chat = [m for m in spec.models.values() if m.spec.task == "chat"]
-    assert chat and all(m.spec.golden_prompt is not None for m in chat), [m.name for m in chat]
-    smollm2 = spec.models["smollm2-135m-instruct"].spec.golden_prompt
+    assert chat and all(m.spec.goldens for m in chat), [m.name for m in chat]
+    smollm2, *more = spec.models["smollm2-135m-instruct"].spec.goldens
     assert smollm2.expect_contains == "Paris" and "capital of France" in smollm2.prompt
+    assert [g.expect_contains for g in more] == ["Berlin"]  # several where sensible: each checked with SmolLM2
 
 
 def test_the_default_gate_asks_the_golden_prompt() -> None:
     spec = load_paths([FLEET])
     dep = spec.deployments["smollm2"]
-    gate = gate_for(dep.spec.rollout.health_gate, spec.models[dep.spec.model].spec.golden_prompt)
+    gate = gate_for(dep.spec.rollout.health_gate, spec.models[dep.spec.model].spec.goldens[0])
     assert gate.prompt == CAPITAL.prompt and gate.expect_contains == "Paris" and gate.max_tokens == 24
 
 

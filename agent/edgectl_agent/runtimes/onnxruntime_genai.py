@@ -74,6 +74,16 @@ def search_options(params: GenerationParams, prompt_tokens: int, max_tokens: int
     return options
 
 
+def session_overlay(threads: int | None) -> str | None:
+    """genai_config overlay (JSON) that holds the decoder's onnxruntime session to ``threads`` intra-op threads, or
+    None to keep onnxruntime's default (pure; unit-tested). Inter-op threads stay 1: one sequence runs at a time.
+    Without it onnxruntime takes one thread per physical core, whatever the deployment says."""
+    if threads is None:
+        return None
+    return json.dumps({"model": {"decoder": {"session_options": {"intra_op_num_threads": int(threads),
+                                                                 "inter_op_num_threads": 1}}}})
+
+
 class GenaiModel(TextGenModel):
     def __init__(self, name: str, folder: Path, og: Any, model: Any, *, context_length: int,
                  eos: frozenset[int]) -> None:
@@ -128,6 +138,9 @@ class OnnxGenaiRuntime(Runtime):
         try:
             og_config = og.Config(str(path))
             og_config.clear_providers()  # CPU
+            overlay = session_overlay(desired.threads)
+            if overlay is not None:
+                og_config.overlay(overlay)
             model = og.Model(og_config)
         except Exception as e:  # noqa: BLE001 — the library raises RuntimeError/OrtException
             raise RuntimeFailure(f"onnxruntime-genai could not load {desired.artifact.digest} "

@@ -136,3 +136,39 @@ def test_the_device_record_has_one_threads_bandwidth_and_compute() -> None:
     assert measured.threads == 2 and measured.thread_memory_bandwidth_bytes_per_s > 1e8
     assert measured.thread_compute_flops_per_s > 1e6  # threadpoolctl: installed with nncf (the openvino extra)
     assert benchmark.thread_matmul_flops(64, repeats=2) > 1e6
+
+
+def test_the_full_prompts_prefill_rate_is_the_line_through_shorter_prompts() -> None:
+    # 0.5 s per request + 10 ms per token: 4 tokens take 0.54 s, 20 take 0.70 s; 100 would take 1.5 s
+    assert benchmark.prefill_at(100, [(4, 0.54), (20, 0.70)]) == pytest.approx(100 / 1.5)
+    assert benchmark.prefill_at(100, [(4, 0.54), (12, 0.62), (20, 0.70)]) == pytest.approx(100 / 1.5)
+    assert benchmark.prefill_at(100, [(4, 0.70), (20, 0.70)]) == pytest.approx(20 / 0.70)  # no rising line
+    assert benchmark.prefill_at(100, [(8, 0.4), (8, 0.5)]) == pytest.approx(8 / 0.5)  # one size: as measured
+
+
+class SlowPrefill(FakeModel):
+    """Answers after a constant per-request time plus a time per prompt word (the fake's token), like MLX's Linux
+    CPU build: too slow to prefill the full benchmark prompt within a fifth of the budget."""
+
+    per_request_s, per_word_s = 0.1, 0.02
+
+    def complete(self, prompt: str, params: GenerationParams, *, stream: bool = False):
+        import time
+
+        time.sleep(self.per_request_s + self.per_word_s * len(prompt.split()))
+        return super().complete(prompt, params, stream=stream)
+
+
+def test_a_prompt_cut_to_the_budget_reports_the_full_prompts_rate() -> None:
+    speed = benchmark.measure_artifact(SlowPrefill(_desired()), digest="sha256:" + "a" * 64, runtime="fake",
+                                       threads=1, context_length=512, decode_tokens=4, budget_s=3.0)
+    full = int(benchmark.PROMPT_TOKENS * 0.75)  # what a run with time for the whole prompt measures
+    assert speed.prompt_tokens == full
+    expected = full / (SlowPrefill.per_request_s + SlowPrefill.per_word_s * full)
+    # the cut prompt's own rate is ~30% lower (its constant weighs more): the extrapolation must land near
+    assert speed.prefill_tokens_per_s == pytest.approx(expected, rel=0.15)
+
+
+def test_every_run_gets_a_whole_prompt_however_far_its_text_starts() -> None:
+    for run in (0, 9, 12, 40):
+        assert len(benchmark.prompt_for(1024, 16, run=run).split()) == 12, run

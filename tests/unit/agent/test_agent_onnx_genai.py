@@ -7,7 +7,7 @@ import pytest
 from edgectl_agent.errors import RuntimeFailure
 from edgectl_agent.runtimes import default_runtimes
 from edgectl_agent.runtimes.base import GenerationParams
-from edgectl_agent.runtimes.onnxruntime_genai import genai_config, search_options
+from edgectl_agent.runtimes.onnxruntime_genai import genai_config, search_options, session_overlay
 
 
 def test_registered_with_its_package():
@@ -36,3 +36,11 @@ def test_folder_without_genai_config_is_refused(tmp_path):
     (tmp_path / "genai_config.json").write_text('{"model": {"decoder": {}}}')
     with pytest.raises(RuntimeFailure, match="names no decoder"):
         genai_config(tmp_path)
+
+
+def test_the_deployments_threads_hold_the_decoder_session():
+    import json
+
+    assert session_overlay(None) is None  # onnxruntime's default: one thread per physical core
+    assert json.loads(session_overlay(3)) == {"model": {"decoder": {"session_options": {
+        "intra_op_num_threads": 3, "inter_op_num_threads": 1}}}}

@@ -55,7 +55,7 @@ def test_mlx_figure_follows_the_devices_os() -> None:
     linux = Hardware(bandwidth=70e9, compute=420e9, cores=8, basis="box", os="linux")
     on_mac = estimate_speed(SMOLLM2, 80 * MIB, mac, threads=4, runtime="mlx")
     on_linux = estimate_speed(SMOLLM2, 80 * MIB, linux, threads=4, runtime="mlx")
-    assert on_linux.decode_tokens_per_s < 0.05 * on_mac.decode_tokens_per_s
+    assert on_linux.decode_tokens_per_s < 0.1 * on_mac.decode_tokens_per_s  # its Linux CPU build: ~7.5% (RUNTIME_FACTORS)
     assert "Apple silicon (Metal)" in on_mac.basis and "Linux CPU build" in on_linux.basis
     assert "MLX" not in estimate_speed(SMOLLM2, 80 * MIB, linux, threads=4).basis  # llama.cpp: no such note
 

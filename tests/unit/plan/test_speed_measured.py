@@ -63,4 +63,9 @@ def test_measured_rates_are_used_as_they_are_and_calibrate_the_runtimes_others()
 def test_prefill_threads_are_what_the_runtime_uses() -> None:
     assert speed.prefill_threads("llamacpp", 1, 8, {}) == 1  # the agent sets n_threads_batch to the threads
     assert speed.prefill_threads("llamacpp", 1, 8, {"n_threads_batch": 2}) == 2
-    assert speed.prefill_threads("openvino-genai", 1, 8, {}) == 8  # takes no thread count
+    # OpenVINO GenAI (INFERENCE_NUM_THREADS) and ONNX GenAI (intra_op_num_threads) get the deployment's threads
+    assert speed.prefill_threads("openvino-genai", 1, 8, {}) == 1
+    assert speed.prefill_threads("onnxruntime-genai", 3, 8, {}) == speed.decode_threads("onnxruntime-genai", 3, 8) == 3
+    # MLX has no thread setting: its Linux CPU build runs on one thread, Metal is counted with every core
+    assert speed.prefill_threads("mlx", 4, 8, {}, "linux") == speed.decode_threads("mlx", 4, 8) == 1
+    assert speed.decode_threads("mlx", 4, 8, "darwin") == 8
