@@ -29,12 +29,8 @@ from typing import Any
 from edgectl_agent.api import DesiredDeployment
 from edgectl_agent.errors import BadRequest, RuntimeFailure
 from edgectl_agent.runtimes.base import LoadedModel, Runtime, RuntimeCapabilities
-from edgectl_agent.runtimes.supervised import (  # noqa: F401 - re-exported
-    ForwardingModel,
-    SupervisedServer,
-    free_port,
-    spawn_tied_to_agent,
-)
+from edgectl_agent.runtimes.supervised import (ForwardingModel, SupervisedServer, free_port,  # noqa: F401 - re-exported
+                                               spawn_tied_to_agent)
 
 log = logging.getLogger(__name__)
 
