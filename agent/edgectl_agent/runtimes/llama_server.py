@@ -242,9 +242,10 @@ def chat_logprobs(upstream: dict[str, Any] | None) -> dict[str, Any] | None:
                         for e in upstream.get("content") or []]}
 
 
-def completion_logprobs(upstream: dict[str, Any] | None, offset: int) -> dict[str, Any] | None:
+def completion_logprobs(upstream: dict[str, Any] | None, offset: int, top: int) -> dict[str, Any] | None:
     """llama-server's completion logprobs (chat-shaped) in OpenAI's legacy shape; ``offset``: where the first
-    token starts in the reply."""
+    token starts in the reply; ``top``: how many alternatives the request asked for (llama-server sends at least
+    one, the chosen token)."""
     if not upstream:
         return None
     entries = upstream.get("content") or []
@@ -253,7 +254,7 @@ def completion_logprobs(upstream: dict[str, Any] | None, offset: int) -> dict[st
         offsets.append(offset)
         offset += len(e.get("token", ""))
     return {"tokens": [e.get("token", "") for e in entries], "token_logprobs": [e.get("logprob") for e in entries],
-            "top_logprobs": [{t.get("token", ""): t.get("logprob") for t in e.get("top_logprobs") or []}
+            "top_logprobs": [{t.get("token", ""): t.get("logprob") for t in (e.get("top_logprobs") or [])[:top]}
                              for e in entries], "text_offset": offsets}
 
 
@@ -436,7 +437,8 @@ class LlamaServerModel(ForwardingModel):
         if stream:
             return self._completion_chunks(out, extras)
         choice = out["choices"][0]
-        logprobs = completion_logprobs(choice.get("logprobs"), 0) if extras.logprobs is not None else None
+        logprobs = (completion_logprobs(choice.get("logprobs"), 0, extras.logprobs) if extras.logprobs is not None
+                    else None)
         out["choices"] = [{"index": 0, "text": choice.get("text", ""), "logprobs": logprobs,
                            "finish_reason": choice.get("finish_reason")}]
         return self._shaped(out, "text_completion")
@@ -454,7 +456,7 @@ class LlamaServerModel(ForwardingModel):
                 text = choice.get("text") or ""
                 logprobs = None
                 if extras.logprobs is not None and choice.get("logprobs"):
-                    logprobs = completion_logprobs(choice["logprobs"], offset)
+                    logprobs = completion_logprobs(choice["logprobs"], offset, extras.logprobs)
                 offset += len(text)
                 yield {**base, "choices": [{"index": 0, "text": text, "logprobs": logprobs,
                                             "finish_reason": choice.get("finish_reason")}]}
