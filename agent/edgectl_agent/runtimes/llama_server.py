@@ -35,6 +35,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+from edgectl_agent.admission import REQUEST_CANCELLED, ClientGone
 from edgectl_agent.api import DesiredDeployment
 from edgectl_agent.errors import BadRequest, RuntimeFailure
 from edgectl_agent.runtimes.base import GenerationParams
@@ -312,15 +313,49 @@ class LlamaServerModel(ForwardingModel):
                 body["logprobs"] = max(extras.logprobs, 1)  # llama-server gives the chosen token only with k >= 1
         return body
 
-    def _post_json(self, path: str, body: dict[str, Any], param: str | None = None) -> dict[str, Any]:
+    def _post_json(self, path: str, body: dict[str, Any], param: str | None = None):
         try:
-            return self._post(path, body)
+            if body["stream"]:
+                return self._post(path, body)
+            return self._whole(path, body)
         except BadRequest as e:
             if param is not None and "grammar" in str(e).lower():
                 raise BadRequest(f"{param}: llama.cpp cannot parse the grammar made from this JSON Schema",
                                  param=param, code="invalid_json_schema",
                                  hint="use the JSON Schema subset llama.cpp supports") from e
             raise
+
+    def _whole(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
+        """A non-streaming request, sent upstream as a stream and put together here, in llama-server's whole-reply
+        shape: a client that goes away (REQUEST_CANCELLED) closes the upstream stream at the next token, which
+        stops its generation and frees its slot."""
+        cancelled = REQUEST_CANCELLED.get()
+        chunks = self._post(path, {**body, "stream": True, "stream_options": {"include_usage": True}})
+        chat = path.endswith("chat/completions")
+        parts: list[str] = []
+        entries: list[dict[str, Any]] = []
+        out: dict[str, Any] = {}
+        finish = None
+        try:
+            for chunk in chunks:
+                if cancelled is not None and cancelled.is_set():
+                    raise ClientGone("the client went away; its generation was stopped")
+                out.setdefault("id", chunk.get("id"))
+                out.setdefault("created", chunk.get("created"))
+                if chunk.get("usage"):
+                    out["usage"] = chunk["usage"]
+                for choice in chunk.get("choices") or []:
+                    parts.append(((choice.get("delta") or {}).get("content") if chat else choice.get("text")) or "")
+                    entries.extend((choice.get("logprobs") or {}).get("content") or [])
+                    finish = choice.get("finish_reason") or finish
+        finally:
+            chunks.close()
+        logprobs = {"content": entries} if entries else None
+        text = "".join(parts)
+        choice = ({"index": 0, "message": {"role": "assistant", "content": text}} if chat
+                  else {"index": 0, "text": text})
+        out["choices"] = [{**choice, "logprobs": logprobs, "finish_reason": finish}]
+        return out
 
     # -- chat ---------------------------------------------------------------------------------------------------
     def chat(self, messages, params: GenerationParams, *, stream: bool = False):
@@ -473,9 +508,19 @@ class LlamaServerModel(ForwardingModel):
             raise BadRequest(f"model '{self.name}' does not support embeddings",
                              hint="deploy an embedding model with task: embedding (or runtime_options: "
                                   "{embedding: true})", param="model", code="embeddings_not_supported")
-        out = self._post("/v1/embeddings", {"model": self.name, "input": inputs})
-        return {"object": "list", "model": self.name, "data": out.get("data", []),
-                "usage": {k: (out.get("usage") or {}).get(k, 0) for k in ("prompt_tokens", "total_tokens")}}
+        # llama-server's own endpoint: per-token vectors for a model without pooling (mean-pooled here, as the
+        # in-process engine does; its OpenAI endpoint refuses such a model), no normalization (as llama-cpp-python)
+        out = self._post("/embeddings", {"content": inputs, "embd_normalize": -1})
+        data, tokens = [], 0
+        for i, item in enumerate(sorted(out, key=lambda item: item.get("index", 0))):
+            vectors = item.get("embedding") or [[]]
+            if vectors and not isinstance(vectors[0], list):
+                vectors = [vectors]
+            tokens += len(vectors) if len(vectors) > 1 else 0
+            vector = vectors[0] if len(vectors) == 1 else [sum(col) / len(vectors) for col in zip(*vectors)]
+            data.append({"object": "embedding", "index": i, "embedding": vector})
+        return {"object": "list", "model": self.name, "data": data,
+                "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}
 
     def kv_cache_usage(self) -> tuple[int, int] | None:
         """(tokens in the KV cache, tokens it holds) from llama-server's ``/slots``: each slot's prompt and the

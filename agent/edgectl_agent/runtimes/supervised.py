@@ -215,7 +215,7 @@ class ForwardingModel(LoadedModel):
 
         self._check()
         try:
-            if body["stream"]:
+            if body.get("stream"):
                 return self._stream(path, body)
             r = self._client.post(path, json=body)
         except httpx.HTTPError as e:
