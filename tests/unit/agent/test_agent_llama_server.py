@@ -114,3 +114,14 @@ def test_logprobs_come_back_in_the_agents_shapes() -> None:
                       "top_logprobs": [{" a": -0.5}, {"cd": -0.25}], "text_offset": [3, 5]}
     assert llama_server.completion_logprobs(upstream, 0, 0)["top_logprobs"] == [{}, {}]
     assert llama_server.chat_logprobs(None) is None
+
+
+def test_the_manifest_schema_refuses_an_unknown_engine_naming_the_choices() -> None:
+    from pydantic import ValidationError
+
+    from edgectl.spec.deployment import DeploymentSpec
+
+    spec = {"model": "m", "selector": {"labels": {"a": "b"}}}
+    assert DeploymentSpec.model_validate({**spec, "runtime_options": {"engine": "llama-server"}})
+    with pytest.raises(ValidationError, match="engine is 'fast': use one of auto, in-process, llama-server"):
+        DeploymentSpec.model_validate({**spec, "runtime_options": {"engine": "fast"}})
