@@ -35,6 +35,7 @@ from edgectl_agent.runtimes.base import GenerationParams, LoadedModel
 log = logging.getLogger(__name__)
 
 REQUEST_TIMEOUT_S = 600.0
+RESTART_RETRY_AFTER_S = 2  # what a 503 during a restart tells the client to wait
 
 
 def free_port() -> int:
@@ -171,6 +172,13 @@ class SupervisedServer:
         self.supervise()
 
 
+def restarting(message: str, hint: str) -> ModelUnavailable:
+    """503 with Retry-After: the server is (being) restarted; the client should come back shortly."""
+    error = ModelUnavailable(message, hint=hint)
+    error.headers = {"Retry-After": str(RESTART_RETRY_AFTER_S)}
+    return error
+
+
 def sse_events(response) -> Iterator[dict[str, Any]]:
     """The JSON events of a server-sent-events response, up to ``[DONE]``."""
     for line in response.iter_lines():
@@ -199,8 +207,8 @@ class ForwardingModel(LoadedModel):
         if self._closed:
             raise ModelUnavailable(f"model '{self.name}' was unloaded", hint="retry; the active model answers")
         if not self.server.ready.is_set():
-            raise ModelUnavailable(f"model '{self.name}': its {self.server.program} process is restarting",
-                                   hint="retry in a few seconds")
+            raise restarting(f"model '{self.name}': its {self.server.program} process is restarting",
+                             hint="retry in a few seconds (the Retry-After header)")
 
     def _body(self, params: GenerationParams, stream: bool) -> dict[str, Any]:
         body: dict[str, Any] = {"model": self.name, "stream": stream, **params.as_kwargs()}
@@ -219,8 +227,9 @@ class ForwardingModel(LoadedModel):
                 return self._stream(path, body)
             r = self._client.post(path, json=body)
         except httpx.HTTPError as e:
-            raise ModelUnavailable(f"model '{self.name}': {self.server.program} did not answer ({e})",
-                                   hint=f"retry; the agent restarts a {self.server.program} that died") from e
+            raise restarting(f"model '{self.name}': {self.server.program} did not answer ({e})",
+                             hint=f"retry (the Retry-After header); the agent restarts a {self.server.program} "
+                                  "that died") from e
         return self._answer(r)
 
     def _refused(self, text: str) -> BadRequest:
