@@ -144,12 +144,13 @@ def upload(agent: Server, path: Path, digest: str) -> None:
 
 
 def activate(agent: Server, path: Path, digest: str, *, quant: str, threads: int, context: int,
-             parallel: int = 1, name: str = MODEL_ID) -> float:
-    """PUT the deployment (blue-green: load beside, smoke, switch); returns the seconds it took."""
+             parallel: int = 1, name: str = MODEL_ID, engine: str = "auto") -> float:
+    """PUT the deployment (blue-green: load beside, smoke, switch); returns the seconds it took. ``engine``: the
+    llamacpp runtime's (auto: llama-server for parallel > 1 where there is one, else in-process)."""
     from edgectl_agent.api import CONTROL_PREFIX
 
     desired = {"name": name, "runtime": "llamacpp", "context_length": context, "parallel": parallel,
-               "threads": threads, "runtime_options": {"n_threads_batch": threads},
+               "threads": threads, "runtime_options": {"n_threads_batch": threads, "engine": engine},
                "artifact": {"digest": digest, "format": "gguf", "quant": quant, "size_bytes": path.stat().st_size,
                             "model": "smollm2-135m-instruct"}}
     t0 = time.perf_counter()
@@ -206,9 +207,15 @@ def cpu_seconds_of(pid: int | None = None) -> Callable[[], float]:
 
     proc = psutil.Process(pid)
 
-    def other() -> float:
-        t = proc.cpu_times()
-        return t.user + t.system
+    def other() -> float:  # with its live children: the llama-server an agent supervises
+        total = 0.0
+        for p in [proc, *proc.children(recursive=True)]:
+            try:
+                t = p.cpu_times()
+            except psutil.NoSuchProcess:
+                continue
+            total += t.user + t.system
+        return total
     return other
 
 
