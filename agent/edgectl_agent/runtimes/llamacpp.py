@@ -39,7 +39,8 @@ from edgectl_agent.gguf_check import check_gguf
 from edgectl_agent.runtimes.base import (GenerationParams, LoadedModel, Runtime, RuntimeCapabilities, SerializedModel,
                                          import_library)
 from edgectl_agent.runtimes.extras import INCLUDE_USAGE, RESPONSE_FORMAT, TOOLS, ChatExtras, usage_chunk
-from edgectl_agent.runtimes.llama_server import LlamaServerModel, choose_engine, start_server
+from edgectl_agent.runtimes.llama_server import choose_engine, start_server
+from edgectl_agent.runtimes.llama_server_model import LlamaServerModel
 from edgectl_agent.runtimes.llamacpp_batched import reply_as_chunks
 from edgectl_agent.runtimes.llamacpp_engine import MAX_GRAMMAR_BYTES, compile_json_grammar  # noqa: F401 - re-exported
 from edgectl_agent.runtimes.tool_calls import (arguments_schema, parse_reply, reply_schema, tools_message,

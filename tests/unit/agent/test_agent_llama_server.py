@@ -11,7 +11,7 @@ import pytest
 
 from edgectl_agent.api import ArtifactRef, DesiredDeployment
 from edgectl_agent.errors import RuntimeFailure
-from edgectl_agent.runtimes import llama_server
+from edgectl_agent.runtimes import llama_server, llama_server_model
 from edgectl_agent.runtimes.llamacpp import llama_kwargs
 
 
@@ -106,14 +106,14 @@ def test_logprobs_come_back_in_the_agents_shapes() -> None:
                           {"id": 6, "token": " b", "logprob": -1.5, "bytes": [32, 98]}]},
         {"id": 7, "token": "cd", "logprob": -0.25, "bytes": [99, 100],
          "top_logprobs": [{"id": 7, "token": "cd", "logprob": -0.25, "bytes": [99, 100]}]}]}
-    chat = llama_server.chat_logprobs(upstream)
+    chat = llama_server_model.chat_logprobs(upstream)
     assert chat["content"][0] == {"token": " a", "logprob": -0.5, "bytes": [32, 97], "top_logprobs": [
         {"token": " a", "logprob": -0.5, "bytes": [32, 97]}, {"token": " b", "logprob": -1.5, "bytes": [32, 98]}]}
-    legacy = llama_server.completion_logprobs(upstream, 3, 1)
+    legacy = llama_server_model.completion_logprobs(upstream, 3, 1)
     assert legacy == {"tokens": [" a", "cd"], "token_logprobs": [-0.5, -0.25],
                       "top_logprobs": [{" a": -0.5}, {"cd": -0.25}], "text_offset": [3, 5]}
-    assert llama_server.completion_logprobs(upstream, 0, 0)["top_logprobs"] == [{}, {}]
-    assert llama_server.chat_logprobs(None) is None
+    assert llama_server_model.completion_logprobs(upstream, 0, 0)["top_logprobs"] == [{}, {}]
+    assert llama_server_model.chat_logprobs(None) is None
 
 
 def test_the_manifest_schema_refuses_an_unknown_engine_naming_the_choices() -> None:
