@@ -328,12 +328,12 @@ class LlamaServerModel(ForwardingModel):
         server does not answer now (the metric is left out of that scrape)."""
         import httpx
 
-        if not self.server.ready.is_set():
+        if self._closed or not self.server.ready.is_set():
             return None
         try:
             r = self._client.get("/slots", timeout=1.0)
             slots = r.json() if r.status_code == 200 else None
-        except (httpx.HTTPError, ValueError):
+        except (httpx.HTTPError, ValueError, RuntimeError):  # RuntimeError: closed meanwhile
             return None
         if not isinstance(slots, list):
             return None

@@ -36,6 +36,7 @@ log = logging.getLogger(__name__)
 
 REQUEST_TIMEOUT_S = 600.0
 RESTART_RETRY_AFTER_S = 2  # what a 503 during a restart tells the client to wait
+DRAIN_TIMEOUT_S = 60.0  # how long closing a model waits for its running requests
 
 
 def free_port() -> int:
@@ -202,6 +203,19 @@ class ForwardingModel(LoadedModel):
         self._client = httpx.Client(base_url=server.base, timeout=httpx.Timeout(REQUEST_TIMEOUT_S, connect=5.0),
                                     limits=httpx.Limits(max_connections=None, max_keepalive_connections=64))
         self._closed = False
+        self._in_flight = 0  # requests forwarded and not finished: close() lets them finish (a blue-green swap)
+        self._idle = threading.Condition()
+
+    def _enter(self) -> None:
+        with self._idle:
+            if self._closed:
+                raise ModelUnavailable(f"model '{self.name}' was unloaded", hint="retry; the active model answers")
+            self._in_flight += 1
+
+    def _leave(self) -> None:
+        with self._idle:
+            self._in_flight -= 1
+            self._idle.notify_all()
 
     def _check(self) -> None:
         if self._closed:
@@ -222,11 +236,14 @@ class ForwardingModel(LoadedModel):
         import httpx
 
         self._check()
+        self._enter()
         try:
             if body.get("stream"):
-                return self._stream(path, body)
+                return self._stream(path, body)  # the stream leaves when it is finished or closed
             r = self._client.post(path, json=body)
+            self._leave()
         except httpx.HTTPError as e:
+            self._leave()
             raise restarting(f"model '{self.name}': {self.server.program} did not answer ({e})",
                              hint=f"retry (the Retry-After header); the agent restarts a {self.server.program} "
                                   "that died") from e
@@ -255,7 +272,11 @@ class ForwardingModel(LoadedModel):
         return response
 
     def _stream(self, path: str, body: dict[str, Any]) -> Iterator[dict[str, Any]]:
-        response = self._open_stream(path, body)
+        try:
+            response = self._open_stream(path, body)
+        except BaseException:
+            self._leave()
+            raise
 
         def chunks() -> Iterator[dict[str, Any]]:
             try:
@@ -264,6 +285,7 @@ class ForwardingModel(LoadedModel):
                         yield event
             finally:
                 response.close()  # the server stops generating for a client that went away
+                self._leave()
 
         return chunks()
 
@@ -277,17 +299,21 @@ class ForwardingModel(LoadedModel):
         """The server's own Prometheus text, or "" when it does not answer now."""
         import httpx
 
-        if not self.server.ready.is_set():
+        if self._closed or not self.server.ready.is_set():
             return ""
         try:
             r = self._client.get("/metrics", timeout=1.0)
-        except httpx.HTTPError:
+        except (httpx.HTTPError, RuntimeError):  # RuntimeError: closed meanwhile
             return ""
         return r.text if r.status_code == 200 else ""
 
     def close(self) -> None:
-        if self._closed:
-            return
-        self._closed = True
+        """Refuse new requests (ModelUnavailable: the agent runs them on the active model), let the running ones
+        finish (at most ``DRAIN_TIMEOUT_S``), then stop the server."""
+        with self._idle:
+            if self._closed:
+                return
+            self._closed = True
+            self._idle.wait_for(lambda: self._in_flight <= 0, timeout=DRAIN_TIMEOUT_S)
         self._client.close()
         self.server.stop()
