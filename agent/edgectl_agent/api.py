@@ -131,6 +131,10 @@ class Facts(Wire):
     llamacpp_backends: list[str] | None = Field(
         default=None, description="The ggml backends the installed llama.cpp build has (cpu, cuda, metal, vulkan, "
                                   "...); None when llama-cpp-python is not installed or its libraries were not found.")
+    llama_server: str | None = Field(
+        default=None, description="The version of llama.cpp's llama-server the llamacpp runtime supervises for "
+                                  "concurrent deployments (runtime_options.engine), and of its ggml; None when the "
+                                  "device has none (edgectl_agent.runtimes.llama_server).")
     bitsandbytes_backends: list[str] | None = Field(
         default=None, description="The native libraries the installed bitsandbytes ships (cpu, cuda, rocm, xpu): the "
                                   "transformers runtime loads NF4 on the CPU only with 'cpu'; None when bitsandbytes "

@@ -136,6 +136,13 @@ def parse_llamacpp_backends(files: list[str]) -> list[str]:
     return sorted(found)
 
 
+def llama_server_version() -> str | None:
+    """The llama-server the llamacpp runtime would supervise, by version (cached per binary; None: none here)."""
+    from edgectl_agent.runtimes import llama_server
+
+    return llama_server.installed_version()
+
+
 def llamacpp_backends() -> list[str] | None:
     """The installed llama-cpp-python's backends, from its library files (nothing imported: facts stay fast)."""
     from importlib.util import find_spec
@@ -311,6 +318,7 @@ def collect_facts(root: Path, *, verify_key_id: str | None = None) -> Facts:
         accelerators=nvidia_gpus_with_memory(),
         runtimes=runtime_versions(),
         llamacpp_backends=llamacpp_backends(),
+        llama_server=llama_server_version(),
         bitsandbytes_backends=bitsandbytes_backends(),
         openvino_devices=openvino_devices(),
         verify_key_id=verify_key_id,

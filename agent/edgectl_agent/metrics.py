@@ -208,7 +208,10 @@ class LiveCollector:
             usage = getattr(model, "kv_cache_usage", None)
             if usage is None:
                 continue
-            used, capacity = usage()
+            counts = usage()  # None: not known now (a supervised llama-server that did not answer)
+            if counts is None:
+                continue
+            used, capacity = counts
             ratio.add_metric([deployment], used / capacity if capacity else 0.0)
             tokens.add_metric([deployment], used)
         yield from (ratio, tokens)

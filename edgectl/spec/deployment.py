@@ -221,6 +221,17 @@ class DeploymentSpec(Frozen):
                                             description="Extra options passed to the runtime (e.g. n_batch for llama.cpp).")
     rollout: Rollout = Field(default_factory=lambda: Rollout(),
                              description="How the change reaches the selected devices: waves, health gate, rollback.")
+
+    @field_validator("runtime_options")
+    @classmethod
+    def _known_engine(cls, options: dict[str, Any]) -> dict[str, Any]:
+        # the llamacpp runtime's engine (edgectl_agent.runtimes.llama_server.choose_engine, docs/api.md)
+        engines = ("auto", "in-process", "llama-server")
+        if "engine" in options and options["engine"] not in engines:
+            raise ValueError(f"engine is {options['engine']!r}: use one of {', '.join(engines)} (auto: llama-server "
+                             "for parallel > 1 where the device has one, else in-process)")
+        return options
+
     quality: QualityFloor | None = Field(
         default=None, description="The least measured quality against the source the plan accepts "
                                   "(edgectl/builders/quality.py): a built artifact below it is rejected, with the "

@@ -32,7 +32,9 @@ WEATHER = {"type": "function", "function": {
 
 def load(tmp_path, *, parallel: int):
     path = write_tiny_llama_gguf(tmp_path / "tiny.gguf", seed=3)
-    desired = DesiredDeployment(name="tiny", threads=1, context_length=128, parallel=parallel, artifact=ArtifactRef(
+    # the in-process engine this module is about (engine auto would pick a llama-server for parallel > 1)
+    desired = DesiredDeployment(name="tiny", threads=1, context_length=128, parallel=parallel,
+                                runtime_options={"engine": "in-process"}, artifact=ArtifactRef(
         digest="sha256:" + "a" * 64, format="gguf", quant="F32", size_bytes=path.stat().st_size, model="tiny"))
     return LlamaCppRuntime().load(path, desired)
 
@@ -92,7 +94,7 @@ def test_a_closed_stream_frees_its_slot_at_once_and_close_waits_for_running_requ
 @pytest.fixture(scope="module")
 def agent(tmp_path_factory):
     root = tmp_path_factory.mktemp("batching")
-    process = AgentProcess(root / "agent-root", free_port())
+    process = AgentProcess(root / "agent-root", free_port(), env={"EDGECTL_LLAMA_ENGINE": "in-process"})
     tiny = write_tiny_llama_gguf(root / "tiny.gguf", seed=3)
     assert activate(process, "tiny", tiny, upload_in_two_cuts(process, tiny), parallel=PARALLEL,
                     context_length=1024).status_code == 200

