@@ -11,8 +11,10 @@ they are never stale; none of them waits for a model: /metrics answers while one
 
 from __future__ import annotations
 
+import asyncio
 import shutil
 import time
+from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
@@ -316,7 +318,13 @@ class MetricsMiddleware:
 router = APIRouter()
 
 
+# A scrape asks supervised servers (llama-server, vLLM) for their own metrics over HTTP, which waits for their next
+# decode step: it runs on one thread of its own, so it neither blocks the event loop (every stream would stall) nor
+# queues behind inference calls waiting for the default pool's worker threads.
+_SCRAPES = ThreadPoolExecutor(max_workers=1, thread_name_prefix="metrics-scrape")
+
+
 @router.get("/metrics", include_in_schema=False)
 async def metrics_endpoint(request: Request) -> Response:
-    # async: answered on the event loop, never queued behind inference calls waiting for worker threads.
-    return Response(request.app.state.agent.metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
+    body = await asyncio.get_running_loop().run_in_executor(_SCRAPES, request.app.state.agent.metrics.exposition)
+    return Response(body, media_type=CONTENT_TYPE_LATEST)
