@@ -1,12 +1,13 @@
-"""The vLLM base image: the agent's Debian base with g++ plus vLLM in a venv of its own at ``/opt/vllm-venv``.
+"""The vLLM base image: the agent's Debian base with a C++ toolchain plus vLLM in a venv of its own at ``/opt/vllm-venv``.
 
 A Docker device whose deployment runs the ``vllm`` runtime gets an agent image built FROM this base instead of the
 plain one (edgectl.agents.install_docker), so the container's agent finds vLLM where its spec points
 (``EDGECTL_VLLM_VENV=/opt/vllm-venv``, edgectl.agents.install_docker_spec). vLLM pins its own torch and transformers
 5, so it cannot share the agent's venv. It is built FROM ``edgectl-base:debian12-cxx`` (``make-base.sh --compiler``:
-the plain base plus g++), or ``transport.base_image`` as given: vLLM's CPU build compiles its model with torch
-inductor, which needs a C++ compiler at run time (without one ``vllm serve`` fails with "InvalidCxxCompiler"), and
-on a GPU box Triton compiles its launchers with a C compiler.
+the plain base plus g++, python3-dev and libnuma1), or ``transport.base_image`` as given: vLLM's CPU build compiles its model
+with torch inductor, which needs a C++ compiler at run time (without one ``vllm serve`` fails with
+"InvalidCxxCompiler") and Python.h, its native ops link libnuma.so.1, and on a GPU box Triton compiles its launchers with a C
+compiler.
 
 How it is made, offline on the engine:
 
