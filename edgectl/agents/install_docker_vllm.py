@@ -4,10 +4,9 @@ A Docker device whose deployment runs the ``vllm`` runtime gets an agent image b
 plain one (edgectl.agents.install_docker), so the container's agent finds vLLM where its spec points
 (``EDGECTL_VLLM_VENV=/opt/vllm-venv``, edgectl.agents.install_docker_spec). vLLM pins its own torch and transformers
 5, so it cannot share the agent's venv. It is built FROM ``edgectl-base:debian12-cxx`` (``make-base.sh --compiler``:
-the plain base plus g++, python3-dev and libnuma1), or ``transport.base_image`` as given: vLLM's CPU build compiles its model
-with torch inductor, which needs a C++ compiler at run time (without one ``vllm serve`` fails with
-"InvalidCxxCompiler") and Python.h, its native ops link libnuma.so.1, and on a GPU box Triton compiles its launchers with a C
-compiler.
+the plain base plus g++, python3-dev and libnuma1), or ``transport.base_image`` as given: vLLM's CPU build compiles
+its model with torch inductor, which needs a C++ compiler and Python.h at run time (without them ``vllm serve``
+fails), its native ops link libnuma.so.1, and on a GPU box Triton compiles its launchers with a C compiler.
 
 How it is made, offline on the engine:
 
