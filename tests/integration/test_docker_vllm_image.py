@@ -132,6 +132,7 @@ def test_a_vllm_device_gets_an_image_whose_agent_serves_gptq_with_vllm(engine, t
     reply = openai.OpenAI(base_url=url + "/v1", api_key=token, timeout=300).chat.completions.create(
         model="tiny", messages=[{"role": "user", "content": "hello"}], max_tokens=8, temperature=0)
     assert reply.choices[0].message.content and reply.usage.completion_tokens > 0
-    metrics = httpx.get(url + "/metrics", timeout=10).text
+    # published with --allow-remote, the agent asks for its token on /metrics too
+    metrics = httpx.get(url + "/metrics", headers={"Authorization": f"Bearer {token}"}, timeout=10).text
     assert 'edgectl_agent_backend_up{deployment="tiny",runtime="vllm"} 1.0' in metrics
     installer.remove(volume=True)
