@@ -109,12 +109,12 @@ class Dockerd:
             time.sleep(0.2)
         raise RuntimeError(f"dockerd did not answer within 60 s:\n{self.log.read_text()[-3000:]}")
 
-    def make_base(self, platform: str | None = None, rootfs: Path | None = None) -> None:
+    def make_base(self, platform: str | None = None, rootfs: Path | None = None, *, compiler: bool = False) -> None:
         """make-base.sh into this engine: the amd64 base by default; ``platform`` (linux/arm64) another one, from
         the packed root file system ``rootfs`` when given (tests/emulated_arm64.py caches one) instead of a
-        debootstrap."""
-        argv = [str(REPO / "deploy" / "docker" / "make-base.sh")]
-        argv += ["--platform", platform] if platform else [BASE_IMAGE]
+        debootstrap; ``compiler``: the base with g++ (``--compiler``, the vLLM base's)."""
+        argv = [str(REPO / "deploy" / "docker" / "make-base.sh")] + (["--compiler"] if compiler else [])
+        argv += ["--platform", platform] if platform else [BASE_IMAGE + ("-cxx" if compiler else "")]
         env = dict(self.env, EDGECTL_BASE_ROOTFS=str(rootfs)) if rootfs else self.env
         r = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=1200, check=False)
         if r.returncode != 0:

@@ -3,8 +3,9 @@
 # venv, made by debootstrap from a Debian mirror and added to the Docker engine as an image. No registry is
 # contacted. The rootfs tarball is cached, so a second run (or another engine) only re-imports it.
 #
-# usage: make-base.sh [--platform linux/amd64|linux/arm64] [TAG]
-#        default platform: this machine's; default TAG: edgectl-base:debian12 (amd64), edgectl-base:debian12-arm64
+# usage: make-base.sh [--platform linux/amd64|linux/arm64] [--compiler] [TAG]
+#        default platform: this machine's; default TAG: edgectl-base:debian12 (amd64), edgectl-base:debian12-arm64;
+#        --compiler adds g++, python3-dev and libnuma1 (the vLLM base's): edgectl-base:debian12-cxx, edgectl-base:debian12-arm64-cxx
 # env:   DOCKER_HOST                   the engine to import into (docker's own variable)
 #        EDGECTL_BASE_CACHE            cache folder (default ~/.cache/edgectl/docker-base)
 #        EDGECTL_BASE_ROOTFS           a packed Debian 12 root filesystem of that platform with python3 and
@@ -16,11 +17,17 @@
 # image under the same emulation.
 set -eu
 PLATFORM=""
-if [ "${1:-}" = "--platform" ]; then
-    [ $# -ge 2 ] || { echo "make-base.sh: --platform needs a value: linux/amd64 or linux/arm64" >&2; exit 2; }
-    PLATFORM=$2
-    shift 2
-fi
+COMPILER=""
+while [ $# -gt 0 ]; do
+    case $1 in
+        --platform)
+            [ $# -ge 2 ] || { echo "make-base.sh: --platform needs a value: linux/amd64 or linux/arm64" >&2; exit 2; }
+            PLATFORM=$2
+            shift 2 ;;
+        --compiler) COMPILER=1; shift ;;
+        *) break ;;
+    esac
+done
 if [ -z "$PLATFORM" ]; then
     case $(uname -m) in
         aarch64|arm64) PLATFORM=linux/arm64 ;;
@@ -33,11 +40,15 @@ case $PLATFORM in
     *) echo "make-base.sh: platform '$PLATFORM' is not one edgectl builds agent images for: use linux/amd64 or" \
             "linux/arm64" >&2; exit 2 ;;
 esac
+# --compiler: also g++, python3-dev and libnuma1 (the vLLM base is built FROM it: vLLM CPU compiles its model with torch
+# inductor and its native ops link libnuma; Triton builds its launchers with a C compiler on a GPU box); its own
+# tarball and tag
+[ -z "$COMPILER" ] || SUFFIX="$SUFFIX-cxx"
 TAG=${1:-edgectl-base:debian12$SUFFIX}
 CACHE=${EDGECTL_BASE_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/edgectl/docker-base}
 MIRROR=${DEBIAN_MIRROR:-http://deb.debian.org/debian}
 # python3.11 matches the wheels edgectl builds on a Debian 12 control machine; libgomp1 for llama.cpp (OpenMP).
-PACKAGES=python3,python3-venv,libgomp1,ca-certificates
+PACKAGES=python3,python3-venv,libgomp1,ca-certificates${COMPILER:+,g++,python3-dev,libnuma1}
 TARBALL="$CACHE/debian12-python3$SUFFIX.tar"
 
 for tool in docker tar; do

@@ -18,7 +18,12 @@ code, the platform and the base are the same.
 
 The container's own spec (command, volume, ports, GPUs, shared memory, vLLM's venv) is
 edgectl.agents.install_docker_spec; ``transport.gpus`` on an engine without the NVIDIA runtime fails before any
-image is built.
+image is built. A device that runs vLLM gets its agent image FROM the vLLM base (``/opt/vllm-venv`` on the base with
+g++, ``make-base.sh --compiler``: vLLM's CPU build compiles its model; edgectl.agents.install_docker_vllm); the user's
+own ``transport.image`` is used as it is.
+
+Over 500 lines: the installer's steps (base, vLLM base, image, container, pinned key) read best in one class, and
+its pure pieces are above it.
 """
 
 from __future__ import annotations
@@ -41,12 +46,21 @@ from edgectl.agents.install_docker_spec import (  # agent_args: re-exported, its
     LABEL_RESOURCES,
     LABEL_VERIFY_KEY,
     NVIDIA_FIX,
+    VLLM_RUNTIME,
     agent_args,  # noqa: F401
     control_label,
     missing_gpu_runtime,
     resources_label,
     run_options,
     volume_name,
+)
+from edgectl.agents.install_docker_vllm import (
+    LABEL_VLLM_BASE,
+    build_vllm_base,
+    ensure_vllm_wheelhouse,
+    vllm_base_key,
+    vllm_base_tag,
+    vllm_requirements,
 )
 from edgectl.agents.installer import VERIFY_KEY_FILE, Installer
 from edgectl.agents.platform import PLATFORM_SCRIPT, PlatformProbeError, TargetPlatform, normalise_arch, parse_platform
@@ -68,13 +82,19 @@ VERIFY_KEY_PATH = f"{AGENT_ROOT}/{VERIFY_KEY_FILE}"  # on the volume
 
 # -- pure pieces (unit-tested) -----------------------------------------------------------------------------------
 def default_image(extras: Sequence[str], platform: str = NATIVE_IMAGE_PLATFORM) -> str:
-    """The agent image's tag: one per agent version, set of runtime extras and platform (amd64's has no suffix)."""
+    """The agent image's tag: one per agent version, set of runtime extras and platform (amd64's has no suffix).
+    One with the ``vllm`` extra is built FROM the vLLM base."""
     return f"edgectl-agent:{AGENT_VERSION}-{'-'.join(sorted(extras)) or 'base'}{platform_suffix(platform)}"
 
 
 def default_base_image(platform: str) -> str:
     """The base image's tag for ``platform``: what ``make-base.sh --platform PLATFORM`` imports."""
     return BASE_IMAGE + platform_suffix(platform)
+
+
+def compiler_base_image(platform: str) -> str:
+    """The base with g++ the vLLM base is built FROM: what ``make-base.sh --platform PLATFORM --compiler`` makes."""
+    return default_base_image(platform) + "-cxx"
 
 
 def platform_suffix(platform: str) -> str:
@@ -227,7 +247,8 @@ class DockerInstaller(Installer):
         if container is not None and self.fits(container, extras, runtimes=runtimes):
             self._container = container
             return
-        image = self.ensure_image(extras)
+        vllm = VLLM_RUNTIME in runtimes
+        image = self.ensure_image(extras, vllm=vllm)
         if container is not None:  # another agent version, runtimes, GPUs or unpinned: replace it, the volume stays
             self._remove(container)
         self._container = self._create(image, pinned=self.verify_key is not None, runtimes=runtimes)
@@ -236,8 +257,8 @@ class DockerInstaller(Installer):
                 self._put_key(self._container, self.verify_key)
         elif self._has(self._container, VERIFY_KEY_PATH):  # pinned earlier: it stays pinned
             self._remove(self._container)
-            self._container = self._create(self.ensure_image(self.extras(runtimes, sign=True)), pinned=True,
-                                           runtimes=runtimes)
+            self._container = self._create(self.ensure_image(self.extras(runtimes, sign=True), vllm=vllm),
+                                           pinned=True, runtimes=runtimes)
 
     def check_gpu_runtime(self) -> None:
         """``transport.gpus`` on an engine without the NVIDIA container runtime: refused before anything is built."""
@@ -309,13 +330,16 @@ class DockerInstaller(Installer):
             return False  # running unverified while the fleet signs: replaced by a pinned one
         if self.spec.image is not None:
             return container.attrs["Config"]["Image"] == self.spec.image
+        if VLLM_RUNTIME in runtimes and not labels.get(LABEL_VLLM_BASE):
+            return False  # its image has no vLLM venv: replaced by one built FROM the vLLM base
         have = set(filter(None, labels.get(LABEL_EXTRAS, "").split(",")))
         return (labels.get(LABEL_VERSION) == AGENT_VERSION and set(extras) <= have
                 and labels.get(LABEL_SOURCE) == agent_source_digest())
 
-    def ensure_image(self, extras: list[str]) -> str:
+    def ensure_image(self, extras: list[str], *, vllm: bool = False) -> str:
         """The agent image for ``extras`` on the engine, built from the Dockerfile when missing: reused while it
-        was built for this agent version and code, this platform and the current base image."""
+        was built for this agent version and code, this platform and the current base image; with ``vllm`` FROM
+        the vLLM base (made first when missing)."""
         docker = _docker()
         tag = self.spec.image or default_image(extras, self.platform)
         client = self.engine()
@@ -330,15 +354,39 @@ class DockerInstaller(Installer):
                                      hint="give transport.image an agent image of that platform, or set "
                                           "transport.platform to the image's")
             return tag
-        if found is not None and self._image_fits(found.labels or {}):
+        base_tag = self.ensure_vllm_base() if vllm else self.base_image
+        if found is not None and self._image_fits(found.labels or {}, base_tag):
             return tag
-        self.build_image(tag, extras)
+        self.build_image(tag, extras, base_tag)
         return tag
 
-    def _image_fits(self, labels: dict[str, str]) -> bool:
+    def ensure_vllm_base(self) -> str:
+        """The vLLM base image's tag on the engine (the base with g++, or ``transport.base_image``, plus vLLM's
+        venv), built when the engine lacks it: its tag carries its content key, so it is reused while the base's
+        layers, vLLM's requirements and Dockerfile.vllm stay."""
+        docker = _docker()
+        client = self.engine()
+        base_tag = self.spec.base_image or compiler_base_image(self.platform)
+        base = self._base(base_tag, self.platform, make_option="--compiler ")
+        requirements = vllm_requirements()
+        dockerfile = dockerfile_folder() / "Dockerfile.vllm"
+        key = vllm_base_key(requirements, (base.attrs.get("RootFS") or {}).get("Layers") or [base.id],
+                            dockerfile.read_bytes())
+        tag = vllm_base_tag(base_tag, key)
+        try:
+            client.images.get(tag)
+            return tag
+        except docker.errors.ImageNotFound:
+            pass
+        house = ensure_vllm_wheelhouse(requirements, self.probe_base(base), device=self.name)
+        build_vllm_base(client, base, tag, key, house, requirements, platform=self.platform, device=self.name,
+                        dockerfile=dockerfile)
+        return tag
+
+    def _image_fits(self, labels: dict[str, str], base_tag: str) -> bool:
         docker = _docker()
         try:
-            base_id = self.engine().images.get(self.base_image).id
+            base_id = self.engine().images.get(base_tag).id
         except docker.errors.ImageNotFound:
             base_id = labels.get(LABEL_BASE)  # the base was removed: the image built from it still fits
         return (labels.get(LABEL_SOURCE) == agent_source_digest() and labels.get(LABEL_VERSION) == AGENT_VERSION
@@ -377,15 +425,15 @@ class DockerInstaller(Installer):
                               f"{text.strip()[-1000:]}",
                               hint="the base image needs python3 with venv (Debian 12: deploy/docker/make-base.sh)")
 
-    def build_image(self, tag: str, extras: list[str]) -> None:
-        """docker build of deploy/docker/Dockerfile with this machine's wheelhouse as the context."""
+    def _base(self, base_tag: str, platform: str, *, make_option: str = ""):
+        """The base image ``base_tag`` of ``platform`` on the engine, or the error saying how to make it
+        (``make-base.sh [make_option]``)."""
         docker = _docker()
         client = self.engine()
-        base_tag, platform = self.base_image, self.platform
         try:
             base = client.images.get(base_tag)
         except docker.errors.ImageNotFound as e:
-            option = "" if platform == NATIVE_IMAGE_PLATFORM else f"--platform {platform} "
+            option = ("" if platform == NATIVE_IMAGE_PLATFORM else f"--platform {platform} ") + make_option
             raise TransportError(f"device '{self.name}': base image {base_tag} is not on {self.transport.where} "
                                  f"(a {platform} image is needed)",
                                  hint="make it offline from a Debian mirror: deploy/docker/make-base.sh "
@@ -397,6 +445,15 @@ class DockerInstaller(Installer):
                                  f"device runs {platform}",
                                  hint=f"make a {platform} base: deploy/docker/make-base.sh --platform {platform} "
                                       "TAG, and set transport.base_image to TAG (or leave it unset)")
+        return base
+
+    def build_image(self, tag: str, extras: list[str], base_tag: str | None = None) -> None:
+        """docker build of deploy/docker/Dockerfile FROM ``base_tag`` (default: the device's base image) with this
+        machine's wheelhouse as the context."""
+        docker = _docker()
+        client = self.engine()
+        platform = self.platform
+        base = self._base(base_tag or self.base_image, platform)
         target = self.probe_base(base)
         house = build_wheelhouse(extras, target)
         with tempfile.TemporaryDirectory(prefix="edgectl-docker-") as tmp:
@@ -407,7 +464,8 @@ class DockerInstaller(Installer):
                 shutil.copy(wheel, context / "wheels" / wheel.name)
             labels = {LABEL_VERSION: AGENT_VERSION, LABEL_EXTRAS: ",".join(sorted(extras)),
                       LABEL_SOURCE: agent_source_digest(), LABEL_PLATFORM: platform,
-                      LABEL_WHEELHOUSE: house.name, LABEL_BASE: base.id}
+                      LABEL_WHEELHOUSE: house.name, LABEL_BASE: base.id,
+                      LABEL_VLLM_BASE: (base.labels or {}).get(LABEL_VLLM_BASE, "")}
             try:
                 # FROM the base's id: a tag names one platform's image only, the id cannot be mistaken
                 client.images.build(path=str(context), tag=tag, buildargs=build_args(base.id, extras),
@@ -429,7 +487,8 @@ class DockerInstaller(Installer):
         options = run_options(self.device, image, verify_key_file=VERIFY_KEY_PATH if pinned else None,
                               platform=self.platform, runtimes=runtimes)
         labels = client.images.get(image).labels or {}
-        options["labels"].update({k: labels.get(k, "") for k in (LABEL_VERSION, LABEL_EXTRAS, LABEL_SOURCE)})
+        options["labels"].update({k: labels.get(k, "") for k in (LABEL_VERSION, LABEL_EXTRAS, LABEL_SOURCE,
+                                                                 LABEL_VLLM_BASE)})
         try:
             try:
                 client.volumes.get(volume)

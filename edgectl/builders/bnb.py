@@ -14,10 +14,10 @@ compute, so only the 4-bit weights differ; it needs bitsandbytes with its CPU li
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
+from edgectl.builders.convert import read_hf_config
 from edgectl.builders.registry import check_buildable
 from edgectl.errors import BuildError, require_module
 from edgectl.progress import StageProgress
@@ -32,19 +32,6 @@ def storage_dtype(source_precision: str) -> str:
     return "float16" if source_precision.upper() in ("F16", "FP16") else "bfloat16"
 
 
-def read_config(source: Path) -> dict[str, Any]:
-    cfg = Path(source) / "config.json"
-    try:
-        config = json.loads(cfg.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as e:
-        raise BuildError(f"bnb builds from a Hugging Face model folder, but cannot read {cfg}: {e}",
-                         hint="give the model a huggingface source whose folder has config.json, *.safetensors and "
-                              "the tokenizer files (or a gguf source: it is converted first)") from e
-    if not isinstance(config, dict) or not isinstance(config.get("model_type"), str):
-        raise BuildError(f"{cfg} has no model_type", hint="use the config.json the model was published with")
-    return config
-
-
 def build_bnb(recipe: Recipe, source_path: Path, out_path: Path, *, threads: int | None = None,
               progress: StageProgress | None = None, quiet: bool = True) -> None:
     """Save the Hugging Face folder ``source_path`` in 16 bits into the folder ``out_path`` (created here)."""
@@ -52,7 +39,7 @@ def build_bnb(recipe: Recipe, source_path: Path, out_path: Path, *, threads: int
     if recipe.quant not in NF4_DOUBLE_QUANT:
         raise BuildError(f"cannot build bnb {recipe.quant}", hint=f"bnb quant types: {', '.join(NF4_DOUBLE_QUANT)}")
     source, out = Path(source_path).resolve(), Path(out_path)
-    read_config(source)
+    read_hf_config(source, builder="bnb", require=("model_type",))
     torch = require_module("torch", "bnb")
     transformers = require_module("transformers", "bnb")
     if progress:

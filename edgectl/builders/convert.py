@@ -21,6 +21,7 @@ import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from edgectl.builders.registry import BuilderInfo, builder_for, builder_tool_versions, tool_version, tool_versions
 from edgectl.builders.sources import ResolvedSource, first_present_source, resolve_source, with_other_sources
@@ -98,6 +99,24 @@ def supported_architectures(format: str, kind: str = "llm") -> tuple[str, ...]:
 
             return tuple(sorted(conversion.TEXT_MODEL_MAP))
     return HF_ARCHITECTURES.get((format, kind), ())
+
+
+def read_hf_config(folder: Path, *, builder: str, require: Sequence[str] = ()) -> dict[str, Any]:
+    """A Hugging Face model folder's config.json as a dict, for the ``builder`` named in the errors (bnb, gptq);
+    each key in ``require`` must hold a string (bnb needs ``model_type``)."""
+    cfg = Path(folder) / "config.json"
+    try:
+        config = json.loads(cfg.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise BuildError(f"{builder} builds from a Hugging Face model folder, but cannot read {cfg}: {e}",
+                         hint="give the model a huggingface source whose folder has config.json, *.safetensors and "
+                              "the tokenizer files (or a gguf source: it is converted first)") from e
+    if not isinstance(config, dict):
+        raise BuildError(f"{cfg} is not a JSON object", hint="use the config.json the model was published with")
+    for key in require:
+        if not isinstance(config.get(key), str):
+            raise BuildError(f"{cfg} has no {key}", hint="use the config.json the model was published with")
+    return config
 
 
 def validate_hf_folder(folder: Path, *, architectures: Sequence[str] | None = None, target: str = "") -> str:

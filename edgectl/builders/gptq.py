@@ -23,6 +23,7 @@ from typing import Any
 
 from edgectl_agent.runtimes.vllm import VENV_HINT, venv_python
 
+from edgectl.builders.convert import read_hf_config
 from edgectl.builders.registry import check_buildable
 from edgectl.errors import BuildError
 from edgectl.progress import StageProgress
@@ -94,19 +95,6 @@ def gptq_tool_versions() -> str:
     return f"{RECIPE_ID}, calibration {calibration}, {_venv_versions(str(venv_python()))}"
 
 
-def read_config(source: Path) -> dict[str, Any]:
-    cfg = Path(source) / "config.json"
-    try:
-        config = json.loads(cfg.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as e:
-        raise BuildError(f"gptq builds from a Hugging Face model folder, but cannot read {cfg}: {e}",
-                         hint="give the model a huggingface source whose folder has config.json, *.safetensors and "
-                              "the tokenizer files (or a gguf source: it is converted first)") from e
-    if not isinstance(config, dict):
-        raise BuildError(f"{cfg} is not a JSON object", hint="use the config.json the model was published with")
-    return config
-
-
 def build_gptq(recipe: Recipe, source_path: Path, out_path: Path, *, threads: int | None = None,
                progress: StageProgress | None = None, quiet: bool = True) -> None:
     """Quantize the Hugging Face folder ``source_path`` into the folder ``out_path`` (created by the worker)."""
@@ -114,7 +102,7 @@ def build_gptq(recipe: Recipe, source_path: Path, out_path: Path, *, threads: in
     if recipe.quant not in GPTQ_BITS:
         raise BuildError(f"cannot build gptq {recipe.quant}", hint=f"gptq quant types: {', '.join(GPTQ_BITS)}")
     source = Path(source_path).resolve()
-    config = read_config(source)
+    config = read_hf_config(source, builder="gptq")
     calibration = Path(recipe.calibration) if recipe.calibration else CALIBRATION
     argv = quantize_argv(venv_python(), source, Path(out_path), bits=GPTQ_BITS[recipe.quant],
                          group=group_size(config), calibration=calibration, threads=threads or 1)

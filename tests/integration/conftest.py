@@ -156,21 +156,24 @@ def build_smollm2(tmp_path: Path, store, *, format: str, quant: str):
                       architecture=SMOLLM2_ARCHITECTURE, store=store)
 
 
-def serve_artifact(agent: AgentProcess, store, artifact, *, name: str = "tiny", kind: str = "llm",
-                   context_length: int = 256, runtime_options: dict | None = None):
-    """Push ``artifact`` (file or folder) to a real agent with edgectl's client, activate it as deployment
-    ``name`` with the runtime the registry names for its format, and return the agent's DeploymentState."""
+def serve_artifact(agent, store, artifact, *, name: str = "tiny", kind: str = "llm",
+                   context_length: int = 256, runtime_options: dict | None = None, parallel: int | None = None,
+                   timeout: float = 120.0):
+    """Push ``artifact`` (file or folder) to a real agent (``url``, ``token``; an AgentProcess's log is shown on a
+    failure) with edgectl's client, activate it as deployment ``name`` with the runtime the registry names for its
+    format (``parallel`` sequences when given), and return the agent's DeploymentState."""
     from edgectl.agent_client import AgentClient
     from edgectl.builders.registry import builder_for
     from edgectl_agent.api import ArtifactRef, DesiredDeployment
 
     desired = DesiredDeployment(
         name=name, runtime=builder_for(artifact.format, kind).runtime, context_length=context_length,
-        runtime_options=runtime_options or {},
+        runtime_options=runtime_options or {}, **({"parallel": parallel} if parallel is not None else {}),
         artifact=ArtifactRef(digest=artifact.digest, format=artifact.format, quant=artifact.quant,
                              size_bytes=artifact.size_bytes, model=artifact.model, layout=artifact.layout))
-    with AgentClient(agent.url, agent.token, device="test", timeout=120.0) as client:
+    with AgentClient(agent.url, agent.token, device="test", timeout=timeout) as client:
         client.upload_blobs(store.blobs_of(artifact))
         state = client.put_deployment(desired)
-    assert state.state == "serving", f"{state}\n{agent.log.read_text()[-3000:]}"
+    log = agent.log.read_text()[-4000:] if isinstance(getattr(agent, "log", None), Path) else ""
+    assert state.state == "serving", f"{state}\n{log}"
     return state

@@ -15,7 +15,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.integration.conftest import build_from
+from tests.integration.conftest import build_from, serve_artifact
 from tests.tinyhf import write_tiny_hf_llama
 
 pytestmark = pytest.mark.integration
@@ -63,19 +63,8 @@ def test_gptq_build_is_a_compressed_tensors_folder_with_a_quality_record(tiny_gp
     del lookup
 
 
-def _activate(agent, store, artifact, *, parallel: int = 2) -> dict:
-    from edgectl.agent_client import AgentClient
-    from edgectl_agent.api import ArtifactRef, DesiredDeployment
-
-    desired = DesiredDeployment(
-        name="tiny", runtime="vllm", context_length=256, parallel=parallel,
-        artifact=ArtifactRef(digest=artifact.digest, format=artifact.format, quant=artifact.quant,
-                             size_bytes=artifact.size_bytes, model=artifact.model, layout=artifact.layout))
-    with AgentClient(agent.url, agent.token, device="test", timeout=VLLM_ACTIVATION_TIMEOUT_S) as client:
-        client.upload_blobs(store.blobs_of(artifact))
-        state = client.put_deployment(desired)
-    assert state.state == "serving", f"{state}\n{agent.log.read_text()[-4000:]}"
-    return state
+def _activate(agent, store, artifact, *, parallel: int = 2):
+    return serve_artifact(agent, store, artifact, parallel=parallel, timeout=VLLM_ACTIVATION_TIMEOUT_S)
 
 
 def test_vllm_cpu_serves_the_gptq_artifact_through_the_agent(tiny_gptq, start_agent):
@@ -178,15 +167,8 @@ def test_smollm2_gptq_on_vllm_names_paris(tmp_path, smollm2_store, start_agent):
     artifact, store = build_smollm2(tmp_path, smollm2_store, format="gptq", quant="W4A16")
     assert artifact.quality is not None and artifact.quality.top1_agreement > 0.6
     agent = start_agent()
-    from edgectl.agent_client import AgentClient
-    from edgectl_agent.api import ArtifactRef, DesiredDeployment
-
-    desired = DesiredDeployment(name="smollm2", runtime="vllm", context_length=2048, parallel=4, artifact=ArtifactRef(
-        digest=artifact.digest, format=artifact.format, quant=artifact.quant, size_bytes=artifact.size_bytes,
-        model=artifact.model, layout=artifact.layout))
-    with AgentClient(agent.url, agent.token, device="test", timeout=VLLM_ACTIVATION_TIMEOUT_S) as client:
-        client.upload_blobs(store.blobs_of(artifact))
-        assert client.put_deployment(desired).state == "serving"
+    assert serve_artifact(agent, store, artifact, name="smollm2", context_length=2048, parallel=4,
+                          timeout=VLLM_ACTIVATION_TIMEOUT_S).state == "serving"
     reply = openai.OpenAI(base_url=agent.url + "/v1", api_key=agent.token, timeout=300).chat.completions.create(
         model="smollm2", messages=[{"role": "user", "content": "What is the capital of France?"}], max_tokens=24,
         temperature=0)

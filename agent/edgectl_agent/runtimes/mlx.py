@@ -228,14 +228,6 @@ class MlxModel(TextGenModel):
         self._model, self._tokenizer, self._worker = model, tokenizer, worker
         self._generate_kwargs = generate_kwargs
 
-    def _encode(self, text: str) -> list[int]:
-        # Like stream_generate: add the BOS token unless the rendered prompt already starts with it.
-        bos = self._tokenizer.bos_token
-        return self._tokenizer.encode(text, add_special_tokens=bos is None or not text.startswith(bos))
-
-    def _count(self, text: str) -> int:
-        return len(self._encode(text))
-
     def _pieces(self, prompt: str, params: GenerationParams, max_tokens: int) -> Iterator[str]:
         import mlx.core as mx
         from mlx_lm import stream_generate

@@ -1,8 +1,8 @@
 """The OpenAI layer shared by LLM runtimes whose library generates text, not OpenAI dicts
-(onnxruntime-genai, openvino-genai, mlx-lm).
+(onnxruntime-genai, openvino-genai, mlx-lm, transformers with NF4).
 
-A subclass of :class:`TextGenModel` implements two things: ``_count(text)`` (tokens in a text) and
-``_pieces(prompt, params)`` (an iterator of decoded text pieces, one per generated token, stopping at the model's
+A subclass of :class:`TextGenModel` implements two things: ``_count(text)`` (tokens in a text; given by
+``_tokenizer`` where the runtime has a Hugging Face-style tokenizer) and ``_pieces(prompt, params)`` (an iterator of decoded text pieces, one per generated token, stopping at the model's
 end-of-sequence token or ``max_tokens``). This class renders chat templates, applies ``stop`` strings, serializes
 calls (one generation at a time per model), and shapes responses and stream chunks exactly like llama.cpp's.
 
@@ -103,8 +103,8 @@ def compile_chat_template(template: str | None, tokens: dict[str, str]):
 
 
 class TextGenModel(SerializedModel):
-    """OpenAI responses from a text-piece generator. Subclasses: ``_count``, ``_pieces``, ``_free``; their
-    ``_pieces`` asks :meth:`_fit_to_context` how many tokens a prompt leaves room for."""
+    """OpenAI responses from a text-piece generator. Subclasses: ``_pieces``, ``_free``, and ``_count`` unless they
+    set ``_tokenizer``; their ``_pieces`` asks :meth:`_fit_to_context` how many tokens a prompt leaves room for."""
 
     # True where the library cannot end a generation at the context's end (mlx-lm): then a request whose prompt +
     # max_tokens do not fit is refused up front, instead of being cut short.
@@ -116,9 +116,21 @@ class TextGenModel(SerializedModel):
         self._render = compile_chat_template(read_chat_template(folder), special_tokens(folder))
 
     # -- what a runtime implements ------------------------------------------------------------------------------
-    @abstractmethod
+    # A Hugging Face-style tokenizer (``encode``, ``bos_token``: transformers', mlx-lm's) that the default
+    # _encode/_count use; a runtime that counts its own way (onnxruntime-genai, OpenVINO GenAI) overrides _count.
+    _tokenizer: Any = None
+
+    def _encode(self, text: str) -> list[int]:
+        """Token ids of ``text``: the BOS token is added unless the rendered prompt already starts with it, as
+        llama.cpp and mlx-lm's stream_generate do."""
+        if self._tokenizer is None:
+            raise NotImplementedError(f"{type(self).__name__} has no _tokenizer: it must implement _count")
+        bos = self._tokenizer.bos_token
+        return self._tokenizer.encode(text, add_special_tokens=bos is None or not text.startswith(bos))
+
     def _count(self, text: str) -> int:
         """Number of tokens ``text`` encodes to."""
+        return len(self._encode(text))
 
     @abstractmethod
     def _pieces(self, prompt: str, params: GenerationParams, max_tokens: int) -> Iterator[str]:

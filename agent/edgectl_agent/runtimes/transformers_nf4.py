@@ -196,14 +196,6 @@ class TransformersNf4Model(TextGenModel):
         self._eos = eos_token_ids(folder, tokenizer.eos_token_id)
         self.weight_bytes = loaded_weight_bytes(model)  # what the planner's NF4 layout is checked against
 
-    def _encode(self, text: str) -> list[int]:
-        # Like llama.cpp and mlx-lm: add the BOS token unless the rendered prompt already starts with it.
-        bos = self._tokenizer.bos_token
-        return self._tokenizer.encode(text, add_special_tokens=bos is None or not text.startswith(bos))
-
-    def _count(self, text: str) -> int:
-        return len(self._encode(text))
-
     def _pieces(self, prompt: str, params: GenerationParams, max_tokens: int) -> Iterator[str]:
         import torch
 
