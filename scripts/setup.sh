@@ -49,6 +49,9 @@ if [ "${1:-}" = "test" ]; then
   # the emulated aarch64 device (tests/emulated_arm64.py) and the aarch64 cross build of llama.cpp
   [ -x /usr/bin/qemu-aarch64-static ] || need+=(qemu-user-static)
   command -v aarch64-linux-gnu-g++ >/dev/null || need+=(gcc-aarch64-linux-gnu g++-aarch64-linux-gnu)
+  # llama-server's build (below) when it is not cached yet
+  command -v cmake >/dev/null || need+=(cmake)
+  command -v g++ >/dev/null || need+=(g++)
   if [ ${#need[@]} -gt 0 ]; then
     if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
       echo "edgectl setup: apt-get install ${need[*]}" >&2
