@@ -93,7 +93,14 @@ class LoadedModel(ABC):
         """Free the model; waits for a running inference. Later calls raise ModelUnavailable."""
 
     def smoke(self, prompt: str, max_tokens: int) -> None:
-        """A real inference of a few tokens, run before the model is switched in. Raises RuntimeFailure."""
+        """A real inference of a few tokens, run before the model is switched in; a model loaded for embeddings
+        embeds the prompt instead (it need not generate). Raises RuntimeFailure."""
+        if self.supports_embeddings:
+            data = self.embed([prompt]).get("data") or [{}]
+            if not data[0].get("embedding"):
+                raise RuntimeFailure(f"smoke embedding returned no vector: {str(data)[:200]}",
+                                     hint="the artifact loads but does not embed; rebuild it from its source")
+            return
         out = self.complete(prompt, GenerationParams(max_tokens=max_tokens, temperature=0.0))
         if not isinstance(out, dict) or not out.get("choices"):
             raise RuntimeFailure(f"smoke inference returned no choices: {str(out)[:200]}",

@@ -18,7 +18,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from edgectl_agent.admission import REQUEST_CANCELLED, ClientGone
-from edgectl_agent.errors import BadRequest, RuntimeFailure
+from edgectl_agent.errors import BadRequest
 from edgectl_agent.runtimes.base import GenerationParams
 from edgectl_agent.runtimes.extras import INCLUDE_USAGE, LOGPROBS, RESPONSE_FORMAT, TOOLS, ChatExtras, usage_chunk
 from edgectl_agent.runtimes.supervised import ForwardingModel, SupervisedServer
@@ -344,12 +344,3 @@ class LlamaServerModel(ForwardingModel):
             used += min(int(slot.get("n_prompt_tokens") or 0) + decoded, n_ctx)
             capacity += n_ctx
         return used, capacity
-
-    def smoke(self, prompt: str, max_tokens: int) -> None:
-        if not self.supports_embeddings:
-            super().smoke(prompt, max_tokens)
-            return
-        data = self.embed([prompt]).get("data") or [{}]
-        if not data[0].get("embedding"):
-            raise RuntimeFailure(f"smoke embedding returned no vector: {str(data)[:200]}",
-                                 hint="the artifact loads but does not embed; rebuild it from its source")

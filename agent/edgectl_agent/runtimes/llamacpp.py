@@ -379,16 +379,6 @@ class LlamaCppModel(SerializedModel):
         base = {k: v for k, v in (last or {}).items() if k not in ("choices", "usage")}
         yield usage_chunk(base, counter.prompt_tokens, counter.completion_tokens(_finish_reason(last)))
 
-    def smoke(self, prompt: str, max_tokens: int) -> None:
-        """A model loaded for embeddings is smoke-tested with an embedding (it need not generate)."""
-        if not self.supports_embeddings:
-            super().smoke(prompt, max_tokens)
-            return
-        data = self.embed([prompt]).get("data") or [{}]
-        if not data[0].get("embedding"):
-            raise RuntimeFailure(f"smoke embedding returned no vector: {str(data)[:200]}",
-                                 hint="the artifact loads but does not embed; rebuild it from its source")
-
     def embed(self, inputs: list[str]) -> dict[str, Any]:
         if not self.supports_embeddings:
             raise BadRequest(f"model '{self.name}' does not support embeddings",
