@@ -30,12 +30,12 @@ import hashlib
 import os
 import shutil
 import subprocess
-import sys
 import tempfile
 from pathlib import Path
 from typing import Any, Sequence
 
 from edgectl.agents.platform import TargetPlatform
+from edgectl.agents.wheelhouse import binary_download_argv
 from edgectl.errors import TransportError
 from edgectl.paths import edgectl_home
 
@@ -86,13 +86,7 @@ def vllm_wheelhouse_dir(requirements: Sequence[str], target: TargetPlatform) -> 
 def vllm_download_argv(wheelhouse: Path, requirements: Sequence[str], target: TargetPlatform) -> list[str]:
     """pip download of binary wheels of ``requirements`` and their dependencies for ``target``'s platform tags,
     Python and ABI (the base image's, which need not be this machine's)."""
-    argv = [sys.executable, "-m", "pip", "download", "--quiet", "--disable-pip-version-check", "--dest",
-            str(wheelhouse), "--find-links", str(wheelhouse), "--only-binary=:all:",
-            "--python-version", target.python_nodot, "--implementation", "cp",
-            "--abi", f"cp{target.python_nodot}", "--abi", "abi3", "--abi", "none"]
-    for tag in target.pip_platforms():
-        argv += ["--platform", tag]
-    return argv + list(requirements)
+    return binary_download_argv(wheelhouse, target) + list(requirements)
 
 
 def vllm_build_args(base_id: str, requirements: Sequence[str]) -> dict[str, str]:

@@ -66,13 +66,19 @@ def download_argv(wheelhouse: Path, requirement_text: str, target: TargetPlatfor
     """pip download of binary wheels for ``target`` (never this machine's): every platform tag the target accepts,
     its Python and ABI, the versions pinned here; ``--find-links`` the wheelhouse, where the cross-built and the
     agent's own wheels already are."""
+    return binary_download_argv(wheelhouse, target) + ["--constraint", str(constraints), requirement_text]
+
+
+def binary_download_argv(wheelhouse: Path, target: TargetPlatform) -> list[str]:
+    """pip download into ``wheelhouse`` of binary wheels only, for ``target``'s platform tags, Python and ABI; the
+    requirements follow."""
     argv = [sys.executable, "-m", "pip", "download", "--quiet", "--disable-pip-version-check", "--dest",
             str(wheelhouse), "--find-links", str(wheelhouse), "--only-binary=:all:",
             "--python-version", target.python_nodot, "--implementation", "cp",
             "--abi", f"cp{target.python_nodot}", "--abi", "abi3", "--abi", "none"]
     for tag in target.pip_platforms():
         argv += ["--platform", tag]
-    return argv + ["--constraint", str(constraints), requirement_text]
+    return argv
 
 
 def installed_constraints(exclude: tuple[str, ...] = ()) -> str:
