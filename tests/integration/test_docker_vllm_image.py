@@ -26,8 +26,8 @@ from edgectl.spec import Device
 from edgectl.transport.docker import DockerTransport
 from tests.dockerd import BASE_IMAGE, Dockerd
 from tests.fleet import free_port
-from tests.integration.conftest import build_from, serve_artifact
-from tests.tinyhf import write_tiny_hf_llama
+from tests.integration.conftest import serve_artifact
+from tests.integration.test_vllm_gptq import tiny_gptq  # noqa: F401 - the fixture: one tiny GPTQ build
 
 pytestmark = pytest.mark.integration
 CXX_BASE = BASE_IMAGE + "-cxx"  # make-base.sh --compiler
@@ -65,20 +65,6 @@ def engine(tmp_path_factory):
                                text=True, timeout=900, check=False)
             assert r.returncode == 0, r.stderr
             os.replace(str(tarball) + ".part", tarball)
-
-
-@pytest.fixture(scope="module")
-def tiny_gptq(tmp_path_factory):
-    from edgectl_agent.runtimes.vllm import VENV_HINT, vllm_executable
-
-    try:
-        vllm_executable()
-    except Exception as e:  # noqa: BLE001 - fail, never skip: CI makes the venv
-        pytest.fail(f"{e}; {VENV_HINT}")
-    tmp = tmp_path_factory.mktemp("gptq")
-    folder = write_tiny_hf_llama(tmp / "tiny-llama")
-    return build_from(tmp, {"type": "huggingface", "path": str(folder), "precision": "FP32"},
-                      format="gptq", quant="W4A16")
 
 
 class ContainerAgent:
