@@ -4,7 +4,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh test
 set +e
-.venv/bin/python -m pytest -q --durations=15 "$@"
+EDGECTL_TESTS_NO_SKIP=1 .venv/bin/python -m pytest -q --durations=15 "$@"
 rc=$?
 set -e
 if [ "$rc" -eq 5 ]; then

@@ -6,6 +6,7 @@ whose rootfs tarball is cached (EDGECTL_BASE_CACHE), so only the first run ever 
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -64,6 +65,37 @@ def make_tls(folder: Path) -> tuple[Path, Path]:
     return out[0], out[1]
 
 
+def reap_stale_engines() -> None:
+    """Unmount and remove what test engines that no longer run left under /tmp. A dockerd killed outright (its job
+    stopped mid-run) leaves its containers' network namespaces mounted under its exec root: their veths stay on
+    docker0 holding their addresses, the next engine gives its containers the same ones (172.17.0.2), and its
+    published ports answer with a reset."""
+    running = set()
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            running.update(a for a in cmdline.read_bytes().decode(errors="replace").split("\0") if "/edock-" in a)
+        except OSError:
+            continue
+    for root in Path("/tmp").glob("edock-*"):
+        if str(root) in running:
+            continue
+        mounts = [line.split()[:3] for line in Path("/proc/mounts").read_text().splitlines()]
+        for _, point, kind in sorted((m for m in mounts if m[1].startswith(f"{root}/")), key=lambda m: -len(m[1])):
+            if kind == "nsfs":  # a namespace outlives its unmount for a while: delete its veths' host ends now
+                _delete_host_veths(point)
+            subprocess.run(["umount", "-l", point], capture_output=True, check=False)
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def _delete_host_veths(netns: str) -> None:
+    r = subprocess.run(["nsenter", f"--net={netns}", "ip", "-o", "link"], capture_output=True, text=True,
+                       check=False)
+    peers = set(re.findall(r"@if(\d+)", r.stdout))
+    for index in Path("/sys/class/net").glob("*/ifindex"):
+        if index.read_text().strip() in peers:
+            subprocess.run(["ip", "link", "delete", index.parent.name], capture_output=True, check=False)
+
+
 class Dockerd:
     """``tls_port``: also listen on tcp://127.0.0.1:PORT with mutual TLS (certificates from make_tls, under
     ``folder/tls``); the client's folder is ``tls_client``."""
@@ -89,6 +121,7 @@ class Dockerd:
         if dockerd is None:
             raise RuntimeError("dockerd not found: install Debian's engine (apt-get install -y docker.io)")
         self.folder.mkdir(parents=True, exist_ok=True)
+        reap_stale_engines()
         # exec-root must be short: containerd's socket paths under it have a 108-byte limit
         self.exec_root = Path("/tmp") / f"edock-{os.getpid()}-{int(time.time())}"
         argv = [dockerd, "--data-root", str(self.folder / "data"), "--exec-root", str(self.exec_root),

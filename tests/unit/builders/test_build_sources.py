@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import hashlib
-import importlib.util
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -54,8 +54,8 @@ def test_repo_source_without_a_file_asks_for_one() -> None:
         locate(ModelSource(type="gguf", precision="Q4_0", repo="org/model"))
 
 
-@pytest.mark.skipif(importlib.util.find_spec("huggingface_hub") is not None, reason="huggingface_hub is installed")
-def test_repo_source_without_huggingface_hub_says_how_to_get_it() -> None:
+def test_repo_source_without_huggingface_hub_says_how_to_get_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "huggingface_hub", None)  # as if not installed: importing it fails
     with pytest.raises(BuildError, match="needs huggingface_hub") as exc:
         locate(ModelSource(type="gguf", precision="Q4_0", repo="org/model", file="m.gguf"))
     assert "pip install huggingface_hub" in exc.value.hint
