@@ -33,7 +33,7 @@ def origin_blob_gets(log: Path, digest: str) -> list[tuple[int, int]]:
             if m.group(1) == digest]
 
 
-def test_apply_warms_the_site_mirror_so_its_devices_cost_the_origin_nothing(tmp_path):
+def test_apply_warms_the_site_mirror_so_its_devices_cost_the_origin_nothing(tmp_path, start_agent):
     from edgectl_agent.oci import RegistryReader
 
     world = PullWorld(tmp_path)  # its htpasswd registry is unused here: the origin below is anonymous
@@ -73,6 +73,8 @@ def test_apply_warms_the_site_mirror_so_its_devices_cost_the_origin_nothing(tmp_
         assert (site["registry"], site["scheme"]) == (mirror.address, "http")
         assert far["registry"] == origin.address
         assert_site_device_reads_its_state_at_the_origin(site, origin, mirror, tmp_path)
+        assert_a_site_agent_started_while_the_origin_is_down_serves_from_the_mirror(site, origin, tmp_path,
+                                                                                    start_agent, digest)
 
     finally:
         mirror.stop()
@@ -106,5 +108,27 @@ def assert_site_device_reads_its_state_at_the_origin(site: dict, origin: Registr
         assert reader is puller.reader and digest_down == digest
         assert puller._read_state(digest_down, reader)[0].version == state.version
         assert puller.origin_skipped == ORIGIN_RETRY_POLLS
+    finally:
+        origin.start()
+
+
+def assert_a_site_agent_started_while_the_origin_is_down_serves_from_the_mirror(
+        site: dict, origin: Registry, tmp: Path, start_agent, artifact_digest: str) -> None:
+    """A real agent process (re)started at the site while the origin is unreachable: its state (signed, checked) and
+    its artifact come from the mirror, it serves, and its log says it asked the mirror for the state."""
+    from tests.integration.test_pull_registry import chat, pull_status, serving_digest, wait_for
+
+    config = tmp / "site-pull.json"
+    config.write_text(json.dumps(site))
+    config.chmod(0o600)
+    origin.stop()
+    try:
+        root = tmp / "site-agent"
+        agent = start_agent(root=root, env={"EDGECTL_AGENT_PULL_CONFIG": str(config)})
+        assert wait_for("the site agent to serve from the mirror", lambda: serving_digest(agent)) == artifact_digest
+        assert chat(agent)["choices"][0]["message"]["role"] == "assistant"
+        assert pull_status(root)["applied_version"] >= 1
+        said = agent.log.read_text(errors="replace")
+        assert "the origin registry did not answer" in said and f"asking the mirror {site['registry']}" in said, said
     finally:
         origin.start()
