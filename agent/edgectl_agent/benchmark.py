@@ -267,7 +267,10 @@ def measure_artifact(model: LoadedModel, *, digest: str, runtime: str, threads: 
     # prompt, never a longer wait). Its token count (llama.cpp reuses the prompt it just processed: near free) gives
     # the tokenizer's tokens per word, so that the prompt is half the context in tokens, whatever the vocabulary.
     probe = prompt_for(context_length, int(PROBE_WORDS / 0.75), run=first_run + 7)
-    probe_s, _, probe_gaps = run_rates(model, probe, PROBE_DECODE_TOKENS, deadline)
+    # its decode stops at its first token past a fortieth of the budget: a slow device (MLX here, ~0.5 s to the
+    # first token) pays nothing for it
+    probe_s, _, probe_gaps = run_rates(model, probe, PROBE_DECODE_TOKENS,
+                                       min(deadline, time.perf_counter() + budget_s / 40))
     probe_tokens = count_tokens(model, probe) or PROBE_WORDS
     per_word = probe_tokens / PROBE_WORDS
     full_words = max(PROBE_WORDS, min(words, int(want / per_word)))
