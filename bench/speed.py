@@ -4,7 +4,8 @@
     python bench/speed.py [--threads 1] [--formats gguf:Q4_1,gguf:Q8_0,openvino:INT4,onnx:INT4,mlx:INT4 | --missed]
                           [--repeat N] [--write]
 
---missed measures only the formats that missed a target on the last quiet run (OpenVINO INT4 and MLX INT4);
+--missed measures only the formats that missed a target on the last quiet run (GGUF Q8_0: its decode estimate;
+ONNX GenAI INT4: its enrolment decode);
 --repeat N repeats each artifact's enrolment and longer run N times on the same loaded model, and prints the spread
 (min-max over the repeats) of every ratio and of the fitted factors: a factor is only as good as its spread.
 
@@ -16,13 +17,16 @@ In ONE run, so that every figure sees the same load on a shared machine:
    own runtime with --threads threads (llama.cpp, OpenVINO GenAI and ONNX GenAI take them; MLX's Linux CPU build
    has no thread setting and runs on one thread): the
    enrolment measurement exactly as the agent runs it at a first activation (edgectl_agent.benchmark.
-   measure_artifact: medians of up to 3 runs of a ~128-token prompt and 32 decoded tokens) and its cost, then a
+   measure_artifact: medians of up to 3 runs of a ~128-token prompt and 32-128 decoded tokens, sized from its
+   warm-up or probe run) and its cost, then a
    longer run with the same estimator (5 runs, 128 decoded tokens each), whose rates are "measured".
 3. Per artifact: the plan's estimate from the device figures of step 1 (edgectl.plan.speed.estimate_speed, the
    threads each runtime really uses) against the measured rates (target within 25%), the enrolment measurement
    against the longer run (target within 10%), and the enrolment cost (target: device + artifact <= 10 s); each
-   with a PASS/MISS verdict. Then, per runtime and format, measured / the formula before its runtime and format
-   factors: the factors a quiet rerun would write into RUNTIME_FACTORS / QUANT_FACTORS.
+   with a PASS/MISS verdict. Then, per runtime and format, measured / the formula before its runtime factor (the
+   quant's kernel factor, QUANT_COMPUTE_FACTORS, stays in: it is part of decode's compute term): the factors a quiet
+   rerun would write into RUNTIME_FACTORS, the same for every quant of a runtime where the kernel factors are
+   right. A quant's kernel factor is its prefill's "measured / formula" over the calibration quant's (Q4_1).
 
 The load is recorded before, during (each artifact) and after: on a shared machine absolute figures are noisy,
 and llama.cpp's threads spin at a barrier per layer waiting for a thread that lost its core, so at 2 threads on a
@@ -45,7 +49,7 @@ from bench._report import table, write_section  # noqa: E402
 
 GB = 1e9
 FORMATS = "gguf:Q4_1,gguf:Q8_0,openvino:INT4,onnx:INT4,mlx:INT4"
-MISSED = "openvino:INT4,mlx:INT4"  # the formats that missed a target on the last quiet run (docs/benchmarks.md)
+MISSED = "gguf:Q8_0,onnx:INT4"  # the formats that missed a target on the last quiet run (docs/benchmarks.md)
 ESTIMATE_WITHIN = 0.25
 ENROLMENT_WITHIN = 0.10
 ENROLMENT_BUDGET_S = 10.0
@@ -170,7 +174,8 @@ def main() -> int:
                 print(f"{label} ({runtime}, {threads} thread(s)): decode est {est.decode_tokens_per_s:.1f} / "
                       f"measured {longer.decode_tokens_per_s or 0:.1f} / enrolment {enrol.decode_tokens_per_s or 0:.1f}"
                       f"; prefill est {est.prefill_tokens_per_s:.0f} / measured {longer.prefill_tokens_per_s:.0f} / "
-                      f"enrolment {enrol.prefill_tokens_per_s:.0f}; enrolment {enrol.seconds:.2f} s; load "
+                      f"enrolment {enrol.prefill_tokens_per_s:.0f}; enrolment {enrol.seconds:.2f} s, {enrol.decode_tokens} tokens "
+                      f"decoded per run; load "
                       f"{loadavg()}", flush=True)
         finally:
             llm.close()
@@ -204,7 +209,7 @@ def main() -> int:
             f"build has no thread setting (one thread). *Estimate*: edgectl/plan/speed.py from those device figures and the threads each runtime uses. "
             f"*Measured*: the agent's estimator (medians) over a longer run: 5 runs of a "
             f"~{results[0]['longer'].prompt_tokens}-token prompt, 128 decoded tokens each. *Enrolment*: what the agent "
-            f"measures at a first activation (up to 3 runs, 32 decoded tokens) and its cost with the device "
+            f"measures at a first activation (up to 3 runs, 32-128 decoded tokens each as 0.75 s holds at its warm-up's or probe's rate) and its cost with the device "
             f"measurement. Targets: estimate within {ESTIMATE_WITHIN:.0%} of measured, enrolment within "
             f"{ENROLMENT_WITHIN:.0%} of the longer run, enrolment cost <= {ENROLMENT_BUDGET_S:.0f} s.\n\n"
             + table(["artifact", "runtime", "threads", "size", "decode est.", "measured", "enrolment",
@@ -213,8 +218,8 @@ def main() -> int:
     missed = [v for v in verdicts if "MISS" in v[2]]
     body += (f"\n\nVerdict: {len(verdicts) - len(missed)} of {len(verdicts)} targets met"
              + (f"; missed: {', '.join(f'{a} {w} ({v})' for a, w, v in missed)}." if missed else "."))
-    body += ("\n\nMeasured / the formula before its factors (what RUNTIME_FACTORS and QUANT_FACTORS would be from "
-             "this run): " + ", ".join(
+    body += ("\n\nMeasured / the formula before its runtime factor (what RUNTIME_FACTORS would be from this run; "
+             "a quant's prefill figure over Q4_1's is its QUANT_COMPUTE_FACTORS kernel factor): " + ", ".join(
                  f"{r['label']} ({r['runtime']}) decode x{ratio(r['longer'].decode_tokens_per_s, r['formula'][0]) or 0:.3f}"
                  f", prefill x{ratio(r['longer'].prefill_tokens_per_s, r['formula'][1]) or 0:.3f}" for r in results)
              + ".")

@@ -8,7 +8,9 @@
 - Per artifact, the first time it is activated with given threads (after its smoke inference, before it is
   switched in, so no request competes with it): the real prefill rate of a ~``PROMPT_TOKENS``-token prompt and the
   decode rate of up to ``DECODE_TOKENS`` tokens, through the runtime already loaded, with the deployment's threads:
-  a warm-up probe, then medians over up to ``RUNS`` runs (bench/speed.py checks them against a longer run).
+  a warm-up probe, then medians over up to ``RUNS`` runs (bench/speed.py checks them against a longer run). Each
+  run decodes what ``DECODE_RUN_S`` holds at the warm-up's (or probe's) rate, from ``DECODE_TOKENS`` up to
+  ``LONG_DECODE_TOKENS`` (the longer run's length: the same token positions, a window 4x longer).
   Bounded by ``ARTIFACT_BUDGET_S``: decoding stops at the deadline, and a run starts only while the one before it
   would still fit.
 
@@ -36,13 +38,20 @@ log = logging.getLogger(__name__)
 
 FILE = "benchmark.json"
 PROMPT_TOKENS = 128  # the prompt the artifact benchmark aims at (capped at half the context)
-DECODE_TOKENS = 32
+DECODE_TOKENS = 32  # the fewest tokens a run decodes (the budget may stop it sooner on a slow device)
+# What a run decodes where the device is fast enough: the longer run's of bench/speed.py (5 runs x 128 tokens).
+# With 32, ONNX GenAI's enrolment decode read 1.03-1.33x the longer run's on quiet runs here: ~90 gaps in ~0.5 s
+# of decoding, at the first 32 positions after the prompt only, against ~640 gaps over 4 s.
+LONG_DECODE_TOKENS = 128
+WARMUP_TOKENS = 8  # the warm-up run's decode: its median gap sizes the runs' decode (DECODE_RUN_S)
+PROBE_DECODE_TOKENS = 4  # the probe's decode: its gaps size the runs' decode where no warm-up runs
 PROBE_WORDS = 4  # the probe run that sizes the prompt to the device's speed: a few tokens
 RUNS = 3  # the medians of up to this many runs
 # Prefill samples: each run gives one; where time is left, prompt-only runs (one token) add more, up to this many.
 # A ~120-token prefill takes 80 ms on OpenVINO here, and single runs of it spread +-12%: a median of 3 is not enough.
 PREFILL_RUNS = 7
 ARTIFACT_BUDGET_S = 6.0  # the device benchmark takes well under 2 s: together under 10 s (counting included)
+DECODE_RUN_S = ARTIFACT_BUDGET_S / 8  # the decode time a run is sized to (RUNS of them: well within the budget)
 BANDWIDTH_REPEATS = 5
 KEEP_ARTIFACTS = 32  # measurements kept, newest first (older artifacts are long gone from the store)
 # English prose the runtimes' tokenizers cut at ~1.3 tokens per word; the model continues it for DECODE_TOKENS.
@@ -216,20 +225,34 @@ def prefill_at(tokens: int, points: list[tuple[int, float]]) -> float:
     return tokens / (constant + tokens * per_token)
 
 
+def decode_tokens_for(warmup_gaps: list[float], run_s: float = DECODE_RUN_S) -> int:
+    """Tokens a run decodes: what ``run_s`` holds at the warm-up's median time per token, from DECODE_TOKENS to
+    LONG_DECODE_TOKENS (the warm-up's gaps, else the probe's); DECODE_TOKENS where neither decoded two tokens.
+    Pure; unit-tested."""
+    if not warmup_gaps:
+        return DECODE_TOKENS
+    return max(DECODE_TOKENS, min(LONG_DECODE_TOKENS, int(run_s / statistics.median(warmup_gaps))))
+
+
 def measure_artifact(model: LoadedModel, *, digest: str, runtime: str, threads: int | None, context_length: int,
                      budget_s: float = ARTIFACT_BUDGET_S, prompt_tokens: int = PROMPT_TOKENS,
-                     decode_tokens: int = DECODE_TOKENS, runs: int = RUNS, first_run: int = 0) -> ArtifactSpeed | None:
+                     decode_tokens: int | None = None, runs: int = RUNS, first_run: int = 0
+                     ) -> ArtifactSpeed | None:
     """Prefill and decode rates of a loaded (and smoke-tested) LLM, as medians over up to ``runs`` runs:
     prefill = the median of the runs' prompt tokens / time to first token, decode = 1 / the median time between
     two streamed tokens of all runs (a token delayed by other work on the device moves a median little, a mean
     much). A run starts only while the one before it would still fit in the budget. None for a model that
     generated nothing. Runs are numbered from ``first_run``: each gets its own prompt (:func:`prompt_for`).
+    ``decode_tokens``: what each run decodes; None (the agent's enrolment) sizes it from the warm-up's or the
+    probe's decode (:func:`decode_tokens_for`).
 
-    Two things keep a short enrolment close to a long run (bench/speed.py checks it):
+    Three things keep a short enrolment close to a long run (bench/speed.py checks it):
 
     - a warm-up run of the full-size prompt where it is cheap (its predicted prefill within a twentieth of the
       budget): OpenVINO's and ONNX Runtime's first run of a new prompt length builds its kernels, and was up to a
       third slower than later runs;
+    - each run decodes as many tokens as a longer run where the device is fast enough (:func:`decode_tokens_for`):
+      the median then covers the same token positions and a 4x longer window of the device's time;
     - where the device is too slow to prefill the full prompt in a fifth of the budget (MLX's Linux CPU build: ~10
       tokens/s), a second probe 4x longer gives the time per token, the prompt is sized on that line to a
       quarter of the budget, and the rate reported is the full-size prompt's, from the line through the probes'
@@ -244,7 +267,10 @@ def measure_artifact(model: LoadedModel, *, digest: str, runtime: str, threads: 
     # prompt, never a longer wait). Its token count (llama.cpp reuses the prompt it just processed: near free) gives
     # the tokenizer's tokens per word, so that the prompt is half the context in tokens, whatever the vocabulary.
     probe = prompt_for(context_length, int(PROBE_WORDS / 0.75), run=first_run + 7)
-    probe_s, _, _ = run_rates(model, probe, 1, deadline)
+    # its decode stops at its first token past a fortieth of the budget: a slow device (MLX here, ~0.5 s to the
+    # first token) pays nothing for it
+    probe_s, _, probe_gaps = run_rates(model, probe, PROBE_DECODE_TOKENS,
+                                       min(deadline, time.perf_counter() + budget_s / 40))
     probe_tokens = count_tokens(model, probe) or PROBE_WORDS
     per_word = probe_tokens / PROBE_WORDS
     full_words = max(PROBE_WORDS, min(words, int(want / per_word)))
@@ -261,11 +287,15 @@ def measure_artifact(model: LoadedModel, *, digest: str, runtime: str, threads: 
         per_token = (t2 - t1) / (n2 - n1) if n2 > n1 and t2 > t1 else t2 / n2
         fits = (budget_s / 4 - max(0.0, t1 - n1 * per_token)) / per_token
         words = max(PROBE_WORDS, min(full_words, int(fits / per_word)))
+    warmup_gaps: list[float] = []
     if probe_s > 0 and probe_s * words / PROBE_WORDS <= budget_s / 20:
         try:  # warm-up
-            run_rates(model, prompt_for(context_length, int(words / 0.75), run=first_run + 8), 2, deadline)
+            _, _, warmup_gaps = run_rates(model, prompt_for(context_length, int(words / 0.75), run=first_run + 8),
+                                          WARMUP_TOKENS, deadline)
         except BadRequest:
             pass  # the runs below halve the prompt until it fits
+    if decode_tokens is None:
+        decode_tokens = decode_tokens_for(warmup_gaps or probe_gaps)
     done: list[tuple[int, tuple[float, int, list[float]]]] = []  # (prompt tokens, run_rates) per run
     last_s = 0.0
     tried = 0

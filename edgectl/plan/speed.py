@@ -9,21 +9,23 @@ multiplies each weight once (2 x parameters FLOPs). Time per token is the SUM of
 
 - a bandwidth term: bytes / (DECODE_BANDWIDTH_EFFICIENCY x the sustained bandwidth its threads can draw: a
   device that measured itself says what one thread's copy streams, and t threads draw at most t times that),
-- a compute term: 2 x parameters / (DECODE_COMPUTE_EFFICIENCY x compute per thread x threads),
+- a compute term: 2 x parameters / (DECODE_COMPUTE_EFFICIENCY x compute per thread x threads x the quant's kernel
+  factor, QUANT_COMPUTE_FACTORS: llama.cpp's Q8_0 kernels multiply 2x as fast as Q4_1's, in decode as in prefill),
 - TOKEN_OVERHEAD_S (sampling, the runtime's per-token work) and, with more than one thread, layers x LAYER_SYNC_S
   (the threads meet at a barrier after each operation of a layer).
 
-Sum, not max (a roofline): measured here at 1 thread, SmolLM2-135M Q8_0 decodes slower than Q4_1 by about the
-extra bytes at the copy bandwidth, although both do the same FLOPs; with max() both would be compute-bound and
-equal. One core streams weights and multiplies them in turn, it does not overlap the two. Prefill runs
-matrix-matrix products: 2 x parameters FLOPs per prompt token at PREFILL_COMPUTE_EFFICIENCY x compute per thread x
-threads. With llama.cpp layers offloaded to a dedicated GPU, the GPU's share of the bytes and FLOPs goes at the
+Sum, not max (a roofline): one core streams weights and multiplies them in turn, it does not overlap the two; with
+max() SmolLM2-135M Q4_1 at 1 thread would be estimated at 1.5x what it decodes. At 1 thread that model's decode is
+mostly compute: Q8_0 reads 1.45x Q4_1's bytes per token yet decodes as fast (quiet run, 2026-12-07 02:38 UTC),
+because its kernels multiply twice as fast (the factor measured at prefill). Prefill runs matrix-matrix products:
+2 x parameters FLOPs per prompt token at PREFILL_COMPUTE_EFFICIENCY x compute per thread x threads x the quant's
+kernel factor. With llama.cpp layers offloaded to a dedicated GPU, the GPU's share of the bytes and FLOPs goes at the
 GPU's figures.
 
 Profiles give vendor peak figures (``memory_bandwidth_gbps``, ``compute_gflops`` for all cores); a sustained figure
 is PEAK_TO_SUSTAINED of the peak (a STREAM copy / BLAS sgemm typically reaches 60-80% of it). A device that measured
 itself gives its sustained bandwidth (all CPUs, and one thread's) and its float32 matmul rate on ONE thread (times
-its cores: the compute of all cores). The constants, and the runtime and format factors (RUNTIME_FACTORS, QUANT_FACTORS), were
+its cores: the compute of all cores). The constants, and the runtime factors (RUNTIME_FACTORS) and the format kernels' (QUANT_COMPUTE_FACTORS), were
 measured by ``bench/speed.py`` on this repository's machine; each says its source below and in docs/planning.md.
 
 MLX has two builds with very different speeds: Metal on Apple silicon (its estimate is the formula's, unmeasured
@@ -89,10 +91,15 @@ _KV_BYTES = {"llamacpp": 2, "openvino-genai": 1.03, "onnxruntime-genai": 4, "mlx
 RUNTIME_FACTORS: dict[str, tuple[float, float]] = {
     "llamacpp": (1.0, 1.0), "openvino-genai": (0.95, 6.9), "onnxruntime-genai": (1.56, 3.1), "mlx": (1.0, 1.0),
     "mlx/linux": (0.075, 0.057)}
-# (decode, prefill) multipliers per llama.cpp quant, relative to Q4_1 (the calibration): (b) Q8_0 prefilled 2.2x
-# Q4_1 (386 vs 176; 1.6x in a loaded run: 190 vs 118), its int8 dot products need no unpacking. Its decode is
-# covered by the bytes. Other quants are unmeasured here: 1.0.
-QUANT_FACTORS: dict[tuple[str, str], tuple[float, float]] = {("llamacpp", "Q8_0"): (1.0, 2.0)}
+# How much faster a llama.cpp quant's dot-product kernels compute than Q4_1's (the calibration). llama.cpp's CPU
+# backend multiplies with the same per-format kernel (vec_dot) in decode's matrix-vector products as in prefill's
+# matrix products, so the factor divides both decode's compute term and prefill's time; it is measured where prefill
+# is compute-bound. Q8_0: 2.0 (int8 dot products need no unpacking of nibbles and offsets): (b) Q8_0 prefilled 2.2x
+# Q4_1 (386 vs 176; 1.6x in a loaded run: 190 vs 118); the quiet bench/speed.py run of 2026-12-07 02:38 UTC
+# (docs/benchmarks.md) 2.1x (503 vs 239), where Q8_0 also DECODED 1.05x Q4_1 (137.4 vs 130.4) with 1.45x its
+# bytes: with the factor on prefill alone its decode estimate was 0.65x of measured, with it on the compute term
+# too 0.78x (Q4_1 0.86x). Other quants are unmeasured here: 1.0.
+QUANT_COMPUTE_FACTORS: dict[tuple[str, str], float] = {("llamacpp", "Q8_0"): 2.0}
 
 
 @dataclass(frozen=True)
@@ -208,8 +215,9 @@ def bytes_per_token(arch: Architecture, weights_bytes: int, context_tokens: int,
 
 
 def factors(runtime: str, quant: str = "", os: str | None = None) -> tuple[float, float, str]:
-    """(decode, prefill) multipliers of the formula for ``runtime`` / ``quant`` on an ``os`` device, and what the
-    plan says about them (MLX: which build's figure)."""
+    """(decode, prefill) multipliers of the formula's rates for ``runtime`` / ``quant`` on an ``os`` device, and
+    what the plan says about them (MLX: which build's figure). Prefill's includes the quant's kernel factor (its
+    time is all compute); decode's does not: that factor divides only decode's compute term (:func:`kernel_factor`)."""
     key = runtime
     note = ""
     if runtime == "mlx":
@@ -218,8 +226,12 @@ def factors(runtime: str, quant: str = "", os: str | None = None) -> tuple[float
         else:
             key, note = "mlx/linux", "MLX figure: its Linux CPU build, as measured by bench/speed.py"
     decode, prefill = RUNTIME_FACTORS.get(key, (1.0, 1.0))
-    q_decode, q_prefill = QUANT_FACTORS.get((runtime, quant), (1.0, 1.0))
-    return decode * q_decode, prefill * q_prefill, note
+    return decode, prefill * kernel_factor(runtime, quant), note
+
+
+def kernel_factor(runtime: str, quant: str) -> float:
+    """How much faster ``quant``'s kernels multiply on ``runtime`` than the calibration's (QUANT_COMPUTE_FACTORS)."""
+    return QUANT_COMPUTE_FACTORS.get((runtime, quant), 1.0)
 
 
 def estimate_speed(arch: Architecture, weights_bytes: int, hw: Hardware, *, threads: int, gpu_layers: int = 0,
@@ -229,13 +241,14 @@ def estimate_speed(arch: Architecture, weights_bytes: int, hw: Hardware, *, thre
     ``threads`` (``gpu_layers``: llama.cpp layers on the dedicated GPU, -1 = all; ``prefill_threads``: where the
     runtime prefills with other threads than it decodes with, see :func:`prefill_threads`)."""
     decode_threads = min(max(threads, 1), hw.cores)
+    kernel = kernel_factor(runtime, quant)  # the quant's kernels: decode's compute term too, not only prefill
     on_gpu = 0.0
     if gpu_layers and hw.gpu_bandwidth:
         on_gpu = 1.0 if gpu_layers < 0 else min(1.0, gpu_layers / arch.layers)
     read = bytes_per_token(arch, weights_bytes, prompt_tokens, runtime)
     flops = 2 * arch.parameters
     cpu_decode_s = (read / (DECODE_BANDWIDTH_EFFICIENCY * hw.cpu_bandwidth(decode_threads))
-                    + flops / (DECODE_COMPUTE_EFFICIENCY * hw.cpu_compute(decode_threads))
+                    + flops / (kernel * DECODE_COMPUTE_EFFICIENCY * hw.cpu_compute(decode_threads))
                     + (arch.layers * LAYER_SYNC_S if decode_threads > 1 else 0.0))
     gpu_decode_s = (read / (DECODE_BANDWIDTH_EFFICIENCY * hw.gpu_bandwidth)
                     + flops / (DECODE_COMPUTE_EFFICIENCY * hw.gpu_compute)) if on_gpu else 0.0

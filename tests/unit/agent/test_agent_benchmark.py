@@ -172,3 +172,43 @@ def test_a_prompt_cut_to_the_budget_reports_the_full_prompts_rate() -> None:
 def test_every_run_gets_a_whole_prompt_however_far_its_text_starts() -> None:
     for run in (0, 9, 12, 40):
         assert len(benchmark.prompt_for(1024, 16, run=run).split()) == 12, run
+
+
+def test_runs_decode_what_the_run_time_holds_at_the_warm_ups_rate() -> None:
+    """A fast device decodes the longer run's 128 tokens per run (the same positions); a slower one what
+    DECODE_RUN_S holds; never fewer than DECODE_TOKENS, and DECODE_TOKENS where no warm-up ran (MLX here)."""
+    assert benchmark.decode_tokens_for([0.006, 0.004, 0.005]) == benchmark.LONG_DECODE_TOKENS == 128
+    assert benchmark.decode_tokens_for([0.0125] * 3, run_s=0.75) == 60
+    assert benchmark.decode_tokens_for([0.1] * 3) == benchmark.DECODE_TOKENS
+    assert benchmark.decode_tokens_for([]) == benchmark.DECODE_TOKENS
+
+
+class TimedTokens(FakeModel):
+    """Streams its words ``per_token_s`` apart after the first (a fast prefill): a device decoding at 1 /
+    per_token_s tokens/s."""
+
+    per_token_s = 0.02
+
+    def complete(self, prompt: str, params: GenerationParams, *, stream: bool = False):
+        import time
+
+        out = super().complete(prompt, params, stream=stream)
+        if not stream:
+            return out
+
+        def paced():
+            for i, chunk in enumerate(out):
+                if i:
+                    time.sleep(self.per_token_s)
+                yield chunk
+        return paced()
+
+
+def test_the_enrolment_sizes_its_decode_from_the_warm_up() -> None:
+    model = TimedTokens(_desired())
+    speed = benchmark.measure_artifact(model, digest="sha256:" + "a" * 64, runtime="fake", threads=1,
+                                       context_length=512)
+    want = benchmark.decode_tokens_for([TimedTokens.per_token_s])  # 37 at 20 ms per token (the fake stops at 64)
+    assert benchmark.DECODE_TOKENS < want <= benchmark.LONG_DECODE_TOKENS
+    assert speed.decode_tokens == pytest.approx(want, abs=3)
+    assert speed.decode_tokens_per_s == pytest.approx(1 / TimedTokens.per_token_s, rel=0.3)
