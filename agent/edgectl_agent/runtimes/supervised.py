@@ -252,7 +252,7 @@ class UpstreamStream:
         self._waker = StreamWaker(loop)
         return self._waker
 
-    def __iter__(self) -> "UpstreamStream":
+    def __iter__(self) -> UpstreamStream:
         return self
 
     def __next__(self) -> dict[str, Any]:
@@ -294,7 +294,7 @@ class PassPending:
     def __init__(self, chunks: Iterator[Any], upstream: Any) -> None:
         self._chunks, self._upstream = chunks, upstream
 
-    def __iter__(self) -> "PassPending":
+    def __iter__(self) -> PassPending:
         return self
 
     def __next__(self) -> Any:

@@ -10,7 +10,6 @@ import queue
 import threading
 
 import pytest
-
 from edgectl_agent.runtimes.llamacpp_engine import PENDING
 from edgectl_agent.runtimes.supervised import UpstreamStream, reshaped, sse_events
 
