@@ -268,8 +268,9 @@ async def pull_stream(request: Request, serving: Serving, chunks: Iterator[dict[
     """The runtime's chunks; then a ``StreamEnd``, or an ``AgentError`` (headers are sent by then: the caller writes
     it into the stream). Records time to first token and decode speed.
 
-    A runtime whose stream has ``wake_on`` (the llamacpp engine) is read right here in the event loop, waiting on
-    its waker between tokens; any other runtime's chunks are each pulled in a worker thread."""
+    A runtime whose stream has ``wake_on`` (the llamacpp engine; a supervised server's ``UpstreamStream``, which a
+    reader thread of its own fills) is read right here in the event loop, waiting on its waker between tokens; any
+    other runtime's chunks are each pulled in a worker thread."""
     m = request.app.state.agent.metrics
     name = serving.desired.name
     generated = 0
@@ -319,7 +320,9 @@ async def pull_stream(request: Request, serving: Serving, chunks: Iterator[dict[
             m.note_generation(name, generated, time.perf_counter() - first_at if generated else 0.0,
                               decode_tokens=generated - 1)
         close = getattr(chunks, "close", None)
-        if close is not None:
+        if close is not None and waker is not None:  # a stream read in the event loop closes without waiting
+            close()
+        elif close is not None:
             with anyio.CancelScope(shield=True):
                 await anyio.to_thread.run_sync(close)
 

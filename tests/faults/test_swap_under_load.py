@@ -2,7 +2,7 @@
 apply sends it) while client threads send chat requests at about 80% of the capacity measured first. No request
 may fail and no connection may be reset: requests waiting for the old model when it is closed run on the new one
 (edgectl_agent.deployments.run_on_active). Latency during the swaps is printed (p50, p99). Real agent process, real
-llama.cpp."""
+llama.cpp: run once with each llamacpp engine (``ENGINES``)."""
 
 from __future__ import annotations
 
@@ -32,11 +32,18 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
-def test_twenty_swaps_under_eighty_percent_load_fail_no_request(tmp_path, start_agent):
+# The llamacpp engine that serves the swapped models (EDGECTL_LLAMA_ENGINE on the device): the default (auto: the
+# in-process engine for these parallel-1 deployments), and llama-server supervised by the agent, whose swap runs
+# two servers for a moment (edgectl_agent.runtimes.llama_server).
+ENGINES = {"auto": None, "llama-server": {"EDGECTL_LLAMA_ENGINE": "llama-server"}}
+
+
+@pytest.mark.parametrize("engine", list(ENGINES))
+def test_twenty_swaps_under_eighty_percent_load_fail_no_request(tmp_path, start_agent, engine):
     from edgectl.agent_client import AgentClient
 
     a, b = (tiny_gguf(tmp_path, seed) for seed in (1, 2))
-    agent = start_agent()
+    agent = start_agent(env=ENGINES[engine])
     assert push_and_activate(agent, a).state == "serving"
     with AgentClient(agent.url, agent.token, device="load") as c:
         c.upload(b.digest, b.blobs[0][1])

@@ -21,7 +21,8 @@ from edgectl_agent.admission import REQUEST_CANCELLED, ClientGone
 from edgectl_agent.errors import BadRequest
 from edgectl_agent.runtimes.base import GenerationParams
 from edgectl_agent.runtimes.extras import INCLUDE_USAGE, LOGPROBS, RESPONSE_FORMAT, TOOLS, ChatExtras, usage_chunk
-from edgectl_agent.runtimes.supervised import ForwardingModel, SupervisedServer
+from edgectl_agent.runtimes.llamacpp_engine import PENDING
+from edgectl_agent.runtimes.supervised import ForwardingModel, SupervisedServer, reshaped
 from edgectl_agent.runtimes.tool_calls import (StreamedCalls, arguments_schema, parse_reply, reply_schema,
                                                tools_message, with_tools_message)
 
@@ -169,7 +170,7 @@ class LlamaServerModel(ForwardingModel):
         param = extras.schema_param if extras.json_schema is not None else None
         out = self._post_json("/v1/chat/completions", body, param)
         if stream:
-            return self._chat_chunks(out, extras)
+            return reshaped(out, lambda chunks: self._chat_chunks(chunks, extras))
         choice = out["choices"][0]
         choice["logprobs"] = chat_logprobs(choice.get("logprobs")) if extras.logprobs is not None else None
         return self._shaped(out, "chat.completion")
@@ -184,6 +185,9 @@ class LlamaServerModel(ForwardingModel):
     def _chat_chunks(self, chunks: Iterator[dict[str, Any]], extras: ChatExtras) -> Iterator[dict[str, Any]]:
         try:
             for chunk in chunks:
+                if chunk is PENDING:  # an UpstreamStream read in the event loop: nothing yet
+                    yield PENDING
+                    continue
                 if not chunk.get("choices"):
                     if extras.include_usage and chunk.get("usage"):
                         yield usage_chunk(self._chunk_base(chunk), **self._token_counts(chunk["usage"]))
@@ -217,7 +221,7 @@ class LlamaServerModel(ForwardingModel):
         body = {"messages": prompt, **self._request(params, stream, chat=True), "grammar": grammar}
         out = self._post_json("/v1/chat/completions", body, TOOLS)
         if stream:
-            return self._tool_chunks(out, extras)
+            return reshaped(out, lambda chunks: self._tool_chunks(chunks, extras))
         choice = out["choices"][0]
         message, finish = parse_reply(choice["message"].get("content") or "", choice.get("finish_reason"),
                                       extras.tool_choice)
@@ -233,6 +237,9 @@ class LlamaServerModel(ForwardingModel):
 
         try:
             for event in chunks:
+                if event is PENDING:  # an UpstreamStream read in the event loop: nothing yet
+                    yield PENDING
+                    continue
                 if base is None:
                     base = {**self._chunk_base(event), "object": "chat.completion.chunk"}
                     yield chunk({"role": "assistant", "content": None})
@@ -270,7 +277,7 @@ class LlamaServerModel(ForwardingModel):
         param = extras.schema_param if extras.json_schema is not None else None
         out = self._post_json("/v1/completions", body, param)
         if stream:
-            return self._completion_chunks(out, extras)
+            return reshaped(out, lambda chunks: self._completion_chunks(chunks, extras))
         choice = out["choices"][0]
         logprobs = (completion_logprobs(choice.get("logprobs"), 0, extras.logprobs) if extras.logprobs is not None
                     else None)
@@ -282,6 +289,9 @@ class LlamaServerModel(ForwardingModel):
         offset = 0
         try:
             for chunk in chunks:
+                if chunk is PENDING:  # an UpstreamStream read in the event loop: nothing yet
+                    yield PENDING
+                    continue
                 base = {**self._chunk_base(chunk), "object": "text_completion"}
                 if not chunk.get("choices"):
                     if extras.include_usage and chunk.get("usage"):
