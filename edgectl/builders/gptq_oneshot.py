@@ -1,13 +1,15 @@
 """The part of the GPTQ builder that runs inside the vLLM venv (transformers 5 + llmcompressor), as a script:
 
     <venv>/bin/python gptq_oneshot.py quantize SOURCE OUT --bits 4 --group-size 64 --calibration FILE --threads N
+        [--algorithm gptq|awq]
     <venv>/bin/python gptq_oneshot.py logits MODEL TEXT_FILE OUT.npy [--tokens TOKENS.npy]
     <venv>/bin/python gptq_oneshot.py versions
 
 It imports nothing of edgectl (edgectl's own Python pins transformers 4.x, which llmcompressor and vLLM do not
 accept): edgectl.builders.gptq builds its argv and reads what it writes. ``quantize`` is llmcompressor's one-shot
 GPTQ (weights int``bits`` symmetric, one scale per ``group-size`` inputs, activations 16-bit: W4A16) on the
-calibration lines, saved in the compressed-tensors format that vLLM loads. ``logits`` evaluates a model folder on a
+calibration lines, saved in the compressed-tensors format that vLLM loads; ``--algorithm awq``: llmcompressor's
+one-shot AWQ instead (asymmetric groups, the same output format). ``logits`` evaluates a model folder on a
 text with transformers on the CPU (a compressed-tensors folder is decompressed on load) for the quality record.
 """
 
