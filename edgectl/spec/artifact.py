@@ -23,9 +23,10 @@ class Recipe(Frozen):
     source_precision: str = Field(description="Precision of the source it is built from.")
     calibration: str | None = Field(default=None, description="INT8_STATIC: path of the .npz of calibration samples "
                                                               "(quantization.calibration); None = generated samples.")
-    backend: Literal["olive"] | None = Field(default=None, description="quantization.backend: an alternative builder "
-                                                                       "of the format (olive: Microsoft Olive's "
-                                                                       "workflow); None = the format's own builder.")
+    backend: Literal["olive", "awq"] | None = Field(
+        default=None, description="quantization.backend: an alternative builder of the format (olive: Microsoft "
+                                  "Olive's workflow; awq: llmcompressor's AWQ for gptq); None = the format's own "
+                                  "builder.")
 
     @model_serializer(mode="wrap")
     def _backend_only_when_set(self, handler):

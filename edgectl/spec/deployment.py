@@ -31,6 +31,10 @@ class Calibration(Frozen):
                                   "manifest). Read without pickle.")
 
 
+# quantization.backend -> the one format it builds
+BACKEND_FORMATS = {"olive": "onnx", "awq": "gptq"}
+
+
 class Quantization(Frozen):
     format: ArtifactFormat | None = Field(default=None, description="Pin the artifact format; default: the device's preference.")
     allow: list[str] = Field(default_factory=list,
@@ -39,16 +43,19 @@ class Quantization(Frozen):
     calibration: Calibration | None = Field(
         default=None, description="Tensor models, INT8_STATIC: samples to calibrate activation ranges on; default: "
                                   "samples generated from the graph's input spec (standard normal, fixed seed).")
-    backend: Literal["olive"] | None = Field(
+    backend: Literal["olive", "awq"] | None = Field(
         default=None, description="Build with another tool than the format's own builder. olive: Microsoft Olive's "
                                   "workflow (its ModelBuilder pass for a CPU target) makes the onnx LLM folder that "
                                   "onnxruntime-genai serves; needs format: onnx and `bash scripts/setup.sh olive`. "
-                                  "Default: the format's own builder.")
+                                  "awq: llmcompressor's one-shot AWQ (W4A16) in place of GPTQ makes the "
+                                  "compressed-tensors folder that vLLM serves; needs format: gptq and the vLLM venv "
+                                  "(`bash scripts/setup.sh vllm`). Default: the format's own builder.")
 
     @model_validator(mode="after")
     def _backend_needs_format(self) -> "Quantization":
-        if self.backend is not None and self.format != "onnx":
-            raise ValueError(f"backend {self.backend!r} builds the onnx format only: add 'format: onnx' "
+        needs = BACKEND_FORMATS.get(self.backend) if self.backend is not None else None
+        if needs is not None and self.format != needs:
+            raise ValueError(f"backend {self.backend!r} builds the {needs} format only: add 'format: {needs}' "
                              f"(it is {self.format!r}), or remove backend")
         return self
 

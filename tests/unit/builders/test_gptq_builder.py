@@ -72,3 +72,80 @@ def test_logits_argv_passes_the_source_tokens(tmp_path: Path) -> None:
                             max_tokens=256, threads=2)
     assert argv[2] == "logits" and argv[-2:] == ["--tokens", str(tmp_path / "k.npy")]
     assert json.dumps(argv)  # plain strings only
+
+
+# --- the awq backend (quantization: {format: gptq, backend: awq}); real counterpart: test_vllm_gptq's AWQ test ---
+
+
+def test_awq_argv_names_the_algorithm_and_the_worker_accepts_it(tmp_path: Path) -> None:
+    argv = gptq.quantize_argv(Path("/p"), tmp_path / "src", tmp_path / "out", bits=4, group=64,
+                              calibration=gptq.CALIBRATION, threads=1, algorithm="awq")
+    assert argv[-2:] == ["--algorithm", "awq"]
+    out = subprocess.run([sys.executable, "-I", str(gptq.WORKER), "quantize", "--help"], capture_output=True,
+                         text=True, timeout=60)
+    assert "--algorithm" in out.stdout and "{gptq,awq}" in out.stdout
+
+
+def test_awq_cache_key_differs_from_gptq_by_recipe_id_and_backend(monkeypatch) -> None:
+    from edgectl.spec import Recipe
+
+    monkeypatch.setattr(gptq, "_venv_versions", lambda python: "llmcompressor 1.0, transformers 5.0, torch 2.0")
+    awq, plain = gptq.awq_tool_versions(), gptq.gptq_tool_versions()
+    assert awq.startswith(gptq.AWQ_RECIPE_ID + ", calibration ") and awq != plain
+    assert awq.split(", ", 1)[1] == plain.split(", ", 1)[1]  # same calibration digest and venv tools
+    recipe = Recipe(model="m", format="gptq", kind="llm", quant="W4A16", source_precision="F16")
+    with_awq = recipe.model_copy(update={"backend": "awq"})
+    assert recipe.cache_key("src", plain) != with_awq.cache_key("src", plain)
+    assert "backend" not in recipe.model_dump() and with_awq.model_dump()["backend"] == "awq"
+
+
+def test_awq_backend_registry_entry_builds_w4a16_only() -> None:
+    from edgectl.builders.registry import BACKENDS, builder_for, check_buildable
+    from edgectl.spec import Recipe
+
+    info = builder_for("gptq", "llm", "awq")
+    assert info is BACKENDS[("gptq", "llm", "awq")] and info.runtime == "vllm" and info.quants == ("W4A16",)
+    assert info.versions == "edgectl.builders.gptq:awq_tool_versions"
+    with pytest.raises(BuildError, match="cannot build gptq quant 'W8A16'") as e:
+        check_buildable(Recipe(model="m", format="gptq", quant="W8A16", source_precision="F16", backend="awq"))
+    assert "W4A16" in e.value.hint
+
+
+def test_awq_backend_needs_the_gptq_format() -> None:
+    from pydantic import ValidationError
+
+    from edgectl.spec.deployment import Quantization
+
+    assert Quantization(format="gptq", backend="awq").backend == "awq"
+    with pytest.raises(ValidationError, match="backend 'awq' builds the gptq format only: add 'format: gptq'"):
+        Quantization(format="gguf", backend="awq")
+    with pytest.raises(ValidationError, match="backend 'olive' builds the onnx format only"):
+        Quantization(format="gptq", backend="olive")
+
+
+def test_build_runs_the_worker_with_awq_for_the_awq_backend(tmp_path: Path, monkeypatch) -> None:
+    """The build passes the recipe's backend to the worker as --algorithm (the worker itself is faked here: it
+    needs the vLLM venv, where test_vllm_gptq runs it for real)."""
+    from edgectl.spec import Recipe
+
+    source = tmp_path / "src"
+    source.mkdir()
+    (source / "config.json").write_text(json.dumps({"hidden_size": 256, "intermediate_size": 512,
+                                                    "num_attention_heads": 4, "model_type": "llama"}))
+    seen: list[list[str]] = []
+
+    def fake_run(argv, **kwargs):
+        seen.append(argv)
+        out = Path(argv[4])
+        out.mkdir()
+        (out / "model.safetensors").write_bytes(b"")
+        (out / "config.json").write_text(json.dumps({"quantization_config": {"quant_method": "compressed-tensors"}}))
+        return subprocess.CompletedProcess(argv, 0, "", "")
+
+    monkeypatch.setattr(gptq.subprocess, "run", fake_run)
+    stages: list[str] = []
+    for backend, out in ((None, tmp_path / "gptq"), ("awq", tmp_path / "awq")):
+        recipe = Recipe(model="m", format="gptq", quant="W4A16", source_precision="F32", backend=backend)
+        gptq.build_gptq(recipe, source, out, progress=lambda stage, done, total: stages.append(stage))
+    assert "--algorithm" not in seen[0] and seen[1][-2:] == ["--algorithm", "awq"]
+    assert stages == ["quantize (gptq)"] * 2 + ["quantize (awq)"] * 2
