@@ -18,7 +18,7 @@ In ONE run, so that every figure sees the same load on a shared machine:
    has no thread setting and runs on one thread): the
    enrolment measurement exactly as the agent runs it at a first activation (edgectl_agent.benchmark.
    measure_artifact: medians of up to 3 runs of a ~128-token prompt and 32-128 decoded tokens, sized from its
-   warm-up or probe run) and its cost, then a
+   warm-up run) and its cost, then a
    longer run with the same estimator (5 runs, 128 decoded tokens each), whose rates are "measured".
 3. Per artifact: the plan's estimate from the device figures of step 1 (edgectl.plan.speed.estimate_speed, the
    threads each runtime really uses) against the measured rates (target within 25%), the enrolment measurement
@@ -209,7 +209,7 @@ def main() -> int:
             f"build has no thread setting (one thread). *Estimate*: edgectl/plan/speed.py from those device figures and the threads each runtime uses. "
             f"*Measured*: the agent's estimator (medians) over a longer run: 5 runs of a "
             f"~{results[0]['longer'].prompt_tokens}-token prompt, 128 decoded tokens each. *Enrolment*: what the agent "
-            f"measures at a first activation (up to 3 runs, 32-128 decoded tokens each as 0.75 s holds at its warm-up's or probe's rate) and its cost with the device "
+            f"measures at a first activation (up to 3 runs, 32-128 decoded tokens each as 0.75 s holds at its warm-up's rate) and its cost with the device "
             f"measurement. Targets: estimate within {ESTIMATE_WITHIN:.0%} of measured, enrolment within "
             f"{ENROLMENT_WITHIN:.0%} of the longer run, enrolment cost <= {ENROLMENT_BUDGET_S:.0f} s.\n\n"
             + table(["artifact", "runtime", "threads", "size", "decode est.", "measured", "enrolment",

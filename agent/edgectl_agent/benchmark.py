@@ -9,7 +9,7 @@
   switched in, so no request competes with it): the real prefill rate of a ~``PROMPT_TOKENS``-token prompt and the
   decode rate of up to ``DECODE_TOKENS`` tokens, through the runtime already loaded, with the deployment's threads:
   a warm-up probe, then medians over up to ``RUNS`` runs (bench/speed.py checks them against a longer run). Each
-  run decodes what ``DECODE_RUN_S`` holds at the warm-up's (or probe's) rate, from ``DECODE_TOKENS`` up to
+  run decodes what ``DECODE_RUN_S`` holds at the warm-up's rate (32 where no warm-up runs), from ``DECODE_TOKENS`` up to
   ``LONG_DECODE_TOKENS`` (the longer run's length: the same token positions, a window 4x longer).
   Bounded by ``ARTIFACT_BUDGET_S``: decoding stops at the deadline, and a run starts only while the one before it
   would still fit.
@@ -44,7 +44,6 @@ DECODE_TOKENS = 32  # the fewest tokens a run decodes (the budget may stop it so
 # of decoding, at the first 32 positions after the prompt only, against ~640 gaps over 4 s.
 LONG_DECODE_TOKENS = 128
 WARMUP_TOKENS = 8  # the warm-up run's decode: its median gap sizes the runs' decode (DECODE_RUN_S)
-PROBE_DECODE_TOKENS = 4  # the probe's decode: its gaps size the runs' decode where no warm-up runs
 PROBE_WORDS = 4  # the probe run that sizes the prompt to the device's speed: a few tokens
 RUNS = 3  # the medians of up to this many runs
 # Prefill samples: each run gives one; where time is left, prompt-only runs (one token) add more, up to this many.
@@ -227,7 +226,7 @@ def prefill_at(tokens: int, points: list[tuple[int, float]]) -> float:
 
 def decode_tokens_for(warmup_gaps: list[float], run_s: float = DECODE_RUN_S) -> int:
     """Tokens a run decodes: what ``run_s`` holds at the warm-up's median time per token, from DECODE_TOKENS to
-    LONG_DECODE_TOKENS (the warm-up's gaps, else the probe's); DECODE_TOKENS where neither decoded two tokens.
+    LONG_DECODE_TOKENS; DECODE_TOKENS where the warm-up did not run or decoded fewer than two tokens.
     Pure; unit-tested."""
     if not warmup_gaps:
         return DECODE_TOKENS
@@ -267,10 +266,10 @@ def measure_artifact(model: LoadedModel, *, digest: str, runtime: str, threads: 
     # prompt, never a longer wait). Its token count (llama.cpp reuses the prompt it just processed: near free) gives
     # the tokenizer's tokens per word, so that the prompt is half the context in tokens, whatever the vocabulary.
     probe = prompt_for(context_length, int(PROBE_WORDS / 0.75), run=first_run + 7)
-    # its decode stops at its first token past a fortieth of the budget: a slow device (MLX here, ~0.5 s to the
-    # first token) pays nothing for it
-    probe_s, _, probe_gaps = run_rates(model, probe, PROBE_DECODE_TOKENS,
-                                       min(deadline, time.perf_counter() + budget_s / 40))
+    # One token only: it times the prefill. MLX's stream computes the next token before it hands over the current
+    # one, so a probe that decodes more reads a longer time to the first token, and the line through the probes
+    # then gave a prefill 1.14-1.18x the longer run's (bench/speed.py).
+    probe_s, _, _ = run_rates(model, probe, 1, deadline)
     probe_tokens = count_tokens(model, probe) or PROBE_WORDS
     per_word = probe_tokens / PROBE_WORDS
     full_words = max(PROBE_WORDS, min(words, int(want / per_word)))
@@ -295,7 +294,7 @@ def measure_artifact(model: LoadedModel, *, digest: str, runtime: str, threads: 
         except BadRequest:
             pass  # the runs below halve the prompt until it fits
     if decode_tokens is None:
-        decode_tokens = decode_tokens_for(warmup_gaps or probe_gaps)
+        decode_tokens = decode_tokens_for(warmup_gaps)
     done: list[tuple[int, tuple[float, int, list[float]]]] = []  # (prompt tokens, run_rates) per run
     last_s = 0.0
     tried = 0
