@@ -92,6 +92,9 @@ class DeploymentPlan:
     steps: list[Step] = field(default_factory=list)
     unfit: str | None = None  # why nothing fits, with the numbers
     hint: str | None = None
+    # sha256 of the health gate the device must have passed (edgectl.spec.deployment.gate_digest); pull devices'
+    # reports are compared with it (edgectl.pull.diff). None while nothing is chosen.
+    gate_digest: str | None = None
 
     def to_dict(self) -> dict:
         return {"deployment": self.deployment, "model": self.model, "budget_bytes": self.budget_bytes,
