@@ -134,6 +134,8 @@ class DeviceStatus:
     # deployment -> the plan's expected speed of its chosen artifact (edgectl.plan.speed.Speed.to_dict: measured on
     # the device at enrolment, else estimated; a measured one carries the estimate beside it)
     speed: dict[str, dict] = field(default_factory=dict)
+    # pull devices: deployment -> the last health gate its agent ran, {"gate_digest", "error"} (edgectl.pull.status)
+    gates: dict[str, dict] = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         return {

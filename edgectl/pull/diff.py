@@ -4,6 +4,11 @@ A pull device is never connected to, so its "observed" is its last report (edgec
 store holds the planned artifact, its digest is what the report must name: "in sync" only then; the same format
 and quant under another digest (a rebuilt artifact not yet published or not yet applied) is drift, with both
 digests named. When the store lacks it (not built here yet), format and quant are compared and the row says so.
+
+The health gate is compared too: the report names the gate its agent ran last (edgectl.pull.status,
+``DeviceStatus.gates``); a gate other than the plan's (a Model's golden prompts or rollout.health_gate changed, and
+the state carrying the new one not yet applied and gated) is drift until the device reports the new one, and so is
+a gate whose smoke request failed. An agent that names no gate (from before it reported one) is not compared.
 """
 
 from __future__ import annotations
@@ -13,6 +18,19 @@ from edgectl.plan.result import DevicePlan
 from edgectl.spec import BuiltArtifact
 
 NEXT_POLL = "published states apply at its next poll"
+
+
+def gate_drift(wanted: str | None, ran: dict | None) -> str | None:
+    """Why the health gate a pull device last ran (``ran``: its DeviceStatus.gates entry) is not the plan's
+    ``wanted`` one, or None when it is (or when either side names none)."""
+    if wanted is None or ran is None or ran.get("gate_digest") is None:
+        return None
+    if ran["gate_digest"] != wanted:
+        return (f"drift: health gate changed (gated with {ran['gate_digest'][7:19]}, wants {wanted[7:19]}; "
+                f"{NEXT_POLL}, then it gates again)")
+    if ran.get("error"):
+        return f"drift: health gate {wanted[7:19]} failed on the device: {ran['error']}"
+    return None
 
 
 def pull_rows(dp: DevicePlan, st, built: dict[str, BuiltArtifact] | None = None) -> list[dict]:
@@ -38,6 +56,9 @@ def pull_rows(dp: DevicePlan, st, built: dict[str, BuiltArtifact] | None = None)
             status = "not deployed"
         elif cur.state != "serving":
             status = f"drift: {cur.state}"
+        elif (gate := gate_drift(dep.gate_digest, st.gates.get(dep.deployment))) and (
+                cur.active.digest == art.digest if art is not None else same_kind):
+            status = gate  # the artifact is the planned one; the gate it passed is not
         elif art is not None and cur.active.digest == art.digest:
             status = "in sync"
         elif art is not None and same_kind:
