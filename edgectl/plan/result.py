@@ -100,7 +100,7 @@ class DeploymentPlan:
         return {"deployment": self.deployment, "model": self.model, "budget_bytes": self.budget_bytes,
                 "chosen": self.chosen.to_dict() if self.chosen else None,
                 "rejected": [r.to_dict() for r in self.rejected], "steps": [s.to_dict() for s in self.steps],
-                "unfit": self.unfit, "hint": self.hint}
+                "unfit": self.unfit, "hint": self.hint, "gate_digest": self.gate_digest}
 
 
 @dataclass
