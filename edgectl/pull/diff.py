@@ -15,22 +15,10 @@ from __future__ import annotations
 
 from edgectl.plan import recipe_id
 from edgectl.plan.result import DevicePlan
+from edgectl.plan.settings import gate_drift
 from edgectl.spec import BuiltArtifact
 
 NEXT_POLL = "published states apply at its next poll"
-
-
-def gate_drift(wanted: str | None, ran: dict | None) -> str | None:
-    """Why the health gate a pull device last ran (``ran``: its DeviceStatus.gates entry) is not the plan's
-    ``wanted`` one, or None when it is (or when either side names none)."""
-    if wanted is None or ran is None or ran.get("gate_digest") is None:
-        return None
-    if ran["gate_digest"] != wanted:
-        return (f"drift: health gate changed (gated with {ran['gate_digest'][7:19]}, wants {wanted[7:19]}; "
-                f"{NEXT_POLL}, then it gates again)")
-    if ran.get("error"):
-        return f"drift: health gate {wanted[7:19]} failed on the device: {ran['error']}"
-    return None
 
 
 def pull_rows(dp: DevicePlan, st, built: dict[str, BuiltArtifact] | None = None) -> list[dict]:

@@ -4,7 +4,7 @@
 The device serves and has passed its gate (one golden prompt): `edgectl diff` says "in sync". The Model then gets a
 second golden prompt and nothing else changes: apply publishes a state whose only change is the gate; while the
 device has not applied it (its agent is stopped here, so the order is certain), diff names the gate it ran and the
-gate the plan wants. Once the agent runs again it applies that state, gates itself with both prompts and reports
+gate the plan wants, and `edgectl status` shows it as drift. Once the agent runs again it applies that state, gates itself with both prompts and reports
 the new gate: diff is in sync again, with the same artifact still serving."""
 
 from __future__ import annotations
@@ -65,6 +65,9 @@ def test_a_golden_prompt_change_is_drift_until_the_pull_device_gates_again(tmp_p
         assert row["status"] == (f"drift: health gate changed (gated with {old_gate[7:19]}, wants {new_gate[7:19]}; "
                                  "published states apply at its next poll, then it gates again)"), row
         assert row["steps"] == ["publish"] and row["observed_digest"] == digest
+        status = json.loads(edgectl("status", str(world.dir), "--json", env=world.env).stdout)[0]
+        assert status["drift"] == [{"action": "publish", "deployment": "chat",
+                                    "detail": row["status"].removeprefix("drift: ")}], status
 
         agent = start_agent(root=tmp_path / "device", env=agent_env)
         gated = wait_for("the agent to gate itself with the new prompts",
@@ -74,6 +77,7 @@ def test_a_golden_prompt_change_is_drift_until_the_pull_device_gates_again(tmp_p
         row = wait_for("diff to see the new gate reported", lambda: (r := diff_row(world))["status"] == "in sync"
                        and r, timeout=120)
         assert row["observed_digest"] == digest == serving_digest(agent)  # the same artifact throughout
+        assert json.loads(edgectl("status", str(world.dir), "--json", env=world.env).stdout)[0]["drift"] == []
     finally:
         if status_path is not None:
             status_path.stop()

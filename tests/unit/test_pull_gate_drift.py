@@ -15,6 +15,7 @@ from edgectl_agent.pull_state import GateReport, PullStatus
 
 from edgectl.load import load_paths
 from edgectl.plan import plan, recipe_id
+from edgectl.plan.settings import gate_steps
 from edgectl.pull.diff import pull_rows
 from edgectl.pull.status import device_report, device_status
 from edgectl.spec import BuiltArtifact
@@ -66,13 +67,15 @@ def test_diff_is_in_sync_only_once_the_device_ran_the_planned_gate(setup):
     wanted = dp.deployments[0].gate_digest
     st, _, _ = report(spec, dp, gate=GateReport(digest=ART, version=3, answer="Paris", gate_digest=wanted))
     [row] = pull_rows(dp, st, built)
-    assert row["status"] == "in sync" and row["steps"] == []
+    assert row["status"] == "in sync" and row["steps"] == [] and gate_steps(dp, st) == []
 
     st, _, _ = report(spec, dp, gate=GateReport(digest=ART, version=2, answer="Paris", gate_digest=OLD_GATE))
     [row] = pull_rows(dp, st, built)
     assert row["status"] == (f"drift: health gate changed (gated with {OLD_GATE[7:19]}, wants {wanted[7:19]}; "
                              "published states apply at its next poll, then it gates again)"), row
     assert row["steps"] == ["publish"]
+    assert gate_steps(dp, st) == [{"action": "publish", "deployment": "chat",  # what `edgectl status` shows
+                                   "detail": row["status"].removeprefix("drift: ")}]
 
 
 def test_a_failed_gate_is_drift_and_an_artifact_change_is_named_first(setup):
