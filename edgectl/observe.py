@@ -19,6 +19,7 @@ from edgectl.collector import parse_exposition
 from edgectl.delivery import DELIVERY_MODES, by_delivery, mode_function
 from edgectl.errors import EdgectlError
 from edgectl.plan import selects
+from edgectl.plan.settings import gate_steps
 from edgectl.spec import Device, Spec
 
 SERVING_PREFIXES = ("/v1/", "/v2/")
@@ -134,6 +135,8 @@ class DeviceStatus:
     # deployment -> the plan's expected speed of its chosen artifact (edgectl.plan.speed.Speed.to_dict: measured on
     # the device at enrolment, else estimated; a measured one carries the estimate beside it)
     speed: dict[str, dict] = field(default_factory=dict)
+    # pull devices: deployment -> the last health gate its agent ran, {"gate_digest", "error"} (edgectl.pull.status)
+    gates: dict[str, dict] = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         return {
@@ -163,10 +166,10 @@ def collect_status(spec: Spec, devices: Iterable[Device], *, store=None,
                  for s in mode_function(DELIVERY_MODES[mode].report)(spec, group)}
         if store is not None:  # their plans (speed: measured where they measured), from the facts they reported
             reported = [s for s in found.values() if s.facts is not None]
-            _add_plan(spec, {s.device: DeviceContext(spec.devices[s.device], facts=s.facts) for s in reported},
-                      store, reported)
-            for s in reported:
-                s.drift = []  # push steps; what a pull device runs is what it reports (edgectl.pull.status)
+            plans = _add_plan(spec, {s.device: DeviceContext(spec.devices[s.device], facts=s.facts)
+                                     for s in reported}, store, reported)
+            for s in reported:  # not push steps: a pull device's drift is a gate it has not passed yet
+                s.drift = gate_steps(plans[s.device], s) if s.device in plans else []
         if "push" in groups:
             found.update((s.device, s) for s in collect_status(spec, groups["push"], store=store, previous=previous,
                                                                parallel=parallel))
@@ -200,13 +203,14 @@ def _device_status(spec: Spec, device: Device, ctx, previous: dict[str, DeviceSt
     return st
 
 
-def _add_plan(spec: Spec, contexts, store, statuses: list[DeviceStatus]) -> None:
+def _add_plan(spec: Spec, contexts, store, statuses: list[DeviceStatus]) -> dict:
+    """Each status's plan figures and drift; returns the device plans by device ({} when it cannot plan)."""
     try:
         p = make_plan(spec, contexts, store)
     except EdgectlError as e:
         for st in statuses:
             st.drift = [{"action": "cannot plan", "deployment": "", "detail": e.message}]
-        return
+        return {}
     by_device = {dp.device: dp for dp in p.devices}
     for st in statuses:
         dp = by_device.get(st.device)
@@ -217,3 +221,4 @@ def _add_plan(spec: Spec, contexts, store, statuses: list[DeviceStatus]) -> None
         st.drift = [s.to_dict() for s in dp.steps]
         st.speed = {d.deployment: d.chosen.speed.to_dict() for d in dp.deployments
                     if d.chosen is not None and d.chosen.speed is not None}
+    return by_device

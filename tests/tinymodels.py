@@ -364,3 +364,12 @@ def quality_gate_manifests(folder: Path, *, port: int, golden_prompts: list[dict
              "spec": deployment}]
     (folder / "all.yaml").write_text(yaml.safe_dump_all(docs, sort_keys=False))
     return folder
+
+
+def regate_pull_manifest(registry: str, device: str, golden_prompts: list[str], *, pull_extra: str = "") -> str:
+    """pull_fleet_manifest (Q8_0, one pull ``device``) whose Model carries ``golden_prompts``, each checked with a
+    regex any answer matches (the random tiny model says nothing right): changing them changes only the health gate
+    (tests/integration/test_pull_regate.py)."""
+    prompts = ", ".join(f'{{prompt: "{p}", max_tokens: 4, expect_regex: "(?s).*"}}' for p in golden_prompts)
+    text = pull_fleet_manifest(registry, [device], quant="Q8_0", threads=1, pull_extra=pull_extra)
+    return text.replace("  sources:\n", f"  golden_prompts: [{prompts}]\n  sources:\n", 1)

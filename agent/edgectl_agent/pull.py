@@ -229,16 +229,20 @@ class Puller:
 
     async def run_gates(self, state: PublishedState) -> dict:
         """Send the smoke request of each gated deployment of ``state`` to this agent itself (edgectl_agent.pull_gate)
-        and keep what it found, for edgectl to judge."""
+        and keep what it found, with the gate's digest, for edgectl to judge. Every applied state is gated, so a
+        state that changes only the gate (a Model's golden prompts) is gated again with the new prompts."""
         from edgectl_agent.pull_gate import loopback_base, smoke_request
 
         serving = {s.name: s for s in self.agent.deployments.snapshot()}
+        gate_digests = {d.name: d.health_gate_digest for d in state.deployments}
         base = loopback_base(self.agent.settings.host, self.agent.settings.port)
         gates = dict(self.status.gates)
         for name, smoke in state.gates.items():
             digest = serving[name].active.digest if name in serving and serving[name].active else ""
             report = await anyio.to_thread.run_sync(
                 lambda: smoke_request(base, self.agent.token, name, smoke, digest=digest, version=state.version))
+            # which gate this was, so that `edgectl diff` sees a device still on an older one
+            report = report.model_copy(update={"gate_digest": gate_digests.get(name)})
             if report.error:
                 log.warning("pull: the health gate's smoke request to %s failed: %s", name, report.error)
             gates[name] = report

@@ -74,8 +74,8 @@ def report_text(status: PullStatus, deployments: list[DeploymentState], *, now: 
 
 
 def _gate_lines(status: PullStatus) -> list[str]:
-    """The last health-gate smoke request per deployment: one info series (version, digest, answer, error) and its
-    timings (edgectl.pull.status reads them back into a SmokeResult and judges it with the push gate rule)."""
+    """The last health-gate smoke request per deployment: one info series (version, digest, answer, error, and
+    ``gate_digest``: the health gate it ran, which edgectl diff compares with the plan's) and its timings (edgectl.pull.status reads them back into a SmokeResult and judges it with the push gate rule)."""
     if not status.gates:
         return []
     lines = ["# TYPE edgectl_pull_gate_info gauge"]
@@ -83,8 +83,9 @@ def _gate_lines(status: PullStatus) -> list[str]:
     for name, g in sorted(status.gates.items()):
         labels = f'deployment="{_label(name)}",digest="{g.digest}",version="{g.version}"'
         answers = f',answers="{_label(json.dumps(g.answers))}"' if g.answers else ""  # golden prompts 2..n
+        gate = f',gate_digest="{g.gate_digest}"' if g.gate_digest else ""  # which health gate it ran
         lines.append(f'edgectl_pull_gate_info{{{labels},answer="{_label(g.answer or "")}",'
-                     f'error="{_label(g.error or "")}"{answers}}} 1')
+                     f'error="{_label(g.error or "")}"{answers}{gate}}} 1')
         for metric, value in (("ttft_seconds", g.ttft_s), ("tokens", g.tokens), ("decode_seconds", g.decode_s)):
             if value is not None:
                 timings.append(f"edgectl_pull_gate_{metric}{{{labels}}} {value}")

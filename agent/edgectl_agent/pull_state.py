@@ -88,6 +88,9 @@ class GateReport(Wire):
     answers: list[str] = Field(default_factory=list, description="The answers to SmokeRequest.more, in order (first "
                                                                  "1000 characters each).")
     error: str | None = Field(default=None, description="Why the request failed (None: it answered).")
+    gate_digest: str | None = Field(default=None, description="The health gate it was sent for: the deployment's "
+                                                              "DesiredDeployment.health_gate_digest in that state "
+                                                              "(None: edgectl sent none).")
 
 
 class PublishedState(Wire):

@@ -31,6 +31,7 @@ from edgectl.plan.result import (Candidate, DeploymentPlan, DevicePlan, Plan, Re
 from edgectl.plan.select import OPENVINO_RUNTIMES, Target, plan_deployment
 from edgectl.plan.speed import hardware, missing_figures
 from edgectl.spec import AUTO_PROFILE, BuiltArtifact, Deployment, Device, Model, Selector, Spec
+from edgectl.spec.deployment import gate_digest, gates_for
 
 # Names other modules import from here (the planner's public face); defined in profiles, result and select.
 __all__ = ["AUTO_RUNTIME_ORDER", "OPENVINO_RUNTIMES", "Candidate", "DeploymentPlan", "DevicePlan", "Plan", "Rejected",
@@ -186,6 +187,7 @@ def _plan_device(spec: Spec, device: Device, facts: Facts | None, observed: Agen
         vram -= max(0, chosen.estimate.total_bytes - chosen.ram_need) if chosen.gpu_layers else 0
         threads = dep.spec.threads or profile.default_threads
         plan_.steps = _steps(dep, chosen, threads, observed, built, model.spec.goldens)
+        plan_.gate_digest = gate_digest(gates_for(dep.spec.rollout.health_gate, model.spec.goldens))
         if facts is not None and chosen.ram_need > facts.ram_available_bytes and plan_.steps:
             dp.warnings.append(
                 f"{dep.name}: needs {gib(chosen.ram_need)} but the device has "
@@ -240,12 +242,17 @@ def _current(observed: AgentState | None, name: str) -> DeploymentState | None:
     return None
 
 
+GATE_CHANGED = "health gate changed (golden prompts or rollout.health_gate): the gate runs again"
+GATE_NOT_RECORDED = "health gate not recorded (deployed by an older edgectl): the gate runs again"
+
+
 def _config_changes(dep: Deployment, threads: int, current: DeploymentState, planned: dict,
                     goldens: list) -> list[str]:
     """The served settings (edgectl.plan.settings.RELOAD_FIELDS, the ones apply sends) that differ from the agent's.
     A changed health gate (the Model's golden prompts, the rollout's gate) reads "health gate changed": the reload
-    runs the new gate. A deployment that carries no gate digest (activated by an edgectl before it) is not
-    re-gated for it."""
+    runs the new gate. A deployment that carries no gate digest (activated by an edgectl before it existed) is
+    gated once more, saying so: which gate it passed is unknown, and the reload records the digest, so it happens
+    once."""
     from edgectl.plan.settings import current_settings, served_settings
 
     have = current.desired
@@ -254,8 +261,10 @@ def _config_changes(dep: Deployment, threads: int, current: DeploymentState, pla
     want = served_settings(dep.spec, threads, planned, goldens)
     got = current_settings(have)
     changed = [f"{k} {got[k]} -> {want[k]}" for k in want if k != "health_gate_digest" and want[k] != got[k]]
-    if got["health_gate_digest"] is not None and got["health_gate_digest"] != want["health_gate_digest"]:
-        changed.append("health gate changed (golden prompts or rollout.health_gate): the gate runs again")
+    if got["health_gate_digest"] is None:
+        changed.append(GATE_NOT_RECORDED)
+    elif got["health_gate_digest"] != want["health_gate_digest"]:
+        changed.append(GATE_CHANGED)
     return changed
 
 

@@ -92,12 +92,15 @@ class DeploymentPlan:
     steps: list[Step] = field(default_factory=list)
     unfit: str | None = None  # why nothing fits, with the numbers
     hint: str | None = None
+    # sha256 of the health gate the device must have passed (edgectl.spec.deployment.gate_digest); pull devices'
+    # reports are compared with it (edgectl.pull.diff). None while nothing is chosen.
+    gate_digest: str | None = None
 
     def to_dict(self) -> dict:
         return {"deployment": self.deployment, "model": self.model, "budget_bytes": self.budget_bytes,
                 "chosen": self.chosen.to_dict() if self.chosen else None,
                 "rejected": [r.to_dict() for r in self.rejected], "steps": [s.to_dict() for s in self.steps],
-                "unfit": self.unfit, "hint": self.hint}
+                "unfit": self.unfit, "hint": self.hint, "gate_digest": self.gate_digest}
 
 
 @dataclass

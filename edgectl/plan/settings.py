@@ -1,5 +1,6 @@
 """The settings an agent serves a deployment with, besides its artifact: one list of fields, used both by the
-planner (any of them differing from what the agent runs is a reload) and by apply (what it sends the agent)."""
+planner (any of them differing from what the agent runs is a reload) and by apply (what it sends the agent); and
+the health gate a pull device reports it ran, against the plan's (``gate_drift``, for `edgectl diff` and `status`)."""
 
 from __future__ import annotations
 
@@ -25,3 +26,28 @@ def served_settings(spec: DeploymentSpec, threads: int, planned_options: dict, g
 def current_settings(desired: DesiredDeployment) -> dict:
     """RELOAD_FIELDS as an agent runs them now."""
     return {f: dict(getattr(desired, f)) if f == "runtime_options" else getattr(desired, f) for f in RELOAD_FIELDS}
+
+
+def gate_drift(wanted: str | None, ran: dict | None) -> str | None:
+    """Why the health gate a pull device last ran (``ran``: its DeviceStatus.gates entry) is not the plan's
+    ``wanted`` one, or None when it is (or when either side names none)."""
+    if wanted is None or ran is None or ran.get("gate_digest") is None:
+        return None
+    if ran["gate_digest"] != wanted:
+        return (f"drift: health gate changed (gated with {ran['gate_digest'][7:19]}, wants {wanted[7:19]}; "
+                "published states apply at its next poll, then it gates again)")
+    if ran.get("error"):
+        return f"drift: health gate {wanted[7:19]} failed on the device: {ran['error']}"
+    return None
+
+
+def gate_steps(dp, status) -> list[dict]:
+    """A pull device's drift for `edgectl status`: per deployment of its plan ``dp`` (edgectl.plan.DevicePlan), the
+    health gate its last report (``status``: edgectl.observe.DeviceStatus, ``gates`` filled by edgectl.pull.status)
+    says it ran, when that is not the plan's (:func:`gate_drift`), as a "publish" step."""
+    out = []
+    for dep in dp.deployments:
+        why = gate_drift(dep.gate_digest, status.gates.get(dep.deployment))
+        if why:
+            out.append({"action": "publish", "deployment": dep.deployment, "detail": why.removeprefix("drift: ")})
+    return out

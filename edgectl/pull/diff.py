@@ -4,12 +4,18 @@ A pull device is never connected to, so its "observed" is its last report (edgec
 store holds the planned artifact, its digest is what the report must name: "in sync" only then; the same format
 and quant under another digest (a rebuilt artifact not yet published or not yet applied) is drift, with both
 digests named. When the store lacks it (not built here yet), format and quant are compared and the row says so.
+
+The health gate is compared too: the report names the gate its agent ran last (edgectl.pull.status,
+``DeviceStatus.gates``); a gate other than the plan's (a Model's golden prompts or rollout.health_gate changed, and
+the state carrying the new one not yet applied and gated) is drift until the device reports the new one, and so is
+a gate whose smoke request failed. An agent that names no gate (from before it reported one) is not compared.
 """
 
 from __future__ import annotations
 
 from edgectl.plan import recipe_id
 from edgectl.plan.result import DevicePlan
+from edgectl.plan.settings import gate_drift
 from edgectl.spec import BuiltArtifact
 
 NEXT_POLL = "published states apply at its next poll"
@@ -38,6 +44,9 @@ def pull_rows(dp: DevicePlan, st, built: dict[str, BuiltArtifact] | None = None)
             status = "not deployed"
         elif cur.state != "serving":
             status = f"drift: {cur.state}"
+        elif (gate := gate_drift(dep.gate_digest, st.gates.get(dep.deployment))) and (
+                cur.active.digest == art.digest if art is not None else same_kind):
+            status = gate  # the artifact is the planned one; the gate it passed is not
         elif art is not None and cur.active.digest == art.digest:
             status = "in sync"
         elif art is not None and same_kind:

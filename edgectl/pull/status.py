@@ -5,7 +5,9 @@ every heartbeat (``edgectl_pull_heartbeat_seconds``, in the report); Prometheus 
 gateway's own ``push_time_seconds`` of the last report (the device's clock may be wrong); a device is "stale" when
 it has not reported for its heartbeat plus STALE_POLLS - 1 poll intervals (jitter and one missed poll allowed;
 agents without a heartbeat report every poll), or when it reports that the
-registry serves it an expired state. Each report also carries the device's facts (the enrolment benchmark
+registry serves it an expired state. Each report also says, per deployment, which health gate its agent ran last
+(``gate_digest`` of ``edgectl_pull_gate_info``; ``DeviceStatus.gates``): edgectl diff compares it with the plan's.
+Each report also carries the device's facts (the enrolment benchmark
 included): :func:`reported_facts` gives them to the planner, so a pull device is planned from its measured
 hardware the way a push device is from GET /control/facts.
 """
@@ -115,6 +117,8 @@ def device_status(spec: Spec, device: Device, series: list[dict] | None, *, now:
             f"its clock is {skew:+.0f} s off the registry's: set its time (NTP), expiry is judged by that clock")
     for s in series:
         m = s["metric"]
+        if m.get("__name__") == "edgectl_pull_gate_info" and m.get("deployment"):
+            st.gates[m["deployment"]] = {"gate_digest": m.get("gate_digest") or None, "error": m.get("error") or None}
         if m.get("__name__") != "edgectl_pull_deployment_since_timestamp_seconds":
             continue
         since = datetime.fromtimestamp(float(s["value"][1]), timezone.utc)
@@ -162,6 +166,7 @@ class GateSeen:
     result: SmokeResult
     error: str | None
     answers: tuple[str, ...] = ()  # to the gate's golden prompts after the first (SmokeRequest.more), in order
+    gate_digest: str | None = None  # the health gate it ran (None: an agent from before it reported one)
 
 
 @dataclass(frozen=True)
@@ -201,7 +206,8 @@ def device_report(series: list[dict]) -> DeviceReport:
                                                   tokens=int(tokens) if tokens is not None else None,
                                                   decode_s=timings.get((name, "edgectl_pull_gate_decode_seconds")),
                                                   text=m.get("answer") or None),
-                               error=m.get("error") or None, answers=_answers(m.get("answers")))
+                               error=m.get("error") or None, answers=_answers(m.get("answers")),
+                               gate_digest=m.get("gate_digest") or None)
     return DeviceReport(seen=value("push_time_seconds") or value("edgectl_pull_last_seen_timestamp_seconds"),
                         version=int(value("edgectl_pull_state_version")),
                         applied_version=int(value("edgectl_pull_applied_version")),

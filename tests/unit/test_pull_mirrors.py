@@ -76,11 +76,11 @@ def diff_rows(reported_digest: str | None, store_digest: str | None, *, quant: s
 
     recipe = Recipe(model="tiny", format="gguf", kind="llm", quant=quant, source_precision="F32")
     dp = SimpleNamespace(device="shop-9", deployments=[SimpleNamespace(deployment="chat", chosen=SimpleNamespace(
-        recipe=recipe))])
+        recipe=recipe), gate_digest=None)])
     serving = [] if reported_digest is None else [DeploymentState(
         name="chat", state="serving", since=datetime.now(timezone.utc),
         active=ArtifactRef(digest=reported_digest, format="gguf", quant="Q8_0", size_bytes=1, model="tiny"))]
-    st = SimpleNamespace(deployments=serving, endpoint="pull, last seen 3 s ago, state v2", error=None)
+    st = SimpleNamespace(deployments=serving, endpoint="pull, last seen 3 s ago, state v2", error=None, gates={})
     built = {recipe_id(recipe): SimpleNamespace(digest=store_digest)} if store_digest else {}
     return pull_rows(dp, st, built)
 

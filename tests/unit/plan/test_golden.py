@@ -11,13 +11,16 @@ Case file keys:
                                      artifacts: [{digest, runtime, threads, prompt_tokens, prefill_tokens_per_s,
                                                   decode_tokens, decode_tokens_per_s}]}}}
                (partial; defaults below)
-  observed:    {device: {artifacts: [digest...], deployments: [{name, digest, quant, state, context_length, ...}]}}
+  observed:    {device: {artifacts: [digest...], deployments: [{name, digest, quant, state, context_length, ...,
+                                                                 health_gate_digest}]}}
+               (health_gate_digest: the gate the plan wants unless given; null = recorded by an older edgectl)
   built:       [{model, quant, source_precision, digest, size_bytes, format, kind, compat,
                  quality: {top1_agreement, perplexity, source_perplexity}}]  (the local store)
   expect:      {device: {status, profile, choices: {deployment: "gguf Q4_K_M" | null}, steps: ["action deployment"],
                          warnings: [substring...], rejected: {deployment: {"gguf Q8_0": substring}}, unfit: substring,
                          gpu_layers: {deployment: n}, runtime_options: {deployment: {option: value}},
-                         reasons: {deployment: substring of why it was chosen}}}
+                         reasons: {deployment: substring of why it was chosen},
+                         step_details: {deployment: substring of its steps' details}}}
 """
 
 from __future__ import annotations
@@ -63,20 +66,33 @@ def make_benchmark(d: dict) -> DeviceBenchmark:
         "artifacts": [{"seconds": 1.0, "measured_at": EPOCH, **a} for a in d.get("artifacts", [])]})
 
 
-def make_state(d: dict) -> AgentState:
+def make_state(d: dict, gate_of=lambda name: None) -> AgentState:
+    """``gate_of``: deployment name -> the health gate digest the plan wants (what a deployment that does not name
+    its ``health_gate_digest`` recorded)."""
     deployments = []
     for dep in d.get("deployments", []):
         ref = ArtifactRef(digest=dep["digest"], format="gguf", quant=dep.get("quant", "Q4_K_M"),
                           size_bytes=dep.get("size_bytes", 1), model=dep.get("model", "m"))
         desired = DesiredDeployment(name=dep["name"], artifact=ref, context_length=dep.get("context_length", 2048),
                                     parallel=dep.get("parallel", 1), threads=dep.get("threads"),
-                                    runtime_options=dep.get("runtime_options", {}))
+                                    runtime_options=dep.get("runtime_options", {}),
+                                    health_gate_digest=dep.get("health_gate_digest", gate_of(dep["name"])))
         state = dep.get("state", "serving")
         deployments.append(DeploymentState(name=dep["name"], desired=desired, state=state, since=EPOCH,
                                            active=ref if state == "serving" else None,
                                            last_error=dep.get("last_error")))
     return AgentState(agent_version="0.1.0", started_at=EPOCH, deployments=deployments,
                       artifacts=d.get("artifacts", []))
+
+
+def planned_gate_digest(spec, deployment: str) -> str | None:
+    """The health gate digest the plan wants for ``deployment`` (None: the manifests do not define it)."""
+    from edgectl.spec.deployment import gate_digest, gates_for
+
+    dep = spec.deployments.get(deployment)
+    if dep is None:
+        return None
+    return gate_digest(gates_for(dep.spec.rollout.health_gate, spec.models[dep.spec.model].spec.goldens))
 
 
 def make_built(entries: list[dict]) -> dict[str, BuiltArtifact]:
@@ -104,7 +120,8 @@ def test_golden(case_file: Path, tmp_path: Path) -> None:
     manifest.write_text(case["manifests"])
     spec = load_paths([manifest])
     facts = {name: make_facts(f) if f is not None else None for name, f in case.get("facts", {}).items()}
-    observed = {name: make_state(s) if s is not None else None for name, s in case.get("observed", {}).items()}
+    observed = {name: make_state(s, lambda dep: planned_gate_digest(spec, dep)) if s is not None else None
+                for name, s in case.get("observed", {}).items()}
     for name in spec.devices:
         facts.setdefault(name, None)
     p = plan(spec, facts, observed, make_built(case.get("built", [])), devices=sorted(spec.devices))
@@ -131,6 +148,9 @@ def test_golden(case_file: Path, tmp_path: Path) -> None:
             assert text in deps[dep_name].chosen.reason, f"{where}: {dep_name}: {deps[dep_name].chosen.reason}"
         for dep_name, options in want.get("runtime_options", {}).items():
             assert deps[dep_name].chosen.runtime_options == options, f"{where}: {dep_name} {deps[dep_name].chosen}"
+        for dep_name, text in want.get("step_details", {}).items():
+            details = [s.detail for s in deps[dep_name].steps]
+            assert any(text in d for d in details), f"{where}: {dep_name}: step details {details}"
         if "steps" in want:
             steps = [f"{s.action} {s.deployment}" for s in got.steps]
             assert steps == want["steps"], f"{where}: steps {steps}"
