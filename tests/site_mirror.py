@@ -32,7 +32,7 @@ error_log {dir}/error.log warn;
 {user}
 events {{ worker_connections 8192; }}
 http {{
-    log_format cache '$remote_addr "$request" $status $body_bytes_sent cache=$upstream_cache_status';
+    log_format cache '$remote_addr "$request" $status $body_bytes_sent cache=$upstream_cache_status rt=$request_time';
     access_log {dir}/access.log cache;
     client_body_temp_path {dir}/tmp/body;
     proxy_temp_path {dir}/tmp/proxy;
