@@ -2,10 +2,12 @@
 
     python bench/pull_scale.py [--devices 1000] [--poll 10] [--blob-mib 1] [--procs 4] [--timeout 180]
                                [--paths origin,mirror,mirror-split,mirror-cold] [--warm-sizes 1,16,128]
-                               [--no-write]
+                               [--mirror shipped,distribution,nginx] [--no-write]
 
 Real parts: Debian's docker-registry (CNCF Distribution) as the origin on 127.0.0.1 (anonymous: Distribution 2.8's
-proxy mode logs in upstream only to a token-auth registry), a second one in proxy mode as the site mirror, and
+proxy mode logs in upstream only to a token-auth registry), the site mirror as deploy/site-mirror/ ships it (a
+second Distribution in proxy mode whose upstream is an nginx cache of the origin; ``--mirror`` also runs a bare
+Distribution proxy, or nginx alone, to compare), and
 Prometheus's Pushgateway for the status reports. The devices are lightweight asyncio pollers spread over ``--procs``
 processes (one httpx.AsyncClient each: a bounded connection pool; jitter as the agent: the first poll at a random
 point of one interval, then every interval +-20%) doing the agent's real HTTP: per poll a manifest HEAD of
