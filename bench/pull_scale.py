@@ -2,10 +2,12 @@
 
     python bench/pull_scale.py [--devices 1000] [--poll 10] [--blob-mib 1] [--procs 4] [--timeout 180]
                                [--paths origin,mirror,mirror-split,mirror-cold] [--warm-sizes 1,16,128]
-                               [--no-write]
+                               [--mirror shipped,distribution,nginx] [--no-write]
 
 Real parts: Debian's docker-registry (CNCF Distribution) as the origin on 127.0.0.1 (anonymous: Distribution 2.8's
-proxy mode logs in upstream only to a token-auth registry), a second one in proxy mode as the site mirror, and
+proxy mode logs in upstream only to a token-auth registry), the site mirror as deploy/site-mirror/ ships it (a
+second Distribution in proxy mode whose upstream is an nginx cache of the origin; ``--mirror`` also runs a bare
+Distribution proxy, or nginx alone, to compare), and
 Prometheus's Pushgateway for the status reports. The devices are lightweight asyncio pollers spread over ``--procs``
 processes (one httpx.AsyncClient each: a bounded connection pool; jitter as the agent: the first poll at a random
 point of one interval, then every interval +-20%) doing the agent's real HTTP: per poll a manifest HEAD of
@@ -57,10 +59,12 @@ from edgectl_agent.pull_report import report_text  # noqa: E402
 from edgectl_agent.pull_state import PullStatus  # noqa: E402
 from tests.integration.test_metrics_fleet import Background, pushgateway_argv  # noqa: E402
 from tests.registry import Registry, _free_port  # noqa: E402
+from tests.site_mirror import OriginCache, site_mirror_registry  # noqa: E402
 
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 REPO_NAME = "shops/models"
 ACCESS = re.compile(r'"(GET|HEAD|PUT|POST|PATCH) (\S+) HTTP/[\d.]+" (\d{3}) (\d+)')
+NGINX_TIME = re.compile(r'"(GET|HEAD) \S+ HTTP/[\d.]+" .* rt=([\d.]+)$')
 DURATION = re.compile(r"([\d.]+)(ns|µs|us|ms|s|m|h)")
 UNIT_S = {"ns": 1e-9, "µs": 1e-6, "us": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
 MIB = 2**20
@@ -208,11 +212,34 @@ def publish_states(client: httpx.Client, base: str, n: int, blob: str, size: int
         return dict(enumerate(pool.map(one, range(n))))
 
 
-def start_registry(base: Path, proxy_of: str | None = None) -> Registry:
-    """A Distribution that logs every request's duration (JSON, info level) besides its access log."""
-    r = Registry(base, {}, proxy_of=(proxy_of, "", "") if proxy_of else None)
-    r.config.write_text(r.config.read_text().replace("log: {level: warn}", "log: {level: info, formatter: json}"))
+def start_registry(base: Path, proxy_of: str | None = None, registry: Registry | None = None) -> Registry:
+    """A Distribution (``registry``, not started, or a new one) that logs every request's duration (JSON, info
+    level) besides its access log."""
+    r = registry or Registry(base, {}, proxy_of=(proxy_of, "", "") if proxy_of else None)
+    config = r.config.read_text()
+    r.config.write_text(config.replace("log: {level: warn}", "log: {level: info, formatter: json}")
+                        .replace("log:\n  level: warn\n", "log:\n  level: info\n  formatter: json\n"))
     return r.start()
+
+
+MIRRORS = {
+    "shipped": "deploy/site-mirror: a Distribution in proxy mode whose upstream is an nginx cache of the origin",
+    "distribution": "a Distribution in proxy mode of the origin itself (no cache between: before deploy/site-mirror)",
+    "nginx": "nginx alone with deploy/site-mirror/nginx-origin-cache.conf (blobs cached, the rest passed through)",
+}
+
+
+def start_site_mirror(kind: str, work: Path, origin: Registry) -> tuple[Registry | OriginCache, list]:
+    """The site mirror of ``kind`` (a key of MIRRORS) in front of ``origin``: (what devices talk to, every server
+    started, to stop)."""
+    if kind == "distribution":
+        front = start_registry(work / "mirror", proxy_of=f"http://{origin.address}")
+        return front, [front]
+    cache = OriginCache(work / "origin-cache", f"http://{origin.address}").start()
+    if kind == "nginx":
+        return cache, [cache]
+    mirror = start_registry(work / "mirror", registry=site_mirror_registry(work / "mirror", cache))
+    return mirror, [cache, mirror]
 
 
 def origin_traffic(log: Path, offset: int, artifact: str, end: int | None = None) -> tuple[int, int, int]:
@@ -239,6 +266,10 @@ def server_durations(log: Path, offset: int) -> list[float]:
     with open(log, "rb") as f:
         f.seek(offset)
         for line in f.read().decode("utf-8", "replace").splitlines():
+            nginx = NGINX_TIME.search(line)  # nginx's access log (tests/site_mirror.py's format)
+            if nginx:
+                out.append(float(nginx.group(2)))
+                continue
             if '"http.response.duration"' not in line:
                 continue
             try:
@@ -275,7 +306,7 @@ def pct(values: list[float], q: float) -> float | None:
 
 def run(n: int, poll: float, blob_mib: float, procs: int, timeout: float, mirror: bool, work: Path,
         warm_mirror_first: bool = True, gateway_check: bool = False, states_at_origin: bool = False,
-        report_every_poll: bool = False) -> dict:
+        report_every_poll: bool = False, mirror_kind: str = "shipped") -> dict:
     """One path. ``states_at_origin`` (with ``mirror``): the devices read their own state (tag HEAD, manifest, state
     blob: small, and each device's own, so a mirror has nothing to share) at the origin and fetch the artifact
     through the mirror, as an agent enrolled behind a mirror does (PullConfig.origin)."""
@@ -294,8 +325,8 @@ def run(n: int, poll: float, blob_mib: float, procs: int, timeout: float, mirror
         gateway_proc.wait_http(f"{gateway}/-/ready")
         front = origin
         if mirror:
-            front = start_registry(work / "mirror", proxy_of=f"http://{origin.address}")
-            servers.append(front)
+            front, started_servers = start_site_mirror(mirror_kind, work, origin)
+            servers += started_servers
         origin_base = f"http://{origin.address}/v2/{REPO_NAME}"
         device_base = f"http://{front.address}/v2/{REPO_NAME}"
         size = int(blob_mib * MIB)
@@ -358,7 +389,7 @@ def run(n: int, poll: float, blob_mib: float, procs: int, timeout: float, mirror
             if p.is_alive():
                 p.kill()
         gateway_proc.stop()
-        for s in servers:
+        for s in reversed(servers):
             s.stop()
     reported = sorted(v for t in tallies for v in t.reported.values())
     # counted from the end of the publish, when every new state is there to be seen (the publish itself, N state
@@ -371,7 +402,7 @@ def run(n: int, poll: float, blob_mib: float, procs: int, timeout: float, mirror
         server += server_durations(origin.log, origin_offset)
     requests, artifact_bytes, blob_bytes = origin_traffic(origin.log, origin_offset, target)
     transfer_s = n * size / throughput
-    return {"mirror": mirror, "warmed": mirror and warm_mirror_first, "gateway_check": gateway_check,
+    return {"mirror": mirror, "mirror_kind": mirror_kind if mirror else None, "warmed": mirror and warm_mirror_first, "gateway_check": gateway_check,
             "states_at_origin": mirror and states_at_origin, "origin_steady_rps": steady_rps,
             "devices": n, "procs": procs, "published_s": published_s, "warm_s": warm,
             "t99_s": t99, "reported": len(reported), "elapsed_s": elapsed,
@@ -397,6 +428,8 @@ def verdicts(r: dict, poll: float) -> list[str]:
     where = ("origin only" if not r["mirror"] else "through the site mirror, not warmed" if not r["warmed"]
              else "warmed site mirror, states read at the origin" if r["states_at_origin"]
              else "through the warmed site mirror")
+    if r["mirror"]:
+        where += f" ({r['mirror_kind']})"
     got = f"{r['t99_s']:.1f} s" if r["t99_s"] is not None else f"not reached in {r['elapsed_s']:.0f} s"
     ok = r["t99_s"] is not None and r["t99_s"] <= r["target_s"]
     if r["t99_s"] is not None:
@@ -418,23 +451,24 @@ def verdicts(r: dict, poll: float) -> list[str]:
                         "warm closes the first after its headers, which saves the blob only when it is larger than "
                         "what the sockets between origin and mirror buffer: see --warm-sizes"
                         + ("" if r["warmed"] else "; and once more per request that misses while a fetch runs")
-                        + ")"))
+                        + ")" if r["mirror_kind"] == "distribution" else ""))
     return lines
 
 
 WARM_DEVICES = 8  # devices that fetch each warmed blob through the mirror (the fleet run has the many)
 
 
-def warm_copies(sizes_mib: list[float], work: Path, clients: int = WARM_DEVICES) -> list[dict]:
-    """Per blob size: what warming a Distribution proxy (edgectl.pull.mirrors.warm_mirror) costs the origin, and
-    what ``clients`` devices fetching the blob through the mirror right after cost it (nothing, when the warm
-    worked). One origin and one mirror for all sizes; copies from the origin's access log."""
+def warm_copies(sizes_mib: list[float], work: Path, clients: int = WARM_DEVICES,
+                mirror_kind: str = "shipped") -> list[dict]:
+    """Per blob size: what warming the site mirror of ``mirror_kind`` (edgectl.pull.mirrors.warm_mirror) costs the
+    origin, and what ``clients`` devices fetching the blob through the mirror right after cost it (nothing, when the
+    warm worked). One origin and one mirror for all sizes; copies from the origin's access log."""
     from edgectl.apply.report import Events
     from edgectl.pull.mirrors import warm_mirror
     from edgectl.pull.oci import RegistryWriter
 
     origin = start_registry(work / "origin")
-    mirror = start_registry(work / "mirror", proxy_of=f"http://{origin.address}")
+    mirror, servers = start_site_mirror(mirror_kind, work, origin)
     out = []
     try:
         origin_base, mirror_base = f"http://{origin.address}/v2/{REPO_NAME}", f"http://{mirror.address}/v2/{REPO_NAME}"
@@ -470,13 +504,13 @@ def warm_copies(sizes_mib: list[float], work: Path, clients: int = WARM_DEVICES)
             asyncio.run(devices())
             time.sleep(1)
             total = origin_traffic(origin.log, offset, blob)[1]
-            out.append({"blob_mib": mib, "warm_s": warm_s, "warm_copies": warm_bytes / size,
+            out.append({"mirror_kind": mirror_kind, "blob_mib": mib, "warm_s": warm_s, "warm_copies": warm_bytes / size,
                         "copies_after_devices": total / size, "devices": clients})
             say(f"{mib:g} MiB: warm {warm_s:.1f} s, {warm_bytes / size:.3f} copies; {total / size:.3f} after "
                 f"{clients} devices fetched it through the mirror")
     finally:
-        mirror.stop()
-        origin.stop()
+        for server in reversed([origin, *servers]):
+            server.stop()
     return out
 
 
@@ -491,6 +525,9 @@ def main() -> None:
     ap.add_argument("--paths", default="origin,mirror",
                     help="comma-separated: origin, mirror (warmed as apply does), mirror-cold (not warmed: the "
                          "devices' concurrent misses fill it); default origin,mirror")
+    ap.add_argument("--mirror", default="shipped",
+                    help="comma-separated site mirror shapes the mirror paths and --warm-sizes run with: "
+                         + "; ".join(f"{k}: {v}" for k, v in MIRRORS.items()) + " (default shipped)")
     ap.add_argument("--gateway-check", action="store_true",
                     help="run the Pushgateway with its per-push consistency check (its default; off by default "
                          "here, as docs/pull.md advises for large fleets)")
@@ -502,35 +539,41 @@ def main() -> None:
                          "heartbeat every %d polls" % HEARTBEAT_POLLS)
     ap.add_argument("--no-write", action="store_true", help="print only; leave docs/benchmarks.md alone")
     args = ap.parse_args()
+    kinds = [k for k in args.mirror.split(",") if k]
+    for kind in kinds:
+        if kind not in MIRRORS:
+            ap.error(f"unknown --mirror {kind!r}: use {', '.join(MIRRORS)}")
     rows, lines, warm_rows = [], [], []
-    if args.warm_sizes:
+    for kind in kinds if args.warm_sizes else []:
         with tempfile.TemporaryDirectory(prefix="pull-warm-") as work:
-            for w in warm_copies([float(x) for x in args.warm_sizes.split(",")], Path(work)):
+            for w in warm_copies([float(x) for x in args.warm_sizes.split(",")], Path(work), mirror_kind=kind):
                 print(json.dumps(w), flush=True)
                 ok = w["copies_after_devices"] <= 1.05
-                lines.append(f"warm of a {w['blob_mib']:g} MiB blob: {w['copies_after_devices']:.3f} origin copies "
-                             f"after the warm and {w['devices']} devices' GETs through the mirror vs target 1: "
-                             f"{'MET' if ok else 'MISSED'}" + ("" if ok else " (a blob this small fits in the "
-                                                                 "sockets' buffers: the aborted first answer is "
-                                                                 "sent whole)"))
-                warm_rows.append([f"{w['blob_mib']:g} MiB", f"{w['warm_s']:.1f} s", f"{w['warm_copies']:.3f}",
+                lines.append(f"warm of a {w['blob_mib']:g} MiB blob ({kind}): {w['copies_after_devices']:.3f} origin "
+                             f"copies after the warm and {w['devices']} devices' GETs through the mirror vs target 1: "
+                             f"{'MET' if ok else 'MISSED'}" + ("" if ok or kind != "distribution" else
+                                                                " (a blob this small fits in the sockets' buffers: "
+                                                                "the aborted first answer is sent whole)"))
+                warm_rows.append([kind, f"{w['blob_mib']:g} MiB", f"{w['warm_s']:.1f} s", f"{w['warm_copies']:.3f}",
                                   w["devices"], f"{w['copies_after_devices']:.3f}"])
     paths = [p for p in args.paths.split(",") if p]
-    for path in paths:
+    for path, kind in [(p, k) for p in paths for k in (kinds if p != "origin" else ["-"])]:
         if path not in ("origin", "mirror", "mirror-split", "mirror-cold"):
             ap.error(f"unknown path {path!r}: use origin, mirror, mirror-split or mirror-cold")
         mirror = path != "origin"
         with tempfile.TemporaryDirectory(prefix="pull-scale-") as work:
             r = run(args.devices, args.poll, args.blob_mib, args.procs, args.timeout, mirror, Path(work),
                     warm_mirror_first=path != "mirror-cold", gateway_check=args.gateway_check,
-                    states_at_origin=path == "mirror-split", report_every_poll=args.report_every_poll)
+                    states_at_origin=path == "mirror-split", report_every_poll=args.report_every_poll,
+                    mirror_kind=kind)
         print(json.dumps(r), flush=True)
         lines += verdicts(r, args.poll)
         t99 = (f"{r['t99_s']:.1f} s" if r["t99_s"] is not None
                else f"not reached ({r['reported']}/{r['devices']} in {r['elapsed_s']:.0f} s)")
-        rows.append([{"origin": "origin only", "mirror": "site mirror (proxy, warmed)",
-                      "mirror-split": "site mirror (proxy, warmed), states read at the origin",
-                      "mirror-cold": "site mirror (proxy, not warmed)"}[path], r["devices"], r["procs"],
+        rows.append([{"origin": "origin only", "mirror": "site mirror (warmed)",
+                      "mirror-split": "site mirror (warmed), states read at the origin",
+                      "mirror-cold": "site mirror (not warmed)"}[path] + ("" if path == "origin" else f": {kind}"),
+                     r["devices"], r["procs"],
                      f"{r['published_s']:.1f} s" + (f" (warm {r['warm_s']:.1f} s)" if r["warm_s"] else ""), t99,
                      f"≤ {r['target_s']:.1f} s", f"{r['throughput_mib_s']:.0f} MiB/s", f"{r['rps']:.0f}",
                      f"{ms(r['server_p50_ms'], 1)} / {ms(r['server_p99_ms'], 1)} ms",
@@ -543,9 +586,9 @@ def main() -> None:
     body = (f"{args.devices} simulated pull devices (asyncio pollers in {args.procs} processes doing the agent's "
             f"HTTP: manifest HEAD, manifest and state GETs, the new {args.blob_mib:g} MiB artifact in two ranged "
             f"GETs, a Pushgateway report per poll; first poll at a random point of one interval, then every "
-            f"{args.poll:g} s ±20%), one Distribution origin, and the same with a second Distribution in proxy mode "
-            "as the site mirror in front of it, warmed by the publish as `edgectl apply` does for "
-            "`spec.pull.mirrors`. Time to 99% counts from the end of the publish (N state documents and the "
+            f"{args.poll:g} s ±20%), one Distribution origin, and the same with a site mirror in front of it ("
+            + "; ".join(f"{k}: {MIRRORS[k]}" for k in kinds) + "), warmed by the publish as `edgectl apply` does "
+            "for `spec.pull.mirrors`. Time to 99% counts from the end of the publish (N state documents and the "
             "artifact, from one controller: its duration is the publish column). Target: two poll intervals "
             "plus the transfer time of N copies at the throughput the device-facing registry reached in this run "
             f"({CALIBRATION_CLIENTS} concurrent GETs of the same size). Latency: the registry's own "
@@ -559,10 +602,11 @@ def main() -> None:
                      "origin requests/s (steady polling)", "origin requests after the publish",
                      "origin blob bytes (all)", "artifact copies from origin"], rows)
             + ("\n\nWarming the site mirror per blob size (`--warm-sizes`): the warm closes the mirror's first "
-               "answer after its headers, so only the copy Distribution stores goes through; then "
-               f"{WARM_DEVICES} devices fetch the blob through the mirror at once.\n\n"
-               + table(["blob", "warm", "origin copies after the warm", "devices", "origin copies after the devices"],
-                       warm_rows) if warm_rows else "")
+               "answer after its headers (with a bare Distribution proxy only the copy it stores then goes through, "
+               "for a blob larger than the sockets buffer; with the shipped nginx cache both of its fetches are "
+               f"one origin fetch); then {WARM_DEVICES} devices fetch the blob through the mirror at once.\n\n"
+               + table(["site mirror", "blob", "warm", "origin copies after the warm", "devices",
+                        "origin copies after the devices"], warm_rows) if warm_rows else "")
             + "\n\n" + "\n".join(f"- {line}" for line in lines))
     if not args.no_write:
         print(write_section("pull_scale", "Pull mode at fleet scale (issue 17)", body, dists=("httpx",)))

@@ -44,6 +44,8 @@ if [ "${1:-}" = "test" ]; then
   [ -x /usr/bin/docker-registry ] || need+=(docker-registry)
   command -v htpasswd >/dev/null || need+=(apache2-utils)
   command -v prometheus-pushgateway >/dev/null || need+=(prometheus-pushgateway)  # pull devices' status reports
+  # pull mode's site mirror as deploy/site-mirror/ ships it: nginx caching the origin's blobs (tests/site_mirror.py)
+  [ -x /usr/sbin/nginx ] || need+=(nginx-light)
   # a pull device whose clock is days off (tests/security/test_pull_channel.py runs an agent under libfaketime)
   ls /usr/lib/*/faketime/libfaketimeMT.so.1 >/dev/null 2>&1 || need+=(faketime)
   # the emulated aarch64 device (tests/emulated_arm64.py) and the aarch64 cross build of llama.cpp

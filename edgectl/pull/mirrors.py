@@ -2,14 +2,18 @@
 
 A site mirror is a registry in pull-through (proxy) mode in front of the fleet's registry, at a site whose devices
 poll it (``edgectl enroll`` writes its address into their pull config). Left cold, it fills on the devices' first
-requests, and a mirror that does not coalesce concurrent misses (Distribution 2.8 fetches upstream once per request
-that misses while a first fetch runs) sends the origin's artifact more than once. So ``edgectl apply`` warms it:
-after the artifacts are on the origin and before any state that pins them is published, every blob of every
-artifact the site's devices are about to get is fetched through the mirror once, one after another
-(``RegistryWriter.warm_blob``: a blob the mirror already holds costs one 1-byte ranged GET; for one it lacks, the
-mirror's first answer is closed after its headers, so of Distribution 2.8's two upstream fetches per miss only the
-one it stores completes). The origin then sends about one copy per site (plus what sockets buffer: measured in
-bench/pull_scale.py --warm-sizes), however many devices poll at once.
+requests. So ``edgectl apply`` warms it: after the artifacts are on the origin and before any state that pins them is
+published, every blob of every artifact the site's devices are about to get is fetched through the mirror once, one
+after another (``RegistryWriter.warm_blob``: a blob the mirror already holds costs one 1-byte ranged GET; for one it
+lacks, the mirror's first answer is closed after its headers, then the mirror is probed until it serves the blob from
+its own storage). When the site's devices see their new state, the mirror holds the artifact.
+
+What the origin sends for that depends on the mirror. The one edgectl ships (deploy/site-mirror/: Distribution in
+proxy mode whose upstream is an nginx cache with ``proxy_cache_lock``) costs it exactly one copy per blob, warmed or
+not. A bare Distribution 2.8 proxy fetches a missed blob twice (once to answer, once to store) and once more per
+request that misses while a fetch runs: the warm's early close saves the answering copy only for a blob larger than
+what the sockets buffer (bench/pull_scale.py --warm-sizes --mirror distribution). The probe works with both: the
+devices talk to the Distribution either way.
 
 A mirror edgectl cannot reach (a shop LAN) is set ``warm: false``; a warm that fails is reported and the publish
 goes on (the devices still get their artifacts, through the mirror filling on demand).

@@ -149,3 +149,26 @@ def test_tag_listing_follows_the_link_header_of_a_paging_registry():
     finally:
         client.close()
         server.shutdown()
+
+
+def test_the_shipped_site_mirror_files_name_every_word_to_replace_in_their_envsubst_line():
+    """deploy/site-mirror/'s files are templates a user renders with the `envsubst '${A} ${B}'` line in their own
+    comments: that line must list exactly the ${...} words the file uses (a word left out would reach nginx or
+    Distribution as is), and rendering them as tests/site_mirror.py does (what the integration tests run) leaves
+    none behind."""
+    import re
+
+    from tests.site_mirror import DEPLOY, render
+
+    files = sorted(DEPLOY.iterdir())
+    assert {f.name for f in files} == {"distribution-proxy.yml", "nginx-origin-cache.conf"}
+    for f in files:
+        text = f.read_text()
+        listed = re.search(r"envsubst '([^']*)'", text)
+        assert listed, f"{f}: no envsubst line in its comments"
+        named = set(re.findall(r"\$\{([A-Z_]+)\}", listed.group(1)))
+        settings = "\n".join(line for line in text.splitlines() if not line.lstrip().startswith("#"))
+        used = set(re.findall(r"\$\{([A-Z_]+)\}", settings))
+        assert used and named == used, f"{f}: envsubst names {sorted(named)}, the settings use {sorted(used)}"
+        rendered = render(f, dict.fromkeys(used, "x")).splitlines()
+        assert not [line for line in rendered if "${" in line and not line.lstrip().startswith("#")], f
