@@ -111,7 +111,7 @@ def serve(args: argparse.Namespace) -> int:
     logging.getLogger("edgectl_agent").info("edgectl-agent %s on http://%s:%d, root %s, token %s", __version__,
                                             settings.host, settings.port, settings.root, settings.token_path)
     config = uvicorn.Config(app, log_config=None, access_log=settings.access_log, log_level=settings.log_level,
-                            timeout_graceful_shutdown=10)
+                            timeout_graceful_shutdown=10, http=settings.http_parser, loop=settings.event_loop)
     uvicorn.Server(config).run(sockets=[sock])
     return 0
 
