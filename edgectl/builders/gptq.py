@@ -40,7 +40,7 @@ CALIBRATION = Path(__file__).parent / "data" / "calibration.txt"
 GPTQ_BITS: dict[str, int] = {"W4A16": 4, "W8A16": 8}
 GROUP_SIZES = (128, 64, 32)  # the usual GPTQ group first; smaller when a layer's input width needs it
 RECIPE_ID = "llmcompressor-gptq-sym-dampening0.01-v1"  # change together with gptq_oneshot.one_shot_recipe
-AWQ_RECIPE_ID = "llmcompressor-awq-asym-v1"  # the same for its AWQ branch
+AWQ_RECIPE_ID = "llmcompressor-awq-asym-grid20-blocks512-v2"  # the same for its AWQ branch (AWQ_N_GRID, AWQ_BLOCK_TOKENS)
 # recipe.backend -> the worker's --algorithm and its recipe id (None: the format's own builder, GPTQ)
 ALGORITHMS: dict[str | None, tuple[str, str]] = {None: ("gptq", RECIPE_ID), "awq": ("awq", AWQ_RECIPE_ID)}
 BUILD_TIMEOUT_S = 3600
