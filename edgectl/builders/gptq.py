@@ -7,7 +7,9 @@ own text (``data/calibration.txt``, written for edgectl: license-clean) unless t
 
 ``quantization: {format: gptq, backend: awq}`` runs llmcompressor's one-shot AWQ instead (W4A16 only): the same
 worker, calibration text, groups and output format, with AWQ's activation-aware scaling and a zero point per group
-in place of GPTQ's error-compensating rounding (gptq_oneshot.one_shot_recipe). Both make the folder the vllm runtime
+in place of GPTQ's error-compensating rounding (gptq_oneshot.one_shot_recipe); AWQ reads the calibration lines
+concatenated into 512-token blocks (gptq_oneshot.calibration_blocks: its scale search costs a forward per grid point
+per sample, and short samples made it ~1.8x slower per layer on a CPU at equal tokens). Both make the folder the vllm runtime
 serves; which one a deployment gets by default (GPTQ) follows the measurement in docs/benchmarks.md.
 
 llmcompressor and vLLM need transformers 5, while edgectl's converters pin transformers 4.57: both live in a venv of
