@@ -165,3 +165,18 @@ def test_build_runs_the_worker_with_awq_for_the_awq_backend(tmp_path: Path, monk
         gptq.build_gptq(recipe, source, out, progress=lambda stage, done, total: stages.append(stage))
     assert "--algorithm" not in seen[0] and seen[1][-2:] == ["--algorithm", "awq"]
     assert stages == ["quantize (gptq)"] * 2 + ["quantize (awq)"] * 2
+
+
+def test_awq_from_a_converted_source_keys_on_the_awq_recipe_id(monkeypatch) -> None:
+    """A GGUF source converted to a Hugging Face folder (SmolLM2's path) keeps the backend's own tool versions: the
+    AWQ record once carried GPTQ's recipe id there, so an AWQ recipe change would not have changed its cache key."""
+    from edgectl.builders.convert import CONVERSIONS, build_tool_version
+    from edgectl.spec import Recipe
+
+    monkeypatch.setattr(gptq, "_venv_versions", lambda python: "llmcompressor 1.0, transformers 5.0, torch 2.0")
+    monkeypatch.setattr("edgectl.builders.convert.conversion_version", lambda conversion: "transformers 4.57")
+    recipe = Recipe(model="m", format="gptq", kind="llm", quant="W4A16", source_precision="Q4_1", backend="awq")
+    conversion = CONVERSIONS[("gguf", "huggingface")]
+    awq = build_tool_version(recipe, conversion)
+    assert awq.startswith(gptq.AWQ_RECIPE_ID + ", calibration ")
+    assert build_tool_version(recipe.model_copy(update={"backend": None}), conversion).startswith(gptq.RECIPE_ID)
