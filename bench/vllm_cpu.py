@@ -2,7 +2,7 @@
 
     python bench/vllm_cpu.py [--requests 6] [--max-tokens 32]
     python bench/vllm_cpu.py --model smollm2 [--requests 4] [--max-tokens 32]
-    python bench/vllm_cpu.py --smollm2-quality [--store DIR]
+    python bench/vllm_cpu.py --smollm2-quality [--store DIR] [--build-threads N]
 
 
 The tiny Hugging Face llama of tests/tinyhf.py (with its Llama-style tokenizer, so llama.cpp converts it) is built
@@ -93,21 +93,27 @@ def quality_verdicts(records: dict[str, dict]) -> list[str]:
     return [line("AWQ W4A16", "GPTQ W4A16"), line(best, "GGUF Q4_K_M")]
 
 
-def smollm2_quality(store_dir: str) -> dict:
+def smollm2_quality(store_dir: str, build_threads: int | None = None) -> dict:
     """SmolLM2's GGUF Q4_K_M, GPTQ W4A16 and AWQ W4A16 quality records against the same Q4_1 source on the same
-    text, built into (or read from) the store at ``store_dir``."""
-    from edgectl.builders import ArtifactStore
+    text, built into (or read from) the store at ``store_dir`` with ``build_threads`` (default: every CPU; the
+    thread count is not in the cache key)."""
+    from edgectl.builders import ArtifactStore, build
     from edgectl.errors import EdgectlError
-    from tests.integration.conftest import SMOLLM2_ARCHITECTURE, SMOLLM2_SOURCE, build_from
+    from edgectl.spec import Model, Recipe
+    from tests.integration.conftest import SMOLLM2_ARCHITECTURE, SMOLLM2_SOURCE
 
-    work = Path(tempfile.mkdtemp(prefix="bench-smollm2-"))
+    model = Model.model_validate({
+        "apiVersion": "edgectl.dev/v1alpha1", "kind": "Model", "metadata": {"name": "smollm2"},
+        "spec": {"task": "chat", "architecture": SMOLLM2_ARCHITECTURE, "sources": [SMOLLM2_SOURCE]}})
+
     store = ArtifactStore(Path(store_dir).expanduser())
-    out: dict = {"load_before": os.getloadavg()[0]}
+    out: dict = {"load_before": os.getloadavg()[0], "build_threads": build_threads}
     for label, fmt, quant, recipe in SMOLLM2_QUALITY_BUILDS:
         t = time.perf_counter()
         try:
-            artifact, _ = build_from(work, SMOLLM2_SOURCE, format=fmt, quant=quant, name="smollm2",
-                                     architecture=SMOLLM2_ARCHITECTURE, store=store, **recipe)
+            r = Recipe(model="smollm2", format=fmt, kind="llm", quant=quant,
+                       source_precision=SMOLLM2_SOURCE["precision"], **recipe)
+            artifact, _ = build(r, model, store, threads=build_threads)
         except EdgectlError as e:  # e.g. a builder's time limit on a loaded machine: the others still count
             out[label] = {"build_s": round(time.perf_counter() - t, 1), "error": str(e), "top1": None}
             continue
@@ -129,12 +135,15 @@ def main() -> None:
                         help="tiny: the tests' tiny llama; smollm2: SmolLM2-135M-Instruct (GGUF -> HF -> GPTQ)")
     parser.add_argument("--store", default="~/.cache/edgectl/bench-vllm-store",
                         help="artifact store for --model smollm2 and --smollm2-quality (cached builds)")
+    parser.add_argument("--build-threads", type=int, default=None,
+                        help="--smollm2-quality: threads per build (default every CPU; 1 on a loaded machine, where "
+                             "two torch threads of a niced build spin waiting for each other)")
     parser.add_argument("--smollm2-quality", action="store_true",
                         help="only build SmolLM2 as GGUF Q4_K_M, GPTQ W4A16 and AWQ W4A16 and print their quality "
                              "records")
     args = parser.parse_args()
     if args.smollm2_quality:
-        print(json.dumps(smollm2_quality(args.store), indent=1))
+        print(json.dumps(smollm2_quality(args.store, args.build_threads), indent=1))
         return
 
     print(json.dumps(serve_both(args), indent=1))

@@ -270,7 +270,7 @@ def build_tool_version(recipe: Recipe, conversion: Conversion | None) -> str:
     (A converted source is never shipped as is: the builder makes the artifact even at the source's precision.)"""
     if conversion is None:
         return tool_version(recipe)
-    info = builder_for(recipe.format, recipe.kind)
+    info = builder_for(recipe.format, recipe.kind, recipe.backend)
     return f"{builder_tool_versions(info)}; {conversion.name} with {conversion_version(conversion)}"
 
 

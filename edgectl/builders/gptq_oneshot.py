@@ -9,7 +9,8 @@ It imports nothing of edgectl (edgectl's own Python pins transformers 4.x, which
 accept): edgectl.builders.gptq builds its argv and reads what it writes. ``quantize`` is llmcompressor's one-shot
 GPTQ (weights int``bits`` symmetric, one scale per ``group-size`` inputs, activations 16-bit: W4A16) on the
 calibration lines, saved in the compressed-tensors format that vLLM loads; ``--algorithm awq``: llmcompressor's
-one-shot AWQ instead (asymmetric groups, the same output format). ``logits`` evaluates a model folder on a
+one-shot AWQ instead (asymmetric groups, the same output format; the calibration lines concatenated into blocks of
+AWQ_BLOCK_TOKENS, see calibration_blocks). ``logits`` evaluates a model folder on a
 text with transformers on the CPU (a compressed-tensors folder is decompressed on load) for the quality record.
 """
 
@@ -27,12 +28,25 @@ if sys.path and os.path.abspath(sys.path[0]) == os.path.dirname(os.path.abspath(
 
 TOOLS = ("llmcompressor", "compressed-tensors", "transformers", "torch")
 MAX_CALIBRATION_TOKENS = 128  # per sample: the lines are short; GPTQ's Hessians need samples, not long ones
+# AWQ's smoothing search runs each layer's attention / MLP once per grid point over every calibration sample, so its
+# cost is n_grid x the number of forward calls. 320 lines of ~13 tokens are 320 skinny matmuls per call (a CPU's
+# worst case: 20-50 s a layer for SmolLM2, most of it in Linear.forward); the same tokens as 9 blocks of 512, the way
+# AWQ's reference code (llm-awq / AutoAWQ get_calib_dataset) cuts its calibration text, are 9 calls per grid point.
+AWQ_BLOCK_TOKENS = 512
+AWQ_N_GRID = 20  # the AWQ paper's scale grid (also llmcompressor's default), stated so the recipe id pins it
 
 
 def calibration_lines(path: str) -> list[str]:
     """One sample per non-empty line; a literal backslash-n inside a line is a newline (code samples)."""
     with open(path, encoding="utf-8") as f:
         return [line.rstrip("\n").replace("\\n", "\n") for line in f if line.strip()]
+
+
+def calibration_blocks(samples: list[list[int]], block_tokens: int) -> list[list[int]]:
+    """The token ids of all ``samples`` end to end, cut into blocks of ``block_tokens`` (the last one shorter if the
+    total is not a multiple): llm-awq's calibration procedure, which keeps every token and needs no padding."""
+    flat = [token for sample in samples for token in sample]
+    return [flat[i:i + block_tokens] for i in range(0, len(flat), block_tokens)]
 
 
 def one_shot_recipe(algorithm: str, bits: int, group_size: int):
@@ -53,7 +67,7 @@ def one_shot_recipe(algorithm: str, bits: int, group_size: int):
             # when none is available" on a CPU-only torch. There is nothing to copy to: leave them unpinned.
             IntermediatesCache.pin_memory = lambda self, batch_index, input_names=None: None
 
-        return AWQModifier(config_groups=groups, ignore=["lm_head"])
+        return AWQModifier(config_groups=groups, ignore=["lm_head"], n_grid=AWQ_N_GRID)
     from llmcompressor.modifiers.quantization import GPTQModifier
 
     return GPTQModifier(config_groups=groups, ignore=["lm_head"], dampening_frac=0.01)
@@ -69,12 +83,15 @@ def quantize(args: argparse.Namespace) -> None:
     tokenizer = AutoTokenizer.from_pretrained(args.source)
     model = AutoModelForCausalLM.from_pretrained(args.source, dtype=torch.float32)
     lines = calibration_lines(args.calibration)
-    encoded = [tokenizer(line, truncation=True, max_length=MAX_CALIBRATION_TOKENS) for line in lines]
-    dataset = Dataset.from_dict({"input_ids": [e["input_ids"] for e in encoded],
-                                 "attention_mask": [e["attention_mask"] for e in encoded]})
+    samples = [tokenizer(line, truncation=True, max_length=MAX_CALIBRATION_TOKENS)["input_ids"] for line in lines]
+    max_length = MAX_CALIBRATION_TOKENS
+    if args.algorithm == "awq":
+        max_length = min(AWQ_BLOCK_TOKENS, getattr(model.config, "max_position_embeddings", None) or AWQ_BLOCK_TOKENS)
+        samples = calibration_blocks(samples, max_length)
+    dataset = Dataset.from_dict({"input_ids": samples, "attention_mask": [[1] * len(s) for s in samples]})
     recipe = one_shot_recipe(args.algorithm, args.bits, args.group_size)
-    oneshot(model=model, dataset=dataset, recipe=recipe, max_seq_length=MAX_CALIBRATION_TOKENS,
-            num_calibration_samples=len(lines))
+    oneshot(model=model, dataset=dataset, recipe=recipe, max_seq_length=max_length,
+            num_calibration_samples=len(samples))
     model.save_pretrained(args.out, save_compressed=True)
     tokenizer.save_pretrained(args.out)
 

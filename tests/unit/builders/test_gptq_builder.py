@@ -86,6 +86,22 @@ def test_awq_argv_names_the_algorithm_and_the_worker_accepts_it(tmp_path: Path) 
     assert "--algorithm" in out.stdout and "{gptq,awq}" in out.stdout
 
 
+def test_awq_calibration_blocks_keep_every_token_in_order_without_padding() -> None:
+    samples = [[1, 2, 3], [4, 5], [6, 7, 8, 9], [10]]
+    assert gptq_oneshot.calibration_blocks(samples, 4) == [[1, 2, 3, 4], [5, 6, 7, 8], [9, 10]]
+    assert gptq_oneshot.calibration_blocks(samples, 100) == [list(range(1, 11))]
+    assert gptq_oneshot.calibration_blocks([], 4) == []
+    # the shipped text (320 lines of ~13 tokens, ~4300 in all) becomes 9 forward calls per grid point, not 320
+    lines = [[0] * 13] * 320
+    assert [len(b) for b in gptq_oneshot.calibration_blocks(lines, gptq_oneshot.AWQ_BLOCK_TOKENS)] == [512] * 8 + [64]
+
+
+def test_awq_recipe_id_names_the_grid_and_the_block_size_the_worker_uses() -> None:
+    """Changing the worker's AWQ grid or calibration blocks without a new recipe id would reuse stale cache entries."""
+    assert f"grid{gptq_oneshot.AWQ_N_GRID}" in gptq.AWQ_RECIPE_ID
+    assert f"blocks{gptq_oneshot.AWQ_BLOCK_TOKENS}" in gptq.AWQ_RECIPE_ID
+
+
 def test_awq_cache_key_differs_from_gptq_by_recipe_id_and_backend(monkeypatch) -> None:
     from edgectl.spec import Recipe
 
@@ -149,3 +165,18 @@ def test_build_runs_the_worker_with_awq_for_the_awq_backend(tmp_path: Path, monk
         gptq.build_gptq(recipe, source, out, progress=lambda stage, done, total: stages.append(stage))
     assert "--algorithm" not in seen[0] and seen[1][-2:] == ["--algorithm", "awq"]
     assert stages == ["quantize (gptq)"] * 2 + ["quantize (awq)"] * 2
+
+
+def test_awq_from_a_converted_source_keys_on_the_awq_recipe_id(monkeypatch) -> None:
+    """A GGUF source converted to a Hugging Face folder (SmolLM2's path) keeps the backend's own tool versions: the
+    AWQ record once carried GPTQ's recipe id there, so an AWQ recipe change would not have changed its cache key."""
+    from edgectl.builders.convert import CONVERSIONS, build_tool_version
+    from edgectl.spec import Recipe
+
+    monkeypatch.setattr(gptq, "_venv_versions", lambda python: "llmcompressor 1.0, transformers 5.0, torch 2.0")
+    monkeypatch.setattr("edgectl.builders.convert.conversion_version", lambda conversion: "transformers 4.57")
+    recipe = Recipe(model="m", format="gptq", kind="llm", quant="W4A16", source_precision="Q4_1", backend="awq")
+    conversion = CONVERSIONS[("gguf", "huggingface")]
+    awq = build_tool_version(recipe, conversion)
+    assert awq.startswith(gptq.AWQ_RECIPE_ID + ", calibration ")
+    assert build_tool_version(recipe.model_copy(update={"backend": None}), conversion).startswith(gptq.RECIPE_ID)
