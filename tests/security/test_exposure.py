@@ -60,7 +60,10 @@ def test_a_foreign_host_is_refused_and_loopback_hosts_are_served(agent_process):
     for path, tok in (("/v1/models", None), (f"{CONTROL_PREFIX}/state", token), ("/healthz", None)):
         status, body = raw_get(port, path, f"rebind.example:{port}", tok)
         assert status == 421 and "misdirected_request" in body and "DNS rebinding" in body, (path, status, body)
-    assert raw_get(port, "/v1/models", None)[0] == 400  # HTTP/1.1 without Host: the HTTP parser refuses it
+    # HTTP/1.1 without Host: refused, by h11's parser (400) or, on httptools (extra fast-http), which lets it through,
+    # by the agent's Host guard (421 with its error body)
+    status, body = raw_get(port, "/v1/models", None)
+    assert status == 400 or (status == 421 and "misdirected_request" in body), (status, body)
     assert raw_get(port, "/v1/models", None, version="1.0")[0] == 421  # HTTP/1.0 may omit it: the guard refuses
     assert raw_get(port, "/v1/models", f"127.0.0.1:{port}")[0] == 200
     assert raw_get(port, "/v1/models", f"localhost:{port}")[0] == 200
