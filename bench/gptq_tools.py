@@ -85,13 +85,16 @@ def worker_versions() -> None:
 
 # gptqmodel 7.7 sizes its CPU worker pool as (CPUs + 1) // 2 and then asks for a model-loader pool of 2 inside it:
 # on a 2-CPU machine GPTQModel.load raises "Virtual pool 'model_loader:cpu' requests 2 workers but parent 'cpu' only
-# has 1". Its environment override GPTQMODEL_CPU_WORKERS (gptqmodel/__init__.py) sets the pool; 2 is the least that loads.
-GPTQMODEL_ENV = {**os.environ, "GPTQMODEL_CPU_WORKERS": os.environ.get("GPTQMODEL_CPU_WORKERS", "2")}
+# has 1". Its environment override GPTQMODEL_CPU_WORKERS (gptqmodel/__init__.py) sets the pool; 2 is the least
+# that loads.
+# No PYTHONPATH (edgectl's own is for the driver), nothing fetched from the Hub.
+GPTQMODEL_ENV = {**{k: v for k, v in os.environ.items() if k != "PYTHONPATH"}, "HF_HUB_OFFLINE": "1",
+                 "TRANSFORMERS_OFFLINE": "1", "GPTQMODEL_CPU_WORKERS": os.environ.get("GPTQMODEL_CPU_WORKERS", "2")}
 
 
 def run(argv: list[str], what: str, env: dict[str, str] | None = None) -> float:
     start = time.perf_counter()
-    done = subprocess.run(argv, capture_output=True, text=True, env=env)
+    done = subprocess.run(argv, check=False, capture_output=True, text=True, env=env)
     if done.returncode != 0:
         raise RuntimeError(f"{what} failed (exit {done.returncode}): {done.stderr.strip()[-1500:]}")
     return time.perf_counter() - start
@@ -113,7 +116,10 @@ def vllm_accepts(folder: Path, vllm_python: str) -> str:
         "c=AutoGPTQConfig.from_config(cfg)\n"
         "ok=c.quant_type in query_marlin_supported_quant_types(has_zp=False)\n"
         "print(f'{method}: {c!r}; CPU kernel for {c.quant_type}: {ok}')\n")
-    done = subprocess.run([vllm_python, "-c", check, str(folder / "config.json")], capture_output=True, text=True)
+    from edgectl.builders.gptq import worker_env
+
+    done = subprocess.run([vllm_python, "-c", check, str(folder / "config.json")], check=False,
+                          capture_output=True, text=True, env=worker_env())
     return done.stdout.strip() if done.returncode == 0 else f"error: {done.stderr.strip()[-600:]}"
 
 
@@ -146,10 +152,10 @@ def main() -> None:
 
     sys.path[:0] = [str(REPO), str(REPO / "agent")]
     import numpy as np
+    from edgectl_agent.runtimes.vllm import venv_python
 
     from edgectl.builders.gptq import _venv_versions, logits_argv, worker_env
     from edgectl.builders.quality import MAX_TOKENS, QUALITY_TEXT, compare
-    from edgectl_agent.runtimes.vllm import venv_python
 
     store = Path(args.store).expanduser()
     converted = sorted((store / "converted").iterdir())
@@ -162,9 +168,10 @@ def main() -> None:
         sys.exit(f"bench/gptq_tools.py: no gptqmodel venv at {args.gptqmodel_venv}; make it with `python3 -m venv "
                  f"{args.gptqmodel_venv} && {args.gptqmodel_venv}/bin/pip install gptqmodel==7.7.0`")
     vllm_python = str(venv_python())
+    versions = subprocess.run([gptq_python, __file__, "worker-versions"], check=False, capture_output=True, text=True,
+                              env=GPTQMODEL_ENV).stdout
     result: dict = {"load_before": os.getloadavg()[0], "source": str(source), "recipe": GPTQMODEL_RECIPE,
-                    "gptqmodel_venv": json.loads(subprocess.run([gptq_python, __file__, "worker-versions"],
-                                                                capture_output=True, text=True).stdout or "{}"),
+                    "gptqmodel_venv": json.loads(versions or "{}"),
                     "llmcompressor_venv": _venv_versions(vllm_python)}
     out_dir = Path(args.out or tempfile.mkdtemp(prefix="gptq-tools-"))
     with tempfile.TemporaryDirectory(prefix="gptq-tools-eval-") as tmp:
@@ -173,7 +180,7 @@ def main() -> None:
         src = Path(tmp) / "source.npy"
         tokens = Path(str(src) + ".tokens.npy")
         run(logits_argv(Path(vllm_python), source, text, src, tokens=None, max_tokens=MAX_TOKENS, threads=2),
-            "the source's logits (vLLM venv)")
+            "the source's logits (vLLM venv)", env=worker_env())
         source_logits, token_ids = np.load(src), np.load(tokens)
 
         def quality(artifact_logits: np.ndarray, tool: str) -> dict:
@@ -191,13 +198,13 @@ def main() -> None:
             from edgectl.builders.gptq import quantize_argv
             llmc["build_s_2_threads"] = round(run(
                 quantize_argv(Path(vllm_python), source, folder, bits=4, group=64, calibration=CALIBRATION,
-                              threads=2), "llmcompressor's GPTQ"), 1)
+                              threads=2), "llmcompressor's GPTQ", env=worker_env()), 1)
         else:
             folder = store / "trees" / stored[0]["digest"].split(":", 1)[1]
             llmc["build_s"] = "stored (163 s, 2 threads, idle: docs/benchmarks.md)"
         art = Path(tmp) / "llmc.npy"
         run(logits_argv(Path(vllm_python), folder, text, art, tokens=tokens, max_tokens=MAX_TOKENS, threads=2),
-            "llmcompressor artifact's logits")
+            "llmcompressor artifact's logits", env=worker_env())
         llmc.update(quality(np.load(art), "transformers (vLLM venv)"), size_bytes=folder_bytes(folder))
         result["llmcompressor"] = llmc
 
