@@ -62,15 +62,24 @@ def worker_quantize(source: str, out: str, calibration: str, threads: int) -> No
 
 
 def worker_logits(model_dir: str, tokens_file: str, out: str, threads: int) -> None:
+    """Logits of a gptqmodel folder (by gptqmodel's CPU kernels) or of an unquantized one (by plain transformers, the
+    evaluator-drift check) over the tokens in ``tokens_file``."""
     import numpy as np
     import torch
     from gptqmodel import GPTQModel
+    from transformers import AutoModelForCausalLM
 
     torch.set_num_threads(threads)
-    model = GPTQModel.load(model_dir, device="cpu", dtype=torch.float32)
+    with open(os.path.join(model_dir, "config.json"), encoding="utf-8") as f:
+        quantized = "quantization_config" in json.load(f)
+    if quantized:
+        model = GPTQModel.load(model_dir, device="cpu", dtype=torch.float32).model
+    else:
+        model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    model.eval()
     tokens = np.load(tokens_file).astype(np.int64).tolist()
     with torch.no_grad():
-        logits = model.model(torch.tensor([tokens])).logits[0].float().numpy()
+        logits = model(torch.tensor([tokens])).logits[0].float().numpy()
     np.save(out, logits)
 
 
@@ -141,7 +150,8 @@ def main() -> None:
     parser.add_argument("--store", default="~/.cache/edgectl/bench-vllm-store")
     parser.add_argument("--out", help="folder for gptqmodel's outputs (default: a temporary one)")
     parser.add_argument("--rebuild-llmcompressor", action="store_true",
-                        help="time a fresh llmcompressor GPTQ build (2 threads) instead of reading the stored one")
+                        help="time fresh llmcompressor GPTQ builds (each --threads value) instead of reading the "
+                             "stored artifact")
     args = parser.parse_args()
     if args.worker == "worker-quantize":
         return worker_quantize(args.source, args.out, str(CALIBRATION), args.threads)
@@ -194,11 +204,12 @@ def main() -> None:
         stored = [e for e in index if e["format"] == "gptq" and "llmcompressor-gptq" in e.get("tool_version", "")]
         llmc: dict = {}
         if args.rebuild_llmcompressor or not stored:
-            folder = out_dir / "llmcompressor"
             from edgectl.builders.gptq import quantize_argv
-            llmc["build_s_2_threads"] = round(run(
-                quantize_argv(Path(vllm_python), source, folder, bits=4, group=64, calibration=CALIBRATION,
-                              threads=2), "llmcompressor's GPTQ", env=worker_env()), 1)
+            for threads in args.threads:
+                folder = out_dir / f"llmcompressor-{threads}t"
+                llmc[f"build_s_{threads}_threads"] = round(run(
+                    quantize_argv(Path(vllm_python), source, folder, bits=4, group=64, calibration=CALIBRATION,
+                                  threads=threads), f"llmcompressor's GPTQ ({threads} threads)", env=worker_env()), 1)
         else:
             folder = store / "trees" / stored[0]["digest"].split(":", 1)[1]
             llmc["build_s"] = "stored (163 s, 2 threads, idle: docs/benchmarks.md)"
@@ -220,13 +231,29 @@ def main() -> None:
         gm.update(quality(np.load(art), "gptqmodel + transformers (gptqmodel venv)"), size_bytes=folder_bytes(folder),
                   vllm_cpu_format=vllm_accepts(folder, vllm_python))
         result["gptqmodel"] = gm
+        # The two artifacts are read by different stacks (transformers 5.19 decompressing compressed-tensors; gptqmodel
+        # 7.7's CPU kernels on transformers 5.25, torch 2.14.1): the source read by the gptqmodel venv's transformers
+        # against the vLLM venv's reading bounds how much of the difference is the evaluator's.
+        drift = Path(tmp) / "drift.npy"
+        run([gptq_python, __file__, "worker-logits", str(source), str(tokens), str(drift), "--threads", "2"],
+            "the source's logits (gptqmodel venv)", env=GPTQMODEL_ENV)
+        result["evaluator_drift"] = quality(np.load(drift), "transformers (gptqmodel venv)")
     result["load_after"] = os.getloadavg()[0]
     closer = "gptqmodel" if gm["kl"] < llmc["kl"] else "llmcompressor"
+
+    def builds(record: dict) -> str:
+        return ", ".join(f"{k.split('_')[2]} thread(s) {v} s" for k, v in record.items() if k.startswith("build_s_")
+                         and isinstance(v, float)) or "stored"
+
+    ratios = [f"{t} thread(s) gptqmodel/llmcompressor {gm[k] / llmc[k]:.2f}" for t in args.threads
+              if isinstance(llmc.get(k := f"build_s_{t}_threads"), float)]
     result["verdict"] = (f"SmolLM2 GPTQ W4A16 g64 vs its Q4_1 source: llmcompressor KL {llmc['kl']:.4f} top-1 "
-                         f"{llmc['top1']:.3f}, gptqmodel KL {gm['kl']:.4f} top-1 {gm['top1']:.3f}: {closer} is closer "
-                         f"(KL ratio gptqmodel/llmcompressor {gm['kl'] / llmc['kl']:.2f}); gptqmodel build "
-                         + ", ".join(f"{k.split('_')[2]} thread(s) {v} s" for k, v in gm.items()
-                                     if k.startswith("build_s_")))
+                         f"{llmc['top1']:.3f}, gptqmodel KL {gm['kl']:.4f} top-1 {gm['top1']:.3f} (evaluator drift KL "
+                         f"{result['evaluator_drift']['kl']:.4f}): {closer} is closer (KL ratio "
+                         f"gptqmodel/llmcompressor {gm['kl'] / llmc['kl']:.2f}); build s: llmcompressor "
+                         f"{builds(llmc)}; gptqmodel {builds(gm)}"
+                         + (f"; same-run time ratio {', '.join(ratios)}" if ratios else "")
+                         + f"; keep {closer if closer == 'llmcompressor' else 'gptqmodel (switch the builder)'}")
     print(json.dumps(result, indent=1))
 
 
