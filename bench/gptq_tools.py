@@ -34,6 +34,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 CALIBRATION = REPO / "edgectl" / "builders" / "data" / "calibration.txt"
+SCRIPT = str(Path(__file__).resolve())
 ONESHOT = REPO / "edgectl" / "builders" / "gptq_oneshot.py"
 MAX_CALIBRATION_TOKENS = 128  # gptq_oneshot.MAX_CALIBRATION_TOKENS
 GPTQMODEL_RECIPE = {"bits": 4, "group_size": 64, "sym": True, "desc_act": False, "act_group_aware": False,
@@ -101,9 +102,9 @@ GPTQMODEL_ENV = {**{k: v for k, v in os.environ.items() if k != "PYTHONPATH"}, "
                  "TRANSFORMERS_OFFLINE": "1", "GPTQMODEL_CPU_WORKERS": os.environ.get("GPTQMODEL_CPU_WORKERS", "2")}
 
 
-def run(argv: list[str], what: str, env: dict[str, str] | None = None) -> float:
+def run(argv: list[str], what: str, env: dict[str, str] | None = None, cwd: Path | None = None) -> float:
     start = time.perf_counter()
-    done = subprocess.run(argv, check=False, capture_output=True, text=True, env=env)
+    done = subprocess.run(argv, check=False, capture_output=True, text=True, env=env, cwd=cwd)
     if done.returncode != 0:
         raise RuntimeError(f"{what} failed (exit {done.returncode}): {done.stderr.strip()[-1500:]}")
     return time.perf_counter() - start
@@ -178,12 +179,14 @@ def main() -> None:
         sys.exit(f"bench/gptq_tools.py: no gptqmodel venv at {args.gptqmodel_venv}; make it with `python3 -m venv "
                  f"{args.gptqmodel_venv} && {args.gptqmodel_venv}/bin/pip install gptqmodel==7.7.0`")
     vllm_python = str(venv_python())
-    versions = subprocess.run([gptq_python, __file__, "worker-versions"], check=False, capture_output=True, text=True,
+    versions = subprocess.run([gptq_python, SCRIPT, "worker-versions"], check=False, capture_output=True, text=True,
                               env=GPTQMODEL_ENV).stdout
     result: dict = {"load_before": os.getloadavg()[0], "source": str(source), "recipe": GPTQMODEL_RECIPE,
                     "gptqmodel_venv": json.loads(versions or "{}"),
                     "llmcompressor_venv": _venv_versions(vllm_python)}
-    out_dir = Path(args.out or tempfile.mkdtemp(prefix="gptq-tools-"))
+    # gptqmodel writes a logs/ folder into its working directory: its workers run in out_dir
+    out_dir = Path(args.out or tempfile.mkdtemp(prefix="gptq-tools-")).resolve()
+    out_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="gptq-tools-eval-") as tmp:
         text = Path(tmp) / "text.txt"
         text.write_text(QUALITY_TEXT, encoding="utf-8")
@@ -223,11 +226,11 @@ def main() -> None:
         for threads in args.threads:
             folder = out_dir / f"gptqmodel-{threads}t"
             gm[f"build_s_{threads}_threads"] = round(run(
-                [gptq_python, __file__, "worker-quantize", str(source), str(folder), "--threads", str(threads)],
-                f"gptqmodel's GPTQ ({threads} threads)", env=GPTQMODEL_ENV), 1)
+                [gptq_python, SCRIPT, "worker-quantize", str(source), str(folder), "--threads", str(threads)],
+                f"gptqmodel's GPTQ ({threads} threads)", env=GPTQMODEL_ENV, cwd=out_dir), 1)
         art = Path(tmp) / "gm.npy"
-        run([gptq_python, __file__, "worker-logits", str(folder), str(tokens), str(art), "--threads", "2"],
-            "gptqmodel artifact's logits", env=GPTQMODEL_ENV)
+        run([gptq_python, SCRIPT, "worker-logits", str(folder), str(tokens), str(art), "--threads", "2"],
+            "gptqmodel artifact's logits", env=GPTQMODEL_ENV, cwd=out_dir)
         gm.update(quality(np.load(art), "gptqmodel + transformers (gptqmodel venv)"), size_bytes=folder_bytes(folder),
                   vllm_cpu_format=vllm_accepts(folder, vllm_python))
         result["gptqmodel"] = gm
@@ -235,8 +238,8 @@ def main() -> None:
         # 7.7's CPU kernels on transformers 5.25, torch 2.14.1): the source read by the gptqmodel venv's transformers
         # against the vLLM venv's reading bounds how much of the difference is the evaluator's.
         drift = Path(tmp) / "drift.npy"
-        run([gptq_python, __file__, "worker-logits", str(source), str(tokens), str(drift), "--threads", "2"],
-            "the source's logits (gptqmodel venv)", env=GPTQMODEL_ENV)
+        run([gptq_python, SCRIPT, "worker-logits", str(source), str(tokens), str(drift), "--threads", "2"],
+            "the source's logits (gptqmodel venv)", env=GPTQMODEL_ENV, cwd=out_dir)
         result["evaluator_drift"] = quality(np.load(drift), "transformers (gptqmodel venv)")
     result["load_after"] = os.getloadavg()[0]
     closer = "gptqmodel" if gm["kl"] < llmc["kl"] else "llmcompressor"
