@@ -75,7 +75,8 @@ def report_text(status: PullStatus, deployments: list[DeploymentState], *, now: 
 
 def _gate_lines(status: PullStatus) -> list[str]:
     """The last health-gate smoke request per deployment: one info series (version, digest, answer, error, and
-    ``gate_digest``: the health gate it ran, which edgectl diff compares with the plan's) and its timings (edgectl.pull.status reads them back into a SmokeResult and judges it with the push gate rule)."""
+    ``gate_digest``: the health gate it ran, which edgectl diff compares with the plan's) and its timings
+    (edgectl.pull.status reads them back into a SmokeResult and judges it with the push gate rule)."""
     if not status.gates:
         return []
     lines = ["# TYPE edgectl_pull_gate_info gauge"]

@@ -9,8 +9,10 @@ own text (``data/calibration.txt``, written for edgectl: license-clean) unless t
 worker, calibration text, groups and output format, with AWQ's activation-aware scaling and a zero point per group
 in place of GPTQ's error-compensating rounding (gptq_oneshot.one_shot_recipe); AWQ reads the calibration lines
 concatenated into 512-token blocks (gptq_oneshot.calibration_blocks: its scale search costs a forward per grid point
-per sample, and short samples made it ~1.8x slower per layer on a CPU at equal tokens). Both make the folder the vllm runtime
-serves; which one a deployment gets by default (GPTQ) follows the measurement in docs/benchmarks.md.
+per sample, and short samples made it ~1.8x slower per layer on a CPU at equal tokens). Both make the folder the vllm
+runtime serves. A gptq deployment without ``backend`` gets GPTQ, what it names and the faster build; on SmolLM2 AWQ
+measured closer to the source (docs/benchmarks.md "AWQ against GPTQ"), so ``backend: awq`` is the setting for
+quality.
 
 llmcompressor and vLLM need transformers 5, while edgectl's converters pin transformers 4.57: both live in a venv of
 their own (``scripts/setup.sh test`` makes it; EDGECTL_VLLM_VENV, default ~/.cache/edgectl/vllm-venv, see
@@ -42,7 +44,8 @@ CALIBRATION = Path(__file__).parent / "data" / "calibration.txt"
 GPTQ_BITS: dict[str, int] = {"W4A16": 4, "W8A16": 8}
 GROUP_SIZES = (128, 64, 32)  # the usual GPTQ group first; smaller when a layer's input width needs it
 RECIPE_ID = "llmcompressor-gptq-sym-dampening0.01-v1"  # change together with gptq_oneshot.one_shot_recipe
-AWQ_RECIPE_ID = "llmcompressor-awq-asym-grid20-blocks512-v2"  # the same for its AWQ branch (AWQ_N_GRID, AWQ_BLOCK_TOKENS)
+# the same for its AWQ branch (gptq_oneshot.AWQ_N_GRID, AWQ_BLOCK_TOKENS)
+AWQ_RECIPE_ID = "llmcompressor-awq-asym-grid20-blocks512-v2"
 # recipe.backend -> the worker's --algorithm and its recipe id (None: the format's own builder, GPTQ)
 ALGORITHMS: dict[str | None, tuple[str, str]] = {None: ("gptq", RECIPE_ID), "awq": ("awq", AWQ_RECIPE_ID)}
 BUILD_TIMEOUT_S = 3600
