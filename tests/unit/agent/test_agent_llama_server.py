@@ -125,3 +125,14 @@ def test_the_manifest_schema_refuses_an_unknown_engine_naming_the_choices() -> N
     assert DeploymentSpec.model_validate({**spec, "runtime_options": {"engine": "llama-server"}})
     with pytest.raises(ValidationError, match="engine is 'fast': use one of auto, in-process, llama-server"):
         DeploymentSpec.model_validate({**spec, "runtime_options": {"engine": "fast"}})
+
+
+def test_temperature_zero_asks_llama_server_for_greedy_decoding_not_its_whole_sampler_chain() -> None:
+    from edgectl_agent.runtimes.base import GenerationParams
+
+    model = llama_server_model.LlamaServerModel.__new__(llama_server_model.LlamaServerModel)
+    model.name = "m"
+    greedy = model._request(GenerationParams(temperature=0, max_tokens=8), True, chat=False)
+    assert greedy["samplers"] == ["top_k"] and greedy["top_k"] == 1 and greedy["temperature"] == 0
+    sampled = model._request(GenerationParams(temperature=0.7, max_tokens=8), True, chat=True)
+    assert "samplers" not in sampled and "top_k" not in sampled and sampled["temperature"] == 0.7
