@@ -69,8 +69,9 @@ def _completion_id(out: dict[str, Any]) -> str:
 # Temperature 0 is greedy decoding, as the in-process engine samples it (one argmax). llama-server would run its
 # whole default chain for it (top-k 40 over the vocabulary, typical, top-p, min-p, temperature, then a draw): one
 # top-k of 1 picks the same token. Logprobs are unaffected (llama-server takes them from the logits before
-# sampling), and a grammar still constrains the choice. Measured with SmolLM2 (49152 tokens), one stream: llama-server
-# decoded at 0.973x llama-cpp-python direct with the default chain and 0.987x with this one (bench A/B, same run).
+# sampling), and a grammar still constrains the choice. SmolLM2 (49152 tokens), one stream, one A/B run: llama-server
+# decoded at 0.973x llama-cpp-python direct with the default chain, 0.987x with this one (within bench/serve.py's
+# run-to-run spread).
 GREEDY = {"samplers": ["top_k"], "top_k": 1}
 
 
