@@ -237,6 +237,11 @@ class DeploymentSpec(Frozen):
         if "engine" in options and options["engine"] not in engines:
             raise ValueError(f"engine is {options['engine']!r}: use one of {', '.join(engines)} (auto: llama-server "
                              "for parallel > 1 where the device has one, else in-process)")
+        # the llama-server engine's decode-thread priority (edgectl_agent.runtimes.llama_server.PRIORITIES)
+        priorities = ("low", "normal", "medium", "high", "realtime")
+        if "priority" in options and options["priority"] not in priorities:
+            raise ValueError(f"priority is {options['priority']!r}: use one of {', '.join(priorities)} (llama.cpp's "
+                             "--prio for the llama-server engine's decode threads)")
         return options
 
     quality: QualityFloor | None = Field(

@@ -140,3 +140,24 @@ def test_without_a_llama_server_the_engine_is_a_422_naming_the_fix(tmp_path):
         assert completion(process, "chat").status_code == 200  # the active model keeps serving
     finally:
         process.stop()
+
+
+def test_priority_runs_llama_servers_decode_threads_realtime_and_is_refused_in_process(tmp_path, agent):
+    """runtime_options.priority is llama.cpp's --prio: above normal, its decode threads run under SCHED_FIFO (these
+    tests run as root, as CI does; elsewhere llama.cpp warns and keeps normal). The in-process engine has no such
+    setting: a deployment it would serve is refused naming the fix."""
+    import os
+
+    a = write_tiny_llama_gguf(tmp_path / "a.gguf", seed=1)
+    digest = upload_in_two_cuts(agent, a)
+    r = activate(agent, "chat", a, digest, parallel=2, threads=2, runtime_options={"priority": "high"})
+    assert r.status_code == 200 and r.json()["state"] == "serving", r.text
+    assert completion(agent, "chat").status_code == 200
+    [server] = llama_servers(agent)
+    cmd = server.cmdline()
+    assert cmd[cmd.index("--prio") + 1] == "2"
+    policies = {t.id: os.sched_getscheduler(t.id) for t in server.threads()}
+    assert os.SCHED_FIFO in policies.values(), policies  # the threads that ran the decode
+    r = activate(agent, "one", a, digest, parallel=1, runtime_options={"priority": "high"})  # auto: in-process
+    assert r.status_code >= 400 and "served in-process" in r.text and "engine: llama-server" in r.text, r.text
+    assert completion(agent, "chat").status_code == 200

@@ -53,8 +53,9 @@ log = logging.getLogger(__name__)
 LLAMA_OPTIONS = frozenset({
     "n_batch", "n_ubatch", "n_gpu_layers", "main_gpu", "flash_attn", "embedding", "use_mmap", "use_mlock", "seed",
     "chat_format", "type_k", "type_v", "rope_freq_base", "rope_freq_scale", "offload_kqv", "n_threads_batch",
-    "pooling_type", "engine",
+    "pooling_type", "engine", "priority",
 })
+ENGINE_CHOICE_OPTIONS = ("engine", "priority")  # read by choose_engine / the llama-server engine, not Llama's
 
 
 def llama_kwargs(desired: DesiredDeployment) -> dict[str, Any]:
@@ -69,7 +70,7 @@ def llama_kwargs(desired: DesiredDeployment) -> dict[str, Any]:
     }
     if desired.threads is not None:
         kw["n_threads"] = desired.threads
-    kw.update({k: v for k, v in desired.runtime_options.items() if k != "engine"})  # engine: choose_engine's
+    kw.update({k: v for k, v in desired.runtime_options.items() if k not in ENGINE_CHOICE_OPTIONS})
     return kw
 
 
@@ -163,6 +164,11 @@ class LlamaCppRuntime(Runtime):
             server = start_server(Path(path), desired)
             return LlamaServerModel(desired.name, server, slots=desired.parallel,
                                     embeddings=bool(kwargs.get("embedding", False)))
+        if "priority" in desired.runtime_options:
+            raise RuntimeFailure(f"deployment '{desired.name}': runtime_options.priority is the llama-server "
+                                 "engine's (llama.cpp's --prio), and this deployment is served in-process",
+                                 hint="set engine: llama-server (auto picks it for parallel > 1 on a device with "
+                                      "llama-server), or drop priority")
         if not ONE_CALL_OPTIONS & set(kwargs):
             return self._load_batched(path, desired, kwargs)
         if "n_threads" in kwargs:  # prefill with the deployment's threads too, as the batching engine does

@@ -136,3 +136,22 @@ def test_temperature_zero_asks_llama_server_for_greedy_decoding_not_its_whole_sa
     assert greedy["samplers"] == ["top_k"] and greedy["top_k"] == 1 and greedy["temperature"] == 0
     sampled = model._request(GenerationParams(temperature=0.7, max_tokens=8), True, chat=True)
     assert "samplers" not in sampled and "top_k" not in sampled and sampled["temperature"] == 0.7
+
+
+def test_priority_is_llama_servers_prio_by_name_and_a_bad_one_names_the_choices(tmp_path: Path) -> None:
+    from pydantic import ValidationError
+
+    from edgectl.spec.deployment import DeploymentSpec
+
+    argv = llama_server.server_argv(Path("/b"), Path("/m"), desired(runtime_options={"priority": "high"}), 1,
+                                    tmp_path / "key")
+    assert dict(zip(argv, argv[1:]))["--prio"] == "2"
+    assert "--prio" not in llama_server.server_argv(Path("/b"), Path("/m"), desired(), 1, tmp_path / "key")
+    with pytest.raises(RuntimeFailure, match="runtime_options.priority is 'max'") as e:
+        llama_server.server_argv(Path("/b"), Path("/m"), desired(runtime_options={"priority": "max"}), 1,
+                                 tmp_path / "key")
+    assert "low, normal, medium, high, realtime" in e.value.hint
+    assert "priority" not in llama_kwargs(desired(runtime_options={"priority": "high"}))  # not a Llama() argument
+    spec = {"model": "m", "selector": {"labels": {"a": "b"}}}
+    with pytest.raises(ValidationError, match="priority is 'max': use one of low, normal, medium, high, realtime"):
+        DeploymentSpec.model_validate({**spec, "runtime_options": {"priority": "max"}})
