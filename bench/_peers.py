@@ -144,15 +144,19 @@ def upload(agent: Server, path: Path, digest: str) -> None:
 
 
 def activate(agent: Server, path: Path, digest: str, *, quant: str, threads: int, context: int,
-             parallel: int = 1, name: str = MODEL_ID, engine: str = "auto", flash_attn: bool | None = None) -> float:
+             parallel: int = 1, name: str = MODEL_ID, engine: str = "auto", flash_attn: bool | None = None,
+             priority: str | None = None) -> float:
     """PUT the deployment (blue-green: load beside, smoke, switch); returns the seconds it took. ``engine``: the
     llamacpp runtime's (auto: llama-server for parallel > 1 where there is one, else in-process); ``flash_attn``:
-    the runtime option (None: left out, the agent's default: off)."""
+    the runtime option (None: left out, the agent's default: off); ``priority``: the llama-server engine's decode
+    threads' (None: left out, llama.cpp's normal)."""
     from edgectl_agent.api import CONTROL_PREFIX
 
     options = {"n_threads_batch": threads, "engine": engine}
     if flash_attn is not None:
         options["flash_attn"] = flash_attn
+    if priority is not None:
+        options["priority"] = priority
     desired = {"name": name, "runtime": "llamacpp", "context_length": context, "parallel": parallel,
                "threads": threads, "runtime_options": options,
                "artifact": {"digest": digest, "format": "gguf", "quant": quant, "size_bytes": path.stat().st_size,
