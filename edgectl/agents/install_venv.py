@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Iterable
 
 from edgectl_agent import __version__ as AGENT_VERSION
-from edgectl_agent.runtimes.catalog import RUNTIME_PACKAGES
+from edgectl_agent.runtimes.catalog import RUNTIME_EXTRAS, RUNTIME_PACKAGES  # noqa: F401 (re-exported)
 
 from edgectl.agents import ondevice, service_units
 from edgectl.agents.installer import VERIFY_KEY_FILE, Installer, pin_verify_key, pinned_path_argv
