@@ -14,7 +14,8 @@ arm64; ``make-base.sh --platform``), whose platform facts (libc, Python) are pro
 wheelhouse for those facts (edgectl.agents.wheelhouse: binary wheels for the target, llama-cpp-python cross-built)
 is installed inside by pip under emulation, which measured ~1 minute for the agent with llama on a 2-core machine.
 The image is labelled with its platform, wheelhouse key and base image id, and reused while the agent version and
-code, the platform and the base are the same.
+code, the platform and the base are the same. Its extras (tag and label) include ``fast-http`` (httptools, uvloop):
+both platforms' Debian 12 bases have their wheels (wheelhouse.base_extras; a base that has not is refused).
 
 The container's own spec (command, volume, ports, GPUs, shared memory, vLLM's venv) is
 edgectl.agents.install_docker_spec; ``transport.gpus`` on an engine without the NVIDIA runtime fails before any
@@ -38,7 +39,7 @@ from typing import Any, ClassVar, Sequence
 
 from edgectl_agent import __version__ as AGENT_VERSION
 
-from edgectl.agents.install_venv import SIGN_EXTRA, build_wheelhouse, extras_for
+from edgectl.agents.install_venv import SIGN_EXTRA, base_extras, build_wheelhouse, extras_for
 from edgectl.agents.install_docker_spec import (  # agent_args: re-exported, its callers import it from here
     LABEL_CONTROL,
     LABEL_DEVICE,
@@ -77,6 +78,9 @@ LABEL_WHEELHOUSE = "dev.edgectl.wheelhouse"  # the wheelhouse's key (agent versi
 LABEL_BASE = "dev.edgectl.base-image"  # the id of the base image it was built FROM
 NATIVE_IMAGE_PLATFORM = "linux/amd64"  # its agent image and base keep the names they had before other platforms
 BASE_IMAGE = "edgectl-base:debian12"
+# What a base image is (make-base.sh's, or transport.base_image: "a Debian 12 image with python3 and venv"): the
+# image's extras are chosen for it before the base is run; build_image checks the real one against it.
+BASE_LIBC, BASE_PYTHON = ("glibc", "2.36"), "3.11"
 VERIFY_KEY_PATH = f"{AGENT_ROOT}/{VERIFY_KEY_FILE}"  # on the volume
 
 
@@ -120,6 +124,13 @@ def device_platform(device: Device, engine_info: dict[str, Any]) -> str:
 def image_platform(attrs: dict[str, Any]) -> str:
     """An image's platform from ``docker image inspect`` (Os, Architecture)."""
     return docker_platform(attrs.get("Os") or "linux", attrs.get("Architecture") or "")
+
+
+def base_platform(platform: str) -> TargetPlatform:
+    """The platform an agent image of Docker ``platform`` (linux/amd64, linux/arm64) runs on: a Debian 12 base."""
+    os_name, _, arch = platform.partition("/")
+    return TargetPlatform(os=os_name, arch=normalise_arch(arch), libc=BASE_LIBC[0], libc_version=BASE_LIBC[1],
+                          python=BASE_PYTHON)
 
 
 def build_args(base_image: str, extras: Sequence[str]) -> dict[str, str]:
@@ -232,8 +243,10 @@ class DockerInstaller(Installer):
                                    "agent.port) to another one; `docker ps -a` shows the containers")
 
     def extras(self, runtimes: list[str], *, sign: bool) -> list[str]:
-        """The image's edgectl-agent extras: the runtimes' and, for a pinned agent, the one that verifies."""
-        return sorted(set(extras_for(runtimes)) | ({SIGN_EXTRA} if sign else set()))
+        """The image's edgectl-agent extras: the runtimes', its platform's base extras (fast-http: glibc bases on
+        amd64 and arm64) and, for a pinned agent, the one that verifies."""
+        return sorted(set(extras_for(runtimes)) | set(base_extras(base_platform(self.platform)))
+                      | ({SIGN_EXTRA} if sign else set()))
 
     def current(self, runtimes: list[str]) -> bool:
         c = self.transport.container()
@@ -455,6 +468,13 @@ class DockerInstaller(Installer):
         platform = self.platform
         base = self._base(base_tag or self.base_image, platform)
         target = self.probe_base(base)
+        lacking = sorted(set(extras) & set(base_extras(base_platform(platform))) - set(base_extras(target)))
+        if lacking:
+            raise TransportError(f"device '{self.name}': the base image {base_tag or self.base_image} runs {target}, "
+                                 f"where the package index has no wheels of the agent's extra {', '.join(lacking)} "
+                                 "(httptools, uvloop)",
+                                 hint="use a Debian 12 base (deploy/docker/make-base.sh), or unset "
+                                      "transport.base_image")
         house = build_wheelhouse(extras, target)
         with tempfile.TemporaryDirectory(prefix="edgectl-docker-") as tmp:
             context = Path(tmp)

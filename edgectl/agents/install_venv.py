@@ -1,7 +1,8 @@
 """Venv installer: install and start the agent on an SSH device that lacks it, offline on the device's side.
 
 edgectl reads the device's platform first (edgectl.agents.platform: OS, architecture, libc, Python), builds the
-edgectl-agent wheel plus the wheels of the runtime extras the plan needs for that platform on this machine (cached
+edgectl-agent wheel plus the wheels of the runtime extras the plan needs (and ``fast-http`` where the platform has
+its wheels: wheelhouse.base_extras) for that platform on this machine (cached
 in a wheelhouse per platform: edgectl.agents.wheelhouse, cross-compiling what ships only as source), pushes them,
 creates a venv on the device and installs with ``pip --no-index``; then starts the agent as transport.service says:
 a systemd system unit (SSH user root), a systemd user unit with linger enabled (so
@@ -24,14 +25,15 @@ from pathlib import Path
 from typing import Iterable
 
 from edgectl_agent import __version__ as AGENT_VERSION
-from edgectl_agent.runtimes.catalog import RUNTIME_EXTRAS, RUNTIME_PACKAGES
+from edgectl_agent.runtimes.catalog import RUNTIME_EXTRAS, RUNTIME_PACKAGES  # noqa: F401 (re-exported)
 
 from edgectl.agents import ondevice, service_units
 from edgectl.agents.installer import VERIFY_KEY_FILE, Installer, pin_verify_key, pinned_path_argv
 from edgectl.agents.platform import (PLATFORM_SCRIPT, UNAME_SCRIPT, PlatformProbeError, TargetPlatform, parse_platform,
                                      parse_uname)
 from edgectl.agents.wheelhouse import (  # noqa: F401 (re-exported: the Ansible engine and tests use them from here)
-    agent_source, build_wheelhouse, installed_constraints, requirement, wheel_argv, wheelhouse_dir)
+    FAST_HTTP_EXTRA, FAST_HTTP_PACKAGES, SIGN_EXTRA, agent_source, base_extras, build_wheelhouse, device_extras,
+    extras_for, installed_constraints, requirement, wheel_argv, wheelhouse_dir)
 from edgectl.errors import EdgectlError, TransportError
 from edgectl.progress import StageProgress
 from edgectl.transport.ssh import SshTransport, remote_path
@@ -52,7 +54,6 @@ INSTALL_TIMEOUT_S = 900.0
 _VENV_LOCKS: dict[str, threading.Lock] = {}
 _VENV_LOCKS_LOCK = threading.Lock()
 
-SIGN_EXTRA = "sign"  # the edgectl-agent extra that verifies signatures (cryptography)
 SIGN_PACKAGE = "cryptography"
 # sh scripts take their values as positional parameters ("$1"...), never spliced into the script text; START_SCRIPT
 # passes what follows the first five ("$@" after shift: e.g. --verify-key-file PATH) to the agent as they are.
@@ -120,19 +121,6 @@ class RemoteLayout:
 
 
 # -- pure argv builders (unit-tested) -----------------------------------------------------------------------------
-def extras_for(runtimes: Iterable[str]) -> list[str]:
-    out: set[str] = set()
-    for r in runtimes:
-        if r not in RUNTIME_EXTRAS:
-            raise TransportError(f"no edgectl-agent extra is known for runtime '{r}', so it cannot be installed on "
-                                 "a device", hint="add its entry (with its extra) to the agent's runtime catalog, "
-                                 "edgectl_agent.runtimes.catalog, which RUNTIME_EXTRAS derives from, and the "
-                                 "agent's pyproject extras, or install the agent on the device by hand")
-        if RUNTIME_EXTRAS[r]:
-            out.add(RUNTIME_EXTRAS[r])
-    return sorted(out)
-
-
 def venv_argv(python: str, layout: RemoteLayout) -> list[str]:
     return [python, "-m", "venv", layout.venv]
 
@@ -149,9 +137,12 @@ def reinstall_argv(layout: RemoteLayout) -> list[str]:
             "--no-deps", "--force-reinstall", "--find-links", layout.wheels, f"edgectl-agent=={AGENT_VERSION}"]
 
 
-def installed_argv(layout: RemoteLayout, runtimes: Iterable[str], *, sign: bool = False) -> list[str]:
-    """Prints the agent's version and fails unless every package the runtimes (and signing) need is there."""
+def installed_argv(layout: RemoteLayout, runtimes: Iterable[str], *, sign: bool = False,
+                   fast_http: bool = False) -> list[str]:
+    """Prints the agent's version and fails unless every package the runtimes (and signing, and fast-http) need is
+    there."""
     packages = {RUNTIME_PACKAGES[r] for r in runtimes if r in RUNTIME_PACKAGES} | ({SIGN_PACKAGE} if sign else set())
+    packages |= set(FAST_HTTP_PACKAGES) if fast_http else set()
     return [layout.python, "-c", INSTALLED_SCRIPT, *sorted(packages)]
 
 
@@ -465,12 +456,20 @@ def read_platform(t: SshTransport) -> tuple[TargetPlatform, str]:
 def _ensure_installed(t: SshTransport, layout: RemoteLayout, runtimes: Iterable[str], sign: bool,
                       progress: StageProgress | None) -> None:
     runtimes = sorted(set(runtimes))
-    extras = sorted(set(extras_for(runtimes)) | ({SIGN_EXTRA} if sign else set()))
-    have = t.run(installed_argv(layout, runtimes, sign=sign))
-    if have.returncode == 0 and have.stdout.strip().splitlines()[:1] == [AGENT_VERSION]:
+
+    def installed(fast_http: bool) -> bool:
+        have = t.run(installed_argv(layout, runtimes, sign=sign, fast_http=fast_http))
+        return have.returncode == 0 and have.stdout.strip().splitlines()[:1] == [AGENT_VERSION]
+
+    # Most devices get fast-http (glibc Linux): asked first, a device that has everything costs one command and
+    # its platform is read only when something is missing (or it is one without fast-http's wheels).
+    if installed(fast_http=True):
         return
     python = t.spec.python
     target = probe_platform(t)
+    extras = device_extras(runtimes, target, sign=sign)
+    if FAST_HTTP_EXTRA not in extras and installed(fast_http=False):
+        return
     if t.spec.install == "on-device":  # the device compiles what has no binary for it (edgectl.agents.ondevice)
         ondevice.install_on_device(t, target, python=python, venv_python=layout.python,
                                    venv_argv=venv_argv(python, layout), wheels=layout.wheels, extras=extras,

@@ -13,7 +13,12 @@ here. For another platform (an aarch64 Pi from an x86-64 controller, another Pyt
   in edgectl's cache (``EDGECTL_CROSS_CACHE`` overrides) so that every later wheelhouse of that target copies it.
 
 Every wheelhouse is keyed by the agent version and :attr:`TargetPlatform.tag`; a second device of the same
-platform pushes from it with no download and no build.
+platform pushes from it with no download and no build. It is complete for a set of extras when its marker
+(:func:`completeness_marker`) is there: the marker's name carries the extras and a hash of what the agent requires
+for them, so a changed requirement list (a new dependency, a new extra's packages) fills the cached wheelhouse up.
+
+Every device gets, beyond its runtimes' extras, the :func:`base_extras` of its platform: ``fast-http`` (httptools
+and uvloop, which uvicorn then uses) where the package index has binary wheels of both for it.
 """
 
 from __future__ import annotations
@@ -29,8 +34,10 @@ import tempfile
 import threading
 import zipfile
 from pathlib import Path
+from typing import Iterable
 
 from edgectl_agent import __version__ as AGENT_VERSION
+from edgectl_agent.runtimes.catalog import RUNTIME_EXTRAS
 
 from edgectl.agents.platform import TargetPlatform, local_platform
 from edgectl.errors import TransportError
@@ -46,6 +53,44 @@ SOURCE_ONLY = ("llama-cpp-python",)
 # The cross toolchains (Debian packages) per target architecture: compiler prefix and the -march baseline.
 CROSS_TOOLCHAINS = {"aarch64": ("aarch64-linux-gnu", "armv8-a"), "x86_64": ("x86_64-linux-gnu", "x86-64")}
 _NINJA_STEP = re.compile(r"^\[(\d+)/(\d+)\]")
+SIGN_EXTRA = "sign"  # the edgectl-agent extra that verifies signatures (cryptography)
+# The agent's faster HTTP server (httptools + uvloop): binary wheels on PyPI for glibc Linux (manylinux2014 and
+# newer) on these architectures and these CPython minors (httptools 0.9 and uvloop 0.23 ship cp38-cp315). Elsewhere
+# (Android's bionic, musl, macOS, 32-bit ARM, a newer Python) devices go without: uvicorn falls back to h11/asyncio.
+FAST_HTTP_EXTRA = "fast-http"
+FAST_HTTP_PACKAGES = ("httptools", "uvloop")
+FAST_HTTP_ARCHES = ("x86_64", "aarch64")
+FAST_HTTP_PYTHONS = ((3, 8), (3, 15))  # oldest, newest minor with wheels of both
+
+
+def extras_for(runtimes: Iterable[str]) -> list[str]:
+    """The edgectl-agent extras that install the libraries of agent ``runtimes``."""
+    out: set[str] = set()
+    for r in runtimes:
+        if r not in RUNTIME_EXTRAS:
+            raise TransportError(f"no edgectl-agent extra is known for runtime '{r}', so it cannot be installed on "
+                                 "a device", hint="add its entry (with its extra) to the agent's runtime catalog, "
+                                 "edgectl_agent.runtimes.catalog, which RUNTIME_EXTRAS derives from, and the "
+                                 "agent's pyproject extras, or install the agent on the device by hand")
+        if RUNTIME_EXTRAS[r]:
+            out.add(RUNTIME_EXTRAS[r])
+    return sorted(out)
+
+
+def device_extras(runtimes: Iterable[str], target: TargetPlatform, *, sign: bool = False) -> list[str]:
+    """Every edgectl-agent extra a device of ``target`` gets: its runtimes', its platform's base extras (fast-http
+    where wheels exist) and, for a pinned agent, the one that verifies signatures."""
+    return sorted(set(extras_for(runtimes)) | set(base_extras(target)) | ({SIGN_EXTRA} if sign else set()))
+
+
+def base_extras(target: TargetPlatform) -> list[str]:
+    """The edgectl-agent extras every install on ``target`` gets beyond its runtimes': ``fast-http`` where the
+    index has binary wheels of httptools and uvloop for it (CPython on glibc Linux >= 2.17, x86-64 or arm64)."""
+    minor = tuple(int(p) for p in target.python.split(".")[:2] if p.isdigit())
+    wheels = (target.os == "linux" and target.libc == "glibc" and target.arch in FAST_HTTP_ARCHES
+              and target.implementation == "cpython" and FAST_HTTP_PYTHONS[0] <= minor <= FAST_HTTP_PYTHONS[1]
+              and any(tag.startswith("manylinux") for tag in target.pip_platforms()))
+    return [FAST_HTTP_EXTRA] if wheels else []
 
 
 def requirement(source: str, extras: list[str]) -> str:
@@ -110,6 +155,33 @@ def agent_source() -> str:
 
     folder = Path(edgectl_agent.__file__).resolve().parents[1]
     return str(folder) if (folder / "pyproject.toml").is_file() else f"edgectl-agent=={AGENT_VERSION}"
+
+
+def agent_requirements(extras: list[str]) -> list[str]:
+    """What the agent with ``extras`` requires, as written where edgectl takes the agent from: a source checkout's
+    agent/pyproject.toml, else the installed edgectl-agent distribution's metadata (Requires-Dist)."""
+    source = Path(agent_source())
+    if source.is_dir():
+        import tomllib
+
+        project = tomllib.loads((source / "pyproject.toml").read_text())["project"]
+        optional = project.get("optional-dependencies", {})
+        return sorted([*project.get("dependencies", []), *(r for e in extras for r in optional.get(e, []))])
+    from importlib import metadata
+
+    wanted = []
+    for req in metadata.requires("edgectl-agent") or []:
+        extra = re.search(r"extra\s*==\s*['\"]([^'\"]+)['\"]", req)
+        if extra is None or extra.group(1) in extras:
+            wanted.append(req)
+    return sorted(wanted)
+
+
+def completeness_marker(house: Path, extras: list[str]) -> Path:
+    """The file that says ``house`` holds every wheel of the agent with ``extras``: keyed by the extras and a hash
+    of their requirements, so a wheelhouse filled before a requirement changed is filled up again, not trusted."""
+    digest = hashlib.sha256("\n".join(agent_requirements(extras)).encode()).hexdigest()[:12]
+    return house / f".complete-{'-'.join(extras) or 'base'}-{digest}"
 
 
 def wheels_base() -> Path:
@@ -269,7 +341,7 @@ def _build_local(extras: list[str]) -> Path:
     house = wheelhouse_dir()
     house.mkdir(parents=True, exist_ok=True)
     source = agent_source()
-    marker = house / (".complete-" + ("-".join(extras) or "base"))
+    marker = completeness_marker(house, extras)
     steps = _fresh_agent_wheel(house, source)
     if not marker.exists():
         constraints = house / "constraints.txt"
@@ -294,7 +366,7 @@ def _build_for(extras: list[str], target: TargetPlatform, progress: StageProgres
     for argv in _fresh_agent_wheel(house, source):
         _run_pip(argv, house, "building the edgectl-agent wheel")
     _AGENT_WHEEL_BUILT.add(str(house))
-    marker = house / (".complete-" + ("-".join(extras) or "base"))
+    marker = completeness_marker(house, extras)
     if marker.exists():
         return house
     agent_wheel = sorted(house.glob(f"edgectl_agent-{AGENT_VERSION}-*.whl"))

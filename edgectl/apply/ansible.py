@@ -28,7 +28,7 @@ from typing import Any
 from edgectl_agent import __version__ as AGENT_VERSION
 
 from edgectl.builders import ArtifactStore
-from edgectl.agents.platform import PLATFORM_SCRIPT, TargetPlatform
+from edgectl.agents.platform import PLATFORM_SCRIPT, TargetPlatform, parse_platform
 from edgectl.errors import EdgectlError, TransportError, require_module
 from edgectl.progress import StageProgress
 from edgectl.plan import DevicePlan
@@ -338,8 +338,8 @@ def bootstrap_vars(ctx: DeviceContext, runtimes: Iterable[str], houses: dict[tup
     layout = bootstrap.RemoteLayout(t.agent_dir, t.venv)
     runtimes = sorted(set(runtimes))
     sign = ctx.signer is not None
-    extras = sorted(set(bootstrap.extras_for(runtimes)) | ({bootstrap.SIGN_EXTRA} if sign else set()))
     target, probe_text = platform if platform is not None else (None, local_platform_text())
+    extras = bootstrap.device_extras(runtimes, target or parse_platform(probe_text), sign=sign)
     key = (*extras, target.tag if target else "local")
     if key not in houses:
         houses[key] = (bootstrap.build_wheelhouse(extras, target, progress) if target is not None
@@ -351,7 +351,8 @@ def bootstrap_vars(ctx: DeviceContext, runtimes: Iterable[str], houses: dict[tup
         "edgectl_platform": probe_text,
         "edgectl_platform_script": PLATFORM_SCRIPT,
         "edgectl_wheels": [str(w) for w in sorted(house.glob("*.whl"))],
-        "edgectl_installed_argv": bootstrap.installed_argv(layout, runtimes, sign=sign),
+        "edgectl_installed_argv": bootstrap.installed_argv(layout, runtimes, sign=sign,
+                                                         fast_http=bootstrap.FAST_HTTP_EXTRA in extras),
         "edgectl_venv_argv": bootstrap.venv_argv(t.python, layout),
         "edgectl_install_argv": bootstrap.install_argv(layout, extras),
         "edgectl_reinstall_argv": bootstrap.reinstall_argv(layout),

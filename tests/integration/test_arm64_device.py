@@ -131,6 +131,10 @@ def test_apply_bootstraps_an_emulated_aarch64_device_and_serves(tmp_path, arm64_
         # the agent's llama.cpp is the cross-built aarch64 one (ELF machine 0xb7 = EM_AARCH64)
         libs = list((device.root / AGENT_DIR / "venv/lib").glob("python3*/site-packages/llama_cpp/lib/libllama.so"))
         assert libs and int.from_bytes(libs[0].read_bytes()[18:20], "little") == 0xB7, libs
+        # and it has the extra fast-http: httptools' and uvloop's aarch64 wheels from the index
+        site = next((device.root / AGENT_DIR / "venv/lib").glob("python3*/site-packages"))
+        fast = [*site.glob("httptools/parser/parser.*.so"), *site.glob("uvloop/loop.*.so")]
+        assert len(fast) == 2 and all(int.from_bytes(f.read_bytes()[18:20], "little") == 0xB7 for f in fast), fast
 
         monkeypatch.setenv("EDGECTL_HOME", env["EDGECTL_HOME"])
         from edgectl.agents import connect

@@ -157,7 +157,9 @@ def test_apply_to_a_container_serves_on_loopback_reapplies_nothing_and_survives_
     assert mount["Destination"] == "/var/lib/edgectl-agent"
     image = json.loads(engine.docker("image", "inspect", info["Config"]["Image"]).stdout)[0]
     assert image["Config"]["Healthcheck"]["Test"][0] == "CMD"
-    assert image["Config"]["Labels"]["dev.edgectl.agent-extras"] == "llama"
+    assert image["Config"]["Labels"]["dev.edgectl.agent-extras"] == "fast-http,llama"
+    # the image's agent has the extra fast-http (httptools and uvloop: its uvicorn uses them); check=True fails here
+    engine.docker("exec", "edgectl-agent-box1", "/opt/edgectl-agent/bin/python", "-c", "import httptools, uvloop")
     print(f"agent image {info['Config']['Image']}: {image['Size'] / 1e6:.0f} MB")
     # the artifact went into the volume through the agent's upload API (content-addressed store)
     store = engine.docker("exec", "edgectl-agent-box1", "find", "/var/lib/edgectl-agent", "-type", "f").stdout

@@ -108,6 +108,10 @@ def test_apply_bootstraps_three_devices_and_serves_through_the_channel(tmp_path,
             client = t.agent(start=False)
             (dep,) = client.state().deployments
             assert dep.state == "serving" and dep.active.format == "gguf" and dep.active.quant == "Q8_0"
+            # a glibc x86-64 device gets the agent's extra fast-http: its uvicorn runs on httptools and uvloop
+            fast = t.transport.run([str(d.home / ".local/share/edgectl-agent/venv/bin/python"), "-c",
+                                    "import httptools, uvloop"])
+            assert fast.returncode == 0, fast.stderr
             token = t.transport.run(["cat", str(d.home / ".local/share/edgectl-agent/root/token")]).stdout.strip()
             with httpx.Client(transport=t.transport.http_transport(), timeout=60.0) as http:
                 openai = OpenAI(base_url=t.endpoint, api_key=token, http_client=http)

@@ -176,7 +176,7 @@ def test_the_ansible_engine_gets_the_device_platform_s_wheelhouse_and_refuses_on
     device = Device(name="pi", profile="raspberry-pi-5", transport={"type": "ssh", "host": "10.0.0.7"})
     houses: dict = {}
     v = ansible.bootstrap_vars(DeviceContext(device), {"llamacpp"}, houses, None, (pi, "os=linux\nmachine=aarch64"))
-    assert built == [(["llama"], pi)] and v["edgectl_platform"] == "os=linux\nmachine=aarch64"
+    assert built == [(["fast-http", "llama"], pi)] and v["edgectl_platform"] == "os=linux\nmachine=aarch64"
     assert v["edgectl_platform_script"] == PLATFORM_SCRIPT
     ansible.bootstrap_vars(DeviceContext(device), {"llamacpp"}, houses, None, (pi, "same"))
     assert len(built) == 1  # one wheelhouse per (extras, platform)
