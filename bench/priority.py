@@ -8,9 +8,9 @@ llama-server engine: one at priority ``normal`` (llama.cpp's default) and one at
 SCHED_FIFO 80; needs root or CAP_SYS_NICE, else llama.cpp keeps normal and the two read the same). Rounds alternate
 the two; a round is ``--clients`` streams of 64-token completions at temperature 0, 2 per client
 (bench.serve.concurrent). Each agent is measured quiet and then with ``--busy`` processes spinning beside it (a
-Python loop each, at normal priority: the device's other work). Reported: aggregate tok/s (median over rounds), and
+Python loop each, at normal priority: the device's other work), in shorter rounds. Reported: aggregate tok/s (median over rounds), and
 the CPU the busy processes got meanwhile (cores), which is what the priority takes from the other work. Bounded:
-about 2 minutes. Network: 127.0.0.1 only. Prints a table, replaces its section of docs/benchmarks.md.
+about 3 minutes. Network: 127.0.0.1 only. Prints a table, replaces its section of docs/benchmarks.md.
 """
 
 from __future__ import annotations
@@ -45,7 +45,10 @@ def busy_cpu(procs: list[subprocess.Popen]) -> float:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--busy", type=int, default=1, help="busy processes beside the agent in the loaded rounds")
-    ap.add_argument("--rounds", type=int, default=4, help="rounds per agent, quiet and loaded each")
+    ap.add_argument("--rounds", type=int, default=3, help="quiet rounds per agent")
+    ap.add_argument("--busy-rounds", type=int, default=1,
+                    help="rounds per agent with the busy processes (short: at normal priority llama.cpp's decode "
+                         "collapses to a few tokens/s here)")
     ap.add_argument("--clients", type=int, default=4)
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
@@ -71,12 +74,13 @@ def main() -> None:
                 if loaded:
                     busy = [subprocess.Popen([sys.executable, "-c", BUSY]) for _ in range(args.busy)]
                     time.sleep(1)
-                for r in range(args.rounds):
+                per_client, max_tokens = (1, 32) if loaded else (2, 64)
+                for r in range(args.busy_rounds if loaded else args.rounds):
                     for priority in (PRIORITIES if r % 2 == 0 else PRIORITIES[::-1]):
                         cpu0, t0 = busy_cpu(busy), time.perf_counter()
-                        rate, samples, _ = concurrent(agents[priority], clients=args.clients, per_client=2,
-                                                      max_tokens=64, base=base)
-                        base += args.clients * 2
+                        rate, samples, _ = concurrent(agents[priority], clients=args.clients, per_client=per_client,
+                                                      max_tokens=max_tokens, base=base)
+                        base += args.clients * per_client
                         failed = sum(1 for s in samples if s.error)
                         if failed:
                             raise SystemExit(f"{failed} requests failed at priority {priority}: {samples[0].error}")
@@ -97,8 +101,9 @@ def main() -> None:
     high_vs_normal = median(rates[("high", True)]) / median(rates[("normal", True)])
     body = (f"Load average (1 min) {load_at_start:.1f} at the start, on {os.cpu_count()} CPUs. SmolLM2-135M-Instruct "
             f"Q4_1, {args.threads} decode threads, parallel {args.clients} (the llama-server engine), {args.clients} "
-            f"clients, 2 requests each per round, {args.rounds} rounds per agent and load, alternating; busy: "
-            f"{args.busy} Python loop(s) at normal priority beside the agent.\n\n"
+            f"clients; quiet: {args.rounds} rounds per agent of 2 requests per client, 64 tokens each; busy: "
+            f"{args.busy_rounds} round(s) per agent of 1 request per client, 32 tokens, with {args.busy} Python "
+            "loop(s) at normal priority beside the agent; the agents alternate.\n\n"
             + table(["priority", "quiet: aggregate tok/s", "busy beside: aggregate tok/s", "busy / quiet",
                      "CPU the busy work got (cores)"], rows)
             + f"\n\nWith other work beside it, `high` serves {high_vs_normal:.2f}x of `normal`'s tokens/s; the "

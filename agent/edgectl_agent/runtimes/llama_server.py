@@ -48,8 +48,9 @@ FLAGS = {"n_batch": "-b", "n_ubatch": "-ub", "n_gpu_layers": "-ngl", "n_threads_
 SWITCHES = {"flash_attn", "use_mmap", "use_mlock", "embedding", "engine"}
 # runtime_options.priority: llama.cpp's --prio for its decode threads. Above normal they run under the realtime
 # policy SCHED_FIFO (medium 40, high 80, realtime 90), which needs root or CAP_SYS_NICE (llama.cpp warns and keeps
-# normal where it is refused) and lets them preempt everything else on their cores. Measured on 2 cores with a busy
-# process beside (bench note in docs/api.md): 4-client totals of 31-87 tok/s at normal, 146-165 at high.
+# normal where it is refused) and lets them preempt everything else on their cores. bench/priority.py, 2 cores, a busy
+# process beside: 4-client totals of 1.2 tok/s at normal, 114 at high (the busy process then got 0.05 of a core);
+# quiet, high served 0.75x of normal (docs/api.md).
 PRIORITIES = {"low": -1, "normal": 0, "medium": 1, "high": 2, "realtime": 3}
 # llama-cpp-python's integer GGML types and pooling types, as llama-server names them
 GGML_TYPES = {0: "f32", 1: "f16", 2: "q4_0", 3: "q4_1", 6: "q5_0", 7: "q5_1", 8: "q8_0", 30: "bf16"}
