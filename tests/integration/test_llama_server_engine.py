@@ -143,8 +143,8 @@ def test_without_a_llama_server_the_engine_is_a_422_naming_the_fix(tmp_path):
 
 
 def test_priority_runs_llama_servers_decode_threads_realtime_and_is_refused_in_process(tmp_path, agent):
-    """runtime_options.priority is llama.cpp's --prio: above normal, its decode threads run under SCHED_FIFO (these
-    tests run as root, as CI does; elsewhere llama.cpp warns and keeps normal). The in-process engine has no such
+    """runtime_options.priority is llama.cpp's --prio: above normal, its decode threads run under SCHED_FIFO where the
+    agent may raise priorities (root, as CI runs; elsewhere llama.cpp warns, keeps normal and serves). The in-process engine has no such
     setting: a deployment it would serve is refused naming the fix."""
     import os
 
@@ -157,7 +157,10 @@ def test_priority_runs_llama_servers_decode_threads_realtime_and_is_refused_in_p
     cmd = server.cmdline()
     assert cmd[cmd.index("--prio") + 1] == "2"
     policies = {t.id: os.sched_getscheduler(t.id) for t in server.threads()}
-    assert os.SCHED_FIFO in policies.values(), policies  # the threads that ran the decode
+    if os.geteuid() == 0:
+        assert os.SCHED_FIFO in policies.values(), policies  # the threads that ran the decode
+    else:  # refused without CAP_SYS_NICE: llama.cpp warned, kept normal, and served (above)
+        assert set(policies.values()) == {os.SCHED_OTHER}, policies
     r = activate(agent, "one", a, digest, parallel=1, runtime_options={"priority": "high"})  # auto: in-process
     assert r.status_code >= 400 and "served in-process" in r.text and "engine: llama-server" in r.text, r.text
     assert completion(agent, "chat").status_code == 200
