@@ -7,6 +7,7 @@ import re
 from typing import Annotated, Any, Literal
 
 from edgectl_agent.api import ArtifactFormat
+from edgectl_agent.runtimes import catalog
 from pydantic import Field, StringConstraints, ValidationInfo, field_validator, model_validator
 
 from edgectl.spec.common import Document, Frozen, LabelValue, Metadata, Name
@@ -232,16 +233,15 @@ class DeploymentSpec(Frozen):
     @field_validator("runtime_options")
     @classmethod
     def _known_engine(cls, options: dict[str, Any]) -> dict[str, Any]:
-        # the llamacpp runtime's engine (edgectl_agent.runtimes.llama_server.choose_engine, docs/api.md)
-        engines = ("auto", "in-process", "llama-server")
-        if "engine" in options and options["engine"] not in engines:
-            raise ValueError(f"engine is {options['engine']!r}: use one of {', '.join(engines)} (auto: llama-server "
-                             "for parallel > 1 where the device has one, else in-process)")
-        # the llama-server engine's decode-thread priority (edgectl_agent.runtimes.llama_server.PRIORITIES)
-        priorities = ("low", "normal", "medium", "high", "realtime")
-        if "priority" in options and options["priority"] not in priorities:
-            raise ValueError(f"priority is {options['priority']!r}: use one of {', '.join(priorities)} (llama.cpp's "
-                             "--prio for the llama-server engine's decode threads)")
+        # the llamacpp runtime's engine and llama-server's decode-thread priority, as the agent checks them
+        # (edgectl_agent.runtimes.llama_server, docs/api.md)
+        if "engine" in options and options["engine"] not in catalog.LLAMACPP_ENGINES:
+            raise ValueError(f"engine is {options['engine']!r}: use one of {', '.join(catalog.LLAMACPP_ENGINES)} "
+                             "(auto: llama-server for parallel > 1 where the device has one, else in-process)")
+        if "priority" in options and options["priority"] not in catalog.LLAMA_SERVER_PRIORITIES:
+            raise ValueError(f"priority is {options['priority']!r}: use one of "
+                             f"{', '.join(catalog.LLAMA_SERVER_PRIORITIES)} (llama.cpp's --prio for the "
+                             "llama-server engine's decode threads)")
         return options
 
     quality: QualityFloor | None = Field(

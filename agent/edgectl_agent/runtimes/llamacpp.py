@@ -55,7 +55,7 @@ LLAMA_OPTIONS = frozenset({
     "chat_format", "type_k", "type_v", "rope_freq_base", "rope_freq_scale", "offload_kqv", "n_threads_batch",
     "pooling_type", "engine", "priority",
 })
-ENGINE_CHOICE_OPTIONS = ("engine", "priority")  # read by choose_engine / the llama-server engine, not Llama's
+NOT_LLAMA_ARGS = ("engine", "priority")  # choose_engine's and the llama-server engine's, not Llama()'s
 
 
 def llama_kwargs(desired: DesiredDeployment) -> dict[str, Any]:
@@ -70,7 +70,7 @@ def llama_kwargs(desired: DesiredDeployment) -> dict[str, Any]:
     }
     if desired.threads is not None:
         kw["n_threads"] = desired.threads
-    kw.update({k: v for k, v in desired.runtime_options.items() if k not in ENGINE_CHOICE_OPTIONS})
+    kw.update({k: v for k, v in desired.runtime_options.items() if k not in NOT_LLAMA_ARGS})
     return kw
 
 
